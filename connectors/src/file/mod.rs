@@ -1,0 +1,392 @@
+//! The `file` source: CSV, JSON-lines and Parquet files in a directory, glob or object-store URL,
+//! read as a bounded input that remembers which files (and how far into the current one) it has read.
+
+pub mod decode;
+pub mod location;
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use arrow::compute::cast;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStream};
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ConnectorError, Result};
+use crate::options::{OptionSpec, Options};
+use crate::{Source, SourceBatch, SourceConnector, SourcePosition, SourceSpec};
+use decode::{split_records, CsvDecoder, JsonDecoder, RecordDecoder};
+use location::FileLocation;
+
+/// Bytes read from a file per block; a block becomes one batch.
+const BLOCK_BYTES: u64 = 4 << 20;
+/// Rows per Parquet batch.
+const PARQUET_BATCH_ROWS: usize = 32 * 1024;
+/// Records sampled to infer a schema.
+const INFER_RECORDS: usize = 1000;
+
+const OPTIONS: &[OptionSpec] = &[
+    OptionSpec::required("path", "directory, glob or URL of the files, e.g. '/data/in/*.csv'"),
+    OptionSpec::optional("format", "csv, json or parquet (default: from the file extension)"),
+    OptionSpec::optional("header", "csv: whether the first line holds column names (default true)"),
+    OptionSpec::optional("delimiter", "csv: field delimiter (default ',')"),
+];
+
+/// File formats the source reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// Comma-separated values.
+    Csv,
+    /// One JSON object per line.
+    Json,
+    /// Apache Parquet.
+    Parquet,
+}
+
+/// Parsed options of a file source.
+#[derive(Debug, Clone)]
+pub struct FileSourceOptions {
+    /// Where the files are.
+    pub location: FileLocation,
+    /// How to decode them.
+    pub format: FileFormat,
+    /// CSV: first line is a header.
+    pub header: bool,
+    /// CSV: field delimiter.
+    pub delimiter: u8,
+}
+
+impl FileSourceOptions {
+    fn parse(spec: &SourceSpec) -> Result<Self> {
+        let opts = Options::validate("file", OPTIONS, &spec.options)?;
+        let path = opts.require("path")?;
+        let format = match opts.get("format") {
+            Some(_) => match opts.get_choice("format", &["csv", "json", "jsonl", "ndjson", "parquet"], "csv")? {
+                "csv" => FileFormat::Csv,
+                "parquet" => FileFormat::Parquet,
+                _ => FileFormat::Json,
+            },
+            None => {
+                let lower = path.to_ascii_lowercase();
+                if lower.ends_with(".csv") || lower.ends_with(".tsv") {
+                    FileFormat::Csv
+                } else if lower.ends_with(".json") || lower.ends_with(".jsonl") || lower.ends_with(".ndjson") {
+                    FileFormat::Json
+                } else if lower.ends_with(".parquet") {
+                    FileFormat::Parquet
+                } else {
+                    return Err(ConnectorError::MissingOption {
+                        connector: "file".into(),
+                        option: "format".into(),
+                        description: "csv, json or parquet; it cannot be told from the path".into(),
+                    });
+                }
+            }
+        };
+        Ok(FileSourceOptions {
+            location: FileLocation::parse(path)?,
+            format,
+            header: opts.get_bool("header", true)?,
+            delimiter: opts.get_byte("delimiter", b',')?,
+        })
+    }
+}
+
+/// How far a file source has read: whole files done, and the offset into the current one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FilePosition {
+    /// Files read to the end.
+    pub done: BTreeSet<String>,
+    /// The file being read, if any.
+    pub current: Option<FileOffset>,
+}
+
+/// Offset into a file: bytes (CSV, JSON) or rows (Parquet), and the next line number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileOffset {
+    /// Object path.
+    pub path: String,
+    /// Bytes consumed (CSV, JSON) or rows consumed (Parquet).
+    pub offset: u64,
+    /// Line number of the next record (CSV, JSON).
+    pub line: u64,
+}
+
+/// `connector = 'file'`.
+pub struct FileSourceConnector;
+
+#[async_trait]
+impl SourceConnector for FileSourceConnector {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    fn options(&self) -> &'static [OptionSpec] {
+        OPTIONS
+    }
+
+    async fn validate(&self, spec: &SourceSpec) -> Result<SchemaRef> {
+        let opts = FileSourceOptions::parse(spec)?;
+        if let Some(schema) = &spec.schema {
+            return Ok(schema.clone());
+        }
+        let files = opts.location.list().await?;
+        let first = files.first().ok_or_else(|| {
+            ConnectorError::Config(format!(
+                "no files match path '{}' to infer the columns from; declare the columns or add files first",
+                opts.location.display
+            ))
+        })?;
+        infer_schema(&opts, first).await
+    }
+
+    fn is_bounded(&self, _spec: &SourceSpec) -> bool {
+        true
+    }
+
+    async fn open(&self, spec: &SourceSpec, schema: SchemaRef, from: Option<SourcePosition>) -> Result<Box<dyn Source>> {
+        let opts = FileSourceOptions::parse(spec)?;
+        let position: FilePosition = match from {
+            Some(p) if !p.0.is_null() => serde_json::from_value(p.0)
+                .map_err(|e| ConnectorError::Internal(format!("unreadable file source position: {e}")))?,
+            _ => FilePosition::default(),
+        };
+        let files = opts.location.list().await?;
+        let mut queue: VecDeque<ObjectMeta> =
+            files.into_iter().filter(|m| !position.done.contains(m.location.as_ref())).collect();
+        // Resume the file that was being read first.
+        if let Some(cur) = &position.current {
+            if let Some(i) = queue.iter().position(|m| m.location.as_ref() == cur.path) {
+                if let Some(m) = queue.remove(i) {
+                    queue.push_front(m);
+                }
+            }
+        }
+        let decoder: Option<Arc<dyn RecordDecoder>> = match opts.format {
+            FileFormat::Csv => Some(Arc::new(CsvDecoder::new(schema.clone(), opts.delimiter))),
+            FileFormat::Json => Some(Arc::new(JsonDecoder::new(schema.clone()))),
+            FileFormat::Parquet => None,
+        };
+        Ok(Box::new(FileSource { opts, schema, queue, position, decoder, reader: None }))
+    }
+}
+
+async fn infer_schema(opts: &FileSourceOptions, file: &ObjectMeta) -> Result<SchemaRef> {
+    let store = &opts.location.store;
+    let ctx = |e: &dyn std::fmt::Display| format!("inferring columns from {}: {e}", file.location);
+    match opts.format {
+        FileFormat::Parquet => {
+            let reader = ParquetObjectReader::new(store.clone(), file.location.clone()).with_file_size(file.size);
+            let builder = ParquetRecordBatchStreamBuilder::new(reader)
+                .await
+                .map_err(|e| ConnectorError::Config(ctx(&e)))?;
+            Ok(builder.schema().clone())
+        }
+        FileFormat::Csv | FileFormat::Json => {
+            let end = file.size.min(1 << 20);
+            let bytes = store
+                .get_range(&file.location, 0..end)
+                .await
+                .map_err(|e| ConnectorError::io(format!("reading {}", file.location), e))?;
+            let (records, used, _) = split_records(&bytes, 1, (opts.format == FileFormat::Csv).then_some(b'"'), end == file.size);
+            let sample = &bytes[..used];
+            let take = records.len().min(INFER_RECORDS + 1);
+            let sample = records.get(take.saturating_sub(1)).map(|r| &sample[..r.next]).unwrap_or(sample);
+            let schema = if opts.format == FileFormat::Csv {
+                arrow_csv::reader::Format::default()
+                    .with_header(opts.header)
+                    .with_delimiter(opts.delimiter)
+                    .infer_schema(sample, Some(INFER_RECORDS))
+                    .map_err(|e| ConnectorError::Config(ctx(&e)))?
+                    .0
+            } else {
+                arrow_json::reader::infer_json_schema(sample, Some(INFER_RECORDS))
+                    .map_err(|e| ConnectorError::Config(ctx(&e)))?
+                    .0
+            };
+            Ok(Arc::new(schema))
+        }
+    }
+}
+
+/// One read over the matching files.
+struct FileSource {
+    opts: FileSourceOptions,
+    schema: SchemaRef,
+    queue: VecDeque<ObjectMeta>,
+    position: FilePosition,
+    decoder: Option<Arc<dyn RecordDecoder>>,
+    reader: Option<OpenFile>,
+}
+
+enum OpenFile {
+    Lines { meta: ObjectMeta, offset: u64, line: u64, carry: Vec<u8> },
+    Parquet { meta: ObjectMeta, rows: u64, stream: Box<ParquetRecordBatchStream<ParquetObjectReader>> },
+}
+
+impl FileSource {
+    fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.opts.location.store
+    }
+
+    fn finish_file(&mut self, path: &Path) -> SourcePosition {
+        self.position.done.insert(path.to_string());
+        self.position.current = None;
+        self.reader = None;
+        self.position_value()
+    }
+
+    fn position_value(&self) -> SourcePosition {
+        SourcePosition(serde_json::to_value(&self.position).unwrap_or_default())
+    }
+
+    async fn open_next(&mut self) -> Result<bool> {
+        let Some(meta) = self.queue.pop_front() else { return Ok(false) };
+        let resume = self.position.current.as_ref().filter(|c| c.path == meta.location.as_ref()).cloned();
+        match self.opts.format {
+            FileFormat::Parquet => {
+                let rows = resume.map(|r| r.offset).unwrap_or(0);
+                let reader = ParquetObjectReader::new(self.store().clone(), meta.location.clone()).with_file_size(meta.size);
+                let builder = ParquetRecordBatchStreamBuilder::new(reader)
+                    .await
+                    .map_err(|e| ConnectorError::io(format!("opening {}", meta.location), e))?
+                    .with_batch_size(PARQUET_BATCH_ROWS)
+                    .with_offset(rows as usize);
+                let stream = builder.build().map_err(|e| ConnectorError::io(format!("opening {}", meta.location), e))?;
+                self.reader = Some(OpenFile::Parquet { meta, rows, stream: Box::new(stream) });
+            }
+            FileFormat::Csv | FileFormat::Json => {
+                let (offset, line) = resume.map(|r| (r.offset, r.line)).unwrap_or((0, 1));
+                self.reader = Some(OpenFile::Lines { meta, offset, line, carry: Vec::new() });
+            }
+        }
+        Ok(true)
+    }
+
+    async fn next_lines(&mut self) -> Result<Option<SourceBatch>> {
+        let store = self.store().clone();
+        let Some(OpenFile::Lines { meta, offset, line, carry }) = self.reader.as_mut() else {
+            return Ok(None);
+        };
+        let file = meta.location.to_string();
+        loop {
+            let read_from = *offset + carry.len() as u64;
+            let eof_before = read_from >= meta.size;
+            let mut buf = std::mem::take(carry);
+            let mut read_to = read_from;
+            if !eof_before {
+                let end = (read_from + BLOCK_BYTES).min(meta.size);
+                let bytes = store
+                    .get_range(&meta.location, read_from..end)
+                    .await
+                    .map_err(|e| ConnectorError::io(format!("reading {file}"), e))?;
+                buf.extend_from_slice(&bytes);
+                read_to = end;
+            }
+            let eof = read_to >= meta.size;
+            let quote = (self.opts.format == FileFormat::Csv).then_some(b'"');
+            let (mut records, used, next_line) = split_records(&buf, *line, quote, eof);
+            if *offset == 0 && self.opts.format == FileFormat::Csv && self.opts.header && !records.is_empty() {
+                // The header line names the columns; it is not a row.
+                records.remove(0);
+            }
+            let consumed_to = *offset + used as u64;
+            *carry = buf[used..].to_vec();
+            if records.is_empty() && !eof {
+                if used == 0 {
+                    // A record longer than a block: keep reading into the carry.
+                    *carry = buf;
+                    continue;
+                }
+                *offset = consumed_to;
+                *line = next_line;
+                continue;
+            }
+            let decoder = self.decoder.clone().ok_or_else(|| ConnectorError::Internal("no decoder".into()))?;
+            let (batch, bad_records) = decode::decode_records(decoder.as_ref(), &buf, &records, &file);
+            *offset = consumed_to;
+            *line = next_line;
+            let position = if eof && carry.is_empty() {
+                let path = meta.location.clone();
+                self.finish_file(&path)
+            } else {
+                self.position.current = Some(FileOffset { path: file.clone(), offset: *offset, line: *line });
+                self.position_value()
+            };
+            return Ok(Some(SourceBatch { batch, bad_records, position }));
+        }
+    }
+
+    async fn next_parquet(&mut self) -> Result<Option<SourceBatch>> {
+        let schema = self.schema.clone();
+        let Some(OpenFile::Parquet { meta, rows, stream }) = self.reader.as_mut() else {
+            return Ok(None);
+        };
+        match stream.next().await {
+            Some(batch) => {
+                let batch = batch.map_err(|e| ConnectorError::io(format!("reading {}", meta.location), e))?;
+                *rows += batch.num_rows() as u64;
+                let batch = conform(&schema, batch).map_err(|e| ConnectorError::Config(format!("{}: {e}", meta.location)))?;
+                self.position.current = Some(FileOffset { path: meta.location.to_string(), offset: *rows, line: 0 });
+                Ok(Some(SourceBatch { batch, bad_records: Vec::new(), position: self.position_value() }))
+            }
+            None => {
+                let path = meta.location.clone();
+                let position = self.finish_file(&path);
+                Ok(Some(SourceBatch { batch: RecordBatch::new_empty(schema), bad_records: Vec::new(), position }))
+            }
+        }
+    }
+}
+
+/// Selects and casts a Parquet batch's columns (by name, case-insensitive) to the declared schema.
+fn conform(schema: &SchemaRef, batch: RecordBatch) -> std::result::Result<RecordBatch, String> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch);
+    }
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let (i, _) = batch
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.name().eq_ignore_ascii_case(field.name()))
+            .ok_or_else(|| format!("file has no column '{}'", field.name()))?;
+        let col = cast(batch.column(i), field.data_type()).map_err(|e| format!("column '{}': {e}", field.name()))?;
+        columns.push(col);
+    }
+    let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .and_then(|b| b.with_schema(schema.clone()))
+        .map_err(|e| e.to_string())
+}
+
+#[async_trait]
+impl Source for FileSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
+        loop {
+            if self.reader.is_none() && !self.open_next().await? {
+                return Ok(None);
+            }
+            let next = match self.reader {
+                Some(OpenFile::Lines { .. }) => self.next_lines().await?,
+                Some(OpenFile::Parquet { .. }) => self.next_parquet().await?,
+                None => None,
+            };
+            if let Some(b) = next {
+                return Ok(Some(b));
+            }
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Tributary's connectors: every source and sink behind one [`Source`] and one [`Sink`] trait,
+//! and the [`registry`] that maps `connector = '...'` to them.
+//!
+//! This crate is the I/O edge. It must not know about the catalog, the SQL front end or the
+//! pgwire server: the engine in `src/` uses connectors only through the traits below.
+//!
+//! Call order for a source: [`SourceConnector::validate`] at `CREATE SOURCE` (checks options,
+//! resolves the schema), then per pipeline run [`SourceConnector::open`] with the last
+//! checkpointed [`SourcePosition`], then [`Source::next_batch`] until it returns `None`
+//! (bounded input exhausted) or the pipeline stops.
+//!
+//! Call order for a sink, per epoch N: [`Sink::write`] any number of times, [`Sink::prepare`]
+//! (data durable, not yet visible), the engine stores the returned [`PreparedCommit`] in
+//! checkpoint N, then [`Sink::commit`] makes epoch N visible. After a crash the engine calls
+//! `commit` again with the same prepared commit; sinks must recognise an epoch they already
+//! made visible and do nothing.
+#![warn(missing_docs)]
+// ParquetObjectReader is deprecated upstream in favour of a hand-written AsyncFileReader; it still works.
+#![allow(deprecated)]
+
+pub mod blackhole;
+pub mod delta;
+pub mod error;
+pub mod file;
+pub mod options;
+pub mod parquet;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::catalog::TableProvider;
+use serde::{Deserialize, Serialize};
+
+pub use error::{ConnectorError, ErrorKind, Result};
+pub use options::{redact, OptionSpec, Options};
+
+/// Where a source has read up to: opaque to the engine, stored in checkpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourcePosition(pub serde_json::Value);
+
+/// A record a source could not decode. It is counted and shown in `tributary.errors`.
+#[derive(Debug, Clone)]
+pub struct BadRecord {
+    /// Where it is: `file:line`, `partition/offset`, an LSN.
+    pub position: String,
+    /// Why it could not be decoded.
+    pub message: String,
+    /// The raw record, truncated to a few KB.
+    pub raw: String,
+}
+
+/// What [`Source::next_batch`] yields: rows, records that failed to decode, and the position after both.
+#[derive(Debug)]
+pub struct SourceBatch {
+    /// Decoded rows, in the source's schema. May have zero rows.
+    pub batch: RecordBatch,
+    /// Records in this slice that could not be decoded.
+    pub bad_records: Vec<BadRecord>,
+    /// Resuming from this position yields what comes after this batch.
+    pub position: SourcePosition,
+}
+
+/// A source and its declaration, as `CREATE SOURCE` gave it.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    /// Source name in the catalog.
+    pub name: String,
+    /// Declared columns, or `None` to infer them.
+    pub schema: Option<SchemaRef>,
+    /// The `WITH (...)` options, `connector` included.
+    pub options: BTreeMap<String, String>,
+}
+
+/// A sink and its declaration, as `CREATE SINK` gave it.
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    /// Sink name in the catalog.
+    pub name: String,
+    /// The `WITH (...)` options, `connector` included.
+    pub options: BTreeMap<String, String>,
+}
+
+/// One running read of a source.
+#[async_trait]
+pub trait Source: Send {
+    /// The schema of every batch this source yields.
+    fn schema(&self) -> SchemaRef;
+
+    /// The next slice of input. `Ok(None)` means a bounded source has nothing more to give.
+    ///
+    /// A record that cannot be decoded goes into [`SourceBatch::bad_records`]; an `Err` stops
+    /// the pipeline and is meant for failures of the source itself (file vanished, network).
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch>>;
+}
+
+/// Identity of the writer, handed to [`Sink::open`].
+#[derive(Debug, Clone)]
+pub struct SinkContext {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Stable id of the pipeline (survives restarts, differs after DROP and CREATE): sinks use it
+    /// as the transaction id that makes commits idempotent.
+    pub writer_id: String,
+}
+
+/// What [`Sink::prepare`] returns and [`Sink::commit`] takes: stored in the checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PreparedCommit(pub serde_json::Value);
+
+/// One running writer into a sink.
+#[async_trait]
+pub trait Sink: Send {
+    /// Called once before the first write, with the schema of every batch to come.
+    /// Creates the destination when absent and checks it matches otherwise.
+    async fn open(&mut self, ctx: &SinkContext, schema: SchemaRef) -> Result<()>;
+
+    /// Buffers or writes rows of the current epoch. Nothing becomes visible yet.
+    async fn write(&mut self, batch: RecordBatch) -> Result<()>;
+
+    /// Makes everything written since the last prepare durable but invisible, and says how to
+    /// make it visible. Called once per epoch, also for epochs with no rows.
+    async fn prepare(&mut self, epoch: u64) -> Result<PreparedCommit>;
+
+    /// Makes epoch `epoch` visible. Idempotent: calling it again for an epoch that is already
+    /// visible does nothing (this is what makes recovery exactly once).
+    async fn commit(&mut self, epoch: u64, prepared: PreparedCommit) -> Result<()>;
+}
+
+/// A kind of source: `connector = 'file'`, `'kafka'`, ...
+#[async_trait]
+pub trait SourceConnector: Send + Sync {
+    /// The name used in `connector = '...'`.
+    fn name(&self) -> &'static str;
+    /// The options it accepts.
+    fn options(&self) -> &'static [OptionSpec];
+    /// Checks the options and resolves the schema (declared or inferred). Called at CREATE time.
+    async fn validate(&self, spec: &SourceSpec) -> Result<SchemaRef>;
+    /// Whether a read of this source ends by itself (batch mode by default).
+    fn is_bounded(&self, spec: &SourceSpec) -> bool;
+    /// Starts a read from `from` (`None`: from the beginning). `schema` is what validate resolved.
+    async fn open(&self, spec: &SourceSpec, schema: SchemaRef, from: Option<SourcePosition>) -> Result<Box<dyn Source>>;
+}
+
+/// A kind of sink: `connector = 'delta'`, `'parquet'`, ...
+#[async_trait]
+pub trait SinkConnector: Send + Sync {
+    /// The name used in `connector = '...'`.
+    fn name(&self) -> &'static str;
+    /// The options it accepts.
+    fn options(&self) -> &'static [OptionSpec];
+    /// Checks the options. Called at CREATE time.
+    async fn validate(&self, spec: &SinkSpec) -> Result<()>;
+    /// A writer for one pipeline run.
+    async fn create(&self, spec: &SinkSpec) -> Result<Box<dyn Sink>>;
+    /// What the sink holds, as a table to query with SQL; `None` when it cannot be read back
+    /// (a blackhole) and `Ok(None)` too when nothing was written yet.
+    async fn table(&self, spec: &SinkSpec) -> Result<Option<Arc<dyn TableProvider>>>;
+}
+
+/// Every source connector. Adding one is a line here.
+pub fn source_connectors() -> Vec<Arc<dyn SourceConnector>> {
+    vec![Arc::new(file::FileSourceConnector)]
+}
+
+/// Every sink connector. Adding one is a line here.
+pub fn sink_connectors() -> Vec<Arc<dyn SinkConnector>> {
+    vec![
+        Arc::new(delta::DeltaSinkConnector),
+        Arc::new(parquet::ParquetSinkConnector),
+        Arc::new(blackhole::BlackholeSinkConnector),
+    ]
+}
+
+/// The source connector named by `options["connector"]`.
+pub fn source_connector(options: &BTreeMap<String, String>) -> Result<Arc<dyn SourceConnector>> {
+    let all = source_connectors();
+    find(options, &all, "source", |c| c.name())
+}
+
+/// The sink connector named by `options["connector"]`.
+pub fn sink_connector(options: &BTreeMap<String, String>) -> Result<Arc<dyn SinkConnector>> {
+    let all = sink_connectors();
+    find(options, &all, "sink", |c| c.name())
+}
+
+fn find<T: ?Sized>(
+    options: &BTreeMap<String, String>,
+    all: &[Arc<T>],
+    kind: &'static str,
+    name: impl Fn(&T) -> &'static str,
+) -> Result<Arc<T>> {
+    let accepted = all.iter().map(|c| name(c)).collect::<Vec<_>>().join(", ");
+    let wanted = options.get("connector").ok_or_else(|| {
+        ConnectorError::Config(format!("the {kind} needs a connector: WITH (connector = '...'); accepted: {accepted}"))
+    })?;
+    all.iter()
+        .find(|c| name(c).eq_ignore_ascii_case(wanted))
+        .cloned()
+        .ok_or_else(|| ConnectorError::UnknownConnector { kind, name: wanted.clone(), accepted })
+}

@@ -1,0 +1,307 @@
+//! The catalog: every declared source, sink and pipeline, persisted in the data directory so a
+//! restart finds them all again. It knows names, options and schemas, not how anything runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use chrono::{DateTime, Utc};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::sql::parse::ObjectKind;
+
+/// A column as stored in the catalog.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ColumnEntry {
+    /// Column name.
+    pub name: String,
+    /// Arrow type, in Arrow's own notation (`Int64`, `Timestamp(ns)`).
+    pub data_type: String,
+    /// Whether NULLs are allowed.
+    pub nullable: bool,
+}
+
+/// Converts an Arrow schema to catalog columns.
+pub fn columns_of(schema: &Schema) -> Vec<ColumnEntry> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| ColumnEntry { name: f.name().clone(), data_type: f.data_type().to_string(), nullable: f.is_nullable() })
+        .collect()
+}
+
+/// Converts catalog columns back to an Arrow schema.
+pub fn schema_of(columns: &[ColumnEntry]) -> Result<SchemaRef> {
+    let fields = columns
+        .iter()
+        .map(|c| {
+            DataType::from_str(&c.data_type)
+                .map(|t| Field::new(&c.name, t, c.nullable))
+                .map_err(|e| Error::Internal(format!("catalog column {} has unreadable type {}: {e}", c.name, c.data_type)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// A declared source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceEntry {
+    /// Name.
+    pub name: String,
+    /// Resolved columns (declared or inferred at CREATE time).
+    pub columns: Vec<ColumnEntry>,
+    /// Whether the user declared the columns.
+    pub declared: bool,
+    /// PRIMARY KEY columns.
+    #[serde(default)]
+    pub primary_key: Vec<String>,
+    /// WATERMARK FOR column AS expression.
+    #[serde(default)]
+    pub watermark: Option<(String, String)>,
+    /// WITH options, `connector` included (secrets in clear: the catalog file is private).
+    pub options: BTreeMap<String, String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A declared sink.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SinkEntry {
+    /// Name.
+    pub name: String,
+    /// WITH options, `connector` included.
+    pub options: BTreeMap<String, String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Lifecycle of a pipeline.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PipelineState {
+    /// Declared, never started.
+    Created,
+    /// Running (or to be resumed at startup).
+    Running,
+    /// A batch run reached the end of its input.
+    Completed,
+    /// Stopped by STOP PIPELINE.
+    Stopped,
+    /// Stopped by an error.
+    Failed,
+}
+
+impl PipelineState {
+    /// Lowercase name as shown in `tributary.pipelines`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PipelineState::Created => "created",
+            PipelineState::Running => "running",
+            PipelineState::Completed => "completed",
+            PipelineState::Stopped => "stopped",
+            PipelineState::Failed => "failed",
+        }
+    }
+}
+
+/// A declared pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineEntry {
+    /// Name.
+    pub name: String,
+    /// Unique id: survives restarts, differs if the pipeline is dropped and created again.
+    pub id: String,
+    /// Target sink.
+    pub sink: String,
+    /// Sources read by the query.
+    pub sources: Vec<String>,
+    /// The SELECT, as SQL text.
+    pub query: String,
+    /// WITH options (mode, checkpoint_interval, on_error).
+    pub options: BTreeMap<String, String>,
+    /// Last known lifecycle state.
+    pub state: PipelineState,
+    /// The error that failed it, if any.
+    pub error: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct CatalogData {
+    sources: BTreeMap<String, SourceEntry>,
+    sinks: BTreeMap<String, SinkEntry>,
+    pipelines: BTreeMap<String, PipelineEntry>,
+}
+
+/// The persisted catalog. Cheap to clone-share behind an `Arc`.
+#[derive(Debug)]
+pub struct Catalog {
+    path: PathBuf,
+    data: RwLock<CatalogData>,
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+impl Catalog {
+    /// Opens (or creates) the catalog stored in `data_dir/catalog.json`.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|e| Error::io(format!("creating data directory {}", data_dir.display()), e))?;
+        let path = data_dir.join("catalog.json");
+        let data = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Internal(format!("catalog file {} is unreadable: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => CatalogData::default(),
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+        };
+        Ok(Catalog { path, data: RwLock::new(data), write_lock: tokio::sync::Mutex::new(()) })
+    }
+
+    async fn persist(&self) -> Result<()> {
+        let _guard = self.write_lock.lock().await;
+        let bytes = serde_json::to_vec_pretty(&*self.data.read()).map_err(|e| Error::Internal(e.to_string()))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))
+    }
+
+    /// Whether any object of any kind has this name (sources and sinks share one namespace for tables).
+    fn kind_of(&self, name: &str) -> Option<ObjectKind> {
+        let d = self.data.read();
+        if d.sources.contains_key(name) {
+            Some(ObjectKind::Source)
+        } else if d.sinks.contains_key(name) {
+            Some(ObjectKind::Sink)
+        } else {
+            None
+        }
+    }
+
+    /// Adds a source. Sources and sinks share one namespace: both are tables to SELECT from.
+    pub async fn add_source(&self, entry: SourceEntry) -> Result<()> {
+        if let Some(k) = self.kind_of(&entry.name) {
+            return Err(Error::AlreadyExists { kind: k.name(), name: entry.name });
+        }
+        self.data.write().sources.insert(entry.name.clone(), entry);
+        self.persist().await
+    }
+
+    /// Adds a sink.
+    pub async fn add_sink(&self, entry: SinkEntry) -> Result<()> {
+        if let Some(k) = self.kind_of(&entry.name) {
+            return Err(Error::AlreadyExists { kind: k.name(), name: entry.name });
+        }
+        self.data.write().sinks.insert(entry.name.clone(), entry);
+        self.persist().await
+    }
+
+    /// Adds a pipeline.
+    pub async fn add_pipeline(&self, entry: PipelineEntry) -> Result<()> {
+        if self.data.read().pipelines.contains_key(&entry.name) {
+            return Err(Error::AlreadyExists { kind: "pipeline", name: entry.name });
+        }
+        self.data.write().pipelines.insert(entry.name.clone(), entry);
+        self.persist().await
+    }
+
+    /// Removes an object; returns whether it existed.
+    pub async fn remove(&self, kind: ObjectKind, name: &str) -> Result<bool> {
+        let existed = {
+            let mut d = self.data.write();
+            match kind {
+                ObjectKind::Source => d.sources.remove(name).is_some(),
+                ObjectKind::Sink => d.sinks.remove(name).is_some(),
+                ObjectKind::Pipeline => d.pipelines.remove(name).is_some(),
+            }
+        };
+        if existed {
+            self.persist().await?;
+        }
+        Ok(existed)
+    }
+
+    /// Records a pipeline's lifecycle state and error.
+    pub async fn set_pipeline_state(&self, name: &str, state: PipelineState, error: Option<String>) -> Result<()> {
+        {
+            let mut d = self.data.write();
+            let Some(p) = d.pipelines.get_mut(name) else { return Ok(()) };
+            if p.state == state && p.error == error {
+                return Ok(());
+            }
+            p.state = state;
+            p.error = error;
+        }
+        self.persist().await
+    }
+
+    /// A source by name.
+    pub fn source(&self, name: &str) -> Option<SourceEntry> {
+        self.data.read().sources.get(name).cloned()
+    }
+    /// A sink by name.
+    pub fn sink(&self, name: &str) -> Option<SinkEntry> {
+        self.data.read().sinks.get(name).cloned()
+    }
+    /// A pipeline by name.
+    pub fn pipeline(&self, name: &str) -> Option<PipelineEntry> {
+        self.data.read().pipelines.get(name).cloned()
+    }
+    /// All sources, by name.
+    pub fn sources(&self) -> Vec<SourceEntry> {
+        self.data.read().sources.values().cloned().collect()
+    }
+    /// All sinks, by name.
+    pub fn sinks(&self) -> Vec<SinkEntry> {
+        self.data.read().sinks.values().cloned().collect()
+    }
+    /// All pipelines, by name.
+    pub fn pipelines(&self) -> Vec<PipelineEntry> {
+        self.data.read().pipelines.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).unwrap();
+        let schema = Schema::new(vec![Field::new("ts", DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, None), true)]);
+        cat.add_source(SourceEntry {
+            name: "s".into(),
+            columns: columns_of(&schema),
+            declared: true,
+            primary_key: vec![],
+            watermark: None,
+            options: BTreeMap::new(),
+            created_at: Utc::now(),
+        })
+        .await
+        .unwrap();
+        let again = Catalog::open(dir.path()).unwrap();
+        let s = again.source("s").unwrap();
+        assert_eq!(schema_of(&s.columns).unwrap().as_ref(), &schema);
+        assert!(matches!(
+            again.add_sink(SinkEntry { name: "s".into(), options: BTreeMap::new(), created_at: Utc::now() }).await,
+            Err(Error::AlreadyExists { kind: "source", .. })
+        ));
+    }
+}

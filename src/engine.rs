@@ -1,0 +1,516 @@
+//! The control plane's core: executes statements against the catalog, the SQL planner and the
+//! runtime. The pgwire server, `tributary run` and tests all drive Tributary through [`Engine`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::StringArray;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use chrono::Utc;
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::common::ParamValues;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast;
+use tributary_connectors::{SinkSpec, SourceSpec};
+
+use crate::catalog::{columns_of, Catalog, PipelineEntry, PipelineState, SinkEntry, SourceEntry};
+use crate::error::{Error, Result};
+use crate::runtime::pipeline::{OnError, PipelineJob, PipelineSettings};
+use crate::runtime::Runtime;
+use crate::sql::parse::{parse_sql, parse_statement, ObjectKind, ParsedStatement, Statement};
+use crate::sql::plan::compile;
+use crate::sql::types::schema_from_columns;
+use crate::system_tables::{columns_text, options_text, source_table, CatalogSchema, SystemSchema};
+
+/// Default time between checkpoints.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What a statement produced.
+#[derive(Debug)]
+pub enum Output {
+    /// A command with its tag (`CREATE SOURCE`, `SET`).
+    Command(String),
+    /// Rows.
+    Rows {
+        /// Their schema.
+        schema: SchemaRef,
+        /// The rows.
+        batches: Vec<RecordBatch>,
+    },
+    /// Nothing (only comments).
+    Empty,
+}
+
+/// The engine: catalog, planner and runtime behind one `execute`.
+pub struct Engine {
+    data_dir: PathBuf,
+    catalog: Arc<Catalog>,
+    runtime: Arc<Runtime>,
+    ctx: SessionContext,
+}
+
+impl Engine {
+    /// Opens the engine over a data directory (created when absent).
+    pub async fn open(data_dir: &Path) -> Result<Arc<Self>> {
+        let catalog = Arc::new(Catalog::open(data_dir)?);
+        let runtime = Arc::new(Runtime::new(data_dir.to_path_buf(), catalog.clone()));
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("datafusion", "public")
+            .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false)
+            .set_str("datafusion.sql_parser.dialect", "PostgreSQL");
+        let ctx = SessionContext::new_with_config(config);
+        let df_catalog = ctx
+            .catalog("datafusion")
+            .ok_or_else(|| Error::Internal("DataFusion default catalog missing".into()))?;
+        df_catalog.register_schema("public", Arc::new(CatalogSchema::new(catalog.clone())))?;
+        df_catalog.register_schema("tributary", Arc::new(SystemSchema::new(catalog.clone(), runtime.clone())))?;
+        // An empty pg_catalog keeps clients that probe it from failing on the schema name.
+        df_catalog.register_schema("pg_catalog", Arc::new(MemorySchemaProvider::new()))?;
+        Ok(Arc::new(Engine { data_dir: data_dir.to_path_buf(), catalog, runtime, ctx }))
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Starts every pipeline the catalog says was running (after a restart or crash).
+    pub async fn resume_pipelines(&self) -> Result<()> {
+        for p in self.catalog.pipelines() {
+            if p.state == PipelineState::Running {
+                tracing::info!(pipeline = %p.name, "Resuming pipeline.");
+                if let Err(e) = self.start_pipeline(&p.name).await {
+                    tracing::error!(pipeline = %p.name, error = %e, "Could not resume pipeline.");
+                    self.catalog.set_pipeline_state(&p.name, PipelineState::Failed, Some(e.to_string())).await?;
+                    self.runtime.status(&p.name, "", PipelineState::Failed, None).set_state(PipelineState::Failed, Some(e.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops all pipelines after a final checkpoint; they resume at the next start.
+    pub async fn shutdown(&self) {
+        self.runtime.shutdown().await;
+    }
+
+    /// Parses and executes every statement of `sql`, stopping at the first error.
+    pub async fn execute_sql(&self, sql: &str) -> Result<Vec<Output>> {
+        let mut out = Vec::new();
+        for stmt in parse_sql(sql)? {
+            out.push(self.execute(&stmt).await?);
+        }
+        Ok(out)
+    }
+
+    /// Executes one parsed statement.
+    pub async fn execute(&self, stmt: &ParsedStatement) -> Result<Output> {
+        self.execute_statement(&stmt.statement, None).await
+    }
+
+    /// Executes one statement, binding `$n` parameters when given.
+    pub async fn execute_statement(&self, statement: &Statement, params: Option<ParamValues>) -> Result<Output> {
+        let tag = statement.tag();
+        match statement {
+            Statement::Empty => Ok(Output::Empty),
+            Statement::CreateSource { name, if_not_exists, columns, primary_key, watermark, options } => {
+                if self.exists_as_table(name) {
+                    return self.exists(*if_not_exists, "source", name, tag);
+                }
+                let declared = match columns {
+                    Some(cols) => Some(Arc::new(schema_from_columns(cols)?)),
+                    None => None,
+                };
+                for k in primary_key {
+                    if let Some(s) = &declared {
+                        if s.field_with_name(k).is_err() {
+                            return Err(Error::Plan(format!("PRIMARY KEY column \"{k}\" is not a declared column")));
+                        }
+                    }
+                }
+                let connector = tributary_connectors::source_connector(options)?;
+                let spec = SourceSpec { name: name.clone(), schema: declared.clone(), options: options.clone() };
+                let schema = connector.validate(&spec).await?;
+                let schema = normalize_names(&schema);
+                self.catalog
+                    .add_source(SourceEntry {
+                        name: name.clone(),
+                        columns: columns_of(&schema),
+                        declared: declared.is_some(),
+                        primary_key: primary_key.clone(),
+                        watermark: watermark.clone(),
+                        options: options.clone(),
+                        created_at: Utc::now(),
+                    })
+                    .await?;
+                Ok(Output::Command(tag))
+            }
+            Statement::CreateSink { name, if_not_exists, options } => {
+                if self.exists_as_table(name) {
+                    return self.exists(*if_not_exists, "sink", name, tag);
+                }
+                let connector = tributary_connectors::sink_connector(options)?;
+                connector.validate(&SinkSpec { name: name.clone(), options: options.clone() }).await?;
+                self.catalog.add_sink(SinkEntry { name: name.clone(), options: options.clone(), created_at: Utc::now() }).await?;
+                Ok(Output::Command(tag))
+            }
+            Statement::CreatePipeline { name, if_not_exists, options, sink, query } => {
+                if self.catalog.pipeline(name).is_some() {
+                    return self.exists(*if_not_exists, "pipeline", name, tag);
+                }
+                check_pipeline_options(options)?;
+                if self.catalog.sink(sink).is_none() {
+                    return Err(Error::NotFound { kind: "sink", name: sink.clone() });
+                }
+                let plan = compile(&self.ctx.state(), query).await?;
+                let mut options = options.clone();
+                let source_bounded = {
+                    let entry = self.catalog.source(&plan.source).ok_or_else(|| Error::NotFound { kind: "source", name: plan.source.clone() })?;
+                    let c = tributary_connectors::source_connector(&entry.options)?;
+                    c.is_bounded(&SourceSpec { name: entry.name.clone(), schema: None, options: entry.options.clone() })
+                };
+                let mode = options.get("mode").cloned().unwrap_or_else(|| if source_bounded { "batch".into() } else { "streaming".into() });
+                if mode == "streaming" && source_bounded {
+                    return Err(Error::Unsupported(
+                        "mode = 'streaming' over a bounded source (watching for new files) is not supported yet; use mode = 'batch' and START PIPELINE again to pick up new files".into(),
+                    ));
+                }
+                options.insert("mode".into(), mode);
+                let entry = PipelineEntry {
+                    name: name.clone(),
+                    id: uuid::Uuid::new_v4().simple().to_string(),
+                    sink: sink.clone(),
+                    sources: vec![plan.source.clone()],
+                    query: query.to_string(),
+                    options,
+                    state: PipelineState::Running,
+                    error: None,
+                    created_at: Utc::now(),
+                };
+                self.catalog.add_pipeline(entry).await?;
+                if let Err(e) = self.start_pipeline(name).await {
+                    self.catalog.set_pipeline_state(name, PipelineState::Failed, Some(e.to_string())).await?;
+                    return Err(e);
+                }
+                Ok(Output::Command(tag))
+            }
+            Statement::StartPipeline { name } => {
+                if self.catalog.pipeline(name).is_none() {
+                    return Err(Error::NotFound { kind: "pipeline", name: name.clone() });
+                }
+                if self.runtime.is_running(name) {
+                    return Err(Error::InvalidState(format!("pipeline \"{name}\" is already running")));
+                }
+                self.catalog.set_pipeline_state(name, PipelineState::Running, None).await?;
+                if let Err(e) = self.start_pipeline(name).await {
+                    self.catalog.set_pipeline_state(name, PipelineState::Failed, Some(e.to_string())).await?;
+                    return Err(e);
+                }
+                Ok(Output::Command(tag))
+            }
+            Statement::StopPipeline { name } => {
+                if self.catalog.pipeline(name).is_none() {
+                    return Err(Error::NotFound { kind: "pipeline", name: name.clone() });
+                }
+                self.runtime.stop(name).await?;
+                Ok(Output::Command(tag))
+            }
+            Statement::Drop { kind, name, if_exists } => self.drop_object(*kind, name, *if_exists, tag).await,
+            Statement::Show { kind } => self.show(*kind).await,
+            Statement::ShowCreate { kind, name } => self.show_create(*kind, name),
+            Statement::Sql(stmt) => self.execute_sql_statement(stmt, params).await,
+        }
+    }
+
+    fn exists_as_table(&self, name: &str) -> bool {
+        self.catalog.source(name).is_some() || self.catalog.sink(name).is_some()
+    }
+
+    fn exists(&self, if_not_exists: bool, kind: &'static str, name: &str, tag: String) -> Result<Output> {
+        if if_not_exists {
+            Ok(Output::Command(tag))
+        } else {
+            let kind = if self.catalog.source(name).is_some() {
+                "source"
+            } else if self.catalog.sink(name).is_some() {
+                "sink"
+            } else {
+                kind
+            };
+            Err(Error::AlreadyExists { kind, name: name.to_string() })
+        }
+    }
+
+    /// Builds a job for a catalog pipeline and starts it.
+    async fn start_pipeline(&self, name: &str) -> Result<()> {
+        let entry = self.catalog.pipeline(name).ok_or_else(|| Error::NotFound { kind: "pipeline", name: name.to_string() })?;
+        let Statement::Sql(stmt) = parse_statement(&entry.query)? else {
+            return Err(Error::Internal(format!("pipeline {name} has an unreadable query")));
+        };
+        let ast::Statement::Query(query) = *stmt else {
+            return Err(Error::Internal(format!("pipeline {name} query is not a SELECT")));
+        };
+        let plan = compile(&self.ctx.state(), &query).await?;
+        let source = source_table(&self.catalog, &plan.source)?.ok_or_else(|| Error::NotFound { kind: "source", name: plan.source.clone() })?;
+        let source_entry = self.catalog.source(&plan.source).ok_or_else(|| Error::NotFound { kind: "source", name: plan.source.clone() })?;
+        let sink_entry = self.catalog.sink(&entry.sink).ok_or_else(|| Error::NotFound { kind: "sink", name: entry.sink.clone() })?;
+        let settings = pipeline_settings(&entry.options)?;
+        let source_schema = crate::catalog::schema_of(&source_entry.columns)?;
+        let job = PipelineJob {
+            plan,
+            settings,
+            source_spec: SourceSpec { name: source_entry.name.clone(), schema: Some(source_schema.clone()), options: source_entry.options.clone() },
+            source_schema,
+            source_connector: tributary_connectors::source_connector(&source_entry.options)?,
+            sink_spec: SinkSpec { name: sink_entry.name.clone(), options: sink_entry.options.clone() },
+            sink_connector: tributary_connectors::sink_connector(&sink_entry.options)?,
+            entry,
+        };
+        drop(source);
+        self.runtime.start(job)
+    }
+
+    /// Waits until a pipeline's current run ends; returns its state.
+    pub async fn wait_pipeline(&self, name: &str) -> Option<PipelineState> {
+        self.runtime.wait(name).await;
+        self.catalog.pipeline(name).map(|p| p.state)
+    }
+
+    async fn drop_object(&self, kind: ObjectKind, name: &str, if_exists: bool, tag: String) -> Result<Output> {
+        let exists = match kind {
+            ObjectKind::Source => self.catalog.source(name).is_some(),
+            ObjectKind::Sink => self.catalog.sink(name).is_some(),
+            ObjectKind::Pipeline => self.catalog.pipeline(name).is_some(),
+        };
+        if !exists {
+            return if if_exists { Ok(Output::Command(tag)) } else { Err(Error::NotFound { kind: kind.name(), name: name.to_string() }) };
+        }
+        match kind {
+            ObjectKind::Source | ObjectKind::Sink => {
+                let users: Vec<String> = self
+                    .catalog
+                    .pipelines()
+                    .into_iter()
+                    .filter(|p| if kind == ObjectKind::Sink { p.sink == name } else { p.sources.iter().any(|s| s == name) })
+                    .map(|p| p.name)
+                    .collect();
+                if !users.is_empty() {
+                    return Err(Error::DependentObjects(format!(
+                        "cannot drop {} \"{name}\": pipeline {} uses it; drop the pipeline first",
+                        kind.name(),
+                        users.iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+            ObjectKind::Pipeline => {
+                self.runtime.stop(name).await?;
+                if let Some(p) = self.catalog.pipeline(name) {
+                    self.runtime.checkpoints(&p.id)?.clear().await?;
+                }
+                self.runtime.forget(name);
+            }
+        }
+        self.catalog.remove(kind, name).await?;
+        Ok(Output::Command(tag))
+    }
+
+    async fn show(&self, kind: ObjectKind) -> Result<Output> {
+        let sql = match kind {
+            ObjectKind::Source => "SELECT name, connector, options, schema FROM tributary.sources ORDER BY name",
+            ObjectKind::Sink => "SELECT name, connector, options FROM tributary.sinks ORDER BY name",
+            ObjectKind::Pipeline => {
+                "SELECT name, source, sink, mode, state, rows_in, rows_out, rows_errored, error FROM tributary.pipelines ORDER BY name"
+            }
+        };
+        let df = self.ctx.sql(sql).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        Ok(Output::Rows { schema, batches: df.collect().await? })
+    }
+
+    fn show_create(&self, kind: ObjectKind, name: &str) -> Result<Output> {
+        let not_found = || Error::NotFound { kind: kind.name(), name: name.to_string() };
+        let text = match kind {
+            ObjectKind::Source => {
+                let s = self.catalog.source(name).ok_or_else(not_found)?;
+                let mut cols = columns_text(&s.columns);
+                if !s.primary_key.is_empty() {
+                    cols.push_str(&format!(", PRIMARY KEY ({})", s.primary_key.join(", ")));
+                }
+                if let Some((c, e)) = &s.watermark {
+                    cols.push_str(&format!(", WATERMARK FOR {c} AS {e}"));
+                }
+                format!("CREATE SOURCE {} ({cols}) WITH ({})", s.name, options_text(&s.options))
+            }
+            ObjectKind::Sink => {
+                let s = self.catalog.sink(name).ok_or_else(not_found)?;
+                format!("CREATE SINK {} WITH ({})", s.name, options_text(&s.options))
+            }
+            ObjectKind::Pipeline => {
+                let p = self.catalog.pipeline(name).ok_or_else(not_found)?;
+                format!("CREATE PIPELINE {} WITH ({}) AS INSERT INTO {} {}", p.name, options_text(&p.options), p.sink, p.query)
+            }
+        };
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("create_statement", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(vec![name.to_string()])), Arc::new(StringArray::from(vec![text]))],
+        )?;
+        Ok(Output::Rows { schema, batches: vec![batch] })
+    }
+
+    /// Plans a generic SQL statement (SELECT, EXPLAIN) without running it.
+    pub async fn plan_query(&self, stmt: &ast::Statement) -> Result<LogicalPlan> {
+        let state = self.ctx.state();
+        let plan = state.statement_to_plan(DFStatement::Statement(Box::new(stmt.clone()))).await?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|_| {
+                Error::Unsupported(
+                    "Tributary runs queries, CREATE SOURCE/SINK/PIPELINE and lifecycle statements; tables are sources and sinks".into(),
+                )
+            })?;
+        Ok(plan)
+    }
+
+    async fn execute_sql_statement(&self, stmt: &ast::Statement, params: Option<ParamValues>) -> Result<Output> {
+        if let Some(out) = session_statement(stmt) {
+            return Ok(out);
+        }
+        let mut plan = self.plan_query(stmt).await?;
+        if let Some(p) = params {
+            plan = plan.with_param_values(p)?;
+        }
+        let df = self.ctx.execute_logical_plan(plan).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        Ok(Output::Rows { schema, batches })
+    }
+}
+
+/// Statements about the session (SET, BEGIN, SHOW var) that clients send and we accept.
+pub fn session_statement(stmt: &ast::Statement) -> Option<Output> {
+    use ast::Statement as S;
+    let tag = |t: &str| Some(Output::Command(t.to_string()));
+    match stmt {
+        S::Set(_) => tag("SET"),
+        S::StartTransaction { .. } => tag("BEGIN"),
+        S::Commit { .. } => tag("COMMIT"),
+        S::Rollback { .. } => tag("ROLLBACK"),
+        S::Discard { .. } => tag("DISCARD ALL"),
+        S::Deallocate { .. } => tag("DEALLOCATE"),
+        S::ShowVariable { variable } => {
+            let name = variable.iter().map(|i| i.value.to_ascii_lowercase()).collect::<Vec<_>>().join(" ");
+            let value = match name.as_str() {
+                "server_version" => "16.6",
+                "server_encoding" | "client_encoding" => "UTF8",
+                "standard_conforming_strings" => "on",
+                "transaction isolation level" | "transaction_isolation" => "read committed",
+                "timezone" | "time zone" => "UTC",
+                "datestyle" => "ISO, YMD",
+                "search_path" => "public",
+                "max_identifier_length" => "63",
+                _ => return None,
+            };
+            let schema = Arc::new(Schema::new(vec![Field::new(name.replace(' ', "_"), DataType::Utf8, false)]));
+            let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec![value]))]).ok()?;
+            Some(Output::Rows { schema, batches: vec![batch] })
+        }
+        _ => None,
+    }
+}
+
+const PIPELINE_OPTIONS: &[&str] = &["mode", "checkpoint_interval", "on_error"];
+
+fn check_pipeline_options(options: &BTreeMap<String, String>) -> Result<()> {
+    for k in options.keys() {
+        if !PIPELINE_OPTIONS.contains(&k.as_str()) {
+            return Err(Error::Connector(tributary_connectors::ConnectorError::UnknownOption {
+                connector: "pipeline".into(),
+                option: k.clone(),
+                accepted: PIPELINE_OPTIONS.join(", "),
+            }));
+        }
+    }
+    pipeline_settings(options).map(|_| ())
+}
+
+fn pipeline_settings(options: &BTreeMap<String, String>) -> Result<PipelineSettings> {
+    let invalid = |k: &str, v: &str, reason: &str| {
+        Error::Connector(tributary_connectors::ConnectorError::InvalidOption { option: k.into(), value: v.into(), reason: reason.into() })
+    };
+    let mode = match options.get("mode").map(|s| s.to_ascii_lowercase()) {
+        None => "batch".to_string(),
+        Some(m) if m == "batch" || m == "streaming" => m,
+        Some(m) => return Err(invalid("mode", &m, "expected batch or streaming")),
+    };
+    let on_error = match options.get("on_error").map(|s| s.to_ascii_lowercase()) {
+        None => OnError::Skip,
+        Some(m) if m == "skip" => OnError::Skip,
+        Some(m) if m == "fail" => OnError::Fail,
+        Some(m) => return Err(invalid("on_error", &m, "expected skip or fail")),
+    };
+    let checkpoint_interval = match options.get("checkpoint_interval") {
+        None => DEFAULT_CHECKPOINT_INTERVAL,
+        Some(v) => parse_duration(v).ok_or_else(|| invalid("checkpoint_interval", v, "expected a duration such as '500ms', '10s' or '1m'"))?,
+    };
+    Ok(PipelineSettings { mode, checkpoint_interval, on_error })
+}
+
+/// Parses `500ms`, `10s`, `1m`, `2h` or plain seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim().to_ascii_lowercase();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "" | "s" | "sec" | "secs" | "second" | "seconds" => n,
+        "ms" | "millis" | "milliseconds" => n / 1000.0,
+        "m" | "min" | "mins" | "minute" | "minutes" => n * 60.0,
+        "h" | "hour" | "hours" => n * 3600.0,
+        _ => return None,
+    };
+    (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
+}
+
+/// Lowercases inferred column names so unquoted SQL identifiers find them.
+fn normalize_names(schema: &SchemaRef) -> SchemaRef {
+    let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_name(f.name().to_ascii_lowercase())).collect();
+    Arc::new(Schema::new(fields))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2 m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("0s"), None);
+    }
+}

@@ -1,0 +1,143 @@
+//! The engine's error type, and the one place errors become SQLSTATE codes.
+
+use datafusion::error::DataFusionError;
+use tributary_connectors::{ConnectorError, ErrorKind};
+
+/// Errors of the engine: SQL front end, catalog, runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The statement does not parse. `position` is the 1-based character offset of the problem.
+    #[error("{message}")]
+    Syntax {
+        /// What is wrong.
+        message: String,
+        /// 1-based character position in the statement, when known.
+        position: Option<usize>,
+    },
+    /// A name that does not exist.
+    #[error("{kind} \"{name}\" does not exist")]
+    NotFound {
+        /// source, sink, pipeline, table.
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// A name that already exists.
+    #[error("{kind} \"{name}\" already exists")]
+    AlreadyExists {
+        /// source, sink, pipeline.
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The statement is understood but cannot be done in the current state.
+    #[error("{0}")]
+    InvalidState(String),
+    /// Something the statement asks for that Tributary cannot do (yet).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A semantic problem with the statement (types, columns, options).
+    #[error("{0}")]
+    Plan(String),
+    /// A source or sink failed.
+    #[error("{0}")]
+    Connector(#[from] ConnectorError),
+    /// DataFusion failed planning or running a query.
+    #[error("{}", .0.message())]
+    DataFusion(#[from] DataFusionError),
+    /// Reading or writing the data directory failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Other objects depend on the one to drop.
+    #[error("{0}")]
+    DependentObjects(String),
+    /// A bug.
+    #[error("internal error: {0} (this is a bug in Tributary, please report it)")]
+    Internal(String),
+}
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        Error::DataFusion(DataFusionError::ArrowError(Box::new(e), None))
+    }
+}
+
+/// Result alias for the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O failure with context.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+
+    /// The PostgreSQL SQLSTATE code for this error.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            Error::Syntax { .. } => "42601",
+            Error::NotFound { kind: "table", .. } => "42P01",
+            Error::NotFound { .. } => "42704",
+            Error::AlreadyExists { .. } => "42710",
+            Error::InvalidState(_) => "55000",
+            Error::Unsupported(_) => "0A000",
+            Error::Plan(_) => "42000",
+            Error::Connector(e) => match e {
+                ConnectorError::UnknownConnector { .. }
+                | ConnectorError::MissingOption { .. }
+                | ConnectorError::UnknownOption { .. }
+                | ConnectorError::InvalidOption { .. } => "22023",
+                ConnectorError::BadRecord { .. } => "22P02",
+                _ => match e.kind() {
+                    ErrorKind::User => "42000",
+                    ErrorKind::External => "58000",
+                    ErrorKind::Internal => "XX000",
+                },
+            },
+            Error::DataFusion(e) => datafusion_sqlstate(e),
+            Error::Io { .. } => "58030",
+            Error::DependentObjects(_) => "2BP01",
+            Error::Internal(_) => "XX000",
+        }
+    }
+
+    /// The 1-based character position of the problem in the statement, when known.
+    pub fn position(&self) -> Option<usize> {
+        match self {
+            Error::Syntax { position, .. } => *position,
+            _ => None,
+        }
+    }
+}
+
+fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
+    use datafusion::common::SchemaError;
+    match e.find_root() {
+        DataFusionError::SQL(..) => "42601",
+        DataFusionError::SchemaError(se, _) => match se.as_ref() {
+            SchemaError::FieldNotFound { .. } => "42703",
+            SchemaError::AmbiguousReference { .. } => "42702",
+            _ => "42701",
+        },
+        DataFusionError::Plan(m) if m.contains("table '") && m.contains("not found") => "42P01",
+        DataFusionError::Plan(m) if m.contains("No function matches") || m.contains("Invalid function") => "42883",
+        DataFusionError::Plan(m) if m.contains("Cannot") || m.contains("type") => "42804",
+        DataFusionError::Plan(_) => "42000",
+        DataFusionError::NotImplemented(_) => "0A000",
+        DataFusionError::ArrowError(a, _) => match a.as_ref() {
+            arrow::error::ArrowError::DivideByZero => "22012",
+            arrow::error::ArrowError::CastError(_) | arrow::error::ArrowError::ParseError(_) => "22P02",
+            _ => "XX000",
+        },
+        DataFusionError::ResourcesExhausted(_) => "53200",
+        DataFusionError::Execution(m) if m.contains("already exists") => "42P07",
+        DataFusionError::Execution(_) => "22000",
+        DataFusionError::Configuration(_) => "22023",
+        _ => "XX000",
+    }
+}

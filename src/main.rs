@@ -1,0 +1,207 @@
+//! The `tributary` command: `serve` runs the engine behind a Postgres-wire server, `run` executes
+//! a SQL script embedded and waits for its batch pipelines.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tributary::catalog::PipelineState;
+use tributary::sql::parse::{parse_sql, Statement};
+use tributary::{Engine, Output};
+
+#[derive(Parser)]
+#[command(name = "tributary", version, about = "SQL-first streaming ETL: sources, sinks and pipelines in SQL")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine and serve Postgres-wire clients (psql -h 127.0.0.1 -p 7432 -U tributary).
+    Serve {
+        /// Where the catalog, checkpoints and logs live.
+        #[arg(long, default_value = "tributary-data")]
+        data_dir: PathBuf,
+        /// Address for Postgres-wire clients.
+        #[arg(long, default_value = "127.0.0.1:7432")]
+        pg_listen: SocketAddr,
+    },
+    /// Execute a SQL script embedded, waiting for batch pipelines to complete.
+    Run {
+        /// The script.
+        script: PathBuf,
+        /// Where the catalog, checkpoints and logs live.
+        #[arg(long, default_value = "tributary-data")]
+        data_dir: PathBuf,
+        /// No progress display.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tributary::telemetry::init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { data_dir, pg_listen } => serve(data_dir, pg_listen).await,
+        Command::Run { script, data_dir, quiet } => run(script, data_dir, quiet).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn serve(data_dir: PathBuf, pg_listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    let engine = Engine::open(&data_dir).await.with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    let listener = tributary::server::pgwire::bind(pg_listen).await.with_context(|| format!("listening on {pg_listen}"))?;
+    tracing::info!(addr = %pg_listen, data_dir = %data_dir.display(), "Tributary is serving Postgres-wire clients.");
+    engine.resume_pipelines().await?;
+    tributary::server::pgwire::serve(engine.clone(), listener, shutdown_signal()).await?;
+    tracing::info!("Shutting down: taking final checkpoints.");
+    engine.shutdown().await;
+    tracing::info!("Stopped.");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(script: PathBuf, data_dir: PathBuf, quiet: bool) -> anyhow::Result<ExitCode> {
+    let sql = std::fs::read_to_string(&script).with_context(|| format!("reading {}", script.display()))?;
+    let engine = Engine::open(&data_dir).await.with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    let statements = match parse_sql(&sql) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}: {}", script.display(), describe_error(&sql, &e, 0));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut failed = false;
+    let mut streaming = Vec::new();
+    for stmt in statements {
+        let started = Instant::now();
+        match engine.execute(&stmt).await {
+            Ok(Output::Rows { batches, .. }) => {
+                match arrow::util::pretty::pretty_format_batches(&batches) {
+                    Ok(t) => println!("{t}"),
+                    Err(e) => eprintln!("error: {e}"),
+                }
+            }
+            Ok(Output::Command(tag)) => {
+                if !quiet {
+                    eprintln!("{tag}");
+                }
+            }
+            Ok(Output::Empty) => {}
+            Err(e) => {
+                eprintln!("{}: {}", script.display(), describe_error(&sql, &e, stmt.offset));
+                failed = true;
+                break;
+            }
+        }
+        let pipeline = match &stmt.statement {
+            Statement::CreatePipeline { name, .. } | Statement::StartPipeline { name } => Some(name.clone()),
+            _ => None,
+        };
+        if let Some(name) = pipeline {
+            let Some(entry) = engine.catalog().pipeline(&name) else { continue };
+            if entry.options.get("mode").map(String::as_str) == Some("streaming") {
+                streaming.push(name);
+                continue;
+            }
+            let state = wait_with_progress(&engine, &name, quiet).await;
+            let st = engine.runtime().status(&name, "", state, None).snapshot();
+            let secs = started.elapsed().as_secs_f64();
+            eprintln!(
+                "pipeline {name}: {} — {} rows in, {} rows out, {} errored in {secs:.1}s ({:.0} rows/s)",
+                state.as_str(),
+                st.rows_in,
+                st.rows_out,
+                st.rows_errored,
+                st.rows_in as f64 / secs.max(1e-9)
+            );
+            if state == PipelineState::Failed {
+                eprintln!("pipeline {name} failed: {}", st.error.unwrap_or_default());
+                failed = true;
+                break;
+            }
+        }
+    }
+    if !failed && !streaming.is_empty() {
+        eprintln!("streaming pipelines {} run until Ctrl-C", streaming.join(", "));
+        shutdown_signal().await;
+    }
+    engine.shutdown().await;
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+async fn wait_with_progress(engine: &Engine, name: &str, quiet: bool) -> PipelineState {
+    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new_spinner() };
+    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()));
+    let started = Instant::now();
+    let status = engine.runtime().status(name, "", PipelineState::Running, None);
+    let wait = engine.wait_pipeline(name);
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            state = &mut wait => {
+                bar.finish_and_clear();
+                return state.unwrap_or(PipelineState::Failed);
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                let rows = status.rows_in.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64();
+                bar.set_message(format!(
+                    "{name}: {rows} rows in, {} out, {} errored, epoch {} ({:.0} rows/s)",
+                    status.rows_out.load(Ordering::Relaxed),
+                    status.rows_errored.load(Ordering::Relaxed),
+                    status.epoch.load(Ordering::Relaxed),
+                    rows as f64 / secs.max(1e-9)
+                ));
+                bar.tick();
+            }
+        }
+    }
+}
+
+/// `ERROR [SQLSTATE]: message` plus the line and a caret under the position, like psql.
+fn describe_error(sql: &str, e: &tributary::Error, offset: usize) -> String {
+    let mut s = format!("ERROR [{}]: {e}", e.sqlstate());
+    if let Some(pos) = e.position() {
+        let pos = pos + offset;
+        let before: String = sql.chars().take(pos.saturating_sub(1)).collect();
+        let line_no = before.matches('\n').count() + 1;
+        let col = before.chars().rev().take_while(|c| *c != '\n').count();
+        if let Some(line) = sql.lines().nth(line_no - 1) {
+            s.push_str(&format!("\nLINE {line_no}: {line}\n{}^", " ".repeat(col + format!("LINE {line_no}: ").len())));
+        }
+    }
+    s
+}

@@ -1,0 +1,316 @@
+//! One pipeline run: read the source in a task of its own, push batches through the compiled plan
+//! into the sink, and close an epoch (prepare, checkpoint, commit) every checkpoint interval.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use chrono::Utc;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+use tributary_connectors::{
+    ConnectorError, SinkConnector, SinkContext, SinkSpec, SourceBatch, SourceConnector, SourceSpec,
+};
+
+use super::checkpoint::{Checkpoint, CheckpointStore};
+use super::status::{ErrorEntry, ErrorLog, PipelineStatus};
+use crate::catalog::{PipelineEntry, PipelineState};
+use crate::error::{Error, Result};
+use crate::sql::plan::PipelinePlan;
+
+/// Batches buffered between the source task and the pipeline task: the backpressure bound.
+const CHANNEL_BATCHES: usize = 4;
+/// An epoch closes early once it has read this many records.
+const MAX_EPOCH_ROWS: u64 = 20_000_000;
+
+/// What to do with a record that cannot be decoded or processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Count it, keep it in `tributary.errors`, carry on.
+    Skip,
+    /// Fail the pipeline.
+    Fail,
+}
+
+/// How a pipeline runs, from its WITH options.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// batch or streaming.
+    pub mode: String,
+    /// Time between checkpoints.
+    pub checkpoint_interval: Duration,
+    /// Bad record policy.
+    pub on_error: OnError,
+}
+
+/// Everything a pipeline run needs, resolved by the control plane.
+#[derive(Clone)]
+pub struct PipelineJob {
+    /// The catalog entry.
+    pub entry: PipelineEntry,
+    /// Compiled query.
+    pub plan: PipelinePlan,
+    /// Settings.
+    pub settings: PipelineSettings,
+    /// The source.
+    pub source_spec: SourceSpec,
+    /// Its resolved schema.
+    pub source_schema: SchemaRef,
+    /// Its connector.
+    pub source_connector: Arc<dyn SourceConnector>,
+    /// The sink.
+    pub sink_spec: SinkSpec,
+    /// Its connector.
+    pub sink_connector: Arc<dyn SinkConnector>,
+}
+
+/// Aborts the source task when the run ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Files and stores a run writes to.
+pub struct RunContext {
+    /// Live status.
+    pub status: Arc<PipelineStatus>,
+    /// Shared error log.
+    pub errors: Arc<ErrorLog>,
+    /// Checkpoints of this pipeline.
+    pub checkpoints: CheckpointStore,
+    /// Durable copy of this pipeline's bad records.
+    pub error_file: PathBuf,
+    /// Flips to true when the pipeline is asked to stop.
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Runs a pipeline until its input ends, it is stopped, or it fails.
+pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState> {
+    let span = tracing::info_span!("pipeline", name = %job.entry.name);
+    async move {
+        let status = ctx.status.clone();
+        let latest = ctx.checkpoints.latest().await?;
+        restore_errors(&ctx, latest.as_ref().map(|c| c.epoch).unwrap_or(0));
+
+        let mut sink = job.sink_connector.create(&job.sink_spec).await?;
+        let sink_ctx = SinkContext { pipeline: job.entry.name.clone(), writer_id: job.entry.id.clone() };
+        sink.open(&sink_ctx, job.plan.output_schema.clone()).await?;
+
+        let mut epoch = 0u64;
+        let mut position = None;
+        if let Some(cp) = latest {
+            // The last checkpoint's commit may not have happened before a crash: (re)do it; sinks skip it if done.
+            sink.commit(cp.epoch, cp.sink.clone()).await?;
+            epoch = cp.epoch;
+            position = cp.sources.get(&job.plan.source).cloned();
+            status.restore(cp.rows_in, cp.rows_out, cp.rows_errored, cp.epoch, cp.at);
+            tracing::info!(epoch, "Resuming from checkpoint.");
+        }
+
+        let mut source = job.source_connector.open(&job.source_spec, job.source_schema.clone(), position).await?;
+        let (tx, mut rx) = mpsc::channel::<std::result::Result<Option<SourceBatch>, ConnectorError>>(CHANNEL_BATCHES);
+        let reader = tokio::spawn(
+            async move {
+                loop {
+                    let next = source.next_batch().await;
+                    let end = !matches!(next, Ok(Some(_)));
+                    if tx.send(next).await.is_err() || end {
+                        break;
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("source", name = %job.plan.source)),
+        );
+        let _reader = AbortOnDrop(reader);
+
+        loop {
+            epoch += 1;
+            let started = Instant::now();
+            let deadline = tokio::time::Instant::now() + job.settings.checkpoint_interval;
+            let mut last_position = None;
+            let mut epoch_errors = Vec::new();
+            let mut epoch_rows = 0u64;
+            let mut finished = false;
+            let mut stopping = false;
+            while epoch_rows < MAX_EPOCH_ROWS {
+                tokio::select! {
+                    biased;
+                    changed = ctx.stop.changed() => {
+                        if changed.is_err() || *ctx.stop.borrow() {
+                            stopping = true;
+                            break;
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    msg = rx.recv() => match msg {
+                        Some(Ok(Some(sb))) => {
+                            epoch_rows += (sb.batch.num_rows() + sb.bad_records.len()) as u64;
+                            let pos = sb.position.clone();
+                            handle_batch(&job, &status, &mut *sink, sb, epoch, &mut epoch_errors).await?;
+                            last_position = Some(pos);
+                        }
+                        Some(Ok(None)) | None => {
+                            finished = true;
+                            break;
+                        }
+                        Some(Err(e)) => return Err(e.into()),
+                    }
+                }
+            }
+            if let Some(pos) = last_position {
+                let prepared = sink.prepare(epoch).await?;
+                persist_errors(&ctx, &epoch_errors)?;
+                let at = Utc::now();
+                let cp = Checkpoint {
+                    epoch,
+                    at,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    sources: [(job.plan.source.clone(), pos)].into_iter().collect(),
+                    operators: Default::default(),
+                    sink: prepared.clone(),
+                    rows_in: status.rows_in.load(Ordering::Relaxed),
+                    rows_out: status.rows_out.load(Ordering::Relaxed),
+                    rows_errored: status.rows_errored.load(Ordering::Relaxed),
+                };
+                let bytes = ctx.checkpoints.save(&cp).await?;
+                sink.commit(epoch, prepared).await?;
+                status.checkpointed(epoch, at);
+                ctx.errors.extend(epoch_errors);
+                tracing::debug!(epoch, rows = epoch_rows, bytes, "Checkpoint committed.");
+            } else {
+                epoch -= 1;
+            }
+            if finished {
+                return Ok(if job.settings.mode == "batch" { PipelineState::Completed } else { PipelineState::Stopped });
+            }
+            if stopping {
+                return Ok(PipelineState::Stopped);
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn handle_batch(
+    job: &PipelineJob,
+    status: &PipelineStatus,
+    sink: &mut dyn tributary_connectors::Sink,
+    sb: SourceBatch,
+    epoch: u64,
+    errors: &mut Vec<ErrorEntry>,
+) -> Result<()> {
+    status.rows_in.fetch_add((sb.batch.num_rows() + sb.bad_records.len()) as u64, Ordering::Relaxed);
+    if let Some(bad) = sb.bad_records.first() {
+        if job.settings.on_error == OnError::Fail {
+            return Err(ConnectorError::BadRecord { position: bad.position.clone(), message: bad.message.clone() }.into());
+        }
+    }
+    status.rows_errored.fetch_add(sb.bad_records.len() as u64, Ordering::Relaxed);
+    let at = Utc::now();
+    for bad in sb.bad_records {
+        errors.push(ErrorEntry {
+            pipeline: job.entry.name.clone(),
+            source: job.plan.source.clone(),
+            epoch,
+            position: bad.position,
+            message: bad.message,
+            raw: bad.raw,
+            at,
+        });
+    }
+    let (outputs, failed) = process_isolating(&job.plan, sb.batch);
+    if let Some((_, msg)) = failed.first() {
+        if job.settings.on_error == OnError::Fail {
+            return Err(Error::Plan(format!("pipeline query failed on a record: {msg}")));
+        }
+    }
+    status.rows_errored.fetch_add(failed.len() as u64, Ordering::Relaxed);
+    for (raw, message) in failed {
+        errors.push(ErrorEntry {
+            pipeline: job.entry.name.clone(),
+            source: job.plan.source.clone(),
+            epoch,
+            position: format!("epoch {epoch}"),
+            message,
+            raw,
+            at,
+        });
+    }
+    for out in outputs {
+        let n = out.num_rows() as u64;
+        sink.write(out).await?;
+        status.rows_out.fetch_add(n, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Runs the plan; when it fails on a batch, splits the batch to find the rows it fails on and
+/// returns those (as JSON text, with the error) apart from the rows that went through.
+fn process_isolating(plan: &PipelinePlan, batch: RecordBatch) -> (Vec<RecordBatch>, Vec<(String, String)>) {
+    match plan.process(batch.clone()) {
+        Ok(out) => (vec![out], Vec::new()),
+        Err(e) if batch.num_rows() <= 1 => (Vec::new(), vec![(row_json(&batch), e.to_string())]),
+        Err(_) => {
+            let mid = batch.num_rows() / 2;
+            let (mut a, mut fa) = process_isolating(plan, batch.slice(0, mid));
+            let (b, fb) = process_isolating(plan, batch.slice(mid, batch.num_rows() - mid));
+            a.extend(b);
+            fa.extend(fb);
+            (a, fa)
+        }
+    }
+}
+
+fn row_json(batch: &RecordBatch) -> String {
+    let mut w = arrow_json::LineDelimitedWriter::new(Vec::new());
+    if w.write(batch).is_ok() && w.finish().is_ok() {
+        return String::from_utf8_lossy(&w.into_inner()).trim().to_string();
+    }
+    String::new()
+}
+
+fn persist_errors(ctx: &RunContext, entries: &[ErrorEntry]) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&ctx.error_file)
+        .map_err(|e| Error::io(format!("opening {}", ctx.error_file.display()), e))?;
+    let mut buf = Vec::new();
+    for e in entries {
+        if let Ok(line) = serde_json::to_vec(e) {
+            buf.extend_from_slice(&line);
+            buf.push(b'\n');
+        }
+    }
+    f.write_all(&buf).map_err(|e| Error::io(format!("writing {}", ctx.error_file.display()), e))
+}
+
+/// Loads the durable bad-record log up to the checkpointed epoch and drops what a crash left after it.
+fn restore_errors(ctx: &RunContext, upto_epoch: u64) {
+    let Ok(text) = std::fs::read_to_string(&ctx.error_file) else { return };
+    let kept: Vec<ErrorEntry> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<ErrorEntry>(l).ok())
+        .filter(|e| e.epoch <= upto_epoch)
+        .collect();
+    let mut buf = Vec::new();
+    for e in &kept {
+        if let Ok(line) = serde_json::to_vec(e) {
+            buf.extend_from_slice(&line);
+            buf.push(b'\n');
+        }
+    }
+    let _ = std::fs::write(&ctx.error_file, buf);
+    ctx.errors.remove_pipeline(&ctx.status.name);
+    ctx.errors.extend(kept);
+}

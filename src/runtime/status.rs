@@ -1,0 +1,176 @@
+//! Live state of running pipelines and the bounded log of bad records, as the system tables show them.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::PipelineState;
+
+/// Counters and lifecycle of one pipeline, updated by its task and read by `tributary.pipelines`.
+#[derive(Debug)]
+pub struct PipelineStatus {
+    /// Pipeline name.
+    pub name: String,
+    /// batch or streaming.
+    pub mode: String,
+    /// Records read from the source (good and bad).
+    pub rows_in: AtomicU64,
+    /// Rows handed to the sink and committed or about to be.
+    pub rows_out: AtomicU64,
+    /// Records that could not be decoded or processed.
+    pub rows_errored: AtomicU64,
+    /// Last committed epoch.
+    pub epoch: AtomicU64,
+    inner: Mutex<StatusInner>,
+}
+
+#[derive(Debug, Clone)]
+struct StatusInner {
+    state: PipelineState,
+    error: Option<String>,
+    started_at: Option<DateTime<Utc>>,
+    last_checkpoint_at: Option<DateTime<Utc>>,
+}
+
+/// A copy of a pipeline's status at one moment.
+#[derive(Debug, Clone)]
+pub struct StatusSnapshot {
+    /// Pipeline name.
+    pub name: String,
+    /// batch or streaming.
+    pub mode: String,
+    /// Lifecycle state.
+    pub state: PipelineState,
+    /// Records read.
+    pub rows_in: u64,
+    /// Rows written.
+    pub rows_out: u64,
+    /// Bad records.
+    pub rows_errored: u64,
+    /// Last committed epoch.
+    pub epoch: u64,
+    /// When the current or last run started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the last checkpoint was taken.
+    pub last_checkpoint_at: Option<DateTime<Utc>>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl PipelineStatus {
+    /// A status for a pipeline in `state`.
+    pub fn new(name: &str, mode: &str, state: PipelineState, error: Option<String>) -> Self {
+        PipelineStatus {
+            name: name.to_string(),
+            mode: mode.to_string(),
+            rows_in: AtomicU64::new(0),
+            rows_out: AtomicU64::new(0),
+            rows_errored: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            inner: Mutex::new(StatusInner { state, error, started_at: None, last_checkpoint_at: None }),
+        }
+    }
+
+    /// Sets the lifecycle state (and error).
+    pub fn set_state(&self, state: PipelineState, error: Option<String>) {
+        let mut i = self.inner.lock();
+        i.state = state;
+        i.error = error;
+        if state == PipelineState::Running {
+            i.started_at = Some(Utc::now());
+        }
+    }
+
+    /// Current lifecycle state.
+    pub fn state(&self) -> PipelineState {
+        self.inner.lock().state
+    }
+
+    /// Records a checkpoint.
+    pub fn checkpointed(&self, epoch: u64, at: DateTime<Utc>) {
+        self.epoch.store(epoch, Ordering::Relaxed);
+        self.inner.lock().last_checkpoint_at = Some(at);
+    }
+
+    /// Restores counters from a checkpoint.
+    pub fn restore(&self, rows_in: u64, rows_out: u64, rows_errored: u64, epoch: u64, at: DateTime<Utc>) {
+        self.rows_in.store(rows_in, Ordering::Relaxed);
+        self.rows_out.store(rows_out, Ordering::Relaxed);
+        self.rows_errored.store(rows_errored, Ordering::Relaxed);
+        self.checkpointed(epoch, at);
+    }
+
+    /// A consistent-enough copy for display.
+    pub fn snapshot(&self) -> StatusSnapshot {
+        let i = self.inner.lock().clone();
+        StatusSnapshot {
+            name: self.name.clone(),
+            mode: self.mode.clone(),
+            state: i.state,
+            rows_in: self.rows_in.load(Ordering::Relaxed),
+            rows_out: self.rows_out.load(Ordering::Relaxed),
+            rows_errored: self.rows_errored.load(Ordering::Relaxed),
+            epoch: self.epoch.load(Ordering::Relaxed),
+            started_at: i.started_at,
+            last_checkpoint_at: i.last_checkpoint_at,
+            error: i.error,
+        }
+    }
+}
+
+/// A record that could not be processed, as `tributary.errors` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorEntry {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Source name.
+    pub source: String,
+    /// Epoch the record was read in.
+    pub epoch: u64,
+    /// file:line, partition/offset, LSN.
+    pub position: String,
+    /// Why.
+    pub message: String,
+    /// The raw record (truncated).
+    pub raw: String,
+    /// When it was seen.
+    pub at: DateTime<Utc>,
+}
+
+/// The most recent bad records of all pipelines, bounded in size.
+#[derive(Debug)]
+pub struct ErrorLog {
+    entries: Mutex<VecDeque<ErrorEntry>>,
+    capacity: usize,
+}
+
+impl ErrorLog {
+    /// A log keeping the last `capacity` entries.
+    pub fn new(capacity: usize) -> Self {
+        ErrorLog { entries: Mutex::new(VecDeque::new()), capacity }
+    }
+
+    /// Adds entries, dropping the oldest beyond capacity.
+    pub fn extend(&self, new: impl IntoIterator<Item = ErrorEntry>) {
+        let mut e = self.entries.lock();
+        for entry in new {
+            if e.len() == self.capacity {
+                e.pop_front();
+            }
+            e.push_back(entry);
+        }
+    }
+
+    /// Forgets a pipeline's entries (DROP PIPELINE).
+    pub fn remove_pipeline(&self, pipeline: &str) {
+        self.entries.lock().retain(|e| e.pipeline != pipeline);
+    }
+
+    /// A copy of all entries, oldest first.
+    pub fn snapshot(&self) -> Vec<ErrorEntry> {
+        self.entries.lock().iter().cloned().collect()
+    }
+}

@@ -1,0 +1,146 @@
+//! Arrow columns → Postgres wire values: the type each column is announced as, and each cell's encoding.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::compute::cast;
+use arrow::datatypes::{
+    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, TimeUnit,
+    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt16Type,
+    UInt32Type, UInt64Type, UInt8Type,
+};
+use arrow::record_batch::RecordBatch;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
+use pgwire::api::Type;
+use pgwire::error::PgWireResult;
+use pgwire::messages::data::DataRow;
+
+/// The Postgres type a column of `t` is announced as.
+pub fn pg_type(t: &DataType) -> Type {
+    match t {
+        DataType::Boolean => Type::BOOL,
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => Type::INT2,
+        DataType::Int32 | DataType::UInt16 => Type::INT4,
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => Type::INT8,
+        DataType::Float16 | DataType::Float32 => Type::FLOAT4,
+        DataType::Float64 => Type::FLOAT8,
+        DataType::Date32 | DataType::Date64 => Type::DATE,
+        DataType::Timestamp(_, None) => Type::TIMESTAMP,
+        DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => Type::BYTEA,
+        DataType::Decimal128(_, _) => Type::NUMERIC,
+        _ => Type::TEXT,
+    }
+}
+
+/// The Arrow type a Postgres parameter type binds as.
+pub fn arrow_type_of_pg(t: &Type) -> Option<DataType> {
+    Some(match *t {
+        Type::BOOL => DataType::Boolean,
+        Type::INT2 => DataType::Int16,
+        Type::INT4 => DataType::Int32,
+        Type::INT8 => DataType::Int64,
+        Type::FLOAT4 => DataType::Float32,
+        Type::FLOAT8 | Type::NUMERIC => DataType::Float64,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => DataType::Utf8,
+        Type::DATE => DataType::Date32,
+        Type::TIMESTAMP => DataType::Timestamp(TimeUnit::Microsecond, None),
+        Type::TIMESTAMPTZ => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        _ => return None,
+    })
+}
+
+/// Field descriptions for a schema, each in the format the client asked for.
+pub fn fields(schema: &arrow::datatypes::Schema, format: impl Fn(usize) -> FieldFormat) -> Vec<FieldInfo> {
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| FieldInfo::new(f.name().clone(), None, None, pg_type(f.data_type()), format(i)))
+        .collect()
+}
+
+/// Encodes every row of `batches` as data rows for `fields`.
+pub fn encode_rows(fields: Arc<Vec<FieldInfo>>, batches: &[RecordBatch]) -> PgWireResult<Vec<DataRow>> {
+    let mut rows = Vec::new();
+    let mut enc = DataRowEncoder::new(fields.clone());
+    for batch in batches {
+        let cols: Vec<ArrayRef> = batch
+            .columns()
+            .iter()
+            .map(|c| {
+                if pg_type(c.data_type()) == Type::TEXT && !matches!(c.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+                    cast(c, &DataType::Utf8).unwrap_or_else(|_| c.clone())
+                } else {
+                    c.clone()
+                }
+            })
+            .collect();
+        for row in 0..batch.num_rows() {
+            for col in &cols {
+                encode_cell(&mut enc, col, row)?;
+            }
+            rows.push(enc.take_row());
+        }
+    }
+    Ok(rows)
+}
+
+fn encode_cell(enc: &mut DataRowEncoder, col: &ArrayRef, row: usize) -> PgWireResult<()> {
+    if col.is_null(row) {
+        return enc.encode_field(&None::<i32>);
+    }
+    match col.data_type() {
+        DataType::Boolean => enc.encode_field(&col.as_boolean().value(row)),
+        DataType::Int8 => enc.encode_field(&(col.as_primitive::<Int8Type>().value(row) as i16)),
+        DataType::Int16 => enc.encode_field(&col.as_primitive::<Int16Type>().value(row)),
+        DataType::UInt8 => enc.encode_field(&(col.as_primitive::<UInt8Type>().value(row) as i16)),
+        DataType::Int32 => enc.encode_field(&col.as_primitive::<Int32Type>().value(row)),
+        DataType::UInt16 => enc.encode_field(&(col.as_primitive::<UInt16Type>().value(row) as i32)),
+        DataType::Int64 => enc.encode_field(&col.as_primitive::<Int64Type>().value(row)),
+        DataType::UInt32 => enc.encode_field(&(col.as_primitive::<UInt32Type>().value(row) as i64)),
+        DataType::UInt64 => enc.encode_field(&(col.as_primitive::<UInt64Type>().value(row).min(i64::MAX as u64) as i64)),
+        DataType::Float32 => enc.encode_field(&col.as_primitive::<Float32Type>().value(row)),
+        DataType::Float64 => enc.encode_field(&col.as_primitive::<Float64Type>().value(row)),
+        DataType::Utf8 => enc.encode_field(&col.as_string::<i32>().value(row)),
+        DataType::LargeUtf8 => enc.encode_field(&col.as_string::<i64>().value(row)),
+        DataType::Utf8View => enc.encode_field(&col.as_string_view().value(row)),
+        DataType::Binary => enc.encode_field(&col.as_binary::<i32>().value(row)),
+        DataType::LargeBinary => enc.encode_field(&col.as_binary::<i64>().value(row)),
+        DataType::BinaryView => enc.encode_field(&col.as_binary_view().value(row)),
+        DataType::Date32 => {
+            let days = col.as_primitive::<Date32Type>().value(row);
+            let d = NaiveDate::from_num_days_from_ce_opt(days + 719_163);
+            enc.encode_field(&d)
+        }
+        DataType::Date64 => {
+            let casted = cast(col, &DataType::Date32).map_err(|e| pgwire::error::PgWireError::ApiError(Box::new(e)))?;
+            encode_cell(enc, &casted, row)
+        }
+        DataType::Timestamp(unit, tz) => {
+            let nanos: Option<i64> = match unit {
+                TimeUnit::Second => col.as_primitive::<TimestampSecondType>().value(row).checked_mul(1_000_000_000),
+                TimeUnit::Millisecond => col.as_primitive::<TimestampMillisecondType>().value(row).checked_mul(1_000_000),
+                TimeUnit::Microsecond => col.as_primitive::<TimestampMicrosecondType>().value(row).checked_mul(1_000),
+                TimeUnit::Nanosecond => Some(col.as_primitive::<TimestampNanosecondType>().value(row)),
+            };
+            let dt: Option<DateTime<Utc>> = nanos.map(DateTime::from_timestamp_nanos);
+            if tz.is_some() {
+                enc.encode_field(&dt)
+            } else {
+                let naive: Option<NaiveDateTime> = dt.map(|d| d.naive_utc());
+                enc.encode_field(&naive)
+            }
+        }
+        DataType::Decimal128(_, scale) => {
+            let v = col.as_primitive::<Decimal128Type>().value(row);
+            let d = rust_decimal::Decimal::try_from_i128_with_scale(v, (*scale).max(0) as u32).ok();
+            enc.encode_field(&d)
+        }
+        _ => {
+            let casted = cast(col, &DataType::Utf8).map_err(|e| pgwire::error::PgWireError::ApiError(Box::new(e)))?;
+            enc.encode_field(&casted.as_string::<i32>().value(row))
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! The control plane's network edges: the Postgres wire protocol server.
+
+pub mod encode;
+pub mod pgwire;

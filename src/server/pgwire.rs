@@ -1,0 +1,266 @@
+//! The Postgres wire protocol server: psql, psycopg, asyncpg and JDBC talk to the engine here.
+//! This is the one place engine errors become SQLSTATE codes with positions.
+
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::common::{ParamValues, ScalarValue};
+use futures::stream;
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldFormat, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::{ClientInfo, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use tokio::net::TcpListener;
+
+use super::encode::{arrow_type_of_pg, encode_rows, fields, pg_type};
+use crate::engine::{session_statement, Engine, Output};
+use crate::error::Error;
+use crate::sql::parse::{parse_sql, parse_statement, Statement};
+
+/// Turns an engine error into a Postgres error response.
+pub fn error_info(e: &Error, offset: usize) -> ErrorInfo {
+    let mut info = ErrorInfo::new("ERROR".to_owned(), e.sqlstate().to_owned(), e.to_string());
+    info.position = e.position().map(|p| (p + offset).to_string());
+    info
+}
+
+fn user_error(e: &Error) -> PgWireError {
+    PgWireError::UserError(Box::new(error_info(e, 0)))
+}
+
+/// Query handlers over one engine, shared by every connection.
+pub struct Backend {
+    engine: Arc<Engine>,
+    parser: Arc<Parser>,
+}
+
+impl NoopStartupHandler for Backend {}
+
+/// Serves Postgres clients on `addr` until `shutdown` resolves.
+pub async fn serve(engine: Arc<Engine>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
+    let backend = Arc::new(Backend { engine: engine.clone(), parser: Arc::new(Parser { engine }) });
+    let handlers = Arc::new(Handlers { backend });
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => {
+                let (socket, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Accept failed.");
+                        continue;
+                    }
+                };
+                let h = handlers.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = pgwire::tokio::process_socket(socket, None, h).await {
+                        tracing::debug!(%peer, error = %e, "Connection ended with an error.");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Binds the listening socket (so callers learn a bad address before anything else starts).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+struct Handlers {
+    backend: Arc<Backend>,
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.backend.clone()
+    }
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.backend.clone()
+    }
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        self.backend.clone()
+    }
+}
+
+fn output_response(out: Output, format: &Format) -> PgWireResult<Response> {
+    Ok(match out {
+        Output::Empty => Response::EmptyQuery,
+        Output::Command(tag) => match tag.as_str() {
+            "BEGIN" => Response::TransactionStart(Tag::new("BEGIN")),
+            "COMMIT" | "ROLLBACK" => Response::TransactionEnd(Tag::new(&tag)),
+            _ => Response::Execution(Tag::new(&tag)),
+        },
+        Output::Rows { schema, batches } => {
+            let fields = Arc::new(fields(&schema, |i| format.format_for(i)));
+            let rows = encode_rows(fields.clone(), &batches)?;
+            Response::Query(QueryResponse::new(fields, stream::iter(rows.into_iter().map(Ok))))
+        }
+    })
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Backend {
+    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let statements = match parse_sql(query) {
+            Ok(s) => s,
+            Err(e) => return Ok(vec![Response::Error(Box::new(error_info(&e, 0)))]),
+        };
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut responses = Vec::with_capacity(statements.len());
+        for stmt in statements {
+            match self.engine.execute(&stmt).await {
+                Ok(out) => responses.push(output_response(out, &Format::UnifiedText)?),
+                Err(e) => {
+                    tracing::debug!(error = %e, "Statement failed.");
+                    responses.push(Response::Error(Box::new(error_info(&e, stmt.offset))));
+                    break;
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+/// A statement prepared through the extended protocol, with what describe needs.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    statement: Statement,
+    params: Vec<Option<DataType>>,
+    schema: Option<SchemaRef>,
+}
+
+/// Parses and plans statements for the extended protocol.
+pub struct Parser {
+    engine: Arc<Engine>,
+}
+
+#[async_trait]
+impl QueryParser for Parser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(&self, _client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let statement = parse_statement(sql).map_err(|e| user_error(&e))?;
+        let mut params = Vec::new();
+        let mut schema = None;
+        match &statement {
+            Statement::Empty => return Ok(None),
+            Statement::Sql(stmt) if session_statement(stmt).is_none() => {
+                let plan = self.engine.plan_query(stmt).await.map_err(|e| user_error(&e))?;
+                let types_by_name = plan.get_parameter_types().map_err(|e| user_error(&e.into()))?;
+                let n = types_by_name.len();
+                for i in 1..=n {
+                    let declared = types.get(i - 1).cloned().flatten().and_then(|t| arrow_type_of_pg(&t));
+                    params.push(declared.or_else(|| types_by_name.get(&format!("${i}")).cloned().flatten()));
+                }
+                schema = Some(Arc::new(plan.schema().as_arrow().clone()));
+            }
+            Statement::Sql(stmt) => {
+                if let Some(Output::Rows { schema: s, .. }) = session_statement(stmt) {
+                    schema = Some(s);
+                }
+            }
+            Statement::Show { .. } | Statement::ShowCreate { .. } => {
+                let out = self.engine.execute_statement(&statement, None).await.map_err(|e| user_error(&e))?;
+                if let Output::Rows { schema: s, .. } = out {
+                    schema = Some(s);
+                }
+            }
+            _ => {}
+        }
+        Ok(Some(Prepared { statement, params, schema }))
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        Ok(stmt.params.iter().map(|t| t.as_ref().map(pg_type).unwrap_or(Type::TEXT)).collect())
+    }
+
+    fn get_result_schema(&self, stmt: &Prepared, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        Ok(match &stmt.schema {
+            Some(s) => fields(s, |i| format.map(|f| f.format_for(i)).unwrap_or(FieldFormat::Text)),
+            None => Vec::new(),
+        })
+    }
+}
+
+fn bind_params(portal: &Portal<Prepared>) -> PgWireResult<Option<ParamValues>> {
+    let prepared = &portal.statement.statement;
+    if prepared.params.is_empty() {
+        return Ok(None);
+    }
+    let mut values = Vec::with_capacity(prepared.params.len());
+    for (i, t) in prepared.params.iter().enumerate() {
+        let v = match t.as_ref().map(pg_type).unwrap_or(Type::TEXT) {
+            Type::BOOL => ScalarValue::Boolean(portal.parameter::<bool>(i, &Type::BOOL)?),
+            Type::INT2 => ScalarValue::Int16(portal.parameter::<i16>(i, &Type::INT2)?),
+            Type::INT4 => ScalarValue::Int32(portal.parameter::<i32>(i, &Type::INT4)?),
+            Type::INT8 => ScalarValue::Int64(portal.parameter::<i64>(i, &Type::INT8)?),
+            Type::FLOAT4 => ScalarValue::Float32(portal.parameter::<f32>(i, &Type::FLOAT4)?),
+            Type::FLOAT8 => ScalarValue::Float64(portal.parameter::<f64>(i, &Type::FLOAT8)?),
+            Type::DATE => ScalarValue::Date32(
+                portal
+                    .parameter::<chrono::NaiveDate>(i, &Type::DATE)?
+                    .map(|d| (d - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()).num_days() as i32),
+            ),
+            Type::TIMESTAMP => ScalarValue::TimestampMicrosecond(
+                portal.parameter::<chrono::NaiveDateTime>(i, &Type::TIMESTAMP)?.map(|d| d.and_utc().timestamp_micros()),
+                None,
+            ),
+            _ => ScalarValue::Utf8(portal.parameter::<String>(i, &Type::TEXT)?),
+        };
+        values.push(v);
+    }
+    Ok(Some(ParamValues::List(values.into_iter().map(Into::into).collect())))
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Backend {
+    type Statement = Prepared;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(&self, _client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let params = bind_params(portal)?;
+        let out = self
+            .engine
+            .execute_statement(&portal.statement.statement.statement, params)
+            .await
+            .map_err(|e| user_error(&e))?;
+        output_response(out, &portal.result_column_format)
+    }
+}
+
+/// The schema a statement would return, for tests.
+pub fn empty_schema() -> SchemaRef {
+    Arc::new(Schema::empty())
+}
+
+#[allow(dead_code)]
+fn _assert_send(_: &StoredStatement<Prepared>) {}
+
+impl Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Backend")
+    }
+}

@@ -1,0 +1,5 @@
+//! The SQL front end: our statements' parser, type mapping, and the pipeline query compiler.
+
+pub mod parse;
+pub mod plan;
+pub mod types;

@@ -1,0 +1,157 @@
+//! Compiles a pipeline's SELECT into a [`PipelinePlan`]: DataFusion plans and optimises the query,
+//! then the optimised plan is turned into steps (filters, projections) evaluated per Arrow batch.
+
+use std::sync::Arc;
+
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use datafusion::common::cast::as_boolean_array;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::execution_props::ExecutionProps;
+use datafusion::logical_expr::{Filter, LogicalPlan, Projection, SubqueryAlias, TableScan};
+use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast;
+
+use crate::error::{Error, Result};
+use crate::runtime::source_table::SourceTable;
+
+/// One stateless step applied to every batch.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Keep rows where the predicate is true.
+    Filter(Arc<dyn PhysicalExpr>),
+    /// Compute the output columns.
+    Project {
+        /// One expression per output column.
+        exprs: Vec<Arc<dyn PhysicalExpr>>,
+        /// Output schema.
+        schema: SchemaRef,
+    },
+}
+
+/// A compiled pipeline query over one source.
+#[derive(Debug, Clone)]
+pub struct PipelinePlan {
+    /// The source read.
+    pub source: String,
+    /// Columns of the source the query uses, in the order the first step expects.
+    pub scan_projection: Option<Vec<usize>>,
+    /// Steps, applied in order.
+    pub steps: Vec<Step>,
+    /// Schema of the rows handed to the sink (every column nullable).
+    pub output_schema: SchemaRef,
+    /// The optimised logical plan, for EXPLAIN and messages.
+    pub display: String,
+}
+
+impl PipelinePlan {
+    /// Runs the steps over one source batch.
+    pub fn process(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let mut batch = match &self.scan_projection {
+            Some(p) => batch.project(p)?,
+            None => batch,
+        };
+        for step in &self.steps {
+            if batch.num_rows() == 0 {
+                break;
+            }
+            batch = match step {
+                Step::Filter(pred) => {
+                    let mask = pred.evaluate(&batch)?.into_array(batch.num_rows())?;
+                    filter_record_batch(&batch, as_boolean_array(&mask)?)?
+                }
+                Step::Project { exprs, schema } => {
+                    let cols = exprs
+                        .iter()
+                        .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(batch.num_rows())))
+                        .collect::<datafusion::error::Result<Vec<_>>>()?;
+                    RecordBatch::try_new_with_options(
+                        schema.clone(),
+                        cols,
+                        &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+                    )?
+                }
+            };
+        }
+        if batch.num_rows() == 0 {
+            return Ok(RecordBatch::new_empty(self.output_schema.clone()));
+        }
+        Ok(RecordBatch::try_new(self.output_schema.clone(), batch.columns().to_vec())?)
+    }
+}
+
+/// Plans `query` (the SELECT of `CREATE PIPELINE ... AS INSERT INTO sink SELECT ...`).
+pub async fn compile(state: &SessionState, query: &ast::Query) -> Result<PipelinePlan> {
+    let logical = state
+        .statement_to_plan(DFStatement::Statement(Box::new(ast::Statement::Query(Box::new(query.clone())))))
+        .await?;
+    let optimized = state.optimize(&logical)?;
+    let display = optimized.display_indent().to_string();
+    let mut steps = Vec::new();
+    let (source, scan_projection) = walk(&optimized, &mut steps)?;
+    // Name checks: sinks need real column names.
+    let schema = optimized.schema();
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    for (i, f) in schema.fields().iter().enumerate() {
+        let name = f.name();
+        let simple = name.chars().all(|c| c.is_alphanumeric() || c == '_') && !name.is_empty();
+        if !simple {
+            return Err(Error::Plan(format!(
+                "column {} of the pipeline's SELECT ({name}) needs a name a sink can store: add AS <name>",
+                i + 1
+            )));
+        }
+        if fields.iter().any(|g: &Field| g.name() == name) {
+            return Err(Error::Plan(format!("the pipeline's SELECT yields two columns named \"{name}\"; rename one with AS")));
+        }
+        fields.push(f.as_ref().clone().with_nullable(true));
+    }
+    Ok(PipelinePlan { source, scan_projection, steps, output_schema: Arc::new(Schema::new(fields)), display })
+}
+
+fn walk(plan: &LogicalPlan, steps: &mut Vec<Step>) -> Result<(String, Option<Vec<usize>>)> {
+    let props = ExecutionProps::new();
+    let compile_expr = |e: &datafusion::logical_expr::Expr, input: &LogicalPlan| -> Result<Arc<dyn PhysicalExpr>> {
+        Ok(create_physical_expr(e, input.schema(), &props, &Default::default())?)
+    };
+    match plan {
+        LogicalPlan::Projection(Projection { expr, input, schema, .. }) => {
+            let src = walk(input, steps)?;
+            let exprs = expr.iter().map(|e| compile_expr(e, input)).collect::<Result<Vec<_>>>()?;
+            steps.push(Step::Project { exprs, schema: Arc::new(schema.as_arrow().clone()) });
+            Ok(src)
+        }
+        LogicalPlan::Filter(Filter { predicate, input, .. }) => {
+            let src = walk(input, steps)?;
+            steps.push(Step::Filter(compile_expr(predicate, input)?));
+            Ok(src)
+        }
+        LogicalPlan::SubqueryAlias(SubqueryAlias { input, .. }) => walk(input, steps),
+        LogicalPlan::TableScan(TableScan { table_name, source, projection, filters, fetch, .. }) => {
+            let provider = datafusion::datasource::source_as_provider(source)?;
+            let Some(table) = provider.downcast_ref::<SourceTable>() else {
+                return Err(Error::Plan(format!(
+                    "a pipeline reads from a source; \"{table_name}\" is not one (sinks and system tables cannot be read by pipelines)"
+                )));
+            };
+            if !filters.is_empty() || fetch.is_some() {
+                return Err(Error::Unsupported("LIMIT in a pipeline is not supported".into()));
+            }
+            Ok((table.name().to_string(), projection.clone()))
+        }
+        LogicalPlan::Limit(_) => Err(Error::Unsupported("LIMIT in a pipeline is not supported".into())),
+        LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) => {
+            Err(Error::Unsupported("aggregations (GROUP BY, DISTINCT) in pipelines are not supported yet".into()))
+        }
+        LogicalPlan::Join(_) => Err(Error::Unsupported("joins in pipelines are not supported yet".into())),
+        LogicalPlan::Window(_) => Err(Error::Unsupported("window functions in pipelines are not supported yet".into())),
+        LogicalPlan::Sort(_) => Err(Error::Unsupported("ORDER BY in a pipeline is not supported (a stream has no end to sort at)".into())),
+        LogicalPlan::Union(_) => Err(Error::Unsupported("UNION in pipelines is not supported yet".into())),
+        other => Err(Error::Unsupported(format!(
+            "this query shape is not supported in pipelines yet: {}",
+            other.display()
+        ))),
+    }
+}

@@ -1,0 +1,108 @@
+//! Real clients: the psql binary (script files, error exit codes), psycopg and asyncpg
+//! (extended protocol, parameters, binary results).
+
+use std::process::Command;
+
+use crate::harness::*;
+
+fn psql(port: u16, args: &[&str]) -> std::process::Output {
+    Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "tributary", "-X", "-q"])
+        .args(args)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql is installed (tests/run.sh installs it)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_runs_a_script_and_reports_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    write_csv(&input, "orders", 2, 500, 1);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(&data).await;
+    let script = tmp.path().join("script.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) WITH (connector = 'file', path = '{}');\n\
+             CREATE SINK out WITH (connector = 'parquet', path = '{}');\n\
+             CREATE PIPELINE p AS INSERT INTO out SELECT id, amount FROM orders WHERE id <= 10;\n\
+             SHOW SOURCES;\n\
+             SELECT count(*) AS n, sum(id) AS s FROM orders;\n",
+            input.display(),
+            tmp.path().join("out").display()
+        ),
+    )
+    .unwrap();
+    let out = psql(server.port, &["-v", "ON_ERROR_STOP=1", "-A", "-t", "-f", script.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("orders|file|"), "{stdout}");
+    assert!(stdout.lines().any(|l| l == "1000|500500"), "{stdout}");
+
+    let c = server.client().await;
+    wait_state(&c, "p", "completed").await;
+    assert_eq!(scalar(&c, "SELECT sum(id) FROM out").await, "55");
+
+    // A bad statement: psql prints the server's error with its position and exits 3 under ON_ERROR_STOP.
+    let bad = tmp.path().join("bad.sql");
+    std::fs::write(&bad, "SELECT 1;\nCREATE SINK s WITH (connector 'delta');\nSELECT 2;\n").unwrap();
+    let out = psql(server.port, &["-v", "ON_ERROR_STOP=1", "-f", bad.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("syntax error") && stderr.contains("LINE 1: CREATE SINK s WITH (connector 'delta')"), "{stderr}");
+
+    // And the server still serves.
+    assert_eq!(scalar(&c, "SELECT 40 + 2").await, "42");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_and_asyncpg_use_the_extended_protocol() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    write_csv(&input, "orders", 1, 1000, 1);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(&data).await;
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) WITH (connector = 'file', path = '{}')",
+        input.display()
+    ))
+    .await
+    .unwrap();
+
+    let psycopg = r#"
+import sys, psycopg
+with psycopg.connect(host='127.0.0.1', port=int(sys.argv[1]), user='tributary', dbname='tributary', autocommit=True) as conn:
+    rows = conn.execute("SELECT id, customer, amount, ts FROM orders WHERE id BETWEEN %s AND %s ORDER BY id", (10, 12)).fetchall()
+    print(len(rows), rows[0][0], rows[0][1], rows[0][2], rows[0][3].isoformat())
+    try:
+        conn.execute("SELECT * FROM missing_table")
+    except psycopg.errors.UndefinedTable as e:
+        print("undefined_table", e.sqlstate)
+    print(conn.execute("SELECT count(*) FROM orders").fetchone()[0])
+"#;
+    let out = run_python(psycopg, &[&server.port.to_string()]);
+    assert_eq!(out, "3 10 customer_10 10.1 2026-03-11T10:10:00\nundefined_table 42P01\n1000");
+
+    let asyncpg = r#"
+import sys, asyncio, asyncpg
+async def main():
+    conn = await asyncpg.connect(host='127.0.0.1', port=int(sys.argv[1]), user='tributary', database='tributary')
+    rows = await conn.fetch("SELECT id, customer, amount FROM orders WHERE id > $1 ORDER BY id LIMIT 2", 998)
+    print([tuple(r) for r in rows])
+    print(await conn.fetchval("SELECT sum(id) FROM orders WHERE customer = $1", 'customer_1'))
+    try:
+        await conn.fetch("SELEC 1")
+    except asyncpg.exceptions.PostgresSyntaxError as e:
+        print("syntax", e.sqlstate, e.position)
+    await conn.close()
+asyncio.run(main())
+"#;
+    let out = run_python(asyncpg, &[&server.port.to_string()]);
+    let expected_sum: u64 = (1..=1000u64).filter(|i| i % 97 == 1).sum();
+    assert_eq!(out, format!("[(999, 'customer_29', 999.99), (1000, 'customer_30', 0.0)]\n{expected_sum}\nsyntax 42601 1"));
+}

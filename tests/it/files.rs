@@ -1,0 +1,127 @@
+//! File sources into Delta and Parquet sinks, checked against DataFusion's batch result over the
+//! same files and read back by readers that are not ours.
+
+use std::time::Duration;
+
+use datafusion::prelude::{CsvReadOptions, SessionContext};
+
+use crate::harness::*;
+
+const QUERY: &str = "SELECT id, upper(customer) AS customer, CAST(amount * 100 AS BIGINT) AS cents \
+                     FROM orders WHERE id % 7 <> 0";
+
+/// The oracle: DataFusion's own batch query over the same CSV files, as JSON lines sorted by id.
+async fn oracle(dir: &std::path::Path) -> Vec<String> {
+    let ctx = SessionContext::new();
+    ctx.register_csv("orders", dir.to_str().unwrap(), CsvReadOptions::new().file_extension(".csv"))
+        .await
+        .unwrap();
+    let batches = ctx.sql(&format!("{QUERY} ORDER BY id")).await.unwrap().collect().await.unwrap();
+    let mut out = Vec::new();
+    for b in batches {
+        let ids = b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+        let names = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8).unwrap();
+        let names = names.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+        let cents = b.column(2).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+        for i in 0..b.num_rows() {
+            out.push(format!("[{}, \"{}\", {}]", ids.value(i), names.value(i), cents.value(i)));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_json_parquet_into_delta_and_parquet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv_dir = tmp.path().join("in/csv");
+    let json_dir = tmp.path().join("in/json");
+    let next = write_csv(&csv_dir, "orders", 4, 25_000, 1);
+    write_json(&json_dir, "events", 2, 10_000, 1);
+    let lake = tmp.path().join("lake/orders");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut server = Server::start(&data).await;
+    let c = server.client().await;
+
+    // CSV into Delta (partitioned), compared row for row with DataFusion's batch result.
+    c.batch_execute(&format!(
+        "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) \
+           WITH (connector = 'file', path = '{}/*.csv', format = 'csv');
+         CREATE SINK lake WITH (connector = 'delta', path = '{}');
+         CREATE PIPELINE load AS INSERT INTO lake {QUERY};",
+        csv_dir.display(),
+        lake.display()
+    ))
+    .await
+    .unwrap();
+    wait_state(&c, "load", "completed").await;
+    let expected = oracle(&csv_dir).await;
+    assert_eq!(expected.len(), 100_000 - 100_000 / 7);
+    assert_eq!(delta_rows(&lake, &["id", "customer", "cents"]), expected);
+    assert_eq!(scalar(&c, "SELECT count(*) FROM lake").await, expected.len().to_string());
+    let counters = query(&c, "SELECT rows_in, rows_out, rows_errored FROM tributary.pipelines WHERE name = 'load'").await;
+    assert_eq!(counters[0], vec![Some("100000".into()), Some(expected.len().to_string()), Some("0".into())]);
+
+    // New files: a second run reads only them.
+    write_csv(&csv_dir, "later", 1, 7_000, next);
+    c.batch_execute("START PIPELINE load").await.unwrap();
+    poll(Duration::from_secs(120), "second run to add the new rows", || async {
+        let n: u64 = scalar(&c, "SELECT count(*) FROM lake").await.parse().ok()?;
+        (n >= 92_858).then_some(())
+    })
+    .await;
+    wait_state(&c, "load", "completed").await;
+    let (rows, distinct) = delta_count_distinct(&lake);
+    let expected_total = oracle(&csv_dir).await.len() as u64;
+    assert_eq!((rows, distinct), (expected_total, expected_total));
+
+    // JSON lines into Parquet, then those Parquet files as a source into a second Delta table.
+    let pq = tmp.path().join("lake/events_parquet");
+    let lake2 = tmp.path().join("lake/events_delta");
+    c.batch_execute(&format!(
+        "CREATE SOURCE events WITH (connector = 'file', path = '{}', format = 'json');
+         CREATE SINK events_pq WITH (connector = 'parquet', path = '{}');
+         CREATE PIPELINE events_to_pq AS INSERT INTO events_pq SELECT id, customer, amount FROM events WHERE amount > 10;",
+        json_dir.display(),
+        pq.display()
+    ))
+    .await
+    .unwrap();
+    wait_state(&c, "events_to_pq", "completed").await;
+    let py = r#"
+import sys, pyarrow.dataset as ds, pyarrow.compute as pc
+t = ds.dataset(sys.argv[1], format='parquet').to_table()
+print(t.num_rows, round(pc.sum(t['amount']).as_py(), 2))
+"#;
+    let expected_json: Vec<(u64, f64)> = (1..=20_000u64)
+        .map(|id| (id, (id % 1000) as f64 + (id % 100) as f64 / 100.0))
+        .filter(|(_, a)| *a > 10.0)
+        .collect();
+    let sum: f64 = expected_json.iter().map(|(_, a)| a).sum();
+    assert_eq!(run_python(py, &[pq.to_str().unwrap()]), format!("{} {}", expected_json.len(), (sum * 100.0).round() / 100.0));
+
+    c.batch_execute(&format!(
+        "CREATE SOURCE events_files WITH (connector = 'file', path = '{}/*.parquet', format = 'parquet');
+         CREATE SINK events_lake WITH (connector = 'delta', path = '{}');
+         CREATE PIPELINE pq_to_delta AS INSERT INTO events_lake SELECT id, amount * 2 AS doubled FROM events_files;",
+        pq.display(),
+        lake2.display()
+    ))
+    .await
+    .unwrap();
+    wait_state(&c, "pq_to_delta", "completed").await;
+    let (rows, distinct) = delta_count_distinct(&lake2);
+    assert_eq!((rows, distinct), (expected_json.len() as u64, expected_json.len() as u64));
+
+    // The catalog survives a restart.
+    drop(c);
+    assert!(server.terminate().success());
+    let server = Server::start(&data).await;
+    let c = server.client().await;
+    let names = query(&c, "SELECT name FROM tributary.sources ORDER BY name").await;
+    assert_eq!(names, vec![vec![Some("events".into())], vec![Some("events_files".into())], vec![Some("orders".into())]]);
+    let states = query(&c, "SELECT name, state FROM tributary.pipelines ORDER BY name").await;
+    assert_eq!(states.len(), 3);
+    assert!(states.iter().all(|r| r[1].as_deref() == Some("completed")), "{states:?}");
+    assert_eq!(scalar(&c, "SELECT count(*) FROM lake").await, expected_total.to_string());
+}

@@ -1,0 +1,228 @@
+//! Starting and stopping a real `tributary serve`, talking to it, and reading results back
+//! with readers that are not ours.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+/// A `tributary serve` process.
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    pub data_dir: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tributary")
+}
+
+impl Server {
+    /// Starts a server over `data_dir` and waits until it accepts connections.
+    pub async fn start(data_dir: &Path) -> Server {
+        let port = free_port();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.with_extension("log")).unwrap();
+        let child = Command::new(bin())
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args(["--pg-listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tributary");
+        let server = Server { child: Some(child), port, data_dir: data_dir.to_path_buf() };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "server did not start; log: {}", server.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+
+    pub async fn client(&self) -> Client {
+        let (client, conn) = tokio_postgres::connect(&format!("host=127.0.0.1 port={} user=tributary", self.port), NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        unsafe_sigterm(c.id());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let ok = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success();
+    assert!(ok);
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `sql` and returns rows as strings (NULL as None).
+pub async fn query(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    let msgs = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One value.
+pub async fn scalar(client: &Client, sql: &str) -> String {
+    query(client, sql).await.first().and_then(|r| r.first().cloned().flatten()).unwrap_or_default()
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout`.
+pub async fn poll<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until a pipeline reaches `state` (or fails the test if it fails instead).
+pub async fn wait_state(client: &Client, pipeline: &str, state: &str) {
+    poll(Duration::from_secs(300), &format!("pipeline {pipeline} to be {state}"), || async {
+        let rows = query(client, &format!("SELECT state, error FROM tributary.pipelines WHERE name = '{pipeline}'")).await;
+        let row = rows.first()?;
+        let s = row[0].clone().unwrap_or_default();
+        if s == "failed" && state != "failed" {
+            panic!("pipeline {pipeline} failed: {:?}", row[1]);
+        }
+        (s == state).then_some(())
+    })
+    .await
+}
+
+/// The Python with the independent readers and drivers (set by tests/run.sh).
+pub fn python() -> String {
+    std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| {
+        let venv = format!("{}/.cache/tributary/venv/bin/python", std::env::var("HOME").unwrap_or_default());
+        if Path::new(&venv).exists() {
+            venv
+        } else {
+            "python3".into()
+        }
+    })
+}
+
+/// Runs a Python script with arguments; returns stdout, panics with stderr on failure.
+pub fn run_python(script: &str, args: &[&str]) -> String {
+    let out = Command::new(python()).arg("-c").arg(script).args(args).output().expect("python");
+    assert!(out.status.success(), "python failed: {}\n{}", String::from_utf8_lossy(&out.stderr), script);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Reads a Delta table with the `deltalake` Python package: rows sorted by `id`, one JSON object per line.
+pub fn delta_rows(path: &Path, columns: &[&str]) -> Vec<String> {
+    let script = r#"
+import sys, json, deltalake
+t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table(columns=sys.argv[2].split(','))
+rows = t.sort_by('id').to_pylist()
+for r in rows:
+    print(json.dumps([r[c] if not hasattr(r[c], 'isoformat') else r[c].isoformat() for c in sys.argv[2].split(',')]))
+"#;
+    let cols = columns.join(",");
+    run_python(script, &[path.to_str().unwrap(), &cols]).lines().map(str::to_string).collect()
+}
+
+/// Count and distinct ids of a Delta table, read by the `deltalake` Python package.
+pub fn delta_count_distinct(path: &Path) -> (u64, u64) {
+    let script = r#"
+import sys, deltalake, pyarrow.compute as pc
+t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table(columns=['id'])
+print(t.num_rows, len(pc.unique(t['id'])))
+"#;
+    let out = run_python(script, &[path.to_str().unwrap()]);
+    let mut it = out.split_whitespace().map(|s| s.parse::<u64>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+/// Writes `files` CSV files of `rows` rows each, ids from `first_id`; returns the next id.
+pub fn write_csv(dir: &Path, prefix: &str, files: usize, rows: usize, first_id: u64) -> u64 {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut id = first_id;
+    for f in 0..files {
+        let mut s = String::from("id,customer,amount,ts\n");
+        for _ in 0..rows {
+            s.push_str(&format!(
+                "{id},customer_{},{}.{:02},2026-03-{:02}T{:02}:{:02}:00\n",
+                id % 97,
+                id % 1000,
+                id % 100,
+                1 + id % 28,
+                id % 24,
+                id % 60
+            ));
+            id += 1;
+        }
+        std::fs::write(dir.join(format!("{prefix}-{f:04}.csv")), s).unwrap();
+    }
+    id
+}
+
+/// Writes JSON-lines files like [`write_csv`].
+pub fn write_json(dir: &Path, prefix: &str, files: usize, rows: usize, first_id: u64) -> u64 {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut id = first_id;
+    for f in 0..files {
+        let mut s = String::new();
+        for _ in 0..rows {
+            s.push_str(&format!(
+                "{{\"id\":{id},\"customer\":\"customer_{}\",\"amount\":{}.{:02},\"tags\":{{\"k\":1}}}}\n",
+                id % 97,
+                id % 1000,
+                id % 100
+            ));
+            id += 1;
+        }
+        std::fs::write(dir.join(format!("{prefix}-{f:04}.jsonl")), s).unwrap();
+    }
+    id
+}

@@ -1,0 +1,8 @@
+//! Integration tests: whole scenarios against the real `tributary` binary, the real `psql`,
+//! Python client drivers and the independent `deltalake` reader. One binary, a module per area.
+
+mod clients;
+mod files;
+mod harness;
+mod recovery;
+mod run_cmd;

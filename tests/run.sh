@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what is missing (reusing ~/.cache/tributary
+# when it exists), builds, and runs unit tests, sqllogictest suites and integration tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
+mkdir -p "$CACHE"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+
+# System packages: psql (the real client binary) and a C toolchain for librdkafka.
+need_apt=()
+command -v psql >/dev/null || need_apt+=(postgresql-client)
+command -v make >/dev/null || need_apt+=(make)
+command -v gcc >/dev/null || need_apt+=(gcc)
+command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -q && $SUDO apt-get install -y -q "${need_apt[@]}"
+fi
+
+# Independent readers and clients: the deltalake package, psycopg and asyncpg, in a venv we reuse.
+VENV="$CACHE/venv"
+PY_PKGS="deltalake==1.2.1 pyarrow psycopg[binary] asyncpg"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.pkgs" 2>/dev/null)" != "$PY_PKGS" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  # shellcheck disable=SC2086
+  "$VENV/bin/pip" install -q $PY_PKGS
+  echo "$PY_PKGS" > "$VENV/.pkgs"
+fi
+export TRIBUTARY_PYTHON="$VENV/bin/python"
+
+cargo build --tests --bins
+cargo test --workspace --no-fail-fast -- --test-threads=2

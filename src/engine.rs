@@ -72,6 +72,12 @@ impl Engine {
         df_catalog.register_schema("tributary", Arc::new(SystemSchema::new(catalog.clone(), runtime.clone())))?;
         // An empty pg_catalog keeps clients that probe it from failing on the schema name.
         df_catalog.register_schema("pg_catalog", Arc::new(MemorySchemaProvider::new()))?;
+        let history: Vec<_> = catalog
+            .pipelines()
+            .into_iter()
+            .map(|p| (p.name, p.id, p.options.get("mode").cloned().unwrap_or_default(), p.state, p.error))
+            .collect();
+        runtime.load_history(&history).await?;
         Ok(Arc::new(Engine { data_dir: data_dir.to_path_buf(), catalog, runtime, ctx }))
     }
 

@@ -67,6 +67,21 @@ impl Runtime {
         &self.errors
     }
 
+    /// Loads the durable bad-record logs of `pipelines` (name, id) into `tributary.errors`, and
+    /// their counters from the last checkpoint, so a restarted engine shows what happened before.
+    pub async fn load_history(&self, pipelines: &[(String, String, String, PipelineState, Option<String>)]) -> Result<()> {
+        for (name, id, mode, state, error) in pipelines {
+            let latest = self.checkpoints(id)?.latest().await?;
+            let epoch = latest.as_ref().map(|c| c.epoch).unwrap_or(0);
+            self.errors.extend(pipeline::read_error_file(&self.error_file(id)?, epoch));
+            let status = self.status(name, mode, *state, error.clone());
+            if let Some(cp) = latest {
+                status.restore(cp.rows_in, cp.rows_out, cp.rows_errored, cp.epoch, cp.at);
+            }
+        }
+        Ok(())
+    }
+
     /// Status of a pipeline, created on first use.
     pub fn status(&self, name: &str, mode: &str, state: PipelineState, error: Option<String>) -> Arc<PipelineStatus> {
         self.statuses

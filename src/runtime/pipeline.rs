@@ -297,12 +297,7 @@ fn persist_errors(ctx: &RunContext, entries: &[ErrorEntry]) -> Result<()> {
 
 /// Loads the durable bad-record log up to the checkpointed epoch and drops what a crash left after it.
 fn restore_errors(ctx: &RunContext, upto_epoch: u64) {
-    let Ok(text) = std::fs::read_to_string(&ctx.error_file) else { return };
-    let kept: Vec<ErrorEntry> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<ErrorEntry>(l).ok())
-        .filter(|e| e.epoch <= upto_epoch)
-        .collect();
+    let kept = read_error_file(&ctx.error_file, upto_epoch);
     let mut buf = Vec::new();
     for e in &kept {
         if let Ok(line) = serde_json::to_vec(e) {
@@ -313,4 +308,13 @@ fn restore_errors(ctx: &RunContext, upto_epoch: u64) {
     let _ = std::fs::write(&ctx.error_file, buf);
     ctx.errors.remove_pipeline(&ctx.status.name);
     ctx.errors.extend(kept);
+}
+
+/// The bad records of a pipeline's durable log that belong to committed epochs.
+pub fn read_error_file(path: &std::path::Path, upto_epoch: u64) -> Vec<ErrorEntry> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<ErrorEntry>(l).ok())
+        .filter(|e| e.epoch <= upto_epoch)
+        .collect()
 }

@@ -265,10 +265,15 @@ fn raw_text(b: &[u8]) -> String {
 }
 
 fn clean_message(e: &ArrowError) -> String {
-    match e {
-        ArrowError::JsonError(m) | ArrowError::CsvError(m) | ArrowError::ParseError(m) => m.clone(),
-        ArrowError::CastError(m) => m.clone(),
+    let m = match e {
+        ArrowError::JsonError(m) | ArrowError::CsvError(m) | ArrowError::ParseError(m) | ArrowError::CastError(m) => m.clone(),
         other => other.to_string(),
+    };
+    // Lines are decoded one at a time here, so the decoder's own line number is meaningless.
+    let m = m.replace(" at line 0", "");
+    match m.find(". Row data:") {
+        Some(i) => m[..i].to_string(),
+        None => m,
     }
 }
 

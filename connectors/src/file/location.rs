@@ -20,6 +20,8 @@ pub struct FileLocation {
     pub pattern: Option<glob::Pattern>,
     /// The URL the user meant, for messages.
     pub display: String,
+    /// What goes before an object path to name the file for a user (`/` locally, `s3://bucket/`).
+    pub root: String,
 }
 
 /// Resolves a user path: `/abs/dir`, `rel/dir/*.csv`, `file:///...`, `s3://bucket/prefix/`.
@@ -65,6 +67,7 @@ impl FileLocation {
         };
         let mut base = url.clone();
         base.set_path("/");
+        let root = if url.scheme() == "file" { "/".to_string() } else { base.to_string() };
         let (store, _) = object_store::parse_url(&base).map_err(|e| ConnectorError::InvalidOption {
             option: "path".into(),
             value: path.into(),
@@ -75,7 +78,13 @@ impl FileLocation {
             prefix: Path::from(prefix_str.trim_matches('/')),
             pattern,
             display: path.to_string(),
+            root,
         })
+    }
+
+    /// How a user names an object of this store: `/data/in/a.csv`, `s3://bucket/in/a.csv`.
+    pub fn user_path(&self, location: &Path) -> String {
+        format!("{}{}", self.root, location)
     }
 
     /// Every matching file, sorted by path. Hidden files (`.x`, `_x`) and temporary files are skipped.

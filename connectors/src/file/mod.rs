@@ -206,9 +206,18 @@ async fn infer_schema(opts: &FileSourceOptions, file: &ObjectMeta) -> Result<Sch
                     .map_err(|e| ConnectorError::Config(ctx(&e)))?
                     .0
             } else {
-                arrow_json::reader::infer_json_schema(sample, Some(INFER_RECORDS))
+                // Lines that are not JSON objects are skipped here; the pipeline reports them.
+                let values: Vec<serde_json::Value> = records
+                    .iter()
+                    .take(INFER_RECORDS)
+                    .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&bytes[r.start..r.end]).ok())
+                    .filter(|v| v.is_object())
+                    .collect();
+                if values.is_empty() {
+                    return Err(ConnectorError::Config(ctx(&"no JSON object found in the first lines")));
+                }
+                arrow_json::reader::infer_json_schema_from_iterator(values.iter().map(Ok))
                     .map_err(|e| ConnectorError::Config(ctx(&e)))?
-                    .0
             };
             Ok(Arc::new(schema))
         }
@@ -274,7 +283,7 @@ impl FileSource {
         let Some(OpenFile::Lines { meta, offset, line, carry }) = self.reader.as_mut() else {
             return Ok(None);
         };
-        let file = meta.location.to_string();
+        let file = self.opts.location.user_path(&meta.location);
         loop {
             let read_from = *offset + carry.len() as u64;
             let eof_before = read_from >= meta.size;
@@ -316,7 +325,7 @@ impl FileSource {
                 let path = meta.location.clone();
                 self.finish_file(&path)
             } else {
-                self.position.current = Some(FileOffset { path: file.clone(), offset: *offset, line: *line });
+                self.position.current = Some(FileOffset { path: meta.location.to_string(), offset: *offset, line: *line });
                 self.position_value()
             };
             return Ok(Some(SourceBatch { batch, bad_records, position }));

@@ -9,8 +9,8 @@ use crate::harness::*;
 async fn sigkill_mid_run_is_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
-    let total: u64 = 40 * 50_000;
-    write_csv(&input, "orders", 40, 50_000, 1);
+    let total: u64 = 80 * 50_000;
+    write_csv(&input, "orders", 80, 50_000, 1);
     let lake = tmp.path().join("lake");
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -53,4 +53,8 @@ async fn sigkill_mid_run_is_exactly_once() {
     assert_eq!(delta_count_distinct(&lake), (total, total));
     let out = query(&c, "SELECT rows_out, rows_errored FROM tributary.pipelines WHERE name = 'load'").await;
     assert_eq!(out[0], vec![Some(total.to_string()), Some("0".into())]);
+    // The run was cut into several epochs, each one Delta commit.
+    let commits = std::fs::read_dir(lake.join("_delta_log")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json")).count();
+    eprintln!("killed {kills} times; {commits} Delta commits");
+    assert!(commits >= 3, "{commits} commits");
 }

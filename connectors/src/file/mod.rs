@@ -63,38 +63,48 @@ pub struct FileSourceOptions {
 }
 
 impl FileSourceOptions {
-    fn parse(spec: &SourceSpec) -> Result<Self> {
+    async fn parse(spec: &SourceSpec) -> Result<Self> {
         let opts = Options::validate("file", OPTIONS, &spec.options)?;
         let path = opts.require("path")?;
+        let location = FileLocation::parse(path)?;
         let format = match opts.get("format") {
             Some(_) => match opts.get_choice("format", &["csv", "json", "jsonl", "ndjson", "parquet"], "csv")? {
                 "csv" => FileFormat::Csv,
                 "parquet" => FileFormat::Parquet,
                 _ => FileFormat::Json,
             },
-            None => {
-                let lower = path.to_ascii_lowercase();
-                if lower.ends_with(".csv") || lower.ends_with(".tsv") {
-                    FileFormat::Csv
-                } else if lower.ends_with(".json") || lower.ends_with(".jsonl") || lower.ends_with(".ndjson") {
-                    FileFormat::Json
-                } else if lower.ends_with(".parquet") {
-                    FileFormat::Parquet
-                } else {
-                    return Err(ConnectorError::MissingOption {
+            None => match format_of(path) {
+                Some(f) => f,
+                // A directory: the files it holds tell.
+                None => {
+                    let files = location.list().await?;
+                    files.iter().find_map(|m| format_of(m.location.as_ref())).ok_or_else(|| ConnectorError::MissingOption {
                         connector: "file".into(),
                         option: "format".into(),
-                        description: "csv, json or parquet; it cannot be told from the path".into(),
-                    });
+                        description: "csv, json or parquet; neither the path nor the files' extensions tell".into(),
+                    })?
                 }
-            }
+            },
         };
         Ok(FileSourceOptions {
-            location: FileLocation::parse(path)?,
+            location,
             format,
             header: opts.get_bool("header", true)?,
             delimiter: opts.get_byte("delimiter", b',')?,
         })
+    }
+}
+
+fn format_of(path: &str) -> Option<FileFormat> {
+    let lower = path.to_ascii_lowercase();
+    if lower.ends_with(".csv") || lower.ends_with(".tsv") {
+        Some(FileFormat::Csv)
+    } else if lower.ends_with(".json") || lower.ends_with(".jsonl") || lower.ends_with(".ndjson") {
+        Some(FileFormat::Json)
+    } else if lower.ends_with(".parquet") {
+        Some(FileFormat::Parquet)
+    } else {
+        None
     }
 }
 
@@ -132,7 +142,7 @@ impl SourceConnector for FileSourceConnector {
     }
 
     async fn validate(&self, spec: &SourceSpec) -> Result<SchemaRef> {
-        let opts = FileSourceOptions::parse(spec)?;
+        let opts = FileSourceOptions::parse(spec).await?;
         if let Some(schema) = &spec.schema {
             return Ok(schema.clone());
         }
@@ -151,7 +161,7 @@ impl SourceConnector for FileSourceConnector {
     }
 
     async fn open(&self, spec: &SourceSpec, schema: SchemaRef, from: Option<SourcePosition>) -> Result<Box<dyn Source>> {
-        let opts = FileSourceOptions::parse(spec)?;
+        let opts = FileSourceOptions::parse(spec).await?;
         let position: FilePosition = match from {
             Some(p) if !p.0.is_null() => serde_json::from_value(p.0)
                 .map_err(|e| ConnectorError::Internal(format!("unreadable file source position: {e}")))?,

@@ -22,6 +22,7 @@ pub mod blackhole;
 pub mod delta;
 pub mod error;
 pub mod file;
+pub mod nexmark;
 pub mod options;
 pub mod parquet;
 
@@ -162,7 +163,7 @@ pub trait SinkConnector: Send + Sync {
 
 /// Every source connector. Adding one is a line here.
 pub fn source_connectors() -> Vec<Arc<dyn SourceConnector>> {
-    vec![Arc::new(file::FileSourceConnector)]
+    vec![Arc::new(file::FileSourceConnector), Arc::new(nexmark::NexmarkSourceConnector)]
 }
 
 /// Every sink connector. Adding one is a line here.

@@ -4,5 +4,6 @@
 mod clients;
 mod files;
 mod harness;
+mod nexmark;
 mod recovery;
 mod run_cmd;

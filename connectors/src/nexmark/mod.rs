@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ConnectorError, Result};
 use crate::options::{OptionSpec, Options};
 use crate::{Source, SourceBatch, SourceConnector, SourcePosition, SourceSpec};
-pub use generator::{event_number, Generator, NexmarkTable};
+pub use generator::{event_number, rows_below as generator_rows, Generator, NexmarkTable};
 
 const OPTIONS: &[OptionSpec] = &[
     OptionSpec::required("table", "bid, auction or person"),

@@ -7,3 +7,4 @@ mod harness;
 mod nexmark;
 mod recovery;
 mod run_cmd;
+mod streaming;

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Nexmark benchmark harness: q0, q1, q2 from (a) the built-in nexmark source, (b) a JSON-lines
+# file and (c) a CSV file holding the same bids (written once by the harness), into a blackhole
+# and into Delta. Each configuration runs RUNS times with `tributary run` (release build) under
+# /usr/bin/time -v; the table reports the median run: events/s, events per CPU-second, peak RSS.
+#
+# Usage: bash benches/nexmark.sh            (BIDS=10000000 RUNS=3 by default)
+# Output: benches/results/nexmark.md (the README includes it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIDS="${BIDS:-10000000}"
+RUNS="${RUNS:-3}"
+CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+WORK="$CACHE/bench/nexmark-$BIDS"
+OUT="benches/results/nexmark.md"
+mkdir -p "$WORK" benches/results
+PY="${TRIBUTARY_PYTHON:-$CACHE/venv/bin/python}"
+[ -x "$PY" ] || PY=python3
+
+cargo build --release --bin tributary >&2
+BIN="$CARGO_TARGET_DIR/release/tributary"
+# Global events such that the bid table holds BIDS rows (46 bids in every 50 events).
+EVENTS=$(( (BIDS / 46) * 50 + BIDS % 46 + 4 ))
+SEED=1
+
+# The same bids as files, written once: nexmark -> Parquet (by Tributary), Parquet -> JSON lines and CSV (by pyarrow).
+if [ ! -s "$WORK/bids.jsonl" ] || [ ! -s "$WORK/bids.csv" ]; then
+  rm -rf "$WORK/gen" "$WORK/parquet"
+  cat > "$WORK/gen.sql" <<SQL
+CREATE SOURCE bid WITH (connector = 'nexmark', table = 'bid', events = $EVENTS, seed = $SEED);
+CREATE SINK pq WITH (connector = 'parquet', path = '$WORK/parquet');
+CREATE PIPELINE gen AS INSERT INTO pq SELECT * FROM bid;
+SQL
+  "$BIN" run "$WORK/gen.sql" --data-dir "$WORK/gen" --quiet >/dev/null
+  "$PY" - "$WORK" <<'PY'
+import sys, json, pyarrow.dataset as ds, pyarrow.csv as pacsv, pyarrow.compute as pc
+work = sys.argv[1]
+t = ds.dataset(f"{work}/parquet", format="parquet").to_table()
+t = t.set_column(t.schema.get_field_index("date_time"), "date_time",
+                 pc.strftime(t["date_time"], format="%Y-%m-%dT%H:%M:%S.%f"))
+pacsv.write_csv(t, f"{work}/bids.csv")
+with open(f"{work}/bids.jsonl", "w") as f:
+    for b in t.to_batches(max_chunksize=100_000):
+        cols = b.to_pydict()
+        names = list(cols)
+        for row in zip(*cols.values()):
+            f.write(json.dumps(dict(zip(names, row)), separators=(",", ":")) + "\n")
+PY
+fi
+
+source_sql() { # kind -> CREATE SOURCE statement for table "bid"
+  local cols="auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT, date_time TIMESTAMP(3), extra TEXT"
+  case "$1" in
+    nexmark) echo "CREATE SOURCE bid WITH (connector = 'nexmark', table = 'bid', events = $EVENTS, seed = $SEED);" ;;
+    json) echo "CREATE SOURCE bid ($cols) WITH (connector = 'file', path = '$WORK/bids.jsonl', format = 'json');" ;;
+    csv) echo "CREATE SOURCE bid ($cols) WITH (connector = 'file', path = '$WORK/bids.csv', format = 'csv');" ;;
+  esac
+}
+query_sql() {
+  case "$1" in
+    q0) echo "SELECT auction, bidder, price, date_time, extra FROM bid" ;;
+    q1) echo "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid" ;;
+    q2) echo "SELECT auction, price FROM bid WHERE auction % 123 = 0" ;;
+  esac
+}
+
+{
+  echo "Nexmark on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/{print $2}') GiB RAM; $BIDS bids; median of $RUNS runs; release build."
+  echo "Reproduce: \`BIDS=$BIDS RUNS=$RUNS bash benches/nexmark.sh\`"
+  echo
+  echo "| query | source | sink | events/s | events per CPU-s | CPU cores used | peak RSS MB |"
+  echo "|---|---|---|---|---|---|---|"
+} > "$OUT.tmp"
+
+for q in q0 q1 q2; do
+  for src in nexmark json csv; do
+    for sink in blackhole delta; do
+      results=()
+      for r in $(seq "$RUNS"); do
+        run="$WORK/run"; rm -rf "$run"; mkdir -p "$run"
+        if [ "$sink" = delta ]; then sink_sql="CREATE SINK out WITH (connector = 'delta', path = '$run/lake');"
+        else sink_sql="CREATE SINK out WITH (connector = 'blackhole');"; fi
+        printf '%s\n%s\nCREATE PIPELINE p WITH (checkpoint_interval = %s) AS INSERT INTO out %s;\n' \
+          "$(source_sql $src)" "$sink_sql" "'10s'" "$(query_sql $q)" > "$run/p.sql"
+        /usr/bin/time -v "$BIN" run "$run/p.sql" --data-dir "$run/data" --quiet 2> "$run/time.txt" >/dev/null
+        wall=$(grep 'Elapsed (wall clock)' "$run/time.txt" | awk '{print $NF}' | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
+        cpu=$(awk '/User time|System time/ {s+=$NF} END {print s}' "$run/time.txt")
+        rss=$(grep 'Maximum resident' "$run/time.txt" | awk '{print $NF}')
+        rows=$(grep -o 'completed — [0-9]* rows in' "$run/time.txt" | grep -o '[0-9]*')
+        results+=("$wall $cpu $rss $rows")
+      done
+      printf '%s\n' "${results[@]}" | "$PY" -c "
+import sys, statistics
+runs = [list(map(float, l.split())) for l in sys.stdin if l.strip()]
+runs.sort(key=lambda r: r[0])
+wall, cpu, rss, rows = runs[len(runs)//2]
+print(f'| $q | $src | $sink | {rows/wall:,.0f} | {rows/cpu:,.0f} | {cpu/wall:.2f} | {rss/1024:.0f} |')
+" >> "$OUT.tmp"
+      tail -1 "$OUT.tmp" >&2
+    done
+  done
+done
+mv "$OUT.tmp" "$OUT"
+cat "$OUT"

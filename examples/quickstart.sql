@@ -33,3 +33,16 @@ FROM lake_orders GROUP BY country ORDER BY country;
 
 -- The malformed line is counted and kept, with its file and line number.
 SELECT position, error FROM tributary.errors;
+
+-- Nexmark: a built-in, deterministic generator of auction bids (1,000,000 events = 920,000 bids).
+CREATE SOURCE IF NOT EXISTS bids WITH (connector = 'nexmark', table = 'bid', events = 1000000, seed = 42);
+
+CREATE SINK IF NOT EXISTS lake_bids WITH (connector = 'delta', path = 'tributary-data/lake/bids');
+
+-- Nexmark q1: prices converted from dollars to euros.
+CREATE PIPELINE IF NOT EXISTS bids_in_euros AS INSERT INTO lake_bids
+SELECT auction, bidder, round(0.908 * price) AS price_eur, channel, date_time FROM bids;
+
+SELECT channel, count(*) AS bids, max(price_eur) AS top_price_eur
+FROM lake_bids WHERE channel IN ('Google', 'Facebook', 'Baidu', 'Apple')
+GROUP BY channel ORDER BY channel;

@@ -89,7 +89,7 @@ impl SystemSchema {
     }
 }
 
-const TABLES: &[&str] = &["pipelines", "sources", "sinks", "errors", "checkpoints"];
+const TABLES: &[&str] = &["pipelines", "sources", "sinks", "errors", "checkpoints", "source_lag"];
 
 fn text(v: Vec<Option<String>>) -> ArrayRef {
     Arc::new(StringArray::from(v))
@@ -260,6 +260,35 @@ impl SystemSchema {
                         count(rows.iter().map(|r| r.2).collect()),
                         count(rows.iter().map(|r| r.1.rows_in).collect()),
                         count(rows.iter().map(|r| r.1.rows_out).collect()),
+                    ],
+                )?
+            }
+            "source_lag" => {
+                let mut rows = Vec::new();
+                for st in self.runtime.statuses() {
+                    for (source, l) in st.lag() {
+                        rows.push((st.name.clone(), source, l));
+                    }
+                }
+                rows.sort_by(|a, b| (&a.0, &a.1, &a.2.partition).cmp(&(&b.0, &b.1, &b.2.partition)));
+                let schema = Schema::new(vec![
+                    Field::new("pipeline", DataType::Utf8, true),
+                    Field::new("source", DataType::Utf8, true),
+                    Field::new("partition", DataType::Utf8, true),
+                    Field::new("position", DataType::Int64, false),
+                    Field::new("latest", DataType::Int64, false),
+                    Field::new("lag", DataType::Int64, false),
+                ]);
+                let int = |v: Vec<i64>| -> ArrayRef { Arc::new(arrow::array::Int64Array::from(v)) };
+                RecordBatch::try_new(
+                    Arc::new(schema),
+                    vec![
+                        text(rows.iter().map(|r| Some(r.0.clone())).collect()),
+                        text(rows.iter().map(|r| Some(r.1.clone())).collect()),
+                        text(rows.iter().map(|r| Some(r.2.partition.clone())).collect()),
+                        int(rows.iter().map(|r| r.2.position).collect()),
+                        int(rows.iter().map(|r| r.2.latest).collect()),
+                        int(rows.iter().map(|r| (r.2.latest - r.2.position).max(0)).collect()),
                     ],
                 )?
             }

@@ -22,6 +22,8 @@ pub mod blackhole;
 pub mod delta;
 pub mod error;
 pub mod file;
+pub mod kafka;
+pub mod format;
 pub mod nexmark;
 pub mod options;
 pub mod parquet;
@@ -62,6 +64,26 @@ pub struct SourceBatch {
     pub bad_records: Vec<BadRecord>,
     /// Resuming from this position yields what comes after this batch.
     pub position: SourcePosition,
+    /// Per-partition progress against the latest available input, when the source knows it.
+    pub lag: Vec<PartitionLag>,
+}
+
+/// How far one partition of a source has been read, against what is available.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionLag {
+    /// Partition name (a Kafka partition number, a replication slot).
+    pub partition: String,
+    /// Next position to read.
+    pub position: i64,
+    /// Position after the latest available record.
+    pub latest: i64,
+}
+
+/// How a pipeline reads a source.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadOptions {
+    /// Stop at the input present when reading starts (a batch run over an unbounded source).
+    pub bounded: bool,
 }
 
 /// A source and its declaration, as `CREATE SOURCE` gave it.
@@ -142,7 +164,13 @@ pub trait SourceConnector: Send + Sync {
     /// Whether a read of this source ends by itself (batch mode by default).
     fn is_bounded(&self, spec: &SourceSpec) -> bool;
     /// Starts a read from `from` (`None`: from the beginning). `schema` is what validate resolved.
-    async fn open(&self, spec: &SourceSpec, schema: SchemaRef, from: Option<SourcePosition>) -> Result<Box<dyn Source>>;
+    async fn open(
+        &self,
+        spec: &SourceSpec,
+        schema: SchemaRef,
+        from: Option<SourcePosition>,
+        read: ReadOptions,
+    ) -> Result<Box<dyn Source>>;
 }
 
 /// A kind of sink: `connector = 'delta'`, `'parquet'`, ...
@@ -163,7 +191,7 @@ pub trait SinkConnector: Send + Sync {
 
 /// Every source connector. Adding one is a line here.
 pub fn source_connectors() -> Vec<Arc<dyn SourceConnector>> {
-    vec![Arc::new(file::FileSourceConnector), Arc::new(nexmark::NexmarkSourceConnector)]
+    vec![Arc::new(file::FileSourceConnector), Arc::new(kafka::KafkaSourceConnector), Arc::new(nexmark::NexmarkSourceConnector)]
 }
 
 /// Every sink connector. Adding one is a line here.
@@ -171,6 +199,7 @@ pub fn sink_connectors() -> Vec<Arc<dyn SinkConnector>> {
     vec![
         Arc::new(delta::DeltaSinkConnector),
         Arc::new(parquet::ParquetSinkConnector),
+        Arc::new(kafka::KafkaSinkConnector),
         Arc::new(blackhole::BlackholeSinkConnector),
     ]
 }

@@ -13,7 +13,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use tributary_connectors::{
-    ConnectorError, SinkConnector, SinkContext, SinkSpec, SourceBatch, SourceConnector, SourceSpec,
+    ConnectorError, ReadOptions, SinkConnector, SinkContext, SinkSpec, SourceBatch, SourceConnector, SourceSpec,
 };
 
 use super::checkpoint::{Checkpoint, CheckpointStore};
@@ -113,7 +113,8 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             tracing::info!(epoch, "Resuming from checkpoint.");
         }
 
-        let mut source = job.source_connector.open(&job.source_spec, job.source_schema.clone(), position).await?;
+        let read = ReadOptions { bounded: job.settings.mode == "batch" };
+        let mut source = job.source_connector.open(&job.source_spec, job.source_schema.clone(), position, read).await?;
         let (tx, mut rx) = mpsc::channel::<std::result::Result<Option<SourceBatch>, ConnectorError>>(CHANNEL_BATCHES);
         let reader = tokio::spawn(
             async move {
@@ -207,6 +208,9 @@ async fn handle_batch(
     errors: &mut Vec<ErrorEntry>,
 ) -> Result<()> {
     status.rows_in.fetch_add((sb.batch.num_rows() + sb.bad_records.len()) as u64, Ordering::Relaxed);
+    if !sb.lag.is_empty() {
+        status.set_lag(&job.plan.source, sb.lag.clone());
+    }
     if let Some(bad) = sb.bad_records.first() {
         if job.settings.on_error == OnError::Fail {
             return Err(ConnectorError::BadRecord { position: bad.position.clone(), message: bad.message.clone() }.into());

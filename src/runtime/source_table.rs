@@ -14,7 +14,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
-use tributary_connectors::{SourceConnector, SourceSpec};
+use tributary_connectors::{ReadOptions, SourceConnector, SourceSpec};
 
 /// A declared source as a table.
 #[derive(Clone)]
@@ -80,7 +80,7 @@ impl PartitionStream for SourceTable {
         let stream = futures::stream::once(async move {
             let source = this
                 .connector
-                .open(&this.spec, this.schema.clone(), None)
+                .open(&this.spec, this.schema.clone(), None, ReadOptions { bounded: true })
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
             let batches = futures::stream::unfold(source, |mut source| async move {

@@ -25,6 +25,7 @@ pub struct PipelineStatus {
     /// Last committed epoch.
     pub epoch: AtomicU64,
     inner: Mutex<StatusInner>,
+    lag: Mutex<Vec<(String, tributary_connectors::PartitionLag)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,7 +72,20 @@ impl PipelineStatus {
             rows_errored: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             inner: Mutex::new(StatusInner { state, error, started_at: None, last_checkpoint_at: None }),
+            lag: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Records a source's per-partition progress.
+    pub fn set_lag(&self, source: &str, lag: Vec<tributary_connectors::PartitionLag>) {
+        let mut l = self.lag.lock();
+        l.retain(|(s, _)| s != source);
+        l.extend(lag.into_iter().map(|p| (source.to_string(), p)));
+    }
+
+    /// Every source's per-partition progress: (source, partition progress).
+    pub fn lag(&self) -> Vec<(String, tributary_connectors::PartitionLag)> {
+        self.lag.lock().clone()
     }
 
     /// Sets the lifecycle state (and error).

@@ -1,7 +1,6 @@
 //! The `file` source: CSV, JSON-lines and Parquet files in a directory, glob or object-store URL,
 //! read as a bounded input that remembers which files (and how far into the current one) it has read.
 
-pub mod decode;
 pub mod location;
 
 use std::collections::{BTreeSet, VecDeque};
@@ -21,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ConnectorError, Result};
 use crate::options::{OptionSpec, Options};
 use crate::{Source, SourceBatch, SourceConnector, SourcePosition, SourceSpec};
-use decode::{split_records, CsvDecoder, JsonDecoder, RecordDecoder};
+use crate::format::{decode_records, split_records, CsvDecoder, JsonDecoder, RecordDecoder};
 use location::FileLocation;
 
 /// Bytes read from a file per block; a block becomes one batch.
@@ -160,7 +159,13 @@ impl SourceConnector for FileSourceConnector {
         true
     }
 
-    async fn open(&self, spec: &SourceSpec, schema: SchemaRef, from: Option<SourcePosition>) -> Result<Box<dyn Source>> {
+    async fn open(
+        &self,
+        spec: &SourceSpec,
+        schema: SchemaRef,
+        from: Option<SourcePosition>,
+        _read: crate::ReadOptions,
+    ) -> Result<Box<dyn Source>> {
         let opts = FileSourceOptions::parse(spec).await?;
         let position: FilePosition = match from {
             Some(p) if !p.0.is_null() => serde_json::from_value(p.0)
@@ -328,7 +333,7 @@ impl FileSource {
                 continue;
             }
             let decoder = self.decoder.clone().ok_or_else(|| ConnectorError::Internal("no decoder".into()))?;
-            let (batch, bad_records) = decode::decode_records(decoder.as_ref(), &buf, &records, &file);
+            let (batch, bad_records) = decode_records(decoder.as_ref(), &buf, &records, &|r| format!("{file}:{}", r.line));
             *offset = consumed_to;
             *line = next_line;
             let position = if eof && carry.is_empty() {
@@ -338,7 +343,7 @@ impl FileSource {
                 self.position.current = Some(FileOffset { path: meta.location.to_string(), offset: *offset, line: *line });
                 self.position_value()
             };
-            return Ok(Some(SourceBatch { batch, bad_records, position }));
+            return Ok(Some(SourceBatch { batch, bad_records, position, lag: Vec::new() }));
         }
     }
 
@@ -353,12 +358,12 @@ impl FileSource {
                 *rows += batch.num_rows() as u64;
                 let batch = conform(&schema, batch).map_err(|e| ConnectorError::Config(format!("{}: {e}", meta.location)))?;
                 self.position.current = Some(FileOffset { path: meta.location.to_string(), offset: *rows, line: 0 });
-                Ok(Some(SourceBatch { batch, bad_records: Vec::new(), position: self.position_value() }))
+                Ok(Some(SourceBatch { batch, bad_records: Vec::new(), position: self.position_value(), lag: Vec::new() }))
             }
             None => {
                 let path = meta.location.clone();
                 let position = self.finish_file(&path);
-                Ok(Some(SourceBatch { batch: RecordBatch::new_empty(schema), bad_records: Vec::new(), position }))
+                Ok(Some(SourceBatch { batch: RecordBatch::new_empty(schema), bad_records: Vec::new(), position, lag: Vec::new() }))
             }
         }
     }

@@ -162,7 +162,13 @@ impl SourceConnector for NexmarkSourceConnector {
         NexmarkOptions::parse(spec).map(|o| o.events.is_some()).unwrap_or(true)
     }
 
-    async fn open(&self, spec: &SourceSpec, _schema: SchemaRef, from: Option<SourcePosition>) -> Result<Box<dyn Source>> {
+    async fn open(
+        &self,
+        spec: &SourceSpec,
+        _schema: SchemaRef,
+        from: Option<SourcePosition>,
+        _read: crate::ReadOptions,
+    ) -> Result<Box<dyn Source>> {
         let opts = NexmarkOptions::parse(spec)?;
         let pos: NexmarkPosition = match from {
             Some(p) if !p.0.is_null() => serde_json::from_value(p.0)
@@ -216,6 +222,6 @@ impl Source for NexmarkSource {
         let batch = self.generator.batch(self.next, rows as usize)?;
         self.next += rows;
         let position = SourcePosition(serde_json::json!({ "next": self.next }));
-        Ok(Some(SourceBatch { batch, bad_records: Vec::new(), position }))
+        Ok(Some(SourceBatch { batch, bad_records: Vec::new(), position, lag: Vec::new() }))
     }
 }

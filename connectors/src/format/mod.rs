@@ -1,5 +1,5 @@
-//! Line-framed formats (CSV, JSON lines): split a byte block into records and decode them into
-//! Arrow, isolating undecodable records instead of failing the whole block.
+//! Record formats shared by sources (CSV, JSON lines): split bytes into records and decode them
+//! into Arrow, isolating undecodable records instead of failing the whole block.
 
 use std::sync::Arc;
 
@@ -198,17 +198,17 @@ pub fn decode_records(
     decoder: &dyn RecordDecoder,
     buf: &[u8],
     records: &[Record],
-    file: &str,
+    position: &dyn Fn(&Record) -> String,
 ) -> (RecordBatch, Vec<BadRecord>) {
     let mut good = Vec::new();
     let mut bad = Vec::new();
-    decode_range(decoder, buf, records, file, &mut good, &mut bad);
+    decode_range(decoder, buf, records, position, &mut good, &mut bad);
     let schema = decoder.schema();
     let batch = match single(schema.clone(), good) {
         Ok(b) => b,
         Err(e) => {
             // Concatenating batches of one schema cannot fail; keep the data visible if it does.
-            bad.push(BadRecord { position: file.to_string(), message: e.to_string(), raw: String::new() });
+            bad.push(BadRecord { position: records.first().map(position).unwrap_or_default(), message: e.to_string(), raw: String::new() });
             RecordBatch::new_empty(schema)
         }
     };
@@ -219,7 +219,7 @@ fn decode_range(
     decoder: &dyn RecordDecoder,
     buf: &[u8],
     records: &[Record],
-    file: &str,
+    position: &dyn Fn(&Record) -> String,
     good: &mut Vec<RecordBatch>,
     bad: &mut Vec<BadRecord>,
 ) {
@@ -243,16 +243,16 @@ fn decode_range(
         Ok(batch) if batch.num_rows() == records.len() => good.push(batch),
         Ok(_) | Err(_) if records.len() > 1 => {
             let mid = records.len() / 2;
-            decode_range(decoder, buf, &records[..mid], file, good, bad);
-            decode_range(decoder, buf, &records[mid..], file, good, bad);
+            decode_range(decoder, buf, &records[..mid], position, good, bad);
+            decode_range(decoder, buf, &records[mid..], position, good, bad);
         }
         Ok(batch) => bad.push(BadRecord {
-            position: format!("{file}:{}", first.line),
+            position: position(&first),
             message: format!("record decoded into {} rows, expected 1", batch.num_rows()),
             raw: raw_text(&buf[first.start..first.end]),
         }),
         Err(e) => bad.push(BadRecord {
-            position: format!("{file}:{}", first.line),
+            position: position(&first),
             message: clean_message(&e),
             raw: raw_text(&buf[first.start..first.end]),
         }),
@@ -303,7 +303,7 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
         let buf = b"{\"id\":1}\n{\"id\":2}\n{oops\n{\"id\":\"nan\"}\n{\"id\":5}\n";
         let (recs, _, _) = split_records(buf, 1, None, true);
-        let (batch, bad) = decode_records(&JsonDecoder::new(schema), buf, &recs, "f.json");
+        let (batch, bad) = decode_records(&JsonDecoder::new(schema), buf, &recs, &|r| format!("f.json:{}", r.line));
         let ids = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
         assert_eq!(ids.values().to_vec(), vec![1, 2, 5]);
         assert_eq!(bad.iter().map(|b| b.position.as_str()).collect::<Vec<_>>(), vec!["f.json:3", "f.json:4"]);
@@ -318,7 +318,7 @@ mod tests {
         ]));
         let buf = b"1,a\n2,b\nthree,c\n4,d,extra\n5,e";
         let (recs, _, _) = split_records(buf, 2, Some(b'"'), true);
-        let (batch, bad) = decode_records(&CsvDecoder::new(schema, b','), buf, &recs, "f.csv");
+        let (batch, bad) = decode_records(&CsvDecoder::new(schema, b','), buf, &recs, &|r| format!("f.csv:{}", r.line));
         assert_eq!(batch.num_rows(), 3);
         assert!(batch.column(0).is_valid(2));
         assert_eq!(bad.iter().map(|b| b.position.as_str()).collect::<Vec<_>>(), vec!["f.csv:4", "f.csv:5"]);

@@ -1,0 +1,80 @@
+//! The `kafka` connector: a source reading every partition of a topic (JSON, CSV or raw values)
+//! with its offsets kept in Tributary's checkpoints, and a sink writing rows as JSON messages.
+
+mod sink;
+mod source;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use rdkafka::ClientConfig;
+
+use crate::error::{ConnectorError, Result};
+use crate::options::{OptionSpec, Options};
+pub use sink::KafkaSinkConnector;
+pub use source::KafkaSourceConnector;
+
+const SOURCE_OPTIONS: &[OptionSpec] = &[
+    OptionSpec::required("bootstrap_servers", "broker addresses, e.g. 'localhost:9092'"),
+    OptionSpec::required("topic", "the topic to read; every partition is read"),
+    OptionSpec::optional("format", "json (default), csv or raw (one text column 'value')"),
+    OptionSpec::optional("start_from", "earliest (default) or latest: where a first run starts"),
+    OptionSpec::optional("header", "csv: whether messages start with a header line (default false)"),
+    OptionSpec::optional("delimiter", "csv: field delimiter (default ',')"),
+    OptionSpec::optional("batch_size", "records per batch (default 8192)"),
+];
+
+const SINK_OPTIONS: &[OptionSpec] = &[
+    OptionSpec::required("bootstrap_servers", "broker addresses, e.g. 'localhost:9092'"),
+    OptionSpec::required("topic", "the topic to write"),
+    OptionSpec::optional("format", "json (default)"),
+    OptionSpec::optional("key", "column whose value becomes the message key"),
+];
+
+/// Message value formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaFormat {
+    /// One JSON object per message.
+    Json,
+    /// One CSV record per message.
+    Csv,
+    /// The value as text, in a column `value`.
+    Raw,
+}
+
+/// Client settings shared by sources and sinks; `properties.*` options pass through to librdkafka.
+fn client_config(opts: &BTreeMap<String, String>) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    if let Some(b) = opts.get("bootstrap_servers") {
+        cfg.set("bootstrap.servers", b);
+    }
+    for (k, v) in opts {
+        if let Some(prop) = k.strip_prefix("properties.") {
+            cfg.set(prop, v);
+        }
+    }
+    cfg
+}
+
+/// Options minus the `properties.*` pass-through keys, for validation.
+fn without_properties(opts: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    opts.iter().filter(|(k, _)| !k.starts_with("properties.")).map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn format_of(opts: &Options) -> Result<KafkaFormat> {
+    Ok(match opts.get_choice("format", &["json", "csv", "raw"], "json")? {
+        "csv" => KafkaFormat::Csv,
+        "raw" => KafkaFormat::Raw,
+        _ => KafkaFormat::Json,
+    })
+}
+
+/// The schema of a raw-format source.
+pub fn raw_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, true)]))
+}
+
+fn kafka_error(context: impl Into<String>, e: rdkafka::error::KafkaError) -> ConnectorError {
+    ConnectorError::io(context, e)
+}

@@ -1,0 +1,337 @@
+//! Kafka source: assigns every partition of the topic (no consumer group), seeks to the
+//! checkpointed offsets, and decodes message values in batches; undecodable messages become bad
+//! records named by partition and offset.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::StringArray;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use super::{client_config, format_of, kafka_error, raw_schema, without_properties, KafkaFormat, SOURCE_OPTIONS};
+use crate::error::{ConnectorError, Result};
+use crate::format::{decode_records, CsvDecoder, JsonDecoder, Record, RecordDecoder};
+use crate::options::{OptionSpec, Options};
+use crate::{BadRecord, PartitionLag, ReadOptions, Source, SourceBatch, SourceConnector, SourcePosition, SourceSpec};
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a batch waits for more messages before it is handed on.
+const LINGER: Duration = Duration::from_millis(100);
+const LAG_REFRESH: Duration = Duration::from_secs(1);
+
+/// `connector = 'kafka'` as a source.
+pub struct KafkaSourceConnector;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct KafkaPosition {
+    /// Next offset to read, per partition.
+    offsets: BTreeMap<i32, i64>,
+}
+
+struct Parsed {
+    topic: String,
+    format: KafkaFormat,
+    latest: bool,
+    header: bool,
+    delimiter: u8,
+    batch_size: usize,
+}
+
+fn parse(spec: &SourceSpec) -> Result<Parsed> {
+    let opts = Options::validate("kafka", SOURCE_OPTIONS, &without_properties(&spec.options))?;
+    Ok(Parsed {
+        topic: opts.require("topic")?.to_string(),
+        format: format_of(&opts)?,
+        latest: opts.get_choice("start_from", &["earliest", "latest"], "earliest")? == "latest",
+        header: opts.get_bool("header", false)?,
+        delimiter: opts.get_byte("delimiter", b',')?,
+        batch_size: opts.get_u64("batch_size")?.unwrap_or(8192).clamp(1, 1 << 20) as usize,
+    })
+}
+
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>> {
+    let md = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT).map_err(|e| kafka_error(format!("reading metadata of topic {topic}"), e))?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| ConnectorError::Config(format!("topic '{topic}' does not exist")))?;
+    if let Some(err) = t.error() {
+        return Err(ConnectorError::Config(format!("topic '{topic}': {:?}", rdkafka::types::RDKafkaErrorCode::from(err))));
+    }
+    let mut p: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    p.sort_unstable();
+    if p.is_empty() {
+        return Err(ConnectorError::Config(format!("topic '{topic}' does not exist or has no partitions")));
+    }
+    Ok(p)
+}
+
+#[async_trait]
+impl SourceConnector for KafkaSourceConnector {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn options(&self) -> &'static [OptionSpec] {
+        SOURCE_OPTIONS
+    }
+
+    async fn validate(&self, spec: &SourceSpec) -> Result<SchemaRef> {
+        let p = parse(spec)?;
+        let schema = match (p.format, &spec.schema) {
+            (KafkaFormat::Raw, _) => raw_schema(),
+            (_, Some(s)) => s.clone(),
+            (_, None) => {
+                return Err(ConnectorError::Config(
+                    "declare the columns of a kafka source (CREATE SOURCE name (col type, ...) WITH (...)), or use format = 'raw'".into(),
+                ))
+            }
+        };
+        // Reach the broker now, so a wrong address or topic fails at CREATE time.
+        let cfg = client_config(&spec.options);
+        let topic = p.topic.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let consumer: BaseConsumer = cfg.create().map_err(|e| kafka_error("creating Kafka client", e))?;
+            partitions(&consumer, &topic).map(|_| ())
+        })
+        .await
+        .map_err(|e| ConnectorError::Internal(e.to_string()))??;
+        Ok(schema)
+    }
+
+    fn is_bounded(&self, _spec: &SourceSpec) -> bool {
+        false
+    }
+
+    async fn open(
+        &self,
+        spec: &SourceSpec,
+        schema: SchemaRef,
+        from: Option<SourcePosition>,
+        read: ReadOptions,
+    ) -> Result<Box<dyn Source>> {
+        let p = parse(spec)?;
+        let position: KafkaPosition = match from {
+            Some(pos) if !pos.0.is_null() => serde_json::from_value(pos.0)
+                .map_err(|e| ConnectorError::Internal(format!("unreadable kafka position: {e}")))?,
+            _ => KafkaPosition::default(),
+        };
+        let mut cfg = client_config(&spec.options);
+        cfg.set("group.id", format!("tributary-{}", spec.name))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", if p.latest { "latest" } else { "earliest" });
+        let meta_cfg = cfg.clone();
+        let topic = p.topic.clone();
+        let latest = p.latest;
+        let (consumer, starts, ends) = tokio::task::spawn_blocking(
+            move || -> Result<(StreamConsumer, BTreeMap<i32, i64>, BTreeMap<i32, i64>)> {
+                let meta: BaseConsumer = meta_cfg.create().map_err(|e| kafka_error("creating Kafka client", e))?;
+                let parts = partitions(&meta, &topic)?;
+                let (mut starts, mut ends) = (BTreeMap::new(), BTreeMap::new());
+                let mut tpl = TopicPartitionList::new();
+                for &pt in &parts {
+                    let (low, high) =
+                        meta.fetch_watermarks(&topic, pt, METADATA_TIMEOUT).map_err(|e| kafka_error("reading offsets", e))?;
+                    // Checkpointed offset, else where start_from says; never before what the broker still has.
+                    let start = match position.offsets.get(&pt) {
+                        Some(o) => (*o).max(low),
+                        None if latest => high,
+                        None => low,
+                    };
+                    starts.insert(pt, start);
+                    ends.insert(pt, high);
+                    tpl.add_partition_offset(&topic, pt, Offset::Offset(start)).map_err(|e| kafka_error("assigning partitions", e))?;
+                }
+                let consumer: StreamConsumer = cfg.create().map_err(|e| kafka_error("creating Kafka consumer", e))?;
+                consumer.assign(&tpl).map_err(|e| kafka_error("assigning partitions", e))?;
+                Ok((consumer, starts, ends))
+            },
+        )
+        .await
+        .map_err(|e| ConnectorError::Internal(e.to_string()))??;
+        let decoder: Option<Arc<dyn RecordDecoder>> = match p.format {
+            KafkaFormat::Json => Some(Arc::new(JsonDecoder::new(schema.clone()))),
+            KafkaFormat::Csv => Some(Arc::new(CsvDecoder::new(schema.clone(), p.delimiter))),
+            KafkaFormat::Raw => None,
+        };
+        let offsets = starts;
+        let lag = Arc::new(Mutex::new(BTreeMap::new()));
+        Ok(Box::new(KafkaSource {
+            schema,
+            consumer,
+            topic: p.topic,
+            format: p.format,
+            header: p.header,
+            batch_size: p.batch_size,
+            decoder,
+            offsets,
+            stop_at: read.bounded.then_some(ends),
+            meta_config: client_config(&spec.options),
+            latest: lag,
+            lag_refreshed: None,
+        }))
+    }
+}
+
+struct KafkaSource {
+    schema: SchemaRef,
+    consumer: StreamConsumer,
+    topic: String,
+    format: KafkaFormat,
+    header: bool,
+    batch_size: usize,
+    decoder: Option<Arc<dyn RecordDecoder>>,
+    /// Next offset per partition (only partitions read from so far or restored).
+    offsets: BTreeMap<i32, i64>,
+    /// Batch mode: the end offsets present at start.
+    stop_at: Option<BTreeMap<i32, i64>>,
+    meta_config: rdkafka::ClientConfig,
+    latest: Arc<Mutex<BTreeMap<i32, i64>>>,
+    lag_refreshed: Option<Instant>,
+}
+
+impl KafkaSource {
+    fn done(&self) -> bool {
+        match &self.stop_at {
+            Some(ends) => ends.iter().all(|(p, end)| self.offsets.get(p).copied().unwrap_or(0) >= *end),
+            None => false,
+        }
+    }
+
+    fn refresh_lag(&mut self) {
+        if self.lag_refreshed.is_some_and(|t| t.elapsed() < LAG_REFRESH) {
+            return;
+        }
+        self.lag_refreshed = Some(Instant::now());
+        let cfg = self.meta_config.clone();
+        let topic = self.topic.clone();
+        let latest = self.latest.clone();
+        tokio::task::spawn_blocking(move || {
+            let Ok(meta) = cfg.create::<BaseConsumer>() else { return };
+            let Ok(parts) = partitions(&meta, &topic) else { return };
+            let mut out = BTreeMap::new();
+            for p in parts {
+                if let Ok((_, high)) = meta.fetch_watermarks(&topic, p, Duration::from_secs(5)) {
+                    out.insert(p, high);
+                }
+            }
+            *latest.lock() = out;
+        });
+    }
+
+    fn lag(&self) -> Vec<PartitionLag> {
+        self.latest
+            .lock()
+            .iter()
+            .map(|(p, high)| PartitionLag { partition: p.to_string(), position: self.offsets.get(p).copied().unwrap_or(0), latest: *high })
+            .collect()
+    }
+
+    fn decode(&self, payloads: Vec<(i32, i64, Vec<u8>)>) -> (RecordBatch, Vec<BadRecord>) {
+        match (&self.decoder, self.format) {
+            (None, _) | (_, KafkaFormat::Raw) => {
+                let values: Vec<Option<String>> = payloads.iter().map(|(_, _, v)| Some(String::from_utf8_lossy(v).to_string())).collect();
+                let batch = RecordBatch::try_new(self.schema.clone(), vec![Arc::new(StringArray::from(values))])
+                    .unwrap_or_else(|_| RecordBatch::new_empty(self.schema.clone()));
+                (batch, Vec::new())
+            }
+            (Some(decoder), _) => {
+                // One record per message, newline-framed, so the shared decoder can isolate bad ones.
+                let mut buf = Vec::new();
+                let mut records = Vec::with_capacity(payloads.len());
+                let mut bad = Vec::new();
+                for (i, (p, o, v)) in payloads.iter().enumerate() {
+                    let mut v: &[u8] = v;
+                    if self.header && self.format == KafkaFormat::Csv {
+                        if let Some(nl) = v.iter().position(|b| *b == b'\n') {
+                            v = &v[nl + 1..];
+                        }
+                    }
+                    let v = trim_newlines(v);
+                    if v.contains(&b'\n') && self.format == KafkaFormat::Json {
+                        // A pretty-printed object: collapse its newlines, JSON does not need them.
+                        let start = buf.len();
+                        buf.extend(v.iter().map(|b| if *b == b'\n' || *b == b'\r' { b' ' } else { *b }));
+                        let end = buf.len();
+                        buf.push(b'\n');
+                        records.push(Record { start, end, next: buf.len(), line: i as u64 });
+                    } else if v.iter().all(|b| b.is_ascii_whitespace()) {
+                        bad.push(BadRecord { position: format!("{}/{p}/{o}", self.topic), message: "empty message".into(), raw: String::new() });
+                    } else {
+                        let start = buf.len();
+                        buf.extend_from_slice(v);
+                        let end = buf.len();
+                        buf.push(b'\n');
+                        records.push(Record { start, end, next: buf.len(), line: i as u64 });
+                    }
+                }
+                let topic = &self.topic;
+                let (batch, more_bad) = decode_records(decoder.as_ref(), &buf, &records, &|r| {
+                    let (p, o, _) = &payloads[r.line as usize];
+                    format!("{topic}/{p}/{o}")
+                });
+                bad.extend(more_bad);
+                (batch, bad)
+            }
+        }
+    }
+}
+
+fn trim_newlines(mut v: &[u8]) -> &[u8] {
+    while let Some((last, rest)) = v.split_last() {
+        if *last == b'\n' || *last == b'\r' {
+            v = rest;
+        } else {
+            break;
+        }
+    }
+    v
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
+        self.refresh_lag();
+        if self.done() {
+            return Ok(None);
+        }
+        let mut payloads: Vec<(i32, i64, Vec<u8>)> = Vec::new();
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while payloads.len() < self.batch_size {
+            let msg = tokio::select! {
+                m = self.consumer.recv() => m,
+                _ = tokio::time::sleep_until(deadline) => break,
+            };
+            let msg = msg.map_err(|e| kafka_error(format!("reading topic {}", self.topic), e))?;
+            let (p, o) = (msg.partition(), msg.offset());
+            if let Some(ends) = &self.stop_at {
+                if o >= ends.get(&p).copied().unwrap_or(0) {
+                    // Past what existed at start: a batch run leaves it for the next run.
+                    continue;
+                }
+            }
+            payloads.push((p, o, msg.payload().map(<[u8]>::to_vec).unwrap_or_default()));
+            self.offsets.insert(p, o + 1);
+            if self.done() {
+                break;
+            }
+        }
+        let (batch, bad_records) = self.decode(payloads);
+        let position = SourcePosition(serde_json::to_value(KafkaPosition { offsets: self.offsets.clone() }).unwrap_or_default());
+        Ok(Some(SourceBatch { batch, bad_records, position, lag: self.lag() }))
+    }
+}

@@ -22,7 +22,7 @@ fi
 
 # Independent readers and clients: the deltalake package, psycopg and asyncpg, in a venv we reuse.
 VENV="$CACHE/venv"
-PY_PKGS="deltalake==1.2.1 pyarrow psycopg[binary] asyncpg"
+PY_PKGS="deltalake==1.2.1 pyarrow psycopg[binary] asyncpg confluent-kafka"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.pkgs" 2>/dev/null)" != "$PY_PKGS" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
@@ -31,6 +31,13 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.pkgs" 2>/dev/null)" != "$PY_P
   echo "$PY_PKGS" > "$VENV/.pkgs"
 fi
 export TRIBUTARY_PYTHON="$VENV/bin/python"
+
+# A Kafka-protocol broker for the Kafka tests: tansu, built once and reused.
+TANSU="$CACHE/tansu/bin/tansu"
+if [ ! -x "$TANSU" ]; then
+  cargo install tansu --locked --version 0.6.0 --features dynostore --root "$CACHE/tansu" --target-dir "$CACHE/tansu-target"
+fi
+export TANSU_BIN="$TANSU"
 
 cargo build --tests --bins
 cargo test --workspace --no-fail-fast -- --test-threads=2

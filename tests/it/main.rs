@@ -4,6 +4,7 @@
 mod clients;
 mod files;
 mod harness;
+mod kafka;
 mod nexmark;
 mod recovery;
 mod run_cmd;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, StringArray, TimestampMicrosecondArray, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -100,13 +100,20 @@ fn count(v: Vec<u64>) -> ArrayRef {
 fn ts(v: Vec<Option<DateTime<Utc>>>) -> ArrayRef {
     Arc::new(TimestampMicrosecondArray::from(v.into_iter().map(|t| t.map(|t| t.timestamp_micros())).collect::<Vec<_>>()).with_timezone("UTC"))
 }
-fn ts_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
 
 /// `k = 'v', ...` with secrets redacted.
 pub fn options_text(options: &std::collections::BTreeMap<String, String>) -> String {
     options.iter().map(|(k, v)| format!("{k} = '{}'", redact(k, v).replace('\'', "''"))).collect::<Vec<_>>().join(", ")
+}
+
+/// A batch from named columns (every column nullable).
+fn table(columns: Vec<(&str, ArrayRef)>) -> crate::error::Result<RecordBatch> {
+    let fields: Vec<Field> = columns.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect();
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns.into_iter().map(|(_, a)| a).collect())?)
+}
+
+fn int(v: Vec<i64>) -> ArrayRef {
+    Arc::new(arrow::array::Int64Array::from(v))
 }
 
 impl SystemSchema {
@@ -114,124 +121,68 @@ impl SystemSchema {
         let batch = match name {
             "pipelines" => {
                 let entries = self.catalog.pipelines();
-                let mut cols: (Vec<_>, Vec<_>, Vec<_>, Vec<_>, Vec<_>) = Default::default();
-                let (mut rin, mut rout, mut rerr, mut epoch, mut started, mut ckpt, mut error, mut source, mut sink) =
-                    (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-                for p in &entries {
-                    let mode = p.options.get("mode").cloned().unwrap_or_default();
-                    let st = self.runtime.status(&p.name, &mode, p.state, p.error.clone()).snapshot();
-                    cols.0.push(Some(p.name.clone()));
-                    cols.1.push(Some(st.mode.clone()));
-                    cols.2.push(Some(st.state.as_str().to_string()));
-                    cols.3.push(Some(p.id.clone()));
-                    cols.4.push(Some(p.query.clone()));
-                    rin.push(st.rows_in);
-                    rout.push(st.rows_out);
-                    rerr.push(st.rows_errored);
-                    epoch.push(st.epoch);
-                    started.push(st.started_at);
-                    ckpt.push(st.last_checkpoint_at);
-                    error.push(st.error.clone().or_else(|| (st.state == PipelineState::Failed).then(|| p.error.clone()).flatten()));
-                    source.push(Some(p.sources.join(", ")));
-                    sink.push(Some(p.sink.clone()));
-                }
-                let schema = Schema::new(vec![
-                    Field::new("name", DataType::Utf8, true),
-                    Field::new("mode", DataType::Utf8, true),
-                    Field::new("state", DataType::Utf8, true),
-                    Field::new("source", DataType::Utf8, true),
-                    Field::new("sink", DataType::Utf8, true),
-                    Field::new("rows_in", DataType::UInt64, false),
-                    Field::new("rows_out", DataType::UInt64, false),
-                    Field::new("rows_errored", DataType::UInt64, false),
-                    Field::new("epoch", DataType::UInt64, false),
-                    Field::new("started_at", ts_type(), true),
-                    Field::new("last_checkpoint_at", ts_type(), true),
-                    Field::new("error", DataType::Utf8, true),
-                    Field::new("id", DataType::Utf8, true),
-                    Field::new("query", DataType::Utf8, true),
-                ]);
-                RecordBatch::try_new(
-                    Arc::new(schema),
-                    vec![
-                        text(cols.0),
-                        text(cols.1),
-                        text(cols.2),
-                        text(source),
-                        text(sink),
-                        count(rin),
-                        count(rout),
-                        count(rerr),
-                        count(epoch),
-                        ts(started),
-                        ts(ckpt),
-                        text(error),
-                        text(cols.3),
-                        text(cols.4),
-                    ],
-                )?
+                let st: Vec<_> = entries
+                    .iter()
+                    .map(|p| {
+                        let mode = p.options.get("mode").cloned().unwrap_or_default();
+                        self.runtime.status(&p.name, &mode, p.state, p.error.clone()).snapshot()
+                    })
+                    .collect();
+                table(vec![
+                    ("name", text(entries.iter().map(|p| Some(p.name.clone())).collect())),
+                    ("mode", text(st.iter().map(|s| Some(s.mode.clone())).collect())),
+                    ("state", text(st.iter().map(|s| Some(s.state.as_str().to_string())).collect())),
+                    ("source", text(entries.iter().map(|p| Some(p.sources.join(", "))).collect())),
+                    ("sink", text(entries.iter().map(|p| Some(p.sink.clone())).collect())),
+                    ("rows_in", count(st.iter().map(|s| s.rows_in).collect())),
+                    ("rows_out", count(st.iter().map(|s| s.rows_out).collect())),
+                    ("rows_errored", count(st.iter().map(|s| s.rows_errored).collect())),
+                    ("epoch", count(st.iter().map(|s| s.epoch).collect())),
+                    ("started_at", ts(st.iter().map(|s| s.started_at).collect())),
+                    ("last_checkpoint_at", ts(st.iter().map(|s| s.last_checkpoint_at).collect())),
+                    (
+                        "error",
+                        text(
+                            st.iter()
+                                .zip(&entries)
+                                .map(|(s, p)| s.error.clone().or_else(|| (s.state == PipelineState::Failed).then(|| p.error.clone()).flatten()))
+                                .collect(),
+                        ),
+                    ),
+                    ("id", text(entries.iter().map(|p| Some(p.id.clone())).collect())),
+                    ("query", text(entries.iter().map(|p| Some(p.query.clone())).collect())),
+                ])?
             }
             "sources" => {
-                let entries = self.catalog.sources();
-                let schema = Schema::new(vec![
-                    Field::new("name", DataType::Utf8, true),
-                    Field::new("connector", DataType::Utf8, true),
-                    Field::new("options", DataType::Utf8, true),
-                    Field::new("schema", DataType::Utf8, true),
-                    Field::new("created_at", ts_type(), true),
-                ]);
-                RecordBatch::try_new(
-                    Arc::new(schema),
-                    vec![
-                        text(entries.iter().map(|e| Some(e.name.clone())).collect()),
-                        text(entries.iter().map(|e| e.options.get("connector").cloned()).collect()),
-                        text(entries.iter().map(|e| Some(options_text(&e.options))).collect()),
-                        text(entries.iter().map(|e| Some(columns_text(&e.columns))).collect()),
-                        ts(entries.iter().map(|e| Some(e.created_at)).collect()),
-                    ],
-                )?
+                let e = self.catalog.sources();
+                table(vec![
+                    ("name", text(e.iter().map(|e| Some(e.name.clone())).collect())),
+                    ("connector", text(e.iter().map(|e| e.options.get("connector").cloned()).collect())),
+                    ("options", text(e.iter().map(|e| Some(options_text(&e.options))).collect())),
+                    ("schema", text(e.iter().map(|e| Some(columns_text(&e.columns))).collect())),
+                    ("created_at", ts(e.iter().map(|e| Some(e.created_at)).collect())),
+                ])?
             }
             "sinks" => {
-                let entries = self.catalog.sinks();
-                let schema = Schema::new(vec![
-                    Field::new("name", DataType::Utf8, true),
-                    Field::new("connector", DataType::Utf8, true),
-                    Field::new("options", DataType::Utf8, true),
-                    Field::new("created_at", ts_type(), true),
-                ]);
-                RecordBatch::try_new(
-                    Arc::new(schema),
-                    vec![
-                        text(entries.iter().map(|e| Some(e.name.clone())).collect()),
-                        text(entries.iter().map(|e| e.options.get("connector").cloned()).collect()),
-                        text(entries.iter().map(|e| Some(options_text(&e.options))).collect()),
-                        ts(entries.iter().map(|e| Some(e.created_at)).collect()),
-                    ],
-                )?
+                let e = self.catalog.sinks();
+                table(vec![
+                    ("name", text(e.iter().map(|e| Some(e.name.clone())).collect())),
+                    ("connector", text(e.iter().map(|e| e.options.get("connector").cloned()).collect())),
+                    ("options", text(e.iter().map(|e| Some(options_text(&e.options))).collect())),
+                    ("created_at", ts(e.iter().map(|e| Some(e.created_at)).collect())),
+                ])?
             }
             "errors" => {
-                let entries = self.runtime.errors().snapshot();
-                let schema = Schema::new(vec![
-                    Field::new("pipeline", DataType::Utf8, true),
-                    Field::new("source", DataType::Utf8, true),
-                    Field::new("position", DataType::Utf8, true),
-                    Field::new("error", DataType::Utf8, true),
-                    Field::new("raw", DataType::Utf8, true),
-                    Field::new("epoch", DataType::UInt64, false),
-                    Field::new("at", ts_type(), true),
-                ]);
-                RecordBatch::try_new(
-                    Arc::new(schema),
-                    vec![
-                        text(entries.iter().map(|e| Some(e.pipeline.clone())).collect()),
-                        text(entries.iter().map(|e| Some(e.source.clone())).collect()),
-                        text(entries.iter().map(|e| Some(e.position.clone())).collect()),
-                        text(entries.iter().map(|e| Some(e.message.clone())).collect()),
-                        text(entries.iter().map(|e| Some(e.raw.clone())).collect()),
-                        count(entries.iter().map(|e| e.epoch).collect()),
-                        ts(entries.iter().map(|e| Some(e.at)).collect()),
-                    ],
-                )?
+                let e = self.runtime.errors().snapshot();
+                table(vec![
+                    ("pipeline", text(e.iter().map(|e| Some(e.pipeline.clone())).collect())),
+                    ("source", text(e.iter().map(|e| Some(e.source.clone())).collect())),
+                    ("position", text(e.iter().map(|e| Some(e.position.clone())).collect())),
+                    ("error", text(e.iter().map(|e| Some(e.message.clone())).collect())),
+                    ("raw", text(e.iter().map(|e| Some(e.raw.clone())).collect())),
+                    ("epoch", count(e.iter().map(|e| e.epoch).collect())),
+                    ("at", ts(e.iter().map(|e| Some(e.at)).collect())),
+                ])?
             }
             "checkpoints" => {
                 let mut rows = Vec::new();
@@ -241,27 +192,15 @@ impl SystemSchema {
                         rows.push((p.name.clone(), cp, bytes));
                     }
                 }
-                let schema = Schema::new(vec![
-                    Field::new("pipeline", DataType::Utf8, true),
-                    Field::new("epoch", DataType::UInt64, false),
-                    Field::new("at", ts_type(), true),
-                    Field::new("duration_ms", DataType::UInt64, false),
-                    Field::new("bytes", DataType::UInt64, false),
-                    Field::new("rows_in", DataType::UInt64, false),
-                    Field::new("rows_out", DataType::UInt64, false),
-                ]);
-                RecordBatch::try_new(
-                    Arc::new(schema),
-                    vec![
-                        text(rows.iter().map(|r| Some(r.0.clone())).collect()),
-                        count(rows.iter().map(|r| r.1.epoch).collect()),
-                        ts(rows.iter().map(|r| Some(r.1.at)).collect()),
-                        count(rows.iter().map(|r| r.1.duration_ms).collect()),
-                        count(rows.iter().map(|r| r.2).collect()),
-                        count(rows.iter().map(|r| r.1.rows_in).collect()),
-                        count(rows.iter().map(|r| r.1.rows_out).collect()),
-                    ],
-                )?
+                table(vec![
+                    ("pipeline", text(rows.iter().map(|r| Some(r.0.clone())).collect())),
+                    ("epoch", count(rows.iter().map(|r| r.1.epoch).collect())),
+                    ("at", ts(rows.iter().map(|r| Some(r.1.at)).collect())),
+                    ("duration_ms", count(rows.iter().map(|r| r.1.duration_ms).collect())),
+                    ("bytes", count(rows.iter().map(|r| r.2).collect())),
+                    ("rows_in", count(rows.iter().map(|r| r.1.rows_in).collect())),
+                    ("rows_out", count(rows.iter().map(|r| r.1.rows_out).collect())),
+                ])?
             }
             "source_lag" => {
                 let mut rows = Vec::new();
@@ -271,26 +210,14 @@ impl SystemSchema {
                     }
                 }
                 rows.sort_by(|a, b| (&a.0, &a.1, &a.2.partition).cmp(&(&b.0, &b.1, &b.2.partition)));
-                let schema = Schema::new(vec![
-                    Field::new("pipeline", DataType::Utf8, true),
-                    Field::new("source", DataType::Utf8, true),
-                    Field::new("partition", DataType::Utf8, true),
-                    Field::new("position", DataType::Int64, false),
-                    Field::new("latest", DataType::Int64, false),
-                    Field::new("lag", DataType::Int64, false),
-                ]);
-                let int = |v: Vec<i64>| -> ArrayRef { Arc::new(arrow::array::Int64Array::from(v)) };
-                RecordBatch::try_new(
-                    Arc::new(schema),
-                    vec![
-                        text(rows.iter().map(|r| Some(r.0.clone())).collect()),
-                        text(rows.iter().map(|r| Some(r.1.clone())).collect()),
-                        text(rows.iter().map(|r| Some(r.2.partition.clone())).collect()),
-                        int(rows.iter().map(|r| r.2.position).collect()),
-                        int(rows.iter().map(|r| r.2.latest).collect()),
-                        int(rows.iter().map(|r| (r.2.latest - r.2.position).max(0)).collect()),
-                    ],
-                )?
+                table(vec![
+                    ("pipeline", text(rows.iter().map(|r| Some(r.0.clone())).collect())),
+                    ("source", text(rows.iter().map(|r| Some(r.1.clone())).collect())),
+                    ("partition", text(rows.iter().map(|r| Some(r.2.partition.clone())).collect())),
+                    ("position", int(rows.iter().map(|r| r.2.position).collect())),
+                    ("latest", int(rows.iter().map(|r| r.2.latest).collect())),
+                    ("lag", int(rows.iter().map(|r| (r.2.latest - r.2.position).max(0)).collect())),
+                ])?
             }
             _ => return Ok(None),
         };

@@ -154,7 +154,10 @@ pub fn python() -> String {
 
 /// Runs a Python script with arguments; returns stdout, panics with stderr on failure.
 pub fn run_python(script: &str, args: &[&str]) -> String {
-    let out = Command::new(python()).arg("-c").arg(script).args(args).output().expect("python");
+    // deltalake/pyarrow sometimes abort in interpreter teardown ("terminate called without an
+    // active exception") after the work is done; leave without teardown once output is flushed.
+    let script = format!("{script}\nimport sys as _s, os as _o\n_s.stdout.flush()\n_s.stderr.flush()\n_o._exit(0)\n");
+    let out = Command::new(python()).arg("-c").arg(&script).args(args).output().expect("python");
     assert!(out.status.success(), "python failed: {}\n{}", String::from_utf8_lossy(&out.stderr), script);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

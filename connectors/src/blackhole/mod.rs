@@ -11,6 +11,9 @@ use crate::error::Result;
 use crate::options::{OptionSpec, Options};
 use crate::{PreparedCommit, Sink, SinkConnector, SinkContext, SinkSpec};
 
+const OPTIONS: &[OptionSpec] =
+    &[OptionSpec::optional("delay_ms", "milliseconds to stall on every batch: a deliberately slow sink, to watch backpressure")];
+
 /// `connector = 'blackhole'`.
 pub struct BlackholeSinkConnector;
 
@@ -20,20 +23,23 @@ impl SinkConnector for BlackholeSinkConnector {
         "blackhole"
     }
     fn options(&self) -> &'static [OptionSpec] {
-        &[]
+        OPTIONS
     }
     async fn validate(&self, spec: &SinkSpec) -> Result<()> {
-        Options::validate("blackhole", &[], &spec.options).map(|_| ())
+        Options::validate("blackhole", OPTIONS, &spec.options)?.get_u64("delay_ms").map(|_| ())
     }
-    async fn create(&self, _spec: &SinkSpec) -> Result<Box<dyn Sink>> {
-        Ok(Box::new(BlackholeSink))
+    async fn create(&self, spec: &SinkSpec) -> Result<Box<dyn Sink>> {
+        let delay = Options::validate("blackhole", OPTIONS, &spec.options)?.get_u64("delay_ms")?.unwrap_or(0);
+        Ok(Box::new(BlackholeSink { delay: std::time::Duration::from_millis(delay) }))
     }
     async fn table(&self, _spec: &SinkSpec) -> Result<Option<Arc<dyn TableProvider>>> {
         Ok(None)
     }
 }
 
-struct BlackholeSink;
+struct BlackholeSink {
+    delay: std::time::Duration,
+}
 
 #[async_trait]
 impl Sink for BlackholeSink {
@@ -41,6 +47,9 @@ impl Sink for BlackholeSink {
         Ok(())
     }
     async fn write(&mut self, _batch: RecordBatch) -> Result<()> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         Ok(())
     }
     async fn prepare(&mut self, _epoch: u64) -> Result<PreparedCommit> {

@@ -176,7 +176,8 @@ impl SourceConnector for KafkaSourceConnector {
             decoder,
             offsets,
             stop_at: read.bounded.then_some(ends),
-            meta_config: client_config(&spec.options),
+            meta: Arc::new(client_config(&spec.options).create::<BaseConsumer>().map_err(|e| kafka_error("creating Kafka client", e))?),
+            refreshing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             latest: lag,
             lag_refreshed: None,
         }))
@@ -195,7 +196,9 @@ struct KafkaSource {
     offsets: BTreeMap<i32, i64>,
     /// Batch mode: the end offsets present at start.
     stop_at: Option<BTreeMap<i32, i64>>,
-    meta_config: rdkafka::ClientConfig,
+    /// A client for watermark queries, separate from the consumer.
+    meta: Arc<BaseConsumer>,
+    refreshing: Arc<std::sync::atomic::AtomicBool>,
     latest: Arc<Mutex<BTreeMap<i32, i64>>>,
     lag_refreshed: Option<Instant>,
 }
@@ -213,12 +216,15 @@ impl KafkaSource {
             return;
         }
         self.lag_refreshed = Some(Instant::now());
-        let cfg = self.meta_config.clone();
+        if self.refreshing.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let meta = self.meta.clone();
         let topic = self.topic.clone();
         let latest = self.latest.clone();
+        let parts: Vec<i32> = self.offsets.keys().copied().collect();
+        let refreshing = self.refreshing.clone();
         tokio::task::spawn_blocking(move || {
-            let Ok(meta) = cfg.create::<BaseConsumer>() else { return };
-            let Ok(parts) = partitions(&meta, &topic) else { return };
             let mut out = BTreeMap::new();
             for p in parts {
                 if let Ok((_, high)) = meta.fetch_watermarks(&topic, p, Duration::from_secs(5)) {
@@ -226,6 +232,7 @@ impl KafkaSource {
                 }
             }
             *latest.lock() = out;
+            refreshing.store(false, std::sync::atomic::Ordering::SeqCst);
         });
     }
 

@@ -192,11 +192,6 @@ impl Engine {
                     c.is_bounded(&SourceSpec { name: entry.name.clone(), schema: None, options: entry.options.clone() })
                 };
                 let mode = options.get("mode").cloned().unwrap_or_else(|| if source_bounded { "batch".into() } else { "streaming".into() });
-                if mode == "streaming" && source_bounded {
-                    return Err(Error::Unsupported(
-                        "mode = 'streaming' over a bounded source (watching for new files) is not supported yet; use mode = 'batch' and START PIPELINE again to pick up new files".into(),
-                    ));
-                }
                 options.insert("mode".into(), mode);
                 let entry = PipelineEntry {
                     name: name.clone(),

@@ -125,3 +125,34 @@ print(t.num_rows, '%.2f' % pc.sum(t['amount']).as_py())
     assert!(states.iter().all(|r| r[1].as_deref() == Some("completed")), "{states:?}");
     assert_eq!(scalar(&c, "SELECT count(*) FROM lake").await, expected_total.to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_file_source_picks_up_new_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let staging = tmp.path().join("staging");
+    let next = write_csv(&input, "a", 1, 1000, 1);
+    let lake = tmp.path().join("lake");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(&data).await;
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) WITH (connector = 'file', path = '{}/*.csv');
+         CREATE SINK lake WITH (connector = 'delta', path = '{}');
+         CREATE PIPELINE watch WITH (mode = 'streaming', checkpoint_interval = '200ms') AS INSERT INTO lake SELECT id, amount FROM orders;",
+        input.display(),
+        lake.display()
+    ))
+    .await
+    .unwrap();
+    let count = || async { scalar(&c, "SELECT count(*) FROM lake").await.parse::<u64>().unwrap_or(0) };
+    poll(Duration::from_secs(60), "the first file", || async { (count().await == 1000).then_some(()) }).await;
+    // A file that appears later (written elsewhere, renamed in) is picked up while the pipeline runs.
+    write_csv(&staging, "b", 1, 500, next);
+    std::fs::rename(staging.join("b-0000.csv"), input.join("b-0000.csv")).unwrap();
+    poll(Duration::from_secs(60), "the new file", || async { (count().await == 1500).then_some(()) }).await;
+    assert_eq!(scalar(&c, "SELECT state FROM tributary.pipelines WHERE name = 'watch'").await, "running");
+    c.batch_execute("STOP PIPELINE watch").await.unwrap();
+    assert_eq!(delta_count_distinct(&lake), (1500, 1500));
+}

@@ -27,6 +27,8 @@ use location::FileLocation;
 const BLOCK_BYTES: u64 = 4 << 20;
 /// Rows per Parquet batch.
 const PARQUET_BATCH_ROWS: usize = 32 * 1024;
+/// How often a streaming file source looks for new files.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Records sampled to infer a schema.
 const INFER_RECORDS: usize = 1000;
 
@@ -164,7 +166,7 @@ impl SourceConnector for FileSourceConnector {
         spec: &SourceSpec,
         schema: SchemaRef,
         from: Option<SourcePosition>,
-        _read: crate::ReadOptions,
+        read: crate::ReadOptions,
     ) -> Result<Box<dyn Source>> {
         let opts = FileSourceOptions::parse(spec).await?;
         let position: FilePosition = match from {
@@ -188,7 +190,7 @@ impl SourceConnector for FileSourceConnector {
             FileFormat::Json => Some(Arc::new(JsonDecoder::new(schema.clone()))),
             FileFormat::Parquet => None,
         };
-        Ok(Box::new(FileSource { opts, schema, queue, position, decoder, reader: None }))
+        Ok(Box::new(FileSource { opts, schema, queue, position, decoder, reader: None, watch: !read.bounded }))
     }
 }
 
@@ -244,6 +246,8 @@ struct FileSource {
     opts: FileSourceOptions,
     schema: SchemaRef,
     queue: VecDeque<ObjectMeta>,
+    /// Streaming mode: when every file is read, keep listing for new ones.
+    watch: bool,
     position: FilePosition,
     decoder: Option<Arc<dyn RecordDecoder>>,
     reader: Option<OpenFile>,
@@ -401,7 +405,22 @@ impl Source for FileSource {
     async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
         loop {
             if self.reader.is_none() && !self.open_next().await? {
-                return Ok(None);
+                if !self.watch {
+                    return Ok(None);
+                }
+                // Streaming: wait for files that appear later (they should appear whole, by rename).
+                tokio::time::sleep(WATCH_INTERVAL).await;
+                let current = self.position.current.as_ref().map(|c| c.path.clone());
+                let new: Vec<ObjectMeta> = self
+                    .opts
+                    .location
+                    .list()
+                    .await?
+                    .into_iter()
+                    .filter(|m| !self.position.done.contains(m.location.as_ref()) && Some(m.location.to_string()) != current)
+                    .collect();
+                self.queue.extend(new);
+                continue;
             }
             let next = match self.reader {
                 Some(OpenFile::Lines { .. }) => self.next_lines().await?,

@@ -164,7 +164,12 @@ async fn kafka_stop_start_bad_records_batch_mode_and_sink() {
     poll(Duration::from_secs(120), "first records", || async { (counters(&c, "p").await.0 >= 10_000).then_some(()) }).await;
     poll(Duration::from_secs(60), "first commit", || async { (counters(&c, "p").await.1 >= 9_900).then_some(()) }).await;
     assert_eq!(counters(&c, "p").await, (10_000, 9_900, 100));
-    let errors = query(&c, "SELECT position, raw FROM tributary.errors WHERE pipeline = 'p' ORDER BY position").await;
+    // Bad records show once their epoch is committed.
+    let errors = poll(Duration::from_secs(30), "the bad records", || async {
+        let rows = query(&c, "SELECT position, raw FROM tributary.errors WHERE pipeline = 'p' ORDER BY position").await;
+        (rows.len() >= 100).then_some(rows)
+    })
+    .await;
     assert_eq!(errors.len(), 100);
     assert!(errors.iter().all(|r| r[0].as_deref().unwrap().starts_with("events/") && r[1].as_deref().unwrap().contains("broken")));
 

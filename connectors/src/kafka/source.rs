@@ -176,6 +176,7 @@ impl SourceConnector for KafkaSourceConnector {
             decoder,
             offsets,
             stop_at: read.bounded.then_some(ends),
+            confirmed: Default::default(),
             meta: Arc::new(client_config(&spec.options).create::<BaseConsumer>().map_err(|e| kafka_error("creating Kafka client", e))?),
             refreshing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             latest: lag,
@@ -196,6 +197,8 @@ struct KafkaSource {
     offsets: BTreeMap<i32, i64>,
     /// Batch mode: the end offsets present at start.
     stop_at: Option<BTreeMap<i32, i64>>,
+    /// Batch mode: partitions whose end was checked against a fetch response's high watermark.
+    confirmed: std::collections::BTreeSet<i32>,
     /// A client for watermark queries, separate from the consumer.
     meta: Arc<BaseConsumer>,
     refreshing: Arc<std::sync::atomic::AtomicBool>,
@@ -206,8 +209,45 @@ struct KafkaSource {
 impl KafkaSource {
     fn done(&self) -> bool {
         match &self.stop_at {
-            Some(ends) => ends.iter().all(|(p, end)| self.offsets.get(p).copied().unwrap_or(0) >= *end),
+            Some(ends) => {
+                self.confirmed.len() == ends.len() && ends.iter().all(|(p, end)| self.offsets.get(p).copied().unwrap_or(0) >= *end)
+            }
             None => false,
+        }
+    }
+
+    /// The high watermark of the last fetch response for `partition`, from librdkafka's cache.
+    /// Some brokers (tansu 0.6) answer ListOffsets with the last batch's base offset, below the
+    /// true end; fetch responses carry the right value.
+    fn fetched_high(&self, partition: i32) -> Option<i64> {
+        let topic = std::ffi::CString::new(self.topic.as_str()).ok()?;
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the client pointer lives as long as `self.consumer`; the call only reads
+        // librdkafka's watermark cache into the two out-parameters.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+    }
+
+    /// Batch mode: raises each partition's end to the first fetched high watermark.
+    fn confirm_ends(&mut self) {
+        let Some(ends) = &self.stop_at else { return };
+        let pending: Vec<i32> = ends.keys().filter(|p| !self.confirmed.contains(p)).copied().collect();
+        for p in pending {
+            if let Some(high) = self.fetched_high(p) {
+                if let Some(ends) = self.stop_at.as_mut() {
+                    let e = ends.entry(p).or_insert(0);
+                    *e = (*e).max(high);
+                }
+                self.confirmed.insert(p);
+            }
         }
     }
 
@@ -240,7 +280,11 @@ impl KafkaSource {
         self.latest
             .lock()
             .iter()
-            .map(|(p, high)| PartitionLag { partition: p.to_string(), position: self.offsets.get(p).copied().unwrap_or(0), latest: *high })
+            .map(|(p, high)| PartitionLag {
+                partition: p.to_string(),
+                position: self.offsets.get(p).copied().unwrap_or(0),
+                latest: (*high).max(self.fetched_high(*p).unwrap_or(0)),
+            })
             .collect()
     }
 
@@ -313,6 +357,7 @@ impl Source for KafkaSource {
 
     async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
         self.refresh_lag();
+        self.confirm_ends();
         if self.done() {
             return Ok(None);
         }
@@ -323,15 +368,20 @@ impl Source for KafkaSource {
                 m = self.consumer.recv() => m,
                 _ = tokio::time::sleep_until(deadline) => break,
             };
-            let msg = msg.map_err(|e| kafka_error(format!("reading topic {}", self.topic), e))?;
-            let (p, o) = (msg.partition(), msg.offset());
+            let (p, o, payload) = {
+                let msg = msg.map_err(|e| kafka_error(format!("reading topic {}", self.topic), e))?;
+                (msg.partition(), msg.offset(), msg.payload().map(<[u8]>::to_vec).unwrap_or_default())
+            };
+            if self.stop_at.is_some() && !self.confirmed.contains(&p) {
+                self.confirm_ends();
+            }
             if let Some(ends) = &self.stop_at {
                 if o >= ends.get(&p).copied().unwrap_or(0) {
                     // Past what existed at start: a batch run leaves it for the next run.
                     continue;
                 }
             }
-            payloads.push((p, o, msg.payload().map(<[u8]>::to_vec).unwrap_or_default()));
+            payloads.push((p, o, payload));
             self.offsets.insert(p, o + 1);
             if self.done() {
                 break;

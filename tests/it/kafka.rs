@@ -48,7 +48,7 @@ for f in a.create_topics([NewTopic(sys.argv[2], num_partitions=int(sys.argv[3]),
         let py = r#"
 import sys, json
 from confluent_kafka import Producer
-p = Producer({'bootstrap.servers': sys.argv[1], 'linger.ms': 20, 'batch.num.messages': 10000, 'queue.buffering.max.messages': 1000000})
+p = Producer({'bootstrap.servers': sys.argv[1], 'linger.ms': 20, 'batch.num.messages': 5000, 'queue.buffering.max.messages': 1000000})
 topic, first, n, bad = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 for i in range(first, first + n):
     if bad and i % bad == 0:
@@ -125,7 +125,10 @@ async fn kafka_into_delta_exactly_once_across_sigkills() {
     assert!(kills >= 2, "the pipeline read the topic before it could be killed twice");
     let c = server.client().await;
     poll(Duration::from_secs(300), "every record to land", || async {
-        let (_, rows_out, _) = counters(&c, "load").await;
+        let (rows_in, rows_out, errored) = counters(&c, "load").await;
+        if rows_in > N || errored > 0 {
+            panic!("read {rows_in} records ({errored} bad) from a topic of {N} good ones");
+        }
         (rows_out >= N).then_some(())
     })
     .await;

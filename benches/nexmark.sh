@@ -38,7 +38,7 @@ import sys, json, pyarrow.dataset as ds, pyarrow.csv as pacsv, pyarrow.compute a
 work = sys.argv[1]
 t = ds.dataset(f"{work}/parquet", format="parquet").to_table()
 t = t.set_column(t.schema.get_field_index("date_time"), "date_time",
-                 pc.strftime(t["date_time"], format="%Y-%m-%dT%H:%M:%S.%f"))
+                 pc.strftime(t["date_time"], format="%Y-%m-%dT%H:%M:%S"))
 pacsv.write_csv(t, f"{work}/bids.csv")
 with open(f"{work}/bids.jsonl", "w") as f:
     for b in t.to_batches(max_chunksize=100_000):

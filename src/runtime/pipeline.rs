@@ -26,6 +26,8 @@ use crate::sql::plan::PipelinePlan;
 const CHANNEL_BATCHES: usize = 4;
 /// An epoch closes early once it has read this many records.
 const MAX_EPOCH_ROWS: u64 = 20_000_000;
+/// Bad records kept (in `tributary.errors` and on disk) per epoch; beyond that they are only counted.
+const MAX_EPOCH_ERRORS: usize = 1_000;
 
 /// What to do with a record that cannot be decoded or processed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,7 +220,8 @@ async fn handle_batch(
     }
     status.rows_errored.fetch_add(sb.bad_records.len() as u64, Ordering::Relaxed);
     let at = Utc::now();
-    for bad in sb.bad_records {
+    let room = MAX_EPOCH_ERRORS.saturating_sub(errors.len());
+    for bad in sb.bad_records.into_iter().take(room) {
         errors.push(ErrorEntry {
             pipeline: job.entry.name.clone(),
             source: job.plan.source.clone(),
@@ -236,7 +239,8 @@ async fn handle_batch(
         }
     }
     status.rows_errored.fetch_add(failed.len() as u64, Ordering::Relaxed);
-    for (raw, message) in failed {
+    let room = MAX_EPOCH_ERRORS.saturating_sub(errors.len());
+    for (raw, message) in failed.into_iter().take(room) {
         errors.push(ErrorEntry {
             pipeline: job.entry.name.clone(),
             source: job.plan.source.clone(),

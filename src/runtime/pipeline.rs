@@ -111,6 +111,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             sink.commit(cp.epoch, cp.sink.clone()).await?;
             epoch = cp.epoch;
             position = cp.sources.get(&job.plan.source).cloned();
+            job.plan.restore_state(&cp.operators)?;
             status.restore(cp.rows_in, cp.rows_out, cp.rows_errored, cp.epoch, cp.at);
             tracing::info!(epoch, "Resuming from checkpoint.");
         }
@@ -175,7 +176,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                     at,
                     duration_ms: started.elapsed().as_millis() as u64,
                     sources: [(job.plan.source.clone(), pos)].into_iter().collect(),
-                    operators: Default::default(),
+                    operators: job.plan.snapshot_state(),
                     sink: prepared.clone(),
                     rows_in: status.rows_in.load(Ordering::Relaxed),
                     rows_out: status.rows_out.load(Ordering::Relaxed),

@@ -17,9 +17,22 @@ use datafusion::sql::sqlparser::ast;
 use crate::error::{Error, Result};
 use crate::runtime::source_table::SourceTable;
 
-/// One stateless step applied to every batch.
+/// Keys seen by a deduplicating step, as Arrow row-format bytes.
+pub type SeenKeys = Arc<parking_lot::Mutex<std::collections::HashSet<Vec<u8>>>>;
+
+/// One step applied to every batch.
 #[derive(Debug, Clone)]
 pub enum Step {
+    /// Keep only the first occurrence of each row (streaming `SELECT DISTINCT`). Stateful: the
+    /// keys seen so far are saved in checkpoints.
+    Dedup {
+        /// Operator id in checkpoints.
+        id: String,
+        /// Row encoding of the key columns.
+        converter: Arc<arrow::row::RowConverter>,
+        /// Keys seen so far.
+        seen: SeenKeys,
+    },
     /// Keep rows where the predicate is true.
     Filter(Arc<dyn PhysicalExpr>),
     /// Compute the output columns.
@@ -62,6 +75,13 @@ impl PipelinePlan {
                     let mask = pred.evaluate(&batch)?.into_array(batch.num_rows())?;
                     filter_record_batch(&batch, as_boolean_array(&mask)?)?
                 }
+                Step::Dedup { converter, seen, .. } => {
+                    let rows = converter.convert_columns(batch.columns())?;
+                    let mut seen = seen.lock();
+                    let keep: arrow::array::BooleanArray =
+                        rows.iter().map(|r| Some(seen.insert(r.as_ref().to_vec()))).collect();
+                    filter_record_batch(&batch, &keep)?
+                }
                 Step::Project { exprs, schema } => {
                     let cols = exprs
                         .iter()
@@ -80,6 +100,46 @@ impl PipelinePlan {
         }
         Ok(RecordBatch::try_new(self.output_schema.clone(), batch.columns().to_vec())?)
     }
+}
+
+impl PipelinePlan {
+    /// State of every stateful step, by operator id, for a checkpoint.
+    pub fn snapshot_state(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let mut out = std::collections::BTreeMap::new();
+        for step in &self.steps {
+            if let Step::Dedup { id, seen, .. } = step {
+                let mut keys: Vec<String> = seen.lock().iter().map(hex).collect();
+                keys.sort_unstable();
+                out.insert(id.clone(), serde_json::json!({ "seen": keys }));
+            }
+        }
+        out
+    }
+
+    /// Restores stateful steps from a checkpoint's operator states.
+    pub fn restore_state(&self, state: &std::collections::BTreeMap<String, serde_json::Value>) -> Result<()> {
+        for step in &self.steps {
+            if let Step::Dedup { id, seen, .. } = step {
+                let mut set = seen.lock();
+                set.clear();
+                if let Some(keys) = state.get(id).and_then(|v| v.get("seen")).and_then(|v| v.as_array()) {
+                    for k in keys {
+                        let bytes = k.as_str().and_then(unhex).ok_or_else(|| Error::Internal(format!("unreadable state of {id}")))?;
+                        set.insert(bytes);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn hex(b: &Vec<u8>) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
 }
 
 /// Plans `query` (the SELECT of `CREATE PIPELINE ... AS INSERT INTO sink SELECT ...`).
@@ -142,8 +202,20 @@ fn walk(plan: &LogicalPlan, steps: &mut Vec<Step>) -> Result<(String, Option<Vec
             Ok((table.name().to_string(), projection.clone()))
         }
         LogicalPlan::Limit(_) => Err(Error::Unsupported("LIMIT in a pipeline is not supported".into())),
+        // SELECT DISTINCT arrives as a grouping without aggregates: emit each row's first occurrence.
+        LogicalPlan::Aggregate(agg) if agg.aggr_expr.is_empty() => {
+            let src = walk(&agg.input, steps)?;
+            let exprs = agg.group_expr.iter().map(|e| compile_expr(e, &agg.input)).collect::<Result<Vec<_>>>()?;
+            let schema = Arc::new(agg.schema.as_arrow().clone());
+            let fields = schema.fields().iter().map(|f| arrow::row::SortField::new(f.data_type().clone())).collect();
+            let converter = arrow::row::RowConverter::new(fields)?;
+            steps.push(Step::Project { exprs, schema });
+            let id = format!("dedup{}", steps.len());
+            steps.push(Step::Dedup { id, converter: Arc::new(converter), seen: Default::default() });
+            Ok(src)
+        }
         LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) => {
-            Err(Error::Unsupported("aggregations (GROUP BY, DISTINCT) in pipelines are not supported yet".into()))
+            Err(Error::Unsupported("aggregate functions in pipelines are not supported yet (SELECT DISTINCT is)".into()))
         }
         LogicalPlan::Join(_) => Err(Error::Unsupported("joins in pipelines are not supported yet".into())),
         LogicalPlan::Window(_) => Err(Error::Unsupported("window functions in pipelines are not supported yet".into())),

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Kafka -> Delta throughput beside the Python confluent-kafka consumer alone on the same topic.
+# Starts a tansu broker, produces N JSON records over 4 partitions, then times
+#   (a) a confluent-kafka consumer reading them all, and
+#   (b) `tributary run` with a mode = 'batch' pipeline from the topic into Delta (release build),
+# both under /usr/bin/time -v. Usage: N=2000000 bash benches/kafka_to_delta.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N="${N:-2000000}"
+CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+PY="${TRIBUTARY_PYTHON:-$CACHE/venv/bin/python}"
+TANSU="${TANSU_BIN:-$CACHE/tansu/bin/tansu}"
+WORK="$CACHE/bench/kafka"; rm -rf "$WORK"; mkdir -p "$WORK"
+cargo build --release --bin tributary >&2
+BIN="$CARGO_TARGET_DIR/release/tributary"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$TANSU" broker --listener-url "tcp://127.0.0.1:$PORT" --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine memory://tansu/ >/dev/null 2>&1 &
+BROKER=$!; trap 'kill $BROKER' EXIT
+sleep 1
+"$PY" - "127.0.0.1:$PORT" "$N" <<'PY'
+import sys, json
+from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Producer
+b, n = sys.argv[1], int(sys.argv[2])
+admin = AdminClient({'bootstrap.servers': b})
+for f in admin.create_topics([NewTopic('bench', num_partitions=4, replication_factor=1)]).values(): f.result(30)
+p = Producer({'bootstrap.servers': b, 'linger.ms': 50, 'queue.buffering.max.messages': 2000000})
+for i in range(n):
+    p.produce('bench', value=json.dumps({"id": i, "customer": "c%d" % (i % 1000), "amount": (i * 7919) % 100000 / 100, "note": "order number %d" % i}), key=str(i))
+    if i % 10000 == 0: p.poll(0)
+p.flush(120)
+PY
+cat > "$WORK/consume.py" <<'PY'
+import sys
+from confluent_kafka import Consumer
+c = Consumer({'bootstrap.servers': sys.argv[1], 'group.id': 'bench', 'auto.offset.reset': 'earliest'})
+c.subscribe(['bench']); n, want = 0, int(sys.argv[2])
+while n < want:
+    for m in c.consume(10000, 1.0):
+        if not m.error(): n += 1
+c.close(); print(n)
+PY
+cat > "$WORK/load.sql" <<SQL
+CREATE SOURCE bench (id BIGINT, customer TEXT, amount DOUBLE, note TEXT) WITH (connector = 'kafka', bootstrap_servers = '127.0.0.1:$PORT', topic = 'bench');
+CREATE SINK lake WITH (connector = 'delta', path = '$WORK/lake');
+CREATE PIPELINE load WITH (mode = 'batch', checkpoint_interval = '5s') AS INSERT INTO lake SELECT * FROM bench;
+SQL
+measure() { # label, command...
+  local label=$1; shift
+  /usr/bin/time -v "$@" > "$WORK/$label.out" 2> "$WORK/$label.time"
+  local wall cpu rss
+  wall=$(grep 'Elapsed (wall clock)' "$WORK/$label.time" | awk '{print $NF}' | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
+  cpu=$(awk '/User time|System time/ {s+=$NF} END {print s}' "$WORK/$label.time")
+  rss=$(grep 'Maximum resident' "$WORK/$label.time" | awk '{print $NF}')
+  python3 -c "print(f'| $label | {$N/$wall:,.0f} | {$N/$cpu:,.0f} | {$rss/1024:.0f} |')"
+}
+echo "| reader ($N JSON records, 4 partitions, tansu) | events/s | events per CPU-s | peak RSS MB |"
+echo "|---|---|---|---|"
+measure confluent-kafka-consumer "$PY" "$WORK/consume.py" "127.0.0.1:$PORT" "$N"
+measure tributary-kafka-to-delta "$BIN" run "$WORK/load.sql" --data-dir "$WORK/data" --quiet
+grep -o 'completed — [0-9]* rows in, [0-9]* rows out' "$WORK/tributary-kafka-to-delta.time" >&2

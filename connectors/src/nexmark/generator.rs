@@ -147,7 +147,8 @@ pub struct Generator {
     /// Event-time rate, events per second.
     rate: u64,
     out_of_order: u64,
-    pool: Arc<Vec<u8>>,
+    /// Random lowercase letters; text values are slices of it.
+    pool: Arc<String>,
     urls: Arc<Vec<String>>,
     channels: Arc<Vec<String>>,
     prices: Arc<Vec<i64>>,
@@ -157,7 +158,7 @@ impl Generator {
     /// A generator of `table` rows for `seed`, with event time advancing at `rate` events/s.
     pub fn new(table: NexmarkTable, seed: u64, rate: u64, out_of_order: u64) -> Self {
         let mut rng = Rng::for_event(seed, u64::MAX);
-        let pool: Vec<u8> = (0..POOL_BYTES).map(|_| b'a' + rng.below(26) as u8).collect();
+        let pool: String = (0..POOL_BYTES).map(|_| (b'a' + rng.below(26) as u8) as char).collect();
         let word = |rng: &mut Rng| -> String {
             let len = 3 + rng.below(2) as usize;
             (0..len).map(|_| if rng.below(13) == 0 { '_' } else { (b'a' + rng.below(26) as u8) as char }).collect()
@@ -194,14 +195,17 @@ impl Generator {
 
     /// Event time of event `n`, in epoch milliseconds.
     pub fn timestamp(&self, n: u64) -> i64 {
-        BASE_TIME_MS + ((n as u128 * 1000) / self.rate as u128) as i64
+        match n.checked_mul(1000) {
+            Some(ms) => BASE_TIME_MS + (ms / self.rate) as i64,
+            None => BASE_TIME_MS + ((n as u128 * 1000) / self.rate as u128) as i64,
+        }
     }
 
     #[inline]
     fn text<'a>(&'a self, rng: &mut Rng, len: usize) -> &'a str {
         let off = rng.below((POOL_BYTES - len) as u64) as usize;
-        // The pool holds ASCII letters only.
-        std::str::from_utf8(&self.pool[off..off + len]).unwrap_or("")
+        // ASCII only, so every index is a character boundary.
+        self.pool.get(off..off + len).unwrap_or("")
     }
 
     #[inline]

@@ -5,7 +5,7 @@ use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use datafusion::common::{ParamValues, ScalarValue};
 use futures::stream;
@@ -13,7 +13,7 @@ use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{FieldFormat, FieldInfo, QueryResponse, Response, Tag};
-use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::stmt::QueryParser;
 use pgwire::api::{ClientInfo, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use tokio::net::TcpListener;
@@ -42,7 +42,7 @@ pub struct Backend {
 
 impl NoopStartupHandler for Backend {}
 
-/// Serves Postgres clients on `addr` until `shutdown` resolves.
+/// Serves Postgres clients on `listener` until `shutdown` resolves.
 pub async fn serve(engine: Arc<Engine>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
     let backend = Arc::new(Backend { engine: engine.clone(), parser: Arc::new(Parser { engine }) });
     let handlers = Arc::new(Handlers { backend });
@@ -250,14 +250,6 @@ impl ExtendedQueryHandler for Backend {
         output_response(out, &portal.result_column_format)
     }
 }
-
-/// The schema a statement would return, for tests.
-pub fn empty_schema() -> SchemaRef {
-    Arc::new(Schema::empty())
-}
-
-#[allow(dead_code)]
-fn _assert_send(_: &StoredStatement<Prepared>) {}
 
 impl Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -69,16 +69,32 @@ impl Engine {
             .catalog("datafusion")
             .ok_or_else(|| Error::Internal("DataFusion default catalog missing".into()))?;
         df_catalog.register_schema("public", Arc::new(CatalogSchema::new(catalog.clone())))?;
-        df_catalog.register_schema("tributary", Arc::new(SystemSchema::new(catalog.clone(), runtime.clone())))?;
+        df_catalog.register_schema(
+            "tributary",
+            Arc::new(SystemSchema::new(catalog.clone(), runtime.clone())),
+        )?;
         // An empty pg_catalog keeps clients that probe it from failing on the schema name.
         df_catalog.register_schema("pg_catalog", Arc::new(MemorySchemaProvider::new()))?;
         let history: Vec<_> = catalog
             .pipelines()
             .into_iter()
-            .map(|p| (p.name, p.id, p.options.get("mode").cloned().unwrap_or_default(), p.state, p.error))
+            .map(|p| {
+                (
+                    p.name,
+                    p.id,
+                    p.options.get("mode").cloned().unwrap_or_default(),
+                    p.state,
+                    p.error,
+                )
+            })
             .collect();
         runtime.load_history(&history).await?;
-        Ok(Arc::new(Engine { data_dir: data_dir.to_path_buf(), catalog, runtime, ctx }))
+        Ok(Arc::new(Engine {
+            data_dir: data_dir.to_path_buf(),
+            catalog,
+            runtime,
+            ctx,
+        }))
     }
 
     /// The catalog.
@@ -103,8 +119,12 @@ impl Engine {
                 tracing::info!(pipeline = %p.name, "Resuming pipeline.");
                 if let Err(e) = self.start_pipeline(&p.name).await {
                     tracing::error!(pipeline = %p.name, error = %e, "Could not resume pipeline.");
-                    self.catalog.set_pipeline_state(&p.name, PipelineState::Failed, Some(e.to_string())).await?;
-                    self.runtime.status(&p.name, "", PipelineState::Failed, None).set_state(PipelineState::Failed, Some(e.to_string()));
+                    self.catalog
+                        .set_pipeline_state(&p.name, PipelineState::Failed, Some(e.to_string()))
+                        .await?;
+                    self.runtime
+                        .status(&p.name, "", PipelineState::Failed, None)
+                        .set_state(PipelineState::Failed, Some(e.to_string()));
                 }
             }
         }
@@ -131,11 +151,22 @@ impl Engine {
     }
 
     /// Executes one statement, binding `$n` parameters when given.
-    pub async fn execute_statement(&self, statement: &Statement, params: Option<ParamValues>) -> Result<Output> {
+    pub async fn execute_statement(
+        &self,
+        statement: &Statement,
+        params: Option<ParamValues>,
+    ) -> Result<Output> {
         let tag = statement.tag();
         match statement {
             Statement::Empty => Ok(Output::Empty),
-            Statement::CreateSource { name, if_not_exists, columns, primary_key, watermark, options } => {
+            Statement::CreateSource {
+                name,
+                if_not_exists,
+                columns,
+                primary_key,
+                watermark,
+                options,
+            } => {
                 if self.exists_as_table(name) {
                     return self.exists(*if_not_exists, "source", name, tag);
                 }
@@ -146,12 +177,18 @@ impl Engine {
                 for k in primary_key {
                     if let Some(s) = &declared {
                         if s.field_with_name(k).is_err() {
-                            return Err(Error::Plan(format!("PRIMARY KEY column \"{k}\" is not a declared column")));
+                            return Err(Error::Plan(format!(
+                                "PRIMARY KEY column \"{k}\" is not a declared column"
+                            )));
                         }
                     }
                 }
                 let connector = tributary_connectors::source_connector(options)?;
-                let spec = SourceSpec { name: name.clone(), schema: declared.clone(), options: options.clone() };
+                let spec = SourceSpec {
+                    name: name.clone(),
+                    schema: declared.clone(),
+                    options: options.clone(),
+                };
                 let schema = connector.validate(&spec).await?;
                 let schema = normalize_names(&schema);
                 self.catalog
@@ -167,31 +204,71 @@ impl Engine {
                     .await?;
                 Ok(Output::Command(tag))
             }
-            Statement::CreateSink { name, if_not_exists, options } => {
+            Statement::CreateSink {
+                name,
+                if_not_exists,
+                options,
+            } => {
                 if self.exists_as_table(name) {
                     return self.exists(*if_not_exists, "sink", name, tag);
                 }
                 let connector = tributary_connectors::sink_connector(options)?;
-                connector.validate(&SinkSpec { name: name.clone(), options: options.clone() }).await?;
-                self.catalog.add_sink(SinkEntry { name: name.clone(), options: options.clone(), created_at: Utc::now() }).await?;
+                connector
+                    .validate(&SinkSpec {
+                        name: name.clone(),
+                        options: options.clone(),
+                    })
+                    .await?;
+                self.catalog
+                    .add_sink(SinkEntry {
+                        name: name.clone(),
+                        options: options.clone(),
+                        created_at: Utc::now(),
+                    })
+                    .await?;
                 Ok(Output::Command(tag))
             }
-            Statement::CreatePipeline { name, if_not_exists, options, sink, query } => {
+            Statement::CreatePipeline {
+                name,
+                if_not_exists,
+                options,
+                sink,
+                query,
+            } => {
                 if self.catalog.pipeline(name).is_some() {
                     return self.exists(*if_not_exists, "pipeline", name, tag);
                 }
                 check_pipeline_options(options)?;
                 if self.catalog.sink(sink).is_none() {
-                    return Err(Error::NotFound { kind: "sink", name: sink.clone() });
+                    return Err(Error::NotFound {
+                        kind: "sink",
+                        name: sink.clone(),
+                    });
                 }
                 let plan = compile(&self.ctx.state(), query).await?;
                 let mut options = options.clone();
                 let source_bounded = {
-                    let entry = self.catalog.source(&plan.source).ok_or_else(|| Error::NotFound { kind: "source", name: plan.source.clone() })?;
+                    let entry =
+                        self.catalog
+                            .source(&plan.source)
+                            .ok_or_else(|| Error::NotFound {
+                                kind: "source",
+                                name: plan.source.clone(),
+                            })?;
                     let c = tributary_connectors::source_connector(&entry.options)?;
-                    c.is_bounded(&SourceSpec { name: entry.name.clone(), schema: None, options: entry.options.clone() })
+                    c.is_bounded(&SourceSpec {
+                        name: entry.name.clone(),
+                        schema: None,
+                        options: entry.options.clone(),
+                    })
                 };
-                let mode = options.get("mode").cloned().unwrap_or_else(|| if source_bounded { "batch".into() } else { "streaming".into() });
+                let mode = options.get("mode").cloned().unwrap_or_else(|| {
+                    if source_bounded {
+                        "batch".into()
+                    } else {
+                        "streaming".into()
+                    }
+                });
                 options.insert("mode".into(), mode);
                 let entry = PipelineEntry {
                     name: name.clone(),
@@ -206,33 +283,51 @@ impl Engine {
                 };
                 self.catalog.add_pipeline(entry).await?;
                 if let Err(e) = self.start_pipeline(name).await {
-                    self.catalog.set_pipeline_state(name, PipelineState::Failed, Some(e.to_string())).await?;
+                    self.catalog
+                        .set_pipeline_state(name, PipelineState::Failed, Some(e.to_string()))
+                        .await?;
                     return Err(e);
                 }
                 Ok(Output::Command(tag))
             }
             Statement::StartPipeline { name } => {
                 if self.catalog.pipeline(name).is_none() {
-                    return Err(Error::NotFound { kind: "pipeline", name: name.clone() });
+                    return Err(Error::NotFound {
+                        kind: "pipeline",
+                        name: name.clone(),
+                    });
                 }
                 if self.runtime.is_running(name) {
-                    return Err(Error::InvalidState(format!("pipeline \"{name}\" is already running")));
+                    return Err(Error::InvalidState(format!(
+                        "pipeline \"{name}\" is already running"
+                    )));
                 }
-                self.catalog.set_pipeline_state(name, PipelineState::Running, None).await?;
+                self.catalog
+                    .set_pipeline_state(name, PipelineState::Running, None)
+                    .await?;
                 if let Err(e) = self.start_pipeline(name).await {
-                    self.catalog.set_pipeline_state(name, PipelineState::Failed, Some(e.to_string())).await?;
+                    self.catalog
+                        .set_pipeline_state(name, PipelineState::Failed, Some(e.to_string()))
+                        .await?;
                     return Err(e);
                 }
                 Ok(Output::Command(tag))
             }
             Statement::StopPipeline { name } => {
                 if self.catalog.pipeline(name).is_none() {
-                    return Err(Error::NotFound { kind: "pipeline", name: name.clone() });
+                    return Err(Error::NotFound {
+                        kind: "pipeline",
+                        name: name.clone(),
+                    });
                 }
                 self.runtime.stop(name).await?;
                 Ok(Output::Command(tag))
             }
-            Statement::Drop { kind, name, if_exists } => self.drop_object(*kind, name, *if_exists, tag).await,
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+            } => self.drop_object(*kind, name, *if_exists, tag).await,
             Statement::Show { kind } => self.show(*kind).await,
             Statement::ShowCreate { kind, name } => self.show_create(*kind, name),
             Statement::Sql(stmt) => self.execute_sql_statement(stmt, params).await,
@@ -243,7 +338,13 @@ impl Engine {
         self.catalog.source(name).is_some() || self.catalog.sink(name).is_some()
     }
 
-    fn exists(&self, if_not_exists: bool, kind: &'static str, name: &str, tag: String) -> Result<Output> {
+    fn exists(
+        &self,
+        if_not_exists: bool,
+        kind: &'static str,
+        name: &str,
+        tag: String,
+    ) -> Result<Output> {
         if if_not_exists {
             Ok(Output::Command(tag))
         } else {
@@ -254,32 +355,64 @@ impl Engine {
             } else {
                 kind
             };
-            Err(Error::AlreadyExists { kind, name: name.to_string() })
+            Err(Error::AlreadyExists {
+                kind,
+                name: name.to_string(),
+            })
         }
     }
 
     /// Builds a job for a catalog pipeline and starts it.
     async fn start_pipeline(&self, name: &str) -> Result<()> {
-        let entry = self.catalog.pipeline(name).ok_or_else(|| Error::NotFound { kind: "pipeline", name: name.to_string() })?;
+        let entry = self.catalog.pipeline(name).ok_or_else(|| Error::NotFound {
+            kind: "pipeline",
+            name: name.to_string(),
+        })?;
         let Statement::Sql(stmt) = parse_statement(&entry.query)? else {
-            return Err(Error::Internal(format!("pipeline {name} has an unreadable query")));
+            return Err(Error::Internal(format!(
+                "pipeline {name} has an unreadable query"
+            )));
         };
         let ast::Statement::Query(query) = *stmt else {
-            return Err(Error::Internal(format!("pipeline {name} query is not a SELECT")));
+            return Err(Error::Internal(format!(
+                "pipeline {name} query is not a SELECT"
+            )));
         };
         let plan = compile(&self.ctx.state(), &query).await?;
-        let source = source_table(&self.catalog, &plan.source)?.ok_or_else(|| Error::NotFound { kind: "source", name: plan.source.clone() })?;
-        let source_entry = self.catalog.source(&plan.source).ok_or_else(|| Error::NotFound { kind: "source", name: plan.source.clone() })?;
-        let sink_entry = self.catalog.sink(&entry.sink).ok_or_else(|| Error::NotFound { kind: "sink", name: entry.sink.clone() })?;
+        let source = source_table(&self.catalog, &plan.source)?.ok_or_else(|| Error::NotFound {
+            kind: "source",
+            name: plan.source.clone(),
+        })?;
+        let source_entry = self
+            .catalog
+            .source(&plan.source)
+            .ok_or_else(|| Error::NotFound {
+                kind: "source",
+                name: plan.source.clone(),
+            })?;
+        let sink_entry = self
+            .catalog
+            .sink(&entry.sink)
+            .ok_or_else(|| Error::NotFound {
+                kind: "sink",
+                name: entry.sink.clone(),
+            })?;
         let settings = pipeline_settings(&entry.options)?;
         let source_schema = crate::catalog::schema_of(&source_entry.columns)?;
         let job = PipelineJob {
             plan,
             settings,
-            source_spec: SourceSpec { name: source_entry.name.clone(), schema: Some(source_schema.clone()), options: source_entry.options.clone() },
+            source_spec: SourceSpec {
+                name: source_entry.name.clone(),
+                schema: Some(source_schema.clone()),
+                options: source_entry.options.clone(),
+            },
             source_schema,
             source_connector: tributary_connectors::source_connector(&source_entry.options)?,
-            sink_spec: SinkSpec { name: sink_entry.name.clone(), options: sink_entry.options.clone() },
+            sink_spec: SinkSpec {
+                name: sink_entry.name.clone(),
+                options: sink_entry.options.clone(),
+            },
             sink_connector: tributary_connectors::sink_connector(&sink_entry.options)?,
             entry,
         };
@@ -293,14 +426,27 @@ impl Engine {
         self.catalog.pipeline(name).map(|p| p.state)
     }
 
-    async fn drop_object(&self, kind: ObjectKind, name: &str, if_exists: bool, tag: String) -> Result<Output> {
+    async fn drop_object(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        if_exists: bool,
+        tag: String,
+    ) -> Result<Output> {
         let exists = match kind {
             ObjectKind::Source => self.catalog.source(name).is_some(),
             ObjectKind::Sink => self.catalog.sink(name).is_some(),
             ObjectKind::Pipeline => self.catalog.pipeline(name).is_some(),
         };
         if !exists {
-            return if if_exists { Ok(Output::Command(tag)) } else { Err(Error::NotFound { kind: kind.name(), name: name.to_string() }) };
+            return if if_exists {
+                Ok(Output::Command(tag))
+            } else {
+                Err(Error::NotFound {
+                    kind: kind.name(),
+                    name: name.to_string(),
+                })
+            };
         }
         match kind {
             ObjectKind::Source | ObjectKind::Sink => {
@@ -308,14 +454,24 @@ impl Engine {
                     .catalog
                     .pipelines()
                     .into_iter()
-                    .filter(|p| if kind == ObjectKind::Sink { p.sink == name } else { p.sources.iter().any(|s| s == name) })
+                    .filter(|p| {
+                        if kind == ObjectKind::Sink {
+                            p.sink == name
+                        } else {
+                            p.sources.iter().any(|s| s == name)
+                        }
+                    })
                     .map(|p| p.name)
                     .collect();
                 if !users.is_empty() {
                     return Err(Error::DependentObjects(format!(
                         "cannot drop {} \"{name}\": pipeline {} uses it; drop the pipeline first",
                         kind.name(),
-                        users.iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ")
+                        users
+                            .iter()
+                            .map(|u| format!("\"{u}\""))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )));
                 }
             }
@@ -341,11 +497,17 @@ impl Engine {
         };
         let df = self.ctx.sql(sql).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
-        Ok(Output::Rows { schema, batches: df.collect().await? })
+        Ok(Output::Rows {
+            schema,
+            batches: df.collect().await?,
+        })
     }
 
     fn show_create(&self, kind: ObjectKind, name: &str) -> Result<Output> {
-        let not_found = || Error::NotFound { kind: kind.name(), name: name.to_string() };
+        let not_found = || Error::NotFound {
+            kind: kind.name(),
+            name: name.to_string(),
+        };
         let text = match kind {
             ObjectKind::Source => {
                 let s = self.catalog.source(name).ok_or_else(not_found)?;
@@ -356,7 +518,11 @@ impl Engine {
                 if let Some((c, e)) = &s.watermark {
                     cols.push_str(&format!(", WATERMARK FOR {c} AS {e}"));
                 }
-                format!("CREATE SOURCE {} ({cols}) WITH ({})", s.name, options_text(&s.options))
+                format!(
+                    "CREATE SOURCE {} ({cols}) WITH ({})",
+                    s.name,
+                    options_text(&s.options)
+                )
             }
             ObjectKind::Sink => {
                 let s = self.catalog.sink(name).ok_or_else(not_found)?;
@@ -364,7 +530,13 @@ impl Engine {
             }
             ObjectKind::Pipeline => {
                 let p = self.catalog.pipeline(name).ok_or_else(not_found)?;
-                format!("CREATE PIPELINE {} WITH ({}) AS INSERT INTO {} {}", p.name, options_text(&p.options), p.sink, p.query)
+                format!(
+                    "CREATE PIPELINE {} WITH ({}) AS INSERT INTO {} {}",
+                    p.name,
+                    options_text(&p.options),
+                    p.sink,
+                    p.query
+                )
             }
         };
         let schema = Arc::new(Schema::new(vec![
@@ -373,15 +545,23 @@ impl Engine {
         ]));
         let batch = RecordBatch::try_new(
             schema.clone(),
-            vec![Arc::new(StringArray::from(vec![name.to_string()])), Arc::new(StringArray::from(vec![text]))],
+            vec![
+                Arc::new(StringArray::from(vec![name.to_string()])),
+                Arc::new(StringArray::from(vec![text])),
+            ],
         )?;
-        Ok(Output::Rows { schema, batches: vec![batch] })
+        Ok(Output::Rows {
+            schema,
+            batches: vec![batch],
+        })
     }
 
     /// Plans a generic SQL statement (SELECT, EXPLAIN) without running it.
     pub async fn plan_query(&self, stmt: &ast::Statement) -> Result<LogicalPlan> {
         let state = self.ctx.state();
-        let plan = state.statement_to_plan(DFStatement::Statement(Box::new(stmt.clone()))).await?;
+        let plan = state
+            .statement_to_plan(DFStatement::Statement(Box::new(stmt.clone())))
+            .await?;
         SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
@@ -395,7 +575,11 @@ impl Engine {
         Ok(plan)
     }
 
-    async fn execute_sql_statement(&self, stmt: &ast::Statement, params: Option<ParamValues>) -> Result<Output> {
+    async fn execute_sql_statement(
+        &self,
+        stmt: &ast::Statement,
+        params: Option<ParamValues>,
+    ) -> Result<Output> {
         if let Some(out) = session_statement(stmt) {
             return Ok(out);
         }
@@ -422,7 +606,11 @@ pub fn session_statement(stmt: &ast::Statement) -> Option<Output> {
         S::Discard { .. } => tag("DISCARD ALL"),
         S::Deallocate { .. } => tag("DEALLOCATE"),
         S::ShowVariable { variable } => {
-            let name = variable.iter().map(|i| i.value.to_ascii_lowercase()).collect::<Vec<_>>().join(" ");
+            let name = variable
+                .iter()
+                .map(|i| i.value.to_ascii_lowercase())
+                .collect::<Vec<_>>()
+                .join(" ");
             let value = match name.as_str() {
                 "server_version" => "16.6",
                 "server_encoding" | "client_encoding" => "UTF8",
@@ -434,9 +622,20 @@ pub fn session_statement(stmt: &ast::Statement) -> Option<Output> {
                 "max_identifier_length" => "63",
                 _ => return None,
             };
-            let schema = Arc::new(Schema::new(vec![Field::new(name.replace(' ', "_"), DataType::Utf8, false)]));
-            let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec![value]))]).ok()?;
-            Some(Output::Rows { schema, batches: vec![batch] })
+            let schema = Arc::new(Schema::new(vec![Field::new(
+                name.replace(' ', "_"),
+                DataType::Utf8,
+                false,
+            )]));
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(StringArray::from(vec![value]))],
+            )
+            .ok()?;
+            Some(Output::Rows {
+                schema,
+                batches: vec![batch],
+            })
         }
         _ => None,
     }
@@ -447,11 +646,13 @@ const PIPELINE_OPTIONS: &[&str] = &["mode", "checkpoint_interval", "on_error"];
 fn check_pipeline_options(options: &BTreeMap<String, String>) -> Result<()> {
     for k in options.keys() {
         if !PIPELINE_OPTIONS.contains(&k.as_str()) {
-            return Err(Error::Connector(tributary_connectors::ConnectorError::UnknownOption {
-                connector: "pipeline".into(),
-                option: k.clone(),
-                accepted: PIPELINE_OPTIONS.join(", "),
-            }));
+            return Err(Error::Connector(
+                tributary_connectors::ConnectorError::UnknownOption {
+                    connector: "pipeline".into(),
+                    option: k.clone(),
+                    accepted: PIPELINE_OPTIONS.join(", "),
+                },
+            ));
         }
     }
     pipeline_settings(options).map(|_| ())
@@ -459,7 +660,11 @@ fn check_pipeline_options(options: &BTreeMap<String, String>) -> Result<()> {
 
 fn pipeline_settings(options: &BTreeMap<String, String>) -> Result<PipelineSettings> {
     let invalid = |k: &str, v: &str, reason: &str| {
-        Error::Connector(tributary_connectors::ConnectorError::InvalidOption { option: k.into(), value: v.into(), reason: reason.into() })
+        Error::Connector(tributary_connectors::ConnectorError::InvalidOption {
+            option: k.into(),
+            value: v.into(),
+            reason: reason.into(),
+        })
     };
     let mode = match options.get("mode").map(|s| s.to_ascii_lowercase()) {
         None => "batch".to_string(),
@@ -474,15 +679,27 @@ fn pipeline_settings(options: &BTreeMap<String, String>) -> Result<PipelineSetti
     };
     let checkpoint_interval = match options.get("checkpoint_interval") {
         None => DEFAULT_CHECKPOINT_INTERVAL,
-        Some(v) => parse_duration(v).ok_or_else(|| invalid("checkpoint_interval", v, "expected a duration such as '500ms', '10s' or '1m'"))?,
+        Some(v) => parse_duration(v).ok_or_else(|| {
+            invalid(
+                "checkpoint_interval",
+                v,
+                "expected a duration such as '500ms', '10s' or '1m'",
+            )
+        })?,
     };
-    Ok(PipelineSettings { mode, checkpoint_interval, on_error })
+    Ok(PipelineSettings {
+        mode,
+        checkpoint_interval,
+        on_error,
+    })
 }
 
 /// Parses `500ms`, `10s`, `1m`, `2h` or plain seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim().to_ascii_lowercase();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().ok()?;
     let secs = match unit.trim() {
@@ -497,7 +714,11 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 
 /// Lowercases inferred column names so unquoted SQL identifiers find them.
 fn normalize_names(schema: &SchemaRef) -> SchemaRef {
-    let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_name(f.name().to_ascii_lowercase())).collect();
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_name(f.name().to_ascii_lowercase()))
+        .collect();
     Arc::new(Schema::new(fields))
 }
 

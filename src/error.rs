@@ -74,7 +74,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Wraps an I/O failure with context.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// The PostgreSQL SQLSTATE code for this error.
@@ -125,13 +128,19 @@ fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
             _ => "42701",
         },
         DataFusionError::Plan(m) if m.contains("table '") && m.contains("not found") => "42P01",
-        DataFusionError::Plan(m) if m.contains("No function matches") || m.contains("Invalid function") => "42883",
+        DataFusionError::Plan(m)
+            if m.contains("No function matches") || m.contains("Invalid function") =>
+        {
+            "42883"
+        }
         DataFusionError::Plan(m) if m.contains("Cannot") || m.contains("type") => "42804",
         DataFusionError::Plan(_) => "42000",
         DataFusionError::NotImplemented(_) => "0A000",
         DataFusionError::ArrowError(a, _) => match a.as_ref() {
             arrow::error::ArrowError::DivideByZero => "22012",
-            arrow::error::ArrowError::CastError(_) | arrow::error::ArrowError::ParseError(_) => "22P02",
+            arrow::error::ArrowError::CastError(_) | arrow::error::ArrowError::ParseError(_) => {
+                "22P02"
+            }
             _ => "XX000",
         },
         DataFusionError::ResourcesExhausted(_) => "53200",

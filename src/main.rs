@@ -14,7 +14,11 @@ use tributary::sql::parse::{parse_sql, Statement};
 use tributary::{Engine, Output};
 
 #[derive(Parser)]
-#[command(name = "tributary", version, about = "SQL-first streaming ETL: sources, sinks and pipelines in SQL")]
+#[command(
+    name = "tributary",
+    version,
+    about = "SQL-first streaming ETL: sources, sinks and pipelines in SQL"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,8 +53,15 @@ async fn main() -> ExitCode {
     tributary::telemetry::init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { data_dir, pg_listen } => serve(data_dir, pg_listen).await,
-        Command::Run { script, data_dir, quiet } => run(script, data_dir, quiet).await,
+        Command::Serve {
+            data_dir,
+            pg_listen,
+        } => serve(data_dir, pg_listen).await,
+        Command::Run {
+            script,
+            data_dir,
+            quiet,
+        } => run(script, data_dir, quiet).await,
     };
     match result {
         Ok(code) => code,
@@ -65,13 +76,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -82,8 +94,12 @@ async fn shutdown_signal() {
 }
 
 async fn serve(data_dir: PathBuf, pg_listen: SocketAddr) -> anyhow::Result<ExitCode> {
-    let engine = Engine::open(&data_dir).await.with_context(|| format!("opening data directory {}", data_dir.display()))?;
-    let listener = tributary::server::pgwire::bind(pg_listen).await.with_context(|| format!("listening on {pg_listen}"))?;
+    let engine = Engine::open(&data_dir)
+        .await
+        .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    let listener = tributary::server::pgwire::bind(pg_listen)
+        .await
+        .with_context(|| format!("listening on {pg_listen}"))?;
     tracing::info!(addr = %pg_listen, data_dir = %data_dir.display(), "Tributary is serving Postgres-wire clients.");
     engine.resume_pipelines().await?;
     tributary::server::pgwire::serve(engine.clone(), listener, shutdown_signal()).await?;
@@ -94,8 +110,11 @@ async fn serve(data_dir: PathBuf, pg_listen: SocketAddr) -> anyhow::Result<ExitC
 }
 
 async fn run(script: PathBuf, data_dir: PathBuf, quiet: bool) -> anyhow::Result<ExitCode> {
-    let sql = std::fs::read_to_string(&script).with_context(|| format!("reading {}", script.display()))?;
-    let engine = Engine::open(&data_dir).await.with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    let sql = std::fs::read_to_string(&script)
+        .with_context(|| format!("reading {}", script.display()))?;
+    let engine = Engine::open(&data_dir)
+        .await
+        .with_context(|| format!("opening data directory {}", data_dir.display()))?;
     let statements = match parse_sql(&sql) {
         Ok(s) => s,
         Err(e) => {
@@ -121,17 +140,25 @@ async fn run(script: PathBuf, data_dir: PathBuf, quiet: bool) -> anyhow::Result<
             }
             Ok(Output::Empty) => {}
             Err(e) => {
-                eprintln!("{}: {}", script.display(), describe_error(&sql, &e, stmt.offset));
+                eprintln!(
+                    "{}: {}",
+                    script.display(),
+                    describe_error(&sql, &e, stmt.offset)
+                );
                 failed = true;
                 break;
             }
         }
         let pipeline = match &stmt.statement {
-            Statement::CreatePipeline { name, .. } | Statement::StartPipeline { name } => Some(name.clone()),
+            Statement::CreatePipeline { name, .. } | Statement::StartPipeline { name } => {
+                Some(name.clone())
+            }
             _ => None,
         };
         if let Some(name) = pipeline {
-            let Some(entry) = engine.catalog().pipeline(&name) else { continue };
+            let Some(entry) = engine.catalog().pipeline(&name) else {
+                continue;
+            };
             if entry.options.get("mode").map(String::as_str) == Some("streaming") {
                 streaming.push(name);
                 continue;
@@ -155,18 +182,34 @@ async fn run(script: PathBuf, data_dir: PathBuf, quiet: bool) -> anyhow::Result<
         }
     }
     if !failed && !streaming.is_empty() {
-        eprintln!("streaming pipelines {} run until Ctrl-C", streaming.join(", "));
+        eprintln!(
+            "streaming pipelines {} run until Ctrl-C",
+            streaming.join(", ")
+        );
         shutdown_signal().await;
     }
     engine.shutdown().await;
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn wait_with_progress(engine: &Engine, name: &str, quiet: bool) -> PipelineState {
-    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new_spinner() };
-    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()));
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new_spinner()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
     let started = Instant::now();
-    let status = engine.runtime().status(name, "", PipelineState::Running, None);
+    let status = engine
+        .runtime()
+        .status(name, "", PipelineState::Running, None);
     let wait = engine.wait_pipeline(name);
     tokio::pin!(wait);
     loop {
@@ -200,7 +243,10 @@ fn describe_error(sql: &str, e: &tributary::Error, offset: usize) -> String {
         let line_no = before.matches('\n').count() + 1;
         let col = before.chars().rev().take_while(|c| *c != '\n').count();
         if let Some(line) = sql.lines().nth(line_no - 1) {
-            s.push_str(&format!("\nLINE {line_no}: {line}\n{}^", " ".repeat(col + format!("LINE {line_no}: ").len())));
+            s.push_str(&format!(
+                "\nLINE {line_no}: {line}\n{}^",
+                " ".repeat(col + format!("LINE {line_no}: ").len())
+            ));
         }
     }
     s

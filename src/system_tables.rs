@@ -32,10 +32,16 @@ impl CatalogSchema {
 
 /// A source entry as a table provider.
 pub fn source_table(catalog: &Catalog, name: &str) -> crate::error::Result<Option<SourceTable>> {
-    let Some(entry) = catalog.source(name) else { return Ok(None) };
+    let Some(entry) = catalog.source(name) else {
+        return Ok(None);
+    };
     let schema = schema_of(&entry.columns)?;
     let connector = tributary_connectors::source_connector(&entry.options)?;
-    let spec = SourceSpec { name: entry.name.clone(), schema: Some(schema.clone()), options: entry.options.clone() };
+    let spec = SourceSpec {
+        name: entry.name.clone(),
+        schema: Some(schema.clone()),
+        options: entry.options.clone(),
+    };
     Ok(Some(SourceTable::new(spec, schema, connector)))
 }
 
@@ -48,18 +54,31 @@ impl SchemaProvider for CatalogSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        if let Some(t) = source_table(&self.catalog, name).map_err(|e| DataFusionError::External(Box::new(e)))? {
+        if let Some(t) =
+            source_table(&self.catalog, name).map_err(|e| DataFusionError::External(Box::new(e)))?
+        {
             return Ok(Some(Arc::new(t)));
         }
         if let Some(sink) = self.catalog.sink(name) {
-            let connector = tributary_connectors::sink_connector(&sink.options).map_err(|e| DataFusionError::External(Box::new(e)))?;
-            let spec = SinkSpec { name: sink.name.clone(), options: sink.options.clone() };
-            return match connector.table(&spec).await.map_err(|e| DataFusionError::External(Box::new(e)))? {
+            let connector = tributary_connectors::sink_connector(&sink.options)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let spec = SinkSpec {
+                name: sink.name.clone(),
+                options: sink.options.clone(),
+            };
+            return match connector
+                .table(&spec)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+            {
                 Some(t) => Ok(Some(t)),
-                None if connector.name() == "blackhole" => {
-                    Err(DataFusionError::Plan(format!("sink \"{name}\" is a blackhole: it keeps nothing to query")))
-                }
-                None => Ok(Some(Arc::new(MemTable::try_new(Arc::new(Schema::empty()), vec![vec![]])?))),
+                None if connector.name() == "blackhole" => Err(DataFusionError::Plan(format!(
+                    "sink \"{name}\" is a blackhole: it keeps nothing to query"
+                ))),
+                None => Ok(Some(Arc::new(MemTable::try_new(
+                    Arc::new(Schema::empty()),
+                    vec![vec![]],
+                )?))),
             };
         }
         Ok(None)
@@ -89,7 +108,14 @@ impl SystemSchema {
     }
 }
 
-const TABLES: &[&str] = &["pipelines", "sources", "sinks", "errors", "checkpoints", "source_lag"];
+const TABLES: &[&str] = &[
+    "pipelines",
+    "sources",
+    "sinks",
+    "errors",
+    "checkpoints",
+    "source_lag",
+];
 
 fn text(v: Vec<Option<String>>) -> ArrayRef {
     Arc::new(StringArray::from(v))
@@ -98,18 +124,35 @@ fn count(v: Vec<u64>) -> ArrayRef {
     Arc::new(UInt64Array::from(v))
 }
 fn ts(v: Vec<Option<DateTime<Utc>>>) -> ArrayRef {
-    Arc::new(TimestampMicrosecondArray::from(v.into_iter().map(|t| t.map(|t| t.timestamp_micros())).collect::<Vec<_>>()).with_timezone("UTC"))
+    Arc::new(
+        TimestampMicrosecondArray::from(
+            v.into_iter()
+                .map(|t| t.map(|t| t.timestamp_micros()))
+                .collect::<Vec<_>>(),
+        )
+        .with_timezone("UTC"),
+    )
 }
 
 /// `k = 'v', ...` with secrets redacted.
 pub fn options_text(options: &std::collections::BTreeMap<String, String>) -> String {
-    options.iter().map(|(k, v)| format!("{k} = '{}'", redact(k, v).replace('\'', "''"))).collect::<Vec<_>>().join(", ")
+    options
+        .iter()
+        .map(|(k, v)| format!("{k} = '{}'", redact(k, v).replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A batch from named columns (every column nullable).
 fn table(columns: Vec<(&str, ArrayRef)>) -> crate::error::Result<RecordBatch> {
-    let fields: Vec<Field> = columns.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect();
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns.into_iter().map(|(_, a)| a).collect())?)
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+        .collect();
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )?)
 }
 
 fn int(v: Vec<i64>) -> ArrayRef {
@@ -125,60 +168,146 @@ impl SystemSchema {
                     .iter()
                     .map(|p| {
                         let mode = p.options.get("mode").cloned().unwrap_or_default();
-                        self.runtime.status(&p.name, &mode, p.state, p.error.clone()).snapshot()
+                        self.runtime
+                            .status(&p.name, &mode, p.state, p.error.clone())
+                            .snapshot()
                     })
                     .collect();
                 table(vec![
-                    ("name", text(entries.iter().map(|p| Some(p.name.clone())).collect())),
-                    ("mode", text(st.iter().map(|s| Some(s.mode.clone())).collect())),
-                    ("state", text(st.iter().map(|s| Some(s.state.as_str().to_string())).collect())),
-                    ("source", text(entries.iter().map(|p| Some(p.sources.join(", "))).collect())),
-                    ("sink", text(entries.iter().map(|p| Some(p.sink.clone())).collect())),
+                    (
+                        "name",
+                        text(entries.iter().map(|p| Some(p.name.clone())).collect()),
+                    ),
+                    (
+                        "mode",
+                        text(st.iter().map(|s| Some(s.mode.clone())).collect()),
+                    ),
+                    (
+                        "state",
+                        text(
+                            st.iter()
+                                .map(|s| Some(s.state.as_str().to_string()))
+                                .collect(),
+                        ),
+                    ),
+                    (
+                        "source",
+                        text(entries.iter().map(|p| Some(p.sources.join(", "))).collect()),
+                    ),
+                    (
+                        "sink",
+                        text(entries.iter().map(|p| Some(p.sink.clone())).collect()),
+                    ),
                     ("rows_in", count(st.iter().map(|s| s.rows_in).collect())),
                     ("rows_out", count(st.iter().map(|s| s.rows_out).collect())),
-                    ("rows_errored", count(st.iter().map(|s| s.rows_errored).collect())),
+                    (
+                        "rows_errored",
+                        count(st.iter().map(|s| s.rows_errored).collect()),
+                    ),
                     ("epoch", count(st.iter().map(|s| s.epoch).collect())),
                     ("started_at", ts(st.iter().map(|s| s.started_at).collect())),
-                    ("last_checkpoint_at", ts(st.iter().map(|s| s.last_checkpoint_at).collect())),
+                    (
+                        "last_checkpoint_at",
+                        ts(st.iter().map(|s| s.last_checkpoint_at).collect()),
+                    ),
                     (
                         "error",
                         text(
                             st.iter()
                                 .zip(&entries)
-                                .map(|(s, p)| s.error.clone().or_else(|| (s.state == PipelineState::Failed).then(|| p.error.clone()).flatten()))
+                                .map(|(s, p)| {
+                                    s.error.clone().or_else(|| {
+                                        (s.state == PipelineState::Failed)
+                                            .then(|| p.error.clone())
+                                            .flatten()
+                                    })
+                                })
                                 .collect(),
                         ),
                     ),
-                    ("id", text(entries.iter().map(|p| Some(p.id.clone())).collect())),
-                    ("query", text(entries.iter().map(|p| Some(p.query.clone())).collect())),
+                    (
+                        "id",
+                        text(entries.iter().map(|p| Some(p.id.clone())).collect()),
+                    ),
+                    (
+                        "query",
+                        text(entries.iter().map(|p| Some(p.query.clone())).collect()),
+                    ),
                 ])?
             }
             "sources" => {
                 let e = self.catalog.sources();
                 table(vec![
-                    ("name", text(e.iter().map(|e| Some(e.name.clone())).collect())),
-                    ("connector", text(e.iter().map(|e| e.options.get("connector").cloned()).collect())),
-                    ("options", text(e.iter().map(|e| Some(options_text(&e.options))).collect())),
-                    ("schema", text(e.iter().map(|e| Some(columns_text(&e.columns))).collect())),
-                    ("created_at", ts(e.iter().map(|e| Some(e.created_at)).collect())),
+                    (
+                        "name",
+                        text(e.iter().map(|e| Some(e.name.clone())).collect()),
+                    ),
+                    (
+                        "connector",
+                        text(
+                            e.iter()
+                                .map(|e| e.options.get("connector").cloned())
+                                .collect(),
+                        ),
+                    ),
+                    (
+                        "options",
+                        text(e.iter().map(|e| Some(options_text(&e.options))).collect()),
+                    ),
+                    (
+                        "schema",
+                        text(e.iter().map(|e| Some(columns_text(&e.columns))).collect()),
+                    ),
+                    (
+                        "created_at",
+                        ts(e.iter().map(|e| Some(e.created_at)).collect()),
+                    ),
                 ])?
             }
             "sinks" => {
                 let e = self.catalog.sinks();
                 table(vec![
-                    ("name", text(e.iter().map(|e| Some(e.name.clone())).collect())),
-                    ("connector", text(e.iter().map(|e| e.options.get("connector").cloned()).collect())),
-                    ("options", text(e.iter().map(|e| Some(options_text(&e.options))).collect())),
-                    ("created_at", ts(e.iter().map(|e| Some(e.created_at)).collect())),
+                    (
+                        "name",
+                        text(e.iter().map(|e| Some(e.name.clone())).collect()),
+                    ),
+                    (
+                        "connector",
+                        text(
+                            e.iter()
+                                .map(|e| e.options.get("connector").cloned())
+                                .collect(),
+                        ),
+                    ),
+                    (
+                        "options",
+                        text(e.iter().map(|e| Some(options_text(&e.options))).collect()),
+                    ),
+                    (
+                        "created_at",
+                        ts(e.iter().map(|e| Some(e.created_at)).collect()),
+                    ),
                 ])?
             }
             "errors" => {
                 let e = self.runtime.errors().snapshot();
                 table(vec![
-                    ("pipeline", text(e.iter().map(|e| Some(e.pipeline.clone())).collect())),
-                    ("source", text(e.iter().map(|e| Some(e.source.clone())).collect())),
-                    ("position", text(e.iter().map(|e| Some(e.position.clone())).collect())),
-                    ("error", text(e.iter().map(|e| Some(e.message.clone())).collect())),
+                    (
+                        "pipeline",
+                        text(e.iter().map(|e| Some(e.pipeline.clone())).collect()),
+                    ),
+                    (
+                        "source",
+                        text(e.iter().map(|e| Some(e.source.clone())).collect()),
+                    ),
+                    (
+                        "position",
+                        text(e.iter().map(|e| Some(e.position.clone())).collect()),
+                    ),
+                    (
+                        "error",
+                        text(e.iter().map(|e| Some(e.message.clone())).collect()),
+                    ),
                     ("raw", text(e.iter().map(|e| Some(e.raw.clone())).collect())),
                     ("epoch", count(e.iter().map(|e| e.epoch).collect())),
                     ("at", ts(e.iter().map(|e| Some(e.at)).collect())),
@@ -193,13 +322,22 @@ impl SystemSchema {
                     }
                 }
                 table(vec![
-                    ("pipeline", text(rows.iter().map(|r| Some(r.0.clone())).collect())),
+                    (
+                        "pipeline",
+                        text(rows.iter().map(|r| Some(r.0.clone())).collect()),
+                    ),
                     ("epoch", count(rows.iter().map(|r| r.1.epoch).collect())),
                     ("at", ts(rows.iter().map(|r| Some(r.1.at)).collect())),
-                    ("duration_ms", count(rows.iter().map(|r| r.1.duration_ms).collect())),
+                    (
+                        "duration_ms",
+                        count(rows.iter().map(|r| r.1.duration_ms).collect()),
+                    ),
                     ("bytes", count(rows.iter().map(|r| r.2).collect())),
                     ("rows_in", count(rows.iter().map(|r| r.1.rows_in).collect())),
-                    ("rows_out", count(rows.iter().map(|r| r.1.rows_out).collect())),
+                    (
+                        "rows_out",
+                        count(rows.iter().map(|r| r.1.rows_out).collect()),
+                    ),
                 ])?
             }
             "source_lag" => {
@@ -209,14 +347,31 @@ impl SystemSchema {
                         rows.push((st.name.clone(), source, l));
                     }
                 }
-                rows.sort_by(|a, b| (&a.0, &a.1, &a.2.partition).cmp(&(&b.0, &b.1, &b.2.partition)));
+                rows.sort_by(|a, b| {
+                    (&a.0, &a.1, &a.2.partition).cmp(&(&b.0, &b.1, &b.2.partition))
+                });
                 table(vec![
-                    ("pipeline", text(rows.iter().map(|r| Some(r.0.clone())).collect())),
-                    ("source", text(rows.iter().map(|r| Some(r.1.clone())).collect())),
-                    ("partition", text(rows.iter().map(|r| Some(r.2.partition.clone())).collect())),
+                    (
+                        "pipeline",
+                        text(rows.iter().map(|r| Some(r.0.clone())).collect()),
+                    ),
+                    (
+                        "source",
+                        text(rows.iter().map(|r| Some(r.1.clone())).collect()),
+                    ),
+                    (
+                        "partition",
+                        text(rows.iter().map(|r| Some(r.2.partition.clone())).collect()),
+                    ),
                     ("position", int(rows.iter().map(|r| r.2.position).collect())),
                     ("latest", int(rows.iter().map(|r| r.2.latest).collect())),
-                    ("lag", int(rows.iter().map(|r| (r.2.latest - r.2.position).max(0)).collect())),
+                    (
+                        "lag",
+                        int(rows
+                            .iter()
+                            .map(|r| (r.2.latest - r.2.position).max(0))
+                            .collect()),
+                    ),
                 ])?
             }
             _ => return Ok(None),
@@ -230,7 +385,11 @@ pub fn columns_text(columns: &[crate::catalog::ColumnEntry]) -> String {
     columns
         .iter()
         .map(|c| {
-            let t = c.data_type.parse::<DataType>().map(|t| sql_type_name(&t)).unwrap_or_else(|_| c.data_type.clone());
+            let t = c
+                .data_type
+                .parse::<DataType>()
+                .map(|t| sql_type_name(&t))
+                .unwrap_or_else(|_| c.data_type.clone());
             if c.nullable {
                 format!("{} {t}", c.name)
             } else {
@@ -248,8 +407,15 @@ impl SchemaProvider for SystemSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        match self.build(name).await.map_err(|e| DataFusionError::External(Box::new(e)))? {
-            Some(batch) => Ok(Some(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))),
+        match self
+            .build(name)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+        {
+            Some(batch) => Ok(Some(Arc::new(MemTable::try_new(
+                batch.schema(),
+                vec![vec![batch]],
+            )?))),
             None => Ok(None),
         }
     }

@@ -54,13 +54,30 @@ impl AsyncDB for PgDb {
                 SimpleQueryMessage::Row(r) => {
                     columns = r.len();
                     saw_rows = true;
-                    rows.push((0..r.len()).map(|i| r.get(i).map(|s| if s.is_empty() { "(empty)".to_string() } else { s.to_string() }).unwrap_or_else(|| "NULL".into())).collect());
+                    rows.push(
+                        (0..r.len())
+                            .map(|i| {
+                                r.get(i)
+                                    .map(|s| {
+                                        if s.is_empty() {
+                                            "(empty)".to_string()
+                                        } else {
+                                            s.to_string()
+                                        }
+                                    })
+                                    .unwrap_or_else(|| "NULL".into())
+                            })
+                            .collect(),
+                    );
                 }
                 _ => {}
             }
         }
         if saw_rows {
-            Ok(DBOutput::Rows { types: vec![DefaultColumnType::Any; columns], rows })
+            Ok(DBOutput::Rows {
+                types: vec![DefaultColumnType::Any; columns],
+                rows,
+            })
         } else {
             Ok(DBOutput::StatementComplete(0))
         }
@@ -86,7 +103,9 @@ impl AsyncDB for PgDb {
 }
 
 fn slt_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -99,25 +118,41 @@ fn slt_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 async fn run_file(path: &Path, root: &Path) -> Result<(), String> {
     let data = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let engine = tributary::Engine::open(data.path()).await.map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let engine = tributary::Engine::open(data.path())
+        .await
+        .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tributary::server::pgwire::serve(engine.clone(), listener, async move {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(tributary::server::pgwire::serve(
+        engine.clone(),
+        listener,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
     let conn_str = format!("host=127.0.0.1 port={port} user=tributary dbname=tributary");
     let mut runner = sqllogictest::Runner::new(move || {
         let conn_str = conn_str.clone();
         async move {
-            let (client, conn) = tokio_postgres::connect(&conn_str, NoTls).await.map_err(DbError)?;
+            let (client, conn) = tokio_postgres::connect(&conn_str, NoTls)
+                .await
+                .map_err(DbError)?;
             tokio::spawn(conn);
             Ok(PgDb { client })
         }
     });
-    runner.set_var("FIXTURES".into(), root.join("sql/fixtures").display().to_string());
+    runner.set_var(
+        "FIXTURES".into(),
+        root.join("sql/fixtures").display().to_string(),
+    );
     runner.set_var("DATA_DIR".into(), data.path().display().to_string());
-    let result = runner.run_file_async(path).await.map_err(|e| e.display(true).to_string());
+    let result = runner
+        .run_file_async(path)
+        .await
+        .map_err(|e| e.display(true).to_string());
     let _ = stop_tx.send(());
     let _ = server.await;
     engine.shutdown().await;
@@ -126,11 +161,16 @@ async fn run_file(path: &Path, root: &Path) -> Result<(), String> {
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let mut files = Vec::new();
     slt_files(&root.join("sql/slt"), &mut files);
     files.sort();
-    files.retain(|f| filter.is_empty() || filter.iter().any(|p| f.display().to_string().contains(p)));
+    files.retain(|f| {
+        filter.is_empty() || filter.iter().any(|p| f.display().to_string().contains(p))
+    });
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let mut failures = Vec::new();
     for f in &files {

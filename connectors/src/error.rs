@@ -113,8 +113,14 @@ impl ConnectorError {
     }
 
     /// Wraps an I/O-like failure with what we were doing.
-    pub fn io(context: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        ConnectorError::Io { context: context.into(), source: Box::new(source) }
+    pub fn io(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ConnectorError::Io {
+            context: context.into(),
+            source: Box::new(source),
+        }
     }
 }
 

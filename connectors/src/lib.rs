@@ -22,8 +22,8 @@ pub mod blackhole;
 pub mod delta;
 pub mod error;
 pub mod file;
-pub mod kafka;
 pub mod format;
+pub mod kafka;
 pub mod nexmark;
 pub mod options;
 pub mod parquet;
@@ -191,7 +191,11 @@ pub trait SinkConnector: Send + Sync {
 
 /// Every source connector. Adding one is a line here.
 pub fn source_connectors() -> Vec<Arc<dyn SourceConnector>> {
-    vec![Arc::new(file::FileSourceConnector), Arc::new(kafka::KafkaSourceConnector), Arc::new(nexmark::NexmarkSourceConnector)]
+    vec![
+        Arc::new(file::FileSourceConnector),
+        Arc::new(kafka::KafkaSourceConnector),
+        Arc::new(nexmark::NexmarkSourceConnector),
+    ]
 }
 
 /// Every sink connector. Adding one is a line here.
@@ -224,10 +228,16 @@ fn find<T: ?Sized>(
 ) -> Result<Arc<T>> {
     let accepted = all.iter().map(|c| name(c)).collect::<Vec<_>>().join(", ");
     let wanted = options.get("connector").ok_or_else(|| {
-        ConnectorError::Config(format!("the {kind} needs a connector: WITH (connector = '...'); accepted: {accepted}"))
+        ConnectorError::Config(format!(
+            "the {kind} needs a connector: WITH (connector = '...'); accepted: {accepted}"
+        ))
     })?;
     all.iter()
         .find(|c| name(c).eq_ignore_ascii_case(wanted))
         .cloned()
-        .ok_or_else(|| ConnectorError::UnknownConnector { kind, name: wanted.clone(), accepted })
+        .ok_or_else(|| ConnectorError::UnknownConnector {
+            kind,
+            name: wanted.clone(),
+            accepted,
+        })
 }

@@ -18,11 +18,19 @@ pub struct OptionSpec {
 impl OptionSpec {
     /// A required option.
     pub const fn required(name: &'static str, description: &'static str) -> Self {
-        OptionSpec { name, required: true, description }
+        OptionSpec {
+            name,
+            required: true,
+            description,
+        }
     }
     /// An optional option.
     pub const fn optional(name: &'static str, description: &'static str) -> Self {
-        OptionSpec { name, required: false, description }
+        OptionSpec {
+            name,
+            required: false,
+            description,
+        }
     }
 }
 
@@ -38,7 +46,11 @@ pub struct Options {
 
 impl Options {
     /// Checks `values` against `specs`: every required key present, no unknown key.
-    pub fn validate(connector: &str, specs: &[OptionSpec], values: &BTreeMap<String, String>) -> Result<Self> {
+    pub fn validate(
+        connector: &str,
+        specs: &[OptionSpec],
+        values: &BTreeMap<String, String>,
+    ) -> Result<Self> {
         for key in values.keys() {
             if !COMMON.contains(&key.as_str()) && !specs.iter().any(|s| s.name == key) {
                 return Err(ConnectorError::UnknownOption {
@@ -57,7 +69,10 @@ impl Options {
                 });
             }
         }
-        Ok(Options { connector: connector.to_string(), values: values.clone() })
+        Ok(Options {
+            connector: connector.to_string(),
+            values: values.clone(),
+        })
     }
 
     /// The connector these options belong to.
@@ -105,7 +120,12 @@ impl Options {
     }
 
     /// One of a fixed set of values (case-insensitive); returns the accepted spelling.
-    pub fn get_choice(&self, key: &str, choices: &[&'static str], default: &'static str) -> Result<&'static str> {
+    pub fn get_choice(
+        &self,
+        key: &str,
+        choices: &[&'static str],
+        default: &'static str,
+    ) -> Result<&'static str> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => choices
@@ -138,9 +158,17 @@ fn invalid(key: &str, value: &str, reason: &str) -> ConnectorError {
 /// Whether an option holds a secret by its name.
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["password", "secret", "token", "credential", "private_key", "access_key", "sasl"]
-        .iter()
-        .any(|s| k.contains(s))
+    [
+        "password",
+        "secret",
+        "token",
+        "credential",
+        "private_key",
+        "access_key",
+        "sasl",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
 }
 
 /// The value to show for an option in SHOW output, system tables and logs.
@@ -158,8 +186,14 @@ pub fn redact_url_password(value: &str) -> String {
     let mut out = value.to_string();
     if let Some(scheme_end) = out.find("://") {
         let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..].find('/').map(|i| rest_start + i).unwrap_or(out.len());
-        if let Some(at) = out[rest_start..authority_end].rfind('@').map(|i| rest_start + i) {
+        let authority_end = out[rest_start..]
+            .find('/')
+            .map(|i| rest_start + i)
+            .unwrap_or(out.len());
+        if let Some(at) = out[rest_start..authority_end]
+            .rfind('@')
+            .map(|i| rest_start + i)
+        {
             if let Some(colon) = out[rest_start..at].find(':').map(|i| rest_start + i) {
                 out.replace_range(colon + 1..at, "********");
             }
@@ -169,7 +203,10 @@ pub fn redact_url_password(value: &str) -> String {
     let lower = out.to_ascii_lowercase();
     if let Some(p) = lower.find("password=") {
         let start = p + "password=".len();
-        let end = out[start..].find([' ', '&', ';']).map(|i| start + i).unwrap_or(out.len());
+        let end = out[start..]
+            .find([' ', '&', ';'])
+            .map(|i| start + i)
+            .unwrap_or(out.len());
         out.replace_range(start..end, "********");
     }
     out
@@ -181,22 +218,38 @@ mod tests {
 
     #[test]
     fn redacts_url_passwords_and_secret_keys() {
-        assert_eq!(redact("url", "postgres://bob:hunter2@db:5432/x"), "postgres://bob:********@db:5432/x");
+        assert_eq!(
+            redact("url", "postgres://bob:hunter2@db:5432/x"),
+            "postgres://bob:********@db:5432/x"
+        );
         assert_eq!(redact("url", "postgres://bob@db/x"), "postgres://bob@db/x");
         assert_eq!(redact("password", "hunter2"), "********");
-        assert_eq!(redact("dsn", "host=a password=hunter2 user=b"), "host=a password=******** user=b");
+        assert_eq!(
+            redact("dsn", "host=a password=hunter2 user=b"),
+            "host=a password=******** user=b"
+        );
         assert_eq!(redact("path", "/data/in/*.csv"), "/data/in/*.csv");
     }
 
     #[test]
     fn rejects_unknown_and_missing_options() {
-        let specs = [OptionSpec::required("path", "where"), OptionSpec::optional("format", "fmt")];
+        let specs = [
+            OptionSpec::required("path", "where"),
+            OptionSpec::optional("format", "fmt"),
+        ];
         let mut v = BTreeMap::new();
         v.insert("formatt".to_string(), "csv".to_string());
-        let e = Options::validate("file", &specs, &v).unwrap_err().to_string();
-        assert!(e.contains("no option 'formatt'") && e.contains("path, format"), "{e}");
+        let e = Options::validate("file", &specs, &v)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no option 'formatt'") && e.contains("path, format"),
+            "{e}"
+        );
         v.clear();
-        let e = Options::validate("file", &specs, &v).unwrap_err().to_string();
+        let e = Options::validate("file", &specs, &v)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("requires option 'path'"), "{e}");
     }
 }

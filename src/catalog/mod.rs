@@ -30,7 +30,11 @@ pub fn columns_of(schema: &Schema) -> Vec<ColumnEntry> {
     schema
         .fields()
         .iter()
-        .map(|f| ColumnEntry { name: f.name().clone(), data_type: f.data_type().to_string(), nullable: f.is_nullable() })
+        .map(|f| ColumnEntry {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+            nullable: f.is_nullable(),
+        })
         .collect()
 }
 
@@ -41,7 +45,12 @@ pub fn schema_of(columns: &[ColumnEntry]) -> Result<SchemaRef> {
         .map(|c| {
             DataType::from_str(&c.data_type)
                 .map(|t| Field::new(&c.name, t, c.nullable))
-                .map_err(|e| Error::Internal(format!("catalog column {} has unreadable type {}: {e}", c.name, c.data_type)))
+                .map_err(|e| {
+                    Error::Internal(format!(
+                        "catalog column {} has unreadable type {}: {e}",
+                        c.name, c.data_type
+                    ))
+                })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Arc::new(Schema::new(fields)))
@@ -149,20 +158,30 @@ pub struct Catalog {
 impl Catalog {
     /// Opens (or creates) the catalog stored in `data_dir/catalog.json`.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|e| Error::io(format!("creating data directory {}", data_dir.display()), e))?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| Error::io(format!("creating data directory {}", data_dir.display()), e))?;
         let path = data_dir.join("catalog.json");
         let data = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Internal(format!("catalog file {} is unreadable: {e}", path.display())))?,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Internal(format!(
+                    "catalog file {} is unreadable: {e}",
+                    path.display()
+                ))
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => CatalogData::default(),
             Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
         };
-        Ok(Catalog { path, data: RwLock::new(data), write_lock: tokio::sync::Mutex::new(()) })
+        Ok(Catalog {
+            path,
+            data: RwLock::new(data),
+            write_lock: tokio::sync::Mutex::new(()),
+        })
     }
 
     async fn persist(&self) -> Result<()> {
         let _guard = self.write_lock.lock().await;
-        let bytes = serde_json::to_vec_pretty(&*self.data.read()).map_err(|e| Error::Internal(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(&*self.data.read())
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let tmp = self.path.with_extension("json.tmp");
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -196,7 +215,10 @@ impl Catalog {
     /// Adds a source. Sources and sinks share one namespace: both are tables to SELECT from.
     pub async fn add_source(&self, entry: SourceEntry) -> Result<()> {
         if let Some(k) = self.kind_of(&entry.name) {
-            return Err(Error::AlreadyExists { kind: k.name(), name: entry.name });
+            return Err(Error::AlreadyExists {
+                kind: k.name(),
+                name: entry.name,
+            });
         }
         self.data.write().sources.insert(entry.name.clone(), entry);
         self.persist().await
@@ -205,7 +227,10 @@ impl Catalog {
     /// Adds a sink.
     pub async fn add_sink(&self, entry: SinkEntry) -> Result<()> {
         if let Some(k) = self.kind_of(&entry.name) {
-            return Err(Error::AlreadyExists { kind: k.name(), name: entry.name });
+            return Err(Error::AlreadyExists {
+                kind: k.name(),
+                name: entry.name,
+            });
         }
         self.data.write().sinks.insert(entry.name.clone(), entry);
         self.persist().await
@@ -214,9 +239,15 @@ impl Catalog {
     /// Adds a pipeline.
     pub async fn add_pipeline(&self, entry: PipelineEntry) -> Result<()> {
         if self.data.read().pipelines.contains_key(&entry.name) {
-            return Err(Error::AlreadyExists { kind: "pipeline", name: entry.name });
+            return Err(Error::AlreadyExists {
+                kind: "pipeline",
+                name: entry.name,
+            });
         }
-        self.data.write().pipelines.insert(entry.name.clone(), entry);
+        self.data
+            .write()
+            .pipelines
+            .insert(entry.name.clone(), entry);
         self.persist().await
     }
 
@@ -237,10 +268,17 @@ impl Catalog {
     }
 
     /// Records a pipeline's lifecycle state and error.
-    pub async fn set_pipeline_state(&self, name: &str, state: PipelineState, error: Option<String>) -> Result<()> {
+    pub async fn set_pipeline_state(
+        &self,
+        name: &str,
+        state: PipelineState,
+        error: Option<String>,
+    ) -> Result<()> {
         {
             let mut d = self.data.write();
-            let Some(p) = d.pipelines.get_mut(name) else { return Ok(()) };
+            let Some(p) = d.pipelines.get_mut(name) else {
+                return Ok(());
+            };
             if p.state == state && p.error == error {
                 return Ok(());
             }
@@ -284,7 +322,11 @@ mod tests {
     async fn survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(dir.path()).unwrap();
-        let schema = Schema::new(vec![Field::new("ts", DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, None), true)]);
+        let schema = Schema::new(vec![Field::new(
+            "ts",
+            DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, None),
+            true,
+        )]);
         cat.add_source(SourceEntry {
             name: "s".into(),
             columns: columns_of(&schema),
@@ -300,7 +342,13 @@ mod tests {
         let s = again.source("s").unwrap();
         assert_eq!(schema_of(&s.columns).unwrap().as_ref(), &schema);
         assert!(matches!(
-            again.add_sink(SinkEntry { name: "s".into(), options: BTreeMap::new(), created_at: Utc::now() }).await,
+            again
+                .add_sink(SinkEntry {
+                    name: "s".into(),
+                    options: BTreeMap::new(),
+                    created_at: Utc::now()
+                })
+                .await,
             Err(Error::AlreadyExists { kind: "source", .. })
         ));
     }

@@ -51,9 +51,14 @@ pub struct CheckpointStore {
 impl CheckpointStore {
     /// A store under a local directory (the data dir's `checkpoints/`).
     pub fn local(root: &std::path::Path, pipeline_id: &str) -> Result<Self> {
-        std::fs::create_dir_all(root).map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
-        let fs = LocalFileSystem::new_with_prefix(root).map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(CheckpointStore { store: Arc::new(fs), dir: Path::from(pipeline_id) })
+        std::fs::create_dir_all(root)
+            .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+        let fs =
+            LocalFileSystem::new_with_prefix(root).map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(CheckpointStore {
+            store: Arc::new(fs),
+            dir: Path::from(pipeline_id),
+        })
     }
 
     fn path(&self, epoch: u64) -> Path {
@@ -95,7 +100,10 @@ impl CheckpointStore {
     pub async fn latest(&self) -> Result<Option<Checkpoint>> {
         for epoch in self.epochs().await?.into_iter().rev() {
             let bytes = match self.store.get(&self.path(epoch)).await {
-                Ok(r) => r.bytes().await.map_err(|e| Error::Internal(e.to_string()))?,
+                Ok(r) => r
+                    .bytes()
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))?,
                 Err(_) => continue,
             };
             match serde_json::from_slice::<Checkpoint>(&bytes) {

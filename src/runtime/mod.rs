@@ -58,7 +58,8 @@ impl Runtime {
 
     fn error_file(&self, pipeline_id: &str) -> Result<PathBuf> {
         let dir = self.data_dir.join("errors");
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         Ok(dir.join(format!("{pipeline_id}.jsonl")))
     }
 
@@ -69,11 +70,15 @@ impl Runtime {
 
     /// Loads the durable bad-record logs of `pipelines` (name, id) into `tributary.errors`, and
     /// their counters from the last checkpoint, so a restarted engine shows what happened before.
-    pub async fn load_history(&self, pipelines: &[(String, String, String, PipelineState, Option<String>)]) -> Result<()> {
+    pub async fn load_history(
+        &self,
+        pipelines: &[(String, String, String, PipelineState, Option<String>)],
+    ) -> Result<()> {
         for (name, id, mode, state, error) in pipelines {
             let latest = self.checkpoints(id)?.latest().await?;
             let epoch = latest.as_ref().map(|c| c.epoch).unwrap_or(0);
-            self.errors.extend(pipeline::read_error_file(&self.error_file(id)?, epoch));
+            self.errors
+                .extend(pipeline::read_error_file(&self.error_file(id)?, epoch));
             let status = self.status(name, mode, *state, error.clone());
             if let Some(cp) = latest {
                 status.restore(cp.rows_in, cp.rows_out, cp.rows_errored, cp.epoch, cp.at);
@@ -83,7 +88,13 @@ impl Runtime {
     }
 
     /// Status of a pipeline, created on first use.
-    pub fn status(&self, name: &str, mode: &str, state: PipelineState, error: Option<String>) -> Arc<PipelineStatus> {
+    pub fn status(
+        &self,
+        name: &str,
+        mode: &str,
+        state: PipelineState,
+        error: Option<String>,
+    ) -> Arc<PipelineStatus> {
         self.statuses
             .lock()
             .entry(name.to_string())
@@ -98,14 +109,20 @@ impl Runtime {
 
     /// Whether a pipeline task is running now.
     pub fn is_running(&self, name: &str) -> bool {
-        self.running.lock().get(name).map(|r| !*r.done.borrow()).unwrap_or(false)
+        self.running
+            .lock()
+            .get(name)
+            .map(|r| !*r.done.borrow())
+            .unwrap_or(false)
     }
 
     /// Starts a pipeline task.
     pub fn start(self: &Arc<Self>, job: PipelineJob) -> Result<()> {
         let name = job.entry.name.clone();
         if self.is_running(&name) {
-            return Err(Error::InvalidState(format!("pipeline \"{name}\" is already running")));
+            return Err(Error::InvalidState(format!(
+                "pipeline \"{name}\" is already running"
+            )));
         }
         let status = self.status(&name, &job.settings.mode, PipelineState::Running, None);
         status.set_state(PipelineState::Running, None);
@@ -118,7 +135,13 @@ impl Runtime {
             error_file: self.error_file(&job.entry.id)?,
             stop: stop_rx,
         };
-        self.running.lock().insert(name.clone(), Running { stop: stop_tx, done: done_rx });
+        self.running.lock().insert(
+            name.clone(),
+            Running {
+                stop: stop_tx,
+                done: done_rx,
+            },
+        );
         let this = self.clone();
         tokio::spawn(async move {
             let outcome = pipeline::run(job, ctx).await;
@@ -130,7 +153,8 @@ impl Runtime {
                 }
             };
             status.set_state(state, error.clone());
-            let resume_later = state == PipelineState::Stopped && this.shutting_down.load(std::sync::atomic::Ordering::SeqCst);
+            let resume_later = state == PipelineState::Stopped
+                && this.shutting_down.load(std::sync::atomic::Ordering::SeqCst);
             if resume_later {
                 // Keep `running` in the catalog so the next start resumes it.
             } else if let Err(e) = this.catalog.set_pipeline_state(&name, state, error).await {
@@ -145,7 +169,9 @@ impl Runtime {
     pub async fn stop(&self, name: &str) -> Result<()> {
         let done = {
             let running = self.running.lock();
-            let Some(r) = running.get(name) else { return Ok(()) };
+            let Some(r) = running.get(name) else {
+                return Ok(());
+            };
             let _ = r.stop.send(true);
             r.done.clone()
         };
@@ -170,7 +196,8 @@ impl Runtime {
 
     /// Stops every pipeline (server shutdown), each after a final checkpoint.
     pub async fn shutdown(&self) {
-        self.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let names: Vec<String> = self.running.lock().keys().cloned().collect();
         for n in names {
             let _ = self.stop(&n).await;

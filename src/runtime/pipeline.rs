@@ -13,7 +13,8 @@ use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use tributary_connectors::{
-    ConnectorError, ReadOptions, SinkConnector, SinkContext, SinkSpec, SourceBatch, SourceConnector, SourceSpec,
+    ConnectorError, ReadOptions, SinkConnector, SinkContext, SinkSpec, SourceBatch,
+    SourceConnector, SourceSpec,
 };
 
 use super::checkpoint::{Checkpoint, CheckpointStore};
@@ -210,16 +211,25 @@ async fn handle_batch(
     epoch: u64,
     errors: &mut Vec<ErrorEntry>,
 ) -> Result<()> {
-    status.rows_in.fetch_add((sb.batch.num_rows() + sb.bad_records.len()) as u64, Ordering::Relaxed);
+    status.rows_in.fetch_add(
+        (sb.batch.num_rows() + sb.bad_records.len()) as u64,
+        Ordering::Relaxed,
+    );
     if !sb.lag.is_empty() {
         status.set_lag(&job.plan.source, sb.lag.clone());
     }
     if let Some(bad) = sb.bad_records.first() {
         if job.settings.on_error == OnError::Fail {
-            return Err(ConnectorError::BadRecord { position: bad.position.clone(), message: bad.message.clone() }.into());
+            return Err(ConnectorError::BadRecord {
+                position: bad.position.clone(),
+                message: bad.message.clone(),
+            }
+            .into());
         }
     }
-    status.rows_errored.fetch_add(sb.bad_records.len() as u64, Ordering::Relaxed);
+    status
+        .rows_errored
+        .fetch_add(sb.bad_records.len() as u64, Ordering::Relaxed);
     let at = Utc::now();
     let room = MAX_EPOCH_ERRORS.saturating_sub(errors.len());
     for bad in sb.bad_records.into_iter().take(room) {
@@ -236,10 +246,14 @@ async fn handle_batch(
     let (outputs, failed) = process_isolating(&job.plan, sb.batch);
     if let Some((_, msg)) = failed.first() {
         if job.settings.on_error == OnError::Fail {
-            return Err(Error::Plan(format!("pipeline query failed on a record: {msg}")));
+            return Err(Error::Plan(format!(
+                "pipeline query failed on a record: {msg}"
+            )));
         }
     }
-    status.rows_errored.fetch_add(failed.len() as u64, Ordering::Relaxed);
+    status
+        .rows_errored
+        .fetch_add(failed.len() as u64, Ordering::Relaxed);
     let room = MAX_EPOCH_ERRORS.saturating_sub(errors.len());
     for (raw, message) in failed.into_iter().take(room) {
         errors.push(ErrorEntry {
@@ -262,7 +276,10 @@ async fn handle_batch(
 
 /// Runs the plan; when it fails on a batch, splits the batch to find the rows it fails on and
 /// returns those (as JSON text, with the error) apart from the rows that went through.
-fn process_isolating(plan: &PipelinePlan, batch: RecordBatch) -> (Vec<RecordBatch>, Vec<(String, String)>) {
+fn process_isolating(
+    plan: &PipelinePlan,
+    batch: RecordBatch,
+) -> (Vec<RecordBatch>, Vec<(String, String)>) {
     match plan.process(batch.clone()) {
         Ok(out) => (vec![out], Vec::new()),
         Err(e) if batch.num_rows() <= 1 => (Vec::new(), vec![(row_json(&batch), e.to_string())]),
@@ -301,7 +318,8 @@ fn persist_errors(ctx: &RunContext, entries: &[ErrorEntry]) -> Result<()> {
             buf.push(b'\n');
         }
     }
-    f.write_all(&buf).map_err(|e| Error::io(format!("writing {}", ctx.error_file.display()), e))
+    f.write_all(&buf)
+        .map_err(|e| Error::io(format!("writing {}", ctx.error_file.display()), e))
 }
 
 /// Loads the durable bad-record log up to the checkpointed epoch and drops what a crash left after it.
@@ -321,7 +339,9 @@ fn restore_errors(ctx: &RunContext, upto_epoch: u64) {
 
 /// The bad records of a pipeline's durable log that belong to committed epochs.
 pub fn read_error_file(path: &std::path::Path, upto_epoch: u64) -> Vec<ErrorEntry> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
     text.lines()
         .filter_map(|l| serde_json::from_str::<ErrorEntry>(l).ok())
         .filter(|e| e.epoch <= upto_epoch)

@@ -26,14 +26,20 @@ pub struct SourceTable {
 
 impl std::fmt::Debug for SourceTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SourceTable").field("name", &self.spec.name).finish()
+        f.debug_struct("SourceTable")
+            .field("name", &self.spec.name)
+            .finish()
     }
 }
 
 impl SourceTable {
     /// A table over `spec` with its resolved `schema`.
     pub fn new(spec: SourceSpec, schema: SchemaRef, connector: Arc<dyn SourceConnector>) -> Self {
-        SourceTable { spec, schema, connector }
+        SourceTable {
+            spec,
+            schema,
+            connector,
+        }
     }
     /// The source's name.
     pub fn name(&self) -> &str {
@@ -80,7 +86,12 @@ impl PartitionStream for SourceTable {
         let stream = futures::stream::once(async move {
             let source = this
                 .connector
-                .open(&this.spec, this.schema.clone(), None, ReadOptions { bounded: true })
+                .open(
+                    &this.spec,
+                    this.schema.clone(),
+                    None,
+                    ReadOptions { bounded: true },
+                )
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
             let batches = futures::stream::unfold(source, |mut source| async move {

@@ -71,7 +71,12 @@ impl PipelineStatus {
             rows_out: AtomicU64::new(0),
             rows_errored: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
-            inner: Mutex::new(StatusInner { state, error, started_at: None, last_checkpoint_at: None }),
+            inner: Mutex::new(StatusInner {
+                state,
+                error,
+                started_at: None,
+                last_checkpoint_at: None,
+            }),
             lag: Mutex::new(Vec::new()),
         }
     }
@@ -110,7 +115,14 @@ impl PipelineStatus {
     }
 
     /// Restores counters from a checkpoint.
-    pub fn restore(&self, rows_in: u64, rows_out: u64, rows_errored: u64, epoch: u64, at: DateTime<Utc>) {
+    pub fn restore(
+        &self,
+        rows_in: u64,
+        rows_out: u64,
+        rows_errored: u64,
+        epoch: u64,
+        at: DateTime<Utc>,
+    ) {
         self.rows_in.store(rows_in, Ordering::Relaxed);
         self.rows_out.store(rows_out, Ordering::Relaxed);
         self.rows_errored.store(rows_errored, Ordering::Relaxed);
@@ -164,7 +176,10 @@ pub struct ErrorLog {
 impl ErrorLog {
     /// A log keeping the last `capacity` entries.
     pub fn new(capacity: usize) -> Self {
-        ErrorLog { entries: Mutex::new(VecDeque::new()), capacity }
+        ErrorLog {
+            entries: Mutex::new(VecDeque::new()),
+            capacity,
+        }
     }
 
     /// Adds entries, dropping the oldest beyond capacity.

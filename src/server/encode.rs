@@ -5,9 +5,9 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::compute::cast;
 use arrow::datatypes::{
-    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, TimeUnit,
-    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt16Type,
-    UInt32Type, UInt64Type, UInt8Type,
+    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type,
+    Int64Type, Int8Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
@@ -52,17 +52,31 @@ pub fn arrow_type_of_pg(t: &Type) -> Option<DataType> {
 }
 
 /// Field descriptions for a schema, each in the format the client asked for.
-pub fn fields(schema: &arrow::datatypes::Schema, format: impl Fn(usize) -> FieldFormat) -> Vec<FieldInfo> {
+pub fn fields(
+    schema: &arrow::datatypes::Schema,
+    format: impl Fn(usize) -> FieldFormat,
+) -> Vec<FieldInfo> {
     schema
         .fields()
         .iter()
         .enumerate()
-        .map(|(i, f)| FieldInfo::new(f.name().clone(), None, None, pg_type(f.data_type()), format(i)))
+        .map(|(i, f)| {
+            FieldInfo::new(
+                f.name().clone(),
+                None,
+                None,
+                pg_type(f.data_type()),
+                format(i),
+            )
+        })
         .collect()
 }
 
 /// Encodes every row of `batches` as data rows for `fields`.
-pub fn encode_rows(fields: Arc<Vec<FieldInfo>>, batches: &[RecordBatch]) -> PgWireResult<Vec<DataRow>> {
+pub fn encode_rows(
+    fields: Arc<Vec<FieldInfo>>,
+    batches: &[RecordBatch],
+) -> PgWireResult<Vec<DataRow>> {
     let mut rows = Vec::new();
     let mut enc = DataRowEncoder::new(fields.clone());
     for batch in batches {
@@ -70,7 +84,12 @@ pub fn encode_rows(fields: Arc<Vec<FieldInfo>>, batches: &[RecordBatch]) -> PgWi
             .columns()
             .iter()
             .map(|c| {
-                if pg_type(c.data_type()) == Type::TEXT && !matches!(c.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+                if pg_type(c.data_type()) == Type::TEXT
+                    && !matches!(
+                        c.data_type(),
+                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                    )
+                {
                     cast(c, &DataType::Utf8).unwrap_or_else(|_| c.clone())
                 } else {
                     c.clone()
@@ -100,7 +119,12 @@ fn encode_cell(enc: &mut DataRowEncoder, col: &ArrayRef, row: usize) -> PgWireRe
         DataType::UInt16 => enc.encode_field(&(col.as_primitive::<UInt16Type>().value(row) as i32)),
         DataType::Int64 => enc.encode_field(&col.as_primitive::<Int64Type>().value(row)),
         DataType::UInt32 => enc.encode_field(&(col.as_primitive::<UInt32Type>().value(row) as i64)),
-        DataType::UInt64 => enc.encode_field(&(col.as_primitive::<UInt64Type>().value(row).min(i64::MAX as u64) as i64)),
+        DataType::UInt64 => enc.encode_field(
+            &(col
+                .as_primitive::<UInt64Type>()
+                .value(row)
+                .min(i64::MAX as u64) as i64),
+        ),
         DataType::Float32 => enc.encode_field(&col.as_primitive::<Float32Type>().value(row)),
         DataType::Float64 => enc.encode_field(&col.as_primitive::<Float64Type>().value(row)),
         DataType::Utf8 => enc.encode_field(&col.as_string::<i32>().value(row)),
@@ -115,15 +139,27 @@ fn encode_cell(enc: &mut DataRowEncoder, col: &ArrayRef, row: usize) -> PgWireRe
             enc.encode_field(&d)
         }
         DataType::Date64 => {
-            let casted = cast(col, &DataType::Date32).map_err(|e| pgwire::error::PgWireError::ApiError(Box::new(e)))?;
+            let casted = cast(col, &DataType::Date32)
+                .map_err(|e| pgwire::error::PgWireError::ApiError(Box::new(e)))?;
             encode_cell(enc, &casted, row)
         }
         DataType::Timestamp(unit, tz) => {
             let nanos: Option<i64> = match unit {
-                TimeUnit::Second => col.as_primitive::<TimestampSecondType>().value(row).checked_mul(1_000_000_000),
-                TimeUnit::Millisecond => col.as_primitive::<TimestampMillisecondType>().value(row).checked_mul(1_000_000),
-                TimeUnit::Microsecond => col.as_primitive::<TimestampMicrosecondType>().value(row).checked_mul(1_000),
-                TimeUnit::Nanosecond => Some(col.as_primitive::<TimestampNanosecondType>().value(row)),
+                TimeUnit::Second => col
+                    .as_primitive::<TimestampSecondType>()
+                    .value(row)
+                    .checked_mul(1_000_000_000),
+                TimeUnit::Millisecond => col
+                    .as_primitive::<TimestampMillisecondType>()
+                    .value(row)
+                    .checked_mul(1_000_000),
+                TimeUnit::Microsecond => col
+                    .as_primitive::<TimestampMicrosecondType>()
+                    .value(row)
+                    .checked_mul(1_000),
+                TimeUnit::Nanosecond => {
+                    Some(col.as_primitive::<TimestampNanosecondType>().value(row))
+                }
             };
             let dt: Option<DateTime<Utc>> = nanos.map(DateTime::from_timestamp_nanos);
             if tz.is_some() {
@@ -139,7 +175,8 @@ fn encode_cell(enc: &mut DataRowEncoder, col: &ArrayRef, row: usize) -> PgWireRe
             enc.encode_field(&d)
         }
         _ => {
-            let casted = cast(col, &DataType::Utf8).map_err(|e| pgwire::error::PgWireError::ApiError(Box::new(e)))?;
+            let casted = cast(col, &DataType::Utf8)
+                .map_err(|e| pgwire::error::PgWireError::ApiError(Box::new(e)))?;
             enc.encode_field(&casted.as_string::<i32>().value(row))
         }
     }

@@ -43,8 +43,15 @@ pub struct Backend {
 impl NoopStartupHandler for Backend {}
 
 /// Serves Postgres clients on `listener` until `shutdown` resolves.
-pub async fn serve(engine: Arc<Engine>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
-    let backend = Arc::new(Backend { engine: engine.clone(), parser: Arc::new(Parser { engine }) });
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let backend = Arc::new(Backend {
+        engine: engine.clone(),
+        parser: Arc::new(Parser { engine }),
+    });
     let handlers = Arc::new(Handlers { backend });
     tokio::pin!(shutdown);
     loop {
@@ -101,7 +108,10 @@ fn output_response(out: Output, format: &Format) -> PgWireResult<Response> {
         Output::Rows { schema, batches } => {
             let fields = Arc::new(fields(&schema, |i| format.format_for(i)));
             let rows = encode_rows(fields.clone(), &batches)?;
-            Response::Query(QueryResponse::new(fields, stream::iter(rows.into_iter().map(Ok))))
+            Response::Query(QueryResponse::new(
+                fields,
+                stream::iter(rows.into_iter().map(Ok)),
+            ))
         }
     })
 }
@@ -151,7 +161,12 @@ pub struct Parser {
 impl QueryParser for Parser {
     type Statement = Prepared;
 
-    async fn parse_sql<C>(&self, _client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    async fn parse_sql<C>(
+        &self,
+        _client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -161,12 +176,24 @@ impl QueryParser for Parser {
         match &statement {
             Statement::Empty => return Ok(None),
             Statement::Sql(stmt) if session_statement(stmt).is_none() => {
-                let plan = self.engine.plan_query(stmt).await.map_err(|e| user_error(&e))?;
-                let types_by_name = plan.get_parameter_types().map_err(|e| user_error(&e.into()))?;
+                let plan = self
+                    .engine
+                    .plan_query(stmt)
+                    .await
+                    .map_err(|e| user_error(&e))?;
+                let types_by_name = plan
+                    .get_parameter_types()
+                    .map_err(|e| user_error(&e.into()))?;
                 let n = types_by_name.len();
                 for i in 1..=n {
-                    let declared = types.get(i - 1).cloned().flatten().and_then(|t| arrow_type_of_pg(&t));
-                    params.push(declared.or_else(|| types_by_name.get(&format!("${i}")).cloned().flatten()));
+                    let declared = types
+                        .get(i - 1)
+                        .cloned()
+                        .flatten()
+                        .and_then(|t| arrow_type_of_pg(&t));
+                    params.push(
+                        declared.or_else(|| types_by_name.get(&format!("${i}")).cloned().flatten()),
+                    );
                 }
                 schema = Some(Arc::new(plan.schema().as_arrow().clone()));
             }
@@ -176,23 +203,41 @@ impl QueryParser for Parser {
                 }
             }
             Statement::Show { .. } | Statement::ShowCreate { .. } => {
-                let out = self.engine.execute_statement(&statement, None).await.map_err(|e| user_error(&e))?;
+                let out = self
+                    .engine
+                    .execute_statement(&statement, None)
+                    .await
+                    .map_err(|e| user_error(&e))?;
                 if let Output::Rows { schema: s, .. } = out {
                     schema = Some(s);
                 }
             }
             _ => {}
         }
-        Ok(Some(Prepared { statement, params, schema }))
+        Ok(Some(Prepared {
+            statement,
+            params,
+            schema,
+        }))
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
-        Ok(stmt.params.iter().map(|t| t.as_ref().map(pg_type).unwrap_or(Type::TEXT)).collect())
+        Ok(stmt
+            .params
+            .iter()
+            .map(|t| t.as_ref().map(pg_type).unwrap_or(Type::TEXT))
+            .collect())
     }
 
-    fn get_result_schema(&self, stmt: &Prepared, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+    fn get_result_schema(
+        &self,
+        stmt: &Prepared,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
         Ok(match &stmt.schema {
-            Some(s) => fields(s, |i| format.map(|f| f.format_for(i)).unwrap_or(FieldFormat::Text)),
+            Some(s) => fields(s, |i| {
+                format.map(|f| f.format_for(i)).unwrap_or(FieldFormat::Text)
+            }),
             None => Vec::new(),
         })
     }
@@ -212,20 +257,27 @@ fn bind_params(portal: &Portal<Prepared>) -> PgWireResult<Option<ParamValues>> {
             Type::INT8 => ScalarValue::Int64(portal.parameter::<i64>(i, &Type::INT8)?),
             Type::FLOAT4 => ScalarValue::Float32(portal.parameter::<f32>(i, &Type::FLOAT4)?),
             Type::FLOAT8 => ScalarValue::Float64(portal.parameter::<f64>(i, &Type::FLOAT8)?),
-            Type::DATE => ScalarValue::Date32(
-                portal
-                    .parameter::<chrono::NaiveDate>(i, &Type::DATE)?
-                    .map(|d| (d - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()).num_days() as i32),
-            ),
+            Type::DATE => {
+                ScalarValue::Date32(portal.parameter::<chrono::NaiveDate>(i, &Type::DATE)?.map(
+                    |d| {
+                        (d - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default())
+                            .num_days() as i32
+                    },
+                ))
+            }
             Type::TIMESTAMP => ScalarValue::TimestampMicrosecond(
-                portal.parameter::<chrono::NaiveDateTime>(i, &Type::TIMESTAMP)?.map(|d| d.and_utc().timestamp_micros()),
+                portal
+                    .parameter::<chrono::NaiveDateTime>(i, &Type::TIMESTAMP)?
+                    .map(|d| d.and_utc().timestamp_micros()),
                 None,
             ),
             _ => ScalarValue::Utf8(portal.parameter::<String>(i, &Type::TEXT)?),
         };
         values.push(v);
     }
-    Ok(Some(ParamValues::List(values.into_iter().map(Into::into).collect())))
+    Ok(Some(ParamValues::List(
+        values.into_iter().map(Into::into).collect(),
+    )))
 }
 
 #[async_trait]
@@ -237,7 +289,12 @@ impl ExtendedQueryHandler for Backend {
         self.parser.clone()
     }
 
-    async fn do_query<C>(&self, _client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Prepared>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {

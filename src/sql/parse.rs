@@ -141,10 +141,12 @@ pub struct ParsedStatement {
 /// can point into the original text.
 pub fn split_statements(sql: &str) -> Result<Vec<(String, usize)>> {
     let dialect = PostgreSqlDialect {};
-    let tokens = Tokenizer::new(&dialect, sql).tokenize_with_location().map_err(|e| Error::Syntax {
-        message: strip_location(&e.message),
-        position: Some(char_position(sql, e.location)),
-    })?;
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| Error::Syntax {
+            message: strip_location(&e.message),
+            position: Some(char_position(sql, e.location)),
+        })?;
     let mut out = Vec::new();
     let mut start: Option<usize> = None;
     let chars: Vec<char> = sql.chars().collect();
@@ -154,7 +156,14 @@ pub fn split_statements(sql: &str) -> Result<Vec<(String, usize)>> {
         match &t.token {
             Token::SemiColon => {
                 if let (Some(s), true) = (start, significant) {
-                    out.push((chars[s..pos].iter().collect::<String>().trim_end().to_string(), s));
+                    out.push((
+                        chars[s..pos]
+                            .iter()
+                            .collect::<String>()
+                            .trim_end()
+                            .to_string(),
+                        s,
+                    ));
                 }
                 start = None;
                 significant = false;
@@ -169,7 +178,10 @@ pub fn split_statements(sql: &str) -> Result<Vec<(String, usize)>> {
         }
     }
     if let (Some(s), true) = (start, significant) {
-        out.push((chars[s..].iter().collect::<String>().trim_end().to_string(), s));
+        out.push((
+            chars[s..].iter().collect::<String>().trim_end().to_string(),
+            s,
+        ));
     }
     Ok(out)
 }
@@ -179,14 +191,21 @@ pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>> {
     let mut out = Vec::new();
     for (text, offset) in split_statements(sql)? {
         let statement = parse_statement(&text).map_err(|e| shift(e, offset))?;
-        out.push(ParsedStatement { statement, text, offset });
+        out.push(ParsedStatement {
+            statement,
+            text,
+            offset,
+        });
     }
     Ok(out)
 }
 
 fn shift(e: Error, offset: usize) -> Error {
     match e {
-        Error::Syntax { message, position } => Error::Syntax { message, position: position.map(|p| p + offset) },
+        Error::Syntax { message, position } => Error::Syntax {
+            message,
+            position: position.map(|p| p + offset),
+        },
         other => other,
     }
 }
@@ -194,7 +213,9 @@ fn shift(e: Error, offset: usize) -> Error {
 /// Parses one statement (no trailing semicolon needed).
 pub fn parse_statement(sql: &str) -> Result<Statement> {
     let dialect = PostgreSqlDialect {};
-    let parser = Parser::new(&dialect).try_with_sql(sql).map_err(|e| syntax(sql, e))?;
+    let parser = Parser::new(&dialect)
+        .try_with_sql(sql)
+        .map_err(|e| syntax(sql, e))?;
     let mut p = StatementParser { parser, sql };
     p.parse().map_err(|e| syntax(sql, e))
 }
@@ -230,7 +251,11 @@ impl<'a> StatementParser<'a> {
     }
 
     fn kind(&mut self, plural: bool) -> std::result::Result<ObjectKind, ParserError> {
-        let (s, k, p) = if plural { ("SOURCES", "SINKS", "PIPELINES") } else { ("SOURCE", "SINK", "PIPELINE") };
+        let (s, k, p) = if plural {
+            ("SOURCES", "SINKS", "PIPELINES")
+        } else {
+            ("SOURCE", "SINK", "PIPELINE")
+        };
         if self.word(s) {
             Ok(ObjectKind::Source)
         } else if self.word(k) {
@@ -238,7 +263,8 @@ impl<'a> StatementParser<'a> {
         } else if self.word(p) {
             Ok(ObjectKind::Pipeline)
         } else {
-            self.parser.expected(&format!("{s}, {k} or {p}"), self.parser.peek_token())
+            self.parser
+                .expected(&format!("{s}, {k} or {p}"), self.parser.peek_token())
         }
     }
 
@@ -257,7 +283,9 @@ impl<'a> StatementParser<'a> {
             (Some("CREATE"), Some(k)) | (Some("DROP"), Some(k)) => kinds.contains(&k),
             (Some("START"), Some("PIPELINE")) | (Some("STOP"), Some("PIPELINE")) => true,
             (Some("SHOW"), Some(k)) if plural.contains(&k) => true,
-            (Some("SHOW"), Some("CREATE")) => w2.map(|w| kinds.contains(&w.as_str())).unwrap_or(false),
+            (Some("SHOW"), Some("CREATE")) => {
+                w2.map(|w| kinds.contains(&w.as_str())).unwrap_or(false)
+            }
             _ => false,
         }
     }
@@ -273,13 +301,19 @@ impl<'a> StatementParser<'a> {
         }
         let stmt = if self.word("CREATE") {
             let kind = self.kind(false)?;
-            let if_not_exists = self.parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+            let if_not_exists =
+                self.parser
+                    .parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
             let name = self.name()?;
             match kind {
                 ObjectKind::Source => self.create_source(name, if_not_exists)?,
                 ObjectKind::Sink => {
                     let options = self.with_options(true)?;
-                    Statement::CreateSink { name, if_not_exists, options }
+                    Statement::CreateSink {
+                        name,
+                        if_not_exists,
+                        options,
+                    }
                 }
                 ObjectKind::Pipeline => self.create_pipeline(name, if_not_exists)?,
             }
@@ -287,7 +321,11 @@ impl<'a> StatementParser<'a> {
             let kind = self.kind(false)?;
             let if_exists = self.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
             let name = self.name()?;
-            Statement::Drop { kind, name, if_exists }
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+            }
         } else if self.word("START") {
             self.expect_word("PIPELINE")?;
             Statement::StartPipeline { name: self.name()? }
@@ -298,9 +336,14 @@ impl<'a> StatementParser<'a> {
             self.expect_word("SHOW")?;
             if self.word("CREATE") {
                 let kind = self.kind(false)?;
-                Statement::ShowCreate { kind, name: self.name()? }
+                Statement::ShowCreate {
+                    kind,
+                    name: self.name()?,
+                }
             } else {
-                Statement::Show { kind: self.kind(true)? }
+                Statement::Show {
+                    kind: self.kind(true)?,
+                }
             }
         };
         self.end()?;
@@ -316,16 +359,28 @@ impl<'a> StatementParser<'a> {
         Ok(())
     }
 
-    fn create_source(&mut self, name: String, if_not_exists: bool) -> std::result::Result<Statement, ParserError> {
+    fn create_source(
+        &mut self,
+        name: String,
+        if_not_exists: bool,
+    ) -> std::result::Result<Statement, ParserError> {
         let mut columns = None;
         let mut primary_key = Vec::new();
         let mut watermark = None;
         if self.parser.consume_token(&Token::LParen) {
             let mut cols = Vec::new();
             loop {
-                if self.parser.parse_keywords(&[Keyword::PRIMARY, Keyword::KEY]) {
+                if self
+                    .parser
+                    .parse_keywords(&[Keyword::PRIMARY, Keyword::KEY])
+                {
                     self.parser.expect_token(&Token::LParen)?;
-                    primary_key = self.parser.parse_comma_separated(|p| p.parse_identifier())?.iter().map(normalize).collect();
+                    primary_key = self
+                        .parser
+                        .parse_comma_separated(|p| p.parse_identifier())?
+                        .iter()
+                        .map(normalize)
+                        .collect();
                     self.parser.expect_token(&Token::RParen)?;
                 } else if self.peek_word(0).as_deref() == Some("WATERMARK") {
                     self.parser.next_token();
@@ -347,10 +402,21 @@ impl<'a> StatementParser<'a> {
             }
         }
         let options = self.with_options(true)?;
-        Ok(Statement::CreateSource { name, if_not_exists, columns, primary_key, watermark, options })
+        Ok(Statement::CreateSource {
+            name,
+            if_not_exists,
+            columns,
+            primary_key,
+            watermark,
+            options,
+        })
     }
 
-    fn create_pipeline(&mut self, name: String, if_not_exists: bool) -> std::result::Result<Statement, ParserError> {
+    fn create_pipeline(
+        &mut self,
+        name: String,
+        if_not_exists: bool,
+    ) -> std::result::Result<Statement, ParserError> {
         let options = self.with_options(false)?;
         self.parser.expect_keyword(Keyword::AS)?;
         let start = self.parser.peek_token();
@@ -359,24 +425,44 @@ impl<'a> StatementParser<'a> {
             return self.parser.expected("INSERT INTO <sink> SELECT ...", start);
         };
         let sink = match &insert.table {
-            ast::TableObject::TableName(n) => n.0.last().and_then(|p| p.as_ident()).map(normalize).unwrap_or_default(),
-            other => return Err(ParserError::ParserError(format!("expected a sink name after INSERT INTO, found {other}"))),
+            ast::TableObject::TableName(n) => {
+                n.0.last()
+                    .and_then(|p| p.as_ident())
+                    .map(normalize)
+                    .unwrap_or_default()
+            }
+            other => {
+                return Err(ParserError::ParserError(format!(
+                    "expected a sink name after INSERT INTO, found {other}"
+                )))
+            }
         };
         if !insert.columns.is_empty() {
             return Err(ParserError::ParserError(
                 "a pipeline writes the SELECT's columns by name; drop the column list after the sink name".into(),
             ));
         }
-        let query = insert
-            .source
-            .ok_or_else(|| ParserError::ParserError("expected SELECT after INSERT INTO <sink>".into()))?;
-        Ok(Statement::CreatePipeline { name, if_not_exists, options, sink, query })
+        let query = insert.source.ok_or_else(|| {
+            ParserError::ParserError("expected SELECT after INSERT INTO <sink>".into())
+        })?;
+        Ok(Statement::CreatePipeline {
+            name,
+            if_not_exists,
+            options,
+            sink,
+            query,
+        })
     }
 
-    fn with_options(&mut self, required: bool) -> std::result::Result<BTreeMap<String, String>, ParserError> {
+    fn with_options(
+        &mut self,
+        required: bool,
+    ) -> std::result::Result<BTreeMap<String, String>, ParserError> {
         if self.peek_word(0).as_deref() != Some("WITH") {
             if required {
-                return self.parser.expected("WITH (connector = '...', ...)", self.parser.peek_token());
+                return self
+                    .parser
+                    .expected("WITH (connector = '...', ...)", self.parser.peek_token());
             }
             return Ok(BTreeMap::new());
         }
@@ -385,11 +471,19 @@ impl<'a> StatementParser<'a> {
         for o in opts {
             match o {
                 SqlOption::KeyValue { key, value } => {
-                    let v = option_value(&value)
-                        .ok_or_else(|| ParserError::ParserError(format!("option '{}' needs a literal value, found {value}", key.value)))?;
+                    let v = option_value(&value).ok_or_else(|| {
+                        ParserError::ParserError(format!(
+                            "option '{}' needs a literal value, found {value}",
+                            key.value
+                        ))
+                    })?;
                     out.insert(key.value.to_ascii_lowercase(), v);
                 }
-                other => return Err(ParserError::ParserError(format!("expected key = 'value' in WITH (...), found {other}"))),
+                other => {
+                    return Err(ParserError::ParserError(format!(
+                        "expected key = 'value' in WITH (...), found {other}"
+                    )))
+                }
             }
         }
         let _ = self.sql;
@@ -406,7 +500,10 @@ fn option_value(e: &Expr) -> Option<String> {
             other => Some(other.to_string()),
         },
         Expr::Identifier(i) => Some(i.value.clone()),
-        Expr::UnaryOp { op: ast::UnaryOperator::Minus, expr } => option_value(expr).map(|v| format!("-{v}")),
+        Expr::UnaryOp {
+            op: ast::UnaryOperator::Minus,
+            expr,
+        } => option_value(expr).map(|v| format!("-{v}")),
         _ => None,
     }
 }
@@ -440,7 +537,10 @@ fn parse_location(msg: &str) -> Option<Location> {
     let rest = &msg[i + 6..];
     let (line, rest) = rest.split_once(", Column: ")?;
     let col: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-    Some(Location { line: line.trim().parse().ok()?, column: col.parse().ok()? })
+    Some(Location {
+        line: line.trim().parse().ok()?,
+        column: col.parse().ok()?,
+    })
 }
 
 fn strip_location(msg: &str) -> String {
@@ -475,27 +575,65 @@ mod tests {
             "CREATE SOURCE IF NOT EXISTS Bids (id BIGINT NOT NULL, name TEXT, PRIMARY KEY (id)) WITH (connector = 'file', path = '/x/*.csv', header = true)",
         )
         .unwrap();
-        let Statement::CreateSource { name, if_not_exists, columns, primary_key, options, .. } = s else { panic!() };
+        let Statement::CreateSource {
+            name,
+            if_not_exists,
+            columns,
+            primary_key,
+            options,
+            ..
+        } = s
+        else {
+            panic!()
+        };
         assert_eq!(name, "bids");
         assert!(if_not_exists);
         assert_eq!(columns.unwrap().len(), 2);
         assert_eq!(primary_key, vec!["id"]);
         assert_eq!(options["header"], "true");
         let s = parse_statement("create pipeline p with (on_error = 'fail') as insert into lake select a + 1 as b from bids where a > 0").unwrap();
-        let Statement::CreatePipeline { sink, query, options, .. } = s else { panic!() };
+        let Statement::CreatePipeline {
+            sink,
+            query,
+            options,
+            ..
+        } = s
+        else {
+            panic!()
+        };
         assert_eq!(sink, "lake");
         assert_eq!(options["on_error"], "fail");
         assert!(query.to_string().contains("a > 0"));
-        assert!(matches!(parse_statement("SHOW CREATE SINK lake").unwrap(), Statement::ShowCreate { kind: ObjectKind::Sink, .. }));
-        assert!(matches!(parse_statement("drop pipeline if exists p").unwrap(), Statement::Drop { if_exists: true, .. }));
-        assert!(matches!(parse_statement("SELECT 1").unwrap(), Statement::Sql(_)));
-        assert!(matches!(parse_statement("-- nothing").unwrap(), Statement::Empty));
+        assert!(matches!(
+            parse_statement("SHOW CREATE SINK lake").unwrap(),
+            Statement::ShowCreate {
+                kind: ObjectKind::Sink,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse_statement("drop pipeline if exists p").unwrap(),
+            Statement::Drop {
+                if_exists: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse_statement("SELECT 1").unwrap(),
+            Statement::Sql(_)
+        ));
+        assert!(matches!(
+            parse_statement("-- nothing").unwrap(),
+            Statement::Empty
+        ));
     }
 
     #[test]
     fn syntax_errors_carry_positions() {
         let e = parse_statement("CREATE SOURCE s WITH (connector 'file')").unwrap_err();
-        let Error::Syntax { position, message } = e else { panic!() };
+        let Error::Syntax { position, message } = e else {
+            panic!()
+        };
         assert_eq!(position, Some(33), "{message}");
         let e = parse_sql("SELECT 1;\nSELEC 2").unwrap_err();
         assert_eq!(e.position(), Some(11));
@@ -504,6 +642,12 @@ mod tests {
     #[test]
     fn splits_statements_outside_strings() {
         let parts = split_statements("select ';'; select 2 ;; -- c\n").unwrap();
-        assert_eq!(parts, vec![("select ';'".to_string(), 0), ("select 2 ".trim_end().to_string(), 12)]);
+        assert_eq!(
+            parts,
+            vec![
+                ("select ';'".to_string(), 0),
+                ("select 2 ".trim_end().to_string(), 12)
+            ]
+        );
     }
 }

@@ -75,22 +75,30 @@ impl PipelinePlan {
                     let mask = pred.evaluate(&batch)?.into_array(batch.num_rows())?;
                     filter_record_batch(&batch, as_boolean_array(&mask)?)?
                 }
-                Step::Dedup { converter, seen, .. } => {
+                Step::Dedup {
+                    converter, seen, ..
+                } => {
                     let rows = converter.convert_columns(batch.columns())?;
                     let mut seen = seen.lock();
-                    let keep: arrow::array::BooleanArray =
-                        rows.iter().map(|r| Some(seen.insert(r.as_ref().to_vec()))).collect();
+                    let keep: arrow::array::BooleanArray = rows
+                        .iter()
+                        .map(|r| Some(seen.insert(r.as_ref().to_vec())))
+                        .collect();
                     filter_record_batch(&batch, &keep)?
                 }
                 Step::Project { exprs, schema } => {
                     let cols = exprs
                         .iter()
-                        .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(batch.num_rows())))
+                        .map(|e| {
+                            e.evaluate(&batch)
+                                .and_then(|v| v.into_array(batch.num_rows()))
+                        })
                         .collect::<datafusion::error::Result<Vec<_>>>()?;
                     RecordBatch::try_new_with_options(
                         schema.clone(),
                         cols,
-                        &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+                        &arrow::record_batch::RecordBatchOptions::new()
+                            .with_row_count(Some(batch.num_rows())),
                     )?
                 }
             };
@@ -98,7 +106,10 @@ impl PipelinePlan {
         if batch.num_rows() == 0 {
             return Ok(RecordBatch::new_empty(self.output_schema.clone()));
         }
-        Ok(RecordBatch::try_new(self.output_schema.clone(), batch.columns().to_vec())?)
+        Ok(RecordBatch::try_new(
+            self.output_schema.clone(),
+            batch.columns().to_vec(),
+        )?)
     }
 }
 
@@ -117,14 +128,24 @@ impl PipelinePlan {
     }
 
     /// Restores stateful steps from a checkpoint's operator states.
-    pub fn restore_state(&self, state: &std::collections::BTreeMap<String, serde_json::Value>) -> Result<()> {
+    pub fn restore_state(
+        &self,
+        state: &std::collections::BTreeMap<String, serde_json::Value>,
+    ) -> Result<()> {
         for step in &self.steps {
             if let Step::Dedup { id, seen, .. } = step {
                 let mut set = seen.lock();
                 set.clear();
-                if let Some(keys) = state.get(id).and_then(|v| v.get("seen")).and_then(|v| v.as_array()) {
+                if let Some(keys) = state
+                    .get(id)
+                    .and_then(|v| v.get("seen"))
+                    .and_then(|v| v.as_array())
+                {
                     for k in keys {
-                        let bytes = k.as_str().and_then(unhex).ok_or_else(|| Error::Internal(format!("unreadable state of {id}")))?;
+                        let bytes = k
+                            .as_str()
+                            .and_then(unhex)
+                            .ok_or_else(|| Error::Internal(format!("unreadable state of {id}")))?;
                         set.insert(bytes);
                     }
                 }
@@ -139,13 +160,18 @@ fn hex(b: &Vec<u8>) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
 }
 
 /// Plans `query` (the SELECT of `CREATE PIPELINE ... AS INSERT INTO sink SELECT ...`).
 pub async fn compile(state: &SessionState, query: &ast::Query) -> Result<PipelinePlan> {
     let logical = state
-        .statement_to_plan(DFStatement::Statement(Box::new(ast::Statement::Query(Box::new(query.clone())))))
+        .statement_to_plan(DFStatement::Statement(Box::new(ast::Statement::Query(
+            Box::new(query.clone()),
+        ))))
         .await?;
     let optimized = state.optimize(&logical)?;
     let display = optimized.display_indent().to_string();
@@ -164,32 +190,67 @@ pub async fn compile(state: &SessionState, query: &ast::Query) -> Result<Pipelin
             )));
         }
         if fields.iter().any(|g: &Field| g.name() == name) {
-            return Err(Error::Plan(format!("the pipeline's SELECT yields two columns named \"{name}\"; rename one with AS")));
+            return Err(Error::Plan(format!(
+                "the pipeline's SELECT yields two columns named \"{name}\"; rename one with AS"
+            )));
         }
         fields.push(f.as_ref().clone().with_nullable(true));
     }
-    Ok(PipelinePlan { source, scan_projection, steps, output_schema: Arc::new(Schema::new(fields)), display })
+    Ok(PipelinePlan {
+        source,
+        scan_projection,
+        steps,
+        output_schema: Arc::new(Schema::new(fields)),
+        display,
+    })
 }
 
 fn walk(plan: &LogicalPlan, steps: &mut Vec<Step>) -> Result<(String, Option<Vec<usize>>)> {
     let props = ExecutionProps::new();
-    let compile_expr = |e: &datafusion::logical_expr::Expr, input: &LogicalPlan| -> Result<Arc<dyn PhysicalExpr>> {
-        Ok(create_physical_expr(e, input.schema(), &props, &Default::default())?)
+    let compile_expr = |e: &datafusion::logical_expr::Expr,
+                        input: &LogicalPlan|
+     -> Result<Arc<dyn PhysicalExpr>> {
+        Ok(create_physical_expr(
+            e,
+            input.schema(),
+            &props,
+            &Default::default(),
+        )?)
     };
     match plan {
-        LogicalPlan::Projection(Projection { expr, input, schema, .. }) => {
+        LogicalPlan::Projection(Projection {
+            expr,
+            input,
+            schema,
+            ..
+        }) => {
             let src = walk(input, steps)?;
-            let exprs = expr.iter().map(|e| compile_expr(e, input)).collect::<Result<Vec<_>>>()?;
-            steps.push(Step::Project { exprs, schema: Arc::new(schema.as_arrow().clone()) });
+            let exprs = expr
+                .iter()
+                .map(|e| compile_expr(e, input))
+                .collect::<Result<Vec<_>>>()?;
+            steps.push(Step::Project {
+                exprs,
+                schema: Arc::new(schema.as_arrow().clone()),
+            });
             Ok(src)
         }
-        LogicalPlan::Filter(Filter { predicate, input, .. }) => {
+        LogicalPlan::Filter(Filter {
+            predicate, input, ..
+        }) => {
             let src = walk(input, steps)?;
             steps.push(Step::Filter(compile_expr(predicate, input)?));
             Ok(src)
         }
         LogicalPlan::SubqueryAlias(SubqueryAlias { input, .. }) => walk(input, steps),
-        LogicalPlan::TableScan(TableScan { table_name, source, projection, filters, fetch, .. }) => {
+        LogicalPlan::TableScan(TableScan {
+            table_name,
+            source,
+            projection,
+            filters,
+            fetch,
+            ..
+        }) => {
             let provider = datafusion::datasource::source_as_provider(source)?;
             let Some(table) = provider.downcast_ref::<SourceTable>() else {
                 return Err(Error::Plan(format!(
@@ -197,30 +258,54 @@ fn walk(plan: &LogicalPlan, steps: &mut Vec<Step>) -> Result<(String, Option<Vec
                 )));
             };
             if !filters.is_empty() || fetch.is_some() {
-                return Err(Error::Unsupported("LIMIT in a pipeline is not supported".into()));
+                return Err(Error::Unsupported(
+                    "LIMIT in a pipeline is not supported".into(),
+                ));
             }
             Ok((table.name().to_string(), projection.clone()))
         }
-        LogicalPlan::Limit(_) => Err(Error::Unsupported("LIMIT in a pipeline is not supported".into())),
+        LogicalPlan::Limit(_) => Err(Error::Unsupported(
+            "LIMIT in a pipeline is not supported".into(),
+        )),
         // SELECT DISTINCT arrives as a grouping without aggregates: emit each row's first occurrence.
         LogicalPlan::Aggregate(agg) if agg.aggr_expr.is_empty() => {
             let src = walk(&agg.input, steps)?;
-            let exprs = agg.group_expr.iter().map(|e| compile_expr(e, &agg.input)).collect::<Result<Vec<_>>>()?;
+            let exprs = agg
+                .group_expr
+                .iter()
+                .map(|e| compile_expr(e, &agg.input))
+                .collect::<Result<Vec<_>>>()?;
             let schema = Arc::new(agg.schema.as_arrow().clone());
-            let fields = schema.fields().iter().map(|f| arrow::row::SortField::new(f.data_type().clone())).collect();
+            let fields = schema
+                .fields()
+                .iter()
+                .map(|f| arrow::row::SortField::new(f.data_type().clone()))
+                .collect();
             let converter = arrow::row::RowConverter::new(fields)?;
             steps.push(Step::Project { exprs, schema });
             let id = format!("dedup{}", steps.len());
-            steps.push(Step::Dedup { id, converter: Arc::new(converter), seen: Default::default() });
+            steps.push(Step::Dedup {
+                id,
+                converter: Arc::new(converter),
+                seen: Default::default(),
+            });
             Ok(src)
         }
-        LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) => {
-            Err(Error::Unsupported("aggregate functions in pipelines are not supported yet (SELECT DISTINCT is)".into()))
-        }
-        LogicalPlan::Join(_) => Err(Error::Unsupported("joins in pipelines are not supported yet".into())),
-        LogicalPlan::Window(_) => Err(Error::Unsupported("window functions in pipelines are not supported yet".into())),
-        LogicalPlan::Sort(_) => Err(Error::Unsupported("ORDER BY in a pipeline is not supported (a stream has no end to sort at)".into())),
-        LogicalPlan::Union(_) => Err(Error::Unsupported("UNION in pipelines is not supported yet".into())),
+        LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) => Err(Error::Unsupported(
+            "aggregate functions in pipelines are not supported yet (SELECT DISTINCT is)".into(),
+        )),
+        LogicalPlan::Join(_) => Err(Error::Unsupported(
+            "joins in pipelines are not supported yet".into(),
+        )),
+        LogicalPlan::Window(_) => Err(Error::Unsupported(
+            "window functions in pipelines are not supported yet".into(),
+        )),
+        LogicalPlan::Sort(_) => Err(Error::Unsupported(
+            "ORDER BY in a pipeline is not supported (a stream has no end to sort at)".into(),
+        )),
+        LogicalPlan::Union(_) => Err(Error::Unsupported(
+            "UNION in pipelines is not supported yet".into(),
+        )),
         other => Err(Error::Unsupported(format!(
             "this query shape is not supported in pipelines yet: {}",
             other.display()

@@ -1,7 +1,9 @@
 //! SQL type names ↔ Arrow types: for column declarations in CREATE SOURCE and for SHOW output.
 
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use datafusion::sql::sqlparser::ast::{self, ColumnDef, ColumnOption, ExactNumberInfo, TimezoneInfo};
+use datafusion::sql::sqlparser::ast::{
+    self, ColumnDef, ColumnOption, ExactNumberInfo, TimezoneInfo,
+};
 
 use crate::error::{Error, Result};
 use crate::sql::parse::normalize;
@@ -52,7 +54,10 @@ pub fn arrow_type(t: &ast::DataType) -> Result<DataType> {
 pub fn schema_from_columns(cols: &[ColumnDef]) -> Result<Schema> {
     let mut fields = Vec::with_capacity(cols.len());
     for c in cols {
-        let not_null = c.options.iter().any(|o| matches!(o.option, ColumnOption::NotNull));
+        let not_null = c
+            .options
+            .iter()
+            .any(|o| matches!(o.option, ColumnOption::NotNull));
         let name = normalize(&c.name);
         if fields.iter().any(|f: &Field| f.name() == &name) {
             return Err(Error::Plan(format!("column \"{name}\" is declared twice")));
@@ -72,7 +77,10 @@ pub fn sql_type_name(t: &DataType) -> String {
         DataType::Float16 | DataType::Float32 => "REAL".into(),
         DataType::Float64 => "DOUBLE".into(),
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "TEXT".into(),
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => "BYTEA".into(),
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => "BYTEA".into(),
         DataType::Date32 | DataType::Date64 => "DATE".into(),
         DataType::Time32(_) | DataType::Time64(_) => "TIME".into(),
         DataType::Timestamp(unit, tz) => {
@@ -108,8 +116,22 @@ mod tests {
             panic!()
         };
         let schema = schema_from_columns(&columns.unwrap()).unwrap();
-        let types: Vec<String> = schema.fields().iter().map(|f| sql_type_name(f.data_type())).collect();
-        assert_eq!(types, vec!["BIGINT", "TEXT", "TIMESTAMP", "DOUBLE", "DATE", "DECIMAL(10,2)"]);
+        let types: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| sql_type_name(f.data_type()))
+            .collect();
+        assert_eq!(
+            types,
+            vec![
+                "BIGINT",
+                "TEXT",
+                "TIMESTAMP",
+                "DOUBLE",
+                "DATE",
+                "DECIMAL(10,2)"
+            ]
+        );
         assert!(!schema.field(0).is_nullable());
     }
 }

@@ -7,7 +7,16 @@ use crate::harness::*;
 
 fn psql(port: u16, args: &[&str]) -> std::process::Output {
     Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "tributary", "-X", "-q"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "tributary",
+            "-X",
+            "-q",
+        ])
         .args(args)
         .env("PGCONNECT_TIMEOUT", "10")
         .output()
@@ -36,9 +45,23 @@ async fn psql_runs_a_script_and_reports_errors() {
         ),
     )
     .unwrap();
-    let out = psql(server.port, &["-v", "ON_ERROR_STOP=1", "-A", "-t", "-f", script.to_str().unwrap()]);
+    let out = psql(
+        server.port,
+        &[
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-A",
+            "-t",
+            "-f",
+            script.to_str().unwrap(),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("orders|file|"), "{stdout}");
     assert!(stdout.lines().any(|l| l == "1000|500500"), "{stdout}");
 
@@ -48,11 +71,22 @@ async fn psql_runs_a_script_and_reports_errors() {
 
     // A bad statement: psql prints the server's error with its position and exits 3 under ON_ERROR_STOP.
     let bad = tmp.path().join("bad.sql");
-    std::fs::write(&bad, "SELECT 1;\nCREATE SINK s WITH (connector 'delta');\nSELECT 2;\n").unwrap();
-    let out = psql(server.port, &["-v", "ON_ERROR_STOP=1", "-f", bad.to_str().unwrap()]);
+    std::fs::write(
+        &bad,
+        "SELECT 1;\nCREATE SINK s WITH (connector 'delta');\nSELECT 2;\n",
+    )
+    .unwrap();
+    let out = psql(
+        server.port,
+        &["-v", "ON_ERROR_STOP=1", "-f", bad.to_str().unwrap()],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains("syntax error") && stderr.contains("LINE 1: CREATE SINK s WITH (connector 'delta')"), "{stderr}");
+    assert!(
+        stderr.contains("syntax error")
+            && stderr.contains("LINE 1: CREATE SINK s WITH (connector 'delta')"),
+        "{stderr}"
+    );
 
     // And the server still serves.
     assert_eq!(scalar(&c, "SELECT 40 + 2").await, "42");
@@ -86,7 +120,10 @@ with psycopg.connect(host='127.0.0.1', port=int(sys.argv[1]), user='tributary', 
     print(conn.execute("SELECT count(*) FROM orders").fetchone()[0])
 "#;
     let out = run_python(psycopg, &[&server.port.to_string()]);
-    assert_eq!(out, "3 10 customer_10 10.1 2026-03-11T10:10:00\nundefined_table 42P01\n1000");
+    assert_eq!(
+        out,
+        "3 10 customer_10 10.1 2026-03-11T10:10:00\nundefined_table 42P01\n1000"
+    );
 
     let asyncpg = r#"
 import sys, asyncio, asyncpg

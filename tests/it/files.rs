@@ -7,24 +7,51 @@ use datafusion::prelude::{CsvReadOptions, SessionContext};
 
 use crate::harness::*;
 
-const QUERY: &str = "SELECT id, upper(customer) AS customer, CAST(amount * 100 AS BIGINT) AS cents \
+const QUERY: &str =
+    "SELECT id, upper(customer) AS customer, CAST(amount * 100 AS BIGINT) AS cents \
                      FROM orders WHERE id % 7 <> 0";
 
 /// The oracle: DataFusion's own batch query over the same CSV files, as JSON lines sorted by id.
 async fn oracle(dir: &std::path::Path) -> Vec<String> {
     let ctx = SessionContext::new();
-    ctx.register_csv("orders", dir.to_str().unwrap(), CsvReadOptions::new().file_extension(".csv"))
+    ctx.register_csv(
+        "orders",
+        dir.to_str().unwrap(),
+        CsvReadOptions::new().file_extension(".csv"),
+    )
+    .await
+    .unwrap();
+    let batches = ctx
+        .sql(&format!("{QUERY} ORDER BY id"))
+        .await
+        .unwrap()
+        .collect()
         .await
         .unwrap();
-    let batches = ctx.sql(&format!("{QUERY} ORDER BY id")).await.unwrap().collect().await.unwrap();
     let mut out = Vec::new();
     for b in batches {
-        let ids = b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+        let ids = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
         let names = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8).unwrap();
-        let names = names.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
-        let cents = b.column(2).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+        let names = names
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        let cents = b
+            .column(2)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
         for i in 0..b.num_rows() {
-            out.push(format!("[{}, \"{}\", {}]", ids.value(i), names.value(i), cents.value(i)));
+            out.push(format!(
+                "[{}, \"{}\", {}]",
+                ids.value(i),
+                names.value(i),
+                cents.value(i)
+            ));
         }
     }
     out
@@ -58,18 +85,36 @@ async fn csv_json_parquet_into_delta_and_parquet() {
     let expected = oracle(&csv_dir).await;
     assert_eq!(expected.len(), 100_000 - 100_000 / 7);
     assert_eq!(delta_rows(&lake, &["id", "customer", "cents"]), expected);
-    assert_eq!(scalar(&c, "SELECT count(*) FROM lake").await, expected.len().to_string());
-    let counters = query(&c, "SELECT rows_in, rows_out, rows_errored FROM tributary.pipelines WHERE name = 'load'").await;
-    assert_eq!(counters[0], vec![Some("100000".into()), Some(expected.len().to_string()), Some("0".into())]);
+    assert_eq!(
+        scalar(&c, "SELECT count(*) FROM lake").await,
+        expected.len().to_string()
+    );
+    let counters = query(
+        &c,
+        "SELECT rows_in, rows_out, rows_errored FROM tributary.pipelines WHERE name = 'load'",
+    )
+    .await;
+    assert_eq!(
+        counters[0],
+        vec![
+            Some("100000".into()),
+            Some(expected.len().to_string()),
+            Some("0".into())
+        ]
+    );
 
     // New files: a second run reads only them.
     write_csv(&csv_dir, "later", 1, 7_000, next);
     c.batch_execute("START PIPELINE load").await.unwrap();
     let expected_total = oracle(&csv_dir).await.len() as u64;
-    poll(Duration::from_secs(120), "second run to add the new rows", || async {
-        let n: u64 = scalar(&c, "SELECT count(*) FROM lake").await.parse().ok()?;
-        (n >= expected_total).then_some(())
-    })
+    poll(
+        Duration::from_secs(120),
+        "second run to add the new rows",
+        || async {
+            let n: u64 = scalar(&c, "SELECT count(*) FROM lake").await.parse().ok()?;
+            (n >= expected_total).then_some(())
+        },
+    )
     .await;
     wait_state(&c, "load", "completed").await;
     let (rows, distinct) = delta_count_distinct(&lake);
@@ -98,7 +143,10 @@ print(t.num_rows, '%.2f' % pc.sum(t['amount']).as_py())
         .filter(|(_, a)| *a > 10.0)
         .collect();
     let sum: f64 = expected_json.iter().map(|(_, a)| a).sum();
-    assert_eq!(run_python(py, &[pq.to_str().unwrap()]), format!("{} {:.2}", expected_json.len(), sum));
+    assert_eq!(
+        run_python(py, &[pq.to_str().unwrap()]),
+        format!("{} {:.2}", expected_json.len(), sum)
+    );
 
     c.batch_execute(&format!(
         "CREATE SOURCE events_files WITH (connector = 'file', path = '{}/*.parquet', format = 'parquet');
@@ -111,7 +159,10 @@ print(t.num_rows, '%.2f' % pc.sum(t['amount']).as_py())
     .unwrap();
     wait_state(&c, "pq_to_delta", "completed").await;
     let (rows, distinct) = delta_count_distinct(&lake2);
-    assert_eq!((rows, distinct), (expected_json.len() as u64, expected_json.len() as u64));
+    assert_eq!(
+        (rows, distinct),
+        (expected_json.len() as u64, expected_json.len() as u64)
+    );
 
     // The catalog survives a restart.
     drop(c);
@@ -119,11 +170,28 @@ print(t.num_rows, '%.2f' % pc.sum(t['amount']).as_py())
     let server = Server::start(&data).await;
     let c = server.client().await;
     let names = query(&c, "SELECT name FROM tributary.sources ORDER BY name").await;
-    assert_eq!(names, vec![vec![Some("events".into())], vec![Some("events_files".into())], vec![Some("orders".into())]]);
-    let states = query(&c, "SELECT name, state FROM tributary.pipelines ORDER BY name").await;
+    assert_eq!(
+        names,
+        vec![
+            vec![Some("events".into())],
+            vec![Some("events_files".into())],
+            vec![Some("orders".into())]
+        ]
+    );
+    let states = query(
+        &c,
+        "SELECT name, state FROM tributary.pipelines ORDER BY name",
+    )
+    .await;
     assert_eq!(states.len(), 3);
-    assert!(states.iter().all(|r| r[1].as_deref() == Some("completed")), "{states:?}");
-    assert_eq!(scalar(&c, "SELECT count(*) FROM lake").await, expected_total.to_string());
+    assert!(
+        states.iter().all(|r| r[1].as_deref() == Some("completed")),
+        "{states:?}"
+    );
+    assert_eq!(
+        scalar(&c, "SELECT count(*) FROM lake").await,
+        expected_total.to_string()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,13 +214,31 @@ async fn streaming_file_source_picks_up_new_files() {
     ))
     .await
     .unwrap();
-    let count = || async { scalar(&c, "SELECT count(*) FROM lake").await.parse::<u64>().unwrap_or(0) };
-    poll(Duration::from_secs(60), "the first file", || async { (count().await == 1000).then_some(()) }).await;
+    let count = || async {
+        scalar(&c, "SELECT count(*) FROM lake")
+            .await
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    poll(Duration::from_secs(60), "the first file", || async {
+        (count().await == 1000).then_some(())
+    })
+    .await;
     // A file that appears later (written elsewhere, renamed in) is picked up while the pipeline runs.
     write_csv(&staging, "b", 1, 500, next);
     std::fs::rename(staging.join("b-0000.csv"), input.join("b-0000.csv")).unwrap();
-    poll(Duration::from_secs(60), "the new file", || async { (count().await == 1500).then_some(()) }).await;
-    assert_eq!(scalar(&c, "SELECT state FROM tributary.pipelines WHERE name = 'watch'").await, "running");
+    poll(Duration::from_secs(60), "the new file", || async {
+        (count().await == 1500).then_some(())
+    })
+    .await;
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT state FROM tributary.pipelines WHERE name = 'watch'"
+        )
+        .await,
+        "running"
+    );
     c.batch_execute("STOP PIPELINE watch").await.unwrap();
     assert_eq!(delta_count_distinct(&lake), (1500, 1500));
 }
@@ -164,7 +250,11 @@ async fn distinct_state_survives_restarts_through_checkpoints() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
     std::fs::create_dir_all(&input).unwrap();
-    std::fs::write(input.join("a.csv"), "id,customer\n1,ann\n2,bob\n3,ann\n4,cid\n5,bob\n").unwrap();
+    std::fs::write(
+        input.join("a.csv"),
+        "id,customer\n1,ann\n2,bob\n3,ann\n4,cid\n5,bob\n",
+    )
+    .unwrap();
     let out = tmp.path().join("out");
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -185,15 +275,27 @@ async fn distinct_state_survives_restarts_through_checkpoints() {
     drop(c);
     assert!(server.terminate().success());
     server = Server::start(&data).await;
-    std::fs::write(input.join("b.csv"), "id,customer\n6,bob\n7,dee\n8,ann\n9,dee\n").unwrap();
+    std::fs::write(
+        input.join("b.csv"),
+        "id,customer\n6,bob\n7,dee\n8,ann\n9,dee\n",
+    )
+    .unwrap();
     let c = server.client().await;
     c.batch_execute("START PIPELINE firsts").await.unwrap();
     wait_state(&c, "firsts", "completed").await;
     assert_eq!(customers(&c).await, vec!["ANN", "BOB", "CID", "DEE"]);
-    let state = scalar(&c, "SELECT count(*) FROM tributary.checkpoints WHERE pipeline = 'firsts'").await;
+    let state = scalar(
+        &c,
+        "SELECT count(*) FROM tributary.checkpoints WHERE pipeline = 'firsts'",
+    )
+    .await;
     assert_ne!(state, "0");
 }
 
 async fn customers(c: &tokio_postgres::Client) -> Vec<String> {
-    query(c, "SELECT customer FROM customers ORDER BY customer").await.into_iter().map(|r| r[0].clone().unwrap()).collect()
+    query(c, "SELECT customer FROM customers ORDER BY customer")
+        .await
+        .into_iter()
+        .map(|r| r[0].clone().unwrap())
+        .collect()
 }

@@ -15,7 +15,11 @@ pub struct Server {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn bin() -> &'static str {
@@ -26,7 +30,11 @@ impl Server {
     /// Starts a server over `data_dir` and waits until it accepts connections.
     pub async fn start(data_dir: &Path) -> Server {
         let port = free_port();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.with_extension("log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .unwrap();
         let child = Command::new(bin())
             .args(["serve", "--data-dir"])
             .arg(data_dir)
@@ -36,10 +44,21 @@ impl Server {
             .stderr(log)
             .spawn()
             .expect("spawn tributary");
-        let server = Server { child: Some(child), port, data_dir: data_dir.to_path_buf() };
+        let server = Server {
+            child: Some(child),
+            port,
+            data_dir: data_dir.to_path_buf(),
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(Instant::now() < deadline, "server did not start; log: {}", server.log());
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "server did not start; log: {}",
+                server.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         server
@@ -50,9 +69,12 @@ impl Server {
     }
 
     pub async fn client(&self) -> Client {
-        let (client, conn) = tokio_postgres::connect(&format!("host=127.0.0.1 port={} user=tributary", self.port), NoTls)
-            .await
-            .expect("connect");
+        let (client, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={} user=tributary", self.port),
+            NoTls,
+        )
+        .await
+        .expect("connect");
         tokio::spawn(conn);
         client
     }
@@ -81,7 +103,11 @@ impl Server {
 }
 
 fn unsafe_sigterm(pid: u32) {
-    let ok = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success();
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok);
 }
 
@@ -96,10 +122,15 @@ impl Drop for Server {
 
 /// Runs `sql` and returns rows as strings (NULL as None).
 pub async fn query(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    let msgs = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    let msgs = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     msgs.into_iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
             _ => None,
         })
         .collect()
@@ -107,7 +138,11 @@ pub async fn query(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
 
 /// One value.
 pub async fn scalar(client: &Client, sql: &str) -> String {
-    query(client, sql).await.first().and_then(|r| r.first().cloned().flatten()).unwrap_or_default()
+    query(client, sql)
+        .await
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .unwrap_or_default()
 }
 
 /// Polls `f` until it returns Some, or panics after `timeout`.
@@ -128,22 +163,33 @@ where
 
 /// Waits until a pipeline reaches `state` (or fails the test if it fails instead).
 pub async fn wait_state(client: &Client, pipeline: &str, state: &str) {
-    poll(Duration::from_secs(300), &format!("pipeline {pipeline} to be {state}"), || async {
-        let rows = query(client, &format!("SELECT state, error FROM tributary.pipelines WHERE name = '{pipeline}'")).await;
-        let row = rows.first()?;
-        let s = row[0].clone().unwrap_or_default();
-        if s == "failed" && state != "failed" {
-            panic!("pipeline {pipeline} failed: {:?}", row[1]);
-        }
-        (s == state).then_some(())
-    })
+    poll(
+        Duration::from_secs(300),
+        &format!("pipeline {pipeline} to be {state}"),
+        || async {
+            let rows = query(
+                client,
+                &format!("SELECT state, error FROM tributary.pipelines WHERE name = '{pipeline}'"),
+            )
+            .await;
+            let row = rows.first()?;
+            let s = row[0].clone().unwrap_or_default();
+            if s == "failed" && state != "failed" {
+                panic!("pipeline {pipeline} failed: {:?}", row[1]);
+            }
+            (s == state).then_some(())
+        },
+    )
     .await
 }
 
 /// The Python with the independent readers and drivers (set by tests/run.sh).
 pub fn python() -> String {
     std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| {
-        let venv = format!("{}/.cache/tributary/venv/bin/python", std::env::var("HOME").unwrap_or_default());
+        let venv = format!(
+            "{}/.cache/tributary/venv/bin/python",
+            std::env::var("HOME").unwrap_or_default()
+        );
         if Path::new(&venv).exists() {
             venv
         } else {
@@ -156,9 +202,21 @@ pub fn python() -> String {
 pub fn run_python(script: &str, args: &[&str]) -> String {
     // deltalake/pyarrow sometimes abort in interpreter teardown ("terminate called without an
     // active exception") after the work is done; leave without teardown once output is flushed.
-    let script = format!("{script}\nimport sys as _s, os as _o\n_s.stdout.flush()\n_s.stderr.flush()\n_o._exit(0)\n");
-    let out = Command::new(python()).arg("-c").arg(&script).args(args).output().expect("python");
-    assert!(out.status.success(), "python failed: {}\n{}", String::from_utf8_lossy(&out.stderr), script);
+    let script = format!(
+        "{script}\nimport sys as _s, os as _o\n_s.stdout.flush()\n_s.stderr.flush()\n_o._exit(0)\n"
+    );
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        script
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -172,7 +230,10 @@ for r in rows:
     print(json.dumps([r[c] if not hasattr(r[c], 'isoformat') else r[c].isoformat() for c in sys.argv[2].split(',')]))
 "#;
     let cols = columns.join(",");
-    run_python(script, &[path.to_str().unwrap(), &cols]).lines().map(str::to_string).collect()
+    run_python(script, &[path.to_str().unwrap(), &cols])
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Count and distinct ids of a Delta table, read by the `deltalake` Python package.

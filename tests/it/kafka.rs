@@ -15,21 +15,40 @@ pub struct Broker {
 
 impl Broker {
     pub async fn start() -> Broker {
-        let bin = std::env::var("TANSU_BIN").unwrap_or_else(|_| format!("{}/.cache/tributary/tansu/bin/tansu", std::env::var("HOME").unwrap_or_default()));
+        let bin = std::env::var("TANSU_BIN").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/tributary/tansu/bin/tansu",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting tansu at {bin} (tests/run.sh installs it): {e}"));
         let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
             assert!(Instant::now() < deadline, "tansu did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Broker { child, bootstrap: format!("127.0.0.1:{port}") }
+        Broker {
+            child,
+            bootstrap: format!("127.0.0.1:{port}"),
+        }
     }
 
     pub fn create_topic(&self, topic: &str, partitions: i32) {
@@ -66,7 +85,16 @@ for i in range(first, first + n):
 left = p.flush(60)
 assert left == 0, left
 "#;
-        run_python(py, &[&self.bootstrap, topic, &first.to_string(), &n.to_string(), &bad_every.to_string()]);
+        run_python(
+            py,
+            &[
+                &self.bootstrap,
+                topic,
+                &first.to_string(),
+                &n.to_string(),
+                &bad_every.to_string(),
+            ],
+        );
     }
 }
 
@@ -78,8 +106,19 @@ impl Drop for Broker {
 }
 
 async fn counters(c: &tokio_postgres::Client, p: &str) -> (u64, u64, u64) {
-    let rows = query(c, &format!("SELECT rows_in, rows_out, rows_errored FROM tributary.pipelines WHERE name = '{p}'")).await;
-    let get = |i: usize| rows.first().and_then(|r| r[i].as_deref()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let rows = query(
+        c,
+        &format!(
+            "SELECT rows_in, rows_out, rows_errored FROM tributary.pipelines WHERE name = '{p}'"
+        ),
+    )
+    .await;
+    let get = |i: usize| {
+        rows.first()
+            .and_then(|r| r[i].as_deref())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
     (get(0), get(1), get(2))
 }
 
@@ -104,18 +143,31 @@ async fn kafka_into_delta_exactly_once_across_sigkills() {
     ))
     .await
     .unwrap();
-    assert_eq!(scalar(&c, "SELECT mode FROM tributary.pipelines WHERE name = 'load'").await, "streaming");
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT mode FROM tributary.pipelines WHERE name = 'load'"
+        )
+        .await,
+        "streaming"
+    );
 
     // Three kills at random moments: somewhere in each third of the run.
-    let fractions: Vec<f64> = (0..3).map(|i| (i as f64 + rand::random::<f64>() * 0.8 + 0.1) / 3.0).collect();
+    let fractions: Vec<f64> = (0..3)
+        .map(|i| (i as f64 + rand::random::<f64>() * 0.8 + 0.1) / 3.0)
+        .collect();
     let mut kills = 0;
     for fraction in fractions {
         let c = server.client().await;
         let threshold = (N as f64 * fraction) as u64;
-        let reached = poll(Duration::from_secs(300), "progress before a kill", || async {
-            let (rows_in, _, _) = counters(&c, "load").await;
-            (rows_in >= threshold).then_some(rows_in)
-        })
+        let reached = poll(
+            Duration::from_secs(300),
+            "progress before a kill",
+            || async {
+                let (rows_in, _, _) = counters(&c, "load").await;
+                (rows_in >= threshold).then_some(rows_in)
+            },
+        )
         .await;
         if reached >= N {
             break;
@@ -124,7 +176,10 @@ async fn kafka_into_delta_exactly_once_across_sigkills() {
         kills += 1;
         server = Server::start(&data).await;
     }
-    assert_eq!(kills, 3, "the pipeline read the topic before it could be killed three times");
+    assert_eq!(
+        kills, 3,
+        "the pipeline read the topic before it could be killed three times"
+    );
     let c = server.client().await;
     poll(Duration::from_secs(300), "every record to land", || async {
         let (rows_in, rows_out, errored) = counters(&c, "load").await;
@@ -166,28 +221,45 @@ async fn kafka_stop_start_bad_records_batch_mode_and_sink() {
     .await
     .unwrap();
     // 1% malformed: counted, kept with topic/partition/offset, every good record lands.
-    poll(Duration::from_secs(120), "first records", || async { (counters(&c, "p").await.0 >= 10_000).then_some(()) }).await;
-    poll(Duration::from_secs(60), "first commit", || async { (counters(&c, "p").await.1 >= 9_900).then_some(()) }).await;
+    poll(Duration::from_secs(120), "first records", || async {
+        (counters(&c, "p").await.0 >= 10_000).then_some(())
+    })
+    .await;
+    poll(Duration::from_secs(60), "first commit", || async {
+        (counters(&c, "p").await.1 >= 9_900).then_some(())
+    })
+    .await;
     assert_eq!(counters(&c, "p").await, (10_000, 9_900, 100));
     // Bad records show once their epoch is committed.
     let errors = poll(Duration::from_secs(30), "the bad records", || async {
-        let rows = query(&c, "SELECT position, raw FROM tributary.errors WHERE pipeline = 'p' ORDER BY position").await;
+        let rows = query(
+            &c,
+            "SELECT position, raw FROM tributary.errors WHERE pipeline = 'p' ORDER BY position",
+        )
+        .await;
         (rows.len() >= 100).then_some(rows)
     })
     .await;
     assert_eq!(errors.len(), 100);
-    assert!(errors.iter().all(|r| r[0].as_deref().unwrap().starts_with("events/") && r[1].as_deref().unwrap().contains("broken")));
+    assert!(errors
+        .iter()
+        .all(|r| r[0].as_deref().unwrap().starts_with("events/")
+            && r[1].as_deref().unwrap().contains("broken")));
 
     // Produced while stopped, arrives after START.
     c.batch_execute("STOP PIPELINE p").await.unwrap();
-    assert_eq!(scalar(&c, "SELECT state FROM tributary.pipelines WHERE name = 'p'").await, "stopped");
+    assert_eq!(
+        scalar(&c, "SELECT state FROM tributary.pipelines WHERE name = 'p'").await,
+        "stopped"
+    );
     broker.produce("events", 10_000, 5_000, 0);
-    tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(scalar(&c, "SELECT count(*) FROM lake").await, "9900");
     c.batch_execute("START PIPELINE p").await.unwrap();
-    poll(Duration::from_secs(120), "records produced while stopped", || async {
-        (scalar(&c, "SELECT count(*) FROM lake").await == "14900").then_some(())
-    })
+    poll(
+        Duration::from_secs(120),
+        "records produced while stopped",
+        || async { (scalar(&c, "SELECT count(*) FROM lake").await == "14900").then_some(()) },
+    )
     .await;
     assert_eq!(delta_count_distinct(&lake), (14_900, 14_900));
 

@@ -13,15 +13,30 @@ const EVENTS: u64 = 200_000;
 const SEED: u64 = 42;
 
 const QUERIES: &[(&str, &str)] = &[
-    ("q0", "SELECT auction, bidder, price, date_time, extra FROM bid"),
-    ("q1", "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid"),
-    ("q2", "SELECT auction, price FROM bid WHERE auction % 123 = 0"),
+    (
+        "q0",
+        "SELECT auction, bidder, price, date_time, extra FROM bid",
+    ),
+    (
+        "q1",
+        "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid",
+    ),
+    (
+        "q2",
+        "SELECT auction, price FROM bid WHERE auction % 123 = 0",
+    ),
 ];
 
 async fn sorted_rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-    let text = arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
-    let mut rows: Vec<String> = text.lines().filter(|l| l.starts_with("| ") && !l.contains("auction ")).map(str::to_string).collect();
+    let text = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    let mut rows: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.contains("auction "))
+        .map(str::to_string)
+        .collect();
     rows.sort();
     rows
 }
@@ -48,16 +63,30 @@ async fn q0_q1_q2_equal_datafusion_batch_results() {
     }
     // The oracle: the same generator's rows in a MemTable, queried by a plain DataFusion session.
     let rows = tributary_connectors::nexmark::generator_rows(NexmarkTable::Bid, EVENTS);
-    let generator = Generator::new(NexmarkTable::Bid, SEED, tributary_connectors::nexmark::DEFAULT_EVENT_RATE, 1);
+    let generator = Generator::new(
+        NexmarkTable::Bid,
+        SEED,
+        tributary_connectors::nexmark::DEFAULT_EVENT_RATE,
+        1,
+    );
     let batch = generator.batch(0, rows as usize).unwrap();
     assert_eq!(batch.num_rows(), 184_000);
     let oracle = SessionContext::new();
-    oracle.register_table("bid", Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap())).unwrap();
+    oracle
+        .register_table(
+            "bid",
+            Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap()),
+        )
+        .unwrap();
     for (q, sql) in QUERIES {
         wait_state(&c, q, "completed").await;
         let reader = SessionContext::new();
         reader
-            .register_parquet("out", tmp.path().join(q).to_str().unwrap(), ParquetReadOptions::default())
+            .register_parquet(
+                "out",
+                tmp.path().join(q).to_str().unwrap(),
+                ParquetReadOptions::default(),
+            )
             .await
             .unwrap();
         let got = sorted_rows(&reader, "SELECT * FROM out").await;

@@ -24,18 +24,40 @@ fn run_executes_a_script_and_fails_on_errors() {
     )
     .unwrap();
     let data = tmp.path().join("data");
-    let out = Command::new(bin()).args(["run", script.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(bin())
+        .args([
+            "run",
+            script.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("| 3000 |"), "{stdout}");
-    assert!(stderr.contains("pipeline load: completed — 3000 rows in, 3000 rows out, 0 errored"), "{stderr}");
+    assert!(
+        stderr.contains("pipeline load: completed — 3000 rows in, 3000 rows out, 0 errored"),
+        "{stderr}"
+    );
     assert_eq!(delta_count_distinct(&lake), (3000, 3000));
 
     let bad = tmp.path().join("bad.sql");
     std::fs::write(&bad, "SELECT 1;\nSELECT * FROM nowhere;\nSELECT 2;\n").unwrap();
-    let out = Command::new(bin()).args(["run", bad.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(bin())
+        .args([
+            "run",
+            bad.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("ERROR [42P01]") && stderr.contains("nowhere"), "{stderr}");
+    assert!(
+        stderr.contains("ERROR [42P01]") && stderr.contains("nowhere"),
+        "{stderr}"
+    );
 }

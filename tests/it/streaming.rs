@@ -12,7 +12,13 @@ use tributary_connectors::nexmark::{Generator, NexmarkTable};
 use crate::harness::*;
 
 async fn rows_out(c: &tokio_postgres::Client) -> u64 {
-    scalar(c, "SELECT rows_out FROM tributary.pipelines WHERE name = 'stream'").await.parse().unwrap_or(0)
+    scalar(
+        c,
+        "SELECT rows_out FROM tributary.pipelines WHERE name = 'stream'",
+    )
+    .await
+    .parse()
+    .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,34 +37,74 @@ async fn streaming_stop_start_kill_resume_exactly_once() {
     ))
     .await
     .unwrap();
-    assert_eq!(scalar(&c, "SELECT mode FROM tributary.pipelines WHERE name = 'stream'").await, "streaming");
-    poll(Duration::from_secs(60), "rows to stream in", || async { (rows_out(&c).await > 5_000).then_some(()) }).await;
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT mode FROM tributary.pipelines WHERE name = 'stream'"
+        )
+        .await,
+        "streaming"
+    );
+    poll(Duration::from_secs(60), "rows to stream in", || async {
+        (rows_out(&c).await > 5_000).then_some(())
+    })
+    .await;
 
     // STOP drains and checkpoints: afterwards the table holds exactly what the pipeline counted.
     c.batch_execute("STOP PIPELINE stream").await.unwrap();
-    assert_eq!(scalar(&c, "SELECT state FROM tributary.pipelines WHERE name = 'stream'").await, "stopped");
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT state FROM tributary.pipelines WHERE name = 'stream'"
+        )
+        .await,
+        "stopped"
+    );
     let stopped_at = rows_out(&c).await;
-    assert_eq!(scalar(&c, "SELECT count(*) FROM lake").await, stopped_at.to_string());
+    assert_eq!(
+        scalar(&c, "SELECT count(*) FROM lake").await,
+        stopped_at.to_string()
+    );
 
     // START resumes from the checkpoint.
     c.batch_execute("START PIPELINE stream").await.unwrap();
-    poll(Duration::from_secs(60), "rows after START", || async { (rows_out(&c).await > stopped_at + 5_000).then_some(()) }).await;
+    poll(Duration::from_secs(60), "rows after START", || async {
+        (rows_out(&c).await > stopped_at + 5_000).then_some(())
+    })
+    .await;
 
     // SIGKILL; the restarted server resumes the running pipeline by itself.
     server.kill9();
     server = Server::start(&data).await;
     let c = server.client().await;
-    assert_eq!(scalar(&c, "SELECT state FROM tributary.pipelines WHERE name = 'stream'").await, "running");
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT state FROM tributary.pipelines WHERE name = 'stream'"
+        )
+        .await,
+        "running"
+    );
     let resumed_at = rows_out(&c).await;
-    poll(Duration::from_secs(60), "rows after restart", || async { (rows_out(&c).await > resumed_at + 5_000).then_some(()) }).await;
+    poll(Duration::from_secs(60), "rows after restart", || async {
+        (rows_out(&c).await > resumed_at + 5_000).then_some(())
+    })
+    .await;
     c.batch_execute("STOP PIPELINE stream").await.unwrap();
     let total = rows_out(&c).await;
 
     // The table holds bids 0..total of the generator, each exactly once: same count, same sums,
     // same number of distinct rows as the generator's first `total` bids.
-    let batch = Generator::new(NexmarkTable::Bid, 5, 20_000, 1).batch(0, total as usize).unwrap();
+    let batch = Generator::new(NexmarkTable::Bid, 5, 20_000, 1)
+        .batch(0, total as usize)
+        .unwrap();
     let oracle = SessionContext::new();
-    oracle.register_table("bid", Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap())).unwrap();
+    oracle
+        .register_table(
+            "bid",
+            Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap()),
+        )
+        .unwrap();
     let want = oracle
         .sql("SELECT count(*) AS n, sum(auction) AS a, sum(bidder) AS b, sum(price) AS p, (SELECT count(*) FROM (SELECT DISTINCT auction, bidder, price, date_time FROM bid)) AS d FROM bid")
         .await

@@ -11,8 +11,10 @@ use crate::error::Result;
 use crate::options::{OptionSpec, Options};
 use crate::{PreparedCommit, Sink, SinkConnector, SinkContext, SinkSpec};
 
-const OPTIONS: &[OptionSpec] =
-    &[OptionSpec::optional("delay_ms", "milliseconds to stall on every batch: a deliberately slow sink, to watch backpressure")];
+const OPTIONS: &[OptionSpec] = &[OptionSpec::optional(
+    "delay_ms",
+    "milliseconds to stall on every batch: a deliberately slow sink, to watch backpressure",
+)];
 
 /// `connector = 'blackhole'`.
 pub struct BlackholeSinkConnector;
@@ -26,11 +28,17 @@ impl SinkConnector for BlackholeSinkConnector {
         OPTIONS
     }
     async fn validate(&self, spec: &SinkSpec) -> Result<()> {
-        Options::validate("blackhole", OPTIONS, &spec.options)?.get_u64("delay_ms").map(|_| ())
+        Options::validate("blackhole", OPTIONS, &spec.options)?
+            .get_u64("delay_ms")
+            .map(|_| ())
     }
     async fn create(&self, spec: &SinkSpec) -> Result<Box<dyn Sink>> {
-        let delay = Options::validate("blackhole", OPTIONS, &spec.options)?.get_u64("delay_ms")?.unwrap_or(0);
-        Ok(Box::new(BlackholeSink { delay: std::time::Duration::from_millis(delay) }))
+        let delay = Options::validate("blackhole", OPTIONS, &spec.options)?
+            .get_u64("delay_ms")?
+            .unwrap_or(0);
+        Ok(Box::new(BlackholeSink {
+            delay: std::time::Duration::from_millis(delay),
+        }))
     }
     async fn table(&self, _spec: &SinkSpec) -> Result<Option<Arc<dyn TableProvider>>> {
         Ok(None)

@@ -23,9 +23,15 @@ use crate::options::{OptionSpec, Options};
 use crate::{PreparedCommit, Sink, SinkConnector, SinkContext, SinkSpec};
 
 const OPTIONS: &[OptionSpec] = &[
-    OptionSpec::required("path", "table location: a local directory or an object-store URL"),
+    OptionSpec::required(
+        "path",
+        "table location: a local directory or an object-store URL",
+    ),
     OptionSpec::optional("mode", "append (default)"),
-    OptionSpec::optional("partition_by", "comma-separated partition columns, used when the table is created"),
+    OptionSpec::optional(
+        "partition_by",
+        "comma-separated partition columns, used when the table is created",
+    ),
 ];
 
 /// Parsed options of a Delta sink.
@@ -50,9 +56,17 @@ impl DeltaSinkOptions {
         }
         let partition_by = opts
             .get("partition_by")
-            .map(|s| s.split(',').map(|p| p.trim().to_ascii_lowercase()).filter(|p| !p.is_empty()).collect())
+            .map(|s| {
+                s.split(',')
+                    .map(|p| p.trim().to_ascii_lowercase())
+                    .filter(|p| !p.is_empty())
+                    .collect()
+            })
             .unwrap_or_default();
-        Ok(DeltaSinkOptions { url: resolve_url(opts.require("path")?)?, partition_by })
+        Ok(DeltaSinkOptions {
+            url: resolve_url(opts.require("path")?)?,
+            partition_by,
+        })
     }
 }
 
@@ -70,7 +84,9 @@ pub async fn open_existing(url: &Url) -> Result<Option<DeltaTable>> {
     }
     match deltalake::open_table(url.clone()).await {
         Ok(t) => Ok(Some(t)),
-        Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) => Ok(None),
+        Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) => {
+            Ok(None)
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -88,12 +104,22 @@ impl SinkConnector for DeltaSinkConnector {
     }
     async fn create(&self, spec: &SinkSpec) -> Result<Box<dyn Sink>> {
         let opts = DeltaSinkOptions::parse(spec)?;
-        Ok(Box::new(DeltaSink { opts, writer_id: String::new(), table: None, writer: None, new_table: None }))
+        Ok(Box::new(DeltaSink {
+            opts,
+            writer_id: String::new(),
+            table: None,
+            writer: None,
+            new_table: None,
+        }))
     }
     async fn table(&self, spec: &SinkSpec) -> Result<Option<Arc<dyn TableProvider>>> {
         let opts = DeltaSinkOptions::parse(spec)?;
         match open_existing(&opts.url).await? {
-            Some(table) => Ok(Some(table.table_provider().await.map_err(|e| ConnectorError::io("opening Delta table for reading", e))?)),
+            Some(table) => {
+                Ok(Some(table.table_provider().await.map_err(|e| {
+                    ConnectorError::io("opening Delta table for reading", e)
+                })?))
+            }
             None => Ok(None),
         }
     }
@@ -142,11 +168,17 @@ impl Sink for DeltaSink {
                             "Delta table {} has no column '{}' (it has: {})",
                             self.opts.url,
                             field.name(),
-                            existing.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                            existing
+                                .fields()
+                                .iter()
+                                .map(|f| f.name().as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         )));
                     }
                 }
-                self.writer = Some(RecordBatchWriter::for_table(&table)?.with_writer_properties(props));
+                self.writer =
+                    Some(RecordBatchWriter::for_table(&table)?.with_writer_properties(props));
                 self.table = Some(table);
             }
             None => {
@@ -157,16 +189,30 @@ impl Sink for DeltaSink {
                             value: p.clone(),
                             reason: format!(
                                 "the pipeline's output has no such column (it has: {})",
-                                schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                                schema
+                                    .fields()
+                                    .iter()
+                                    .map(|f| f.name().as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             ),
                         });
                     }
                 }
-                let partitions = (!self.opts.partition_by.is_empty()).then(|| self.opts.partition_by.clone());
-                let writer = RecordBatchWriter::try_new(self.opts.url.as_str(), schema.clone(), partitions, None)?
-                    .with_writer_properties(props);
+                let partitions =
+                    (!self.opts.partition_by.is_empty()).then(|| self.opts.partition_by.clone());
+                let writer = RecordBatchWriter::try_new(
+                    self.opts.url.as_str(),
+                    schema.clone(),
+                    partitions,
+                    None,
+                )?
+                .with_writer_properties(props);
                 let delta_schema: StructType = schema.as_ref().try_into_kernel()?;
-                self.new_table = Some(NewTable { schema: delta_schema, partition_by: self.opts.partition_by.clone() });
+                self.new_table = Some(NewTable {
+                    schema: delta_schema,
+                    partition_by: self.opts.partition_by.clone(),
+                });
                 self.writer = Some(writer);
             }
         }
@@ -177,27 +223,44 @@ impl Sink for DeltaSink {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let writer = self.writer.as_mut().ok_or_else(|| ConnectorError::Internal("delta sink written before open".into()))?;
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| ConnectorError::Internal("delta sink written before open".into()))?;
         writer.write(batch).await?;
         Ok(())
     }
 
     async fn prepare(&mut self, _epoch: u64) -> Result<PreparedCommit> {
-        let writer = self.writer.as_mut().ok_or_else(|| ConnectorError::Internal("delta sink prepared before open".into()))?;
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| ConnectorError::Internal("delta sink prepared before open".into()))?;
         let adds = writer.flush().await?;
-        let prepared = DeltaPrepared { adds, create: if self.table.is_none() { self.new_table.clone() } else { None } };
-        Ok(PreparedCommit(serde_json::to_value(prepared).map_err(|e| ConnectorError::Internal(e.to_string()))?))
+        let prepared = DeltaPrepared {
+            adds,
+            create: if self.table.is_none() {
+                self.new_table.clone()
+            } else {
+                None
+            },
+        };
+        Ok(PreparedCommit(
+            serde_json::to_value(prepared).map_err(|e| ConnectorError::Internal(e.to_string()))?,
+        ))
     }
 
     async fn commit(&mut self, epoch: u64, prepared: PreparedCommit) -> Result<()> {
-        let prepared: DeltaPrepared = serde_json::from_value(prepared.0)
-            .map_err(|e| ConnectorError::Internal(format!("unreadable Delta commit in checkpoint: {e}")))?;
+        let prepared: DeltaPrepared = serde_json::from_value(prepared.0).map_err(|e| {
+            ConnectorError::Internal(format!("unreadable Delta commit in checkpoint: {e}"))
+        })?;
         if prepared.adds.is_empty() {
             // Nothing to publish; replaying an empty epoch changes nothing either.
             return Ok(());
         }
         let app_id = self.app_id();
-        let props = CommitProperties::default().with_application_transaction(Transaction::new(&app_id, epoch as i64));
+        let props = CommitProperties::default()
+            .with_application_transaction(Transaction::new(&app_id, epoch as i64));
         let actions: Vec<Action> = prepared.adds.into_iter().map(Action::Add).collect();
         let table = match self.table.take() {
             Some(mut t) => {
@@ -208,7 +271,10 @@ impl Sink for DeltaSink {
         };
         match table {
             Some(mut table) => {
-                let done = table.snapshot()?.transaction_version(table.log_store().as_ref(), &app_id).await?;
+                let done = table
+                    .snapshot()?
+                    .transaction_version(table.log_store().as_ref(), &app_id)
+                    .await?;
                 if done.is_some_and(|v| v >= epoch as i64) {
                     tracing::info!(epoch, table = %self.opts.url, "Delta commit of this epoch already present; skipping.");
                     self.table = Some(table);
@@ -229,9 +295,9 @@ impl Sink for DeltaSink {
                 self.table = Some(table);
             }
             None => {
-                let new = prepared
-                    .create
-                    .ok_or_else(|| ConnectorError::Internal("Delta table vanished after it was written to".into()))?;
+                let new = prepared.create.ok_or_else(|| {
+                    ConnectorError::Internal("Delta table vanished after it was written to".into())
+                })?;
                 let mut builder = deltalake::operations::create::CreateBuilder::new()
                     .with_location(self.opts.url.as_str())
                     .with_columns(new.schema.fields().cloned())
@@ -248,7 +314,10 @@ impl Sink for DeltaSink {
         // Later epochs write through a writer bound to the now existing table.
         if self.new_table.take().is_some() {
             if let Some(t) = &self.table {
-                self.writer = Some(RecordBatchWriter::for_table(t)?.with_writer_properties(crate::parquet::writer_properties()));
+                self.writer = Some(
+                    RecordBatchWriter::for_table(t)?
+                        .with_writer_properties(crate::parquet::writer_properties()),
+                );
             }
         }
         Ok(())

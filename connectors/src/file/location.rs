@@ -26,7 +26,11 @@ pub struct FileLocation {
 
 /// Resolves a user path: `/abs/dir`, `rel/dir/*.csv`, `file:///...`, `s3://bucket/prefix/`.
 pub fn resolve_url(path: &str) -> Result<Url> {
-    let bad = |reason: String| ConnectorError::InvalidOption { option: "path".into(), value: path.into(), reason };
+    let bad = |reason: String| ConnectorError::InvalidOption {
+        option: "path".into(),
+        value: path.into(),
+        reason,
+    };
     if path.contains("://") {
         return Url::parse(path).map_err(|e| bad(format!("not a valid URL: {e}")));
     }
@@ -34,7 +38,9 @@ pub fn resolve_url(path: &str) -> Result<Url> {
     let abs = if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map_err(|e| bad(e.to_string()))?.join(p)
+        std::env::current_dir()
+            .map_err(|e| bad(e.to_string()))?
+            .join(p)
     };
     let mut s = abs.to_string_lossy().to_string();
     // Keep a trailing slash: it tells a directory from a file.
@@ -53,13 +59,17 @@ impl FileLocation {
         let raw_path = percent_decode(url.path());
         // The listing prefix is everything before the first path segment holding a glob character.
         let segments: Vec<&str> = raw_path.split('/').collect();
-        let first_glob = segments.iter().position(|s| s.contains(['*', '?', '[', '{']));
+        let first_glob = segments
+            .iter()
+            .position(|s| s.contains(['*', '?', '[', '{']));
         let (prefix_str, pattern) = match first_glob {
             Some(i) => {
-                let pat = glob::Pattern::new(raw_path.trim_start_matches('/')).map_err(|e| ConnectorError::InvalidOption {
-                    option: "path".into(),
-                    value: path.into(),
-                    reason: format!("bad glob: {e}"),
+                let pat = glob::Pattern::new(raw_path.trim_start_matches('/')).map_err(|e| {
+                    ConnectorError::InvalidOption {
+                        option: "path".into(),
+                        value: path.into(),
+                        reason: format!("bad glob: {e}"),
+                    }
                 })?;
                 (segments[..i].join("/"), Some(pat))
             }
@@ -67,12 +77,17 @@ impl FileLocation {
         };
         let mut base = url.clone();
         base.set_path("/");
-        let root = if url.scheme() == "file" { "/".to_string() } else { base.to_string() };
-        let (store, _) = object_store::parse_url(&base).map_err(|e| ConnectorError::InvalidOption {
-            option: "path".into(),
-            value: path.into(),
-            reason: e.to_string(),
-        })?;
+        let root = if url.scheme() == "file" {
+            "/".to_string()
+        } else {
+            base.to_string()
+        };
+        let (store, _) =
+            object_store::parse_url(&base).map_err(|e| ConnectorError::InvalidOption {
+                option: "path".into(),
+                value: path.into(),
+                reason: e.to_string(),
+            })?;
         Ok(FileLocation {
             store: Arc::from(store),
             prefix: Path::from(prefix_str.trim_matches('/')),
@@ -89,7 +104,8 @@ impl FileLocation {
 
     /// Every matching file, sorted by path. Hidden files (`.x`, `_x`) and temporary files are skipped.
     pub async fn list(&self) -> Result<Vec<ObjectMeta>> {
-        let listed: Vec<ObjectMeta> = match self.store.list(Some(&self.prefix)).try_collect().await {
+        let listed: Vec<ObjectMeta> = match self.store.list(Some(&self.prefix)).try_collect().await
+        {
             Ok(v) => v,
             Err(object_store::Error::NotFound { .. }) => Vec::new(),
             Err(e) => return Err(ConnectorError::io(format!("listing {}", self.display), e)),
@@ -105,13 +121,24 @@ impl FileLocation {
             listed
         };
         files.retain(|m| {
-            let rel = m.location.prefix_match(&self.prefix).map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>());
+            let rel = m
+                .location
+                .prefix_match(&self.prefix)
+                .map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>());
             let hidden = rel
                 .unwrap_or_default()
                 .iter()
                 .any(|seg| seg.starts_with('.') || seg.starts_with('_') || seg.ends_with(".tmp"));
-            let opts = glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: true };
-            let matches = self.pattern.as_ref().map(|p| p.matches_with(m.location.as_ref(), opts)).unwrap_or(true);
+            let opts = glob::MatchOptions {
+                case_sensitive: true,
+                require_literal_separator: true,
+                require_literal_leading_dot: true,
+            };
+            let matches = self
+                .pattern
+                .as_ref()
+                .map(|p| p.matches_with(m.location.as_ref(), opts))
+                .unwrap_or(true);
             !hidden && matches
         });
         files.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
@@ -150,7 +177,13 @@ mod tests {
             std::fs::write(p, "x\n").unwrap();
         }
         let glob = FileLocation::parse(&format!("{}/*.csv", dir.path().display())).unwrap();
-        let names: Vec<String> = glob.list().await.unwrap().into_iter().map(|m| m.location.filename().unwrap().to_string()).collect();
+        let names: Vec<String> = glob
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.location.filename().unwrap().to_string())
+            .collect();
         assert_eq!(names, vec!["a.csv", "b.csv"]);
         let all = FileLocation::parse(&dir.path().display().to_string()).unwrap();
         assert_eq!(all.list().await.unwrap().len(), 4);

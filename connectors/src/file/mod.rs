@@ -18,9 +18,9 @@ use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ConnectorError, Result};
+use crate::format::{decode_records, split_records, CsvDecoder, JsonDecoder, RecordDecoder};
 use crate::options::{OptionSpec, Options};
 use crate::{Source, SourceBatch, SourceConnector, SourcePosition, SourceSpec};
-use crate::format::{decode_records, split_records, CsvDecoder, JsonDecoder, RecordDecoder};
 use location::FileLocation;
 
 /// Bytes read from a file per block; a block becomes one batch.
@@ -33,9 +33,18 @@ const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 const INFER_RECORDS: usize = 1000;
 
 const OPTIONS: &[OptionSpec] = &[
-    OptionSpec::required("path", "directory, glob or URL of the files, e.g. '/data/in/*.csv'"),
-    OptionSpec::optional("format", "csv, json or parquet (default: from the file extension)"),
-    OptionSpec::optional("header", "csv: whether the first line holds column names (default true)"),
+    OptionSpec::required(
+        "path",
+        "directory, glob or URL of the files, e.g. '/data/in/*.csv'",
+    ),
+    OptionSpec::optional(
+        "format",
+        "csv, json or parquet (default: from the file extension)",
+    ),
+    OptionSpec::optional(
+        "header",
+        "csv: whether the first line holds column names (default true)",
+    ),
     OptionSpec::optional("delimiter", "csv: field delimiter (default ',')"),
 ];
 
@@ -69,7 +78,11 @@ impl FileSourceOptions {
         let path = opts.require("path")?;
         let location = FileLocation::parse(path)?;
         let format = match opts.get("format") {
-            Some(_) => match opts.get_choice("format", &["csv", "json", "jsonl", "ndjson", "parquet"], "csv")? {
+            Some(_) => match opts.get_choice(
+                "format",
+                &["csv", "json", "jsonl", "ndjson", "parquet"],
+                "csv",
+            )? {
                 "csv" => FileFormat::Csv,
                 "parquet" => FileFormat::Parquet,
                 _ => FileFormat::Json,
@@ -170,13 +183,16 @@ impl SourceConnector for FileSourceConnector {
     ) -> Result<Box<dyn Source>> {
         let opts = FileSourceOptions::parse(spec).await?;
         let position: FilePosition = match from {
-            Some(p) if !p.0.is_null() => serde_json::from_value(p.0)
-                .map_err(|e| ConnectorError::Internal(format!("unreadable file source position: {e}")))?,
+            Some(p) if !p.0.is_null() => serde_json::from_value(p.0).map_err(|e| {
+                ConnectorError::Internal(format!("unreadable file source position: {e}"))
+            })?,
             _ => FilePosition::default(),
         };
         let files = opts.location.list().await?;
-        let mut queue: VecDeque<ObjectMeta> =
-            files.into_iter().filter(|m| !position.done.contains(m.location.as_ref())).collect();
+        let mut queue: VecDeque<ObjectMeta> = files
+            .into_iter()
+            .filter(|m| !position.done.contains(m.location.as_ref()))
+            .collect();
         // Resume the file that was being read first.
         if let Some(cur) = &position.current {
             if let Some(i) = queue.iter().position(|m| m.location.as_ref() == cur.path) {
@@ -190,7 +206,15 @@ impl SourceConnector for FileSourceConnector {
             FileFormat::Json => Some(Arc::new(JsonDecoder::new(schema.clone()))),
             FileFormat::Parquet => None,
         };
-        Ok(Box::new(FileSource { opts, schema, queue, position, decoder, reader: None, watch: !read.bounded }))
+        Ok(Box::new(FileSource {
+            opts,
+            schema,
+            queue,
+            position,
+            decoder,
+            reader: None,
+            watch: !read.bounded,
+        }))
     }
 }
 
@@ -199,7 +223,8 @@ async fn infer_schema(opts: &FileSourceOptions, file: &ObjectMeta) -> Result<Sch
     let ctx = |e: &dyn std::fmt::Display| format!("inferring columns from {}: {e}", file.location);
     match opts.format {
         FileFormat::Parquet => {
-            let reader = ParquetObjectReader::new(store.clone(), file.location.clone()).with_file_size(file.size);
+            let reader = ParquetObjectReader::new(store.clone(), file.location.clone())
+                .with_file_size(file.size);
             let builder = ParquetRecordBatchStreamBuilder::new(reader)
                 .await
                 .map_err(|e| ConnectorError::Config(ctx(&e)))?;
@@ -211,10 +236,18 @@ async fn infer_schema(opts: &FileSourceOptions, file: &ObjectMeta) -> Result<Sch
                 .get_range(&file.location, 0..end)
                 .await
                 .map_err(|e| ConnectorError::io(format!("reading {}", file.location), e))?;
-            let (records, used, _) = split_records(&bytes, 1, (opts.format == FileFormat::Csv).then_some(b'"'), end == file.size);
+            let (records, used, _) = split_records(
+                &bytes,
+                1,
+                (opts.format == FileFormat::Csv).then_some(b'"'),
+                end == file.size,
+            );
             let sample = &bytes[..used];
             let take = records.len().min(INFER_RECORDS + 1);
-            let sample = records.get(take.saturating_sub(1)).map(|r| &sample[..r.next]).unwrap_or(sample);
+            let sample = records
+                .get(take.saturating_sub(1))
+                .map(|r| &sample[..r.next])
+                .unwrap_or(sample);
             let schema = if opts.format == FileFormat::Csv {
                 arrow_csv::reader::Format::default()
                     .with_header(opts.header)
@@ -227,11 +260,15 @@ async fn infer_schema(opts: &FileSourceOptions, file: &ObjectMeta) -> Result<Sch
                 let values: Vec<serde_json::Value> = records
                     .iter()
                     .take(INFER_RECORDS)
-                    .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&bytes[r.start..r.end]).ok())
+                    .filter_map(|r| {
+                        serde_json::from_slice::<serde_json::Value>(&bytes[r.start..r.end]).ok()
+                    })
                     .filter(|v| v.is_object())
                     .collect();
                 if values.is_empty() {
-                    return Err(ConnectorError::Config(ctx(&"no JSON object found in the first lines")));
+                    return Err(ConnectorError::Config(ctx(
+                        &"no JSON object found in the first lines",
+                    )));
                 }
                 arrow_json::reader::infer_json_schema_from_iterator(values.iter().map(Ok))
                     .map_err(|e| ConnectorError::Config(ctx(&e)))?
@@ -254,8 +291,17 @@ struct FileSource {
 }
 
 enum OpenFile {
-    Lines { meta: ObjectMeta, offset: u64, line: u64, carry: Vec<u8> },
-    Parquet { meta: ObjectMeta, rows: u64, stream: Box<ParquetRecordBatchStream<ParquetObjectReader>> },
+    Lines {
+        meta: ObjectMeta,
+        offset: u64,
+        line: u64,
+        carry: Vec<u8>,
+    },
+    Parquet {
+        meta: ObjectMeta,
+        rows: u64,
+        stream: Box<ParquetRecordBatchStream<ParquetObjectReader>>,
+    },
 }
 
 impl FileSource {
@@ -275,23 +321,42 @@ impl FileSource {
     }
 
     async fn open_next(&mut self) -> Result<bool> {
-        let Some(meta) = self.queue.pop_front() else { return Ok(false) };
-        let resume = self.position.current.as_ref().filter(|c| c.path == meta.location.as_ref()).cloned();
+        let Some(meta) = self.queue.pop_front() else {
+            return Ok(false);
+        };
+        let resume = self
+            .position
+            .current
+            .as_ref()
+            .filter(|c| c.path == meta.location.as_ref())
+            .cloned();
         match self.opts.format {
             FileFormat::Parquet => {
                 let rows = resume.map(|r| r.offset).unwrap_or(0);
-                let reader = ParquetObjectReader::new(self.store().clone(), meta.location.clone()).with_file_size(meta.size);
+                let reader = ParquetObjectReader::new(self.store().clone(), meta.location.clone())
+                    .with_file_size(meta.size);
                 let builder = ParquetRecordBatchStreamBuilder::new(reader)
                     .await
                     .map_err(|e| ConnectorError::io(format!("opening {}", meta.location), e))?
                     .with_batch_size(PARQUET_BATCH_ROWS)
                     .with_offset(rows as usize);
-                let stream = builder.build().map_err(|e| ConnectorError::io(format!("opening {}", meta.location), e))?;
-                self.reader = Some(OpenFile::Parquet { meta, rows, stream: Box::new(stream) });
+                let stream = builder
+                    .build()
+                    .map_err(|e| ConnectorError::io(format!("opening {}", meta.location), e))?;
+                self.reader = Some(OpenFile::Parquet {
+                    meta,
+                    rows,
+                    stream: Box::new(stream),
+                });
             }
             FileFormat::Csv | FileFormat::Json => {
                 let (offset, line) = resume.map(|r| (r.offset, r.line)).unwrap_or((0, 1));
-                self.reader = Some(OpenFile::Lines { meta, offset, line, carry: Vec::new() });
+                self.reader = Some(OpenFile::Lines {
+                    meta,
+                    offset,
+                    line,
+                    carry: Vec::new(),
+                });
             }
         }
         Ok(true)
@@ -299,7 +364,13 @@ impl FileSource {
 
     async fn next_lines(&mut self) -> Result<Option<SourceBatch>> {
         let store = self.store().clone();
-        let Some(OpenFile::Lines { meta, offset, line, carry }) = self.reader.as_mut() else {
+        let Some(OpenFile::Lines {
+            meta,
+            offset,
+            line,
+            carry,
+        }) = self.reader.as_mut()
+        else {
             return Ok(None);
         };
         let file = self.opts.location.user_path(&meta.location);
@@ -320,7 +391,11 @@ impl FileSource {
             let eof = read_to >= meta.size;
             let quote = (self.opts.format == FileFormat::Csv).then_some(b'"');
             let (mut records, used, next_line) = split_records(&buf, *line, quote, eof);
-            if *offset == 0 && self.opts.format == FileFormat::Csv && self.opts.header && !records.is_empty() {
+            if *offset == 0
+                && self.opts.format == FileFormat::Csv
+                && self.opts.header
+                && !records.is_empty()
+            {
                 // The header line names the columns; it is not a row.
                 records.remove(0);
             }
@@ -336,18 +411,32 @@ impl FileSource {
                 *line = next_line;
                 continue;
             }
-            let decoder = self.decoder.clone().ok_or_else(|| ConnectorError::Internal("no decoder".into()))?;
-            let (batch, bad_records) = decode_records(decoder.as_ref(), &buf, &records, &|r| format!("{file}:{}", r.line));
+            let decoder = self
+                .decoder
+                .clone()
+                .ok_or_else(|| ConnectorError::Internal("no decoder".into()))?;
+            let (batch, bad_records) = decode_records(decoder.as_ref(), &buf, &records, &|r| {
+                format!("{file}:{}", r.line)
+            });
             *offset = consumed_to;
             *line = next_line;
             let position = if eof && carry.is_empty() {
                 let path = meta.location.clone();
                 self.finish_file(&path)
             } else {
-                self.position.current = Some(FileOffset { path: meta.location.to_string(), offset: *offset, line: *line });
+                self.position.current = Some(FileOffset {
+                    path: meta.location.to_string(),
+                    offset: *offset,
+                    line: *line,
+                });
                 self.position_value()
             };
-            return Ok(Some(SourceBatch { batch, bad_records, position, lag: Vec::new() }));
+            return Ok(Some(SourceBatch {
+                batch,
+                bad_records,
+                position,
+                lag: Vec::new(),
+            }));
         }
     }
 
@@ -358,16 +447,32 @@ impl FileSource {
         };
         match stream.next().await {
             Some(batch) => {
-                let batch = batch.map_err(|e| ConnectorError::io(format!("reading {}", meta.location), e))?;
+                let batch = batch
+                    .map_err(|e| ConnectorError::io(format!("reading {}", meta.location), e))?;
                 *rows += batch.num_rows() as u64;
-                let batch = conform(&schema, batch).map_err(|e| ConnectorError::Config(format!("{}: {e}", meta.location)))?;
-                self.position.current = Some(FileOffset { path: meta.location.to_string(), offset: *rows, line: 0 });
-                Ok(Some(SourceBatch { batch, bad_records: Vec::new(), position: self.position_value(), lag: Vec::new() }))
+                let batch = conform(&schema, batch)
+                    .map_err(|e| ConnectorError::Config(format!("{}: {e}", meta.location)))?;
+                self.position.current = Some(FileOffset {
+                    path: meta.location.to_string(),
+                    offset: *rows,
+                    line: 0,
+                });
+                Ok(Some(SourceBatch {
+                    batch,
+                    bad_records: Vec::new(),
+                    position: self.position_value(),
+                    lag: Vec::new(),
+                }))
             }
             None => {
                 let path = meta.location.clone();
                 let position = self.finish_file(&path);
-                Ok(Some(SourceBatch { batch: RecordBatch::new_empty(schema), bad_records: Vec::new(), position, lag: Vec::new() }))
+                Ok(Some(SourceBatch {
+                    batch: RecordBatch::new_empty(schema),
+                    bad_records: Vec::new(),
+                    position,
+                    lag: Vec::new(),
+                }))
             }
         }
     }
@@ -387,10 +492,15 @@ fn conform(schema: &SchemaRef, batch: RecordBatch) -> std::result::Result<Record
             .enumerate()
             .find(|(_, f)| f.name().eq_ignore_ascii_case(field.name()))
             .ok_or_else(|| format!("file has no column '{}'", field.name()))?;
-        let col = cast(batch.column(i), field.data_type()).map_err(|e| format!("column '{}': {e}", field.name()))?;
+        let col = cast(batch.column(i), field.data_type())
+            .map_err(|e| format!("column '{}': {e}", field.name()))?;
         columns.push(col);
     }
-    let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
         .and_then(|b| b.with_schema(schema.clone()))
         .map_err(|e| e.to_string())
@@ -417,7 +527,10 @@ impl Source for FileSource {
                     .list()
                     .await?
                     .into_iter()
-                    .filter(|m| !self.position.done.contains(m.location.as_ref()) && Some(m.location.to_string()) != current)
+                    .filter(|m| {
+                        !self.position.done.contains(m.location.as_ref())
+                            && Some(m.location.to_string()) != current
+                    })
                     .collect();
                 self.queue.extend(new);
                 continue;

@@ -30,7 +30,12 @@ pub struct Record {
 /// bytes after that are an incomplete record to carry into the next block. At `eof` a final
 /// record without terminator counts as complete. Blank lines are skipped. When `quote` is set
 /// (CSV), a newline inside quotes does not end a record.
-pub fn split_records(buf: &[u8], first_line: u64, quote: Option<u8>, eof: bool) -> (Vec<Record>, usize, u64) {
+pub fn split_records(
+    buf: &[u8],
+    first_line: u64,
+    quote: Option<u8>,
+    eof: bool,
+) -> (Vec<Record>, usize, u64) {
     let mut records = Vec::new();
     let mut start = 0usize;
     let mut line = first_line;
@@ -58,7 +63,12 @@ pub fn split_records(buf: &[u8], first_line: u64, quote: Option<u8>, eof: bool) 
             end -= 1;
         }
         if !is_blank(&buf[start..end]) {
-            records.push(Record { start, end, next: i + 1, line: record_line });
+            records.push(Record {
+                start,
+                end,
+                next: i + 1,
+                line: record_line,
+            });
         }
         start = i + 1;
         record_line = line;
@@ -69,7 +79,12 @@ pub fn split_records(buf: &[u8], first_line: u64, quote: Option<u8>, eof: bool) 
             end -= 1;
         }
         if !is_blank(&buf[start..end]) {
-            records.push(Record { start, end, next: buf.len(), line: record_line });
+            records.push(Record {
+                start,
+                end,
+                next: buf.len(),
+                line: record_line,
+            });
         }
         start = buf.len();
         line += 1;
@@ -187,7 +202,10 @@ impl RecordDecoder for CsvDecoder {
 fn single(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<RecordBatch, ArrowError> {
     match batches.len() {
         0 => Ok(RecordBatch::new_empty(schema)),
-        1 => Ok(batches.into_iter().next().unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&schema)))),
+        1 => Ok(batches
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&schema)))),
         _ => concat_batches(&schema, &batches),
     }
 }
@@ -208,7 +226,11 @@ pub fn decode_records(
         Ok(b) => b,
         Err(e) => {
             // Concatenating batches of one schema cannot fail; keep the data visible if it does.
-            bad.push(BadRecord { position: records.first().map(position).unwrap_or_default(), message: e.to_string(), raw: String::new() });
+            bad.push(BadRecord {
+                position: records.first().map(position).unwrap_or_default(),
+                message: e.to_string(),
+                raw: String::new(),
+            });
             RecordBatch::new_empty(schema)
         }
     };
@@ -266,7 +288,10 @@ fn raw_text(b: &[u8]) -> String {
 
 fn clean_message(e: &ArrowError) -> String {
     let m = match e {
-        ArrowError::JsonError(m) | ArrowError::CsvError(m) | ArrowError::ParseError(m) | ArrowError::CastError(m) => m.clone(),
+        ArrowError::JsonError(m)
+        | ArrowError::CsvError(m)
+        | ArrowError::ParseError(m)
+        | ArrowError::CastError(m) => m.clone(),
         other => other.to_string(),
     };
     // Lines are decoded one at a time here, so the decoder's own line number is meaningless.
@@ -303,10 +328,19 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
         let buf = b"{\"id\":1}\n{\"id\":2}\n{oops\n{\"id\":\"nan\"}\n{\"id\":5}\n";
         let (recs, _, _) = split_records(buf, 1, None, true);
-        let (batch, bad) = decode_records(&JsonDecoder::new(schema), buf, &recs, &|r| format!("f.json:{}", r.line));
-        let ids = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let (batch, bad) = decode_records(&JsonDecoder::new(schema), buf, &recs, &|r| {
+            format!("f.json:{}", r.line)
+        });
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
         assert_eq!(ids.values().to_vec(), vec![1, 2, 5]);
-        assert_eq!(bad.iter().map(|b| b.position.as_str()).collect::<Vec<_>>(), vec!["f.json:3", "f.json:4"]);
+        assert_eq!(
+            bad.iter().map(|b| b.position.as_str()).collect::<Vec<_>>(),
+            vec!["f.json:3", "f.json:4"]
+        );
         assert_eq!(bad[0].raw, "{oops");
     }
 
@@ -318,9 +352,14 @@ mod tests {
         ]));
         let buf = b"1,a\n2,b\nthree,c\n4,d,extra\n5,e";
         let (recs, _, _) = split_records(buf, 2, Some(b'"'), true);
-        let (batch, bad) = decode_records(&CsvDecoder::new(schema, b','), buf, &recs, &|r| format!("f.csv:{}", r.line));
+        let (batch, bad) = decode_records(&CsvDecoder::new(schema, b','), buf, &recs, &|r| {
+            format!("f.csv:{}", r.line)
+        });
         assert_eq!(batch.num_rows(), 3);
         assert!(batch.column(0).is_valid(2));
-        assert_eq!(bad.iter().map(|b| b.position.as_str()).collect::<Vec<_>>(), vec!["f.csv:4", "f.csv:5"]);
+        assert_eq!(
+            bad.iter().map(|b| b.position.as_str()).collect::<Vec<_>>(),
+            vec!["f.csv:4", "f.csv:5"]
+        );
     }
 }

@@ -16,17 +16,32 @@ pub use sink::KafkaSinkConnector;
 pub use source::KafkaSourceConnector;
 
 const SOURCE_OPTIONS: &[OptionSpec] = &[
-    OptionSpec::required("bootstrap_servers", "broker addresses, e.g. 'localhost:9092'"),
+    OptionSpec::required(
+        "bootstrap_servers",
+        "broker addresses, e.g. 'localhost:9092'",
+    ),
     OptionSpec::required("topic", "the topic to read; every partition is read"),
-    OptionSpec::optional("format", "json (default), csv or raw (one text column 'value')"),
-    OptionSpec::optional("start_from", "earliest (default) or latest: where a first run starts"),
-    OptionSpec::optional("header", "csv: whether messages start with a header line (default false)"),
+    OptionSpec::optional(
+        "format",
+        "json (default), csv or raw (one text column 'value')",
+    ),
+    OptionSpec::optional(
+        "start_from",
+        "earliest (default) or latest: where a first run starts",
+    ),
+    OptionSpec::optional(
+        "header",
+        "csv: whether messages start with a header line (default false)",
+    ),
     OptionSpec::optional("delimiter", "csv: field delimiter (default ',')"),
     OptionSpec::optional("batch_size", "records per batch (default 8192)"),
 ];
 
 const SINK_OPTIONS: &[OptionSpec] = &[
-    OptionSpec::required("bootstrap_servers", "broker addresses, e.g. 'localhost:9092'"),
+    OptionSpec::required(
+        "bootstrap_servers",
+        "broker addresses, e.g. 'localhost:9092'",
+    ),
     OptionSpec::required("topic", "the topic to write"),
     OptionSpec::optional("format", "json (default)"),
     OptionSpec::optional("key", "column whose value becomes the message key"),
@@ -59,15 +74,20 @@ fn client_config(opts: &BTreeMap<String, String>) -> ClientConfig {
 
 /// Options minus the `properties.*` pass-through keys, for validation.
 fn without_properties(opts: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    opts.iter().filter(|(k, _)| !k.starts_with("properties.")).map(|(k, v)| (k.clone(), v.clone())).collect()
+    opts.iter()
+        .filter(|(k, _)| !k.starts_with("properties."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn format_of(opts: &Options) -> Result<KafkaFormat> {
-    Ok(match opts.get_choice("format", &["json", "csv", "raw"], "json")? {
-        "csv" => KafkaFormat::Csv,
-        "raw" => KafkaFormat::Raw,
-        _ => KafkaFormat::Json,
-    })
+    Ok(
+        match opts.get_choice("format", &["json", "csv", "raw"], "json")? {
+            "csv" => KafkaFormat::Csv,
+            "raw" => KafkaFormat::Raw,
+            _ => KafkaFormat::Json,
+        },
+    )
 }
 
 /// The schema of a raw-format source.

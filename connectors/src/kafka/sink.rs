@@ -36,7 +36,9 @@ impl SinkConnector for KafkaSinkConnector {
         let opts = Options::validate("kafka", SINK_OPTIONS, &without_properties(&spec.options))?;
         let mut cfg = client_config(&spec.options);
         cfg.set("message.timeout.ms", "60000");
-        let producer: FutureProducer = cfg.create().map_err(|e| kafka_error("creating Kafka producer", e))?;
+        let producer: FutureProducer = cfg
+            .create()
+            .map_err(|e| kafka_error("creating Kafka producer", e))?;
         Ok(Box::new(KafkaSink {
             producer,
             topic: opts.require("topic")?.to_string(),
@@ -68,7 +70,12 @@ impl Sink for KafkaSink {
                     value: k.clone(),
                     reason: format!(
                         "the pipeline's output has no such column (it has: {})",
-                        schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                        schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 }
             })?);
@@ -86,19 +93,32 @@ impl Sink for KafkaSink {
         let body = w.into_inner();
         let keys: Option<Vec<Option<String>>> = self.key_index.map(|i| {
             let col = arrow::compute::cast(batch.column(i), &arrow::datatypes::DataType::Utf8).ok();
-            let col = col.as_ref().and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>().cloned());
-            (0..batch.num_rows()).map(|r| col.as_ref().filter(|c| c.is_valid(r)).map(|c| c.value(r).to_string())).collect()
+            let col = col.as_ref().and_then(|c| {
+                c.as_any()
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .cloned()
+            });
+            (0..batch.num_rows())
+                .map(|r| {
+                    col.as_ref()
+                        .filter(|c| c.is_valid(r))
+                        .map(|c| c.value(r).to_string())
+                })
+                .collect()
         });
-        for (row, line) in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+        for (row, line) in body
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .enumerate()
+        {
             let key = keys.as_ref().and_then(|k| k[row].clone());
             let mut record = FutureRecord::to(&self.topic).payload(line);
             if let Some(k) = key.as_deref() {
                 record = record.key(k);
             }
-            let delivery = self
-                .producer
-                .send_result(record)
-                .map_err(|(e, _)| kafka_error(format!("queueing a message for {}", self.topic), e))?;
+            let delivery = self.producer.send_result(record).map_err(|(e, _)| {
+                kafka_error(format!("queueing a message for {}", self.topic), e)
+            })?;
             self.pending.push(delivery);
         }
         if self.pending.len() > 100_000 {
@@ -123,7 +143,9 @@ impl KafkaSink {
         for delivery in std::mem::take(&mut self.pending) {
             match delivery.await {
                 Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(kafka_error(format!("delivering to {}", self.topic), e)),
+                Ok(Err((e, _))) => {
+                    return Err(kafka_error(format!("delivering to {}", self.topic), e))
+                }
                 Err(_) => return Err(ConnectorError::Internal("delivery cancelled".into())),
             }
         }

@@ -16,11 +16,17 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use super::{client_config, format_of, kafka_error, raw_schema, without_properties, KafkaFormat, SOURCE_OPTIONS};
+use super::{
+    client_config, format_of, kafka_error, raw_schema, without_properties, KafkaFormat,
+    SOURCE_OPTIONS,
+};
 use crate::error::{ConnectorError, Result};
 use crate::format::{decode_records, CsvDecoder, JsonDecoder, Record, RecordDecoder};
 use crate::options::{OptionSpec, Options};
-use crate::{BadRecord, PartitionLag, ReadOptions, Source, SourceBatch, SourceConnector, SourcePosition, SourceSpec};
+use crate::{
+    BadRecord, PartitionLag, ReadOptions, Source, SourceBatch, SourceConnector, SourcePosition,
+    SourceSpec,
+};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a batch waits for more messages before it is handed on.
@@ -57,24 +63,34 @@ fn parse(spec: &SourceSpec) -> Result<Parsed> {
         latest: opts.get_choice("start_from", &["earliest", "latest"], "earliest")? == "latest",
         header: opts.get_bool("header", false)?,
         delimiter: opts.get_byte("delimiter", b',')?,
-        batch_size: opts.get_u64("batch_size")?.unwrap_or(8192).clamp(1, 1 << 20) as usize,
+        batch_size: opts
+            .get_u64("batch_size")?
+            .unwrap_or(8192)
+            .clamp(1, 1 << 20) as usize,
     })
 }
 
 fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>> {
-    let md = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT).map_err(|e| kafka_error(format!("reading metadata of topic {topic}"), e))?;
+    let md = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|e| kafka_error(format!("reading metadata of topic {topic}"), e))?;
     let t = md
         .topics()
         .iter()
         .find(|t| t.name() == topic)
         .ok_or_else(|| ConnectorError::Config(format!("topic '{topic}' does not exist")))?;
     if let Some(err) = t.error() {
-        return Err(ConnectorError::Config(format!("topic '{topic}': {:?}", rdkafka::types::RDKafkaErrorCode::from(err))));
+        return Err(ConnectorError::Config(format!(
+            "topic '{topic}': {:?}",
+            rdkafka::types::RDKafkaErrorCode::from(err)
+        )));
     }
     let mut p: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
     p.sort_unstable();
     if p.is_empty() {
-        return Err(ConnectorError::Config(format!("topic '{topic}' does not exist or has no partitions")));
+        return Err(ConnectorError::Config(format!(
+            "topic '{topic}' does not exist or has no partitions"
+        )));
     }
     Ok(p)
 }
@@ -104,7 +120,9 @@ impl SourceConnector for KafkaSourceConnector {
         let cfg = client_config(&spec.options);
         let topic = p.topic.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            let consumer: BaseConsumer = cfg.create().map_err(|e| kafka_error("creating Kafka client", e))?;
+            let consumer: BaseConsumer = cfg
+                .create()
+                .map_err(|e| kafka_error("creating Kafka client", e))?;
             partitions(&consumer, &topic).map(|_| ())
         })
         .await
@@ -133,19 +151,25 @@ impl SourceConnector for KafkaSourceConnector {
         cfg.set("group.id", format!("tributary-{}", spec.name))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", if p.latest { "latest" } else { "earliest" });
+            .set(
+                "auto.offset.reset",
+                if p.latest { "latest" } else { "earliest" },
+            );
         let meta_cfg = cfg.clone();
         let topic = p.topic.clone();
         let latest = p.latest;
         let (consumer, starts, ends) = tokio::task::spawn_blocking(
             move || -> Result<(StreamConsumer, BTreeMap<i32, i64>, BTreeMap<i32, i64>)> {
-                let meta: BaseConsumer = meta_cfg.create().map_err(|e| kafka_error("creating Kafka client", e))?;
+                let meta: BaseConsumer = meta_cfg
+                    .create()
+                    .map_err(|e| kafka_error("creating Kafka client", e))?;
                 let parts = partitions(&meta, &topic)?;
                 let (mut starts, mut ends) = (BTreeMap::new(), BTreeMap::new());
                 let mut tpl = TopicPartitionList::new();
                 for &pt in &parts {
-                    let (low, high) =
-                        meta.fetch_watermarks(&topic, pt, METADATA_TIMEOUT).map_err(|e| kafka_error("reading offsets", e))?;
+                    let (low, high) = meta
+                        .fetch_watermarks(&topic, pt, METADATA_TIMEOUT)
+                        .map_err(|e| kafka_error("reading offsets", e))?;
                     // Checkpointed offset, else where start_from says; never before what the broker still has.
                     let start = match position.offsets.get(&pt) {
                         Some(o) => (*o).max(low),
@@ -154,12 +178,20 @@ impl SourceConnector for KafkaSourceConnector {
                     };
                     starts.insert(pt, start);
                     ends.insert(pt, high);
-                    let fetch_from = if position.offsets.contains_key(&pt) { (start - RESUME_REWIND).max(low) } else { start };
+                    let fetch_from = if position.offsets.contains_key(&pt) {
+                        (start - RESUME_REWIND).max(low)
+                    } else {
+                        start
+                    };
                     tpl.add_partition_offset(&topic, pt, Offset::Offset(fetch_from))
                         .map_err(|e| kafka_error("assigning partitions", e))?;
                 }
-                let consumer: StreamConsumer = cfg.create().map_err(|e| kafka_error("creating Kafka consumer", e))?;
-                consumer.assign(&tpl).map_err(|e| kafka_error("assigning partitions", e))?;
+                let consumer: StreamConsumer = cfg
+                    .create()
+                    .map_err(|e| kafka_error("creating Kafka consumer", e))?;
+                consumer
+                    .assign(&tpl)
+                    .map_err(|e| kafka_error("assigning partitions", e))?;
                 Ok((consumer, starts, ends))
             },
         )
@@ -183,7 +215,11 @@ impl SourceConnector for KafkaSourceConnector {
             offsets,
             stop_at: read.bounded.then_some(ends),
             confirmed: Default::default(),
-            meta: Arc::new(client_config(&spec.options).create::<BaseConsumer>().map_err(|e| kafka_error("creating Kafka client", e))?),
+            meta: Arc::new(
+                client_config(&spec.options)
+                    .create::<BaseConsumer>()
+                    .map_err(|e| kafka_error("creating Kafka client", e))?,
+            ),
             refreshing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             latest: lag,
             lag_refreshed: None,
@@ -216,7 +252,10 @@ impl KafkaSource {
     fn done(&self) -> bool {
         match &self.stop_at {
             Some(ends) => {
-                self.confirmed.len() == ends.len() && ends.iter().all(|(p, end)| self.offsets.get(p).copied().unwrap_or(0) >= *end)
+                self.confirmed.len() == ends.len()
+                    && ends
+                        .iter()
+                        .all(|(p, end)| self.offsets.get(p).copied().unwrap_or(0) >= *end)
             }
             None => false,
         }
@@ -239,13 +278,18 @@ impl KafkaSource {
                 &mut high,
             )
         };
-        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+            .then_some(high)
     }
 
     /// Batch mode: raises each partition's end to the first fetched high watermark.
     fn confirm_ends(&mut self) {
         let Some(ends) = &self.stop_at else { return };
-        let pending: Vec<i32> = ends.keys().filter(|p| !self.confirmed.contains(p)).copied().collect();
+        let pending: Vec<i32> = ends
+            .keys()
+            .filter(|p| !self.confirmed.contains(p))
+            .copied()
+            .collect();
         for p in pending {
             if let Some(high) = self.fetched_high(p) {
                 if let Some(ends) = self.stop_at.as_mut() {
@@ -258,11 +302,17 @@ impl KafkaSource {
     }
 
     fn refresh_lag(&mut self) {
-        if self.lag_refreshed.is_some_and(|t| t.elapsed() < LAG_REFRESH) {
+        if self
+            .lag_refreshed
+            .is_some_and(|t| t.elapsed() < LAG_REFRESH)
+        {
             return;
         }
         self.lag_refreshed = Some(Instant::now());
-        if self.refreshing.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if self
+            .refreshing
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
             return;
         }
         let meta = self.meta.clone();
@@ -297,9 +347,15 @@ impl KafkaSource {
     fn decode(&self, payloads: Vec<(i32, i64, Vec<u8>)>) -> (RecordBatch, Vec<BadRecord>) {
         match (&self.decoder, self.format) {
             (None, _) | (_, KafkaFormat::Raw) => {
-                let values: Vec<Option<String>> = payloads.iter().map(|(_, _, v)| Some(String::from_utf8_lossy(v).to_string())).collect();
-                let batch = RecordBatch::try_new(self.schema.clone(), vec![Arc::new(StringArray::from(values))])
-                    .unwrap_or_else(|_| RecordBatch::new_empty(self.schema.clone()));
+                let values: Vec<Option<String>> = payloads
+                    .iter()
+                    .map(|(_, _, v)| Some(String::from_utf8_lossy(v).to_string()))
+                    .collect();
+                let batch = RecordBatch::try_new(
+                    self.schema.clone(),
+                    vec![Arc::new(StringArray::from(values))],
+                )
+                .unwrap_or_else(|_| RecordBatch::new_empty(self.schema.clone()));
                 (batch, Vec::new())
             }
             (Some(decoder), _) => {
@@ -318,18 +374,38 @@ impl KafkaSource {
                     if v.contains(&b'\n') && self.format == KafkaFormat::Json {
                         // A pretty-printed object: collapse its newlines, JSON does not need them.
                         let start = buf.len();
-                        buf.extend(v.iter().map(|b| if *b == b'\n' || *b == b'\r' { b' ' } else { *b }));
+                        buf.extend(v.iter().map(|b| {
+                            if *b == b'\n' || *b == b'\r' {
+                                b' '
+                            } else {
+                                *b
+                            }
+                        }));
                         let end = buf.len();
                         buf.push(b'\n');
-                        records.push(Record { start, end, next: buf.len(), line: i as u64 });
+                        records.push(Record {
+                            start,
+                            end,
+                            next: buf.len(),
+                            line: i as u64,
+                        });
                     } else if v.iter().all(|b| b.is_ascii_whitespace()) {
-                        bad.push(BadRecord { position: format!("{}/{p}/{o}", self.topic), message: "empty message".into(), raw: String::new() });
+                        bad.push(BadRecord {
+                            position: format!("{}/{p}/{o}", self.topic),
+                            message: "empty message".into(),
+                            raw: String::new(),
+                        });
                     } else {
                         let start = buf.len();
                         buf.extend_from_slice(v);
                         let end = buf.len();
                         buf.push(b'\n');
-                        records.push(Record { start, end, next: buf.len(), line: i as u64 });
+                        records.push(Record {
+                            start,
+                            end,
+                            next: buf.len(),
+                            line: i as u64,
+                        });
                     }
                 }
                 let topic = &self.topic;
@@ -375,8 +451,13 @@ impl Source for KafkaSource {
                 _ = tokio::time::sleep_until(deadline) => break,
             };
             let (p, o, payload) = {
-                let msg = msg.map_err(|e| kafka_error(format!("reading topic {}", self.topic), e))?;
-                (msg.partition(), msg.offset(), msg.payload().map(<[u8]>::to_vec).unwrap_or_default())
+                let msg =
+                    msg.map_err(|e| kafka_error(format!("reading topic {}", self.topic), e))?;
+                (
+                    msg.partition(),
+                    msg.offset(),
+                    msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                )
             };
             if o < self.offsets.get(&p).copied().unwrap_or(0) {
                 // Already read before the resume (see RESUME_REWIND).
@@ -398,7 +479,17 @@ impl Source for KafkaSource {
             }
         }
         let (batch, bad_records) = self.decode(payloads);
-        let position = SourcePosition(serde_json::to_value(KafkaPosition { offsets: self.offsets.clone() }).unwrap_or_default());
-        Ok(Some(SourceBatch { batch, bad_records, position, lag: self.lag() }))
+        let position = SourcePosition(
+            serde_json::to_value(KafkaPosition {
+                offsets: self.offsets.clone(),
+            })
+            .unwrap_or_default(),
+        );
+        Ok(Some(SourceBatch {
+            batch,
+            bad_records,
+            position,
+            lag: self.lag(),
+        }))
     }
 }

@@ -57,9 +57,24 @@ const CHANNELS: usize = 10_000;
 pub const BASE_TIME_MS: i64 = 1_436_918_400_000;
 const POOL_BYTES: usize = 1 << 16;
 
-const FIRST_NAMES: &[&str] = &["peter", "paul", "luke", "john", "saul", "vicky", "kate", "julie", "sarah", "deiter", "walter"];
-const LAST_NAMES: &[&str] = &["shultz", "abrams", "spencer", "white", "bartels", "walton", "smith", "jones", "noris"];
-const CITIES: &[&str] = &["phoenix", "los angeles", "san francisco", "boise", "portland", "bend", "redmond", "seattle", "kent", "cheyenne"];
+const FIRST_NAMES: &[&str] = &[
+    "peter", "paul", "luke", "john", "saul", "vicky", "kate", "julie", "sarah", "deiter", "walter",
+];
+const LAST_NAMES: &[&str] = &[
+    "shultz", "abrams", "spencer", "white", "bartels", "walton", "smith", "jones", "noris",
+];
+const CITIES: &[&str] = &[
+    "phoenix",
+    "los angeles",
+    "san francisco",
+    "boise",
+    "portland",
+    "bend",
+    "redmond",
+    "seattle",
+    "kent",
+    "cheyenne",
+];
 const STATES: &[&str] = &["az", "ca", "id", "or", "wa", "wy"];
 const HOT_CHANNELS: &[&str] = &["Google", "Facebook", "Baidu", "Apple"];
 
@@ -158,23 +173,47 @@ impl Generator {
     /// A generator of `table` rows for `seed`, with event time advancing at `rate` events/s.
     pub fn new(table: NexmarkTable, seed: u64, rate: u64, out_of_order: u64) -> Self {
         let mut rng = Rng::for_event(seed, u64::MAX);
-        let pool: String = (0..POOL_BYTES).map(|_| (b'a' + rng.below(26) as u8) as char).collect();
+        let pool: String = (0..POOL_BYTES)
+            .map(|_| (b'a' + rng.below(26) as u8) as char)
+            .collect();
         let word = |rng: &mut Rng| -> String {
             let len = 3 + rng.below(2) as usize;
-            (0..len).map(|_| if rng.below(13) == 0 { '_' } else { (b'a' + rng.below(26) as u8) as char }).collect()
+            (0..len)
+                .map(|_| {
+                    if rng.below(13) == 0 {
+                        '_'
+                    } else {
+                        (b'a' + rng.below(26) as u8) as char
+                    }
+                })
+                .collect()
         };
-        let base_url = |rng: &mut Rng| format!("https://www.nexmark.com/{}/{}/{}/item.htm?query=1", word(rng), word(rng), word(rng));
-        let mut urls: Vec<String> = (0..HOT_CHANNELS.len()).map(|_| base_url(&mut rng)).collect();
+        let base_url = |rng: &mut Rng| {
+            format!(
+                "https://www.nexmark.com/{}/{}/{}/item.htm?query=1",
+                word(rng),
+                word(rng),
+                word(rng)
+            )
+        };
+        let mut urls: Vec<String> = (0..HOT_CHANNELS.len())
+            .map(|_| base_url(&mut rng))
+            .collect();
         for i in 0..CHANNELS {
             let mut u = base_url(&mut rng);
             if rng.below(10) > 0 {
-                u.push_str(&format!("&channel_id={}", (i as i32).reverse_bits().unsigned_abs()));
+                u.push_str(&format!(
+                    "&channel_id={}",
+                    (i as i32).reverse_bits().unsigned_abs()
+                ));
             }
             urls.push(u);
         }
         let channels = (0..CHANNELS).map(|i| format!("channel-{i}")).collect();
         // Prices: 10^(u*6) dollars-cents over 65,536 steps of u.
-        let prices = (0..65_536u32).map(|i| (10f64.powf(i as f64 / 65_536.0 * 6.0) * 100.0).round() as i64).collect();
+        let prices = (0..65_536u32)
+            .map(|i| (10f64.powf(i as f64 / 65_536.0 * 6.0) * 100.0).round() as i64)
+            .collect();
         Generator {
             table,
             seed,
@@ -365,7 +404,11 @@ impl Generator {
             );
             let c = CITIES[rng.below(CITIES.len() as u64) as usize];
             let s = STATES[rng.below(STATES.len() as u64) as usize];
-            let len = Self::extra_len(8 + full.len() + mail.len() + cc.len() + c.len() + s.len(), 200, &mut rng);
+            let len = Self::extra_len(
+                8 + full.len() + mail.len() + cc.len() + c.len() + s.len(),
+                200,
+                &mut rng,
+            );
             name.append_value(&full);
             email.append_value(&mail);
             card.append_value(&cc);
@@ -403,7 +446,9 @@ mod tests {
         seen.sort();
         assert_eq!(seen, (0..50).collect::<Vec<_>>());
         for n in [0, 1, 3, 4, 49, 50, 51, 100, 1_000_003] {
-            let total = rows_below(NexmarkTable::Person, n) + rows_below(NexmarkTable::Auction, n) + rows_below(NexmarkTable::Bid, n);
+            let total = rows_below(NexmarkTable::Person, n)
+                + rows_below(NexmarkTable::Auction, n)
+                + rows_below(NexmarkTable::Bid, n);
             assert_eq!(total, n, "events below {n}");
         }
         assert_eq!(rows_below(NexmarkTable::Bid, 1_000_000), 920_000);
@@ -415,11 +460,15 @@ mod tests {
     fn same_seed_same_rows_and_batches_compose() {
         let g = Generator::new(NexmarkTable::Bid, 7, 10_000, 1);
         let whole = g.batch(0, 1000).unwrap();
-        let again = Generator::new(NexmarkTable::Bid, 7, 10_000, 1).batch(0, 1000).unwrap();
+        let again = Generator::new(NexmarkTable::Bid, 7, 10_000, 1)
+            .batch(0, 1000)
+            .unwrap();
         assert_eq!(whole, again);
         let tail = g.batch(600, 400).unwrap();
         assert_eq!(whole.slice(600, 400), tail);
-        let other = Generator::new(NexmarkTable::Bid, 8, 10_000, 1).batch(0, 1000).unwrap();
+        let other = Generator::new(NexmarkTable::Bid, 8, 10_000, 1)
+            .batch(0, 1000)
+            .unwrap();
         assert_ne!(whole, other);
     }
 
@@ -431,14 +480,31 @@ mod tests {
         let bidders = b.column(1).as_primitive::<Int64Type>();
         let prices = b.column(2).as_primitive::<Int64Type>();
         // 46,000 bids span 50,000 events: 3,000 auctions and 1,000 people exist (plus the id lead).
-        assert!(auctions.values().iter().all(|a| (1000..1000 + 3000 + 10).contains(a)));
-        assert!(bidders.values().iter().all(|p| (1000..1000 + 1000 + 10).contains(p)));
-        assert!(prices.values().iter().all(|p| (100..=100_000_000).contains(p)));
+        assert!(auctions
+            .values()
+            .iter()
+            .all(|a| (1000..1000 + 3000 + 10).contains(a)));
+        assert!(bidders
+            .values()
+            .iter()
+            .all(|p| (1000..1000 + 1000 + 10).contains(p)));
+        assert!(prices
+            .values()
+            .iter()
+            .all(|p| (100..=100_000_000).contains(p)));
         // Hot auctions: about half the bids go to an auction id that is a multiple of 100 (+1000).
-        let hot = auctions.values().iter().filter(|a| (**a - 1000) % 100 == 0).count() as f64 / b.num_rows() as f64;
+        let hot = auctions
+            .values()
+            .iter()
+            .filter(|a| (**a - 1000) % 100 == 0)
+            .count() as f64
+            / b.num_rows() as f64;
         assert!((0.45..0.6).contains(&hot), "hot auction share {hot}");
         let channels = b.column(3).as_string::<i32>();
-        let google = (0..channels.len()).filter(|i| channels.value(*i) == "Google").count() as f64 / b.num_rows() as f64;
+        let google = (0..channels.len())
+            .filter(|i| channels.value(*i) == "Google")
+            .count() as f64
+            / b.num_rows() as f64;
         assert!((0.10..0.15).contains(&google), "Google share {google}");
     }
 
@@ -447,10 +513,16 @@ mod tests {
         let g = Generator::new(NexmarkTable::Bid, 1, 1000, 1);
         let b = g.batch(0, 10_000).unwrap();
         let ts = b.column(5).as_primitive::<TimestampMillisecondType>();
-        assert!(ts.values().windows(2).all(|w| w[0] <= w[1]), "monotone without out-of-order");
+        assert!(
+            ts.values().windows(2).all(|w| w[0] <= w[1]),
+            "monotone without out-of-order"
+        );
         // 10,000 bids are 10,870 events at 1,000 events/s: about 10.9 s of event time.
         assert_eq!(ts.value(0), BASE_TIME_MS + 4);
-        assert_eq!(ts.value(9_999) - BASE_TIME_MS, (event_number(NexmarkTable::Bid, 9_999) as i64 * 1000) / 1000);
+        assert_eq!(
+            ts.value(9_999) - BASE_TIME_MS,
+            (event_number(NexmarkTable::Bid, 9_999) as i64 * 1000) / 1000
+        );
         let g = Generator::new(NexmarkTable::Bid, 1, 1000, 100);
         let b = g.batch(0, 10_000).unwrap();
         let ts = b.column(5).as_primitive::<TimestampMillisecondType>();
@@ -460,20 +532,30 @@ mod tests {
             assert!(t >= max - 100, "{t} is too far behind {max}");
             max = max.max(t);
         }
-        assert!(ts.values().windows(2).any(|w| w[0] > w[1]), "out-of-order groups do reorder");
+        assert!(
+            ts.values().windows(2).any(|w| w[0] > w[1]),
+            "out-of-order groups do reorder"
+        );
     }
 
     #[test]
     fn persons_and_auctions_have_reference_shapes() {
-        let p = Generator::new(NexmarkTable::Person, 3, 10_000, 1).batch(0, 100).unwrap();
+        let p = Generator::new(NexmarkTable::Person, 3, 10_000, 1)
+            .batch(0, 100)
+            .unwrap();
         let ids = p.column(0).as_primitive::<Int64Type>();
         assert_eq!(ids.values().to_vec(), (1000..1100).collect::<Vec<i64>>());
         let cards = p.column(3).as_string::<i32>();
         assert!((0..cards.len()).all(|i| cards.value(i).len() == 19));
-        let a = Generator::new(NexmarkTable::Auction, 3, 10_000, 1).batch(0, 300).unwrap();
+        let a = Generator::new(NexmarkTable::Auction, 3, 10_000, 1)
+            .batch(0, 300)
+            .unwrap();
         let ids = a.column(0).as_primitive::<Int64Type>();
         assert_eq!(ids.values().to_vec(), (1000..1300).collect::<Vec<i64>>());
-        let (dt, ex) = (a.column(5).as_primitive::<TimestampMillisecondType>(), a.column(6).as_primitive::<TimestampMillisecondType>());
+        let (dt, ex) = (
+            a.column(5).as_primitive::<TimestampMillisecondType>(),
+            a.column(6).as_primitive::<TimestampMillisecondType>(),
+        );
         assert!((0..300).all(|i| ex.value(i) > dt.value(i)));
         let cats = a.column(8).as_primitive::<Int64Type>();
         assert!(cats.values().iter().all(|c| (10..15).contains(c)));

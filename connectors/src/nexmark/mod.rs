@@ -59,7 +59,11 @@ impl NexmarkOptions {
         let events = opts.get_u64("events")?;
         let rate = opts.get_u64("rate")?;
         if rate == Some(0) {
-            return Err(ConnectorError::InvalidOption { option: "rate".into(), value: "0".into(), reason: "must be positive".into() });
+            return Err(ConnectorError::InvalidOption {
+                option: "rate".into(),
+                value: "0".into(),
+                reason: "must be positive".into(),
+            });
         }
         if events.is_none() && rate.is_none() {
             return Err(ConnectorError::MissingOption {
@@ -69,8 +73,18 @@ impl NexmarkOptions {
             });
         }
         let out_of_order = opts.get_u64("out_of_order")?.unwrap_or(1).max(1);
-        let batch_size = opts.get_u64("batch_size")?.unwrap_or(16_384).clamp(1, 1 << 20) as usize;
-        Ok(NexmarkOptions { table, events, rate, seed: opts.get_u64("seed")?.unwrap_or(0), out_of_order, batch_size })
+        let batch_size = opts
+            .get_u64("batch_size")?
+            .unwrap_or(16_384)
+            .clamp(1, 1 << 20) as usize;
+        Ok(NexmarkOptions {
+            table,
+            events,
+            rate,
+            seed: opts.get_u64("seed")?.unwrap_or(0),
+            out_of_order,
+            batch_size,
+        })
     }
 }
 
@@ -159,7 +173,9 @@ impl SourceConnector for NexmarkSourceConnector {
     }
 
     fn is_bounded(&self, spec: &SourceSpec) -> bool {
-        NexmarkOptions::parse(spec).map(|o| o.events.is_some()).unwrap_or(true)
+        NexmarkOptions::parse(spec)
+            .map(|o| o.events.is_some())
+            .unwrap_or(true)
     }
 
     async fn open(
@@ -171,13 +187,26 @@ impl SourceConnector for NexmarkSourceConnector {
     ) -> Result<Box<dyn Source>> {
         let opts = NexmarkOptions::parse(spec)?;
         let pos: NexmarkPosition = match from {
-            Some(p) if !p.0.is_null() => serde_json::from_value(p.0)
-                .map_err(|e| ConnectorError::Internal(format!("unreadable nexmark position: {e}")))?,
+            Some(p) if !p.0.is_null() => serde_json::from_value(p.0).map_err(|e| {
+                ConnectorError::Internal(format!("unreadable nexmark position: {e}"))
+            })?,
             _ => NexmarkPosition::default(),
         };
-        let generator = Generator::new(opts.table, opts.seed, opts.rate.unwrap_or(DEFAULT_EVENT_RATE), opts.out_of_order);
+        let generator = Generator::new(
+            opts.table,
+            opts.seed,
+            opts.rate.unwrap_or(DEFAULT_EVENT_RATE),
+            opts.out_of_order,
+        );
         let end = opts.events.map(|n| generator::rows_below(opts.table, n));
-        Ok(Box::new(NexmarkSource { schema: schema(opts.table), generator, next: pos.next, end, opts, started: None }))
+        Ok(Box::new(NexmarkSource {
+            schema: schema(opts.table),
+            generator,
+            next: pos.next,
+            end,
+            opts,
+            started: None,
+        }))
     }
 }
 
@@ -222,6 +251,11 @@ impl Source for NexmarkSource {
         let batch = self.generator.batch(self.next, rows as usize)?;
         self.next += rows;
         let position = SourcePosition(serde_json::json!({ "next": self.next }));
-        Ok(Some(SourceBatch { batch, bad_records: Vec::new(), position, lag: Vec::new() }))
+        Ok(Some(SourceBatch {
+            batch,
+            bad_records: Vec::new(),
+            position,
+            lag: Vec::new(),
+        }))
     }
 }

@@ -8,7 +8,9 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
@@ -24,7 +26,10 @@ use crate::{PreparedCommit, Sink, SinkConnector, SinkContext, SinkSpec};
 /// A file is closed and a new one started past this many encoded bytes.
 const TARGET_FILE_BYTES: usize = 128 << 20;
 
-const OPTIONS: &[OptionSpec] = &[OptionSpec::required("path", "directory or URL to write Parquet files into")];
+const OPTIONS: &[OptionSpec] = &[OptionSpec::required(
+    "path",
+    "directory or URL to write Parquet files into",
+)];
 
 /// `connector = 'parquet'`.
 pub struct ParquetSinkConnector;
@@ -62,25 +67,50 @@ impl SinkConnector for ParquetSinkConnector {
     }
     async fn create(&self, spec: &SinkSpec) -> Result<Box<dyn Sink>> {
         let loc = location(spec)?;
-        Ok(Box::new(ParquetSink { store: loc.store, dir: loc.prefix, schema: None, writer: None, pending: Vec::new(), writer_id: String::new() }))
+        Ok(Box::new(ParquetSink {
+            store: loc.store,
+            dir: loc.prefix,
+            schema: None,
+            writer: None,
+            pending: Vec::new(),
+            writer_id: String::new(),
+        }))
     }
     async fn table(&self, spec: &SinkSpec) -> Result<Option<Arc<dyn TableProvider>>> {
         let loc = location(spec)?;
-        let files: Vec<_> = loc.list().await?.into_iter().filter(|m| m.location.as_ref().ends_with(".parquet")).collect();
-        let Some(first) = files.first() else { return Ok(None) };
-        let reader = parquet::arrow::async_reader::ParquetObjectReader::new(loc.store.clone(), first.location.clone())
-            .with_file_size(first.size);
-        let schema = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await?.schema().clone();
+        let files: Vec<_> = loc
+            .list()
+            .await?
+            .into_iter()
+            .filter(|m| m.location.as_ref().ends_with(".parquet"))
+            .collect();
+        let Some(first) = files.first() else {
+            return Ok(None);
+        };
+        let reader = parquet::arrow::async_reader::ParquetObjectReader::new(
+            loc.store.clone(),
+            first.location.clone(),
+        )
+        .with_file_size(first.size);
+        let schema = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
+            .await?
+            .schema()
+            .clone();
         let url = format!("file:///{}/", loc.prefix.as_ref());
         let url = if loc.display.contains("://") && !loc.display.starts_with("file://") {
             format!("{}/", loc.display.trim_end_matches('/'))
         } else {
             url
         };
-        let table_url = ListingTableUrl::parse(&url).map_err(|e| ConnectorError::Config(e.to_string()))?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let config = ListingTableConfig::new(table_url).with_listing_options(options).with_schema(schema);
-        let table = ListingTable::try_new(config).map_err(|e| ConnectorError::Config(e.to_string()))?;
+        let table_url =
+            ListingTableUrl::parse(&url).map_err(|e| ConnectorError::Config(e.to_string()))?;
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new(table_url)
+            .with_listing_options(options)
+            .with_schema(schema);
+        let table =
+            ListingTable::try_new(config).map_err(|e| ConnectorError::Config(e.to_string()))?;
         Ok(Some(Arc::new(table)))
     }
 }
@@ -104,9 +134,14 @@ struct ParquetSink {
 
 impl ParquetSink {
     async fn close_file(&mut self) -> Result<()> {
-        let Some(writer) = self.writer.take() else { return Ok(()) };
+        let Some(writer) = self.writer.take() else {
+            return Ok(());
+        };
         let bytes = writer.into_inner()?;
-        let temp = self.dir.clone().join(format!("{}.parquet.tmp", uuid::Uuid::new_v4()));
+        let temp = self
+            .dir
+            .clone()
+            .join(format!("{}.parquet.tmp", uuid::Uuid::new_v4()));
         self.store
             .put(&temp, PutPayload::from(bytes))
             .await
@@ -130,7 +165,11 @@ impl Sink for ParquetSink {
         }
         if self.writer.is_none() {
             let schema = self.schema.clone().unwrap_or_else(|| batch.schema());
-            self.writer = Some(ArrowWriter::try_new(Vec::new(), schema, Some(writer_properties()))?);
+            self.writer = Some(ArrowWriter::try_new(
+                Vec::new(),
+                schema,
+                Some(writer_properties()),
+            )?);
         }
         if let Some(w) = self.writer.as_mut() {
             w.write(&batch)?;
@@ -148,14 +187,21 @@ impl Sink for ParquetSink {
             .enumerate()
             .map(|(i, temp)| PendingFile {
                 temp,
-                final_name: self.dir.clone().join(format!("part-{}-{epoch:08}-{i:04}.parquet", self.writer_id)).to_string(),
+                final_name: self
+                    .dir
+                    .clone()
+                    .join(format!("part-{}-{epoch:08}-{i:04}.parquet", self.writer_id))
+                    .to_string(),
             })
             .collect();
-        Ok(PreparedCommit(serde_json::to_value(files).map_err(|e| ConnectorError::Internal(e.to_string()))?))
+        Ok(PreparedCommit(
+            serde_json::to_value(files).map_err(|e| ConnectorError::Internal(e.to_string()))?,
+        ))
     }
 
     async fn commit(&mut self, _epoch: u64, prepared: PreparedCommit) -> Result<()> {
-        let files: Vec<PendingFile> = serde_json::from_value(prepared.0).map_err(|e| ConnectorError::Internal(e.to_string()))?;
+        let files: Vec<PendingFile> = serde_json::from_value(prepared.0)
+            .map_err(|e| ConnectorError::Internal(e.to_string()))?;
         for f in files {
             let temp = Path::from(f.temp.as_str());
             let final_path = Path::from(f.final_name.as_str());
@@ -163,10 +209,14 @@ impl Sink for ParquetSink {
                 Ok(()) => {}
                 Err(object_store::Error::NotFound { .. }) => {
                     // Renamed by an earlier attempt at this commit.
-                    self.store
-                        .head(&final_path)
-                        .await
-                        .map_err(|e| ConnectorError::io(format!("publishing {final_path}: neither temporary nor final file exists"), e))?;
+                    self.store.head(&final_path).await.map_err(|e| {
+                        ConnectorError::io(
+                            format!(
+                                "publishing {final_path}: neither temporary nor final file exists"
+                            ),
+                            e,
+                        )
+                    })?;
                 }
                 Err(e) => return Err(ConnectorError::io(format!("publishing {final_path}"), e)),
             }

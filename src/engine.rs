@@ -25,7 +25,7 @@ use crate::runtime::Runtime;
 use crate::sql::parse::{parse_sql, parse_statement, ObjectKind, ParsedStatement, Statement};
 use crate::sql::plan::compile;
 use crate::sql::types::schema_from_columns;
-use crate::system_tables::{columns_text, options_text, source_table, CatalogSchema, SystemSchema};
+use crate::system_tables::{columns_text, options_text, CatalogSchema, SystemSchema};
 
 /// Default time between checkpoints.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
@@ -379,10 +379,6 @@ impl Engine {
             )));
         };
         let plan = compile(&self.ctx.state(), &query).await?;
-        let source = source_table(&self.catalog, &plan.source)?.ok_or_else(|| Error::NotFound {
-            kind: "source",
-            name: plan.source.clone(),
-        })?;
         let source_entry = self
             .catalog
             .source(&plan.source)
@@ -416,7 +412,6 @@ impl Engine {
             sink_connector: tributary_connectors::sink_connector(&sink_entry.options)?,
             entry,
         };
-        drop(source);
         self.runtime.start(job)
     }
 

@@ -44,6 +44,21 @@ pub use options::{redact, OptionSpec, Options};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SourcePosition(pub serde_json::Value);
 
+impl SourcePosition {
+    /// A connector's own position type from a checkpoint, or its default (the start) when none.
+    pub fn decode<T: serde::de::DeserializeOwned + Default>(
+        from: Option<SourcePosition>,
+        connector: &str,
+    ) -> Result<T> {
+        match from {
+            Some(p) if !p.0.is_null() => serde_json::from_value(p.0).map_err(|e| {
+                ConnectorError::Internal(format!("unreadable {connector} source position: {e}"))
+            }),
+            _ => Ok(T::default()),
+        }
+    }
+}
+
 /// A record a source could not decode. It is counted and shown in `tributary.errors`.
 #[derive(Debug, Clone)]
 pub struct BadRecord {

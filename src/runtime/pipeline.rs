@@ -13,7 +13,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use tributary_connectors::{
-    ConnectorError, ReadOptions, SinkConnector, SinkContext, SinkSpec, SourceBatch,
+    BadRecord, ConnectorError, ReadOptions, SinkConnector, SinkContext, SinkSpec, SourceBatch,
     SourceConnector, SourceSpec,
 };
 
@@ -227,22 +227,6 @@ async fn handle_batch(
             .into());
         }
     }
-    status
-        .rows_errored
-        .fetch_add(sb.bad_records.len() as u64, Ordering::Relaxed);
-    let at = Utc::now();
-    let room = MAX_EPOCH_ERRORS.saturating_sub(errors.len());
-    for bad in sb.bad_records.into_iter().take(room) {
-        errors.push(ErrorEntry {
-            pipeline: job.entry.name.clone(),
-            source: job.plan.source.clone(),
-            epoch,
-            position: bad.position,
-            message: bad.message,
-            raw: bad.raw,
-            at,
-        });
-    }
     let (outputs, failed) = process_isolating(&job.plan, sb.batch);
     if let Some((_, msg)) = failed.first() {
         if job.settings.on_error == OnError::Fail {
@@ -251,21 +235,26 @@ async fn handle_batch(
             )));
         }
     }
+    let failed = failed.into_iter().map(|(raw, message)| BadRecord {
+        position: format!("epoch {epoch}"),
+        message,
+        raw,
+    });
+    let bad: Vec<BadRecord> = sb.bad_records.into_iter().chain(failed).collect();
     status
         .rows_errored
-        .fetch_add(failed.len() as u64, Ordering::Relaxed);
+        .fetch_add(bad.len() as u64, Ordering::Relaxed);
+    let at = Utc::now();
     let room = MAX_EPOCH_ERRORS.saturating_sub(errors.len());
-    for (raw, message) in failed.into_iter().take(room) {
-        errors.push(ErrorEntry {
-            pipeline: job.entry.name.clone(),
-            source: job.plan.source.clone(),
-            epoch,
-            position: format!("epoch {epoch}"),
-            message,
-            raw,
-            at,
-        });
-    }
+    errors.extend(bad.into_iter().take(room).map(|b| ErrorEntry {
+        pipeline: job.entry.name.clone(),
+        source: job.plan.source.clone(),
+        epoch,
+        position: b.position,
+        message: b.message,
+        raw: b.raw,
+        at,
+    }));
     for out in outputs {
         let n = out.num_rows() as u64;
         sink.write(out).await?;
@@ -311,6 +300,20 @@ fn persist_errors(ctx: &RunContext, entries: &[ErrorEntry]) -> Result<()> {
         .append(true)
         .open(&ctx.error_file)
         .map_err(|e| Error::io(format!("opening {}", ctx.error_file.display()), e))?;
+    f.write_all(&to_jsonl(entries))
+        .map_err(|e| Error::io(format!("writing {}", ctx.error_file.display()), e))
+}
+
+/// Loads the durable bad-record log up to the checkpointed epoch and drops what a crash left after it.
+fn restore_errors(ctx: &RunContext, upto_epoch: u64) {
+    let kept = read_error_file(&ctx.error_file, upto_epoch);
+    let _ = std::fs::write(&ctx.error_file, to_jsonl(&kept));
+    ctx.errors.remove_pipeline(&ctx.status.name);
+    ctx.errors.extend(kept);
+}
+
+/// Entries as JSON lines, the durable log's format.
+fn to_jsonl(entries: &[ErrorEntry]) -> Vec<u8> {
     let mut buf = Vec::new();
     for e in entries {
         if let Ok(line) = serde_json::to_vec(e) {
@@ -318,23 +321,7 @@ fn persist_errors(ctx: &RunContext, entries: &[ErrorEntry]) -> Result<()> {
             buf.push(b'\n');
         }
     }
-    f.write_all(&buf)
-        .map_err(|e| Error::io(format!("writing {}", ctx.error_file.display()), e))
-}
-
-/// Loads the durable bad-record log up to the checkpointed epoch and drops what a crash left after it.
-fn restore_errors(ctx: &RunContext, upto_epoch: u64) {
-    let kept = read_error_file(&ctx.error_file, upto_epoch);
-    let mut buf = Vec::new();
-    for e in &kept {
-        if let Ok(line) = serde_json::to_vec(e) {
-            buf.extend_from_slice(&line);
-            buf.push(b'\n');
-        }
-    }
-    let _ = std::fs::write(&ctx.error_file, buf);
-    ctx.errors.remove_pipeline(&ctx.status.name);
-    ctx.errors.extend(kept);
+    buf
 }
 
 /// The bad records of a pipeline's durable log that belong to committed epochs.

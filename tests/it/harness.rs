@@ -290,3 +290,21 @@ pub fn write_json(dir: &Path, prefix: &str, files: usize, rows: usize, first_id:
     }
     id
 }
+
+/// A pipeline's rows_in, rows_out and rows_errored (zeros while it is not listed).
+pub async fn counters(c: &tokio_postgres::Client, p: &str) -> (u64, u64, u64) {
+    let rows = query(
+        c,
+        &format!(
+            "SELECT rows_in, rows_out, rows_errored FROM tributary.pipelines WHERE name = '{p}'"
+        ),
+    )
+    .await;
+    let get = |i: usize| {
+        rows.first()
+            .and_then(|r| r[i].as_deref())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (get(0), get(1), get(2))
+}

@@ -105,23 +105,6 @@ impl Drop for Broker {
     }
 }
 
-async fn counters(c: &tokio_postgres::Client, p: &str) -> (u64, u64, u64) {
-    let rows = query(
-        c,
-        &format!(
-            "SELECT rows_in, rows_out, rows_errored FROM tributary.pipelines WHERE name = '{p}'"
-        ),
-    )
-    .await;
-    let get = |i: usize| {
-        rows.first()
-            .and_then(|r| r[i].as_deref())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (get(0), get(1), get(2))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_into_delta_exactly_once_across_sigkills() {
     let broker = Broker::start().await;

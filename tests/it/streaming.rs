@@ -12,13 +12,7 @@ use tributary_connectors::nexmark::{Generator, NexmarkTable};
 use crate::harness::*;
 
 async fn rows_out(c: &tokio_postgres::Client) -> u64 {
-    scalar(
-        c,
-        "SELECT rows_out FROM tributary.pipelines WHERE name = 'stream'",
-    )
-    .await
-    .parse()
-    .unwrap_or(0)
+    counters(c, "stream").await.1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -182,12 +182,7 @@ impl SourceConnector for FileSourceConnector {
         read: crate::ReadOptions,
     ) -> Result<Box<dyn Source>> {
         let opts = FileSourceOptions::parse(spec).await?;
-        let position: FilePosition = match from {
-            Some(p) if !p.0.is_null() => serde_json::from_value(p.0).map_err(|e| {
-                ConnectorError::Internal(format!("unreadable file source position: {e}"))
-            })?,
-            _ => FilePosition::default(),
-        };
+        let position: FilePosition = SourcePosition::decode(from, "file")?;
         let files = opts.location.list().await?;
         let mut queue: VecDeque<ObjectMeta> = files
             .into_iter()

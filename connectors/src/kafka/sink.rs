@@ -64,21 +64,24 @@ struct KafkaSink {
 impl Sink for KafkaSink {
     async fn open(&mut self, _ctx: &SinkContext, schema: SchemaRef) -> Result<()> {
         if let Some(k) = &self.key {
-            self.key_index = Some(schema.index_of(k).map_err(|_| {
-                ConnectorError::InvalidOption {
-                    option: "key".into(),
-                    value: k.clone(),
-                    reason: format!(
-                        "the pipeline's output has no such column (it has: {})",
-                        schema
-                            .fields()
-                            .iter()
-                            .map(|f| f.name().as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                }
-            })?);
+            self.key_index =
+                Some(
+                    schema
+                        .index_of(k)
+                        .map_err(|_| ConnectorError::InvalidOption {
+                            option: "key".into(),
+                            value: k.clone(),
+                            reason: format!(
+                                "the pipeline's output has no such column (it has: {})",
+                                schema
+                                    .fields()
+                                    .iter()
+                                    .map(|f| f.name().as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        })?,
+                );
         }
         Ok(())
     }

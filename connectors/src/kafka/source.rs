@@ -142,11 +142,7 @@ impl SourceConnector for KafkaSourceConnector {
         read: ReadOptions,
     ) -> Result<Box<dyn Source>> {
         let p = parse(spec)?;
-        let position: KafkaPosition = match from {
-            Some(pos) if !pos.0.is_null() => serde_json::from_value(pos.0)
-                .map_err(|e| ConnectorError::Internal(format!("unreadable kafka position: {e}")))?,
-            _ => KafkaPosition::default(),
-        };
+        let position: KafkaPosition = SourcePosition::decode(from, "kafka")?;
         let mut cfg = client_config(&spec.options);
         cfg.set("group.id", format!("tributary-{}", spec.name))
             .set("enable.auto.commit", "false")

@@ -186,12 +186,7 @@ impl SourceConnector for NexmarkSourceConnector {
         _read: crate::ReadOptions,
     ) -> Result<Box<dyn Source>> {
         let opts = NexmarkOptions::parse(spec)?;
-        let pos: NexmarkPosition = match from {
-            Some(p) if !p.0.is_null() => serde_json::from_value(p.0).map_err(|e| {
-                ConnectorError::Internal(format!("unreadable nexmark position: {e}"))
-            })?,
-            _ => NexmarkPosition::default(),
-        };
+        let pos: NexmarkPosition = SourcePosition::decode(from, "nexmark")?;
         let generator = Generator::new(
             opts.table,
             opts.seed,

@@ -27,6 +27,94 @@ use crate::sql::plan::compile;
 use crate::sql::types::schema_from_columns;
 use crate::system_tables::{columns_text, options_text, CatalogSchema, SystemSchema};
 
+/// Compiles a catalog pipeline into a job for the data plane. The job can rebuild itself after
+/// its source's schema grew (an upstream ADD COLUMN): the catalog learns the new columns first.
+fn build_job(
+    catalog: Arc<Catalog>,
+    state: datafusion::execution::SessionState,
+    name: String,
+) -> futures::future::BoxFuture<'static, Result<PipelineJob>> {
+    Box::pin(async move {
+        let entry = catalog.pipeline(&name).ok_or_else(|| Error::NotFound {
+            kind: "pipeline",
+            name: name.clone(),
+        })?;
+        let Statement::Sql(stmt) = parse_statement(&entry.query)? else {
+            return Err(Error::Internal(format!(
+                "pipeline {name} has an unreadable query"
+            )));
+        };
+        let ast::Statement::Query(query) = *stmt else {
+            return Err(Error::Internal(format!(
+                "pipeline {name} query is not a SELECT"
+            )));
+        };
+        let plan = compile(&state, &query).await?;
+        let source_entry = catalog
+            .source(&plan.source)
+            .ok_or_else(|| Error::NotFound {
+                kind: "source",
+                name: plan.source.clone(),
+            })?;
+        let sink_entry = catalog.sink(&entry.sink).ok_or_else(|| Error::NotFound {
+            kind: "sink",
+            name: entry.sink.clone(),
+        })?;
+        let settings = pipeline_settings(&entry.options)?;
+        let mut metadata = std::collections::HashMap::new();
+        if !source_entry.added_columns.is_empty() {
+            metadata.insert(
+                tributary_connectors::postgres::ADDED_COLUMNS_METADATA.to_string(),
+                source_entry.added_columns.join(","),
+            );
+        }
+        if !source_entry.primary_key.is_empty() {
+            metadata.insert(
+                tributary_connectors::postgres::PRIMARY_KEY_METADATA.to_string(),
+                source_entry.primary_key.join(","),
+            );
+        }
+        let source_schema = crate::catalog::schema_of(&source_entry.columns)?;
+        let source_schema = Arc::new(source_schema.as_ref().clone().with_metadata(metadata));
+        let replan: crate::runtime::pipeline::Replan = {
+            let catalog = catalog.clone();
+            let source = source_entry.name.clone();
+            let name = name.clone();
+            Arc::new(move |schema: SchemaRef| {
+                let catalog = catalog.clone();
+                let state = state.clone();
+                let source = source.clone();
+                let name = name.clone();
+                Box::pin(async move {
+                    catalog
+                        .evolve_source(&source, columns_of(&normalize_names(&schema)))
+                        .await?;
+                    build_job(catalog, state, name).await
+                })
+            })
+        };
+        Ok(PipelineJob {
+            plan,
+            settings,
+            source_spec: SourceSpec {
+                name: source_entry.name.clone(),
+                schema: Some(source_schema.clone()),
+                options: source_entry.options.clone(),
+            },
+            source_schema,
+            primary_key: source_entry.primary_key.clone(),
+            source_connector: tributary_connectors::source_connector(&source_entry.options)?,
+            sink_spec: SinkSpec {
+                name: sink_entry.name.clone(),
+                options: sink_entry.options.clone(),
+            },
+            sink_connector: tributary_connectors::sink_connector(&sink_entry.options)?,
+            entry,
+            replan: Some(replan),
+        })
+    })
+}
+
 /// Default time between checkpoints.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -44,6 +132,8 @@ pub enum Output {
     },
     /// Nothing (only comments).
     Empty,
+    /// A message for the user (a NOTICE), then the output.
+    Notice(String, Box<Output>),
 }
 
 /// The engine: catalog, planner and runtime behind one `execute`.
@@ -190,13 +280,23 @@ impl Engine {
                     options: options.clone(),
                 };
                 let schema = connector.validate(&spec).await?;
+                let mut primary_key = primary_key.clone();
+                if primary_key.is_empty() {
+                    if let Some(k) = schema
+                        .metadata()
+                        .get(tributary_connectors::postgres::PRIMARY_KEY_METADATA)
+                    {
+                        primary_key = k.split(',').map(|c| c.to_ascii_lowercase()).collect();
+                    }
+                }
                 let schema = normalize_names(&schema);
                 self.catalog
                     .add_source(SourceEntry {
+                        added_columns: Vec::new(),
                         name: name.clone(),
                         columns: columns_of(&schema),
                         declared: declared.is_some(),
-                        primary_key: primary_key.clone(),
+                        primary_key,
                         watermark: watermark.clone(),
                         options: options.clone(),
                         created_at: Utc::now(),
@@ -239,12 +339,14 @@ impl Engine {
                     return self.exists(*if_not_exists, "pipeline", name, tag);
                 }
                 check_pipeline_options(options)?;
-                if self.catalog.sink(sink).is_none() {
+                let Some(sink_entry) = self.catalog.sink(sink) else {
                     return Err(Error::NotFound {
                         kind: "sink",
                         name: sink.clone(),
                     });
-                }
+                };
+                let first = compile(&self.ctx.state(), query).await?;
+                let query = &self.upsert_query(&sink_entry, &first.source, query)?;
                 let plan = compile(&self.ctx.state(), query).await?;
                 let mut options = options.clone();
                 let source_bounded = {
@@ -327,7 +429,11 @@ impl Engine {
                 kind,
                 name,
                 if_exists,
-            } => self.drop_object(*kind, name, *if_exists, tag).await,
+                keep_slot,
+            } => {
+                self.drop_object(*kind, name, *if_exists, *keep_slot, tag)
+                    .await
+            }
             Statement::Show { kind } => self.show(*kind).await,
             Statement::ShowCreate { kind, name } => self.show_create(*kind, name),
             Statement::Sql(stmt) => self.execute_sql_statement(stmt, params).await,
@@ -364,55 +470,59 @@ impl Engine {
 
     /// Builds a job for a catalog pipeline and starts it.
     async fn start_pipeline(&self, name: &str) -> Result<()> {
-        let entry = self.catalog.pipeline(name).ok_or_else(|| Error::NotFound {
-            kind: "pipeline",
-            name: name.to_string(),
-        })?;
-        let Statement::Sql(stmt) = parse_statement(&entry.query)? else {
-            return Err(Error::Internal(format!(
-                "pipeline {name} has an unreadable query"
-            )));
-        };
-        let ast::Statement::Query(query) = *stmt else {
-            return Err(Error::Internal(format!(
-                "pipeline {name} query is not a SELECT"
-            )));
-        };
-        let plan = compile(&self.ctx.state(), &query).await?;
-        let source_entry = self
-            .catalog
-            .source(&plan.source)
-            .ok_or_else(|| Error::NotFound {
-                kind: "source",
-                name: plan.source.clone(),
-            })?;
-        let sink_entry = self
-            .catalog
-            .sink(&entry.sink)
-            .ok_or_else(|| Error::NotFound {
-                kind: "sink",
-                name: entry.sink.clone(),
-            })?;
-        let settings = pipeline_settings(&entry.options)?;
-        let source_schema = crate::catalog::schema_of(&source_entry.columns)?;
-        let job = PipelineJob {
-            plan,
-            settings,
-            source_spec: SourceSpec {
-                name: source_entry.name.clone(),
-                schema: Some(source_schema.clone()),
-                options: source_entry.options.clone(),
-            },
-            source_schema,
-            source_connector: tributary_connectors::source_connector(&source_entry.options)?,
-            sink_spec: SinkSpec {
-                name: sink_entry.name.clone(),
-                options: sink_entry.options.clone(),
-            },
-            sink_connector: tributary_connectors::sink_connector(&sink_entry.options)?,
-            entry,
-        };
+        let job = build_job(self.catalog.clone(), self.ctx.state(), name.to_string()).await?;
         self.runtime.start(job)
+    }
+
+    /// For a sink that applies changes by key: checks that a key is known, and makes sure the
+    /// query carries the source's `_op` column (added to the SELECT list when left out).
+    fn upsert_query(
+        &self,
+        sink: &SinkEntry,
+        source: &str,
+        query: &ast::Query,
+    ) -> Result<ast::Query> {
+        let connector = tributary_connectors::sink_connector(&sink.options)?;
+        let Some(key) = connector.upsert_key(&SinkSpec {
+            name: sink.name.clone(),
+            options: sink.options.clone(),
+        })?
+        else {
+            return Ok(query.clone());
+        };
+        let Some(src) = self.catalog.source(source) else {
+            return Ok(query.clone());
+        };
+        let has_op = src.columns.iter().any(|c| c.name == "_op");
+        if key.is_empty() && src.primary_key.is_empty() {
+            let upstream = src.options.get("table").cloned().unwrap_or_default();
+            return Err(Error::Plan(format!(
+                "sink \"{}\" applies changes by key (mode = 'upsert'), but source \"{}\"{} has no primary key: \
+                 give the sink a key = '...' option, or use mode = 'append'",
+                sink.name,
+                src.name,
+                if upstream.is_empty() { String::new() } else { format!(" (table {upstream})") }
+            )));
+        }
+        let mut query = query.clone();
+        if has_op {
+            if let ast::SetExpr::Select(select) = query.body.as_mut() {
+                let selects_op = select.projection.iter().any(|item| match item {
+                    ast::SelectItem::Wildcard(_) | ast::SelectItem::QualifiedWildcard(..) => true,
+                    ast::SelectItem::UnnamedExpr(ast::Expr::Identifier(i)) => i.value == "_op",
+                    ast::SelectItem::ExprWithAlias { alias, .. } => alias.value == "_op",
+                    _ => false,
+                });
+                if !selects_op {
+                    select
+                        .projection
+                        .push(ast::SelectItem::UnnamedExpr(ast::Expr::Identifier(
+                            ast::Ident::new("_op"),
+                        )));
+                }
+            }
+        }
+        Ok(query)
     }
 
     /// Waits until a pipeline's current run ends; returns its state.
@@ -426,6 +536,7 @@ impl Engine {
         kind: ObjectKind,
         name: &str,
         if_exists: bool,
+        keep_slot: bool,
         tag: String,
     ) -> Result<Output> {
         let exists = match kind {
@@ -474,12 +585,28 @@ impl Engine {
                 self.runtime.stop(name).await?;
                 if let Some(p) = self.catalog.pipeline(name) {
                     self.runtime.checkpoints(&p.id)?.clear().await?;
+                    let _ = std::fs::remove_dir_all(self.runtime.state_dir(&p.id));
                 }
                 self.runtime.forget(name);
             }
         }
+        let mut notice = None;
+        if kind == ObjectKind::Source {
+            if let Some(entry) = self.catalog.source(name) {
+                let connector = tributary_connectors::source_connector(&entry.options)?;
+                let spec = SourceSpec {
+                    name: entry.name.clone(),
+                    schema: None,
+                    options: entry.options.clone(),
+                };
+                notice = connector.on_drop(&spec, keep_slot).await?;
+            }
+        }
         self.catalog.remove(kind, name).await?;
-        Ok(Output::Command(tag))
+        Ok(match notice {
+            Some(n) => Output::Notice(n, Box::new(Output::Command(tag))),
+            None => Output::Command(tag),
+        })
     }
 
     async fn show(&self, kind: ObjectKind) -> Result<Output> {

@@ -139,6 +139,7 @@ async fn run(script: PathBuf, data_dir: PathBuf, quiet: bool) -> anyhow::Result<
                 }
             }
             Ok(Output::Empty) => {}
+            Ok(Output::Notice(notice, _)) => eprintln!("NOTICE: {notice}"),
             Err(e) => {
                 eprintln!(
                     "{}: {}",

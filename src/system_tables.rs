@@ -158,6 +158,14 @@ fn table(columns: Vec<(&str, ArrayRef)>) -> crate::error::Result<RecordBatch> {
 fn int(v: Vec<i64>) -> ArrayRef {
     Arc::new(arrow::array::Int64Array::from(v))
 }
+fn int_opt(v: Vec<Option<i64>>) -> ArrayRef {
+    Arc::new(arrow::array::Int64Array::from(v))
+}
+/// An LSN as PostgreSQL writes it, for partitions whose positions are LSNs.
+fn lsn_text(p: &tributary_connectors::PartitionLag, v: i64) -> Option<String> {
+    p.lsn
+        .then(|| tributary_connectors::postgres::format_lsn(v.max(0) as u64))
+}
 
 impl SystemSchema {
     async fn build(&self, name: &str) -> crate::error::Result<Option<RecordBatch>> {
@@ -210,6 +218,7 @@ impl SystemSchema {
                         "last_checkpoint_at",
                         ts(st.iter().map(|s| s.last_checkpoint_at).collect()),
                     ),
+                    ("phase", text(st.iter().map(|s| s.phase.clone()).collect())),
                     (
                         "error",
                         text(
@@ -371,6 +380,26 @@ impl SystemSchema {
                             .iter()
                             .map(|r| (r.2.latest - r.2.position).max(0))
                             .collect()),
+                    ),
+                    (
+                        "confirmed",
+                        int_opt(rows.iter().map(|r| r.2.confirmed).collect()),
+                    ),
+                    (
+                        "position_lsn",
+                        text(rows.iter().map(|r| lsn_text(&r.2, r.2.position)).collect()),
+                    ),
+                    (
+                        "latest_lsn",
+                        text(rows.iter().map(|r| lsn_text(&r.2, r.2.latest)).collect()),
+                    ),
+                    (
+                        "confirmed_lsn",
+                        text(
+                            rows.iter()
+                                .map(|r| r.2.confirmed.and_then(|c| lsn_text(&r.2, c)))
+                                .collect(),
+                        ),
                     ),
                 ])?
             }

@@ -8,12 +8,14 @@ CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
 mkdir -p "$CACHE"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 
-# System packages: psql (the real client binary) and a C toolchain for librdkafka.
+# System packages: psql (the real client binary), PostgreSQL server binaries and a C toolchain for librdkafka.
 need_apt=()
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 command -v make >/dev/null || need_apt+=(make)
 command -v gcc >/dev/null || need_apt+=(gcc)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+# PostgreSQL server binaries: the CDC tests start throwaway clusters with initdb/pg_ctl.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -86,6 +86,18 @@ pub enum ConnectorError {
         /// Why it could not be decoded.
         message: String,
     },
+    /// The upstream table changed in a way the pipeline cannot follow (a dropped or retyped column,
+    /// or an added one with `on_schema_change = 'fail'`).
+    #[error("{0}")]
+    SchemaChanged(String),
+    /// The upstream table gained columns: the pipeline is re-planned over `schema` and resumes.
+    #[error("{description}")]
+    SchemaEvolved {
+        /// What changed.
+        description: String,
+        /// The source's new schema.
+        schema: arrow::datatypes::SchemaRef,
+    },
     /// Arrow or Parquet failed on data we produced.
     #[error("{0}")]
     Arrow(#[from] arrow::error::ArrowError),
@@ -106,7 +118,9 @@ impl ConnectorError {
             | ConnectorError::UnknownOption { .. }
             | ConnectorError::InvalidOption { .. }
             | ConnectorError::Config(_)
-            | ConnectorError::BadRecord { .. } => ErrorKind::User,
+            | ConnectorError::BadRecord { .. }
+            | ConnectorError::SchemaChanged(_)
+            | ConnectorError::SchemaEvolved { .. } => ErrorKind::User,
             ConnectorError::Io { .. } | ConnectorError::Delta(_) => ErrorKind::External,
             ConnectorError::Arrow(_) | ConnectorError::Internal(_) => ErrorKind::Internal,
         }

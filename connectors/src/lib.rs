@@ -19,6 +19,7 @@
 #![allow(deprecated)]
 
 pub mod blackhole;
+pub mod changes;
 pub mod delta;
 pub mod error;
 pub mod file;
@@ -27,6 +28,7 @@ pub mod kafka;
 pub mod nexmark;
 pub mod options;
 pub mod parquet;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -81,7 +83,29 @@ pub struct SourceBatch {
     pub position: SourcePosition,
     /// Per-partition progress against the latest available input, when the source knows it.
     pub lag: Vec<PartitionLag>,
+    /// What the source is doing, when it has phases (`snapshot: 1200 of ~5000 rows`, `streaming`).
+    pub phase: Option<String>,
+    /// A failure the source is recovering from by itself (reconnecting); `None` clears it.
+    pub transient_error: Option<String>,
 }
+
+impl SourceBatch {
+    /// A batch with its position, no bad records and no lag.
+    pub fn new(batch: RecordBatch, position: SourcePosition) -> Self {
+        SourceBatch {
+            batch,
+            bad_records: Vec::new(),
+            position,
+            lag: Vec::new(),
+            phase: None,
+            transient_error: None,
+        }
+    }
+}
+
+/// Tells a source that a checkpoint holding a position of its is durable and its sink commit
+/// done, so what came before may be released upstream (a replication slot's confirmed LSN).
+pub type SourceAck = Arc<dyn Fn(&SourcePosition) + Send + Sync>;
 
 /// How far one partition of a source has been read, against what is available.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,6 +116,10 @@ pub struct PartitionLag {
     pub position: i64,
     /// Position after the latest available record.
     pub latest: i64,
+    /// Position acknowledged upstream (a slot's confirmed LSN), when the source has one.
+    pub confirmed: Option<i64>,
+    /// Positions are PostgreSQL LSNs (shown as `16/B374D848` too).
+    pub lsn: bool,
 }
 
 /// How a pipeline reads a source.
@@ -132,6 +160,11 @@ pub trait Source: Send {
     /// A record that cannot be decoded goes into [`SourceBatch::bad_records`]; an `Err` stops
     /// the pipeline and is meant for failures of the source itself (file vanished, network).
     async fn next_batch(&mut self) -> Result<Option<SourceBatch>>;
+
+    /// How the engine acknowledges committed positions; `None` when upstream needs no word.
+    fn ack(&self) -> Option<SourceAck> {
+        None
+    }
 }
 
 /// Identity of the writer, handed to [`Sink::open`].
@@ -142,6 +175,10 @@ pub struct SinkContext {
     /// Stable id of the pipeline (survives restarts, differs after DROP and CREATE): sinks use it
     /// as the transaction id that makes commits idempotent.
     pub writer_id: String,
+    /// A directory of this writer's own for staged epochs, kept across restarts.
+    pub state_dir: std::path::PathBuf,
+    /// The source's primary key, the default key of upsert sinks.
+    pub primary_key: Vec<String>,
 }
 
 /// What [`Sink::prepare`] returns and [`Sink::commit`] takes: stored in the checkpoint.
@@ -186,6 +223,11 @@ pub trait SourceConnector: Send + Sync {
         from: Option<SourcePosition>,
         read: ReadOptions,
     ) -> Result<Box<dyn Source>>;
+    /// Called at `DROP SOURCE`: releases what the source holds upstream (a replication slot,
+    /// unless `keep_slot`) and says what became of it.
+    async fn on_drop(&self, _spec: &SourceSpec, _keep_slot: bool) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// A kind of sink: `connector = 'delta'`, `'parquet'`, ...
@@ -202,6 +244,12 @@ pub trait SinkConnector: Send + Sync {
     /// What the sink holds, as a table to query with SQL; `None` when it cannot be read back
     /// (a blackhole) and `Ok(None)` too when nothing was written yet.
     async fn table(&self, spec: &SinkSpec) -> Result<Option<Arc<dyn TableProvider>>>;
+    /// `Some(key columns)` when the sink applies changes by key (`mode = 'upsert'`): it then
+    /// takes an `_op` column (`insert`, `update`, `delete`; absent means insert). An empty key
+    /// means the source's primary key.
+    fn upsert_key(&self, _spec: &SinkSpec) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
 }
 
 /// Every source connector. Adding one is a line here.
@@ -210,6 +258,7 @@ pub fn source_connectors() -> Vec<Arc<dyn SourceConnector>> {
         Arc::new(file::FileSourceConnector),
         Arc::new(kafka::KafkaSourceConnector),
         Arc::new(nexmark::NexmarkSourceConnector),
+        Arc::new(postgres::PostgresCdcSourceConnector),
     ]
 }
 
@@ -219,6 +268,7 @@ pub fn sink_connectors() -> Vec<Arc<dyn SinkConnector>> {
         Arc::new(delta::DeltaSinkConnector),
         Arc::new(parquet::ParquetSinkConnector),
         Arc::new(kafka::KafkaSinkConnector),
+        Arc::new(postgres::PostgresSinkConnector),
         Arc::new(blackhole::BlackholeSinkConnector),
     ]
 }

@@ -71,6 +71,9 @@ pub struct SourceEntry {
     /// WATERMARK FOR column AS expression.
     #[serde(default)]
     pub watermark: Option<(String, String)>,
+    /// Columns added after CREATE because the upstream table grew (schema drift).
+    #[serde(default)]
+    pub added_columns: Vec<String>,
     /// WITH options, `connector` included (secrets in clear: the catalog file is private).
     pub options: BTreeMap<String, String>,
     /// When it was created.
@@ -288,6 +291,28 @@ impl Catalog {
         self.persist().await
     }
 
+    /// Takes a source's grown column list (an upstream ADD COLUMN); the new names are recorded
+    /// as added, so rows from before the change may lack them.
+    pub async fn evolve_source(&self, name: &str, columns: Vec<ColumnEntry>) -> Result<()> {
+        {
+            let mut d = self.data.write();
+            let Some(s) = d.sources.get_mut(name) else {
+                return Err(Error::NotFound {
+                    kind: "source",
+                    name: name.to_string(),
+                });
+            };
+            for c in &columns {
+                if !s.columns.iter().any(|o| o.name == c.name) && !s.added_columns.contains(&c.name)
+                {
+                    s.added_columns.push(c.name.clone());
+                }
+            }
+            s.columns = columns;
+        }
+        self.persist().await
+    }
+
     /// A source by name.
     pub fn source(&self, name: &str) -> Option<SourceEntry> {
         self.data.read().sources.get(name).cloned()
@@ -328,6 +353,7 @@ mod tests {
             true,
         )]);
         cat.add_source(SourceEntry {
+            added_columns: Vec::new(),
             name: "s".into(),
             columns: columns_of(&schema),
             declared: true,

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use checkpoint::CheckpointStore;
 use pipeline::{PipelineJob, RunContext};
 use status::{ErrorLog, PipelineStatus};
+use tributary_connectors::ConnectorError;
 
 /// Bad records kept in memory for `tributary.errors`.
 const ERROR_LOG_CAPACITY: usize = 10_000;
@@ -54,6 +55,11 @@ impl Runtime {
     /// The checkpoint store of a pipeline.
     pub fn checkpoints(&self, pipeline_id: &str) -> Result<CheckpointStore> {
         CheckpointStore::local(&self.data_dir.join("checkpoints"), pipeline_id)
+    }
+
+    /// A pipeline's own directory for sink staging files.
+    pub fn state_dir(&self, pipeline_id: &str) -> PathBuf {
+        self.data_dir.join("state").join(pipeline_id)
     }
 
     fn error_file(&self, pipeline_id: &str) -> Result<PathBuf> {
@@ -133,6 +139,7 @@ impl Runtime {
             errors: self.errors.clone(),
             checkpoints: self.checkpoints(&job.entry.id)?,
             error_file: self.error_file(&job.entry.id)?,
+            state_dir: self.state_dir(&job.entry.id),
             stop: stop_rx,
         };
         self.running.lock().insert(
@@ -144,7 +151,28 @@ impl Runtime {
         );
         let this = self.clone();
         tokio::spawn(async move {
-            let outcome = pipeline::run(job, ctx).await;
+            let mut job = job;
+            let outcome = loop {
+                let outcome = pipeline::run(job.clone(), ctx.clone()).await;
+                // The upstream table grew: re-plan over the new columns and resume from the last checkpoint.
+                if let Err(Error::Connector(ConnectorError::SchemaEvolved {
+                    description,
+                    schema,
+                })) = &outcome
+                {
+                    if let Some(replan) = job.replan.clone() {
+                        tracing::warn!(pipeline = %name, change = %description, "Source schema changed; re-planning the pipeline.");
+                        match replan(schema.clone()).await {
+                            Ok(j) => {
+                                job = j;
+                                continue;
+                            }
+                            Err(e) => break Err(e),
+                        }
+                    }
+                }
+                break outcome;
+            };
             let (state, error) = match outcome {
                 Ok(s) => (s, None),
                 Err(e) => {

@@ -63,13 +63,22 @@ pub struct PipelineJob {
     pub source_spec: SourceSpec,
     /// Its resolved schema.
     pub source_schema: SchemaRef,
+    /// Its primary key (empty when none), the default key of upsert sinks.
+    pub primary_key: Vec<String>,
     /// Its connector.
     pub source_connector: Arc<dyn SourceConnector>,
     /// The sink.
     pub sink_spec: SinkSpec,
     /// Its connector.
     pub sink_connector: Arc<dyn SinkConnector>,
+    /// How to rebuild the job when the source's schema grows.
+    pub replan: Option<Replan>,
 }
+
+/// Rebuilds a job over a source's grown schema (provided by the control plane, which owns planning).
+pub type Replan = Arc<
+    dyn Fn(SchemaRef) -> futures::future::BoxFuture<'static, Result<PipelineJob>> + Send + Sync,
+>;
 
 /// Aborts the source task when the run ends, however it ends.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -80,6 +89,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Files and stores a run writes to.
+#[derive(Clone)]
 pub struct RunContext {
     /// Live status.
     pub status: Arc<PipelineStatus>,
@@ -89,6 +99,8 @@ pub struct RunContext {
     pub checkpoints: CheckpointStore,
     /// Durable copy of this pipeline's bad records.
     pub error_file: PathBuf,
+    /// The pipeline's directory for sink staging.
+    pub state_dir: PathBuf,
     /// Flips to true when the pipeline is asked to stop.
     pub stop: watch::Receiver<bool>,
 }
@@ -102,7 +114,12 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
         restore_errors(&ctx, latest.as_ref().map(|c| c.epoch).unwrap_or(0));
 
         let mut sink = job.sink_connector.create(&job.sink_spec).await?;
-        let sink_ctx = SinkContext { pipeline: job.entry.name.clone(), writer_id: job.entry.id.clone() };
+        let sink_ctx = SinkContext {
+            pipeline: job.entry.name.clone(),
+            writer_id: job.entry.id.clone(),
+            state_dir: ctx.state_dir.join("sink"),
+            primary_key: job.primary_key.clone(),
+        };
         sink.open(&sink_ctx, job.plan.output_schema.clone()).await?;
 
         let mut epoch = 0u64;
@@ -118,7 +135,9 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
         }
 
         let read = ReadOptions { bounded: job.settings.mode == "batch" };
+        let mut committed_position = position.clone();
         let mut source = job.source_connector.open(&job.source_spec, job.source_schema.clone(), position, read).await?;
+        let ack = source.ack();
         let (tx, mut rx) = mpsc::channel::<std::result::Result<Option<SourceBatch>, ConnectorError>>(CHANNEL_BATCHES);
         let reader = tokio::spawn(
             async move {
@@ -168,7 +187,9 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                     }
                 }
             }
-            if let Some(pos) = last_position {
+            // An epoch that read nothing and moved no position needs no checkpoint.
+            let idle = epoch_rows == 0 && last_position.is_some() && last_position == committed_position;
+            if let (Some(pos), false) = (last_position, idle) {
                 let prepared = sink.prepare(epoch).await?;
                 persist_errors(&ctx, &epoch_errors)?;
                 let at = Utc::now();
@@ -176,7 +197,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                     epoch,
                     at,
                     duration_ms: started.elapsed().as_millis() as u64,
-                    sources: [(job.plan.source.clone(), pos)].into_iter().collect(),
+                    sources: [(job.plan.source.clone(), pos.clone())].into_iter().collect(),
                     operators: job.plan.snapshot_state(),
                     sink: prepared.clone(),
                     rows_in: status.rows_in.load(Ordering::Relaxed),
@@ -185,6 +206,10 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                 };
                 let bytes = ctx.checkpoints.save(&cp).await?;
                 sink.commit(epoch, prepared).await?;
+                if let Some(ack) = &ack {
+                    ack(&pos);
+                }
+                committed_position = Some(pos);
                 status.checkpointed(epoch, at);
                 ctx.errors.extend(epoch_errors);
                 tracing::debug!(epoch, rows = epoch_rows, bytes, "Checkpoint committed.");
@@ -217,6 +242,9 @@ async fn handle_batch(
     );
     if !sb.lag.is_empty() {
         status.set_lag(&job.plan.source, sb.lag.clone());
+    }
+    if sb.phase.is_some() || sb.transient_error.is_some() {
+        status.set_source_phase(sb.phase.clone(), sb.transient_error.clone());
     }
     if let Some(bad) = sb.bad_records.first() {
         if job.settings.on_error == OnError::Fail {

@@ -34,6 +34,7 @@ struct StatusInner {
     error: Option<String>,
     started_at: Option<DateTime<Utc>>,
     last_checkpoint_at: Option<DateTime<Utc>>,
+    phase: Option<String>,
 }
 
 /// A copy of a pipeline's status at one moment.
@@ -57,8 +58,10 @@ pub struct StatusSnapshot {
     pub started_at: Option<DateTime<Utc>>,
     /// When the last checkpoint was taken.
     pub last_checkpoint_at: Option<DateTime<Utc>>,
-    /// Why it failed.
+    /// Why it failed, or what a running pipeline is recovering from.
     pub error: Option<String>,
+    /// What the source is doing (a snapshot's progress, streaming).
+    pub phase: Option<String>,
 }
 
 impl PipelineStatus {
@@ -76,6 +79,7 @@ impl PipelineStatus {
                 error,
                 started_at: None,
                 last_checkpoint_at: None,
+                phase: None,
             }),
             lag: Mutex::new(Vec::new()),
         }
@@ -100,6 +104,17 @@ impl PipelineStatus {
         i.error = error;
         if state == PipelineState::Running {
             i.started_at = Some(Utc::now());
+        }
+    }
+
+    /// Records what the source is doing and what it is recovering from (`None` clears it).
+    pub fn set_source_phase(&self, phase: Option<String>, transient_error: Option<String>) {
+        let mut i = self.inner.lock();
+        if phase.is_some() {
+            i.phase = phase;
+        }
+        if i.state == PipelineState::Running {
+            i.error = transient_error;
         }
     }
 
@@ -143,6 +158,7 @@ impl PipelineStatus {
             started_at: i.started_at,
             last_checkpoint_at: i.last_checkpoint_at,
             error: i.error,
+            phase: i.phase,
         }
     }
 }

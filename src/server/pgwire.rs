@@ -99,6 +99,7 @@ impl PgWireServerHandlers for Handlers {
 
 fn output_response(out: Output, format: &Format) -> PgWireResult<Response> {
     Ok(match out {
+        Output::Notice(_, out) => return output_response(*out, format),
         Output::Empty => Response::EmptyQuery,
         Output::Command(tag) => match tag.as_str() {
             "BEGIN" => Response::TransactionStart(Tag::new("BEGIN")),
@@ -118,9 +119,17 @@ fn output_response(out: Output, format: &Format) -> PgWireResult<Response> {
 
 #[async_trait]
 impl SimpleQueryHandler for Backend {
-    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
-        C: ClientInfo + Unpin + Send + Sync,
+        C: ClientInfo
+            + pgwire::api::ClientPortalStore
+            + futures::Sink<pgwire::messages::PgWireBackendMessage>
+            + Unpin
+            + Send
+            + Sync,
+        C::PortalStore: pgwire::api::store::PortalStore,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as futures::Sink<pgwire::messages::PgWireBackendMessage>>::Error>,
     {
         let statements = match parse_sql(query) {
             Ok(s) => s,
@@ -132,6 +141,16 @@ impl SimpleQueryHandler for Backend {
         let mut responses = Vec::with_capacity(statements.len());
         for stmt in statements {
             match self.engine.execute(&stmt).await {
+                Ok(Output::Notice(notice, out)) => {
+                    use futures::SinkExt;
+                    let info = ErrorInfo::new("NOTICE".into(), "00000".into(), notice);
+                    client
+                        .send(pgwire::messages::PgWireBackendMessage::NoticeResponse(
+                            info.into(),
+                        ))
+                        .await?;
+                    responses.push(output_response(*out, &Format::UnifiedText)?);
+                }
                 Ok(out) => responses.push(output_response(out, &Format::UnifiedText)?),
                 Err(e) => {
                     tracing::debug!(error = %e, "Statement failed.");

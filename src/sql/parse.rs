@@ -91,6 +91,8 @@ pub enum Statement {
         name: String,
         /// IF EXISTS given.
         if_exists: bool,
+        /// `DROP SOURCE ... KEEP SLOT`: leave the upstream replication slot in place.
+        keep_slot: bool,
     },
     /// `SHOW SOURCES|SINKS|PIPELINES`.
     Show {
@@ -321,10 +323,15 @@ impl<'a> StatementParser<'a> {
             let kind = self.kind(false)?;
             let if_exists = self.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
             let name = self.name()?;
+            let keep_slot = kind == ObjectKind::Source && self.word("KEEP");
+            if keep_slot {
+                self.expect_word("SLOT")?;
+            }
             Statement::Drop {
                 kind,
                 name,
                 if_exists,
+                keep_slot,
             }
         } else if self.word("START") {
             self.expect_word("PIPELINE")?;
@@ -615,6 +622,13 @@ mod tests {
             parse_statement("drop pipeline if exists p").unwrap(),
             Statement::Drop {
                 if_exists: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse_statement("DROP SOURCE cdc KEEP SLOT").unwrap(),
+            Statement::Drop {
+                keep_slot: true,
                 ..
             }
         ));

@@ -2,6 +2,8 @@
 //! written as rows arrive, their Add actions are returned at prepare, and the commit carries the
 //! application transaction (writer id, epoch) so an epoch replayed after a crash is skipped.
 
+mod upsert;
+
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -27,7 +29,14 @@ const OPTIONS: &[OptionSpec] = &[
         "path",
         "table location: a local directory or an object-store URL",
     ),
-    OptionSpec::optional("mode", "append (default)"),
+    OptionSpec::optional(
+        "mode",
+        "append (default) | upsert (one MERGE per checkpoint: inserts, updates, deletes by key)",
+    ),
+    OptionSpec::optional(
+        "key",
+        "upsert key columns, comma-separated (default: the source's primary key)",
+    ),
     OptionSpec::optional(
         "partition_by",
         "comma-separated partition columns, used when the table is created",
@@ -41,19 +50,25 @@ pub struct DeltaSinkOptions {
     pub url: Url,
     /// Partition columns for a new table.
     pub partition_by: Vec<String>,
+    /// MERGE changes by key instead of appending.
+    pub upsert: bool,
+    /// Upsert key (empty: the source's primary key).
+    pub key: Vec<String>,
 }
 
 impl DeltaSinkOptions {
     fn parse(spec: &SinkSpec) -> Result<Self> {
         let opts = Options::validate("delta", OPTIONS, &spec.options)?;
-        let mode = opts.get_choice("mode", &["append", "upsert"], "append")?;
-        if mode == "upsert" {
-            return Err(ConnectorError::InvalidOption {
-                option: "mode".into(),
-                value: mode.into(),
-                reason: "upsert (MERGE) is not available yet; use mode = 'append'".into(),
-            });
-        }
+        let upsert = opts.get_choice("mode", &["append", "upsert"], "append")? == "upsert";
+        let key = opts
+            .get("key")
+            .map(|s| {
+                s.split(',')
+                    .map(|p| p.trim().to_ascii_lowercase())
+                    .filter(|p| !p.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
         let partition_by = opts
             .get("partition_by")
             .map(|s| {
@@ -66,6 +81,8 @@ impl DeltaSinkOptions {
         Ok(DeltaSinkOptions {
             url: resolve_url(opts.require("path")?)?,
             partition_by,
+            upsert,
+            key,
         })
     }
 }
@@ -104,6 +121,9 @@ impl SinkConnector for DeltaSinkConnector {
     }
     async fn create(&self, spec: &SinkSpec) -> Result<Box<dyn Sink>> {
         let opts = DeltaSinkOptions::parse(spec)?;
+        if opts.upsert {
+            return Ok(Box::new(upsert::DeltaUpsertSink::new(opts)));
+        }
         Ok(Box::new(DeltaSink {
             opts,
             writer_id: String::new(),
@@ -111,6 +131,10 @@ impl SinkConnector for DeltaSinkConnector {
             writer: None,
             new_table: None,
         }))
+    }
+    fn upsert_key(&self, spec: &SinkSpec) -> Result<Option<Vec<String>>> {
+        let opts = DeltaSinkOptions::parse(spec)?;
+        Ok(opts.upsert.then_some(opts.key))
     }
     async fn table(&self, spec: &SinkSpec) -> Result<Option<Arc<dyn TableProvider>>> {
         let opts = DeltaSinkOptions::parse(spec)?;

@@ -431,6 +431,8 @@ impl FileSource {
                 bad_records,
                 position,
                 lag: Vec::new(),
+                phase: None,
+                transient_error: None,
             }));
         }
     }
@@ -457,6 +459,8 @@ impl FileSource {
                     bad_records: Vec::new(),
                     position: self.position_value(),
                     lag: Vec::new(),
+                    phase: None,
+                    transient_error: None,
                 }))
             }
             None => {
@@ -467,6 +471,8 @@ impl FileSource {
                     bad_records: Vec::new(),
                     position,
                     lag: Vec::new(),
+                    phase: None,
+                    transient_error: None,
                 }))
             }
         }

@@ -336,6 +336,8 @@ impl KafkaSource {
                 partition: p.to_string(),
                 position: self.offsets.get(p).copied().unwrap_or(0),
                 latest: (*high).max(self.fetched_high(*p).unwrap_or(0)),
+                confirmed: None,
+                lsn: false,
             })
             .collect()
     }
@@ -486,6 +488,8 @@ impl Source for KafkaSource {
             bad_records,
             position,
             lag: self.lag(),
+            phase: None,
+            transient_error: None,
         }))
     }
 }

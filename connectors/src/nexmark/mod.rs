@@ -251,6 +251,8 @@ impl Source for NexmarkSource {
             bad_records: Vec::new(),
             position,
             lag: Vec::new(),
+            phase: None,
+            transient_error: None,
         }))
     }
 }

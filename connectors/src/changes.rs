@@ -1,0 +1,199 @@
+//! Change rows for upsert sinks: the last change per key within an epoch, and the staged epoch
+//! file that makes a sink's prepare durable before its commit applies it.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, ArrayRef, StringArray, UInt32Array};
+use arrow::compute::{concat_batches, take_record_batch};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
+
+use crate::error::{ConnectorError, Result};
+
+/// The change-kind column.
+pub const OP: &str = "_op";
+
+/// Keeps the last row per key of `batches` (in arrival order), in arrival order of those rows.
+pub fn last_per_key(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    keys: &[String],
+) -> Result<RecordBatch> {
+    let all = concat_batches(schema, batches)?;
+    if all.num_rows() == 0 || keys.is_empty() {
+        return Ok(all);
+    }
+    let cols: Vec<ArrayRef> = keys
+        .iter()
+        .map(|k| {
+            schema
+                .index_of(k)
+                .map(|i| all.column(i).clone())
+                .map_err(|_| {
+                    ConnectorError::Config(format!(
+                        "key column \"{k}\" is not in the pipeline's output"
+                    ))
+                })
+        })
+        .collect::<Result<_>>()?;
+    let conv = RowConverter::new(
+        cols.iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )?;
+    let rows = conv.convert_columns(&cols)?;
+    let mut last: HashMap<arrow::row::Row<'_>, u32> = HashMap::with_capacity(rows.num_rows());
+    for i in 0..rows.num_rows() {
+        last.insert(rows.row(i), i as u32);
+    }
+    let mut idx: Vec<u32> = last.into_values().collect();
+    idx.sort_unstable();
+    Ok(take_record_batch(&all, &UInt32Array::from(idx))?)
+}
+
+/// Whether row `i` of `batch` is a delete (`_op = 'delete'`); rows without `_op` are upserts.
+pub fn is_delete(batch: &RecordBatch, i: usize) -> bool {
+    batch
+        .column_by_name(OP)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .map(|a| a.is_valid(i) && a.value(i) == "delete")
+        .unwrap_or(false)
+}
+
+/// Staged epochs of one writer, as Arrow IPC files under its state directory.
+#[derive(Debug, Clone)]
+pub struct StagedEpochs {
+    dir: PathBuf,
+}
+
+impl StagedEpochs {
+    /// Staging under `dir` (created when absent).
+    pub fn new(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ConnectorError::io(format!("creating {}", dir.display()), e))?;
+        Ok(StagedEpochs {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn path(&self, epoch: u64) -> PathBuf {
+        self.dir.join(format!("epoch-{epoch:020}.arrow"))
+    }
+
+    /// Writes an epoch's rows durably (fsync); returns the file name for the prepared commit.
+    pub fn write(&self, epoch: u64, batch: &RecordBatch) -> Result<String> {
+        let path = self.path(epoch);
+        let tmp = path.with_extension("tmp");
+        let io = |e: std::io::Error| {
+            ConnectorError::io(format!("staging epoch {epoch} in {}", tmp.display()), e)
+        };
+        let file = std::fs::File::create(&tmp).map_err(io)?;
+        let mut w = arrow::ipc::writer::FileWriter::try_new(
+            std::io::BufWriter::new(file),
+            &batch.schema(),
+        )?;
+        w.write(batch)?;
+        w.finish()?;
+        let mut buf = w.into_inner()?;
+        buf.flush().map_err(io)?;
+        buf.get_ref().sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default())
+    }
+
+    /// Reads a staged epoch back.
+    pub fn read(&self, name: &str) -> Result<Vec<RecordBatch>> {
+        let path = self.dir.join(name);
+        let file = std::fs::File::open(&path).map_err(|e| {
+            ConnectorError::io(
+                format!(
+                    "reading staged epoch {} (needed to redo its commit)",
+                    path.display()
+                ),
+                e,
+            )
+        })?;
+        let reader = arrow::ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None)?;
+        Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
+    /// Removes staged epochs up to and including `epoch` (they are committed).
+    pub fn remove_through(&self, epoch: u64) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name
+                .strip_prefix("epoch-")
+                .and_then(|r| r.split('.').next())
+                .and_then(|n| n.parse::<u64>().ok());
+            if n.is_some_and(|n| n <= epoch) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    #[test]
+    fn keeps_the_last_change_per_key_and_stages_it() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("v", DataType::Int64, true),
+            Field::new("_op", DataType::Utf8, false),
+        ]));
+        let b1 = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 1])),
+                Arc::new(Int64Array::from(vec![10, 20, 11])),
+                Arc::new(StringArray::from(vec!["insert", "insert", "update"])),
+            ],
+        )
+        .unwrap();
+        let b2 = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![2, 3])),
+                Arc::new(Int64Array::from(vec![None, Some(30)])),
+                Arc::new(StringArray::from(vec!["delete", "insert"])),
+            ],
+        )
+        .unwrap();
+        let out = last_per_key(&schema, &[b1, b2], &["id".into()]).unwrap();
+        let ids = out.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(ids.values().to_vec(), vec![1, 2, 3]);
+        assert_eq!(
+            out.column(1)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0),
+            11
+        );
+        assert!(is_delete(&out, 1) && !is_delete(&out, 0));
+
+        let dir = tempfile::tempdir().unwrap();
+        let staged = StagedEpochs::new(dir.path()).unwrap();
+        let name = staged.write(7, &out).unwrap();
+        assert_eq!(staged.read(&name).unwrap()[0], out);
+        staged.remove_through(7);
+        assert!(staged.read(&name).is_err());
+    }
+}

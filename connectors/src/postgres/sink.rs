@@ -1,0 +1,505 @@
+//! The `postgres` sink: appends or upserts into a PostgreSQL table, creating it (and new columns)
+//! when absent. An epoch is staged durably at prepare; its commit applies it with `COPY`,
+//! `INSERT ... ON CONFLICT` and `DELETE` in one transaction together with the writer's progress
+//! row, so an epoch already applied is recognised and skipped: exactly once.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use arrow::array::{Array, BinaryArray, LargeBinaryArray};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use async_trait::async_trait;
+use bytes::Bytes;
+use datafusion::catalog::TableProvider;
+use futures::SinkExt;
+use tokio_postgres::Client;
+
+use super::types::{pg_type, quote_ident};
+use super::{qualified, split_table, PgUrl};
+use crate::changes::{last_per_key, StagedEpochs, OP};
+use crate::error::{ConnectorError, Result};
+use crate::options::{OptionSpec, Options};
+use crate::{PreparedCommit, Sink, SinkConnector, SinkContext, SinkSpec};
+
+const OPTIONS: &[OptionSpec] = &[
+    OptionSpec::required("url", "postgres://user:password@host:port/database"),
+    OptionSpec::required(
+        "table",
+        "target table: schema.table (public when omitted); created when absent",
+    ),
+    OptionSpec::optional(
+        "mode",
+        "append (default) | upsert (insert, update and delete by key)",
+    ),
+    OptionSpec::optional(
+        "key",
+        "upsert key columns, comma-separated (default: the source's primary key)",
+    ),
+];
+/// The table holding each writer's last applied epoch, in the target's schema.
+const PROGRESS_TABLE: &str = "_tributary_progress";
+/// COPY data is sent in chunks of about this many bytes.
+const COPY_CHUNK: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+struct PgSinkOptions {
+    url: PgUrl,
+    schema: String,
+    table: String,
+    upsert: bool,
+    key: Vec<String>,
+}
+
+impl PgSinkOptions {
+    fn parse(spec: &SinkSpec) -> Result<Self> {
+        let opts = Options::validate("postgres", OPTIONS, &spec.options)?;
+        let (schema, table) = split_table(opts.require("table")?);
+        Ok(PgSinkOptions {
+            url: PgUrl::parse(opts.require("url")?)?,
+            schema,
+            table,
+            upsert: opts.get_choice("mode", &["append", "upsert"], "append")? == "upsert",
+            key: opts
+                .get("key")
+                .map(|k| {
+                    k.split(',')
+                        .map(|c| c.trim().to_ascii_lowercase())
+                        .filter(|c| !c.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// `connector = 'postgres'`.
+pub struct PostgresSinkConnector;
+
+#[async_trait]
+impl SinkConnector for PostgresSinkConnector {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+    fn options(&self) -> &'static [OptionSpec] {
+        OPTIONS
+    }
+    async fn validate(&self, spec: &SinkSpec) -> Result<()> {
+        let opts = PgSinkOptions::parse(spec)?;
+        // Credentials and reachability are checked now, where the user can fix them.
+        opts.url.connect().await.map(|_| ())
+    }
+    async fn create(&self, spec: &SinkSpec) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(PostgresSink {
+            opts: PgSinkOptions::parse(spec)?,
+            client: None,
+            writer_id: String::new(),
+            columns: Vec::new(),
+            key: Vec::new(),
+            schema: None,
+            pending: Vec::new(),
+            staged: None,
+        }))
+    }
+    async fn table(&self, _spec: &SinkSpec) -> Result<Option<Arc<dyn TableProvider>>> {
+        // Query the warehouse directly; Tributary does not proxy it.
+        Ok(None)
+    }
+    fn upsert_key(&self, spec: &SinkSpec) -> Result<Option<Vec<String>>> {
+        let opts = PgSinkOptions::parse(spec)?;
+        Ok(opts.upsert.then_some(opts.key))
+    }
+}
+
+struct PostgresSink {
+    opts: PgSinkOptions,
+    client: Option<Client>,
+    writer_id: String,
+    /// Data columns written (the pipeline's output minus `_op` when upserting).
+    columns: Vec<(String, DataType)>,
+    key: Vec<String>,
+    schema: Option<SchemaRef>,
+    pending: Vec<RecordBatch>,
+    staged: Option<StagedEpochs>,
+}
+
+impl PostgresSink {
+    fn client(&self) -> Result<&Client> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| ConnectorError::Internal("postgres sink used before open".into()))
+    }
+
+    fn target(&self) -> String {
+        qualified(&self.opts.schema, &self.opts.table)
+    }
+
+    fn progress(&self) -> String {
+        qualified(&self.opts.schema, PROGRESS_TABLE)
+    }
+
+    /// Creates the table when absent, adds columns the pipeline now yields, and creates the
+    /// progress table.
+    async fn prepare_tables(&self) -> Result<()> {
+        let client = self.client()?;
+        let ctx = |what: &str| format!("{what} {}", self.target());
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quote_ident(&self.opts.schema)
+            ))
+            .await
+            .map_err(|e| ConnectorError::io(ctx("creating the schema of"), e))?;
+        let existing: Vec<String> = client
+            .query(
+                "SELECT a.attname::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&self.opts.schema, &self.opts.table],
+            )
+            .await
+            .map_err(|e| ConnectorError::io(ctx("reading the columns of"), e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if existing.is_empty() {
+            let mut defs: Vec<String> = self
+                .columns
+                .iter()
+                .map(|(n, t)| format!("{} {}", quote_ident(n), pg_type(t)))
+                .collect();
+            if self.opts.upsert {
+                defs.push(format!(
+                    "PRIMARY KEY ({})",
+                    self.key
+                        .iter()
+                        .map(|k| quote_ident(k))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS {} ({})",
+                self.target(),
+                defs.join(", ")
+            );
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| ConnectorError::io(ctx("creating"), e))?;
+            tracing::info!(table = %self.target(), "Created the sink table.");
+        } else {
+            for (n, t) in &self.columns {
+                if !existing.iter().any(|e| e == n) {
+                    let sql = format!(
+                        "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
+                        self.target(),
+                        quote_ident(n),
+                        pg_type(t)
+                    );
+                    client
+                        .batch_execute(&sql)
+                        .await
+                        .map_err(|e| ConnectorError::io(ctx("adding a column to"), e))?;
+                    tracing::info!(table = %self.target(), column = %n, "Added a column to the sink table.");
+                }
+            }
+        }
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {} (writer_id text PRIMARY KEY, epoch bigint NOT NULL, committed_at timestamptz NOT NULL DEFAULT now())",
+                self.progress()
+            ))
+            .await
+            .map_err(|e| ConnectorError::io("creating the progress table", e))
+    }
+
+    async fn applied_epoch(&self) -> Result<u64> {
+        let row = self
+            .client()?
+            .query_opt(
+                &format!("SELECT epoch FROM {} WHERE writer_id = $1", self.progress()),
+                &[&self.writer_id],
+            )
+            .await
+            .map_err(|e| ConnectorError::io("reading the sink's progress row", e))?;
+        Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64).unwrap_or(0))
+    }
+}
+
+#[async_trait]
+impl Sink for PostgresSink {
+    async fn open(&mut self, ctx: &SinkContext, schema: SchemaRef) -> Result<()> {
+        self.writer_id = ctx.writer_id.clone();
+        self.columns = schema
+            .fields()
+            .iter()
+            .filter(|f| !(self.opts.upsert && f.name() == OP))
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect();
+        if self.opts.upsert {
+            self.key = if self.opts.key.is_empty() {
+                ctx.primary_key.clone()
+            } else {
+                self.opts.key.clone()
+            };
+            if self.key.is_empty() {
+                return Err(ConnectorError::Config(
+                    "mode = 'upsert' needs a key: key = 'col' on the sink, or a source with a primary key".into(),
+                ));
+            }
+            for k in &self.key {
+                if !self.columns.iter().any(|(n, _)| n == k) {
+                    return Err(ConnectorError::Config(format!(
+                        "upsert key column \"{k}\" is not among the pipeline's output columns"
+                    )));
+                }
+            }
+        }
+        self.schema = Some(schema);
+        self.client = Some(self.opts.url.connect().await?);
+        self.prepare_tables().await?;
+        self.staged = Some(StagedEpochs::new(&ctx.state_dir)?);
+        Ok(())
+    }
+
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() > 0 {
+            self.pending.push(batch);
+        }
+        Ok(())
+    }
+
+    async fn prepare(&mut self, epoch: u64) -> Result<PreparedCommit> {
+        let batches = std::mem::take(&mut self.pending);
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if rows == 0 {
+            return Ok(PreparedCommit(serde_json::json!({ "file": null })));
+        }
+        let schema = self
+            .schema
+            .clone()
+            .ok_or_else(|| ConnectorError::Internal("prepare before open".into()))?;
+        let key = if self.opts.upsert {
+            self.key.clone()
+        } else {
+            Vec::new()
+        };
+        let batch = last_per_key(&schema, &batches, &key)?;
+        let staged = self
+            .staged
+            .as_ref()
+            .ok_or_else(|| ConnectorError::Internal("prepare before open".into()))?;
+        let file = staged.write(epoch, &batch)?;
+        Ok(PreparedCommit(
+            serde_json::json!({ "file": file, "rows": batch.num_rows() }),
+        ))
+    }
+
+    async fn commit(&mut self, epoch: u64, prepared: PreparedCommit) -> Result<()> {
+        let Some(file) = prepared
+            .0
+            .get("file")
+            .and_then(|f| f.as_str())
+            .map(str::to_string)
+        else {
+            return Ok(());
+        };
+        let staged = self
+            .staged
+            .clone()
+            .ok_or_else(|| ConnectorError::Internal("commit before open".into()))?;
+        if self.applied_epoch().await? >= epoch {
+            staged.remove_through(epoch);
+            return Ok(());
+        }
+        let batches = staged.read(&file)?;
+        let target = self.target();
+        let progress = self.progress();
+        let cols: Vec<String> = self.columns.iter().map(|(n, _)| quote_ident(n)).collect();
+        let upsert = self.opts.upsert;
+        let key: Vec<String> = self.key.iter().map(|k| quote_ident(k)).collect();
+        let writer_id = self.writer_id.clone();
+        let column_names: Vec<String> = self.columns.iter().map(|(n, _)| n.clone()).collect();
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| ConnectorError::Internal("commit before open".into()))?;
+        let io = |what: &'static str| {
+            move |e: tokio_postgres::Error| ConnectorError::io(format!("{what} (epoch {epoch})"), e)
+        };
+        let tx = client
+            .transaction()
+            .await
+            .map_err(io("starting the sink transaction"))?;
+        if upsert {
+            tx.batch_execute(&format!(
+                "CREATE TEMP TABLE _tributary_stage ON COMMIT DROP AS SELECT {} FROM {target} WITH NO DATA;
+                 ALTER TABLE _tributary_stage ADD COLUMN _op text",
+                cols.join(", ")
+            ))
+            .await
+            .map_err(io("creating the staging table"))?;
+            let mut with_op = column_names.clone();
+            with_op.push(OP.to_string());
+            copy_batches(&tx, "_tributary_stage", &with_op, &batches).await?;
+            let on_key = key
+                .iter()
+                .map(|k| format!("t.{k} = s.{k}"))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            tx.execute(&format!("DELETE FROM {target} t USING _tributary_stage s WHERE s._op = 'delete' AND {on_key}"), &[])
+                .await
+                .map_err(io("applying deletes"))?;
+            let non_key: Vec<&String> = cols.iter().filter(|c| !key.contains(c)).collect();
+            let action = if non_key.is_empty() {
+                "DO NOTHING".to_string()
+            } else {
+                format!(
+                    "DO UPDATE SET {}",
+                    non_key
+                        .iter()
+                        .map(|c| format!("{c} = EXCLUDED.{c}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            tx.execute(
+                &format!(
+                    "INSERT INTO {target} ({cols}) SELECT {cols} FROM _tributary_stage WHERE _op IS DISTINCT FROM 'delete' ON CONFLICT ({keys}) {action}",
+                    cols = cols.join(", "),
+                    keys = key.join(", ")
+                ),
+                &[],
+            )
+            .await
+            .map_err(io("applying inserts and updates"))?;
+        } else {
+            copy_batches(&tx, &target, &column_names, &batches).await?;
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO {progress} (writer_id, epoch, committed_at) VALUES ($1, $2, now())
+                 ON CONFLICT (writer_id) DO UPDATE SET epoch = EXCLUDED.epoch, committed_at = EXCLUDED.committed_at"
+            ),
+            &[&writer_id, &(epoch as i64)],
+        )
+        .await
+        .map_err(io("writing the progress row"))?;
+        tx.commit().await.map_err(io("committing"))?;
+        staged.remove_through(epoch);
+        Ok(())
+    }
+}
+
+/// `COPY table (columns) FROM STDIN` with the named columns of `batches` in text format.
+async fn copy_batches(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    columns: &[String],
+    batches: &[RecordBatch],
+) -> Result<()> {
+    let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    let sink = tx
+        .copy_in::<_, Bytes>(&format!("COPY {table} ({}) FROM STDIN", cols.join(", ")))
+        .await
+        .map_err(|e| ConnectorError::io(format!("starting COPY into {table}"), e))?;
+    futures::pin_mut!(sink);
+    for batch in batches {
+        for chunk in encode_copy_text(batch, columns)? {
+            sink.send(chunk)
+                .await
+                .map_err(|e| ConnectorError::io(format!("COPY into {table}"), e))?;
+        }
+    }
+    sink.finish()
+        .await
+        .map_err(|e| ConnectorError::io(format!("finishing COPY into {table}"), e))?;
+    Ok(())
+}
+
+/// The named columns of `batch` in COPY text format, in chunks of about [`COPY_CHUNK`] bytes.
+fn encode_copy_text(batch: &RecordBatch, columns: &[String]) -> Result<Vec<Bytes>> {
+    let mut chunks = Vec::new();
+    let mut buf = String::with_capacity(COPY_CHUNK + 4096);
+    let mut scratch = String::new();
+    let options = FormatOptions::default();
+    let arrays: Vec<&Arc<dyn Array>> = columns
+        .iter()
+        .map(|c| {
+            batch
+                .column_by_name(c)
+                .ok_or_else(|| ConnectorError::Internal(format!("staged epoch lacks column {c}")))
+        })
+        .collect::<Result<_>>()?;
+    let formatters: Vec<ArrayFormatter<'_>> = arrays
+        .iter()
+        .map(|a| ArrayFormatter::try_new(a.as_ref(), &options))
+        .collect::<std::result::Result<_, _>>()?;
+    for row in 0..batch.num_rows() {
+        for (i, (a, f)) in arrays.iter().zip(&formatters).enumerate() {
+            if i > 0 {
+                buf.push('\t');
+            }
+            if a.is_null(row) {
+                buf.push_str("\\N");
+                continue;
+            }
+            scratch.clear();
+            if let Some(b) = a.as_any().downcast_ref::<BinaryArray>() {
+                write_bytea(&mut scratch, b.value(row));
+            } else if let Some(b) = a.as_any().downcast_ref::<LargeBinaryArray>() {
+                write_bytea(&mut scratch, b.value(row));
+            } else {
+                let _ = write!(scratch, "{}", f.value(row));
+            }
+            escape_copy(&mut buf, &scratch);
+        }
+        buf.push('\n');
+        if buf.len() >= COPY_CHUNK {
+            chunks.push(Bytes::from(std::mem::take(&mut buf)));
+        }
+    }
+    if !buf.is_empty() {
+        chunks.push(Bytes::from(buf));
+    }
+    Ok(chunks)
+}
+
+fn write_bytea(out: &mut String, bytes: &[u8]) {
+    out.push_str("\\x");
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+}
+
+/// COPY text format: backslash, tab, newline and carriage return are escaped.
+fn escape_copy(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_copy_text() {
+        let mut s = String::new();
+        escape_copy(&mut s, "a\tb\\c\nd");
+        assert_eq!(s, "a\\tb\\\\c\\nd");
+        let mut b = String::new();
+        write_bytea(&mut b, &[0, 255]);
+        let mut s = String::new();
+        escape_copy(&mut s, &b);
+        assert_eq!(s, "\\\\x00ff");
+    }
+}

@@ -1,0 +1,662 @@
+//! Change data capture end to end against a throwaway PostgreSQL cluster (initdb into a temp dir,
+//! `wal_level = logical`, a free port): snapshot then stream into a Delta upsert sink (read back
+//! by the `deltalake` Python package) and a PostgreSQL upsert sink, under a mixed workload and
+//! SIGKILLs; upstream restarts; schema drift; tables without a key; bad credentials.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::harness::*;
+
+const PASSWORD: &str = "pg-secret";
+
+/// A PostgreSQL cluster of our own, stopped and removed when dropped.
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+fn pg_bin() -> PathBuf {
+    if let Ok(b) = std::env::var("PG_BIN") {
+        return PathBuf::from(b);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.pop().expect(
+        "PostgreSQL server binaries (tests/run.sh installs them) under /usr/lib/postgresql/*/bin",
+    )
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
+}
+
+/// Runs a PostgreSQL tool, as the `postgres` user when we are root (the server refuses root).
+fn pg_tool(bin: &Path, tool: &str, args: &[&str]) -> std::process::Output {
+    let exe = bin.join(tool);
+    let out = if is_root() {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(&exe)
+            .args(args)
+            .output()
+    } else {
+        Command::new(&exe).args(args).output()
+    }
+    .unwrap_or_else(|e| panic!("running {tool}: {e}"));
+    out
+}
+
+impl PgCluster {
+    /// initdb, then start with `wal_level` as given.
+    pub fn start(wal_level: &str) -> PgCluster {
+        let bin = pg_bin();
+        let dir = tempfile::Builder::new()
+            .prefix("tributary-pg")
+            .tempdir()
+            .unwrap();
+        if is_root() {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+        }
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, PASSWORD).unwrap();
+        if is_root() {
+            Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&pwfile)
+                .status()
+                .unwrap();
+        }
+        let data = dir.path().join("data");
+        let out = pg_tool(
+            &bin,
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                &format!("--pwfile={}", pwfile.display()),
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = PgCluster {
+            dir,
+            bin,
+            port: free_port(),
+        };
+        let conf = format!(
+            "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = {wal_level}\n\
+             max_replication_slots = 10\nmax_wal_senders = 10\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n",
+            cluster.port,
+            cluster.dir.path().display()
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
+        cluster.ctl(&["start", "-w", "-t", "60"]);
+        cluster
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("log");
+        let mut all = vec!["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = pg_tool(&self.bin, "pg_ctl", &all);
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    pub fn stop(&self) {
+        self.ctl(&["stop", "-m", "fast", "-w"]);
+    }
+
+    pub fn restart_server(&self) {
+        self.ctl(&["start", "-w", "-t", "60"]);
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres:{PASSWORD}@127.0.0.1:{}/{db}",
+            self.port
+        )
+    }
+
+    pub async fn client(&self, db: &str) -> Client {
+        let (c, conn) = tokio_postgres::connect(&self.url(db), NoTls)
+            .await
+            .expect("connect to test PostgreSQL");
+        tokio::spawn(conn);
+        c
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = pg_tool(
+            &self.bin,
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "stop",
+                "-m",
+                "immediate",
+                "-w",
+            ],
+        );
+    }
+}
+
+/// Rows of a table as sorted text tuples, from PostgreSQL.
+async fn pg_rows(c: &Client, table: &str) -> Vec<String> {
+    let rows = c
+        .query(
+            &format!(
+                "SELECT id::text || '|' || coalesce(name, '~') || '|' || coalesce(balance::text, '~') || '|' ||
+                        coalesce((extract(epoch from updated_at) * 1000000)::bigint::text, '~')
+                 FROM {table} ORDER BY id"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get::<_, String>(0)).collect()
+}
+
+/// The same tuples from a Delta table, read by the `deltalake` Python package.
+fn delta_tuples(path: &Path) -> Vec<String> {
+    let script = r#"
+import sys, deltalake, pyarrow.compute as pc
+t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table(columns=['id', 'name', 'balance', 'updated_at']).sort_by('id')
+ts = pc.cast(t.column('updated_at'), 'int64').to_pylist()
+for (i, n, b), u in zip(zip(t.column('id').to_pylist(), t.column('name').to_pylist(), t.column('balance').to_pylist()), ts):
+    print('%s|%s|%s|%s' % (i, '~' if n is None else n, '~' if b is None else b, '~' if u is None else u))
+"#;
+    run_python(script, &[path.to_str().unwrap()])
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// A mixed workload on `customers`: inserts, updates, deletes, multi-row transactions.
+async fn workload(c: Client, rounds: u64, first_new_id: i64) {
+    let mut next = first_new_id;
+    for r in 0..rounds {
+        let k = (r * 7919 % 200_000) as i64 + 1;
+        let sql = match r % 5 {
+            0 => format!("INSERT INTO customers VALUES ({next}, 'new{next}', {r}.25, now())"),
+            1 => format!(
+                "UPDATE customers SET balance = balance + 1, name = 'upd{r}' WHERE id = {k}"
+            ),
+            2 => format!("DELETE FROM customers WHERE id = {k}"),
+            3 => format!(
+                "BEGIN; INSERT INTO customers VALUES ({next}, 'tx{r}', 1.00, now()); \
+                 UPDATE customers SET balance = balance * 2 WHERE id BETWEEN {k} AND {k} + 20; \
+                 DELETE FROM customers WHERE id = {k} + 30; COMMIT"
+            ),
+            _ => format!(
+                "UPDATE customers SET updated_at = now(), name = NULL WHERE id % 1000 = {}",
+                r % 1000
+            ),
+        };
+        if r % 5 == 0 || r % 5 == 3 {
+            next += 1;
+        }
+        c.batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+async fn setup_source_db(pg: &PgCluster, rows: i64) -> Client {
+    let admin = pg.client("postgres").await;
+    admin.batch_execute("CREATE DATABASE shop").await.unwrap();
+    admin
+        .batch_execute("CREATE DATABASE warehouse")
+        .await
+        .unwrap();
+    let c = pg.client("shop").await;
+    c.batch_execute(&format!(
+        "CREATE TABLE customers (id int PRIMARY KEY, name text, balance numeric(12,2), updated_at timestamptz);
+         INSERT INTO customers SELECT g, 'c' || g, (g % 1000) + 0.5, timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second'
+         FROM generate_series(1, {rows}) g;
+         ANALYZE customers;"
+    ))
+    .await
+    .unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_into_delta_and_postgres_exactly_once_across_sigkills() {
+    let pg = PgCluster::start("logical");
+    const ROWS: i64 = 200_000;
+    let shop = setup_source_db(&pg, ROWS).await;
+    let warehouse = pg.client("warehouse").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let lake = tmp.path().join("lake");
+    let mut server = Server::start(&data).await;
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE customers_lake WITH (connector = 'postgres-cdc', url = '{url}', table = 'public.customers');
+         CREATE SOURCE customers_wh WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers');
+         CREATE SINK lake WITH (connector = 'delta', path = '{lake}', mode = 'upsert', key = 'id');
+         CREATE SINK wh WITH (connector = 'postgres', url = '{wh}', table = 'public.customers', mode = 'upsert');
+         CREATE PIPELINE to_lake WITH (checkpoint_interval = '500ms') AS INSERT INTO lake SELECT id, name, balance, updated_at FROM customers_lake;
+         CREATE PIPELINE to_wh WITH (checkpoint_interval = '500ms') AS INSERT INTO wh SELECT * FROM customers_wh;",
+        url = pg.url("shop"),
+        wh = pg.url("warehouse"),
+        lake = lake.display()
+    ))
+    .await
+    .unwrap();
+    // Columns and key came from upstream; secrets are redacted.
+    let schema = scalar(
+        &c,
+        "SELECT schema FROM tributary.sources WHERE name = 'customers_lake'",
+    )
+    .await;
+    assert!(
+        schema.contains("balance") && schema.contains("_op"),
+        "{schema}"
+    );
+    let opts = scalar(
+        &c,
+        "SELECT options FROM tributary.sources WHERE name = 'customers_lake'",
+    )
+    .await;
+    assert!(!opts.contains(PASSWORD), "{opts}");
+
+    // The workload runs while Tributary is killed three times.
+    const ROUNDS: u64 = 3000;
+    let load = tokio::spawn(workload(pg.client("shop").await, ROUNDS, ROWS + 1));
+    for i in 0..3 {
+        let wait = Duration::from_millis(800 + (rand::random::<u64>() % 2500));
+        tokio::time::sleep(wait).await; // a random moment to kill at, not synchronisation
+        server.kill9();
+        assert!(i < 3);
+        server = Server::start(&data).await;
+    }
+    load.await.unwrap();
+    let c = server.client().await;
+    // Both pipelines resumed and run.
+    for p in ["to_lake", "to_wh"] {
+        wait_state(&c, p, "running").await;
+    }
+
+    // The sinks converge to the source table, row for row.
+    let expected = pg_rows(&shop, "customers").await;
+    assert!(expected.len() > 190_000, "{}", expected.len());
+    poll(
+        Duration::from_secs(240),
+        "the PostgreSQL sink to equal the source",
+        || async {
+            let got = pg_rows(&warehouse, "public.customers").await;
+            (got == expected).then_some(())
+        },
+    )
+    .await;
+    poll(
+        Duration::from_secs(240),
+        "the Delta sink to equal the source",
+        || async {
+            let got = delta_tuples(&lake);
+            if got == expected {
+                return Some(());
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            None
+        },
+    )
+    .await;
+    // No duplicate keys in either sink.
+    let dup = scalar(&c, "SELECT count(*) - count(DISTINCT id) FROM lake").await;
+    assert_eq!(dup, "0");
+
+    // Lag shows the slot, its confirmed LSN and the server's WAL position.
+    let lag = poll(Duration::from_secs(60), "source_lag to catch up", || async {
+        let rows = query(
+            &c,
+            "SELECT partition, confirmed_lsn, latest_lsn, lag FROM tributary.source_lag WHERE pipeline = 'to_wh'",
+        )
+        .await;
+        let r = rows.first()?.clone();
+        (r[0].as_deref() == Some("tributary_customers_wh") && r[1].is_some()).then_some(r)
+    })
+    .await;
+    assert!(lag[2].as_deref().unwrap_or("").contains('/'), "{lag:?}");
+    let phase = scalar(
+        &c,
+        "SELECT phase FROM tributary.pipelines WHERE name = 'to_wh'",
+    )
+    .await;
+    assert!(phase.starts_with("streaming"), "{phase}");
+
+    // DROP SOURCE releases the slot (after its pipeline is gone); KEEP SLOT keeps it.
+    c.batch_execute("DROP PIPELINE to_wh; DROP SOURCE customers_wh; DROP PIPELINE to_lake; DROP SOURCE customers_lake KEEP SLOT")
+        .await
+        .unwrap();
+    let slots: Vec<String> = shop
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(slots, vec!["tributary_customers_lake".to_string()]);
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_survives_upstream_restart_and_refuses_what_it_cannot_do() {
+    let pg = PgCluster::start("logical");
+    let shop = setup_source_db(&pg, 1000).await;
+    shop.batch_execute("CREATE TABLE events (at timestamptz, what text); INSERT INTO events VALUES (now(), 'first')")
+        .await
+        .unwrap();
+    let warehouse = pg.client("warehouse").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(&data).await;
+    let c = server.client().await;
+
+    // Bad credentials and a server without wal_level = logical are refused at CREATE.
+    let bad = format!("postgres://postgres:wrong@127.0.0.1:{}/shop", pg.port);
+    let err = c
+        .batch_execute(&format!(
+            "CREATE SOURCE x WITH (connector = 'postgres-cdc', url = '{bad}', table = 'customers')"
+        ))
+        .await
+        .unwrap_err();
+    let msg = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("password authentication failed"), "{msg}");
+    assert!(!msg.contains("wrong"), "password leaked: {msg}");
+    let replica = PgCluster::start("replica");
+    let err = c
+        .batch_execute(&format!(
+            "CREATE SOURCE x WITH (connector = 'postgres-cdc', url = '{}', table = 'pg_class')",
+            replica.url("postgres")
+        ))
+        .await
+        .unwrap_err();
+    let msg = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("wal_level"), "{msg}");
+    drop(replica);
+
+    // A table without a primary key: refused for upsert sinks, fine for append.
+    c.batch_execute(&format!(
+        "CREATE SOURCE events WITH (connector = 'postgres-cdc', url = '{url}', table = 'events');
+         CREATE SINK ev_upsert WITH (connector = 'postgres', url = '{wh}', table = 'events_u', mode = 'upsert');
+         CREATE SINK ev_append WITH (connector = 'postgres', url = '{wh}', table = 'events_log');",
+        url = pg.url("shop"),
+        wh = pg.url("warehouse")
+    ))
+    .await
+    .unwrap();
+    let err = c
+        .batch_execute("CREATE PIPELINE bad AS INSERT INTO ev_upsert SELECT * FROM events")
+        .await
+        .unwrap_err();
+    let msg = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("no primary key"), "{msg}");
+    c.batch_execute(
+        "CREATE PIPELINE ev WITH (checkpoint_interval = '200ms') AS INSERT INTO ev_append SELECT what, _op, _lsn FROM events",
+    )
+    .await
+    .unwrap();
+    poll(
+        Duration::from_secs(60),
+        "the snapshot row in the append sink",
+        || async {
+            let n: i64 = warehouse
+                .query_one("SELECT count(*) FROM events_log", &[])
+                .await
+                .ok()?
+                .get(0);
+            (n == 1).then_some(())
+        },
+    )
+    .await;
+
+    // Upstream restart: the error shows while PostgreSQL is down, then the stream carries on.
+    c.batch_execute(&format!(
+        "CREATE SOURCE cust WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers');
+         CREATE SINK wh WITH (connector = 'postgres', url = '{wh}', table = 'customers', mode = 'upsert');
+         CREATE PIPELINE p WITH (checkpoint_interval = '200ms') AS INSERT INTO wh SELECT id, name, balance, updated_at FROM cust;",
+        url = pg.url("shop"),
+        wh = pg.url("warehouse")
+    ))
+    .await
+    .unwrap();
+    poll(
+        Duration::from_secs(60),
+        "the snapshot in the warehouse",
+        || async {
+            let n: i64 = warehouse
+                .query_one("SELECT count(*) FROM customers", &[])
+                .await
+                .ok()?
+                .get(0);
+            (n == 1000).then_some(())
+        },
+    )
+    .await;
+    drop(shop);
+    drop(warehouse);
+    pg.stop();
+    poll(
+        Duration::from_secs(60),
+        "the reconnect error in tributary.pipelines",
+        || async {
+            let e = scalar(
+                &c,
+                "SELECT coalesce(error, '') FROM tributary.pipelines WHERE name = 'p'",
+            )
+            .await;
+            e.contains("reconnecting").then_some(())
+        },
+    )
+    .await;
+    let state = scalar(&c, "SELECT state FROM tributary.pipelines WHERE name = 'p'").await;
+    assert_eq!(state, "running");
+    pg.restart_server();
+    let shop = pg.client("shop").await;
+    let warehouse = pg.client("warehouse").await;
+    shop.batch_execute("UPDATE customers SET name = 'after restart' WHERE id <= 10; DELETE FROM customers WHERE id > 990; INSERT INTO events VALUES (now(), 'second')")
+        .await
+        .unwrap();
+    poll(
+        Duration::from_secs(120),
+        "changes after the restart",
+        || async {
+            let n: i64 = warehouse
+                .query_one(
+                    "SELECT count(*) FROM customers WHERE name = 'after restart'",
+                    &[],
+                )
+                .await
+                .ok()?
+                .get(0);
+            let total: i64 = warehouse
+                .query_one("SELECT count(*) FROM customers", &[])
+                .await
+                .ok()?
+                .get(0);
+            (n == 10 && total == 990).then_some(())
+        },
+    )
+    .await;
+    let e = scalar(
+        &c,
+        "SELECT coalesce(error, '') FROM tributary.pipelines WHERE name = 'p'",
+    )
+    .await;
+    assert_eq!(e, "");
+    poll(
+        Duration::from_secs(60),
+        "the append sink to log the insert",
+        || async {
+            let rows = warehouse
+                .query("SELECT what, _op FROM events_log ORDER BY _lsn", &[])
+                .await
+                .ok()?;
+            let v: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            (v == vec![
+                ("first".into(), "insert".into()),
+                ("second".into(), "insert".into()),
+            ])
+            .then_some(())
+        },
+    )
+    .await;
+    let _ = Instant::now();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_schema_drift_reaches_both_sinks_or_stops_the_pipeline() {
+    let pg = PgCluster::start("logical");
+    let shop = setup_source_db(&pg, 100).await;
+    let warehouse = pg.client("warehouse").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let lake = tmp.path().join("lake");
+    let server = Server::start(&data).await;
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE a WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers');
+         CREATE SOURCE b WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers');
+         CREATE SOURCE strict WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers', on_schema_change = 'fail');
+         CREATE SINK wh WITH (connector = 'postgres', url = '{wh}', table = 'customers_all', mode = 'upsert');
+         CREATE SINK lake WITH (connector = 'delta', path = '{lake}', mode = 'upsert');
+         CREATE SINK strict_wh WITH (connector = 'postgres', url = '{wh}', table = 'customers_strict', mode = 'upsert');
+         CREATE PIPELINE pa WITH (checkpoint_interval = '200ms') AS INSERT INTO wh SELECT * FROM a;
+         CREATE PIPELINE pb WITH (checkpoint_interval = '200ms') AS INSERT INTO lake SELECT * FROM b;
+         CREATE PIPELINE ps WITH (checkpoint_interval = '200ms') AS INSERT INTO strict_wh SELECT id, name FROM strict;",
+        url = pg.url("shop"),
+        wh = pg.url("warehouse"),
+        lake = lake.display()
+    ))
+    .await
+    .unwrap();
+    poll(Duration::from_secs(60), "the snapshots", || async {
+        let n: i64 = warehouse
+            .query_one("SELECT count(*) FROM customers_all", &[])
+            .await
+            .ok()?
+            .get(0);
+        let m: i64 = warehouse
+            .query_one("SELECT count(*) FROM customers_strict", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n == 100 && m == 100).then_some(())
+    })
+    .await;
+    shop.batch_execute(
+        "ALTER TABLE customers ADD COLUMN tier text; UPDATE customers SET tier = 'gold' WHERE id <= 5;          INSERT INTO customers VALUES (1000, 'late', 1.5, now(), 'silver')",
+    )
+    .await
+    .unwrap();
+    poll(
+        Duration::from_secs(90),
+        "the new column in the PostgreSQL sink",
+        || async {
+            let rows = warehouse
+                .query(
+                    "SELECT id, tier FROM customers_all WHERE tier IS NOT NULL ORDER BY id",
+                    &[],
+                )
+                .await
+                .ok()?;
+            let v: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            (v.len() == 6 && v[5] == (1000, "silver".to_string())).then_some(())
+        },
+    )
+    .await;
+    poll(Duration::from_secs(90), "the new column in the Delta sink", || async {
+        let out = run_python(
+            "import sys, deltalake\nt = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()\nprint(t.num_rows, sorted(x for x in t.column('tier').to_pylist() if x) if 'tier' in t.column_names else None)",
+            &[lake.to_str().unwrap()],
+        );
+        (out == "101 ['gold', 'gold', 'gold', 'gold', 'gold', 'silver']").then_some(())
+    })
+    .await;
+    // on_schema_change = 'fail' stops its pipeline with an error naming the column.
+    wait_state(&c, "ps", "failed").await;
+    let e = scalar(
+        &c,
+        "SELECT error FROM tributary.pipelines WHERE name = 'ps'",
+    )
+    .await;
+    assert!(
+        e.contains("\"tier\"") && e.contains("on_schema_change"),
+        "{e}"
+    );
+    // A dropped column the pipelines read stops them, naming it.
+    shop.batch_execute(
+        "ALTER TABLE customers DROP COLUMN name; UPDATE customers SET balance = 0 WHERE id = 1",
+    )
+    .await
+    .unwrap();
+    wait_state(&c, "pa", "failed").await;
+    let e = scalar(
+        &c,
+        "SELECT error FROM tributary.pipelines WHERE name = 'pa'",
+    )
+    .await;
+    assert!(e.contains("\"name\"") && e.contains("dropped"), "{e}");
+}

@@ -298,6 +298,44 @@ impl Sink for PostgresSink {
     }
 
     async fn commit(&mut self, epoch: u64, prepared: PreparedCommit) -> Result<()> {
+        // Applying an epoch is idempotent (the progress row), so a connection lost to a server
+        // restart is retried on a new connection for a while before the pipeline fails.
+        if prepared.0.get("file").and_then(|f| f.as_str()).is_none() {
+            return Ok(()); // an epoch without rows: nothing to apply
+        }
+        let mut attempt = 0u32;
+        loop {
+            if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+                match self.opts.url.connect().await {
+                    Ok(c) => self.client = Some(c),
+                    Err(e) if attempt < 10 => {
+                        attempt += 1;
+                        tracing::warn!(error = %e, attempt, "PostgreSQL sink cannot connect; retrying.");
+                        tokio::time::sleep(std::time::Duration::from_secs(
+                            u64::from(attempt).min(5),
+                        ))
+                        .await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            match self.apply_epoch(epoch, &prepared).await {
+                Err(e @ ConnectorError::Io { .. }) if attempt < 10 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "PostgreSQL sink failed to apply an epoch; retrying on a new connection.");
+                    self.client = None;
+                    tokio::time::sleep(std::time::Duration::from_secs(u64::from(attempt).min(5)))
+                        .await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl PostgresSink {
+    async fn apply_epoch(&mut self, epoch: u64, prepared: &PreparedCommit) -> Result<()> {
         let Some(file) = prepared
             .0
             .get("file")

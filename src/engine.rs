@@ -64,13 +64,13 @@ fn build_job(
         let mut metadata = std::collections::HashMap::new();
         if !source_entry.added_columns.is_empty() {
             metadata.insert(
-                tributary_connectors::postgres::ADDED_COLUMNS_METADATA.to_string(),
+                tributary_connectors::ADDED_COLUMNS_METADATA.to_string(),
                 source_entry.added_columns.join(","),
             );
         }
         if !source_entry.primary_key.is_empty() {
             metadata.insert(
-                tributary_connectors::postgres::PRIMARY_KEY_METADATA.to_string(),
+                tributary_connectors::PRIMARY_KEY_METADATA.to_string(),
                 source_entry.primary_key.join(","),
             );
         }
@@ -284,7 +284,7 @@ impl Engine {
                 if primary_key.is_empty() {
                     if let Some(k) = schema
                         .metadata()
-                        .get(tributary_connectors::postgres::PRIMARY_KEY_METADATA)
+                        .get(tributary_connectors::PRIMARY_KEY_METADATA)
                     {
                         primary_key = k.split(',').map(|c| c.to_ascii_lowercase()).collect();
                     }
@@ -345,9 +345,12 @@ impl Engine {
                         name: sink.clone(),
                     });
                 };
-                let first = compile(&self.ctx.state(), query).await?;
-                let query = &self.upsert_query(&sink_entry, &first.source, query)?;
-                let plan = compile(&self.ctx.state(), query).await?;
+                let mut plan = compile(&self.ctx.state(), query).await?;
+                let rewritten = self.upsert_query(&sink_entry, &plan.source, query)?;
+                if let Some(q) = &rewritten {
+                    plan = compile(&self.ctx.state(), q).await?;
+                }
+                let query = rewritten.as_ref().unwrap_or(query);
                 let mut options = options.clone();
                 let source_bounded = {
                     let entry =
@@ -475,23 +478,24 @@ impl Engine {
     }
 
     /// For a sink that applies changes by key: checks that a key is known, and makes sure the
-    /// query carries the source's `_op` column (added to the SELECT list when left out).
+    /// query carries the source's `_op` column: returns the query with `_op` added to the SELECT
+    /// list when it was left out, `None` when the query stays as it is.
     fn upsert_query(
         &self,
         sink: &SinkEntry,
         source: &str,
         query: &ast::Query,
-    ) -> Result<ast::Query> {
+    ) -> Result<Option<ast::Query>> {
         let connector = tributary_connectors::sink_connector(&sink.options)?;
         let Some(key) = connector.upsert_key(&SinkSpec {
             name: sink.name.clone(),
             options: sink.options.clone(),
         })?
         else {
-            return Ok(query.clone());
+            return Ok(None);
         };
         let Some(src) = self.catalog.source(source) else {
-            return Ok(query.clone());
+            return Ok(None);
         };
         let has_op = src.columns.iter().any(|c| c.name == "_op");
         if key.is_empty() && src.primary_key.is_empty() {
@@ -504,25 +508,28 @@ impl Engine {
                 if upstream.is_empty() { String::new() } else { format!(" (table {upstream})") }
             )));
         }
-        let mut query = query.clone();
-        if has_op {
-            if let ast::SetExpr::Select(select) = query.body.as_mut() {
-                let selects_op = select.projection.iter().any(|item| match item {
-                    ast::SelectItem::Wildcard(_) | ast::SelectItem::QualifiedWildcard(..) => true,
-                    ast::SelectItem::UnnamedExpr(ast::Expr::Identifier(i)) => i.value == "_op",
-                    ast::SelectItem::ExprWithAlias { alias, .. } => alias.value == "_op",
-                    _ => false,
-                });
-                if !selects_op {
-                    select
-                        .projection
-                        .push(ast::SelectItem::UnnamedExpr(ast::Expr::Identifier(
-                            ast::Ident::new("_op"),
-                        )));
-                }
-            }
+        if !has_op {
+            return Ok(None);
         }
-        Ok(query)
+        let mut query = query.clone();
+        let ast::SetExpr::Select(select) = query.body.as_mut() else {
+            return Ok(None);
+        };
+        let selects_op = select.projection.iter().any(|item| match item {
+            ast::SelectItem::Wildcard(_) | ast::SelectItem::QualifiedWildcard(..) => true,
+            ast::SelectItem::UnnamedExpr(ast::Expr::Identifier(i)) => i.value == "_op",
+            ast::SelectItem::ExprWithAlias { alias, .. } => alias.value == "_op",
+            _ => false,
+        });
+        if selects_op {
+            return Ok(None);
+        }
+        select
+            .projection
+            .push(ast::SelectItem::UnnamedExpr(ast::Expr::Identifier(
+                ast::Ident::new("_op"),
+            )));
+        Ok(Some(query))
     }
 
     /// Waits until a pipeline's current run ends; returns its state.

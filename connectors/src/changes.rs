@@ -12,6 +12,7 @@ use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
 
 use crate::error::{ConnectorError, Result};
+use crate::{PreparedCommit, SinkContext};
 
 /// The change-kind column.
 pub const OP: &str = "_op";
@@ -61,6 +62,94 @@ pub fn is_delete(batch: &RecordBatch, i: usize) -> bool {
         .and_then(|c| c.as_any().downcast_ref::<StringArray>())
         .map(|a| a.is_valid(i) && a.value(i) == "delete")
         .unwrap_or(false)
+}
+
+/// The key an upsert sink applies changes by: its own `key` option, else the source's primary
+/// key; every key column must be among the pipeline's output columns.
+pub fn upsert_key(
+    configured: &[String],
+    ctx: &SinkContext,
+    schema: &SchemaRef,
+) -> Result<Vec<String>> {
+    let key = if configured.is_empty() {
+        ctx.primary_key.clone()
+    } else {
+        configured.to_vec()
+    };
+    if key.is_empty() {
+        return Err(ConnectorError::Config(
+            "mode = 'upsert' needs a key: key = 'col' on the sink, or a source with a primary key"
+                .into(),
+        ));
+    }
+    if let Some(k) = key.iter().find(|k| schema.field_with_name(k).is_err()) {
+        return Err(ConnectorError::Config(format!(
+            "upsert key column \"{k}\" is not among the pipeline's output columns"
+        )));
+    }
+    Ok(key)
+}
+
+/// A sink's rows of the current epoch, held until prepare and then staged durably, reduced to
+/// the last change per key when the sink is keyed. Commit reads the staged epoch back, as often
+/// as recovery needs, until [`EpochStage::done`].
+#[derive(Debug)]
+pub struct EpochStage {
+    files: StagedEpochs,
+    schema: SchemaRef,
+    key: Vec<String>,
+    pending: Vec<RecordBatch>,
+}
+
+impl EpochStage {
+    /// Stages under the sink's state directory; `key` empty for an appending sink.
+    pub fn open(ctx: &SinkContext, schema: SchemaRef, key: Vec<String>) -> Result<Self> {
+        Ok(EpochStage {
+            files: StagedEpochs::new(&ctx.state_dir)?,
+            schema,
+            key,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Holds rows of the current epoch.
+    pub fn push(&mut self, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.pending.push(batch);
+        }
+    }
+
+    /// Stages the epoch's rows (fsynced) and names the file in the prepared commit.
+    pub fn prepare(&mut self, epoch: u64) -> Result<PreparedCommit> {
+        let batches = std::mem::take(&mut self.pending);
+        if batches.is_empty() {
+            return Ok(PreparedCommit(serde_json::json!({ "file": null })));
+        }
+        let batch = last_per_key(&self.schema, &batches, &self.key)?;
+        let file = self.files.write(epoch, &batch)?;
+        Ok(PreparedCommit(
+            serde_json::json!({ "file": file, "rows": batch.num_rows() }),
+        ))
+    }
+
+    /// The staged file a prepared commit names; `None` for an epoch without rows.
+    pub fn staged_file(prepared: &PreparedCommit) -> Option<String> {
+        prepared
+            .0
+            .get("file")
+            .and_then(|f| f.as_str())
+            .map(str::to_string)
+    }
+
+    /// Reads a staged epoch back.
+    pub fn read(&self, file: &str) -> Result<Vec<RecordBatch>> {
+        self.files.read(file)
+    }
+
+    /// Forgets staged epochs up to `epoch`: they are visible in the sink.
+    pub fn done(&self, epoch: u64) {
+        self.files.remove_through(epoch);
+    }
 }
 
 /// Staged epochs of one writer, as Arrow IPC files under its state directory.

@@ -42,6 +42,13 @@ use serde::{Deserialize, Serialize};
 pub use error::{ConnectorError, ErrorKind, Result};
 pub use options::{redact, OptionSpec, Options};
 
+/// Schema metadata key carrying a source's primary key (comma-separated): a connector that
+/// reads it upstream sets it at validate, the engine stores it and hands it back at open.
+pub const PRIMARY_KEY_METADATA: &str = "tributary.primary_key";
+/// Schema metadata key listing columns added after CREATE (comma-separated), by schema drift:
+/// rows from before the change lack them, which is not a dropped column.
+pub const ADDED_COLUMNS_METADATA: &str = "tributary.added_columns";
+
 /// Where a source has read up to: opaque to the engine, stored in checkpoints.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SourcePosition(pub serde_json::Value);

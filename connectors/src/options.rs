@@ -94,6 +94,18 @@ impl Options {
         })
     }
 
+    /// A comma-separated list of column names, trimmed and lower-cased; empty when unset.
+    pub fn get_list(&self, key: &str) -> Vec<String> {
+        self.get(key)
+            .map(|s| {
+                s.split(',')
+                    .map(|p| p.trim().to_ascii_lowercase())
+                    .filter(|p| !p.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// A boolean option (`true`/`false`, `yes`/`no`, `1`/`0`).
     pub fn get_bool(&self, key: &str, default: bool) -> Result<bool> {
         match self.get(key) {

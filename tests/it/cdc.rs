@@ -184,6 +184,15 @@ impl Drop for PgCluster {
     }
 }
 
+/// `SELECT count(*) FROM <from>`; `None` while the table does not exist yet.
+async fn count(c: &Client, from: &str) -> Option<i64> {
+    let row = c
+        .query_one(&format!("SELECT count(*) FROM {from}"), &[])
+        .await
+        .ok()?;
+    Some(row.get(0))
+}
+
 /// Rows of a table as sorted text tuples, from PostgreSQL.
 async fn pg_rows(c: &Client, table: &str) -> Vec<String> {
     let rows = c
@@ -340,12 +349,8 @@ async fn cdc_into_delta_and_postgres_exactly_once_across_sigkills() {
         Duration::from_secs(240),
         "the Delta sink to equal the source",
         || async {
-            let got = delta_tuples(&lake);
-            if got == expected {
-                return Some(());
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            None
+            // Each read starts a Python reader (about a second): that paces the polling.
+            (delta_tuples(&lake) == expected).then_some(())
         },
     )
     .await;
@@ -461,11 +466,7 @@ async fn cdc_survives_upstream_restart_and_refuses_what_it_cannot_do() {
         Duration::from_secs(60),
         "the snapshot row in the append sink",
         || async {
-            let n: i64 = warehouse
-                .query_one("SELECT count(*) FROM events_log", &[])
-                .await
-                .ok()?
-                .get(0);
+            let n = count(&warehouse, "events_log").await?;
             (n == 1).then_some(())
         },
     )
@@ -485,11 +486,7 @@ async fn cdc_survives_upstream_restart_and_refuses_what_it_cannot_do() {
         Duration::from_secs(60),
         "the snapshot in the warehouse",
         || async {
-            let n: i64 = warehouse
-                .query_one("SELECT count(*) FROM customers", &[])
-                .await
-                .ok()?
-                .get(0);
+            let n = count(&warehouse, "customers").await?;
             (n == 1000).then_some(())
         },
     )
@@ -522,19 +519,8 @@ async fn cdc_survives_upstream_restart_and_refuses_what_it_cannot_do() {
         Duration::from_secs(120),
         "changes after the restart",
         || async {
-            let n: i64 = warehouse
-                .query_one(
-                    "SELECT count(*) FROM customers WHERE name = 'after restart'",
-                    &[],
-                )
-                .await
-                .ok()?
-                .get(0);
-            let total: i64 = warehouse
-                .query_one("SELECT count(*) FROM customers", &[])
-                .await
-                .ok()?
-                .get(0);
+            let n = count(&warehouse, "customers WHERE name = 'after restart'").await?;
+            let total = count(&warehouse, "customers").await?;
             (n == 10 && total == 990).then_some(())
         },
     )
@@ -593,16 +579,8 @@ async fn cdc_schema_drift_reaches_both_sinks_or_stops_the_pipeline() {
     .await
     .unwrap();
     poll(Duration::from_secs(60), "the snapshots", || async {
-        let n: i64 = warehouse
-            .query_one("SELECT count(*) FROM customers_all", &[])
-            .await
-            .ok()?
-            .get(0);
-        let m: i64 = warehouse
-            .query_one("SELECT count(*) FROM customers_strict", &[])
-            .await
-            .ok()?
-            .get(0);
+        let n = count(&warehouse, "customers_all").await?;
+        let m = count(&warehouse, "customers_strict").await?;
         (n == 100 && m == 100).then_some(())
     })
     .await;

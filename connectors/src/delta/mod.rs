@@ -60,24 +60,8 @@ impl DeltaSinkOptions {
     fn parse(spec: &SinkSpec) -> Result<Self> {
         let opts = Options::validate("delta", OPTIONS, &spec.options)?;
         let upsert = opts.get_choice("mode", &["append", "upsert"], "append")? == "upsert";
-        let key = opts
-            .get("key")
-            .map(|s| {
-                s.split(',')
-                    .map(|p| p.trim().to_ascii_lowercase())
-                    .filter(|p| !p.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let partition_by = opts
-            .get("partition_by")
-            .map(|s| {
-                s.split(',')
-                    .map(|p| p.trim().to_ascii_lowercase())
-                    .filter(|p| !p.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let key = opts.get_list("key");
+        let partition_by = opts.get_list("partition_by");
         Ok(DeltaSinkOptions {
             url: resolve_url(opts.require("path")?)?,
             partition_by,

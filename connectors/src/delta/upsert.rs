@@ -14,7 +14,7 @@ use deltalake::protocol::SaveMode;
 use deltalake::DeltaTable;
 
 use super::{open_existing, DeltaSinkOptions};
-use crate::changes::{last_per_key, StagedEpochs, OP};
+use crate::changes::{upsert_key, EpochStage, OP};
 use crate::error::{ConnectorError, Result};
 use crate::{PreparedCommit, Sink, SinkContext};
 
@@ -22,9 +22,7 @@ pub(super) struct DeltaUpsertSink {
     opts: DeltaSinkOptions,
     writer_id: String,
     key: Vec<String>,
-    schema: Option<SchemaRef>,
-    pending: Vec<RecordBatch>,
-    staged: Option<StagedEpochs>,
+    stage: Option<EpochStage>,
     table: Option<DeltaTable>,
 }
 
@@ -34,15 +32,19 @@ impl DeltaUpsertSink {
             opts,
             writer_id: String::new(),
             key: Vec::new(),
-            schema: None,
-            pending: Vec::new(),
-            staged: None,
+            stage: None,
             table: None,
         }
     }
 
     fn app_id(&self) -> String {
         format!("tributary-{}", self.writer_id)
+    }
+
+    fn stage(&mut self) -> Result<&mut EpochStage> {
+        self.stage
+            .as_mut()
+            .ok_or_else(|| ConnectorError::Internal("delta upsert sink used before open".into()))
     }
 }
 
@@ -58,23 +60,7 @@ fn target(c: &str) -> Expr {
 impl Sink for DeltaUpsertSink {
     async fn open(&mut self, ctx: &SinkContext, schema: SchemaRef) -> Result<()> {
         self.writer_id = ctx.writer_id.clone();
-        self.key = if self.opts.key.is_empty() {
-            ctx.primary_key.clone()
-        } else {
-            self.opts.key.clone()
-        };
-        if self.key.is_empty() {
-            return Err(ConnectorError::Config(
-                "mode = 'upsert' needs a key: key = 'col' on the sink, or a source with a primary key".into(),
-            ));
-        }
-        for k in &self.key {
-            if schema.field_with_name(k).is_err() {
-                return Err(ConnectorError::Config(format!(
-                    "upsert key column \"{k}\" is not among the pipeline's output columns"
-                )));
-            }
-        }
+        self.key = upsert_key(&self.opts.key, ctx, &schema)?;
         let data = Schema::new(
             schema
                 .fields()
@@ -97,46 +83,23 @@ impl Sink for DeltaUpsertSink {
                 Some(builder.await?)
             }
         };
-        self.schema = Some(schema);
-        self.staged = Some(StagedEpochs::new(&ctx.state_dir)?);
+        self.stage = Some(EpochStage::open(ctx, schema, self.key.clone())?);
         Ok(())
     }
 
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        if batch.num_rows() > 0 {
-            self.pending.push(batch);
-        }
+        self.stage()?.push(batch);
         Ok(())
     }
 
     async fn prepare(&mut self, epoch: u64) -> Result<PreparedCommit> {
-        let batches = std::mem::take(&mut self.pending);
-        if batches.iter().all(|b| b.num_rows() == 0) {
-            return Ok(PreparedCommit(serde_json::json!({ "file": null })));
-        }
-        let schema = self
-            .schema
-            .clone()
-            .ok_or_else(|| ConnectorError::Internal("prepare before open".into()))?;
-        let batch = last_per_key(&schema, &batches, &self.key)?;
-        let staged = self
-            .staged
-            .as_ref()
-            .ok_or_else(|| ConnectorError::Internal("prepare before open".into()))?;
-        let file = staged.write(epoch, &batch)?;
-        Ok(PreparedCommit(
-            serde_json::json!({ "file": file, "rows": batch.num_rows() }),
-        ))
+        self.stage()?.prepare(epoch)
     }
 
     async fn commit(&mut self, epoch: u64, prepared: PreparedCommit) -> Result<()> {
-        let Some(file) = prepared.0.get("file").and_then(|f| f.as_str()) else {
+        let Some(file) = EpochStage::staged_file(&prepared) else {
             return Ok(());
         };
-        let staged = self
-            .staged
-            .clone()
-            .ok_or_else(|| ConnectorError::Internal("commit before open".into()))?;
         let app_id = self.app_id();
         let mut table = match self.table.take() {
             Some(t) => t,
@@ -154,11 +117,11 @@ impl Sink for DeltaUpsertSink {
                 epoch,
                 "Delta MERGE of this epoch already present; skipping."
             );
-            staged.remove_through(epoch);
+            self.stage()?.done(epoch);
             self.table = Some(table);
             return Ok(());
         }
-        let batches = staged.read(file)?;
+        let batches = self.stage()?.read(&file)?;
         let Some(first) = batches.first() else {
             self.table = Some(table);
             return Ok(());
@@ -223,7 +186,7 @@ impl Sink for DeltaUpsertSink {
             "Delta MERGE committed."
         );
         self.table = Some(table);
-        staged.remove_through(epoch);
+        self.stage()?.done(epoch);
         Ok(())
     }
 }

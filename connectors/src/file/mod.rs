@@ -427,12 +427,8 @@ impl FileSource {
                 self.position_value()
             };
             return Ok(Some(SourceBatch {
-                batch,
-                bad_records,
-                position,
-                lag: Vec::new(),
-                phase: None,
-                transient_error: None,
+                bad_records: bad_records,
+                ..SourceBatch::new(batch, position)
             }));
         }
     }
@@ -454,26 +450,15 @@ impl FileSource {
                     offset: *rows,
                     line: 0,
                 });
-                Ok(Some(SourceBatch {
-                    batch,
-                    bad_records: Vec::new(),
-                    position: self.position_value(),
-                    lag: Vec::new(),
-                    phase: None,
-                    transient_error: None,
-                }))
+                Ok(Some(SourceBatch::new(batch, self.position_value())))
             }
             None => {
                 let path = meta.location.clone();
                 let position = self.finish_file(&path);
-                Ok(Some(SourceBatch {
-                    batch: RecordBatch::new_empty(schema),
-                    bad_records: Vec::new(),
+                Ok(Some(SourceBatch::new(
+                    RecordBatch::new_empty(schema),
                     position,
-                    lag: Vec::new(),
-                    phase: None,
-                    transient_error: None,
-                }))
+                )))
             }
         }
     }

@@ -246,13 +246,6 @@ impl Source for NexmarkSource {
         let batch = self.generator.batch(self.next, rows as usize)?;
         self.next += rows;
         let position = SourcePosition(serde_json::json!({ "next": self.next }));
-        Ok(Some(SourceBatch {
-            batch,
-            bad_records: Vec::new(),
-            position,
-            lag: Vec::new(),
-            phase: None,
-            transient_error: None,
-        }))
+        Ok(Some(SourceBatch::new(batch, position)))
     }
 }

@@ -13,16 +13,12 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use tokio_postgres::{Client, Config, NoTls};
 
 use crate::error::{ConnectorError, Result};
+use crate::PRIMARY_KEY_METADATA;
 use types::quote_ident;
 
 pub use sink::PostgresSinkConnector;
 pub use source::PostgresCdcSourceConnector;
 
-/// Schema metadata key carrying the upstream primary key (comma-separated), read by the engine.
-pub const PRIMARY_KEY_METADATA: &str = "tributary.primary_key";
-/// Schema metadata key listing columns added after CREATE (comma-separated): rows from before the
-/// change lack them, so an older relation message without them is not a dropped column.
-pub const ADDED_COLUMNS_METADATA: &str = "tributary.added_columns";
 /// Change-row metadata columns every CDC source adds.
 pub const OP_COLUMN: &str = "_op";
 /// The LSN of the change (the consistent point for snapshot rows).

@@ -18,7 +18,7 @@ use tokio_postgres::Client;
 
 use super::types::{pg_type, quote_ident};
 use super::{qualified, split_table, PgUrl};
-use crate::changes::{last_per_key, StagedEpochs, OP};
+use crate::changes::{upsert_key, EpochStage, OP};
 use crate::error::{ConnectorError, Result};
 use crate::options::{OptionSpec, Options};
 use crate::{PreparedCommit, Sink, SinkConnector, SinkContext, SinkSpec};
@@ -61,15 +61,7 @@ impl PgSinkOptions {
             schema,
             table,
             upsert: opts.get_choice("mode", &["append", "upsert"], "append")? == "upsert",
-            key: opts
-                .get("key")
-                .map(|k| {
-                    k.split(',')
-                        .map(|c| c.trim().to_ascii_lowercase())
-                        .filter(|c| !c.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default(),
+            key: opts.get_list("key"),
         })
     }
 }
@@ -97,9 +89,7 @@ impl SinkConnector for PostgresSinkConnector {
             writer_id: String::new(),
             columns: Vec::new(),
             key: Vec::new(),
-            schema: None,
-            pending: Vec::new(),
-            staged: None,
+            stage: None,
         }))
     }
     async fn table(&self, _spec: &SinkSpec) -> Result<Option<Arc<dyn TableProvider>>> {
@@ -119,12 +109,16 @@ struct PostgresSink {
     /// Data columns written (the pipeline's output minus `_op` when upserting).
     columns: Vec<(String, DataType)>,
     key: Vec<String>,
-    schema: Option<SchemaRef>,
-    pending: Vec<RecordBatch>,
-    staged: Option<StagedEpochs>,
+    stage: Option<EpochStage>,
 }
 
 impl PostgresSink {
+    fn stage(&mut self) -> Result<&mut EpochStage> {
+        self.stage
+            .as_mut()
+            .ok_or_else(|| ConnectorError::Internal("postgres sink used before open".into()))
+    }
+
     fn client(&self) -> Result<&Client> {
         self.client
             .as_ref()
@@ -239,70 +233,29 @@ impl Sink for PostgresSink {
             .map(|f| (f.name().clone(), f.data_type().clone()))
             .collect();
         if self.opts.upsert {
-            self.key = if self.opts.key.is_empty() {
-                ctx.primary_key.clone()
-            } else {
-                self.opts.key.clone()
-            };
-            if self.key.is_empty() {
-                return Err(ConnectorError::Config(
-                    "mode = 'upsert' needs a key: key = 'col' on the sink, or a source with a primary key".into(),
-                ));
-            }
-            for k in &self.key {
-                if !self.columns.iter().any(|(n, _)| n == k) {
-                    return Err(ConnectorError::Config(format!(
-                        "upsert key column \"{k}\" is not among the pipeline's output columns"
-                    )));
-                }
-            }
+            self.key = upsert_key(&self.opts.key, ctx, &schema)?;
         }
-        self.schema = Some(schema);
         self.client = Some(self.opts.url.connect().await?);
         self.prepare_tables().await?;
-        self.staged = Some(StagedEpochs::new(&ctx.state_dir)?);
+        self.stage = Some(EpochStage::open(ctx, schema, self.key.clone())?);
         Ok(())
     }
 
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        if batch.num_rows() > 0 {
-            self.pending.push(batch);
-        }
+        self.stage()?.push(batch);
         Ok(())
     }
 
     async fn prepare(&mut self, epoch: u64) -> Result<PreparedCommit> {
-        let batches = std::mem::take(&mut self.pending);
-        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        if rows == 0 {
-            return Ok(PreparedCommit(serde_json::json!({ "file": null })));
-        }
-        let schema = self
-            .schema
-            .clone()
-            .ok_or_else(|| ConnectorError::Internal("prepare before open".into()))?;
-        let key = if self.opts.upsert {
-            self.key.clone()
-        } else {
-            Vec::new()
-        };
-        let batch = last_per_key(&schema, &batches, &key)?;
-        let staged = self
-            .staged
-            .as_ref()
-            .ok_or_else(|| ConnectorError::Internal("prepare before open".into()))?;
-        let file = staged.write(epoch, &batch)?;
-        Ok(PreparedCommit(
-            serde_json::json!({ "file": file, "rows": batch.num_rows() }),
-        ))
+        self.stage()?.prepare(epoch)
     }
 
     async fn commit(&mut self, epoch: u64, prepared: PreparedCommit) -> Result<()> {
         // Applying an epoch is idempotent (the progress row), so a connection lost to a server
         // restart is retried on a new connection for a while before the pipeline fails.
-        if prepared.0.get("file").and_then(|f| f.as_str()).is_none() {
+        let Some(file) = EpochStage::staged_file(&prepared) else {
             return Ok(()); // an epoch without rows: nothing to apply
-        }
+        };
         let mut attempt = 0u32;
         loop {
             if self.client.as_ref().is_none_or(|c| c.is_closed()) {
@@ -320,7 +273,7 @@ impl Sink for PostgresSink {
                     Err(e) => return Err(e),
                 }
             }
-            match self.apply_epoch(epoch, &prepared).await {
+            match self.apply_epoch(epoch, &file).await {
                 Err(e @ ConnectorError::Io { .. }) if attempt < 10 => {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "PostgreSQL sink failed to apply an epoch; retrying on a new connection.");
@@ -335,24 +288,12 @@ impl Sink for PostgresSink {
 }
 
 impl PostgresSink {
-    async fn apply_epoch(&mut self, epoch: u64, prepared: &PreparedCommit) -> Result<()> {
-        let Some(file) = prepared
-            .0
-            .get("file")
-            .and_then(|f| f.as_str())
-            .map(str::to_string)
-        else {
-            return Ok(());
-        };
-        let staged = self
-            .staged
-            .clone()
-            .ok_or_else(|| ConnectorError::Internal("commit before open".into()))?;
+    async fn apply_epoch(&mut self, epoch: u64, file: &str) -> Result<()> {
         if self.applied_epoch().await? >= epoch {
-            staged.remove_through(epoch);
+            self.stage()?.done(epoch);
             return Ok(());
         }
-        let batches = staged.read(&file)?;
+        let batches = self.stage()?.read(file)?;
         let target = self.target();
         let progress = self.progress();
         let cols: Vec<String> = self.columns.iter().map(|(n, _)| quote_ident(n)).collect();
@@ -426,7 +367,7 @@ impl PostgresSink {
         .await
         .map_err(io("writing the progress row"))?;
         tx.commit().await.map_err(io("committing"))?;
-        staged.remove_through(epoch);
+        self.stage()?.done(epoch);
         Ok(())
     }
 }

@@ -23,10 +23,11 @@ use super::pgoutput::{self, Datum, Message, Relation};
 use super::types::{arrow_type, quote_ident, quote_literal, TextColumn};
 use super::{
     change_schema, describe_table, format_lsn, metadata_fields, parse_lsn, qualified, split_table,
-    PgUrl, UpstreamTable, ADDED_COLUMNS_METADATA, OP_COLUMN, PRIMARY_KEY_METADATA,
+    PgUrl, UpstreamTable, OP_COLUMN,
 };
 use crate::error::{ConnectorError, Result};
 use crate::options::{OptionSpec, Options};
+use crate::ADDED_COLUMNS_METADATA;
 use crate::{
     BadRecord, PartitionLag, ReadOptions, Source, SourceAck, SourceBatch, SourceConnector,
     SourcePosition, SourceSpec,
@@ -365,10 +366,31 @@ struct Txn {
     seen: u64,
 }
 
-/// How the columns of one relation message map onto the source schema.
-struct RelationMap {
-    /// For each relation column, the index of the schema column it fills.
-    target: Vec<Option<usize>>,
+/// Which upstream value fills which schema column, worked out once per relation (or snapshot),
+/// not per row.
+struct ColumnMap {
+    /// (schema column, upstream value index) for every table column the schema has.
+    fill: Vec<(usize, usize)>,
+    /// Table columns of the schema that upstream does not send here: NULL.
+    nulls: Vec<usize>,
+}
+
+impl ColumnMap {
+    /// Maps `data_columns` (name, schema index) onto upstream columns by name.
+    fn new<'a>(
+        data_columns: &[(String, usize)],
+        upstream: impl Iterator<Item = &'a str> + Clone,
+    ) -> Self {
+        let mut fill = Vec::new();
+        let mut nulls = Vec::new();
+        for (name, i) in data_columns {
+            match upstream.clone().position(|u| u == name) {
+                Some(u) => fill.push((*i, u)),
+                None => nulls.push(*i),
+            }
+        }
+        ColumnMap { fill, nulls }
+    }
 }
 
 struct CdcSource {
@@ -381,7 +403,7 @@ struct CdcSource {
     pos: CdcPosition,
     snapshot: Option<Snapshot>,
     repl: Option<ReplicationClient>,
-    relations: HashMap<u32, RelationMap>,
+    relations: HashMap<u32, ColumnMap>,
     txn: Option<Txn>,
     /// Changes of the first transaction after a (re)connect to pass over: already emitted.
     resume_skip: u64,
@@ -396,6 +418,10 @@ struct CdcSource {
 struct Snapshot {
     client: Client,
     total: u64,
+    /// Snapshot columns (the upstream table's, in order) onto the schema.
+    columns: ColumnMap,
+    /// Positions of the primary key among the snapshot columns.
+    key: Vec<usize>,
 }
 
 impl CdcSource {
@@ -426,14 +452,6 @@ impl CdcSource {
             reconnects: 0,
             last_emit: Instant::now(),
         }
-    }
-
-    fn key_columns(&self) -> Vec<String> {
-        self.schema
-            .metadata()
-            .get(PRIMARY_KEY_METADATA)
-            .map(|k| k.split(',').map(str::to_string).collect())
-            .unwrap_or_else(|| self.upstream.primary_key.clone())
     }
 
     /// First start: publication, a fresh slot and its exported snapshot. Resume: check the slot.
@@ -628,9 +646,17 @@ impl CdcSource {
             .batch_execute(&sql)
             .await
             .map_err(|e| ConnectorError::io("starting the snapshot query", e))?;
+        let names = || self.upstream.columns.iter().map(|c| c.name.as_str());
+        let columns = ColumnMap::new(&self.data_columns, names());
+        let key = keys
+            .iter()
+            .filter_map(|k| names().position(|n| n == k))
+            .collect();
         self.snapshot = Some(Snapshot {
             client,
             total: total.max(0) as u64,
+            columns,
+            key,
         });
         Ok(())
     }
@@ -718,7 +744,10 @@ impl CdcSource {
     }
 
     async fn next_snapshot_batch(&mut self) -> Result<SourceBatch> {
-        let snap = self.snapshot.as_ref().expect("snapshot open");
+        let snap = self
+            .snapshot
+            .as_ref()
+            .ok_or_else(|| ConnectorError::Internal("snapshot read without a snapshot".into()))?;
         let msgs = snap
             .client
             .simple_query(&format!("FETCH {} FROM {CURSOR}", self.opts.batch_size))
@@ -726,23 +755,6 @@ impl CdcSource {
             .map_err(|e| ConnectorError::io("reading the snapshot", e))?;
         let mut b = self.builders(self.opts.batch_size);
         let mut bad = Vec::new();
-        // Upstream column index for every data column of the schema.
-        let upstream_idx: Vec<(usize, Option<usize>)> = self
-            .data_columns
-            .iter()
-            .map(|(name, i)| {
-                (
-                    *i,
-                    self.upstream.columns.iter().position(|c| &c.name == name),
-                )
-            })
-            .collect();
-        let key_idx: Vec<usize> = self
-            .upstream
-            .primary_key
-            .iter()
-            .filter_map(|k| self.upstream.columns.iter().position(|c| &c.name == k))
-            .collect();
         let mut last_key = None;
         for m in &msgs {
             let SimpleQueryMessage::Row(row) = m else {
@@ -750,13 +762,13 @@ impl CdcSource {
             };
             let values: Vec<Option<&str>> = (0..row.len()).map(|i| row.get(i)).collect();
             last_key = Some(
-                key_idx
+                snap.key
                     .iter()
                     .map(|i| values[*i].map(str::to_string))
                     .collect::<Vec<_>>(),
             );
             if let Err(e) = b.push_row(
-                &upstream_idx,
+                &snap.columns,
                 |u| values.get(u).copied().flatten(),
                 "insert",
                 self.pos.consistent_lsn as i64,
@@ -779,8 +791,9 @@ impl CdcSource {
         }
         if n == 0 {
             // Snapshot done: the stream takes over at the slot's consistent point.
-            let snap = self.snapshot.take().expect("snapshot open");
-            let _ = snap.client.batch_execute("COMMIT").await;
+            if let Some(snap) = self.snapshot.take() {
+                let _ = snap.client.batch_execute("COMMIT").await;
+            }
             self.pos.in_snapshot = false;
             self.pos.lsn = self.pos.consistent_lsn;
             self.pos.skip = 0;
@@ -818,8 +831,7 @@ impl CdcSource {
 
     /// Checks a relation message against the schema: an added column propagates or fails by the
     /// option; a dropped or retyped one stops the pipeline.
-    fn check_relation(&self, rel: &Relation) -> Result<RelationMap> {
-        let mut target = Vec::with_capacity(rel.columns.len());
+    fn check_relation(&self, rel: &Relation) -> Result<ColumnMap> {
         for c in &rel.columns {
             let found = self
                 .data_columns
@@ -837,7 +849,6 @@ impl CdcSource {
                             c.name, rel.namespace, rel.name
                         )));
                     }
-                    target.push(Some(i));
                 }
                 None => {
                     let (t, _) = arrow_type(c.type_oid, c.typmod);
@@ -885,7 +896,10 @@ impl CdcSource {
                 )));
             }
         }
-        Ok(RelationMap { target })
+        Ok(ColumnMap::new(
+            &self.data_columns,
+            rel.columns.iter().map(|c| c.name.as_str()),
+        ))
     }
 
     fn is_our_relation(&self, rel: &Relation) -> bool {
@@ -907,10 +921,13 @@ impl CdcSource {
         let mut bad = Vec::new();
         let start_pos = self.pos.clone();
         let started = Instant::now();
-        let keys = self.key_columns();
         loop {
             let ack = self.acked.load(Ordering::Relaxed);
-            let repl = self.repl.as_mut().expect("connected");
+            let Some(repl) = self.repl.as_mut() else {
+                return Err(ConnectorError::Internal(
+                    "replication stream read while disconnected".into(),
+                ));
+            };
             if ack > self.acked_sent {
                 repl.update_applied_lsn(Lsn(ack));
                 self.acked_sent = ack;
@@ -983,7 +1000,7 @@ impl CdcSource {
                             )))
                         }
                     };
-                    if let Err(e) = self.apply(msg, wal_start.0, &mut b, &mut bad, &keys) {
+                    if let Err(e) = self.apply(msg, wal_start.0, &mut b, &mut bad) {
                         if b.rows > 0 || !bad.is_empty() {
                             // Emit what came before the change; the error follows.
                             self.pending_error = Some(e);
@@ -1010,9 +1027,7 @@ impl CdcSource {
         lsn: u64,
         b: &mut Builders,
         bad: &mut Vec<BadRecord>,
-        keys: &[String],
     ) -> Result<()> {
-        let relation_of = |id: u32| id;
         let (rel_id, rows): (u32, Vec<(&'static str, Vec<Datum>, Option<Vec<Datum>>)>) = match msg {
             Message::Relation(rel) => {
                 if self.is_our_relation(&rel) {
@@ -1021,9 +1036,7 @@ impl CdcSource {
                 }
                 return Ok(());
             }
-            Message::Insert { relation, new } => {
-                (relation_of(relation), vec![("insert", new, None)])
-            }
+            Message::Insert { relation, new } => (relation, vec![("insert", new, None)]),
             Message::Update {
                 relation,
                 old,
@@ -1068,14 +1081,7 @@ impl CdcSource {
         }
         let commit_ts = self.txn.as_ref().map(|t| t.commit_ts);
         let map = &self.relations[&rel_id];
-        let _ = keys;
         for (op, tuple, old) in rows {
-            let targets: Vec<(usize, Option<usize>)> = map
-                .target
-                .iter()
-                .enumerate()
-                .filter_map(|(u, t)| t.map(|t| (t, Some(u))))
-                .collect();
             let value = |u: usize| -> Option<&str> {
                 match tuple.get(u) {
                     Some(Datum::Text(t)) => std::str::from_utf8(t).ok(),
@@ -1086,7 +1092,7 @@ impl CdcSource {
                     _ => None,
                 }
             };
-            if let Err(e) = b.push_row(&targets, value, op, lsn as i64, commit_ts) {
+            if let Err(e) = b.push_row(map, value, op, lsn as i64, commit_ts) {
                 bad.push(BadRecord {
                     position: format_lsn(lsn),
                     message: e,
@@ -1142,30 +1148,25 @@ struct Builders {
 }
 
 impl Builders {
-    /// Appends one row: `targets` pairs each schema column with the upstream value index filling
-    /// it. Every value is parsed before anything is appended.
+    /// Appends one row, its values taken by upstream index as `map` says. Every value is parsed
+    /// before anything is appended, so a bad value leaves no partial row.
     fn push_row<'a>(
         &mut self,
-        targets: &[(usize, Option<usize>)],
+        map: &ColumnMap,
         value: impl Fn(usize) -> Option<&'a str>,
         op: &str,
         lsn: i64,
         commit_ts: Option<i64>,
     ) -> std::result::Result<(), String> {
-        let mut parsed = Vec::with_capacity(targets.len());
-        for (t, u) in targets {
-            let v = u.and_then(&value);
-            parsed.push((*t, self.columns[*t].parse(v)?));
+        let mut parsed = Vec::with_capacity(map.fill.len());
+        for (t, u) in &map.fill {
+            parsed.push((*t, self.columns[*t].parse(value(*u))?));
         }
-        let mut filled = vec![false; self.columns.len()];
         for (t, p) in parsed {
             self.columns[t].append(p);
-            filled[t] = true;
         }
-        for (i, f) in filled.iter().enumerate() {
-            if !f {
-                self.columns[i].append_null();
-            }
+        for t in &map.nulls {
+            self.columns[*t].append_null();
         }
         self.op.append_value(op);
         self.lsn.append_value(lsn);

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
@@ -548,7 +548,63 @@ async fn cdc_survives_upstream_restart_and_refuses_what_it_cannot_do() {
         },
     )
     .await;
-    let _ = Instant::now();
+
+    // The PostgreSQL sink under a file pipeline: append, and upsert by key (no _op: every row upserts).
+    let files = tmp.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(
+        files.join("a.csv"),
+        "id,name,amount\n1,a,10\n2,b,20\n1,a2,11\n3,\"tab\there\",30\n",
+    )
+    .unwrap();
+    c.batch_execute(&format!(
+        "CREATE SOURCE orders (id BIGINT, name TEXT, amount BIGINT) WITH (connector = 'file', path = '{files}', format = 'csv');
+         CREATE SINK orders_log WITH (connector = 'postgres', url = '{wh}', table = 'orders_log');
+         CREATE SINK orders_now WITH (connector = 'postgres', url = '{wh}', table = 'orders_now', mode = 'upsert', key = 'id');
+         CREATE PIPELINE load_log AS INSERT INTO orders_log SELECT * FROM orders;
+         CREATE PIPELINE load_now AS INSERT INTO orders_now SELECT * FROM orders;",
+        files = files.display(),
+        wh = pg.url("warehouse")
+    ))
+    .await
+    .unwrap();
+    wait_state(&c, "load_log", "completed").await;
+    wait_state(&c, "load_now", "completed").await;
+    let rows = |sql: &'static str| {
+        let warehouse = &warehouse;
+        async move {
+            warehouse
+                .query(sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}|{}|{}",
+                        r.get::<_, i64>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, i64>(2)
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        rows("SELECT id, name, amount FROM orders_log ORDER BY id, amount").await,
+        vec!["1|a|10", "1|a2|11", "2|b|20", "3|tab\there|30"]
+    );
+    assert_eq!(
+        rows("SELECT id, name, amount FROM orders_now ORDER BY id").await,
+        vec!["1|a2|11", "2|b|20", "3|tab\there|30"]
+    );
+    // A second run of the batch pipeline over a new file applies only the new rows, once.
+    std::fs::write(files.join("b.csv"), "id,name,amount\n2,b2,21\n4,d,40\n").unwrap();
+    c.batch_execute("START PIPELINE load_now").await.unwrap();
+    wait_state(&c, "load_now", "completed").await;
+    assert_eq!(
+        rows("SELECT id, name, amount FROM orders_now ORDER BY id").await,
+        vec!["1|a2|11", "2|b2|21", "3|tab\there|30", "4|d|40"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -637,4 +693,51 @@ async fn cdc_schema_drift_reaches_both_sinks_or_stops_the_pipeline() {
     )
     .await;
     assert!(e.contains("\"name\"") && e.contains("dropped"), "{e}");
+
+    // A column type with no Arrow counterpart arrives as text; a retyped column stops the pipeline.
+    shop.batch_execute(
+        "CREATE TABLE shapes (id int PRIMARY KEY, at point, tags text[]); INSERT INTO shapes VALUES (1, '(1,2)', '{a,b}')",
+    )
+    .await
+    .unwrap();
+    c.batch_execute(&format!(
+        "CREATE SOURCE shapes WITH (connector = 'postgres-cdc', url = '{url}', table = 'shapes');
+         CREATE SINK shapes_wh WITH (connector = 'postgres', url = '{wh}', table = 'shapes', mode = 'upsert');
+         CREATE PIPELINE psh WITH (checkpoint_interval = '200ms') AS INSERT INTO shapes_wh SELECT id, at, tags FROM shapes;",
+        url = pg.url("shop"),
+        wh = pg.url("warehouse")
+    ))
+    .await
+    .unwrap();
+    let schema = scalar(
+        &c,
+        "SELECT schema FROM tributary.sources WHERE name = 'shapes'",
+    )
+    .await;
+    assert!(
+        schema.contains("at TEXT") || schema.contains("at Utf8"),
+        "{schema}"
+    );
+    poll(
+        Duration::from_secs(60),
+        "the point and array as text",
+        || async {
+            let r = warehouse
+                .query_opt("SELECT at, tags FROM shapes WHERE id = 1", &[])
+                .await
+                .ok()??;
+            (r.get::<_, String>(0) == "(1,2)" && r.get::<_, String>(1) == "{a,b}").then_some(())
+        },
+    )
+    .await;
+    shop.batch_execute("ALTER TABLE shapes ALTER COLUMN id TYPE bigint; INSERT INTO shapes VALUES (2, '(0,0)', '{}')")
+        .await
+        .unwrap();
+    wait_state(&c, "psh", "failed").await;
+    let e = scalar(
+        &c,
+        "SELECT error FROM tributary.pipelines WHERE name = 'psh'",
+    )
+    .await;
+    assert!(e.contains("\"id\"") && e.contains("changed type"), "{e}");
 }

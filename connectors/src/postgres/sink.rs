@@ -320,8 +320,14 @@ impl PostgresSink {
             ))
             .await
             .map_err(io("creating the staging table"))?;
+            // Rows without `_op` (a source that is not a change stream) are all upserts.
             let mut with_op = column_names.clone();
-            with_op.push(OP.to_string());
+            if batches
+                .iter()
+                .any(|b| b.schema().field_with_name(OP).is_ok())
+            {
+                with_op.push(OP.to_string());
+            }
             copy_batches(&tx, "_tributary_stage", &with_op, &batches).await?;
             let on_key = key
                 .iter()

@@ -113,6 +113,16 @@ fn unsafe_sigterm(pid: u32) {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A failing test loses its temp dir, and the server log with it: show its end first.
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- last lines of the tributary log ({}) ---\n{}",
+                self.data_dir.display(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -135,6 +135,24 @@ impl PostgresSink {
 
     /// Creates the table when absent, adds columns the pipeline now yields, and creates the
     /// progress table.
+    /// [`Self::prepare_tables`] under a transaction-scoped advisory lock: concurrent
+    /// `CREATE ... IF NOT EXISTS` of the same table or schema (two sinks starting at once) can
+    /// otherwise fail with a unique violation in PostgreSQL's catalog.
+    async fn prepare_tables_serialized(&self) -> Result<()> {
+        let client = self.client()?;
+        client
+            .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7306392581)")
+            .await
+            .map_err(|e| ConnectorError::io("locking for sink table setup", e))?;
+        let result = self.prepare_tables().await;
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let ended = client
+            .batch_execute(end)
+            .await
+            .map_err(|e| ConnectorError::io("finishing sink table setup", e));
+        result.and(ended)
+    }
+
     async fn prepare_tables(&self) -> Result<()> {
         let client = self.client()?;
         let ctx = |what: &str| format!("{what} {}", self.target());
@@ -236,7 +254,7 @@ impl Sink for PostgresSink {
             self.key = upsert_key(&self.opts.key, ctx, &schema)?;
         }
         self.client = Some(self.opts.url.connect().await?);
-        self.prepare_tables().await?;
+        self.prepare_tables_serialized().await?;
         self.stage = Some(EpochStage::open(ctx, schema, self.key.clone())?);
         Ok(())
     }

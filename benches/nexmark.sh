@@ -12,17 +12,17 @@ BIDS="${BIDS:-10000000}"
 RUNS="${RUNS:-3}"
 CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
-WORK="$CACHE/bench/nexmark-$BIDS"
 OUT="benches/results/nexmark.md"
+# The generator alone (SELECT * into a blackhole) runs longer, so start-up does not count.
+GEN_BIDS="${GEN_BIDS:-$((BIDS * 10))}"
+# shellcheck source=benches/nexmark_lib.sh
+. benches/nexmark_lib.sh
 mkdir -p "$WORK" benches/results
 PY="${TRIBUTARY_PYTHON:-$CACHE/venv/bin/python}"
 [ -x "$PY" ] || PY=python3
 
 cargo build --release --bin tributary >&2
 BIN="$CARGO_TARGET_DIR/release/tributary"
-# Global events such that the bid table holds BIDS rows (46 bids in every 50 events).
-EVENTS=$(( (BIDS / 46) * 50 + BIDS % 46 + 4 ))
-SEED=1
 
 # The same bids as files, written once: nexmark -> Parquet (by Tributary), Parquet -> JSON lines and CSV (by pyarrow).
 if [ ! -s "$WORK/bids.jsonl" ] || [ ! -s "$WORK/bids.csv" ]; then
@@ -48,22 +48,7 @@ with open(f"{work}/bids.jsonl", "w") as f:
             f.write(json.dumps(dict(zip(names, row)), separators=(",", ":")) + "\n")
 PY
 fi
-
-source_sql() { # kind -> CREATE SOURCE statement for table "bid"
-  local cols="auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT, date_time TIMESTAMP(3), extra TEXT"
-  case "$1" in
-    nexmark) echo "CREATE SOURCE bid WITH (connector = 'nexmark', table = 'bid', events = $EVENTS, seed = $SEED);" ;;
-    json) echo "CREATE SOURCE bid ($cols) WITH (connector = 'file', path = '$WORK/bids.jsonl', format = 'json');" ;;
-    csv) echo "CREATE SOURCE bid ($cols) WITH (connector = 'file', path = '$WORK/bids.csv', format = 'csv');" ;;
-  esac
-}
-query_sql() {
-  case "$1" in
-    q0) echo "SELECT auction, bidder, price, date_time, extra FROM bid" ;;
-    q1) echo "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid" ;;
-    q2) echo "SELECT auction, price FROM bid WHERE auction % 123 = 0" ;;
-  esac
-}
+[ -z "${FILES_ONLY:-}" ] || exit 0
 
 {
   echo "Nexmark on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/{print $2}') GiB RAM; $BIDS bids; median of $RUNS runs; release build."
@@ -73,16 +58,11 @@ query_sql() {
   echo "|---|---|---|---|---|---|---|"
 } > "$OUT.tmp"
 
-for q in q0 q1 q2; do
-  for src in nexmark json csv; do
-    for sink in blackhole delta; do
-      results=()
+bench() { # query source sink -> appends the median run's row to $OUT.tmp
+      local q="$1" src="$2" sink="$3" results=() run r wall cpu rss rows
       for r in $(seq "$RUNS"); do
         run="$WORK/run"; rm -rf "$run"; mkdir -p "$run"
-        if [ "$sink" = delta ]; then sink_sql="CREATE SINK out WITH (connector = 'delta', path = '$run/lake');"
-        else sink_sql="CREATE SINK out WITH (connector = 'blackhole');"; fi
-        printf '%s\n%s\nCREATE PIPELINE p WITH (checkpoint_interval = %s) AS INSERT INTO out %s;\n' \
-          "$(source_sql $src)" "$sink_sql" "'10s'" "$(query_sql $q)" > "$run/p.sql"
+        pipeline_sql "$q" "$src" "$sink" "$run" > "$run/p.sql"
         /usr/bin/time -v "$BIN" run "$run/p.sql" --data-dir "$run/data" --quiet 2> "$run/time.txt" >/dev/null
         wall=$(grep 'Elapsed (wall clock)' "$run/time.txt" | awk '{print $NF}' | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
         cpu=$(awk '/User time|System time/ {s+=$NF} END {print s}' "$run/time.txt")
@@ -98,8 +78,18 @@ wall, cpu, rss, rows = runs[len(runs)//2]
 print(f'| $q | $src | $sink | {rows/wall:,.0f} | {rows/cpu:,.0f} | {cpu/wall:.2f} | {rss/1024:.0f} |')
 " >> "$OUT.tmp"
       tail -1 "$OUT.tmp" >&2
+}
+
+for q in q0 q1 q2; do
+  for src in nexmark json csv; do
+    for sink in blackhole delta; do
+      bench "$q" "$src" "$sink"
     done
   done
 done
+# The generator alone: every column of GEN_BIDS bids, as Arrow batches, into a blackhole.
+EVENTS=$(events_for_bids "$GEN_BIDS")
+bench all nexmark blackhole
+sed -i '$ s/^| all |/| SELECT * ('"$GEN_BIDS"' bids) |/' "$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
 cat "$OUT"

@@ -48,6 +48,11 @@ enum Command {
     },
 }
 
+/// mimalloc: Arrow buffers are allocated and freed per batch; glibc returns them to the kernel
+/// and faults fresh pages in again, mimalloc keeps and reuses them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tributary::telemetry::init();

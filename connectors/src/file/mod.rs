@@ -4,6 +4,7 @@
 pub mod location;
 
 use std::collections::{BTreeSet, VecDeque};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use arrow::compute::cast;
@@ -20,11 +21,19 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ConnectorError, Result};
 use crate::format::{decode_records, split_records, CsvDecoder, JsonDecoder, RecordDecoder};
 use crate::options::{OptionSpec, Options};
-use crate::{Source, SourceBatch, SourceConnector, SourcePosition, SourceSpec};
+use crate::{BadRecord, Source, SourceBatch, SourceConnector, SourcePosition, SourceSpec};
 use location::FileLocation;
 
 /// Bytes read from a file per block; a block becomes one batch.
 const BLOCK_BYTES: u64 = 4 << 20;
+/// Blocks decoded at once (CSV, JSON): one per core, read ahead and decoded on the blocking pool,
+/// emitted in file order so positions stay exact.
+fn decode_parallelism() -> usize {
+    std::thread::available_parallelism()
+        .map(NonZeroUsize::get)
+        .unwrap_or(1)
+        .clamp(1, 16)
+}
 /// Rows per Parquet batch.
 const PARQUET_BATCH_ROWS: usize = 32 * 1024;
 /// How often a streaming file source looks for new files.
@@ -209,6 +218,8 @@ impl SourceConnector for FileSourceConnector {
             decoder,
             reader: None,
             watch: !read.bounded,
+            decoding: VecDeque::new(),
+            parallelism: decode_parallelism(),
         }))
     }
 }
@@ -283,6 +294,16 @@ struct FileSource {
     position: FilePosition,
     decoder: Option<Arc<dyn RecordDecoder>>,
     reader: Option<OpenFile>,
+    /// Blocks being decoded, oldest first, each with the position after it.
+    decoding: VecDeque<DecodeJob>,
+    /// How many blocks may be decoding at once.
+    parallelism: usize,
+}
+
+/// A block of CSV or JSON records handed to the blocking pool.
+struct DecodeJob {
+    decoded: tokio::task::JoinHandle<(RecordBatch, Vec<BadRecord>)>,
+    position: SourcePosition,
 }
 
 enum OpenFile {
@@ -357,7 +378,9 @@ impl FileSource {
         Ok(true)
     }
 
-    async fn next_lines(&mut self) -> Result<Option<SourceBatch>> {
+    /// Reads and splits the next block of the open CSV/JSON file and starts decoding it; `None`
+    /// when the file holds no more records (the position then marks it done).
+    async fn next_block(&mut self) -> Result<Option<DecodeJob>> {
         let store = self.store().clone();
         let Some(OpenFile::Lines {
             meta,
@@ -410,9 +433,6 @@ impl FileSource {
                 .decoder
                 .clone()
                 .ok_or_else(|| ConnectorError::Internal("no decoder".into()))?;
-            let (batch, bad_records) = decode_records(decoder.as_ref(), &buf, &records, &|r| {
-                format!("{file}:{}", r.line)
-            });
             *offset = consumed_to;
             *line = next_line;
             let position = if eof && carry.is_empty() {
@@ -426,11 +446,29 @@ impl FileSource {
                 });
                 self.position_value()
             };
-            return Ok(Some(SourceBatch {
-                bad_records: bad_records,
-                ..SourceBatch::new(batch, position)
-            }));
+            buf.truncate(used);
+            let decoded = tokio::task::spawn_blocking(move || {
+                decode_records(decoder.as_ref(), &buf, &records, &|r| {
+                    format!("{file}:{}", r.line)
+                })
+            });
+            return Ok(Some(DecodeJob { decoded, position }));
         }
+    }
+
+    /// The oldest block being decoded, as a batch.
+    async fn finish_decoding(&mut self) -> Result<Option<SourceBatch>> {
+        let Some(job) = self.decoding.pop_front() else {
+            return Ok(None);
+        };
+        let (batch, bad_records) = job
+            .decoded
+            .await
+            .map_err(|e| ConnectorError::Internal(format!("decoding a block failed: {e}")))?;
+        Ok(Some(SourceBatch {
+            bad_records,
+            ..SourceBatch::new(batch, job.position)
+        }))
     }
 
     async fn next_parquet(&mut self) -> Result<Option<SourceBatch>> {
@@ -500,6 +538,22 @@ impl Source for FileSource {
 
     async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
         loop {
+            // CSV and JSON: keep `parallelism` blocks decoding while the next ones are read.
+            while self.decoding.len() < self.parallelism {
+                if self.reader.is_none() && !self.open_next().await? {
+                    break;
+                }
+                if !matches!(self.reader, Some(OpenFile::Lines { .. })) {
+                    break;
+                }
+                match self.next_block().await? {
+                    Some(job) => self.decoding.push_back(job),
+                    None => self.reader = None,
+                }
+            }
+            if let Some(batch) = self.finish_decoding().await? {
+                return Ok(Some(batch));
+            }
             if self.reader.is_none() && !self.open_next().await? {
                 if !self.watch {
                     return Ok(None);
@@ -522,9 +576,8 @@ impl Source for FileSource {
                 continue;
             }
             let next = match self.reader {
-                Some(OpenFile::Lines { .. }) => self.next_lines().await?,
                 Some(OpenFile::Parquet { .. }) => self.next_parquet().await?,
-                None => None,
+                Some(OpenFile::Lines { .. }) | None => None,
             };
             if let Some(b) = next {
                 return Ok(Some(b));

@@ -1,6 +1,8 @@
 //! Record formats shared by sources (CSV, JSON lines): split bytes into records and decode them
 //! into Arrow, isolating undecodable records instead of failing the whole block.
 
+mod flat_json;
+
 use std::sync::Arc;
 
 use arrow::compute::concat_batches;
@@ -104,15 +106,25 @@ pub trait RecordDecoder: Send + Sync {
     fn decode(&self, bytes: &[u8], rows: usize) -> Result<RecordBatch, ArrowError>;
 }
 
-/// JSON lines through arrow-json.
+/// JSON lines: flat objects of plain values through [`flat_json`]'s single pass, everything
+/// else (and every block the fast path gives up on) through arrow-json.
 pub struct JsonDecoder {
     schema: SchemaRef,
+    flat: Option<flat_json::FlatJsonDecoder>,
 }
 
 impl JsonDecoder {
     /// A decoder for `schema`; unknown fields are ignored, numbers are accepted for text columns.
     pub fn new(schema: SchemaRef) -> Self {
-        JsonDecoder { schema }
+        JsonDecoder {
+            flat: flat_json::FlatJsonDecoder::new(schema.clone()),
+            schema,
+        }
+    }
+
+    /// arrow-json alone, without the fast path (the oracle in tests and benchmarks).
+    pub fn general(schema: SchemaRef) -> Self {
+        JsonDecoder { schema, flat: None }
     }
 }
 
@@ -122,6 +134,9 @@ impl RecordDecoder for JsonDecoder {
     }
 
     fn decode(&self, bytes: &[u8], rows: usize) -> Result<RecordBatch, ArrowError> {
+        if let Some(batch) = self.flat.as_ref().and_then(|f| f.decode(bytes, rows)) {
+            return Ok(batch);
+        }
         let mut decoder = arrow_json::ReaderBuilder::new(self.schema.clone())
             .with_batch_size(rows.max(1))
             .with_coerce_primitive(true)

@@ -229,6 +229,9 @@ impl Generator {
     /// The event whose id, values and time event number `n` carries (the out-of-order shuffle).
     fn adjusted(&self, n: u64) -> u64 {
         let g = self.out_of_order;
+        if g == 1 {
+            return n;
+        }
         (n / g) * g + (n.wrapping_mul(953)) % g
     }
 

@@ -85,3 +85,211 @@ async fn sigkill_mid_run_is_exactly_once() {
     eprintln!("killed {kills} times; {commits} Delta commits");
     assert!(commits >= 3, "{commits} commits");
 }
+
+/// One JSON-lines file of many blocks (decoded in parallel, emitted in order), with bad lines,
+/// escapes and non-ASCII text: SIGKILLs mid-file, and the Delta table still equals DataFusion's
+/// batch result over the good lines; each bad line is counted once and listed by line number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_json_file_equals_datafusion() {
+    use datafusion::prelude::{JsonReadOptions, SessionContext};
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let rows = 600_000u64;
+    let mut text = String::new();
+    let mut good = String::new();
+    let mut bad_lines = Vec::new();
+    for id in 1..=rows {
+        let line = if id % 100_003 == 0 {
+            format!("{{\"id\":{id},\"customer\":oops}}")
+        } else {
+            let customer = match id % 5 {
+                0 => format!("caf\u{e9} {id}"),
+                1 => format!("quote \\\"{id}\\\" \\u00e9\\ud83d\\ude00"),
+                _ => format!("customer_{}", id % 97),
+            };
+            format!(
+                "{{\"id\":{id},\"customer\":\"{customer}\",\"amount\":{}.{:02},\"ts\":\"2026-03-{:02}T{:02}:{:02}:00.{:03}\"}}",
+                id % 1000,
+                id % 100,
+                1 + id % 28,
+                id % 24,
+                id % 60,
+                1 + id % 999
+            )
+        };
+        text.push_str(&line);
+        text.push('\n');
+        if line.contains("oops") {
+            bad_lines.push(id);
+        } else {
+            good.push_str(&line);
+            good.push('\n');
+        }
+    }
+    assert!(text.len() > 12 << 20, "the file spans several 4 MB blocks");
+    std::fs::write(input.join("orders.jsonl"), &text).unwrap();
+    let oracle_dir = tmp.path().join("oracle");
+    std::fs::create_dir_all(&oracle_dir).unwrap();
+    std::fs::write(oracle_dir.join("good.jsonl"), &good).unwrap();
+
+    let lake = tmp.path().join("lake");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut server = Server::start(&data).await;
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP(3)) WITH (connector = 'file', path = '{}', format = 'json');
+         CREATE SINK lake WITH (connector = 'delta', path = '{}');
+         CREATE PIPELINE load WITH (checkpoint_interval = '100ms') AS INSERT INTO lake
+           SELECT id, customer, amount, ts FROM orders WHERE id % 3 <> 0;",
+        input.display(),
+        lake.display()
+    ))
+    .await
+    .unwrap();
+    let mut kills = 0;
+    for fraction in [0.3, 0.65] {
+        let threshold = (rows as f64 * (fraction + rand::random::<f64>() * 0.1)) as u64;
+        let c = server.client().await;
+        let state = poll(
+            Duration::from_secs(300),
+            "progress before the kill",
+            || async {
+                let r = query(
+                    &c,
+                    "SELECT rows_in, state FROM tributary.pipelines WHERE name = 'load'",
+                )
+                .await;
+                let n: u64 = r.first()?.first()?.as_ref()?.parse().ok()?;
+                let state = r[0][1].clone()?;
+                (n >= threshold || state != "running").then_some(state)
+            },
+        )
+        .await;
+        if state != "running" {
+            break;
+        }
+        server.kill9();
+        kills += 1;
+        server = Server::start(&data).await;
+    }
+    eprintln!("killed {kills} times");
+    let c = server.client().await;
+    wait_state(&c, "load", "completed").await;
+
+    // The oracle: DataFusion's batch query over the good lines.
+    let ctx = SessionContext::new();
+    let schema = arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, true),
+        arrow::datatypes::Field::new("customer", arrow::datatypes::DataType::Utf8, true),
+        arrow::datatypes::Field::new("amount", arrow::datatypes::DataType::Float64, true),
+        arrow::datatypes::Field::new(
+            "ts",
+            arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+            true,
+        ),
+    ]);
+    ctx.register_json(
+        "orders",
+        oracle_dir.to_str().unwrap(),
+        JsonReadOptions::default()
+            .schema(&schema)
+            .file_extension(".jsonl"),
+    )
+    .await
+    .unwrap();
+    let batches = ctx
+        .sql("SELECT id, customer, amount, ts FROM orders WHERE id % 3 <> 0 ORDER BY id")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for b in &batches {
+        let ids = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        let names = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        let amounts = b
+            .column(2)
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .unwrap();
+        let ts = b
+            .column(3)
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampMillisecondArray>()
+            .unwrap();
+        for i in 0..b.num_rows() {
+            let t = ts
+                .value_as_datetime(i)
+                .unwrap()
+                .format("%Y-%m-%dT%H:%M:%S%.6f");
+            expected.push(
+                serde_json::json!([
+                    ids.value(i),
+                    names.value(i),
+                    amounts.value(i),
+                    t.to_string()
+                ])
+                .to_string(),
+            );
+        }
+    }
+    assert_eq!(
+        expected.len() as u64,
+        (1..=rows)
+            .filter(|i| i % 3 != 0 && i % 100_003 != 0)
+            .count() as u64
+    );
+    let script = r#"
+import sys, json, deltalake
+t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table().sort_by('id')
+for r in t.to_pylist():
+    ts = r['ts'].replace(tzinfo=None).isoformat(timespec='microseconds')
+    print(json.dumps([r['id'], r['customer'], r['amount'], ts], ensure_ascii=False, separators=(',', ':')))
+"#;
+    let actual: Vec<String> = run_python(script, &[lake.to_str().unwrap()])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(actual.len(), expected.len());
+    for (a, e) in actual.iter().zip(&expected) {
+        assert_eq!(a, e);
+    }
+
+    // Bad lines: counted once each, listed with their line numbers.
+    let counters = query(
+        &c,
+        "SELECT rows_in, rows_errored FROM tributary.pipelines WHERE name = 'load'",
+    )
+    .await;
+    assert_eq!(
+        counters[0],
+        vec![Some(rows.to_string()), Some(bad_lines.len().to_string())]
+    );
+    let listed: Vec<String> = query(
+        &c,
+        "SELECT DISTINCT position FROM tributary.errors WHERE pipeline = 'load' ORDER BY position",
+    )
+    .await
+    .into_iter()
+    .filter_map(|r| r[0].clone())
+    .collect();
+    for id in &bad_lines {
+        assert!(
+            listed
+                .iter()
+                .any(|p| p.ends_with(&format!("orders.jsonl:{id}"))),
+            "line {id} not in {listed:?}"
+        );
+    }
+}

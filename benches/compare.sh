@@ -3,9 +3,10 @@
 # JSON-lines file of bids, read to the end by Tributary (into its blackhole sink), Apache Flink
 # (PyPI apache-flink, local mode, filesystem source with the json format, blackhole sink) and
 # DuckDB (read_json, the projected columns reduced by max() so each is decoded). Each engine runs
-# RUNS times; the table reports the median run's events/s, events per CPU-second (user + system
-# time of every process of the run) and peak RSS. Flink's JVM start-up and job submission are
-# measured once on a one-line file and reported separately, then subtracted ("net" columns).
+# RUNS times; the table reports the median run's events/s, events per CPU-second (the machine's
+# busy time during the run, see benches/measure.py) and peak RSS of all the run's processes.
+# Flink's JVM start-up and job submission are measured on a one-line file, reported separately
+# and subtracted in the "net" columns.
 #
 # Usage: bash benches/compare.sh            (BIDS=10000000 RUNS=3 by default)
 # Needs the file benches/nexmark.sh writes (it is made here when missing) and a Java runtime.
@@ -67,16 +68,9 @@ PY
 printf 'CREATE SOURCE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT, date_time TIMESTAMP(3), extra TEXT) WITH (connector = %s, path = %s, format = %s);\nCREATE SINK out WITH (connector = %s);\nCREATE PIPELINE p WITH (checkpoint_interval = %s) AS INSERT INTO out SELECT auction, bidder, price, date_time, extra FROM bid;\n' \
   "'file'" "'$FILE'" "'json'" "'blackhole'" "'10s'" > "$RUN/tributary_q0.sql"
 
-# Runs a command under /usr/bin/time; prints "wall cpu rss_kb". CPU is user + system of the
-# command and every child it waited for; Flink's JVM is a child of the Python driver.
-measure() {
-  /usr/bin/time -v "$@" > "$RUN/stdout.txt" 2> "$RUN/time.txt" || { tail -30 "$RUN/time.txt" >&2; return 1; }
-  local wall cpu rss
-  wall=$(grep 'Elapsed (wall clock)' "$RUN/time.txt" | awk '{print $NF}' | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
-  cpu=$(awk '/User time|System time/ {s+=$NF} END {print s}' "$RUN/time.txt")
-  rss=$(grep 'Maximum resident' "$RUN/time.txt" | awk '{print $NF}')
-  echo "$wall $cpu $rss"
-}
+# "wall cpu rss_kb" of a command and everything it starts (benches/measure.py: machine-wide busy
+# time, so the JVM that PyFlink starts and does not wait for is counted; run on an idle machine).
+measure() { python3 benches/measure.py "$@" 2> "$RUN/stderr.txt" || { tail -30 "$RUN/stderr.txt" >&2; return 1; }; }
 
 median() { # lines "wall cpu rss" -> the line of the median wall time
   sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'
@@ -98,11 +92,13 @@ for k in "${!result[@]}"; do echo "$k: $(printf '%s' "${result[$k]}" | tr '\n' '
 
 row() { # name, median line, optional overhead line
   local name="$1" line="$2" over="${3:-0 0 0}"
-  awk -v name="$name" -v rows="$ROWS" -v line="$line" -v over="$over" 'BEGIN {
+  awk -v name="$name" -v rows="$ROWS" -v line="$line" -v over="$over" '
+  function c(x,   s) { s = sprintf("%.0f", x); while (s ~ /[0-9]{4}/) sub(/[0-9]{3}($|,)/, ",&", s); gsub(/,,/, ",", s); return s }
+  BEGIN {
     split(line, m, " "); split(over, o, " ");
     wall = m[1]; cpu = m[2]; nw = wall - o[1]; nc = cpu - o[2];
-    printf "| %s | %.1f | %.1f | %.0f | %.0f | %.2f | %.0f |", name, wall, cpu, rows / wall, rows / cpu, cpu / wall, m[3] / 1024;
-    if (o[1] > 0) printf " %.0f | %.0f |\n", rows / nw, rows / nc; else printf " %.0f | %.0f |\n", rows / wall, rows / cpu;
+    printf "| %s | %.1f | %.1f | %s | %s | %.2f | %.0f |", name, wall, cpu, c(rows / wall), c(rows / cpu), cpu / wall, m[3] / 1024;
+    if (o[1] > 0) printf " %s | %s |\n", c(rows / nw), c(rows / nc); else printf " %s | %s |\n", c(rows / wall), c(rows / cpu);
   }'
 }
 

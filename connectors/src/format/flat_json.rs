@@ -37,6 +37,8 @@ pub struct FlatJsonDecoder {
     schema: SchemaRef,
     kinds: Vec<Kind>,
     names: Vec<Vec<u8>>,
+    /// Each name as it appears in JSON, quotes included, when it needs no escaping.
+    quoted: Vec<Option<Vec<u8>>>,
     nullable: Vec<bool>,
 }
 
@@ -71,6 +73,17 @@ impl FlatJsonDecoder {
                 .iter()
                 .map(|f| f.name().as_bytes().to_vec())
                 .collect(),
+            quoted: schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    let plain = !f
+                        .name()
+                        .bytes()
+                        .any(|c| c == b'"' || c == b'\\' || c < 0x20);
+                    plain.then(|| format!("\"{}\"", f.name()).into_bytes())
+                })
+                .collect(),
             nullable: schema.fields().iter().map(|f| f.is_nullable()).collect(),
             schema,
             kinds,
@@ -88,6 +101,7 @@ impl FlatJsonDecoder {
             s: text,
             i: 0,
             scratch: String::new(),
+            last_date: None,
         };
         let mut row = 0usize;
         loop {
@@ -106,19 +120,24 @@ impl FlatJsonDecoder {
             } else {
                 loop {
                     p.skip_ws();
-                    let key = p.plain_key()?;
+                    // Fields usually come in schema order: try the next one's quoted name first.
+                    let predicted = self.quoted.get(expected).and_then(|q| q.as_deref());
+                    let col = match predicted {
+                        Some(q) if p.b[p.i..].starts_with(q) => {
+                            p.i += q.len();
+                            Some(expected)
+                        }
+                        _ => {
+                            let key = p.plain_key()?;
+                            self.names.iter().position(|n| n.as_slice() == key)
+                        }
+                    };
                     p.skip_ws();
                     if p.peek()? != b':' {
                         return None;
                     }
                     p.i += 1;
                     p.skip_ws();
-                    // Fields usually come in schema order: try the next one first.
-                    let col = if expected < self.names.len() && self.names[expected] == key {
-                        Some(expected)
-                    } else {
-                        self.names.iter().position(|n| n.as_slice() == key)
-                    };
                     match col {
                         Some(c) => {
                             if set_in_row[c] == row {
@@ -174,6 +193,8 @@ struct Parser<'a> {
     s: &'a str,
     i: usize,
     scratch: String,
+    /// The last timestamp's date and its day number: most timestamps of a block share a date.
+    last_date: Option<([u8; 10], i64)>,
 }
 
 impl<'a> Parser<'a> {
@@ -385,8 +406,9 @@ fn hex4(b: &[u8]) -> Option<u32> {
     u32::from_str_radix(s, 16).ok()
 }
 
-/// `YYYY-MM-DD[T ]HH:MM:SS[.f{1,9}][Z]` as seconds and nanoseconds since the epoch (UTC).
-fn iso_timestamp(s: &[u8]) -> Option<(i64, u32)> {
+/// `YYYY-MM-DD[T ]HH:MM:SS[.f{1,9}][Z]` as seconds and nanoseconds since the epoch (UTC);
+/// `last_date` remembers the previous date's day number.
+fn iso_timestamp(s: &[u8], last_date: &mut Option<([u8; 10], i64)>) -> Option<(i64, u32)> {
     if s.len() < 19 {
         return None;
     }
@@ -408,11 +430,24 @@ fn iso_timestamp(s: &[u8]) -> Option<(i64, u32)> {
     {
         return None;
     }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let date: [u8; 10] = s[..10].try_into().ok()?;
+    let days = match last_date {
+        Some((d, days)) if *d == date => *days,
+        _ => {
+            let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+            if year < 1000
+                || !(1..=12).contains(&month)
+                || day < 1
+                || day > days_in_month(year, month)
+            {
+                return None;
+            }
+            let days = days_from_civil(year, month, day);
+            *last_date = Some((date, days));
+            days
+        }
+    };
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if year < 1000 || !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return None;
-    }
     if hour > 23 || minute > 59 || second > 59 {
         return None;
     }
@@ -432,7 +467,6 @@ fn iso_timestamp(s: &[u8]) -> Option<(i64, u32)> {
     if !(rest.is_empty() || rest == b"Z") {
         return None;
     }
-    let days = days_from_civil(year, month, day);
     Some((days * 86_400 + hour * 3600 + minute * 60 + second, nanos))
 }
 
@@ -520,7 +554,10 @@ impl Column {
             Column::Text(b) => b.append_value(p.string()?),
             Column::Timestamp(unit, v, valid) => {
                 let value = if p.peek()? == b'"' {
-                    let (secs, nanos) = iso_timestamp(p.string()?.as_bytes())?;
+                    let mut last_date = p.last_date.take();
+                    let parsed = iso_timestamp(p.string()?.as_bytes(), &mut last_date);
+                    p.last_date = last_date;
+                    let (secs, nanos) = parsed?;
                     match unit {
                         TimeUnit::Second => secs,
                         TimeUnit::Millisecond => secs
@@ -818,10 +855,19 @@ mod tests {
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(days_from_civil(2015, 7, 15), 16_631);
         assert_eq!(days_from_civil(1969, 12, 31), -1);
+        let mut last = None;
         assert_eq!(
-            iso_timestamp(b"2015-07-15T00:00:00.5Z"),
+            iso_timestamp(b"2015-07-15T00:00:00.5Z", &mut last),
             Some((1_436_918_400, 500_000_000))
         );
-        assert_eq!(iso_timestamp(b"2015-13-15T00:00:00"), None);
+        assert_eq!(
+            iso_timestamp(b"2015-07-15T00:00:01", &mut last),
+            Some((1_436_918_401, 0))
+        );
+        assert_eq!(iso_timestamp(b"2015-13-15T00:00:00", &mut last), None);
+        assert_eq!(
+            iso_timestamp(b"2015-07-16 00:00:00", &mut last),
+            Some((1_436_918_400 + 86_400, 0))
+        );
     }
 }

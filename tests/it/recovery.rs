@@ -15,7 +15,7 @@ async fn sigkill_mid_run_is_exactly_once() {
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
 
-    let mut server = Server::start(&data).await;
+    let server = Server::start(&data).await;
     let c = server.client().await;
     c.batch_execute(&format!(
         "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) WITH (connector = 'file', path = '{}');
@@ -29,35 +29,10 @@ async fn sigkill_mid_run_is_exactly_once() {
     .unwrap();
 
     // Kill at three points of the run; each time the run must still have been in progress.
-    let mut kills = 0;
-    let fractions: Vec<f64> = (0..3)
-        .map(|i| (i as f64 + rand::random::<f64>() * 0.8 + 0.1) / 3.5)
+    let thresholds: Vec<u64> = (0..3)
+        .map(|i| (total as f64 * (i as f64 + rand::random::<f64>() * 0.8 + 0.1) / 3.5) as u64)
         .collect();
-    for fraction in fractions {
-        let threshold = (total as f64 * fraction) as u64;
-        let c = server.client().await;
-        let state = poll(
-            Duration::from_secs(300),
-            "progress before the kill",
-            || async {
-                let rows = query(
-                    &c,
-                    "SELECT rows_in, state FROM tributary.pipelines WHERE name = 'load'",
-                )
-                .await;
-                let n: u64 = rows.first()?.first()?.as_ref()?.parse().ok()?;
-                let state = rows[0][1].clone()?;
-                (n >= threshold || state != "running").then_some(state)
-            },
-        )
-        .await;
-        if state != "running" {
-            break;
-        }
-        server.kill9();
-        kills += 1;
-        server = Server::start(&data).await;
-    }
+    let (server, kills) = kill_at(server, &data, "load", &thresholds).await;
     assert!(
         kills >= 2,
         "the run finished before it could be killed twice; make the input larger"
@@ -136,7 +111,7 @@ async fn sigkill_mid_json_file_equals_datafusion() {
     let lake = tmp.path().join("lake");
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let mut server = Server::start(&data).await;
+    let server = Server::start(&data).await;
     let c = server.client().await;
     c.batch_execute(&format!(
         "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP(3)) WITH (connector = 'file', path = '{}', format = 'json');
@@ -148,32 +123,11 @@ async fn sigkill_mid_json_file_equals_datafusion() {
     ))
     .await
     .unwrap();
-    let mut kills = 0;
-    for fraction in [0.3, 0.65] {
-        let threshold = (rows as f64 * (fraction + rand::random::<f64>() * 0.1)) as u64;
-        let c = server.client().await;
-        let state = poll(
-            Duration::from_secs(300),
-            "progress before the kill",
-            || async {
-                let r = query(
-                    &c,
-                    "SELECT rows_in, state FROM tributary.pipelines WHERE name = 'load'",
-                )
-                .await;
-                let n: u64 = r.first()?.first()?.as_ref()?.parse().ok()?;
-                let state = r[0][1].clone()?;
-                (n >= threshold || state != "running").then_some(state)
-            },
-        )
-        .await;
-        if state != "running" {
-            break;
-        }
-        server.kill9();
-        kills += 1;
-        server = Server::start(&data).await;
-    }
+    let thresholds: Vec<u64> = [0.3, 0.65]
+        .iter()
+        .map(|f| (rows as f64 * (f + rand::random::<f64>() * 0.1)) as u64)
+        .collect();
+    let (server, kills) = kill_at(server, &data, "load", &thresholds).await;
     eprintln!("killed {kills} times");
     let c = server.client().await;
     wait_state(&c, "load", "completed").await;
@@ -292,4 +246,38 @@ for r in t.to_pylist():
             "line {id} not in {listed:?}"
         );
     }
+}
+
+/// SIGKILLs the server once `pipeline` has read each threshold's rows, restarting it each time;
+/// stops early when the run is no longer in progress. Returns the live server and the kill count.
+async fn kill_at(
+    mut server: Server,
+    data: &std::path::Path,
+    pipeline: &str,
+    thresholds: &[u64],
+) -> (Server, usize) {
+    let mut kills = 0;
+    for &threshold in thresholds {
+        let c = server.client().await;
+        let sql =
+            format!("SELECT rows_in, state FROM tributary.pipelines WHERE name = '{pipeline}'");
+        let state = poll(
+            Duration::from_secs(300),
+            "progress before the kill",
+            || async {
+                let rows = query(&c, &sql).await;
+                let n: u64 = rows.first()?.first()?.as_ref()?.parse().ok()?;
+                let state = rows[0][1].clone()?;
+                (n >= threshold || state != "running").then_some(state)
+            },
+        )
+        .await;
+        if state != "running" {
+            break;
+        }
+        server.kill9();
+        kills += 1;
+        server = Server::start(data).await;
+    }
+    (server, kills)
 }

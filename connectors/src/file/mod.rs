@@ -375,8 +375,9 @@ impl FileSource {
         Ok(true)
     }
 
-    /// Reads and splits the next block of the open CSV/JSON file and starts decoding it; `None`
-    /// when the file holds no more records (the position then marks it done).
+    /// Reads and splits the next block of the open CSV/JSON file and starts decoding it on the
+    /// blocking pool; the block that reaches the end of the file marks it done in its position.
+    /// `None` when no CSV/JSON file is open.
     async fn next_block(&mut self) -> Result<Option<DecodeJob>> {
         let store = self.store().clone();
         let Some(OpenFile::Lines { meta, offset, line }) = self.reader.as_mut() else {

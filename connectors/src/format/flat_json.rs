@@ -7,14 +7,11 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int16Builder, Int32Builder,
-    Int64Builder, PrimitiveArray, StringBuilder,
+    make_array, Array, ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int16Builder,
+    Int32Builder, Int64Array, Int64Builder, StringBuilder,
 };
 use arrow::buffer::NullBuffer;
-use arrow::datatypes::{
-    DataType, SchemaRef, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
-    TimestampNanosecondType, TimestampSecondType,
-};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
 /// What the fast path can build for one column.
@@ -173,16 +170,10 @@ impl FlatJsonDecoder {
         if row != rows {
             return None;
         }
-        let arrays: Vec<ArrayRef> = columns.into_iter().map(Column::finish).collect();
-        let arrays = arrays
+        let arrays = columns
             .into_iter()
             .zip(self.schema.fields())
-            .map(|(a, f)| match f.data_type() {
-                DataType::Timestamp(_, tz) if tz.is_some() => {
-                    arrow::compute::cast(&a, f.data_type()).ok()
-                }
-                _ => Some(a),
-            })
+            .map(|(c, f)| c.finish(f.data_type()))
             .collect::<Option<Vec<_>>>()?;
         RecordBatch::try_new(self.schema.clone(), arrays).ok()
     }
@@ -580,8 +571,9 @@ impl Column {
         Some(())
     }
 
-    fn finish(self) -> ArrayRef {
-        match self {
+    /// The column as an array of `data_type` (timestamps take their unit and zone from it).
+    fn finish(self, data_type: &DataType) -> Option<ArrayRef> {
+        Some(match self {
             Column::I16(mut b) => Arc::new(b.finish()),
             Column::I32(mut b) => Arc::new(b.finish()),
             Column::I64(mut b) => Arc::new(b.finish()),
@@ -589,24 +581,17 @@ impl Column {
             Column::F64(mut b) => Arc::new(b.finish()),
             Column::Bool(mut b) => Arc::new(b.finish()),
             Column::Text(mut b) => Arc::new(b.finish()),
-            Column::Timestamp(unit, v, valid) => {
+            Column::Timestamp(_, v, valid) => {
                 let nulls = (!valid.iter().all(|v| *v)).then(|| NullBuffer::from(valid));
-                match unit {
-                    TimeUnit::Second => {
-                        Arc::new(PrimitiveArray::<TimestampSecondType>::new(v.into(), nulls))
-                    }
-                    TimeUnit::Millisecond => Arc::new(
-                        PrimitiveArray::<TimestampMillisecondType>::new(v.into(), nulls),
-                    ),
-                    TimeUnit::Microsecond => Arc::new(
-                        PrimitiveArray::<TimestampMicrosecondType>::new(v.into(), nulls),
-                    ),
-                    TimeUnit::Nanosecond => Arc::new(
-                        PrimitiveArray::<TimestampNanosecondType>::new(v.into(), nulls),
-                    ),
-                }
+                let data = Int64Array::new(v.into(), nulls)
+                    .into_data()
+                    .into_builder()
+                    .data_type(data_type.clone())
+                    .build()
+                    .ok()?;
+                make_array(data)
             }
-        }
+        })
     }
 }
 

@@ -122,8 +122,9 @@ impl JsonDecoder {
         }
     }
 
-    /// arrow-json alone, without the fast path (the oracle in tests and benchmarks).
-    pub fn general(schema: SchemaRef) -> Self {
+    /// arrow-json alone, without the fast path: the oracle of the fast path's tests.
+    #[cfg(test)]
+    pub(crate) fn general(schema: SchemaRef) -> Self {
         JsonDecoder { schema, flat: None }
     }
 }

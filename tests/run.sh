@@ -6,7 +6,13 @@ cd "$(dirname "$0")/.."
 
 CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
 mkdir -p "$CACHE"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+# One target directory for the quick start (`cargo run`, which builds in ./target) and the tests,
+# so a newcomer builds the dependencies once. A fresh clone with no ./target yet links it to the
+# cache, so CI runs on the same machine reuse one warm build (design.md section 7).
+if [ -z "${CARGO_TARGET_DIR:-}" ] && [ ! -e target ]; then
+  mkdir -p "$CACHE/target"
+  ln -s "$CACHE/target" target
+fi
 
 # System packages: psql (the real client binary), PostgreSQL server binaries and a C toolchain for librdkafka.
 need_apt=()

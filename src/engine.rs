@@ -87,7 +87,7 @@ fn build_job(
                 let name = name.clone();
                 Box::pin(async move {
                     catalog
-                        .evolve_source(&source, columns_of(&normalize_names(&schema)))
+                        .evolve_source(&source, columns_of(&schema))
                         .await?;
                     build_job(catalog, state, name).await
                 })
@@ -286,10 +286,9 @@ impl Engine {
                         .metadata()
                         .get(tributary_connectors::PRIMARY_KEY_METADATA)
                     {
-                        primary_key = k.split(',').map(|c| c.to_ascii_lowercase()).collect();
+                        primary_key = k.split(',').map(str::to_string).collect();
                     }
                 }
-                let schema = normalize_names(&schema);
                 self.catalog
                     .add_source(SourceEntry {
                         added_columns: Vec::new(),
@@ -301,7 +300,8 @@ impl Engine {
                         options: options.clone(),
                         created_at: Utc::now(),
                     })
-                    .await?;
+                    .await
+                    .or_else(|e| if_not_exists_race(e, *if_not_exists))?;
                 Ok(Output::Command(tag))
             }
             Statement::CreateSink {
@@ -325,7 +325,8 @@ impl Engine {
                         options: options.clone(),
                         created_at: Utc::now(),
                     })
-                    .await?;
+                    .await
+                    .or_else(|e| if_not_exists_race(e, *if_not_exists))?;
                 Ok(Output::Command(tag))
             }
             Statement::CreatePipeline {
@@ -352,7 +353,7 @@ impl Engine {
                 }
                 let query = rewritten.as_ref().unwrap_or(query);
                 let mut options = options.clone();
-                let source_bounded = {
+                let (source_bounded, single_reader) = {
                     let entry =
                         self.catalog
                             .source(&plan.source)
@@ -361,11 +362,12 @@ impl Engine {
                                 name: plan.source.clone(),
                             })?;
                     let c = tributary_connectors::source_connector(&entry.options)?;
-                    c.is_bounded(&SourceSpec {
+                    let bounded = c.is_bounded(&SourceSpec {
                         name: entry.name.clone(),
                         schema: None,
                         options: entry.options.clone(),
-                    })
+                    });
+                    (bounded, c.single_reader())
                 };
                 let mode = options.get("mode").cloned().unwrap_or_else(|| {
                     if source_bounded {
@@ -386,7 +388,14 @@ impl Engine {
                     error: None,
                     created_at: Utc::now(),
                 };
-                self.catalog.add_pipeline(entry).await?;
+                let single_reader = single_reader.then_some(plan.source.as_str());
+                match self.catalog.add_pipeline(entry, single_reader).await {
+                    // A concurrent CREATE of the same name got there first.
+                    Err(Error::AlreadyExists { .. }) if *if_not_exists => {
+                        return Ok(Output::Command(tag))
+                    }
+                    r => r?,
+                }
                 if let Err(e) = self.start_pipeline(name).await {
                     self.catalog
                         .set_pipeline_state(name, PipelineState::Failed, Some(e.to_string()))
@@ -403,18 +412,23 @@ impl Engine {
                     });
                 }
                 if self.runtime.is_running(name) {
-                    return Err(Error::InvalidState(format!(
-                        "pipeline \"{name}\" is already running"
-                    )));
+                    return Err(crate::runtime::already_running(name));
                 }
                 self.catalog
                     .set_pipeline_state(name, PipelineState::Running, None)
                     .await?;
-                if let Err(e) = self.start_pipeline(name).await {
-                    self.catalog
-                        .set_pipeline_state(name, PipelineState::Failed, Some(e.to_string()))
-                        .await?;
-                    return Err(e);
+                match self.start_pipeline(name).await {
+                    Ok(()) => {}
+                    // A concurrent START won: the pipeline runs, this one is refused.
+                    Err(e @ Error::InvalidState(_)) if self.runtime.is_running(name) => {
+                        return Err(e)
+                    }
+                    Err(e) => {
+                        self.catalog
+                            .set_pipeline_state(name, PipelineState::Failed, Some(e.to_string()))
+                            .await?;
+                        return Err(e);
+                    }
                 }
                 Ok(Output::Command(tag))
             }
@@ -723,6 +737,15 @@ impl Engine {
     }
 }
 
+/// A concurrent CREATE of the same name took it between our check and our insert: with
+/// IF NOT EXISTS that is success, as if we had seen it at the check.
+fn if_not_exists_race(e: Error, if_not_exists: bool) -> Result<()> {
+    match e {
+        Error::AlreadyExists { .. } if if_not_exists => Ok(()),
+        e => Err(e),
+    }
+}
+
 /// Statements about the session (SET, BEGIN, SHOW var) that clients send and we accept.
 pub fn session_statement(stmt: &ast::Statement) -> Option<Output> {
     use ast::Statement as S;
@@ -839,16 +862,6 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         _ => return None,
     };
     (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
-}
-
-/// Lowercases inferred column names so unquoted SQL identifiers find them.
-fn normalize_names(schema: &SchemaRef) -> SchemaRef {
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_name(f.name().to_ascii_lowercase()))
-        .collect();
-    Arc::new(Schema::new(fields))
 }
 
 #[cfg(test)]

@@ -57,6 +57,20 @@ pub enum Error {
     /// Other objects depend on the one to drop.
     #[error("{0}")]
     DependentObjects(String),
+    /// The latest checkpoint of a pipeline cannot be read: the pipeline cannot resume safely.
+    #[error("checkpoint {file} is unreadable ({reason}); the pipeline will not resume from an older checkpoint, whose epochs are already committed downstream: restore the file, or drop and recreate the pipeline")]
+    CheckpointUnreadable {
+        /// The checkpoint file.
+        file: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A statement nested too deeply to plan safely (PostgreSQL's `stack depth limit exceeded`).
+    #[error("{0}")]
+    StackDepth(String),
+    /// A statement beyond a size limit.
+    #[error("{0}")]
+    ProgramLimit(String),
     /// A bug.
     #[error("internal error: {0} (this is a bug in Tributary, please report it)")]
     Internal(String),
@@ -105,6 +119,9 @@ impl Error {
             Error::DataFusion(e) => datafusion_sqlstate(e),
             Error::Io { .. } => "58030",
             Error::DependentObjects(_) => "2BP01",
+            Error::CheckpointUnreadable { .. } => "XX001",
+            Error::StackDepth(_) => "54001",
+            Error::ProgramLimit(_) => "54000",
             Error::Internal(_) => "XX000",
         }
     }

@@ -235,6 +235,10 @@ impl SystemSchema {
                         ),
                     ),
                     (
+                        "warning",
+                        text(st.iter().map(|s| s.warning.clone()).collect()),
+                    ),
+                    (
                         "id",
                         text(entries.iter().map(|p| Some(p.id.clone())).collect()),
                     ),

@@ -222,6 +222,11 @@ pub trait SourceConnector: Send + Sync {
     async fn validate(&self, spec: &SourceSpec) -> Result<SchemaRef>;
     /// Whether a read of this source ends by itself (batch mode by default).
     fn is_bounded(&self, spec: &SourceSpec) -> bool;
+    /// Whether at most one pipeline may read a source of this kind (its upstream position, such
+    /// as a replication slot, has one reader).
+    fn single_reader(&self) -> bool {
+        false
+    }
     /// Starts a read from `from` (`None`: from the beginning). `schema` is what validate resolved.
     async fn open(
         &self,

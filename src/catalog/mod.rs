@@ -150,6 +150,23 @@ struct CatalogData {
     pipelines: BTreeMap<String, PipelineEntry>,
 }
 
+impl CatalogData {
+    /// Fails when a source or sink already has this name (they share one namespace).
+    fn check_table_name(&self, name: &str) -> Result<()> {
+        let kind = if self.sources.contains_key(name) {
+            ObjectKind::Source
+        } else if self.sinks.contains_key(name) {
+            ObjectKind::Sink
+        } else {
+            return Ok(());
+        };
+        Err(Error::AlreadyExists {
+            kind: kind.name(),
+            name: name.to_string(),
+        })
+    }
+}
+
 /// The persisted catalog. Cheap to clone-share behind an `Arc`.
 #[derive(Debug)]
 pub struct Catalog {
@@ -203,54 +220,59 @@ impl Catalog {
         .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))
     }
 
-    /// Whether any object of any kind has this name (sources and sinks share one namespace for tables).
-    fn kind_of(&self, name: &str) -> Option<ObjectKind> {
-        let d = self.data.read();
-        if d.sources.contains_key(name) {
-            Some(ObjectKind::Source)
-        } else if d.sinks.contains_key(name) {
-            Some(ObjectKind::Sink)
-        } else {
-            None
-        }
-    }
-
     /// Adds a source. Sources and sinks share one namespace: both are tables to SELECT from.
+    /// The name is checked and taken under one lock, so of two concurrent CREATEs one fails.
     pub async fn add_source(&self, entry: SourceEntry) -> Result<()> {
-        if let Some(k) = self.kind_of(&entry.name) {
-            return Err(Error::AlreadyExists {
-                kind: k.name(),
-                name: entry.name,
-            });
+        {
+            let mut d = self.data.write();
+            d.check_table_name(&entry.name)?;
+            d.sources.insert(entry.name.clone(), entry);
         }
-        self.data.write().sources.insert(entry.name.clone(), entry);
         self.persist().await
     }
 
     /// Adds a sink.
     pub async fn add_sink(&self, entry: SinkEntry) -> Result<()> {
-        if let Some(k) = self.kind_of(&entry.name) {
-            return Err(Error::AlreadyExists {
-                kind: k.name(),
-                name: entry.name,
-            });
+        {
+            let mut d = self.data.write();
+            d.check_table_name(&entry.name)?;
+            d.sinks.insert(entry.name.clone(), entry);
         }
-        self.data.write().sinks.insert(entry.name.clone(), entry);
         self.persist().await
     }
 
-    /// Adds a pipeline.
-    pub async fn add_pipeline(&self, entry: PipelineEntry) -> Result<()> {
-        if self.data.read().pipelines.contains_key(&entry.name) {
-            return Err(Error::AlreadyExists {
-                kind: "pipeline",
-                name: entry.name,
-            });
+    /// Adds a pipeline. When `single_reader` names its source (a source whose upstream allows
+    /// one reader, such as a replication slot), a second pipeline over that source is refused.
+    /// Both checks and the insert happen under one lock.
+    pub async fn add_pipeline(
+        &self,
+        entry: PipelineEntry,
+        single_reader: Option<&str>,
+    ) -> Result<()> {
+        {
+            let mut d = self.data.write();
+            if d.pipelines.contains_key(&entry.name) {
+                return Err(Error::AlreadyExists {
+                    kind: "pipeline",
+                    name: entry.name,
+                });
+            }
+            if let Some(source) = single_reader {
+                if let Some(holder) = d
+                    .pipelines
+                    .values()
+                    .find(|p| p.sources.iter().any(|s| s == source))
+                {
+                    return Err(Error::InvalidState(format!(
+                        "source \"{source}\" is already read by pipeline \"{}\", and its upstream \
+                         (a replication slot) allows one reader: declare a second source over the \
+                         same table for a second pipeline, or drop pipeline \"{}\" first",
+                        holder.name, holder.name
+                    )));
+                }
+            }
+            d.pipelines.insert(entry.name.clone(), entry);
         }
-        self.data
-            .write()
-            .pipelines
-            .insert(entry.name.clone(), entry);
         self.persist().await
     }
 
@@ -376,6 +398,40 @@ mod tests {
                 })
                 .await,
             Err(Error::AlreadyExists { kind: "source", .. })
+        ));
+    }
+
+    fn pipeline(name: &str, source: &str) -> PipelineEntry {
+        PipelineEntry {
+            name: name.into(),
+            id: name.into(),
+            sink: "k".into(),
+            sources: vec![source.into()],
+            query: String::new(),
+            options: BTreeMap::new(),
+            state: PipelineState::Running,
+            error: None,
+            created_at: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_single_reader_source_takes_one_pipeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).unwrap();
+        cat.add_pipeline(pipeline("p1", "cdc"), Some("cdc")).await.unwrap();
+        let e = cat
+            .add_pipeline(pipeline("p2", "cdc"), Some("cdc"))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("pipeline \"p1\""), "{e}");
+        assert!(cat.pipeline("p2").is_none());
+        // Sources that allow several readers take several pipelines.
+        cat.add_pipeline(pipeline("p3", "files"), None).await.unwrap();
+        cat.add_pipeline(pipeline("p4", "files"), None).await.unwrap();
+        assert!(matches!(
+            cat.add_pipeline(pipeline("p4", "files"), None).await,
+            Err(Error::AlreadyExists { .. })
         ));
     }
 }

@@ -45,6 +45,8 @@ pub struct Checkpoint {
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
+    /// Where the store is, for messages.
+    root: std::path::PathBuf,
     dir: Path,
 }
 
@@ -57,6 +59,7 @@ impl CheckpointStore {
             LocalFileSystem::new_with_prefix(root).map_err(|e| Error::Internal(e.to_string()))?;
         Ok(CheckpointStore {
             store: Arc::new(fs),
+            root: root.to_path_buf(),
             dir: Path::from(pipeline_id),
         })
     }
@@ -96,22 +99,29 @@ impl CheckpointStore {
         Ok(epochs)
     }
 
-    /// The newest complete checkpoint, if any.
+    /// The newest checkpoint, if any. Checkpoints are written whole (a rename), so one that
+    /// cannot be read is damage, and an error naming its file: falling back to an older one
+    /// would replay epochs whose output is already committed downstream.
     pub async fn latest(&self) -> Result<Option<Checkpoint>> {
-        for epoch in self.epochs().await?.into_iter().rev() {
-            let bytes = match self.store.get(&self.path(epoch)).await {
-                Ok(r) => r
-                    .bytes()
-                    .await
-                    .map_err(|e| Error::Internal(e.to_string()))?,
-                Err(_) => continue,
-            };
-            match serde_json::from_slice::<Checkpoint>(&bytes) {
-                Ok(cp) => return Ok(Some(cp)),
-                Err(e) => tracing::warn!(epoch, error = %e, "Skipping unreadable checkpoint."),
-            }
-        }
-        Ok(None)
+        let Some(epoch) = self.epochs().await?.last().copied() else {
+            return Ok(None);
+        };
+        let path = self.path(epoch);
+        let unreadable = |e: String| Error::CheckpointUnreadable {
+            file: self.root.join(path.as_ref()).display().to_string(),
+            reason: e,
+        };
+        let bytes = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| unreadable(e.to_string()))?
+            .bytes()
+            .await
+            .map_err(|e| unreadable(e.to_string()))?;
+        serde_json::from_slice::<Checkpoint>(&bytes)
+            .map(Some)
+            .map_err(|e| unreadable(e.to_string()))
     }
 
     /// Every stored checkpoint's summary (for `tributary.checkpoints`).
@@ -135,5 +145,40 @@ impl CheckpointStore {
             let _ = self.store.delete(&self.path(e)).await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(epoch: u64) -> Checkpoint {
+        Checkpoint {
+            epoch,
+            at: Utc::now(),
+            duration_ms: 1,
+            sources: BTreeMap::new(),
+            operators: BTreeMap::new(),
+            sink: PreparedCommit::default(),
+            rows_in: epoch * 10,
+            rows_out: epoch * 10,
+            rows_errored: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_latest_checkpoint_is_an_error_not_a_fallback() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::local(tmp.path(), "p1").unwrap();
+        assert!(store.latest().await.unwrap().is_none());
+        for e in 1..=3 {
+            store.save(&checkpoint(e)).await.unwrap();
+        }
+        assert_eq!(store.latest().await.unwrap().unwrap().epoch, 3);
+        let file = tmp.path().join("p1").join(format!("{:020}.json", 3));
+        std::fs::write(&file, b"{\"epoch\": 3, \"at\"").unwrap();
+        let e = store.latest().await.unwrap_err();
+        assert!(matches!(e, Error::CheckpointUnreadable { .. }), "{e}");
+        assert!(e.to_string().contains(&file.display().to_string()), "{e}");
     }
 }

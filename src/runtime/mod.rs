@@ -81,7 +81,15 @@ impl Runtime {
         pipelines: &[(String, String, String, PipelineState, Option<String>)],
     ) -> Result<()> {
         for (name, id, mode, state, error) in pipelines {
-            let latest = self.checkpoints(id)?.latest().await?;
+            let latest = match self.checkpoints(id)?.latest().await {
+                Ok(latest) => latest,
+                Err(e) => {
+                    // The pipeline fails when it starts; the engine serves the others.
+                    tracing::error!(pipeline = %name, error = %e, "Unreadable checkpoint.");
+                    self.status(name, mode, *state, error.clone());
+                    continue;
+                }
+            };
             let epoch = latest.as_ref().map(|c| c.epoch).unwrap_or(0);
             self.errors
                 .extend(pipeline::read_error_file(&self.error_file(id)?, epoch));
@@ -125,10 +133,10 @@ impl Runtime {
     /// Starts a pipeline task.
     pub fn start(self: &Arc<Self>, job: PipelineJob) -> Result<()> {
         let name = job.entry.name.clone();
-        if self.is_running(&name) {
-            return Err(Error::InvalidState(format!(
-                "pipeline \"{name}\" is already running"
-            )));
+        // Checked and claimed under one lock: of two concurrent starts, one runs, one is refused.
+        let mut running = self.running.lock();
+        if running.get(&name).is_some_and(|r| !*r.done.borrow()) {
+            return Err(already_running(&name));
         }
         let status = self.status(&name, &job.settings.mode, PipelineState::Running, None);
         status.set_state(PipelineState::Running, None);
@@ -142,13 +150,14 @@ impl Runtime {
             state_dir: self.state_dir(&job.entry.id),
             stop: stop_rx,
         };
-        self.running.lock().insert(
+        running.insert(
             name.clone(),
             Running {
                 stop: stop_tx,
                 done: done_rx,
             },
         );
+        drop(running);
         let this = self.clone();
         tokio::spawn(async move {
             let mut job = job;
@@ -236,6 +245,11 @@ impl Runtime {
     pub fn data_dir(&self) -> &PathBuf {
         &self.data_dir
     }
+}
+
+/// The error for starting a pipeline that runs already.
+pub fn already_running(name: &str) -> Error {
+    Error::InvalidState(format!("pipeline \"{name}\" is already running"))
 }
 
 async fn wait_done(mut done: watch::Receiver<bool>) {

@@ -35,6 +35,7 @@ struct StatusInner {
     started_at: Option<DateTime<Utc>>,
     last_checkpoint_at: Option<DateTime<Utc>>,
     phase: Option<String>,
+    warning: Option<String>,
 }
 
 /// A copy of a pipeline's status at one moment.
@@ -62,6 +63,8 @@ pub struct StatusSnapshot {
     pub error: Option<String>,
     /// What the source is doing (a snapshot's progress, streaming).
     pub phase: Option<String>,
+    /// Something that looks wrong but does not stop the pipeline (a column never filled).
+    pub warning: Option<String>,
 }
 
 impl PipelineStatus {
@@ -80,6 +83,7 @@ impl PipelineStatus {
                 started_at: None,
                 last_checkpoint_at: None,
                 phase: None,
+                warning: None,
             }),
             lag: Mutex::new(Vec::new()),
         }
@@ -104,6 +108,7 @@ impl PipelineStatus {
         i.error = error;
         if state == PipelineState::Running {
             i.started_at = Some(Utc::now());
+            i.warning = None;
         }
     }
 
@@ -116,6 +121,11 @@ impl PipelineStatus {
         if i.state == PipelineState::Running {
             i.error = transient_error;
         }
+    }
+
+    /// Sets or clears the warning.
+    pub fn set_warning(&self, warning: Option<String>) {
+        self.inner.lock().warning = warning;
     }
 
     /// Current lifecycle state.
@@ -159,6 +169,7 @@ impl PipelineStatus {
             last_checkpoint_at: i.last_checkpoint_at,
             error: i.error,
             phase: i.phase,
+            warning: i.warning,
         }
     }
 }

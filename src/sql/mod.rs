@@ -1,5 +1,6 @@
 //! The SQL front end: our statements' parser, type mapping, and the pipeline query compiler.
 
+pub mod clock;
 pub mod parse;
 pub mod plan;
 pub mod types;

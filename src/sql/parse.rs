@@ -3,7 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use datafusion::sql::sqlparser::ast::{self, ColumnDef, Expr, Ident, Query, SqlOption, Value};
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    self, ColumnDef, Expr, Ident, Query, SqlOption, Value, Visit, Visitor,
+};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -152,9 +156,25 @@ pub fn split_statements(sql: &str) -> Result<Vec<(String, usize)>> {
     let mut out = Vec::new();
     let mut start: Option<usize> = None;
     let chars: Vec<char> = sql.chars().collect();
+    // Character offset of each line's start, so each token's offset is found in constant time.
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(
+            chars
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c == '\n')
+                .map(|(i, _)| i + 1),
+        )
+        .collect();
     let mut significant = false;
     for t in &tokens {
-        let pos = char_position(sql, t.span.start) - 1;
+        let loc = t.span.start;
+        let pos = match (loc.line as usize).checked_sub(1) {
+            Some(line) => line_starts
+                .get(line)
+                .map_or(chars.len(), |l| l + (loc.column as usize).max(1) - 1),
+            None => chars.len(),
+        };
         match &t.token {
             Token::SemiColon => {
                 if let (Some(s), true) = (start, significant) {
@@ -212,14 +232,137 @@ fn shift(e: Error, offset: usize) -> Error {
     }
 }
 
-/// Parses one statement (no trailing semicolon needed).
+/// How deep expressions and subqueries may nest in a statement. Deeper statements are refused
+/// with SQLSTATE 54001 (PostgreSQL's `stack depth limit exceeded`), so that planning, optimising
+/// and evaluating them, all recursive, stay well inside a thread's stack.
+pub const MAX_NESTING_DEPTH: usize = 1_000;
+/// Statements of more tokens are refused with 54000 before they are parsed.
+const MAX_STATEMENT_TOKENS: usize = 1_000_000;
+/// Statements of up to this many tokens are parsed on the caller's thread: their syntax tree
+/// cannot be deeper than their token count, which any thread's stack holds.
+const INLINE_PARSE_TOKENS: usize = 2_000;
+/// Stack bytes per token for the parse thread of a long statement: a left-deep chain such as
+/// `1+1+...+1` is as deep as it has operators, and building, checking and dropping its syntax
+/// tree recurses once per level.
+const STACK_BYTES_PER_TOKEN: usize = 1_024;
+
+/// Parses one statement (no trailing semicolon needed). A statement nested deeper than
+/// [`MAX_NESTING_DEPTH`] is an error, whatever its size: a long one is parsed on a thread whose
+/// stack fits its syntax tree, and that tree is dropped there when it is refused.
 pub fn parse_statement(sql: &str) -> Result<Statement> {
     let dialect = PostgreSqlDialect {};
-    let parser = Parser::new(&dialect)
-        .try_with_sql(sql)
-        .map_err(|e| syntax(sql, e))?;
-    let mut p = StatementParser { parser, sql };
-    p.parse().map_err(|e| syntax(sql, e))
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| Error::Syntax {
+            message: format!("syntax error: {}", strip_location(&e.message)),
+            position: Some(char_position(sql, e.location)),
+        })?;
+    let significant = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .count();
+    if significant > MAX_STATEMENT_TOKENS {
+        return Err(Error::ProgramLimit(format!(
+            "statement too long: {significant} tokens, at most {MAX_STATEMENT_TOKENS} are accepted"
+        )));
+    }
+    let parse = move || {
+        let parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
+        let mut p = StatementParser { parser, sql };
+        let statement = p.parse().map_err(|e| syntax(sql, e))?;
+        check_depth(&statement)?;
+        Ok(statement)
+    };
+    if significant <= INLINE_PARSE_TOKENS {
+        return parse();
+    }
+    let stack = 16 * 1024 * 1024 + significant * STACK_BYTES_PER_TOKEN;
+    std::thread::scope(|scope| {
+        let parser = std::thread::Builder::new()
+            .name("sql-parse".into())
+            .stack_size(stack)
+            .spawn_scoped(scope, parse)
+            .map_err(|e| Error::io("starting a thread to parse a long statement", e))?;
+        parser
+            .join()
+            .map_err(|_| Error::Internal("the SQL parser panicked".into()))?
+    })
+}
+
+/// Refuses a statement whose expressions or subqueries nest deeper than [`MAX_NESTING_DEPTH`].
+/// The walk stops at the limit, so it never recurses deeper than that itself.
+fn check_depth(statement: &Statement) -> Result<()> {
+    let mut depth = NestingDepth::default();
+    let flow = match statement {
+        Statement::Sql(stmt) => stmt.visit(&mut depth),
+        Statement::CreatePipeline { query, .. } => query.visit(&mut depth),
+        Statement::CreateSource {
+            columns: Some(columns),
+            ..
+        } => columns.visit(&mut depth),
+        _ => ControlFlow::Continue(()),
+    };
+    match flow {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(too_deep()),
+    }
+}
+
+fn too_deep() -> Error {
+    Error::StackDepth(format!(
+        "statement nested too deeply: expressions and subqueries may nest at most {MAX_NESTING_DEPTH} levels deep"
+    ))
+}
+
+/// Counts how deep expressions nest, set operations (`UNION` chains, which the parser builds
+/// left-deep) included, and stops the walk past the limit. Subqueries and parentheses are also
+/// bounded by the parser's own recursion limit.
+#[derive(Default)]
+struct NestingDepth {
+    depth: usize,
+    /// What each query being visited added to `depth`.
+    query_levels: Vec<usize>,
+}
+
+impl NestingDepth {
+    fn enter(&mut self, levels: usize) -> ControlFlow<()> {
+        self.depth += levels;
+        if self.depth > MAX_NESTING_DEPTH {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+}
+
+impl Visitor for NestingDepth {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+        self.enter(1)
+    }
+
+    fn post_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        // The chain's length, walked without recursion.
+        let mut levels = 0;
+        let mut body = query.body.as_ref();
+        while let ast::SetExpr::SetOperation { left, .. } = body {
+            levels += 1;
+            body = left.as_ref();
+        }
+        self.query_levels.push(levels);
+        self.enter(levels)
+    }
+
+    fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+        self.depth -= self.query_levels.pop().unwrap_or(0);
+        ControlFlow::Continue(())
+    }
 }
 
 struct StatementParser<'a> {
@@ -395,6 +538,9 @@ impl<'a> StatementParser<'a> {
                     let col = self.name()?;
                     self.parser.expect_keyword(Keyword::AS)?;
                     let expr = self.parser.parse_expr()?;
+                    if expr.visit(&mut NestingDepth::default()).is_break() {
+                        return Err(ParserError::RecursionLimitExceeded);
+                    }
                     watermark = Some((col, expr.to_string()));
                 } else {
                     cols.push(self.parser.parse_column_def()?);
@@ -527,7 +673,7 @@ pub fn normalize(i: &Ident) -> String {
 fn syntax(sql: &str, e: ParserError) -> Error {
     let msg = match &e {
         ParserError::ParserError(m) | ParserError::TokenizerError(m) => m.clone(),
-        ParserError::RecursionLimitExceeded => "statement nested too deeply".into(),
+        ParserError::RecursionLimitExceeded => return too_deep(),
     };
     let position = parse_location(&msg).map(|loc| char_position(sql, loc));
     let message = strip_location(&msg);
@@ -651,6 +797,33 @@ mod tests {
         assert_eq!(position, Some(33), "{message}");
         let e = parse_sql("SELECT 1;\nSELEC 2").unwrap_err();
         assert_eq!(e.position(), Some(11));
+    }
+
+    #[test]
+    fn refuses_statements_nested_too_deeply() {
+        let chain = |first: &str, n: usize| format!("{first}{}", " + 1".repeat(n - 1));
+        assert!(parse_statement(&format!("SELECT {}", chain("1", MAX_NESTING_DEPTH))).is_ok());
+        let too_deep = [
+            format!("SELECT {}", chain("1", MAX_NESTING_DEPTH + 1)),
+            // Long enough to be parsed on a thread of its own.
+            format!("SELECT {}", chain("1", 300_000)),
+            format!("CREATE PIPELINE p AS INSERT INTO s SELECT {} AS x FROM t", chain("a", 5_000)),
+            format!("SELECT a FROM t WHERE {}", chain("a", 5_000) + " > 0"),
+            vec!["SELECT 1"; 3_000].join(" UNION ALL "),
+            format!("SELECT {}1{}", "(".repeat(3_000), ")".repeat(3_000)),
+            format!(
+                "CREATE SOURCE s (a BIGINT, WATERMARK FOR a AS {}) WITH (connector = 'file')",
+                chain("a", 2_000)
+            ),
+        ];
+        for sql in &too_deep {
+            let e = parse_statement(sql).unwrap_err();
+            assert_eq!(e.sqlstate(), "54001", "{}: {e}", &sql[..60]);
+        }
+        // A subquery does not reset the count.
+        let inner = format!("SELECT ({}) + 1", format!("SELECT {}", chain("1", 999)));
+        assert!(parse_statement(&inner).is_err());
+        assert!(parse_statement(&format!("SELECT ({}) + 1", format!("SELECT {}", chain("1", 997)))).is_ok());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::common::cast::as_boolean_array;
-use datafusion::execution::SessionState;
+use datafusion::execution::{FunctionRegistry, SessionState};
 use datafusion::logical_expr::execution_props::ExecutionProps;
 use datafusion::logical_expr::{Filter, LogicalPlan, Projection, SubqueryAlias, TableScan};
 use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
@@ -60,12 +60,15 @@ pub struct PipelinePlan {
 }
 
 impl PipelinePlan {
-    /// Runs the steps over one source batch.
+    /// Runs the steps over one source batch. State changes (keys a DISTINCT has now seen) take
+    /// effect only when every step succeeded, so a batch that fails leaves no trace: the rows of
+    /// it that succeed on their own, when it is split to isolate the bad ones, still come out.
     pub fn process(&self, batch: RecordBatch) -> Result<RecordBatch> {
         let mut batch = match &self.scan_projection {
             Some(p) => batch.project(p)?,
             None => batch,
         };
+        let mut newly_seen: Vec<(&SeenKeys, std::collections::HashSet<Vec<u8>>)> = Vec::new();
         for step in &self.steps {
             if batch.num_rows() == 0 {
                 break;
@@ -79,11 +82,17 @@ impl PipelinePlan {
                     converter, seen, ..
                 } => {
                     let rows = converter.convert_columns(batch.columns())?;
-                    let mut seen = seen.lock();
-                    let keep: arrow::array::BooleanArray = rows
-                        .iter()
-                        .map(|r| Some(seen.insert(r.as_ref().to_vec())))
-                        .collect();
+                    let mut fresh = std::collections::HashSet::new();
+                    let keep: arrow::array::BooleanArray = {
+                        let seen = seen.lock();
+                        rows.iter()
+                            .map(|r| {
+                                let key = r.as_ref();
+                                Some(!seen.contains(key) && fresh.insert(key.to_vec()))
+                            })
+                            .collect()
+                    };
+                    newly_seen.push((seen, fresh));
                     filter_record_batch(&batch, &keep)?
                 }
                 Step::Project { exprs, schema } => {
@@ -103,13 +112,15 @@ impl PipelinePlan {
                 }
             };
         }
-        if batch.num_rows() == 0 {
-            return Ok(RecordBatch::new_empty(self.output_schema.clone()));
+        let out = if batch.num_rows() == 0 {
+            RecordBatch::new_empty(self.output_schema.clone())
+        } else {
+            RecordBatch::try_new(self.output_schema.clone(), batch.columns().to_vec())?
+        };
+        for (seen, fresh) in newly_seen {
+            seen.lock().extend(fresh);
         }
-        Ok(RecordBatch::try_new(
-            self.output_schema.clone(),
-            batch.columns().to_vec(),
-        )?)
+        Ok(out)
     }
 }
 
@@ -168,6 +179,13 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 
 /// Plans `query` (the SELECT of `CREATE PIPELINE ... AS INSERT INTO sink SELECT ...`).
 pub async fn compile(state: &SessionState, query: &ast::Query) -> Result<PipelinePlan> {
+    // A pipeline reads the clock per batch: DataFusion's now() would be folded into the time
+    // the pipeline was planned.
+    let mut state = state.clone();
+    let timezone = state.config_options().execution.time_zone.clone();
+    for f in super::clock::per_batch_clock_functions(timezone.as_deref()) {
+        state.register_udf(f)?;
+    }
     let logical = state
         .statement_to_plan(DFStatement::Statement(Box::new(ast::Statement::Query(
             Box::new(query.clone()),
@@ -310,5 +328,71 @@ fn walk(plan: &LogicalPlan, steps: &mut Vec<Step>) -> Result<(String, Option<Vec
             "this query shape is not supported in pipelines yet: {}",
             other.display()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Int64Array};
+    use arrow::datatypes::DataType;
+    use datafusion::logical_expr::Operator;
+    use datafusion::physical_expr::expressions::{binary, col, lit};
+
+    /// `SELECT 100 / a AS x FROM (SELECT DISTINCT a FROM s)` by hand: a dedup, then a projection
+    /// that fails on `a = 0`.
+    fn distinct_then_divide() -> PipelinePlan {
+        let input = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+        let out = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        let divide = binary(lit(100i64), Operator::Divide, col("a", &input).unwrap(), &input).unwrap();
+        PipelinePlan {
+            source: "s".into(),
+            scan_projection: None,
+            steps: vec![
+                Step::Dedup {
+                    id: "dedup1".into(),
+                    converter: Arc::new(
+                        arrow::row::RowConverter::new(vec![arrow::row::SortField::new(
+                            DataType::Int64,
+                        )])
+                        .unwrap(),
+                    ),
+                    seen: Default::default(),
+                },
+                Step::Project {
+                    exprs: vec![divide],
+                    schema: out.clone(),
+                },
+            ],
+            output_schema: out,
+            display: String::new(),
+        }
+    }
+
+    fn batch(values: &[i64]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values.to_vec()))]).unwrap()
+    }
+
+    fn xs(b: &RecordBatch) -> Vec<i64> {
+        let a = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        (0..a.len()).map(|i| a.value(i)).collect()
+    }
+
+    #[test]
+    fn a_failed_batch_marks_no_key_as_seen() {
+        let plan = distinct_then_divide();
+        assert!(plan.process(batch(&[1, 2, 0, 2, 5])).is_err());
+        // Nothing was recorded: the same rows without the bad one all come out, duplicates once.
+        assert_eq!(xs(&plan.process(batch(&[1, 2, 2, 5])).unwrap()), vec![100, 50, 20]);
+        assert!(plan.process(batch(&[0])).is_err());
+        // Seen keys stay seen; new ones pass.
+        assert_eq!(xs(&plan.process(batch(&[5, 1, 4, 4])).unwrap()), vec![25]);
+        let state = plan.snapshot_state();
+        assert_eq!(state["dedup1"]["seen"].as_array().unwrap().len(), 4);
+        // Restored state behaves the same.
+        let restored = distinct_then_divide();
+        restored.restore_state(&state).unwrap();
+        assert_eq!(xs(&restored.process(batch(&[4, 10])).unwrap()), vec![10]);
     }
 }

@@ -1,27 +1,7 @@
 //! Real clients: the psql binary (script files, error exit codes), psycopg and asyncpg
 //! (extended protocol, parameters, binary results).
 
-use std::process::Command;
-
 use crate::harness::*;
-
-fn psql(port: u16, args: &[&str]) -> std::process::Output {
-    Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "tributary",
-            "-X",
-            "-q",
-        ])
-        .args(args)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .output()
-        .expect("psql is installed (tests/run.sh installs it)")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_runs_a_script_and_reports_errors() {

@@ -318,3 +318,34 @@ pub async fn counters(c: &tokio_postgres::Client, p: &str) -> (u64, u64, u64) {
     };
     (get(0), get(1), get(2))
 }
+
+/// The random generator of one test's kill points and workload: seeded from `TRIBUTARY_SEED`
+/// when set, otherwise at random, and the seed is printed so a failure can be replayed.
+pub fn seeded_rng(test: &str) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed = std::env::var("TRIBUTARY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("{test}: seed {seed} (replay with TRIBUTARY_SEED={seed})");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// Runs the real `psql` against a server on `port`.
+pub fn psql(port: u16, args: &[&str]) -> std::process::Output {
+    Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "tributary",
+            "-X",
+            "-q",
+        ])
+        .args(args)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql is installed (tests/run.sh installs it)")
+}

@@ -3,10 +3,13 @@
 
 mod cdc;
 mod clients;
+mod concurrency;
 mod files;
 mod harness;
 mod kafka;
+mod limits;
 mod nexmark;
 mod recovery;
 mod run_cmd;
+mod semantics;
 mod streaming;

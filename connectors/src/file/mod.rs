@@ -258,12 +258,21 @@ async fn infer_schema(opts: &FileSourceOptions, file: &ObjectMeta) -> Result<Sch
                 .map(|r| &sample[..r.next])
                 .unwrap_or(sample);
             let schema = if opts.format == FileFormat::Csv {
-                arrow_csv::reader::Format::default()
+                let (schema, _) = arrow_csv::reader::Format::default()
                     .with_header(opts.header)
                     .with_delimiter(opts.delimiter)
                     .infer_schema(sample, Some(INFER_RECORDS))
-                    .map_err(|e| ConnectorError::Config(ctx(&e)))?
-                    .0
+                    .map_err(|e| ConnectorError::Config(ctx(&e)))?;
+                // CSV columns match by position, so a header is only a label: lowercased, it
+                // is found by unquoted SQL names. JSON keys, Parquet fields and upstream
+                // columns match by name and keep their exact spelling.
+                Schema::new(
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.as_ref().clone().with_name(f.name().to_lowercase()))
+                        .collect::<Vec<_>>(),
+                )
             } else {
                 // Lines that are not JSON objects are skipped here; the pipeline reports them.
                 let values: Vec<serde_json::Value> = records

@@ -237,6 +237,9 @@ impl SourceConnector for PostgresCdcSourceConnector {
     fn name(&self) -> &'static str {
         "postgres-cdc"
     }
+    fn single_reader(&self) -> bool {
+        true
+    }
     fn options(&self) -> &'static [OptionSpec] {
         OPTIONS
     }

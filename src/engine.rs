@@ -86,9 +86,7 @@ fn build_job(
                 let source = source.clone();
                 let name = name.clone();
                 Box::pin(async move {
-                    catalog
-                        .evolve_source(&source, columns_of(&schema))
-                        .await?;
+                    catalog.evolve_source(&source, columns_of(&schema)).await?;
                     build_job(catalog, state, name).await
                 })
             })

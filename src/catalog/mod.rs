@@ -419,7 +419,9 @@ mod tests {
     async fn a_single_reader_source_takes_one_pipeline() {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(dir.path()).unwrap();
-        cat.add_pipeline(pipeline("p1", "cdc"), Some("cdc")).await.unwrap();
+        cat.add_pipeline(pipeline("p1", "cdc"), Some("cdc"))
+            .await
+            .unwrap();
         let e = cat
             .add_pipeline(pipeline("p2", "cdc"), Some("cdc"))
             .await
@@ -427,8 +429,12 @@ mod tests {
         assert!(e.to_string().contains("pipeline \"p1\""), "{e}");
         assert!(cat.pipeline("p2").is_none());
         // Sources that allow several readers take several pipelines.
-        cat.add_pipeline(pipeline("p3", "files"), None).await.unwrap();
-        cat.add_pipeline(pipeline("p4", "files"), None).await.unwrap();
+        cat.add_pipeline(pipeline("p3", "files"), None)
+            .await
+            .unwrap();
+        cat.add_pipeline(pipeline("p4", "files"), None)
+            .await
+            .unwrap();
         assert!(matches!(
             cat.add_pipeline(pipeline("p4", "files"), None).await,
             Err(Error::AlreadyExists { .. })

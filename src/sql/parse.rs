@@ -807,7 +807,10 @@ mod tests {
             format!("SELECT {}", chain("1", MAX_NESTING_DEPTH + 1)),
             // Long enough to be parsed on a thread of its own.
             format!("SELECT {}", chain("1", 300_000)),
-            format!("CREATE PIPELINE p AS INSERT INTO s SELECT {} AS x FROM t", chain("a", 5_000)),
+            format!(
+                "CREATE PIPELINE p AS INSERT INTO s SELECT {} AS x FROM t",
+                chain("a", 5_000)
+            ),
             format!("SELECT a FROM t WHERE {}", chain("a", 5_000) + " > 0"),
             vec!["SELECT 1"; 3_000].join(" UNION ALL "),
             format!("SELECT {}1{}", "(".repeat(3_000), ")".repeat(3_000)),
@@ -823,7 +826,11 @@ mod tests {
         // A subquery does not reset the count.
         let inner = format!("SELECT ({}) + 1", format!("SELECT {}", chain("1", 999)));
         assert!(parse_statement(&inner).is_err());
-        assert!(parse_statement(&format!("SELECT ({}) + 1", format!("SELECT {}", chain("1", 997)))).is_ok());
+        assert!(parse_statement(&format!(
+            "SELECT ({}) + 1",
+            format!("SELECT {}", chain("1", 997))
+        ))
+        .is_ok());
     }
 
     #[test]

@@ -344,7 +344,13 @@ mod tests {
     fn distinct_then_divide() -> PipelinePlan {
         let input = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
         let out = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
-        let divide = binary(lit(100i64), Operator::Divide, col("a", &input).unwrap(), &input).unwrap();
+        let divide = binary(
+            lit(100i64),
+            Operator::Divide,
+            col("a", &input).unwrap(),
+            &input,
+        )
+        .unwrap();
         PipelinePlan {
             source: "s".into(),
             scan_projection: None,
@@ -384,7 +390,10 @@ mod tests {
         let plan = distinct_then_divide();
         assert!(plan.process(batch(&[1, 2, 0, 2, 5])).is_err());
         // Nothing was recorded: the same rows without the bad one all come out, duplicates once.
-        assert_eq!(xs(&plan.process(batch(&[1, 2, 2, 5])).unwrap()), vec![100, 50, 20]);
+        assert_eq!(
+            xs(&plan.process(batch(&[1, 2, 2, 5])).unwrap()),
+            vec![100, 50, 20]
+        );
         assert!(plan.process(batch(&[0])).is_err());
         // Seen keys stay seen; new ones pass.
         assert_eq!(xs(&plan.process(batch(&[5, 1, 4, 4])).unwrap()), vec![25]);

@@ -6,7 +6,11 @@ use tokio_postgres::error::SqlState;
 use crate::harness::*;
 
 /// Runs `sql` from `clients` connections at once; returns the outcome of each.
-async fn race(server: &Server, clients: usize, sql: &str) -> Vec<Result<(), tokio_postgres::Error>> {
+async fn race(
+    server: &Server,
+    clients: usize,
+    sql: &str,
+) -> Vec<Result<(), tokio_postgres::Error>> {
     let mut conns = Vec::new();
     for _ in 0..clients {
         conns.push(server.client().await);
@@ -32,10 +36,7 @@ async fn race(server: &Server, clients: usize, sql: &str) -> Vec<Result<(), toki
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_start_and_create_have_one_winner() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = Server::start(&data).await;
+    let (_tmp, server) = start_fresh().await;
     let c = server.client().await;
     c.batch_execute(
         "CREATE SOURCE gen WITH (connector = 'nexmark', table = 'bid', rate = 1000, seed = 1);
@@ -51,10 +52,22 @@ async fn concurrent_start_and_create_have_one_winner() {
         let won = outcomes.iter().filter(|o| o.is_ok()).count();
         assert_eq!(won, 1, "round {round}: {outcomes:?}");
         for e in outcomes.iter().filter_map(|o| o.as_ref().err()) {
-            assert_eq!(e.code(), Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE), "{e:?}");
-            assert!(e.to_string().contains("already running") || format!("{e:?}").contains("already running"), "{e:?}");
+            assert_eq!(
+                e.code(),
+                Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
+                "{e:?}"
+            );
+            assert!(
+                e.to_string().contains("already running")
+                    || format!("{e:?}").contains("already running"),
+                "{e:?}"
+            );
         }
-        let row = query(&c, "SELECT state, error FROM tributary.pipelines WHERE name = 'p'").await;
+        let row = query(
+            &c,
+            "SELECT state, error FROM tributary.pipelines WHERE name = 'p'",
+        )
+        .await;
         assert_eq!(row[0], vec![Some("running".into()), None], "round {round}");
         c.batch_execute("STOP PIPELINE p").await.unwrap();
         assert_eq!(
@@ -73,20 +86,34 @@ async fn concurrent_start_and_create_have_one_winner() {
             assert_eq!(e.code(), Some(&SqlState::DUPLICATE_OBJECT), "{e:?}");
         }
         assert_eq!(
-            scalar(&c, &format!("SELECT count(*) FROM tributary.pipelines WHERE name = '{name}'")).await,
+            scalar(
+                &c,
+                &format!("SELECT count(*) FROM tributary.pipelines WHERE name = '{name}'")
+            )
+            .await,
             "1"
         );
         // With IF NOT EXISTS every racer succeeds, and still one pipeline exists.
         let name = format!("r{round}");
-        let sql = format!("CREATE PIPELINE IF NOT EXISTS {name} AS INSERT INTO hole SELECT price FROM gen");
+        let sql = format!(
+            "CREATE PIPELINE IF NOT EXISTS {name} AS INSERT INTO hole SELECT price FROM gen"
+        );
         let outcomes = race(&server, 8, &sql).await;
         assert!(outcomes.iter().all(|o| o.is_ok()), "{outcomes:?}");
         assert_eq!(
-            scalar(&c, &format!("SELECT count(*) FROM tributary.pipelines WHERE name = '{name}'")).await,
+            scalar(
+                &c,
+                &format!("SELECT count(*) FROM tributary.pipelines WHERE name = '{name}'")
+            )
+            .await,
             "1"
         );
         assert_eq!(
-            scalar(&c, &format!("SELECT state FROM tributary.pipelines WHERE name = '{name}'")).await,
+            scalar(
+                &c,
+                &format!("SELECT state FROM tributary.pipelines WHERE name = '{name}'")
+            )
+            .await,
             "running"
         );
     }
@@ -98,5 +125,9 @@ async fn concurrent_start_and_create_have_one_winner() {
         "CREATE SOURCE g2 WITH (connector = 'nexmark', table = 'bid', events = 1000)",
     )
     .await;
-    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1, "{outcomes:?}");
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        1,
+        "{outcomes:?}"
+    );
 }

@@ -349,3 +349,37 @@ pub fn psql(port: u16, args: &[&str]) -> std::process::Output {
         .output()
         .expect("psql is installed (tests/run.sh installs it)")
 }
+
+/// A fresh temporary directory and a server over its `data` directory.
+pub async fn start_fresh() -> (tempfile::TempDir, Server) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(&data).await;
+    (tmp, server)
+}
+
+/// Waits until `pipeline` has committed `epochs` epochs.
+pub async fn wait_epoch(c: &Client, pipeline: &str, epochs: u64) {
+    let sql = format!("SELECT epoch FROM tributary.pipelines WHERE name = '{pipeline}'");
+    poll(
+        Duration::from_secs(60),
+        &format!("{epochs} epochs of {pipeline}"),
+        || async {
+            let e: u64 = scalar(c, &sql).await.parse().ok()?;
+            (e >= epochs).then_some(())
+        },
+    )
+    .await
+}
+
+/// Waits until `pipeline` reads more records than it had read at the call: it is alive.
+pub async fn wait_progress(c: &Client, pipeline: &str) {
+    let before = counters(c, pipeline).await.0;
+    poll(
+        Duration::from_secs(60),
+        &format!("{pipeline} to move on"),
+        || async { (counters(c, pipeline).await.0 > before).then_some(()) },
+    )
+    .await
+}

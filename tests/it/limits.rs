@@ -2,8 +2,6 @@
 //! for that client (SQLSTATE 54001), never in a stack overflow that takes the server and its
 //! running pipelines down; statements just inside the limit still work end to end.
 
-use std::time::Duration;
-
 use tokio_postgres::error::SqlState;
 
 use crate::harness::*;
@@ -24,18 +22,19 @@ async fn expect_too_deep(c: &tokio_postgres::Client, sql: &str, what: &str) {
         .await
         .err()
         .unwrap_or_else(|| panic!("{what}: accepted"));
-    assert_eq!(e.code(), Some(&SqlState::STATEMENT_TOO_COMPLEX), "{what}: {e:?}");
+    assert_eq!(
+        e.code(),
+        Some(&SqlState::STATEMENT_TOO_COMPLEX),
+        "{what}: {e:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_statements_are_refused_and_the_server_keeps_serving() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, server) = start_fresh().await;
     let input = tmp.path().join("in");
     write_csv(&input, "orders", 1, 100, 1);
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
     let lake = tmp.path().join("lake");
-    let server = Server::start(&data).await;
     let c = server.client().await;
     c.batch_execute(&format!(
         "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) WITH (connector = 'file', path = '{}');
@@ -53,7 +52,12 @@ async fn deep_statements_are_refused_and_the_server_keeps_serving() {
     // PIPELINE, a UNION chain; up to a 100,000-term statement (about 400 KB).
     for terms in [1_001, 2_000, 100_000] {
         expect_too_deep(&c, &format!("SELECT {}", chain("1", terms)), "SELECT").await;
-        expect_too_deep(&c, &format!("EXPLAIN SELECT {}", chain("1", terms)), "EXPLAIN").await;
+        expect_too_deep(
+            &c,
+            &format!("EXPLAIN SELECT {}", chain("1", terms)),
+            "EXPLAIN",
+        )
+        .await;
         expect_too_deep(
             &c,
             &format!("SELECT {} AS x FROM orders LIMIT 3", chain("id", terms)),
@@ -78,9 +82,12 @@ async fn deep_statements_are_refused_and_the_server_keeps_serving() {
     let calls = format!("SELECT {}1{}", "abs(".repeat(5_000), ")".repeat(5_000));
     expect_too_deep(&c, &calls, "nested calls").await;
     assert!(
-        query(&c, "SELECT name FROM tributary.pipelines WHERE name = 'deep'")
-            .await
-            .is_empty(),
+        query(
+            &c,
+            "SELECT name FROM tributary.pipelines WHERE name = 'deep'"
+        )
+        .await
+        .is_empty(),
         "a refused CREATE PIPELINE left a pipeline behind"
     );
 
@@ -97,11 +104,17 @@ async fn deep_statements_are_refused_and_the_server_keeps_serving() {
 
     // Just inside the limit, everything works end to end: a query, a preview, and a pipeline
     // whose 1,000-level expression is evaluated on every batch.
-    assert_eq!(scalar(&c, &format!("SELECT {}", chain("1", 1_000))).await, "1000");
+    assert_eq!(
+        scalar(&c, &format!("SELECT {}", chain("1", 1_000))).await,
+        "1000"
+    );
     assert_eq!(
         query(
             &c,
-            &format!("SELECT {} AS x FROM orders ORDER BY x LIMIT 2", chain("id", 1_000))
+            &format!(
+                "SELECT {} AS x FROM orders ORDER BY x LIMIT 2",
+                chain("id", 1_000)
+            )
         )
         .await,
         vec![vec![Some("1000".into())], vec![Some("1001".into())]]
@@ -124,13 +137,13 @@ async fn deep_statements_are_refused_and_the_server_keeps_serving() {
     );
 
     // The server and its running pipeline lived through all of it.
-    let before = counters(&c, "live").await.0;
-    poll(Duration::from_secs(60), "the live pipeline to move on", || async {
-        (counters(&c, "live").await.0 > before).then_some(())
-    })
-    .await;
+    wait_progress(&c, "live").await;
     assert_eq!(
-        scalar(&c, "SELECT state FROM tributary.pipelines WHERE name = 'live'").await,
+        scalar(
+            &c,
+            "SELECT state FROM tributary.pipelines WHERE name = 'live'"
+        )
+        .await,
         "running"
     );
     // Logs written to a file carry no terminal colour codes.

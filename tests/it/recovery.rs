@@ -307,14 +307,7 @@ async fn unreadable_latest_checkpoint_fails_the_pipeline_loudly() {
     ))
     .await
     .unwrap();
-    poll(Duration::from_secs(60), "four checkpoints", || async {
-        let e: u64 = scalar(&c, "SELECT epoch FROM tributary.pipelines WHERE name = 'load'")
-            .await
-            .parse()
-            .ok()?;
-        (e >= 4).then_some(())
-    })
-    .await;
+    wait_epoch(&c, "load", 4).await;
     let id = scalar(&c, "SELECT id FROM tributary.pipelines WHERE name = 'load'").await;
     server.kill9();
 
@@ -332,7 +325,11 @@ async fn unreadable_latest_checkpoint_fails_the_pipeline_loudly() {
     let server = Server::start(&data).await;
     let c = server.client().await;
     let error = poll(Duration::from_secs(60), "the pipeline to fail", || async {
-        let row = query(&c, "SELECT state, error FROM tributary.pipelines WHERE name = 'load'").await;
+        let row = query(
+            &c,
+            "SELECT state, error FROM tributary.pipelines WHERE name = 'load'",
+        )
+        .await;
         (row[0][0].as_deref() == Some("failed")).then(|| row[0][1].clone().unwrap_or_default())
     })
     .await;
@@ -343,9 +340,5 @@ async fn unreadable_latest_checkpoint_fails_the_pipeline_loudly() {
     );
     // The other pipeline resumed.
     wait_state(&c, "other", "running").await;
-    let before = counters(&c, "other").await.0;
-    poll(Duration::from_secs(60), "the other pipeline to move on", || async {
-        (counters(&c, "other").await.0 > before).then_some(())
-    })
-    .await;
+    wait_progress(&c, "other").await;
 }

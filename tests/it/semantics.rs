@@ -1,8 +1,6 @@
 //! What a pipeline's SQL means, end to end: a DISTINCT under a projection that fails on some
 //! rows, clock functions read per batch, and quoted (camelCase) column names.
 
-use std::time::Duration;
-
 use tokio_postgres::error::SqlState;
 
 use crate::harness::*;
@@ -11,7 +9,7 @@ use crate::harness::*;
 /// row goes to `tributary.errors` and every other key still lands, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distinct_keeps_the_rows_of_a_batch_that_failed_elsewhere() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, server) = start_fresh().await;
     let input = tmp.path().join("in");
     std::fs::create_dir_all(&input).unwrap();
     let mut csv = String::from("a\n");
@@ -20,9 +18,6 @@ async fn distinct_keeps_the_rows_of_a_batch_that_failed_elsewhere() {
     }
     std::fs::write(input.join("nums.csv"), csv).unwrap();
     let lake = tmp.path().join("lake");
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = Server::start(&data).await;
     let c = server.client().await;
     c.batch_execute(&format!(
         "CREATE SOURCE nums (a BIGINT) WITH (connector = 'file', path = '{}', format = 'csv');
@@ -52,7 +47,9 @@ async fn distinct_keeps_the_rows_of_a_batch_that_failed_elsewhere() {
     for e in &errors {
         assert_eq!(e[0].as_deref(), Some(r#"{"a":0}"#), "{errors:?}");
         assert!(
-            e[1].as_deref().unwrap_or_default().contains("Divide by zero"),
+            e[1].as_deref()
+                .unwrap_or_default()
+                .contains("Divide by zero"),
             "{errors:?}"
         );
     }
@@ -65,11 +62,8 @@ async fn distinct_keeps_the_rows_of_a_batch_that_failed_elsewhere() {
 /// time the pipeline was planned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clock_functions_advance_in_a_streaming_pipeline() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, server) = start_fresh().await;
     let lake = tmp.path().join("lake");
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = Server::start(&data).await;
     let c = server.client().await;
     c.batch_execute(&format!(
         "CREATE SOURCE gen WITH (connector = 'nexmark', table = 'bid', rate = 2000, seed = 3, batch_size = 100);
@@ -80,14 +74,7 @@ async fn clock_functions_advance_in_a_streaming_pipeline() {
     ))
     .await
     .unwrap();
-    poll(Duration::from_secs(60), "ten epochs", || async {
-        let epoch: u64 = scalar(&c, "SELECT epoch FROM tributary.pipelines WHERE name = 'clock'")
-            .await
-            .parse()
-            .ok()?;
-        (epoch >= 10).then_some(())
-    })
-    .await;
+    wait_epoch(&c, "clock", 10).await;
     c.batch_execute("STOP PIPELINE clock").await.unwrap();
     let row = query(
         &c,
@@ -99,8 +86,14 @@ async fn clock_functions_advance_in_a_streaming_pipeline() {
     let row = &row[0];
     let distinct_t: u64 = row[0].as_deref().unwrap().parse().unwrap();
     let distinct_t2: u64 = row[1].as_deref().unwrap().parse().unwrap();
-    assert!(distinct_t >= 10, "now() took {distinct_t} values over 10 epochs");
-    assert!(distinct_t2 >= 10, "current_timestamp took {distinct_t2} values");
+    assert!(
+        distinct_t >= 10,
+        "now() took {distinct_t} values over 10 epochs"
+    );
+    assert!(
+        distinct_t2 >= 10,
+        "current_timestamp took {distinct_t2} values"
+    );
     assert_eq!(row[2].as_deref(), Some("t"));
     assert_eq!(row[3].as_deref(), Some("t"), "now() ran ahead of the clock");
     assert_eq!(row[4].as_deref(), Some("t"), "now() is stale");
@@ -112,7 +105,7 @@ async fn clock_functions_advance_in_a_streaming_pipeline() {
 /// keys inferred from the data keep theirs too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quoted_camel_case_columns_keep_their_case() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, server) = start_fresh().await;
     let input = tmp.path().join("in");
     std::fs::create_dir_all(&input).unwrap();
     let mut lines = String::new();
@@ -124,9 +117,6 @@ async fn quoted_camel_case_columns_keep_their_case() {
     }
     std::fs::write(input.join("bids.jsonl"), lines).unwrap();
     let lake = tmp.path().join("lake");
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = Server::start(&data).await;
     let c = server.client().await;
     c.batch_execute(&format!(
         "CREATE SOURCE b (auction BIGINT, \"dateTime\" TIMESTAMP, \"Extra\" TEXT) WITH (connector = 'file', format = 'json', path = '{0}');
@@ -145,11 +135,17 @@ async fn quoted_camel_case_columns_keep_their_case() {
         )
         .await;
         let date_time = row[0][0].clone().unwrap_or_default();
-        assert!(date_time.starts_with("2015-07-15 12:00:01"), "{source}: {row:?}");
+        assert!(
+            date_time.starts_with("2015-07-15 12:00:01"),
+            "{source}: {row:?}"
+        );
         assert_eq!(row[0][1].as_deref(), Some("x1"), "{source}: {row:?}");
     }
     let show = scalar(&c, "SELECT schema FROM tributary.sources WHERE name = 'b'").await;
-    assert!(show.contains("dateTime") && show.contains("Extra"), "{show}");
+    assert!(
+        show.contains("dateTime") && show.contains("Extra"),
+        "{show}"
+    );
     // Unquoted names fold to lower case, as in PostgreSQL, and then do not match.
     let e = c.simple_query("SELECT dateTime FROM b").await.unwrap_err();
     assert_eq!(e.code(), Some(&SqlState::UNDEFINED_COLUMN), "{e:?}");
@@ -168,7 +164,11 @@ async fn quoted_camel_case_columns_keep_their_case() {
     );
     assert_eq!(out.trim(), "['Extra', 'auction', 'dateTime'] 1200 0 0");
     assert_eq!(
-        scalar(&c, "SELECT coalesce(warning, '') FROM tributary.pipelines WHERE name = 'p'").await,
+        scalar(
+            &c,
+            "SELECT coalesce(warning, '') FROM tributary.pipelines WHERE name = 'p'"
+        )
+        .await,
         ""
     );
 
@@ -183,7 +183,11 @@ async fn quoted_camel_case_columns_keep_their_case() {
     .await
     .unwrap();
     wait_state(&c, "p2", "completed").await;
-    let warning = scalar(&c, "SELECT warning FROM tributary.pipelines WHERE name = 'p2'").await;
+    let warning = scalar(
+        &c,
+        "SELECT warning FROM tributary.pipelines WHERE name = 'p2'",
+    )
+    .await;
     assert!(
         warning.contains("\"datetime\"") && warning.contains("1200 records"),
         "{warning}"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Kafka -> Delta throughput beside the Python confluent-kafka consumer alone on the same topic.
-# Starts a tansu broker, produces N JSON records over 4 partitions, then times
+# Starts an Apache Kafka broker (single-node KRaft, jars from Maven Central), produces N JSON records over 4 partitions, then times
 #   (a) a confluent-kafka consumer reading them all, and
 #   (b) `tributary run` with a mode = 'batch' pipeline from the topic into Delta (release build),
 # both under /usr/bin/time -v. Usage: N=2000000 bash benches/kafka_to_delta.sh
@@ -10,14 +10,13 @@ N="${N:-2000000}"
 CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 PY="${TRIBUTARY_PYTHON:-$CACHE/venv/bin/python}"
-TANSU="${TANSU_BIN:-$CACHE/tansu/bin/tansu}"
+KAFKA_LIBS="${KAFKA_LIBS:-$CACHE/kafka-4.1.1/libs}"
+bash tests/kafka/install.sh "$KAFKA_LIBS"
 WORK="$CACHE/bench/kafka"; rm -rf "$WORK"; mkdir -p "$WORK"
 cargo build --release --bin tributary >&2
 BIN="$CARGO_TARGET_DIR/release/tributary"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$TANSU" broker --listener-url "tcp://127.0.0.1:$PORT" --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine memory://tansu/ >/dev/null 2>&1 &
-BROKER=$!; trap 'kill $BROKER' EXIT
-sleep 1
+BROKER=$(bash tests/kafka/start-broker.sh "$KAFKA_LIBS" "$WORK/broker" "$PORT"); trap 'kill $BROKER' EXIT
 "$PY" - "127.0.0.1:$PORT" "$N" <<'PY'
 import sys, json
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -55,7 +54,7 @@ measure() { # label, command...
   rss=$(grep 'Maximum resident' "$WORK/$label.time" | awk '{print $NF}')
   python3 -c "print(f'| $label | {$N/$wall:,.0f} | {$N/$cpu:,.0f} | {$rss/1024:.0f} |')"
 }
-echo "| reader ($N JSON records, 4 partitions, tansu) | events/s | events per CPU-s | peak RSS MB |"
+echo "| reader ($N JSON records, 4 partitions, Apache Kafka 4.1.1) | events/s | events per CPU-s | peak RSS MB |"
 echo "|---|---|---|---|"
 measure confluent-kafka-consumer "$PY" "$WORK/consume.py" "127.0.0.1:$PORT" "$N"
 measure tributary-kafka-to-delta "$BIN" run "$WORK/load.sql" --data-dir "$WORK/data" --quiet

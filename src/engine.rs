@@ -12,6 +12,8 @@ use arrow::record_batch::RecordBatch;
 use chrono::Utc;
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::ParamValues;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
@@ -152,7 +154,12 @@ impl Engine {
             .with_default_catalog_and_schema("datafusion", "public")
             .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false)
             .set_str("datafusion.sql_parser.dialect", "PostgreSQL");
-        let ctx = SessionContext::new_with_config(config);
+        // Sinks grow while they are queried: DataFusion's list-files cache (on by default, kept
+        // forever) would pin a Parquet sink's query to the files of its first listing.
+        let runtime_env = RuntimeEnvBuilder::new()
+            .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0))
+            .build_arc()?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime_env);
         let df_catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| Error::Internal("DataFusion default catalog missing".into()))?;

@@ -14,12 +14,16 @@ if [ -z "${CARGO_TARGET_DIR:-}" ] && [ ! -e target ]; then
   ln -s "$CACHE/target" target
 fi
 
-# System packages: psql (the real client binary), PostgreSQL server binaries and a C toolchain for librdkafka.
+# System packages: psql (the real client binary), PostgreSQL server binaries, a C toolchain for
+# librdkafka, and Java with Maven for Apache Kafka.
 need_apt=()
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 command -v make >/dev/null || need_apt+=(make)
 command -v gcc >/dev/null || need_apt+=(gcc)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+# Java and Maven: the Apache Kafka broker the Kafka tests run against.
+command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need_apt+=(maven)
 # PostgreSQL server binaries: the CDC tests start throwaway clusters with initdb/pg_ctl.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -40,12 +44,10 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.pkgs" 2>/dev/null)" != "$PY_P
 fi
 export TRIBUTARY_PYTHON="$VENV/bin/python"
 
-# A Kafka-protocol broker for the Kafka tests: tansu, built once and reused.
-TANSU="$CACHE/tansu/bin/tansu"
-if [ ! -x "$TANSU" ]; then
-  cargo install tansu --locked --version 0.6.0 --features dynostore --root "$CACHE/tansu" --target-dir "$CACHE/tansu-target"
-fi
-export TANSU_BIN="$TANSU"
+# Apache Kafka for the Kafka tests: the broker's jars from Maven Central, fetched once and reused
+# (Java 17 is on the machine); each test starts its own single-node KRaft broker from them.
+export KAFKA_LIBS="$CACHE/kafka-4.1.1/libs"
+bash tests/kafka/install.sh "$KAFKA_LIBS"
 
 cargo build --tests --bins
 cargo test --workspace --no-fail-fast -- --test-threads=2

@@ -78,6 +78,15 @@ pub enum ConnectorError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A remote system refused what we sent for a reason that retrying cannot change (a
+    /// constraint or type error): the pipeline fails at once with the server's own words.
+    #[error("{context}: {message}")]
+    Refused {
+        /// What we were doing.
+        context: String,
+        /// The remote system's error, with its code.
+        message: String,
+    },
     /// A record could not be decoded and the pipeline asked to fail on bad records.
     #[error("bad record at {position}: {message}")]
     BadRecord {
@@ -119,6 +128,7 @@ impl ConnectorError {
             | ConnectorError::InvalidOption { .. }
             | ConnectorError::Config(_)
             | ConnectorError::BadRecord { .. }
+            | ConnectorError::Refused { .. }
             | ConnectorError::SchemaChanged(_)
             | ConnectorError::SchemaEvolved { .. } => ErrorKind::User,
             ConnectorError::Io { .. } | ConnectorError::Delta(_) => ErrorKind::External,

@@ -130,10 +130,16 @@ pub struct PartitionLag {
 }
 
 /// How a pipeline reads a source.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ReadOptions {
     /// Stop at the input present when reading starts (a batch run over an unbounded source).
     pub bounded: bool,
+    /// A look at what is there now (`SELECT ... FROM source LIMIT n`): nothing upstream may be
+    /// created, moved or dropped (no replication slot, no publication, no committed offset).
+    pub preview: bool,
+    /// A directory of this reader's own, kept across restarts of its pipeline (`None` for a
+    /// preview): where a source notes what it created upstream, to recognise it later.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// A source and its declaration, as `CREATE SOURCE` gave it.

@@ -134,7 +134,11 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             tracing::info!(epoch, "Resuming from checkpoint.");
         }
 
-        let read = ReadOptions { bounded: job.settings.mode == "batch" };
+        let read = ReadOptions {
+            bounded: job.settings.mode == "batch",
+            preview: false,
+            state_dir: Some(ctx.state_dir.join("source")),
+        };
         let mut committed_position = position.clone();
         let mut source = job.source_connector.open(&job.source_spec, job.source_schema.clone(), position, read).await?;
         let ack = source.ack();

@@ -90,7 +90,11 @@ impl PartitionStream for SourceTable {
                     &this.spec,
                     this.schema.clone(),
                     None,
-                    ReadOptions { bounded: true },
+                    ReadOptions {
+                        bounded: true,
+                        preview: true,
+                        state_dir: None,
+                    },
                 )
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;

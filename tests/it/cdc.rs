@@ -1,12 +1,14 @@
 //! Change data capture end to end against a throwaway PostgreSQL cluster (initdb into a temp dir,
 //! `wal_level = logical`, a free port): snapshot then stream into a Delta upsert sink (read back
 //! by the `deltalake` Python package) and a PostgreSQL upsert sink, under a mixed workload and
-//! SIGKILLs; upstream restarts; schema drift; tables without a key; bad credentials.
+//! SIGKILLs; upstream restarts; schema drift; tables without a key; bad credentials; previews and
+//! slots that are not the pipeline's own; sink errors that retrying cannot fix.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use rand::Rng;
 use tokio_postgres::{Client, NoTls};
 
 use crate::harness::*;
@@ -318,12 +320,13 @@ async fn cdc_into_delta_and_postgres_exactly_once_across_sigkills() {
 
     // The workload runs while Tributary is killed three times.
     const ROUNDS: u64 = 3000;
+    let mut rng = seeded_rng("cdc_into_delta_and_postgres_exactly_once_across_sigkills");
+    let kill_after: Vec<u64> = (0..3).map(|_| rng.random_range(800..3300)).collect();
     let load = tokio::spawn(workload(pg.client("shop").await, ROUNDS, ROWS + 1));
-    for i in 0..3 {
-        let wait = Duration::from_millis(800 + (rand::random::<u64>() % 2500));
-        tokio::time::sleep(wait).await; // a random moment to kill at, not synchronisation
+    for ms in kill_after {
+        // A random moment to kill at (seeded), not synchronisation.
+        tokio::time::sleep(Duration::from_millis(ms)).await;
         server.kill9();
-        assert!(i < 3);
         server = Server::start(&data).await;
     }
     load.await.unwrap();
@@ -616,21 +619,26 @@ async fn cdc_schema_drift_reaches_both_sinks_or_stops_the_pipeline() {
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let lake = tmp.path().join("lake");
+    let changelog = tmp.path().join("changelog");
     let server = Server::start(&data).await;
     let c = server.client().await;
     c.batch_execute(&format!(
         "CREATE SOURCE a WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers');
          CREATE SOURCE b WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers');
          CREATE SOURCE strict WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers', on_schema_change = 'fail');
+         CREATE SOURCE d WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers');
+         CREATE SINK changelog WITH (connector = 'delta', path = '{changelog}');
          CREATE SINK wh WITH (connector = 'postgres', url = '{wh}', table = 'customers_all', mode = 'upsert');
          CREATE SINK lake WITH (connector = 'delta', path = '{lake}', mode = 'upsert');
          CREATE SINK strict_wh WITH (connector = 'postgres', url = '{wh}', table = 'customers_strict', mode = 'upsert');
          CREATE PIPELINE pa WITH (checkpoint_interval = '200ms') AS INSERT INTO wh SELECT * FROM a;
          CREATE PIPELINE pb WITH (checkpoint_interval = '200ms') AS INSERT INTO lake SELECT * FROM b;
-         CREATE PIPELINE ps WITH (checkpoint_interval = '200ms') AS INSERT INTO strict_wh SELECT id, name FROM strict;",
+         CREATE PIPELINE ps WITH (checkpoint_interval = '200ms') AS INSERT INTO strict_wh SELECT id, name FROM strict;
+         CREATE PIPELINE pd WITH (checkpoint_interval = '200ms') AS INSERT INTO changelog SELECT * FROM d;",
         url = pg.url("shop"),
         wh = pg.url("warehouse"),
-        lake = lake.display()
+        lake = lake.display(),
+        changelog = changelog.display()
     ))
     .await
     .unwrap();
@@ -667,6 +675,15 @@ async fn cdc_schema_drift_reaches_both_sinks_or_stops_the_pipeline() {
             &[lake.to_str().unwrap()],
         );
         (out == "101 ['gold', 'gold', 'gold', 'gold', 'gold', 'silver']").then_some(())
+    })
+    .await;
+    // An append Delta sink gains the column too: earlier rows read NULL in it.
+    poll(Duration::from_secs(90), "the new column in the append Delta sink", || async {
+        let out = run_python(
+            "import sys, deltalake\nt = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()\nprint(t.num_rows, sorted(x for x in t.column('tier').to_pylist() if x) if 'tier' in t.column_names else None)",
+            &[changelog.to_str().unwrap()],
+        );
+        (out == "106 ['gold', 'gold', 'gold', 'gold', 'gold', 'silver']").then_some(())
     })
     .await;
     // on_schema_change = 'fail' stops its pipeline with an error naming the column.
@@ -740,4 +757,262 @@ async fn cdc_schema_drift_reaches_both_sinks_or_stops_the_pipeline() {
     )
     .await;
     assert!(e.contains("\"id\"") && e.contains("changed type"), "{e}");
+}
+
+/// The slot's confirmed LSN upstream, `None` when the slot does not exist.
+async fn slot_confirmed(c: &Client, slot: &str) -> Option<String> {
+    c.query_opt(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+async fn error_of(c: &tokio_postgres::Client, pipeline: &str) -> String {
+    scalar(
+        c,
+        &format!("SELECT coalesce(error, '') FROM tributary.pipelines WHERE name = '{pipeline}'"),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_previews_and_foreign_slots_lose_nothing() {
+    let pg = PgCluster::start("logical");
+    let shop = setup_source_db(&pg, 100).await;
+    let warehouse = pg.client("warehouse").await;
+    let (tmp, server) = start_fresh().await;
+    let lake = tmp.path().join("lake");
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE cust WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers');
+         CREATE SINK lake WITH (connector = 'delta', path = '{lake}', mode = 'upsert', key = 'id');
+         CREATE PIPELINE p WITH (checkpoint_interval = '200ms') AS INSERT INTO lake SELECT id, name, _op FROM cust;",
+        url = pg.url("shop"),
+        lake = lake.display()
+    ))
+    .await
+    .unwrap();
+    let lake_count = || async { scalar(&c, "SELECT count(*) FROM lake").await };
+    poll(
+        Duration::from_secs(60),
+        "the snapshot in the lake",
+        || async { (lake_count().await == "100").then_some(()) },
+    )
+    .await;
+
+    // A second pipeline on the source is refused at CREATE, naming the one that holds it.
+    c.batch_execute(&format!(
+        "CREATE SINK lake2 WITH (connector = 'delta', path = '{}')",
+        tmp.path().join("lake2").display()
+    ))
+    .await
+    .unwrap();
+    let err = c
+        .batch_execute("CREATE PIPELINE p2 AS INSERT INTO lake2 SELECT id FROM cust")
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "55000", "{}", db.message());
+    assert!(db.message().contains("\"p\""), "{}", db.message());
+
+    // Stop; insert; preview; insert; start: both batches of inserts reach the sink, and the
+    // preview neither moved nor replaced the slot.
+    c.batch_execute("STOP PIPELINE p").await.unwrap();
+    wait_state(&c, "p", "stopped").await;
+    shop.batch_execute(
+        "INSERT INTO customers SELECT g, 'first' || g, 1, now() FROM generate_series(101, 150) g",
+    )
+    .await
+    .unwrap();
+    let before = slot_confirmed(&shop, "tributary_cust").await;
+    assert!(before.is_some());
+    let preview = query(&c, "SELECT id, name FROM cust LIMIT 5").await;
+    assert_eq!(preview.len(), 5, "{preview:?}");
+    let newest = query(&c, "SELECT id FROM cust WHERE id > 140 LIMIT 100").await;
+    assert_eq!(
+        newest.len(),
+        10,
+        "a preview reads the table as it is now: {newest:?}"
+    );
+    assert_eq!(slot_confirmed(&shop, "tributary_cust").await, before);
+    shop.batch_execute(
+        "INSERT INTO customers SELECT g, 'second' || g, 1, now() FROM generate_series(151, 200) g",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("START PIPELINE p").await.unwrap();
+    poll(
+        Duration::from_secs(60),
+        "both batches of inserts in the lake",
+        || async { (lake_count().await == "200").then_some(()) },
+    )
+    .await;
+
+    // Previewing a source no pipeline reads creates no slot and no publication.
+    c.batch_execute(&format!(
+        "CREATE SOURCE fresh WITH (connector = 'postgres-cdc', url = '{}', table = 'customers')",
+        pg.url("shop")
+    ))
+    .await
+    .unwrap();
+    let newest = query(&c, "SELECT id FROM fresh WHERE id > 195 LIMIT 50").await;
+    assert_eq!(newest.len(), 5, "{newest:?}");
+    assert_eq!(slot_confirmed(&shop, "tributary_fresh").await, None);
+    let publications = count(&shop, "pg_publication WHERE pubname = 'tributary_fresh'").await;
+    assert_eq!(publications, Some(0));
+
+    // A slot that exists at a pipeline's first start is not ours: an error naming it, and the
+    // slot is left alone; existing_slot = 'adopt' streams from it without a snapshot.
+    shop.batch_execute("SELECT pg_create_logical_replication_slot('tributary_orphan', 'pgoutput')")
+        .await
+        .unwrap();
+    let orphan_at = slot_confirmed(&shop, "tributary_orphan").await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE orphan WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers');
+         CREATE SINK orphan_wh WITH (connector = 'postgres', url = '{wh}', table = 'orphan', mode = 'upsert');
+         CREATE PIPELINE po WITH (checkpoint_interval = '200ms') AS INSERT INTO orphan_wh SELECT id, name, _op FROM orphan;",
+        url = pg.url("shop"),
+        wh = pg.url("warehouse")
+    ))
+    .await
+    .unwrap();
+    wait_state(&c, "po", "failed").await;
+    let e = error_of(&c, "po").await;
+    assert!(
+        e.contains("tributary_orphan")
+            && e.contains("pg_drop_replication_slot")
+            && e.contains("adopt"),
+        "{e}"
+    );
+    assert_eq!(slot_confirmed(&shop, "tributary_orphan").await, orphan_at);
+    c.batch_execute(&format!(
+        "DROP PIPELINE po; DROP SOURCE orphan KEEP SLOT;
+         CREATE SOURCE orphan WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers', existing_slot = 'adopt');
+         CREATE PIPELINE po WITH (checkpoint_interval = '200ms') AS INSERT INTO orphan_wh SELECT id, name, _op FROM orphan;",
+        url = pg.url("shop"),
+    ))
+    .await
+    .unwrap();
+    wait_state(&c, "po", "running").await;
+    shop.batch_execute("UPDATE customers SET name = 'adopted' WHERE id = 7")
+        .await
+        .unwrap();
+    // Only what changed after the slot's position arrives: no snapshot copies the table.
+    poll(
+        Duration::from_secs(60),
+        "the adopted slot's changes",
+        || async {
+            let n = count(&warehouse, "orphan").await?;
+            let seven = count(&warehouse, "orphan WHERE id = 7 AND name = 'adopted'").await?;
+            (n == 1 && seven == 1).then_some(())
+        },
+    )
+    .await;
+
+    // A slot held by another consumer while the pipeline resumes is reported as such (not as an
+    // unreachable server), and the pipeline carries on once the slot is released.
+    c.batch_execute("STOP PIPELINE p").await.unwrap();
+    wait_state(&c, "p", "stopped").await;
+    let mut holder = Command::new(pg_bin().join("pg_recvlogical"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "shop",
+            "-S",
+            "tributary_cust",
+            "--start",
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=tributary_cust",
+            "-f",
+            "/dev/null",
+            "--no-loop",
+        ])
+        .env("PGPASSWORD", PASSWORD)
+        .spawn()
+        .expect("pg_recvlogical");
+    poll(
+        Duration::from_secs(30),
+        "pg_recvlogical to hold the slot",
+        || async {
+            let active = count(
+                &shop,
+                "pg_replication_slots WHERE slot_name = 'tributary_cust' AND active",
+            )
+            .await?;
+            (active == 1).then_some(())
+        },
+    )
+    .await;
+    c.batch_execute("START PIPELINE p").await.unwrap();
+    let e = poll(
+        Duration::from_secs(60),
+        "the busy slot in the pipeline's error",
+        || async {
+            let e = error_of(&c, "p").await;
+            (!e.is_empty()).then_some(e)
+        },
+    )
+    .await;
+    assert!(e.contains("in use by another consumer"), "{e}");
+    holder.kill().unwrap();
+    let _ = holder.wait();
+    shop.batch_execute("INSERT INTO customers VALUES (201, 'after release', 1, now())")
+        .await
+        .unwrap();
+    poll(
+        Duration::from_secs(90),
+        "the pipeline to resume after the release",
+        || async { (lake_count().await == "201").then_some(()) },
+    )
+    .await;
+    assert_eq!(error_of(&c, "p").await, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sink_fails_at_once_on_errors_retrying_cannot_fix() {
+    let pg = PgCluster::start("replica");
+    let admin = pg.client("postgres").await;
+    admin
+        .batch_execute("CREATE TABLE checked (id bigint, amount bigint CHECK (amount >= 0))")
+        .await
+        .unwrap();
+    let (tmp, server) = start_fresh().await;
+    let files = tmp.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("a.csv"), "id,amount\n1,10\n2,-5\n").unwrap();
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE amounts (id BIGINT, amount BIGINT) WITH (connector = 'file', path = '{files}', format = 'csv');
+         CREATE SINK checked WITH (connector = 'postgres', url = '{url}', table = 'checked');
+         CREATE PIPELINE load AS INSERT INTO checked SELECT * FROM amounts;",
+        files = files.display(),
+        url = pg.url("postgres")
+    ))
+    .await
+    .unwrap();
+    // Retrying a constraint violation took ten attempts over 40 s; it now fails on the first.
+    let started = std::time::Instant::now();
+    wait_state(&c, "load", "failed").await;
+    let e = error_of(&c, "load").await;
+    assert!(
+        e.contains("checked_amount_check") && e.contains("23514"),
+        "{e}"
+    );
+    assert!(!server.log().contains("retrying"), "{}", server.log());
+    eprintln!("failed after {:?}", started.elapsed());
+    assert_eq!(
+        count(&admin, "checked").await,
+        Some(0),
+        "nothing of the epoch is applied"
+    );
 }

@@ -208,27 +208,35 @@ async fn streaming_file_source_picks_up_new_files() {
     c.batch_execute(&format!(
         "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) WITH (connector = 'file', path = '{}/*.csv');
          CREATE SINK lake WITH (connector = 'delta', path = '{}');
-         CREATE PIPELINE watch WITH (mode = 'streaming', checkpoint_interval = '200ms') AS INSERT INTO lake SELECT id, amount FROM orders;",
+         CREATE SINK files WITH (connector = 'parquet', path = '{}');
+         CREATE PIPELINE watch WITH (mode = 'streaming', checkpoint_interval = '200ms') AS INSERT INTO lake SELECT id, amount FROM orders;
+         CREATE PIPELINE watch_pq WITH (mode = 'streaming', checkpoint_interval = '200ms') AS INSERT INTO files SELECT id, amount FROM orders;",
         input.display(),
-        lake.display()
+        lake.display(),
+        tmp.path().join("files").display()
     ))
     .await
     .unwrap();
-    let count = || async {
-        scalar(&c, "SELECT count(*) FROM lake")
-            .await
-            .parse::<u64>()
-            .unwrap_or(0)
+    let count_in = |sink: &'static str| {
+        let c = &c;
+        async move {
+            scalar(c, &format!("SELECT count(*) FROM {sink}"))
+                .await
+                .parse::<u64>()
+                .unwrap_or(0)
+        }
     };
+    let count = || count_in("lake");
     poll(Duration::from_secs(60), "the first file", || async {
-        (count().await == 1000).then_some(())
+        (count().await == 1000 && count_in("files").await == 1000).then_some(())
     })
     .await;
     // A file that appears later (written elsewhere, renamed in) is picked up while the pipeline runs.
     write_csv(&staging, "b", 1, 500, next);
     std::fs::rename(staging.join("b-0000.csv"), input.join("b-0000.csv")).unwrap();
+    // Queries of a Parquet sink see every file committed since the last query (no stale listing).
     poll(Duration::from_secs(60), "the new file", || async {
-        (count().await == 1500).then_some(())
+        (count().await == 1500 && count_in("files").await == 1500).then_some(())
     })
     .await;
     assert_eq!(
@@ -298,4 +306,57 @@ async fn customers(c: &tokio_postgres::Client) -> Vec<String> {
         .into_iter()
         .map(|r| r[0].clone().unwrap())
         .collect()
+}
+
+/// A line longer than `max_record_bytes` is rejected with its position instead of growing the
+/// read block without limit; a long line under the limit is read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_longer_than_max_record_bytes_are_rejected_with_their_line() {
+    let (tmp, server) = start_fresh().await;
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let long = |n: usize| "x".repeat(n);
+    let lines = [
+        r#"{"id": 1, "s": "a"}"#.to_string(),
+        format!(r#"{{"id": 2, "s": "{}"}}"#, long(6 << 20)),
+        format!(r#"{{"id": 3, "s": "{}"}}"#, long(12 << 20)),
+        r#"{"id": 4, "s": "d"}"#.to_string(),
+    ];
+    std::fs::write(input.join("big.json"), lines.join("\n") + "\n").unwrap();
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE big (id BIGINT, s TEXT) WITH (connector = 'file', path = '{}/*.json', max_record_bytes = '8388608');
+         CREATE SINK out WITH (connector = 'parquet', path = '{}');
+         CREATE PIPELINE load AS INSERT INTO out SELECT id, length(s) AS len FROM big;",
+        input.display(),
+        tmp.path().join("out").display()
+    ))
+    .await
+    .unwrap();
+    wait_state(&c, "load", "completed").await;
+    let rows = query(&c, "SELECT id, len FROM out ORDER BY id").await;
+    let rows: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{}:{}", r[0].clone().unwrap(), r[1].clone().unwrap()))
+        .collect();
+    assert_eq!(
+        rows,
+        vec!["1:1".to_string(), format!("2:{}", 6 << 20), "4:1".into()]
+    );
+    let errors = query(
+        &c,
+        "SELECT position, error, length(raw) FROM tributary.errors WHERE pipeline = 'load'",
+    )
+    .await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = &errors[0];
+    assert!(e[0].as_deref().unwrap().ends_with("big.json:3"), "{e:?}");
+    assert!(
+        e[1].as_deref().unwrap().contains("max_record_bytes"),
+        "{e:?}"
+    );
+    assert!(
+        e[2].as_deref().unwrap().parse::<u64>().unwrap() <= 4096,
+        "{e:?}"
+    );
 }

@@ -1,6 +1,7 @@
-//! Kafka end to end against a real Kafka-protocol broker (tansu) with an independent producer
-//! and consumer (Python confluent-kafka): exactly once into Delta across SIGKILLs, stop/start,
-//! bad records, lag, batch mode, and the Kafka sink.
+//! Kafka end to end against Apache Kafka (a single-node KRaft broker started from the jars
+//! tests/kafka/install.sh fetches) with an independent producer and consumer (Python
+//! confluent-kafka): exactly once into Delta across SIGKILLs, stop/start, bad records, lag,
+//! batch mode, and the Kafka sink.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,46 +10,97 @@ use rand::Rng;
 
 use crate::harness::*;
 
-/// A tansu broker on a free port, storing in memory; killed when dropped.
+/// An Apache Kafka broker (KRaft, broker and controller in one process) on free ports, with its
+/// log directory in a temporary directory; killed when dropped.
 pub struct Broker {
     child: Child,
+    dir: tempfile::TempDir,
     pub bootstrap: String,
 }
 
+/// Any valid cluster id: each broker formats its own fresh log directory.
+const CLUSTER_ID: &str = "q1Sh-9_ISia_zwGINzRvyQ";
+
 impl Broker {
     pub async fn start() -> Broker {
-        let bin = std::env::var("TANSU_BIN").unwrap_or_else(|_| {
+        let libs = std::env::var("KAFKA_LIBS").unwrap_or_else(|_| {
             format!(
-                "{}/.cache/tributary/tansu/bin/tansu",
+                "{}/.cache/tributary/kafka-4.1.1/libs",
                 std::env::var("HOME").unwrap_or_default()
             )
         });
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        assert!(
+            std::path::Path::new(&libs).join(".complete").exists(),
+            "no Apache Kafka jars in {libs}: tests/run.sh fetches them (bash tests/kafka/install.sh {libs})"
+        );
+        let classpath = format!("{libs}/*");
+        let dir = tempfile::tempdir().unwrap();
+        let (port, controller_port) = (free_port(), free_port());
+        let config = dir.path().join("server.properties");
+        std::fs::write(
+            &config,
+            format!(
+                "process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs={}
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+group.initial.rebalance.delay.ms=0
+",
+                dir.path().join("logs").display()
+            ),
+        )
+        .unwrap();
+        let java = |log: &str| {
+            let log = std::fs::File::create(dir.path().join(log)).unwrap();
+            let mut cmd = Command::new("java");
+            cmd.args(["-Xmx1g", "-cp", &classpath])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log);
+            cmd
+        };
+        let formatted = java("format.log")
+            .args(["kafka.tools.StorageTool", "format", "-t", CLUSTER_ID, "-c"])
+            .arg(&config)
+            .status()
+            .expect("running java (tests/run.sh installs it)");
+        assert!(
+            formatted.success(),
+            "formatting the Kafka log directory failed: {}",
+            std::fs::read_to_string(dir.path().join("format.log")).unwrap_or_default()
+        );
+        let mut child = java("broker.log")
+            .arg("kafka.Kafka")
+            .arg(&config)
             .spawn()
-            .unwrap_or_else(|e| panic!("starting tansu at {bin} (tests/run.sh installs it): {e}"));
-        let deadline = Instant::now() + Duration::from_secs(30);
+            .expect("starting the Kafka broker");
+        let deadline = Instant::now() + Duration::from_secs(90);
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_err()
         {
-            assert!(Instant::now() < deadline, "tansu did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let log = || std::fs::read_to_string(dir.path().join("broker.log")).unwrap_or_default();
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the Kafka broker exited ({status}): {}", log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Kafka broker did not start: {}",
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Broker {
             child,
+            dir,
             bootstrap: format!("127.0.0.1:{port}"),
         }
     }
@@ -104,6 +156,15 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- Kafka broker log (last lines) ---");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 

@@ -168,22 +168,26 @@ impl Sink for DeltaSink {
         self.writer_id = ctx.writer_id.clone();
         let props = crate::parquet::writer_properties();
         match open_existing(&self.opts.url).await? {
-            Some(table) => {
+            Some(mut table) => {
                 let existing = table.snapshot()?.snapshot().arrow_schema();
-                for field in schema.fields() {
-                    if existing.field_with_name(field.name()).is_err() {
-                        return Err(ConnectorError::Config(format!(
-                            "Delta table {} has no column '{}' (it has: {})",
-                            self.opts.url,
-                            field.name(),
-                            existing
-                                .fields()
-                                .iter()
-                                .map(|f| f.name().as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )));
-                    }
+                // Columns the pipeline now writes and the table lacks (a column added upstream
+                // and propagated, a widened SELECT) are added to the table as nullable columns:
+                // rows already there read NULL for them, as in delta-rs's schema merge.
+                let missing: Vec<arrow::datatypes::Field> = schema
+                    .fields()
+                    .iter()
+                    .filter(|f| existing.field_with_name(f.name()).is_err())
+                    .map(|f| f.as_ref().clone().with_nullable(true))
+                    .collect();
+                if !missing.is_empty() {
+                    let names: Vec<String> = missing.iter().map(|f| f.name().clone()).collect();
+                    let added: StructType =
+                        (&arrow::datatypes::Schema::new(missing)).try_into_kernel()?;
+                    table = table
+                        .add_columns()
+                        .with_fields(added.fields().cloned().collect::<Vec<_>>())
+                        .await?;
+                    tracing::info!(table = %self.opts.url, columns = %names.join(", "), "Added columns to the Delta table.");
                 }
                 self.writer =
                     Some(RecordBatchWriter::for_table(&table)?.with_writer_properties(props));

@@ -58,7 +58,16 @@ const OPTIONS: &[OptionSpec] = &[
         "csv: whether the first line holds column names (default true)",
     ),
     OptionSpec::optional("delimiter", "csv: field delimiter (default ',')"),
+    OptionSpec::optional(
+        "max_record_bytes",
+        "csv, json: longest record accepted (default 64 MB); a longer one is rejected into tributary.errors",
+    ),
 ];
+
+/// Longest CSV or JSON record read by default: a longer one is a bad record, not a bigger block.
+const DEFAULT_MAX_RECORD_BYTES: u64 = 64 << 20;
+/// Bytes of a rejected record kept in its error entry.
+const RAW_EXCERPT_BYTES: usize = 4096;
 
 /// File formats the source reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +91,8 @@ pub struct FileSourceOptions {
     pub header: bool,
     /// CSV: field delimiter.
     pub delimiter: u8,
+    /// CSV, JSON: longest record read; longer ones are rejected with their position.
+    pub max_record_bytes: u64,
 }
 
 impl FileSourceOptions {
@@ -117,6 +128,10 @@ impl FileSourceOptions {
             format,
             header: opts.get_bool("header", true)?,
             delimiter: opts.get_byte("delimiter", b',')?,
+            max_record_bytes: opts
+                .get_u64("max_record_bytes")?
+                .unwrap_or(DEFAULT_MAX_RECORD_BYTES)
+                .max(1),
         })
     }
 }
@@ -312,6 +327,64 @@ struct FileSource {
     parallelism: usize,
 }
 
+/// Where a record that is too long ends, found by reading past it block by block.
+struct SkippedRecord {
+    /// Offset just after the record's line end (or the file's end).
+    end: u64,
+    /// Line ends inside and at the end of the record.
+    newlines: u64,
+    /// Its first bytes, for the error entry.
+    excerpt: String,
+}
+
+/// Finds the end of the record starting at `offset`: the first line end outside quotes (CSV) or
+/// the first line end (JSON lines), reading one block at a time so memory stays bounded.
+async fn skip_record(
+    store: &Arc<dyn ObjectStore>,
+    location: &Path,
+    offset: u64,
+    size: u64,
+    csv: bool,
+) -> Result<SkippedRecord> {
+    let mut at = offset;
+    let mut newlines = 0u64;
+    let mut in_quotes = false;
+    let mut excerpt = Vec::new();
+    while at < size {
+        let end = (at + BLOCK_BYTES).min(size);
+        let buf = store
+            .get_range(location, at..end)
+            .await
+            .map_err(|e| ConnectorError::io(format!("reading {location}"), e))?;
+        if excerpt.len() < RAW_EXCERPT_BYTES {
+            let take = (RAW_EXCERPT_BYTES - excerpt.len()).min(buf.len());
+            excerpt.extend_from_slice(&buf[..take]);
+        }
+        for (i, b) in buf.iter().enumerate() {
+            match b {
+                b'"' if csv => in_quotes = !in_quotes,
+                b'\n' => {
+                    newlines += 1;
+                    if !in_quotes {
+                        return Ok(SkippedRecord {
+                            end: at + i as u64 + 1,
+                            newlines,
+                            excerpt: String::from_utf8_lossy(&excerpt).into_owned(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        at = end;
+    }
+    Ok(SkippedRecord {
+        end: size,
+        newlines,
+        excerpt: String::from_utf8_lossy(&excerpt).into_owned(),
+    })
+}
+
 /// A block of CSV or JSON records handed to the blocking pool.
 struct DecodeJob {
     decoded: tokio::task::JoinHandle<(RecordBatch, Vec<BadRecord>)>,
@@ -336,15 +409,39 @@ impl FileSource {
         &self.opts.location.store
     }
 
-    fn finish_file(&mut self, path: &Path) -> SourcePosition {
+    fn finish_file(&mut self, path: &Path) -> Result<SourcePosition> {
         self.position.done.insert(path.to_string());
         self.position.current = None;
         self.reader = None;
         self.position_value()
     }
 
-    fn position_value(&self) -> SourcePosition {
-        SourcePosition(serde_json::to_value(&self.position).unwrap_or_default())
+    /// The position after a block of `path` that ends at byte `offset`, before line `line`;
+    /// `done` when the block reached the end of the file.
+    fn position_after(
+        &mut self,
+        path: &Path,
+        offset: u64,
+        line: u64,
+        done: bool,
+    ) -> Result<SourcePosition> {
+        if done {
+            return self.finish_file(path);
+        }
+        self.position.current = Some(FileOffset {
+            path: path.to_string(),
+            offset,
+            line,
+        });
+        self.position_value()
+    }
+
+    /// The position as stored in checkpoints. One that cannot be encoded fails the epoch: a
+    /// null position would mean "read every file again".
+    fn position_value(&self) -> Result<SourcePosition> {
+        serde_json::to_value(&self.position)
+            .map(SourcePosition)
+            .map_err(|e| ConnectorError::Internal(format!("encoding the file position: {e}")))
     }
 
     async fn open_next(&mut self) -> Result<bool> {
@@ -389,6 +486,9 @@ impl FileSource {
     /// `None` when no CSV/JSON file is open.
     async fn next_block(&mut self) -> Result<Option<DecodeJob>> {
         let store = self.store().clone();
+        let schema = self.schema.clone();
+        let max_record = self.opts.max_record_bytes;
+        let csv = self.opts.format == FileFormat::Csv;
         let Some(OpenFile::Lines { meta, offset, line }) = self.reader.as_mut() else {
             return Ok(None);
         };
@@ -418,9 +518,31 @@ impl FileSource {
                 records.remove(0);
             }
             if records.is_empty() && !eof {
+                if used == 0 && want >= max_record {
+                    // Longer than max_record_bytes: skip it without holding it, and say where it was.
+                    let skipped =
+                        skip_record(&store, &meta.location, *offset, meta.size, csv).await?;
+                    let bad = BadRecord {
+                        position: format!("{file}:{line}"),
+                        message: format!(
+                            "record longer than max_record_bytes ({max_record} bytes): {} bytes",
+                            skipped.end - *offset
+                        ),
+                        raw: skipped.excerpt,
+                    };
+                    *offset = skipped.end;
+                    *line += skipped.newlines;
+                    let (path, at, next, done) =
+                        (meta.location.clone(), *offset, *line, *offset >= meta.size);
+                    let position = self.position_after(&path, at, next, done)?;
+                    let decoded = tokio::task::spawn_blocking(move || {
+                        (RecordBatch::new_empty(schema), vec![bad])
+                    });
+                    return Ok(Some(DecodeJob { decoded, position }));
+                }
                 if used == 0 {
-                    // A record longer than a block: read a larger one.
-                    want = want.saturating_mul(2);
+                    // A record longer than a block: read a larger one, up to max_record_bytes.
+                    want = want.saturating_mul(2).min(max_record.max(BLOCK_BYTES));
                 } else {
                     // Only blank lines.
                     *offset += used as u64;
@@ -434,17 +556,8 @@ impl FileSource {
                 .ok_or_else(|| ConnectorError::Internal("no decoder".into()))?;
             *offset += used as u64;
             *line = next_line;
-            let position = if eof {
-                let path = meta.location.clone();
-                self.finish_file(&path)
-            } else {
-                self.position.current = Some(FileOffset {
-                    path: meta.location.to_string(),
-                    offset: *offset,
-                    line: *line,
-                });
-                self.position_value()
-            };
+            let (path, at) = (meta.location.clone(), *offset);
+            let position = self.position_after(&path, at, next_line, eof)?;
             let decoded = tokio::task::spawn_blocking(move || {
                 decode_records(decoder.as_ref(), &buf[..used], &records, &|r| {
                     format!("{file}:{}", r.line)
@@ -486,11 +599,11 @@ impl FileSource {
                     offset: *rows,
                     line: 0,
                 });
-                Ok(Some(SourceBatch::new(batch, self.position_value())))
+                Ok(Some(SourceBatch::new(batch, self.position_value()?)))
             }
             None => {
                 let path = meta.location.clone();
-                let position = self.finish_file(&path);
+                let position = self.finish_file(&path)?;
                 Ok(Some(SourceBatch::new(
                     RecordBatch::new_empty(schema),
                     position,

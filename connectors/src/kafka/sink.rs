@@ -94,21 +94,10 @@ impl Sink for KafkaSink {
         w.write(&batch)?;
         w.finish()?;
         let body = w.into_inner();
-        let keys: Option<Vec<Option<String>>> = self.key_index.map(|i| {
-            let col = arrow::compute::cast(batch.column(i), &arrow::datatypes::DataType::Utf8).ok();
-            let col = col.as_ref().and_then(|c| {
-                c.as_any()
-                    .downcast_ref::<arrow::array::StringArray>()
-                    .cloned()
-            });
-            (0..batch.num_rows())
-                .map(|r| {
-                    col.as_ref()
-                        .filter(|c| c.is_valid(r))
-                        .map(|c| c.value(r).to_string())
-                })
-                .collect()
-        });
+        let keys = match self.key_index {
+            Some(i) => Some(message_keys(&batch, i)?),
+            None => None,
+        };
         for (row, line) in body
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
@@ -153,5 +142,55 @@ impl KafkaSink {
             }
         }
         Ok(())
+    }
+}
+
+/// The key column of `batch` as message keys. A column that cannot be turned into text fails the
+/// epoch: sending the messages without keys would silently change how they are partitioned and
+/// compacted.
+fn message_keys(batch: &RecordBatch, i: usize) -> Result<Vec<Option<String>>> {
+    let name = batch.schema().field(i).name().clone();
+    let col =
+        arrow::compute::cast(batch.column(i), &arrow::datatypes::DataType::Utf8).map_err(|e| {
+            ConnectorError::Config(format!(
+                "the key column \"{name}\" of the Kafka sink cannot be turned into text: {e}"
+            ))
+        })?;
+    let col = col
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .ok_or_else(|| {
+            ConnectorError::Internal(format!("key column \"{name}\" cast to text is not text"))
+        })?;
+    Ok((0..batch.num_rows())
+        .map(|r| col.is_valid(r).then(|| col.value(r).to_string()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Int64Array, StructArray};
+    use arrow::datatypes::{DataType, Field};
+    use arrow::record_batch::RecordBatch;
+
+    use super::message_keys;
+
+    #[test]
+    fn keys_are_text_or_the_epoch_fails() {
+        let ids: ArrayRef = Arc::new(Int64Array::from(vec![Some(7), None]));
+        let batch = RecordBatch::try_from_iter([("id", ids.clone())]).unwrap();
+        assert_eq!(
+            message_keys(&batch, 0).unwrap(),
+            vec![Some("7".to_string()), None]
+        );
+        let nested: ArrayRef = Arc::new(StructArray::from(vec![(
+            Arc::new(Field::new("a", DataType::Int64, true)),
+            ids,
+        )]));
+        let batch = RecordBatch::try_from_iter([("k", nested)]).unwrap();
+        let e = message_keys(&batch, 0).unwrap_err().to_string();
+        assert!(e.contains("\"k\"") && e.contains("text"), "{e}");
     }
 }

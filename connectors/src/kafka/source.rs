@@ -32,10 +32,6 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a batch waits for more messages before it is handed on.
 const LINGER: Duration = Duration::from_millis(100);
 const LAG_REFRESH: Duration = Duration::from_secs(1);
-/// On resume, fetching starts this many offsets before the checkpointed one and the source
-/// drops what it already read. A broker must return the whole record batch holding the requested
-/// offset; tansu 0.6 instead skips to the next batch, which would lose the batch's tail.
-const RESUME_REWIND: i64 = 10_000;
 
 /// `connector = 'kafka'` as a source.
 pub struct KafkaSourceConnector;
@@ -174,12 +170,7 @@ impl SourceConnector for KafkaSourceConnector {
                     };
                     starts.insert(pt, start);
                     ends.insert(pt, high);
-                    let fetch_from = if position.offsets.contains_key(&pt) {
-                        (start - RESUME_REWIND).max(low)
-                    } else {
-                        start
-                    };
-                    tpl.add_partition_offset(&topic, pt, Offset::Offset(fetch_from))
+                    tpl.add_partition_offset(&topic, pt, Offset::Offset(start))
                         .map_err(|e| kafka_error("assigning partitions", e))?;
                 }
                 let consumer: StreamConsumer = cfg
@@ -210,7 +201,6 @@ impl SourceConnector for KafkaSourceConnector {
             decoder,
             offsets,
             stop_at: read.bounded.then_some(ends),
-            confirmed: Default::default(),
             meta: Arc::new(
                 client_config(&spec.options)
                     .create::<BaseConsumer>()
@@ -235,8 +225,6 @@ struct KafkaSource {
     offsets: BTreeMap<i32, i64>,
     /// Batch mode: the end offsets present at start.
     stop_at: Option<BTreeMap<i32, i64>>,
-    /// Batch mode: partitions whose end was checked against a fetch response's high watermark.
-    confirmed: std::collections::BTreeSet<i32>,
     /// A client for watermark queries, separate from the consumer.
     meta: Arc<BaseConsumer>,
     refreshing: Arc<std::sync::atomic::AtomicBool>,
@@ -246,55 +234,10 @@ struct KafkaSource {
 
 impl KafkaSource {
     fn done(&self) -> bool {
-        match &self.stop_at {
-            Some(ends) => {
-                self.confirmed.len() == ends.len()
-                    && ends
-                        .iter()
-                        .all(|(p, end)| self.offsets.get(p).copied().unwrap_or(0) >= *end)
-            }
-            None => false,
-        }
-    }
-
-    /// The high watermark of the last fetch response for `partition`, from librdkafka's cache.
-    /// Some brokers (tansu 0.6) answer ListOffsets with the last batch's base offset, below the
-    /// true end; fetch responses carry the right value.
-    fn fetched_high(&self, partition: i32) -> Option<i64> {
-        let topic = std::ffi::CString::new(self.topic.as_str()).ok()?;
-        let (mut low, mut high) = (-1i64, -1i64);
-        // SAFETY: the client pointer lives as long as `self.consumer`; the call only reads
-        // librdkafka's watermark cache into the two out-parameters.
-        let err = unsafe {
-            rdkafka::bindings::rd_kafka_get_watermark_offsets(
-                self.consumer.client().native_ptr(),
-                topic.as_ptr(),
-                partition,
-                &mut low,
-                &mut high,
-            )
-        };
-        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
-            .then_some(high)
-    }
-
-    /// Batch mode: raises each partition's end to the first fetched high watermark.
-    fn confirm_ends(&mut self) {
-        let Some(ends) = &self.stop_at else { return };
-        let pending: Vec<i32> = ends
-            .keys()
-            .filter(|p| !self.confirmed.contains(p))
-            .copied()
-            .collect();
-        for p in pending {
-            if let Some(high) = self.fetched_high(p) {
-                if let Some(ends) = self.stop_at.as_mut() {
-                    let e = ends.entry(p).or_insert(0);
-                    *e = (*e).max(high);
-                }
-                self.confirmed.insert(p);
-            }
-        }
+        self.stop_at.as_ref().is_some_and(|ends| {
+            ends.iter()
+                .all(|(p, end)| self.offsets.get(p).copied().unwrap_or(0) >= *end)
+        })
     }
 
     fn refresh_lag(&mut self) {
@@ -335,14 +278,15 @@ impl KafkaSource {
             .map(|(p, high)| PartitionLag {
                 partition: p.to_string(),
                 position: self.offsets.get(p).copied().unwrap_or(0),
-                latest: (*high).max(self.fetched_high(*p).unwrap_or(0)),
+                latest: *high,
                 confirmed: None,
                 lsn: false,
             })
             .collect()
     }
 
-    fn decode(&self, payloads: Vec<(i32, i64, Vec<u8>)>) -> (RecordBatch, Vec<BadRecord>) {
+    /// Decodes fetched messages. An `Err` fails the epoch: the offsets have moved past them.
+    fn decode(&self, payloads: Vec<(i32, i64, Vec<u8>)>) -> Result<(RecordBatch, Vec<BadRecord>)> {
         match (&self.decoder, self.format) {
             (None, _) | (_, KafkaFormat::Raw) => {
                 let values: Vec<Option<String>> = payloads
@@ -353,8 +297,14 @@ impl KafkaSource {
                     self.schema.clone(),
                     vec![Arc::new(StringArray::from(values))],
                 )
-                .unwrap_or_else(|_| RecordBatch::new_empty(self.schema.clone()));
-                (batch, Vec::new())
+                .map_err(|e| {
+                    ConnectorError::Config(format!(
+                        "raw messages of topic {} do not fit the source's columns ({e}): \
+                         format = 'raw' reads one text column",
+                        self.topic
+                    ))
+                })?;
+                Ok((batch, Vec::new()))
             }
             (Some(decoder), _) => {
                 // One record per message, newline-framed, so the shared decoder can isolate bad ones.
@@ -412,7 +362,7 @@ impl KafkaSource {
                     format!("{topic}/{p}/{o}")
                 });
                 bad.extend(more_bad);
-                (batch, bad)
+                Ok((batch, bad))
             }
         }
     }
@@ -437,7 +387,6 @@ impl Source for KafkaSource {
 
     async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
         self.refresh_lag();
-        self.confirm_ends();
         if self.done() {
             return Ok(None);
         }
@@ -457,13 +406,6 @@ impl Source for KafkaSource {
                     msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                 )
             };
-            if o < self.offsets.get(&p).copied().unwrap_or(0) {
-                // Already read before the resume (see RESUME_REWIND).
-                continue;
-            }
-            if self.stop_at.is_some() && !self.confirmed.contains(&p) {
-                self.confirm_ends();
-            }
             if let Some(ends) = &self.stop_at {
                 if o >= ends.get(&p).copied().unwrap_or(0) {
                     // Past what existed at start: a batch run leaves it for the next run.
@@ -476,12 +418,13 @@ impl Source for KafkaSource {
                 break;
             }
         }
-        let (batch, bad_records) = self.decode(payloads);
+        let (batch, bad_records) = self.decode(payloads)?;
+        // A position that cannot be stored fails the epoch: a null one means "from the start".
         let position = SourcePosition(
             serde_json::to_value(KafkaPosition {
                 offsets: self.offsets.clone(),
             })
-            .unwrap_or_default(),
+            .map_err(|e| ConnectorError::Internal(format!("encoding the Kafka position: {e}")))?,
         );
         Ok(Some(SourceBatch {
             batch,

@@ -103,6 +103,10 @@ pub fn rows_below(table: NexmarkTable, events: u64) -> u64 {
 #[derive(Debug, Clone)]
 struct Rng(u64);
 
+/// 6·ln 10 and ln 100: 10^(6u)·100 = e^(6u·ln 10 + ln 100).
+const LN_10_TIMES_6: f64 = 6.0 * std::f64::consts::LN_10;
+const LN_100: f64 = 2.0 * std::f64::consts::LN_10;
+
 impl Rng {
     fn for_event(seed: u64, event: u64) -> Rng {
         let mut r = Rng(seed ^ event.wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -116,6 +120,11 @@ impl Rng {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+    /// Uniform in `[0, 1)`, 53 bits, as Java's `Random.nextDouble`.
+    #[inline]
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
     /// Uniform in `[0, n)`.
     #[inline]
@@ -166,7 +175,6 @@ pub struct Generator {
     pool: Arc<String>,
     urls: Arc<Vec<String>>,
     channels: Arc<Vec<String>>,
-    prices: Arc<Vec<i64>>,
 }
 
 impl Generator {
@@ -210,10 +218,6 @@ impl Generator {
             urls.push(u);
         }
         let channels = (0..CHANNELS).map(|i| format!("channel-{i}")).collect();
-        // Prices: 10^(u*6) dollars-cents over 65,536 steps of u.
-        let prices = (0..65_536u32)
-            .map(|i| (10f64.powf(i as f64 / 65_536.0 * 6.0) * 100.0).round() as i64)
-            .collect();
         Generator {
             table,
             seed,
@@ -222,7 +226,6 @@ impl Generator {
             pool: Arc::new(pool),
             urls: Arc::new(urls),
             channels: Arc::new(channels),
-            prices: Arc::new(prices),
         }
     }
 
@@ -250,9 +253,11 @@ impl Generator {
         self.pool.get(off..off + len).unwrap_or("")
     }
 
+    /// A price in cents as the reference generator draws it: round(10^(6u) * 100) for u uniform
+    /// in [0, 1) with 53 bits, so prices take any of ~10^8 values (not a table of a few).
     #[inline]
     fn price(&self, rng: &mut Rng) -> i64 {
-        self.prices[rng.below(65_536) as usize]
+        rng.unit().mul_add(LN_10_TIMES_6, LN_100).exp().round() as i64
     }
 
     fn extra_len(current: usize, avg: usize, rng: &mut Rng) -> usize {
@@ -495,6 +500,27 @@ mod tests {
             .values()
             .iter()
             .all(|p| (100..=100_000_000).contains(p)));
+        // Prices follow 10^(6u)·100 with a continuous u: about a sixth of them fall in each decade,
+        // and the top decade's ~7,700 bids over 9·10^7 possible values almost never repeat (a
+        // table of 65,536 draws gave ~11,000 values per decade, so about a third repeated).
+        let n = prices.len() as f64;
+        let low = prices.values().iter().filter(|p| **p < 1000).count() as f64 / n;
+        assert!(
+            (0.15..0.185).contains(&low),
+            "share of prices under 1000: {low}"
+        );
+        let top: Vec<i64> = prices
+            .values()
+            .iter()
+            .copied()
+            .filter(|p| *p >= 10_000_000)
+            .collect();
+        let distinct = top.iter().collect::<std::collections::HashSet<_>>().len();
+        assert!(
+            distinct as f64 >= 0.99 * top.len() as f64,
+            "{distinct} of {}",
+            top.len()
+        );
         // Hot auctions: about half the bids go to an auction id that is a multiple of 100 (+1000).
         let hot = auctions
             .values()

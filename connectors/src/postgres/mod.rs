@@ -103,6 +103,10 @@ impl PgUrl {
 
     /// What went wrong connecting, in words a user can act on.
     pub fn connect_error(&self, e: tokio_postgres::Error) -> ConnectorError {
+        if !is_transient(&e) {
+            // Wrong password, no such database: the same answer every time.
+            return statement_error(format!("connecting to PostgreSQL at {}", self.display()), e);
+        }
         let msg = match e.as_db_error() {
             Some(db) => db.message().to_string(),
             None => {
@@ -119,6 +123,46 @@ impl PgUrl {
             context: format!("connecting to PostgreSQL at {}", self.display()),
             source: msg.into(),
         }
+    }
+}
+
+/// Whether a failed statement may succeed when tried again on a new connection: no answer came
+/// (the connection broke), the server is shutting down or starting (57P01-57P03), refuses
+/// connections for now (08xxx, 53300), or the transaction lost a serialization or deadlock race
+/// (40001, 40P01). Everything else (a constraint, a type, a missing table) fails the same way again.
+pub fn is_transient(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => e.as_db_error().is_none(),
+        Some(code) => {
+            let code = code.code();
+            code.starts_with("08")
+                || matches!(
+                    code,
+                    "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300"
+                )
+        }
+    }
+}
+
+/// A failed statement as a connector error: [`ConnectorError::Io`] when retrying may help,
+/// [`ConnectorError::Refused`] with the server's message and SQLSTATE when it cannot.
+pub fn statement_error(context: impl Into<String>, e: tokio_postgres::Error) -> ConnectorError {
+    if is_transient(&e) {
+        return ConnectorError::io(context, e);
+    }
+    let message = match e.as_db_error() {
+        Some(db) => {
+            let mut m = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                m.push_str(&format!("; {detail}"));
+            }
+            m
+        }
+        None => e.to_string(),
+    };
+    ConnectorError::Refused {
+        context: context.into(),
+        message,
     }
 }
 

@@ -17,7 +17,7 @@ use futures::SinkExt;
 use tokio_postgres::Client;
 
 use super::types::{pg_type, quote_ident};
-use super::{qualified, split_table, PgUrl};
+use super::{qualified, split_table, statement_error, PgUrl};
 use crate::changes::{upsert_key, EpochStage, OP};
 use crate::error::{ConnectorError, Result};
 use crate::options::{OptionSpec, Options};
@@ -235,7 +235,7 @@ impl PostgresSink {
                 &[&self.writer_id],
             )
             .await
-            .map_err(|e| ConnectorError::io("reading the sink's progress row", e))?;
+            .map_err(|e| statement_error("reading the sink's progress row", e))?;
         Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64).unwrap_or(0))
     }
 }
@@ -270,7 +270,8 @@ impl Sink for PostgresSink {
 
     async fn commit(&mut self, epoch: u64, prepared: PreparedCommit) -> Result<()> {
         // Applying an epoch is idempotent (the progress row), so a connection lost to a server
-        // restart is retried on a new connection for a while before the pipeline fails.
+        // restart is retried on a new connection for a while before the pipeline fails. What the
+        // server refuses (a constraint, a type) comes back as `Refused` and fails at once.
         let Some(file) = EpochStage::staged_file(&prepared) else {
             return Ok(()); // an epoch without rows: nothing to apply
         };
@@ -279,7 +280,7 @@ impl Sink for PostgresSink {
             if self.client.as_ref().is_none_or(|c| c.is_closed()) {
                 match self.opts.url.connect().await {
                     Ok(c) => self.client = Some(c),
-                    Err(e) if attempt < 10 => {
+                    Err(e @ ConnectorError::Io { .. }) if attempt < 10 => {
                         attempt += 1;
                         tracing::warn!(error = %e, attempt, "PostgreSQL sink cannot connect; retrying.");
                         tokio::time::sleep(std::time::Duration::from_secs(
@@ -324,7 +325,7 @@ impl PostgresSink {
             .as_mut()
             .ok_or_else(|| ConnectorError::Internal("commit before open".into()))?;
         let io = |what: &'static str| {
-            move |e: tokio_postgres::Error| ConnectorError::io(format!("{what} (epoch {epoch})"), e)
+            move |e: tokio_postgres::Error| statement_error(format!("{what} (epoch {epoch})"), e)
         };
         let tx = client
             .transaction()
@@ -407,18 +408,18 @@ async fn copy_batches(
     let sink = tx
         .copy_in::<_, Bytes>(&format!("COPY {table} ({}) FROM STDIN", cols.join(", ")))
         .await
-        .map_err(|e| ConnectorError::io(format!("starting COPY into {table}"), e))?;
+        .map_err(|e| statement_error(format!("starting COPY into {table}"), e))?;
     futures::pin_mut!(sink);
     for batch in batches {
         for chunk in encode_copy_text(batch, columns)? {
             sink.send(chunk)
                 .await
-                .map_err(|e| ConnectorError::io(format!("COPY into {table}"), e))?;
+                .map_err(|e| statement_error(format!("COPY into {table}"), e))?;
         }
     }
     sink.finish()
         .await
-        .map_err(|e| ConnectorError::io(format!("finishing COPY into {table}"), e))?;
+        .map_err(|e| statement_error(format!("finishing COPY into {table}"), e))?;
     Ok(())
 }
 

@@ -56,7 +56,18 @@ const OPTIONS: &[OptionSpec] = &[
         "initial (default): copy existing rows first | never: changes only",
     ),
     OptionSpec::optional("batch_size", "rows per batch (default 8192)"),
+    OptionSpec::optional(
+        "existing_slot",
+        "fail (default): a slot that already exists when a pipeline first starts is an error | \
+         adopt: stream from where that slot stands, without a snapshot",
+    ),
 ];
+
+/// How long a resuming pipeline waits for another consumer to release its slot (longer than
+/// PostgreSQL's default wal_sender_timeout of 60 s, after which a vanished consumer's session ends).
+const SLOT_BUSY_TIMEOUT: Duration = Duration::from_secs(90);
+/// The file in a reader's state directory recording the slot it created, to recognise it later.
+const SLOT_RECORD: &str = "postgres-cdc-slot.json";
 
 /// Microseconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch.
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -86,6 +97,8 @@ pub struct CdcOptions {
     pub snapshot: bool,
     /// Rows per batch.
     pub batch_size: usize,
+    /// A slot found at first start is adopted (streamed from its position) instead of refused.
+    pub adopt_slot: bool,
 }
 
 /// A name PostgreSQL accepts for a slot: lower-case letters, digits and underscores.
@@ -141,6 +154,7 @@ impl CdcOptions {
             .get_u64("batch_size")?
             .unwrap_or(8192)
             .clamp(1, 1_000_000) as usize;
+        let adopt_slot = opts.get_choice("existing_slot", &["fail", "adopt"], "fail")? == "adopt";
         Ok(CdcOptions {
             url,
             schema,
@@ -151,6 +165,7 @@ impl CdcOptions {
             fail_on_schema_change,
             snapshot,
             batch_size,
+            adopt_slot,
         })
     }
 
@@ -208,24 +223,76 @@ async fn check_upstream(opts: &CdcOptions) -> Result<(Client, UpstreamTable)> {
     Ok((client, table))
 }
 
-/// Whether a slot exists and is in use. A consumer that just went away (a stopped pipeline, a
+/// A replication slot as `pg_replication_slots` shows it.
+struct SlotInfo {
+    /// A consumer is streaming from it.
+    active: bool,
+    /// How far its consumer confirmed (`None` for a physical slot).
+    confirmed_flush: Option<u64>,
+    /// Its output plugin and database (`None` for a physical slot).
+    plugin: Option<String>,
+    /// Whether it belongs to the database we are connected to.
+    this_database: bool,
+}
+
+/// A slot and whether it is in use. A consumer that just went away (a stopped pipeline, a
 /// killed process) may hold it for a moment longer: wait up to 15 s for it to be released.
-async fn slot_state(client: &Client, slot: &str) -> Result<Option<bool>> {
+async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let row = client
             .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                "SELECT active, confirmed_flush_lsn::text, plugin::text,
+                        database IS NOT DISTINCT FROM current_database()
+                 FROM pg_replication_slots WHERE slot_name = $1",
                 &[&slot],
             )
             .await
             .map_err(|e| ConnectorError::io("reading replication slots", e))?;
-        match row {
-            Some(r) if r.get::<_, bool>(0) && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            other => return Ok(other.map(|r| r.get::<_, bool>(0))),
+        let Some(r) = row else { return Ok(None) };
+        let info = SlotInfo {
+            active: r.get(0),
+            confirmed_flush: r.get::<_, Option<String>>(1).and_then(|l| parse_lsn(&l)),
+            plugin: r.get(2),
+            this_database: r.get(3),
+        };
+        if info.active && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
         }
+        return Ok(Some(info));
+    }
+}
+
+/// What a reader notes in its state directory after creating a slot: a slot found later with
+/// this name, still confirmed exactly at this point, is provably its own and never consumed.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct SlotRecord {
+    slot: String,
+    consistent_lsn: u64,
+}
+
+impl SlotRecord {
+    fn read(dir: &std::path::Path) -> Option<SlotRecord> {
+        let bytes = std::fs::read(dir.join(SLOT_RECORD)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Written and synced before the slot is used, so a crash right after still finds it.
+    fn write(&self, dir: &std::path::Path) -> Result<()> {
+        use std::io::Write;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ConnectorError::io(format!("creating {}", dir.display()), e))?;
+        let tmp = dir.join(format!("{SLOT_RECORD}.tmp"));
+        let bytes = serde_json::to_vec(self)
+            .map_err(|e| ConnectorError::Internal(format!("encoding the slot record: {e}")))?;
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, dir.join(SLOT_RECORD))
+        };
+        write().map_err(|e| ConnectorError::io(format!("writing {}", tmp.display()), e))
     }
 }
 
@@ -287,12 +354,19 @@ impl SourceConnector for PostgresCdcSourceConnector {
         spec: &SourceSpec,
         schema: SchemaRef,
         from: Option<SourcePosition>,
-        _read: ReadOptions,
+        read: ReadOptions,
     ) -> Result<Box<dyn Source>> {
         let opts = CdcOptions::parse(spec)?;
-        let pos: CdcPosition = SourcePosition::decode(from, "postgres-cdc")?;
         let (client, upstream) = check_upstream(&opts).await?;
+        if read.preview {
+            // A plain snapshot read: no slot or publication is created, moved or dropped.
+            let mut source = CdcSource::new(opts, schema, upstream, CdcPosition::default());
+            source.open_preview(client).await?;
+            return Ok(Box::new(source));
+        }
+        let pos: CdcPosition = SourcePosition::decode(from, "postgres-cdc")?;
         let mut source = CdcSource::new(opts, schema, upstream, pos);
+        source.state_dir = read.state_dir;
         source.start(client).await?;
         Ok(Box::new(source))
     }
@@ -300,7 +374,7 @@ impl SourceConnector for PostgresCdcSourceConnector {
         let opts = CdcOptions::parse(spec)?;
         let client = opts.url.connect().await?;
         let mut notes = Vec::new();
-        let slot = slot_state(&client, &opts.slot).await?;
+        let slot = slot_info(&client, &opts.slot).await?.map(|s| s.active);
         match slot {
             None => notes.push(format!("replication slot {} does not exist upstream", opts.slot)),
             Some(_) if keep_slot => notes.push(format!(
@@ -416,6 +490,12 @@ struct CdcSource {
     pending_error: Option<ConnectorError>,
     reconnects: u32,
     last_emit: Instant,
+    /// A preview: the snapshot only, then the end.
+    preview: bool,
+    /// Where this reader notes the slot it created (none for a preview).
+    state_dir: Option<std::path::PathBuf>,
+    /// Since when the slot has been held by another consumer, while resuming.
+    slot_busy_since: Option<Instant>,
 }
 
 struct Snapshot {
@@ -454,7 +534,95 @@ impl CdcSource {
             pending_error: None,
             reconnects: 0,
             last_emit: Instant::now(),
+            preview: false,
+            state_dir: None,
+            slot_busy_since: None,
         }
+    }
+
+    /// A preview: the table as it is now, read in a REPEATABLE READ READ ONLY transaction.
+    async fn open_preview(&mut self, client: Client) -> Result<()> {
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| ConnectorError::io("starting the preview's snapshot", e))?;
+        let lsn: String = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|e| ConnectorError::io("reading the current WAL position", e))?
+            .get(0);
+        let lsn = parse_lsn(&lsn).unwrap_or(0);
+        self.preview = true;
+        self.pos = CdcPosition {
+            in_snapshot: true,
+            consistent_lsn: lsn,
+            lsn,
+            ..Default::default()
+        };
+        self.open_snapshot(client).await
+    }
+
+    /// A slot exists at first start. Dropped when provably this reader's own and never consumed
+    /// from (created by an earlier attempt that stopped before its first checkpoint), adopted
+    /// when the source says so, and otherwise an error naming it: its position is not ours.
+    /// Returns whether the slot was adopted.
+    async fn existing_slot(&mut self, client: &Client, slot: SlotInfo) -> Result<bool> {
+        let name = &self.opts.slot;
+        if slot.active {
+            return Err(ConnectorError::Config(format!(
+                "replication slot {name} is in use by another consumer (another pipeline on this source, \
+                 or another tool using the same slot name)"
+            )));
+        }
+        let record = self.state_dir.as_deref().and_then(SlotRecord::read);
+        let own_unused = matches!(
+            (&record, slot.confirmed_flush),
+            (Some(r), Some(at)) if r.slot == *name && r.consistent_lsn == at
+        );
+        if own_unused {
+            client
+                .execute("SELECT pg_drop_replication_slot($1)", &[name])
+                .await
+                .map_err(|e| {
+                    ConnectorError::io("dropping this pipeline's unused replication slot", e)
+                })?;
+            tracing::info!(slot = %name, "Dropped the replication slot an earlier attempt created and never consumed.");
+            return Ok(false);
+        }
+        let at = slot
+            .confirmed_flush
+            .map(format_lsn)
+            .unwrap_or_else(|| "no position".into());
+        if !self.opts.adopt_slot {
+            return Err(ConnectorError::Config(format!(
+                "replication slot {name} already exists upstream (confirmed up to {at}) and this pipeline has no \
+                 checkpoint reading from it: it may belong to an earlier pipeline or another consumer, so it is \
+                 neither dropped nor reused. Either drop it upstream (SELECT pg_drop_replication_slot('{name}')) \
+                 and start again with a new snapshot, or recreate the source with existing_slot = 'adopt' to \
+                 stream from where the slot stands, without a snapshot"
+            )));
+        }
+        let (Some(lsn), Some("pgoutput"), true) = (
+            slot.confirmed_flush,
+            slot.plugin.as_deref(),
+            slot.this_database,
+        ) else {
+            return Err(ConnectorError::Config(format!(
+                "replication slot {name} cannot be adopted: it is not a pgoutput logical slot of database {}",
+                self.opts.url.database()
+            )));
+        };
+        self.pos = CdcPosition {
+            started: true,
+            in_snapshot: false,
+            consistent_lsn: lsn,
+            lsn,
+            ..Default::default()
+        };
+        self.acked.store(lsn, Ordering::Relaxed);
+        self.acked_sent = lsn;
+        tracing::info!(slot = %name, lsn = %format_lsn(lsn), "Adopted an existing replication slot; streaming without a snapshot.");
+        Ok(true)
     }
 
     /// First start: publication, a fresh slot and its exported snapshot. Resume: check the slot.
@@ -462,19 +630,10 @@ impl CdcSource {
         let table = qualified(&self.opts.schema, &self.opts.table);
         if !self.pos.started {
             self.ensure_publication(&client, &table).await?;
-            let slot = slot_state(&client, &self.opts.slot).await?;
-            if let Some(active) = slot {
-                if active {
-                    return Err(ConnectorError::Config(format!(
-                        "replication slot {} is in use by another consumer (another pipeline on this source?)",
-                        self.opts.slot
-                    )));
+            if let Some(slot) = slot_info(&client, &self.opts.slot).await? {
+                if self.existing_slot(&client, slot).await? {
+                    return Ok(());
                 }
-                // A slot left by an earlier pipeline of this source: its position is not ours.
-                client
-                    .execute("SELECT pg_drop_replication_slot($1)", &[&self.opts.slot])
-                    .await
-                    .map_err(|e| ConnectorError::io("dropping a stale replication slot", e))?;
             }
             let mut gate = ReplicationClient::connect_gated(self.opts.replication_config(0, 0))
                 .await
@@ -511,6 +670,13 @@ impl CdcSource {
             };
             self.acked.store(consistent, Ordering::Relaxed);
             self.acked_sent = consistent;
+            if let Some(dir) = &self.state_dir {
+                SlotRecord {
+                    slot: self.opts.slot.clone(),
+                    consistent_lsn: consistent,
+                }
+                .write(dir)?;
+            }
             tracing::info!(slot = %self.opts.slot, lsn = %format_lsn(consistent), "Created replication slot.");
             if self.opts.snapshot {
                 let name = text(2)
@@ -735,15 +901,19 @@ impl CdcSource {
         batch: RecordBatch,
         bad_records: Vec<BadRecord>,
         error: Option<String>,
-    ) -> SourceBatch {
-        SourceBatch {
+    ) -> Result<SourceBatch> {
+        // A position that cannot be stored must fail the epoch: a null one means "from scratch".
+        let position = serde_json::to_value(&self.pos).map_err(|e| {
+            ConnectorError::Internal(format!("encoding the postgres-cdc position: {e}"))
+        })?;
+        Ok(SourceBatch {
             batch,
             bad_records,
-            position: SourcePosition(serde_json::to_value(&self.pos).unwrap_or_default()),
+            position: SourcePosition(position),
             lag: self.lag(),
             phase: Some(self.phase()),
             transient_error: error,
-        }
+        })
     }
 
     async fn next_snapshot_batch(&mut self) -> Result<SourceBatch> {
@@ -806,7 +976,7 @@ impl CdcSource {
             );
         }
         let batch = self.finish(b)?;
-        Ok(self.batch(batch, bad, None))
+        self.batch(batch, bad, None)
     }
 
     async fn connect_stream(&mut self) -> Result<()> {
@@ -814,15 +984,21 @@ impl CdcSource {
         let cfg = self
             .opts
             .replication_config(self.pos.lsn, ack.min(self.pos.lsn));
-        let mut client = ReplicationClient::connect(cfg)
-            .await
-            .map_err(|e| ConnectorError::io("starting replication", e))?;
-        client.wait_started().await.map_err(|e| {
-            ConnectorError::io(
-                format!("starting replication from slot {}", self.opts.slot),
-                e,
-            )
-        })?;
+        let started = match ReplicationClient::connect(cfg).await {
+            Ok(mut client) => client.wait_started().await.map(|_| client),
+            Err(e) => Err(e),
+        };
+        let client = match started {
+            Ok(c) => c,
+            Err(e) if e.to_string().contains("SQLSTATE 55006") => return Err(self.slot_busy(e)),
+            Err(e) => {
+                return Err(ConnectorError::io(
+                    format!("starting replication from slot {}", self.opts.slot),
+                    e,
+                ))
+            }
+        };
+        self.slot_busy_since = None;
         self.acked_sent = ack;
         self.txn = None;
         self.resume_skip = self.pos.skip;
@@ -830,6 +1006,24 @@ impl CdcSource {
         self.repl = Some(client);
         self.reconnects = 0;
         Ok(())
+    }
+
+    /// The slot is held by another consumer (SQLSTATE 55006). A consumer that just went away may
+    /// hold it until PostgreSQL notices; one still there after [`SLOT_BUSY_TIMEOUT`] is a conflict.
+    fn slot_busy(&mut self, e: pgwire_replication::PgWireError) -> ConnectorError {
+        let since = *self.slot_busy_since.get_or_insert_with(Instant::now);
+        let slot = &self.opts.slot;
+        if since.elapsed() >= SLOT_BUSY_TIMEOUT {
+            return ConnectorError::Config(format!(
+                "replication slot {slot} has been in use by another consumer for {} s ({e}); \
+                 stop that consumer (see pg_stat_replication upstream) or give this source its own slot",
+                SLOT_BUSY_TIMEOUT.as_secs()
+            ));
+        }
+        ConnectorError::io(
+            format!("replication slot {slot} is in use by another consumer; waiting for it to be released"),
+            e,
+        )
     }
 
     /// Checks a relation message against the schema: an added column propagates or fails by the
@@ -1020,7 +1214,7 @@ impl CdcSource {
         }
         self.last_emit = Instant::now();
         let batch = self.finish(b)?;
-        Ok(self.batch(batch, bad, None))
+        self.batch(batch, bad, None)
     }
 
     /// Applies one decoded message to the batch being built.
@@ -1121,7 +1315,7 @@ impl CdcSource {
         tracing::warn!(error = %e, "Replication connection lost; reconnecting.");
         let msg = format!("reconnecting: {e}");
         let batch = self.finish(b)?;
-        Ok(self.batch(batch, bad, Some(msg)))
+        self.batch(batch, bad, Some(msg))
     }
 
     /// Waits before the next reconnect attempt (1 s doubling to 30 s) and says why.
@@ -1131,14 +1325,14 @@ impl CdcSource {
         }
         self.reconnects += 1;
         let wait = Duration::from_secs(1 << self.reconnects.min(5)).min(Duration::from_secs(30));
-        tracing::warn!(error = %e, attempt = self.reconnects, wait_s = wait.as_secs(), "Cannot reach PostgreSQL; retrying.");
+        tracing::warn!(error = %e, attempt = self.reconnects, wait_s = wait.as_secs(), "Replication stream unavailable; retrying.");
         tokio::time::sleep(wait).await;
         let batch = RecordBatch::new_empty(self.schema.clone());
-        Ok(self.batch(
+        self.batch(
             batch,
             Vec::new(),
             Some(format!("reconnecting (attempt {}): {e}", self.reconnects)),
-        ))
+        )
     }
 }
 
@@ -1188,6 +1382,9 @@ impl Source for CdcSource {
     async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
         if self.pos.in_snapshot && self.snapshot.is_some() {
             return self.next_snapshot_batch().await.map(Some);
+        }
+        if self.preview {
+            return Ok(None);
         }
         self.next_stream_batch().await.map(Some)
     }

@@ -115,6 +115,7 @@ const TABLES: &[&str] = &[
     "errors",
     "checkpoints",
     "source_lag",
+    "operators",
 ];
 
 fn text(v: Vec<Option<String>>) -> ArrayRef {
@@ -404,6 +405,58 @@ impl SystemSchema {
                                 .map(|r| r.2.confirmed.and_then(|c| lsn_text(&r.2, c)))
                                 .collect(),
                         ),
+                    ),
+                ])?
+            }
+            "operators" => {
+                let now = Utc::now();
+                let mut rows = Vec::new();
+                for st in self.runtime.statuses() {
+                    let started = st.snapshot().started_at;
+                    for op in st.operators() {
+                        let ratio = started.map(|s| {
+                            let elapsed = (now - s).to_std().unwrap_or_default().as_secs_f64();
+                            (op.busy.as_secs_f64() / elapsed.max(1e-3)).min(1.0)
+                        });
+                        rows.push((st.name.clone(), op, ratio));
+                    }
+                }
+                rows.sort_by(|a, b| a.0.cmp(&b.0));
+                table(vec![
+                    (
+                        "pipeline",
+                        text(rows.iter().map(|r| Some(r.0.clone())).collect()),
+                    ),
+                    (
+                        "operator",
+                        text(rows.iter().map(|r| Some(r.1.id.clone())).collect()),
+                    ),
+                    (
+                        "kind",
+                        text(rows.iter().map(|r| Some(r.1.kind.clone())).collect()),
+                    ),
+                    // One instance per operator until keyed operators run in parallel.
+                    ("instance", int(rows.iter().map(|_| 0).collect())),
+                    ("rows_in", count(rows.iter().map(|r| r.1.rows_in).collect())),
+                    (
+                        "rows_out",
+                        count(rows.iter().map(|r| r.1.rows_out).collect()),
+                    ),
+                    (
+                        "state_rows",
+                        count(rows.iter().map(|r| r.1.state_rows).collect()),
+                    ),
+                    (
+                        "state_bytes",
+                        count(rows.iter().map(|r| r.1.state_bytes).collect()),
+                    ),
+                    // Event time arrives with watermarks; until then no operator has one.
+                    ("watermark", ts(rows.iter().map(|_| None).collect())),
+                    (
+                        "busy_ratio",
+                        Arc::new(arrow::array::Float64Array::from(
+                            rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+                        )) as ArrayRef,
                     ),
                 ])?
             }

@@ -1,5 +1,6 @@
 //! The checkpoint store: one JSON document per pipeline epoch, holding every source position,
-//! operator state and the sink's prepared commit, written atomically through object_store.
+//! the operator state files and the sink's prepared commit, written atomically through
+//! object_store, with the state files beside them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tributary_connectors::{PreparedCommit, SourcePosition};
 
+use super::state::{files_of, OperatorState};
 use crate::error::{Error, Result};
 
 /// How many checkpoints are kept per pipeline.
@@ -30,7 +32,7 @@ pub struct Checkpoint {
     pub sources: BTreeMap<String, SourcePosition>,
     /// State of stateful operators, by operator id.
     #[serde(default)]
-    pub operators: BTreeMap<String, serde_json::Value>,
+    pub operators: BTreeMap<String, OperatorState>,
     /// The sink's prepared commit for this epoch.
     pub sink: PreparedCommit,
     /// Cumulative counters at the end of the epoch.
@@ -68,7 +70,8 @@ impl CheckpointStore {
         self.dir.clone().join(format!("{epoch:020}.json"))
     }
 
-    /// Writes checkpoint `cp` atomically, then prunes old ones. Returns the bytes written.
+    /// Writes checkpoint `cp` atomically, then prunes old ones and the state files no kept
+    /// checkpoint lists. Returns the bytes written.
     pub async fn save(&self, cp: &Checkpoint) -> Result<usize> {
         let bytes = serde_json::to_vec(cp).map_err(|e| Error::Internal(e.to_string()))?;
         let n = bytes.len();
@@ -81,13 +84,110 @@ impl CheckpointStore {
             for e in &epochs[..epochs.len() - KEEP] {
                 let _ = self.store.delete(&self.path(*e)).await;
             }
+            self.collect_state_garbage().await?;
         }
         Ok(n)
     }
 
+    /// Deletes the state files that no stored checkpoint lists (replaced by compaction, or left
+    /// by a run that failed before its checkpoint). The whole set is computed before anything
+    /// is deleted, from checkpoints that all parse: an unreadable one keeps every file.
+    async fn collect_state_garbage(&self) -> Result<()> {
+        let mut live = std::collections::HashSet::new();
+        for epoch in self.epochs().await? {
+            let Ok(cp) = self.read(epoch).await else {
+                return Ok(());
+            };
+            live.extend(files_of(&cp.operators).map(str::to_string));
+        }
+        let prefix = self.dir.clone().join("state");
+        let files: Vec<_> = match self.store.list(Some(&prefix)).try_collect().await {
+            Ok(f) => f,
+            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(Error::Internal(format!("listing state files: {e}"))),
+        };
+        let dir = format!("{}/", self.dir);
+        for meta in files {
+            let relative = meta
+                .location
+                .as_ref()
+                .strip_prefix(&dir)
+                .unwrap_or_default();
+            if !live.contains(relative) {
+                let _ = self.store.delete(&meta.location).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a state file (immutable; `path` is inside the pipeline's directory).
+    pub async fn put_file(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+        self.store
+            .put(&self.file_path(path), PutPayload::from(bytes))
+            .await
+            .map_err(|e| {
+                Error::Internal(format!(
+                    "writing state file {}: {e}",
+                    self.describe_file(path)
+                ))
+            })?;
+        Ok(())
+    }
+
+    /// Reads a state file; a missing or unreadable one is a damaged checkpoint.
+    pub async fn get_file(&self, path: &str) -> Result<Vec<u8>> {
+        let unreadable = |e: object_store::Error| Error::CheckpointUnreadable {
+            file: self.describe_file(path),
+            reason: e.to_string(),
+        };
+        let bytes = self
+            .store
+            .get(&self.file_path(path))
+            .await
+            .map_err(unreadable)?
+            .bytes()
+            .await
+            .map_err(unreadable)?;
+        Ok(bytes.to_vec())
+    }
+
+    fn file_path(&self, path: &str) -> Path {
+        path.split('/')
+            .fold(self.dir.clone(), |p, part| p.join(part))
+    }
+
+    /// A checkpoint's file, for messages.
+    pub fn describe(&self, epoch: u64) -> String {
+        self.root
+            .join(self.path(epoch).as_ref())
+            .display()
+            .to_string()
+    }
+
+    /// A state file, for messages.
+    pub fn describe_file(&self, path: &str) -> String {
+        self.root
+            .join(self.file_path(path).as_ref())
+            .display()
+            .to_string()
+    }
+
+    async fn read(&self, epoch: u64) -> std::result::Result<Checkpoint, String> {
+        let bytes = self
+            .store
+            .get(&self.path(epoch))
+            .await
+            .map_err(|e| e.to_string())?
+            .bytes()
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice::<Checkpoint>(&bytes).map_err(|e| e.to_string())
+    }
+
     async fn epochs(&self) -> Result<Vec<u64>> {
-        let metas: Vec<_> = match self.store.list(Some(&self.dir)).try_collect().await {
-            Ok(m) => m,
+        // The checkpoints themselves, not the state files under state/.
+        let metas = match self.store.list_with_delimiter(Some(&self.dir)).await {
+            Ok(listed) => listed.objects,
             Err(object_store::Error::NotFound { .. }) => Vec::new(),
             Err(e) => return Err(Error::Internal(format!("listing checkpoints: {e}"))),
         };
@@ -106,43 +206,39 @@ impl CheckpointStore {
         let Some(epoch) = self.epochs().await?.last().copied() else {
             return Ok(None);
         };
-        let path = self.path(epoch);
-        let unreadable = |e: String| Error::CheckpointUnreadable {
-            file: self.root.join(path.as_ref()).display().to_string(),
-            reason: e,
-        };
-        let bytes = self
-            .store
-            .get(&path)
+        self.read(epoch)
             .await
-            .map_err(|e| unreadable(e.to_string()))?
-            .bytes()
-            .await
-            .map_err(|e| unreadable(e.to_string()))?;
-        serde_json::from_slice::<Checkpoint>(&bytes)
             .map(Some)
-            .map_err(|e| unreadable(e.to_string()))
+            .map_err(|reason| Error::CheckpointUnreadable {
+                file: self.describe(epoch),
+                reason,
+            })
     }
 
     /// Every stored checkpoint's summary (for `tributary.checkpoints`).
     pub async fn list(&self) -> Result<Vec<Checkpoint>> {
         let mut out = Vec::new();
         for epoch in self.epochs().await? {
-            if let Ok(r) = self.store.get(&self.path(epoch)).await {
-                if let Ok(bytes) = r.bytes().await {
-                    if let Ok(cp) = serde_json::from_slice::<Checkpoint>(&bytes) {
-                        out.push(cp);
-                    }
-                }
+            if let Ok(cp) = self.read(epoch).await {
+                out.push(cp);
             }
         }
         Ok(out)
     }
 
-    /// Removes every checkpoint (DROP PIPELINE).
+    /// Removes every checkpoint and state file (DROP PIPELINE).
     pub async fn clear(&self) -> Result<()> {
         for e in self.epochs().await? {
             let _ = self.store.delete(&self.path(e)).await;
+        }
+        let files: Vec<_> = self
+            .store
+            .list(Some(&self.dir.clone().join("state")))
+            .try_collect()
+            .await
+            .unwrap_or_default();
+        for meta in files {
+            let _ = self.store.delete(&meta.location).await;
         }
         Ok(())
     }

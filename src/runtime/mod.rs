@@ -2,8 +2,12 @@
 //! stores their checkpoints. It takes compiled jobs from the control plane and knows nothing of SQL text.
 
 pub mod checkpoint;
+pub mod graph;
+pub mod operator;
 pub mod pipeline;
+pub mod plan;
 pub mod source_table;
+pub mod state;
 pub mod status;
 
 use std::collections::HashMap;

@@ -18,10 +18,12 @@ use tributary_connectors::{
 };
 
 use super::checkpoint::{Checkpoint, CheckpointStore};
+use super::graph::OperatorGraph;
+use super::plan::PipelinePlan;
+use super::state::{restore_states, write_states};
 use super::status::{ErrorEntry, ErrorLog, PipelineStatus};
 use crate::catalog::{PipelineEntry, PipelineState};
 use crate::error::{Error, Result};
-use crate::sql::plan::PipelinePlan;
 
 /// Batches buffered between the source task and the pipeline task: the backpressure bound.
 const CHANNEL_BATCHES: usize = 4;
@@ -122,6 +124,8 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
         };
         sink.open(&sink_ctx, job.plan.output_schema.clone()).await?;
 
+        let mut graph = job.plan.instantiate()?;
+        let mut operator_states = Default::default();
         let mut epoch = 0u64;
         let mut position = None;
         if let Some(cp) = latest {
@@ -129,7 +133,8 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             sink.commit(cp.epoch, cp.sink.clone()).await?;
             epoch = cp.epoch;
             position = cp.sources.get(&job.plan.source).cloned();
-            job.plan.restore_state(&cp.operators)?;
+            restore_states(&ctx.checkpoints, &mut graph, cp.epoch, &cp.operators).await?;
+            operator_states = cp.operators.clone();
             status.restore(cp.rows_in, cp.rows_out, cp.rows_errored, cp.epoch, cp.at);
             tracing::info!(epoch, "Resuming from checkpoint.");
         }
@@ -182,7 +187,8 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                             epoch_rows += (sb.batch.num_rows() + sb.bad_records.len()) as u64;
                             let pos = sb.position.clone();
                             unfilled.observe(&sb.batch, &job.plan.source, &status);
-                            handle_batch(&job, &status, &mut *sink, sb, epoch, &mut epoch_errors).await?;
+                            handle_batch(&job, &mut graph, &status, &mut *sink, sb, epoch, &mut epoch_errors).await?;
+                            status.set_operators(graph.stats());
                             last_position = Some(pos);
                         }
                         Some(Ok(None)) | None => {
@@ -198,19 +204,21 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             if let (Some(pos), false) = (last_position, idle) {
                 let prepared = sink.prepare(epoch).await?;
                 persist_errors(&ctx, &epoch_errors)?;
+                let operators = write_states(&ctx.checkpoints, &mut graph, epoch, &operator_states).await?;
                 let at = Utc::now();
                 let cp = Checkpoint {
                     epoch,
                     at,
                     duration_ms: started.elapsed().as_millis() as u64,
                     sources: [(job.plan.source.clone(), pos.clone())].into_iter().collect(),
-                    operators: job.plan.snapshot_state(),
+                    operators: operators.clone(),
                     sink: prepared.clone(),
                     rows_in: status.rows_in.load(Ordering::Relaxed),
                     rows_out: status.rows_out.load(Ordering::Relaxed),
                     rows_errored: status.rows_errored.load(Ordering::Relaxed),
                 };
                 let bytes = ctx.checkpoints.save(&cp).await?;
+                operator_states = operators;
                 sink.commit(epoch, prepared).await?;
                 if let Some(ack) = &ack {
                     ack(&pos);
@@ -299,6 +307,7 @@ impl UnfilledColumns {
 
 async fn handle_batch(
     job: &PipelineJob,
+    graph: &mut OperatorGraph,
     status: &PipelineStatus,
     sink: &mut dyn tributary_connectors::Sink,
     sb: SourceBatch,
@@ -324,7 +333,11 @@ async fn handle_batch(
             .into());
         }
     }
-    let (outputs, failed) = process_isolating(&job.plan, sb.batch);
+    let batch = match &job.plan.scan_projection {
+        Some(p) => sb.batch.project(p)?,
+        None => sb.batch,
+    };
+    let (outputs, failed) = process_isolating(graph, batch);
     if let Some((_, msg)) = failed.first() {
         if job.settings.on_error == OnError::Fail {
             return Err(Error::Plan(format!(
@@ -360,19 +373,19 @@ async fn handle_batch(
     Ok(())
 }
 
-/// Runs the plan; when it fails on a batch, splits the batch to find the rows it fails on and
+/// Runs the graph; when it fails on a batch, splits the batch to find the rows it fails on and
 /// returns those (as JSON text, with the error) apart from the rows that went through.
 fn process_isolating(
-    plan: &PipelinePlan,
+    graph: &mut OperatorGraph,
     batch: RecordBatch,
 ) -> (Vec<RecordBatch>, Vec<(String, String)>) {
-    match plan.process(batch.clone()) {
-        Ok(out) => (vec![out], Vec::new()),
+    match graph.process(batch.clone()) {
+        Ok(out) => (out, Vec::new()),
         Err(e) if batch.num_rows() <= 1 => (Vec::new(), vec![(row_json(&batch), e.to_string())]),
         Err(_) => {
             let mid = batch.num_rows() / 2;
-            let (mut a, mut fa) = process_isolating(plan, batch.slice(0, mid));
-            let (b, fb) = process_isolating(plan, batch.slice(mid, batch.num_rows() - mid));
+            let (mut a, mut fa) = process_isolating(graph, batch.slice(0, mid));
+            let (b, fb) = process_isolating(graph, batch.slice(mid, batch.num_rows() - mid));
             a.extend(b);
             fa.extend(fb);
             (a, fa)

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use super::graph::OperatorStats;
 use crate::catalog::PipelineState;
 
 /// Counters and lifecycle of one pipeline, updated by its task and read by `tributary.pipelines`.
@@ -26,6 +27,7 @@ pub struct PipelineStatus {
     pub epoch: AtomicU64,
     inner: Mutex<StatusInner>,
     lag: Mutex<Vec<(String, tributary_connectors::PartitionLag)>>,
+    operators: Mutex<Vec<OperatorStats>>,
 }
 
 #[derive(Debug, Clone)]
@@ -86,7 +88,18 @@ impl PipelineStatus {
                 warning: None,
             }),
             lag: Mutex::new(Vec::new()),
+            operators: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Records the operators' figures.
+    pub fn set_operators(&self, operators: Vec<OperatorStats>) {
+        *self.operators.lock() = operators;
+    }
+
+    /// The operators' figures, as last recorded.
+    pub fn operators(&self) -> Vec<OperatorStats> {
+        self.operators.lock().clone()
     }
 
     /// Records a source's per-partition progress.

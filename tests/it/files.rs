@@ -279,6 +279,15 @@ async fn distinct_state_survives_restarts_through_checkpoints() {
     .unwrap();
     wait_state(&c, "firsts", "completed").await;
     assert_eq!(customers(&c).await, vec!["ANN", "BOB", "CID"]);
+    // The graph, as tributary.operators shows it: upper(customer), the key columns, the distinct.
+    assert_eq!(
+        operators(&c, "firsts").await,
+        vec![
+            "project1 project 5 5 0",
+            "project0 project 5 5 0",
+            "dedup2 distinct 5 3 3"
+        ]
+    );
     // Restart the server: the next run restores the seen keys from the last checkpoint.
     drop(c);
     assert!(server.terminate().success());
@@ -292,12 +301,53 @@ async fn distinct_state_survives_restarts_through_checkpoints() {
     c.batch_execute("START PIPELINE firsts").await.unwrap();
     wait_state(&c, "firsts", "completed").await;
     assert_eq!(customers(&c).await, vec!["ANN", "BOB", "CID", "DEE"]);
-    let state = scalar(
+    // Restored state counts, and the second run saw 4 rows of which 1 was new.
+    assert_eq!(
+        operators(&c, "firsts").await,
+        vec![
+            "project1 project 4 4 0",
+            "project0 project 4 4 0",
+            "dedup2 distinct 4 1 4"
+        ]
+    );
+    // The keys are Arrow IPC files beside the checkpoints, which list them.
+    let id = scalar(
         &c,
-        "SELECT count(*) FROM tributary.checkpoints WHERE pipeline = 'firsts'",
+        "SELECT id FROM tributary.pipelines WHERE name = 'firsts'",
     )
     .await;
-    assert_ne!(state, "0");
+    let state_dir = data
+        .join("checkpoints")
+        .join(&id)
+        .join("state")
+        .join("dedup2");
+    let files: Vec<_> = std::fs::read_dir(&state_dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", state_dir.display()))
+        .map(|f| f.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !files.is_empty() && files.iter().all(|f| f.ends_with(".arrow")),
+        "{files:?}"
+    );
+}
+
+async fn operators(c: &tokio_postgres::Client, pipeline: &str) -> Vec<String> {
+    query(
+        c,
+        &format!(
+            "SELECT operator, kind, rows_in, rows_out, state_rows FROM tributary.operators \
+             WHERE pipeline = '{pipeline}' ORDER BY operator DESC"
+        ),
+    )
+    .await
+    .into_iter()
+    .map(|r| {
+        r.into_iter()
+            .map(|v| v.unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
+    .collect()
 }
 
 async fn customers(c: &tokio_postgres::Client) -> Vec<String> {

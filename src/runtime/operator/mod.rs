@@ -1,0 +1,56 @@
+//! The operator trait: one step of a pipeline's dataflow, fed Arrow batches, whose state is
+//! snapshotted as Arrow batches at each checkpoint.
+
+pub mod distinct;
+pub mod stateless;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+use crate::error::Result;
+
+/// One operator of a running pipeline. The graph calls [`Operator::process`] for each batch on
+/// each input, then either [`Operator::commit_batch`] or, when any operator failed on the batch,
+/// [`Operator::abort_batch`]: a batch that fails leaves no trace in any operator's state, so
+/// that its rows that succeed on their own, when it is split to isolate the bad ones, still pass.
+pub trait Operator: Send {
+    /// What it is, as `tributary.operators` shows it: filter, project, distinct...
+    fn kind(&self) -> &'static str;
+
+    /// Processes a batch that arrived on input `input` (0 for single-input operators) and
+    /// returns what it emits. State changes stay pending until the batch is committed.
+    fn process(&mut self, input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>>;
+
+    /// Makes the pending state changes of the batches processed since the last call permanent.
+    fn commit_batch(&mut self) {}
+
+    /// Drops the pending state changes: an operator failed on the batch.
+    fn abort_batch(&mut self) {}
+
+    /// Schema of the operator's state batches; `None` for a stateless operator.
+    fn state_schema(&self) -> Option<SchemaRef> {
+        None
+    }
+
+    /// The committed state as batches of [`Operator::state_schema`]: when `full`, all of it;
+    /// otherwise what changed since the previous snapshot. Restoring a full snapshot followed by
+    /// the changes taken after it, in order, rebuilds the state.
+    fn snapshot(&mut self, _full: bool) -> Result<Vec<RecordBatch>> {
+        Ok(Vec::new())
+    }
+
+    /// Rebuilds the state from snapshots (a full one, then changes, in the order taken).
+    fn restore(&mut self, _state: &[RecordBatch]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Rows of state held (committed).
+    fn state_rows(&self) -> usize {
+        0
+    }
+
+    /// Bytes of state held in memory (committed), approximately.
+    fn state_bytes(&self) -> usize {
+        0
+    }
+}

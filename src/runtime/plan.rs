@@ -1,0 +1,93 @@
+//! A compiled pipeline as the data plane receives it: the source it reads and the graph of
+//! operator specs between the source and the sink, which each run instantiates afresh.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::physical_expr::PhysicalExpr;
+
+use super::graph::OperatorGraph;
+use super::operator::distinct::Distinct;
+use super::operator::stateless::{Filter, Project};
+use super::operator::Operator;
+use crate::error::Result;
+
+/// What one operator does; everything it evaluates is a DataFusion physical expression.
+#[derive(Debug, Clone)]
+pub enum OperatorSpec {
+    /// Keep rows where the predicate is true.
+    Filter(Arc<dyn PhysicalExpr>),
+    /// Compute the output columns.
+    Project {
+        /// One expression per output column.
+        exprs: Vec<Arc<dyn PhysicalExpr>>,
+        /// Output schema.
+        schema: SchemaRef,
+    },
+    /// Keep the first occurrence of each row (streaming `SELECT DISTINCT`); the rows seen are state.
+    Distinct {
+        /// Schema of the rows (all of them form the key).
+        schema: SchemaRef,
+    },
+}
+
+/// Where an operator's input comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// The pipeline's source, after its scan projection.
+    Source,
+    /// The output of node `n` (an index into [`PipelinePlan::nodes`], always an earlier one).
+    Node(usize),
+}
+
+/// One node of the graph: an operator and its inputs, in input order.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Stable id: state in checkpoints is stored under it.
+    pub id: String,
+    /// What it does.
+    pub operator: OperatorSpec,
+    /// Its inputs.
+    pub inputs: Vec<Input>,
+}
+
+/// A compiled pipeline query.
+#[derive(Debug, Clone)]
+pub struct PipelinePlan {
+    /// The source read.
+    pub source: String,
+    /// Columns of the source the query uses, in the order the graph expects.
+    pub scan_projection: Option<Vec<usize>>,
+    /// The operators, each after the nodes it reads from.
+    pub nodes: Vec<NodeSpec>,
+    /// What the sink receives: the source itself or a node's output.
+    pub output: Input,
+    /// Schema of the rows handed to the sink (every column nullable).
+    pub output_schema: SchemaRef,
+    /// The optimised logical plan, for EXPLAIN and messages.
+    pub display: String,
+}
+
+impl OperatorSpec {
+    fn instantiate(&self) -> Result<Box<dyn Operator>> {
+        Ok(match self {
+            OperatorSpec::Filter(predicate) => Box::new(Filter::new(predicate.clone())),
+            OperatorSpec::Project { exprs, schema } => {
+                Box::new(Project::new(exprs.clone(), schema.clone()))
+            }
+            OperatorSpec::Distinct { schema } => Box::new(Distinct::new(schema.clone())?),
+        })
+    }
+}
+
+impl PipelinePlan {
+    /// A fresh graph of operators for one run, with empty state.
+    pub fn instantiate(&self) -> Result<OperatorGraph> {
+        let operators = self
+            .nodes
+            .iter()
+            .map(|n| Ok((n.id.clone(), n.operator.instantiate()?, n.inputs.clone())))
+            .collect::<Result<Vec<_>>>()?;
+        OperatorGraph::new(operators, self.output, self.output_schema.clone())
+    }
+}

@@ -1,0 +1,303 @@
+//! Operator state in checkpoints: each stateful operator's snapshots are immutable Arrow IPC
+//! files beside the checkpoints (a full snapshot, then the changes of later epochs), and each
+//! checkpoint lists the files that rebuild every operator's state at its epoch.
+
+use std::collections::BTreeMap;
+
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::{FileWriter, IpcWriteOptions};
+use arrow::ipc::CompressionType;
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::CheckpointStore;
+use super::graph::OperatorGraph;
+use super::operator::distinct::rows_from_row_format;
+use crate::error::{Error, Result};
+
+/// An operator's state is rewritten whole (compacted into one file) once it spans this many files.
+const COMPACT_AFTER_FILES: usize = 8;
+
+/// One state file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateFile {
+    /// Path inside the pipeline's checkpoint directory.
+    pub path: String,
+    /// Rows it holds.
+    pub rows: u64,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// An operator's state as a checkpoint records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OperatorState {
+    /// State files: a full snapshot, then the changes of later epochs, in order.
+    Files {
+        /// The files.
+        files: Vec<StateFile>,
+    },
+    /// How checkpoints stored a DISTINCT's rows before state files: hex-encoded keys in Arrow's
+    /// row format. Read on resume; the next checkpoint writes files instead.
+    RowFormatKeys {
+        /// The keys.
+        seen: Vec<String>,
+    },
+}
+
+/// Writes the state of every stateful operator of `graph` for `epoch`: a file of what changed
+/// since `previous` (the last checkpoint's states), or the whole state when there is no
+/// previous file list or it has grown long. Returns the states the new checkpoint records.
+pub async fn write_states(
+    store: &CheckpointStore,
+    graph: &mut OperatorGraph,
+    epoch: u64,
+    previous: &BTreeMap<String, OperatorState>,
+) -> Result<BTreeMap<String, OperatorState>> {
+    let mut out = BTreeMap::new();
+    for (id, schema) in graph.stateful() {
+        let mut files = match previous.get(&id) {
+            Some(OperatorState::Files { files }) => files.clone(),
+            _ => Vec::new(),
+        };
+        let full = files.is_empty() || files.len() >= COMPACT_AFTER_FILES;
+        let batches = graph.snapshot(&id, full)?;
+        if full {
+            files.clear();
+        }
+        if !batches.is_empty() {
+            let path = format!("state/{id}/{epoch:020}.arrow");
+            let bytes = encode(&schema, &batches)?;
+            let size = bytes.len() as u64;
+            store.put_file(&path, bytes).await?;
+            files.push(StateFile {
+                path,
+                rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+                bytes: size,
+            });
+        }
+        out.insert(id, OperatorState::Files { files });
+    }
+    Ok(out)
+}
+
+/// Restores every stateful operator of `graph` from a checkpoint's states. A stateful operator
+/// the checkpoint holds nothing for, or a file that cannot be read, is an error: resuming with
+/// empty state would emit again what was already emitted.
+pub async fn restore_states(
+    store: &CheckpointStore,
+    graph: &mut OperatorGraph,
+    epoch: u64,
+    states: &BTreeMap<String, OperatorState>,
+) -> Result<()> {
+    for (id, schema) in graph.stateful() {
+        let batches = match states.get(&id) {
+            None => {
+                return Err(Error::CheckpointUnreadable {
+                    file: store.describe(epoch),
+                    reason: format!("it holds no state for operator {id}"),
+                })
+            }
+            Some(OperatorState::Files { files }) => {
+                let mut batches = Vec::new();
+                for f in files {
+                    let bytes = store.get_file(&f.path).await?;
+                    batches.extend(decode(&schema, bytes).map_err(|reason| {
+                        Error::CheckpointUnreadable {
+                            file: store.describe_file(&f.path),
+                            reason,
+                        }
+                    })?);
+                }
+                batches
+            }
+            Some(OperatorState::RowFormatKeys { seen }) => {
+                let keys = seen
+                    .iter()
+                    .map(|k| unhex(k))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| Error::CheckpointUnreadable {
+                        file: store.describe(epoch),
+                        reason: format!("the state of {id} is not hex"),
+                    })?;
+                vec![rows_from_row_format(schema, &keys)?]
+            }
+        };
+        graph.restore(&id, &batches)?;
+    }
+    Ok(())
+}
+
+/// The files every state in `states` lists.
+pub fn files_of(states: &BTreeMap<String, OperatorState>) -> impl Iterator<Item = &str> {
+    states.values().flat_map(|s| match s {
+        OperatorState::Files { files } => files.iter().map(|f| f.path.as_str()).collect(),
+        OperatorState::RowFormatKeys { .. } => Vec::new(),
+    })
+}
+
+/// Batches as one Arrow IPC file, zstd-compressed.
+fn encode(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let options = IpcWriteOptions::default().try_with_compression(Some(CompressionType::ZSTD))?;
+    let mut writer = FileWriter::try_new_with_options(Vec::new(), schema, options)?;
+    for b in batches {
+        writer.write(b)?;
+    }
+    writer.finish()?;
+    Ok(writer.into_inner()?)
+}
+
+/// The batches of an Arrow IPC file, which must have `schema`'s columns.
+fn decode(schema: &SchemaRef, bytes: Vec<u8>) -> std::result::Result<Vec<RecordBatch>, String> {
+    let reader =
+        FileReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| e.to_string())?;
+    let found = reader.schema();
+    if found.fields() != schema.fields() {
+        return Err(format!(
+            "its columns ({}) are not the operator's ({})",
+            describe(&found),
+            describe(schema)
+        ));
+    }
+    reader.map(|b| b.map_err(|e| e.to_string())).collect()
+}
+
+fn describe(schema: &SchemaRef) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use tributary_connectors::PreparedCommit;
+
+    use super::*;
+    use crate::runtime::checkpoint::Checkpoint;
+    use crate::runtime::graph::tests::{batch, distinct_then_divide, xs};
+
+    fn checkpoint(epoch: u64, operators: BTreeMap<String, OperatorState>) -> Checkpoint {
+        Checkpoint {
+            epoch,
+            at: Utc::now(),
+            duration_ms: 1,
+            sources: BTreeMap::new(),
+            operators,
+            sink: PreparedCommit::default(),
+            rows_in: 0,
+            rows_out: 0,
+            rows_errored: 0,
+        }
+    }
+
+    fn files(states: &BTreeMap<String, OperatorState>) -> Vec<StateFile> {
+        match &states["dedup0"] {
+            OperatorState::Files { files } => files.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn state_files_hold_the_changes_compact_and_are_collected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::local(tmp.path(), "p1").unwrap();
+        let mut graph = distinct_then_divide().instantiate().unwrap();
+        let mut states = BTreeMap::new();
+        for epoch in 1..=12u64 {
+            let e = epoch as i64;
+            graph.process(batch(&[e, e + 100, e])).unwrap();
+            states = write_states(&store, &mut graph, epoch, &states)
+                .await
+                .unwrap();
+            store
+                .save(&checkpoint(epoch, states.clone()))
+                .await
+                .unwrap();
+            let listed = files(&states);
+            // A whole snapshot at epoch 1, changes up to 8 files, compacted at epoch 9.
+            let expected = if epoch <= 8 { epoch } else { epoch - 8 };
+            assert_eq!(listed.len() as u64, expected, "epoch {epoch}");
+        }
+        let listed = files(&states);
+        assert_eq!(
+            listed.iter().map(|f| f.rows).collect::<Vec<_>>(),
+            vec![18, 2, 2, 2]
+        );
+        // Only the files that the kept checkpoints (10, 11, 12) list are left.
+        let on_disk = std::fs::read_dir(tmp.path().join("p1/state/dedup0"))
+            .unwrap()
+            .count();
+        assert_eq!(on_disk, 4);
+
+        let mut restored = distinct_then_divide().instantiate().unwrap();
+        restore_states(&store, &mut restored, 12, &states)
+            .await
+            .unwrap();
+        assert_eq!(restored.stats()[0].state_rows, 24);
+        assert_eq!(
+            xs(&restored.process(batch(&[12, 13, 112, 113])).unwrap()),
+            vec![7, 0]
+        );
+
+        // Damage is an error naming the file, never an empty state.
+        let damaged = tmp.path().join("p1").join(&listed[1].path);
+        std::fs::write(&damaged, b"not arrow").unwrap();
+        let e = restore_states(&store, &mut restored, 12, &states)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::CheckpointUnreadable { .. }), "{e}");
+        assert!(
+            e.to_string().contains(&damaged.display().to_string()),
+            "{e}"
+        );
+        let e = restore_states(&store, &mut restored, 12, &BTreeMap::new())
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("no state for operator dedup0"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn distinct_keys_of_checkpoints_before_state_files_still_restore() {
+        // How checkpoints stored a DISTINCT's keys before: hex of Arrow's row format.
+        let converter = arrow::row::RowConverter::new(vec![arrow::row::SortField::new(
+            arrow::datatypes::DataType::Int64,
+        )])
+        .unwrap();
+        let rows = converter.convert_columns(batch(&[1, 2]).columns()).unwrap();
+        let hex: Vec<String> = rows
+            .iter()
+            .map(|r| r.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
+        let states: BTreeMap<String, OperatorState> =
+            serde_json::from_value(serde_json::json!({ "dedup0": { "seen": hex } })).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::local(tmp.path(), "p1").unwrap();
+        let mut graph = distinct_then_divide().instantiate().unwrap();
+        restore_states(&store, &mut graph, 3, &states)
+            .await
+            .unwrap();
+        assert_eq!(xs(&graph.process(batch(&[1, 2, 4])).unwrap()), vec![25]);
+        // The next checkpoint writes the whole state as a file.
+        let next = write_states(&store, &mut graph, 4, &states).await.unwrap();
+        assert_eq!(
+            files(&next).iter().map(|f| f.rows).collect::<Vec<_>>(),
+            vec![3]
+        );
+    }
+}

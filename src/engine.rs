@@ -27,6 +27,7 @@ use crate::runtime::Runtime;
 use crate::sql::parse::{parse_sql, parse_statement, ObjectKind, ParsedStatement, Statement};
 use crate::sql::plan::compile;
 use crate::sql::types::schema_from_columns;
+use crate::sql::windows::{event_time, Tumble};
 use crate::system_tables::{columns_text, options_text, CatalogSchema, SystemSchema};
 
 /// Compiles a catalog pipeline into a job for the data plane. The job can rebuild itself after
@@ -164,6 +165,10 @@ impl Engine {
             .catalog("datafusion")
             .ok_or_else(|| Error::Internal("DataFusion default catalog missing".into()))?;
         df_catalog.register_schema("public", Arc::new(CatalogSchema::new(catalog.clone())))?;
+        // DataFusion looks table functions up by the name as written, unfolded.
+        for name in ["tumble", "TUMBLE", "Tumble"] {
+            ctx.register_udtf(name, Arc::new(Tumble::new(catalog.clone())));
+        }
         df_catalog.register_schema(
             "tributary",
             Arc::new(SystemSchema::new(catalog.clone(), runtime.clone())),
@@ -285,6 +290,9 @@ impl Engine {
                     options: options.clone(),
                 };
                 let schema = connector.validate(&spec).await?;
+                if let Some((column, expression)) = watermark {
+                    event_time(&self.ctx.state(), &schema, column, expression)?;
+                }
                 let mut primary_key = primary_key.clone();
                 if primary_key.is_empty() {
                     if let Some(k) = schema
@@ -798,7 +806,7 @@ pub fn session_statement(stmt: &ast::Statement) -> Option<Output> {
     }
 }
 
-const PIPELINE_OPTIONS: &[&str] = &["mode", "checkpoint_interval", "on_error"];
+const PIPELINE_OPTIONS: &[&str] = &["mode", "checkpoint_interval", "on_error", "on_late"];
 
 fn check_pipeline_options(options: &BTreeMap<String, String>) -> Result<()> {
     for k in options.keys() {
@@ -844,10 +852,17 @@ fn pipeline_settings(options: &BTreeMap<String, String>) -> Result<PipelineSetti
             )
         })?,
     };
+    let keep_late = match options.get("on_late").map(|s| s.to_ascii_lowercase()) {
+        None => false,
+        Some(m) if m == "drop" => false,
+        Some(m) if m == "errors" => true,
+        Some(m) => return Err(invalid("on_late", &m, "expected drop or errors")),
+    };
     Ok(PipelineSettings {
         mode,
         checkpoint_interval,
         on_error,
+        keep_late,
     })
 }
 

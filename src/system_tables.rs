@@ -13,6 +13,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use tributary_connectors::{redact, SinkSpec, SourceSpec};
 
 use crate::catalog::{schema_of, Catalog, PipelineState};
+use crate::runtime::event_time::watermark_time;
 use crate::runtime::source_table::SourceTable;
 use crate::runtime::Runtime;
 use crate::sql::types::sql_type_name;
@@ -42,7 +43,9 @@ pub fn source_table(catalog: &Catalog, name: &str) -> crate::error::Result<Optio
         schema: Some(schema.clone()),
         options: entry.options.clone(),
     };
-    Ok(Some(SourceTable::new(spec, schema, connector)))
+    Ok(Some(
+        SourceTable::new(spec, schema, connector).with_watermark(entry.watermark.clone()),
+    ))
 }
 
 #[async_trait]
@@ -214,6 +217,14 @@ impl SystemSchema {
                         count(st.iter().map(|s| s.rows_errored).collect()),
                     ),
                     ("epoch", count(st.iter().map(|s| s.epoch).collect())),
+                    ("rows_late", count(st.iter().map(|s| s.rows_late).collect())),
+                    (
+                        "watermark",
+                        ts(st
+                            .iter()
+                            .map(|s| s.watermark.and_then(watermark_time))
+                            .collect()),
+                    ),
                     ("started_at", ts(st.iter().map(|s| s.started_at).collect())),
                     (
                         "last_checkpoint_at",
@@ -450,8 +461,13 @@ impl SystemSchema {
                         "state_bytes",
                         count(rows.iter().map(|r| r.1.state_bytes).collect()),
                     ),
-                    // Event time arrives with watermarks; until then no operator has one.
-                    ("watermark", ts(rows.iter().map(|_| None).collect())),
+                    (
+                        "watermark",
+                        ts(rows
+                            .iter()
+                            .map(|r| r.1.watermark.and_then(watermark_time))
+                            .collect()),
+                    ),
                     (
                         "busy_ratio",
                         Arc::new(arrow::array::Float64Array::from(

@@ -41,6 +41,12 @@ pub struct Checkpoint {
     pub rows_out: u64,
     /// Cumulative bad records.
     pub rows_errored: u64,
+    /// Cumulative rows that arrived behind the watermark.
+    #[serde(default)]
+    pub rows_late: u64,
+    /// The watermark after the epoch (UTC microseconds), when the source has one.
+    #[serde(default)]
+    pub watermark: Option<i64>,
 }
 
 /// Stores checkpoints of one pipeline under `<root>/<pipeline id>/`.
@@ -259,6 +265,8 @@ mod tests {
             rows_in: epoch * 10,
             rows_out: epoch * 10,
             rows_errored: 0,
+            rows_late: 0,
+            watermark: None,
         }
     }
 

@@ -38,6 +38,8 @@ pub struct OperatorStats {
     pub state_bytes: u64,
     /// Time spent processing.
     pub busy: Duration,
+    /// The last watermark it was given (UTC microseconds).
+    pub watermark: Option<i64>,
 }
 
 /// The operators of one run.
@@ -103,16 +105,7 @@ impl OperatorGraph {
     pub fn process(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
         let result = self.push_all(None, batch, &mut out);
-        for node in &mut self.nodes {
-            if result.is_ok() {
-                node.operator.commit_batch();
-                node.stats.rows_in += node.pending.0;
-                node.stats.rows_out += node.pending.1;
-            } else {
-                node.operator.abort_batch();
-            }
-            node.pending = (0, 0);
-        }
+        self.settle(result.is_ok());
         result?;
         out.into_iter()
             .filter(|b| b.num_rows() > 0)
@@ -177,9 +170,54 @@ impl OperatorGraph {
         self.node_mut(id)?.operator.snapshot(full)
     }
 
-    /// Restores operator `id` from its snapshots.
-    pub fn restore(&mut self, id: &str, state: &[RecordBatch]) -> Result<()> {
-        self.node_mut(id)?.operator.restore(state)
+    /// Restores operator `id` from its snapshots, taken at a checkpoint with `watermark`.
+    pub fn restore(
+        &mut self,
+        id: &str,
+        state: &[RecordBatch],
+        watermark: Option<i64>,
+    ) -> Result<()> {
+        self.node_mut(id)?.operator.restore(state, watermark)
+    }
+
+    /// Advances every operator's watermark, in graph order, and returns what reaches the sink.
+    /// What an operator emits goes through the operators after it before they see the watermark.
+    pub fn on_watermark(&mut self, watermark: i64) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for node in 0..self.nodes.len() {
+            let started = Instant::now();
+            let emitted = self.nodes[node].operator.on_watermark(watermark)?;
+            self.nodes[node].stats.busy += started.elapsed();
+            self.nodes[node].stats.watermark = Some(watermark);
+            let mut result = Ok(());
+            for batch in emitted {
+                self.nodes[node].pending.1 += batch.num_rows() as u64;
+                result = self.push_all(Some(node), batch, &mut out);
+                if result.is_err() {
+                    break;
+                }
+            }
+            self.settle(result.is_ok());
+            result?;
+        }
+        out.into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| self.to_output(b))
+            .collect()
+    }
+
+    /// Commits (or aborts) what the operators did since the last settle, and its counts.
+    fn settle(&mut self, ok: bool) {
+        for node in &mut self.nodes {
+            if ok {
+                node.operator.commit_batch();
+                node.stats.rows_in += node.pending.0;
+                node.stats.rows_out += node.pending.1;
+            } else {
+                node.operator.abort_batch();
+            }
+            node.pending = (0, 0);
+        }
     }
 
     fn node_mut(&mut self, id: &str) -> Result<&mut Node> {
@@ -229,6 +267,7 @@ pub(crate) mod tests {
         PipelinePlan {
             source: "s".into(),
             scan_projection: None,
+            event_time: None,
             nodes: vec![
                 NodeSpec {
                     id: "dedup0".into(),
@@ -315,7 +354,7 @@ pub(crate) mod tests {
 
         let mut restored = distinct_then_divide().instantiate().unwrap();
         restored
-            .restore("dedup0", &[first, second].concat())
+            .restore("dedup0", &[first, second].concat(), None)
             .unwrap();
         assert_eq!(
             xs(&restored.process(batch(&[3, 4, 1, 5])).unwrap()),

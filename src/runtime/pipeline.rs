@@ -18,6 +18,7 @@ use tributary_connectors::{
 };
 
 use super::checkpoint::{Checkpoint, CheckpointStore};
+use super::event_time::END_OF_TIME;
 use super::graph::OperatorGraph;
 use super::plan::PipelinePlan;
 use super::state::{restore_states, write_states};
@@ -50,6 +51,9 @@ pub struct PipelineSettings {
     pub checkpoint_interval: Duration,
     /// Bad record policy.
     pub on_error: OnError,
+    /// Keep rows behind the watermark in `tributary.errors` (`on_late = 'errors'`) rather than
+    /// only counting them.
+    pub keep_late: bool,
 }
 
 /// Everything a pipeline run needs, resolved by the control plane.
@@ -128,13 +132,17 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
         let mut operator_states = Default::default();
         let mut epoch = 0u64;
         let mut position = None;
+        // The watermark of the rows read so far (UTC microseconds): rows before it are late.
+        let mut watermark: Option<i64> = None;
         if let Some(cp) = latest {
             // The last checkpoint's commit may not have happened before a crash: (re)do it; sinks skip it if done.
             sink.commit(cp.epoch, cp.sink.clone()).await?;
             epoch = cp.epoch;
             position = cp.sources.get(&job.plan.source).cloned();
-            restore_states(&ctx.checkpoints, &mut graph, cp.epoch, &cp.operators).await?;
+            restore_states(&ctx.checkpoints, &mut graph, cp.epoch, &cp.operators, cp.watermark).await?;
             operator_states = cp.operators.clone();
+            watermark = cp.watermark;
+            status.rows_late.store(cp.rows_late, Ordering::Relaxed);
             status.restore(cp.rows_in, cp.rows_out, cp.rows_errored, cp.epoch, cp.at);
             tracing::info!(epoch, "Resuming from checkpoint.");
         }
@@ -172,6 +180,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             let mut epoch_rows = 0u64;
             let mut finished = false;
             let mut stopping = false;
+            let mut epoch_watermark = watermark;
             while epoch_rows < MAX_EPOCH_ROWS {
                 tokio::select! {
                     biased;
@@ -187,7 +196,8 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                             epoch_rows += (sb.batch.num_rows() + sb.bad_records.len()) as u64;
                             let pos = sb.position.clone();
                             unfilled.observe(&sb.batch, &job.plan.source, &status);
-                            handle_batch(&job, &mut graph, &status, &mut *sink, sb, epoch, &mut epoch_errors).await?;
+                            let batch = EpochBatch { epoch, watermark, epoch_watermark: &mut epoch_watermark };
+                            handle_batch(&job, &mut graph, &status, &mut *sink, sb, batch, &mut epoch_errors).await?;
                             status.set_operators(graph.stats());
                             last_position = Some(pos);
                         }
@@ -199,8 +209,21 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                     }
                 }
             }
-            // An epoch that read nothing and moved no position needs no checkpoint.
-            let idle = epoch_rows == 0 && last_position.is_some() && last_position == committed_position;
+            // The watermark moves at epoch ends, so that what it closes is in this epoch's commit.
+            // At the end of the input every window closes; the checkpoint keeps the rows' own
+            // watermark, so a later run over new input still takes rows after it.
+            let mut emitted = 0u64;
+            if let Some(w) = epoch_watermark.filter(|w| Some(*w) > watermark) {
+                emitted += emit(&mut graph, &mut *sink, &status, w).await?;
+                watermark = Some(w);
+                status.set_watermark(watermark);
+            }
+            if finished && job.plan.event_time.is_some() {
+                emitted += emit(&mut graph, &mut *sink, &status, END_OF_TIME).await?;
+            }
+            // An epoch that read nothing, moved no position and emitted nothing needs no checkpoint.
+            let idle = epoch_rows == 0 && emitted == 0 && last_position.is_some() && last_position == committed_position;
+            let last_position = last_position.or_else(|| (emitted > 0).then(|| committed_position.clone()).flatten());
             if let (Some(pos), false) = (last_position, idle) {
                 let prepared = sink.prepare(epoch).await?;
                 persist_errors(&ctx, &epoch_errors)?;
@@ -216,6 +239,8 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                     rows_in: status.rows_in.load(Ordering::Relaxed),
                     rows_out: status.rows_out.load(Ordering::Relaxed),
                     rows_errored: status.rows_errored.load(Ordering::Relaxed),
+                    rows_late: status.rows_late.load(Ordering::Relaxed),
+                    watermark,
                 };
                 let bytes = ctx.checkpoints.save(&cp).await?;
                 operator_states = operators;
@@ -305,15 +330,96 @@ impl UnfilledColumns {
     }
 }
 
+/// Advances the graph's watermark to `watermark` and writes what it emits; returns the rows.
+async fn emit(
+    graph: &mut OperatorGraph,
+    sink: &mut dyn tributary_connectors::Sink,
+    status: &PipelineStatus,
+    watermark: i64,
+) -> Result<u64> {
+    let mut rows = 0;
+    for out in graph.on_watermark(watermark)? {
+        let n = out.num_rows() as u64;
+        sink.write(out).await?;
+        status.rows_out.fetch_add(n, Ordering::Relaxed);
+        rows += n;
+    }
+    status.set_operators(graph.stats());
+    Ok(rows)
+}
+
+/// Where a batch stands in event time.
+struct EpochBatch<'a> {
+    epoch: u64,
+    /// The watermark at the start of the epoch: rows before it are late.
+    watermark: Option<i64>,
+    /// The watermark the epoch's rows imply so far.
+    epoch_watermark: &'a mut Option<i64>,
+}
+
+/// Drops the rows of `batch` behind the watermark (counted, and kept as errors when asked) and
+/// raises the epoch's watermark by the rows that remain.
+fn apply_event_time(
+    job: &PipelineJob,
+    status: &PipelineStatus,
+    batch: RecordBatch,
+    at: &mut EpochBatch,
+    errors: &mut Vec<ErrorEntry>,
+) -> Result<RecordBatch> {
+    let Some(event_time) = &job.plan.event_time else {
+        return Ok(batch);
+    };
+    let batch = match at.watermark {
+        Some(w) if batch.num_rows() > 0 => {
+            let late = event_time.late(&batch, w)?;
+            let n = late.true_count();
+            if n > 0 {
+                status.rows_late.fetch_add(n as u64, Ordering::Relaxed);
+                if job.settings.keep_late {
+                    let rows = arrow::compute::filter_record_batch(&batch, &late)?;
+                    let room = MAX_EPOCH_ERRORS
+                        .saturating_sub(errors.len())
+                        .min(rows.num_rows());
+                    let now = Utc::now();
+                    let shown = super::event_time::watermark_time(w)
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_default();
+                    errors.extend((0..room).map(|i| ErrorEntry {
+                        pipeline: job.entry.name.clone(),
+                        source: job.plan.source.clone(),
+                        epoch: at.epoch,
+                        position: format!("epoch {}", at.epoch),
+                        message: format!(
+                            "late: \"{}\" is before the watermark {shown}",
+                            event_time.name
+                        ),
+                        raw: row_json(&rows.slice(i, 1)),
+                        at: now,
+                    }));
+                }
+                arrow::compute::filter_record_batch(&batch, &arrow::compute::not(&late)?)?
+            } else {
+                batch
+            }
+        }
+        _ => batch,
+    };
+    if let Some(w) = event_time.batch_watermark(&batch)? {
+        *at.epoch_watermark = Some(at.epoch_watermark.map_or(w, |e| e.max(w)));
+    }
+    Ok(batch)
+}
+
 async fn handle_batch(
     job: &PipelineJob,
     graph: &mut OperatorGraph,
     status: &PipelineStatus,
     sink: &mut dyn tributary_connectors::Sink,
     sb: SourceBatch,
-    epoch: u64,
+    mut at: EpochBatch<'_>,
     errors: &mut Vec<ErrorEntry>,
 ) -> Result<()> {
+    let epoch = at.epoch;
     status.rows_in.fetch_add(
         (sb.batch.num_rows() + sb.bad_records.len()) as u64,
         Ordering::Relaxed,
@@ -333,9 +439,10 @@ async fn handle_batch(
             .into());
         }
     }
+    let batch = apply_event_time(job, status, sb.batch, &mut at, errors)?;
     let batch = match &job.plan.scan_projection {
-        Some(p) => sb.batch.project(p)?,
-        None => sb.batch,
+        Some(p) => batch.project(p)?,
+        None => batch,
     };
     let (outputs, failed) = process_isolating(graph, batch);
     if let Some((_, msg)) = failed.first() {

@@ -5,10 +5,13 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::ExecutionPlan;
 
+use super::event_time::EventTime;
 use super::graph::OperatorGraph;
 use super::operator::distinct::Distinct;
 use super::operator::stateless::{Filter, Project};
+use super::operator::window_aggregate::WindowAggregate;
 use super::operator::Operator;
 use crate::error::Result;
 
@@ -28,6 +31,14 @@ pub enum OperatorSpec {
     Distinct {
         /// Schema of the rows (all of them form the key).
         schema: SchemaRef,
+    },
+    /// GROUP BY a window: partial aggregate states per batch, rows emitted once the watermark
+    /// passes the window's end.
+    WindowAggregate {
+        /// DataFusion's AggregateExec in Final mode over its Partial one.
+        aggregate: Arc<dyn ExecutionPlan>,
+        /// Which group column is `window_end`.
+        window_end: usize,
     },
 }
 
@@ -58,6 +69,8 @@ pub struct PipelinePlan {
     pub source: String,
     /// Columns of the source the query uses, in the order the graph expects.
     pub scan_projection: Option<Vec<usize>>,
+    /// The source's event time and watermark, when it declares one.
+    pub event_time: Option<EventTime>,
     /// The operators, each after the nodes it reads from.
     pub nodes: Vec<NodeSpec>,
     /// What the sink receives: the source itself or a node's output.
@@ -76,6 +89,10 @@ impl OperatorSpec {
                 Box::new(Project::new(exprs.clone(), schema.clone()))
             }
             OperatorSpec::Distinct { schema } => Box::new(Distinct::new(schema.clone())?),
+            OperatorSpec::WindowAggregate {
+                aggregate,
+                window_end,
+            } => Box::new(WindowAggregate::new(aggregate.clone(), *window_end)?),
         })
     }
 }

@@ -22,6 +22,7 @@ pub struct SourceTable {
     spec: SourceSpec,
     schema: SchemaRef,
     connector: Arc<dyn SourceConnector>,
+    watermark: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for SourceTable {
@@ -39,7 +40,19 @@ impl SourceTable {
             spec,
             schema,
             connector,
+            watermark: None,
         }
+    }
+
+    /// The table of a source that declares `WATERMARK FOR column AS expression`.
+    pub fn with_watermark(mut self, watermark: Option<(String, String)>) -> Self {
+        self.watermark = watermark;
+        self
+    }
+
+    /// The source's watermark declaration: (column, expression).
+    pub fn watermark(&self) -> Option<&(String, String)> {
+        self.watermark.as_ref()
     }
     /// The source's name.
     pub fn name(&self) -> &str {

@@ -91,6 +91,7 @@ pub async fn restore_states(
     graph: &mut OperatorGraph,
     epoch: u64,
     states: &BTreeMap<String, OperatorState>,
+    watermark: Option<i64>,
 ) -> Result<()> {
     for (id, schema) in graph.stateful() {
         let batches = match states.get(&id) {
@@ -125,7 +126,7 @@ pub async fn restore_states(
                 vec![rows_from_row_format(schema, &keys)?]
             }
         };
-        graph.restore(&id, &batches)?;
+        graph.restore(&id, &batches, watermark)?;
     }
     Ok(())
 }
@@ -200,6 +201,8 @@ mod tests {
             rows_in: 0,
             rows_out: 0,
             rows_errored: 0,
+            rows_late: 0,
+            watermark: None,
         }
     }
 
@@ -243,7 +246,7 @@ mod tests {
         assert_eq!(on_disk, 4);
 
         let mut restored = distinct_then_divide().instantiate().unwrap();
-        restore_states(&store, &mut restored, 12, &states)
+        restore_states(&store, &mut restored, 12, &states, None)
             .await
             .unwrap();
         assert_eq!(restored.stats()[0].state_rows, 24);
@@ -255,7 +258,7 @@ mod tests {
         // Damage is an error naming the file, never an empty state.
         let damaged = tmp.path().join("p1").join(&listed[1].path);
         std::fs::write(&damaged, b"not arrow").unwrap();
-        let e = restore_states(&store, &mut restored, 12, &states)
+        let e = restore_states(&store, &mut restored, 12, &states, None)
             .await
             .unwrap_err();
         assert!(matches!(e, Error::CheckpointUnreadable { .. }), "{e}");
@@ -263,7 +266,7 @@ mod tests {
             e.to_string().contains(&damaged.display().to_string()),
             "{e}"
         );
-        let e = restore_states(&store, &mut restored, 12, &BTreeMap::new())
+        let e = restore_states(&store, &mut restored, 12, &BTreeMap::new(), None)
             .await
             .unwrap_err();
         assert!(
@@ -289,7 +292,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = CheckpointStore::local(tmp.path(), "p1").unwrap();
         let mut graph = distinct_then_divide().instantiate().unwrap();
-        restore_states(&store, &mut graph, 3, &states)
+        restore_states(&store, &mut graph, 3, &states, None)
             .await
             .unwrap();
         assert_eq!(xs(&graph.process(batch(&[1, 2, 4])).unwrap()), vec![25]);

@@ -25,6 +25,10 @@ pub struct PipelineStatus {
     pub rows_errored: AtomicU64,
     /// Last committed epoch.
     pub epoch: AtomicU64,
+    /// Rows that arrived behind the watermark.
+    pub rows_late: AtomicU64,
+    /// The pipeline's watermark (UTC microseconds).
+    watermark: Mutex<Option<i64>>,
     inner: Mutex<StatusInner>,
     lag: Mutex<Vec<(String, tributary_connectors::PartitionLag)>>,
     operators: Mutex<Vec<OperatorStats>>,
@@ -55,6 +59,10 @@ pub struct StatusSnapshot {
     pub rows_out: u64,
     /// Bad records.
     pub rows_errored: u64,
+    /// Rows behind the watermark.
+    pub rows_late: u64,
+    /// The watermark (UTC microseconds).
+    pub watermark: Option<i64>,
     /// Last committed epoch.
     pub epoch: u64,
     /// When the current or last run started.
@@ -79,6 +87,8 @@ impl PipelineStatus {
             rows_out: AtomicU64::new(0),
             rows_errored: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
+            rows_late: AtomicU64::new(0),
+            watermark: Mutex::new(None),
             inner: Mutex::new(StatusInner {
                 state,
                 error,
@@ -90,6 +100,11 @@ impl PipelineStatus {
             lag: Mutex::new(Vec::new()),
             operators: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Records the watermark.
+    pub fn set_watermark(&self, watermark: Option<i64>) {
+        *self.watermark.lock() = watermark;
     }
 
     /// Records the operators' figures.
@@ -178,6 +193,8 @@ impl PipelineStatus {
             rows_out: self.rows_out.load(Ordering::Relaxed),
             rows_errored: self.rows_errored.load(Ordering::Relaxed),
             epoch: self.epoch.load(Ordering::Relaxed),
+            rows_late: self.rows_late.load(Ordering::Relaxed),
+            watermark: *self.watermark.lock(),
             started_at: i.started_at,
             last_checkpoint_at: i.last_checkpoint_at,
             error: i.error,

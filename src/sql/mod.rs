@@ -4,3 +4,4 @@ pub mod clock;
 pub mod parse;
 pub mod plan;
 pub mod types;
+pub mod windows;

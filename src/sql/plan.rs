@@ -11,6 +11,7 @@ use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast;
 
+use super::windows::{event_time, WINDOW_END, WINDOW_START};
 use crate::error::{Error, Result};
 pub use crate::runtime::plan::PipelinePlan;
 use crate::runtime::plan::{Input, NodeSpec, OperatorSpec};
@@ -32,8 +33,26 @@ pub async fn compile(state: &SessionState, query: &ast::Query) -> Result<Pipelin
         .await?;
     let optimized = state.optimize(&logical)?;
     let display = optimized.display_indent().to_string();
-    let mut nodes = Vec::new();
-    let (source, scan_projection, output) = lower(&optimized, &mut nodes)?;
+    let mut cx = Lowering {
+        state: &state,
+        nodes: Vec::new(),
+        scanned: None,
+        windowed: false,
+    };
+    let (source, scan_projection, output) = lower(&optimized, &mut cx)?;
+    let event_time = match cx.scanned.as_ref().and_then(|t| Some((t, t.watermark()?))) {
+        Some((table, (column, expression))) => {
+            let schema = datafusion::catalog::TableProvider::schema(table);
+            Some(event_time(&state, &schema, column, expression)?)
+        }
+        None => None,
+    };
+    if cx.windowed && event_time.is_none() {
+        return Err(Error::Plan(format!(
+            "a window closes when the watermark passes its end, and source \"{source}\" has no watermark: declare one, as in CREATE SOURCE {source} (..., WATERMARK FOR <time column> AS <time column> - INTERVAL '5' SECOND)"
+        )));
+    }
+    let nodes = cx.nodes;
     // Name checks: sinks need real column names.
     let schema = optimized.schema();
     let mut fields = Vec::with_capacity(schema.fields().len());
@@ -56,6 +75,7 @@ pub async fn compile(state: &SessionState, query: &ast::Query) -> Result<Pipelin
     Ok(PipelinePlan {
         source,
         scan_projection,
+        event_time,
         nodes,
         output,
         output_schema: Arc::new(Schema::new(fields)),
@@ -66,14 +86,27 @@ pub async fn compile(state: &SessionState, query: &ast::Query) -> Result<Pipelin
 /// What a lowered subplan reads and where its rows come out.
 type Lowered = (String, Option<Vec<usize>>, Input);
 
+/// What lowering has found so far.
+struct Lowering<'a> {
+    /// Plans aggregates.
+    state: &'a SessionState,
+    nodes: Vec<NodeSpec>,
+    /// The source read.
+    scanned: Option<SourceTable>,
+    /// Whether some operator needs the watermark.
+    windowed: bool,
+}
+
 /// Appends a node reading `input` and returns it as the new output.
-fn push(nodes: &mut Vec<NodeSpec>, operator: OperatorSpec, input: Input) -> Input {
+fn push(cx: &mut Lowering, operator: OperatorSpec, input: Input) -> Input {
+    let nodes = &mut cx.nodes;
     let index = nodes.len();
     // Ids are stable for a given query: checkpointed state is found by them.
     let id = match operator {
         OperatorSpec::Distinct { .. } => format!("dedup{index}"),
         OperatorSpec::Filter(_) => format!("filter{index}"),
         OperatorSpec::Project { .. } => format!("project{index}"),
+        OperatorSpec::WindowAggregate { .. } => format!("window{index}"),
     };
     nodes.push(NodeSpec {
         id,
@@ -84,7 +117,7 @@ fn push(nodes: &mut Vec<NodeSpec>, operator: OperatorSpec, input: Input) -> Inpu
 }
 
 /// Lowers an optimised logical plan into operator nodes, inputs first.
-fn lower(plan: &LogicalPlan, nodes: &mut Vec<NodeSpec>) -> Result<Lowered> {
+fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
     let props = ExecutionProps::new();
     let compile_expr = |e: &datafusion::logical_expr::Expr,
                         input: &LogicalPlan|
@@ -103,7 +136,7 @@ fn lower(plan: &LogicalPlan, nodes: &mut Vec<NodeSpec>) -> Result<Lowered> {
             schema,
             ..
         }) => {
-            let (source, scan, from) = lower(input, nodes)?;
+            let (source, scan, from) = lower(input, cx)?;
             let exprs = expr
                 .iter()
                 .map(|e| compile_expr(e, input))
@@ -112,21 +145,21 @@ fn lower(plan: &LogicalPlan, nodes: &mut Vec<NodeSpec>) -> Result<Lowered> {
             Ok((
                 source,
                 scan,
-                push(nodes, OperatorSpec::Project { exprs, schema }, from),
+                push(cx, OperatorSpec::Project { exprs, schema }, from),
             ))
         }
         LogicalPlan::Filter(Filter {
             predicate, input, ..
         }) => {
-            let (source, scan, from) = lower(input, nodes)?;
+            let (source, scan, from) = lower(input, cx)?;
             let predicate = compile_expr(predicate, input)?;
             Ok((
                 source,
                 scan,
-                push(nodes, OperatorSpec::Filter(predicate), from),
+                push(cx, OperatorSpec::Filter(predicate), from),
             ))
         }
-        LogicalPlan::SubqueryAlias(SubqueryAlias { input, .. }) => lower(input, nodes),
+        LogicalPlan::SubqueryAlias(SubqueryAlias { input, .. }) => lower(input, cx),
         LogicalPlan::TableScan(TableScan {
             table_name,
             source,
@@ -146,6 +179,7 @@ fn lower(plan: &LogicalPlan, nodes: &mut Vec<NodeSpec>) -> Result<Lowered> {
                     "LIMIT in a pipeline is not supported".into(),
                 ));
             }
+            cx.scanned = Some(table.clone());
             Ok((table.name().to_string(), projection.clone(), Input::Source))
         }
         LogicalPlan::Limit(_) => Err(Error::Unsupported(
@@ -153,7 +187,7 @@ fn lower(plan: &LogicalPlan, nodes: &mut Vec<NodeSpec>) -> Result<Lowered> {
         )),
         // SELECT DISTINCT arrives as a grouping without aggregates: emit each row's first occurrence.
         LogicalPlan::Aggregate(agg) if agg.aggr_expr.is_empty() => {
-            let (source, scan, from) = lower(&agg.input, nodes)?;
+            let (source, scan, from) = lower(&agg.input, cx)?;
             let exprs = agg
                 .group_expr
                 .iter()
@@ -161,7 +195,7 @@ fn lower(plan: &LogicalPlan, nodes: &mut Vec<NodeSpec>) -> Result<Lowered> {
                 .collect::<Result<Vec<_>>>()?;
             let schema = Arc::new(agg.schema.as_arrow().clone());
             let keys = push(
-                nodes,
+                cx,
                 OperatorSpec::Project {
                     exprs,
                     schema: schema.clone(),
@@ -171,11 +205,46 @@ fn lower(plan: &LogicalPlan, nodes: &mut Vec<NodeSpec>) -> Result<Lowered> {
             Ok((
                 source,
                 scan,
-                push(nodes, OperatorSpec::Distinct { schema }, keys),
+                push(cx, OperatorSpec::Distinct { schema }, keys),
             ))
         }
-        LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) => Err(Error::Unsupported(
-            "aggregate functions in pipelines are not supported yet (SELECT DISTINCT is)".into(),
+        LogicalPlan::Aggregate(agg) => {
+            let group_names: Vec<String> = agg
+                .group_expr
+                .iter()
+                .map(|e| match e {
+                    datafusion::logical_expr::Expr::Column(c) => c.name.clone(),
+                    _ => String::new(),
+                })
+                .collect();
+            let Some(window_end) = group_names.iter().position(|n| n == WINDOW_END) else {
+                if group_names.iter().any(|n| n == WINDOW_START) {
+                    return Err(Error::Plan(format!(
+                        "a window's rows are emitted when it ends: GROUP BY {WINDOW_START}, {WINDOW_END}, ..."
+                    )));
+                }
+                return Err(Error::Unsupported(
+                    "aggregates in pipelines need a window for now: FROM TUMBLE(source, time_column, INTERVAL '1' MINUTE) ... GROUP BY window_start, window_end, ... (GROUP BY without a window, emitting updates, is not supported yet)".into(),
+                ));
+            };
+            let (source, scan, from) = lower(&agg.input, cx)?;
+            let aggregate = plan_aggregate(agg, cx.state)?;
+            cx.windowed = true;
+            Ok((
+                source,
+                scan,
+                push(
+                    cx,
+                    OperatorSpec::WindowAggregate {
+                        aggregate,
+                        window_end,
+                    },
+                    from,
+                ),
+            ))
+        }
+        LogicalPlan::Distinct(_) => Err(Error::Unsupported(
+            "this form of DISTINCT is not supported in pipelines (SELECT DISTINCT is)".into(),
         )),
         LogicalPlan::Join(_) => Err(Error::Unsupported(
             "joins in pipelines are not supported yet".into(),
@@ -194,4 +263,50 @@ fn lower(plan: &LogicalPlan, nodes: &mut Vec<NodeSpec>) -> Result<Lowered> {
             other.display()
         ))),
     }
+}
+
+/// DataFusion's physical plan of one GROUP BY over its input's rows, as AggregateExec in Final
+/// mode over AggregateExec in Partial mode (the physical optimizer, which would fuse them, is
+/// off); the runtime replaces the Partial one's input per batch.
+fn plan_aggregate(
+    agg: &datafusion::logical_expr::Aggregate,
+    state: &SessionState,
+) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+    use datafusion::execution::SessionStateBuilder;
+    use datafusion::logical_expr::{Aggregate, EmptyRelation, Expr};
+    use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+
+    if agg
+        .group_expr
+        .iter()
+        .any(|e| matches!(e, Expr::GroupingSet(_)))
+    {
+        return Err(Error::Unsupported(
+            "GROUPING SETS, ROLLUP and CUBE are not supported in pipelines".into(),
+        ));
+    }
+    let input = LogicalPlan::EmptyRelation(EmptyRelation {
+        produce_one_row: false,
+        schema: agg.input.schema().clone(),
+    });
+    let logical = LogicalPlan::Aggregate(Aggregate::try_new(
+        Arc::new(input),
+        agg.group_expr.clone(),
+        agg.aggr_expr.clone(),
+    )?);
+    let mut config = state.config().clone();
+    config.options_mut().execution.target_partitions = 1;
+    // The built state shares the session's catalogs: it must not install empty default ones.
+    config
+        .options_mut()
+        .catalog
+        .create_default_catalog_and_schema = false;
+    let planning = SessionStateBuilder::new_from_existing(state.clone())
+        .with_config(config)
+        .with_physical_optimizer_rules(vec![])
+        .build();
+    // Planning one aggregate over an empty input does no I/O and spawns nothing.
+    Ok(futures::executor::block_on(
+        DefaultPhysicalPlanner::default().create_physical_plan(&logical, &planning),
+    )?)
 }

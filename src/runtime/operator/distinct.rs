@@ -110,7 +110,7 @@ impl Operator for Distinct {
         })
     }
 
-    fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
+    fn restore(&mut self, state: &[RecordBatch], _watermark: Option<i64>) -> Result<()> {
         self.seen.clear();
         self.pending.clear();
         self.unsnapshotted.clear();

@@ -3,6 +3,7 @@
 
 pub mod distinct;
 pub mod stateless;
+pub mod window_aggregate;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -27,6 +28,13 @@ pub trait Operator: Send {
     /// Drops the pending state changes: an operator failed on the batch.
     fn abort_batch(&mut self) {}
 
+    /// The watermark (UTC microseconds; [`crate::runtime::event_time::END_OF_TIME`] at the end of
+    /// a bounded input) advanced to `watermark`: emits what it completes. Called between
+    /// batches, after the batches before it were committed.
+    fn on_watermark(&mut self, _watermark: i64) -> Result<Vec<RecordBatch>> {
+        Ok(Vec::new())
+    }
+
     /// Schema of the operator's state batches; `None` for a stateless operator.
     fn state_schema(&self) -> Option<SchemaRef> {
         None
@@ -39,8 +47,9 @@ pub trait Operator: Send {
         Ok(Vec::new())
     }
 
-    /// Rebuilds the state from snapshots (a full one, then changes, in the order taken).
-    fn restore(&mut self, _state: &[RecordBatch]) -> Result<()> {
+    /// Rebuilds the state from snapshots (a full one, then changes, in the order taken), as it
+    /// was at a checkpoint whose watermark was `watermark`.
+    fn restore(&mut self, _state: &[RecordBatch], _watermark: Option<i64>) -> Result<()> {
         Ok(())
     }
 

@@ -1,0 +1,366 @@
+//! A windowed GROUP BY: DataFusion's two-stage aggregation run incrementally. Each batch goes
+//! through the Partial aggregate; the partial states are the operator's state; when the
+//! watermark passes a window's end, the Final aggregate merges that window's states and emits
+//! its rows, once.
+
+use std::sync::Arc;
+
+use arrow::array::BooleanArray;
+use arrow::compute::{concat_batches, filter_record_batch, not};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::{collect, ExecutionPlan};
+
+use super::Operator;
+use crate::error::{Error, Result};
+use crate::runtime::event_time::{micros, END_OF_TIME};
+
+/// Open state is merged (PartialReduce) when it holds more rows than this many times the
+/// rows it held after the last merge.
+const MERGE_GROWTH: usize = 4;
+/// ...and at least this many rows.
+const MERGE_MIN_ROWS: usize = 65_536;
+
+/// Tumbling-window aggregation over partial aggregate states.
+pub struct WindowAggregate {
+    /// AggregateExec in Partial mode; its input is replaced per batch.
+    partial: Arc<dyn ExecutionPlan>,
+    /// AggregateExec in Final mode over the partial one; its input is replaced per emission.
+    final_: Arc<dyn ExecutionPlan>,
+    /// AggregateExec in PartialReduce mode: merges partial states into partial states.
+    reduce: Arc<dyn ExecutionPlan>,
+    input_schema: SchemaRef,
+    /// The partial states' schema: the group columns, then each aggregate's state fields.
+    state_schema: SchemaRef,
+    /// Column of `window_end` in the state.
+    window_end: usize,
+    task: Arc<TaskContext>,
+    /// Partial states of open windows (committed).
+    open: Vec<RecordBatch>,
+    open_rows: usize,
+    rows_after_merge: usize,
+    /// Partial states of batches not yet committed.
+    pending: Vec<RecordBatch>,
+    /// Partial states committed since the last snapshot.
+    unsnapshotted: Vec<RecordBatch>,
+}
+
+impl WindowAggregate {
+    /// An operator from the Final aggregate of a planned GROUP BY (whose input is the Partial
+    /// one) and the column of `window_end` among the group columns.
+    pub fn new(final_: Arc<dyn ExecutionPlan>, window_end: usize) -> Result<Self> {
+        let final_agg = as_aggregate(&final_, AggregateMode::Final)?;
+        let partial = final_agg.input().clone();
+        let partial_agg = as_aggregate(&partial, AggregateMode::Partial)?;
+        let input_schema = partial_agg.input().schema();
+        let state_schema = partial.schema();
+        let reduce: Arc<dyn ExecutionPlan> = Arc::new(AggregateExec::try_new(
+            AggregateMode::PartialReduce,
+            partial_agg.group_expr().as_final(),
+            partial_agg.aggr_expr().to_vec(),
+            vec![None; partial_agg.aggr_expr().len()],
+            partial.clone(),
+            partial_agg.input_schema(),
+        )?);
+        if reduce.schema().fields() != state_schema.fields() {
+            return Err(Error::Internal(
+                "merged partial states do not have the partial states' columns".into(),
+            ));
+        }
+        Ok(WindowAggregate {
+            partial,
+            final_,
+            reduce,
+            input_schema,
+            state_schema,
+            window_end,
+            task: Arc::new(TaskContext::default()),
+            open: Vec::new(),
+            open_rows: 0,
+            rows_after_merge: 0,
+            pending: Vec::new(),
+            unsnapshotted: Vec::new(),
+        })
+    }
+
+    /// Runs `plan` with its input replaced by `batches` (of `schema`).
+    fn run(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+        schema: &SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>> {
+        let input = MemorySourceConfig::try_new_exec(&[batches], schema.clone(), None)?;
+        // A fresh plan per run: executed plans can keep state (dynamic filters).
+        let plan = plan.clone().replace_children(
+            vec![input],
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )?;
+        let out = futures::executor::block_on(collect(plan, self.task.clone()))?;
+        Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
+    }
+
+    fn set_open(&mut self, open: Vec<RecordBatch>) {
+        self.open_rows = open.iter().map(RecordBatch::num_rows).sum();
+        self.open = open;
+    }
+
+    /// Rows of `batch` whose window has ended by `watermark`. Rows without an event time have
+    /// no window end: they close only at the end of input.
+    fn closed(&self, batch: &RecordBatch, watermark: i64) -> Result<BooleanArray> {
+        let ends = micros(batch.column(self.window_end))?;
+        Ok(ends
+            .iter()
+            .map(|e| Some(e.map_or(watermark == END_OF_TIME, |e| e <= watermark)))
+            .collect())
+    }
+}
+
+fn as_aggregate(plan: &Arc<dyn ExecutionPlan>, mode: AggregateMode) -> Result<&AggregateExec> {
+    plan.downcast_ref::<AggregateExec>()
+        .filter(|a| *a.mode() == mode)
+        .ok_or_else(|| {
+            Error::Internal(format!(
+                "expected an AggregateExec in {mode:?} mode, found {}",
+                plan.name()
+            ))
+        })
+}
+
+impl Operator for WindowAggregate {
+    fn kind(&self) -> &'static str {
+        "window_aggregate"
+    }
+
+    fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let states = self.run(&self.partial, &self.input_schema, vec![batch])?;
+        self.pending.extend(states);
+        Ok(Vec::new())
+    }
+
+    fn commit_batch(&mut self) {
+        for states in std::mem::take(&mut self.pending) {
+            self.open_rows += states.num_rows();
+            self.unsnapshotted.push(states.clone());
+            self.open.push(states);
+        }
+    }
+
+    fn abort_batch(&mut self) {
+        self.pending.clear();
+    }
+
+    fn on_watermark(&mut self, watermark: i64) -> Result<Vec<RecordBatch>> {
+        if self.open.is_empty() {
+            return Ok(Vec::new());
+        }
+        let all = concat_batches(&self.state_schema, &self.open)?;
+        let closed = self.closed(&all, watermark)?;
+        let emit = filter_record_batch(&all, &closed)?;
+        let open = filter_record_batch(&all, &not(&closed)?)?;
+        let out = if emit.num_rows() > 0 {
+            self.run(&self.final_, &self.state_schema, vec![emit])?
+        } else {
+            Vec::new()
+        };
+        if open.num_rows() > MERGE_MIN_ROWS
+            && open.num_rows() > MERGE_GROWTH * self.rows_after_merge
+        {
+            let merged = self.run(&self.reduce, &self.state_schema, vec![open])?;
+            self.set_open(merged);
+            self.rows_after_merge = self.open_rows;
+        } else {
+            self.set_open(if open.num_rows() > 0 {
+                vec![open]
+            } else {
+                Vec::new()
+            });
+        }
+        Ok(out)
+    }
+
+    fn state_schema(&self) -> Option<SchemaRef> {
+        Some(self.state_schema.clone())
+    }
+
+    fn snapshot(&mut self, full: bool) -> Result<Vec<RecordBatch>> {
+        let changed = std::mem::take(&mut self.unsnapshotted);
+        Ok(if full { self.open.clone() } else { changed })
+    }
+
+    fn restore(&mut self, state: &[RecordBatch], watermark: Option<i64>) -> Result<()> {
+        self.pending.clear();
+        self.unsnapshotted.clear();
+        // Change files still hold the states of windows emitted since: drop those.
+        let mut open = Vec::with_capacity(state.len());
+        for batch in state {
+            let kept = match watermark {
+                Some(w) => filter_record_batch(batch, &not(&self.closed(batch, w)?)?)?,
+                None => batch.clone(),
+            };
+            if kept.num_rows() > 0 {
+                open.push(kept);
+            }
+        }
+        self.set_open(open);
+        self.rows_after_merge = self.open_rows;
+        Ok(())
+    }
+
+    fn state_rows(&self) -> usize {
+        self.open_rows
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.open.iter().map(|b| b.get_array_memory_size()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{AsArray, Int64Array, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
+    use datafusion::datasource::MemTable;
+    use datafusion::execution::SessionStateBuilder;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+
+    use super::*;
+
+    const S: i64 = 1_000_000;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new(
+                "window_end",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                true,
+            ),
+            Field::new("k", DataType::Int64, true),
+            Field::new("v", DataType::Int64, true),
+        ]))
+    }
+
+    fn batch(rows: &[(i64, i64, i64)]) -> RecordBatch {
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(TimestampMicrosecondArray::from(
+                    rows.iter().map(|r| r.0 * S).collect::<Vec<_>>(),
+                )),
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                )),
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// `SELECT window_end, k, count(*), sum(v), avg(v) ... GROUP BY window_end, k` planned as
+    /// the SQL front end plans it: Final over Partial, no physical optimizer.
+    async fn operator() -> WindowAggregate {
+        let config = SessionConfig::new().with_target_partitions(1);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_physical_optimizer_rules(vec![])
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        ctx.register_table(
+            "t",
+            Arc::new(MemTable::try_new(schema(), vec![vec![]]).unwrap()),
+        )
+        .unwrap();
+        let plan = ctx
+            .sql("SELECT window_end, k, count(*) AS n, sum(v) AS total, avg(v) AS mean FROM t GROUP BY window_end, k")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let mut node = plan;
+        while node.downcast_ref::<AggregateExec>().is_none() {
+            node = node.children()[0].clone();
+        }
+        WindowAggregate::new(node, 0).unwrap()
+    }
+
+    /// (window end in seconds, k, n, total) of emitted rows, sorted.
+    fn rows(batches: &[RecordBatch]) -> Vec<(i64, i64, i64, i64)> {
+        let mut out = Vec::new();
+        for b in batches {
+            let ends = micros(b.column(0)).unwrap();
+            for i in 0..b.num_rows() {
+                out.push((
+                    ends.value(i) / S,
+                    b.column(1).as_primitive::<Int64Type>().value(i),
+                    b.column(2).as_primitive::<Int64Type>().value(i),
+                    b.column(3).as_primitive::<Int64Type>().value(i),
+                ));
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    #[tokio::test]
+    async fn windows_emit_once_when_the_watermark_passes_their_end() {
+        let mut op = operator().await;
+        assert!(op
+            .process(0, batch(&[(10, 1, 5), (10, 1, 7), (20, 1, 1)]))
+            .unwrap()
+            .is_empty());
+        op.commit_batch();
+        assert!(op
+            .process(0, batch(&[(10, 2, 3), (20, 1, 2)]))
+            .unwrap()
+            .is_empty());
+        op.commit_batch();
+        // A batch a later operator failed on leaves nothing behind.
+        op.process(0, batch(&[(10, 1, 1000)])).unwrap();
+        op.abort_batch();
+        assert!(op.on_watermark(9 * S).unwrap().is_empty());
+        assert_eq!(
+            rows(&op.on_watermark(10 * S).unwrap()),
+            vec![(10, 1, 2, 12), (10, 2, 1, 3)]
+        );
+        // Emitted windows are gone from the state; the open one merges states of two batches.
+        assert_eq!(op.state_rows(), 2);
+        assert!(op.on_watermark(15 * S).unwrap().is_empty());
+        assert_eq!(
+            rows(&op.on_watermark(END_OF_TIME).unwrap()),
+            vec![(20, 1, 2, 3)]
+        );
+        assert_eq!(op.state_rows(), 0);
+    }
+
+    #[tokio::test]
+    async fn restore_drops_windows_emitted_before_the_checkpoint() {
+        let mut op = operator().await;
+        op.process(0, batch(&[(10, 1, 5), (20, 1, 1)])).unwrap();
+        op.commit_batch();
+        let first = op.snapshot(false).unwrap();
+        op.process(0, batch(&[(20, 1, 2), (30, 3, 4)])).unwrap();
+        op.commit_batch();
+        assert_eq!(rows(&op.on_watermark(10 * S).unwrap()), vec![(10, 1, 1, 5)]);
+        let second = op.snapshot(false).unwrap();
+        // The files still hold window 10's states; the checkpoint's watermark (10 s) drops them.
+        let mut restored = operator().await;
+        restored
+            .restore(&[first, second].concat(), Some(10 * S))
+            .unwrap();
+        assert_eq!(
+            rows(&restored.on_watermark(END_OF_TIME).unwrap()),
+            vec![(20, 1, 2, 3), (30, 3, 1, 4)]
+        );
+        // A full snapshot holds the open windows only.
+        let full = op.snapshot(true).unwrap();
+        assert_eq!(full.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+    }
+}

@@ -107,10 +107,7 @@ impl OperatorGraph {
         let result = self.push_all(None, batch, &mut out);
         self.settle(result.is_ok());
         result?;
-        out.into_iter()
-            .filter(|b| b.num_rows() > 0)
-            .map(|b| self.to_output(b))
-            .collect()
+        self.to_output(out)
     }
 
     /// Delivers `batch`, the output of `from` (the source when `None`), to its consumers.
@@ -149,12 +146,18 @@ impl OperatorGraph {
         Ok(())
     }
 
-    /// The batch with the sink's schema (same columns; names and nullability as planned).
-    fn to_output(&self, batch: RecordBatch) -> Result<RecordBatch> {
-        Ok(RecordBatch::try_new(
-            self.output_schema.clone(),
-            batch.columns().to_vec(),
-        )?)
+    /// The non-empty batches with the sink's schema (same columns; names and nullability as planned).
+    fn to_output(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        batches
+            .into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| {
+                Ok(RecordBatch::try_new(
+                    self.output_schema.clone(),
+                    b.columns().to_vec(),
+                )?)
+            })
+            .collect()
     }
 
     /// Ids of the stateful operators, with their state schemas.
@@ -200,10 +203,7 @@ impl OperatorGraph {
             self.settle(result.is_ok());
             result?;
         }
-        out.into_iter()
-            .filter(|b| b.num_rows() > 0)
-            .map(|b| self.to_output(b))
-            .collect()
+        self.to_output(out)
     }
 
     /// Commits (or aborts) what the operators did since the last settle, and its counts.

@@ -332,7 +332,7 @@ async fn distinct_state_survives_restarts_through_checkpoints() {
 }
 
 async fn operators(c: &tokio_postgres::Client, pipeline: &str) -> Vec<String> {
-    query(
+    query_lines(
         c,
         &format!(
             "SELECT operator, kind, rows_in, rows_out, state_rows FROM tributary.operators \
@@ -340,14 +340,6 @@ async fn operators(c: &tokio_postgres::Client, pipeline: &str) -> Vec<String> {
         ),
     )
     .await
-    .into_iter()
-    .map(|r| {
-        r.into_iter()
-            .map(|v| v.unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join(" ")
-    })
-    .collect()
 }
 
 async fn customers(c: &tokio_postgres::Client) -> Vec<String> {

@@ -383,3 +383,51 @@ pub async fn wait_progress(c: &Client, pipeline: &str) {
     )
     .await
 }
+
+/// SIGKILLs the server once `pipeline` has read each threshold's rows, restarting it each time;
+/// stops early when the run is no longer in progress. Returns the live server and the kill count.
+pub async fn kill_at(
+    mut server: Server,
+    data: &std::path::Path,
+    pipeline: &str,
+    thresholds: &[u64],
+) -> (Server, usize) {
+    let mut kills = 0;
+    for &threshold in thresholds {
+        let c = server.client().await;
+        let sql =
+            format!("SELECT rows_in, state FROM tributary.pipelines WHERE name = '{pipeline}'");
+        let state = poll(
+            Duration::from_secs(300),
+            "progress before the kill",
+            || async {
+                let rows = query(&c, &sql).await;
+                let n: u64 = rows.first()?.first()?.as_ref()?.parse().ok()?;
+                let state = rows[0][1].clone()?;
+                (n >= threshold || state != "running").then_some(state)
+            },
+        )
+        .await;
+        if state != "running" {
+            break;
+        }
+        server.kill9();
+        kills += 1;
+        server = Server::start(data).await;
+    }
+    (server, kills)
+}
+
+/// Rows of a query as lines of space-separated values (NULL as empty).
+pub async fn query_lines(c: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    query(c, sql)
+        .await
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .map(|v| v.unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}

@@ -13,3 +13,4 @@ mod recovery;
 mod run_cmd;
 mod semantics;
 mod streaming;
+mod windows;

@@ -252,40 +252,6 @@ for r in t.to_pylist():
     }
 }
 
-/// SIGKILLs the server once `pipeline` has read each threshold's rows, restarting it each time;
-/// stops early when the run is no longer in progress. Returns the live server and the kill count.
-async fn kill_at(
-    mut server: Server,
-    data: &std::path::Path,
-    pipeline: &str,
-    thresholds: &[u64],
-) -> (Server, usize) {
-    let mut kills = 0;
-    for &threshold in thresholds {
-        let c = server.client().await;
-        let sql =
-            format!("SELECT rows_in, state FROM tributary.pipelines WHERE name = '{pipeline}'");
-        let state = poll(
-            Duration::from_secs(300),
-            "progress before the kill",
-            || async {
-                let rows = query(&c, &sql).await;
-                let n: u64 = rows.first()?.first()?.as_ref()?.parse().ok()?;
-                let state = rows[0][1].clone()?;
-                (n >= threshold || state != "running").then_some(state)
-            },
-        )
-        .await;
-        if state != "running" {
-            break;
-        }
-        server.kill9();
-        kills += 1;
-        server = Server::start(data).await;
-    }
-    (server, kills)
-}
-
 /// A damaged latest checkpoint fails the pipeline with an error naming the file; it never falls
 /// back to an older checkpoint, whose epochs are already committed downstream. The server and
 /// its other pipelines carry on.

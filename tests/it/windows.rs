@@ -1,0 +1,142 @@
+//! Windowed aggregation end to end: SIGKILLs while windows are open, and the Delta table (read
+//! by the deltalake package) equals DataFusion's batch result; rows behind the watermark are
+//! counted and, when asked, kept in tributary.errors.
+
+use rand::Rng;
+
+use crate::harness::*;
+
+const WINDOWED: &str = "SELECT window_start, window_end, auction % 10 AS bucket, count(*) AS n, \
+     sum(price) AS total, max(price) AS high, count(DISTINCT bidder) AS bidders \
+     FROM TUMBLE(bids, date_time, INTERVAL '1' SECOND) \
+     GROUP BY window_start, window_end, auction % 10";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_windows_open_equals_datafusion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lake = tmp.path().join("lake");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(&data).await;
+    let c = server.client().await;
+    const EVENTS: u64 = 3_000_000;
+    let bids = EVENTS * 92 / 100;
+    c.batch_execute(&format!(
+        "CREATE SOURCE bids (WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
+           WITH (connector = 'nexmark', table = 'bid', events = {EVENTS}, seed = 21);
+         CREATE SINK lake WITH (connector = 'delta', path = '{}');
+         CREATE PIPELINE win WITH (checkpoint_interval = '100ms') AS INSERT INTO lake {WINDOWED};",
+        lake.display()
+    ))
+    .await
+    .unwrap();
+    let mut rng = seeded_rng("sigkill_with_windows_open_equals_datafusion");
+    let thresholds: Vec<u64> = [0.25, 0.6]
+        .iter()
+        .map(|f| (bids as f64 * (f + rng.random::<f64>() * 0.15)) as u64)
+        .collect();
+    let (server, kills) = kill_at(server, &data, "win", &thresholds).await;
+    eprintln!("killed {kills} times");
+    let c = server.client().await;
+    wait_state(&c, "win", "completed").await;
+    assert_eq!(counters(&c, "win").await.0, bids);
+
+    // The oracle: the same SELECT as DataFusion's batch query over the same bids.
+    let want: Vec<String> = query_lines(
+        &c,
+        &format!(
+            "SELECT date_part('epoch', window_start)::BIGINT, bucket, n, total, high, bidders \
+             FROM ({WINDOWED}) ORDER BY 1, 2"
+        ),
+    )
+    .await;
+    assert!(want.len() > 2_000, "{} windows", want.len());
+    let py = r#"
+import sys, deltalake
+t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()
+rows = sorted(zip([int(w.timestamp()) for w in t['window_start'].to_pylist()], *[t[c].to_pylist() for c in ['bucket', 'n', 'total', 'high', 'bidders']]))
+print('\n'.join(' '.join(str(v) for v in r) for r in rows))
+"#;
+    let got = run_python(py, &[lake.to_str().unwrap()]);
+    let got: Vec<&str> = got.lines().collect();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "windows in the table vs the batch result"
+    );
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_rows_are_counted_and_kept_when_asked() {
+    let (tmp, server) = start_fresh().await;
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let line = |id: u32, second: u32| {
+        format!("{{\"id\": {id}, \"ts\": \"2026-05-01T10:00:{second:02}\"}}\n")
+    };
+    // The first run's rows reach 10:00:50; with a 5 s delay the watermark ends at 10:00:45.
+    let first: String = (0..=50).map(|s| line(s, s)).collect();
+    std::fs::write(input.join("a.json"), first).unwrap();
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE ev (id BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)
+           WITH (connector = 'file', path = '{}/*.json', format = 'json');
+         CREATE SINK per10 WITH (connector = 'parquet', path = '{}');
+         CREATE PIPELINE p WITH (on_late = 'errors') AS INSERT INTO per10
+           SELECT window_start, count(*) AS n FROM TUMBLE(ev, ts, INTERVAL '10' SECOND)
+           GROUP BY window_start, window_end;",
+        input.display(),
+        tmp.path().join("out").display()
+    ))
+    .await
+    .unwrap();
+    wait_state(&c, "p", "completed").await;
+    assert_eq!(
+        scalar(&c, "SELECT sum(n) FROM per10").await,
+        "51",
+        "the end of the input closes every window"
+    );
+    // A second file: 7 rows from before the watermark (late), 3 after it.
+    let second: String = (100..107)
+        .map(|i| line(i, 30 + (i - 100)))
+        .chain((107..110).map(|i| line(i, 50 + (i - 107))))
+        .collect();
+    std::fs::write(input.join("b.json"), second).unwrap();
+    c.batch_execute("START PIPELINE p").await.unwrap();
+    wait_state(&c, "p", "completed").await;
+    let row = query(
+        &c,
+        "SELECT rows_in, rows_late, rows_errored, watermark FROM tributary.pipelines WHERE name = 'p'",
+    )
+    .await;
+    assert_eq!(
+        row[0],
+        vec![
+            Some("61".into()),
+            Some("7".into()),
+            Some("0".into()),
+            Some("2026-05-01 10:00:47.000000+00".into())
+        ]
+    );
+    let late = query(
+        &c,
+        "SELECT error, raw FROM tributary.errors WHERE pipeline = 'p' ORDER BY raw",
+    )
+    .await;
+    assert_eq!(late.len(), 7, "{late:?}");
+    assert!(
+        late.iter()
+            .all(|r| r[0].as_deref().unwrap().starts_with("late:")
+                && r[0].as_deref().unwrap().contains("2026-05-01T10:00:45")),
+        "{late:?}"
+    );
+    assert!(
+        late[0][1].as_deref().unwrap().contains("\"id\":100"),
+        "{late:?}"
+    );
+    // The on-time rows were counted in windows of their own run.
+    assert_eq!(scalar(&c, "SELECT sum(n) FROM per10").await, "54");
+}

@@ -27,7 +27,7 @@ use crate::runtime::Runtime;
 use crate::sql::parse::{parse_sql, parse_statement, ObjectKind, ParsedStatement, Statement};
 use crate::sql::plan::compile;
 use crate::sql::types::schema_from_columns;
-use crate::sql::windows::{event_time, Tumble};
+use crate::sql::windows::{event_time, Hop, Tumble};
 use crate::system_tables::{columns_text, options_text, CatalogSchema, SystemSchema};
 
 /// Compiles a catalog pipeline into a job for the data plane. The job can rebuild itself after
@@ -168,6 +168,9 @@ impl Engine {
         // DataFusion looks table functions up by the name as written, unfolded.
         for name in ["tumble", "TUMBLE", "Tumble"] {
             ctx.register_udtf(name, Arc::new(Tumble::new(catalog.clone())));
+        }
+        for name in ["hop", "HOP", "Hop"] {
+            ctx.register_udtf(name, Arc::new(Hop::new(catalog.clone())));
         }
         df_catalog.register_schema(
             "tributary",

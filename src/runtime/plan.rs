@@ -11,6 +11,7 @@ use super::event_time::EventTime;
 use super::graph::OperatorGraph;
 use super::operator::distinct::Distinct;
 use super::operator::stateless::{Filter, Project};
+use super::operator::unnest::Unnest;
 use super::operator::window_aggregate::WindowAggregate;
 use super::operator::Operator;
 use crate::error::Result;
@@ -32,6 +33,8 @@ pub enum OperatorSpec {
         /// Schema of the rows (all of them form the key).
         schema: SchemaRef,
     },
+    /// UNNEST of list columns: DataFusion's UnnestExec over a placeholder input.
+    Unnest(Arc<dyn ExecutionPlan>),
     /// GROUP BY a window: partial aggregate states per batch, rows emitted once the watermark
     /// passes the window's end.
     WindowAggregate {
@@ -89,6 +92,7 @@ impl OperatorSpec {
                 Box::new(Project::new(exprs.clone(), schema.clone()))
             }
             OperatorSpec::Distinct { schema } => Box::new(Distinct::new(schema.clone())?),
+            OperatorSpec::Unnest(plan) => Box::new(Unnest::new(plan.clone())?),
             OperatorSpec::WindowAggregate {
                 aggregate,
                 window_end,

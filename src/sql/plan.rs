@@ -107,6 +107,7 @@ fn push(cx: &mut Lowering, operator: OperatorSpec, input: Input) -> Input {
         OperatorSpec::Filter(_) => format!("filter{index}"),
         OperatorSpec::Project { .. } => format!("project{index}"),
         OperatorSpec::WindowAggregate { .. } => format!("window{index}"),
+        OperatorSpec::Unnest(_) => format!("unnest{index}"),
     };
     nodes.push(NodeSpec {
         id,
@@ -243,6 +244,11 @@ fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
                 ),
             ))
         }
+        LogicalPlan::Unnest(unnest) => {
+            let (source, scan, from) = lower(&unnest.input, cx)?;
+            let plan = plan_over_placeholder(plan, cx.state)?;
+            Ok((source, scan, push(cx, OperatorSpec::Unnest(plan), from)))
+        }
         LogicalPlan::Distinct(_) => Err(Error::Unsupported(
             "this form of DISTINCT is not supported in pipelines (SELECT DISTINCT is)".into(),
         )),
@@ -266,15 +272,12 @@ fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
 }
 
 /// DataFusion's physical plan of one GROUP BY over its input's rows, as AggregateExec in Final
-/// mode over AggregateExec in Partial mode (the physical optimizer, which would fuse them, is
-/// off); the runtime replaces the Partial one's input per batch.
+/// mode over AggregateExec in Partial mode; the runtime replaces the Partial one's input per batch.
 fn plan_aggregate(
     agg: &datafusion::logical_expr::Aggregate,
     state: &SessionState,
 ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-    use datafusion::execution::SessionStateBuilder;
-    use datafusion::logical_expr::{Aggregate, EmptyRelation, Expr};
-    use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+    use datafusion::logical_expr::Expr;
 
     if agg
         .group_expr
@@ -285,15 +288,31 @@ fn plan_aggregate(
             "GROUPING SETS, ROLLUP and CUBE are not supported in pipelines".into(),
         ));
     }
-    let input = LogicalPlan::EmptyRelation(EmptyRelation {
+    plan_over_placeholder(&LogicalPlan::Aggregate(agg.clone()), state)
+}
+
+/// DataFusion's physical plan of one logical node (with one input) over a placeholder for its
+/// input, which the runtime replaces per batch. The physical optimizer is off: it would fuse
+/// a Partial aggregate with its Final one.
+fn plan_over_placeholder(
+    node: &LogicalPlan,
+    state: &SessionState,
+) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+    use datafusion::execution::SessionStateBuilder;
+    use datafusion::logical_expr::EmptyRelation;
+    use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+
+    let [input] = node.inputs()[..] else {
+        return Err(Error::Internal(format!(
+            "a node with one input expected: {}",
+            node.display()
+        )));
+    };
+    let placeholder = LogicalPlan::EmptyRelation(EmptyRelation {
         produce_one_row: false,
-        schema: agg.input.schema().clone(),
+        schema: input.schema().clone(),
     });
-    let logical = LogicalPlan::Aggregate(Aggregate::try_new(
-        Arc::new(input),
-        agg.group_expr.clone(),
-        agg.aggr_expr.clone(),
-    )?);
+    let logical = node.with_new_exprs(node.expressions(), vec![placeholder])?;
     let mut config = state.config().clone();
     config.options_mut().execution.target_partitions = 1;
     // The built state shares the session's catalogs: it must not install empty default ones.
@@ -306,7 +325,7 @@ fn plan_aggregate(
         .with_physical_optimizer_rules(vec![])
         .build();
     // Planning one aggregate over an empty input does no I/O and spawns nothing.
-    Ok(futures::executor::block_on(
+    Ok(futures::executor::block_on(tokio::task::unconstrained(
         DefaultPhysicalPlanner::default().create_physical_plan(&logical, &planning),
-    )?)
+    ))?)
 }

@@ -1,21 +1,27 @@
-//! Event time in SQL: the window table functions (`TUMBLE(source, time_column, size)`), which
-//! add `window_start` and `window_end` to a source's rows, and the compiled form of a source's
-//! `WATERMARK FOR col AS expr`.
+//! Event time in SQL: the window table functions (`TUMBLE(source, time_column, size)`,
+//! `HOP(source, time_column, slide, size)`), which add `window_start` and `window_end` to a
+//! source's rows, and the compiled form of a source's `WATERMARK FOR col AS expr`.
 
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, IntervalMonthDayNano, SchemaRef};
+use arrow::array::{AsArray, Int64Builder, ListBuilder};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Int64Type, IntervalMonthDayNano, SchemaRef, TimeUnit};
 use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::{provider_as_source, ViewTable};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SessionState;
-use datafusion::logical_expr::{lit, Expr, LogicalPlanBuilder};
+use datafusion::logical_expr::{
+    lit, ColumnarValue, Expr, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature, Volatility,
+};
 use datafusion::physical_expr::create_physical_expr;
 
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::runtime::event_time::EventTime;
+use crate::runtime::source_table::SourceTable;
 use crate::system_tables::source_table;
 
 /// Names of the columns a window function adds.
@@ -72,6 +78,88 @@ fn column_name(function: &str, what: &str, e: &Expr) -> DfResult<String> {
     }
 }
 
+/// A window function's source, resolved and checked.
+struct WindowedSource {
+    name: String,
+    time: String,
+    table: SourceTable,
+}
+
+impl WindowedSource {
+    fn resolve(catalog: &Catalog, function: &str, source: &Expr, time: &Expr) -> DfResult<Self> {
+        let name = column_name(function, "first (source)", source)?;
+        let time = column_name(function, "second (time column)", time)?;
+        let entry = catalog.source(&name).ok_or_else(|| {
+            plan_error(format!("{function} reads a source; \"{name}\" is not one"))
+        })?;
+        let table = source_table(catalog, &name)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .ok_or_else(|| plan_error(format!("source \"{name}\" does not exist")))?;
+        let schema = table.schema();
+        let field = schema.field_with_name(&time).map_err(|_| {
+            plan_error(format!(
+                "{function} over \"{name}\": it has no column \"{time}\""
+            ))
+        })?;
+        if !matches!(field.data_type(), DataType::Timestamp(_, _)) {
+            return Err(plan_error(format!(
+                "{function} needs a timestamp column; \"{time}\" of \"{name}\" is {}",
+                field.data_type()
+            )));
+        }
+        if let Some((watermarked, _)) = &entry.watermark {
+            if *watermarked != time {
+                return Err(plan_error(format!(
+                    "{function} over \"{time}\", but the watermark of \"{name}\" is on \"{watermarked}\": windows close by the watermark, so they must be on its column"
+                )));
+            }
+        }
+        for added in [WINDOW_START, WINDOW_END] {
+            if schema.field_with_name(added).is_ok() {
+                return Err(plan_error(format!(
+                    "source \"{name}\" already has a column \"{added}\", which {function} adds"
+                )));
+            }
+        }
+        Ok(WindowedSource { name, time, table })
+    }
+
+    fn column(&self, name: &str) -> Expr {
+        Expr::Column(datafusion::common::Column::new(
+            Some(self.name.clone()),
+            name,
+        ))
+    }
+
+    /// The source's columns.
+    fn columns(&self) -> Vec<Expr> {
+        self.table
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| self.column(f.name()))
+            .collect()
+    }
+
+    fn scan(&self) -> DfResult<LogicalPlanBuilder> {
+        LogicalPlanBuilder::scan(
+            &self.name,
+            provider_as_source(Arc::new(self.table.clone())),
+            None,
+        )
+    }
+}
+
+fn interval_lit(nanos: i64) -> Expr {
+    lit(ScalarValue::IntervalMonthDayNano(Some(
+        IntervalMonthDayNano {
+            months: 0,
+            days: 0,
+            nanoseconds: nanos,
+        },
+    )))
+}
+
 impl TableFunctionImpl for Tumble {
     fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
         let [source, time, size] = args.exprs() else {
@@ -80,68 +168,160 @@ impl TableFunctionImpl for Tumble {
                     .into(),
             ));
         };
-        let source = column_name("TUMBLE", "first (source)", source)?;
-        let time = column_name("TUMBLE", "second (time column)", time)?;
         let size = interval_nanos("TUMBLE", "size", size)?;
-        let entry = self
-            .catalog
-            .source(&source)
-            .ok_or_else(|| plan_error(format!("TUMBLE reads a source; \"{source}\" is not one")))?;
-        let table = source_table(&self.catalog, &source)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?
-            .ok_or_else(|| plan_error(format!("source \"{source}\" does not exist")))?;
-        let schema = table.schema();
-        let field = schema.field_with_name(&time).map_err(|_| {
-            plan_error(format!(
-                "TUMBLE over \"{source}\": it has no column \"{time}\""
-            ))
-        })?;
-        if !matches!(field.data_type(), DataType::Timestamp(_, _)) {
-            return Err(plan_error(format!(
-                "TUMBLE needs a timestamp column; \"{time}\" of \"{source}\" is {}",
-                field.data_type()
-            )));
-        }
-        if let Some((watermarked, _)) = &entry.watermark {
-            if *watermarked != time {
-                return Err(plan_error(format!(
-                    "TUMBLE over \"{time}\", but the watermark of \"{source}\" is on \"{watermarked}\": windows close by the watermark, so they must be on its column"
-                )));
-            }
-        }
-        for added in [WINDOW_START, WINDOW_END] {
-            if schema.field_with_name(added).is_ok() {
-                return Err(plan_error(format!(
-                    "source \"{source}\" already has a column \"{added}\", which TUMBLE adds"
-                )));
-            }
-        }
-        let size = lit(ScalarValue::IntervalMonthDayNano(Some(
-            IntervalMonthDayNano {
-                months: 0,
-                days: 0,
-                nanoseconds: size,
-            },
-        )));
-        let time_col = Expr::Column(datafusion::common::Column::new(Some(source.clone()), &time));
-        let start = datafusion::functions::datetime::date_bin().call(vec![size.clone(), time_col]);
-        let mut columns: Vec<Expr> = schema
-            .fields()
-            .iter()
-            .map(|f| {
-                Expr::Column(datafusion::common::Column::new(
-                    Some(source.clone()),
-                    f.name(),
-                ))
-            })
-            .collect();
+        let source = WindowedSource::resolve(&self.catalog, "TUMBLE", source, time)?;
+        let size = interval_lit(size);
+        let start = datafusion::functions::datetime::date_bin()
+            .call(vec![size.clone(), source.column(&source.time)]);
+        let mut columns = source.columns();
         columns.push(start.clone().alias(WINDOW_START));
         columns.push((start + size).alias(WINDOW_END));
-        let plan = LogicalPlanBuilder::scan(&source, provider_as_source(Arc::new(table)), None)?
+        let plan = source.scan()?.project(columns)?.build()?;
+        Ok(Arc::new(ViewTable::new(plan, None)))
+    }
+}
+
+/// `HOP(source, time_column, slide, size)`: every row of the source once per window of `size`
+/// that holds its time, windows starting every `slide` (at multiples of it from 1970-01-01).
+#[derive(Debug)]
+pub struct Hop {
+    catalog: Arc<Catalog>,
+}
+
+impl Hop {
+    /// The function over the sources of `catalog`.
+    pub fn new(catalog: Arc<Catalog>) -> Self {
+        Hop { catalog }
+    }
+}
+
+/// Column holding a row's window starts before it is unnested into one row per window.
+const HOP_STARTS: &str = "__hop_starts";
+
+impl TableFunctionImpl for Hop {
+    fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
+        let [source, time, slide, size] = args.exprs() else {
+            return Err(plan_error(
+                "HOP takes a source, its time column, a slide and a size: HOP(bids, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)"
+                    .into(),
+            ));
+        };
+        let slide = interval_nanos("HOP", "slide", slide)?;
+        let size = interval_nanos("HOP", "size", size)?;
+        if slide > size {
+            return Err(plan_error(format!(
+                "the slide of HOP ({} s) is larger than its size ({} s): rows between windows would belong to none",
+                slide as f64 / 1e9,
+                size as f64 / 1e9
+            )));
+        }
+        let source = WindowedSource::resolve(&self.catalog, "HOP", source, time)?;
+        let starts =
+            ScalarUDF::from(HopStarts::new(slide, size)).call(vec![source.column(&source.time)]);
+        let mut columns = source.columns();
+        columns.push(starts.alias(HOP_STARTS));
+        let start = Expr::Column(datafusion::common::Column::from_name(HOP_STARTS));
+        let mut windowed = source.columns();
+        windowed.push(start.clone().alias(WINDOW_START));
+        windowed.push((start + interval_lit(size)).alias(WINDOW_END));
+        let plan = source
+            .scan()?
             .project(columns)?
+            .unnest_column(HOP_STARTS)?
+            .project(windowed)?
             .build()?;
         Ok(Arc::new(ViewTable::new(plan, None)))
     }
+}
+
+/// `hop_starts(time)`: the starts of the windows of `size`, every `slide`, that hold `time`,
+/// latest first. HOP unnests them into one row per window.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct HopStarts {
+    slide: i64,
+    size: i64,
+    signature: Signature,
+}
+
+impl HopStarts {
+    fn new(slide: i64, size: i64) -> Self {
+        HopStarts {
+            slide,
+            size,
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for HopStarts {
+    fn name(&self) -> &str {
+        "hop_starts"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
+        match args {
+            [t @ DataType::Timestamp(_, _)] => Ok(DataType::List(Arc::new(Field::new_list_field(
+                t.clone(),
+                true,
+            )))),
+            other => Err(plan_error(format!(
+                "hop_starts takes a timestamp, not {other:?}"
+            ))),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let times = args.args[0].to_array(args.number_rows)?;
+        let DataType::Timestamp(unit, tz) = times.data_type().clone() else {
+            return Err(plan_error("hop_starts takes a timestamp".into()));
+        };
+        let per_unit = match unit {
+            TimeUnit::Second => 1_000_000_000,
+            TimeUnit::Millisecond => 1_000_000,
+            TimeUnit::Microsecond => 1_000,
+            TimeUnit::Nanosecond => 1,
+        };
+        if self.slide % per_unit != 0 || self.size % per_unit != 0 {
+            return Err(plan_error(format!(
+                "the slide and size of HOP must be whole multiples of the time column's unit ({unit:?})"
+            )));
+        }
+        let (slide, size) = (self.slide / per_unit, self.size / per_unit);
+        let times = cast(&times, &DataType::Int64)?;
+        let times = times.as_primitive::<Int64Type>();
+        let mut builder = ListBuilder::new(Int64Builder::new());
+        for t in times.iter() {
+            match t {
+                Some(t) => {
+                    builder
+                        .values()
+                        .extend(window_starts(t, slide, size).map(Some));
+                    builder.append(true);
+                }
+                None => builder.append(false),
+            }
+        }
+        let starts = cast(
+            &builder.finish(),
+            &DataType::List(Arc::new(Field::new_list_field(
+                DataType::Timestamp(unit, tz),
+                true,
+            ))),
+        )?;
+        Ok(ColumnarValue::Array(starts))
+    }
+}
+
+/// Starts of the windows of `size`, every `slide` from 0, that hold `t`, latest first.
+fn window_starts(t: i64, slide: i64, size: i64) -> impl Iterator<Item = i64> {
+    let latest = t.div_euclid(slide) * slide;
+    (0..)
+        .map(move |k| latest - k * slide)
+        .take_while(move |start| *start > t.saturating_sub(size))
 }
 
 /// Compiles a source's `WATERMARK FOR column AS expression` over its columns: the column and
@@ -182,4 +362,24 @@ pub fn event_time(
         name: column.to_string(),
         watermark,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window_starts;
+
+    #[test]
+    fn hop_windows_hold_the_time_and_start_on_the_slide() {
+        let starts = |t, slide, size| window_starts(t, slide, size).collect::<Vec<_>>();
+        assert_eq!(starts(25, 2, 10), vec![24, 22, 20, 18, 16]);
+        assert_eq!(starts(24, 2, 10), vec![24, 22, 20, 18, 16]);
+        // A size the slide does not divide: two windows or one.
+        assert_eq!(starts(24, 2, 3), vec![24, 22]);
+        assert_eq!(starts(25, 2, 3), vec![24]);
+        // Before 1970 windows still start on multiples of the slide.
+        assert_eq!(starts(-3, 2, 4), vec![-4, -6]);
+        assert_eq!(starts(-4, 2, 4), vec![-4, -6]);
+        // Tumbling is the slide equal to the size.
+        assert_eq!(starts(7, 5, 5), vec![5]);
+    }
 }

@@ -3,10 +3,17 @@
 
 pub mod distinct;
 pub mod stateless;
+pub mod unnest;
 pub mod window_aggregate;
+
+use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::{collect, ExecutionPlan};
 
 use crate::error::Result;
 
@@ -62,4 +69,24 @@ pub trait Operator: Send {
     fn state_bytes(&self) -> usize {
         0
     }
+}
+
+/// Runs a DataFusion plan, whose one input is replaced by `batches` (of `schema`), to completion
+/// on this thread. A fresh plan each time: executed plans can keep state (dynamic filters).
+/// DataFusion's streams take part in tokio's cooperative scheduling: inside a tokio task, an
+/// exhausted budget defers their wake-up to the worker's next park, which never comes while
+/// this thread waits here; so the plan runs outside the budget.
+pub fn run_plan(
+    plan: &Arc<dyn ExecutionPlan>,
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+    task: &Arc<TaskContext>,
+) -> Result<Vec<RecordBatch>> {
+    let input = MemorySourceConfig::try_new_exec(&[batches], schema.clone(), None)?;
+    let plan = plan.clone().replace_children(
+        vec![input],
+        ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+    )?;
+    let out = futures::executor::block_on(tokio::task::unconstrained(collect(plan, task.clone())))?;
+    Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
 }

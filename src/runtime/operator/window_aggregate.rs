@@ -9,13 +9,11 @@ use arrow::array::BooleanArray;
 use arrow::compute::{concat_batches, filter_record_batch, not};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
-use datafusion::physical_plan::{collect, ExecutionPlan};
+use datafusion::physical_plan::ExecutionPlan;
 
-use super::Operator;
+use super::{run_plan, Operator};
 use crate::error::{Error, Result};
 use crate::runtime::event_time::{micros, END_OF_TIME};
 
@@ -87,21 +85,13 @@ impl WindowAggregate {
         })
     }
 
-    /// Runs `plan` with its input replaced by `batches` (of `schema`).
     fn run(
         &self,
         plan: &Arc<dyn ExecutionPlan>,
         schema: &SchemaRef,
         batches: Vec<RecordBatch>,
     ) -> Result<Vec<RecordBatch>> {
-        let input = MemorySourceConfig::try_new_exec(&[batches], schema.clone(), None)?;
-        // A fresh plan per run: executed plans can keep state (dynamic filters).
-        let plan = plan.clone().replace_children(
-            vec![input],
-            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
-        )?;
-        let out = futures::executor::block_on(collect(plan, self.task.clone()))?;
-        Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
+        run_plan(plan, schema, batches, &self.task)
     }
 
     fn set_open(&mut self, open: Vec<RecordBatch>) {

@@ -94,6 +94,11 @@ fn build_job(
                 })
             })
         };
+        // An aggregate's updates are keyed by its GROUP BY columns.
+        let primary_key = plan
+            .output_key
+            .clone()
+            .unwrap_or_else(|| source_entry.primary_key.clone());
         Ok(PipelineJob {
             plan,
             settings,
@@ -103,7 +108,7 @@ fn build_job(
                 options: source_entry.options.clone(),
             },
             source_schema,
-            primary_key: source_entry.primary_key.clone(),
+            primary_key,
             source_connector: tributary_connectors::source_connector(&source_entry.options)?,
             sink_spec: SinkSpec {
                 name: sink_entry.name.clone(),
@@ -114,6 +119,32 @@ fn build_job(
             replan: Some(replan),
         })
     })
+}
+
+/// An aggregate's updates need a sink that applies rows by key, on the GROUP BY columns.
+fn check_updates_sink(sink: &SinkEntry, key: &[String]) -> Result<()> {
+    let connector = tributary_connectors::sink_connector(&sink.options)?;
+    let upsert_key = connector.upsert_key(&SinkSpec {
+        name: sink.name.clone(),
+        options: sink.options.clone(),
+    })?;
+    match upsert_key {
+        None => Err(Error::Unsupported(format!(
+            "a GROUP BY without a window emits updates (each changed group again), and sink \"{}\" ({}) only appends: \
+             write it to a sink that applies rows by key, a delta or postgres sink with mode = 'upsert', \
+             or GROUP BY a window (FROM TUMBLE(...) ... GROUP BY window_start, window_end, ...) to emit each row once",
+            sink.name,
+            connector.name()
+        ))),
+        Some(k) if !k.is_empty() && k != key => Err(Error::Plan(format!(
+            "sink \"{}\" applies rows by key ({}), but the pipeline's updates are keyed by its GROUP BY columns ({}): \
+             drop the sink's key option or make it match",
+            sink.name,
+            k.join(", "),
+            key.join(", ")
+        ))),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Default time between checkpoints.
@@ -363,7 +394,13 @@ impl Engine {
                     });
                 };
                 let mut plan = compile(&self.ctx.state(), query).await?;
-                let rewritten = self.upsert_query(&sink_entry, &plan.source, query)?;
+                if let Some(key) = &plan.output_key {
+                    check_updates_sink(&sink_entry, key)?;
+                }
+                let rewritten = match plan.output_key {
+                    Some(_) => None,
+                    None => self.upsert_query(&sink_entry, &plan.source, query)?,
+                };
                 if let Some(q) = &rewritten {
                     plan = compile(&self.ctx.state(), q).await?;
                 }

@@ -186,12 +186,29 @@ impl OperatorGraph {
     /// Advances every operator's watermark, in graph order, and returns what reaches the sink.
     /// What an operator emits goes through the operators after it before they see the watermark.
     pub fn on_watermark(&mut self, watermark: i64) -> Result<Vec<RecordBatch>> {
+        self.signal(|node| {
+            node.stats.watermark = Some(watermark);
+            node.operator.on_watermark(watermark)
+        })
+    }
+
+    /// Tells every operator, in graph order, that a checkpoint is about to be taken, and returns
+    /// what reaches the sink.
+    pub fn on_checkpoint(&mut self) -> Result<Vec<RecordBatch>> {
+        self.signal(|node| node.operator.on_checkpoint())
+    }
+
+    /// Calls `signal` on every operator in graph order, pushing what each emits through the
+    /// operators after it before they get the signal.
+    fn signal(
+        &mut self,
+        mut signal: impl FnMut(&mut Node) -> Result<Vec<RecordBatch>>,
+    ) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
         for node in 0..self.nodes.len() {
             let started = Instant::now();
-            let emitted = self.nodes[node].operator.on_watermark(watermark)?;
+            let emitted = signal(&mut self.nodes[node])?;
             self.nodes[node].stats.busy += started.elapsed();
-            self.nodes[node].stats.watermark = Some(watermark);
             let mut result = Ok(());
             for batch in emitted {
                 self.nodes[node].pending.1 += batch.num_rows() as u64;
@@ -268,6 +285,7 @@ pub(crate) mod tests {
             source: "s".into(),
             scan_projection: None,
             event_time: None,
+            output_key: None,
             nodes: vec![
                 NodeSpec {
                     id: "dedup0".into(),

@@ -214,13 +214,15 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             // watermark, so a later run over new input still takes rows after it.
             let mut emitted = 0u64;
             if let Some(w) = epoch_watermark.filter(|w| Some(*w) > watermark) {
-                emitted += emit(&mut graph, &mut *sink, &status, w).await?;
+                emitted += emit(&mut graph, &mut *sink, &status, Signal::Watermark(w)).await?;
                 watermark = Some(w);
                 status.set_watermark(watermark);
             }
             if finished && job.plan.event_time.is_some() {
-                emitted += emit(&mut graph, &mut *sink, &status, END_OF_TIME).await?;
+                emitted += emit(&mut graph, &mut *sink, &status, Signal::Watermark(END_OF_TIME)).await?;
             }
+            // Updates due at every checkpoint (the groups an aggregate changed in the epoch).
+            emitted += emit(&mut graph, &mut *sink, &status, Signal::Checkpoint).await?;
             // An epoch that read nothing, moved no position and emitted nothing needs no checkpoint.
             let idle = epoch_rows == 0 && emitted == 0 && last_position.is_some() && last_position == committed_position;
             let last_position = last_position.or_else(|| (emitted > 0).then(|| committed_position.clone()).flatten());
@@ -330,15 +332,27 @@ impl UnfilledColumns {
     }
 }
 
-/// Advances the graph's watermark to `watermark` and writes what it emits; returns the rows.
+/// What the operators are told between batches.
+enum Signal {
+    /// The watermark moved here.
+    Watermark(i64),
+    /// A checkpoint is about to be taken.
+    Checkpoint,
+}
+
+/// Signals the graph and writes what it emits; returns the rows.
 async fn emit(
     graph: &mut OperatorGraph,
     sink: &mut dyn tributary_connectors::Sink,
     status: &PipelineStatus,
-    watermark: i64,
+    signal: Signal,
 ) -> Result<u64> {
     let mut rows = 0;
-    for out in graph.on_watermark(watermark)? {
+    let out = match signal {
+        Signal::Watermark(w) => graph.on_watermark(w)?,
+        Signal::Checkpoint => graph.on_checkpoint()?,
+    };
+    for out in out {
         let n = out.num_rows() as u64;
         sink.write(out).await?;
         status.rows_out.fetch_add(n, Ordering::Relaxed);

@@ -12,6 +12,7 @@ use super::graph::OperatorGraph;
 use super::operator::distinct::Distinct;
 use super::operator::stateless::{Filter, Project};
 use super::operator::unnest::Unnest;
+use super::operator::updating_aggregate::UpdatingAggregate;
 use super::operator::window_aggregate::WindowAggregate;
 use super::operator::Operator;
 use crate::error::Result;
@@ -35,6 +36,14 @@ pub enum OperatorSpec {
     },
     /// UNNEST of list columns: DataFusion's UnnestExec over a placeholder input.
     Unnest(Arc<dyn ExecutionPlan>),
+    /// GROUP BY without a window: partial states per group, the changed groups emitted at
+    /// each checkpoint as upserts.
+    UpdatingAggregate {
+        /// DataFusion's AggregateExec in Final mode over its Partial one.
+        aggregate: Arc<dyn ExecutionPlan>,
+        /// How many group columns lead its output.
+        keys: usize,
+    },
     /// GROUP BY a window: partial aggregate states per batch, rows emitted once the watermark
     /// passes the window's end.
     WindowAggregate {
@@ -78,6 +87,9 @@ pub struct PipelinePlan {
     pub nodes: Vec<NodeSpec>,
     /// What the sink receives: the source itself or a node's output.
     pub output: Input,
+    /// For a query that emits updates (GROUP BY without a window): the output columns that key
+    /// them, which the sink upserts by.
+    pub output_key: Option<Vec<String>>,
     /// Schema of the rows handed to the sink (every column nullable).
     pub output_schema: SchemaRef,
     /// The optimised logical plan, for EXPLAIN and messages.
@@ -93,6 +105,9 @@ impl OperatorSpec {
             }
             OperatorSpec::Distinct { schema } => Box::new(Distinct::new(schema.clone())?),
             OperatorSpec::Unnest(plan) => Box::new(Unnest::new(plan.clone())?),
+            OperatorSpec::UpdatingAggregate { aggregate, keys } => {
+                Box::new(UpdatingAggregate::new(aggregate.clone(), *keys)?)
+            }
             OperatorSpec::WindowAggregate {
                 aggregate,
                 window_end,

@@ -38,6 +38,7 @@ pub async fn compile(state: &SessionState, query: &ast::Query) -> Result<Pipelin
         nodes: Vec::new(),
         scanned: None,
         windowed: false,
+        updating: None,
     };
     let (source, scan_projection, output) = lower(&optimized, &mut cx)?;
     let event_time = match cx.scanned.as_ref().and_then(|t| Some((t, t.watermark()?))) {
@@ -52,6 +53,10 @@ pub async fn compile(state: &SessionState, query: &ast::Query) -> Result<Pipelin
             "a window closes when the watermark passes its end, and source \"{source}\" has no watermark: declare one, as in CREATE SOURCE {source} (..., WATERMARK FOR <time column> AS <time column> - INTERVAL '5' SECOND)"
         )));
     }
+    let output_key = match cx.updating {
+        Some(at) => Some(output_key(&cx.nodes, at)?),
+        None => None,
+    };
     let nodes = cx.nodes;
     // Name checks: sinks need real column names.
     let schema = optimized.schema();
@@ -76,6 +81,7 @@ pub async fn compile(state: &SessionState, query: &ast::Query) -> Result<Pipelin
         source,
         scan_projection,
         event_time,
+        output_key,
         nodes,
         output,
         output_schema: Arc::new(Schema::new(fields)),
@@ -95,6 +101,8 @@ struct Lowering<'a> {
     scanned: Option<SourceTable>,
     /// Whether some operator needs the watermark.
     windowed: bool,
+    /// The node of a GROUP BY without a window, whose output is updates.
+    updating: Option<usize>,
 }
 
 /// Appends a node reading `input` and returns it as the new output.
@@ -108,6 +116,7 @@ fn push(cx: &mut Lowering, operator: OperatorSpec, input: Input) -> Input {
         OperatorSpec::Project { .. } => format!("project{index}"),
         OperatorSpec::WindowAggregate { .. } => format!("window{index}"),
         OperatorSpec::Unnest(_) => format!("unnest{index}"),
+        OperatorSpec::UpdatingAggregate { .. } => format!("aggregate{index}"),
     };
     nodes.push(NodeSpec {
         id,
@@ -224,9 +233,7 @@ fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
                         "a window's rows are emitted when it ends: GROUP BY {WINDOW_START}, {WINDOW_END}, ..."
                     )));
                 }
-                return Err(Error::Unsupported(
-                    "aggregates in pipelines need a window for now: FROM TUMBLE(source, time_column, INTERVAL '1' MINUTE) ... GROUP BY window_start, window_end, ... (GROUP BY without a window, emitting updates, is not supported yet)".into(),
-                ));
+                return lower_updating_aggregate(agg, cx);
             };
             let (source, scan, from) = lower(&agg.input, cx)?;
             let aggregate = plan_aggregate(agg, cx.state)?;
@@ -328,4 +335,81 @@ fn plan_over_placeholder(
     Ok(futures::executor::block_on(tokio::task::unconstrained(
         DefaultPhysicalPlanner::default().create_physical_plan(&logical, &planning),
     ))?)
+}
+
+/// A GROUP BY without a window: one state per group, the changed groups emitted at each
+/// checkpoint as upserts keyed by the GROUP BY columns.
+fn lower_updating_aggregate(
+    agg: &datafusion::logical_expr::Aggregate,
+    cx: &mut Lowering,
+) -> Result<Lowered> {
+    if agg.group_expr.is_empty() {
+        return Err(Error::Unsupported(
+            "an aggregate over the whole stream has no key to update by: GROUP BY a column, or a window (FROM TUMBLE(...) ... GROUP BY window_start, window_end)".into(),
+        ));
+    }
+    let (source, scan, from) = lower(&agg.input, cx)?;
+    if let Some(table) = &cx.scanned {
+        if datafusion::catalog::TableProvider::schema(table)
+            .field_with_name("_op")
+            .is_ok()
+        {
+            return Err(Error::Unsupported(format!(
+                "source \"{source}\" is a change stream (updates and deletes); aggregating it needs retractions, which are not supported yet"
+            )));
+        }
+    }
+    let aggregate = plan_aggregate(agg, cx.state)?;
+    let keys = agg.group_expr.len();
+    let node = push(
+        cx,
+        OperatorSpec::UpdatingAggregate { aggregate, keys },
+        from,
+    );
+    if let Input::Node(n) = node {
+        cx.updating = Some(n);
+    }
+    Ok((source, scan, node))
+}
+
+/// The output columns that key an updating aggregate's rows: its group columns, followed
+/// through the projections after it (only projections may follow it), which must keep each.
+fn output_key(nodes: &[NodeSpec], at: usize) -> Result<Vec<String>> {
+    use datafusion::physical_expr::expressions::Column;
+
+    let OperatorSpec::UpdatingAggregate { keys, .. } = &nodes[at].operator else {
+        return Err(Error::Internal(
+            "no updating aggregate where expected".into(),
+        ));
+    };
+    let mut positions: Vec<usize> = (0..*keys).collect();
+    let mut names: Vec<String> = match &nodes[at].operator {
+        OperatorSpec::UpdatingAggregate { aggregate, .. } => aggregate.schema().fields()[..*keys]
+            .iter()
+            .map(|f| f.name().clone())
+            .collect(),
+        _ => Vec::new(),
+    };
+    for node in &nodes[at + 1..] {
+        let OperatorSpec::Project { exprs, schema } = &node.operator else {
+            return Err(Error::Unsupported(
+                "after a GROUP BY without a window only a projection may follow for now (HAVING, DISTINCT or another aggregate over its updates are not supported yet)".into(),
+            ));
+        };
+        let mut kept = Vec::with_capacity(positions.len());
+        for (p, name) in positions.iter().zip(&names) {
+            let found = exprs
+                .iter()
+                .position(|e| e.downcast_ref::<Column>().is_some_and(|c| c.index() == *p));
+            let Some(j) = found else {
+                return Err(Error::Plan(format!(
+                    "the GROUP BY key {name} must be in the SELECT list as it is: it is the key the sink updates rows by"
+                )));
+            };
+            kept.push((j, schema.field(j).name().clone()));
+        }
+        positions = kept.iter().map(|k| k.0).collect();
+        names = kept.into_iter().map(|k| k.1).collect();
+    }
+    Ok(names)
 }

@@ -1,6 +1,7 @@
 //! Integration tests: whole scenarios against the real `tributary` binary, the real `psql`,
 //! Python client drivers and the independent `deltalake` reader. One binary, a module per area.
 
+mod aggregates;
 mod cdc;
 mod clients;
 mod concurrency;

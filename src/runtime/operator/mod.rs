@@ -4,6 +4,7 @@
 pub mod distinct;
 pub mod stateless;
 pub mod unnest;
+pub mod updating_aggregate;
 pub mod window_aggregate;
 
 use std::sync::Arc;
@@ -39,6 +40,12 @@ pub trait Operator: Send {
     /// a bounded input) advanced to `watermark`: emits what it completes. Called between
     /// batches, after the batches before it were committed.
     fn on_watermark(&mut self, _watermark: i64) -> Result<Vec<RecordBatch>> {
+        Ok(Vec::new())
+    }
+
+    /// A checkpoint is about to be taken: emits what is due at every checkpoint (an updating
+    /// aggregate's changed groups). Called after [`Operator::on_watermark`].
+    fn on_checkpoint(&mut self) -> Result<Vec<RecordBatch>> {
         Ok(Vec::new())
     }
 
@@ -89,4 +96,43 @@ pub fn run_plan(
     )?;
     let out = futures::executor::block_on(tokio::task::unconstrained(collect(plan, task.clone())))?;
     Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Arc;
+
+    use arrow::datatypes::SchemaRef;
+    use datafusion::datasource::MemTable;
+    use datafusion::execution::SessionStateBuilder;
+    use datafusion::physical_plan::aggregates::AggregateExec;
+    use datafusion::physical_plan::ExecutionPlan;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+
+    /// The Final aggregate of `sql` (a GROUP BY over table `t` of `schema`), planned as the SQL
+    /// front end plans it: Final over Partial, no physical optimizer.
+    pub async fn aggregate_plan(schema: SchemaRef, sql: &str) -> Arc<dyn ExecutionPlan> {
+        let state = SessionStateBuilder::new()
+            .with_config(SessionConfig::new().with_target_partitions(1))
+            .with_default_features()
+            .with_physical_optimizer_rules(vec![])
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        ctx.register_table(
+            "t",
+            Arc::new(MemTable::try_new(schema, vec![vec![]]).unwrap()),
+        )
+        .unwrap();
+        let mut node = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        while node.downcast_ref::<AggregateExec>().is_none() {
+            node = node.children()[0].clone();
+        }
+        node
+    }
 }

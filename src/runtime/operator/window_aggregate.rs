@@ -214,11 +214,9 @@ impl Operator for WindowAggregate {
 mod tests {
     use arrow::array::{AsArray, Int64Array, TimestampMicrosecondArray};
     use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
-    use datafusion::datasource::MemTable;
-    use datafusion::execution::SessionStateBuilder;
-    use datafusion::prelude::{SessionConfig, SessionContext};
 
     use super::*;
+    use crate::runtime::operator::tests::aggregate_plan;
 
     const S: i64 = 1_000_000;
 
@@ -253,32 +251,14 @@ mod tests {
     }
 
     /// `SELECT window_end, k, count(*), sum(v), avg(v) ... GROUP BY window_end, k` planned as
-    /// the SQL front end plans it: Final over Partial, no physical optimizer.
+    /// the SQL front end plans it.
     async fn operator() -> WindowAggregate {
-        let config = SessionConfig::new().with_target_partitions(1);
-        let state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_default_features()
-            .with_physical_optimizer_rules(vec![])
-            .build();
-        let ctx = SessionContext::new_with_state(state);
-        ctx.register_table(
-            "t",
-            Arc::new(MemTable::try_new(schema(), vec![vec![]]).unwrap()),
+        let plan = aggregate_plan(
+            schema(),
+            "SELECT window_end, k, count(*) AS n, sum(v) AS total, avg(v) AS mean FROM t GROUP BY window_end, k",
         )
-        .unwrap();
-        let plan = ctx
-            .sql("SELECT window_end, k, count(*) AS n, sum(v) AS total, avg(v) AS mean FROM t GROUP BY window_end, k")
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        let mut node = plan;
-        while node.downcast_ref::<AggregateExec>().is_none() {
-            node = node.children()[0].clone();
-        }
-        WindowAggregate::new(node, 0).unwrap()
+        .await;
+        WindowAggregate::new(plan, 0).unwrap()
     }
 
     /// (window end in seconds, k, n, total) of emitted rows, sorted.

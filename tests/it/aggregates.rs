@@ -1,0 +1,101 @@
+//! GROUP BY without a window end to end: per-key rollups, updated at every checkpoint, into a
+//! PostgreSQL upsert table and a Delta upsert table (read by the deltalake package), across
+//! SIGKILLs, equal to DataFusion's batch result over the same rows.
+
+use rand::Rng;
+
+use crate::cdc::PgCluster;
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_update_postgres_and_delta_across_sigkills() {
+    let pg = PgCluster::start("replica");
+    let tmp = tempfile::tempdir().unwrap();
+    let lake = tmp.path().join("lake");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(&data).await;
+    let c = server.client().await;
+    const EVENTS: u64 = 2_000_000;
+    let bids = EVENTS * 92 / 100;
+    c.batch_execute(&format!(
+        "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = {EVENTS}, seed = 31);
+         CREATE SINK lake WITH (connector = 'delta', path = '{}', mode = 'upsert');
+         CREATE SINK wh WITH (connector = 'postgres', url = '{}', table = 'public.per_bidder', mode = 'upsert');
+         CREATE PIPELINE per_auction WITH (checkpoint_interval = '100ms') AS INSERT INTO lake
+           SELECT auction, count(*) AS n, sum(price) AS total, max(price) AS high FROM bids GROUP BY auction;
+         CREATE PIPELINE per_bidder WITH (checkpoint_interval = '100ms') AS INSERT INTO wh
+           SELECT bidder, count(*) AS n, min(date_time) AS first_bid FROM bids GROUP BY bidder;",
+        lake.display(),
+        pg.url("postgres")
+    ))
+    .await
+    .unwrap();
+    let mut rng = seeded_rng("rollups_update_postgres_and_delta_across_sigkills");
+    let thresholds: Vec<u64> = [0.25, 0.6]
+        .iter()
+        .map(|f| (bids as f64 * (f + rng.random::<f64>() * 0.15)) as u64)
+        .collect();
+    let (server, kills) = kill_at(server, &data, "per_auction", &thresholds).await;
+    eprintln!("killed {kills} times");
+    let c = server.client().await;
+    wait_state(&c, "per_auction", "completed").await;
+    wait_state(&c, "per_bidder", "completed").await;
+
+    // Delta: every auction once, with its totals over all bids.
+    let want = query_lines(
+        &c,
+        "SELECT auction, count(*), sum(price), max(price) FROM bids GROUP BY auction ORDER BY auction",
+    )
+    .await;
+    assert!(want.len() > 1_000, "{} auctions", want.len());
+    let py = r#"
+import sys, deltalake
+t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()
+rows = sorted(zip(*[t[c].to_pylist() for c in ['auction', 'n', 'total', 'high']]))
+print('\n'.join(' '.join(str(v) for v in r) for r in rows))
+"#;
+    let got = run_python(py, &[lake.to_str().unwrap()]);
+    let got: Vec<&str> = got.lines().collect();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "auctions in Delta vs the batch result"
+    );
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w);
+    }
+
+    // PostgreSQL: every bidder once, keyed by bidder.
+    let want = query_lines(
+        &c,
+        "SELECT bidder, count(*), CAST(floor(date_part('epoch', min(date_time)) * 1000) AS BIGINT) FROM bids GROUP BY bidder ORDER BY bidder",
+    )
+    .await;
+    let wh = pg.client("postgres").await;
+    let got: Vec<String> = wh
+        .query(
+            "SELECT bidder, n, floor(extract(epoch FROM first_bid) * 1000)::bigint FROM per_bidder ORDER BY bidder",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {} {}", r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)))
+        .collect();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "bidders in PostgreSQL vs the batch result"
+    );
+    assert_eq!(got, want);
+    let key: i64 = wh
+        .query_one(
+            "SELECT count(*) FROM information_schema.table_constraints WHERE table_name = 'per_bidder' AND constraint_type = 'PRIMARY KEY'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(key, 1, "the table is keyed by the GROUP BY column");
+}

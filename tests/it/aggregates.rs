@@ -2,8 +2,6 @@
 //! PostgreSQL upsert table and a Delta upsert table (read by the deltalake package), across
 //! SIGKILLs, equal to DataFusion's batch result over the same rows.
 
-use rand::Rng;
-
 use crate::cdc::PgCluster;
 use crate::harness::*;
 
@@ -31,13 +29,14 @@ async fn rollups_update_postgres_and_delta_across_sigkills() {
     ))
     .await
     .unwrap();
-    let mut rng = seeded_rng("rollups_update_postgres_and_delta_across_sigkills");
-    let thresholds: Vec<u64> = [0.25, 0.6]
-        .iter()
-        .map(|f| (bids as f64 * (f + rng.random::<f64>() * 0.15)) as u64)
-        .collect();
-    let (server, kills) = kill_at(server, &data, "per_auction", &thresholds).await;
-    eprintln!("killed {kills} times");
+    let server = kill_twice(
+        server,
+        &data,
+        "per_auction",
+        bids,
+        "rollups_update_postgres_and_delta_across_sigkills",
+    )
+    .await;
     let c = server.client().await;
     wait_state(&c, "per_auction", "completed").await;
     wait_state(&c, "per_bidder", "completed").await;

@@ -431,3 +431,23 @@ pub async fn query_lines(c: &tokio_postgres::Client, sql: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// SIGKILLs the server twice while `pipeline` reads its `rows`, at seeded points somewhere in
+/// the first and second half (a fast machine may finish first), and returns the restarted server.
+pub async fn kill_twice(
+    server: Server,
+    data: &Path,
+    pipeline: &str,
+    rows: u64,
+    test: &str,
+) -> Server {
+    use rand::Rng;
+    let mut rng = seeded_rng(test);
+    let thresholds: Vec<u64> = [0.25, 0.6]
+        .iter()
+        .map(|f| (rows as f64 * (f + rng.random::<f64>() * 0.15)) as u64)
+        .collect();
+    let (server, kills) = kill_at(server, data, pipeline, &thresholds).await;
+    eprintln!("killed {kills} times");
+    server
+}

@@ -2,8 +2,6 @@
 //! by the deltalake package) equals DataFusion's batch result; rows behind the watermark are
 //! counted and, when asked, kept in tributary.errors.
 
-use rand::Rng;
-
 use crate::harness::*;
 
 const WINDOWED: &str = "SELECT window_start, window_end, auction % 10 AS bucket, count(*) AS n, \
@@ -30,13 +28,14 @@ async fn sigkill_with_windows_open_equals_datafusion() {
     ))
     .await
     .unwrap();
-    let mut rng = seeded_rng("sigkill_with_windows_open_equals_datafusion");
-    let thresholds: Vec<u64> = [0.25, 0.6]
-        .iter()
-        .map(|f| (bids as f64 * (f + rng.random::<f64>() * 0.15)) as u64)
-        .collect();
-    let (server, kills) = kill_at(server, &data, "win", &thresholds).await;
-    eprintln!("killed {kills} times");
+    let server = kill_twice(
+        server,
+        &data,
+        "win",
+        bids,
+        "sigkill_with_windows_open_equals_datafusion",
+    )
+    .await;
     let c = server.client().await;
     wait_state(&c, "win", "completed").await;
     assert_eq!(counters(&c, "win").await.0, bids);

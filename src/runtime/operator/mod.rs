@@ -3,6 +3,7 @@
 
 pub mod distinct;
 pub mod stateless;
+pub mod two_stage;
 pub mod unnest;
 pub mod updating_aggregate;
 pub mod window_aggregate;

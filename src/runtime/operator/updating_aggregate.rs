@@ -10,24 +10,18 @@ use arrow::compute::{concat_batches, filter_record_batch, not};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
-use datafusion::execution::TaskContext;
-use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::{run_plan, Operator};
-use crate::error::{Error, Result};
+use super::two_stage::TwoStage;
+use super::Operator;
+use crate::error::Result;
 
 /// Per-group aggregation emitting the changed groups at each checkpoint.
 pub struct UpdatingAggregate {
-    partial: Arc<dyn ExecutionPlan>,
-    final_: Arc<dyn ExecutionPlan>,
-    reduce: Arc<dyn ExecutionPlan>,
-    input_schema: SchemaRef,
-    state_schema: SchemaRef,
+    stages: TwoStage,
     /// The group columns come first in the state: this many.
     keys: usize,
     converter: RowConverter,
-    task: Arc<TaskContext>,
     /// One merged partial state per group, as of the last emission.
     base: Option<RecordBatch>,
     /// Partial states of batches committed since the last emission.
@@ -38,47 +32,21 @@ pub struct UpdatingAggregate {
     unsnapshotted: Vec<RecordBatch>,
 }
 
-fn as_aggregate(plan: &Arc<dyn ExecutionPlan>, mode: AggregateMode) -> Result<&AggregateExec> {
-    plan.downcast_ref::<AggregateExec>()
-        .filter(|a| *a.mode() == mode)
-        .ok_or_else(|| {
-            Error::Internal(format!(
-                "expected an AggregateExec in {mode:?} mode, found {}",
-                plan.name()
-            ))
-        })
-}
-
 impl UpdatingAggregate {
     /// An operator from the Final aggregate of a planned GROUP BY (whose input is the Partial
     /// one) with `keys` group columns.
     pub fn new(final_: Arc<dyn ExecutionPlan>, keys: usize) -> Result<Self> {
-        let partial = as_aggregate(&final_, AggregateMode::Final)?.input().clone();
-        let partial_agg = as_aggregate(&partial, AggregateMode::Partial)?;
-        let state_schema = partial.schema();
-        let reduce: Arc<dyn ExecutionPlan> = Arc::new(AggregateExec::try_new(
-            AggregateMode::PartialReduce,
-            partial_agg.group_expr().as_final(),
-            partial_agg.aggr_expr().to_vec(),
-            vec![None; partial_agg.aggr_expr().len()],
-            partial.clone(),
-            partial_agg.input_schema(),
-        )?);
+        let stages = TwoStage::new(final_)?;
         let converter = RowConverter::new(
-            state_schema.fields()[..keys]
+            stages.state_schema().fields()[..keys]
                 .iter()
                 .map(|f| SortField::new(f.data_type().clone()))
                 .collect(),
         )?;
         Ok(UpdatingAggregate {
-            input_schema: partial_agg.input().schema(),
-            partial,
-            final_,
-            reduce,
-            state_schema,
+            stages,
             keys,
             converter,
-            task: Arc::new(TaskContext::default()),
             base: None,
             changed: Vec::new(),
             pending: Vec::new(),
@@ -86,26 +54,13 @@ impl UpdatingAggregate {
         })
     }
 
-    fn run(
-        &self,
-        plan: &Arc<dyn ExecutionPlan>,
-        batches: Vec<RecordBatch>,
-    ) -> Result<Vec<RecordBatch>> {
-        let schema = if Arc::ptr_eq(plan, &self.partial) {
-            &self.input_schema
-        } else {
-            &self.state_schema
-        };
-        run_plan(plan, schema, batches, &self.task)
-    }
-
     /// Merges partial states into one row per group.
     fn reduce(&self, batches: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {
-        let merged = self.run(&self.reduce, batches)?;
+        let merged = self.stages.reduce(batches)?;
         Ok(if merged.is_empty() {
             None
         } else {
-            Some(concat_batches(&self.state_schema, &merged)?)
+            Some(concat_batches(self.stages.state_schema(), &merged)?)
         })
     }
 
@@ -127,7 +82,7 @@ impl Operator for UpdatingAggregate {
     }
 
     fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        let states = self.run(&self.partial, vec![batch])?;
+        let states = self.stages.partial(batch)?;
         self.pending.extend(states);
         Ok(Vec::new())
     }
@@ -165,20 +120,20 @@ impl Operator for UpdatingAggregate {
         }
         let merged = self.reduce(touched)?;
         let out = match &merged {
-            Some(m) => self.run(&self.final_, vec![m.clone()])?,
+            Some(m) => self.stages.finish(vec![m.clone()])?,
             None => Vec::new(),
         };
         let parts: Vec<RecordBatch> = unchanged.into_iter().chain(merged).collect();
         self.base = if parts.is_empty() {
             None
         } else {
-            Some(concat_batches(&self.state_schema, &parts)?)
+            Some(concat_batches(self.stages.state_schema(), &parts)?)
         };
         Ok(out)
     }
 
     fn state_schema(&self) -> Option<SchemaRef> {
-        Some(self.state_schema.clone())
+        Some(self.stages.state_schema().clone())
     }
 
     fn snapshot(&mut self, full: bool) -> Result<Vec<RecordBatch>> {

@@ -9,12 +9,11 @@ use arrow::array::BooleanArray;
 use arrow::compute::{concat_batches, filter_record_batch, not};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use datafusion::execution::TaskContext;
-use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::{run_plan, Operator};
-use crate::error::{Error, Result};
+use super::two_stage::TwoStage;
+use super::Operator;
+use crate::error::Result;
 use crate::runtime::event_time::{micros, END_OF_TIME};
 
 /// Open state is merged (PartialReduce) when it holds more rows than this many times the
@@ -23,20 +22,11 @@ const MERGE_GROWTH: usize = 4;
 /// ...and at least this many rows.
 const MERGE_MIN_ROWS: usize = 65_536;
 
-/// Tumbling-window aggregation over partial aggregate states.
+/// Window aggregation over partial aggregate states.
 pub struct WindowAggregate {
-    /// AggregateExec in Partial mode; its input is replaced per batch.
-    partial: Arc<dyn ExecutionPlan>,
-    /// AggregateExec in Final mode over the partial one; its input is replaced per emission.
-    final_: Arc<dyn ExecutionPlan>,
-    /// AggregateExec in PartialReduce mode: merges partial states into partial states.
-    reduce: Arc<dyn ExecutionPlan>,
-    input_schema: SchemaRef,
-    /// The partial states' schema: the group columns, then each aggregate's state fields.
-    state_schema: SchemaRef,
+    stages: TwoStage,
     /// Column of `window_end` in the state.
     window_end: usize,
-    task: Arc<TaskContext>,
     /// Partial states of open windows (committed).
     open: Vec<RecordBatch>,
     open_rows: usize,
@@ -51,47 +41,15 @@ impl WindowAggregate {
     /// An operator from the Final aggregate of a planned GROUP BY (whose input is the Partial
     /// one) and the column of `window_end` among the group columns.
     pub fn new(final_: Arc<dyn ExecutionPlan>, window_end: usize) -> Result<Self> {
-        let final_agg = as_aggregate(&final_, AggregateMode::Final)?;
-        let partial = final_agg.input().clone();
-        let partial_agg = as_aggregate(&partial, AggregateMode::Partial)?;
-        let input_schema = partial_agg.input().schema();
-        let state_schema = partial.schema();
-        let reduce: Arc<dyn ExecutionPlan> = Arc::new(AggregateExec::try_new(
-            AggregateMode::PartialReduce,
-            partial_agg.group_expr().as_final(),
-            partial_agg.aggr_expr().to_vec(),
-            vec![None; partial_agg.aggr_expr().len()],
-            partial.clone(),
-            partial_agg.input_schema(),
-        )?);
-        if reduce.schema().fields() != state_schema.fields() {
-            return Err(Error::Internal(
-                "merged partial states do not have the partial states' columns".into(),
-            ));
-        }
         Ok(WindowAggregate {
-            partial,
-            final_,
-            reduce,
-            input_schema,
-            state_schema,
+            stages: TwoStage::new(final_)?,
             window_end,
-            task: Arc::new(TaskContext::default()),
             open: Vec::new(),
             open_rows: 0,
             rows_after_merge: 0,
             pending: Vec::new(),
             unsnapshotted: Vec::new(),
         })
-    }
-
-    fn run(
-        &self,
-        plan: &Arc<dyn ExecutionPlan>,
-        schema: &SchemaRef,
-        batches: Vec<RecordBatch>,
-    ) -> Result<Vec<RecordBatch>> {
-        run_plan(plan, schema, batches, &self.task)
     }
 
     fn set_open(&mut self, open: Vec<RecordBatch>) {
@@ -110,24 +68,13 @@ impl WindowAggregate {
     }
 }
 
-fn as_aggregate(plan: &Arc<dyn ExecutionPlan>, mode: AggregateMode) -> Result<&AggregateExec> {
-    plan.downcast_ref::<AggregateExec>()
-        .filter(|a| *a.mode() == mode)
-        .ok_or_else(|| {
-            Error::Internal(format!(
-                "expected an AggregateExec in {mode:?} mode, found {}",
-                plan.name()
-            ))
-        })
-}
-
 impl Operator for WindowAggregate {
     fn kind(&self) -> &'static str {
         "window_aggregate"
     }
 
     fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        let states = self.run(&self.partial, &self.input_schema, vec![batch])?;
+        let states = self.stages.partial(batch)?;
         self.pending.extend(states);
         Ok(Vec::new())
     }
@@ -148,19 +95,19 @@ impl Operator for WindowAggregate {
         if self.open.is_empty() {
             return Ok(Vec::new());
         }
-        let all = concat_batches(&self.state_schema, &self.open)?;
+        let all = concat_batches(self.stages.state_schema(), &self.open)?;
         let closed = self.closed(&all, watermark)?;
         let emit = filter_record_batch(&all, &closed)?;
         let open = filter_record_batch(&all, &not(&closed)?)?;
         let out = if emit.num_rows() > 0 {
-            self.run(&self.final_, &self.state_schema, vec![emit])?
+            self.stages.finish(vec![emit])?
         } else {
             Vec::new()
         };
         if open.num_rows() > MERGE_MIN_ROWS
             && open.num_rows() > MERGE_GROWTH * self.rows_after_merge
         {
-            let merged = self.run(&self.reduce, &self.state_schema, vec![open])?;
+            let merged = self.stages.reduce(vec![open])?;
             self.set_open(merged);
             self.rows_after_merge = self.open_rows;
         } else {
@@ -174,7 +121,7 @@ impl Operator for WindowAggregate {
     }
 
     fn state_schema(&self) -> Option<SchemaRef> {
-        Some(self.state_schema.clone())
+        Some(self.stages.state_schema().clone())
     }
 
     fn snapshot(&mut self, full: bool) -> Result<Vec<RecordBatch>> {

@@ -1,0 +1,85 @@
+//! DataFusion's two-stage aggregation as the stateful aggregates run it: the Partial stage turns
+//! rows into partial states, PartialReduce merges partial states, the Final stage turns partial
+//! states into result rows. Any DataFusion aggregate works; none is written here.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::run_plan;
+use crate::error::{Error, Result};
+
+/// The three stages of one planned GROUP BY.
+pub struct TwoStage {
+    partial: Arc<dyn ExecutionPlan>,
+    final_: Arc<dyn ExecutionPlan>,
+    reduce: Arc<dyn ExecutionPlan>,
+    input_schema: SchemaRef,
+    state_schema: SchemaRef,
+    task: Arc<TaskContext>,
+}
+
+fn as_aggregate(plan: &Arc<dyn ExecutionPlan>, mode: AggregateMode) -> Result<&AggregateExec> {
+    plan.downcast_ref::<AggregateExec>()
+        .filter(|a| *a.mode() == mode)
+        .ok_or_else(|| {
+            Error::Internal(format!(
+                "expected an AggregateExec in {mode:?} mode, found {}",
+                plan.name()
+            ))
+        })
+}
+
+impl TwoStage {
+    /// The stages of the Final aggregate of a planned GROUP BY, whose input is the Partial one.
+    pub fn new(final_: Arc<dyn ExecutionPlan>) -> Result<Self> {
+        let partial = as_aggregate(&final_, AggregateMode::Final)?.input().clone();
+        let partial_agg = as_aggregate(&partial, AggregateMode::Partial)?;
+        let state_schema = partial.schema();
+        let reduce: Arc<dyn ExecutionPlan> = Arc::new(AggregateExec::try_new(
+            AggregateMode::PartialReduce,
+            partial_agg.group_expr().as_final(),
+            partial_agg.aggr_expr().to_vec(),
+            vec![None; partial_agg.aggr_expr().len()],
+            partial.clone(),
+            partial_agg.input_schema(),
+        )?);
+        if reduce.schema().fields() != state_schema.fields() {
+            return Err(Error::Internal(
+                "merged partial states do not have the partial states' columns".into(),
+            ));
+        }
+        Ok(TwoStage {
+            input_schema: partial_agg.input().schema(),
+            partial,
+            final_,
+            reduce,
+            state_schema,
+            task: Arc::new(TaskContext::default()),
+        })
+    }
+
+    /// The partial states' schema: the group columns, then each aggregate's state fields.
+    pub fn state_schema(&self) -> &SchemaRef {
+        &self.state_schema
+    }
+
+    /// Partial states of the rows of `batch`, one per group.
+    pub fn partial(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        run_plan(&self.partial, &self.input_schema, vec![batch], &self.task)
+    }
+
+    /// Partial states merged into one per group.
+    pub fn reduce(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        run_plan(&self.reduce, &self.state_schema, states, &self.task)
+    }
+
+    /// Result rows of partial states, one per group.
+    pub fn finish(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        run_plan(&self.final_, &self.state_schema, states, &self.task)
+    }
+}

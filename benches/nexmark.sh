@@ -6,6 +6,9 @@
 #
 # Usage: bash benches/nexmark.sh            (BIDS=10000000 RUNS=3 by default)
 # Output: benches/results/nexmark.md (the README includes it).
+# Stateful queries (q12t, q5h: windows; q15, q17: updating per-day rollups):
+#   QUERIES="q12t q5h q15 q17" SOURCES=nexmark SINKS=blackhole bash benches/nexmark.sh
+#   writes benches/results/nexmark-q12t-q5h-q15-q17.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIDS="${BIDS:-10000000}"
@@ -80,13 +83,14 @@ print(f'| $q | $src | $sink | {rows/wall:,.0f} | {rows/cpu:,.0f} | {cpu/wall:.2f
       tail -1 "$OUT.tmp" >&2
 }
 
-for q in q0 q1 q2; do
-  for src in nexmark json csv; do
-    for sink in blackhole delta; do
+for q in ${QUERIES:-q0 q1 q2}; do
+  for src in ${SOURCES:-nexmark json csv}; do
+    for sink in ${SINKS:-blackhole delta}; do
       bench "$q" "$src" "$sink"
     done
   done
 done
+[ -z "${QUERIES:-}" ] || { mv "$OUT.tmp" "${OUT%.md}-$(echo "$QUERIES" | tr ' ' '-').md"; cat "${OUT%.md}-$(echo "$QUERIES" | tr ' ' '-').md"; exit 0; }
 # The generator alone: every column of GEN_BIDS bids, as Arrow batches, into a blackhole.
 EVENTS=$(events_for_bids "$GEN_BIDS")
 bench all nexmark blackhole

@@ -55,7 +55,7 @@ fi
 
 {
   echo "Nexmark on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/{print $2}') GiB RAM; $BIDS bids; median of $RUNS runs; release build."
-  echo "Reproduce: \`BIDS=$BIDS RUNS=$RUNS bash benches/nexmark.sh\`"
+  echo "Reproduce: \`${QUERIES:+QUERIES=\"$QUERIES\" SOURCES=\"${SOURCES:-nexmark json csv}\" SINKS=\"${SINKS:-blackhole delta}\" }BIDS=$BIDS RUNS=$RUNS bash benches/nexmark.sh\`"
   echo
   echo "| query | source | sink | events/s | events per CPU-s | CPU cores used | peak RSS MB |"
   echo "|---|---|---|---|---|---|---|"

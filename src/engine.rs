@@ -1,10 +1,8 @@
 //! The control plane's core: executes statements against the catalog, the SQL planner and the
 //! runtime. The pgwire server, `tributary run` and tests all drive Tributary through [`Engine`].
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::array::StringArray;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -22,135 +20,13 @@ use tributary_connectors::{SinkSpec, SourceSpec};
 
 use crate::catalog::{columns_of, Catalog, PipelineEntry, PipelineState, SinkEntry, SourceEntry};
 use crate::error::{Error, Result};
-use crate::runtime::pipeline::{OnError, PipelineJob, PipelineSettings};
+use crate::jobs::{build_job, check_pipeline_options, check_updates_sink};
 use crate::runtime::Runtime;
-use crate::sql::parse::{parse_sql, parse_statement, ObjectKind, ParsedStatement, Statement};
+use crate::sql::parse::{parse_sql, ObjectKind, ParsedStatement, Statement};
 use crate::sql::plan::compile;
 use crate::sql::types::schema_from_columns;
 use crate::sql::windows::{event_time, Hop, Tumble};
 use crate::system_tables::{columns_text, options_text, CatalogSchema, SystemSchema};
-
-/// Compiles a catalog pipeline into a job for the data plane. The job can rebuild itself after
-/// its source's schema grew (an upstream ADD COLUMN): the catalog learns the new columns first.
-fn build_job(
-    catalog: Arc<Catalog>,
-    state: datafusion::execution::SessionState,
-    name: String,
-) -> futures::future::BoxFuture<'static, Result<PipelineJob>> {
-    Box::pin(async move {
-        let entry = catalog.pipeline(&name).ok_or_else(|| Error::NotFound {
-            kind: "pipeline",
-            name: name.clone(),
-        })?;
-        let Statement::Sql(stmt) = parse_statement(&entry.query)? else {
-            return Err(Error::Internal(format!(
-                "pipeline {name} has an unreadable query"
-            )));
-        };
-        let ast::Statement::Query(query) = *stmt else {
-            return Err(Error::Internal(format!(
-                "pipeline {name} query is not a SELECT"
-            )));
-        };
-        let plan = compile(&state, &query).await?;
-        let source_entry = catalog
-            .source(&plan.source)
-            .ok_or_else(|| Error::NotFound {
-                kind: "source",
-                name: plan.source.clone(),
-            })?;
-        let sink_entry = catalog.sink(&entry.sink).ok_or_else(|| Error::NotFound {
-            kind: "sink",
-            name: entry.sink.clone(),
-        })?;
-        let settings = pipeline_settings(&entry.options)?;
-        let mut metadata = std::collections::HashMap::new();
-        if !source_entry.added_columns.is_empty() {
-            metadata.insert(
-                tributary_connectors::ADDED_COLUMNS_METADATA.to_string(),
-                source_entry.added_columns.join(","),
-            );
-        }
-        if !source_entry.primary_key.is_empty() {
-            metadata.insert(
-                tributary_connectors::PRIMARY_KEY_METADATA.to_string(),
-                source_entry.primary_key.join(","),
-            );
-        }
-        let source_schema = crate::catalog::schema_of(&source_entry.columns)?;
-        let source_schema = Arc::new(source_schema.as_ref().clone().with_metadata(metadata));
-        let replan: crate::runtime::pipeline::Replan = {
-            let catalog = catalog.clone();
-            let source = source_entry.name.clone();
-            let name = name.clone();
-            Arc::new(move |schema: SchemaRef| {
-                let catalog = catalog.clone();
-                let state = state.clone();
-                let source = source.clone();
-                let name = name.clone();
-                Box::pin(async move {
-                    catalog.evolve_source(&source, columns_of(&schema)).await?;
-                    build_job(catalog, state, name).await
-                })
-            })
-        };
-        // An aggregate's updates are keyed by its GROUP BY columns.
-        let primary_key = plan
-            .output_key
-            .clone()
-            .unwrap_or_else(|| source_entry.primary_key.clone());
-        Ok(PipelineJob {
-            plan,
-            settings,
-            source_spec: SourceSpec {
-                name: source_entry.name.clone(),
-                schema: Some(source_schema.clone()),
-                options: source_entry.options.clone(),
-            },
-            source_schema,
-            primary_key,
-            source_connector: tributary_connectors::source_connector(&source_entry.options)?,
-            sink_spec: SinkSpec {
-                name: sink_entry.name.clone(),
-                options: sink_entry.options.clone(),
-            },
-            sink_connector: tributary_connectors::sink_connector(&sink_entry.options)?,
-            entry,
-            replan: Some(replan),
-        })
-    })
-}
-
-/// An aggregate's updates need a sink that applies rows by key, on the GROUP BY columns.
-fn check_updates_sink(sink: &SinkEntry, key: &[String]) -> Result<()> {
-    let connector = tributary_connectors::sink_connector(&sink.options)?;
-    let upsert_key = connector.upsert_key(&SinkSpec {
-        name: sink.name.clone(),
-        options: sink.options.clone(),
-    })?;
-    match upsert_key {
-        // A blackhole keeps nothing, updates included (benchmarks).
-        None if connector.name() == "blackhole" => Ok(()),
-        None => Err(Error::Unsupported(format!(
-            "a GROUP BY without a window emits updates (each changed group again), and sink \"{}\" ({}) only appends: \
-             write it to a sink that applies rows by key, a delta or postgres sink with mode = 'upsert', \
-             or GROUP BY a window (FROM TUMBLE(...) ... GROUP BY window_start, window_end, ...) to emit each row once",
-            sink.name,
-            connector.name()
-        ))),
-        Some(k) if !k.is_empty() && k != key => Err(Error::Plan(format!(
-            "sink \"{}\" applies rows by key ({}), but the pipeline's updates are keyed by its GROUP BY columns ({}): \
-             drop the sink's key option or make it match",
-            sink.name,
-            k.join(", "),
-            key.join(", ")
-        ))),
-        Some(_) => Ok(()),
-    }
-}
-
-/// Default time between checkpoints.
-pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What a statement produced.
 #[derive(Debug)]
@@ -845,98 +721,5 @@ pub fn session_statement(stmt: &ast::Statement) -> Option<Output> {
             })
         }
         _ => None,
-    }
-}
-
-const PIPELINE_OPTIONS: &[&str] = &["mode", "checkpoint_interval", "on_error", "on_late"];
-
-fn check_pipeline_options(options: &BTreeMap<String, String>) -> Result<()> {
-    for k in options.keys() {
-        if !PIPELINE_OPTIONS.contains(&k.as_str()) {
-            return Err(Error::Connector(
-                tributary_connectors::ConnectorError::UnknownOption {
-                    connector: "pipeline".into(),
-                    option: k.clone(),
-                    accepted: PIPELINE_OPTIONS.join(", "),
-                },
-            ));
-        }
-    }
-    pipeline_settings(options).map(|_| ())
-}
-
-fn pipeline_settings(options: &BTreeMap<String, String>) -> Result<PipelineSettings> {
-    let invalid = |k: &str, v: &str, reason: &str| {
-        Error::Connector(tributary_connectors::ConnectorError::InvalidOption {
-            option: k.into(),
-            value: v.into(),
-            reason: reason.into(),
-        })
-    };
-    let mode = match options.get("mode").map(|s| s.to_ascii_lowercase()) {
-        None => "batch".to_string(),
-        Some(m) if m == "batch" || m == "streaming" => m,
-        Some(m) => return Err(invalid("mode", &m, "expected batch or streaming")),
-    };
-    let on_error = match options.get("on_error").map(|s| s.to_ascii_lowercase()) {
-        None => OnError::Skip,
-        Some(m) if m == "skip" => OnError::Skip,
-        Some(m) if m == "fail" => OnError::Fail,
-        Some(m) => return Err(invalid("on_error", &m, "expected skip or fail")),
-    };
-    let checkpoint_interval = match options.get("checkpoint_interval") {
-        None => DEFAULT_CHECKPOINT_INTERVAL,
-        Some(v) => parse_duration(v).ok_or_else(|| {
-            invalid(
-                "checkpoint_interval",
-                v,
-                "expected a duration such as '500ms', '10s' or '1m'",
-            )
-        })?,
-    };
-    let keep_late = match options.get("on_late").map(|s| s.to_ascii_lowercase()) {
-        None => false,
-        Some(m) if m == "drop" => false,
-        Some(m) if m == "errors" => true,
-        Some(m) => return Err(invalid("on_late", &m, "expected drop or errors")),
-    };
-    Ok(PipelineSettings {
-        mode,
-        checkpoint_interval,
-        on_error,
-        keep_late,
-    })
-}
-
-/// Parses `500ms`, `10s`, `1m`, `2h` or plain seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim().to_ascii_lowercase();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit.trim() {
-        "" | "s" | "sec" | "secs" | "second" | "seconds" => n,
-        "ms" | "millis" | "milliseconds" => n / 1000.0,
-        "m" | "min" | "mins" | "minute" | "minutes" => n * 60.0,
-        "h" | "hour" | "hours" => n * 3600.0,
-        _ => return None,
-    };
-    (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_durations() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2 m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_duration("soon"), None);
-        assert_eq!(parse_duration("0s"), None);
     }
 }

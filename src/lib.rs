@@ -21,6 +21,7 @@
 pub mod catalog;
 pub mod engine;
 pub mod error;
+pub mod jobs;
 pub mod runtime;
 pub mod server;
 pub mod sql;

@@ -181,6 +181,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             let mut finished = false;
             let mut stopping = false;
             let mut epoch_watermark = watermark;
+            let mut emitted = 0u64;
             while epoch_rows < MAX_EPOCH_ROWS {
                 tokio::select! {
                     biased;
@@ -200,6 +201,13 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                             handle_batch(&job, &mut graph, &status, &mut *sink, sb, batch, &mut epoch_errors).await?;
                             status.set_operators(graph.stats());
                             last_position = Some(pos);
+                            // The watermark moves after each batch; what it closes is written
+                            // in this epoch, committed with the state and position behind it.
+                            if let Some(w) = epoch_watermark.filter(|w| Some(*w) > watermark) {
+                                emitted += emit(&mut graph, &mut *sink, &status, Signal::Watermark(w)).await?;
+                                watermark = Some(w);
+                                status.set_watermark(watermark);
+                            }
                         }
                         Some(Ok(None)) | None => {
                             finished = true;
@@ -209,15 +217,8 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                     }
                 }
             }
-            // The watermark moves at epoch ends, so that what it closes is in this epoch's commit.
             // At the end of the input every window closes; the checkpoint keeps the rows' own
             // watermark, so a later run over new input still takes rows after it.
-            let mut emitted = 0u64;
-            if let Some(w) = epoch_watermark.filter(|w| Some(*w) > watermark) {
-                emitted += emit(&mut graph, &mut *sink, &status, Signal::Watermark(w)).await?;
-                watermark = Some(w);
-                status.set_watermark(watermark);
-            }
             if finished && job.plan.event_time.is_some() {
                 emitted += emit(&mut graph, &mut *sink, &status, Signal::Watermark(END_OF_TIME)).await?;
             }

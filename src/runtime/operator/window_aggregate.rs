@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::BooleanArray;
+use arrow::array::{Array, BooleanArray};
 use arrow::compute::{concat_batches, filter_record_batch, not};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -35,6 +35,9 @@ pub struct WindowAggregate {
     pending: Vec<RecordBatch>,
     /// Partial states committed since the last snapshot.
     unsnapshotted: Vec<RecordBatch>,
+    /// The earliest window end in the open state (`None` when unknown): no watermark before it
+    /// closes anything.
+    earliest_end: Option<i64>,
 }
 
 impl WindowAggregate {
@@ -49,12 +52,42 @@ impl WindowAggregate {
             rows_after_merge: 0,
             pending: Vec::new(),
             unsnapshotted: Vec::new(),
+            earliest_end: None,
         })
     }
 
     fn set_open(&mut self, open: Vec<RecordBatch>) {
         self.open_rows = open.iter().map(RecordBatch::num_rows).sum();
         self.open = open;
+        self.earliest_end = None;
+        let mut earliest = i64::MAX;
+        for batch in &self.open {
+            match micros(batch.column(self.window_end))
+                .ok()
+                .and_then(|ends| (ends.null_count() == 0).then(|| arrow::compute::min(&ends)))
+            {
+                Some(Some(e)) => earliest = earliest.min(e),
+                Some(None) => {}
+                // Unknown (no event time): always look.
+                None => return,
+            }
+        }
+        self.earliest_end = Some(earliest);
+    }
+
+    /// Takes committed partial states into the open state.
+    fn add_open(&mut self, states: RecordBatch) {
+        let earliest = micros(states.column(self.window_end))
+            .ok()
+            .filter(|ends| ends.null_count() == 0)
+            .and_then(|ends| arrow::compute::min(&ends));
+        self.earliest_end = match (self.earliest_end, earliest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            _ if states.num_rows() == 0 => self.earliest_end,
+            _ => None,
+        };
+        self.open_rows += states.num_rows();
+        self.open.push(states);
     }
 
     /// Rows of `batch` whose window has ended by `watermark`. Rows without an event time have
@@ -81,9 +114,8 @@ impl Operator for WindowAggregate {
 
     fn commit_batch(&mut self) {
         for states in std::mem::take(&mut self.pending) {
-            self.open_rows += states.num_rows();
             self.unsnapshotted.push(states.clone());
-            self.open.push(states);
+            self.add_open(states);
         }
     }
 
@@ -92,7 +124,7 @@ impl Operator for WindowAggregate {
     }
 
     fn on_watermark(&mut self, watermark: i64) -> Result<Vec<RecordBatch>> {
-        if self.open.is_empty() {
+        if self.open.is_empty() || self.earliest_end.is_some_and(|e| watermark < e) {
             return Ok(Vec::new());
         }
         let all = concat_batches(self.stages.state_schema(), &self.open)?;

@@ -58,36 +58,27 @@ impl WindowAggregate {
 
     fn set_open(&mut self, open: Vec<RecordBatch>) {
         self.open_rows = open.iter().map(RecordBatch::num_rows).sum();
+        self.earliest_end = open.iter().try_fold(i64::MAX, |earliest, b| {
+            Some(earliest.min(self.earliest_end_of(b)?))
+        });
         self.open = open;
-        self.earliest_end = None;
-        let mut earliest = i64::MAX;
-        for batch in &self.open {
-            match micros(batch.column(self.window_end))
-                .ok()
-                .and_then(|ends| (ends.null_count() == 0).then(|| arrow::compute::min(&ends)))
-            {
-                Some(Some(e)) => earliest = earliest.min(e),
-                Some(None) => {}
-                // Unknown (no event time): always look.
-                None => return,
-            }
-        }
-        self.earliest_end = Some(earliest);
     }
 
     /// Takes committed partial states into the open state.
     fn add_open(&mut self, states: RecordBatch) {
-        let earliest = micros(states.column(self.window_end))
-            .ok()
-            .filter(|ends| ends.null_count() == 0)
-            .and_then(|ends| arrow::compute::min(&ends));
-        self.earliest_end = match (self.earliest_end, earliest) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            _ if states.num_rows() == 0 => self.earliest_end,
-            _ => None,
-        };
+        self.earliest_end = self
+            .earliest_end
+            .zip(self.earliest_end_of(&states))
+            .map(|(a, b)| a.min(b));
         self.open_rows += states.num_rows();
         self.open.push(states);
+    }
+
+    /// The earliest window end among `states` (`i64::MAX` when there are none); `None` when a
+    /// row has no end (no event time), so every watermark must look.
+    fn earliest_end_of(&self, states: &RecordBatch) -> Option<i64> {
+        let ends = micros(states.column(self.window_end)).ok()?;
+        (ends.null_count() == 0).then(|| arrow::compute::min(&ends).unwrap_or(i64::MAX))
     }
 
     /// Rows of `batch` whose window has ended by `watermark`. Rows without an event time have

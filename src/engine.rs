@@ -24,6 +24,7 @@ use crate::jobs::{build_job, check_pipeline_options, check_updates_sink};
 use crate::runtime::Runtime;
 use crate::sql::parse::{parse_sql, ObjectKind, ParsedStatement, Statement};
 use crate::sql::plan::compile;
+use crate::sql::session_window::{Session, SESSION_NAMES};
 use crate::sql::types::schema_from_columns;
 use crate::sql::windows::{event_time, Hop, Tumble};
 use crate::system_tables::{columns_text, options_text, CatalogSchema, SystemSchema};
@@ -80,6 +81,9 @@ impl Engine {
         }
         for name in ["hop", "HOP", "Hop"] {
             ctx.register_udtf(name, Arc::new(Hop::new(catalog.clone())));
+        }
+        for name in SESSION_NAMES {
+            ctx.register_udtf(name, Arc::new(Session::new(catalog.clone())));
         }
         df_catalog.register_schema(
             "tributary",

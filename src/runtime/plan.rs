@@ -10,6 +10,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::event_time::EventTime;
 use super::graph::OperatorGraph;
 use super::operator::distinct::Distinct;
+use super::operator::session_aggregate::SessionAggregate;
 use super::operator::stateless::{Filter, Project};
 use super::operator::unnest::Unnest;
 use super::operator::updating_aggregate::UpdatingAggregate;
@@ -49,6 +50,16 @@ pub enum OperatorSpec {
     WindowAggregate {
         /// DataFusion's AggregateExec in Final mode over its Partial one.
         aggregate: Arc<dyn ExecutionPlan>,
+        /// Which group column is `window_end`.
+        window_end: usize,
+    },
+    /// GROUP BY a session window: sessions per key merged as rows arrive, emitted once the
+    /// watermark passes their end.
+    SessionAggregate {
+        /// DataFusion's AggregateExec in Final mode over its Partial one.
+        aggregate: Arc<dyn ExecutionPlan>,
+        /// Which group column is `window_start`.
+        window_start: usize,
         /// Which group column is `window_end`.
         window_end: usize,
     },
@@ -112,6 +123,15 @@ impl OperatorSpec {
                 aggregate,
                 window_end,
             } => Box::new(WindowAggregate::new(aggregate.clone(), *window_end)?),
+            OperatorSpec::SessionAggregate {
+                aggregate,
+                window_start,
+                window_end,
+            } => Box::new(SessionAggregate::new(
+                aggregate.clone(),
+                *window_start,
+                *window_end,
+            )?),
         })
     }
 }

@@ -3,5 +3,6 @@
 pub mod clock;
 pub mod parse;
 pub mod plan;
+pub mod session_window;
 pub mod types;
 pub mod windows;

@@ -11,6 +11,7 @@ use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast;
 
+use super::session_window::{Session, SessionWindowEnd, SESSION_NAMES};
 use super::windows::{event_time, WINDOW_END, WINDOW_START};
 use crate::error::{Error, Result};
 pub use crate::runtime::plan::PipelinePlan;
@@ -25,6 +26,17 @@ pub async fn compile(state: &SessionState, query: &ast::Query) -> Result<Pipelin
     let timezone = state.config_options().execution.time_zone.clone();
     for f in super::clock::per_batch_clock_functions(timezone.as_deref()) {
         state.register_udf(f)?;
+    }
+    // Sessions are merged by the pipeline's aggregate as rows arrive.
+    let session = state
+        .table_functions()
+        .get(SESSION_NAMES[0])
+        .and_then(|f| (f.function().as_ref() as &dyn std::any::Any).downcast_ref::<Session>())
+        .map(|s| Arc::new(s.streaming()));
+    if let Some(session) = session {
+        for name in SESSION_NAMES {
+            state.register_udtf(name, session.clone());
+        }
     }
     let logical = state
         .statement_to_plan(DFStatement::Statement(Box::new(ast::Statement::Query(
@@ -115,6 +127,7 @@ fn push(cx: &mut Lowering, operator: OperatorSpec, input: Input) -> Input {
         OperatorSpec::Filter(_) => format!("filter{index}"),
         OperatorSpec::Project { .. } => format!("project{index}"),
         OperatorSpec::WindowAggregate { .. } => format!("window{index}"),
+        OperatorSpec::SessionAggregate { .. } => format!("session{index}"),
         OperatorSpec::Unnest(_) => format!("unnest{index}"),
         OperatorSpec::UpdatingAggregate { .. } => format!("aggregate{index}"),
     };
@@ -235,6 +248,9 @@ fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
                 }
                 return lower_updating_aggregate(agg, cx);
             };
+            if let Some(session) = find_session(&agg.input)? {
+                return lower_session_aggregate(agg, &group_names, session, cx);
+            }
             let (source, scan, from) = lower(&agg.input, cx)?;
             let aggregate = plan_aggregate(agg, cx.state)?;
             cx.windowed = true;
@@ -335,6 +351,99 @@ fn plan_over_placeholder(
     Ok(futures::executor::block_on(tokio::task::unconstrained(
         DefaultPhysicalPlanner::default().create_physical_plan(&logical, &planning),
     ))?)
+}
+
+/// The marker of a SESSION window among the expressions of `plan` and its inputs.
+fn find_session(plan: &LogicalPlan) -> Result<Option<SessionWindowEnd>> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::Expr;
+
+    let mut found = None;
+    plan.apply_with_subqueries(|node| {
+        for e in node.expressions() {
+            e.apply(|x| {
+                if let Expr::ScalarFunction(f) = x {
+                    if let Some(marker) = f.func.inner().downcast_ref::<SessionWindowEnd>() {
+                        found = Some(marker.clone());
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+        }
+        Ok(if found.is_some() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })?;
+    Ok(found)
+}
+
+/// A GROUP BY over SESSION(...): sessions per key (the GROUP BY's other columns), merged as
+/// rows arrive and emitted when the watermark passes their end.
+fn lower_session_aggregate(
+    agg: &datafusion::logical_expr::Aggregate,
+    group_names: &[String],
+    session: SessionWindowEnd,
+    cx: &mut Lowering,
+) -> Result<Lowered> {
+    // Sessions form over all of the source's rows, as a query over SESSION(...) computes them:
+    // an operator between the source and the aggregate would form them over fewer.
+    let mut node = agg.input.as_ref();
+    loop {
+        match node {
+            LogicalPlan::Projection(p) => node = &p.input,
+            LogicalPlan::SubqueryAlias(a) => node = &a.input,
+            LogicalPlan::TableScan(_) => break,
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "a SESSION window's rows must go straight to its GROUP BY, and here they pass through {}: sessions form over all of the source's rows, so filter in the aggregates (count(*) FILTER (WHERE ...)) or after them (HAVING)",
+                    other.display()
+                )))
+            }
+        }
+    }
+    let position = |name: &str| group_names.iter().position(|n| n == name);
+    let (Some(window_start), Some(window_end)) = (position(WINDOW_START), position(WINDOW_END))
+    else {
+        return Err(Error::Plan(format!(
+            "a session's rows are emitted when it ends: GROUP BY {WINDOW_START}, {WINDOW_END}, <keys>"
+        )));
+    };
+    if !session.keys.is_empty() {
+        let mut named = session.keys.clone();
+        named.sort();
+        let mut grouped: Vec<String> = group_names
+            .iter()
+            .filter(|n| *n != WINDOW_START && *n != WINDOW_END)
+            .cloned()
+            .collect();
+        grouped.sort();
+        if named != grouped {
+            return Err(Error::Plan(format!(
+                "SESSION is keyed by {} but the GROUP BY by {}: sessions are per GROUP BY key, so they must be the same columns",
+                named.join(", "),
+                if grouped.is_empty() { "no column".to_string() } else { grouped.join(", ") }
+            )));
+        }
+    }
+    let (source, scan, from) = lower(&agg.input, cx)?;
+    let aggregate = plan_aggregate(agg, cx.state)?;
+    cx.windowed = true;
+    Ok((
+        source,
+        scan,
+        push(
+            cx,
+            OperatorSpec::SessionAggregate {
+                aggregate,
+                window_start,
+                window_end,
+            },
+            from,
+        ),
+    ))
 }
 
 /// A GROUP BY without a window: one state per group, the changed groups emitted at each

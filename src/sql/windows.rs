@@ -44,12 +44,12 @@ impl Tumble {
     }
 }
 
-fn plan_error(message: String) -> DataFusionError {
+pub(super) fn plan_error(message: String) -> DataFusionError {
     DataFusionError::Plan(message)
 }
 
 /// A positive interval of days and smaller units, in nanoseconds.
-fn interval_nanos(function: &str, what: &str, e: &Expr) -> DfResult<i64> {
+pub(super) fn interval_nanos(function: &str, what: &str, e: &Expr) -> DfResult<i64> {
     let nanos = match e {
         Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) if v.months == 0 => (v.days
             as i64)
@@ -69,7 +69,7 @@ fn interval_nanos(function: &str, what: &str, e: &Expr) -> DfResult<i64> {
     }
 }
 
-fn column_name(function: &str, what: &str, e: &Expr) -> DfResult<String> {
+pub(super) fn column_name(function: &str, what: &str, e: &Expr) -> DfResult<String> {
     match e {
         Expr::Column(c) => Ok(c.name.clone()),
         _ => Err(plan_error(format!(
@@ -79,14 +79,19 @@ fn column_name(function: &str, what: &str, e: &Expr) -> DfResult<String> {
 }
 
 /// A window function's source, resolved and checked.
-struct WindowedSource {
-    name: String,
-    time: String,
-    table: SourceTable,
+pub(super) struct WindowedSource {
+    pub(super) name: String,
+    pub(super) time: String,
+    pub(super) table: SourceTable,
 }
 
 impl WindowedSource {
-    fn resolve(catalog: &Catalog, function: &str, source: &Expr, time: &Expr) -> DfResult<Self> {
+    pub(super) fn resolve(
+        catalog: &Catalog,
+        function: &str,
+        source: &Expr,
+        time: &Expr,
+    ) -> DfResult<Self> {
         let name = column_name(function, "first (source)", source)?;
         let time = column_name(function, "second (time column)", time)?;
         let entry = catalog.source(&name).ok_or_else(|| {
@@ -124,7 +129,7 @@ impl WindowedSource {
         Ok(WindowedSource { name, time, table })
     }
 
-    fn column(&self, name: &str) -> Expr {
+    pub(super) fn column(&self, name: &str) -> Expr {
         Expr::Column(datafusion::common::Column::new(
             Some(self.name.clone()),
             name,
@@ -132,7 +137,7 @@ impl WindowedSource {
     }
 
     /// The source's columns.
-    fn columns(&self) -> Vec<Expr> {
+    pub(super) fn columns(&self) -> Vec<Expr> {
         self.table
             .schema()
             .fields()
@@ -141,7 +146,7 @@ impl WindowedSource {
             .collect()
     }
 
-    fn scan(&self) -> DfResult<LogicalPlanBuilder> {
+    pub(super) fn scan(&self) -> DfResult<LogicalPlanBuilder> {
         LogicalPlanBuilder::scan(
             &self.name,
             provider_as_source(Arc::new(self.table.clone())),
@@ -150,7 +155,7 @@ impl WindowedSource {
     }
 }
 
-fn interval_lit(nanos: i64) -> Expr {
+pub(super) fn interval_lit(nanos: i64) -> Expr {
     lit(ScalarValue::IntervalMonthDayNano(Some(
         IntervalMonthDayNano {
             months: 0,

@@ -1,4 +1,4 @@
-//! Windowed aggregation end to end: SIGKILLs while windows are open, and the Delta table (read
+//! Windowed aggregation end to end: SIGKILLs while windows or sessions are open, and the Delta table (read
 //! by the deltalake package) equals DataFusion's batch result; rows behind the watermark are
 //! counted and, when asked, kept in tributary.errors.
 
@@ -9,8 +9,46 @@ const WINDOWED: &str = "SELECT window_start, window_end, auction % 10 AS bucket,
      FROM TUMBLE(bids, date_time, INTERVAL '1' SECOND) \
      GROUP BY window_start, window_end, auction % 10";
 
+/// Sessions of a bidder: bids less than 500 ms apart.
+const SESSIONS: &str = "SELECT window_start, window_end, bidder, count(*) AS n, \
+     sum(price) AS total, max(price) AS high, count(DISTINCT auction) AS auctions \
+     FROM SESSION(bids, date_time, INTERVAL '500' MILLISECOND) \
+     GROUP BY window_start, window_end, bidder";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_windows_open_equals_datafusion() {
+    killed_twice_equals_batch(
+        "sigkill_with_windows_open_equals_datafusion",
+        WINDOWED,
+        "bucket",
+        &["bucket", "n", "total", "high", "bidders"],
+        2_000,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_sessions_open_equals_datafusion() {
+    killed_twice_equals_batch(
+        "sigkill_with_sessions_open_equals_datafusion",
+        SESSIONS,
+        "bidder",
+        &["bidder", "n", "total", "high", "auctions"],
+        20_000,
+    )
+    .await;
+}
+
+/// Runs `select` over out-of-order bids into Delta, SIGKILLs the server twice with windows
+/// open, and compares the table (read by the deltalake package) with the same SELECT as
+/// DataFusion's batch query (SESSION keyed by `key` there). At least `at_least` windows.
+async fn killed_twice_equals_batch(
+    test: &str,
+    select: &str,
+    key: &str,
+    columns: &[&str],
+    at_least: usize,
+) {
     let tmp = tempfile::tempdir().unwrap();
     let lake = tmp.path().join("lake");
     let data = tmp.path().join("data");
@@ -21,42 +59,49 @@ async fn sigkill_with_windows_open_equals_datafusion() {
     let bids = EVENTS * 92 / 100;
     c.batch_execute(&format!(
         "CREATE SOURCE bids (WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
-           WITH (connector = 'nexmark', table = 'bid', events = {EVENTS}, seed = 21);
+           WITH (connector = 'nexmark', table = 'bid', events = {EVENTS}, seed = 21, out_of_order = 100);
          CREATE SINK lake WITH (connector = 'delta', path = '{}');
-         CREATE PIPELINE win WITH (checkpoint_interval = '100ms') AS INSERT INTO lake {WINDOWED};",
+         CREATE PIPELINE win WITH (checkpoint_interval = '100ms') AS INSERT INTO lake {select};",
         lake.display()
     ))
     .await
     .unwrap();
-    let server = kill_twice(
-        server,
-        &data,
-        "win",
-        bids,
-        "sigkill_with_windows_open_equals_datafusion",
-    )
-    .await;
+    let server = kill_twice(server, &data, "win", bids, test).await;
     let c = server.client().await;
     wait_state(&c, "win", "completed").await;
     assert_eq!(counters(&c, "win").await.0, bids);
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT rows_late FROM tributary.pipelines WHERE name = 'win'"
+        )
+        .await,
+        "0"
+    );
 
     // The oracle: the same SELECT as DataFusion's batch query over the same bids.
+    let batch = select.replace(
+        "INTERVAL '500' MILLISECOND)",
+        &format!("INTERVAL '500' MILLISECOND, {key})"),
+    );
     let want: Vec<String> = query_lines(
         &c,
         &format!(
-            "SELECT date_part('epoch', window_start)::BIGINT, bucket, n, total, high, bidders \
-             FROM ({WINDOWED}) ORDER BY 1, 2"
+            "SELECT CAST(arrow_cast(window_start, 'Timestamp(Microsecond, None)') AS BIGINT), {} \
+             FROM ({batch}) ORDER BY 1, 2",
+            columns.join(", ")
         ),
     )
     .await;
-    assert!(want.len() > 2_000, "{} windows", want.len());
+    assert!(want.len() > at_least, "{} windows", want.len());
     let py = r#"
 import sys, deltalake
 t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()
-rows = sorted(zip([int(w.timestamp()) for w in t['window_start'].to_pylist()], *[t[c].to_pylist() for c in ['bucket', 'n', 'total', 'high', 'bidders']]))
+columns = sys.argv[2].split(',')
+rows = sorted(zip(t['window_start'].cast('int64').to_pylist(), *[t[c].to_pylist() for c in columns]))
 print('\n'.join(' '.join(str(v) for v in r) for r in rows))
 "#;
-    let got = run_python(py, &[lake.to_str().unwrap()]);
+    let got = run_python(py, &[lake.to_str().unwrap(), &columns.join(",")]);
     let got: Vec<&str> = got.lines().collect();
     assert_eq!(
         got.len(),

@@ -2,6 +2,7 @@
 //! snapshotted as Arrow batches at each checkpoint.
 
 pub mod distinct;
+pub mod session_aggregate;
 pub mod stateless;
 pub mod two_stage;
 pub mod unnest;

@@ -20,6 +20,7 @@ pub struct TwoStage {
     reduce: Arc<dyn ExecutionPlan>,
     input_schema: SchemaRef,
     state_schema: SchemaRef,
+    groups: usize,
     task: Arc<TaskContext>,
 }
 
@@ -54,6 +55,7 @@ impl TwoStage {
             ));
         }
         Ok(TwoStage {
+            groups: partial_agg.group_expr().expr().len(),
             input_schema: partial_agg.input().schema(),
             partial,
             final_,
@@ -66,6 +68,11 @@ impl TwoStage {
     /// The partial states' schema: the group columns, then each aggregate's state fields.
     pub fn state_schema(&self) -> &SchemaRef {
         &self.state_schema
+    }
+
+    /// How many group columns lead the partial states.
+    pub fn groups(&self) -> usize {
+        self.groups
     }
 
     /// Partial states of the rows of `batch`, one per group.

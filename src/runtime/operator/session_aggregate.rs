@@ -1,0 +1,443 @@
+//! A GROUP BY over session windows: DataFusion's two-stage aggregation over sessions that grow
+//! as rows arrive. Each row comes as its own session `[time, time + gap)`; the partial states of
+//! a key whose sessions overlap are merged into one session (start of the first, end of the
+//! last), and a session is emitted, once, when the watermark passes its end.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array};
+use arrow::compute::{cast, concat_batches, filter_record_batch, not};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, Rows, SortField};
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::two_stage::TwoStage;
+use super::Operator;
+use crate::error::Result;
+use crate::runtime::event_time::{micros, END_OF_TIME};
+
+/// Open state is merged (PartialReduce) when it holds more rows than this many times its
+/// sessions...
+const MERGE_GROWTH: usize = 2;
+/// ...and at least this many rows.
+const MERGE_MIN_ROWS: usize = 4_096;
+
+/// Session window aggregation over partial aggregate states.
+pub struct SessionAggregate {
+    stages: TwoStage,
+    /// Columns of `window_start` and `window_end` in the state.
+    start: usize,
+    end: usize,
+    /// The other group columns: the key sessions are per.
+    keys: Vec<usize>,
+    /// Compares keys.
+    converter: Option<RowConverter>,
+    /// Partial states of open sessions (committed), some not yet merged with their session.
+    open: Vec<RecordBatch>,
+    open_rows: usize,
+    /// Partial states of batches not yet committed.
+    pending: Vec<RecordBatch>,
+    /// Partial states committed since the last snapshot.
+    unsnapshotted: Vec<RecordBatch>,
+    /// The earliest session end in the open state (`None` when unknown). Merging only moves
+    /// ends later, so no watermark before it closes anything.
+    earliest_end: Option<i64>,
+}
+
+impl SessionAggregate {
+    /// An operator from the Final aggregate of a planned GROUP BY (whose input is the Partial
+    /// one) and the columns of `window_start` and `window_end` among its group columns.
+    pub fn new(final_: Arc<dyn ExecutionPlan>, start: usize, end: usize) -> Result<Self> {
+        let stages = TwoStage::new(final_)?;
+        let keys: Vec<usize> = (0..stages.groups())
+            .filter(|c| *c != start && *c != end)
+            .collect();
+        let converter = if keys.is_empty() {
+            None
+        } else {
+            let schema = stages.state_schema();
+            Some(RowConverter::new(
+                keys.iter()
+                    .map(|k| SortField::new(schema.field(*k).data_type().clone()))
+                    .collect(),
+            )?)
+        };
+        Ok(SessionAggregate {
+            stages,
+            start,
+            end,
+            keys,
+            converter,
+            open: Vec::new(),
+            open_rows: 0,
+            pending: Vec::new(),
+            unsnapshotted: Vec::new(),
+            earliest_end: None,
+        })
+    }
+
+    fn set_open(&mut self, open: Vec<RecordBatch>) {
+        self.open_rows = open.iter().map(RecordBatch::num_rows).sum();
+        self.earliest_end = open.iter().try_fold(i64::MAX, |earliest, b| {
+            Some(earliest.min(self.earliest_end_of(b)?))
+        });
+        self.open = open;
+    }
+
+    /// The earliest session end among `states` (`i64::MAX` when there are none); `None` when a
+    /// row has no end (no event time), so every watermark must look.
+    fn earliest_end_of(&self, states: &RecordBatch) -> Option<i64> {
+        let ends = micros(states.column(self.end)).ok()?;
+        (ends.null_count() == 0).then(|| arrow::compute::min(&ends).unwrap_or(i64::MAX))
+    }
+
+    /// Rows of `batch` whose session has ended by `watermark`. Rows without an event time have
+    /// no session: they close only at the end of input.
+    fn closed(&self, batch: &RecordBatch, watermark: i64) -> Result<BooleanArray> {
+        let ends = micros(batch.column(self.end))?;
+        Ok(ends
+            .iter()
+            .map(|e| Some(e.map_or(watermark == END_OF_TIME, |e| e <= watermark)))
+            .collect())
+    }
+
+    /// `states` with each row's window widened to its session: the sessions of a key that
+    /// overlap become one, from the earliest start to the latest end. Also returns how many
+    /// sessions there are.
+    fn sessionize(&self, states: &RecordBatch) -> Result<(RecordBatch, usize)> {
+        let start_column = states.column(self.start);
+        let end_column = states.column(self.end);
+        let starts = cast(start_column, &DataType::Int64)?;
+        let starts = starts.as_primitive::<Int64Type>();
+        let ends = cast(end_column, &DataType::Int64)?;
+        let ends = ends.as_primitive::<Int64Type>();
+        let keys: Option<Rows> = match &self.converter {
+            Some(converter) => {
+                let columns: Vec<ArrayRef> = self
+                    .keys
+                    .iter()
+                    .map(|k| states.column(*k).clone())
+                    .collect();
+                Some(converter.convert_columns(&columns)?)
+            }
+            None => None,
+        };
+        let key_order = |a: usize, b: usize| match &keys {
+            Some(rows) => rows.row(a).cmp(&rows.row(b)),
+            None => Ordering::Equal,
+        };
+        let timed = |i: &usize| starts.is_valid(*i) && ends.is_valid(*i);
+        let mut order: Vec<usize> = (0..states.num_rows()).filter(timed).collect();
+        let untimed = states.num_rows() - order.len();
+        order.sort_unstable_by(|a, b| {
+            key_order(*a, *b).then_with(|| starts.value(*a).cmp(&starts.value(*b)))
+        });
+        let mut new_starts = starts.values().to_vec();
+        let mut new_ends = ends.values().to_vec();
+        let mut sessions = untimed;
+        let mut i = 0;
+        while i < order.len() {
+            let first = order[i];
+            let (start, mut end) = (starts.value(first), ends.value(first));
+            let mut j = i + 1;
+            while j < order.len()
+                && key_order(order[j], first) == Ordering::Equal
+                && starts.value(order[j]) < end
+            {
+                end = end.max(ends.value(order[j]));
+                j += 1;
+            }
+            for row in &order[i..j] {
+                new_starts[*row] = start;
+                new_ends[*row] = end;
+            }
+            sessions += 1;
+            i = j;
+        }
+        let rebuilt = |values: Vec<i64>, like: &ArrayRef, nulls| -> Result<ArrayRef> {
+            Ok(cast(
+                &Int64Array::new(values.into(), nulls),
+                like.data_type(),
+            )?)
+        };
+        let mut columns = states.columns().to_vec();
+        columns[self.start] = rebuilt(new_starts, start_column, starts.nulls().cloned())?;
+        columns[self.end] = rebuilt(new_ends, end_column, ends.nulls().cloned())?;
+        Ok((RecordBatch::try_new(states.schema(), columns)?, sessions))
+    }
+}
+
+impl Operator for SessionAggregate {
+    fn kind(&self) -> &'static str {
+        "session_aggregate"
+    }
+
+    fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let states = self.stages.partial(batch)?;
+        self.pending.extend(states);
+        Ok(Vec::new())
+    }
+
+    fn commit_batch(&mut self) {
+        for states in std::mem::take(&mut self.pending) {
+            self.unsnapshotted.push(states.clone());
+            self.earliest_end = self
+                .earliest_end
+                .zip(self.earliest_end_of(&states))
+                .map(|(a, b)| a.min(b));
+            self.open_rows += states.num_rows();
+            self.open.push(states);
+        }
+    }
+
+    fn abort_batch(&mut self) {
+        self.pending.clear();
+    }
+
+    fn on_watermark(&mut self, watermark: i64) -> Result<Vec<RecordBatch>> {
+        if self.open.is_empty() || self.earliest_end.is_some_and(|e| watermark < e) {
+            return Ok(Vec::new());
+        }
+        let all = concat_batches(self.stages.state_schema(), &self.open)?;
+        let (all, sessions) = self.sessionize(&all)?;
+        let closed = self.closed(&all, watermark)?;
+        let emit = filter_record_batch(&all, &closed)?;
+        let open = filter_record_batch(&all, &not(&closed)?)?;
+        let out = if emit.num_rows() > 0 {
+            self.stages.finish(vec![emit])?
+        } else {
+            Vec::new()
+        };
+        if open.num_rows() > MERGE_MIN_ROWS && open.num_rows() > MERGE_GROWTH * sessions {
+            let merged = self.stages.reduce(vec![open])?;
+            self.set_open(merged);
+        } else {
+            self.set_open(if open.num_rows() > 0 {
+                vec![open]
+            } else {
+                Vec::new()
+            });
+        }
+        Ok(out)
+    }
+
+    fn state_schema(&self) -> Option<SchemaRef> {
+        Some(self.stages.state_schema().clone())
+    }
+
+    fn snapshot(&mut self, full: bool) -> Result<Vec<RecordBatch>> {
+        let changed = std::mem::take(&mut self.unsnapshotted);
+        Ok(if full { self.open.clone() } else { changed })
+    }
+
+    fn restore(&mut self, state: &[RecordBatch], watermark: Option<i64>) -> Result<()> {
+        self.pending.clear();
+        self.unsnapshotted.clear();
+        if state.is_empty() {
+            self.set_open(Vec::new());
+            return Ok(());
+        }
+        // Change files still hold the states of sessions emitted since: merged again, those
+        // sessions end by the checkpoint's watermark (no row arriving later could have joined
+        // them: it would have been late).
+        let all = concat_batches(self.stages.state_schema(), state)?;
+        let (all, _) = self.sessionize(&all)?;
+        let open = match watermark {
+            Some(w) => filter_record_batch(&all, &not(&self.closed(&all, w)?)?)?,
+            None => all,
+        };
+        self.set_open(if open.num_rows() > 0 {
+            vec![open]
+        } else {
+            Vec::new()
+        });
+        Ok(())
+    }
+
+    fn state_rows(&self) -> usize {
+        self.open_rows
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.open.iter().map(|b| b.get_array_memory_size()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int64Array, TimestampMicrosecondArray};
+    use arrow::datatypes::{Field, Schema, TimeUnit};
+
+    use super::*;
+    use crate::runtime::operator::tests::aggregate_plan;
+
+    const S: i64 = 1_000_000;
+    const GAP: i64 = 10;
+
+    fn schema() -> SchemaRef {
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, None);
+        Arc::new(Schema::new(vec![
+            Field::new("window_start", ts.clone(), true),
+            Field::new("window_end", ts, true),
+            Field::new("k", DataType::Int64, true),
+            Field::new("v", DataType::Int64, true),
+        ]))
+    }
+
+    /// Rows (time in seconds, k, v), each its own session of GAP seconds, as SESSION gives them.
+    fn batch(rows: &[(Option<i64>, i64, i64)]) -> RecordBatch {
+        let times = |shift: i64| {
+            TimestampMicrosecondArray::from(
+                rows.iter()
+                    .map(|r| r.0.map(|t| (t + shift) * S))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(times(0)),
+                Arc::new(times(GAP)),
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                )),
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    async fn operator() -> SessionAggregate {
+        let plan = aggregate_plan(
+            schema(),
+            "SELECT window_start, window_end, k, count(*) AS n, sum(v) AS total FROM t GROUP BY window_start, window_end, k",
+        )
+        .await;
+        SessionAggregate::new(plan, 0, 1).unwrap()
+    }
+
+    /// (start s, end s, k, n, total) of emitted rows, sorted; start and end -1 when NULL.
+    fn rows(batches: &[RecordBatch]) -> Vec<(i64, i64, i64, i64, i64)> {
+        let mut out = Vec::new();
+        for b in batches {
+            let starts = micros(b.column(0)).unwrap();
+            let ends = micros(b.column(1)).unwrap();
+            let int = |c: usize, i: usize| b.column(c).as_primitive::<Int64Type>().value(i);
+            for i in 0..b.num_rows() {
+                let seconds = |a: &arrow::array::TimestampMicrosecondArray| {
+                    if a.is_valid(i) {
+                        a.value(i) / S
+                    } else {
+                        -1
+                    }
+                };
+                out.push((
+                    seconds(&starts),
+                    seconds(&ends),
+                    int(2, i),
+                    int(3, i),
+                    int(4, i),
+                ));
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    fn step(op: &mut SessionAggregate, rows: &[(Option<i64>, i64, i64)]) {
+        assert!(op.process(0, batch(rows)).unwrap().is_empty());
+        op.commit_batch();
+    }
+
+    #[tokio::test]
+    async fn sessions_grow_merge_and_emit_once_their_gap_has_passed() {
+        let mut op = operator().await;
+        // Key 1: 0 and 5 are one session; 30 starts another. Key 2: 3 alone so far.
+        step(
+            &mut op,
+            &[
+                (Some(0), 1, 1),
+                (Some(5), 1, 2),
+                (Some(30), 1, 4),
+                (Some(3), 2, 8),
+            ],
+        );
+        // Out of order, not late: 21 joins key 1's session of 30 (21 + 10 > 30), not that of 5
+        // (5 + 10 <= 21); 12 joins key 2's (3 + 10 > 12). A NULL time has no session.
+        step(
+            &mut op,
+            &[(Some(21), 1, 16), (Some(12), 2, 32), (None, 2, 64)],
+        );
+        // A batch a later operator failed on leaves nothing behind.
+        op.process(0, batch(&[(Some(16), 1, 1000)])).unwrap();
+        op.abort_batch();
+        assert!(op.on_watermark(14 * S).unwrap().is_empty());
+        // Key 1's first session ends at 15.
+        assert_eq!(
+            rows(&op.on_watermark(15 * S).unwrap()),
+            vec![(0, 15, 1, 2, 3)]
+        );
+        // 25 falls inside key 1's session [21, 40).
+        step(&mut op, &[(Some(25), 1, 128)]);
+        assert_eq!(
+            rows(&op.on_watermark(22 * S).unwrap()),
+            vec![(3, 22, 2, 2, 40)]
+        );
+        assert!(op.on_watermark(39 * S).unwrap().is_empty());
+        assert_eq!(
+            rows(&op.on_watermark(40 * S).unwrap()),
+            vec![(21, 40, 1, 3, 148)]
+        );
+        assert_eq!(
+            rows(&op.on_watermark(END_OF_TIME).unwrap()),
+            vec![(-1, -1, 2, 1, 64)]
+        );
+        assert_eq!(op.state_rows(), 0);
+    }
+
+    #[tokio::test]
+    async fn restore_merges_again_and_drops_sessions_emitted_before_the_checkpoint() {
+        let mut op = operator().await;
+        step(&mut op, &[(Some(0), 1, 1), (Some(30), 1, 2)]);
+        let first = op.snapshot(false).unwrap();
+        step(&mut op, &[(Some(5), 1, 4), (Some(36), 1, 8)]);
+        assert_eq!(
+            rows(&op.on_watermark(20 * S).unwrap()),
+            vec![(0, 15, 1, 2, 5)]
+        );
+        let second = op.snapshot(false).unwrap();
+        // The change files hold session [0, 15)'s states; the checkpoint's watermark drops them.
+        let mut restored = operator().await;
+        restored
+            .restore(&[first, second].concat(), Some(20 * S))
+            .unwrap();
+        assert_eq!(restored.state_rows(), 2);
+        step(&mut restored, &[(Some(45), 1, 16)]);
+        assert_eq!(
+            rows(&restored.on_watermark(END_OF_TIME).unwrap()),
+            vec![(30, 55, 1, 3, 26)]
+        );
+        // A full snapshot holds the open sessions only.
+        let full = op.snapshot(true).unwrap();
+        assert_eq!(full.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+    }
+
+    #[tokio::test]
+    async fn large_open_state_is_merged_into_one_row_per_session() {
+        let mut op = operator().await;
+        // 10 000 rows of 100 keys, one second apart per key: 100 sessions still open.
+        let input: Vec<_> = (0..10_000).map(|i| (Some(i / 100), i % 100, 1)).collect();
+        step(&mut op, &input);
+        assert!(op.on_watermark(50 * S).unwrap().is_empty());
+        assert_eq!(op.state_rows(), 100);
+        let out = rows(&op.on_watermark(END_OF_TIME).unwrap());
+        assert_eq!(out.len(), 100);
+        assert!(out
+            .iter()
+            .all(|r| (r.0, r.1, r.3, r.4) == (0, 109, 100, 100)));
+    }
+}

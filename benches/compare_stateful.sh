@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Side-by-side for the stateful Nexmark queries (benches/nexmark_lib.sh: q12t tumbling counts per
-# bidder, q5h hopping counts per auction, q15 and q17 per-day rollups) over the same JSON-lines
+# Side-by-side for the stateful Nexmark queries (benches/nexmark_lib.sh: q11 sessions per bidder,
+# q12t tumbling counts per bidder, q5h hopping counts per auction, q15 and q17 per-day rollups) over the same JSON-lines
 # file of bids: Tributary (a batch pipeline into its blackhole sink; windows close at the end of
 # the input, rollups are emitted at each checkpoint) beside DuckDB running the batch equivalent
-# (time_bucket, generate_series for the hops) and reducing its result so every row is computed.
+# (time_bucket, generate_series for the hops, lag and a running sum for the sessions) and reducing its result so every row is computed.
 # Each runs RUNS times; the table reports the median run (benches/measure.py).
 #
 # Usage: bash benches/compare_stateful.sh   (BIDS=10000000 RUNS=3 by default)
@@ -38,6 +38,14 @@ path, q = sys.argv[1], sys.argv[2]
 bids = f"""read_json('{path}', format = 'newline_delimited', columns = {{auction: 'BIGINT', bidder: 'BIGINT',
   price: 'BIGINT', channel: 'VARCHAR', url: 'VARCHAR', date_time: 'TIMESTAMP', extra: 'VARCHAR'}})"""
 queries = {
+  "q11": f"""SELECT bidder, count(*) AS bid_count, min(date_time) AS starttime,
+               max(date_time) + INTERVAL 10 SECOND AS endtime FROM (
+               SELECT *, sum(starts) OVER (PARTITION BY bidder ORDER BY date_time) AS session FROM (
+                 SELECT bidder, date_time,
+                   CASE WHEN lag(date_time) OVER (PARTITION BY bidder ORDER BY date_time) + INTERVAL 10 SECOND > date_time
+                        THEN 0 ELSE 1 END AS starts
+                 FROM {bids}))
+             GROUP BY bidder, session""",
   "q12t": f"""SELECT bidder, count(*) AS bid_count, time_bucket(INTERVAL 10 SECOND, date_time) AS window_start
               FROM {bids} GROUP BY ALL""",
   "q5h": f"""SELECT auction, count(*) AS num, starttime FROM (
@@ -73,7 +81,7 @@ row() { # query, engine, median line "wall cpu rss_kb"
   echo "| query | engine | wall s | CPU s | events/s | events per CPU-s | cores used | peak RSS MB |"
   echo "|---|---|---|---|---|---|---|---|"
 } > "$OUT.tmp"
-for q in q12t q5h q15 q17; do
+for q in ${QUERIES:-q11 q12t q5h q15 q17}; do
   pipeline_sql "$q" json blackhole "$RUN" > "$RUN/$q.sql"
   t="" d=""
   for r in $(seq "$RUNS"); do

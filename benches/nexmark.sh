@@ -6,9 +6,9 @@
 #
 # Usage: bash benches/nexmark.sh            (BIDS=10000000 RUNS=3 by default)
 # Output: benches/results/nexmark.md (the README includes it).
-# Stateful queries (q12t, q5h: windows; q15, q17: updating per-day rollups):
-#   QUERIES="q12t q5h q15 q17" SOURCES=nexmark SINKS=blackhole bash benches/nexmark.sh
-#   writes benches/results/nexmark-q12t-q5h-q15-q17.md.
+# Stateful queries (q11: sessions; q12t, q5h: windows; q15, q17: updating per-day rollups):
+#   QUERIES="q11 q12t q5h q15 q17" SOURCES=nexmark SINKS=blackhole bash benches/nexmark.sh
+#   writes benches/results/nexmark-q11-q12t-q5h-q15-q17.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIDS="${BIDS:-10000000}"

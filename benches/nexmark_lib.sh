@@ -21,6 +21,8 @@ query_sql() {
     q1) echo "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid" ;;
     q2) echo "SELECT auction, price FROM bid WHERE auction % 123 = 0" ;;
     all) echo "SELECT * FROM bid" ;;
+    # Sessions per bidder: bids less than 10 s apart (q11).
+    q11) echo "SELECT bidder, count(*) AS bid_count, window_start AS starttime, window_end AS endtime FROM SESSION(bid, date_time, INTERVAL '10' SECOND) GROUP BY bidder, window_start, window_end" ;;
     # Tumbling counts per bidder (q12 in event time).
     q12t) echo "SELECT bidder, count(*) AS bid_count, window_start, window_end FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND) GROUP BY bidder, window_start, window_end" ;;
     # Bids per auction in 10 s windows every 2 s: where q5 starts.

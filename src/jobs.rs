@@ -137,7 +137,17 @@ pub(crate) fn check_updates_sink(sink: &SinkEntry, key: &[String]) -> Result<()>
 /// Default time between checkpoints.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 
-const PIPELINE_OPTIONS: &[&str] = &["mode", "checkpoint_interval", "on_error", "on_late"];
+const PIPELINE_OPTIONS: &[&str] = &[
+    "mode",
+    "checkpoint_interval",
+    "on_error",
+    "on_late",
+    "idle_timeout",
+];
+
+/// How long a split (a Kafka partition) may give no rows before it stops holding the
+/// watermark back.
+const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub(crate) fn check_pipeline_options(options: &BTreeMap<String, String>) -> Result<()> {
     for k in options.keys() {
@@ -189,11 +199,22 @@ fn pipeline_settings(options: &BTreeMap<String, String>) -> Result<PipelineSetti
         Some(m) if m == "errors" => true,
         Some(m) => return Err(invalid("on_late", &m, "expected drop or errors")),
     };
+    let idle_timeout = match options.get("idle_timeout") {
+        None => DEFAULT_IDLE_TIMEOUT,
+        Some(v) => parse_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
+            invalid(
+                "idle_timeout",
+                v,
+                "expected a positive duration such as '30s' or '5m'",
+            )
+        })?,
+    };
     Ok(PipelineSettings {
         mode,
         checkpoint_interval,
         on_error,
         keep_late,
+        idle_timeout,
     })
 }
 

@@ -369,7 +369,8 @@ impl SystemSchema {
                 let mut rows = Vec::new();
                 for st in self.runtime.statuses() {
                     for (source, l) in st.lag() {
-                        rows.push((st.name.clone(), source, l));
+                        let split = st.split_watermark(&l.partition);
+                        rows.push((st.name.clone(), source, l, split));
                     }
                 }
                 rows.sort_by(|a, b| {
@@ -416,6 +417,21 @@ impl SystemSchema {
                                 .map(|r| r.2.confirmed.and_then(|c| lsn_text(&r.2, c)))
                                 .collect(),
                         ),
+                    ),
+                    (
+                        "watermark",
+                        ts(rows
+                            .iter()
+                            .map(|r| r.3.as_ref()?.watermark.and_then(watermark_time))
+                            .collect()),
+                    ),
+                    (
+                        "idle",
+                        Arc::new(arrow::array::BooleanArray::from(
+                            rows.iter()
+                                .map(|r| r.3.as_ref().map(|s| s.idle))
+                                .collect::<Vec<_>>(),
+                        )),
                     ),
                 ])?
             }

@@ -94,6 +94,20 @@ pub struct SourceBatch {
     pub phase: Option<String>,
     /// A failure the source is recovering from by itself (reconnecting); `None` clears it.
     pub transient_error: Option<String>,
+    /// The splits the source reads in parallel (Kafka partitions), each with how many of the
+    /// batch's rows it gave: the rows are grouped by split in this order. Every split the
+    /// source has is listed, with 0 rows when it gave none, so the event time of each is
+    /// followed apart. Empty: the source is one split.
+    pub splits: Vec<SplitRows>,
+}
+
+/// How many consecutive rows of a batch one split gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitRows {
+    /// The split's name, as in [`PartitionLag::partition`].
+    pub split: String,
+    /// Its rows.
+    pub rows: usize,
 }
 
 impl SourceBatch {
@@ -106,6 +120,7 @@ impl SourceBatch {
             lag: Vec::new(),
             phase: None,
             transient_error: None,
+            splits: Vec::new(),
         }
     }
 }

@@ -47,6 +47,10 @@ pub struct Checkpoint {
     /// The watermark after the epoch (UTC microseconds), when the source has one.
     #[serde(default)]
     pub watermark: Option<i64>,
+    /// The watermark of each split of the source (Kafka partitions), so that a restart does not
+    /// let one that is ahead decide alone.
+    #[serde(default)]
+    pub split_watermarks: BTreeMap<String, i64>,
 }
 
 /// Stores checkpoints of one pipeline under `<root>/<pipeline id>/`.
@@ -267,6 +271,7 @@ mod tests {
             rows_errored: 0,
             rows_late: 0,
             watermark: None,
+            split_watermarks: BTreeMap::new(),
         }
     }
 

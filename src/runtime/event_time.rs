@@ -26,13 +26,13 @@ pub struct EventTime {
 }
 
 impl EventTime {
-    /// The largest watermark the rows of `batch` imply (`None` when every row's is NULL).
-    pub fn batch_watermark(&self, batch: &RecordBatch) -> Result<Option<i64>> {
+    /// The watermark each row of `batch` implies (NULL for a row without a time).
+    pub fn watermarks(&self, batch: &RecordBatch) -> Result<TimestampMicrosecondArray> {
         let values = self
             .watermark
             .evaluate(batch)?
             .into_array(batch.num_rows())?;
-        Ok(arrow::compute::max(&micros(&values)?))
+        micros(&values)
     }
 
     /// Which rows of `batch` are late: their event time is before `watermark`. A row without an

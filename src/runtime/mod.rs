@@ -10,6 +10,7 @@ pub mod plan;
 pub mod source_table;
 pub mod state;
 pub mod status;
+pub mod watermarks;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::Array;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use chrono::Utc;
@@ -14,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use tributary_connectors::{
     BadRecord, ConnectorError, ReadOptions, SinkConnector, SinkContext, SinkSpec, SourceBatch,
-    SourceConnector, SourceSpec,
+    SourceConnector, SourceSpec, SplitRows,
 };
 
 use super::checkpoint::{Checkpoint, CheckpointStore};
@@ -23,6 +24,7 @@ use super::graph::OperatorGraph;
 use super::plan::PipelinePlan;
 use super::state::{restore_states, write_states};
 use super::status::{ErrorEntry, ErrorLog, PipelineStatus};
+use super::watermarks::Watermarks;
 use crate::catalog::{PipelineEntry, PipelineState};
 use crate::error::{Error, Result};
 
@@ -54,6 +56,8 @@ pub struct PipelineSettings {
     /// Keep rows behind the watermark in `tributary.errors` (`on_late = 'errors'`) rather than
     /// only counting them.
     pub keep_late: bool,
+    /// How long a split may give no rows before it stops holding the watermark back.
+    pub idle_timeout: Duration,
 }
 
 /// Everything a pipeline run needs, resolved by the control plane.
@@ -134,6 +138,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
         let mut position = None;
         // The watermark of the rows read so far (UTC microseconds): rows before it are late.
         let mut watermark: Option<i64> = None;
+        let mut split_watermarks = Default::default();
         if let Some(cp) = latest {
             // The last checkpoint's commit may not have happened before a crash: (re)do it; sinks skip it if done.
             sink.commit(cp.epoch, cp.sink.clone()).await?;
@@ -142,6 +147,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             restore_states(&ctx.checkpoints, &mut graph, cp.epoch, &cp.operators, cp.watermark).await?;
             operator_states = cp.operators.clone();
             watermark = cp.watermark;
+            split_watermarks = cp.split_watermarks.clone();
             status.rows_late.store(cp.rows_late, Ordering::Relaxed);
             status.restore(cp.rows_in, cp.rows_out, cp.rows_errored, cp.epoch, cp.at);
             tracing::info!(epoch, "Resuming from checkpoint.");
@@ -170,6 +176,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
         );
         let _reader = AbortOnDrop(reader);
 
+        let mut watermarks = Watermarks::new(job.settings.idle_timeout, watermark, &split_watermarks, Instant::now());
         let mut unfilled = UnfilledColumns::new(&job.source_schema, job.plan.scan_projection.as_deref());
         loop {
             epoch += 1;
@@ -180,7 +187,6 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             let mut epoch_rows = 0u64;
             let mut finished = false;
             let mut stopping = false;
-            let mut epoch_watermark = watermark;
             let mut emitted = 0u64;
             while epoch_rows < MAX_EPOCH_ROWS {
                 tokio::select! {
@@ -197,17 +203,19 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                             epoch_rows += (sb.batch.num_rows() + sb.bad_records.len()) as u64;
                             let pos = sb.position.clone();
                             unfilled.observe(&sb.batch, &job.plan.source, &status);
-                            let batch = EpochBatch { epoch, watermark, epoch_watermark: &mut epoch_watermark };
+                            let batch = EpochBatch { epoch, watermark, watermarks: &mut watermarks };
                             handle_batch(&job, &mut graph, &status, &mut *sink, sb, batch, &mut epoch_errors).await?;
                             status.set_operators(graph.stats());
                             last_position = Some(pos);
                             // The watermark moves after each batch; what it closes is written
                             // in this epoch, committed with the state and position behind it.
-                            if let Some(w) = epoch_watermark.filter(|w| Some(*w) > watermark) {
+                            let now = Instant::now();
+                            if let Some(w) = watermarks.advance(now) {
                                 emitted += emit(&mut graph, &mut *sink, &status, Signal::Watermark(w)).await?;
                                 watermark = Some(w);
                                 status.set_watermark(watermark);
                             }
+                            status.set_split_watermarks(watermarks.shown(now));
                         }
                         Some(Ok(None)) | None => {
                             finished = true;
@@ -244,6 +252,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                     rows_errored: status.rows_errored.load(Ordering::Relaxed),
                     rows_late: status.rows_late.load(Ordering::Relaxed),
                     watermark,
+                    split_watermarks: watermarks.checkpointed(),
                 };
                 let bytes = ctx.checkpoints.save(&cp).await?;
                 operator_states = operators;
@@ -366,63 +375,87 @@ async fn emit(
 /// Where a batch stands in event time.
 struct EpochBatch<'a> {
     epoch: u64,
-    /// The watermark at the start of the epoch: rows before it are late.
+    /// The watermark: rows before it are late.
     watermark: Option<i64>,
-    /// The watermark the epoch's rows imply so far.
-    epoch_watermark: &'a mut Option<i64>,
+    /// The source's splits' watermarks, which the batch's rows raise.
+    watermarks: &'a mut Watermarks,
 }
 
 /// Drops the rows of `batch` behind the watermark (counted, and kept as errors when asked) and
-/// raises the epoch's watermark by the rows that remain.
+/// raises the watermark of each split by its rows that remain.
 fn apply_event_time(
     job: &PipelineJob,
     status: &PipelineStatus,
     batch: RecordBatch,
+    splits: &[SplitRows],
     at: &mut EpochBatch,
     errors: &mut Vec<ErrorEntry>,
 ) -> Result<RecordBatch> {
     let Some(event_time) = &job.plan.event_time else {
         return Ok(batch);
     };
-    let batch = match at.watermark {
-        Some(w) if batch.num_rows() > 0 => {
-            let late = event_time.late(&batch, w)?;
-            let n = late.true_count();
-            if n > 0 {
-                status.rows_late.fetch_add(n as u64, Ordering::Relaxed);
-                if job.settings.keep_late {
-                    let rows = arrow::compute::filter_record_batch(&batch, &late)?;
-                    let room = MAX_EPOCH_ERRORS
-                        .saturating_sub(errors.len())
-                        .min(rows.num_rows());
-                    let now = Utc::now();
-                    let shown = super::event_time::watermark_time(w)
-                        .map(|t| t.to_rfc3339())
-                        .unwrap_or_default();
-                    errors.extend((0..room).map(|i| ErrorEntry {
-                        pipeline: job.entry.name.clone(),
-                        source: job.plan.source.clone(),
-                        epoch: at.epoch,
-                        position: format!("epoch {}", at.epoch),
-                        message: format!(
-                            "late: \"{}\" is before the watermark {shown}",
-                            event_time.name
-                        ),
-                        raw: row_json(&rows.slice(i, 1)),
-                        at: now,
-                    }));
-                }
-                arrow::compute::filter_record_batch(&batch, &arrow::compute::not(&late)?)?
-            } else {
-                batch
-            }
-        }
-        _ => batch,
+    let late = match at.watermark {
+        Some(w) if batch.num_rows() > 0 => Some((w, event_time.late(&batch, w)?)),
+        _ => None,
     };
-    if let Some(w) = event_time.batch_watermark(&batch)? {
-        *at.epoch_watermark = Some(at.epoch_watermark.map_or(w, |e| e.max(w)));
+    let implied = event_time.watermarks(&batch)?;
+    let now = Instant::now();
+    let whole = [SplitRows {
+        split: String::new(),
+        rows: batch.num_rows(),
+    }];
+    let mut offset = 0;
+    for split in if splits.is_empty() {
+        &whole[..]
+    } else {
+        splits
+    } {
+        let end = (offset + split.rows).min(batch.num_rows());
+        if split.rows == 0 {
+            at.watermarks.see(&split.split, now);
+        } else {
+            let highest = (offset..end)
+                .filter(|i| implied.is_valid(*i) && !late.as_ref().is_some_and(|l| l.1.value(*i)))
+                .map(|i| implied.value(i))
+                .max();
+            at.watermarks.rows(&split.split, highest, now);
+        }
+        offset = end;
     }
-    Ok(batch)
+    let Some((w, late)) = late else {
+        return Ok(batch);
+    };
+    let n = late.true_count();
+    if n == 0 {
+        return Ok(batch);
+    }
+    status.rows_late.fetch_add(n as u64, Ordering::Relaxed);
+    if job.settings.keep_late {
+        let rows = arrow::compute::filter_record_batch(&batch, &late)?;
+        let room = MAX_EPOCH_ERRORS
+            .saturating_sub(errors.len())
+            .min(rows.num_rows());
+        let now = Utc::now();
+        let shown = super::event_time::watermark_time(w)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        errors.extend((0..room).map(|i| ErrorEntry {
+            pipeline: job.entry.name.clone(),
+            source: job.plan.source.clone(),
+            epoch: at.epoch,
+            position: format!("epoch {}", at.epoch),
+            message: format!(
+                "late: \"{}\" is before the watermark {shown}",
+                event_time.name
+            ),
+            raw: row_json(&rows.slice(i, 1)),
+            at: now,
+        }));
+    }
+    Ok(arrow::compute::filter_record_batch(
+        &batch,
+        &arrow::compute::not(&late)?,
+    )?)
 }
 
 async fn handle_batch(
@@ -454,7 +487,7 @@ async fn handle_batch(
             .into());
         }
     }
-    let batch = apply_event_time(job, status, sb.batch, &mut at, errors)?;
+    let batch = apply_event_time(job, status, sb.batch, &sb.splits, &mut at, errors)?;
     let batch = match &job.plan.scan_projection {
         Some(p) => batch.project(p)?,
         None => batch,

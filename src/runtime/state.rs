@@ -203,6 +203,7 @@ mod tests {
             rows_errored: 0,
             rows_late: 0,
             watermark: None,
+            split_watermarks: BTreeMap::new(),
         }
     }
 

@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::graph::OperatorStats;
+use super::watermarks::SplitWatermark;
 use crate::catalog::PipelineState;
 
 /// Counters and lifecycle of one pipeline, updated by its task and read by `tributary.pipelines`.
@@ -31,6 +32,7 @@ pub struct PipelineStatus {
     watermark: Mutex<Option<i64>>,
     inner: Mutex<StatusInner>,
     lag: Mutex<Vec<(String, tributary_connectors::PartitionLag)>>,
+    splits: Mutex<Vec<SplitWatermark>>,
     operators: Mutex<Vec<OperatorStats>>,
 }
 
@@ -98,6 +100,7 @@ impl PipelineStatus {
                 warning: None,
             }),
             lag: Mutex::new(Vec::new()),
+            splits: Mutex::new(Vec::new()),
             operators: Mutex::new(Vec::new()),
         }
     }
@@ -105,6 +108,22 @@ impl PipelineStatus {
     /// Records the watermark.
     pub fn set_watermark(&self, watermark: Option<i64>) {
         *self.watermark.lock() = watermark;
+    }
+
+    /// Records the watermark of each split of the source.
+    pub fn set_split_watermarks(&self, splits: Vec<SplitWatermark>) {
+        *self.splits.lock() = splits;
+    }
+
+    /// The watermark of the split named `partition` (as in `tributary.source_lag`), or of the
+    /// whole source when it is one split.
+    pub fn split_watermark(&self, partition: &str) -> Option<SplitWatermark> {
+        let splits = self.splits.lock();
+        splits
+            .iter()
+            .find(|s| s.split == partition)
+            .or_else(|| splits.iter().find(|s| s.split.is_empty()))
+            .cloned()
     }
 
     /// Records the operators' figures.

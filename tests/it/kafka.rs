@@ -152,6 +152,31 @@ assert left == 0, left
     }
 }
 
+impl Broker {
+    /// Produces `{"id": .., "ts": "2026-05-01T10:00:SS"}` for each (id, second) into `partition`.
+    pub fn produce_times(&self, topic: &str, partition: i32, rows: &[(u64, u32)]) {
+        let py = r#"
+import sys, json
+from confluent_kafka import Producer
+p = Producer({'bootstrap.servers': sys.argv[1]})
+for pair in sys.argv[4].split(','):
+    i, s = pair.split(':')
+    p.produce(sys.argv[2], partition=int(sys.argv[3]), value=json.dumps({"id": int(i), "ts": "2026-05-01T10:00:%02d" % int(s)}))
+assert p.flush(60) == 0
+"#;
+        let rows: Vec<String> = rows.iter().map(|(i, s)| format!("{i}:{s}")).collect();
+        run_python(
+            py,
+            &[
+                &self.bootstrap,
+                topic,
+                &partition.to_string(),
+                &rows.join(","),
+            ],
+        );
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -356,4 +381,124 @@ print(len(seen), keyed, seen.get(7))
 "#;
     // ids < 1000 minus the 10 malformed ones (multiples of 100).
     assert_eq!(run_python(py, &[&broker.bootstrap]), "990 990 N7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_watermark_per_partition_and_idle_partitions() {
+    let broker = Broker::start().await;
+    broker.create_topic("clicks", 2);
+    // Partition 0 reaches 10:00:35; partition 1 only 10:00:05.
+    broker.produce_times(
+        "clicks",
+        0,
+        &(0..36).map(|s| (s, s as u32)).collect::<Vec<_>>(),
+    );
+    broker.produce_times(
+        "clicks",
+        1,
+        &(100..106)
+            .map(|i| (i, (i - 100) as u32))
+            .collect::<Vec<_>>(),
+    );
+    let (tmp, server) = start_fresh().await;
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE clicks (id BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
+           WITH (connector = 'kafka', bootstrap_servers = '{}', topic = 'clicks');
+         CREATE SINK per10 WITH (connector = 'parquet', path = '{}');
+         CREATE PIPELINE p WITH (idle_timeout = '10s', checkpoint_interval = '200ms') AS INSERT INTO per10
+           SELECT window_start, count(*) AS n FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND)
+           GROUP BY window_start, window_end;",
+        broker.bootstrap,
+        tmp.path().join("out").display()
+    ))
+    .await
+    .unwrap();
+    let split_watermarks = "SELECT partition, watermark, idle FROM tributary.source_lag WHERE pipeline = 'p' ORDER BY partition";
+    // Each partition's watermark follows its own rows; the pipeline's is the least of them.
+    let rows = poll(Duration::from_secs(60), "both partitions read", || async {
+        let rows = query_lines(&c, split_watermarks).await;
+        (rows.len() == 2 && rows.iter().all(|r| r.contains("2026"))).then_some(rows)
+    })
+    .await;
+    assert_eq!(
+        rows,
+        vec![
+            "0 2026-05-01 10:00:35.000000+00 f",
+            "1 2026-05-01 10:00:05.000000+00 f"
+        ]
+    );
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT watermark FROM tributary.pipelines WHERE name = 'p'"
+        )
+        .await,
+        "2026-05-01 10:00:05.000000+00"
+    );
+    assert_eq!(scalar(&c, "SELECT count(*) FROM per10").await, "0");
+    // Partition 1 gives nothing for 10 s: it stops holding the watermark back, and the windows
+    // partition 0 has passed close, with partition 1's rows in the first.
+    poll(
+        Duration::from_secs(60),
+        "windows closed by partition 0",
+        || async { (scalar(&c, "SELECT count(*) FROM per10").await == "3").then_some(()) },
+    )
+    .await;
+    let windows = query_lines(
+        &c,
+        "SELECT date_part('second', window_start)::BIGINT, n FROM per10 ORDER BY 1",
+    )
+    .await;
+    assert_eq!(windows, vec!["0 16", "10 10", "20 10"]);
+    assert_eq!(
+        query_lines(&c, split_watermarks).await[1],
+        "1 2026-05-01 10:00:05.000000+00 t"
+    );
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT watermark FROM tributary.pipelines WHERE name = 'p'"
+        )
+        .await,
+        "2026-05-01 10:00:35.000000+00"
+    );
+    // Partition 1 comes back behind the watermark: late, and active again.
+    broker.produce_times("clicks", 1, &[(200, 2), (201, 36)]);
+    poll(Duration::from_secs(60), "partition 1 back", || async {
+        let rows = query_lines(&c, split_watermarks).await;
+        (rows[1] == "1 2026-05-01 10:00:36.000000+00 f").then_some(())
+    })
+    .await;
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT rows_late FROM tributary.pipelines WHERE name = 'p'"
+        )
+        .await,
+        "1"
+    );
+    // The partitions' watermarks are checkpointed: after a restart partition 0, which gives
+    // nothing new, still has its own.
+    c.batch_execute("STOP PIPELINE p").await.unwrap();
+    c.batch_execute("START PIPELINE p").await.unwrap();
+    broker.produce_times("clicks", 1, &[(202, 37)]);
+    let rows = poll(
+        Duration::from_secs(60),
+        "partitions after the restart",
+        || async {
+            let rows = query_lines(&c, split_watermarks).await;
+            (rows.len() == 2 && rows[1].contains("10:00:37")).then_some(rows)
+        },
+    )
+    .await;
+    assert_eq!(rows[0], "0 2026-05-01 10:00:35.000000+00 f");
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT watermark FROM tributary.pipelines WHERE name = 'p'"
+        )
+        .await,
+        "2026-05-01 10:00:36.000000+00"
+    );
 }

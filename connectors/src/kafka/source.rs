@@ -25,7 +25,7 @@ use crate::format::{decode_records, CsvDecoder, JsonDecoder, Record, RecordDecod
 use crate::options::{OptionSpec, Options};
 use crate::{
     BadRecord, PartitionLag, ReadOptions, Source, SourceBatch, SourceConnector, SourcePosition,
-    SourceSpec,
+    SourceSpec, SplitRows,
 };
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -418,7 +418,29 @@ impl Source for KafkaSource {
                 break;
             }
         }
-        let (batch, bad_records) = self.decode(payloads)?;
+        // Rows grouped by partition, every partition listed: the event time of each is
+        // followed apart.
+        let mut by_partition: BTreeMap<i32, Vec<(i32, i64, Vec<u8>)>> = BTreeMap::new();
+        for payload in payloads {
+            by_partition.entry(payload.0).or_default().push(payload);
+        }
+        let mut batches = Vec::with_capacity(by_partition.len());
+        let mut bad_records = Vec::new();
+        let mut splits = Vec::with_capacity(self.offsets.len());
+        for p in self.offsets.keys() {
+            let (batch, bad) = match by_partition.remove(p) {
+                Some(payloads) => self.decode(payloads)?,
+                None => (RecordBatch::new_empty(self.schema.clone()), Vec::new()),
+            };
+            splits.push(SplitRows {
+                split: p.to_string(),
+                rows: batch.num_rows(),
+            });
+            batches.push(batch);
+            bad_records.extend(bad);
+        }
+        let batch = arrow::compute::concat_batches(&self.schema, &batches)
+            .map_err(|e| ConnectorError::Internal(format!("joining partitions' rows: {e}")))?;
         // A position that cannot be stored fails the epoch: a null one means "from the start".
         let position = SourcePosition(
             serde_json::to_value(KafkaPosition {
@@ -433,6 +455,7 @@ impl Source for KafkaSource {
             lag: self.lag(),
             phase: None,
             transient_error: None,
+            splits,
         }))
     }
 }

@@ -913,6 +913,7 @@ impl CdcSource {
             lag: self.lag(),
             phase: Some(self.phase()),
             transient_error: error,
+            splits: Vec::new(),
         })
     }
 

@@ -143,6 +143,7 @@ const PIPELINE_OPTIONS: &[&str] = &[
     "on_error",
     "on_late",
     "idle_timeout",
+    "parallelism",
 ];
 
 /// How long a split (a Kafka partition) may give no rows before it stops holding the
@@ -209,8 +210,25 @@ fn pipeline_settings(options: &BTreeMap<String, String>) -> Result<PipelineSetti
             )
         })?,
     };
+    let most = crate::runtime::operator::parallel::KEY_GROUPS;
+    let parallelism = match options.get("parallelism") {
+        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(most)),
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=most).contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    "parallelism",
+                    v,
+                    &format!("expected a number of instances from 1 to {most}"),
+                )
+            })?,
+    };
     Ok(PipelineSettings {
         mode,
+        parallelism,
         checkpoint_interval,
         on_error,
         keep_late,

@@ -14,6 +14,7 @@ use tributary_connectors::{redact, SinkSpec, SourceSpec};
 
 use crate::catalog::{schema_of, Catalog, PipelineState};
 use crate::runtime::event_time::watermark_time;
+use crate::runtime::graph::OperatorStats;
 use crate::runtime::source_table::SourceTable;
 use crate::runtime::Runtime;
 use crate::sql::types::sql_type_name;
@@ -440,12 +441,27 @@ impl SystemSchema {
                 let mut rows = Vec::new();
                 for st in self.runtime.statuses() {
                     let started = st.snapshot().started_at;
-                    for op in st.operators() {
+                    for mut op in st.operators() {
                         let ratio = started.map(|s| {
                             let elapsed = (now - s).to_std().unwrap_or_default().as_secs_f64();
                             (op.busy.as_secs_f64() / elapsed.max(1e-3)).min(1.0)
                         });
-                        rows.push((st.name.clone(), op, ratio));
+                        // A parallel operator shows a row per instance.
+                        let instances = std::mem::take(&mut op.instances);
+                        if instances.is_empty() {
+                            rows.push((st.name.clone(), op, ratio, 0));
+                        } else {
+                            for (i, figures) in instances.into_iter().enumerate() {
+                                let op = OperatorStats {
+                                    rows_in: figures.rows_in,
+                                    rows_out: figures.rows_out,
+                                    state_rows: figures.state_rows,
+                                    state_bytes: figures.state_bytes,
+                                    ..op.clone()
+                                };
+                                rows.push((st.name.clone(), op, ratio, i as i64));
+                            }
+                        }
                     }
                 }
                 rows.sort_by(|a, b| a.0.cmp(&b.0));
@@ -462,8 +478,7 @@ impl SystemSchema {
                         "kind",
                         text(rows.iter().map(|r| Some(r.1.kind.clone())).collect()),
                     ),
-                    // One instance per operator until keyed operators run in parallel.
-                    ("instance", int(rows.iter().map(|_| 0).collect())),
+                    ("instance", int(rows.iter().map(|r| r.3).collect())),
                     ("rows_in", count(rows.iter().map(|r| r.1.rows_in).collect())),
                     (
                         "rows_out",

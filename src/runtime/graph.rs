@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
+use super::operator::parallel::InstanceStats;
 use super::operator::Operator;
 use super::plan::Input;
 use crate::error::{Error, Result};
@@ -40,6 +41,8 @@ pub struct OperatorStats {
     pub busy: Duration,
     /// The last watermark it was given (UTC microseconds).
     pub watermark: Option<i64>,
+    /// Figures of each parallel instance (empty when it runs as one).
+    pub instances: Vec<InstanceStats>,
 }
 
 /// The operators of one run.
@@ -251,6 +254,7 @@ impl OperatorGraph {
             .map(|n| OperatorStats {
                 state_rows: n.operator.state_rows() as u64,
                 state_bytes: n.operator.state_bytes() as u64,
+                instances: n.operator.instances(),
                 ..n.stats.clone()
             })
             .collect()
@@ -324,60 +328,74 @@ pub(crate) mod tests {
 
     #[test]
     fn a_failed_batch_marks_no_key_as_seen() {
-        let mut graph = distinct_then_divide().instantiate().unwrap();
-        assert!(graph.process(batch(&[1, 2, 0, 2, 5])).is_err());
-        // Nothing was recorded: the same rows without the bad one all come out, duplicates once.
-        assert_eq!(
-            xs(&graph.process(batch(&[1, 2, 2, 5])).unwrap()),
-            vec![100, 50, 20]
-        );
-        assert!(graph.process(batch(&[0])).is_err());
-        // Seen keys stay seen; new ones pass.
-        assert_eq!(xs(&graph.process(batch(&[5, 1, 4, 4])).unwrap()), vec![25]);
-        let stats = graph.stats();
-        assert_eq!(
-            stats
-                .iter()
-                .map(|s| (
-                    s.id.as_str(),
-                    s.kind.as_str(),
-                    s.rows_in,
-                    s.rows_out,
-                    s.state_rows
-                ))
-                .collect::<Vec<_>>(),
-            // Failed batches count nowhere.
-            vec![
-                ("dedup0", "distinct", 8, 4, 4),
-                ("project1", "project", 4, 4, 0)
-            ]
-        );
+        for parallelism in [1, 2, 3] {
+            let mut graph = distinct_then_divide().instantiate(parallelism).unwrap();
+            assert!(graph.process(batch(&[1, 2, 0, 2, 5])).is_err());
+            // Nothing was recorded: the same rows without the bad one all come out, duplicates
+            // once.
+            assert_eq!(
+                sorted(&graph.process(batch(&[1, 2, 2, 5])).unwrap()),
+                vec![20, 50, 100]
+            );
+            assert!(graph.process(batch(&[0])).is_err());
+            // Seen keys stay seen; new ones pass.
+            assert_eq!(xs(&graph.process(batch(&[5, 1, 4, 4])).unwrap()), vec![25]);
+            let stats = graph.stats();
+            assert_eq!(
+                stats
+                    .iter()
+                    .map(|s| (
+                        s.id.as_str(),
+                        s.kind.as_str(),
+                        s.rows_in,
+                        s.rows_out,
+                        s.state_rows
+                    ))
+                    .collect::<Vec<_>>(),
+                // Failed batches count nowhere.
+                vec![
+                    ("dedup0", "distinct", 8, 4, 4),
+                    ("project1", "project", 4, 4, 0)
+                ]
+            );
+            let instances = &stats[0].instances;
+            if parallelism == 1 {
+                assert!(instances.is_empty());
+            } else {
+                assert_eq!(instances.len(), parallelism);
+                assert_eq!(instances.iter().map(|i| i.rows_in).sum::<u64>(), 8);
+                assert_eq!(instances.iter().map(|i| i.state_rows).sum::<u64>(), 4);
+            }
+        }
     }
 
     #[test]
     fn snapshots_are_the_changes_and_restore_rebuilds_the_state() {
-        let mut graph = distinct_then_divide().instantiate().unwrap();
-        assert_eq!(graph.stateful().len(), 1);
-        graph.process(batch(&[1, 2, 2])).unwrap();
-        let first = graph.snapshot("dedup0", false).unwrap();
-        assert_eq!(sorted(&first), vec![1, 2]);
-        graph.process(batch(&[2, 3])).unwrap();
-        let second = graph.snapshot("dedup0", false).unwrap();
-        assert_eq!(sorted(&second), vec![3]);
-        assert!(graph.snapshot("dedup0", false).unwrap().is_empty());
-        assert_eq!(
-            sorted(&graph.snapshot("dedup0", true).unwrap()),
-            vec![1, 2, 3]
-        );
+        // State taken with one number of instances restores into any other.
+        for (before, after) in [(1, 1), (2, 1), (1, 3), (3, 2)] {
+            let mut graph = distinct_then_divide().instantiate(before).unwrap();
+            assert_eq!(graph.stateful().len(), 1);
+            graph.process(batch(&[1, 2, 2])).unwrap();
+            let first = graph.snapshot("dedup0", false).unwrap();
+            assert_eq!(sorted(&first), vec![1, 2]);
+            graph.process(batch(&[2, 3])).unwrap();
+            let second = graph.snapshot("dedup0", false).unwrap();
+            assert_eq!(sorted(&second), vec![3]);
+            assert!(graph.snapshot("dedup0", false).unwrap().is_empty());
+            assert_eq!(
+                sorted(&graph.snapshot("dedup0", true).unwrap()),
+                vec![1, 2, 3]
+            );
 
-        let mut restored = distinct_then_divide().instantiate().unwrap();
-        restored
-            .restore("dedup0", &[first, second].concat(), None)
-            .unwrap();
-        assert_eq!(
-            xs(&restored.process(batch(&[3, 4, 1, 5])).unwrap()),
-            vec![25, 20]
-        );
+            let mut restored = distinct_then_divide().instantiate(after).unwrap();
+            restored
+                .restore("dedup0", &[first, second].concat(), None)
+                .unwrap();
+            assert_eq!(
+                sorted(&restored.process(batch(&[3, 4, 1, 5])).unwrap()),
+                vec![20, 25]
+            );
+        }
     }
 
     fn sorted(batches: &[RecordBatch]) -> Vec<i64> {

@@ -58,6 +58,8 @@ pub struct PipelineSettings {
     pub keep_late: bool,
     /// How long a split may give no rows before it stops holding the watermark back.
     pub idle_timeout: Duration,
+    /// Instances of each keyed operator.
+    pub parallelism: usize,
 }
 
 /// Everything a pipeline run needs, resolved by the control plane.
@@ -132,7 +134,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
         };
         sink.open(&sink_ctx, job.plan.output_schema.clone()).await?;
 
-        let mut graph = job.plan.instantiate()?;
+        let mut graph = job.plan.instantiate(job.settings.parallelism)?;
         let mut operator_states = Default::default();
         let mut epoch = 0u64;
         let mut position = None;

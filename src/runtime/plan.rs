@@ -10,6 +10,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::event_time::EventTime;
 use super::graph::OperatorGraph;
 use super::operator::distinct::Distinct;
+use super::operator::parallel::Parallel;
 use super::operator::session_aggregate::SessionAggregate;
 use super::operator::stateless::{Filter, Project};
 use super::operator::unnest::Unnest;
@@ -108,7 +109,22 @@ pub struct PipelinePlan {
 }
 
 impl OperatorSpec {
-    fn instantiate(&self) -> Result<Box<dyn Operator>> {
+    /// The operator, as `parallelism` instances when it is keyed.
+    fn instantiate(&self, parallelism: usize) -> Result<Box<dyn Operator>> {
+        let first = self.instance()?;
+        match first.keying() {
+            Some(keying) if parallelism > 1 => {
+                let mut instances = vec![first];
+                for _ in 1..parallelism {
+                    instances.push(self.instance()?);
+                }
+                Ok(Box::new(Parallel::new(instances, keying)?))
+            }
+            _ => Ok(first),
+        }
+    }
+
+    fn instance(&self) -> Result<Box<dyn Operator>> {
         Ok(match self {
             OperatorSpec::Filter(predicate) => Box::new(Filter::new(predicate.clone())),
             OperatorSpec::Project { exprs, schema } => {
@@ -137,12 +153,19 @@ impl OperatorSpec {
 }
 
 impl PipelinePlan {
-    /// A fresh graph of operators for one run, with empty state.
-    pub fn instantiate(&self) -> Result<OperatorGraph> {
+    /// A fresh graph of operators for one run, with empty state; keyed operators run as
+    /// `parallelism` instances.
+    pub fn instantiate(&self, parallelism: usize) -> Result<OperatorGraph> {
         let operators = self
             .nodes
             .iter()
-            .map(|n| Ok((n.id.clone(), n.operator.instantiate()?, n.inputs.clone())))
+            .map(|n| {
+                Ok((
+                    n.id.clone(),
+                    n.operator.instantiate(parallelism)?,
+                    n.inputs.clone(),
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         OperatorGraph::new(operators, self.output, self.output_schema.clone())
     }

@@ -218,7 +218,7 @@ mod tests {
     async fn state_files_hold_the_changes_compact_and_are_collected() {
         let tmp = tempfile::tempdir().unwrap();
         let store = CheckpointStore::local(tmp.path(), "p1").unwrap();
-        let mut graph = distinct_then_divide().instantiate().unwrap();
+        let mut graph = distinct_then_divide().instantiate(1).unwrap();
         let mut states = BTreeMap::new();
         for epoch in 1..=12u64 {
             let e = epoch as i64;
@@ -246,7 +246,7 @@ mod tests {
             .count();
         assert_eq!(on_disk, 4);
 
-        let mut restored = distinct_then_divide().instantiate().unwrap();
+        let mut restored = distinct_then_divide().instantiate(1).unwrap();
         restore_states(&store, &mut restored, 12, &states, None)
             .await
             .unwrap();
@@ -292,7 +292,7 @@ mod tests {
             serde_json::from_value(serde_json::json!({ "dedup0": { "seen": hex } })).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let store = CheckpointStore::local(tmp.path(), "p1").unwrap();
-        let mut graph = distinct_then_divide().instantiate().unwrap();
+        let mut graph = distinct_then_divide().instantiate(1).unwrap();
         restore_states(&store, &mut graph, 3, &states, None)
             .await
             .unwrap();

@@ -335,8 +335,9 @@ async fn operators(c: &tokio_postgres::Client, pipeline: &str) -> Vec<String> {
     query_lines(
         c,
         &format!(
-            "SELECT operator, kind, rows_in, rows_out, state_rows FROM tributary.operators \
-             WHERE pipeline = '{pipeline}' ORDER BY operator DESC"
+            "SELECT operator, kind, sum(rows_in), sum(rows_out), sum(state_rows) \
+             FROM tributary.operators WHERE pipeline = '{pipeline}' \
+             GROUP BY operator, kind ORDER BY operator DESC"
         ),
     )
     .await

@@ -9,6 +9,12 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
 
+use std::sync::Arc;
+
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::PhysicalExpr;
+
+use super::parallel::Keying;
 use super::Operator;
 use crate::error::Result;
 
@@ -130,6 +136,16 @@ impl Operator for Distinct {
 
     fn state_bytes(&self) -> usize {
         self.bytes
+    }
+
+    fn keying(&self) -> Option<Keying> {
+        let columns = self.schema.fields().iter().enumerate();
+        Some(Keying {
+            input: columns
+                .map(|(i, f)| Arc::new(Column::new(f.name(), i)) as Arc<dyn PhysicalExpr>)
+                .collect(),
+            state: (0..self.schema.fields().len()).collect(),
+        })
     }
 }
 

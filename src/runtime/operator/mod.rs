@@ -2,6 +2,7 @@
 //! snapshotted as Arrow batches at each checkpoint.
 
 pub mod distinct;
+pub mod parallel;
 pub mod session_aggregate;
 pub mod stateless;
 pub mod two_stage;
@@ -19,6 +20,7 @@ use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceC
 use datafusion::physical_plan::{collect, ExecutionPlan};
 
 use crate::error::Result;
+use parallel::{InstanceStats, Keying};
 
 /// One operator of a running pipeline. The graph calls [`Operator::process`] for each batch on
 /// each input, then either [`Operator::commit_batch`] or, when any operator failed on the batch,
@@ -77,6 +79,17 @@ pub trait Operator: Send {
     /// Bytes of state held in memory (committed), approximately.
     fn state_bytes(&self) -> usize {
         0
+    }
+
+    /// For a keyed operator, what keys its rows and state: it can then run as several
+    /// instances, each with the keys of its key groups ([`parallel::Parallel`]).
+    fn keying(&self) -> Option<Keying> {
+        None
+    }
+
+    /// Figures of each parallel instance; empty when the operator runs as one.
+    fn instances(&self) -> Vec<InstanceStats> {
+        Vec::new()
     }
 }
 

@@ -13,6 +13,7 @@ use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::parallel::Keying;
 use super::two_stage::TwoStage;
 use super::Operator;
 use crate::error::Result;
@@ -262,6 +263,18 @@ impl Operator for SessionAggregate {
 
     fn state_bytes(&self) -> usize {
         self.open.iter().map(|b| b.get_array_memory_size()).sum()
+    }
+
+    /// Sessions are per key: a key's rows all go to one instance, whatever their times.
+    fn keying(&self) -> Option<Keying> {
+        if self.keys.is_empty() {
+            return None;
+        }
+        let exprs = self.stages.group_exprs();
+        Some(Keying {
+            input: self.keys.iter().map(|k| exprs[*k].clone()).collect(),
+            state: self.keys.clone(),
+        })
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::execution::TaskContext;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::ExecutionPlan;
 
@@ -21,6 +22,7 @@ pub struct TwoStage {
     input_schema: SchemaRef,
     state_schema: SchemaRef,
     groups: usize,
+    group_exprs: Vec<Arc<dyn PhysicalExpr>>,
     task: Arc<TaskContext>,
 }
 
@@ -56,6 +58,12 @@ impl TwoStage {
         }
         Ok(TwoStage {
             groups: partial_agg.group_expr().expr().len(),
+            group_exprs: partial_agg
+                .group_expr()
+                .expr()
+                .iter()
+                .map(|(e, _)| e.clone())
+                .collect(),
             input_schema: partial_agg.input().schema(),
             partial,
             final_,
@@ -68,6 +76,11 @@ impl TwoStage {
     /// The partial states' schema: the group columns, then each aggregate's state fields.
     pub fn state_schema(&self) -> &SchemaRef {
         &self.state_schema
+    }
+
+    /// The group expressions over the input rows (whose values lead the partial states).
+    pub fn group_exprs(&self) -> &[Arc<dyn PhysicalExpr>] {
+        &self.group_exprs
     }
 
     /// How many group columns lead the partial states.

@@ -12,6 +12,7 @@ use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::parallel::Keying;
 use super::two_stage::TwoStage;
 use super::Operator;
 use crate::error::Result;
@@ -173,6 +174,12 @@ impl Operator for UpdatingAggregate {
             .chain(&self.changed)
             .map(RecordBatch::get_array_memory_size)
             .sum()
+    }
+    fn keying(&self) -> Option<Keying> {
+        Some(Keying {
+            input: self.stages.group_exprs().to_vec(),
+            state: (0..self.stages.groups()).collect(),
+        })
     }
 }
 

@@ -11,6 +11,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::parallel::Keying;
 use super::two_stage::TwoStage;
 use super::Operator;
 use crate::error::Result;
@@ -177,6 +178,12 @@ impl Operator for WindowAggregate {
 
     fn state_bytes(&self) -> usize {
         self.open.iter().map(|b| b.get_array_memory_size()).sum()
+    }
+    fn keying(&self) -> Option<Keying> {
+        Some(Keying {
+            input: self.stages.group_exprs().to_vec(),
+            state: (0..self.stages.groups()).collect(),
+        })
     }
 }
 

@@ -1,0 +1,279 @@
+//! A keyed operator run as several instances at once: each row's key is hashed into one of
+//! [`KEY_GROUPS`] key groups, and each instance owns a contiguous range of them, so that a later
+//! scale-out can move whole key groups between engines without re-keying.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::common::hash_utils::{create_hashes, RandomState};
+use datafusion::physical_expr::PhysicalExpr;
+
+use super::Operator;
+use crate::error::{Error, Result};
+
+/// Key groups: the most instances a keyed operator can have (Flink's default max parallelism).
+pub const KEY_GROUPS: usize = 128;
+
+/// Seed of the key hash. Only rows of one run are routed by it: restored state is routed again.
+const KEY_HASH: RandomState = RandomState::with_seed(0x7472_6962_7574_6172);
+
+/// What keys a keyed operator's rows and state, so that its instances can split them.
+#[derive(Debug, Clone)]
+pub struct Keying {
+    /// The key of an input row, evaluated over the operator's input.
+    pub input: Vec<Arc<dyn PhysicalExpr>>,
+    /// The state columns holding the same key, in the same order.
+    pub state: Vec<usize>,
+}
+
+/// Figures of one instance.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InstanceStats {
+    /// Rows it received.
+    pub rows_in: u64,
+    /// Rows it emitted.
+    pub rows_out: u64,
+    /// Rows of state it holds.
+    pub state_rows: u64,
+    /// Bytes of state it holds.
+    pub state_bytes: u64,
+}
+
+/// The key group of each row whose key is `columns`.
+pub fn key_groups(columns: &[ArrayRef], rows: usize) -> Result<Vec<usize>> {
+    let mut hashes = vec![0u64; rows];
+    create_hashes(columns, &KEY_HASH, &mut hashes)?;
+    Ok(hashes
+        .iter()
+        .map(|h| (h % KEY_GROUPS as u64) as usize)
+        .collect())
+}
+
+/// The instance (of `instances`) that owns `key_group`: contiguous ranges, as Flink assigns them.
+pub fn instance_of(key_group: usize, instances: usize) -> usize {
+    key_group * instances / KEY_GROUPS
+}
+
+/// Several instances of one keyed operator.
+pub struct Parallel {
+    kind: &'static str,
+    instances: Vec<Box<dyn Operator>>,
+    keying: Keying,
+    counts: Vec<(u64, u64)>,
+    /// Rows in and out of batches not yet committed, per instance.
+    pending: Vec<(u64, u64)>,
+    /// Entered by the threads the instances run on (DataFusion may look for a runtime).
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Parallel {
+    /// Runs `instances` (at least two, at most [`KEY_GROUPS`]) of one operator, keyed by `keying`.
+    pub fn new(instances: Vec<Box<dyn Operator>>, keying: Keying) -> Result<Self> {
+        if instances.len() < 2 || instances.len() > KEY_GROUPS {
+            return Err(Error::Internal(format!(
+                "{} parallel instances: expected 2 to {KEY_GROUPS}",
+                instances.len()
+            )));
+        }
+        let n = instances.len();
+        Ok(Parallel {
+            kind: instances[0].kind(),
+            instances,
+            keying,
+            counts: vec![(0, 0); n],
+            pending: vec![(0, 0); n],
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        })
+    }
+
+    /// The rows of `batch` whose key is `keys`, split by instance.
+    fn split(&self, batch: &RecordBatch, keys: &[ArrayRef]) -> Result<Vec<Option<RecordBatch>>> {
+        let n = self.instances.len();
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for (row, group) in key_groups(keys, batch.num_rows())?.into_iter().enumerate() {
+            rows[instance_of(group, n)].push(row as u32);
+        }
+        rows.into_iter()
+            .map(|r| {
+                Ok(match r.len() {
+                    0 => None,
+                    len if len == batch.num_rows() => Some(batch.clone()),
+                    _ => Some(take_record_batch(batch, &UInt32Array::from(r))?),
+                })
+            })
+            .collect()
+    }
+
+    /// Runs `f` on each instance that has work, at once, and returns what each emitted.
+    fn each<T: Send>(
+        &mut self,
+        work: Vec<Option<T>>,
+        f: impl Fn(&mut dyn Operator, T) -> Result<Vec<RecordBatch>> + Sync,
+    ) -> Result<Vec<(usize, Vec<RecordBatch>)>> {
+        let jobs: Vec<(usize, &mut Box<dyn Operator>, T)> = self
+            .instances
+            .iter_mut()
+            .zip(work)
+            .enumerate()
+            .filter_map(|(i, (op, w))| Some((i, op, w?)))
+            .collect();
+        if jobs.len() <= 1 {
+            return jobs
+                .into_iter()
+                .map(|(i, op, w)| Ok((i, f(op.as_mut(), w)?)))
+                .collect();
+        }
+        let runtime = &self.runtime;
+        let f = &f;
+        std::thread::scope(|scope| {
+            let running: Vec<_> = jobs
+                .into_iter()
+                .map(|(i, op, w)| {
+                    scope.spawn(move || {
+                        let _entered = runtime.as_ref().map(|r| r.enter());
+                        Ok((i, f(op.as_mut(), w)?))
+                    })
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|t| {
+                    t.join().unwrap_or_else(|_| {
+                        Err(Error::Internal("an operator instance panicked".into()))
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Flattens what the instances emitted, counting it.
+    fn emitted(&mut self, out: Vec<(usize, Vec<RecordBatch>)>, pending: bool) -> Vec<RecordBatch> {
+        let mut all = Vec::new();
+        for (i, batches) in out {
+            let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+            if pending {
+                self.pending[i].1 += rows;
+            } else {
+                self.counts[i].1 += rows;
+            }
+            all.extend(batches);
+        }
+        all
+    }
+
+    /// Each instance's figures.
+    pub fn instance_stats(&self) -> Vec<InstanceStats> {
+        self.instances
+            .iter()
+            .zip(&self.counts)
+            .map(|(op, (rows_in, rows_out))| InstanceStats {
+                rows_in: *rows_in,
+                rows_out: *rows_out,
+                state_rows: op.state_rows() as u64,
+                state_bytes: op.state_bytes() as u64,
+            })
+            .collect()
+    }
+}
+
+impl Operator for Parallel {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn process(&mut self, input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let keys = self
+            .keying
+            .input
+            .iter()
+            .map(|e| e.evaluate(&batch)?.into_array(batch.num_rows()))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let parts = self.split(&batch, &keys)?;
+        for (i, part) in parts.iter().enumerate() {
+            if let Some(p) = part {
+                self.pending[i].0 += p.num_rows() as u64;
+            }
+        }
+        let out = self.each(parts, |op, part| op.process(input, part))?;
+        Ok(self.emitted(out, true))
+    }
+
+    fn commit_batch(&mut self) {
+        for (i, op) in self.instances.iter_mut().enumerate() {
+            op.commit_batch();
+            let (rows_in, rows_out) = std::mem::take(&mut self.pending[i]);
+            self.counts[i].0 += rows_in;
+            self.counts[i].1 += rows_out;
+        }
+    }
+
+    fn abort_batch(&mut self) {
+        for (i, op) in self.instances.iter_mut().enumerate() {
+            op.abort_batch();
+            self.pending[i] = (0, 0);
+        }
+    }
+
+    fn on_watermark(&mut self, watermark: i64) -> Result<Vec<RecordBatch>> {
+        let all = vec![Some(()); self.instances.len()];
+        let out = self.each(all, |op, ()| op.on_watermark(watermark))?;
+        Ok(self.emitted(out, false))
+    }
+
+    fn on_checkpoint(&mut self) -> Result<Vec<RecordBatch>> {
+        let all = vec![Some(()); self.instances.len()];
+        let out = self.each(all, |op, ()| op.on_checkpoint())?;
+        Ok(self.emitted(out, false))
+    }
+
+    fn state_schema(&self) -> Option<SchemaRef> {
+        self.instances[0].state_schema()
+    }
+
+    /// The instances' snapshots together: state is stored without its placement, and routed
+    /// again on restore, so the number of instances may change between runs.
+    fn snapshot(&mut self, full: bool) -> Result<Vec<RecordBatch>> {
+        let mut all = Vec::new();
+        for op in &mut self.instances {
+            all.extend(op.snapshot(full)?);
+        }
+        Ok(all)
+    }
+
+    fn restore(&mut self, state: &[RecordBatch], watermark: Option<i64>) -> Result<()> {
+        let n = self.instances.len();
+        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
+        for batch in state {
+            let keys: Vec<ArrayRef> = self
+                .keying
+                .state
+                .iter()
+                .map(|c| batch.column(*c).clone())
+                .collect();
+            for (i, part) in self.split(batch, &keys)?.into_iter().enumerate() {
+                parts[i].extend(part);
+            }
+        }
+        let work = parts.into_iter().map(Some).collect();
+        self.each(work, |op, part| {
+            op.restore(&part, watermark)?;
+            Ok(Vec::new())
+        })?;
+        Ok(())
+    }
+
+    fn state_rows(&self) -> usize {
+        self.instances.iter().map(|op| op.state_rows()).sum()
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.instances.iter().map(|op| op.state_bytes()).sum()
+    }
+
+    fn instances(&self) -> Vec<InstanceStats> {
+        self.instance_stats()
+    }
+}

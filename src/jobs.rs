@@ -118,7 +118,7 @@ pub(crate) fn check_updates_sink(sink: &SinkEntry, key: &[String]) -> Result<()>
         None if connector.name() == "blackhole" => Ok(()),
         None => Err(Error::Unsupported(format!(
             "a GROUP BY without a window emits updates (each changed group again), and sink \"{}\" ({}) only appends: \
-             write it to a sink that applies rows by key, a delta or postgres sink with mode = 'upsert', \
+             write it to a sink that applies rows by key, a delta, postgres or kafka sink with mode = 'upsert', \
              or GROUP BY a window (FROM TUMBLE(...) ... GROUP BY window_start, window_end, ...) to emit each row once",
             sink.name,
             connector.name()

@@ -153,6 +153,55 @@ assert left == 0, left
 }
 
 impl Broker {
+    /// Produces each of `values` (JSON text, one per line) into `partition`, in order.
+    pub fn produce_values(&self, topic: &str, partition: i32, values: &[&str]) {
+        let py = r#"
+import sys
+from confluent_kafka import Producer
+p = Producer({'bootstrap.servers': sys.argv[1]})
+for v in sys.argv[4].split('\n'):
+    p.produce(sys.argv[2], partition=int(sys.argv[3]), value=v)
+assert p.flush(60) == 0
+"#;
+        run_python(
+            py,
+            &[
+                &self.bootstrap,
+                topic,
+                &partition.to_string(),
+                &values.join("\n"),
+            ],
+        );
+    }
+
+    /// Every message of `topic` (read until it has been quiet for 5 s), as `key value` lines in
+    /// offset order per partition, partitions in turn; a tombstone's value is `null`.
+    pub fn consume_all(&self, topic: &str) -> Vec<String> {
+        let py = r#"
+import sys
+from confluent_kafka import Consumer
+c = Consumer({'bootstrap.servers': sys.argv[1], 'group.id': 'check-' + sys.argv[2], 'auto.offset.reset': 'earliest'})
+c.subscribe([sys.argv[2]])
+messages, empty = [], 0
+while empty < 10:
+    m = c.poll(0.5)
+    if m is None:
+        empty += 1
+        continue
+    if m.error():
+        continue
+    empty = 0
+    value = 'null' if m.value() is None else m.value().decode()
+    messages.append((m.partition(), m.offset(), m.key().decode() + ' ' + value))
+c.close()
+print('\n'.join(line for _, _, line in sorted(messages)))
+"#;
+        run_python(py, &[&self.bootstrap, topic])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Produces `{"id": .., "ts": "2026-05-01T10:00:SS"}` for each (id, second) into `partition`.
     pub fn produce_times(&self, topic: &str, partition: i32, rows: &[(u64, u32)]) {
         let py = r#"
@@ -500,5 +549,95 @@ async fn kafka_watermark_per_partition_and_idle_partitions() {
         )
         .await,
         "2026-05-01 10:00:36.000000+00"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_upsert_sink_takes_updating_aggregates_and_deletes() {
+    let broker = Broker::start().await;
+    broker.create_topic("events", 2);
+    broker.create_topic("totals", 3);
+    broker.produce("events", 0, 20_000, 0);
+    let (_tmp, server) = start_fresh().await;
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE events (id BIGINT, name TEXT, amount BIGINT) WITH (connector = 'kafka', bootstrap_servers = '{b}', topic = 'events');
+         CREATE SINK totals WITH (connector = 'kafka', bootstrap_servers = '{b}', topic = 'totals', mode = 'upsert');
+         CREATE PIPELINE agg WITH (checkpoint_interval = '200ms') AS INSERT INTO totals
+           SELECT name, count(*) AS n, sum(amount) AS total FROM events GROUP BY name;",
+        b = broker.bootstrap
+    ))
+    .await
+    .unwrap();
+    // A checkpoint holding `rows` rows is committed: their changes are out.
+    let emitted = |rows: u64| {
+        let c = &c;
+        async move {
+            poll(Duration::from_secs(60), "the updates", || async {
+                let done = scalar(
+                    c,
+                    "SELECT max(rows_in) FROM tributary.checkpoints WHERE pipeline = 'agg'",
+                )
+                .await;
+                (done == rows.to_string()).then_some(())
+            })
+            .await;
+        }
+    };
+    emitted(20_000).await;
+    // More rows: every group changes again.
+    broker.produce("events", 20_000, 10_000, 0);
+    emitted(30_000).await;
+    // The compacted view (the last message per key) equals the aggregate over all 30 000 rows;
+    // the key is the GROUP BY column as a JSON object.
+    let mut want = std::collections::BTreeMap::new();
+    for i in 0..30_000u64 {
+        let e = want.entry(format!("n{}", i % 1000)).or_insert((0u64, 0u64));
+        e.0 += 1;
+        e.1 += i % 997;
+    }
+    let messages = broker.consume_all("totals");
+    assert!(messages.len() >= 2_000, "{} messages", messages.len());
+    let mut latest = std::collections::BTreeMap::new();
+    for m in &messages {
+        let (key, value) = m.split_once(' ').unwrap();
+        latest.insert(key.to_string(), value.to_string());
+    }
+    assert_eq!(latest.len(), 1000);
+    for (name, (n, total)) in &want {
+        assert_eq!(
+            latest[&format!("{{\"name\":\"{name}\"}}")],
+            format!("{{\"name\":\"{name}\",\"n\":{n},\"total\":{total}}}")
+        );
+    }
+
+    // Changes with deletes (an `_op` column): a delete is a tombstone, the key with no value.
+    broker.create_topic("changes", 1);
+    broker.create_topic("table", 1);
+    broker.produce_values(
+        "changes",
+        0,
+        &[
+            r#"{"id": 1, "name": "a"}"#,
+            r#"{"id": 2, "name": "b"}"#,
+            r#"{"id": 1, "_op": "delete"}"#,
+        ],
+    );
+    c.batch_execute(&format!(
+        "CREATE SOURCE changes (id BIGINT, name TEXT, _op TEXT) WITH (connector = 'kafka', bootstrap_servers = '{b}', topic = 'changes');
+         CREATE SINK tbl WITH (connector = 'kafka', bootstrap_servers = '{b}', topic = 'table', mode = 'upsert', key = 'id');
+         CREATE PIPELINE mirror WITH (mode = 'batch') AS INSERT INTO tbl SELECT id, name, _op FROM changes;",
+        b = broker.bootstrap
+    ))
+    .await
+    .unwrap();
+    wait_state(&c, "mirror", "completed").await;
+    assert_eq!(
+        broker.consume_all("table"),
+        vec![
+            r#"{"id":1} {"id":1,"name":"a"}"#,
+            r#"{"id":2} {"id":2,"name":"b"}"#,
+            r#"{"id":1} null"#,
+        ]
     );
 }

@@ -44,7 +44,14 @@ const SINK_OPTIONS: &[OptionSpec] = &[
     ),
     OptionSpec::required("topic", "the topic to write"),
     OptionSpec::optional("format", "json (default)"),
-    OptionSpec::optional("key", "column whose value becomes the message key"),
+    OptionSpec::optional(
+        "key",
+        "append: the column whose value becomes the message key; upsert: the key columns (default: the source's primary key)",
+    ),
+    OptionSpec::optional(
+        "mode",
+        "append (default) or upsert: each message keyed by the key columns as a JSON object, a delete as a tombstone",
+    ),
 ];
 
 /// Message value formats.

@@ -1,5 +1,8 @@
-//! Kafka sink: each row becomes one JSON message, keyed by the `key` column when set. Delivery is
-//! awaited at prepare, so an epoch is checkpointed only once the broker has it: at least once.
+//! Kafka sink: each row becomes one JSON message, keyed by the `key` column when set. With
+//! `mode = 'upsert'` it takes changes by key, for compacted topics: each message is keyed by the
+//! key columns as a JSON object, and a delete is a tombstone (the key with no value). Delivery is
+//! awaited at prepare, so an epoch is checkpointed only once the broker has it: at least once,
+//! which upserts absorb (a change sent again sets the same value).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +15,7 @@ use datafusion::catalog::TableProvider;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::{client_config, kafka_error, without_properties, SINK_OPTIONS};
+use crate::changes::{is_delete, upsert_key, OP};
 use crate::error::{ConnectorError, Result};
 use crate::options::{OptionSpec, Options};
 use crate::{PreparedCommit, Sink, SinkConnector, SinkContext, SinkSpec};
@@ -30,7 +34,20 @@ impl SinkConnector for KafkaSinkConnector {
     async fn validate(&self, spec: &SinkSpec) -> Result<()> {
         let opts = Options::validate("kafka", SINK_OPTIONS, &without_properties(&spec.options))?;
         opts.get_choice("format", &["json"], "json")?;
+        let upsert = opts.get_choice("mode", &["append", "upsert"], "append")? == "upsert";
+        if !upsert && opts.get_list("key").len() > 1 {
+            return Err(ConnectorError::InvalidOption {
+                option: "key".into(),
+                value: opts.get("key").unwrap_or_default().to_string(),
+                reason: "an appending Kafka sink keys messages by one column; several key columns need mode = 'upsert'".into(),
+            });
+        }
         Ok(())
+    }
+    fn upsert_key(&self, spec: &SinkSpec) -> Result<Option<Vec<String>>> {
+        let opts = Options::validate("kafka", SINK_OPTIONS, &without_properties(&spec.options))?;
+        let upsert = opts.get_choice("mode", &["append", "upsert"], "append")? == "upsert";
+        Ok(upsert.then(|| opts.get_list("key")))
     }
     async fn create(&self, spec: &SinkSpec) -> Result<Box<dyn Sink>> {
         let opts = Options::validate("kafka", SINK_OPTIONS, &without_properties(&spec.options))?;
@@ -39,11 +56,14 @@ impl SinkConnector for KafkaSinkConnector {
         let producer: FutureProducer = cfg
             .create()
             .map_err(|e| kafka_error("creating Kafka producer", e))?;
+        let upsert = opts.get_choice("mode", &["append", "upsert"], "append")? == "upsert";
         Ok(Box::new(KafkaSink {
             producer,
             topic: opts.require("topic")?.to_string(),
             key: opts.get("key").map(|k| k.to_ascii_lowercase()),
             key_index: None,
+            upsert: upsert.then(|| opts.get_list("key")),
+            upsert_columns: Vec::new(),
             pending: Vec::new(),
         }))
     }
@@ -57,12 +77,24 @@ struct KafkaSink {
     topic: String,
     key: Option<String>,
     key_index: Option<usize>,
+    /// Upsert mode: the configured key columns (empty: the source's primary key).
+    upsert: Option<Vec<String>>,
+    /// Upsert mode: the key columns' indices in the output.
+    upsert_columns: Vec<usize>,
     pending: Vec<DeliveryFuture>,
 }
 
 #[async_trait]
 impl Sink for KafkaSink {
-    async fn open(&mut self, _ctx: &SinkContext, schema: SchemaRef) -> Result<()> {
+    async fn open(&mut self, ctx: &SinkContext, schema: SchemaRef) -> Result<()> {
+        if let Some(configured) = &self.upsert {
+            let key = upsert_key(configured, ctx, &schema)?;
+            self.upsert_columns = key
+                .iter()
+                .map(|k| schema.index_of(k))
+                .collect::<std::result::Result<_, _>>()?;
+            return Ok(());
+        }
         if let Some(k) = &self.key {
             self.key_index =
                 Some(
@@ -89,6 +121,9 @@ impl Sink for KafkaSink {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
+        }
+        if self.upsert.is_some() {
+            return self.write_changes(batch).await;
         }
         let mut w = arrow_json::LineDelimitedWriter::new(Vec::new());
         w.write(&batch)?;
@@ -130,6 +165,36 @@ impl Sink for KafkaSink {
 }
 
 impl KafkaSink {
+    /// Upsert mode: a message per change, keyed by the key columns as a JSON object; a delete
+    /// is a tombstone.
+    async fn write_changes(&mut self, batch: RecordBatch) -> Result<()> {
+        let values = match batch.schema().index_of(OP) {
+            Ok(op) => {
+                let mut columns: Vec<usize> = (0..batch.num_columns()).collect();
+                columns.remove(op);
+                batch.project(&columns)?
+            }
+            Err(_) => batch.clone(),
+        };
+        let keys = json_lines(&batch.project(&self.upsert_columns)?)?;
+        let values = json_lines(&values)?;
+        for (row, (key, value)) in keys.iter().zip(&values).enumerate() {
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&self.topic).key(key.as_slice());
+            if !is_delete(&batch, row) {
+                record = record.payload(value.as_slice());
+            }
+            let delivery = self.producer.send_result(record).map_err(|(e, _)| {
+                kafka_error(format!("queueing a message for {}", self.topic), e)
+            })?;
+            self.pending.push(delivery);
+        }
+        if self.pending.len() > 100_000 {
+            self.drain().await?;
+        }
+        Ok(())
+    }
+
     async fn drain(&mut self) -> Result<()> {
         let _ = self.producer.flush(Duration::from_secs(0));
         for delivery in std::mem::take(&mut self.pending) {
@@ -143,6 +208,27 @@ impl KafkaSink {
         }
         Ok(())
     }
+}
+
+/// Each row of `batch` as a JSON object.
+fn json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    let mut w = arrow_json::LineDelimitedWriter::new(Vec::new());
+    w.write(batch)?;
+    w.finish()?;
+    let body = w.into_inner();
+    let lines: Vec<Vec<u8>> = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    if lines.len() != batch.num_rows() {
+        return Err(ConnectorError::Internal(format!(
+            "{} JSON lines for {} rows",
+            lines.len(),
+            batch.num_rows()
+        )));
+    }
+    Ok(lines)
 }
 
 /// The key column of `batch` as message keys. A column that cannot be turned into text fails the

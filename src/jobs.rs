@@ -212,7 +212,9 @@ fn pipeline_settings(options: &BTreeMap<String, String>) -> Result<PipelineSetti
     };
     let most = crate::runtime::operator::parallel::KEY_GROUPS;
     let parallelism = match options.get("parallelism") {
-        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(most)),
+        // One per core, less the one the source reader and the sink keep busy.
+        None => std::thread::available_parallelism()
+            .map_or(1, |n| n.get().saturating_sub(1).clamp(1, most)),
         Some(v) => v
             .trim()
             .parse::<usize>()

@@ -20,7 +20,7 @@ async fn rollups_update_postgres_and_delta_across_sigkills() {
         "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = {EVENTS}, seed = 31);
          CREATE SINK lake WITH (connector = 'delta', path = '{}', mode = 'upsert');
          CREATE SINK wh WITH (connector = 'postgres', url = '{}', table = 'public.per_bidder', mode = 'upsert');
-         CREATE PIPELINE per_auction WITH (checkpoint_interval = '100ms') AS INSERT INTO lake
+         CREATE PIPELINE per_auction WITH (checkpoint_interval = '100ms', parallelism = 2) AS INSERT INTO lake
            SELECT auction, count(*) AS n, sum(price) AS total, max(price) AS high FROM bids GROUP BY auction;
          CREATE PIPELINE per_bidder WITH (checkpoint_interval = '100ms') AS INSERT INTO wh
            SELECT bidder, count(*) AS n, min(date_time) AS first_bid FROM bids GROUP BY bidder;",

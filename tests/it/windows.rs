@@ -61,7 +61,7 @@ async fn killed_twice_equals_batch(
         "CREATE SOURCE bids (WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
            WITH (connector = 'nexmark', table = 'bid', events = {EVENTS}, seed = 21, out_of_order = 100);
          CREATE SINK lake WITH (connector = 'delta', path = '{}');
-         CREATE PIPELINE win WITH (checkpoint_interval = '100ms') AS INSERT INTO lake {select};",
+         CREATE PIPELINE win WITH (checkpoint_interval = '100ms', parallelism = 2) AS INSERT INTO lake {select};",
         lake.display()
     ))
     .await

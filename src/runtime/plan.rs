@@ -12,7 +12,7 @@ use super::graph::OperatorGraph;
 use super::operator::distinct::Distinct;
 use super::operator::parallel::Parallel;
 use super::operator::session_aggregate::SessionAggregate;
-use super::operator::stateless::{Filter, Project};
+use super::operator::stateless::{Filter, Having, Project};
 use super::operator::unnest::Unnest;
 use super::operator::updating_aggregate::UpdatingAggregate;
 use super::operator::window_aggregate::WindowAggregate;
@@ -38,6 +38,13 @@ pub enum OperatorSpec {
     },
     /// UNNEST of list columns: DataFusion's UnnestExec over a placeholder input.
     Unnest(Arc<dyn ExecutionPlan>),
+    /// HAVING over an updating aggregate's rows: those that fail it become deletes (`_op`).
+    Having {
+        /// The HAVING condition.
+        predicate: Arc<dyn PhysicalExpr>,
+        /// Output schema: the input's columns, then `_op`.
+        schema: SchemaRef,
+    },
     /// GROUP BY without a window: partial states per group, the changed groups emitted at
     /// each checkpoint as upserts.
     UpdatingAggregate {
@@ -127,6 +134,9 @@ impl OperatorSpec {
     fn instance(&self) -> Result<Box<dyn Operator>> {
         Ok(match self {
             OperatorSpec::Filter(predicate) => Box::new(Filter::new(predicate.clone())),
+            OperatorSpec::Having { predicate, schema } => {
+                Box::new(Having::new(predicate.clone(), schema.clone()))
+            }
             OperatorSpec::Project { exprs, schema } => {
                 Box::new(Project::new(exprs.clone(), schema.clone()))
             }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::{Field, Schema};
+use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::execution::{FunctionRegistry, SessionState};
 use datafusion::logical_expr::execution_props::ExecutionProps;
 use datafusion::logical_expr::{Filter, LogicalPlan, Projection, SubqueryAlias, TableScan};
@@ -14,6 +14,7 @@ use datafusion::sql::sqlparser::ast;
 use super::session_window::{Session, SessionWindowEnd, SESSION_NAMES};
 use super::windows::{event_time, WINDOW_END, WINDOW_START};
 use crate::error::{Error, Result};
+use crate::runtime::operator::stateless::OP;
 pub use crate::runtime::plan::PipelinePlan;
 use crate::runtime::plan::{Input, NodeSpec, OperatorSpec};
 use crate::runtime::source_table::SourceTable;
@@ -65,9 +66,12 @@ pub async fn compile(state: &SessionState, query: &ast::Query) -> Result<Pipelin
             "a window closes when the watermark passes its end, and source \"{source}\" has no watermark: declare one, as in CREATE SOURCE {source} (..., WATERMARK FOR <time column> AS <time column> - INTERVAL '5' SECOND)"
         )));
     }
-    let output_key = match cx.updating {
-        Some(at) => Some(output_key(&cx.nodes, at)?),
-        None => None,
+    let (having, output_key) = match cx.updating {
+        Some(at) => (
+            retract_having(&mut cx.nodes, at)?,
+            Some(output_key(&cx.nodes, at)?),
+        ),
+        None => (false, None),
     };
     let nodes = cx.nodes;
     // Name checks: sinks need real column names.
@@ -88,6 +92,9 @@ pub async fn compile(state: &SessionState, query: &ast::Query) -> Result<Pipelin
             )));
         }
         fields.push(f.as_ref().clone().with_nullable(true));
+    }
+    if having {
+        fields.push(Field::new(OP, DataType::Utf8, true));
     }
     Ok(PipelinePlan {
         source,
@@ -125,6 +132,7 @@ fn push(cx: &mut Lowering, operator: OperatorSpec, input: Input) -> Input {
     let id = match operator {
         OperatorSpec::Distinct { .. } => format!("dedup{index}"),
         OperatorSpec::Filter(_) => format!("filter{index}"),
+        OperatorSpec::Having { .. } => format!("having{index}"),
         OperatorSpec::Project { .. } => format!("project{index}"),
         OperatorSpec::WindowAggregate { .. } => format!("window{index}"),
         OperatorSpec::SessionAggregate { .. } => format!("session{index}"),
@@ -481,6 +489,56 @@ fn lower_updating_aggregate(
     Ok((source, scan, node))
 }
 
+/// Turns the filters after an updating aggregate (its HAVING) into HAVING operators, whose failing
+/// groups become deletes, and carries their `_op` column through the projections after them.
+/// Returns whether there was one.
+fn retract_having(nodes: &mut [NodeSpec], at: usize) -> Result<bool> {
+    use datafusion::physical_expr::expressions::Column;
+
+    let OperatorSpec::UpdatingAggregate { aggregate, .. } = &nodes[at].operator else {
+        return Err(Error::Internal(
+            "no updating aggregate where expected".into(),
+        ));
+    };
+    let mut schema = aggregate.schema();
+    let mut having = false;
+    for node in &mut nodes[at + 1..] {
+        match &mut node.operator {
+            OperatorSpec::Filter(predicate) => {
+                let mut fields: Vec<Field> = schema
+                    .fields()
+                    .iter()
+                    .filter(|f| f.name() != OP)
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                fields.push(Field::new(OP, DataType::Utf8, true));
+                schema = Arc::new(Schema::new(fields));
+                node.operator = OperatorSpec::Having {
+                    predicate: predicate.clone(),
+                    schema: schema.clone(),
+                };
+                having = true;
+            }
+            OperatorSpec::Project {
+                exprs,
+                schema: output,
+            } => {
+                if having {
+                    exprs.push(Arc::new(Column::new(OP, schema.fields().len() - 1)));
+                    let mut fields: Vec<Field> =
+                        output.fields().iter().map(|f| f.as_ref().clone()).collect();
+                    fields.push(Field::new(OP, DataType::Utf8, true));
+                    *output = Arc::new(Schema::new(fields));
+                }
+                schema = output.clone();
+            }
+            // output_key says what may not follow.
+            _ => {}
+        }
+    }
+    Ok(having)
+}
+
 /// The output columns that key an updating aggregate's rows: its group columns, followed
 /// through the projections after it (only projections may follow it), which must keep each.
 fn output_key(nodes: &[NodeSpec], at: usize) -> Result<Vec<String>> {
@@ -500,10 +558,14 @@ fn output_key(nodes: &[NodeSpec], at: usize) -> Result<Vec<String>> {
         _ => Vec::new(),
     };
     for node in &nodes[at + 1..] {
-        let OperatorSpec::Project { exprs, schema } = &node.operator else {
-            return Err(Error::Unsupported(
-                "after a GROUP BY without a window only a projection may follow for now (HAVING, DISTINCT or another aggregate over its updates are not supported yet)".into(),
-            ));
+        let (exprs, schema) = match &node.operator {
+            OperatorSpec::Project { exprs, schema } => (exprs, schema),
+            OperatorSpec::Having { .. } => continue,
+            _ => {
+                return Err(Error::Unsupported(
+                    "after a GROUP BY without a window only HAVING and a projection may follow for now (DISTINCT, a join or another aggregate over its updates are not supported yet)".into(),
+                ))
+            }
         };
         let mut kept = Vec::with_capacity(positions.len());
         for (p, name) in positions.iter().zip(&names) {

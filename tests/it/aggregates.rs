@@ -10,6 +10,7 @@ async fn rollups_update_postgres_and_delta_across_sigkills() {
     let pg = PgCluster::start("replica");
     let tmp = tempfile::tempdir().unwrap();
     let lake = tmp.path().join("lake");
+    let few = tmp.path().join("few");
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let server = Server::start(&data).await;
@@ -19,12 +20,16 @@ async fn rollups_update_postgres_and_delta_across_sigkills() {
     c.batch_execute(&format!(
         "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = {EVENTS}, seed = 31);
          CREATE SINK lake WITH (connector = 'delta', path = '{}', mode = 'upsert');
+         CREATE SINK few WITH (connector = 'delta', path = '{}', mode = 'upsert');
          CREATE SINK wh WITH (connector = 'postgres', url = '{}', table = 'public.per_bidder', mode = 'upsert');
          CREATE PIPELINE per_auction WITH (checkpoint_interval = '100ms', parallelism = 2) AS INSERT INTO lake
            SELECT auction, count(*) AS n, sum(price) AS total, max(price) AS high FROM bids GROUP BY auction;
          CREATE PIPELINE per_bidder WITH (checkpoint_interval = '100ms') AS INSERT INTO wh
-           SELECT bidder, count(*) AS n, min(date_time) AS first_bid FROM bids GROUP BY bidder;",
+           SELECT bidder, count(*) AS n, min(date_time) AS first_bid FROM bids GROUP BY bidder;
+         CREATE PIPELINE few_bids WITH (checkpoint_interval = '100ms', parallelism = 2) AS INSERT INTO few
+           SELECT auction, count(*) AS n, max(price) AS high FROM bids GROUP BY auction HAVING count(*) < 30;",
         lake.display(),
+        few.display(),
         pg.url("postgres")
     ))
     .await
@@ -40,6 +45,7 @@ async fn rollups_update_postgres_and_delta_across_sigkills() {
     let c = server.client().await;
     wait_state(&c, "per_auction", "completed").await;
     wait_state(&c, "per_bidder", "completed").await;
+    wait_state(&c, "few_bids", "completed").await;
 
     // Delta: every auction once, with its totals over all bids.
     let want = query_lines(
@@ -64,6 +70,35 @@ print('\n'.join(' '.join(str(v) for v in r) for r in rows))
     for (g, w) in got.iter().zip(&want) {
         assert_eq!(g, w);
     }
+
+    // HAVING: an auction with fewer than 30 bids so far was written, and deleted once it had
+    // more; the table holds exactly the batch result.
+    let want = query_lines(
+        &c,
+        "SELECT auction, count(*), max(price) FROM bids GROUP BY auction HAVING count(*) < 30 ORDER BY auction",
+    )
+    .await;
+    let py = r#"
+import sys, deltalake
+t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()
+rows = sorted(zip(*[t[c].to_pylist() for c in ['auction', 'n', 'high']]))
+print('\n'.join(' '.join(str(v) for v in r) for r in rows))
+"#;
+    let got = run_python(py, &[few.to_str().unwrap()]);
+    let got: Vec<&str> = got.lines().collect();
+    assert!(want.len() > 100, "{} auctions", want.len());
+    assert_eq!(got, want, "auctions with fewer than 30 bids");
+    let deleted: u64 = scalar(
+        &c,
+        "SELECT rows_out FROM tributary.pipelines WHERE name = 'few_bids'",
+    )
+    .await
+    .parse()
+    .unwrap();
+    assert!(
+        deleted > want.len() as u64 + 100,
+        "groups that passed HAVING and then left it were written and deleted ({deleted} rows out)"
+    );
 
     // PostgreSQL: every bidder once, keyed by bidder.
     let want = query_lines(

@@ -1,8 +1,9 @@
-//! The stateless operators: filter and projection, each one DataFusion physical expression
-//! evaluation per batch.
+//! The stateless operators: filter, projection and HAVING over updates, each one DataFusion
+//! physical expression evaluation per batch.
 
 use std::sync::Arc;
 
+use arrow::array::{Array, StringArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -35,6 +36,59 @@ impl Operator for Filter {
             .evaluate(&batch)?
             .into_array(batch.num_rows())?;
         Ok(vec![filter_record_batch(&batch, as_boolean_array(&mask)?)?])
+    }
+}
+
+/// The change-kind column HAVING adds to an updating aggregate's rows, as upsert sinks read it.
+pub const OP: &str = "_op";
+
+/// HAVING over the updates of a GROUP BY without a window: a group that passes is upserted; one
+/// that does not is deleted (it may have passed, and been written, before). Adds (or, after
+/// another HAVING, updates) the `_op` column: `upsert` or `delete`.
+pub struct Having {
+    predicate: Arc<dyn PhysicalExpr>,
+    schema: SchemaRef,
+}
+
+impl Having {
+    /// HAVING `predicate`, its rows then of `schema` (its input's columns and `_op` last).
+    pub fn new(predicate: Arc<dyn PhysicalExpr>, schema: SchemaRef) -> Self {
+        Having { predicate, schema }
+    }
+}
+
+impl Operator for Having {
+    fn kind(&self) -> &'static str {
+        "having"
+    }
+
+    fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let mask = self
+            .predicate
+            .evaluate(&batch)?
+            .into_array(batch.num_rows())?;
+        let passes = as_boolean_array(&mask)?;
+        let mut columns = batch.columns().to_vec();
+        // After another HAVING: a group it deleted stays deleted.
+        let before = match batch.schema().fields().last() {
+            Some(f) if f.name() == OP => columns.pop(),
+            _ => None,
+        };
+        let deleted_before = |i: usize| {
+            before.as_ref().is_some_and(|b| {
+                b.as_any()
+                    .downcast_ref::<StringArray>()
+                    .is_some_and(|b| b.is_valid(i) && b.value(i) == "delete")
+            })
+        };
+        let op: StringArray = (0..batch.num_rows())
+            .map(|i| {
+                let upsert = passes.is_valid(i) && passes.value(i) && !deleted_before(i);
+                Some(if upsert { "upsert" } else { "delete" })
+            })
+            .collect();
+        columns.push(Arc::new(op));
+        Ok(vec![RecordBatch::try_new(self.schema.clone(), columns)?])
     }
 }
 

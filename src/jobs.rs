@@ -144,6 +144,7 @@ const PIPELINE_OPTIONS: &[&str] = &[
     "on_late",
     "idle_timeout",
     "parallelism",
+    "state_ttl",
 ];
 
 /// How long a split (a Kafka partition) may give no rows before it stops holding the
@@ -228,9 +229,20 @@ fn pipeline_settings(options: &BTreeMap<String, String>) -> Result<PipelineSetti
                 )
             })?,
     };
+    let state_ttl = match options.get("state_ttl") {
+        None => None,
+        Some(v) => Some(parse_duration(v).ok_or_else(|| {
+            invalid(
+                "state_ttl",
+                v,
+                "expected a duration such as '7 days', '12h' or '30m'",
+            )
+        })?),
+    };
     Ok(PipelineSettings {
         mode,
         parallelism,
+        state_ttl,
         checkpoint_interval,
         on_error,
         keep_late,
@@ -238,7 +250,7 @@ fn pipeline_settings(options: &BTreeMap<String, String>) -> Result<PipelineSetti
     })
 }
 
-/// Parses `500ms`, `10s`, `1m`, `2h` or plain seconds.
+/// Parses `500ms`, `10s`, `1m`, `2h`, `7 days` or plain seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim().to_ascii_lowercase();
     let split = s
@@ -251,6 +263,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "ms" | "millis" | "milliseconds" => n / 1000.0,
         "m" | "min" | "mins" | "minute" | "minutes" => n * 60.0,
         "h" | "hour" | "hours" => n * 3600.0,
+        "d" | "day" | "days" => n * 86_400.0,
         _ => return None,
     };
     (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
@@ -265,6 +278,10 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
         assert_eq!(parse_duration("2 m"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_duration("7 days"),
+            Some(Duration::from_secs(7 * 86_400))
+        );
         assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
         assert_eq!(parse_duration("soon"), None);
         assert_eq!(parse_duration("0s"), None);

@@ -176,6 +176,19 @@ impl OperatorGraph {
         self.node_mut(id)?.operator.snapshot(full)
     }
 
+    /// Whether some operator's state changed in a way only a full snapshot records (groups past
+    /// their TTL): the epoch needs a checkpoint even when it read nothing.
+    pub fn state_changed_without_input(&self) -> bool {
+        self.nodes.iter().any(|n| n.operator.wants_full_snapshot())
+    }
+
+    /// Whether operator `id`'s next snapshot must be full.
+    pub fn wants_full_snapshot(&self, id: &str) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.id == id && n.operator.wants_full_snapshot())
+    }
+
     /// Restores operator `id` from its snapshots, taken at a checkpoint with `watermark`.
     pub fn restore(
         &mut self,
@@ -271,7 +284,7 @@ pub(crate) mod tests {
     use datafusion::physical_expr::expressions::{binary, col, lit};
 
     use super::*;
-    use crate::runtime::plan::{NodeSpec, OperatorSpec, PipelinePlan};
+    use crate::runtime::plan::{NodeSpec, OperatorSpec, PipelinePlan, RunOptions};
 
     /// `SELECT 100 / a AS x FROM (SELECT DISTINCT a FROM s)`: a distinct, then a projection
     /// that fails on `a = 0`.
@@ -329,7 +342,12 @@ pub(crate) mod tests {
     #[test]
     fn a_failed_batch_marks_no_key_as_seen() {
         for parallelism in [1, 2, 3] {
-            let mut graph = distinct_then_divide().instantiate(parallelism).unwrap();
+            let mut graph = distinct_then_divide()
+                .instantiate(RunOptions {
+                    parallelism: parallelism,
+                    ..Default::default()
+                })
+                .unwrap();
             assert!(graph.process(batch(&[1, 2, 0, 2, 5])).is_err());
             // Nothing was recorded: the same rows without the bad one all come out, duplicates
             // once.
@@ -373,7 +391,12 @@ pub(crate) mod tests {
     fn snapshots_are_the_changes_and_restore_rebuilds_the_state() {
         // State taken with one number of instances restores into any other.
         for (before, after) in [(1, 1), (2, 1), (1, 3), (3, 2)] {
-            let mut graph = distinct_then_divide().instantiate(before).unwrap();
+            let mut graph = distinct_then_divide()
+                .instantiate(RunOptions {
+                    parallelism: before,
+                    ..Default::default()
+                })
+                .unwrap();
             assert_eq!(graph.stateful().len(), 1);
             graph.process(batch(&[1, 2, 2])).unwrap();
             let first = graph.snapshot("dedup0", false).unwrap();
@@ -387,7 +410,12 @@ pub(crate) mod tests {
                 vec![1, 2, 3]
             );
 
-            let mut restored = distinct_then_divide().instantiate(after).unwrap();
+            let mut restored = distinct_then_divide()
+                .instantiate(RunOptions {
+                    parallelism: after,
+                    ..Default::default()
+                })
+                .unwrap();
             restored
                 .restore("dedup0", &[first, second].concat(), None)
                 .unwrap();

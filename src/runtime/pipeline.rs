@@ -21,7 +21,7 @@ use tributary_connectors::{
 use super::checkpoint::{Checkpoint, CheckpointStore};
 use super::event_time::END_OF_TIME;
 use super::graph::OperatorGraph;
-use super::plan::PipelinePlan;
+use super::plan::{PipelinePlan, RunOptions};
 use super::state::{restore_states, write_states};
 use super::status::{ErrorEntry, ErrorLog, PipelineStatus};
 use super::watermarks::Watermarks;
@@ -60,6 +60,8 @@ pub struct PipelineSettings {
     pub idle_timeout: Duration,
     /// Instances of each keyed operator.
     pub parallelism: usize,
+    /// How long an updating aggregate keeps a group that does not change.
+    pub state_ttl: Option<Duration>,
 }
 
 /// Everything a pipeline run needs, resolved by the control plane.
@@ -134,7 +136,10 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
         };
         sink.open(&sink_ctx, job.plan.output_schema.clone()).await?;
 
-        let mut graph = job.plan.instantiate(job.settings.parallelism)?;
+        let mut graph = job.plan.instantiate(RunOptions {
+            parallelism: job.settings.parallelism,
+            state_ttl: job.settings.state_ttl,
+        })?;
         let mut operator_states = Default::default();
         let mut epoch = 0u64;
         let mut position = None;
@@ -235,7 +240,11 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             // Updates due at every checkpoint (the groups an aggregate changed in the epoch).
             emitted += emit(&mut graph, &mut *sink, &status, Signal::Checkpoint).await?;
             // An epoch that read nothing, moved no position and emitted nothing needs no checkpoint.
-            let idle = epoch_rows == 0 && emitted == 0 && last_position.is_some() && last_position == committed_position;
+            let idle = epoch_rows == 0
+                && emitted == 0
+                && last_position.is_some()
+                && last_position == committed_position
+                && !graph.state_changed_without_input();
             let last_position = last_position.or_else(|| (emitted > 0).then(|| committed_position.clone()).flatten());
             if let (Some(pos), false) = (last_position, idle) {
                 let prepared = sink.prepare(epoch).await?;

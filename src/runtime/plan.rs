@@ -115,15 +115,33 @@ pub struct PipelinePlan {
     pub display: String,
 }
 
+/// How one run instantiates the operators.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Instances of each keyed operator.
+    pub parallelism: usize,
+    /// How long an updating aggregate keeps a group that does not change.
+    pub state_ttl: Option<std::time::Duration>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            parallelism: 1,
+            state_ttl: None,
+        }
+    }
+}
+
 impl OperatorSpec {
-    /// The operator, as `parallelism` instances when it is keyed.
-    fn instantiate(&self, parallelism: usize) -> Result<Box<dyn Operator>> {
-        let first = self.instance()?;
+    /// The operator, as several instances when it is keyed.
+    fn instantiate(&self, options: RunOptions) -> Result<Box<dyn Operator>> {
+        let first = self.instance(options)?;
         match first.keying() {
-            Some(keying) if parallelism > 1 => {
+            Some(keying) if options.parallelism > 1 => {
                 let mut instances = vec![first];
-                for _ in 1..parallelism {
-                    instances.push(self.instance()?);
+                for _ in 1..options.parallelism {
+                    instances.push(self.instance(options)?);
                 }
                 Ok(Box::new(Parallel::new(instances, keying)?))
             }
@@ -131,7 +149,7 @@ impl OperatorSpec {
         }
     }
 
-    fn instance(&self) -> Result<Box<dyn Operator>> {
+    fn instance(&self, options: RunOptions) -> Result<Box<dyn Operator>> {
         Ok(match self {
             OperatorSpec::Filter(predicate) => Box::new(Filter::new(predicate.clone())),
             OperatorSpec::Having { predicate, schema } => {
@@ -142,9 +160,9 @@ impl OperatorSpec {
             }
             OperatorSpec::Distinct { schema } => Box::new(Distinct::new(schema.clone())?),
             OperatorSpec::Unnest(plan) => Box::new(Unnest::new(plan.clone())?),
-            OperatorSpec::UpdatingAggregate { aggregate, keys } => {
-                Box::new(UpdatingAggregate::new(aggregate.clone(), *keys)?)
-            }
+            OperatorSpec::UpdatingAggregate { aggregate, keys } => Box::new(
+                UpdatingAggregate::new(aggregate.clone(), *keys, options.state_ttl)?,
+            ),
             OperatorSpec::WindowAggregate {
                 aggregate,
                 window_end,
@@ -163,16 +181,15 @@ impl OperatorSpec {
 }
 
 impl PipelinePlan {
-    /// A fresh graph of operators for one run, with empty state; keyed operators run as
-    /// `parallelism` instances.
-    pub fn instantiate(&self, parallelism: usize) -> Result<OperatorGraph> {
+    /// A fresh graph of operators for one run, with empty state.
+    pub fn instantiate(&self, options: RunOptions) -> Result<OperatorGraph> {
         let operators = self
             .nodes
             .iter()
             .map(|n| {
                 Ok((
                     n.id.clone(),
-                    n.operator.instantiate(parallelism)?,
+                    n.operator.instantiate(options)?,
                     n.inputs.clone(),
                 ))
             })

@@ -62,7 +62,9 @@ pub async fn write_states(
             Some(OperatorState::Files { files }) => files.clone(),
             _ => Vec::new(),
         };
-        let full = files.is_empty() || files.len() >= COMPACT_AFTER_FILES;
+        let full = files.is_empty()
+            || files.len() >= COMPACT_AFTER_FILES
+            || graph.wants_full_snapshot(&id);
         let batches = graph.snapshot(&id, full)?;
         if full {
             files.clear();
@@ -189,6 +191,7 @@ mod tests {
     use super::*;
     use crate::runtime::checkpoint::Checkpoint;
     use crate::runtime::graph::tests::{batch, distinct_then_divide, xs};
+    use crate::runtime::plan::RunOptions;
 
     fn checkpoint(epoch: u64, operators: BTreeMap<String, OperatorState>) -> Checkpoint {
         Checkpoint {
@@ -218,7 +221,12 @@ mod tests {
     async fn state_files_hold_the_changes_compact_and_are_collected() {
         let tmp = tempfile::tempdir().unwrap();
         let store = CheckpointStore::local(tmp.path(), "p1").unwrap();
-        let mut graph = distinct_then_divide().instantiate(1).unwrap();
+        let mut graph = distinct_then_divide()
+            .instantiate(RunOptions {
+                parallelism: 1,
+                ..Default::default()
+            })
+            .unwrap();
         let mut states = BTreeMap::new();
         for epoch in 1..=12u64 {
             let e = epoch as i64;
@@ -246,7 +254,12 @@ mod tests {
             .count();
         assert_eq!(on_disk, 4);
 
-        let mut restored = distinct_then_divide().instantiate(1).unwrap();
+        let mut restored = distinct_then_divide()
+            .instantiate(RunOptions {
+                parallelism: 1,
+                ..Default::default()
+            })
+            .unwrap();
         restore_states(&store, &mut restored, 12, &states, None)
             .await
             .unwrap();
@@ -292,7 +305,12 @@ mod tests {
             serde_json::from_value(serde_json::json!({ "dedup0": { "seen": hex } })).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let store = CheckpointStore::local(tmp.path(), "p1").unwrap();
-        let mut graph = distinct_then_divide().instantiate(1).unwrap();
+        let mut graph = distinct_then_divide()
+            .instantiate(RunOptions {
+                parallelism: 1,
+                ..Default::default()
+            })
+            .unwrap();
         restore_states(&store, &mut graph, 3, &states, None)
             .await
             .unwrap();

@@ -2,6 +2,8 @@
 //! PostgreSQL upsert table and a Delta upsert table (read by the deltalake package), across
 //! SIGKILLs, equal to DataFusion's batch result over the same rows.
 
+use std::time::Duration;
+
 use crate::cdc::PgCluster;
 use crate::harness::*;
 
@@ -132,4 +134,84 @@ print('\n'.join(' '.join(str(v) for v in r) for r in rows))
         .unwrap()
         .get(0);
     assert_eq!(key, 1, "the table is keyed by the GROUP BY column");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_ttl_drops_groups_that_stop_changing() {
+    let (tmp, server) = start_fresh().await;
+    let input = tmp.path().join("in");
+    let staging = tmp.path().join("staging");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::create_dir_all(&staging).unwrap();
+    let rows = |keys: &[&str]| -> String {
+        keys.iter()
+            .map(|k| format!("{{\"k\": \"{k}\", \"v\": 1}}\n"))
+            .collect()
+    };
+    // Files appear whole: written aside, then renamed in.
+    let add = |name: &str, keys: &[&str]| {
+        std::fs::write(staging.join(name), rows(keys)).unwrap();
+        std::fs::rename(staging.join(name), input.join(name)).unwrap();
+    };
+    add("1.json", &["a", "a", "a", "b"]);
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE ev (k TEXT, v BIGINT) WITH (connector = 'file', path = '{}/*.json', format = 'json');
+         CREATE SINK totals WITH (connector = 'delta', path = '{}', mode = 'upsert');
+         CREATE PIPELINE p WITH (mode = 'streaming', checkpoint_interval = '200ms', state_ttl = '2s')
+           AS INSERT INTO totals SELECT k, count(*) AS n FROM ev GROUP BY k;",
+        input.display(),
+        tmp.path().join("totals").display()
+    ))
+    .await
+    .unwrap();
+    // Waits for a checkpoint holding `rows` rows and its commit, then reads the sink (which
+    // has no table before its first commit).
+    let totals = |rows: u64, want: &'static [&'static str]| {
+        let c = &c;
+        async move {
+            poll(Duration::from_secs(60), "a checkpoint", || async {
+                let done = scalar(
+                    c,
+                    "SELECT max(rows_in) FROM tributary.checkpoints WHERE pipeline = 'p'",
+                )
+                .await;
+                (done == rows.to_string()).then_some(())
+            })
+            .await;
+            poll(Duration::from_secs(60), "the totals", || async {
+                let got = c
+                    .simple_query("SELECT k || ' ' || n FROM totals ORDER BY k")
+                    .await
+                    .ok()?;
+                let got: Vec<String> = got
+                    .iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                        _ => None,
+                    })
+                    .collect();
+                (got == want).then_some(())
+            })
+            .await;
+        }
+    };
+    let state_rows = "SELECT sum(state_rows) FROM tributary.operators WHERE pipeline = 'p' AND kind = 'updating_aggregate'";
+    totals(4, &["a 3", "b 1"]).await;
+    // Two quiet seconds: both groups leave the state (their rows stay in the sink).
+    poll(Duration::from_secs(60), "groups past the TTL", || async {
+        (scalar(&c, state_rows).await == "0").then_some(())
+    })
+    .await;
+    // a again: counted afresh.
+    add("2.json", &["a", "a"]);
+    totals(6, &["a 2", "b 1"]).await;
+    // The expiry was checkpointed as the whole state: after a restart, b does not come back
+    // from older change files.
+    c.batch_execute("STOP PIPELINE p").await.unwrap();
+    c.batch_execute("START PIPELINE p").await.unwrap();
+    add("3.json", &["b"]);
+    // c marks the point where b's change is committed too.
+    add("4.json", &["c"]);
+    totals(8, &["a 2", "b 1", "c 1"]).await;
 }

@@ -87,6 +87,12 @@ pub trait Operator: Send {
         None
     }
 
+    /// Whether the next snapshot must hold the whole state (state left in a way that change
+    /// files cannot record, such as groups past their TTL).
+    fn wants_full_snapshot(&self) -> bool {
+        false
+    }
+
     /// Figures of each parallel instance; empty when the operator runs as one.
     fn instances(&self) -> Vec<InstanceStats> {
         Vec::new()

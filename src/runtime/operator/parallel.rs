@@ -265,6 +265,10 @@ impl Operator for Parallel {
         Ok(())
     }
 
+    fn wants_full_snapshot(&self) -> bool {
+        self.instances.iter().any(|op| op.wants_full_snapshot())
+    }
+
     fn state_rows(&self) -> usize {
         self.instances.iter().map(|op| op.state_rows()).sum()
     }

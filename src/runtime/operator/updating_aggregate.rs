@@ -1,9 +1,12 @@
 //! A GROUP BY without a window: DataFusion's two-stage aggregation kept per group. Each batch
 //! goes through the Partial aggregate; at each checkpoint the groups that changed are merged by
-//! the Final aggregate and emitted, whole, as upserts keyed by the GROUP BY columns.
+//! the Final aggregate and emitted, whole, as upserts keyed by the GROUP BY columns. With a
+//! state TTL, a group that has not changed for that long leaves the state (its row stays in the
+//! sink; a later row for it starts the group afresh).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow::array::BooleanArray;
 use arrow::compute::{concat_batches, filter_record_batch, not};
@@ -31,12 +34,21 @@ pub struct UpdatingAggregate {
     pending: Vec<RecordBatch>,
     /// Partial states committed since the last snapshot.
     unsnapshotted: Vec<RecordBatch>,
+    /// How long a group is kept without changing.
+    ttl: Option<Duration>,
+    /// When each group last changed (groups restored from a checkpoint: when restored).
+    changed_at: HashMap<Box<[u8]>, Instant>,
+    /// When groups were last expired.
+    expired_at: Instant,
+    /// Groups left the state since the last full snapshot: the next snapshot must be full, or a
+    /// restore would merge their older change files back in.
+    needs_full: bool,
 }
 
 impl UpdatingAggregate {
     /// An operator from the Final aggregate of a planned GROUP BY (whose input is the Partial
     /// one) with `keys` group columns.
-    pub fn new(final_: Arc<dyn ExecutionPlan>, keys: usize) -> Result<Self> {
+    pub fn new(final_: Arc<dyn ExecutionPlan>, keys: usize, ttl: Option<Duration>) -> Result<Self> {
         let stages = TwoStage::new(final_)?;
         let converter = RowConverter::new(
             stages.state_schema().fields()[..keys]
@@ -52,7 +64,97 @@ impl UpdatingAggregate {
             changed: Vec::new(),
             pending: Vec::new(),
             unsnapshotted: Vec::new(),
+            ttl,
+            changed_at: HashMap::new(),
+            expired_at: Instant::now(),
+            needs_full: false,
         })
+    }
+
+    /// Emits the current aggregate of every group that changed since the last call, at `now`,
+    /// and drops the groups unchanged for the TTL.
+    fn emit_changed(&mut self, now: Instant) -> Result<Vec<RecordBatch>> {
+        let out = self.merge_changed(now)?;
+        if let Some(ttl) = self.ttl {
+            // Expiring rewrites the state and forces a full snapshot: a few times per TTL.
+            if now.saturating_duration_since(self.expired_at) >= ttl / 8 {
+                self.expire(now, ttl)?;
+                self.expired_at = now;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Merges the partial states that changed into their groups' and returns those groups'
+    /// current aggregates, noting them changed at `now`.
+    fn merge_changed(&mut self, now: Instant) -> Result<Vec<RecordBatch>> {
+        if self.changed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let changed = std::mem::take(&mut self.changed);
+        let mut groups = HashSet::new();
+        for batch in &changed {
+            let rows = self
+                .converter
+                .convert_columns(&batch.columns()[..self.keys])?;
+            groups.extend(rows.iter().map(|r| Box::<[u8]>::from(r.as_ref())));
+        }
+        if self.ttl.is_some() {
+            for g in &groups {
+                self.changed_at.insert(g.clone(), now);
+            }
+        }
+        let mut touched = changed;
+        let mut unchanged = None;
+        if let Some(base) = self.base.take() {
+            let hit = self.in_groups(&base, &groups)?;
+            touched.push(filter_record_batch(&base, &hit)?);
+            unchanged = Some(filter_record_batch(&base, &not(&hit)?)?);
+        }
+        let merged = self.reduce(touched)?;
+        let out = match &merged {
+            Some(m) => self.stages.finish(vec![m.clone()])?,
+            None => Vec::new(),
+        };
+        let parts: Vec<RecordBatch> = unchanged.into_iter().chain(merged).collect();
+        self.base = if parts.is_empty() {
+            None
+        } else {
+            Some(concat_batches(self.stages.state_schema(), &parts)?)
+        };
+        Ok(out)
+    }
+
+    /// Drops the groups that have not changed since `now - ttl`.
+    fn expire(&mut self, now: Instant, ttl: Duration) -> Result<()> {
+        let Some(base) = self.base.take() else {
+            return Ok(());
+        };
+        let rows = self
+            .converter
+            .convert_columns(&base.columns()[..self.keys])?;
+        let keep: BooleanArray = rows
+            .iter()
+            .map(|r| {
+                let fresh = self
+                    .changed_at
+                    .get(r.as_ref())
+                    .is_none_or(|t| now.saturating_duration_since(*t) < ttl);
+                Some(fresh)
+            })
+            .collect();
+        let expired = keep.false_count();
+        if expired == 0 {
+            self.base = Some(base);
+            return Ok(());
+        }
+        self.changed_at
+            .retain(|_, t| now.saturating_duration_since(*t) < ttl);
+        let kept = filter_record_batch(&base, &keep)?;
+        self.base = (kept.num_rows() > 0).then_some(kept);
+        self.needs_full = true;
+        tracing::debug!(expired, "Groups past the state TTL left the state.");
+        Ok(())
     }
 
     /// Merges partial states into one row per group.
@@ -101,36 +203,11 @@ impl Operator for UpdatingAggregate {
 
     /// Emits the current aggregate of every group that changed since the last checkpoint.
     fn on_checkpoint(&mut self) -> Result<Vec<RecordBatch>> {
-        if self.changed.is_empty() {
-            return Ok(Vec::new());
-        }
-        let changed = std::mem::take(&mut self.changed);
-        let mut groups = HashSet::new();
-        for batch in &changed {
-            let rows = self
-                .converter
-                .convert_columns(&batch.columns()[..self.keys])?;
-            groups.extend(rows.iter().map(|r| Box::<[u8]>::from(r.as_ref())));
-        }
-        let mut touched = changed;
-        let mut unchanged = None;
-        if let Some(base) = self.base.take() {
-            let hit = self.in_groups(&base, &groups)?;
-            touched.push(filter_record_batch(&base, &hit)?);
-            unchanged = Some(filter_record_batch(&base, &not(&hit)?)?);
-        }
-        let merged = self.reduce(touched)?;
-        let out = match &merged {
-            Some(m) => self.stages.finish(vec![m.clone()])?,
-            None => Vec::new(),
-        };
-        let parts: Vec<RecordBatch> = unchanged.into_iter().chain(merged).collect();
-        self.base = if parts.is_empty() {
-            None
-        } else {
-            Some(concat_batches(self.stages.state_schema(), &parts)?)
-        };
-        Ok(out)
+        self.emit_changed(Instant::now())
+    }
+
+    fn wants_full_snapshot(&self) -> bool {
+        self.needs_full
     }
 
     fn state_schema(&self) -> Option<SchemaRef> {
@@ -142,6 +219,7 @@ impl Operator for UpdatingAggregate {
         if !full {
             return Ok(changed);
         }
+        self.needs_full = false;
         let mut all: Vec<RecordBatch> = self.base.iter().cloned().collect();
         all.extend(self.changed.iter().cloned());
         Ok(all)
@@ -156,6 +234,15 @@ impl Operator for UpdatingAggregate {
         } else {
             self.reduce(state.to_vec())?
         };
+        // When each group last changed is not checkpointed: the TTL counts from the restore.
+        self.changed_at.clear();
+        if let (Some(base), Some(_)) = (&self.base, self.ttl) {
+            let now = Instant::now();
+            let rows = self
+                .converter
+                .convert_columns(&base.columns()[..self.keys])?;
+            self.changed_at = rows.iter().map(|r| (r.as_ref().into(), now)).collect();
+        }
         Ok(())
     }
 
@@ -214,12 +301,16 @@ mod tests {
     }
 
     async fn operator() -> UpdatingAggregate {
+        operator_with_ttl(None).await
+    }
+
+    async fn operator_with_ttl(ttl: Option<Duration>) -> UpdatingAggregate {
         let plan = aggregate_plan(
             schema(),
             "SELECT k, count(*) AS n, sum(v) AS total, count(DISTINCT v) AS values FROM t GROUP BY k",
         )
         .await;
-        UpdatingAggregate::new(plan, 1).unwrap()
+        UpdatingAggregate::new(plan, 1, ttl).unwrap()
     }
 
     /// (k, n, total, distinct values) of emitted rows, sorted.
@@ -265,6 +356,46 @@ mod tests {
             vec![row("a", 3, 5, 2), row("c", 1, 5, 1)]
         );
         assert_eq!(op.state_rows(), 3);
+    }
+
+    #[tokio::test]
+    async fn groups_unchanged_for_the_ttl_leave_the_state_and_start_afresh() {
+        let ttl = Duration::from_secs(80);
+        let mut op = operator_with_ttl(Some(ttl)).await;
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        op.process(0, batch(&[("a", 1), ("b", 2)])).unwrap();
+        op.commit_batch();
+        op.emit_changed(at(0)).unwrap();
+        op.snapshot(true).unwrap();
+        op.process(0, batch(&[("a", 3)])).unwrap();
+        op.commit_batch();
+        op.emit_changed(at(50)).unwrap();
+        let changes = op.snapshot(false).unwrap();
+        assert!(!op.wants_full_snapshot());
+        // At 85 s, b (last changed at 0) is past the TTL; a (at 50) is not.
+        assert!(op.emit_changed(at(85)).unwrap().is_empty());
+        assert_eq!(op.state_rows(), 1);
+        // Older change files still hold b: the next snapshot must be the whole state.
+        assert!(op.wants_full_snapshot());
+        let full = op.snapshot(true).unwrap();
+        assert!(!op.wants_full_snapshot());
+        assert_eq!(full.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+        assert!(!changes.is_empty());
+        // b again: a group of its own, from this row alone; a keeps its totals.
+        op.process(0, batch(&[("b", 5), ("a", 1)])).unwrap();
+        op.commit_batch();
+        assert_eq!(
+            rows(&op.emit_changed(at(90)).unwrap()),
+            vec![row("a", 3, 5, 2), row("b", 1, 5, 1)]
+        );
+        // Without a TTL nothing leaves.
+        let mut kept = operator().await;
+        kept.process(0, batch(&[("a", 1)])).unwrap();
+        kept.commit_batch();
+        kept.emit_changed(at(0)).unwrap();
+        kept.emit_changed(at(1_000_000)).unwrap();
+        assert_eq!(kept.state_rows(), 1);
     }
 
     #[tokio::test]

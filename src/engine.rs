@@ -64,7 +64,9 @@ impl Engine {
             .with_information_schema(true)
             .with_default_catalog_and_schema("datafusion", "public")
             .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false)
-            .set_str("datafusion.sql_parser.dialect", "PostgreSQL");
+            .set_str("datafusion.sql_parser.dialect", "PostgreSQL")
+            // Errors point at the place in the statement (an unknown column, a bad argument).
+            .set_bool("datafusion.sql_parser.collect_spans", true);
         // Sinks grow while they are queried: DataFusion's list-files cache (on by default, kept
         // forever) would pin a Parquet sink's query to the files of its first listing.
         let runtime_env = RuntimeEnvBuilder::new()
@@ -163,7 +165,9 @@ impl Engine {
 
     /// Executes one parsed statement.
     pub async fn execute(&self, stmt: &ParsedStatement) -> Result<Output> {
-        self.execute_statement(&stmt.statement, None).await
+        self.execute_statement(&stmt.statement, None)
+            .await
+            .map_err(|e| e.located_in(&stmt.text))
     }
 
     /// Executes one statement, binding `$n` parameters when given.

@@ -43,7 +43,7 @@ pub enum Error {
     #[error("{0}")]
     Connector(#[from] ConnectorError),
     /// DataFusion failed planning or running a query.
-    #[error("{}", .0.message())]
+    #[error("{}", datafusion_message(.0))]
     DataFusion(#[from] DataFusionError),
     /// Reading or writing the data directory failed.
     #[error("{context}: {source}")]
@@ -74,6 +74,14 @@ pub enum Error {
     /// A bug.
     #[error("internal error: {0} (this is a bug in Tributary, please report it)")]
     Internal(String),
+    /// An error found at a place in the statement.
+    #[error("{error}")]
+    At {
+        /// The error.
+        error: Box<Error>,
+        /// 1-based character position in the statement.
+        position: usize,
+    },
 }
 
 impl From<arrow::error::ArrowError> for Error {
@@ -86,6 +94,28 @@ impl From<arrow::error::ArrowError> for Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// This error with the position DataFusion found for it in `statement` (the place a
+    /// diagnostic points at: an unknown column, a window's bad argument), when it has one.
+    pub fn located_in(self, statement: &str) -> Self {
+        let span = match &self {
+            Error::DataFusion(e) => e.diagnostic().and_then(|d| d.span),
+            _ => None,
+        };
+        match span {
+            Some(span) => Error::At {
+                position: crate::sql::parse::char_position(
+                    statement,
+                    datafusion::sql::sqlparser::tokenizer::Location {
+                        line: span.start.line,
+                        column: span.start.column,
+                    },
+                ),
+                error: Box::new(self),
+            },
+            None => self,
+        }
+    }
+
     /// Wraps an I/O failure with context.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
@@ -123,6 +153,7 @@ impl Error {
             Error::StackDepth(_) => "54001",
             Error::ProgramLimit(_) => "54000",
             Error::Internal(_) => "XX000",
+            Error::At { error, .. } => error.sqlstate(),
         }
     }
 
@@ -130,9 +161,19 @@ impl Error {
     pub fn position(&self) -> Option<usize> {
         match self {
             Error::Syntax { position, .. } => *position,
+            Error::At { position, .. } => Some(*position),
             _ => None,
         }
     }
+}
+
+/// DataFusion's message without its kind prefix, also when a diagnostic wraps the error.
+fn datafusion_message(e: &DataFusionError) -> std::borrow::Cow<'_, str> {
+    let mut e = e;
+    while let DataFusionError::Diagnostic(_, inner) = e {
+        e = inner;
+    }
+    e.message()
 }
 
 fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {

@@ -25,7 +25,8 @@ use datafusion::logical_expr::{
 };
 
 use super::windows::{
-    column_name, interval_lit, interval_nanos, plan_error, WindowedSource, WINDOW_END, WINDOW_START,
+    at, column_name, interval_lit, interval_nanos, plan_error, WindowedSource, WINDOW_END,
+    WINDOW_START,
 };
 use crate::catalog::Catalog;
 
@@ -80,10 +81,13 @@ impl TableFunctionImpl for Session {
             .map(|k| {
                 let name = column_name("SESSION", "key", k)?;
                 source.table.schema().field_with_name(&name).map_err(|_| {
-                    plan_error(format!(
-                        "SESSION over \"{}\": it has no column \"{name}\" to key sessions by",
-                        source.name
-                    ))
+                    at(
+                        k,
+                        plan_error(format!(
+                            "SESSION over \"{}\": it has no column \"{name}\" to key sessions by",
+                            source.name
+                        )),
+                    )
                 })?;
                 Ok(name)
             })

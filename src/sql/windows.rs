@@ -8,7 +8,7 @@ use arrow::array::{AsArray, Int64Builder, ListBuilder};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Int64Type, IntervalMonthDayNano, SchemaRef, TimeUnit};
 use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
-use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::common::{DFSchema, Diagnostic, ScalarValue};
 use datafusion::datasource::{provider_as_source, ViewTable};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SessionState;
@@ -78,6 +78,20 @@ pub(super) fn column_name(function: &str, what: &str, e: &Expr) -> DfResult<Stri
     }
 }
 
+/// `error` pointing at the place of `e` in the statement, when it is a name whose place is known.
+pub(super) fn at(e: &Expr, error: DataFusionError) -> DataFusionError {
+    match e {
+        Expr::Column(c) => match c.spans().first() {
+            Some(span) => {
+                let message = error.message().to_string();
+                error.with_diagnostic(Diagnostic::new_error(message, Some(span)))
+            }
+            None => error,
+        },
+        _ => error,
+    }
+}
+
 /// A window function's source, resolved and checked.
 pub(super) struct WindowedSource {
     pub(super) name: String,
@@ -87,6 +101,20 @@ pub(super) struct WindowedSource {
 
 impl WindowedSource {
     pub(super) fn resolve(
+        catalog: &Catalog,
+        function: &str,
+        source: &Expr,
+        time: &Expr,
+    ) -> DfResult<Self> {
+        Self::resolve_unplaced(catalog, function, source, time).map_err(|e| {
+            // Errors about the time column point at it; the others at the source.
+            let message = e.message();
+            let about_time = message.contains("column") || message.contains("watermark");
+            at(if about_time { time } else { source }, e)
+        })
+    }
+
+    fn resolve_unplaced(
         catalog: &Catalog,
         function: &str,
         source: &Expr,

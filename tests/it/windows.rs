@@ -184,3 +184,64 @@ async fn late_rows_are_counted_and_kept_when_asked() {
     // The on-time rows were counted in windows of their own run.
     assert_eq!(scalar(&c, "SELECT sum(n) FROM per10").await, "54");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_definitions_point_at_their_place() {
+    let (tmp, server) = start_fresh().await;
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE bids (WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+           WITH (connector = 'nexmark', table = 'bid', events = 1000, seed = 1);
+         CREATE SINK out WITH (connector = 'parquet', path = '{}');",
+        tmp.path().join("out").display()
+    ))
+    .await
+    .unwrap();
+    // (statement, what the position must point at, SQLSTATE)
+    let cases = [
+        (
+            "CREATE PIPELINE bad AS INSERT INTO out SELECT window_start, count(*) AS n FROM TUMBLE(bids, price, INTERVAL '2' SECOND) GROUP BY window_start, window_end",
+            "price,",
+            "42000",
+        ),
+        (
+            "CREATE PIPELINE bad AS INSERT INTO out SELECT window_start, count(*) AS n FROM HOP(nobids, date_time, INTERVAL '2' SECOND, INTERVAL '4' SECOND) GROUP BY window_start, window_end",
+            "nobids",
+            "42000",
+        ),
+        (
+            "CREATE PIPELINE bad AS INSERT INTO out SELECT window_start, count(*) AS n FROM SESSION(bids, date_time, INTERVAL '2' SECOND, nobody) GROUP BY window_start, window_end",
+            "nobody",
+            "42000",
+        ),
+        ("SELECT auction, nosuch FROM bids", "nosuch", "42703"),
+    ];
+    for (sql, place, code) in cases {
+        let e = c.batch_execute(sql).await.unwrap_err();
+        let e = e.as_db_error().unwrap_or_else(|| panic!("{sql}: {e:?}"));
+        let want = sql.find(place).unwrap() + 1;
+        assert!(
+            !e.message().contains("Error during planning"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(
+            (e.code().code(), e.position()),
+            (
+                code,
+                Some(&tokio_postgres::error::ErrorPosition::Original(want as u32))
+            ),
+            "{sql}: {}",
+            e.message()
+        );
+    }
+    // In a script of several statements the position counts from the script's start.
+    let script = "SELECT 1; SELECT nosuch FROM bids";
+    let e = c.simple_query(script).await.unwrap_err();
+    assert_eq!(
+        e.as_db_error().unwrap().position(),
+        Some(&tokio_postgres::error::ErrorPosition::Original(
+            script.find("nosuch").unwrap() as u32 + 1
+        ))
+    );
+}

@@ -2,6 +2,7 @@
 //! snapshotted as Arrow batches at each checkpoint.
 
 pub mod distinct;
+pub mod open_states;
 pub mod parallel;
 pub mod session_aggregate;
 pub mod stateless;

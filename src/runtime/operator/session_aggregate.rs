@@ -6,18 +6,18 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array};
 use arrow::compute::{cast, concat_batches, filter_record_batch, not};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::open_states::OpenStates;
 use super::parallel::Keying;
 use super::two_stage::TwoStage;
 use super::Operator;
 use crate::error::Result;
-use crate::runtime::event_time::{micros, END_OF_TIME};
 
 /// Open state is merged (PartialReduce) when it holds more rows than this many times its
 /// sessions...
@@ -35,16 +35,8 @@ pub struct SessionAggregate {
     keys: Vec<usize>,
     /// Compares keys.
     converter: Option<RowConverter>,
-    /// Partial states of open sessions (committed), some not yet merged with their session.
-    open: Vec<RecordBatch>,
-    open_rows: usize,
-    /// Partial states of batches not yet committed.
-    pending: Vec<RecordBatch>,
-    /// Partial states committed since the last snapshot.
-    unsnapshotted: Vec<RecordBatch>,
-    /// The earliest session end in the open state (`None` when unknown). Merging only moves
-    /// ends later, so no watermark before it closes anything.
-    earliest_end: Option<i64>,
+    /// Partial states of open sessions, some not yet merged with their session.
+    open: OpenStates,
 }
 
 impl SessionAggregate {
@@ -71,37 +63,8 @@ impl SessionAggregate {
             end,
             keys,
             converter,
-            open: Vec::new(),
-            open_rows: 0,
-            pending: Vec::new(),
-            unsnapshotted: Vec::new(),
-            earliest_end: None,
+            open: OpenStates::new(end),
         })
-    }
-
-    fn set_open(&mut self, open: Vec<RecordBatch>) {
-        self.open_rows = open.iter().map(RecordBatch::num_rows).sum();
-        self.earliest_end = open.iter().try_fold(i64::MAX, |earliest, b| {
-            Some(earliest.min(self.earliest_end_of(b)?))
-        });
-        self.open = open;
-    }
-
-    /// The earliest session end among `states` (`i64::MAX` when there are none); `None` when a
-    /// row has no end (no event time), so every watermark must look.
-    fn earliest_end_of(&self, states: &RecordBatch) -> Option<i64> {
-        let ends = micros(states.column(self.end)).ok()?;
-        (ends.null_count() == 0).then(|| arrow::compute::min(&ends).unwrap_or(i64::MAX))
-    }
-
-    /// Rows of `batch` whose session has ended by `watermark`. Rows without an event time have
-    /// no session: they close only at the end of input.
-    fn closed(&self, batch: &RecordBatch, watermark: i64) -> Result<BooleanArray> {
-        let ends = micros(batch.column(self.end))?;
-        Ok(ends
-            .iter()
-            .map(|e| Some(e.map_or(watermark == END_OF_TIME, |e| e <= watermark)))
-            .collect())
     }
 
     /// `states` with each row's window widened to its session: the sessions of a key that
@@ -176,34 +139,25 @@ impl Operator for SessionAggregate {
     }
 
     fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        let states = self.stages.partial(batch)?;
-        self.pending.extend(states);
+        self.open.stage(self.stages.partial(batch)?);
         Ok(Vec::new())
     }
 
     fn commit_batch(&mut self) {
-        for states in std::mem::take(&mut self.pending) {
-            self.unsnapshotted.push(states.clone());
-            self.earliest_end = self
-                .earliest_end
-                .zip(self.earliest_end_of(&states))
-                .map(|(a, b)| a.min(b));
-            self.open_rows += states.num_rows();
-            self.open.push(states);
-        }
+        self.open.commit();
     }
 
     fn abort_batch(&mut self) {
-        self.pending.clear();
+        self.open.abort();
     }
 
     fn on_watermark(&mut self, watermark: i64) -> Result<Vec<RecordBatch>> {
-        if self.open.is_empty() || self.earliest_end.is_some_and(|e| watermark < e) {
+        if !self.open.may_close(watermark) {
             return Ok(Vec::new());
         }
-        let all = concat_batches(self.stages.state_schema(), &self.open)?;
+        let all = concat_batches(self.stages.state_schema(), self.open.batches())?;
         let (all, sessions) = self.sessionize(&all)?;
-        let closed = self.closed(&all, watermark)?;
+        let closed = self.open.closed(&all, watermark)?;
         let emit = filter_record_batch(&all, &closed)?;
         let open = filter_record_batch(&all, &not(&closed)?)?;
         let out = if emit.num_rows() > 0 {
@@ -212,14 +166,9 @@ impl Operator for SessionAggregate {
             Vec::new()
         };
         if open.num_rows() > MERGE_MIN_ROWS && open.num_rows() > MERGE_GROWTH * sessions {
-            let merged = self.stages.reduce(vec![open])?;
-            self.set_open(merged);
+            self.open.set(self.stages.reduce(vec![open])?);
         } else {
-            self.set_open(if open.num_rows() > 0 {
-                vec![open]
-            } else {
-                Vec::new()
-            });
+            self.open.set(vec![open]);
         }
         Ok(out)
     }
@@ -229,15 +178,13 @@ impl Operator for SessionAggregate {
     }
 
     fn snapshot(&mut self, full: bool) -> Result<Vec<RecordBatch>> {
-        let changed = std::mem::take(&mut self.unsnapshotted);
-        Ok(if full { self.open.clone() } else { changed })
+        Ok(self.open.snapshot(full))
     }
 
     fn restore(&mut self, state: &[RecordBatch], watermark: Option<i64>) -> Result<()> {
-        self.pending.clear();
-        self.unsnapshotted.clear();
+        self.open.clear_changes();
         if state.is_empty() {
-            self.set_open(Vec::new());
+            self.open.set(Vec::new());
             return Ok(());
         }
         // Change files still hold the states of sessions emitted since: merged again, those
@@ -246,23 +193,19 @@ impl Operator for SessionAggregate {
         let all = concat_batches(self.stages.state_schema(), state)?;
         let (all, _) = self.sessionize(&all)?;
         let open = match watermark {
-            Some(w) => filter_record_batch(&all, &not(&self.closed(&all, w)?)?)?,
+            Some(w) => filter_record_batch(&all, &not(&self.open.closed(&all, w)?)?)?,
             None => all,
         };
-        self.set_open(if open.num_rows() > 0 {
-            vec![open]
-        } else {
-            Vec::new()
-        });
+        self.open.set(vec![open]);
         Ok(())
     }
 
     fn state_rows(&self) -> usize {
-        self.open_rows
+        self.open.rows()
     }
 
     fn state_bytes(&self) -> usize {
-        self.open.iter().map(|b| b.get_array_memory_size()).sum()
+        self.open.bytes()
     }
 
     /// Sessions are per key: a key's rows all go to one instance, whatever their times.
@@ -284,6 +227,7 @@ mod tests {
     use arrow::datatypes::{Field, Schema, TimeUnit};
 
     use super::*;
+    use crate::runtime::event_time::{micros, END_OF_TIME};
     use crate::runtime::operator::tests::aggregate_plan;
 
     const S: i64 = 1_000_000;

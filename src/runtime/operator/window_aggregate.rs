@@ -5,17 +5,16 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, BooleanArray};
 use arrow::compute::{concat_batches, filter_record_batch, not};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::open_states::OpenStates;
 use super::parallel::Keying;
 use super::two_stage::TwoStage;
 use super::Operator;
 use crate::error::Result;
-use crate::runtime::event_time::{micros, END_OF_TIME};
 
 /// Open state is merged (PartialReduce) when it holds more rows than this many times the
 /// rows it held after the last merge.
@@ -26,19 +25,9 @@ const MERGE_MIN_ROWS: usize = 65_536;
 /// Window aggregation over partial aggregate states.
 pub struct WindowAggregate {
     stages: TwoStage,
-    /// Column of `window_end` in the state.
-    window_end: usize,
-    /// Partial states of open windows (committed).
-    open: Vec<RecordBatch>,
-    open_rows: usize,
+    /// Partial states of open windows.
+    open: OpenStates,
     rows_after_merge: usize,
-    /// Partial states of batches not yet committed.
-    pending: Vec<RecordBatch>,
-    /// Partial states committed since the last snapshot.
-    unsnapshotted: Vec<RecordBatch>,
-    /// The earliest window end in the open state (`None` when unknown): no watermark before it
-    /// closes anything.
-    earliest_end: Option<i64>,
 }
 
 impl WindowAggregate {
@@ -47,49 +36,9 @@ impl WindowAggregate {
     pub fn new(final_: Arc<dyn ExecutionPlan>, window_end: usize) -> Result<Self> {
         Ok(WindowAggregate {
             stages: TwoStage::new(final_)?,
-            window_end,
-            open: Vec::new(),
-            open_rows: 0,
+            open: OpenStates::new(window_end),
             rows_after_merge: 0,
-            pending: Vec::new(),
-            unsnapshotted: Vec::new(),
-            earliest_end: None,
         })
-    }
-
-    fn set_open(&mut self, open: Vec<RecordBatch>) {
-        self.open_rows = open.iter().map(RecordBatch::num_rows).sum();
-        self.earliest_end = open.iter().try_fold(i64::MAX, |earliest, b| {
-            Some(earliest.min(self.earliest_end_of(b)?))
-        });
-        self.open = open;
-    }
-
-    /// Takes committed partial states into the open state.
-    fn add_open(&mut self, states: RecordBatch) {
-        self.earliest_end = self
-            .earliest_end
-            .zip(self.earliest_end_of(&states))
-            .map(|(a, b)| a.min(b));
-        self.open_rows += states.num_rows();
-        self.open.push(states);
-    }
-
-    /// The earliest window end among `states` (`i64::MAX` when there are none); `None` when a
-    /// row has no end (no event time), so every watermark must look.
-    fn earliest_end_of(&self, states: &RecordBatch) -> Option<i64> {
-        let ends = micros(states.column(self.window_end)).ok()?;
-        (ends.null_count() == 0).then(|| arrow::compute::min(&ends).unwrap_or(i64::MAX))
-    }
-
-    /// Rows of `batch` whose window has ended by `watermark`. Rows without an event time have
-    /// no window end: they close only at the end of input.
-    fn closed(&self, batch: &RecordBatch, watermark: i64) -> Result<BooleanArray> {
-        let ends = micros(batch.column(self.window_end))?;
-        Ok(ends
-            .iter()
-            .map(|e| Some(e.map_or(watermark == END_OF_TIME, |e| e <= watermark)))
-            .collect())
     }
 }
 
@@ -99,28 +48,24 @@ impl Operator for WindowAggregate {
     }
 
     fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        let states = self.stages.partial(batch)?;
-        self.pending.extend(states);
+        self.open.stage(self.stages.partial(batch)?);
         Ok(Vec::new())
     }
 
     fn commit_batch(&mut self) {
-        for states in std::mem::take(&mut self.pending) {
-            self.unsnapshotted.push(states.clone());
-            self.add_open(states);
-        }
+        self.open.commit();
     }
 
     fn abort_batch(&mut self) {
-        self.pending.clear();
+        self.open.abort();
     }
 
     fn on_watermark(&mut self, watermark: i64) -> Result<Vec<RecordBatch>> {
-        if self.open.is_empty() || self.earliest_end.is_some_and(|e| watermark < e) {
+        if !self.open.may_close(watermark) {
             return Ok(Vec::new());
         }
-        let all = concat_batches(self.stages.state_schema(), &self.open)?;
-        let closed = self.closed(&all, watermark)?;
+        let all = concat_batches(self.stages.state_schema(), self.open.batches())?;
+        let closed = self.open.closed(&all, watermark)?;
         let emit = filter_record_batch(&all, &closed)?;
         let open = filter_record_batch(&all, &not(&closed)?)?;
         let out = if emit.num_rows() > 0 {
@@ -131,15 +76,10 @@ impl Operator for WindowAggregate {
         if open.num_rows() > MERGE_MIN_ROWS
             && open.num_rows() > MERGE_GROWTH * self.rows_after_merge
         {
-            let merged = self.stages.reduce(vec![open])?;
-            self.set_open(merged);
-            self.rows_after_merge = self.open_rows;
+            self.open.set(self.stages.reduce(vec![open])?);
+            self.rows_after_merge = self.open.rows();
         } else {
-            self.set_open(if open.num_rows() > 0 {
-                vec![open]
-            } else {
-                Vec::new()
-            });
+            self.open.set(vec![open]);
         }
         Ok(out)
     }
@@ -149,36 +89,32 @@ impl Operator for WindowAggregate {
     }
 
     fn snapshot(&mut self, full: bool) -> Result<Vec<RecordBatch>> {
-        let changed = std::mem::take(&mut self.unsnapshotted);
-        Ok(if full { self.open.clone() } else { changed })
+        Ok(self.open.snapshot(full))
     }
 
     fn restore(&mut self, state: &[RecordBatch], watermark: Option<i64>) -> Result<()> {
-        self.pending.clear();
-        self.unsnapshotted.clear();
+        self.open.clear_changes();
         // Change files still hold the states of windows emitted since: drop those.
         let mut open = Vec::with_capacity(state.len());
         for batch in state {
-            let kept = match watermark {
-                Some(w) => filter_record_batch(batch, &not(&self.closed(batch, w)?)?)?,
+            open.push(match watermark {
+                Some(w) => filter_record_batch(batch, &not(&self.open.closed(batch, w)?)?)?,
                 None => batch.clone(),
-            };
-            if kept.num_rows() > 0 {
-                open.push(kept);
-            }
+            });
         }
-        self.set_open(open);
-        self.rows_after_merge = self.open_rows;
+        self.open.set(open);
+        self.rows_after_merge = self.open.rows();
         Ok(())
     }
 
     fn state_rows(&self) -> usize {
-        self.open_rows
+        self.open.rows()
     }
 
     fn state_bytes(&self) -> usize {
-        self.open.iter().map(|b| b.get_array_memory_size()).sum()
+        self.open.bytes()
     }
+
     fn keying(&self) -> Option<Keying> {
         Some(Keying {
             input: self.stages.group_exprs().to_vec(),
@@ -193,6 +129,7 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
 
     use super::*;
+    use crate::runtime::event_time::{micros, END_OF_TIME};
     use crate::runtime::operator::tests::aggregate_plan;
 
     const S: i64 = 1_000_000;

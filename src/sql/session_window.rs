@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arrow::array::{AsArray, Int64Array};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Int64Type, TimeUnit};
+use arrow::datatypes::{DataType, Int64Type};
 use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::datasource::ViewTable;
 use datafusion::error::Result as DfResult;
@@ -25,7 +25,7 @@ use datafusion::logical_expr::{
 };
 
 use super::windows::{
-    at, column_name, interval_lit, interval_nanos, plan_error, WindowedSource, WINDOW_END,
+    at, column_name, interval_nanos, nanos_per_unit, plan_error, WindowedSource, WINDOW_END,
     WINDOW_START,
 };
 use crate::catalog::Catalog;
@@ -115,7 +115,7 @@ impl TableFunctionImpl for Session {
                 .clone()
                 .is_null()
                 .or(col(PREVIOUS).is_null())
-                .or((col(PREVIOUS) + interval_lit(gap)).lt_eq(ts.clone()));
+                .or((col(PREVIOUS) + source.span(gap)).lt_eq(ts.clone()));
             let mut with_break = source.columns();
             with_break.push(when(starts, lit(1i64)).otherwise(lit(0i64))?.alias(BREAK));
             // ORDER BY's default frame takes rows of equal time together: they get one number.
@@ -136,7 +136,7 @@ impl TableFunctionImpl for Session {
                 .alias(LAST);
             let mut windowed = source.columns();
             windowed.push(col(FIRST).alias(WINDOW_START));
-            windowed.push((col(LAST) + interval_lit(gap)).alias(WINDOW_END));
+            windowed.push((col(LAST) + source.span(gap)).alias(WINDOW_END));
             source
                 .scan()?
                 .window(vec![previous])?
@@ -195,12 +195,7 @@ impl ScalarUDFImpl for SessionWindowEnd {
         let DataType::Timestamp(unit, _) = &data_type else {
             return Err(plan_error("session_window_end takes a timestamp".into()));
         };
-        let per_unit = match unit {
-            TimeUnit::Second => 1_000_000_000,
-            TimeUnit::Millisecond => 1_000_000,
-            TimeUnit::Microsecond => 1_000,
-            TimeUnit::Nanosecond => 1,
-        };
+        let per_unit = nanos_per_unit(unit);
         if self.gap % per_unit != 0 {
             return Err(plan_error(format!(
                 "the gap of SESSION must be a whole multiple of the time column's unit ({unit:?})"

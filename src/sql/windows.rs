@@ -174,6 +174,19 @@ impl WindowedSource {
             .collect()
     }
 
+    /// A span of `nanos` to add to the time column: a duration of its unit when it divides.
+    pub(super) fn span(&self, nanos: i64) -> Expr {
+        let schema = self.table.schema();
+        let unit = match schema.field_with_name(&self.time).map(|f| f.data_type()) {
+            Ok(DataType::Timestamp(unit, _)) => Some(*unit),
+            _ => None,
+        };
+        match unit.and_then(|u| duration_lit(nanos, &u)) {
+            Some(d) => lit(d),
+            None => interval_lit(nanos),
+        }
+    }
+
     pub(super) fn scan(&self) -> DfResult<LogicalPlanBuilder> {
         LogicalPlanBuilder::scan(
             &self.name,
@@ -181,6 +194,32 @@ impl WindowedSource {
             None,
         )
     }
+}
+
+/// Nanoseconds in one unit of a timestamp.
+pub(super) fn nanos_per_unit(unit: &TimeUnit) -> i64 {
+    match unit {
+        TimeUnit::Second => 1_000_000_000,
+        TimeUnit::Millisecond => 1_000_000,
+        TimeUnit::Microsecond => 1_000,
+        TimeUnit::Nanosecond => 1,
+    }
+}
+
+/// `nanos` as a duration in `unit` when it is a whole number of them: adding it to a timestamp
+/// of that unit is an integer addition, where an interval goes through the calendar per row.
+pub(super) fn duration_lit(nanos: i64, unit: &TimeUnit) -> Option<ScalarValue> {
+    let per_unit = nanos_per_unit(unit);
+    if nanos % per_unit != 0 {
+        return None;
+    }
+    let n = Some(nanos / per_unit);
+    Some(match unit {
+        TimeUnit::Second => ScalarValue::DurationSecond(n),
+        TimeUnit::Millisecond => ScalarValue::DurationMillisecond(n),
+        TimeUnit::Microsecond => ScalarValue::DurationMicrosecond(n),
+        TimeUnit::Nanosecond => ScalarValue::DurationNanosecond(n),
+    })
 }
 
 pub(super) fn interval_lit(nanos: i64) -> Expr {
@@ -203,12 +242,11 @@ impl TableFunctionImpl for Tumble {
         };
         let size = interval_nanos("TUMBLE", "size", size)?;
         let source = WindowedSource::resolve(&self.catalog, "TUMBLE", source, time)?;
-        let size = interval_lit(size);
         let start = datafusion::functions::datetime::date_bin()
-            .call(vec![size.clone(), source.column(&source.time)]);
+            .call(vec![interval_lit(size), source.column(&source.time)]);
         let mut columns = source.columns();
         columns.push(start.clone().alias(WINDOW_START));
-        columns.push((start + size).alias(WINDOW_END));
+        columns.push((start + source.span(size)).alias(WINDOW_END));
         let plan = source.scan()?.project(columns)?.build()?;
         Ok(Arc::new(ViewTable::new(plan, None)))
     }
@@ -256,7 +294,7 @@ impl TableFunctionImpl for Hop {
         let start = Expr::Column(datafusion::common::Column::from_name(HOP_STARTS));
         let mut windowed = source.columns();
         windowed.push(start.clone().alias(WINDOW_START));
-        windowed.push((start + interval_lit(size)).alias(WINDOW_END));
+        windowed.push((start + source.span(size)).alias(WINDOW_END));
         let plan = source
             .scan()?
             .project(columns)?
@@ -312,12 +350,7 @@ impl ScalarUDFImpl for HopStarts {
         let DataType::Timestamp(unit, tz) = times.data_type().clone() else {
             return Err(plan_error("hop_starts takes a timestamp".into()));
         };
-        let per_unit = match unit {
-            TimeUnit::Second => 1_000_000_000,
-            TimeUnit::Millisecond => 1_000_000,
-            TimeUnit::Microsecond => 1_000,
-            TimeUnit::Nanosecond => 1,
-        };
+        let per_unit = nanos_per_unit(&unit);
         if self.slide % per_unit != 0 || self.size % per_unit != 0 {
             return Err(plan_error(format!(
                 "the slide and size of HOP must be whole multiples of the time column's unit ({unit:?})"
@@ -357,6 +390,43 @@ fn window_starts(t: i64, slide: i64, size: i64) -> impl Iterator<Item = i64> {
         .take_while(move |start| *start > t.saturating_sub(size))
 }
 
+/// `ts ± INTERVAL '4' SECOND` rewritten as `ts ± 4000 ms` (a duration of the timestamp's unit):
+/// the same instants, without the per-row calendar arithmetic an interval costs. Intervals of
+/// months, and of days over a time zone, keep their calendar meaning.
+fn interval_arithmetic_as_durations(expr: Expr, schema: &DFSchema) -> Result<Expr> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::{BinaryExpr, ExprSchemable, Operator};
+
+    Ok(expr
+        .transform(|e| {
+            let Expr::BinaryExpr(b) = &e else {
+                return Ok(Transformed::no(e));
+            };
+            let Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) = b.right.as_ref()
+            else {
+                return Ok(Transformed::no(e));
+            };
+            let DataType::Timestamp(unit, tz) = b.left.get_type(schema)? else {
+                return Ok(Transformed::no(e));
+            };
+            let plain = matches!(b.op, Operator::Plus | Operator::Minus)
+                && v.months == 0
+                && (v.days == 0 || tz.is_none());
+            let nanos = (v.days as i64)
+                .checked_mul(86_400_000_000_000)
+                .and_then(|d| d.checked_add(v.nanoseconds));
+            match (plain, nanos.and_then(|n| duration_lit(n, &unit))) {
+                (true, Some(d)) => Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr::new(
+                    b.left.clone(),
+                    b.op,
+                    Box::new(lit(d)),
+                )))),
+                _ => Ok(Transformed::no(e)),
+            }
+        })?
+        .data)
+}
+
 /// Compiles a source's `WATERMARK FOR column AS expression` over its columns: the column and
 /// the expression must both be timestamps.
 pub fn event_time(
@@ -378,6 +448,7 @@ pub fn event_time(
     }
     let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
     let logical = state.create_logical_expr(expression, &df_schema)?;
+    let logical = interval_arithmetic_as_durations(logical, &df_schema)?;
     let watermark = create_physical_expr(
         &logical,
         &df_schema,
@@ -399,7 +470,53 @@ pub fn event_time(
 
 #[cfg(test)]
 mod tests {
-    use super::window_starts;
+    use super::*;
+
+    #[test]
+    fn interval_arithmetic_on_timestamps_becomes_durations() {
+        let schema = DFSchema::try_from(arrow::datatypes::Schema::new(vec![
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+            Field::new(
+                "tz",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("+02:00".into())),
+                true,
+            ),
+        ]))
+        .unwrap();
+        let state = datafusion::prelude::SessionContext::new().state();
+        let rewritten = |sql: &str| {
+            let e = state.create_logical_expr(sql, &schema).unwrap();
+            match interval_arithmetic_as_durations(e, &schema).unwrap() {
+                Expr::BinaryExpr(b) => match *b.right {
+                    Expr::Literal(v, _) => v,
+                    other => panic!("{other}"),
+                },
+                other => panic!("{other}"),
+            }
+        };
+        assert_eq!(
+            rewritten("ts - INTERVAL '4' SECOND"),
+            ScalarValue::DurationMillisecond(Some(4_000))
+        );
+        assert_eq!(
+            rewritten("ts + INTERVAL '1' DAY"),
+            ScalarValue::DurationMillisecond(Some(86_400_000))
+        );
+        // Calendar intervals keep their meaning: months, and days in a time zone.
+        assert!(matches!(
+            rewritten("ts - INTERVAL '1' MONTH"),
+            ScalarValue::IntervalMonthDayNano(_)
+        ));
+        assert!(matches!(
+            rewritten("tz - INTERVAL '1' DAY"),
+            ScalarValue::IntervalMonthDayNano(_)
+        ));
+        // Finer than the unit: stays an interval.
+        assert!(matches!(
+            rewritten("ts - INTERVAL '1' MICROSECOND"),
+            ScalarValue::IntervalMonthDayNano(_)
+        ));
+    }
 
     #[test]
     fn hop_windows_hold_the_time_and_start_on_the_slide() {

@@ -11,7 +11,6 @@ use super::event_time::EventTime;
 use super::graph::OperatorGraph;
 use super::operator::distinct::Distinct;
 use super::operator::parallel::Parallel;
-use super::operator::session_aggregate::SessionAggregate;
 use super::operator::stateless::{Filter, Having, Project};
 use super::operator::unnest::Unnest;
 use super::operator::updating_aggregate::UpdatingAggregate;
@@ -171,7 +170,7 @@ impl OperatorSpec {
                 aggregate,
                 window_start,
                 window_end,
-            } => Box::new(SessionAggregate::new(
+            } => Box::new(WindowAggregate::sessions(
                 aggregate.clone(),
                 *window_start,
                 *window_end,

@@ -4,7 +4,7 @@
 pub mod distinct;
 pub mod open_states;
 pub mod parallel;
-pub mod session_aggregate;
+pub mod sessions;
 pub mod stateless;
 pub mod two_stage;
 pub mod unnest;

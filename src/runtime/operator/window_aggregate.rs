@@ -1,7 +1,7 @@
 //! A windowed GROUP BY: DataFusion's two-stage aggregation run incrementally. Each batch goes
 //! through the Partial aggregate; the partial states are the operator's state; when the
 //! watermark passes a window's end, the Final aggregate merges that window's states and emits
-//! its rows, once.
+//! its rows, once. Session windows are the same, their states first merged into sessions.
 
 use std::sync::Arc;
 
@@ -12,22 +12,26 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::open_states::OpenStates;
 use super::parallel::Keying;
+use super::sessions::Sessions;
 use super::two_stage::TwoStage;
 use super::Operator;
 use crate::error::Result;
 
-/// Open state is merged (PartialReduce) when it holds more rows than this many times the
-/// rows it held after the last merge.
-const MERGE_GROWTH: usize = 4;
-/// ...and at least this many rows.
-const MERGE_MIN_ROWS: usize = 65_536;
+/// Window open state is merged (PartialReduce) when it holds more rows than this many times the
+/// rows it held after the last merge, and at least as many rows as the second figure.
+const WINDOW_MERGE: (usize, usize) = (4, 65_536);
+/// Session open state is merged when it holds more rows than this many times its sessions, and
+/// at least as many rows as the second figure: each watermark that may close one sorts it.
+const SESSION_MERGE: (usize, usize) = (2, 4_096);
 
-/// Window aggregation over partial aggregate states.
+/// Window aggregation over partial aggregate states; session windows merge them as they grow.
 pub struct WindowAggregate {
     stages: TwoStage,
     /// Partial states of open windows.
     open: OpenStates,
     rows_after_merge: usize,
+    /// For session windows: how states merge into sessions.
+    sessions: Option<Sessions>,
 }
 
 impl WindowAggregate {
@@ -38,13 +42,43 @@ impl WindowAggregate {
             stages: TwoStage::new(final_)?,
             open: OpenStates::new(window_end),
             rows_after_merge: 0,
+            sessions: None,
+        })
+    }
+
+    /// A session aggregate: `window_start` and `window_end` are group columns `start` and
+    /// `end`, each row's own session, merged per key (the other group columns) as rows arrive.
+    pub fn sessions(final_: Arc<dyn ExecutionPlan>, start: usize, end: usize) -> Result<Self> {
+        let stages = TwoStage::new(final_)?;
+        let sessions = Sessions::new(&stages, start, end)?;
+        Ok(WindowAggregate {
+            stages,
+            open: OpenStates::new(end),
+            rows_after_merge: 0,
+            sessions: Some(sessions),
+        })
+    }
+
+    /// `states` with sessions merged (for session windows), and the rows a full merge would
+    /// leave (`None` for other windows).
+    fn merged(&self, states: RecordBatch) -> Result<(RecordBatch, Option<usize>)> {
+        Ok(match &self.sessions {
+            Some(s) => {
+                let (states, sessions) = s.sessionize(&states)?;
+                (states, Some(sessions))
+            }
+            None => (states, None),
         })
     }
 }
 
 impl Operator for WindowAggregate {
     fn kind(&self) -> &'static str {
-        "window_aggregate"
+        if self.sessions.is_some() {
+            "session_aggregate"
+        } else {
+            "window_aggregate"
+        }
     }
 
     fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
@@ -65,6 +99,7 @@ impl Operator for WindowAggregate {
             return Ok(Vec::new());
         }
         let all = concat_batches(self.stages.state_schema(), self.open.batches())?;
+        let (all, sessions) = self.merged(all)?;
         let closed = self.open.closed(&all, watermark)?;
         let emit = filter_record_batch(&all, &closed)?;
         let open = filter_record_batch(&all, &not(&closed)?)?;
@@ -73,9 +108,11 @@ impl Operator for WindowAggregate {
         } else {
             Vec::new()
         };
-        if open.num_rows() > MERGE_MIN_ROWS
-            && open.num_rows() > MERGE_GROWTH * self.rows_after_merge
-        {
+        let ((growth, least), baseline) = match sessions {
+            Some(n) => (SESSION_MERGE, n),
+            None => (WINDOW_MERGE, self.rows_after_merge),
+        };
+        if open.num_rows() > least && open.num_rows() > growth * baseline {
             self.open.set(self.stages.reduce(vec![open])?);
             self.rows_after_merge = self.open.rows();
         } else {
@@ -92,17 +129,18 @@ impl Operator for WindowAggregate {
         Ok(self.open.snapshot(full))
     }
 
+    /// Change files still hold the states of windows emitted since: those the checkpoint's
+    /// watermark had closed are dropped. Sessions are merged again first; a session closed then
+    /// cannot have grown after (a row joining it would have been late).
     fn restore(&mut self, state: &[RecordBatch], watermark: Option<i64>) -> Result<()> {
         self.open.clear_changes();
-        // Change files still hold the states of windows emitted since: drop those.
-        let mut open = Vec::with_capacity(state.len());
-        for batch in state {
-            open.push(match watermark {
-                Some(w) => filter_record_batch(batch, &not(&self.open.closed(batch, w)?)?)?,
-                None => batch.clone(),
-            });
-        }
-        self.open.set(open);
+        let all = concat_batches(self.stages.state_schema(), state)?;
+        let (all, _) = self.merged(all)?;
+        let open = match watermark {
+            Some(w) => filter_record_batch(&all, &not(&self.open.closed(&all, w)?)?)?,
+            None => all,
+        };
+        self.open.set(vec![open]);
         self.rows_after_merge = self.open.rows();
         Ok(())
     }
@@ -115,10 +153,17 @@ impl Operator for WindowAggregate {
         self.open.bytes()
     }
 
+    /// Windows are keyed by all their group columns; sessions by the columns besides the
+    /// window, so that a key's rows all go to one instance whatever their times.
     fn keying(&self) -> Option<Keying> {
-        Some(Keying {
-            input: self.stages.group_exprs().to_vec(),
-            state: (0..self.stages.groups()).collect(),
+        let exprs = self.stages.group_exprs();
+        let keys: Vec<usize> = match &self.sessions {
+            Some(s) => s.keys().to_vec(),
+            None => (0..self.stages.groups()).collect(),
+        };
+        (!keys.is_empty()).then(|| Keying {
+            input: keys.iter().map(|k| exprs[*k].clone()).collect(),
+            state: keys,
         })
     }
 }

@@ -1,49 +1,34 @@
-//! A GROUP BY over session windows: DataFusion's two-stage aggregation over sessions that grow
-//! as rows arrive. Each row comes as its own session `[time, time + gap)`; the partial states of
-//! a key whose sessions overlap are merged into one session (start of the first, end of the
-//! last), and a session is emitted, once, when the watermark passes its end.
+//! Session windows: how a window aggregate's partial states merge into sessions. Each row comes
+//! as its own session `[time, time + gap)`; the partial states of a key whose sessions overlap
+//! are merged into one session (start of the first, end of the last), which the window
+//! aggregate emits, once, when the watermark passes its end.
 
 use std::cmp::Ordering;
-use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array};
-use arrow::compute::{cast, concat_batches, filter_record_batch, not};
-use arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Int64Type};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
-use datafusion::physical_plan::ExecutionPlan;
 
-use super::open_states::OpenStates;
-use super::parallel::Keying;
 use super::two_stage::TwoStage;
-use super::Operator;
 use crate::error::Result;
 
-/// Open state is merged (PartialReduce) when it holds more rows than this many times its
-/// sessions...
-const MERGE_GROWTH: usize = 2;
-/// ...and at least this many rows.
-const MERGE_MIN_ROWS: usize = 4_096;
-
-/// Session window aggregation over partial aggregate states.
-pub struct SessionAggregate {
-    stages: TwoStage,
-    /// Columns of `window_start` and `window_end` in the state.
+/// Where a session aggregate's windows and keys are among its partial states' columns.
+pub struct Sessions {
+    /// Columns of `window_start` and `window_end`.
     start: usize,
     end: usize,
     /// The other group columns: the key sessions are per.
     keys: Vec<usize>,
     /// Compares keys.
     converter: Option<RowConverter>,
-    /// Partial states of open sessions, some not yet merged with their session.
-    open: OpenStates,
 }
 
-impl SessionAggregate {
-    /// An operator from the Final aggregate of a planned GROUP BY (whose input is the Partial
-    /// one) and the columns of `window_start` and `window_end` among its group columns.
-    pub fn new(final_: Arc<dyn ExecutionPlan>, start: usize, end: usize) -> Result<Self> {
-        let stages = TwoStage::new(final_)?;
+impl Sessions {
+    /// Sessions over the partial states of `stages`, whose group columns `start` and `end` are
+    /// `window_start` and `window_end`.
+    pub fn new(stages: &TwoStage, start: usize, end: usize) -> Result<Self> {
         let keys: Vec<usize> = (0..stages.groups())
             .filter(|c| *c != start && *c != end)
             .collect();
@@ -57,20 +42,23 @@ impl SessionAggregate {
                     .collect(),
             )?)
         };
-        Ok(SessionAggregate {
-            stages,
+        Ok(Sessions {
             start,
             end,
             keys,
             converter,
-            open: OpenStates::new(end),
         })
+    }
+
+    /// The group columns sessions are per.
+    pub fn keys(&self) -> &[usize] {
+        &self.keys
     }
 
     /// `states` with each row's window widened to its session: the sessions of a key that
     /// overlap become one, from the earliest start to the latest end. Also returns how many
     /// sessions there are.
-    fn sessionize(&self, states: &RecordBatch) -> Result<(RecordBatch, usize)> {
+    pub fn sessionize(&self, states: &RecordBatch) -> Result<(RecordBatch, usize)> {
         let start_column = states.column(self.start);
         let end_column = states.column(self.end);
         let starts = cast(start_column, &DataType::Int64)?;
@@ -133,102 +121,20 @@ impl SessionAggregate {
     }
 }
 
-impl Operator for SessionAggregate {
-    fn kind(&self) -> &'static str {
-        "session_aggregate"
-    }
-
-    fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        self.open.stage(self.stages.partial(batch)?);
-        Ok(Vec::new())
-    }
-
-    fn commit_batch(&mut self) {
-        self.open.commit();
-    }
-
-    fn abort_batch(&mut self) {
-        self.open.abort();
-    }
-
-    fn on_watermark(&mut self, watermark: i64) -> Result<Vec<RecordBatch>> {
-        if !self.open.may_close(watermark) {
-            return Ok(Vec::new());
-        }
-        let all = concat_batches(self.stages.state_schema(), self.open.batches())?;
-        let (all, sessions) = self.sessionize(&all)?;
-        let closed = self.open.closed(&all, watermark)?;
-        let emit = filter_record_batch(&all, &closed)?;
-        let open = filter_record_batch(&all, &not(&closed)?)?;
-        let out = if emit.num_rows() > 0 {
-            self.stages.finish(vec![emit])?
-        } else {
-            Vec::new()
-        };
-        if open.num_rows() > MERGE_MIN_ROWS && open.num_rows() > MERGE_GROWTH * sessions {
-            self.open.set(self.stages.reduce(vec![open])?);
-        } else {
-            self.open.set(vec![open]);
-        }
-        Ok(out)
-    }
-
-    fn state_schema(&self) -> Option<SchemaRef> {
-        Some(self.stages.state_schema().clone())
-    }
-
-    fn snapshot(&mut self, full: bool) -> Result<Vec<RecordBatch>> {
-        Ok(self.open.snapshot(full))
-    }
-
-    fn restore(&mut self, state: &[RecordBatch], watermark: Option<i64>) -> Result<()> {
-        self.open.clear_changes();
-        if state.is_empty() {
-            self.open.set(Vec::new());
-            return Ok(());
-        }
-        // Change files still hold the states of sessions emitted since: merged again, those
-        // sessions end by the checkpoint's watermark (no row arriving later could have joined
-        // them: it would have been late).
-        let all = concat_batches(self.stages.state_schema(), state)?;
-        let (all, _) = self.sessionize(&all)?;
-        let open = match watermark {
-            Some(w) => filter_record_batch(&all, &not(&self.open.closed(&all, w)?)?)?,
-            None => all,
-        };
-        self.open.set(vec![open]);
-        Ok(())
-    }
-
-    fn state_rows(&self) -> usize {
-        self.open.rows()
-    }
-
-    fn state_bytes(&self) -> usize {
-        self.open.bytes()
-    }
-
-    /// Sessions are per key: a key's rows all go to one instance, whatever their times.
-    fn keying(&self) -> Option<Keying> {
-        if self.keys.is_empty() {
-            return None;
-        }
-        let exprs = self.stages.group_exprs();
-        Some(Keying {
-            input: self.keys.iter().map(|k| exprs[*k].clone()).collect(),
-            state: self.keys.clone(),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use arrow::array::{Int64Array, TimestampMicrosecondArray};
     use arrow::datatypes::{Field, Schema, TimeUnit};
 
+    use std::sync::Arc;
+
+    use arrow::datatypes::SchemaRef;
+
     use super::*;
     use crate::runtime::event_time::{micros, END_OF_TIME};
     use crate::runtime::operator::tests::aggregate_plan;
+    use crate::runtime::operator::window_aggregate::WindowAggregate;
+    use crate::runtime::operator::Operator;
 
     const S: i64 = 1_000_000;
     const GAP: i64 = 10;
@@ -268,13 +174,13 @@ mod tests {
         .unwrap()
     }
 
-    async fn operator() -> SessionAggregate {
+    async fn operator() -> WindowAggregate {
         let plan = aggregate_plan(
             schema(),
             "SELECT window_start, window_end, k, count(*) AS n, sum(v) AS total FROM t GROUP BY window_start, window_end, k",
         )
         .await;
-        SessionAggregate::new(plan, 0, 1).unwrap()
+        WindowAggregate::sessions(plan, 0, 1).unwrap()
     }
 
     /// (start s, end s, k, n, total) of emitted rows, sorted; start and end -1 when NULL.
@@ -305,7 +211,7 @@ mod tests {
         out
     }
 
-    fn step(op: &mut SessionAggregate, rows: &[(Option<i64>, i64, i64)]) {
+    fn step(op: &mut WindowAggregate, rows: &[(Option<i64>, i64, i64)]) {
         assert!(op.process(0, batch(rows)).unwrap().is_empty());
         op.commit_batch();
     }

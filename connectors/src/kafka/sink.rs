@@ -133,25 +133,20 @@ impl Sink for KafkaSink {
             Some(i) => Some(message_keys(&batch, i)?),
             None => None,
         };
+        let topic = self.topic.clone();
         for (row, line) in body
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
             .enumerate()
         {
             let key = keys.as_ref().and_then(|k| k[row].clone());
-            let mut record = FutureRecord::to(&self.topic).payload(line);
+            let mut record = FutureRecord::to(&topic).payload(line);
             if let Some(k) = key.as_deref() {
                 record = record.key(k);
             }
-            let delivery = self.producer.send_result(record).map_err(|(e, _)| {
-                kafka_error(format!("queueing a message for {}", self.topic), e)
-            })?;
-            self.pending.push(delivery);
+            self.queue(record)?;
         }
-        if self.pending.len() > 100_000 {
-            self.drain().await?;
-        }
-        Ok(())
+        self.drain_when_full().await
     }
 
     async fn prepare(&mut self, _epoch: u64) -> Result<PreparedCommit> {
@@ -178,17 +173,34 @@ impl KafkaSink {
         };
         let keys = json_lines(&batch.project(&self.upsert_columns)?)?;
         let values = json_lines(&values)?;
+        let topic = self.topic.clone();
         for (row, (key, value)) in keys.iter().zip(&values).enumerate() {
             let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&self.topic).key(key.as_slice());
+                FutureRecord::to(&topic).key(key.as_slice());
             if !is_delete(&batch, row) {
                 record = record.payload(value.as_slice());
             }
-            let delivery = self.producer.send_result(record).map_err(|(e, _)| {
-                kafka_error(format!("queueing a message for {}", self.topic), e)
-            })?;
-            self.pending.push(delivery);
+            self.queue(record)?;
         }
+        self.drain_when_full().await
+    }
+
+    /// Hands one message to the producer; its delivery is awaited at the next drain.
+    fn queue<K, P>(&mut self, record: FutureRecord<'_, K, P>) -> Result<()>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| kafka_error(format!("queueing a message for {}", self.topic), e))?;
+        self.pending.push(delivery);
+        Ok(())
+    }
+
+    /// Awaits the queued deliveries once there are many.
+    async fn drain_when_full(&mut self) -> Result<()> {
         if self.pending.len() > 100_000 {
             self.drain().await?;
         }

@@ -93,7 +93,7 @@ for k in "${!result[@]}"; do echo "$k: $(printf '%s' "${result[$k]}" | tr '\n' '
 row() { # name, median line, optional overhead line
   local name="$1" line="$2" over="${3:-0 0 0}"
   awk -v name="$name" -v rows="$ROWS" -v line="$line" -v over="$over" '
-  function c(x,   s) { s = sprintf("%.0f", x); while (s ~ /[0-9]{4}/) sub(/[0-9]{3}($|,)/, ",&", s); gsub(/,,/, ",", s); return s }
+  function c(x,   s) { s = sprintf("%.0f", x); while (s ~ /[0-9][0-9][0-9][0-9]/) sub(/[0-9][0-9][0-9]($|,)/, ",&", s); gsub(/,,/, ",", s); return s }
   BEGIN {
     split(line, m, " "); split(over, o, " ");
     wall = m[1]; cpu = m[2]; nw = wall - o[1]; nc = cpu - o[2];

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::Array;
-use arrow::datatypes::SchemaRef;
+use arrow::array::{ArrayRef, AsArray};
+use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use arrow::record_batch::RecordBatch;
 use chrono::Utc;
 use tokio::sync::{mpsc, watch};
@@ -409,7 +409,12 @@ fn apply_event_time(
         Some(w) if batch.num_rows() > 0 => Some((w, event_time.late(&batch, w)?)),
         _ => None,
     };
+    // The watermark each row that is not late implies.
     let implied = event_time.watermarks(&batch)?;
+    let implied: ArrayRef = match &late {
+        Some((_, late)) => arrow::compute::nullif(&implied, late)?,
+        None => Arc::new(implied),
+    };
     let now = Instant::now();
     let whole = [SplitRows {
         split: String::new(),
@@ -425,10 +430,8 @@ fn apply_event_time(
         if split.rows == 0 {
             at.watermarks.see(&split.split, now);
         } else {
-            let highest = (offset..end)
-                .filter(|i| implied.is_valid(*i) && !late.as_ref().is_some_and(|l| l.1.value(*i)))
-                .map(|i| implied.value(i))
-                .max();
+            let rows = implied.slice(offset, end - offset);
+            let highest = arrow::compute::max(rows.as_primitive::<TimestampMicrosecondType>());
             at.watermarks.rows(&split.split, highest, now);
         }
         offset = end;

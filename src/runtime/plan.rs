@@ -53,22 +53,15 @@ pub enum OperatorSpec {
         keys: usize,
     },
     /// GROUP BY a window: partial aggregate states per batch, rows emitted once the watermark
-    /// passes the window's end.
+    /// passes the window's end. Session windows merge a key's overlapping states first.
     WindowAggregate {
         /// DataFusion's AggregateExec in Final mode over its Partial one.
         aggregate: Arc<dyn ExecutionPlan>,
         /// Which group column is `window_end`.
         window_end: usize,
-    },
-    /// GROUP BY a session window: sessions per key merged as rows arrive, emitted once the
-    /// watermark passes their end.
-    SessionAggregate {
-        /// DataFusion's AggregateExec in Final mode over its Partial one.
-        aggregate: Arc<dyn ExecutionPlan>,
-        /// Which group column is `window_start`.
-        window_start: usize,
-        /// Which group column is `window_end`.
-        window_end: usize,
+        /// For session windows, which group column is `window_start` (sessions are per the
+        /// other group columns).
+        session_start: Option<usize>,
     },
 }
 
@@ -165,14 +158,15 @@ impl OperatorSpec {
             OperatorSpec::WindowAggregate {
                 aggregate,
                 window_end,
+                session_start: None,
             } => Box::new(WindowAggregate::new(aggregate.clone(), *window_end)?),
-            OperatorSpec::SessionAggregate {
+            OperatorSpec::WindowAggregate {
                 aggregate,
-                window_start,
                 window_end,
+                session_start: Some(start),
             } => Box::new(WindowAggregate::sessions(
                 aggregate.clone(),
-                *window_start,
+                *start,
                 *window_end,
             )?),
         })

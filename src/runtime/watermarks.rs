@@ -82,10 +82,11 @@ impl Watermarks {
     /// Split `split` gave rows implying watermark `watermark` (`None` when none had a time).
     pub fn rows(&mut self, split: &str, watermark: Option<i64>, now: Instant) {
         self.see(split, now);
-        let s = self.splits.get_mut(split).expect("seen above");
-        s.active_at = now;
-        if let Some(w) = watermark {
-            s.watermark = Some(s.watermark.map_or(w, |old| old.max(w)));
+        if let Some(s) = self.splits.get_mut(split) {
+            s.active_at = now;
+            if let Some(w) = watermark {
+                s.watermark = Some(s.watermark.map_or(w, |old| old.max(w)));
+            }
         }
     }
 

@@ -134,8 +134,11 @@ fn push(cx: &mut Lowering, operator: OperatorSpec, input: Input) -> Input {
         OperatorSpec::Filter(_) => format!("filter{index}"),
         OperatorSpec::Having { .. } => format!("having{index}"),
         OperatorSpec::Project { .. } => format!("project{index}"),
-        OperatorSpec::WindowAggregate { .. } => format!("window{index}"),
-        OperatorSpec::SessionAggregate { .. } => format!("session{index}"),
+        OperatorSpec::WindowAggregate {
+            session_start: None,
+            ..
+        } => format!("window{index}"),
+        OperatorSpec::WindowAggregate { .. } => format!("session{index}"),
         OperatorSpec::Unnest(_) => format!("unnest{index}"),
         OperatorSpec::UpdatingAggregate { .. } => format!("aggregate{index}"),
     };
@@ -259,21 +262,7 @@ fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
             if let Some(session) = find_session(&agg.input)? {
                 return lower_session_aggregate(agg, &group_names, session, cx);
             }
-            let (source, scan, from) = lower(&agg.input, cx)?;
-            let aggregate = plan_aggregate(agg, cx.state)?;
-            cx.windowed = true;
-            Ok((
-                source,
-                scan,
-                push(
-                    cx,
-                    OperatorSpec::WindowAggregate {
-                        aggregate,
-                        window_end,
-                    },
-                    from,
-                ),
-            ))
+            lower_window_aggregate(agg, window_end, None, cx)
         }
         LogicalPlan::Unnest(unnest) => {
             let (source, scan, from) = lower(&unnest.input, cx)?;
@@ -436,22 +425,25 @@ fn lower_session_aggregate(
             )));
         }
     }
+    lower_window_aggregate(agg, window_end, Some(window_start), cx)
+}
+
+/// A GROUP BY whose rows the watermark closes: windows, or sessions starting at `session_start`.
+fn lower_window_aggregate(
+    agg: &datafusion::logical_expr::Aggregate,
+    window_end: usize,
+    session_start: Option<usize>,
+    cx: &mut Lowering,
+) -> Result<Lowered> {
     let (source, scan, from) = lower(&agg.input, cx)?;
     let aggregate = plan_aggregate(agg, cx.state)?;
     cx.windowed = true;
-    Ok((
-        source,
-        scan,
-        push(
-            cx,
-            OperatorSpec::SessionAggregate {
-                aggregate,
-                window_start,
-                window_end,
-            },
-            from,
-        ),
-    ))
+    let operator = OperatorSpec::WindowAggregate {
+        aggregate,
+        window_end,
+        session_start,
+    };
+    Ok((source, scan, push(cx, operator, from)))
 }
 
 /// A GROUP BY without a window: one state per group, the changed groups emitted at each

@@ -19,24 +19,9 @@ CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 WORK="$CACHE/bench/nexmark-$BIDS"
 OUT="benches/results/compare.md"
-FLINK_VERSION=2.3.0
-DUCKDB_VERSION=2.0.1
-VENV="$CACHE/compare-venv"
-
-command -v java >/dev/null || { echo "compare.sh needs a Java runtime for Flink (apt-get install default-jre-headless)" >&2; exit 1; }
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.pkgs" 2>/dev/null)" != "$FLINK_VERSION $DUCKDB_VERSION" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q "apache-flink==$FLINK_VERSION" "duckdb==$DUCKDB_VERSION"
-  echo "$FLINK_VERSION $DUCKDB_VERSION" > "$VENV/.pkgs"
-fi
-[ -s "$WORK/bids.jsonl" ] || FILES_ONLY=1 BIDS="$BIDS" bash benches/nexmark.sh
-cargo build --release --bin tributary >&2
-BIN="$CARGO_TARGET_DIR/release/tributary"
-FILE="$WORK/bids.jsonl"
-ROWS=$(wc -l < "$FILE")
+# shellcheck source=benches/compare_lib.sh
+. benches/compare_lib.sh
 BYTES=$(stat -c %s "$FILE")
-head -1 "$FILE" > "$WORK/one.jsonl"
 RUN="$WORK/compare"
 mkdir -p "$RUN"
 
@@ -70,7 +55,6 @@ printf 'CREATE SOURCE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel 
 
 # "wall cpu rss_kb" of a command and everything it starts (benches/measure.py: machine-wide busy
 # time, so the JVM that PyFlink starts and does not wait for is counted; run on an idle machine).
-measure() { python3 benches/measure.py "$@" 2> "$RUN/stderr.txt" || { tail -30 "$RUN/stderr.txt" >&2; return 1; }; }
 
 median() { # lines "wall cpu rss" -> the line of the median wall time
   sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'

@@ -25,23 +25,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 # shellcheck source=benches/nexmark_lib.sh
 . benches/nexmark_lib.sh
 OUT="benches/results/compare-stateful.md"
-FLINK_VERSION=2.3.0
-DUCKDB_VERSION=2.0.1
-VENV="$CACHE/compare-venv" # shared with benches/compare.sh
-
-command -v java >/dev/null || { echo "compare_stateful.sh needs a Java runtime for Flink (apt-get install default-jre-headless)" >&2; exit 1; }
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.pkgs" 2>/dev/null)" != "$FLINK_VERSION $DUCKDB_VERSION" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q "apache-flink==$FLINK_VERSION" "duckdb==$DUCKDB_VERSION"
-  echo "$FLINK_VERSION $DUCKDB_VERSION" > "$VENV/.pkgs"
-fi
-[ -s "$WORK/bids.jsonl" ] || FILES_ONLY=1 BIDS="$BIDS" bash benches/nexmark.sh
-cargo build --release --bin tributary >&2
-BIN="$CARGO_TARGET_DIR/release/tributary"
-FILE="$WORK/bids.jsonl"
-ROWS=$(wc -l < "$FILE")
-head -1 "$FILE" > "$WORK/one.jsonl"
+# shellcheck source=benches/compare_lib.sh
+. benches/compare_lib.sh
 RUN="$WORK/compare-stateful"
 mkdir -p "$RUN"
 
@@ -123,7 +108,6 @@ env.create_temporary_table("out", TableDescriptor.for_connector("blackhole")
 result.execute_insert("out").wait()
 PY
 
-measure() { python3 benches/measure.py "$@" 2> "$RUN/stderr.txt" || { tail -30 "$RUN/stderr.txt" >&2; return 1; }; }
 median() { sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
 row() { # query, engine, median line "wall cpu rss_kb", optional fixed-cost line subtracted in the net columns
   awk -v q="$1" -v name="$2" -v rows="$ROWS" -v line="$3" -v over="${4:-0 0 0}" '

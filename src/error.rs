@@ -71,6 +71,9 @@ pub enum Error {
     /// A statement beyond a size limit.
     #[error("{0}")]
     ProgramLimit(String),
+    /// A pipeline's operator state does not fit its memory budget and cannot spill.
+    #[error("{0}")]
+    StateMemoryExhausted(String),
     /// A bug.
     #[error("internal error: {0} (this is a bug in Tributary, please report it)")]
     Internal(String),
@@ -152,8 +155,23 @@ impl Error {
             Error::CheckpointUnreadable { .. } => "XX001",
             Error::StackDepth(_) => "54001",
             Error::ProgramLimit(_) => "54000",
+            Error::StateMemoryExhausted(_) => "53200",
             Error::Internal(_) => "XX000",
             Error::At { error, .. } => error.sqlstate(),
+        }
+    }
+
+    /// Whether the error is about resources (memory, disk) rather than the data: retrying the
+    /// rows one by one cannot help.
+    pub fn is_resource_error(&self) -> bool {
+        match self {
+            Error::StateMemoryExhausted(_) | Error::Io { .. } => true,
+            Error::DataFusion(e) => matches!(
+                e.find_root(),
+                DataFusionError::ResourcesExhausted(_) | DataFusionError::IoError(_)
+            ),
+            Error::At { error, .. } => error.is_resource_error(),
+            _ => false,
         }
     }
 

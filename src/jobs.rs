@@ -145,6 +145,7 @@ const PIPELINE_OPTIONS: &[&str] = &[
     "idle_timeout",
     "parallelism",
     "state_ttl",
+    "state_memory",
 ];
 
 /// How long a split (a Kafka partition) may give no rows before it stops holding the
@@ -239,10 +240,26 @@ fn pipeline_settings(options: &BTreeMap<String, String>) -> Result<PipelineSetti
             )
         })?),
     };
+    let least = crate::runtime::memory::MIN_STATE_MEMORY;
+    let state_memory = match options.get("state_memory") {
+        None => None,
+        Some(v) => Some(
+            crate::runtime::memory::parse_size(v)
+                .filter(|n| *n >= least)
+                .ok_or_else(|| {
+                    invalid(
+                        "state_memory",
+                        v,
+                        "expected a size of at least 4 MB, such as '512 MB' or '2 GB'",
+                    )
+                })?,
+        ),
+    };
     Ok(PipelineSettings {
         mode,
         parallelism,
         state_ttl,
+        state_memory,
         checkpoint_interval,
         on_error,
         keep_late,

@@ -457,6 +457,7 @@ impl SystemSchema {
                                     rows_out: figures.rows_out,
                                     state_rows: figures.state_rows,
                                     state_bytes: figures.state_bytes,
+                                    spilled_bytes: figures.spilled_bytes,
                                     ..op.clone()
                                 };
                                 rows.push((st.name.clone(), op, ratio, i as i64));
@@ -491,6 +492,10 @@ impl SystemSchema {
                     (
                         "state_bytes",
                         count(rows.iter().map(|r| r.1.state_bytes).collect()),
+                    ),
+                    (
+                        "spilled_bytes",
+                        count(rows.iter().map(|r| r.1.spilled_bytes).collect()),
                     ),
                     (
                         "watermark",

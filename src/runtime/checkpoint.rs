@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use tributary_connectors::{PreparedCommit, SourcePosition};
 
@@ -130,35 +130,51 @@ impl CheckpointStore {
         Ok(())
     }
 
-    /// Writes a state file (immutable; `path` is inside the pipeline's directory).
-    pub async fn put_file(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
-        self.store
-            .put(&self.file_path(path), PutPayload::from(bytes))
+    /// Starts writing a state file in parts (immutable; `path` is inside the pipeline's
+    /// directory): it appears whole when finished, or not at all.
+    pub async fn upload(&self, path: &str) -> Result<StateUpload> {
+        let failed = |e: object_store::Error| {
+            Error::Internal(format!(
+                "writing state file {}: {e}",
+                self.describe_file(path)
+            ))
+        };
+        let upload = self
+            .store
+            .put_multipart(&self.file_path(path))
             .await
-            .map_err(|e| {
-                Error::Internal(format!(
-                    "writing state file {}: {e}",
-                    self.describe_file(path)
-                ))
-            })?;
-        Ok(())
+            .map_err(failed)?;
+        Ok(StateUpload {
+            upload: WriteMultipart::new(upload),
+            bytes: 0,
+            file: self.describe_file(path),
+        })
     }
 
-    /// Reads a state file; a missing or unreadable one is a damaged checkpoint.
-    pub async fn get_file(&self, path: &str) -> Result<Vec<u8>> {
+    /// Copies a state file to the local file `to`, a part at a time; a missing or unreadable
+    /// one is a damaged checkpoint.
+    pub async fn download(&self, path: &str, to: &std::path::Path) -> Result<()> {
+        use std::io::Write;
         let unreadable = |e: object_store::Error| Error::CheckpointUnreadable {
             file: self.describe_file(path),
             reason: e.to_string(),
         };
-        let bytes = self
+        let mut parts = self
             .store
             .get(&self.file_path(path))
             .await
             .map_err(unreadable)?
-            .bytes()
-            .await
-            .map_err(unreadable)?;
-        Ok(bytes.to_vec())
+            .into_stream();
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(to)
+                .map_err(|e| Error::io(format!("creating {}", to.display()), e))?,
+        );
+        while let Some(part) = parts.try_next().await.map_err(unreadable)? {
+            out.write_all(&part)
+                .map_err(|e| Error::io(format!("writing {}", to.display()), e))?;
+        }
+        out.flush()
+            .map_err(|e| Error::io(format!("writing {}", to.display()), e))
     }
 
     fn file_path(&self, path: &str) -> Path {
@@ -289,5 +305,35 @@ mod tests {
         let e = store.latest().await.unwrap_err();
         assert!(matches!(e, Error::CheckpointUnreadable { .. }), "{e}");
         assert!(e.to_string().contains(&file.display().to_string()), "{e}");
+    }
+}
+
+/// A state file being written in parts.
+pub struct StateUpload {
+    upload: WriteMultipart,
+    bytes: u64,
+    file: String,
+}
+
+impl StateUpload {
+    /// Appends `bytes`, waiting while too many parts are in flight.
+    pub async fn write(&mut self, bytes: Vec<u8>) -> Result<()> {
+        self.upload
+            .wait_for_capacity(4)
+            .await
+            .map_err(|e| Error::Internal(format!("writing state file {}: {e}", self.file)))?;
+        self.bytes += bytes.len() as u64;
+        self.upload.put(bytes.into());
+        Ok(())
+    }
+
+    /// Completes the file; returns its size.
+    pub async fn finish(self) -> Result<u64> {
+        let file = self.file;
+        self.upload
+            .finish()
+            .await
+            .map_err(|e| Error::Internal(format!("writing state file {file}: {e}")))?;
+        Ok(self.bytes)
     }
 }

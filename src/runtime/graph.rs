@@ -1,12 +1,15 @@
 //! A running pipeline's operators, connected as a graph: pushes each source batch through them
 //! to the sink, all or nothing, and collects their state and statistics for checkpoints.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
+use super::memory::StateMemory;
 use super::operator::parallel::InstanceStats;
+use super::operator::spill::StateChunk;
 use super::operator::Operator;
 use super::plan::Input;
 use crate::error::{Error, Result};
@@ -37,6 +40,8 @@ pub struct OperatorStats {
     pub state_rows: u64,
     /// Bytes of state held in memory.
     pub state_bytes: u64,
+    /// Bytes of state spilled to disk.
+    pub spilled_bytes: u64,
     /// Time spent processing.
     pub busy: Duration,
     /// The last watermark it was given (UTC microseconds).
@@ -52,6 +57,7 @@ pub struct OperatorGraph {
     source_consumers: Vec<(usize, usize)>,
     output: Input,
     output_schema: SchemaRef,
+    memory: Arc<StateMemory>,
 }
 
 impl OperatorGraph {
@@ -61,6 +67,7 @@ impl OperatorGraph {
         operators: Vec<(String, Box<dyn Operator>, Vec<Input>)>,
         output: Input,
         output_schema: SchemaRef,
+        memory: Arc<StateMemory>,
     ) -> Result<Self> {
         let mut nodes: Vec<Node> = Vec::with_capacity(operators.len());
         let mut source_consumers = Vec::new();
@@ -100,6 +107,7 @@ impl OperatorGraph {
             source_consumers,
             output,
             output_schema,
+            memory,
         })
     }
 
@@ -110,6 +118,7 @@ impl OperatorGraph {
         let result = self.push_all(None, batch, &mut out);
         self.settle(result.is_ok());
         result?;
+        self.fit_memory()?;
         self.to_output(out)
     }
 
@@ -163,6 +172,11 @@ impl OperatorGraph {
             .collect()
     }
 
+    /// The run's state memory: its disk manager holds spilled and restored state files.
+    pub fn memory(&self) -> &Arc<StateMemory> {
+        &self.memory
+    }
+
     /// Ids of the stateful operators, with their state schemas.
     pub fn stateful(&self) -> Vec<(String, SchemaRef)> {
         self.nodes
@@ -172,7 +186,7 @@ impl OperatorGraph {
     }
 
     /// The state of operator `id`: everything when `full`, else the changes since its last snapshot.
-    pub fn snapshot(&mut self, id: &str, full: bool) -> Result<Vec<RecordBatch>> {
+    pub fn snapshot(&mut self, id: &str, full: bool) -> Result<Vec<StateChunk>> {
         self.node_mut(id)?.operator.snapshot(full)
     }
 
@@ -193,10 +207,20 @@ impl OperatorGraph {
     pub fn restore(
         &mut self,
         id: &str,
-        state: &[RecordBatch],
+        state: Vec<StateChunk>,
         watermark: Option<i64>,
     ) -> Result<()> {
         self.node_mut(id)?.operator.restore(state, watermark)
+    }
+
+    /// Brings every operator's state in memory within its budget (spilling), or fails with
+    /// [`Error::StateMemoryExhausted`]: the batches it holds are committed, so the pipeline
+    /// must stop rather than take that for a bad batch.
+    fn fit_memory(&mut self) -> Result<()> {
+        for node in &mut self.nodes {
+            node.operator.fit_memory()?;
+        }
+        Ok(())
     }
 
     /// Advances every operator's watermark, in graph order, and returns what reaches the sink.
@@ -236,6 +260,7 @@ impl OperatorGraph {
             self.settle(result.is_ok());
             result?;
         }
+        self.fit_memory()?;
         self.to_output(out)
     }
 
@@ -267,6 +292,7 @@ impl OperatorGraph {
             .map(|n| OperatorStats {
                 state_rows: n.operator.state_rows() as u64,
                 state_bytes: n.operator.state_bytes() as u64,
+                spilled_bytes: n.operator.spilled_bytes(),
                 instances: n.operator.instances(),
                 ..n.stats.clone()
             })
@@ -284,6 +310,7 @@ pub(crate) mod tests {
     use datafusion::physical_expr::expressions::{binary, col, lit};
 
     use super::*;
+    use crate::runtime::operator::spill::load;
     use crate::runtime::plan::{NodeSpec, OperatorSpec, PipelinePlan, RunOptions};
 
     /// `SELECT 100 / a AS x FROM (SELECT DISTINCT a FROM s)`: a distinct, then a projection
@@ -400,13 +427,13 @@ pub(crate) mod tests {
             assert_eq!(graph.stateful().len(), 1);
             graph.process(batch(&[1, 2, 2])).unwrap();
             let first = graph.snapshot("dedup0", false).unwrap();
-            assert_eq!(sorted(&first), vec![1, 2]);
+            assert_eq!(sorted(&load(&first).unwrap()), vec![1, 2]);
             graph.process(batch(&[2, 3])).unwrap();
             let second = graph.snapshot("dedup0", false).unwrap();
-            assert_eq!(sorted(&second), vec![3]);
+            assert_eq!(sorted(&load(&second).unwrap()), vec![3]);
             assert!(graph.snapshot("dedup0", false).unwrap().is_empty());
             assert_eq!(
-                sorted(&graph.snapshot("dedup0", true).unwrap()),
+                sorted(&load(&graph.snapshot("dedup0", true).unwrap()).unwrap()),
                 vec![1, 2, 3]
             );
 
@@ -417,7 +444,7 @@ pub(crate) mod tests {
                 })
                 .unwrap();
             restored
-                .restore("dedup0", &[first, second].concat(), None)
+                .restore("dedup0", [first, second].concat(), None)
                 .unwrap();
             assert_eq!(
                 sorted(&restored.process(batch(&[3, 4, 1, 5])).unwrap()),

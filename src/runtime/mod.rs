@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod event_time;
 pub mod graph;
+pub mod memory;
 pub mod operator;
 pub mod pipeline;
 pub mod plan;

@@ -62,6 +62,8 @@ pub struct PipelineSettings {
     pub parallelism: usize,
     /// How long an updating aggregate keeps a group that does not change.
     pub state_ttl: Option<Duration>,
+    /// Bytes of operator state held in memory before it spills to disk.
+    pub state_memory: Option<usize>,
 }
 
 /// Everything a pipeline run needs, resolved by the control plane.
@@ -139,6 +141,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
         let mut graph = job.plan.instantiate(RunOptions {
             parallelism: job.settings.parallelism,
             state_ttl: job.settings.state_ttl,
+            state_memory: job.settings.state_memory,
         })?;
         let mut operator_states = Default::default();
         let mut epoch = 0u64;
@@ -506,7 +509,7 @@ async fn handle_batch(
         Some(p) => batch.project(p)?,
         None => batch,
     };
-    let (outputs, failed) = process_isolating(graph, batch);
+    let (outputs, failed) = process_isolating(graph, batch)?;
     if let Some((_, msg)) = failed.first() {
         if job.settings.on_error == OnError::Fail {
             return Err(Error::Plan(format!(
@@ -543,24 +546,28 @@ async fn handle_batch(
 }
 
 /// Runs the graph; when it fails on a batch, splits the batch to find the rows it fails on and
-/// returns those (as JSON text, with the error) apart from the rows that went through.
-fn process_isolating(
-    graph: &mut OperatorGraph,
-    batch: RecordBatch,
-) -> (Vec<RecordBatch>, Vec<(String, String)>) {
+/// returns those (as JSON text, with the error) apart from the rows that went through. State
+/// beyond its memory, or a disk that fails, is no row's fault: the pipeline fails.
+fn process_isolating(graph: &mut OperatorGraph, batch: RecordBatch) -> Result<ProcessedBatch> {
     match graph.process(batch.clone()) {
-        Ok(out) => (out, Vec::new()),
-        Err(e) if batch.num_rows() <= 1 => (Vec::new(), vec![(row_json(&batch), e.to_string())]),
+        Ok(out) => Ok((out, Vec::new())),
+        Err(e) if e.is_resource_error() => Err(e),
+        Err(e) if batch.num_rows() <= 1 => {
+            Ok((Vec::new(), vec![(row_json(&batch), e.to_string())]))
+        }
         Err(_) => {
             let mid = batch.num_rows() / 2;
-            let (mut a, mut fa) = process_isolating(graph, batch.slice(0, mid));
-            let (b, fb) = process_isolating(graph, batch.slice(mid, batch.num_rows() - mid));
+            let (mut a, mut fa) = process_isolating(graph, batch.slice(0, mid))?;
+            let (b, fb) = process_isolating(graph, batch.slice(mid, batch.num_rows() - mid))?;
             a.extend(b);
             fa.extend(fb);
-            (a, fa)
+            Ok((a, fa))
         }
     }
 }
+
+/// What reached the sink, and the rows the graph failed on (as JSON text, with the error).
+type ProcessedBatch = (Vec<RecordBatch>, Vec<(String, String)>);
 
 fn row_json(batch: &RecordBatch) -> String {
     let mut w = arrow_json::LineDelimitedWriter::new(Vec::new());

@@ -9,6 +9,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::event_time::EventTime;
 use super::graph::OperatorGraph;
+use super::memory::StateMemory;
 use super::operator::distinct::Distinct;
 use super::operator::parallel::Parallel;
 use super::operator::stateless::{Filter, Having, Project};
@@ -114,6 +115,8 @@ pub struct RunOptions {
     pub parallelism: usize,
     /// How long an updating aggregate keeps a group that does not change.
     pub state_ttl: Option<std::time::Duration>,
+    /// Bytes of operator state held in memory before it spills (the default when `None`).
+    pub state_memory: Option<usize>,
 }
 
 impl Default for RunOptions {
@@ -121,27 +124,38 @@ impl Default for RunOptions {
         RunOptions {
             parallelism: 1,
             state_ttl: None,
+            state_memory: None,
         }
     }
 }
 
 impl OperatorSpec {
     /// The operator, as several instances when it is keyed.
-    fn instantiate(&self, options: RunOptions) -> Result<Box<dyn Operator>> {
-        let first = self.instance(options)?;
+    fn instantiate(
+        &self,
+        options: RunOptions,
+        memory: &Arc<StateMemory>,
+    ) -> Result<Box<dyn Operator>> {
+        let first = self.instance(options, memory)?;
         match first.keying() {
             Some(keying) if options.parallelism > 1 => {
                 let mut instances = vec![first];
                 for _ in 1..options.parallelism {
-                    instances.push(self.instance(options)?);
+                    instances.push(self.instance(options, memory)?);
                 }
-                Ok(Box::new(Parallel::new(instances, keying)?))
+                Ok(Box::new(
+                    Parallel::new(instances, keying)?.with_memory(memory),
+                ))
             }
             _ => Ok(first),
         }
     }
 
-    fn instance(&self, options: RunOptions) -> Result<Box<dyn Operator>> {
+    fn instance(
+        &self,
+        options: RunOptions,
+        memory: &Arc<StateMemory>,
+    ) -> Result<Box<dyn Operator>> {
         Ok(match self {
             OperatorSpec::Filter(predicate) => Box::new(Filter::new(predicate.clone())),
             OperatorSpec::Having { predicate, schema } => {
@@ -150,25 +164,29 @@ impl OperatorSpec {
             OperatorSpec::Project { exprs, schema } => {
                 Box::new(Project::new(exprs.clone(), schema.clone()))
             }
-            OperatorSpec::Distinct { schema } => Box::new(Distinct::new(schema.clone())?),
+            OperatorSpec::Distinct { schema } => {
+                Box::new(Distinct::new(schema.clone())?.with_memory(memory))
+            }
             OperatorSpec::Unnest(plan) => Box::new(Unnest::new(plan.clone())?),
             OperatorSpec::UpdatingAggregate { aggregate, keys } => Box::new(
-                UpdatingAggregate::new(aggregate.clone(), *keys, options.state_ttl)?,
+                UpdatingAggregate::new(aggregate.clone(), *keys, options.state_ttl)?
+                    .with_memory(memory),
             ),
             OperatorSpec::WindowAggregate {
                 aggregate,
                 window_end,
                 session_start: None,
-            } => Box::new(WindowAggregate::new(aggregate.clone(), *window_end)?),
+            } => {
+                Box::new(WindowAggregate::new(aggregate.clone(), *window_end)?.with_memory(memory))
+            }
             OperatorSpec::WindowAggregate {
                 aggregate,
                 window_end,
                 session_start: Some(start),
-            } => Box::new(WindowAggregate::sessions(
-                aggregate.clone(),
-                *start,
-                *window_end,
-            )?),
+            } => Box::new(
+                WindowAggregate::sessions(aggregate.clone(), *start, *window_end)?
+                    .with_memory(memory),
+            ),
         })
     }
 }
@@ -176,17 +194,18 @@ impl OperatorSpec {
 impl PipelinePlan {
     /// A fresh graph of operators for one run, with empty state.
     pub fn instantiate(&self, options: RunOptions) -> Result<OperatorGraph> {
+        let memory = StateMemory::new(options.state_memory)?;
         let operators = self
             .nodes
             .iter()
             .map(|n| {
                 Ok((
                     n.id.clone(),
-                    n.operator.instantiate(options)?,
+                    n.operator.instantiate(options, &memory)?,
                     n.inputs.clone(),
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        OperatorGraph::new(operators, self.output, self.output_schema.clone())
+        OperatorGraph::new(operators, self.output, self.output_schema.clone(), memory)
     }
 }

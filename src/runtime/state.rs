@@ -5,19 +5,22 @@
 use std::collections::BTreeMap;
 
 use arrow::datatypes::SchemaRef;
-use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::{FileWriter, IpcWriteOptions};
 use arrow::ipc::CompressionType;
-use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::CheckpointStore;
 use super::graph::OperatorGraph;
+use super::memory::StateMemory;
 use super::operator::distinct::rows_from_row_format;
+use super::operator::spill::{SpillFile, StateChunk};
 use crate::error::{Error, Result};
 
 /// An operator's state is rewritten whole (compacted into one file) once it spans this many files.
 const COMPACT_AFTER_FILES: usize = 8;
+
+/// A state file is uploaded in parts of about this size.
+const UPLOAD_PART: usize = 8 << 20;
 
 /// One state file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,19 +68,18 @@ pub async fn write_states(
         let full = files.is_empty()
             || files.len() >= COMPACT_AFTER_FILES
             || graph.wants_full_snapshot(&id);
-        let batches = graph.snapshot(&id, full)?;
+        let chunks = graph.snapshot(&id, full)?;
         if full {
             files.clear();
         }
-        if !batches.is_empty() {
+        let rows: usize = chunks.iter().map(StateChunk::rows).sum();
+        if rows > 0 {
             let path = format!("state/{id}/{epoch:020}.arrow");
-            let bytes = encode(&schema, &batches)?;
-            let size = bytes.len() as u64;
-            store.put_file(&path, bytes).await?;
+            let bytes = write_file(store, &path, &schema, &chunks).await?;
             files.push(StateFile {
                 path,
-                rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
-                bytes: size,
+                rows: rows as u64,
+                bytes,
             });
         }
         out.insert(id, OperatorState::Files { files });
@@ -87,7 +89,8 @@ pub async fn write_states(
 
 /// Restores every stateful operator of `graph` from a checkpoint's states. A stateful operator
 /// the checkpoint holds nothing for, or a file that cannot be read, is an error: resuming with
-/// empty state would emit again what was already emitted.
+/// empty state would emit again what was already emitted. Files are fetched to local disk and
+/// handed over as they are: operators read them a batch at a time.
 pub async fn restore_states(
     store: &CheckpointStore,
     graph: &mut OperatorGraph,
@@ -96,7 +99,7 @@ pub async fn restore_states(
     watermark: Option<i64>,
 ) -> Result<()> {
     for (id, schema) in graph.stateful() {
-        let batches = match states.get(&id) {
+        let chunks = match states.get(&id) {
             None => {
                 return Err(Error::CheckpointUnreadable {
                     file: store.describe(epoch),
@@ -104,17 +107,14 @@ pub async fn restore_states(
                 })
             }
             Some(OperatorState::Files { files }) => {
-                let mut batches = Vec::new();
+                let memory = graph.memory().clone();
+                let mut chunks = Vec::new();
                 for f in files {
-                    let bytes = store.get_file(&f.path).await?;
-                    batches.extend(decode(&schema, bytes).map_err(|reason| {
-                        Error::CheckpointUnreadable {
-                            file: store.describe_file(&f.path),
-                            reason,
-                        }
-                    })?);
+                    chunks.push(StateChunk::Spilled(
+                        fetch(store, &memory, &schema, f).await?,
+                    ));
                 }
-                batches
+                chunks
             }
             Some(OperatorState::RowFormatKeys { seen }) => {
                 let keys = seen
@@ -125,12 +125,40 @@ pub async fn restore_states(
                         file: store.describe(epoch),
                         reason: format!("the state of {id} is not hex"),
                     })?;
-                vec![rows_from_row_format(schema, &keys)?]
+                vec![StateChunk::Batch(rows_from_row_format(schema, &keys)?)]
             }
         };
-        graph.restore(&id, &batches, watermark)?;
+        graph.restore(&id, chunks, watermark)?;
     }
     Ok(())
+}
+
+/// A state file fetched to a local temporary file, checked to hold `schema`'s columns.
+async fn fetch(
+    store: &CheckpointStore,
+    memory: &StateMemory,
+    schema: &SchemaRef,
+    f: &StateFile,
+) -> Result<SpillFile> {
+    let local = memory.temp_file("restoring operator state")?;
+    let to = local
+        .path()
+        .ok_or_else(|| Error::Internal("state files are fetched to local files".into()))?;
+    store.download(&f.path, to).await?;
+    let unreadable = |reason: String| Error::CheckpointUnreadable {
+        file: store.describe_file(&f.path),
+        reason,
+    };
+    let file = SpillFile::adopt(local, f.rows as usize)?;
+    let found = file.schema().map_err(|e| unreadable(e.to_string()))?;
+    if found.fields() != schema.fields() {
+        return Err(unreadable(format!(
+            "its columns ({}) are not the operator's ({})",
+            describe(&found),
+            describe(schema)
+        )));
+    }
+    Ok(file)
 }
 
 /// The files every state in `states` lists.
@@ -141,30 +169,28 @@ pub fn files_of(states: &BTreeMap<String, OperatorState>) -> impl Iterator<Item 
     })
 }
 
-/// Batches as one Arrow IPC file, zstd-compressed.
-fn encode(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+/// Writes `chunks` as one Arrow IPC file, zstd-compressed, uploaded in parts as it is encoded;
+/// returns its size.
+async fn write_file(
+    store: &CheckpointStore,
+    path: &str,
+    schema: &SchemaRef,
+    chunks: &[StateChunk],
+) -> Result<u64> {
     let options = IpcWriteOptions::default().try_with_compression(Some(CompressionType::ZSTD))?;
     let mut writer = FileWriter::try_new_with_options(Vec::new(), schema, options)?;
-    for b in batches {
-        writer.write(b)?;
+    let mut upload = store.upload(path).await?;
+    for chunk in chunks {
+        for batch in chunk.batches()? {
+            writer.write(&batch?)?;
+            if writer.get_ref().len() >= UPLOAD_PART {
+                upload.write(std::mem::take(writer.get_mut())).await?;
+            }
+        }
     }
     writer.finish()?;
-    Ok(writer.into_inner()?)
-}
-
-/// The batches of an Arrow IPC file, which must have `schema`'s columns.
-fn decode(schema: &SchemaRef, bytes: Vec<u8>) -> std::result::Result<Vec<RecordBatch>, String> {
-    let reader =
-        FileReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| e.to_string())?;
-    let found = reader.schema();
-    if found.fields() != schema.fields() {
-        return Err(format!(
-            "its columns ({}) are not the operator's ({})",
-            describe(&found),
-            describe(schema)
-        ));
-    }
-    reader.map(|b| b.map_err(|e| e.to_string())).collect()
+    upload.write(writer.into_inner()?).await?;
+    upload.finish().await
 }
 
 fn describe(schema: &SchemaRef) -> String {

@@ -1,6 +1,7 @@
 //! GROUP BY without a window end to end: per-key rollups, updated at every checkpoint, into a
 //! PostgreSQL upsert table and a Delta upsert table (read by the deltalake package), across
-//! SIGKILLs, equal to DataFusion's batch result over the same rows.
+//! SIGKILLs and with state spilled beyond its memory, equal to DataFusion's batch result over
+//! the same rows.
 
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ async fn rollups_update_postgres_and_delta_across_sigkills() {
          CREATE SINK lake WITH (connector = 'delta', path = '{}', mode = 'upsert');
          CREATE SINK few WITH (connector = 'delta', path = '{}', mode = 'upsert');
          CREATE SINK wh WITH (connector = 'postgres', url = '{}', table = 'public.per_bidder', mode = 'upsert');
-         CREATE PIPELINE per_auction WITH (checkpoint_interval = '100ms', parallelism = 2) AS INSERT INTO lake
+         CREATE PIPELINE per_auction WITH (checkpoint_interval = '100ms', parallelism = 2, state_memory = '4 MB') AS INSERT INTO lake
            SELECT auction, count(*) AS n, sum(price) AS total, max(price) AS high FROM bids GROUP BY auction;
          CREATE PIPELINE per_bidder WITH (checkpoint_interval = '100ms') AS INSERT INTO wh
            SELECT bidder, count(*) AS n, min(date_time) AS first_bid FROM bids GROUP BY bidder;
@@ -48,6 +49,16 @@ async fn rollups_update_postgres_and_delta_across_sigkills() {
     wait_state(&c, "per_auction", "completed").await;
     wait_state(&c, "per_bidder", "completed").await;
     wait_state(&c, "few_bids", "completed").await;
+
+    // per_auction's groups did not fit its 4 MB: they were spilled, and still add up.
+    let spilled: i64 = scalar(
+        &c,
+        "SELECT sum(spilled_bytes) FROM tributary.operators WHERE pipeline = 'per_auction'",
+    )
+    .await
+    .parse()
+    .unwrap();
+    assert!(spilled > 0, "per_auction spilled its state");
 
     // Delta: every auction once, with its totals over all bids.
     let want = query_lines(

@@ -15,8 +15,10 @@ use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::parallel::Keying;
+use super::spill::{load, StateChunk};
 use super::Operator;
 use crate::error::Result;
+use crate::runtime::memory::{Budget, StateMemory};
 
 /// Bytes of bookkeeping per key beyond the key itself (hash table slot, allocation header).
 const KEY_OVERHEAD: usize = 40;
@@ -32,6 +34,9 @@ pub struct Distinct {
     /// Keys committed since the last snapshot.
     unsnapshotted: Vec<Box<[u8]>>,
     bytes: usize,
+    /// Its share of the run's state memory (none: unaccounted). The keys are looked up by
+    /// every row, so they stay in memory: past the budget the pipeline fails.
+    budget: Option<Budget>,
 }
 
 impl Distinct {
@@ -49,7 +54,14 @@ impl Distinct {
             pending: HashSet::new(),
             unsnapshotted: Vec::new(),
             bytes: 0,
+            budget: None,
         })
+    }
+
+    /// The same, its keys accounted in `memory`.
+    pub fn with_memory(mut self, memory: &Arc<StateMemory>) -> Self {
+        self.budget = Some(Budget::new(memory, "distinct"));
+        self
     }
 
     /// Rows of `schema` from keys in Arrow's row format.
@@ -102,32 +114,39 @@ impl Operator for Distinct {
         Some(self.schema.clone())
     }
 
-    fn snapshot(&mut self, full: bool) -> Result<Vec<RecordBatch>> {
+    fn snapshot(&mut self, full: bool) -> Result<Vec<StateChunk>> {
         let changed = std::mem::take(&mut self.unsnapshotted);
         let batch = if full {
             self.rows_batch(self.seen.iter())?
         } else {
             self.rows_batch(changed.iter())?
         };
-        Ok(if batch.num_rows() == 0 {
-            Vec::new()
-        } else {
-            vec![batch]
-        })
+        Ok(super::spill::in_memory([batch]))
     }
 
-    fn restore(&mut self, state: &[RecordBatch], _watermark: Option<i64>) -> Result<()> {
-        self.seen.clear();
-        self.pending.clear();
-        self.unsnapshotted.clear();
-        self.bytes = 0;
-        for batch in state {
-            let rows = self.converter.convert_columns(batch.columns())?;
-            for r in rows.iter() {
-                self.insert(r.as_ref().into());
+    fn restore(&mut self, state: Vec<StateChunk>, _watermark: Option<i64>) -> Result<()> {
+        for chunk in &state {
+            for batch in load(std::slice::from_ref(chunk))? {
+                let rows = self.converter.convert_columns(batch.columns())?;
+                for r in rows.iter() {
+                    self.insert(r.as_ref().into());
+                }
             }
+            self.fit_memory()?;
         }
         Ok(())
+    }
+
+    fn fit_memory(&mut self) -> Result<()> {
+        let bytes = self.bytes;
+        let Some(budget) = &mut self.budget else {
+            return Ok(());
+        };
+        if budget.fits(bytes) {
+            Ok(())
+        } else {
+            Err(budget.exhausted("DISTINCT's set of rows seen", bytes))
+        }
     }
 
     fn state_rows(&self) -> usize {

@@ -5,6 +5,7 @@ pub mod distinct;
 pub mod open_states;
 pub mod parallel;
 pub mod sessions;
+pub mod spill;
 pub mod stateless;
 pub mod two_stage;
 pub mod unnest;
@@ -18,10 +19,16 @@ use arrow::record_batch::RecordBatch;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
-use datafusion::physical_plan::{collect, ExecutionPlan};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::{
+    collect, execute_stream, ExecutionPlan, SendableRecordBatchStream,
+};
+use futures::StreamExt;
 
 use crate::error::Result;
 use parallel::{InstanceStats, Keying};
+use spill::StateChunk;
 
 /// One operator of a running pipeline. The graph calls [`Operator::process`] for each batch on
 /// each input, then either [`Operator::commit_batch`] or, when any operator failed on the batch,
@@ -59,26 +66,40 @@ pub trait Operator: Send {
         None
     }
 
-    /// The committed state as batches of [`Operator::state_schema`]: when `full`, all of it;
-    /// otherwise what changed since the previous snapshot. Restoring a full snapshot followed by
-    /// the changes taken after it, in order, rebuilds the state.
-    fn snapshot(&mut self, _full: bool) -> Result<Vec<RecordBatch>> {
+    /// The committed state as chunks of [`Operator::state_schema`] (batches in memory, or
+    /// files of state spilled to disk): when `full`, all of it; otherwise what changed since
+    /// the previous snapshot. Restoring a full snapshot followed by the changes taken after it,
+    /// in order, rebuilds the state.
+    fn snapshot(&mut self, _full: bool) -> Result<Vec<StateChunk>> {
         Ok(Vec::new())
     }
 
     /// Rebuilds the state from snapshots (a full one, then changes, in the order taken), as it
-    /// was at a checkpoint whose watermark was `watermark`.
-    fn restore(&mut self, _state: &[RecordBatch], _watermark: Option<i64>) -> Result<()> {
+    /// was at a checkpoint whose watermark was `watermark`. Called once, on a fresh operator.
+    fn restore(&mut self, _state: Vec<StateChunk>, _watermark: Option<i64>) -> Result<()> {
         Ok(())
     }
 
-    /// Rows of state held (committed).
+    /// Brings the state held in memory within the operator's share of the run's
+    /// [`crate::runtime::memory::StateMemory`], spilling state to disk when it can; fails with
+    /// [`crate::error::Error::StateMemoryExhausted`] when it cannot. Called after each batch
+    /// is committed and after each watermark and checkpoint.
+    fn fit_memory(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Rows of state held (committed), in memory or spilled.
     fn state_rows(&self) -> usize {
         0
     }
 
     /// Bytes of state held in memory (committed), approximately.
     fn state_bytes(&self) -> usize {
+        0
+    }
+
+    /// Bytes of state spilled to disk.
+    fn spilled_bytes(&self) -> u64 {
         0
     }
 
@@ -118,6 +139,78 @@ pub fn run_plan(
     )?;
     let out = futures::executor::block_on(tokio::task::unconstrained(collect(plan, task.clone())))?;
     Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
+}
+
+/// Runs a DataFusion plan, whose one input is replaced by the batches of `chunks` (of `schema`,
+/// files read one batch at a time), and returns its output batches one at a time: with a budget
+/// in `task`, DataFusion's aggregations spill rather than hold everything.
+pub fn stream_plan(
+    plan: &Arc<dyn ExecutionPlan>,
+    schema: &SchemaRef,
+    chunks: Vec<StateChunk>,
+    task: &Arc<TaskContext>,
+) -> Result<PlanOutput> {
+    let input = Arc::new(ChunkInput {
+        schema: schema.clone(),
+        chunks,
+    });
+    let input = StreamingTableExec::try_new(schema.clone(), vec![input], None, [], false, None)?;
+    let plan = plan.clone().replace_children(
+        vec![Arc::new(input)],
+        ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+    )?;
+    Ok(PlanOutput {
+        stream: execute_stream(plan, task.clone())?,
+    })
+}
+
+/// A plan's output batches, pulled on this thread (outside tokio's cooperative budget, as in
+/// [`run_plan`]).
+pub struct PlanOutput {
+    stream: SendableRecordBatchStream,
+}
+
+impl Iterator for PlanOutput {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let next = futures::executor::block_on(tokio::task::unconstrained(self.stream.next()));
+            match next {
+                Some(Ok(b)) if b.num_rows() == 0 => continue,
+                other => return other.map(|r| r.map_err(Into::into)),
+            }
+        }
+    }
+}
+
+/// State chunks as a plan's input partition.
+#[derive(Debug)]
+struct ChunkInput {
+    schema: SchemaRef,
+    chunks: Vec<StateChunk>,
+}
+
+impl PartitionStream for ChunkInput {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let chunks = self.chunks.clone();
+        let batches = futures::stream::iter(chunks).flat_map(|c| {
+            let batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send> = match c.batches() {
+                Ok(b) => b,
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            };
+            futures::stream::iter(
+                batches.map(|b| {
+                    b.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
+                }),
+            )
+        });
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches))
+    }
 }
 
 #[cfg(test)]

@@ -1,25 +1,41 @@
 //! Partial aggregate states waiting for the watermark, the state of the window and session
-//! aggregates: the committed ones, those of batches not yet committed, those committed since the
-//! last snapshot, and the earliest end among them, before which no watermark closes anything.
+//! aggregates: the committed ones (in memory, or spilled to files sorted by end), those of
+//! batches not yet committed, those committed since the last snapshot, and the earliest end
+//! among them, before which no watermark closes anything.
 
 use arrow::array::{Array, BooleanArray};
+use arrow::compute::{concat_batches, SortOptions};
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
+use super::spill::{SpillFile, StateChunk};
 use crate::error::Result;
 use crate::runtime::event_time::{micros, END_OF_TIME};
+use crate::runtime::memory::StateMemory;
+
+/// Rows per spill file: a watermark loads back only the files whose earliest end it passed.
+const SPILL_FILE_ROWS: usize = 65_536;
 
 /// Partial states keyed by an end (`window_end`) that the watermark closes.
 pub struct OpenStates {
     /// Column of the end in the states.
     end: usize,
-    /// Committed states.
+    /// Committed states in memory.
     open: Vec<RecordBatch>,
     rows: usize,
+    open_bytes: usize,
+    /// Committed states on disk, each file sorted by end, with its earliest end (rows without
+    /// an end count as the end of time).
+    spilled: Vec<(SpillFile, i64)>,
     /// States of batches not yet committed.
     pending: Vec<RecordBatch>,
     /// States committed since the last snapshot.
-    unsnapshotted: Vec<RecordBatch>,
-    /// The earliest end among the committed states (`None` when unknown: a row has no end).
+    unsnapshotted: Vec<StateChunk>,
+    /// Whether the unsnapshotted batches in memory are no longer among the open ones (merged
+    /// or spilled since), so that they take memory of their own.
+    detached: bool,
+    /// The earliest end among the committed states in memory (`None` when unknown: a row has
+    /// no end).
     earliest_end: Option<i64>,
 }
 
@@ -30,8 +46,11 @@ impl OpenStates {
             end,
             open: Vec::new(),
             rows: 0,
+            open_bytes: 0,
+            spilled: Vec::new(),
             pending: Vec::new(),
             unsnapshotted: Vec::new(),
+            detached: false,
             earliest_end: None,
         }
     }
@@ -44,14 +63,23 @@ impl OpenStates {
     /// Takes the staged states into the committed ones.
     pub fn commit(&mut self) {
         for states in std::mem::take(&mut self.pending) {
-            self.unsnapshotted.push(states.clone());
-            self.earliest_end = self
-                .earliest_end
-                .zip(self.earliest_end_of(&states))
-                .map(|(a, b)| a.min(b));
-            self.rows += states.num_rows();
-            self.open.push(states);
+            self.unsnapshotted.push(StateChunk::Batch(states.clone()));
+            self.add(states);
         }
+    }
+
+    /// Adds committed (or restored) states.
+    pub fn add(&mut self, states: RecordBatch) {
+        if states.num_rows() == 0 {
+            return;
+        }
+        self.earliest_end = self
+            .earliest_end
+            .zip(self.earliest_end_of(&states))
+            .map(|(a, b)| a.min(b));
+        self.rows += states.num_rows();
+        self.open_bytes += states.get_array_memory_size();
+        self.open.push(states);
     }
 
     /// Drops the staged states.
@@ -62,21 +90,42 @@ impl OpenStates {
     /// Whether `watermark` may close some state: ends only move later as states merge, so none
     /// closes before the earliest.
     pub fn may_close(&self, watermark: i64) -> bool {
-        !self.open.is_empty() && !self.earliest_end.is_some_and(|e| watermark < e)
+        (!self.open.is_empty() && !self.earliest_end.is_some_and(|e| watermark < e))
+            || self.spilled.iter().any(|(_, e)| *e <= watermark)
     }
 
-    /// The committed states.
+    /// Loads back the spilled files that `watermark` may close something in.
+    pub fn load_due(&mut self, watermark: i64) -> Result<()> {
+        let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.spilled)
+            .into_iter()
+            .partition(|(_, e)| *e <= watermark);
+        self.spilled = kept;
+        for (file, _) in due {
+            for b in file.batches()? {
+                self.add(b?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The committed states in memory.
     pub fn batches(&self) -> &[RecordBatch] {
         &self.open
     }
 
-    /// Replaces the committed states (after closing or merging some).
+    /// Replaces the committed states in memory (after closing or merging some).
     pub fn set(&mut self, open: Vec<RecordBatch>) {
         self.rows = open.iter().map(RecordBatch::num_rows).sum();
         self.earliest_end = open.iter().try_fold(i64::MAX, |earliest, b| {
             Some(earliest.min(self.earliest_end_of(b)?))
         });
         self.open = open.into_iter().filter(|b| b.num_rows() > 0).collect();
+        self.open_bytes = self
+            .open
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum();
+        self.detached = true;
     }
 
     /// The earliest end among `states` (`i64::MAX` when there are none); `None` when a row has
@@ -96,29 +145,93 @@ impl OpenStates {
             .collect())
     }
 
+    /// Moves committed states to disk: the later-ending half of those in memory when `all` is
+    /// false, else all; and the unsnapshotted states, which the next snapshot reads from disk.
+    pub fn spill(&mut self, memory: &StateMemory, schema: &SchemaRef, all: bool) -> Result<()> {
+        if self.unsnapshotted.iter().any(|c| c.memory() > 0) {
+            let (in_memory, files): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unsnapshotted)
+                .into_iter()
+                .partition(|c| matches!(c, StateChunk::Batch(_)));
+            self.unsnapshotted = files;
+            let batches = in_memory.into_iter().filter_map(|c| match c {
+                StateChunk::Batch(b) => Some(b),
+                StateChunk::Spilled(_) => None,
+            });
+            if let Some(f) = SpillFile::write(memory, schema, batches)? {
+                self.unsnapshotted.push(StateChunk::Spilled(f));
+            }
+        }
+        if self.open.is_empty() {
+            return Ok(());
+        }
+        let all_rows = concat_batches(schema, &self.open)?;
+        let order = arrow::compute::sort_to_indices(
+            all_rows.column(self.end),
+            Some(SortOptions {
+                descending: false,
+                nulls_first: false,
+            }),
+            None,
+        )?;
+        let keep = if all { 0 } else { order.len() / 2 };
+        // Taken apart, so that the half kept does not hold the spilled half's buffers.
+        let kept = arrow::compute::take_record_batch(&all_rows, &order.slice(0, keep))?;
+        let sorted =
+            arrow::compute::take_record_batch(&all_rows, &order.slice(keep, order.len() - keep))?;
+        drop(all_rows);
+        let mut from = 0;
+        while from < sorted.num_rows() {
+            let len = SPILL_FILE_ROWS.min(sorted.num_rows() - from);
+            let part = sorted.slice(from, len);
+            let earliest = self
+                .earliest_end_of(&part.slice(0, 1))
+                .unwrap_or(END_OF_TIME);
+            if let Some(f) = SpillFile::write(memory, schema, [part])? {
+                self.spilled.push((f, earliest));
+            }
+            from += len;
+        }
+        self.set(vec![kept]);
+        Ok(())
+    }
+
     /// All committed states when `full`, else those committed since the last snapshot.
-    pub fn snapshot(&mut self, full: bool) -> Vec<RecordBatch> {
+    pub fn snapshot(&mut self, full: bool) -> Vec<StateChunk> {
         let changed = std::mem::take(&mut self.unsnapshotted);
+        self.detached = false;
         if full {
-            self.open.clone()
+            self.open
+                .iter()
+                .cloned()
+                .map(StateChunk::Batch)
+                .chain(
+                    self.spilled
+                        .iter()
+                        .map(|(f, _)| StateChunk::Spilled(f.clone())),
+                )
+                .collect()
         } else {
             changed
         }
     }
 
-    /// Forgets staged and unsnapshotted states, before a restore.
-    pub fn clear_changes(&mut self) {
-        self.pending.clear();
-        self.unsnapshotted.clear();
-    }
-
-    /// Rows of committed state.
+    /// Rows of committed state, in memory and spilled.
     pub fn rows(&self) -> usize {
-        self.rows
+        self.rows + self.spilled.iter().map(|(f, _)| f.rows()).sum::<usize>()
     }
 
-    /// Bytes of committed state.
+    /// Bytes of state in memory.
     pub fn bytes(&self) -> usize {
-        self.open.iter().map(|b| b.get_array_memory_size()).sum()
+        let unsnapshotted = if self.detached {
+            self.unsnapshotted.iter().map(StateChunk::memory).sum()
+        } else {
+            0
+        };
+        self.open_bytes + unsnapshotted
+    }
+
+    /// Bytes of state on disk.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.spilled.iter().map(|(f, _)| f.bytes()).sum()
     }
 }

@@ -11,8 +11,10 @@ use arrow::record_batch::RecordBatch;
 use datafusion::common::hash_utils::{create_hashes, RandomState};
 use datafusion::physical_expr::PhysicalExpr;
 
+use super::spill::{SpillWriter, StateChunk};
 use super::Operator;
 use crate::error::{Error, Result};
+use crate::runtime::memory::StateMemory;
 
 /// Key groups: the most instances a keyed operator can have (Flink's default max parallelism).
 pub const KEY_GROUPS: usize = 128;
@@ -38,8 +40,10 @@ pub struct InstanceStats {
     pub rows_out: u64,
     /// Rows of state it holds.
     pub state_rows: u64,
-    /// Bytes of state it holds.
+    /// Bytes of state it holds in memory.
     pub state_bytes: u64,
+    /// Bytes of state it spilled to disk.
+    pub spilled_bytes: u64,
 }
 
 /// The key group of each row whose key is `columns`.
@@ -67,6 +71,8 @@ pub struct Parallel {
     pending: Vec<(u64, u64)>,
     /// Entered by the threads the instances run on (DataFusion may look for a runtime).
     runtime: Option<tokio::runtime::Handle>,
+    /// Where restored state files are split between the instances.
+    memory: Option<Arc<StateMemory>>,
 }
 
 impl Parallel {
@@ -86,7 +92,23 @@ impl Parallel {
             counts: vec![(0, 0); n],
             pending: vec![(0, 0); n],
             runtime: tokio::runtime::Handle::try_current().ok(),
+            memory: None,
         })
+    }
+
+    /// The same, splitting restored state files into files of `memory` rather than memory.
+    pub fn with_memory(mut self, memory: &Arc<StateMemory>) -> Self {
+        self.memory = Some(memory.clone());
+        self
+    }
+
+    /// The key columns of a state batch.
+    fn state_keys(&self, batch: &RecordBatch) -> Vec<ArrayRef> {
+        self.keying
+            .state
+            .iter()
+            .map(|c| batch.column(*c).clone())
+            .collect()
     }
 
     /// The rows of `batch` whose key is `keys`, split by instance.
@@ -174,6 +196,7 @@ impl Parallel {
                 rows_out: *rows_out,
                 state_rows: op.state_rows() as u64,
                 state_bytes: op.state_bytes() as u64,
+                spilled_bytes: op.spilled_bytes(),
             })
             .collect()
     }
@@ -235,7 +258,7 @@ impl Operator for Parallel {
 
     /// The instances' snapshots together: state is stored without its placement, and routed
     /// again on restore, so the number of instances may change between runs.
-    fn snapshot(&mut self, full: bool) -> Result<Vec<RecordBatch>> {
+    fn snapshot(&mut self, full: bool) -> Result<Vec<StateChunk>> {
         let mut all = Vec::new();
         for op in &mut self.instances {
             all.extend(op.snapshot(full)?);
@@ -243,26 +266,52 @@ impl Operator for Parallel {
         Ok(all)
     }
 
-    fn restore(&mut self, state: &[RecordBatch], watermark: Option<i64>) -> Result<()> {
+    /// Batches are split in memory; files (with a state memory) into a file per instance.
+    fn restore(&mut self, state: Vec<StateChunk>, watermark: Option<i64>) -> Result<()> {
         let n = self.instances.len();
-        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
-        for batch in state {
-            let keys: Vec<ArrayRef> = self
-                .keying
-                .state
-                .iter()
-                .map(|c| batch.column(*c).clone())
-                .collect();
-            for (i, part) in self.split(batch, &keys)?.into_iter().enumerate() {
-                parts[i].extend(part);
+        let mut parts: Vec<Vec<StateChunk>> = vec![Vec::new(); n];
+        for chunk in state {
+            match (&chunk, &self.memory) {
+                (StateChunk::Spilled(file), Some(memory)) => {
+                    let schema = file.schema()?;
+                    let mut writers = (0..n)
+                        .map(|_| SpillWriter::new(memory, &schema))
+                        .collect::<Result<Vec<_>>>()?;
+                    for batch in file.batches()? {
+                        let batch = batch?;
+                        let keys = self.state_keys(&batch);
+                        for (i, part) in self.split(&batch, &keys)?.into_iter().enumerate() {
+                            if let Some(p) = part {
+                                writers[i].write(&p)?;
+                            }
+                        }
+                    }
+                    for (i, w) in writers.into_iter().enumerate() {
+                        parts[i].extend(w.finish()?.map(StateChunk::Spilled));
+                    }
+                }
+                _ => {
+                    for batch in chunk.batches()? {
+                        let batch = batch?;
+                        let keys = self.state_keys(&batch);
+                        for (i, part) in self.split(&batch, &keys)?.into_iter().enumerate() {
+                            parts[i].extend(part.map(StateChunk::Batch));
+                        }
+                    }
+                }
             }
         }
         let work = parts.into_iter().map(Some).collect();
         self.each(work, |op, part| {
-            op.restore(&part, watermark)?;
+            op.restore(part, watermark)?;
             Ok(Vec::new())
         })?;
         Ok(())
+    }
+
+    /// One instance after the other: mostly a look at a reservation, not worth threads.
+    fn fit_memory(&mut self) -> Result<()> {
+        self.instances.iter_mut().try_for_each(|op| op.fit_memory())
     }
 
     fn wants_full_snapshot(&self) -> bool {
@@ -275,6 +324,10 @@ impl Operator for Parallel {
 
     fn state_bytes(&self) -> usize {
         self.instances.iter().map(|op| op.state_bytes()).sum()
+    }
+
+    fn spilled_bytes(&self) -> u64 {
+        self.instances.iter().map(|op| op.spilled_bytes()).sum()
     }
 
     fn instances(&self) -> Vec<InstanceStats> {

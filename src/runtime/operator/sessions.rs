@@ -276,7 +276,7 @@ mod tests {
         // The change files hold session [0, 15)'s states; the checkpoint's watermark drops them.
         let mut restored = operator().await;
         restored
-            .restore(&[first, second].concat(), Some(20 * S))
+            .restore([first, second].concat(), Some(20 * S))
             .unwrap();
         assert_eq!(restored.state_rows(), 2);
         step(&mut restored, &[(Some(45), 1, 16)]);
@@ -286,7 +286,7 @@ mod tests {
         );
         // A full snapshot holds the open sessions only.
         let full = op.snapshot(true).unwrap();
-        assert_eq!(full.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+        assert_eq!(full.iter().map(|c| c.rows()).sum::<usize>(), 2);
     }
 
     #[tokio::test]

@@ -11,8 +11,10 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::run_plan;
+use super::spill::StateChunk;
+use super::{run_plan, stream_plan, PlanOutput};
 use crate::error::{Error, Result};
+use crate::runtime::memory::StateMemory;
 
 /// The three stages of one planned GROUP BY.
 pub struct TwoStage {
@@ -23,7 +25,10 @@ pub struct TwoStage {
     state_schema: SchemaRef,
     groups: usize,
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    /// Where the Partial stage runs: unbounded, it holds one batch's groups.
     task: Arc<TaskContext>,
+    /// Where the merges run: within the state memory's budget for them, spilling past it.
+    merge_task: Arc<TaskContext>,
 }
 
 fn as_aggregate(plan: &Arc<dyn ExecutionPlan>, mode: AggregateMode) -> Result<&AggregateExec> {
@@ -70,7 +75,14 @@ impl TwoStage {
             reduce,
             state_schema,
             task: Arc::new(TaskContext::default()),
+            merge_task: Arc::new(TaskContext::default()),
         })
+    }
+
+    /// Runs the stages within `memory`'s budget for DataFusion's work, spilling through its
+    /// disk manager when the merges need more.
+    pub fn use_memory(&mut self, memory: &StateMemory) {
+        self.merge_task = memory.task().clone();
     }
 
     /// The partial states' schema: the group columns, then each aggregate's state fields.
@@ -95,11 +107,17 @@ impl TwoStage {
 
     /// Partial states merged into one per group.
     pub fn reduce(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        run_plan(&self.reduce, &self.state_schema, states, &self.task)
+        run_plan(&self.reduce, &self.state_schema, states, &self.merge_task)
+    }
+
+    /// Partial states of `chunks` (files read a batch at a time) merged into one per group,
+    /// streamed: each group comes once.
+    pub fn reduce_chunks(&self, chunks: Vec<StateChunk>) -> Result<PlanOutput> {
+        stream_plan(&self.reduce, &self.state_schema, chunks, &self.merge_task)
     }
 
     /// Result rows of partial states, one per group.
     pub fn finish(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        run_plan(&self.final_, &self.state_schema, states, &self.task)
+        run_plan(&self.final_, &self.state_schema, states, &self.merge_task)
     }
 }

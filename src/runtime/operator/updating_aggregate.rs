@@ -16,24 +16,37 @@ use arrow::row::{RowConverter, SortField};
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::parallel::Keying;
+use super::spill::{SpillFile, SpillWriter, StateChunk};
 use super::two_stage::TwoStage;
 use super::Operator;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::runtime::memory::{Budget, StateMemory};
+
+/// The in-memory states are concatenated when they span more batches than this.
+const BASE_BATCHES: usize = 64;
+/// Spill files are merged into one when there are more than this many.
+const SPILL_FILES: usize = 8;
 
 /// Per-group aggregation emitting the changed groups at each checkpoint.
+///
+/// A group's state is the merge of its partial states in `base`, `spilled` and `changed`: each
+/// emission merges the changed groups' states from all three into one row per group.
 pub struct UpdatingAggregate {
     stages: TwoStage,
     /// The group columns come first in the state: this many.
     keys: usize,
     converter: RowConverter,
-    /// One merged partial state per group, as of the last emission.
-    base: Option<RecordBatch>,
+    /// Partial states as of the last emission, in memory.
+    base: Vec<RecordBatch>,
+    base_bytes: usize,
+    /// Partial states as of the last emission, spilled to disk.
+    spilled: Vec<SpillFile>,
     /// Partial states of batches committed since the last emission.
-    changed: Vec<RecordBatch>,
+    changed: Vec<StateChunk>,
     /// Partial states of batches not yet committed.
     pending: Vec<RecordBatch>,
     /// Partial states committed since the last snapshot.
-    unsnapshotted: Vec<RecordBatch>,
+    unsnapshotted: Vec<StateChunk>,
     /// How long a group is kept without changing.
     ttl: Option<Duration>,
     /// When each group last changed (groups restored from a checkpoint: when restored).
@@ -43,6 +56,8 @@ pub struct UpdatingAggregate {
     /// Groups left the state since the last full snapshot: the next snapshot must be full, or a
     /// restore would merge their older change files back in.
     needs_full: bool,
+    /// Its share of the run's state memory (none: unaccounted, nothing spills).
+    budget: Option<Budget>,
 }
 
 impl UpdatingAggregate {
@@ -60,7 +75,9 @@ impl UpdatingAggregate {
             stages,
             keys,
             converter,
-            base: None,
+            base: Vec::new(),
+            base_bytes: 0,
+            spilled: Vec::new(),
             changed: Vec::new(),
             pending: Vec::new(),
             unsnapshotted: Vec::new(),
@@ -68,7 +85,22 @@ impl UpdatingAggregate {
             changed_at: HashMap::new(),
             expired_at: Instant::now(),
             needs_full: false,
+            budget: None,
         })
+    }
+
+    /// The same, its state accounted in `memory` and spilled there past its share.
+    pub fn with_memory(mut self, memory: &Arc<StateMemory>) -> Self {
+        self.budget = Some(Budget::new(memory, "updating_aggregate"));
+        self.stages.use_memory(memory);
+        self
+    }
+
+    fn memory(&self) -> Result<&Arc<StateMemory>> {
+        self.budget
+            .as_ref()
+            .map(Budget::memory)
+            .ok_or_else(|| Error::Internal("spilling without a state memory".into()))
     }
 
     /// Emits the current aggregate of every group that changed since the last call, at `now`,
@@ -93,78 +125,123 @@ impl UpdatingAggregate {
         }
         let changed = std::mem::take(&mut self.changed);
         let mut groups = HashSet::new();
-        for batch in &changed {
-            let rows = self
-                .converter
-                .convert_columns(&batch.columns()[..self.keys])?;
-            groups.extend(rows.iter().map(|r| Box::<[u8]>::from(r.as_ref())));
+        for chunk in &changed {
+            for batch in chunk.batches()? {
+                let batch = batch?;
+                let rows = self
+                    .converter
+                    .convert_columns(&batch.columns()[..self.keys])?;
+                groups.extend(rows.iter().map(|r| Box::<[u8]>::from(r.as_ref())));
+            }
         }
         if self.ttl.is_some() {
             for g in &groups {
                 self.changed_at.insert(g.clone(), now);
             }
         }
+        // The changed groups' states leave memory and disk; the merge brings them back whole.
         let mut touched = changed;
-        let mut unchanged = None;
-        if let Some(base) = self.base.take() {
-            let hit = self.in_groups(&base, &groups)?;
-            touched.push(filter_record_batch(&base, &hit)?);
-            unchanged = Some(filter_record_batch(&base, &not(&hit)?)?);
+        let mut kept = Vec::with_capacity(self.base.len());
+        for batch in std::mem::take(&mut self.base) {
+            let hit = self.in_groups(&batch, &groups)?;
+            if hit.true_count() == 0 {
+                kept.push(batch);
+                continue;
+            }
+            touched.push(StateChunk::Batch(filter_record_batch(&batch, &hit)?));
+            kept.push(filter_record_batch(&batch, &not(&hit)?)?);
         }
-        let merged = self.reduce(touched)?;
-        let out = match &merged {
-            Some(m) => self.stages.finish(vec![m.clone()])?,
-            None => Vec::new(),
-        };
-        let parts: Vec<RecordBatch> = unchanged.into_iter().chain(merged).collect();
-        self.base = if parts.is_empty() {
-            None
-        } else {
-            Some(concat_batches(self.stages.state_schema(), &parts)?)
-        };
+        let mut files = Vec::with_capacity(self.spilled.len());
+        for file in std::mem::take(&mut self.spilled) {
+            let mut rest = SpillWriter::new(self.memory()?, self.stages.state_schema())?;
+            let mut hits = 0;
+            for batch in file.batches()? {
+                let batch = batch?;
+                let hit = self.in_groups(&batch, &groups)?;
+                hits += hit.true_count();
+                if hit.true_count() > 0 {
+                    touched.push(StateChunk::Batch(filter_record_batch(&batch, &hit)?));
+                }
+                rest.write(&filter_record_batch(&batch, &not(&hit)?)?)?;
+            }
+            if hits == 0 {
+                files.push(file);
+            } else {
+                files.extend(rest.finish()?);
+            }
+        }
+        self.spilled = files;
+        let mut out = Vec::new();
+        for merged in self.stages.reduce_chunks(touched)? {
+            let merged = merged?;
+            // Each group comes once out of the merge, so each batch finishes on its own.
+            out.extend(self.stages.finish(vec![merged.clone()])?);
+            kept.push(merged);
+        }
+        self.set_base(kept)?;
         Ok(out)
+    }
+
+    /// Replaces the states in memory, concatenating them when they are many batches.
+    fn set_base(&mut self, base: Vec<RecordBatch>) -> Result<()> {
+        let mut base: Vec<RecordBatch> = base.into_iter().filter(|b| b.num_rows() > 0).collect();
+        if base.len() > BASE_BATCHES {
+            base = vec![concat_batches(self.stages.state_schema(), &base)?];
+        }
+        self.base_bytes = base.iter().map(RecordBatch::get_array_memory_size).sum();
+        self.base = base;
+        Ok(())
     }
 
     /// Drops the groups that have not changed since `now - ttl`.
     fn expire(&mut self, now: Instant, ttl: Duration) -> Result<()> {
-        let Some(base) = self.base.take() else {
-            return Ok(());
+        let fresh = |op: &Self, batch: &RecordBatch| -> Result<BooleanArray> {
+            let rows = op.converter.convert_columns(&batch.columns()[..op.keys])?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let fresh = op
+                        .changed_at
+                        .get(r.as_ref())
+                        .is_none_or(|t| now.saturating_duration_since(*t) < ttl);
+                    Some(fresh)
+                })
+                .collect())
         };
-        let rows = self
-            .converter
-            .convert_columns(&base.columns()[..self.keys])?;
-        let keep: BooleanArray = rows
-            .iter()
-            .map(|r| {
-                let fresh = self
-                    .changed_at
-                    .get(r.as_ref())
-                    .is_none_or(|t| now.saturating_duration_since(*t) < ttl);
-                Some(fresh)
-            })
-            .collect();
-        let expired = keep.false_count();
+        let mut expired = 0;
+        let mut kept = Vec::with_capacity(self.base.len());
+        for batch in std::mem::take(&mut self.base) {
+            let keep = fresh(self, &batch)?;
+            expired += keep.false_count();
+            kept.push(filter_record_batch(&batch, &keep)?);
+        }
+        self.set_base(kept)?;
+        let mut files = Vec::with_capacity(self.spilled.len());
+        for file in std::mem::take(&mut self.spilled) {
+            let mut rest = SpillWriter::new(self.memory()?, self.stages.state_schema())?;
+            let mut dropped = 0;
+            for batch in file.batches()? {
+                let batch = batch?;
+                let keep = fresh(self, &batch)?;
+                dropped += keep.false_count();
+                rest.write(&filter_record_batch(&batch, &keep)?)?;
+            }
+            expired += dropped;
+            if dropped == 0 {
+                files.push(file);
+            } else {
+                files.extend(rest.finish()?);
+            }
+        }
+        self.spilled = files;
         if expired == 0 {
-            self.base = Some(base);
             return Ok(());
         }
         self.changed_at
             .retain(|_, t| now.saturating_duration_since(*t) < ttl);
-        let kept = filter_record_batch(&base, &keep)?;
-        self.base = (kept.num_rows() > 0).then_some(kept);
         self.needs_full = true;
         tracing::debug!(expired, "Groups past the state TTL left the state.");
         Ok(())
-    }
-
-    /// Merges partial states into one row per group.
-    fn reduce(&self, batches: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {
-        let merged = self.stages.reduce(batches)?;
-        Ok(if merged.is_empty() {
-            None
-        } else {
-            Some(concat_batches(self.stages.state_schema(), &merged)?)
-        })
     }
 
     /// Which rows of `batch` belong to the groups in `groups`.
@@ -176,6 +253,51 @@ impl UpdatingAggregate {
             .iter()
             .map(|r| Some(groups.contains(r.as_ref())))
             .collect())
+    }
+
+    /// Bytes of state in memory: the states as of the last emission, and the changes since
+    /// (those not yet emitted and those not yet snapshotted are mostly the same batches).
+    fn memory_bytes(&self) -> usize {
+        let of = |chunks: &[StateChunk]| chunks.iter().map(StateChunk::memory).sum::<usize>();
+        self.base_bytes + of(&self.changed).max(of(&self.unsnapshotted))
+    }
+
+    /// Moves every state in memory to disk.
+    fn spill(&mut self) -> Result<()> {
+        let memory = self.memory()?.clone();
+        let schema = self.stages.state_schema().clone();
+        self.spilled.extend(SpillFile::write(
+            &memory,
+            &schema,
+            std::mem::take(&mut self.base),
+        )?);
+        self.base_bytes = 0;
+        for chunks in [&mut self.changed, &mut self.unsnapshotted] {
+            let (in_memory, mut files): (Vec<_>, Vec<_>) = std::mem::take(chunks)
+                .into_iter()
+                .partition(|c| matches!(c, StateChunk::Batch(_)));
+            let batches = in_memory.into_iter().filter_map(|c| match c {
+                StateChunk::Batch(b) => Some(b),
+                StateChunk::Spilled(_) => None,
+            });
+            files.extend(SpillFile::write(&memory, &schema, batches)?.map(StateChunk::Spilled));
+            *chunks = files;
+        }
+        if self.spilled.len() > SPILL_FILES {
+            let mut merged = SpillWriter::new(&memory, &schema)?;
+            for file in &self.spilled {
+                for batch in file.batches()? {
+                    merged.write(&batch?)?;
+                }
+            }
+            self.spilled = merged.finish()?.into_iter().collect();
+        }
+        tracing::debug!(
+            files = self.spilled.len(),
+            bytes = self.spilled_bytes(),
+            "Group states spilled to disk."
+        );
+        Ok(())
     }
 }
 
@@ -192,8 +314,8 @@ impl Operator for UpdatingAggregate {
 
     fn commit_batch(&mut self) {
         for states in std::mem::take(&mut self.pending) {
-            self.unsnapshotted.push(states.clone());
-            self.changed.push(states);
+            self.unsnapshotted.push(StateChunk::Batch(states.clone()));
+            self.changed.push(StateChunk::Batch(states));
         }
     }
 
@@ -214,54 +336,102 @@ impl Operator for UpdatingAggregate {
         Some(self.stages.state_schema().clone())
     }
 
-    fn snapshot(&mut self, full: bool) -> Result<Vec<RecordBatch>> {
+    fn snapshot(&mut self, full: bool) -> Result<Vec<StateChunk>> {
         let changed = std::mem::take(&mut self.unsnapshotted);
         if !full {
             return Ok(changed);
         }
         self.needs_full = false;
-        let mut all: Vec<RecordBatch> = self.base.iter().cloned().collect();
-        all.extend(self.changed.iter().cloned());
-        Ok(all)
+        Ok(self
+            .base
+            .iter()
+            .cloned()
+            .map(StateChunk::Batch)
+            .chain(self.spilled.iter().cloned().map(StateChunk::Spilled))
+            .chain(self.changed.iter().cloned())
+            .collect())
     }
 
-    fn restore(&mut self, state: &[RecordBatch], _watermark: Option<i64>) -> Result<()> {
-        self.pending.clear();
-        self.changed.clear();
-        self.unsnapshotted.clear();
-        self.base = if state.is_empty() {
-            None
-        } else {
-            self.reduce(state.to_vec())?
-        };
+    /// Restored states are merged in memory while they fit; the rest stay in their files.
+    fn restore(&mut self, state: Vec<StateChunk>, _watermark: Option<i64>) -> Result<()> {
+        let mut in_memory = Vec::new();
+        let mut bytes = 0usize;
+        for chunk in state {
+            let fits = match (&mut self.budget, &chunk) {
+                (Some(budget), StateChunk::Spilled(f)) => {
+                    // Files are compressed: room for a few times their size.
+                    budget.fits(bytes + 4 * f.bytes() as usize)
+                }
+                _ => true,
+            };
+            match chunk {
+                StateChunk::Spilled(f) if !fits => self.spilled.push(f),
+                chunk => {
+                    bytes += chunk.memory();
+                    in_memory.push(chunk);
+                }
+            }
+        }
+        let merged = self
+            .stages
+            .reduce_chunks(in_memory)?
+            .collect::<Result<Vec<_>>>()?;
+        self.set_base(merged)?;
         // When each group last changed is not checkpointed: the TTL counts from the restore.
         self.changed_at.clear();
-        if let (Some(base), Some(_)) = (&self.base, self.ttl) {
+        if self.ttl.is_some() {
             let now = Instant::now();
-            let rows = self
-                .converter
-                .convert_columns(&base.columns()[..self.keys])?;
-            self.changed_at = rows.iter().map(|r| (r.as_ref().into(), now)).collect();
+            let mut all: Vec<StateChunk> =
+                self.base.iter().cloned().map(StateChunk::Batch).collect();
+            all.extend(self.spilled.iter().cloned().map(StateChunk::Spilled));
+            for chunk in &all {
+                for batch in chunk.batches()? {
+                    let batch = batch?;
+                    let rows = self
+                        .converter
+                        .convert_columns(&batch.columns()[..self.keys])?;
+                    self.changed_at
+                        .extend(rows.iter().map(|r| (r.as_ref().into(), now)));
+                }
+            }
         }
-        Ok(())
+        self.fit_memory()
+    }
+
+    /// Spills every state in memory when they do not fit: they are read back group by group
+    /// at each emission.
+    fn fit_memory(&mut self) -> Result<()> {
+        let bytes = self.memory_bytes();
+        if self.budget.as_mut().is_none_or(|b| b.fits(bytes)) {
+            return Ok(());
+        }
+        self.spill()?;
+        let bytes = self.memory_bytes();
+        let Some(budget) = &mut self.budget else {
+            return Ok(());
+        };
+        if budget.fits(bytes) {
+            Ok(())
+        } else {
+            Err(budget.exhausted("the GROUP BY's state", bytes))
+        }
     }
 
     fn state_rows(&self) -> usize {
-        self.base.as_ref().map_or(0, RecordBatch::num_rows)
-            + self
-                .changed
-                .iter()
-                .map(RecordBatch::num_rows)
-                .sum::<usize>()
+        let chunks: usize = self.changed.iter().map(StateChunk::rows).sum();
+        self.base.iter().map(RecordBatch::num_rows).sum::<usize>()
+            + self.spilled.iter().map(SpillFile::rows).sum::<usize>()
+            + chunks
     }
 
     fn state_bytes(&self) -> usize {
-        self.base
-            .iter()
-            .chain(&self.changed)
-            .map(RecordBatch::get_array_memory_size)
-            .sum()
+        self.memory_bytes()
     }
+
+    fn spilled_bytes(&self) -> u64 {
+        self.spilled.iter().map(SpillFile::bytes).sum()
+    }
+
     fn keying(&self) -> Option<Keying> {
         Some(Keying {
             input: self.stages.group_exprs().to_vec(),
@@ -380,7 +550,7 @@ mod tests {
         assert!(op.wants_full_snapshot());
         let full = op.snapshot(true).unwrap();
         assert!(!op.wants_full_snapshot());
-        assert_eq!(full.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+        assert_eq!(full.iter().map(|c| c.rows()).sum::<usize>(), 1);
         assert!(!changes.is_empty());
         // b again: a group of its own, from this row alone; a keeps its totals.
         op.process(0, batch(&[("b", 5), ("a", 1)])).unwrap();
@@ -399,6 +569,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn groups_beyond_the_budget_spill_and_emit_the_same() {
+        // 40 000 groups, far beyond 256 kB of state; each checkpoint changes a fifth of them.
+        let memory = StateMemory::new(Some(256 << 10)).unwrap();
+        let mut spilling = operator().await.with_memory(&memory);
+        let mut unbounded = operator().await;
+        let key = |i: i64| format!("customer-{:06}", (i * 7919) % 40_000);
+        let mut spilled = 0;
+        for epoch in 0..12i64 {
+            let keys: Vec<String> = (0..8_000).map(|i| key(epoch * 8_000 + i)).collect();
+            let rows: Vec<(&str, i64)> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (k.as_str(), (i as i64 + epoch) % 13))
+                .collect();
+            for op in [&mut spilling, &mut unbounded] {
+                for part in rows.chunks(1_000) {
+                    op.process(0, batch(part)).unwrap();
+                    op.commit_batch();
+                    op.fit_memory().unwrap();
+                }
+            }
+            assert_eq!(
+                rows_of(&spilling.on_checkpoint().unwrap()),
+                rows_of(&unbounded.on_checkpoint().unwrap()),
+                "epoch {epoch}"
+            );
+            spilling.fit_memory().unwrap();
+            assert!(spilling.state_bytes() <= 192 << 10);
+            spilled = spilled.max(spilling.spilled_bytes());
+            if epoch == 5 {
+                // Restored from a full snapshot (spill files and all), it goes on the same.
+                let full = spilling.snapshot(true).unwrap();
+                assert!(full.iter().any(|c| matches!(c, StateChunk::Spilled(_))));
+                let mut restored = operator().await.with_memory(&memory);
+                restored.restore(full, None).unwrap();
+                spilling = restored;
+            }
+        }
+        assert!(spilled > 0, "the state was spilled");
+        assert_eq!(unbounded.state_rows(), 40_000);
+    }
+
+    /// Emitted rows, sorted.
+    fn rows_of(batches: &[RecordBatch]) -> Vec<(String, i64, i64, i64)> {
+        rows(batches)
+    }
+
+    #[tokio::test]
     async fn restore_merges_the_snapshots_of_every_epoch() {
         let mut op = operator().await;
         op.process(0, batch(&[("a", 1), ("b", 2)])).unwrap();
@@ -410,7 +628,7 @@ mod tests {
         op.on_checkpoint().unwrap();
         let second = op.snapshot(false).unwrap();
         let mut restored = operator().await;
-        restored.restore(&[first, second].concat(), None).unwrap();
+        restored.restore([first, second].concat(), None).unwrap();
         assert_eq!(restored.state_rows(), 2);
         restored.process(0, batch(&[("b", 2)])).unwrap();
         restored.commit_batch();

@@ -13,9 +13,11 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::open_states::OpenStates;
 use super::parallel::Keying;
 use super::sessions::Sessions;
+use super::spill::{load, StateChunk};
 use super::two_stage::TwoStage;
 use super::Operator;
 use crate::error::Result;
+use crate::runtime::memory::{Budget, StateMemory};
 
 /// Window open state is merged (PartialReduce) when it holds more rows than this many times the
 /// rows it held after the last merge, and at least as many rows as the second figure.
@@ -32,6 +34,8 @@ pub struct WindowAggregate {
     rows_after_merge: usize,
     /// For session windows: how states merge into sessions.
     sessions: Option<Sessions>,
+    /// Its share of the run's state memory (none: unaccounted).
+    budget: Option<Budget>,
 }
 
 impl WindowAggregate {
@@ -43,7 +47,15 @@ impl WindowAggregate {
             open: OpenStates::new(window_end),
             rows_after_merge: 0,
             sessions: None,
+            budget: None,
         })
+    }
+
+    /// The same, its state accounted in `memory` and spilled there past its share.
+    pub fn with_memory(mut self, memory: &Arc<StateMemory>) -> Self {
+        self.budget = Some(Budget::new(memory, self.kind()));
+        self.stages.use_memory(memory);
+        self
     }
 
     /// A session aggregate: `window_start` and `window_end` are group columns `start` and
@@ -56,6 +68,7 @@ impl WindowAggregate {
             open: OpenStates::new(end),
             rows_after_merge: 0,
             sessions: Some(sessions),
+            budget: None,
         })
     }
 
@@ -68,6 +81,16 @@ impl WindowAggregate {
                 (states, Some(sessions))
             }
             None => (states, None),
+        })
+    }
+}
+
+impl WindowAggregate {
+    /// The rows of `states` that the watermark `watermark` of a checkpoint had not closed.
+    fn still_open(&self, states: RecordBatch, watermark: Option<i64>) -> Result<RecordBatch> {
+        Ok(match watermark {
+            Some(w) => filter_record_batch(&states, &not(&self.open.closed(&states, w)?)?)?,
+            None => states,
         })
     }
 }
@@ -98,6 +121,7 @@ impl Operator for WindowAggregate {
         if !self.open.may_close(watermark) {
             return Ok(Vec::new());
         }
+        self.open.load_due(watermark)?;
         let all = concat_batches(self.stages.state_schema(), self.open.batches())?;
         let (all, sessions) = self.merged(all)?;
         let closed = self.open.closed(&all, watermark)?;
@@ -125,24 +149,60 @@ impl Operator for WindowAggregate {
         Some(self.stages.state_schema().clone())
     }
 
-    fn snapshot(&mut self, full: bool) -> Result<Vec<RecordBatch>> {
+    fn snapshot(&mut self, full: bool) -> Result<Vec<StateChunk>> {
         Ok(self.open.snapshot(full))
     }
 
     /// Change files still hold the states of windows emitted since: those the checkpoint's
     /// watermark had closed are dropped. Sessions are merged again first; a session closed then
-    /// cannot have grown after (a row joining it would have been late).
-    fn restore(&mut self, state: &[RecordBatch], watermark: Option<i64>) -> Result<()> {
-        self.open.clear_changes();
-        let all = concat_batches(self.stages.state_schema(), state)?;
-        let (all, _) = self.merged(all)?;
-        let open = match watermark {
-            Some(w) => filter_record_batch(&all, &not(&self.open.closed(&all, w)?)?)?,
-            None => all,
-        };
-        self.open.set(vec![open]);
+    /// cannot have grown after (a row joining it would have been late). Window states are read
+    /// a file at a time, spilling again past the budget; sessions merge in memory.
+    fn restore(&mut self, state: Vec<StateChunk>, watermark: Option<i64>) -> Result<()> {
+        let schema = self.stages.state_schema().clone();
+        if self.sessions.is_some() {
+            let all = concat_batches(&schema, &load(&state)?)?;
+            let (all, _) = self.merged(all)?;
+            self.open.add(self.still_open(all, watermark)?);
+            self.fit_memory()?;
+        } else {
+            for chunk in &state {
+                for batch in chunk.batches()? {
+                    let open = self.still_open(batch?, watermark)?;
+                    self.open.add(open);
+                }
+                self.fit_memory()?;
+            }
+        }
         self.rows_after_merge = self.open.rows();
         Ok(())
+    }
+
+    /// Sessions merge all their states, so they stay in memory: past the budget the pipeline
+    /// fails. Windows spill the later-ending half of their states, then all of them.
+    fn fit_memory(&mut self) -> Result<()> {
+        let Some(budget) = &mut self.budget else {
+            return Ok(());
+        };
+        let bytes = self.open.bytes();
+        if budget.fits(bytes) {
+            return Ok(());
+        }
+        if self.sessions.is_some() {
+            return Err(budget.exhausted("the open sessions' state", bytes));
+        }
+        let schema = self.stages.state_schema();
+        for all in [false, true] {
+            self.open.spill(budget.memory(), schema, all)?;
+            if budget.fits(self.open.bytes()) {
+                tracing::debug!(
+                    spilled = self.open.spilled_bytes(),
+                    "Window state spilled to disk."
+                );
+                return Ok(());
+            }
+        }
+        let bytes = self.open.bytes();
+        Err(budget.exhausted("the open windows' state", bytes))
     }
 
     fn state_rows(&self) -> usize {
@@ -151,6 +211,10 @@ impl Operator for WindowAggregate {
 
     fn state_bytes(&self) -> usize {
         self.open.bytes()
+    }
+
+    fn spilled_bytes(&self) -> u64 {
+        self.open.spilled_bytes()
     }
 
     /// Windows are keyed by all their group columns; sessions by the columns besides the
@@ -270,6 +334,99 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn state_beyond_the_budget_spills_and_windows_close_the_same() {
+        // 400 windows of 500 keys, each window ending 100 s after its rows: 100 windows open
+        // at a time, far more state than 256 kB. The spilling operator emits what the
+        // unbounded one does.
+        let memory = StateMemory::new(Some(256 << 10)).unwrap();
+        let mut spilling = operator().await.with_memory(&memory);
+        let mut unbounded = operator().await;
+        let mut emitted = (Vec::new(), Vec::new());
+        let mut spilled = 0;
+        for second in 0..400i64 {
+            let rows: Vec<_> = (0..500)
+                .map(|k| (second + 100, k, second * 7 + k))
+                .collect();
+            for op in [&mut spilling, &mut unbounded] {
+                op.process(0, batch(&rows)).unwrap();
+                op.commit_batch();
+                op.fit_memory().unwrap();
+            }
+            spilled = spilled.max(spilling.spilled_bytes());
+            assert!(
+                spilling.state_bytes() <= 192 << 10,
+                "within three quarters of the budget"
+            );
+            if second % 10 == 9 {
+                // Windows end 100 s after their rows: most of the state waits on disk.
+                let watermark = second * S;
+                emitted.0.extend(spilling.on_watermark(watermark).unwrap());
+                spilling.fit_memory().unwrap();
+                emitted.1.extend(unbounded.on_watermark(watermark).unwrap());
+            }
+            if second == 200 {
+                // A checkpoint in the middle: restored from its full snapshot, spilled state
+                // and all, the operator goes on the same.
+                let full = spilling.snapshot(true).unwrap();
+                assert!(full.iter().any(|c| matches!(c, StateChunk::Spilled(_))));
+                let mut restored = operator().await.with_memory(&memory);
+                restored.restore(full, Some((second - 1) * S)).unwrap();
+                assert_eq!(restored.state_rows(), spilling.state_rows());
+                spilling = restored;
+            }
+        }
+        assert!(spilled > 0, "the state was spilled");
+        emitted
+            .0
+            .extend(spilling.on_watermark(END_OF_TIME).unwrap());
+        emitted
+            .1
+            .extend(unbounded.on_watermark(END_OF_TIME).unwrap());
+        let (spilled_rows, unbounded_rows) = (rows(&emitted.0), rows(&emitted.1));
+        assert_eq!(unbounded_rows.len(), 400 * 500);
+        assert_eq!(spilled_rows, unbounded_rows);
+        assert_eq!(spilling.state_rows(), 0);
+        assert_eq!(spilling.spilled_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn open_sessions_beyond_the_budget_fail_the_pipeline() {
+        let plan = aggregate_plan(
+            Arc::new(Schema::new(vec![
+                Field::new("window_start", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+                Field::new("window_end", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+                Field::new("k", DataType::Int64, true),
+            ])),
+            "SELECT window_start, window_end, k, count(*) AS n FROM t GROUP BY window_start, window_end, k",
+        )
+        .await;
+        let memory = StateMemory::new(Some(64 << 10)).unwrap();
+        let mut op = WindowAggregate::sessions(plan, 0, 1)
+            .unwrap()
+            .with_memory(&memory);
+        let starts: Vec<i64> = (0..20_000).map(|i| i * S).collect();
+        let states = RecordBatch::try_new(
+            op.stages.state_schema().clone(),
+            vec![
+                Arc::new(TimestampMicrosecondArray::from(starts.clone())),
+                Arc::new(TimestampMicrosecondArray::from(
+                    starts.iter().map(|s| s + 10 * S).collect::<Vec<_>>(),
+                )),
+                Arc::new(Int64Array::from_iter_values(0..20_000)),
+                Arc::new(Int64Array::from(vec![1i64; 20_000])),
+            ],
+        )
+        .unwrap();
+        op.open.add(states);
+        let e = op.fit_memory().unwrap_err();
+        assert!(
+            matches!(e, crate::error::Error::StateMemoryExhausted(_)),
+            "{e}"
+        );
+        assert!(e.to_string().contains("state_memory"), "{e}");
+    }
+
+    #[tokio::test]
     async fn restore_drops_windows_emitted_before_the_checkpoint() {
         let mut op = operator().await;
         op.process(0, batch(&[(10, 1, 5), (20, 1, 1)])).unwrap();
@@ -282,7 +439,7 @@ mod tests {
         // The files still hold window 10's states; the checkpoint's watermark (10 s) drops them.
         let mut restored = operator().await;
         restored
-            .restore(&[first, second].concat(), Some(10 * S))
+            .restore([first, second].concat(), Some(10 * S))
             .unwrap();
         assert_eq!(
             rows(&restored.on_watermark(END_OF_TIME).unwrap()),
@@ -290,6 +447,6 @@ mod tests {
         );
         // A full snapshot holds the open windows only.
         let full = op.snapshot(true).unwrap();
-        assert_eq!(full.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+        assert_eq!(full.iter().map(|c| c.rows()).sum::<usize>(), 3);
     }
 }

@@ -1,0 +1,193 @@
+//! A pipeline run's memory budget for operator state: DataFusion memory pools that account the
+//! state operators hold and the work DataFusion does merging it, and the disk manager whose
+//! temporary files take the state that does not fit.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use datafusion::execution::memory_pool::{
+    GreedyMemoryPool, MemoryConsumer, MemoryPool, MemoryReservation, TrackConsumersPool,
+};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::TaskContext;
+
+use crate::error::{Error, Result};
+
+/// The budget when a pipeline sets none.
+pub const DEFAULT_STATE_MEMORY: usize = 1 << 30;
+
+/// The least memory DataFusion's merges of state get.
+pub const MIN_MERGE_MEMORY: usize = 64 << 20;
+
+/// The least budget a pipeline accepts: below it one batch's states may not fit.
+pub const MIN_STATE_MEMORY: usize = 4 << 20;
+
+/// Memory for one run's operator state, shared by every operator and instance of the run.
+///
+/// Three quarters of the budget hold state: each stateful operator keeps a reservation the size
+/// of the state it holds in memory and, when the reservation cannot grow, moves state to spill
+/// files (or, for state it cannot spill, fails the pipeline with a clear error). The last
+/// quarter, and at least [`MIN_MERGE_MEMORY`], is DataFusion's, for the aggregations that merge
+/// state; they spill through the same disk manager when it runs out. (Below that, DataFusion's
+/// hash tables fail rather than spill: their first allocation alone can be larger.) The
+/// Partial aggregation of each input batch is not bounded: it holds one batch's groups.
+#[derive(Debug)]
+pub struct StateMemory {
+    budget: usize,
+    state_pool: Arc<dyn MemoryPool>,
+    task: Arc<TaskContext>,
+}
+
+impl StateMemory {
+    /// A budget of `budget` bytes (the default when `None`).
+    pub fn new(budget: Option<usize>) -> Result<Arc<Self>> {
+        // Pipelines are held to MIN_STATE_MEMORY when their options are read; tests go lower.
+        let budget = budget.unwrap_or(DEFAULT_STATE_MEMORY).max(1024);
+        let work = (budget / 4).max(MIN_MERGE_MEMORY);
+        let top = NonZeroUsize::new(3).expect("three is not zero");
+        let state_pool: Arc<dyn MemoryPool> = Arc::new(TrackConsumersPool::new(
+            GreedyMemoryPool::new(budget - budget / 4),
+            top,
+        ));
+        // The default disk manager spills into a directory under the OS's temporary one.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(TrackConsumersPool::new(
+                GreedyMemoryPool::new(work),
+                top,
+            )))
+            .build_arc()?;
+        let task = Arc::new(TaskContext::default().with_runtime(runtime));
+        Ok(Arc::new(StateMemory {
+            budget,
+            state_pool,
+            task,
+        }))
+    }
+
+    /// The budget, in bytes.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// An empty reservation for the state of the operator (instance) `name`.
+    pub fn reservation(&self, name: &str) -> MemoryReservation {
+        MemoryConsumer::new(name)
+            .with_can_spill(true)
+            .register(&self.state_pool)
+    }
+
+    /// The context DataFusion plans over state run in: its memory pool is the budget's last
+    /// quarter, and it may spill.
+    pub fn task(&self) -> &Arc<TaskContext> {
+        &self.task
+    }
+
+    /// A new temporary file, deleted when the last handle to it is dropped.
+    pub fn temp_file(&self, what: &str) -> Result<Arc<dyn datafusion::execution::SpillFile>> {
+        Ok(self.task.runtime_env().disk_manager.create_tmp_file(what)?)
+    }
+}
+
+/// One operator instance's part of a [`StateMemory`]: a reservation the size of the state it
+/// holds in memory.
+#[derive(Debug)]
+pub struct Budget {
+    memory: Arc<StateMemory>,
+    reservation: MemoryReservation,
+}
+
+impl Budget {
+    /// An empty reservation of `memory` for operator `name`.
+    pub fn new(memory: &Arc<StateMemory>, name: &str) -> Self {
+        Budget {
+            reservation: memory.reservation(name),
+            memory: memory.clone(),
+        }
+    }
+
+    /// Sets the reservation to `bytes`; false (and unchanged) when the budget has no room.
+    pub fn fits(&mut self, bytes: usize) -> bool {
+        self.reservation.try_resize(bytes).is_ok()
+    }
+
+    /// The run's memory, for spill files and DataFusion plans.
+    pub fn memory(&self) -> &Arc<StateMemory> {
+        &self.memory
+    }
+
+    /// The error for state of `bytes` that cannot spill and does not fit.
+    pub fn exhausted(&self, what: &str, bytes: usize) -> Error {
+        Error::StateMemoryExhausted(format!(
+            "{what} holds {} in memory and cannot spill to disk, beyond the pipeline's state memory of {}: raise it with WITH (state_memory = '...')",
+            human_bytes(bytes as u64),
+            human_bytes(self.memory.budget() as u64),
+        ))
+    }
+}
+
+/// `bytes` as a person reads it (`12.5 MB`).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// A size such as `512 MB`, `2GB`, `64 kB` or `1048576` (bytes); `None` when not one.
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim().to_ascii_lowercase();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let scale = match unit.trim() {
+        "" | "b" | "bytes" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = n * scale;
+    (bytes >= 1.0 && bytes < usize::MAX as f64).then_some(bytes as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_print() {
+        assert_eq!(parse_size("512 MB"), Some(512 << 20));
+        assert_eq!(parse_size("2GB"), Some(2 << 30));
+        assert_eq!(parse_size("1.5 kB"), Some(1536));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("0 MB"), None);
+        assert_eq!(parse_size("-1 MB"), None);
+        assert_eq!(human_bytes(1536), "1.5 kB");
+        assert_eq!(human_bytes(12), "12 bytes");
+    }
+
+    #[test]
+    fn a_budget_refuses_what_does_not_fit() {
+        let memory = StateMemory::new(Some(8 << 20)).unwrap();
+        let mut a = Budget::new(&memory, "a");
+        let mut b = Budget::new(&memory, "b");
+        assert!(a.fits(5 << 20));
+        assert!(!b.fits(2 << 20), "three quarters of 8 MB are taken");
+        assert!(a.fits(1 << 20));
+        assert!(b.fits(2 << 20));
+        let e = b.exhausted("DISTINCT", 9 << 20).to_string();
+        assert!(e.contains("9.0 MB") && e.contains("8.0 MB"), "{e}");
+    }
+}

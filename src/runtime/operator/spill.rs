@@ -1,0 +1,243 @@
+//! State outside memory: Arrow IPC files on local disk that operators move state into when it
+//! does not fit their memory budget, and the chunks of state (a batch in memory or such a file)
+//! that operators hand to checkpoints and take back on restore.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::{FileWriter, IpcWriteOptions};
+use arrow::ipc::CompressionType;
+use arrow::record_batch::RecordBatch;
+
+use crate::error::{Error, Result};
+use crate::runtime::memory::StateMemory;
+
+/// An immutable Arrow IPC file of state batches, deleted when the last handle is dropped.
+#[derive(Clone)]
+pub struct SpillFile {
+    file: Arc<dyn datafusion::execution::SpillFile>,
+    rows: usize,
+    bytes: u64,
+}
+
+impl std::fmt::Debug for SpillFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SpillFile({}, {} rows)",
+            self.path().display(),
+            self.rows
+        )
+    }
+}
+
+impl SpillFile {
+    /// `batches` (of `schema`) written to a new file; `None` when they hold no rows.
+    pub fn write(
+        memory: &StateMemory,
+        schema: &SchemaRef,
+        batches: impl IntoIterator<Item = RecordBatch>,
+    ) -> Result<Option<SpillFile>> {
+        let mut writer = SpillWriter::new(memory, schema)?;
+        for b in batches {
+            writer.write(&b)?;
+        }
+        writer.finish()
+    }
+
+    /// A file already written elsewhere (a checkpoint's state file fetched for a restore) in
+    /// Arrow IPC file format, holding `rows` rows.
+    pub fn adopt(file: Arc<dyn datafusion::execution::SpillFile>, rows: usize) -> Result<Self> {
+        let path = local_path(&file)?;
+        let bytes = std::fs::metadata(path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+            .len();
+        Ok(SpillFile { file, rows, bytes })
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        self.file.path().unwrap_or(Path::new("?"))
+    }
+
+    /// Rows it holds.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Its size on disk.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Its schema (read from the file).
+    pub fn schema(&self) -> Result<SchemaRef> {
+        Ok(self.reader()?.schema())
+    }
+
+    /// Its batches, read one at a time.
+    pub fn batches(&self) -> Result<impl Iterator<Item = Result<RecordBatch>> + Send + 'static> {
+        let path = self.path().display().to_string();
+        Ok(self.reader()?.map(move |b| {
+            b.map_err(|e| Error::Internal(format!("reading spilled state {path}: {e}")))
+        }))
+    }
+
+    fn reader(&self) -> Result<FileReader<BufReader<File>>> {
+        let path = self.path();
+        let f =
+            File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        FileReader::try_new(BufReader::new(f), None)
+            .map_err(|e| Error::Internal(format!("reading spilled state {}: {e}", path.display())))
+    }
+}
+
+fn local_path(file: &Arc<dyn datafusion::execution::SpillFile>) -> Result<&Path> {
+    file.path()
+        .ok_or_else(|| Error::Internal("spill files must be local files".into()))
+}
+
+/// Writes batches to a new spill file one at a time.
+pub struct SpillWriter {
+    file: Arc<dyn datafusion::execution::SpillFile>,
+    writer: FileWriter<BufWriter<File>>,
+    rows: usize,
+}
+
+impl SpillWriter {
+    /// A writer of batches of `schema` into a new temporary file of `memory`'s disk manager.
+    pub fn new(memory: &StateMemory, schema: &SchemaRef) -> Result<Self> {
+        let file = memory.temp_file("spilling operator state")?;
+        let path = local_path(&file)?;
+        let f =
+            File::create(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        let options =
+            IpcWriteOptions::default().try_with_compression(Some(CompressionType::LZ4_FRAME))?;
+        let writer = FileWriter::try_new_with_options(BufWriter::new(f), schema, options)?;
+        Ok(SpillWriter {
+            file,
+            writer,
+            rows: 0,
+        })
+    }
+
+    /// Appends a batch.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() > 0 {
+            self.writer.write(batch)?;
+            self.rows += batch.num_rows();
+        }
+        Ok(())
+    }
+
+    /// The file written; `None` (and no file) when no rows were.
+    pub fn finish(mut self) -> Result<Option<SpillFile>> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        self.writer.finish()?;
+        let path = local_path(&self.file)?.display().to_string();
+        let f = self.writer.into_inner()?;
+        f.into_inner()
+            .map_err(|e| Error::io(format!("writing {path}"), e.into_error()))?;
+        Ok(Some(SpillFile::adopt(self.file, self.rows)?))
+    }
+}
+
+/// A part of an operator's state as it is snapshotted and restored: batches in memory, or a
+/// file of them.
+#[derive(Debug, Clone)]
+pub enum StateChunk {
+    /// A batch in memory.
+    Batch(RecordBatch),
+    /// A file on local disk.
+    Spilled(SpillFile),
+}
+
+impl StateChunk {
+    /// Rows it holds.
+    pub fn rows(&self) -> usize {
+        match self {
+            StateChunk::Batch(b) => b.num_rows(),
+            StateChunk::Spilled(f) => f.rows(),
+        }
+    }
+
+    /// Bytes it holds in memory.
+    pub fn memory(&self) -> usize {
+        match self {
+            StateChunk::Batch(b) => b.get_array_memory_size(),
+            StateChunk::Spilled(_) => 0,
+        }
+    }
+
+    /// Its batches, those of a file read one at a time.
+    pub fn batches(
+        &self,
+    ) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send + 'static>> {
+        Ok(match self {
+            StateChunk::Batch(b) => Box::new(std::iter::once(Ok(b.clone()))),
+            StateChunk::Spilled(f) => Box::new(f.batches()?),
+        })
+    }
+}
+
+/// Chunks of in-memory batches.
+pub fn in_memory(batches: impl IntoIterator<Item = RecordBatch>) -> Vec<StateChunk> {
+    batches
+        .into_iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(StateChunk::Batch)
+        .collect()
+}
+
+/// Every batch of `chunks`, read into memory.
+pub fn load(chunks: &[StateChunk]) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for c in chunks {
+        for b in c.batches()? {
+            out.push(b?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    #[test]
+    fn spilled_batches_read_back_and_the_file_goes_with_its_last_handle() {
+        let memory = StateMemory::new(None).unwrap();
+        let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        let batch = |v: Vec<i64>| {
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(v))]).unwrap()
+        };
+        assert!(SpillFile::write(&memory, &schema, [batch(vec![])])
+            .unwrap()
+            .is_none());
+        let file = SpillFile::write(&memory, &schema, [batch(vec![1, 2]), batch(vec![3])])
+            .unwrap()
+            .unwrap();
+        assert_eq!(file.rows(), 3);
+        let chunk = StateChunk::Spilled(file.clone());
+        let back = load(&[chunk.clone(), StateChunk::Batch(batch(vec![4]))]).unwrap();
+        assert_eq!(
+            back,
+            vec![batch(vec![1, 2]), batch(vec![3]), batch(vec![4])]
+        );
+        let path = file.path().to_path_buf();
+        assert!(path.exists());
+        drop(file);
+        assert!(path.exists(), "the chunk still holds it");
+        drop(chunk);
+        assert!(!path.exists());
+    }
+}

@@ -58,6 +58,43 @@ async fn distinct_keeps_the_rows_of_a_batch_that_failed_elsewhere() {
     assert_eq!(errored, errors.len() as u64);
 }
 
+/// A DISTINCT looks up every row in its keys, so they cannot spill: past `state_memory` the
+/// pipeline fails with a message naming the option, rather than the process running out of
+/// memory or the batch being taken for bad rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_beyond_its_state_memory_fails_the_pipeline_clearly() {
+    let (tmp, server) = start_fresh().await;
+    let lake = tmp.path().join("lake");
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = 500000, seed = 5);
+         CREATE SINK lake WITH (connector = 'delta', path = '{}');
+         CREATE PIPELINE d WITH (state_memory = '4 MB') AS INSERT INTO lake
+           SELECT DISTINCT auction, bidder, price FROM bids;",
+        lake.display()
+    ))
+    .await
+    .unwrap();
+    wait_state(&c, "d", "failed").await;
+    let error = scalar(&c, "SELECT error FROM tributary.pipelines WHERE name = 'd'").await;
+    assert!(
+        error.contains("DISTINCT") && error.contains("state_memory"),
+        "{error}"
+    );
+    let (_, _, errored) = counters(&c, "d").await;
+    assert_eq!(errored, 0, "no row is blamed for the state's size");
+    // A size that is not one is refused when the pipeline is created.
+    let e = c
+        .batch_execute(
+            "CREATE PIPELINE e WITH (state_memory = 'lots') AS INSERT INTO lake SELECT DISTINCT auction, bidder, price FROM bids",
+        )
+        .await
+        .unwrap_err();
+    let e = e.as_db_error().expect("a database error");
+    assert_eq!(e.code(), &SqlState::INVALID_PARAMETER_VALUE);
+    assert!(e.message().contains("state_memory"), "{}", e.message());
+}
+
 /// `now()`, `current_timestamp` and `current_date` are read per batch, not folded into the
 /// time the pipeline was planned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

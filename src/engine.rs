@@ -281,7 +281,8 @@ impl Engine {
                 };
                 let mut plan = compile(&self.ctx.state(), query).await?;
                 if let Some(key) = &plan.output_key {
-                    check_updates_sink(&sink_entry, key)?;
+                    check_updates_sink(&sink_entry, key)
+                        .map_err(|e| e.at_place(crate::sql::places::Places::of(query).group_by))?;
                 } else if options.contains_key("state_ttl") {
                     return Err(Error::Plan(
                         "state_ttl bounds the groups of a GROUP BY without a window, and this pipeline has none (windows and sessions leave the state when they close)".into(),

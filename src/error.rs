@@ -85,6 +85,16 @@ pub enum Error {
         /// 1-based character position in the statement.
         position: usize,
     },
+    /// An error found at a place in the statement's source text, not yet counted in characters.
+    #[error("{error}")]
+    Located {
+        /// The error.
+        error: Box<Error>,
+        /// Line and column (1-based) in the text the statement was parsed from.
+        line: u64,
+        /// Column.
+        column: u64,
+    },
 }
 
 impl From<arrow::error::ArrowError> for Error {
@@ -100,20 +110,34 @@ impl Error {
     /// This error with the position DataFusion found for it in `statement` (the place a
     /// diagnostic points at: an unknown column, a window's bad argument), when it has one.
     pub fn located_in(self, statement: &str) -> Self {
-        let span = match &self {
-            Error::DataFusion(e) => e.diagnostic().and_then(|d| d.span),
-            _ => None,
+        let (error, line, column) = match self {
+            Error::DataFusion(e) => match e.diagnostic().and_then(|d| d.span) {
+                Some(span) => (Error::DataFusion(e), span.start.line, span.start.column),
+                None => return Error::DataFusion(e),
+            },
+            Error::Located {
+                error,
+                line,
+                column,
+            } => (*error, line, column),
+            other => return other,
         };
-        match span {
-            Some(span) => Error::At {
-                position: crate::sql::parse::char_position(
-                    statement,
-                    datafusion::sql::sqlparser::tokenizer::Location {
-                        line: span.start.line,
-                        column: span.start.column,
-                    },
-                ),
+        Error::At {
+            position: crate::sql::parse::char_position(
+                statement,
+                datafusion::sql::sqlparser::tokenizer::Location { line, column },
+            ),
+            error: Box::new(error),
+        }
+    }
+
+    /// This error at `place` of the statement's text (unchanged when `None`).
+    pub fn at_place(self, place: Option<datafusion::sql::sqlparser::tokenizer::Location>) -> Self {
+        match place {
+            Some(at) => Error::Located {
                 error: Box::new(self),
+                line: at.line,
+                column: at.column,
             },
             None => self,
         }
@@ -157,7 +181,7 @@ impl Error {
             Error::ProgramLimit(_) => "54000",
             Error::StateMemoryExhausted(_) => "53200",
             Error::Internal(_) => "XX000",
-            Error::At { error, .. } => error.sqlstate(),
+            Error::At { error, .. } | Error::Located { error, .. } => error.sqlstate(),
         }
     }
 
@@ -170,7 +194,7 @@ impl Error {
                 e.find_root(),
                 DataFusionError::ResourcesExhausted(_) | DataFusionError::IoError(_)
             ),
-            Error::At { error, .. } => error.is_resource_error(),
+            Error::At { error, .. } | Error::Located { error, .. } => error.is_resource_error(),
             _ => false,
         }
     }

@@ -2,6 +2,7 @@
 
 pub mod clock;
 pub mod parse;
+pub mod places;
 pub mod plan;
 pub mod session_window;
 pub mod types;

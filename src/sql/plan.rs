@@ -11,6 +11,7 @@ use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast;
 
+use super::places::Places;
 use super::session_window::{Session, SessionWindowEnd, SESSION_NAMES};
 use super::windows::{event_time, WINDOW_END, WINDOW_START};
 use crate::error::{Error, Result};
@@ -46,7 +47,9 @@ pub async fn compile(state: &SessionState, query: &ast::Query) -> Result<Pipelin
         .await?;
     let optimized = state.optimize(&logical)?;
     let display = optimized.display_indent().to_string();
+    let places = Places::of(query);
     let mut cx = Lowering {
+        places,
         state: &state,
         nodes: Vec::new(),
         scanned: None,
@@ -64,7 +67,8 @@ pub async fn compile(state: &SessionState, query: &ast::Query) -> Result<Pipelin
     if cx.windowed && event_time.is_none() {
         return Err(Error::Plan(format!(
             "a window closes when the watermark passes its end, and source \"{source}\" has no watermark: declare one, as in CREATE SOURCE {source} (..., WATERMARK FOR <time column> AS <time column> - INTERVAL '5' SECOND)"
-        )));
+        ))
+        .at_place(places.window_function));
     }
     let (having, output_key) = match cx.updating {
         Some(at) => (
@@ -113,6 +117,8 @@ type Lowered = (String, Option<Vec<usize>>, Input);
 
 /// What lowering has found so far.
 struct Lowering<'a> {
+    /// Where errors point in the query's text.
+    places: Places,
     /// Plans aggregates.
     state: &'a SessionState,
     nodes: Vec<NodeSpec>,
@@ -255,7 +261,8 @@ fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
                 if group_names.iter().any(|n| n == WINDOW_START) {
                     return Err(Error::Plan(format!(
                         "a window's rows are emitted when it ends: GROUP BY {WINDOW_START}, {WINDOW_END}, ..."
-                    )));
+                    ))
+                    .at_place(cx.places.group_by.or(cx.places.select)));
                 }
                 return lower_updating_aggregate(agg, cx);
             };
@@ -397,7 +404,8 @@ fn lower_session_aggregate(
                 return Err(Error::Unsupported(format!(
                     "a SESSION window's rows must go straight to its GROUP BY, and here they pass through {}: sessions form over all of the source's rows, so filter in the aggregates (count(*) FILTER (WHERE ...)) or after them (HAVING)",
                     other.display()
-                )))
+                ))
+                .at_place(cx.places.window_function))
             }
         }
     }
@@ -406,7 +414,8 @@ fn lower_session_aggregate(
     else {
         return Err(Error::Plan(format!(
             "a session's rows are emitted when it ends: GROUP BY {WINDOW_START}, {WINDOW_END}, <keys>"
-        )));
+        ))
+        .at_place(cx.places.group_by.or(cx.places.select)));
     };
     if !session.keys.is_empty() {
         let mut named = session.keys.clone();
@@ -455,7 +464,8 @@ fn lower_updating_aggregate(
     if agg.group_expr.is_empty() {
         return Err(Error::Unsupported(
             "an aggregate over the whole stream has no key to update by: GROUP BY a column, or a window (FROM TUMBLE(...) ... GROUP BY window_start, window_end)".into(),
-        ));
+        )
+        .at_place(cx.places.select));
     }
     let (source, scan, from) = lower(&agg.input, cx)?;
     if let Some(table) = &cx.scanned {
@@ -465,7 +475,8 @@ fn lower_updating_aggregate(
         {
             return Err(Error::Unsupported(format!(
                 "source \"{source}\" is a change stream (updates and deletes); aggregating it needs retractions, which are not supported yet"
-            )));
+            ))
+            .at_place(cx.places.group_by));
         }
     }
     let aggregate = plan_aggregate(agg, cx.state)?;

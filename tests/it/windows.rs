@@ -192,6 +192,7 @@ async fn bad_definitions_point_at_their_place() {
     c.batch_execute(&format!(
         "CREATE SOURCE bids (WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
            WITH (connector = 'nexmark', table = 'bid', events = 1000, seed = 1);
+         CREATE SOURCE plain WITH (connector = 'nexmark', table = 'bid', events = 1000, seed = 1);
          CREATE SINK out WITH (connector = 'parquet', path = '{}');",
         tmp.path().join("out").display()
     ))
@@ -215,6 +216,30 @@ async fn bad_definitions_point_at_their_place() {
             "42000",
         ),
         ("SELECT auction, nosuch FROM bids", "nosuch", "42703"),
+        // Our own planning's errors point too: a window over a source without a watermark...
+        (
+            "CREATE PIPELINE bad AS INSERT INTO out SELECT window_start, window_end, count(*) AS n FROM TUMBLE(plain, date_time, INTERVAL '2' SECOND) GROUP BY window_start, window_end",
+            "TUMBLE(plain",
+            "42000",
+        ),
+        // ...a window's GROUP BY without its end...
+        (
+            "CREATE PIPELINE bad AS INSERT INTO out SELECT count(*) AS n FROM TUMBLE(bids, date_time, INTERVAL '2' SECOND) GROUP BY window_start",
+            "window_start",
+            "42000",
+        ),
+        // ...an updating aggregate into an append-only sink (at its GROUP BY)...
+        (
+            "CREATE PIPELINE bad AS INSERT INTO out SELECT auction, count(*) AS n FROM bids GROUP BY 1",
+            "1",
+            "0A000",
+        ),
+        // ...and an aggregate over the whole stream (at its SELECT).
+        (
+            "CREATE PIPELINE bad AS INSERT INTO out SELECT count(*) AS n FROM bids",
+            "SELECT",
+            "0A000",
+        ),
     ];
     for (sql, place, code) in cases {
         let e = c.batch_execute(sql).await.unwrap_err();

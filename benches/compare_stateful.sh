@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side for the stateful Nexmark queries (benches/nexmark_lib.sh: q11 sessions per bidder,
-# q12t tumbling counts per bidder, q5h hopping counts per auction, q15 and q17 per-day rollups) over the same JSON-lines
+# q12t tumbling counts per bidder, q5h hopping counts per auction, q15, q16 and q17 per-day rollups) over the same JSON-lines
 # file of bids: Tributary (a batch pipeline into its blackhole sink; windows close at the end of
 # the input, rollups are emitted at each checkpoint), DuckDB running the batch equivalent
 # (time_bucket, generate_series for the hops, lag and a running sum for the sessions) and reducing its result so every row is computed,
@@ -56,6 +56,20 @@ queries = {
                count(*) FILTER (WHERE price >= 1000000) AS rank3_bids,
                count(DISTINCT bidder) AS total_bidders, count(DISTINCT auction) AS total_auctions
              FROM {bids} GROUP BY ALL""",
+  "q16": f"""SELECT channel, strftime(date_time, '%Y-%m-%d') AS day, max(strftime(date_time, '%H:%M')) AS minute,
+               count(*) AS total_bids,
+               count(*) FILTER (WHERE price < 10000) AS rank1_bids,
+               count(*) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bids,
+               count(*) FILTER (WHERE price >= 1000000) AS rank3_bids,
+               count(DISTINCT bidder) AS total_bidders,
+               count(DISTINCT bidder) FILTER (WHERE price < 10000) AS rank1_bidders,
+               count(DISTINCT bidder) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bidders,
+               count(DISTINCT bidder) FILTER (WHERE price >= 1000000) AS rank3_bidders,
+               count(DISTINCT auction) AS total_auctions,
+               count(DISTINCT auction) FILTER (WHERE price < 10000) AS rank1_auctions,
+               count(DISTINCT auction) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_auctions,
+               count(DISTINCT auction) FILTER (WHERE price >= 1000000) AS rank3_auctions
+             FROM {bids} GROUP BY ALL""",
   "q17": f"""SELECT auction, strftime(date_time, '%Y-%m-%d') AS day, count(*) AS total_bids,
                count(*) FILTER (WHERE price < 10000) AS rank1_bids, min(price) AS min_price,
                max(price) AS max_price, avg(price) AS avg_price, sum(price) AS sum_price
@@ -97,6 +111,20 @@ queries = {
               count(*) FILTER (WHERE price >= 1000000) AS rank3_bids,
               count(DISTINCT bidder) AS total_bidders, count(DISTINCT auction) AS total_auctions
             FROM bid GROUP BY DATE_FORMAT(date_time, 'yyyy-MM-dd')""",
+  "q16": """SELECT channel, DATE_FORMAT(date_time, 'yyyy-MM-dd') AS `day`, max(DATE_FORMAT(date_time, 'HH:mm')) AS `minute`,
+              count(*) AS total_bids,
+              count(*) FILTER (WHERE price < 10000) AS rank1_bids,
+              count(*) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bids,
+              count(*) FILTER (WHERE price >= 1000000) AS rank3_bids,
+              count(DISTINCT bidder) AS total_bidders,
+              count(DISTINCT bidder) FILTER (WHERE price < 10000) AS rank1_bidders,
+              count(DISTINCT bidder) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bidders,
+              count(DISTINCT bidder) FILTER (WHERE price >= 1000000) AS rank3_bidders,
+              count(DISTINCT auction) AS total_auctions,
+              count(DISTINCT auction) FILTER (WHERE price < 10000) AS rank1_auctions,
+              count(DISTINCT auction) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_auctions,
+              count(DISTINCT auction) FILTER (WHERE price >= 1000000) AS rank3_auctions
+            FROM bid GROUP BY channel, DATE_FORMAT(date_time, 'yyyy-MM-dd')""",
   "q17": """SELECT auction, DATE_FORMAT(date_time, 'yyyy-MM-dd') AS `day`, count(*) AS total_bids,
               count(*) FILTER (WHERE price < 10000) AS rank1_bids, min(price) AS min_price,
               max(price) AS max_price, avg(price) AS avg_price, sum(price) AS sum_price
@@ -135,7 +163,7 @@ echo "Flink fixed cost: $FLINK_EMPTY" >&2
   echo "| query | engine | wall s | CPU s | events/s | events per CPU-s | cores used | peak RSS MB | net events/s | net events per CPU-s |"
   echo "|---|---|---|---|---|---|---|---|---|---|"
 } > "$OUT.tmp"
-for q in ${QUERIES:-q11 q12t q5h q15 q17}; do
+for q in ${QUERIES:-q11 q12t q5h q15 q16 q17}; do
   pipeline_sql "$q" json blackhole "$RUN" > "$RUN/$q.sql"
   t="" d="" f=""
   for r in $(seq "$RUNS"); do

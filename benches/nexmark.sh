@@ -6,9 +6,10 @@
 #
 # Usage: bash benches/nexmark.sh            (BIDS=10000000 RUNS=3 by default)
 # Output: benches/results/nexmark.md (the README includes it).
-# Stateful queries (q11: sessions; q12t, q5h: windows; q15, q17: updating per-day rollups):
-#   QUERIES="q11 q12t q5h q15 q17" SOURCES=nexmark SINKS=blackhole bash benches/nexmark.sh
-#   writes benches/results/nexmark-q11-q12t-q5h-q15-q17.md.
+# Stateful queries (q11: sessions; q12t, q5h: windows; q15, q16, q17: updating per-day rollups;
+# the last column is the operators' state when the input ends):
+#   QUERIES="q11 q12t q5h q15 q16 q17" SOURCES=nexmark SINKS=blackhole bash benches/nexmark.sh
+#   writes benches/results/nexmark-q11-q12t-q5h-q15-q16-q17.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIDS="${BIDS:-10000000}"
@@ -57,8 +58,8 @@ fi
   echo "Nexmark on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/{print $2}') GiB RAM; $BIDS bids; median of $RUNS runs; release build."
   echo "Reproduce: \`${QUERIES:+QUERIES=\"$QUERIES\" SOURCES=\"${SOURCES:-nexmark json csv}\" SINKS=\"${SINKS:-blackhole delta}\" }BIDS=$BIDS RUNS=$RUNS bash benches/nexmark.sh\`"
   echo
-  echo "| query | source | sink | events/s | events per CPU-s | CPU cores used | peak RSS MB |"
-  echo "|---|---|---|---|---|---|---|"
+  echo "| query | source | sink | events/s | events per CPU-s | CPU cores used | peak RSS MB | state at the end |"
+  echo "|---|---|---|---|---|---|---|---|"
 } > "$OUT.tmp"
 
 bench() { # query source sink -> appends the median run's row to $OUT.tmp
@@ -71,14 +72,16 @@ bench() { # query source sink -> appends the median run's row to $OUT.tmp
         cpu=$(awk '/User time|System time/ {s+=$NF} END {print s}' "$run/time.txt")
         rss=$(grep 'Maximum resident' "$run/time.txt" | awk '{print $NF}')
         rows=$(grep -o 'completed — [0-9]* rows in' "$run/time.txt" | grep -o '[0-9]*')
-        results+=("$wall $cpu $rss $rows")
+        state=$(grep -o 'state at the end: [0-9]* rows, [0-9]* bytes' "$run/time.txt" | grep -o '[0-9]*' | tr '\n' ' ')
+        results+=("$wall $cpu $rss $rows ${state:-0 0}")
       done
       printf '%s\n' "${results[@]}" | "$PY" -c "
 import sys, statistics
 runs = [list(map(float, l.split())) for l in sys.stdin if l.strip()]
 runs.sort(key=lambda r: r[0])
-wall, cpu, rss, rows = runs[len(runs)//2]
-print(f'| $q | $src | $sink | {rows/wall:,.0f} | {rows/cpu:,.0f} | {cpu/wall:.2f} | {rss/1024:.0f} |')
+wall, cpu, rss, rows, state_rows, state_bytes = runs[len(runs)//2]
+state = f'{state_rows:,.0f} rows, {state_bytes/1048576:.1f} MB' if state_rows else '-'
+print(f'| $q | $src | $sink | {rows/wall:,.0f} | {rows/cpu:,.0f} | {cpu/wall:.2f} | {rss/1024:.0f} | {state} |')
 " >> "$OUT.tmp"
       tail -1 "$OUT.tmp" >&2
 }

@@ -29,13 +29,15 @@ query_sql() {
     q5h) echo "SELECT auction, count(*) AS num, window_start AS starttime FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end" ;;
     # Per-day rollups, updated at each checkpoint (q15 without its per-rank distinct counts, q17).
     q15) echo "SELECT to_char(date_time, '%Y-%m-%d') AS day, count(*) AS total_bids, count(*) FILTER (WHERE price < 10000) AS rank1_bids, count(*) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bids, count(*) FILTER (WHERE price >= 1000000) AS rank3_bids, count(DISTINCT bidder) AS total_bidders, count(DISTINCT auction) AS total_auctions FROM bid GROUP BY to_char(date_time, '%Y-%m-%d')" ;;
+    # Per channel and day (q16): distinct bidders and auctions in each price rank.
+    q16) echo "SELECT channel, to_char(date_time, '%Y-%m-%d') AS day, max(to_char(date_time, '%H:%M')) AS minute, count(*) AS total_bids, count(*) FILTER (WHERE price < 10000) AS rank1_bids, count(*) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bids, count(*) FILTER (WHERE price >= 1000000) AS rank3_bids, count(DISTINCT bidder) AS total_bidders, count(DISTINCT bidder) FILTER (WHERE price < 10000) AS rank1_bidders, count(DISTINCT bidder) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bidders, count(DISTINCT bidder) FILTER (WHERE price >= 1000000) AS rank3_bidders, count(DISTINCT auction) AS total_auctions, count(DISTINCT auction) FILTER (WHERE price < 10000) AS rank1_auctions, count(DISTINCT auction) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_auctions, count(DISTINCT auction) FILTER (WHERE price >= 1000000) AS rank3_auctions FROM bid GROUP BY channel, to_char(date_time, '%Y-%m-%d')" ;;
     q17) echo "SELECT auction, to_char(date_time, '%Y-%m-%d') AS day, count(*) AS total_bids, count(*) FILTER (WHERE price < 10000) AS rank1_bids, min(price) AS min_price, max(price) AS max_price, avg(price) AS avg_price, sum(price) AS sum_price FROM bid GROUP BY auction, to_char(date_time, '%Y-%m-%d')" ;;
   esac
 }
 pipeline_sql() { # query source sink run-dir -> the script `tributary run` takes
   local sink_sql
   local mode="append"
-  case "$1" in q15|q17) mode="upsert" ;; esac # updating rollups need a sink that applies rows by key
+  case "$1" in q15|q16|q17) mode="upsert" ;; esac # updating rollups need a sink that applies rows by key
   if [ "$3" = delta ]; then sink_sql="CREATE SINK out WITH (connector = 'delta', path = '$4/lake', mode = '$mode');"
   else sink_sql="CREATE SINK out WITH (connector = 'blackhole');"; fi
   printf '%s\n%s\nCREATE PIPELINE p WITH (checkpoint_interval = %s) AS INSERT INTO out %s;\n' \

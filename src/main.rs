@@ -206,10 +206,15 @@ async fn run(script: PathBuf, data_dir: PathBuf, quiet: bool) -> anyhow::Result<
                 continue;
             }
             let state = wait_with_progress(&engine, &name, quiet).await;
-            let st = engine.runtime().status(&name, "", state, None).snapshot();
+            let status = engine.runtime().status(&name, "", state, None);
+            let st = status.snapshot();
             let secs = started.elapsed().as_secs_f64();
+            let operators = status.operators();
+            let state_rows: u64 = operators.iter().map(|o| o.state_rows).sum();
+            let state_bytes: u64 = operators.iter().map(|o| o.state_bytes).sum();
+            let spilled_bytes: u64 = operators.iter().map(|o| o.spilled_bytes).sum();
             eprintln!(
-                "pipeline {name}: {} — {} rows in, {} rows out, {} errored in {secs:.1}s ({:.0} rows/s)",
+                "pipeline {name}: {} — {} rows in, {} rows out, {} errored in {secs:.1}s ({:.0} rows/s); state at the end: {state_rows} rows, {state_bytes} bytes in memory, {spilled_bytes} spilled",
                 state.as_str(),
                 st.rows_in,
                 st.rows_out,

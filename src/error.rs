@@ -190,10 +190,13 @@ impl Error {
     pub fn is_resource_error(&self) -> bool {
         match self {
             Error::StateMemoryExhausted(_) | Error::Io { .. } => true,
-            Error::DataFusion(e) => matches!(
-                e.find_root(),
-                DataFusionError::ResourcesExhausted(_) | DataFusionError::IoError(_)
-            ),
+            Error::DataFusion(e) => match e.find_root() {
+                DataFusionError::ResourcesExhausted(_) | DataFusionError::IoError(_) => true,
+                DataFusionError::ArrowError(a, _) => {
+                    matches!(**a, arrow::error::ArrowError::IoError(..))
+                }
+                _ => false,
+            },
             Error::At { error, .. } | Error::Located { error, .. } => error.is_resource_error(),
             _ => false,
         }

@@ -327,6 +327,13 @@ impl StateUpload {
         Ok(())
     }
 
+    /// Gives the file up: nothing of it stays (a failed upload's parts included).
+    pub async fn abort(self) {
+        if let Err(e) = self.upload.abort().await {
+            tracing::warn!(file = %self.file, error = %e, "Could not abort a state file's upload.");
+        }
+    }
+
     /// Completes the file; returns its size.
     pub async fn finish(self) -> Result<u64> {
         let file = self.file;

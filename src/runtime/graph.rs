@@ -218,7 +218,16 @@ impl OperatorGraph {
     /// must stop rather than take that for a bad batch.
     fn fit_memory(&mut self) -> Result<()> {
         for node in &mut self.nodes {
-            node.operator.fit_memory()?;
+            node.operator.fit_memory().map_err(|e| {
+                if e.is_resource_error() {
+                    e
+                } else {
+                    Error::StateMemoryExhausted(format!(
+                        "moving the state of operator {} to disk failed: {e}",
+                        node.id
+                    ))
+                }
+            })?;
         }
         Ok(())
     }

@@ -43,7 +43,11 @@ impl StateMemory {
     pub fn new(budget: Option<usize>) -> Result<Arc<Self>> {
         // Pipelines are held to MIN_STATE_MEMORY when their options are read; tests go lower.
         let budget = budget.unwrap_or(DEFAULT_STATE_MEMORY).max(1024);
-        let work = (budget / 4).max(MIN_MERGE_MEMORY);
+        Self::with_merge_memory(budget, (budget / 4).max(MIN_MERGE_MEMORY))
+    }
+
+    /// A budget of `budget` bytes whose merges get `work` bytes (tests make them spill).
+    pub fn with_merge_memory(budget: usize, work: usize) -> Result<Arc<Self>> {
         let top = NonZeroUsize::new(3).expect("three is not zero");
         let state_pool: Arc<dyn MemoryPool> = Arc::new(TrackConsumersPool::new(
             GreedyMemoryPool::new(budget - budget / 4),

@@ -9,7 +9,7 @@ use arrow::ipc::writer::{FileWriter, IpcWriteOptions};
 use arrow::ipc::CompressionType;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::CheckpointStore;
+use super::checkpoint::{CheckpointStore, StateUpload};
 use super::graph::OperatorGraph;
 use super::memory::StateMemory;
 use super::operator::distinct::rows_from_row_format;
@@ -177,9 +177,24 @@ async fn write_file(
     schema: &SchemaRef,
     chunks: &[StateChunk],
 ) -> Result<u64> {
+    let mut upload = store.upload(path).await?;
+    match encode_into(&mut upload, schema, chunks).await {
+        Ok(()) => upload.finish().await,
+        Err(e) => {
+            upload.abort().await;
+            Err(e)
+        }
+    }
+}
+
+/// Encodes `chunks` into `upload`, a part at a time.
+async fn encode_into(
+    upload: &mut StateUpload,
+    schema: &SchemaRef,
+    chunks: &[StateChunk],
+) -> Result<()> {
     let options = IpcWriteOptions::default().try_with_compression(Some(CompressionType::ZSTD))?;
     let mut writer = FileWriter::try_new_with_options(Vec::new(), schema, options)?;
-    let mut upload = store.upload(path).await?;
     for chunk in chunks {
         for batch in chunk.batches()? {
             writer.write(&batch?)?;
@@ -189,8 +204,7 @@ async fn write_file(
         }
     }
     writer.finish()?;
-    upload.write(writer.into_inner()?).await?;
-    upload.finish().await
+    upload.write(writer.into_inner()?).await
 }
 
 fn describe(schema: &SchemaRef) -> String {

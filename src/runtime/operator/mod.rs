@@ -137,7 +137,7 @@ pub fn run_plan(
         vec![input],
         ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
     )?;
-    let out = futures::executor::block_on(tokio::task::unconstrained(collect(plan, task.clone())))?;
+    let out = wait(collect(plan, task.clone()), task)?;
     Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
 }
 
@@ -161,13 +161,32 @@ pub fn stream_plan(
     )?;
     Ok(PlanOutput {
         stream: execute_stream(plan, task.clone())?,
+        task: task.clone(),
     })
+}
+
+/// Waits on this thread for `f`, a plan running in `task`. A plan with a bounded memory pool
+/// may spill, and DataFusion then hands work to tokio tasks: on a worker of the multi-threaded
+/// runtime, the worker's queued tasks first move to another thread (`block_in_place`), or those
+/// tasks would wait forever behind this wait.
+fn wait<F: std::future::Future>(f: F, task: &TaskContext) -> F::Output {
+    use datafusion::execution::memory_pool::MemoryLimit;
+    let run = || futures::executor::block_on(tokio::task::unconstrained(f));
+    let may_spill = !matches!(task.memory_pool().memory_limit(), MemoryLimit::Infinite);
+    let on_worker = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if may_spill && on_worker {
+        tokio::task::block_in_place(run)
+    } else {
+        run()
+    }
 }
 
 /// A plan's output batches, pulled on this thread (outside tokio's cooperative budget, as in
 /// [`run_plan`]).
 pub struct PlanOutput {
     stream: SendableRecordBatchStream,
+    task: Arc<TaskContext>,
 }
 
 impl Iterator for PlanOutput {
@@ -175,7 +194,7 @@ impl Iterator for PlanOutput {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let next = futures::executor::block_on(tokio::task::unconstrained(self.stream.next()));
+            let next = wait(self.stream.next(), &self.task);
             match next {
                 Some(Ok(b)) if b.num_rows() == 0 => continue,
                 other => return other.map(|r| r.map_err(Into::into)),

@@ -31,9 +31,9 @@ pub struct OpenStates {
     pending: Vec<RecordBatch>,
     /// States committed since the last snapshot.
     unsnapshotted: Vec<StateChunk>,
-    /// Whether the unsnapshotted batches in memory are no longer among the open ones (merged
-    /// or spilled since), so that they take memory of their own.
-    detached: bool,
+    /// Bytes of the unsnapshotted batches that are no longer among the open ones (merged or
+    /// spilled since), so that they take memory of their own.
+    detached_bytes: usize,
     /// The earliest end among the committed states in memory (`None` when unknown: a row has
     /// no end).
     earliest_end: Option<i64>,
@@ -50,8 +50,8 @@ impl OpenStates {
             spilled: Vec::new(),
             pending: Vec::new(),
             unsnapshotted: Vec::new(),
-            detached: false,
-            earliest_end: None,
+            detached_bytes: 0,
+            earliest_end: Some(i64::MAX),
         }
     }
 
@@ -94,18 +94,30 @@ impl OpenStates {
             || self.spilled.iter().any(|(_, e)| *e <= watermark)
     }
 
-    /// Loads back the spilled files that `watermark` may close something in.
-    pub fn load_due(&mut self, watermark: i64) -> Result<()> {
-        let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.spilled)
-            .into_iter()
-            .partition(|(_, e)| *e <= watermark);
-        self.spilled = kept;
-        for (file, _) in due {
-            for b in file.batches()? {
-                self.add(b?);
+    /// Loads back the spilled files with the earliest end, if it is at most `watermark`, and
+    /// returns the watermark up to which the states in memory may now close: `watermark`, or
+    /// just before the earliest end still on disk. Closing a watermark a step at a time this
+    /// way holds only one step's spilled states in memory.
+    pub fn load_next_due(&mut self, watermark: i64) -> Result<i64> {
+        let next = self.spilled.iter().map(|(_, e)| *e).min();
+        if let Some(next) = next.filter(|e| *e <= watermark) {
+            let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.spilled)
+                .into_iter()
+                .partition(|(_, e)| *e == next);
+            self.spilled = kept;
+            for (file, _) in due {
+                for b in file.batches()? {
+                    self.add(b?);
+                }
             }
         }
-        Ok(())
+        let still_on_disk = self.spilled.iter().map(|(_, e)| *e).min();
+        Ok(still_on_disk.map_or(watermark, |e| watermark.min(e.saturating_sub(1))))
+    }
+
+    /// Whether some spilled file holds a state `watermark` closes.
+    pub fn spilled_due(&self, watermark: i64) -> bool {
+        self.spilled.iter().any(|(_, e)| *e <= watermark)
     }
 
     /// The committed states in memory.
@@ -125,7 +137,7 @@ impl OpenStates {
             .iter()
             .map(RecordBatch::get_array_memory_size)
             .sum();
-        self.detached = true;
+        self.detached_bytes = self.unsnapshotted.iter().map(StateChunk::memory).sum();
     }
 
     /// The earliest end among `states` (`i64::MAX` when there are none); `None` when a row has
@@ -160,6 +172,7 @@ impl OpenStates {
             if let Some(f) = SpillFile::write(memory, schema, batches)? {
                 self.unsnapshotted.push(StateChunk::Spilled(f));
             }
+            self.detached_bytes = 0;
         }
         if self.open.is_empty() {
             return Ok(());
@@ -198,7 +211,7 @@ impl OpenStates {
     /// All committed states when `full`, else those committed since the last snapshot.
     pub fn snapshot(&mut self, full: bool) -> Vec<StateChunk> {
         let changed = std::mem::take(&mut self.unsnapshotted);
-        self.detached = false;
+        self.detached_bytes = 0;
         if full {
             self.open
                 .iter()
@@ -222,12 +235,7 @@ impl OpenStates {
 
     /// Bytes of state in memory.
     pub fn bytes(&self) -> usize {
-        let unsnapshotted = if self.detached {
-            self.unsnapshotted.iter().map(StateChunk::memory).sum()
-        } else {
-            0
-        };
-        self.open_bytes + unsnapshotted
+        self.open_bytes + self.detached_bytes
     }
 
     /// Bytes of state on disk.

@@ -116,6 +116,12 @@ impl TwoStage {
         stream_plan(&self.reduce, &self.state_schema, chunks, &self.merge_task)
     }
 
+    /// Result rows of partial states that hold each group once (a merge's output): no merge
+    /// is left to do, so it runs as the Partial stage does, outside the merges' memory.
+    pub fn finish_merged(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        run_plan(&self.final_, &self.state_schema, states, &self.task)
+    }
+
     /// Result rows of partial states, one per group.
     pub fn finish(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
         run_plan(&self.final_, &self.state_schema, states, &self.merge_task)

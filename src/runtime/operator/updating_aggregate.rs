@@ -153,29 +153,33 @@ impl UpdatingAggregate {
         }
         let mut files = Vec::with_capacity(self.spilled.len());
         for file in std::mem::take(&mut self.spilled) {
-            let mut rest = SpillWriter::new(self.memory()?, self.stages.state_schema())?;
-            let mut hits = 0;
+            // Read once to find the changed groups' rows; only a file that has some is
+            // written again, without them.
+            let mut hits = Vec::new();
             for batch in file.batches()? {
                 let batch = batch?;
                 let hit = self.in_groups(&batch, &groups)?;
-                hits += hit.true_count();
                 if hit.true_count() > 0 {
                     touched.push(StateChunk::Batch(filter_record_batch(&batch, &hit)?));
                 }
-                rest.write(&filter_record_batch(&batch, &not(&hit)?)?)?;
+                hits.push(hit);
             }
-            if hits == 0 {
+            if hits.iter().all(|h| h.true_count() == 0) {
                 files.push(file);
-            } else {
-                files.extend(rest.finish()?);
+                continue;
             }
+            let mut rest = SpillWriter::new(self.memory()?, self.stages.state_schema())?;
+            for (batch, hit) in file.batches()?.zip(&hits) {
+                rest.write(&filter_record_batch(&batch?, &not(hit)?)?)?;
+            }
+            files.extend(rest.finish()?);
         }
         self.spilled = files;
         let mut out = Vec::new();
         for merged in self.stages.reduce_chunks(touched)? {
             let merged = merged?;
             // Each group comes once out of the merge, so each batch finishes on its own.
-            out.extend(self.stages.finish(vec![merged.clone()])?);
+            out.extend(self.stages.finish_merged(vec![merged.clone()])?);
             kept.push(merged);
         }
         self.set_base(kept)?;
@@ -281,16 +285,17 @@ impl UpdatingAggregate {
                 StateChunk::Spilled(_) => None,
             });
             files.extend(SpillFile::write(&memory, &schema, batches)?.map(StateChunk::Spilled));
+            if files.len() > SPILL_FILES {
+                files = merge_files(&memory, &schema, &files)?
+                    .map(StateChunk::Spilled)
+                    .into_iter()
+                    .collect();
+            }
             *chunks = files;
         }
         if self.spilled.len() > SPILL_FILES {
-            let mut merged = SpillWriter::new(&memory, &schema)?;
-            for file in &self.spilled {
-                for batch in file.batches()? {
-                    merged.write(&batch?)?;
-                }
-            }
-            self.spilled = merged.finish()?.into_iter().collect();
+            let files: Vec<StateChunk> = self.spilled.drain(..).map(StateChunk::Spilled).collect();
+            self.spilled = merge_files(&memory, &schema, &files)?.into_iter().collect();
         }
         tracing::debug!(
             files = self.spilled.len(),
@@ -299,6 +304,21 @@ impl UpdatingAggregate {
         );
         Ok(())
     }
+}
+
+/// The batches of `chunks`, in order, as one spill file.
+fn merge_files(
+    memory: &StateMemory,
+    schema: &SchemaRef,
+    chunks: &[StateChunk],
+) -> Result<Option<SpillFile>> {
+    let mut merged = SpillWriter::new(memory, schema)?;
+    for chunk in chunks {
+        for batch in chunk.batches()? {
+            merged.write(&batch?)?;
+        }
+    }
+    merged.finish()
 }
 
 impl Operator for UpdatingAggregate {
@@ -357,17 +377,19 @@ impl Operator for UpdatingAggregate {
         let mut in_memory = Vec::new();
         let mut bytes = 0usize;
         for chunk in state {
+            // Files are compressed: room for a few times their size.
+            let need = match &chunk {
+                StateChunk::Spilled(f) => 4 * f.bytes() as usize,
+                StateChunk::Batch(b) => b.get_array_memory_size(),
+            };
             let fits = match (&mut self.budget, &chunk) {
-                (Some(budget), StateChunk::Spilled(f)) => {
-                    // Files are compressed: room for a few times their size.
-                    budget.fits(bytes + 4 * f.bytes() as usize)
-                }
+                (Some(budget), StateChunk::Spilled(_)) => budget.fits(bytes + need),
                 _ => true,
             };
             match chunk {
                 StateChunk::Spilled(f) if !fits => self.spilled.push(f),
                 chunk => {
-                    bytes += chunk.memory();
+                    bytes += need;
                     in_memory.push(chunk);
                 }
             }
@@ -609,6 +631,33 @@ mod tests {
         }
         assert!(spilled > 0, "the state was spilled");
         assert_eq!(unbounded.state_rows(), 40_000);
+    }
+
+    /// When DataFusion's merge of the changed groups runs out of its memory it spills, and
+    /// reads the spill back through tokio tasks: on a worker of the multi-threaded runtime
+    /// (as pipelines run), waiting for the merge must not keep those tasks from running.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn merges_that_spill_inside_datafusion_finish_on_a_runtime_worker() {
+        let memory = StateMemory::with_merge_memory(1 << 30, 2 << 20).unwrap();
+        let mut spilling = operator().await.with_memory(&memory);
+        let mut unbounded = operator().await;
+        // 200 000 groups, each with a distinct-values state: far beyond 2 MB to merge.
+        let keys: Vec<String> = (0..200_000).map(|i| format!("k{i:07}")).collect();
+        for op in [&mut spilling, &mut unbounded] {
+            for part in keys.chunks(8_192) {
+                let rows: Vec<(&str, i64)> = part.iter().map(|k| (k.as_str(), 7)).collect();
+                op.process(0, batch(&rows)).unwrap();
+                op.commit_batch();
+            }
+        }
+        // In a task, as a pipeline runs: tasks it spawns queue on the same worker.
+        let merge = tokio::spawn(async move { rows_of(&spilling.on_checkpoint().unwrap()) });
+        let spilled = tokio::time::timeout(std::time::Duration::from_secs(120), merge)
+            .await
+            .expect("the merge finishes (it hung when its spill tasks queued behind it)")
+            .unwrap();
+        assert_eq!(spilled.len(), 200_000);
+        assert_eq!(spilled, rows_of(&unbounded.on_checkpoint().unwrap()));
     }
 
     /// Emitted rows, sorted.

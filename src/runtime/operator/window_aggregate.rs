@@ -86,6 +86,34 @@ impl WindowAggregate {
 }
 
 impl WindowAggregate {
+    /// Emits the windows (or sessions) in memory that `watermark` closes.
+    fn close(&mut self, watermark: i64) -> Result<Vec<RecordBatch>> {
+        if !self.open.may_close(watermark) {
+            return Ok(Vec::new());
+        }
+        let all = concat_batches(self.stages.state_schema(), self.open.batches())?;
+        let (all, sessions) = self.merged(all)?;
+        let closed = self.open.closed(&all, watermark)?;
+        let emit = filter_record_batch(&all, &closed)?;
+        let open = filter_record_batch(&all, &not(&closed)?)?;
+        let out = if emit.num_rows() > 0 {
+            self.stages.finish(vec![emit])?
+        } else {
+            Vec::new()
+        };
+        let ((growth, least), baseline) = match sessions {
+            Some(n) => (SESSION_MERGE, n),
+            None => (WINDOW_MERGE, self.rows_after_merge),
+        };
+        if open.num_rows() > least && open.num_rows() > growth * baseline {
+            self.open.set(self.stages.reduce(vec![open])?);
+            self.rows_after_merge = self.open.rows();
+        } else {
+            self.open.set(vec![open]);
+        }
+        Ok(out)
+    }
+
     /// The rows of `states` that the watermark `watermark` of a checkpoint had not closed.
     fn still_open(&self, states: RecordBatch, watermark: Option<i64>) -> Result<RecordBatch> {
         Ok(match watermark {
@@ -117,30 +145,20 @@ impl Operator for WindowAggregate {
         self.open.abort();
     }
 
+    /// Spilled states are read back a step at a time, in order of their earliest end, each
+    /// step closing what it can before the next is read, so that a watermark that jumps far
+    /// (the end of input) does not bring all of them into memory at once.
     fn on_watermark(&mut self, watermark: i64) -> Result<Vec<RecordBatch>> {
-        if !self.open.may_close(watermark) {
-            return Ok(Vec::new());
-        }
-        self.open.load_due(watermark)?;
-        let all = concat_batches(self.stages.state_schema(), self.open.batches())?;
-        let (all, sessions) = self.merged(all)?;
-        let closed = self.open.closed(&all, watermark)?;
-        let emit = filter_record_batch(&all, &closed)?;
-        let open = filter_record_batch(&all, &not(&closed)?)?;
-        let out = if emit.num_rows() > 0 {
-            self.stages.finish(vec![emit])?
-        } else {
-            Vec::new()
-        };
-        let ((growth, least), baseline) = match sessions {
-            Some(n) => (SESSION_MERGE, n),
-            None => (WINDOW_MERGE, self.rows_after_merge),
-        };
-        if open.num_rows() > least && open.num_rows() > growth * baseline {
-            self.open.set(self.stages.reduce(vec![open])?);
-            self.rows_after_merge = self.open.rows();
-        } else {
-            self.open.set(vec![open]);
+        let mut out = Vec::new();
+        while self.open.may_close(watermark) {
+            let step = self.open.load_next_due(watermark)?;
+            out.extend(self.close(step)?);
+            if !self.open.spilled_due(watermark) {
+                break;
+            }
+            // Each step closes every state up to the earliest end it read; what spills again
+            // ends later, so the steps move on.
+            self.fit_memory()?;
         }
         Ok(out)
     }

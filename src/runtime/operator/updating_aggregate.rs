@@ -618,7 +618,7 @@ mod tests {
                 "epoch {epoch}"
             );
             spilling.fit_memory().unwrap();
-            assert!(spilling.state_bytes() <= 192 << 10);
+            assert!(spilling.state_bytes() <= 256 << 10);
             spilled = spilled.max(spilling.spilled_bytes());
             if epoch == 5 {
                 // Restored from a full snapshot (spill files and all), it goes on the same.
@@ -638,7 +638,7 @@ mod tests {
     /// (as pipelines run), waiting for the merge must not keep those tasks from running.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn merges_that_spill_inside_datafusion_finish_on_a_runtime_worker() {
-        let memory = StateMemory::with_merge_memory(1 << 30, 2 << 20).unwrap();
+        let memory = StateMemory::with_merge_memory(1 << 30, Some(2 << 20)).unwrap();
         let mut spilling = operator().await.with_memory(&memory);
         let mut unbounded = operator().await;
         // 200 000 groups, each with a distinct-values state: far beyond 2 MB to merge.

@@ -13,7 +13,8 @@
 # Flink's JVM start-up and job submission are measured on a one-line file (with q12t), reported
 # separately and subtracted in the "net" columns.
 #
-# Usage: bash benches/compare_stateful.sh   (BIDS=10000000 RUNS=3 by default; QUERIES="q11 q15" for a subset)
+# Usage: bash benches/compare_stateful.sh   (BIDS=10000000 RUNS=3 by default; QUERIES="q11 q15" for a subset,
+# written to benches/results/compare-stateful-q11-q15.md)
 # Needs a Java runtime for Flink.
 # Output: benches/results/compare-stateful.md (the README includes it).
 set -euo pipefail
@@ -24,7 +25,7 @@ CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 # shellcheck source=benches/nexmark_lib.sh
 . benches/nexmark_lib.sh
-OUT="benches/results/compare-stateful.md"
+OUT="benches/results/compare-stateful${QUERIES:+-$(echo "$QUERIES" | tr ' ' '-')}.md"
 # shellcheck source=benches/compare_lib.sh
 . benches/compare_lib.sh
 RUN="$WORK/compare-stateful"

@@ -243,17 +243,13 @@ fn pipeline_settings(options: &BTreeMap<String, String>) -> Result<PipelineSetti
     let least = crate::runtime::memory::MIN_STATE_MEMORY;
     let state_memory = match options.get("state_memory") {
         None => None,
-        Some(v) => Some(
-            crate::runtime::memory::parse_size(v)
-                .filter(|n| *n >= least)
-                .ok_or_else(|| {
-                    invalid(
-                        "state_memory",
-                        v,
-                        "expected a size of at least 4 MB, such as '512 MB' or '2 GB'",
-                    )
-                })?,
-        ),
+        Some(v) => Some(parse_size(v).filter(|n| *n >= least).ok_or_else(|| {
+            invalid(
+                "state_memory",
+                v,
+                "expected a size of at least 4 MB, such as '512 MB' or '2 GB'",
+            )
+        })?),
     };
     Ok(PipelineSettings {
         mode,
@@ -269,13 +265,8 @@ fn pipeline_settings(options: &BTreeMap<String, String>) -> Result<PipelineSetti
 
 /// Parses `500ms`, `10s`, `1m`, `2h`, `7 days` or plain seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim().to_ascii_lowercase();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit.trim() {
+    let (n, unit) = number_and_unit(s)?;
+    let secs = match unit.as_str() {
         "" | "s" | "sec" | "secs" | "second" | "seconds" => n,
         "ms" | "millis" | "milliseconds" => n / 1000.0,
         "m" | "min" | "mins" | "minute" | "minutes" => n * 60.0,
@@ -286,9 +277,45 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
 }
 
+/// A size such as `512 MB`, `2GB`, `64 kB` or `1048576` (bytes); `None` when not one.
+pub fn parse_size(s: &str) -> Option<usize> {
+    let (n, unit) = number_and_unit(s)?;
+    let scale = match unit.as_str() {
+        "" | "b" | "bytes" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = n * scale;
+    (bytes >= 1.0 && bytes < usize::MAX as f64).then_some(bytes as usize)
+}
+
+/// A number and the unit after it, lower-cased (`"2 GB"` is 2 and `gb`).
+fn number_and_unit(s: &str) -> Option<(f64, String)> {
+    let s = s.trim().to_ascii_lowercase();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    Some((num.parse().ok()?, unit.trim().to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_size("512 MB"), Some(512 << 20));
+        assert_eq!(parse_size("2GB"), Some(2 << 30));
+        assert_eq!(parse_size("1.5 kB"), Some(1536));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("0 MB"), None);
+        assert_eq!(parse_size("-1 MB"), None);
+    }
 
     #[test]
     fn parses_durations() {

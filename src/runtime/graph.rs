@@ -380,7 +380,7 @@ pub(crate) mod tests {
         for parallelism in [1, 2, 3] {
             let mut graph = distinct_then_divide()
                 .instantiate(RunOptions {
-                    parallelism: parallelism,
+                    parallelism,
                     ..Default::default()
                 })
                 .unwrap();

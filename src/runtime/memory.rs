@@ -114,6 +114,15 @@ impl Budget {
         self.reservation.try_resize(bytes).is_ok()
     }
 
+    /// Holds `bytes` of `what`, which cannot spill, or fails with the error for it.
+    pub fn hold(&mut self, bytes: usize, what: &str) -> Result<()> {
+        if self.fits(bytes) {
+            Ok(())
+        } else {
+            Err(self.exhausted(what, bytes))
+        }
+    }
+
     /// The run's memory, for spill files and DataFusion plans.
     pub fn memory(&self) -> &Arc<StateMemory> {
         &self.memory
@@ -145,39 +154,12 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
-/// A size such as `512 MB`, `2GB`, `64 kB` or `1048576` (bytes); `None` when not one.
-pub fn parse_size(s: &str) -> Option<usize> {
-    let s = s.trim().to_ascii_lowercase();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let scale = match unit.trim() {
-        "" | "b" | "bytes" => 1.0,
-        "k" | "kb" | "kib" => 1024.0,
-        "m" | "mb" | "mib" => 1024.0 * 1024.0,
-        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "t" | "tb" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
-    };
-    let bytes = n * scale;
-    (bytes >= 1.0 && bytes < usize::MAX as f64).then_some(bytes as usize)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn sizes_parse_and_print() {
-        assert_eq!(parse_size("512 MB"), Some(512 << 20));
-        assert_eq!(parse_size("2GB"), Some(2 << 30));
-        assert_eq!(parse_size("1.5 kB"), Some(1536));
-        assert_eq!(parse_size("4096"), Some(4096));
-        assert_eq!(parse_size("lots"), None);
-        assert_eq!(parse_size("0 MB"), None);
-        assert_eq!(parse_size("-1 MB"), None);
+    fn sizes_print() {
         assert_eq!(human_bytes(1536), "1.5 kB");
         assert_eq!(human_bytes(12), "12 bytes");
     }

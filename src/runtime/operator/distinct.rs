@@ -139,13 +139,9 @@ impl Operator for Distinct {
 
     fn fit_memory(&mut self) -> Result<()> {
         let bytes = self.bytes;
-        let Some(budget) = &mut self.budget else {
-            return Ok(());
-        };
-        if budget.fits(bytes) {
-            Ok(())
-        } else {
-            Err(budget.exhausted("DISTINCT's set of rows seen", bytes))
+        match &mut self.budget {
+            Some(budget) => budget.hold(bytes, "DISTINCT's set of rows seen"),
+            None => Ok(()),
         }
     }
 

@@ -90,7 +90,7 @@ impl OpenStates {
     /// Whether `watermark` may close some state: ends only move later as states merge, so none
     /// closes before the earliest.
     pub fn may_close(&self, watermark: i64) -> bool {
-        (!self.open.is_empty() && !self.earliest_end.is_some_and(|e| watermark < e))
+        (!self.open.is_empty() && self.earliest_end.is_none_or(|e| watermark >= e))
             || self.spilled.iter().any(|(_, e)| *e <= watermark)
     }
 

@@ -429,13 +429,9 @@ impl Operator for UpdatingAggregate {
         }
         self.spill()?;
         let bytes = self.memory_bytes();
-        let Some(budget) = &mut self.budget else {
-            return Ok(());
-        };
-        if budget.fits(bytes) {
-            Ok(())
-        } else {
-            Err(budget.exhausted("the GROUP BY's state", bytes))
+        match &mut self.budget {
+            Some(budget) => budget.hold(bytes, "the GROUP BY's state"),
+            None => Ok(()),
         }
     }
 

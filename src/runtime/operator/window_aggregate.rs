@@ -206,7 +206,7 @@ impl Operator for WindowAggregate {
             return Ok(());
         }
         if self.sessions.is_some() {
-            return Err(budget.exhausted("the open sessions' state", bytes));
+            return budget.hold(bytes, "the open sessions' state");
         }
         let schema = self.stages.state_schema();
         for all in [false, true] {
@@ -219,8 +219,7 @@ impl Operator for WindowAggregate {
                 return Ok(());
             }
         }
-        let bytes = self.open.bytes();
-        Err(budget.exhausted("the open windows' state", bytes))
+        budget.hold(self.open.bytes(), "the open windows' state")
     }
 
     fn state_rows(&self) -> usize {

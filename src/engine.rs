@@ -73,6 +73,9 @@ impl Engine {
             .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0))
             .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(config, runtime_env);
+        ctx.register_udf(crate::sql::fast_to_char::fast_to_char(
+            datafusion::functions::datetime::to_char(),
+        ));
         let df_catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| Error::Internal("DataFusion default catalog missing".into()))?;

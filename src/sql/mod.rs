@@ -1,6 +1,7 @@
 //! The SQL front end: our statements' parser, type mapping, and the pipeline query compiler.
 
 pub mod clock;
+pub mod fast_to_char;
 pub mod parse;
 pub mod places;
 pub mod plan;

@@ -8,7 +8,7 @@ use arrow::compute::{concat_batches, SortOptions};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
-use super::spill::{SpillFile, StateChunk};
+use super::spill::{spill_batches, SpillFile, StateChunk};
 use crate::error::Result;
 use crate::runtime::event_time::{micros, END_OF_TIME};
 use crate::runtime::memory::StateMemory;
@@ -161,17 +161,7 @@ impl OpenStates {
     /// false, else all; and the unsnapshotted states, which the next snapshot reads from disk.
     pub fn spill(&mut self, memory: &StateMemory, schema: &SchemaRef, all: bool) -> Result<()> {
         if self.unsnapshotted.iter().any(|c| c.memory() > 0) {
-            let (in_memory, files): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unsnapshotted)
-                .into_iter()
-                .partition(|c| matches!(c, StateChunk::Batch(_)));
-            self.unsnapshotted = files;
-            let batches = in_memory.into_iter().filter_map(|c| match c {
-                StateChunk::Batch(b) => Some(b),
-                StateChunk::Spilled(_) => None,
-            });
-            if let Some(f) = SpillFile::write(memory, schema, batches)? {
-                self.unsnapshotted.push(StateChunk::Spilled(f));
-            }
+            spill_batches(&mut self.unsnapshotted, memory, schema)?;
             self.detached_bytes = 0;
         }
         if self.open.is_empty() {

@@ -195,6 +195,43 @@ pub fn in_memory(batches: impl IntoIterator<Item = RecordBatch>) -> Vec<StateChu
         .collect()
 }
 
+/// Moves the batches among `chunks` into one spill file, which takes their place after the
+/// files already there.
+pub fn spill_batches(
+    chunks: &mut Vec<StateChunk>,
+    memory: &StateMemory,
+    schema: &SchemaRef,
+) -> Result<()> {
+    if !chunks.iter().any(|c| matches!(c, StateChunk::Batch(_))) {
+        return Ok(());
+    }
+    let (in_memory, files): (Vec<_>, Vec<_>) = std::mem::take(chunks)
+        .into_iter()
+        .partition(|c| matches!(c, StateChunk::Batch(_)));
+    *chunks = files;
+    let batches = in_memory.into_iter().filter_map(|c| match c {
+        StateChunk::Batch(b) => Some(b),
+        StateChunk::Spilled(_) => None,
+    });
+    chunks.extend(SpillFile::write(memory, schema, batches)?.map(StateChunk::Spilled));
+    Ok(())
+}
+
+/// The batches of `chunks`, in order, as one spill file.
+pub fn merge_files(
+    memory: &StateMemory,
+    schema: &SchemaRef,
+    chunks: &[StateChunk],
+) -> Result<Option<SpillFile>> {
+    let mut merged = SpillWriter::new(memory, schema)?;
+    for chunk in chunks {
+        for batch in chunk.batches()? {
+            merged.write(&batch?)?;
+        }
+    }
+    merged.finish()
+}
+
 /// Every batch of `chunks`, read into memory.
 pub fn load(chunks: &[StateChunk]) -> Result<Vec<RecordBatch>> {
     let mut out = Vec::new();

@@ -16,7 +16,7 @@ use arrow::row::{RowConverter, SortField};
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::parallel::Keying;
-use super::spill::{SpillFile, SpillWriter, StateChunk};
+use super::spill::{merge_files, spill_batches, SpillFile, SpillWriter, StateChunk};
 use super::two_stage::TwoStage;
 use super::Operator;
 use crate::error::{Error, Result};
@@ -141,40 +141,11 @@ impl UpdatingAggregate {
         }
         // The changed groups' states leave memory and disk; the merge brings them back whole.
         let mut touched = changed;
-        let mut kept = Vec::with_capacity(self.base.len());
-        for batch in std::mem::take(&mut self.base) {
-            let hit = self.in_groups(&batch, &groups)?;
-            if hit.true_count() == 0 {
-                kept.push(batch);
-                continue;
-            }
-            touched.push(StateChunk::Batch(filter_record_batch(&batch, &hit)?));
-            kept.push(filter_record_batch(&batch, &not(&hit)?)?);
-        }
-        let mut files = Vec::with_capacity(self.spilled.len());
-        for file in std::mem::take(&mut self.spilled) {
-            // Read once to find the changed groups' rows; only a file that has some is
-            // written again, without them.
-            let mut hits = Vec::new();
-            for batch in file.batches()? {
-                let batch = batch?;
-                let hit = self.in_groups(&batch, &groups)?;
-                if hit.true_count() > 0 {
-                    touched.push(StateChunk::Batch(filter_record_batch(&batch, &hit)?));
-                }
-                hits.push(hit);
-            }
-            if hits.iter().all(|h| h.true_count() == 0) {
-                files.push(file);
-                continue;
-            }
-            let mut rest = SpillWriter::new(self.memory()?, self.stages.state_schema())?;
-            for (batch, hit) in file.batches()?.zip(&hits) {
-                rest.write(&filter_record_batch(&batch?, &not(hit)?)?)?;
-            }
-            files.extend(rest.finish()?);
-        }
-        self.spilled = files;
+        self.take_rows(
+            |op, batch| op.in_groups(batch, &groups),
+            |rows| touched.push(StateChunk::Batch(rows)),
+        )?;
+        let mut kept = std::mem::take(&mut self.base);
         let mut out = Vec::new();
         for merged in self.stages.reduce_chunks(touched)? {
             let merged = merged?;
@@ -213,31 +184,10 @@ impl UpdatingAggregate {
                 .collect())
         };
         let mut expired = 0;
-        let mut kept = Vec::with_capacity(self.base.len());
-        for batch in std::mem::take(&mut self.base) {
-            let keep = fresh(self, &batch)?;
-            expired += keep.false_count();
-            kept.push(filter_record_batch(&batch, &keep)?);
-        }
-        self.set_base(kept)?;
-        let mut files = Vec::with_capacity(self.spilled.len());
-        for file in std::mem::take(&mut self.spilled) {
-            let mut rest = SpillWriter::new(self.memory()?, self.stages.state_schema())?;
-            let mut dropped = 0;
-            for batch in file.batches()? {
-                let batch = batch?;
-                let keep = fresh(self, &batch)?;
-                dropped += keep.false_count();
-                rest.write(&filter_record_batch(&batch, &keep)?)?;
-            }
-            expired += dropped;
-            if dropped == 0 {
-                files.push(file);
-            } else {
-                files.extend(rest.finish()?);
-            }
-        }
-        self.spilled = files;
+        self.take_rows(
+            |op, batch| Ok(not(&fresh(op, batch)?)?),
+            |rows| expired += rows.num_rows(),
+        )?;
         if expired == 0 {
             return Ok(());
         }
@@ -245,6 +195,50 @@ impl UpdatingAggregate {
             .retain(|_, t| now.saturating_duration_since(*t) < ttl);
         self.needs_full = true;
         tracing::debug!(expired, "Groups past the state TTL left the state.");
+        Ok(())
+    }
+
+    /// Takes the rows `select` picks out of the states as of the last emission, in memory and
+    /// on disk, handing them to `taken`; a spill file is written again only when some of its
+    /// rows were taken.
+    fn take_rows(
+        &mut self,
+        mut select: impl FnMut(&Self, &RecordBatch) -> Result<BooleanArray>,
+        mut taken: impl FnMut(RecordBatch),
+    ) -> Result<()> {
+        let mut kept = Vec::with_capacity(self.base.len());
+        for batch in std::mem::take(&mut self.base) {
+            let hit = select(self, &batch)?;
+            if hit.true_count() == 0 {
+                kept.push(batch);
+                continue;
+            }
+            taken(filter_record_batch(&batch, &hit)?);
+            kept.push(filter_record_batch(&batch, &not(&hit)?)?);
+        }
+        self.set_base(kept)?;
+        let mut files = Vec::with_capacity(self.spilled.len());
+        for file in std::mem::take(&mut self.spilled) {
+            let mut hits = Vec::new();
+            for batch in file.batches()? {
+                let batch = batch?;
+                let hit = select(self, &batch)?;
+                if hit.true_count() > 0 {
+                    taken(filter_record_batch(&batch, &hit)?);
+                }
+                hits.push(hit);
+            }
+            if hits.iter().all(|h| h.true_count() == 0) {
+                files.push(file);
+                continue;
+            }
+            let mut rest = SpillWriter::new(self.memory()?, self.stages.state_schema())?;
+            for (batch, hit) in file.batches()?.zip(&hits) {
+                rest.write(&filter_record_batch(&batch?, &not(hit)?)?)?;
+            }
+            files.extend(rest.finish()?);
+        }
+        self.spilled = files;
         Ok(())
     }
 
@@ -277,21 +271,13 @@ impl UpdatingAggregate {
         )?);
         self.base_bytes = 0;
         for chunks in [&mut self.changed, &mut self.unsnapshotted] {
-            let (in_memory, mut files): (Vec<_>, Vec<_>) = std::mem::take(chunks)
-                .into_iter()
-                .partition(|c| matches!(c, StateChunk::Batch(_)));
-            let batches = in_memory.into_iter().filter_map(|c| match c {
-                StateChunk::Batch(b) => Some(b),
-                StateChunk::Spilled(_) => None,
-            });
-            files.extend(SpillFile::write(&memory, &schema, batches)?.map(StateChunk::Spilled));
-            if files.len() > SPILL_FILES {
-                files = merge_files(&memory, &schema, &files)?
+            spill_batches(chunks, &memory, &schema)?;
+            if chunks.len() > SPILL_FILES {
+                *chunks = merge_files(&memory, &schema, chunks)?
                     .map(StateChunk::Spilled)
                     .into_iter()
                     .collect();
             }
-            *chunks = files;
         }
         if self.spilled.len() > SPILL_FILES {
             let files: Vec<StateChunk> = self.spilled.drain(..).map(StateChunk::Spilled).collect();
@@ -304,21 +290,6 @@ impl UpdatingAggregate {
         );
         Ok(())
     }
-}
-
-/// The batches of `chunks`, in order, as one spill file.
-fn merge_files(
-    memory: &StateMemory,
-    schema: &SchemaRef,
-    chunks: &[StateChunk],
-) -> Result<Option<SpillFile>> {
-    let mut merged = SpillWriter::new(memory, schema)?;
-    for chunk in chunks {
-        for batch in chunk.batches()? {
-            merged.write(&batch?)?;
-        }
-    }
-    merged.finish()
 }
 
 impl Operator for UpdatingAggregate {

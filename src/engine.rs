@@ -20,7 +20,7 @@ use tributary_connectors::{SinkSpec, SourceSpec};
 
 use crate::catalog::{columns_of, Catalog, PipelineEntry, PipelineState, SinkEntry, SourceEntry};
 use crate::error::{Error, Result};
-use crate::jobs::{build_job, check_pipeline_options, check_updates_sink};
+use crate::jobs::{applies_by_key, build_job, check_pipeline_options, check_updates_sink};
 use crate::runtime::Runtime;
 use crate::sql::parse::{parse_sql, ObjectKind, ParsedStatement, Statement};
 use crate::sql::plan::compile;
@@ -282,7 +282,8 @@ impl Engine {
                         name: sink.clone(),
                     });
                 };
-                let mut plan = compile(&self.ctx.state(), query).await?;
+                let by_key = applies_by_key(&sink_entry)?;
+                let mut plan = compile(&self.ctx.state(), query, by_key).await?;
                 if let Some(key) = &plan.output_key {
                     check_updates_sink(&sink_entry, key)
                         .map_err(|e| e.at_place(crate::sql::places::Places::of(query).group_by))?;
@@ -296,7 +297,7 @@ impl Engine {
                     None => self.upsert_query(&sink_entry, &plan.source, query)?,
                 };
                 if let Some(q) = &rewritten {
-                    plan = compile(&self.ctx.state(), q).await?;
+                    plan = compile(&self.ctx.state(), q, by_key).await?;
                 }
                 let query = rewritten.as_ref().unwrap_or(query);
                 let mut options = options.clone();

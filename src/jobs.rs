@@ -37,17 +37,17 @@ pub(crate) fn build_job(
                 "pipeline {name} query is not a SELECT"
             )));
         };
-        let plan = compile(&state, &query).await?;
+        let sink_entry = catalog.sink(&entry.sink).ok_or_else(|| Error::NotFound {
+            kind: "sink",
+            name: entry.sink.clone(),
+        })?;
+        let plan = compile(&state, &query, applies_by_key(&sink_entry)?).await?;
         let source_entry = catalog
             .source(&plan.source)
             .ok_or_else(|| Error::NotFound {
                 kind: "source",
                 name: plan.source.clone(),
             })?;
-        let sink_entry = catalog.sink(&entry.sink).ok_or_else(|| Error::NotFound {
-            kind: "sink",
-            name: entry.sink.clone(),
-        })?;
         let settings = pipeline_settings(&entry.options)?;
         let mut metadata = std::collections::HashMap::new();
         if !source_entry.added_columns.is_empty() {
@@ -104,6 +104,17 @@ pub(crate) fn build_job(
             replan: Some(replan),
         })
     })
+}
+
+/// Whether `sink` applies rows by key (an upsert sink): a change stream written to it is a table.
+pub(crate) fn applies_by_key(sink: &SinkEntry) -> Result<bool> {
+    let connector = tributary_connectors::sink_connector(&sink.options)?;
+    Ok(connector
+        .upsert_key(&SinkSpec {
+            name: sink.name.clone(),
+            options: sink.options.clone(),
+        })?
+        .is_some())
 }
 
 /// An aggregate's updates need a sink that applies rows by key, on the GROUP BY columns.

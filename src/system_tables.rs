@@ -45,7 +45,9 @@ pub fn source_table(catalog: &Catalog, name: &str) -> crate::error::Result<Optio
         options: entry.options.clone(),
     };
     Ok(Some(
-        SourceTable::new(spec, schema, connector).with_watermark(entry.watermark.clone()),
+        SourceTable::new(spec, schema, connector)
+            .with_watermark(entry.watermark.clone())
+            .with_primary_key(entry.primary_key.clone()),
     ))
 }
 

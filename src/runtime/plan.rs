@@ -10,9 +10,10 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::event_time::EventTime;
 use super::graph::OperatorGraph;
 use super::memory::StateMemory;
+use super::operator::change_aggregate::ChangeAggregate;
 use super::operator::distinct::Distinct;
 use super::operator::parallel::Parallel;
-use super::operator::stateless::{Filter, Having, Project};
+use super::operator::stateless::{ChangeFilter, Filter, Having, Project};
 use super::operator::unnest::Unnest;
 use super::operator::updating_aggregate::UpdatingAggregate;
 use super::operator::window_aggregate::WindowAggregate;
@@ -24,6 +25,13 @@ use crate::error::Result;
 pub enum OperatorSpec {
     /// Keep rows where the predicate is true.
     Filter(Arc<dyn PhysicalExpr>),
+    /// WHERE over a change stream seen as a table: failing changes become deletes.
+    ChangeFilter {
+        /// The condition.
+        predicate: Arc<dyn PhysicalExpr>,
+        /// Which column is `_op`.
+        op: usize,
+    },
     /// Compute the output columns.
     Project {
         /// One expression per output column.
@@ -52,6 +60,16 @@ pub enum OperatorSpec {
         aggregate: Arc<dyn ExecutionPlan>,
         /// How many group columns lead its output.
         keys: usize,
+    },
+    /// GROUP BY without a window over a change stream: the table's current rows by primary
+    /// key, each changed group aggregated again at each checkpoint (upsert or delete, `_op`).
+    ChangeAggregate {
+        /// DataFusion's AggregateExec in Final mode over its Partial one.
+        aggregate: Arc<dyn ExecutionPlan>,
+        /// How many group columns lead its output.
+        keys: usize,
+        /// Its input rows: the aggregate's input columns, the primary key, `_op`.
+        schema: SchemaRef,
     },
     /// GROUP BY a window: partial aggregate states per batch, rows emitted once the watermark
     /// passes the window's end. Session windows merge a key's overlapping states first.
@@ -158,6 +176,14 @@ impl OperatorSpec {
     ) -> Result<Box<dyn Operator>> {
         Ok(match self {
             OperatorSpec::Filter(predicate) => Box::new(Filter::new(predicate.clone())),
+            OperatorSpec::ChangeFilter { predicate, op } => {
+                Box::new(ChangeFilter::new(predicate.clone(), *op))
+            }
+            OperatorSpec::ChangeAggregate {
+                aggregate, schema, ..
+            } => Box::new(
+                ChangeAggregate::new(aggregate.clone(), schema.clone())?.with_memory(memory),
+            ),
             OperatorSpec::Having { predicate, schema } => {
                 Box::new(Having::new(predicate.clone(), schema.clone()))
             }

@@ -23,6 +23,7 @@ pub struct SourceTable {
     schema: SchemaRef,
     connector: Arc<dyn SourceConnector>,
     watermark: Option<(String, String)>,
+    primary_key: Vec<String>,
 }
 
 impl std::fmt::Debug for SourceTable {
@@ -41,6 +42,7 @@ impl SourceTable {
             schema,
             connector,
             watermark: None,
+            primary_key: Vec::new(),
         }
     }
 
@@ -48,6 +50,17 @@ impl SourceTable {
     pub fn with_watermark(mut self, watermark: Option<(String, String)>) -> Self {
         self.watermark = watermark;
         self
+    }
+
+    /// The table of a source whose rows are keyed by `primary_key`.
+    pub fn with_primary_key(mut self, primary_key: Vec<String>) -> Self {
+        self.primary_key = primary_key;
+        self
+    }
+
+    /// The columns that key the source's rows (empty when it declares none).
+    pub fn primary_key(&self) -> &[String] {
+        &self.primary_key
     }
 
     /// The source's watermark declaration: (column, expression).

@@ -1,5 +1,6 @@
 //! The SQL front end: our statements' parser, type mapping, and the pipeline query compiler.
 
+pub mod changes;
 pub mod clock;
 pub mod fast_to_char;
 pub mod parse;

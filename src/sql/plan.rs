@@ -20,8 +20,14 @@ pub use crate::runtime::plan::PipelinePlan;
 use crate::runtime::plan::{Input, NodeSpec, OperatorSpec};
 use crate::runtime::source_table::SourceTable;
 
-/// Plans `query` (the SELECT of `CREATE PIPELINE ... AS INSERT INTO sink SELECT ...`).
-pub async fn compile(state: &SessionState, query: &ast::Query) -> Result<PipelinePlan> {
+/// Plans `query` (the SELECT of `CREATE PIPELINE ... AS INSERT INTO sink SELECT ...`). When the
+/// sink applies rows by key, a change stream read by the query is a table: a WHERE keeps the
+/// table's rows that pass it (see [`super::changes`]).
+pub async fn compile(
+    state: &SessionState,
+    query: &ast::Query,
+    applies_by_key: bool,
+) -> Result<PipelinePlan> {
     // A pipeline reads the clock per batch: DataFusion's now() would be folded into the time
     // the pipeline was planned.
     let mut state = state.clone();
@@ -55,6 +61,8 @@ pub async fn compile(state: &SessionState, query: &ast::Query) -> Result<Pipelin
         scanned: None,
         windowed: false,
         updating: None,
+        applies_by_key,
+        carry: None,
     };
     let (source, scan_projection, output) = lower(&optimized, &mut cx)?;
     let event_time = match cx.scanned.as_ref().and_then(|t| Some((t, t.watermark()?))) {
@@ -113,31 +121,38 @@ pub async fn compile(state: &SessionState, query: &ast::Query) -> Result<Pipelin
 }
 
 /// What a lowered subplan reads and where its rows come out.
-type Lowered = (String, Option<Vec<usize>>, Input);
+pub(super) type Lowered = (String, Option<Vec<usize>>, Input);
 
 /// What lowering has found so far.
-struct Lowering<'a> {
+pub(super) struct Lowering<'a> {
     /// Where errors point in the query's text.
-    places: Places,
+    pub places: Places,
     /// Plans aggregates.
-    state: &'a SessionState,
-    nodes: Vec<NodeSpec>,
+    pub state: &'a SessionState,
+    pub nodes: Vec<NodeSpec>,
     /// The source read.
-    scanned: Option<SourceTable>,
+    pub scanned: Option<SourceTable>,
     /// Whether some operator needs the watermark.
-    windowed: bool,
+    pub windowed: bool,
     /// The node of a GROUP BY without a window, whose output is updates.
-    updating: Option<usize>,
+    pub updating: Option<usize>,
+    /// Whether the sink applies rows by key.
+    pub applies_by_key: bool,
+    /// Columns of a change stream carried after each node's own, up to the GROUP BY over it:
+    /// the primary key, then `_op`.
+    pub carry: Option<Vec<Field>>,
 }
 
 /// Appends a node reading `input` and returns it as the new output.
-fn push(cx: &mut Lowering, operator: OperatorSpec, input: Input) -> Input {
+pub(super) fn push(cx: &mut Lowering, operator: OperatorSpec, input: Input) -> Input {
     let nodes = &mut cx.nodes;
     let index = nodes.len();
     // Ids are stable for a given query: checkpointed state is found by them.
     let id = match operator {
         OperatorSpec::Distinct { .. } => format!("dedup{index}"),
         OperatorSpec::Filter(_) => format!("filter{index}"),
+        OperatorSpec::ChangeFilter { .. } => format!("change_filter{index}"),
+        OperatorSpec::ChangeAggregate { .. } => format!("change_aggregate{index}"),
         OperatorSpec::Having { .. } => format!("having{index}"),
         OperatorSpec::Project { .. } => format!("project{index}"),
         OperatorSpec::WindowAggregate {
@@ -157,7 +172,22 @@ fn push(cx: &mut Lowering, operator: OperatorSpec, input: Input) -> Input {
 }
 
 /// Lowers an optimised logical plan into operator nodes, inputs first.
-fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
+pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
+    if cx.carry.is_some()
+        && !matches!(
+            plan,
+            LogicalPlan::Projection(_)
+                | LogicalPlan::Filter(_)
+                | LogicalPlan::SubqueryAlias(_)
+                | LogicalPlan::TableScan(_)
+        )
+    {
+        return Err(Error::Unsupported(format!(
+            "a GROUP BY over a change stream aggregates its table's current rows, and may read them through WHERE and expressions only, not {}",
+            plan.display()
+        ))
+        .at_place(cx.places.group_by));
+    }
     let props = ExecutionProps::new();
     let compile_expr = |e: &datafusion::logical_expr::Expr,
                         input: &LogicalPlan|
@@ -177,11 +207,14 @@ fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
             ..
         }) => {
             let (source, scan, from) = lower(input, cx)?;
-            let exprs = expr
+            let mut exprs = expr
                 .iter()
                 .map(|e| compile_expr(e, input))
                 .collect::<Result<Vec<_>>>()?;
-            let schema = Arc::new(schema.as_arrow().clone());
+            let mut schema = Arc::new(schema.as_arrow().clone());
+            if let Some(carried) = &cx.carry {
+                (exprs, schema) = super::changes::carry_through(exprs, &schema, input, carried);
+            }
             Ok((
                 source,
                 scan,
@@ -192,12 +225,13 @@ fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
             predicate, input, ..
         }) => {
             let (source, scan, from) = lower(input, cx)?;
+            let op = super::changes::table_filter_op(predicate, input, cx)?;
             let predicate = compile_expr(predicate, input)?;
-            Ok((
-                source,
-                scan,
-                push(cx, OperatorSpec::Filter(predicate), from),
-            ))
+            let filter = match op {
+                Some(op) => OperatorSpec::ChangeFilter { predicate, op },
+                None => OperatorSpec::Filter(predicate),
+            };
+            Ok((source, scan, push(cx, filter, from)))
         }
         LogicalPlan::SubqueryAlias(SubqueryAlias { input, .. }) => lower(input, cx),
         LogicalPlan::TableScan(TableScan {
@@ -220,7 +254,15 @@ fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
                 ));
             }
             cx.scanned = Some(table.clone());
-            Ok((table.name().to_string(), projection.clone(), Input::Source))
+            let projection = match &cx.carry {
+                Some(carried) => Some(super::changes::carry_from_scan(
+                    table,
+                    projection.as_deref(),
+                    carried,
+                )?),
+                None => projection.clone(),
+            };
+            Ok((table.name().to_string(), projection, Input::Source))
         }
         LogicalPlan::Limit(_) => Err(Error::Unsupported(
             "LIMIT in a pipeline is not supported".into(),
@@ -300,7 +342,7 @@ fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
 
 /// DataFusion's physical plan of one GROUP BY over its input's rows, as AggregateExec in Final
 /// mode over AggregateExec in Partial mode; the runtime replaces the Partial one's input per batch.
-fn plan_aggregate(
+pub(super) fn plan_aggregate(
     agg: &datafusion::logical_expr::Aggregate,
     state: &SessionState,
 ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
@@ -467,18 +509,10 @@ fn lower_updating_aggregate(
         )
         .at_place(cx.places.select));
     }
-    let (source, scan, from) = lower(&agg.input, cx)?;
-    if let Some(table) = &cx.scanned {
-        if datafusion::catalog::TableProvider::schema(table)
-            .field_with_name("_op")
-            .is_ok()
-        {
-            return Err(Error::Unsupported(format!(
-                "source \"{source}\" is a change stream (updates and deletes); aggregating it needs retractions, which are not supported yet"
-            ))
-            .at_place(cx.places.group_by));
-        }
+    if let Some(table) = super::changes::change_stream_under(&agg.input) {
+        return super::changes::lower_change_aggregate(agg, &table, cx);
     }
+    let (source, scan, from) = lower(&agg.input, cx)?;
     let aggregate = plan_aggregate(agg, cx.state)?;
     let keys = agg.group_expr.len();
     let node = push(
@@ -498,13 +532,25 @@ fn lower_updating_aggregate(
 fn retract_having(nodes: &mut [NodeSpec], at: usize) -> Result<bool> {
     use datafusion::physical_expr::expressions::Column;
 
-    let OperatorSpec::UpdatingAggregate { aggregate, .. } = &nodes[at].operator else {
-        return Err(Error::Internal(
-            "no updating aggregate where expected".into(),
-        ));
+    let (mut schema, mut having) = match &nodes[at].operator {
+        OperatorSpec::UpdatingAggregate { aggregate, .. } => (aggregate.schema(), false),
+        // Its rows carry `_op` already: a group left without rows is a delete.
+        OperatorSpec::ChangeAggregate { aggregate, .. } => {
+            let mut fields: Vec<Field> = aggregate
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect();
+            fields.push(Field::new(OP, DataType::Utf8, true));
+            (Arc::new(Schema::new(fields)), true)
+        }
+        _ => {
+            return Err(Error::Internal(
+                "no updating aggregate where expected".into(),
+            ))
+        }
     };
-    let mut schema = aggregate.schema();
-    let mut having = false;
     for node in &mut nodes[at + 1..] {
         match &mut node.operator {
             OperatorSpec::Filter(predicate) => {
@@ -512,7 +558,7 @@ fn retract_having(nodes: &mut [NodeSpec], at: usize) -> Result<bool> {
                     .fields()
                     .iter()
                     .filter(|f| f.name() != OP)
-                    .map(|f| f.as_ref().clone())
+                    .map(|f| f.as_ref().clone().with_nullable(true))
                     .collect();
                 fields.push(Field::new(OP, DataType::Utf8, true));
                 schema = Arc::new(Schema::new(fields));
@@ -528,8 +574,12 @@ fn retract_having(nodes: &mut [NodeSpec], at: usize) -> Result<bool> {
             } => {
                 if having {
                     exprs.push(Arc::new(Column::new(OP, schema.fields().len() - 1)));
-                    let mut fields: Vec<Field> =
-                        output.fields().iter().map(|f| f.as_ref().clone()).collect();
+                    // A deleted group's aggregates are NULL.
+                    let mut fields: Vec<Field> = output
+                        .fields()
+                        .iter()
+                        .map(|f| f.as_ref().clone().with_nullable(true))
+                        .collect();
                     fields.push(Field::new(OP, DataType::Utf8, true));
                     *output = Arc::new(Schema::new(fields));
                 }
@@ -547,19 +597,20 @@ fn retract_having(nodes: &mut [NodeSpec], at: usize) -> Result<bool> {
 fn output_key(nodes: &[NodeSpec], at: usize) -> Result<Vec<String>> {
     use datafusion::physical_expr::expressions::Column;
 
-    let OperatorSpec::UpdatingAggregate { keys, .. } = &nodes[at].operator else {
+    let (OperatorSpec::UpdatingAggregate { keys, aggregate }
+    | OperatorSpec::ChangeAggregate {
+        keys, aggregate, ..
+    }) = &nodes[at].operator
+    else {
         return Err(Error::Internal(
             "no updating aggregate where expected".into(),
         ));
     };
     let mut positions: Vec<usize> = (0..*keys).collect();
-    let mut names: Vec<String> = match &nodes[at].operator {
-        OperatorSpec::UpdatingAggregate { aggregate, .. } => aggregate.schema().fields()[..*keys]
-            .iter()
-            .map(|f| f.name().clone())
-            .collect(),
-        _ => Vec::new(),
-    };
+    let mut names: Vec<String> = aggregate.schema().fields()[..*keys]
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     for node in &nodes[at + 1..] {
         let (exprs, schema) = match &node.operator {
             OperatorSpec::Project { exprs, schema } => (exprs, schema),

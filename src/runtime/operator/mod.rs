@@ -1,6 +1,7 @@
 //! The operator trait: one step of a pipeline's dataflow, fed Arrow batches, whose state is
 //! snapshotted as Arrow batches at each checkpoint.
 
+pub mod change_aggregate;
 pub mod distinct;
 pub mod open_states;
 pub mod parallel;

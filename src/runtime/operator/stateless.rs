@@ -39,6 +39,63 @@ impl Operator for Filter {
     }
 }
 
+/// WHERE over a change stream seen as a table (into a sink that applies rows by key, or under
+/// a GROUP BY): the table's rows that pass are kept, so a change whose new row fails the
+/// condition becomes a delete of its key (the row may have passed, and been written, before),
+/// and a delete always passes (it may carry only its key). An insert that fails is dropped.
+pub struct ChangeFilter {
+    predicate: Arc<dyn PhysicalExpr>,
+    /// Where `_op` is among the columns.
+    op: usize,
+}
+
+impl ChangeFilter {
+    /// A filter on `predicate` over changes whose kind is column `op`.
+    pub fn new(predicate: Arc<dyn PhysicalExpr>, op: usize) -> Self {
+        ChangeFilter { predicate, op }
+    }
+}
+
+impl Operator for ChangeFilter {
+    fn kind(&self) -> &'static str {
+        "change_filter"
+    }
+
+    fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let mask = self
+            .predicate
+            .evaluate(&batch)?
+            .into_array(batch.num_rows())?;
+        let passes = as_boolean_array(&mask)?;
+        let ops = batch.column(self.op);
+        let Some(ops) = ops.as_any().downcast_ref::<StringArray>() else {
+            return Err(crate::error::Error::Internal(format!(
+                "{OP} is not text: {}",
+                ops.data_type()
+            )));
+        };
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        let mut changed = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let op = ops.is_valid(i).then(|| ops.value(i));
+            if passes.is_valid(i) && passes.value(i) || op == Some("delete") {
+                keep.push(true);
+                changed.push(op);
+            } else {
+                keep.push(op != Some("insert"));
+                changed.push(Some("delete"));
+            }
+        }
+        let mut columns = batch.columns().to_vec();
+        columns[self.op] = Arc::new(StringArray::from(changed));
+        let batch = RecordBatch::try_new(batch.schema(), columns)?;
+        Ok(vec![filter_record_batch(
+            &batch,
+            &arrow::array::BooleanArray::from(keep),
+        )?])
+    }
+}
+
 /// The change-kind column HAVING adds to an updating aggregate's rows, as upsert sinks read it.
 pub const OP: &str = "_op";
 

@@ -90,6 +90,11 @@ impl TwoStage {
         &self.state_schema
     }
 
+    /// The schema of the rows the Partial stage takes.
+    pub fn input_schema(&self) -> &SchemaRef {
+        &self.input_schema
+    }
+
     /// The group expressions over the input rows (whose values lead the partial states).
     pub fn group_exprs(&self) -> &[Arc<dyn PhysicalExpr>] {
         &self.group_exprs

@@ -1,0 +1,162 @@
+//! How a pipeline's query reads a change stream (a source with `_op`, such as `postgres-cdc`)
+//! as the table it describes: a GROUP BY over it aggregates the table's current rows, and into
+//! a sink that applies rows by key a WHERE keeps the table's rows that pass it.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{Field, Schema};
+use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::PhysicalExpr;
+
+use super::plan::{lower, plan_aggregate, push, Lowered, Lowering};
+use crate::error::{Error, Result};
+use crate::runtime::operator::stateless::OP;
+use crate::runtime::plan::{Input, OperatorSpec};
+use crate::runtime::source_table::SourceTable;
+
+/// Whether `table` is a change stream: its rows carry `_op`.
+fn is_change_stream(table: &SourceTable) -> bool {
+    TableProvider::schema(table).field_with_name(OP).is_ok()
+}
+
+/// The change stream `plan` reads, if it reads one.
+pub(super) fn change_stream_under(plan: &LogicalPlan) -> Option<SourceTable> {
+    let mut found = None;
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let table = datafusion::datasource::source_as_provider(&scan.source)
+                .ok()
+                .and_then(|p| p.downcast_ref::<SourceTable>().cloned());
+            if let Some(table) = table.filter(is_change_stream) {
+                found = Some(table);
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// A GROUP BY over a change stream: its input carries the source's primary key and `_op`
+/// from the scan up to the aggregate, which keeps the table's current rows by that key.
+pub(super) fn lower_change_aggregate(
+    agg: &datafusion::logical_expr::Aggregate,
+    table: &SourceTable,
+    cx: &mut Lowering,
+) -> Result<Lowered> {
+    if cx.carry.is_some() {
+        return Err(Error::Unsupported(
+            "an aggregate over the updates of a GROUP BY over a change stream is not supported yet"
+                .into(),
+        )
+        .at_place(cx.places.group_by));
+    }
+    if table.primary_key().is_empty() {
+        return Err(Error::Plan(format!(
+            "a GROUP BY over change stream \"{}\" aggregates the table it describes, and needs its primary key to know which row each change replaces: declare PRIMARY KEY (...) on the source",
+            table.name()
+        ))
+        .at_place(cx.places.group_by));
+    }
+    let schema = TableProvider::schema(table);
+    let carried = table
+        .primary_key()
+        .iter()
+        .map(String::as_str)
+        .chain([OP])
+        .map(|name| {
+            let field = schema.field_with_name(name).map_err(|_| {
+                Error::Plan(format!(
+                    "source \"{}\" has no column {name}, which its primary key names",
+                    table.name()
+                ))
+            })?;
+            Ok(field.clone().with_nullable(true))
+        })
+        .collect::<Result<Vec<Field>>>()?;
+    cx.carry = Some(carried.clone());
+    let lowered = lower(&agg.input, cx);
+    cx.carry = None;
+    let (source, scan, from) = lowered?;
+    let aggregate = plan_aggregate(agg, cx.state)?;
+    let fields: Vec<Field> = agg
+        .input
+        .schema()
+        .as_arrow()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .chain(carried)
+        .collect();
+    let operator = OperatorSpec::ChangeAggregate {
+        aggregate,
+        keys: agg.group_expr.len(),
+        schema: Arc::new(Schema::new(fields)),
+    };
+    let node = push(cx, operator, from);
+    if let Input::Node(n) = node {
+        cx.updating = Some(n);
+    }
+    Ok((source, scan, node))
+}
+
+/// A projection's expressions and schema with the carried columns (the last of its input's)
+/// passed through after its own.
+pub(super) fn carry_through(
+    mut exprs: Vec<Arc<dyn PhysicalExpr>>,
+    schema: &Arc<Schema>,
+    input: &LogicalPlan,
+    carried: &[Field],
+) -> (Vec<Arc<dyn PhysicalExpr>>, Arc<Schema>) {
+    let width = input.schema().fields().len();
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for (j, f) in carried.iter().enumerate() {
+        exprs.push(Arc::new(Column::new(f.name(), width + j)));
+        fields.push(f.clone());
+    }
+    (exprs, Arc::new(Schema::new(fields)))
+}
+
+/// A scan's projection with the carried columns after the ones the query reads.
+pub(super) fn carry_from_scan(
+    table: &SourceTable,
+    projection: Option<&[usize]>,
+    carried: &[Field],
+) -> Result<Vec<usize>> {
+    let schema = TableProvider::schema(table);
+    let mut columns: Vec<usize> = match projection {
+        Some(p) => p.to_vec(),
+        None => (0..schema.fields().len()).collect(),
+    };
+    for f in carried {
+        columns.push(schema.index_of(f.name())?);
+    }
+    Ok(columns)
+}
+
+/// Where `_op` is among the columns of a WHERE's input when the WHERE filters a change stream
+/// as a table: under a GROUP BY over it, or into a sink that applies rows by key (unless the
+/// condition itself reads `_op`: then it filters the changes). `None`: a plain filter.
+pub(super) fn table_filter_op(
+    predicate: &Expr,
+    input: &LogicalPlan,
+    cx: &Lowering,
+) -> Result<Option<usize>> {
+    let reads_op = predicate.column_refs().iter().any(|c| c.name == OP);
+    if let Some(carried) = &cx.carry {
+        if reads_op {
+            return Err(Error::Unsupported(format!(
+                "a GROUP BY over a change stream aggregates its table's current rows, so a condition on {OP} does not apply to it: leave {OP} out of the WHERE"
+            ))
+            .at_place(cx.places.group_by));
+        }
+        return Ok(Some(input.schema().fields().len() + carried.len() - 1));
+    }
+    if !cx.applies_by_key || reads_op || !cx.scanned.as_ref().is_some_and(is_change_stream) {
+        return Ok(None);
+    }
+    Ok(input.schema().fields().iter().position(|f| f.name() == OP))
+}

@@ -196,7 +196,7 @@ async fn count(c: &Client, from: &str) -> Option<i64> {
 }
 
 /// Rows of a table as sorted text tuples, from PostgreSQL.
-async fn pg_rows(c: &Client, table: &str) -> Vec<String> {
+pub(crate) async fn pg_rows(c: &Client, table: &str) -> Vec<String> {
     let rows = c
         .query(
             &format!(
@@ -212,7 +212,7 @@ async fn pg_rows(c: &Client, table: &str) -> Vec<String> {
 }
 
 /// The same tuples from a Delta table, read by the `deltalake` Python package.
-fn delta_tuples(path: &Path) -> Vec<String> {
+pub(crate) fn delta_tuples(path: &Path) -> Vec<String> {
     let script = r#"
 import sys, deltalake, pyarrow.compute as pc
 t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table(columns=['id', 'name', 'balance', 'updated_at']).sort_by('id')
@@ -228,7 +228,7 @@ for (i, n, b), u in zip(zip(t.column('id').to_pylist(), t.column('name').to_pyli
 }
 
 /// A mixed workload on `customers`: inserts, updates, deletes, multi-row transactions.
-async fn workload(c: Client, rounds: u64, first_new_id: i64) {
+pub(crate) async fn workload(c: Client, rounds: u64, first_new_id: i64) {
     let mut next = first_new_id;
     for r in 0..rounds {
         let k = (r * 7919 % 200_000) as i64 + 1;
@@ -257,7 +257,7 @@ async fn workload(c: Client, rounds: u64, first_new_id: i64) {
     }
 }
 
-async fn setup_source_db(pg: &PgCluster, rows: i64) -> Client {
+pub(crate) async fn setup_source_db(pg: &PgCluster, rows: i64) -> Client {
     let admin = pg.client("postgres").await;
     admin.batch_execute("CREATE DATABASE shop").await.unwrap();
     admin

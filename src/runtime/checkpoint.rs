@@ -60,6 +60,8 @@ pub struct CheckpointStore {
     /// Where the store is, for messages.
     root: std::path::PathBuf,
     dir: Path,
+    /// State files being written that no checkpoint lists yet: garbage collection leaves them.
+    held: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl CheckpointStore {
@@ -73,6 +75,7 @@ impl CheckpointStore {
             store: Arc::new(fs),
             root: root.to_path_buf(),
             dir: Path::from(pipeline_id),
+            held: Default::default(),
         })
     }
 
@@ -110,6 +113,13 @@ impl CheckpointStore {
             };
             live.extend(files_of(&cp.operators).map(str::to_string));
         }
+        live.extend(
+            self.held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned(),
+        );
         let prefix = self.dir.clone().join("state");
         let files: Vec<_> = match self.store.list(Some(&prefix)).try_collect().await {
             Ok(f) => f,
@@ -128,6 +138,19 @@ impl CheckpointStore {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the state file at `path` (being written, listed by no checkpoint yet) from garbage
+    /// collection until [`CheckpointStore::release`].
+    pub fn hold(&self, path: &str) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.insert(path.to_string());
+    }
+
+    /// Lets garbage collection delete the file at `path` again when no checkpoint lists it.
+    pub fn release(&self, path: &str) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.remove(path);
     }
 
     /// Starts writing a state file in parts (immutable; `path` is inside the pipeline's

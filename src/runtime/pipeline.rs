@@ -22,7 +22,7 @@ use super::checkpoint::{Checkpoint, CheckpointStore};
 use super::event_time::END_OF_TIME;
 use super::graph::OperatorGraph;
 use super::plan::{PipelinePlan, RunOptions};
-use super::state::{restore_states, write_states};
+use super::state::{restore_states, write_states, Compactions};
 use super::status::{ErrorEntry, ErrorLog, PipelineStatus};
 use super::watermarks::Watermarks;
 use crate::catalog::{PipelineEntry, PipelineState};
@@ -144,6 +144,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             state_memory: job.settings.state_memory,
         })?;
         let mut operator_states = Default::default();
+        let mut compactions = Compactions::default();
         let mut epoch = 0u64;
         let mut position = None;
         // The watermark of the rows read so far (UTC microseconds): rows before it are late.
@@ -252,7 +253,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             if let (Some(pos), false) = (last_position, idle) {
                 let prepared = sink.prepare(epoch).await?;
                 persist_errors(&ctx, &epoch_errors)?;
-                let operators = write_states(&ctx.checkpoints, &mut graph, epoch, &operator_states).await?;
+                let operators = write_states(&ctx.checkpoints, &mut graph, epoch, &operator_states, &mut compactions).await?;
                 let at = Utc::now();
                 let cp = Checkpoint {
                     epoch,

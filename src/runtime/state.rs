@@ -1,8 +1,9 @@
 //! Operator state in checkpoints: each stateful operator's snapshots are immutable Arrow IPC
 //! files beside the checkpoints (a full snapshot, then the changes of later epochs), and each
-//! checkpoint lists the files that rebuild every operator's state at its epoch.
+//! checkpoint lists the files that rebuild every operator's state at its epoch. When the list
+//! grows long, the whole state is written in the background and replaces the files it covers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::writer::{FileWriter, IpcWriteOptions};
@@ -16,8 +17,12 @@ use super::operator::distinct::rows_from_row_format;
 use super::operator::spill::{SpillFile, StateChunk};
 use crate::error::{Error, Result};
 
-/// An operator's state is rewritten whole (compacted into one file) once it spans this many files.
+/// An operator's state is rewritten whole (compacted into one file, in the background) once it
+/// spans this many files.
 const COMPACT_AFTER_FILES: usize = 8;
+/// Past this many files (compactions failing or slower than the checkpoints), the next
+/// checkpoint writes the whole state itself.
+const MAX_FILES: usize = 4 * COMPACT_AFTER_FILES;
 
 /// A state file is uploaded in parts of about this size.
 const UPLOAD_PART: usize = 8 << 20;
@@ -50,14 +55,81 @@ pub enum OperatorState {
     },
 }
 
+/// Operator states being compacted in the background, by operator: each the whole state as of
+/// a checkpoint, written to one file by a task of its own while the pipeline goes on. A later
+/// checkpoint lists that file in place of the files it covers, so that a checkpoint's cost
+/// follows what changed, not the size of the state. Dropping it stops the tasks.
+#[derive(Default)]
+pub struct Compactions {
+    running: HashMap<String, Compaction>,
+}
+
+struct Compaction {
+    /// The epoch whose state it holds.
+    epoch: u64,
+    /// The first file of the list it shortens: a list that starts elsewhere since was
+    /// rewritten whole, and the compaction is of no use.
+    base: String,
+    path: String,
+    task: tokio::task::JoinHandle<Result<StateFile>>,
+}
+
+impl Compactions {
+    /// The compaction of `id`'s state, if it has finished, with its result.
+    async fn finished(&mut self, id: &str) -> Option<(Compaction, Result<StateFile>)> {
+        if !self.running.get(id)?.task.is_finished() {
+            return None;
+        }
+        let mut c = self.running.remove(id)?;
+        let result = (&mut c.task)
+            .await
+            .unwrap_or_else(|e| Err(Error::Internal(format!("compacting state: {e}"))));
+        Some((c, result))
+    }
+
+    /// Stops the compaction of `id`'s state, if one runs.
+    fn cancel(&mut self, id: &str, store: &CheckpointStore) {
+        if let Some(c) = self.running.remove(id) {
+            c.task.abort();
+            store.release(&c.path);
+        }
+    }
+
+    /// Waits for every running compaction to finish.
+    #[cfg(test)]
+    pub async fn wait(&mut self) {
+        for c in self.running.values_mut() {
+            while !c.task.is_finished() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+impl Drop for Compactions {
+    fn drop(&mut self) {
+        for c in self.running.values() {
+            c.task.abort();
+        }
+    }
+}
+
+/// The epoch a state file was written at (its name starts with it).
+fn epoch_of(path: &str) -> Option<u64> {
+    path.rsplit('/').next()?.get(..20)?.parse().ok()
+}
+
 /// Writes the state of every stateful operator of `graph` for `epoch`: a file of what changed
 /// since `previous` (the last checkpoint's states), or the whole state when there is no
-/// previous file list or it has grown long. Returns the states the new checkpoint records.
+/// previous file list (or the operator needs it, or the list has grown far too long). A list
+/// that has grown long is compacted in the background (`compactions`). Returns the states the
+/// new checkpoint records.
 pub async fn write_states(
     store: &CheckpointStore,
     graph: &mut OperatorGraph,
     epoch: u64,
     previous: &BTreeMap<String, OperatorState>,
+    compactions: &mut Compactions,
 ) -> Result<BTreeMap<String, OperatorState>> {
     let mut out = BTreeMap::new();
     for (id, schema) in graph.stateful() {
@@ -65,9 +137,27 @@ pub async fn write_states(
             Some(OperatorState::Files { files }) => files.clone(),
             _ => Vec::new(),
         };
-        let full = files.is_empty()
-            || files.len() >= COMPACT_AFTER_FILES
-            || graph.wants_full_snapshot(&id);
+        if let Some((done, result)) = compactions.finished(&id).await {
+            match result {
+                Ok(whole) if files.first().is_some_and(|f| f.path == done.base) => {
+                    files.retain(|f| epoch_of(&f.path).is_some_and(|e| e > done.epoch));
+                    files.insert(0, whole);
+                }
+                // The list was rewritten whole meanwhile.
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    operator = %id,
+                    error = %e,
+                    "Compacting state files in the background failed; a later checkpoint tries again."
+                ),
+            }
+            // Listed by this checkpoint, or garbage once it is saved.
+            store.release(&done.path);
+        }
+        let full = files.is_empty() || files.len() >= MAX_FILES || graph.wants_full_snapshot(&id);
+        if full {
+            compactions.cancel(&id, store);
+        }
         let chunks = graph.snapshot(&id, full)?;
         if full {
             files.clear();
@@ -81,6 +171,39 @@ pub async fn write_states(
                 rows: rows as u64,
                 bytes,
             });
+        }
+        if !full && files.len() >= COMPACT_AFTER_FILES && !compactions.running.contains_key(&id) {
+            // Nothing is left unsnapshotted: this is the state as of this epoch.
+            let whole = graph.snapshot(&id, true)?;
+            let rows: usize = whole.iter().map(StateChunk::rows).sum();
+            if rows == 0 {
+                files.clear();
+            } else {
+                let path = format!("state/{id}/{epoch:020}.full.arrow");
+                store.hold(&path);
+                let task = tokio::spawn({
+                    let (store, path) = (store.clone(), path.clone());
+                    async move {
+                        let bytes = write_file(&store, &path, &schema, &whole).await?;
+                        tracing::debug!(path, bytes, "State compacted in the background.");
+                        Ok(StateFile {
+                            path,
+                            rows: rows as u64,
+                            bytes,
+                        })
+                    }
+                });
+                let base = files[0].path.clone();
+                compactions.running.insert(
+                    id.clone(),
+                    Compaction {
+                        epoch,
+                        base,
+                        path,
+                        task,
+                    },
+                );
+            }
         }
         out.insert(id, OperatorState::Files { files });
     }
@@ -268,31 +391,37 @@ mod tests {
             })
             .unwrap();
         let mut states = BTreeMap::new();
+        let mut compactions = Compactions::default();
         for epoch in 1..=12u64 {
             let e = epoch as i64;
             graph.process(batch(&[e, e + 100, e])).unwrap();
-            states = write_states(&store, &mut graph, epoch, &states)
+            states = write_states(&store, &mut graph, epoch, &states, &mut compactions)
                 .await
                 .unwrap();
+            // The compaction started at epoch 8 finishes before that checkpoint is saved,
+            // which collects garbage: the file it wrote, listed by no checkpoint yet, stays.
+            compactions.wait().await;
             store
                 .save(&checkpoint(epoch, states.clone()))
                 .await
                 .unwrap();
             let listed = files(&states);
-            // A whole snapshot at epoch 1, changes up to 8 files, compacted at epoch 9.
-            let expected = if epoch <= 8 { epoch } else { epoch - 8 };
+            // A whole snapshot at epoch 1, changes up to 8 files; epoch 8's state written
+            // whole in the background replaces the first 8 at epoch 9.
+            let expected = if epoch <= 8 { epoch } else { epoch - 7 };
             assert_eq!(listed.len() as u64, expected, "epoch {epoch}");
         }
         let listed = files(&states);
         assert_eq!(
             listed.iter().map(|f| f.rows).collect::<Vec<_>>(),
-            vec![18, 2, 2, 2]
+            vec![16, 2, 2, 2, 2]
         );
+        assert!(listed[0].path.ends_with("00000000000000000008.full.arrow"));
         // Only the files that the kept checkpoints (10, 11, 12) list are left.
         let on_disk = std::fs::read_dir(tmp.path().join("p1/state/dedup0"))
             .unwrap()
             .count();
-        assert_eq!(on_disk, 4);
+        assert_eq!(on_disk, 5);
 
         let mut restored = distinct_then_divide()
             .instantiate(RunOptions {
@@ -356,7 +485,9 @@ mod tests {
             .unwrap();
         assert_eq!(xs(&graph.process(batch(&[1, 2, 4])).unwrap()), vec![25]);
         // The next checkpoint writes the whole state as a file.
-        let next = write_states(&store, &mut graph, 4, &states).await.unwrap();
+        let next = write_states(&store, &mut graph, 4, &states, &mut Compactions::default())
+            .await
+            .unwrap();
         assert_eq!(
             files(&next).iter().map(|f| f.rows).collect::<Vec<_>>(),
             vec![3]

@@ -294,29 +294,35 @@ impl Engine {
                 }
                 let rewritten = match plan.output_key {
                     Some(_) => None,
-                    None => self.upsert_query(&sink_entry, &plan.source, query)?,
+                    // One source: its change kinds pass to a sink that applies them by key.
+                    None => match plan.inputs.as_slice() {
+                        [only] => self.upsert_query(&sink_entry, &only.source.clone(), query)?,
+                        _ => None,
+                    },
                 };
                 if let Some(q) = &rewritten {
                     plan = compile(&self.ctx.state(), q, by_key).await?;
                 }
                 let query = rewritten.as_ref().unwrap_or(query);
                 let mut options = options.clone();
-                let (source_bounded, single_reader) = {
-                    let entry =
-                        self.catalog
-                            .source(&plan.source)
-                            .ok_or_else(|| Error::NotFound {
-                                kind: "source",
-                                name: plan.source.clone(),
-                            })?;
+                // A batch pipeline when every source it reads ends.
+                let mut source_bounded = true;
+                let mut single_readers = Vec::new();
+                for name in plan.sources() {
+                    let entry = self.catalog.source(&name).ok_or_else(|| Error::NotFound {
+                        kind: "source",
+                        name: name.clone(),
+                    })?;
                     let c = tributary_connectors::source_connector(&entry.options)?;
-                    let bounded = c.is_bounded(&SourceSpec {
+                    source_bounded &= c.is_bounded(&SourceSpec {
                         name: entry.name.clone(),
                         schema: None,
                         options: entry.options.clone(),
                     });
-                    (bounded, c.single_reader())
-                };
+                    if c.single_reader() {
+                        single_readers.push(name);
+                    }
+                }
                 let mode = options.get("mode").cloned().unwrap_or_else(|| {
                     if source_bounded {
                         "batch".into()
@@ -329,15 +335,14 @@ impl Engine {
                     name: name.clone(),
                     id: uuid::Uuid::new_v4().simple().to_string(),
                     sink: sink.clone(),
-                    sources: vec![plan.source.clone()],
+                    sources: plan.sources(),
                     query: query.to_string(),
                     options,
                     state: PipelineState::Running,
                     error: None,
                     created_at: Utc::now(),
                 };
-                let single_reader = single_reader.then_some(plan.source.as_str());
-                match self.catalog.add_pipeline(entry, single_reader).await {
+                match self.catalog.add_pipeline(entry, &single_readers).await {
                     // A concurrent CREATE of the same name got there first.
                     Err(Error::AlreadyExists { .. }) if *if_not_exists => {
                         return Ok(Output::Command(tag))

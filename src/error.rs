@@ -71,6 +71,16 @@ pub enum Error {
     /// A statement beyond a size limit.
     #[error("{0}")]
     ProgramLimit(String),
+    /// A source's schema changed upstream while a pipeline read it.
+    #[error("source \"{input}\": {description}")]
+    SchemaEvolved {
+        /// The source.
+        input: String,
+        /// What changed.
+        description: String,
+        /// The source's new schema.
+        schema: arrow::datatypes::SchemaRef,
+    },
     /// A pipeline's operator state does not fit its memory budget and cannot spill.
     #[error("{0}")]
     StateMemoryExhausted(String),
@@ -180,6 +190,7 @@ impl Error {
             Error::StackDepth(_) => "54001",
             Error::ProgramLimit(_) => "54000",
             Error::StateMemoryExhausted(_) => "53200",
+            Error::SchemaEvolved { .. } => "42000",
             Error::Internal(_) => "XX000",
             Error::At { error, .. } | Error::Located { error, .. } => error.sqlstate(),
         }

@@ -11,7 +11,7 @@ use tributary_connectors::{SinkSpec, SourceSpec};
 
 use crate::catalog::{columns_of, Catalog, SinkEntry};
 use crate::error::{Error, Result};
-use crate::runtime::pipeline::{OnError, PipelineJob, PipelineSettings};
+use crate::runtime::pipeline::{JobInput, OnError, PipelineJob, PipelineSettings};
 use crate::sql::parse::{parse_statement, Statement};
 use crate::sql::plan::compile;
 
@@ -42,36 +42,27 @@ pub(crate) fn build_job(
             name: entry.sink.clone(),
         })?;
         let plan = compile(&state, &query, applies_by_key(&sink_entry)?).await?;
-        let source_entry = catalog
-            .source(&plan.source)
-            .ok_or_else(|| Error::NotFound {
-                kind: "source",
-                name: plan.source.clone(),
-            })?;
         let settings = pipeline_settings(&entry.options)?;
-        let mut metadata = std::collections::HashMap::new();
-        if !source_entry.added_columns.is_empty() {
-            metadata.insert(
-                tributary_connectors::ADDED_COLUMNS_METADATA.to_string(),
-                source_entry.added_columns.join(","),
-            );
+        let mut inputs = Vec::with_capacity(plan.inputs.len());
+        let mut source_key = Vec::new();
+        for input in &plan.inputs {
+            let source_entry = catalog
+                .source(&input.source)
+                .ok_or_else(|| Error::NotFound {
+                    kind: "source",
+                    name: input.source.clone(),
+                })?;
+            if plan.inputs.len() == 1 {
+                source_key = source_entry.primary_key.clone();
+            }
+            inputs.push(job_input(&source_entry)?);
         }
-        if !source_entry.primary_key.is_empty() {
-            metadata.insert(
-                tributary_connectors::PRIMARY_KEY_METADATA.to_string(),
-                source_entry.primary_key.join(","),
-            );
-        }
-        let source_schema = crate::catalog::schema_of(&source_entry.columns)?;
-        let source_schema = Arc::new(source_schema.as_ref().clone().with_metadata(metadata));
         let replan: crate::runtime::pipeline::Replan = {
             let catalog = catalog.clone();
-            let source = source_entry.name.clone();
             let name = name.clone();
-            Arc::new(move |schema: SchemaRef| {
+            Arc::new(move |source: String, schema: SchemaRef| {
                 let catalog = catalog.clone();
                 let state = state.clone();
-                let source = source.clone();
                 let name = name.clone();
                 Box::pin(async move {
                     catalog.evolve_source(&source, columns_of(&schema)).await?;
@@ -80,21 +71,12 @@ pub(crate) fn build_job(
             })
         };
         // An aggregate's updates are keyed by its GROUP BY columns.
-        let primary_key = plan
-            .output_key
-            .clone()
-            .unwrap_or_else(|| source_entry.primary_key.clone());
+        let primary_key = plan.output_key.clone().unwrap_or(source_key);
         Ok(PipelineJob {
             plan,
             settings,
-            source_spec: SourceSpec {
-                name: source_entry.name.clone(),
-                schema: Some(source_schema.clone()),
-                options: source_entry.options.clone(),
-            },
-            source_schema,
+            inputs,
             primary_key,
-            source_connector: tributary_connectors::source_connector(&source_entry.options)?,
             sink_spec: SinkSpec {
                 name: sink_entry.name.clone(),
                 options: sink_entry.options.clone(),
@@ -103,6 +85,35 @@ pub(crate) fn build_job(
             entry,
             replan: Some(replan),
         })
+    })
+}
+
+/// What a run needs to read `source`: its spec, schema (with its added columns and primary key
+/// as metadata) and connector.
+fn job_input(source: &crate::catalog::SourceEntry) -> Result<JobInput> {
+    let mut metadata = std::collections::HashMap::new();
+    if !source.added_columns.is_empty() {
+        metadata.insert(
+            tributary_connectors::ADDED_COLUMNS_METADATA.to_string(),
+            source.added_columns.join(","),
+        );
+    }
+    if !source.primary_key.is_empty() {
+        metadata.insert(
+            tributary_connectors::PRIMARY_KEY_METADATA.to_string(),
+            source.primary_key.join(","),
+        );
+    }
+    let schema = crate::catalog::schema_of(&source.columns)?;
+    let schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
+    Ok(JobInput {
+        spec: SourceSpec {
+            name: source.name.clone(),
+            schema: Some(schema.clone()),
+            options: source.options.clone(),
+        },
+        schema,
+        connector: tributary_connectors::source_connector(&source.options)?,
     })
 }
 

@@ -241,13 +241,13 @@ impl Catalog {
         self.persist().await
     }
 
-    /// Adds a pipeline. When `single_reader` names its source (a source whose upstream allows
-    /// one reader, such as a replication slot), a second pipeline over that source is refused.
-    /// Both checks and the insert happen under one lock.
+    /// Adds a pipeline. `single_readers` names its sources whose upstream allows one reader
+    /// (such as a replication slot): a second pipeline over one of them is refused. Both checks
+    /// and the insert happen under one lock.
     pub async fn add_pipeline(
         &self,
         entry: PipelineEntry,
-        single_reader: Option<&str>,
+        single_readers: &[String],
     ) -> Result<()> {
         {
             let mut d = self.data.write();
@@ -257,7 +257,7 @@ impl Catalog {
                     name: entry.name,
                 });
             }
-            if let Some(source) = single_reader {
+            for source in single_readers {
                 if let Some(holder) = d
                     .pipelines
                     .values()
@@ -419,24 +419,24 @@ mod tests {
     async fn a_single_reader_source_takes_one_pipeline() {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(dir.path()).unwrap();
-        cat.add_pipeline(pipeline("p1", "cdc"), Some("cdc"))
+        cat.add_pipeline(pipeline("p1", "cdc"), &["cdc".to_string()])
             .await
             .unwrap();
         let e = cat
-            .add_pipeline(pipeline("p2", "cdc"), Some("cdc"))
+            .add_pipeline(pipeline("p2", "cdc"), &["cdc".to_string()])
             .await
             .unwrap_err();
         assert!(e.to_string().contains("pipeline \"p1\""), "{e}");
         assert!(cat.pipeline("p2").is_none());
         // Sources that allow several readers take several pipelines.
-        cat.add_pipeline(pipeline("p3", "files"), None)
+        cat.add_pipeline(pipeline("p3", "files"), &[])
             .await
             .unwrap();
-        cat.add_pipeline(pipeline("p4", "files"), None)
+        cat.add_pipeline(pipeline("p4", "files"), &[])
             .await
             .unwrap();
         assert!(matches!(
-            cat.add_pipeline(pipeline("p4", "files"), None).await,
+            cat.add_pipeline(pipeline("p4", "files"), &[]).await,
             Err(Error::AlreadyExists { .. })
         ));
     }

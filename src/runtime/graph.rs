@@ -53,8 +53,8 @@ pub struct OperatorStats {
 /// The operators of one run.
 pub struct OperatorGraph {
     nodes: Vec<Node>,
-    /// Consumers of the source's batches.
-    source_consumers: Vec<(usize, usize)>,
+    /// Consumers of each input's batches.
+    source_consumers: Vec<Vec<(usize, usize)>>,
     output: Input,
     output_schema: SchemaRef,
     memory: Arc<StateMemory>,
@@ -70,11 +70,16 @@ impl OperatorGraph {
         memory: Arc<StateMemory>,
     ) -> Result<Self> {
         let mut nodes: Vec<Node> = Vec::with_capacity(operators.len());
-        let mut source_consumers = Vec::new();
+        let mut source_consumers: Vec<Vec<(usize, usize)>> = Vec::new();
         for (index, (id, operator, inputs)) in operators.into_iter().enumerate() {
             for (port, input) in inputs.iter().enumerate() {
                 match *input {
-                    Input::Source => source_consumers.push((index, port)),
+                    Input::Source(i) => {
+                        if source_consumers.len() <= i {
+                            source_consumers.resize(i + 1, Vec::new());
+                        }
+                        source_consumers[i].push((index, port));
+                    }
                     Input::Node(n) if n < index => nodes[n].consumers.push((index, port)),
                     Input::Node(n) => {
                         return Err(Error::Internal(format!(
@@ -111,38 +116,33 @@ impl OperatorGraph {
         })
     }
 
-    /// Pushes one source batch through the graph and returns what reaches the sink. All or
-    /// nothing: when an operator fails, no operator keeps a state change from this batch.
-    pub fn process(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+    /// Pushes one batch of input `input` through the graph and returns what reaches the sink.
+    /// All or nothing: when an operator fails, no operator keeps a state change from this batch.
+    pub fn process(&mut self, input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
-        let result = self.push_all(None, batch, &mut out);
+        let result = self.push_all(Input::Source(input), batch, &mut out);
         self.settle(result.is_ok());
         result?;
         self.fit_memory()?;
         self.to_output(out)
     }
 
-    /// Delivers `batch`, the output of `from` (the source when `None`), to its consumers.
+    /// Delivers `batch`, the output of `from` (an input or a node), to its consumers.
     fn push_all(
         &mut self,
-        from: Option<usize>,
+        from: Input,
         batch: RecordBatch,
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let is_output = match (from, self.output) {
-            (None, Input::Source) => true,
-            (Some(n), Input::Node(o)) => n == o,
-            _ => false,
-        };
-        if is_output {
+        if from == self.output {
             out.push(batch.clone());
         }
         let consumers = match from {
-            None => self.source_consumers.clone(),
-            Some(n) => self.nodes[n].consumers.clone(),
+            Input::Source(i) => self.source_consumers.get(i).cloned().unwrap_or_default(),
+            Input::Node(n) => self.nodes[n].consumers.clone(),
         };
         for (node, port) in consumers {
             let started = Instant::now();
@@ -152,7 +152,7 @@ impl OperatorGraph {
             n.pending.1 += emitted.iter().map(|b| b.num_rows() as u64).sum::<u64>();
             n.stats.busy += started.elapsed();
             for e in emitted {
-                self.push_all(Some(node), e, out)?;
+                self.push_all(Input::Node(node), e, out)?;
             }
         }
         Ok(())
@@ -261,7 +261,7 @@ impl OperatorGraph {
             let mut result = Ok(());
             for batch in emitted {
                 self.nodes[node].pending.1 += batch.num_rows() as u64;
-                result = self.push_all(Some(node), batch, &mut out);
+                result = self.push_all(Input::Node(node), batch, &mut out);
                 if result.is_err() {
                     break;
                 }
@@ -320,7 +320,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::runtime::operator::spill::load;
-    use crate::runtime::plan::{NodeSpec, OperatorSpec, PipelinePlan, RunOptions};
+    use crate::runtime::plan::{NodeSpec, OperatorSpec, PipelinePlan, PlanInput, RunOptions};
 
     /// `SELECT 100 / a AS x FROM (SELECT DISTINCT a FROM s)`: a distinct, then a projection
     /// that fails on `a = 0`.
@@ -335,15 +335,17 @@ pub(crate) mod tests {
         )
         .unwrap();
         PipelinePlan {
-            source: "s".into(),
-            scan_projection: None,
-            event_time: None,
+            inputs: vec![PlanInput {
+                source: "s".into(),
+                scan_projection: None,
+                event_time: None,
+            }],
             output_key: None,
             nodes: vec![
                 NodeSpec {
                     id: "dedup0".into(),
                     operator: OperatorSpec::Distinct { schema: input },
-                    inputs: vec![Input::Source],
+                    inputs: vec![Input::Source(0)],
                 },
                 NodeSpec {
                     id: "project1".into(),
@@ -384,16 +386,19 @@ pub(crate) mod tests {
                     ..Default::default()
                 })
                 .unwrap();
-            assert!(graph.process(batch(&[1, 2, 0, 2, 5])).is_err());
+            assert!(graph.process(0, batch(&[1, 2, 0, 2, 5])).is_err());
             // Nothing was recorded: the same rows without the bad one all come out, duplicates
             // once.
             assert_eq!(
-                sorted(&graph.process(batch(&[1, 2, 2, 5])).unwrap()),
+                sorted(&graph.process(0, batch(&[1, 2, 2, 5])).unwrap()),
                 vec![20, 50, 100]
             );
-            assert!(graph.process(batch(&[0])).is_err());
+            assert!(graph.process(0, batch(&[0])).is_err());
             // Seen keys stay seen; new ones pass.
-            assert_eq!(xs(&graph.process(batch(&[5, 1, 4, 4])).unwrap()), vec![25]);
+            assert_eq!(
+                xs(&graph.process(0, batch(&[5, 1, 4, 4])).unwrap()),
+                vec![25]
+            );
             let stats = graph.stats();
             assert_eq!(
                 stats
@@ -423,6 +428,58 @@ pub(crate) mod tests {
         }
     }
 
+    /// `SELECT DISTINCT a FROM (SELECT a FROM s UNION ALL SELECT b FROM t)`: two inputs.
+    fn union_then_distinct() -> PipelinePlan {
+        let a = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+        let input = |source: &str| PlanInput {
+            source: source.into(),
+            scan_projection: None,
+            event_time: None,
+        };
+        PipelinePlan {
+            inputs: vec![input("s"), input("t")],
+            output_key: None,
+            nodes: vec![
+                NodeSpec {
+                    id: "union0".into(),
+                    operator: OperatorSpec::Union { schema: a.clone() },
+                    inputs: vec![Input::Source(0), Input::Source(1)],
+                },
+                NodeSpec {
+                    id: "dedup1".into(),
+                    operator: OperatorSpec::Distinct { schema: a.clone() },
+                    inputs: vec![Input::Node(0)],
+                },
+            ],
+            output: Input::Node(1),
+            output_schema: a,
+            display: String::new(),
+        }
+    }
+
+    #[test]
+    fn batches_of_every_input_reach_the_operators_reading_it() {
+        let mut graph = union_then_distinct()
+            .instantiate(RunOptions::default())
+            .unwrap();
+        // Input 1's column is named b: the union relabels it.
+        let t = |values: &[i64]| {
+            let schema = Arc::new(Schema::new(vec![Field::new("b", DataType::Int64, true)]));
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values.to_vec()))]).unwrap()
+        };
+        assert_eq!(
+            xs(&graph.process(0, batch(&[1, 2, 2])).unwrap()),
+            vec![1, 2]
+        );
+        let out = graph.process(1, t(&[2, 3, 1, 4])).unwrap();
+        assert_eq!(xs(&out), vec![3, 4]);
+        assert_eq!(out[0].schema().field(0).name(), "a");
+        assert!(graph.process(0, batch(&[4, 3])).unwrap().is_empty());
+        let stats = graph.stats();
+        assert_eq!((stats[0].rows_in, stats[0].rows_out), (9, 9));
+        assert_eq!(stats[1].state_rows, 4);
+    }
+
     #[test]
     fn snapshots_are_the_changes_and_restore_rebuilds_the_state() {
         // State taken with one number of instances restores into any other.
@@ -434,10 +491,10 @@ pub(crate) mod tests {
                 })
                 .unwrap();
             assert_eq!(graph.stateful().len(), 1);
-            graph.process(batch(&[1, 2, 2])).unwrap();
+            graph.process(0, batch(&[1, 2, 2])).unwrap();
             let first = graph.snapshot("dedup0", false).unwrap();
             assert_eq!(sorted(&load(&first).unwrap()), vec![1, 2]);
-            graph.process(batch(&[2, 3])).unwrap();
+            graph.process(0, batch(&[2, 3])).unwrap();
             let second = graph.snapshot("dedup0", false).unwrap();
             assert_eq!(sorted(&load(&second).unwrap()), vec![3]);
             assert!(graph.snapshot("dedup0", false).unwrap().is_empty());
@@ -456,7 +513,7 @@ pub(crate) mod tests {
                 .restore("dedup0", [first, second].concat(), None)
                 .unwrap();
             assert_eq!(
-                sorted(&restored.process(batch(&[3, 4, 1, 5])).unwrap()),
+                sorted(&restored.process(0, batch(&[3, 4, 1, 5])).unwrap()),
                 vec![20, 25]
             );
         }

@@ -25,7 +25,6 @@ use crate::error::{Error, Result};
 use checkpoint::CheckpointStore;
 use pipeline::{PipelineJob, RunContext};
 use status::{ErrorLog, PipelineStatus};
-use tributary_connectors::ConnectorError;
 
 /// Bad records kept in memory for `tributary.errors`.
 const ERROR_LOG_CAPACITY: usize = 10_000;
@@ -171,14 +170,15 @@ impl Runtime {
             let outcome = loop {
                 let outcome = pipeline::run(job.clone(), ctx.clone()).await;
                 // The upstream table grew: re-plan over the new columns and resume from the last checkpoint.
-                if let Err(Error::Connector(ConnectorError::SchemaEvolved {
+                if let Err(Error::SchemaEvolved {
+                    input: source,
                     description,
                     schema,
-                })) = &outcome
+                }) = &outcome
                 {
                     if let Some(replan) = job.replan.clone() {
-                        tracing::warn!(pipeline = %name, change = %description, "Source schema changed; re-planning the pipeline.");
-                        match replan(schema.clone()).await {
+                        tracing::warn!(pipeline = %name, source = %source, change = %description, "Source schema changed; re-planning the pipeline.");
+                        match replan(source.clone(), schema.clone()).await {
                             Ok(j) => {
                                 job = j;
                                 continue;

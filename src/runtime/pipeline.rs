@@ -1,6 +1,7 @@
 //! One pipeline run: read the source in a task of its own, push batches through the compiled plan
 //! into the sink, and close an epoch (prepare, checkpoint, commit) every checkpoint interval.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -15,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use tributary_connectors::{
     BadRecord, ConnectorError, ReadOptions, SinkConnector, SinkContext, SinkSpec, SourceBatch,
-    SourceConnector, SourceSpec, SplitRows,
+    SourceConnector, SourcePosition, SourceSpec, SplitRows,
 };
 
 use super::checkpoint::{Checkpoint, CheckpointStore};
@@ -75,14 +76,11 @@ pub struct PipelineJob {
     pub plan: PipelinePlan,
     /// Settings.
     pub settings: PipelineSettings,
-    /// The source.
-    pub source_spec: SourceSpec,
-    /// Its resolved schema.
-    pub source_schema: SchemaRef,
-    /// Its primary key (empty when none), the default key of upsert sinks.
+    /// The sources read, in the order of the plan's inputs.
+    pub inputs: Vec<JobInput>,
+    /// The key of the rows written (the GROUP BY columns, or the one source's primary key;
+    /// empty when none), the default key of upsert sinks.
     pub primary_key: Vec<String>,
-    /// Its connector.
-    pub source_connector: Arc<dyn SourceConnector>,
     /// The sink.
     pub sink_spec: SinkSpec,
     /// Its connector.
@@ -91,10 +89,34 @@ pub struct PipelineJob {
     pub replan: Option<Replan>,
 }
 
-/// Rebuilds a job over a source's grown schema (provided by the control plane, which owns planning).
+/// One source a run reads.
+#[derive(Clone)]
+pub struct JobInput {
+    /// The source.
+    pub spec: SourceSpec,
+    /// Its resolved schema.
+    pub schema: SchemaRef,
+    /// Its connector.
+    pub connector: Arc<dyn SourceConnector>,
+}
+
+impl JobInput {
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+}
+
+/// Rebuilds a job over the grown schema of one of its sources (provided by the control plane,
+/// which owns planning).
 pub type Replan = Arc<
-    dyn Fn(SchemaRef) -> futures::future::BoxFuture<'static, Result<PipelineJob>> + Send + Sync,
+    dyn Fn(String, SchemaRef) -> futures::future::BoxFuture<'static, Result<PipelineJob>>
+        + Send
+        + Sync,
 >;
+
+/// What a reader task hands the pipeline task: a batch, the end of its input, or a failure.
+type SourceMessage = std::result::Result<Option<SourceBatch>, ConnectorError>;
 
 /// Aborts the source task when the run ends, however it ends.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -146,7 +168,8 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
         let mut operator_states = Default::default();
         let mut compactions = Compactions::default();
         let mut epoch = 0u64;
-        let mut position = None;
+        let n_inputs = job.inputs.len();
+        let mut positions: Vec<Option<SourcePosition>> = vec![None; n_inputs];
         // The watermark of the rows read so far (UTC microseconds): rows before it are late.
         let mut watermark: Option<i64> = None;
         let mut split_watermarks = Default::default();
@@ -154,7 +177,9 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             // The last checkpoint's commit may not have happened before a crash: (re)do it; sinks skip it if done.
             sink.commit(cp.epoch, cp.sink.clone()).await?;
             epoch = cp.epoch;
-            position = cp.sources.get(&job.plan.source).cloned();
+            for (p, input) in positions.iter_mut().zip(&job.inputs) {
+                *p = cp.sources.get(input.name()).cloned();
+            }
             restore_states(&ctx.checkpoints, &mut graph, cp.epoch, &cp.operators, cp.watermark).await?;
             operator_states = cp.operators.clone();
             watermark = cp.watermark;
@@ -164,36 +189,53 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             tracing::info!(epoch, "Resuming from checkpoint.");
         }
 
-        let read = ReadOptions {
-            bounded: job.settings.mode == "batch",
-            preview: false,
-            state_dir: Some(ctx.state_dir.join("source")),
-        };
-        let mut committed_position = position.clone();
-        let mut source = job.source_connector.open(&job.source_spec, job.source_schema.clone(), position, read).await?;
-        let ack = source.ack();
-        let (tx, mut rx) = mpsc::channel::<std::result::Result<Option<SourceBatch>, ConnectorError>>(CHANNEL_BATCHES);
-        let reader = tokio::spawn(
-            async move {
-                loop {
-                    let next = source.next_batch().await;
-                    let end = !matches!(next, Ok(Some(_)));
-                    if tx.send(next).await.is_err() || end {
-                        break;
+        // One reader task per input, all feeding one channel: the pipeline task takes their
+        // batches in the order they come, so an epoch's cut is the positions of what it took.
+        let mut committed_positions = positions.clone();
+        let (tx, mut rx) = mpsc::channel::<(usize, SourceMessage)>(CHANNEL_BATCHES * n_inputs);
+        let mut acks = Vec::with_capacity(n_inputs);
+        let mut readers = Vec::with_capacity(n_inputs);
+        for (i, (input, position)) in job.inputs.iter().zip(positions).enumerate() {
+            let read = ReadOptions {
+                bounded: job.settings.mode == "batch",
+                preview: false,
+                // A single source keeps the directory it always had.
+                state_dir: Some(match n_inputs {
+                    1 => ctx.state_dir.join("source"),
+                    _ => ctx.state_dir.join(format!("source-{}", input.name())),
+                }),
+            };
+            let mut source = input.connector.open(&input.spec, input.schema.clone(), position, read).await?;
+            acks.push(source.ack());
+            let tx = tx.clone();
+            readers.push(AbortOnDrop(tokio::spawn(
+                async move {
+                    loop {
+                        let next = source.next_batch().await;
+                        let end = !matches!(next, Ok(Some(_)));
+                        if tx.send((i, next)).await.is_err() || end {
+                            break;
+                        }
                     }
                 }
-            }
-            .instrument(tracing::info_span!("source", name = %job.plan.source)),
-        );
-        let _reader = AbortOnDrop(reader);
+                .instrument(tracing::info_span!("source", name = %input.name())),
+            )));
+        }
+        drop(tx);
+        let mut ended = vec![false; n_inputs];
 
         let mut watermarks = Watermarks::new(job.settings.idle_timeout, watermark, &split_watermarks, Instant::now());
-        let mut unfilled = UnfilledColumns::new(&job.source_schema, job.plan.scan_projection.as_deref());
+        let mut unfilled: Vec<UnfilledColumns> = job
+            .inputs
+            .iter()
+            .zip(&job.plan.inputs)
+            .map(|(input, planned)| UnfilledColumns::new(&input.schema, planned.scan_projection.as_deref()))
+            .collect();
         loop {
             epoch += 1;
             let started = Instant::now();
             let deadline = tokio::time::Instant::now() + job.settings.checkpoint_interval;
-            let mut last_position = None;
+            let mut last_positions: Vec<Option<SourcePosition>> = vec![None; n_inputs];
             let mut epoch_errors = Vec::new();
             let mut epoch_rows = 0u64;
             let mut finished = false;
@@ -210,14 +252,14 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                     }
                     _ = tokio::time::sleep_until(deadline) => break,
                     msg = rx.recv() => match msg {
-                        Some(Ok(Some(sb))) => {
+                        Some((i, Ok(Some(sb)))) => {
                             epoch_rows += (sb.batch.num_rows() + sb.bad_records.len()) as u64;
                             let pos = sb.position.clone();
-                            unfilled.observe(&sb.batch, &job.plan.source, &status);
+                            unfilled[i].observe(&sb.batch, job.inputs[i].name(), &status);
                             let batch = EpochBatch { epoch, watermark, watermarks: &mut watermarks };
-                            handle_batch(&job, &mut graph, &status, &mut *sink, sb, batch, &mut epoch_errors).await?;
+                            handle_batch(&job, i, &mut graph, &status, &mut *sink, sb, batch, &mut epoch_errors).await?;
                             status.set_operators(graph.stats());
-                            last_position = Some(pos);
+                            last_positions[i] = Some(pos);
                             // The watermark moves after each batch; what it closes is written
                             // in this epoch, committed with the state and position behind it.
                             let now = Instant::now();
@@ -228,29 +270,44 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                             }
                             status.set_split_watermarks(watermarks.shown(now));
                         }
-                        Some(Ok(None)) | None => {
+                        Some((i, Ok(None))) => {
+                            ended[i] = true;
+                            if ended.iter().all(|e| *e) {
+                                finished = true;
+                                break;
+                            }
+                        }
+                        None => {
                             finished = true;
                             break;
                         }
-                        Some(Err(e)) => return Err(e.into()),
+                        Some((i, Err(ConnectorError::SchemaEvolved { description, schema }))) => {
+                            return Err(Error::SchemaEvolved { input: job.inputs[i].name().to_string(), description, schema });
+                        }
+                        Some((_, Err(e))) => return Err(e.into()),
                     }
                 }
             }
             // At the end of the input every window closes; the checkpoint keeps the rows' own
             // watermark, so a later run over new input still takes rows after it.
-            if finished && job.plan.event_time.is_some() {
+            if finished && job.plan.inputs.iter().any(|i| i.event_time.is_some()) {
                 emitted += emit(&mut graph, &mut *sink, &status, Signal::Watermark(END_OF_TIME)).await?;
             }
             // Updates due at every checkpoint (the groups an aggregate changed in the epoch).
             emitted += emit(&mut graph, &mut *sink, &status, Signal::Checkpoint).await?;
             // An epoch that read nothing, moved no position and emitted nothing needs no checkpoint.
-            let idle = epoch_rows == 0
-                && emitted == 0
-                && last_position.is_some()
-                && last_position == committed_position
-                && !graph.state_changed_without_input();
-            let last_position = last_position.or_else(|| (emitted > 0).then(|| committed_position.clone()).flatten());
-            if let (Some(pos), false) = (last_position, idle) {
+            let read = last_positions.iter().any(Option::is_some);
+            let moved = last_positions.iter().zip(&committed_positions).any(|(l, c)| l.is_some() && l != c);
+            let idle = epoch_rows == 0 && emitted == 0 && read && !moved && !graph.state_changed_without_input();
+            // The cut: each input's position after its last batch taken (an input that gave
+            // nothing in the epoch stays where it was).
+            let cut: BTreeMap<String, SourcePosition> = job
+                .inputs
+                .iter()
+                .zip(last_positions.iter().zip(&committed_positions))
+                .filter_map(|(input, (l, c))| Some((input.name().to_string(), l.clone().or_else(|| c.clone())?)))
+                .collect();
+            if (read || (emitted > 0 && !cut.is_empty())) && !idle {
                 let prepared = sink.prepare(epoch).await?;
                 persist_errors(&ctx, &epoch_errors)?;
                 let operators = write_states(&ctx.checkpoints, &mut graph, epoch, &operator_states, &mut compactions).await?;
@@ -259,7 +316,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                     epoch,
                     at,
                     duration_ms: started.elapsed().as_millis() as u64,
-                    sources: [(job.plan.source.clone(), pos.clone())].into_iter().collect(),
+                    sources: cut,
                     operators: operators.clone(),
                     sink: prepared.clone(),
                     rows_in: status.rows_in.load(Ordering::Relaxed),
@@ -272,10 +329,13 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                 let bytes = ctx.checkpoints.save(&cp).await?;
                 operator_states = operators;
                 sink.commit(epoch, prepared).await?;
-                if let Some(ack) = &ack {
-                    ack(&pos);
+                for (i, last) in last_positions.into_iter().enumerate() {
+                    let Some(pos) = last else { continue };
+                    if let Some(ack) = &acks[i] {
+                        ack(&pos);
+                    }
+                    committed_positions[i] = Some(pos);
                 }
-                committed_position = Some(pos);
                 status.checkpointed(epoch, at);
                 ctx.errors.extend(epoch_errors);
                 tracing::debug!(epoch, rows = epoch_rows, bytes, "Checkpoint committed.");
@@ -400,13 +460,14 @@ struct EpochBatch<'a> {
 /// raises the watermark of each split by its rows that remain.
 fn apply_event_time(
     job: &PipelineJob,
+    input: usize,
     status: &PipelineStatus,
     batch: RecordBatch,
     splits: &[SplitRows],
     at: &mut EpochBatch,
     errors: &mut Vec<ErrorEntry>,
 ) -> Result<RecordBatch> {
-    let Some(event_time) = &job.plan.event_time else {
+    let Some(event_time) = &job.plan.inputs[input].event_time else {
         return Ok(batch);
     };
     let late = match at.watermark {
@@ -459,7 +520,7 @@ fn apply_event_time(
             .unwrap_or_default();
         errors.extend((0..room).map(|i| ErrorEntry {
             pipeline: job.entry.name.clone(),
-            source: job.plan.source.clone(),
+            source: job.inputs[input].name().to_string(),
             epoch: at.epoch,
             position: format!("epoch {}", at.epoch),
             message: format!(
@@ -476,8 +537,11 @@ fn apply_event_time(
     )?)
 }
 
+/// Takes one batch of input `input` through the graph into the sink.
+#[allow(clippy::too_many_arguments)]
 async fn handle_batch(
     job: &PipelineJob,
+    input: usize,
     graph: &mut OperatorGraph,
     status: &PipelineStatus,
     sink: &mut dyn tributary_connectors::Sink,
@@ -491,7 +555,7 @@ async fn handle_batch(
         Ordering::Relaxed,
     );
     if !sb.lag.is_empty() {
-        status.set_lag(&job.plan.source, sb.lag.clone());
+        status.set_lag(job.inputs[input].name(), sb.lag.clone());
     }
     if sb.phase.is_some() || sb.transient_error.is_some() {
         status.set_source_phase(sb.phase.clone(), sb.transient_error.clone());
@@ -505,12 +569,12 @@ async fn handle_batch(
             .into());
         }
     }
-    let batch = apply_event_time(job, status, sb.batch, &sb.splits, &mut at, errors)?;
-    let batch = match &job.plan.scan_projection {
+    let batch = apply_event_time(job, input, status, sb.batch, &sb.splits, &mut at, errors)?;
+    let batch = match &job.plan.inputs[input].scan_projection {
         Some(p) => batch.project(p)?,
         None => batch,
     };
-    let (outputs, failed) = process_isolating(graph, batch)?;
+    let (outputs, failed) = process_isolating(graph, input, batch)?;
     if let Some((_, msg)) = failed.first() {
         if job.settings.on_error == OnError::Fail {
             return Err(Error::Plan(format!(
@@ -531,7 +595,7 @@ async fn handle_batch(
     let room = MAX_EPOCH_ERRORS.saturating_sub(errors.len());
     errors.extend(bad.into_iter().take(room).map(|b| ErrorEntry {
         pipeline: job.entry.name.clone(),
-        source: job.plan.source.clone(),
+        source: job.inputs[input].name().to_string(),
         epoch,
         position: b.position,
         message: b.message,
@@ -549,8 +613,12 @@ async fn handle_batch(
 /// Runs the graph; when it fails on a batch, splits the batch to find the rows it fails on and
 /// returns those (as JSON text, with the error) apart from the rows that went through. State
 /// beyond its memory, or a disk that fails, is no row's fault: the pipeline fails.
-fn process_isolating(graph: &mut OperatorGraph, batch: RecordBatch) -> Result<ProcessedBatch> {
-    match graph.process(batch.clone()) {
+fn process_isolating(
+    graph: &mut OperatorGraph,
+    input: usize,
+    batch: RecordBatch,
+) -> Result<ProcessedBatch> {
+    match graph.process(input, batch.clone()) {
         Ok(out) => Ok((out, Vec::new())),
         Err(e) if e.is_resource_error() => Err(e),
         Err(e) if batch.num_rows() <= 1 => {
@@ -558,8 +626,9 @@ fn process_isolating(graph: &mut OperatorGraph, batch: RecordBatch) -> Result<Pr
         }
         Err(_) => {
             let mid = batch.num_rows() / 2;
-            let (mut a, mut fa) = process_isolating(graph, batch.slice(0, mid))?;
-            let (b, fb) = process_isolating(graph, batch.slice(mid, batch.num_rows() - mid))?;
+            let (mut a, mut fa) = process_isolating(graph, input, batch.slice(0, mid))?;
+            let (b, fb) =
+                process_isolating(graph, input, batch.slice(mid, batch.num_rows() - mid))?;
             a.extend(b);
             fa.extend(fb);
             Ok((a, fa))

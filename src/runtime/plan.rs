@@ -1,5 +1,5 @@
-//! A compiled pipeline as the data plane receives it: the source it reads and the graph of
-//! operator specs between the source and the sink, which each run instantiates afresh.
+//! A compiled pipeline as the data plane receives it: the sources it reads and the graph of
+//! operator specs between them and the sink, which each run instantiates afresh.
 
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use super::memory::StateMemory;
 use super::operator::change_aggregate::ChangeAggregate;
 use super::operator::distinct::Distinct;
 use super::operator::parallel::Parallel;
-use super::operator::stateless::{ChangeFilter, Filter, Having, Project};
+use super::operator::stateless::{ChangeFilter, Filter, Having, Project, Union};
 use super::operator::unnest::Unnest;
 use super::operator::updating_aggregate::UpdatingAggregate;
 use super::operator::window_aggregate::WindowAggregate;
@@ -36,6 +36,11 @@ pub enum OperatorSpec {
     Project {
         /// One expression per output column.
         exprs: Vec<Arc<dyn PhysicalExpr>>,
+        /// Output schema.
+        schema: SchemaRef,
+    },
+    /// UNION ALL: the rows of every input, as the union's columns.
+    Union {
         /// Output schema.
         schema: SchemaRef,
     },
@@ -87,8 +92,9 @@ pub enum OperatorSpec {
 /// Where an operator's input comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input {
-    /// The pipeline's source, after its scan projection.
-    Source,
+    /// Input `i` of the pipeline (an index into [`PipelinePlan::inputs`]), after its scan
+    /// projection.
+    Source(usize),
     /// The output of node `n` (an index into [`PipelinePlan::nodes`], always an earlier one).
     Node(usize),
 }
@@ -104,18 +110,25 @@ pub struct NodeSpec {
     pub inputs: Vec<Input>,
 }
 
-/// A compiled pipeline query.
+/// One source a pipeline reads, with a reader of its own.
 #[derive(Debug, Clone)]
-pub struct PipelinePlan {
-    /// The source read.
+pub struct PlanInput {
+    /// The source.
     pub source: String,
     /// Columns of the source the query uses, in the order the graph expects.
     pub scan_projection: Option<Vec<usize>>,
-    /// The source's event time and watermark, when it declares one.
+    /// The source's event time and watermark, when it declares one and the plan uses it.
     pub event_time: Option<EventTime>,
+}
+
+/// A compiled pipeline query.
+#[derive(Debug, Clone)]
+pub struct PipelinePlan {
+    /// The sources read, each once.
+    pub inputs: Vec<PlanInput>,
     /// The operators, each after the nodes it reads from.
     pub nodes: Vec<NodeSpec>,
-    /// What the sink receives: the source itself or a node's output.
+    /// What the sink receives: an input itself or a node's output.
     pub output: Input,
     /// For a query that emits updates (GROUP BY without a window): the output columns that key
     /// them, which the sink upserts by.
@@ -176,6 +189,7 @@ impl OperatorSpec {
     ) -> Result<Box<dyn Operator>> {
         Ok(match self {
             OperatorSpec::Filter(predicate) => Box::new(Filter::new(predicate.clone())),
+            OperatorSpec::Union { schema } => Box::new(Union::new(schema.clone())),
             OperatorSpec::ChangeFilter { predicate, op } => {
                 Box::new(ChangeFilter::new(predicate.clone(), *op))
             }
@@ -218,6 +232,11 @@ impl OperatorSpec {
 }
 
 impl PipelinePlan {
+    /// The names of the sources read, in input order.
+    pub fn sources(&self) -> Vec<String> {
+        self.inputs.iter().map(|i| i.source.clone()).collect()
+    }
+
     /// A fresh graph of operators for one run, with empty state.
     pub fn instantiate(&self, options: RunOptions) -> Result<OperatorGraph> {
         let memory = StateMemory::new(options.state_memory)?;

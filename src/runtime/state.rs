@@ -394,7 +394,7 @@ mod tests {
         let mut compactions = Compactions::default();
         for epoch in 1..=12u64 {
             let e = epoch as i64;
-            graph.process(batch(&[e, e + 100, e])).unwrap();
+            graph.process(0, batch(&[e, e + 100, e])).unwrap();
             states = write_states(&store, &mut graph, epoch, &states, &mut compactions)
                 .await
                 .unwrap();
@@ -434,7 +434,7 @@ mod tests {
             .unwrap();
         assert_eq!(restored.stats()[0].state_rows, 24);
         assert_eq!(
-            xs(&restored.process(batch(&[12, 13, 112, 113])).unwrap()),
+            xs(&restored.process(0, batch(&[12, 13, 112, 113])).unwrap()),
             vec![7, 0]
         );
 
@@ -483,7 +483,7 @@ mod tests {
         restore_states(&store, &mut graph, 3, &states, None)
             .await
             .unwrap();
-        assert_eq!(xs(&graph.process(batch(&[1, 2, 4])).unwrap()), vec![25]);
+        assert_eq!(xs(&graph.process(0, batch(&[1, 2, 4])).unwrap()), vec![25]);
         // The next checkpoint writes the whole state as a file.
         let next = write_states(&store, &mut graph, 4, &states, &mut Compactions::default())
             .await

@@ -80,7 +80,7 @@ pub(super) fn lower_change_aggregate(
     cx.carry = Some(carried.clone());
     let lowered = lower(&agg.input, cx);
     cx.carry = None;
-    let (source, scan, from) = lowered?;
+    let from = lowered?;
     let aggregate = plan_aggregate(agg, cx.state)?;
     let fields: Vec<Field> = agg
         .input
@@ -100,7 +100,7 @@ pub(super) fn lower_change_aggregate(
     if let Input::Node(n) = node {
         cx.updating = Some(n);
     }
-    Ok((source, scan, node))
+    Ok(node)
 }
 
 /// A projection's expressions and schema with the carried columns (the last of its input's)

@@ -17,7 +17,7 @@ use super::windows::{event_time, WINDOW_END, WINDOW_START};
 use crate::error::{Error, Result};
 use crate::runtime::operator::stateless::OP;
 pub use crate::runtime::plan::PipelinePlan;
-use crate::runtime::plan::{Input, NodeSpec, OperatorSpec};
+use crate::runtime::plan::{Input, NodeSpec, OperatorSpec, PlanInput};
 use crate::runtime::source_table::SourceTable;
 
 /// Plans `query` (the SELECT of `CREATE PIPELINE ... AS INSERT INTO sink SELECT ...`). When the
@@ -59,24 +59,42 @@ pub async fn compile(
         state: &state,
         nodes: Vec::new(),
         scanned: None,
+        inputs: Vec::new(),
         windowed: false,
         updating: None,
         applies_by_key,
         carry: None,
     };
-    let (source, scan_projection, output) = lower(&optimized, &mut cx)?;
-    let event_time = match cx.scanned.as_ref().and_then(|t| Some((t, t.watermark()?))) {
-        Some((table, (column, expression))) => {
-            let schema = datafusion::catalog::TableProvider::schema(table);
-            Some(event_time(&state, &schema, column, expression)?)
-        }
-        None => None,
-    };
-    if cx.windowed && event_time.is_none() {
-        return Err(Error::Plan(format!(
-            "a window closes when the watermark passes its end, and source \"{source}\" has no watermark: declare one, as in CREATE SOURCE {source} (..., WATERMARK FOR <time column> AS <time column> - INTERVAL '5' SECOND)"
-        ))
+    let output = lower(&optimized, &mut cx)?;
+    if cx.windowed && cx.inputs.len() > 1 {
+        return Err(Error::Unsupported(
+            "windows over several sources (UNION ALL) need a watermark per source, which is not supported yet".into(),
+        )
         .at_place(places.window_function));
+    }
+    let mut inputs = Vec::with_capacity(cx.inputs.len());
+    for (table, scan_projection) in &cx.inputs {
+        // The watermark of a pipeline over several sources is not tracked yet.
+        let declared = table.watermark().filter(|_| cx.inputs.len() == 1);
+        let event_time = match declared {
+            Some((column, expression)) => {
+                let schema = datafusion::catalog::TableProvider::schema(table);
+                Some(event_time(&state, &schema, column, expression)?)
+            }
+            None => None,
+        };
+        if cx.windowed && event_time.is_none() {
+            let source = table.name();
+            return Err(Error::Plan(format!(
+                "a window closes when the watermark passes its end, and source \"{source}\" has no watermark: declare one, as in CREATE SOURCE {source} (..., WATERMARK FOR <time column> AS <time column> - INTERVAL '5' SECOND)"
+            ))
+            .at_place(places.window_function));
+        }
+        inputs.push(PlanInput {
+            source: table.name().to_string(),
+            scan_projection: scan_projection.clone(),
+            event_time,
+        });
     }
     let (having, output_key) = match cx.updating {
         Some(at) => (
@@ -109,9 +127,7 @@ pub async fn compile(
         fields.push(Field::new(OP, DataType::Utf8, true));
     }
     Ok(PipelinePlan {
-        source,
-        scan_projection,
-        event_time,
+        inputs,
         output_key,
         nodes,
         output,
@@ -121,7 +137,7 @@ pub async fn compile(
 }
 
 /// What a lowered subplan reads and where its rows come out.
-pub(super) type Lowered = (String, Option<Vec<usize>>, Input);
+pub(super) type Lowered = Input;
 
 /// What lowering has found so far.
 pub(super) struct Lowering<'a> {
@@ -130,8 +146,10 @@ pub(super) struct Lowering<'a> {
     /// Plans aggregates.
     pub state: &'a SessionState,
     pub nodes: Vec<NodeSpec>,
-    /// The source read.
+    /// The source read last.
     pub scanned: Option<SourceTable>,
+    /// The sources read, with the columns read of each: the plan's inputs.
+    pub inputs: Vec<(SourceTable, Option<Vec<usize>>)>,
     /// Whether some operator needs the watermark.
     pub windowed: bool,
     /// The node of a GROUP BY without a window, whose output is updates.
@@ -145,6 +163,11 @@ pub(super) struct Lowering<'a> {
 
 /// Appends a node reading `input` and returns it as the new output.
 pub(super) fn push(cx: &mut Lowering, operator: OperatorSpec, input: Input) -> Input {
+    push_n(cx, operator, vec![input])
+}
+
+/// Appends a node reading `inputs` (in port order) and returns it as the new output.
+fn push_n(cx: &mut Lowering, operator: OperatorSpec, inputs: Vec<Input>) -> Input {
     let nodes = &mut cx.nodes;
     let index = nodes.len();
     // Ids are stable for a given query: checkpointed state is found by them.
@@ -162,11 +185,12 @@ pub(super) fn push(cx: &mut Lowering, operator: OperatorSpec, input: Input) -> I
         OperatorSpec::WindowAggregate { .. } => format!("session{index}"),
         OperatorSpec::Unnest(_) => format!("unnest{index}"),
         OperatorSpec::UpdatingAggregate { .. } => format!("aggregate{index}"),
+        OperatorSpec::Union { .. } => format!("union{index}"),
     };
     nodes.push(NodeSpec {
         id,
         operator,
-        inputs: vec![input],
+        inputs,
     });
     Input::Node(index)
 }
@@ -206,7 +230,7 @@ pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
             schema,
             ..
         }) => {
-            let (source, scan, from) = lower(input, cx)?;
+            let from = lower(input, cx)?;
             let mut exprs = expr
                 .iter()
                 .map(|e| compile_expr(e, input))
@@ -215,23 +239,19 @@ pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
             if let Some(carried) = &cx.carry {
                 (exprs, schema) = super::changes::carry_through(exprs, &schema, input, carried);
             }
-            Ok((
-                source,
-                scan,
-                push(cx, OperatorSpec::Project { exprs, schema }, from),
-            ))
+            Ok(push(cx, OperatorSpec::Project { exprs, schema }, from))
         }
         LogicalPlan::Filter(Filter {
             predicate, input, ..
         }) => {
-            let (source, scan, from) = lower(input, cx)?;
+            let from = lower(input, cx)?;
             let op = super::changes::table_filter_op(predicate, input, cx)?;
             let predicate = compile_expr(predicate, input)?;
             let filter = match op {
                 Some(op) => OperatorSpec::ChangeFilter { predicate, op },
                 None => OperatorSpec::Filter(predicate),
             };
-            Ok((source, scan, push(cx, filter, from)))
+            Ok(push(cx, filter, from))
         }
         LogicalPlan::SubqueryAlias(SubqueryAlias { input, .. }) => lower(input, cx),
         LogicalPlan::TableScan(TableScan {
@@ -253,6 +273,12 @@ pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
                     "LIMIT in a pipeline is not supported".into(),
                 ));
             }
+            if cx.inputs.iter().any(|(t, _)| t.name() == table.name()) {
+                return Err(Error::Unsupported(format!(
+                    "source \"{}\" is read twice in this query; reading a source more than once in one pipeline is not supported yet",
+                    table.name()
+                )));
+            }
             cx.scanned = Some(table.clone());
             let projection = match &cx.carry {
                 Some(carried) => Some(super::changes::carry_from_scan(
@@ -262,14 +288,15 @@ pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
                 )?),
                 None => projection.clone(),
             };
-            Ok((table.name().to_string(), projection, Input::Source))
+            cx.inputs.push((table.clone(), projection));
+            Ok(Input::Source(cx.inputs.len() - 1))
         }
         LogicalPlan::Limit(_) => Err(Error::Unsupported(
             "LIMIT in a pipeline is not supported".into(),
         )),
         // SELECT DISTINCT arrives as a grouping without aggregates: emit each row's first occurrence.
         LogicalPlan::Aggregate(agg) if agg.aggr_expr.is_empty() => {
-            let (source, scan, from) = lower(&agg.input, cx)?;
+            let from = lower(&agg.input, cx)?;
             let exprs = agg
                 .group_expr
                 .iter()
@@ -284,11 +311,7 @@ pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
                 },
                 from,
             );
-            Ok((
-                source,
-                scan,
-                push(cx, OperatorSpec::Distinct { schema }, keys),
-            ))
+            Ok(push(cx, OperatorSpec::Distinct { schema }, keys))
         }
         LogicalPlan::Aggregate(agg) => {
             let group_names: Vec<String> = agg
@@ -314,9 +337,9 @@ pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
             lower_window_aggregate(agg, window_end, None, cx)
         }
         LogicalPlan::Unnest(unnest) => {
-            let (source, scan, from) = lower(&unnest.input, cx)?;
+            let from = lower(&unnest.input, cx)?;
             let plan = plan_over_placeholder(plan, cx.state)?;
-            Ok((source, scan, push(cx, OperatorSpec::Unnest(plan), from)))
+            Ok(push(cx, OperatorSpec::Unnest(plan), from))
         }
         LogicalPlan::Distinct(_) => Err(Error::Unsupported(
             "this form of DISTINCT is not supported in pipelines (SELECT DISTINCT is)".into(),
@@ -330,9 +353,28 @@ pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
         LogicalPlan::Sort(_) => Err(Error::Unsupported(
             "ORDER BY in a pipeline is not supported (a stream has no end to sort at)".into(),
         )),
-        LogicalPlan::Union(_) => Err(Error::Unsupported(
-            "UNION in pipelines is not supported yet".into(),
-        )),
+        LogicalPlan::Union(union) => {
+            let updating = cx.updating;
+            let inputs = union
+                .inputs
+                .iter()
+                .map(|i| lower(i, cx))
+                .collect::<Result<Vec<_>>>()?;
+            if cx.updating != updating {
+                return Err(Error::Unsupported(
+                    "a UNION of a GROUP BY's updates with other rows is not supported yet".into(),
+                )
+                .at_place(cx.places.group_by));
+            }
+            let fields: Vec<Field> = union
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect();
+            let schema = Arc::new(Schema::new(fields));
+            Ok(push_n(cx, OperatorSpec::Union { schema }, inputs))
+        }
         other => Err(Error::Unsupported(format!(
             "this query shape is not supported in pipelines yet: {}",
             other.display()
@@ -486,7 +528,7 @@ fn lower_window_aggregate(
     session_start: Option<usize>,
     cx: &mut Lowering,
 ) -> Result<Lowered> {
-    let (source, scan, from) = lower(&agg.input, cx)?;
+    let from = lower(&agg.input, cx)?;
     let aggregate = plan_aggregate(agg, cx.state)?;
     cx.windowed = true;
     let operator = OperatorSpec::WindowAggregate {
@@ -494,7 +536,7 @@ fn lower_window_aggregate(
         window_end,
         session_start,
     };
-    Ok((source, scan, push(cx, operator, from)))
+    Ok(push(cx, operator, from))
 }
 
 /// A GROUP BY without a window: one state per group, the changed groups emitted at each
@@ -512,7 +554,7 @@ fn lower_updating_aggregate(
     if let Some(table) = super::changes::change_stream_under(&agg.input) {
         return super::changes::lower_change_aggregate(agg, &table, cx);
     }
-    let (source, scan, from) = lower(&agg.input, cx)?;
+    let from = lower(&agg.input, cx)?;
     let aggregate = plan_aggregate(agg, cx.state)?;
     let keys = agg.group_expr.len();
     let node = push(
@@ -523,7 +565,7 @@ fn lower_updating_aggregate(
     if let Input::Node(n) = node {
         cx.updating = Some(n);
     }
-    Ok((source, scan, node))
+    Ok(node)
 }
 
 /// Turns the filters after an updating aggregate (its HAVING) into HAVING operators, whose failing

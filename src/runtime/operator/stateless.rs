@@ -149,6 +149,33 @@ impl Operator for Having {
     }
 }
 
+/// UNION ALL: every input's rows, relabelled as the union's columns (the planner has cast each
+/// input to the union's types).
+pub struct Union {
+    schema: SchemaRef,
+}
+
+impl Union {
+    /// A union whose rows are of `schema`.
+    pub fn new(schema: SchemaRef) -> Self {
+        Union { schema }
+    }
+}
+
+impl Operator for Union {
+    fn kind(&self) -> &'static str {
+        "union"
+    }
+
+    fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        Ok(vec![RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            batch.columns().to_vec(),
+            &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )?])
+    }
+}
+
 /// Computes one column per expression.
 pub struct Project {
     exprs: Vec<Arc<dyn PhysicalExpr>>,

@@ -8,6 +8,7 @@ mod clients;
 mod concurrency;
 mod files;
 mod harness;
+mod inputs;
 mod kafka;
 mod limits;
 mod nexmark;

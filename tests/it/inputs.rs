@@ -1,0 +1,90 @@
+//! Pipelines over several sources: a UNION ALL of two file sources, each read by a reader of
+//! its own, killed twice mid-run; every row lands once, and a GROUP BY over the union equals
+//! DataFusion's batch query.
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn union_of_two_sources_is_exactly_once_across_sigkills() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (east, west) = (tmp.path().join("east"), tmp.path().join("west"));
+    const FILES: usize = 40;
+    const ROWS: usize = 25_000;
+    let next = write_csv(&east, "orders", FILES, ROWS, 1);
+    write_csv(&west, "orders", FILES, ROWS, next);
+    let total = (2 * FILES * ROWS) as u64;
+    let (lake, totals) = (tmp.path().join("lake"), tmp.path().join("totals"));
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(&data).await;
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE east (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) WITH (connector = 'file', path = '{east}');
+         CREATE SOURCE west (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) WITH (connector = 'file', path = '{west}');
+         CREATE SINK lake WITH (connector = 'delta', path = '{lake}');
+         CREATE SINK totals WITH (connector = 'delta', path = '{totals}', mode = 'upsert');
+         CREATE PIPELINE everything WITH (checkpoint_interval = '200ms') AS INSERT INTO lake
+           SELECT id, customer, amount, 'east' AS region FROM east
+           UNION ALL SELECT id, customer, amount, 'west' FROM west;
+         CREATE PIPELINE per_customer WITH (checkpoint_interval = '200ms') AS INSERT INTO totals
+           SELECT customer, count(*) AS n, sum(id) AS ids, max(amount) AS high
+           FROM (SELECT customer, id, amount FROM east UNION ALL SELECT customer, id, amount FROM west WHERE id % 3 <> 0) o
+           GROUP BY customer;",
+        east = east.display(),
+        west = west.display(),
+        lake = lake.display(),
+        totals = totals.display()
+    ))
+    .await
+    .unwrap();
+    let server = kill_twice(
+        server,
+        &data,
+        "everything",
+        total,
+        "union_of_two_sources_is_exactly_once_across_sigkills",
+    )
+    .await;
+    let c = server.client().await;
+    wait_state(&c, "everything", "completed").await;
+    wait_state(&c, "per_customer", "completed").await;
+
+    // Every row of both sources once.
+    assert_eq!(delta_count_distinct(&lake), (total, total));
+    let out = query_lines(
+        &c,
+        "SELECT source, rows_in, rows_out FROM tributary.pipelines WHERE name = 'everything'",
+    )
+    .await;
+    assert_eq!(out, vec![format!("east, west {total} {total}")]);
+    // The checkpoint holds both sources' positions.
+    let checkpoints = data.join("checkpoints");
+    let latest = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .max()
+        .unwrap();
+    let cp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&latest).unwrap()).unwrap();
+    let mut sources: Vec<&String> = cp["sources"].as_object().unwrap().keys().collect();
+    sources.sort();
+    assert_eq!(sources, ["east", "west"], "{latest:?}");
+
+    // The GROUP BY over the union equals the batch query over the same sources.
+    let want = query_lines(
+        &c,
+        "SELECT customer, count(*), sum(id), max(amount)
+         FROM (SELECT customer, id, amount FROM east UNION ALL SELECT customer, id, amount FROM west WHERE id % 3 <> 0) o
+         GROUP BY customer ORDER BY customer",
+    )
+    .await;
+    let got = query_lines(
+        &c,
+        "SELECT customer, n, ids, high FROM totals ORDER BY customer",
+    )
+    .await;
+    assert!(want.len() > 10, "{want:?}");
+    assert_eq!(got, want);
+}

@@ -372,7 +372,7 @@ impl SystemSchema {
                 let mut rows = Vec::new();
                 for st in self.runtime.statuses() {
                     for (source, l) in st.lag() {
-                        let split = st.split_watermark(&l.partition);
+                        let split = st.split_watermark(&source, &l.partition);
                         rows.push((st.name.clone(), source, l, split));
                     }
                 }

@@ -13,6 +13,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use tributary_connectors::{PreparedCommit, SourcePosition};
 
+use super::pipeline_watermarks::InputMarks;
 use super::state::{files_of, OperatorState};
 use crate::error::{Error, Result};
 
@@ -51,6 +52,10 @@ pub struct Checkpoint {
     /// let one that is ahead decide alone.
     #[serde(default)]
     pub split_watermarks: BTreeMap<String, i64>,
+    /// Each source's watermark and its splits', by source (the top-level `watermark` is the
+    /// pipeline's, the least of them).
+    #[serde(default)]
+    pub inputs: BTreeMap<String, InputMarks>,
 }
 
 /// Stores checkpoints of one pipeline under `<root>/<pipeline id>/`.
@@ -311,6 +316,7 @@ mod tests {
             rows_late: 0,
             watermark: None,
             split_watermarks: BTreeMap::new(),
+            inputs: BTreeMap::new(),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod graph;
 pub mod memory;
 pub mod operator;
 pub mod pipeline;
+pub mod pipeline_watermarks;
 pub mod plan;
 pub mod source_table;
 pub mod state;

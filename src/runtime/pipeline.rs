@@ -22,6 +22,7 @@ use tributary_connectors::{
 use super::checkpoint::{Checkpoint, CheckpointStore};
 use super::event_time::END_OF_TIME;
 use super::graph::OperatorGraph;
+use super::pipeline_watermarks::{InputMarks, PipelineWatermarks};
 use super::plan::{PipelinePlan, RunOptions};
 use super::state::{restore_states, write_states, Compactions};
 use super::status::{ErrorEntry, ErrorLog, PipelineStatus};
@@ -172,7 +173,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
         let mut positions: Vec<Option<SourcePosition>> = vec![None; n_inputs];
         // The watermark of the rows read so far (UTC microseconds): rows before it are late.
         let mut watermark: Option<i64> = None;
-        let mut split_watermarks = Default::default();
+        let mut marks: Vec<InputMarks> = vec![InputMarks::default(); n_inputs];
         if let Some(cp) = latest {
             // The last checkpoint's commit may not have happened before a crash: (re)do it; sinks skip it if done.
             sink.commit(cp.epoch, cp.sink.clone()).await?;
@@ -183,7 +184,14 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             restore_states(&ctx.checkpoints, &mut graph, cp.epoch, &cp.operators, cp.watermark).await?;
             operator_states = cp.operators.clone();
             watermark = cp.watermark;
-            split_watermarks = cp.split_watermarks.clone();
+            for (m, input) in marks.iter_mut().zip(&job.inputs) {
+                *m = match cp.inputs.get(input.name()) {
+                    Some(kept) => kept.clone(),
+                    // A checkpoint from before sources had marks of their own: one source.
+                    None if n_inputs == 1 => InputMarks { watermark: cp.watermark, splits: cp.split_watermarks.clone() },
+                    None => InputMarks::default(),
+                };
+            }
             status.rows_late.store(cp.rows_late, Ordering::Relaxed);
             status.restore(cp.rows_in, cp.rows_out, cp.rows_errored, cp.epoch, cp.at);
             tracing::info!(epoch, "Resuming from checkpoint.");
@@ -224,7 +232,8 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
         drop(tx);
         let mut ended = vec![false; n_inputs];
 
-        let mut watermarks = Watermarks::new(job.settings.idle_timeout, watermark, &split_watermarks, Instant::now());
+        let timed = job.plan.inputs.iter().map(|i| i.event_time.is_some());
+        let mut watermarks = PipelineWatermarks::new(job.settings.idle_timeout, watermark, timed.zip(marks).collect(), Instant::now());
         let mut unfilled: Vec<UnfilledColumns> = job
             .inputs
             .iter()
@@ -256,7 +265,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                             epoch_rows += (sb.batch.num_rows() + sb.bad_records.len()) as u64;
                             let pos = sb.position.clone();
                             unfilled[i].observe(&sb.batch, job.inputs[i].name(), &status);
-                            let batch = EpochBatch { epoch, watermark, watermarks: &mut watermarks };
+                            let batch = EpochBatch { epoch, watermark, watermarks: watermarks.input(i, Instant::now()) };
                             handle_batch(&job, i, &mut graph, &status, &mut *sink, sb, batch, &mut epoch_errors).await?;
                             status.set_operators(graph.stats());
                             last_positions[i] = Some(pos);
@@ -268,13 +277,20 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                                 watermark = Some(w);
                                 status.set_watermark(watermark);
                             }
-                            status.set_split_watermarks(watermarks.shown(now));
+                            status.set_split_watermarks(job.inputs[i].name(), watermarks.marks(i).shown(now));
                         }
                         Some((i, Ok(None))) => {
                             ended[i] = true;
                             if ended.iter().all(|e| *e) {
                                 finished = true;
                                 break;
+                            }
+                            // The sources still running decide the watermark now.
+                            watermarks.end(i);
+                            if let Some(w) = watermarks.advance(Instant::now()) {
+                                emitted += emit(&mut graph, &mut *sink, &status, Signal::Watermark(w)).await?;
+                                watermark = Some(w);
+                                status.set_watermark(watermark);
                             }
                         }
                         None => {
@@ -324,7 +340,11 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                     rows_errored: status.rows_errored.load(Ordering::Relaxed),
                     rows_late: status.rows_late.load(Ordering::Relaxed),
                     watermark,
-                    split_watermarks: watermarks.checkpointed(),
+                    split_watermarks: match n_inputs {
+                        1 => watermarks.checkpointed().remove(0).splits,
+                        _ => BTreeMap::new(),
+                    },
+                    inputs: job.inputs.iter().map(|i| i.name().to_string()).zip(watermarks.checkpointed()).collect(),
                 };
                 let bytes = ctx.checkpoints.save(&cp).await?;
                 operator_states = operators;

@@ -370,6 +370,7 @@ mod tests {
             rows_late: 0,
             watermark: None,
             split_watermarks: BTreeMap::new(),
+            inputs: BTreeMap::new(),
         }
     }
 

@@ -32,7 +32,7 @@ pub struct PipelineStatus {
     watermark: Mutex<Option<i64>>,
     inner: Mutex<StatusInner>,
     lag: Mutex<Vec<(String, tributary_connectors::PartitionLag)>>,
-    splits: Mutex<Vec<SplitWatermark>>,
+    splits: Mutex<Vec<(String, SplitWatermark)>>,
     operators: Mutex<Vec<OperatorStats>>,
 }
 
@@ -110,20 +110,22 @@ impl PipelineStatus {
         *self.watermark.lock() = watermark;
     }
 
-    /// Records the watermark of each split of the source.
-    pub fn set_split_watermarks(&self, splits: Vec<SplitWatermark>) {
-        *self.splits.lock() = splits;
+    /// Records the watermark of each split of source `source`.
+    pub fn set_split_watermarks(&self, source: &str, splits: Vec<SplitWatermark>) {
+        let mut all = self.splits.lock();
+        all.retain(|(s, _)| s != source);
+        all.extend(splits.into_iter().map(|w| (source.to_string(), w)));
     }
 
-    /// The watermark of the split named `partition` (as in `tributary.source_lag`), or of the
-    /// whole source when it is one split.
-    pub fn split_watermark(&self, partition: &str) -> Option<SplitWatermark> {
+    /// The watermark of the split named `partition` of `source` (as in `tributary.source_lag`),
+    /// or of the whole source when it is one split.
+    pub fn split_watermark(&self, source: &str, partition: &str) -> Option<SplitWatermark> {
         let splits = self.splits.lock();
-        splits
-            .iter()
-            .find(|s| s.split == partition)
-            .or_else(|| splits.iter().find(|s| s.split.is_empty()))
-            .cloned()
+        let of_source = || splits.iter().filter(|(s, _)| s == source);
+        of_source()
+            .find(|(_, w)| w.split == partition)
+            .or_else(|| of_source().find(|(_, w)| w.split.is_empty()))
+            .map(|(_, w)| w.clone())
     }
 
     /// Records the operators' figures.

@@ -66,17 +66,9 @@ pub async fn compile(
         carry: None,
     };
     let output = lower(&optimized, &mut cx)?;
-    if cx.windowed && cx.inputs.len() > 1 {
-        return Err(Error::Unsupported(
-            "windows over several sources (UNION ALL) need a watermark per source, which is not supported yet".into(),
-        )
-        .at_place(places.window_function));
-    }
     let mut inputs = Vec::with_capacity(cx.inputs.len());
     for (table, scan_projection) in &cx.inputs {
-        // The watermark of a pipeline over several sources is not tracked yet.
-        let declared = table.watermark().filter(|_| cx.inputs.len() == 1);
-        let event_time = match declared {
+        let event_time = match table.watermark() {
             Some((column, expression)) => {
                 let schema = datafusion::catalog::TableProvider::schema(table);
                 Some(event_time(&state, &schema, column, expression)?)

@@ -88,3 +88,78 @@ async fn union_of_two_sources_is_exactly_once_across_sigkills() {
     assert!(want.len() > 10, "{want:?}");
     assert_eq!(got, want);
 }
+
+/// Windows over a UNION ALL of two out-of-order streams, one paced behind the other, killed
+/// twice with windows open: no row is late, and the windows equal the batch query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_over_two_streams_equal_the_batch_query_across_sigkills() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lake = tmp.path().join("lake");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(&data).await;
+    let c = server.client().await;
+    // fast: 2 M events read at full speed; slow: 100 k events paced over about four seconds.
+    let (fast, slow) = (2_000_000u64, 100_000u64);
+    c.batch_execute(&format!(
+        "CREATE SOURCE fast (WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
+           WITH (connector = 'nexmark', table = 'bid', events = {fast}, seed = 41, out_of_order = 100);
+         CREATE SOURCE slow (WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
+           WITH (connector = 'nexmark', table = 'bid', events = {slow}, rate = 25000, seed = 42,
+                 out_of_order = 100, batch_size = 500);
+         CREATE SINK lake WITH (connector = 'delta', path = '{}');
+         CREATE PIPELINE win WITH (checkpoint_interval = '100ms', parallelism = 2) AS INSERT INTO lake {WINDOWS};",
+        lake.display()
+    ))
+    .await
+    .unwrap();
+    let bids = (fast + slow) * 92 / 100;
+    let server = kill_twice(
+        server,
+        &data,
+        "win",
+        bids,
+        "windows_over_two_streams_equal_the_batch_query_across_sigkills",
+    )
+    .await;
+    let c = server.client().await;
+    wait_state(&c, "win", "completed").await;
+    let late = scalar(
+        &c,
+        "SELECT rows_late FROM tributary.pipelines WHERE name = 'win'",
+    )
+    .await;
+    assert_eq!(late, "0");
+    let want = query_lines(
+        &c,
+        &format!(
+            "SELECT CAST(arrow_cast(window_start, 'Timestamp(Microsecond, None)') AS BIGINT), bucket, n, total, high
+             FROM ({WINDOWS}) ORDER BY 1, 2"
+        ),
+    )
+    .await;
+    assert!(want.len() > 1_000, "{} windows", want.len());
+    let py = r#"
+import sys, deltalake
+t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()
+rows = sorted(zip(t['window_start'].cast('int64').to_pylist(), *[t[c].to_pylist() for c in ['bucket', 'n', 'total', 'high']]))
+print('\n'.join(' '.join(str(v) for v in r) for r in rows))
+"#;
+    let got = run_python(py, &[lake.to_str().unwrap()]);
+    let got: Vec<&str> = got.lines().collect();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "windows in Delta vs the batch result"
+    );
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w);
+    }
+}
+
+/// Per second and auction bucket, over both streams.
+const WINDOWS: &str = "SELECT window_start, window_end, auction % 10 AS bucket, count(*) AS n, \
+     sum(price) AS total, max(price) AS high \
+     FROM (SELECT * FROM TUMBLE(fast, date_time, INTERVAL '1' SECOND) \
+           UNION ALL SELECT * FROM TUMBLE(slow, date_time, INTERVAL '1' SECOND)) w \
+     GROUP BY window_start, window_end, auction % 10";

@@ -14,6 +14,7 @@ use super::operator::change_aggregate::ChangeAggregate;
 use super::operator::distinct::Distinct;
 use super::operator::parallel::Parallel;
 use super::operator::stateless::{ChangeFilter, Filter, Having, Project, Union};
+use super::operator::temporal_join::{TemporalJoin, TemporalJoinSpec};
 use super::operator::unnest::Unnest;
 use super::operator::updating_aggregate::UpdatingAggregate;
 use super::operator::window_aggregate::WindowAggregate;
@@ -76,6 +77,8 @@ pub enum OperatorSpec {
         /// Its input rows: the aggregate's input columns, the primary key, `_op`.
         schema: SchemaRef,
     },
+    /// A stream joined with the current rows of a table kept by its change stream.
+    TemporalJoin(TemporalJoinSpec),
     /// GROUP BY a window: partial aggregate states per batch, rows emitted once the watermark
     /// passes the window's end. Session windows merge a key's overlapping states first.
     WindowAggregate {
@@ -190,6 +193,9 @@ impl OperatorSpec {
         Ok(match self {
             OperatorSpec::Filter(predicate) => Box::new(Filter::new(predicate.clone())),
             OperatorSpec::Union { schema } => Box::new(Union::new(schema.clone())),
+            OperatorSpec::TemporalJoin(spec) => {
+                Box::new(TemporalJoin::new(spec.clone())?.with_memory(memory))
+            }
             OperatorSpec::ChangeFilter { predicate, op } => {
                 Box::new(ChangeFilter::new(predicate.clone(), *op))
             }

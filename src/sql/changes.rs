@@ -61,22 +61,7 @@ pub(super) fn lower_change_aggregate(
         ))
         .at_place(cx.places.group_by));
     }
-    let schema = TableProvider::schema(table);
-    let carried = table
-        .primary_key()
-        .iter()
-        .map(String::as_str)
-        .chain([OP])
-        .map(|name| {
-            let field = schema.field_with_name(name).map_err(|_| {
-                Error::Plan(format!(
-                    "source \"{}\" has no column {name}, which its primary key names",
-                    table.name()
-                ))
-            })?;
-            Ok(field.clone().with_nullable(true))
-        })
-        .collect::<Result<Vec<Field>>>()?;
+    let carried = carried_columns(table)?;
     cx.carry = Some(carried.clone());
     let lowered = lower(&agg.input, cx);
     cx.carry = None;
@@ -101,6 +86,27 @@ pub(super) fn lower_change_aggregate(
         cx.updating = Some(n);
     }
     Ok(node)
+}
+
+/// The columns a change stream's rows carry up to the operator that keeps its table: the
+/// primary key, then `_op`.
+pub(super) fn carried_columns(table: &SourceTable) -> Result<Vec<Field>> {
+    let schema = TableProvider::schema(table);
+    table
+        .primary_key()
+        .iter()
+        .map(String::as_str)
+        .chain([OP])
+        .map(|name| {
+            let field = schema.field_with_name(name).map_err(|_| {
+                Error::Plan(format!(
+                    "source \"{}\" has no column {name}, which its primary key names",
+                    table.name()
+                ))
+            })?;
+            Ok(field.clone().with_nullable(true))
+        })
+        .collect()
 }
 
 /// A projection's expressions and schema with the carried columns (the last of its input's)

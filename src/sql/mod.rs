@@ -3,6 +3,7 @@
 pub mod changes;
 pub mod clock;
 pub mod fast_to_char;
+pub mod joins;
 pub mod parse;
 pub mod places;
 pub mod plan;

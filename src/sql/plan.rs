@@ -159,7 +159,7 @@ pub(super) fn push(cx: &mut Lowering, operator: OperatorSpec, input: Input) -> I
 }
 
 /// Appends a node reading `inputs` (in port order) and returns it as the new output.
-fn push_n(cx: &mut Lowering, operator: OperatorSpec, inputs: Vec<Input>) -> Input {
+pub(super) fn push_n(cx: &mut Lowering, operator: OperatorSpec, inputs: Vec<Input>) -> Input {
     let nodes = &mut cx.nodes;
     let index = nodes.len();
     // Ids are stable for a given query: checkpointed state is found by them.
@@ -178,6 +178,7 @@ fn push_n(cx: &mut Lowering, operator: OperatorSpec, inputs: Vec<Input>) -> Inpu
         OperatorSpec::Unnest(_) => format!("unnest{index}"),
         OperatorSpec::UpdatingAggregate { .. } => format!("aggregate{index}"),
         OperatorSpec::Union { .. } => format!("union{index}"),
+        OperatorSpec::TemporalJoin(_) => format!("join{index}"),
     };
     nodes.push(NodeSpec {
         id,
@@ -336,9 +337,7 @@ pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
         LogicalPlan::Distinct(_) => Err(Error::Unsupported(
             "this form of DISTINCT is not supported in pipelines (SELECT DISTINCT is)".into(),
         )),
-        LogicalPlan::Join(_) => Err(Error::Unsupported(
-            "joins in pipelines are not supported yet".into(),
-        )),
+        LogicalPlan::Join(join) => super::joins::lower_join(join, cx),
         LogicalPlan::Window(_) => Err(Error::Unsupported(
             "window functions in pipelines are not supported yet".into(),
         )),
@@ -394,10 +393,10 @@ pub(super) fn plan_aggregate(
     plan_over_placeholder(&LogicalPlan::Aggregate(agg.clone()), state)
 }
 
-/// DataFusion's physical plan of one logical node (with one input) over a placeholder for its
-/// input, which the runtime replaces per batch. The physical optimizer is off: it would fuse
-/// a Partial aggregate with its Final one.
-fn plan_over_placeholder(
+/// DataFusion's physical plan of one logical node over a placeholder for each of its inputs,
+/// which the runtime replaces per batch. The physical optimizer is off: it would fuse a Partial
+/// aggregate with its Final one.
+pub(super) fn plan_over_placeholder(
     node: &LogicalPlan,
     state: &SessionState,
 ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
@@ -405,17 +404,17 @@ fn plan_over_placeholder(
     use datafusion::logical_expr::EmptyRelation;
     use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 
-    let [input] = node.inputs()[..] else {
-        return Err(Error::Internal(format!(
-            "a node with one input expected: {}",
-            node.display()
-        )));
-    };
-    let placeholder = LogicalPlan::EmptyRelation(EmptyRelation {
-        produce_one_row: false,
-        schema: input.schema().clone(),
-    });
-    let logical = node.with_new_exprs(node.expressions(), vec![placeholder])?;
+    let placeholders = node
+        .inputs()
+        .iter()
+        .map(|input| {
+            LogicalPlan::EmptyRelation(EmptyRelation {
+                produce_one_row: false,
+                schema: input.schema().clone(),
+            })
+        })
+        .collect();
+    let logical = node.with_new_exprs(node.expressions(), placeholders)?;
     let mut config = state.config().clone();
     config.options_mut().execution.target_partitions = 1;
     // The built state shares the session's catalogs: it must not install empty default ones.

@@ -67,22 +67,8 @@ async fn rollups_update_postgres_and_delta_across_sigkills() {
     )
     .await;
     assert!(want.len() > 1_000, "{} auctions", want.len());
-    let py = r#"
-import sys, deltalake
-t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()
-rows = sorted(zip(*[t[c].to_pylist() for c in ['auction', 'n', 'total', 'high']]))
-print('\n'.join(' '.join(str(v) for v in r) for r in rows))
-"#;
-    let got = run_python(py, &[lake.to_str().unwrap()]);
-    let got: Vec<&str> = got.lines().collect();
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "auctions in Delta vs the batch result"
-    );
-    for (g, w) in got.iter().zip(&want) {
-        assert_eq!(g, w);
-    }
+    let got = delta_sorted(&lake, &["auction", "n", "total", "high"]);
+    assert_same_rows(&got, &want, "auctions in Delta vs the batch result");
 
     // HAVING: an auction with fewer than 30 bids so far was written, and deleted once it had
     // more; the table holds exactly the batch result.
@@ -91,14 +77,7 @@ print('\n'.join(' '.join(str(v) for v in r) for r in rows))
         "SELECT auction, count(*), max(price) FROM bids GROUP BY auction HAVING count(*) < 30 ORDER BY auction",
     )
     .await;
-    let py = r#"
-import sys, deltalake
-t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()
-rows = sorted(zip(*[t[c].to_pylist() for c in ['auction', 'n', 'high']]))
-print('\n'.join(' '.join(str(v) for v in r) for r in rows))
-"#;
-    let got = run_python(py, &[few.to_str().unwrap()]);
-    let got: Vec<&str> = got.lines().collect();
+    let got = delta_sorted(&few, &["auction", "n", "high"]);
     assert!(want.len() > 100, "{} auctions", want.len());
     assert_eq!(got, want, "auctions with fewer than 30 bids");
     let deleted: u64 = scalar(

@@ -1,7 +1,8 @@
 //! A PostgreSQL table read through change data capture as the table it is: a GROUP BY over it
 //! into a PostgreSQL upsert sink, and a WHERE over it into a Delta upsert sink, follow the
-//! upstream table under a mixed workload and SIGKILLs; PostgreSQL's own query over the source
-//! table is the oracle.
+//! upstream table under a mixed workload and SIGKILLs (PostgreSQL's own query over the source
+//! table is the oracle); orders joined with it get each customer as it was when the order
+//! arrived, into Delta and PostgreSQL, across a SIGKILL.
 
 use std::time::Duration;
 
@@ -126,5 +127,221 @@ async fn cdc_aggregates_and_filters_follow_their_table_across_sigkills() {
     )
     .await;
     assert_eq!(state, passing);
+    drop(server);
+}
+
+/// Writes `orders-<n>.csv` (id, customer_id, amount) into `dir` whole: under another name,
+/// then renamed, so the watching source never reads it half-written.
+fn drop_orders(dir: &std::path::Path, n: u32, orders: &[(i64, i32)]) {
+    let mut text = String::from("id,customer_id,amount\n");
+    for (id, customer) in orders {
+        text.push_str(&format!("{id},{customer},{}.5\n", id % 97));
+    }
+    let tmp = dir.join(format!(".orders-{n}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(format!("orders-{n}.csv"))).unwrap();
+}
+
+/// A figure of each pipeline's join: `rows_in` or `state_rows`.
+async fn join_figure(c: &Client, pipeline: &str, figure: &str) -> u64 {
+    scalar(
+        c,
+        &format!(
+            "SELECT sum({figure}) FROM tributary.operators WHERE pipeline = '{pipeline}' AND kind = 'temporal_join'"
+        ),
+    )
+    .await
+    .parse()
+    .unwrap_or(0)
+}
+
+/// Waits until each pipeline's join has taken `changes` more rows than `before`.
+async fn joined_changes(c: &Client, pipelines: &[&str], before: &[u64], changes: u64) {
+    for (p, b) in pipelines.iter().zip(before) {
+        poll(
+            Duration::from_secs(60),
+            "the customers' changes to reach the join",
+            || async { (join_figure(c, p, "rows_in").await >= b + changes).then_some(()) },
+        )
+        .await;
+    }
+}
+
+async fn joins_rows_in(c: &Client, pipelines: &[&str]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for p in pipelines {
+        out.push(join_figure(c, p, "rows_in").await);
+    }
+    out
+}
+
+/// Waits until `pipeline` has written `rows` rows.
+async fn written(c: &Client, pipeline: &str, rows: u64) {
+    poll(
+        Duration::from_secs(60),
+        "the orders to be joined",
+        || async {
+            let out = scalar(
+                c,
+                &format!("SELECT rows_out FROM tributary.pipelines WHERE name = '{pipeline}'"),
+            )
+            .await;
+            (out == rows.to_string()).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_join_customers_as_they_are_when_each_order_arrives() {
+    let pg = PgCluster::start("logical");
+    let shop = setup_source_db(&pg, 0).await;
+    shop.batch_execute(
+        "DROP TABLE customers;
+         CREATE TABLE customers (id int PRIMARY KEY, name text, tier text);
+         INSERT INTO customers SELECT g, 'c' || g, CASE WHEN g % 2 = 0 THEN 'silver' ELSE 'bronze' END
+         FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    let warehouse = pg.client("warehouse").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (orders, lake, data) = (
+        tmp.path().join("orders"),
+        tmp.path().join("lake"),
+        tmp.path().join("data"),
+    );
+    std::fs::create_dir_all(&orders).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    let mut server = Server::start(&data).await;
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE orders (id BIGINT, customer_id INT, amount DOUBLE) WITH (connector = 'file', path = '{orders}/*.csv');
+         CREATE SOURCE customers_lake WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers');
+         CREATE SOURCE customers_wh WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers');
+         CREATE SINK lake WITH (connector = 'delta', path = '{lake}');
+         CREATE SINK wh WITH (connector = 'postgres', url = '{wh}', table = 'public.enriched');
+         CREATE PIPELINE to_lake WITH (mode = 'streaming', checkpoint_interval = '200ms') AS INSERT INTO lake
+           SELECT o.id, o.amount, c.name, c.tier FROM orders o LEFT JOIN customers_lake c ON o.customer_id = c.id;
+         CREATE PIPELINE to_wh WITH (mode = 'streaming', checkpoint_interval = '200ms') AS INSERT INTO wh
+           SELECT o.id, c.name, c.tier FROM orders o JOIN customers_wh c ON c.id = o.customer_id WHERE c.tier <> 'none';",
+        orders = orders.display(),
+        url = pg.url("shop"),
+        wh = pg.url("warehouse"),
+        lake = lake.display()
+    ))
+    .await
+    .unwrap();
+    let pipelines = ["to_lake", "to_wh"];
+    // The snapshot of the customers is in both joins' tables.
+    for p in pipelines {
+        poll(
+            Duration::from_secs(60),
+            "the customers' snapshot",
+            || async { (join_figure(&c, p, "state_rows").await == 100).then_some(()) },
+        )
+        .await;
+    }
+
+    // Batch 1: customers 1..200, of which 101..200 are unknown.
+    let first: Vec<(i64, i32)> = (1..=200).map(|i| (i, i as i32)).collect();
+    drop_orders(&orders, 1, &first);
+    written(&c, "to_lake", 200).await;
+    written(&c, "to_wh", 100).await;
+    // Upstream changes: ten renamed, one deleted, one made 'none' (which the WHERE on the
+    // table side drops, as a delete).
+    let before = joins_rows_in(&c, &pipelines).await;
+    shop.batch_execute(
+        "UPDATE customers SET name = 'renamed ' || id WHERE id <= 10;
+         DELETE FROM customers WHERE id = 20;
+         UPDATE customers SET tier = 'none' WHERE id = 21;",
+    )
+    .await
+    .unwrap();
+    joined_changes(&c, &pipelines, &before, 12).await;
+    // Batch 2: the same customers again.
+    let second: Vec<(i64, i32)> = (1..=200).map(|i| (200 + i, i as i32)).collect();
+    drop_orders(&orders, 2, &second);
+    written(&c, "to_lake", 400).await;
+    written(&c, "to_wh", 198).await;
+
+    // Killed: the tables come back from the checkpoint, not from a new snapshot.
+    server.kill9();
+    server = Server::start(&data).await;
+    let c = server.client().await;
+    for p in pipelines {
+        wait_state(&c, p, "running").await;
+    }
+    let before = joins_rows_in(&c, &pipelines).await;
+    shop.batch_execute("UPDATE customers SET tier = 'gold' WHERE id = 30")
+        .await
+        .unwrap();
+    joined_changes(&c, &pipelines, &before, 1).await;
+    let third: Vec<(i64, i32)> = (1..=50).map(|i| (400 + i, i as i32)).collect();
+    drop_orders(&orders, 3, &third);
+    written(&c, "to_lake", 450).await;
+    written(&c, "to_wh", 246).await;
+
+    // Each order carries its customer as it was when the order arrived.
+    let customer = |id: i64, cid: i32| -> Option<(String, String)> {
+        let batch = (id - 1) / 200;
+        if cid > 100 || (batch >= 1 && cid == 20) {
+            return None;
+        }
+        let name = if batch >= 1 && cid <= 10 {
+            format!("renamed {cid}")
+        } else {
+            format!("c{cid}")
+        };
+        let tier = match (batch, cid) {
+            (1.., 21) => "none",
+            (2, 30) => "gold",
+            (_, c) if c % 2 == 0 => "silver",
+            _ => "bronze",
+        };
+        Some((name, tier.to_string()))
+    };
+    let all: Vec<(i64, i32)> = [first, second, third].concat();
+    let want_lake: Vec<String> = all
+        .iter()
+        .map(|&(id, cid)| match customer(id, cid) {
+            Some((n, t)) => format!("{id} {n} {t}"),
+            None => format!("{id} None None"),
+        })
+        .collect();
+    let got = delta_sorted(&lake, &["id", "name", "tier"]);
+    assert_same_rows(&got, &want_lake, "the LEFT JOIN in Delta");
+    let want_wh: Vec<String> = all
+        .iter()
+        .filter_map(|&(id, cid)| {
+            let (n, t) = customer(id, cid)?;
+            (t != "none").then(|| format!("{id} {n} {t}"))
+        })
+        .collect();
+    let got: Vec<String> = warehouse
+        .query(
+            "SELECT id, name, tier FROM public.enriched ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                r.get::<_, i64>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2)
+            )
+        })
+        .collect();
+    assert_same_rows(&got, &want_wh, "the INNER JOIN in PostgreSQL");
+    // The join keeps the table (the customers that pass its WHERE), not the orders.
+    let state = query_lines(
+        &c,
+        "SELECT pipeline, state_rows FROM tributary.operators WHERE kind = 'temporal_join' ORDER BY pipeline",
+    )
+    .await;
+    assert_eq!(state, ["to_lake 99", "to_wh 98"]);
     drop(server);
 }

@@ -246,6 +246,35 @@ for r in rows:
         .collect()
 }
 
+/// `columns` of a Delta table read by the `deltalake` Python package (timestamps as microseconds
+/// since the epoch), one row a line, values separated by spaces, rows sorted.
+pub fn delta_sorted(path: &Path, columns: &[&str]) -> Vec<String> {
+    let script = r#"
+import sys, deltalake, pyarrow as pa
+t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()
+def values(c):
+    a = t[c]
+    if pa.types.is_timestamp(a.type):
+        a = a.cast(pa.timestamp('us', tz=a.type.tz)).cast('int64')
+    return a.to_pylist()
+rows = sorted(zip(*[values(c) for c in sys.argv[2].split(',')]))
+print('\n'.join(' '.join(str(v) for v in r) for r in rows))
+"#;
+    run_python(script, &[path.to_str().unwrap(), &columns.join(",")])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Asserts that `got` holds the rows of `want`, naming the first that differs (not the whole
+/// lists, which may be long).
+pub fn assert_same_rows(got: &[String], want: &[String], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: rows");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g, w, "{what}");
+    }
+}
+
 /// Count and distinct ids of a Delta table, read by the `deltalake` Python package.
 pub fn delta_count_distinct(path: &Path) -> (u64, u64) {
     let script = r#"

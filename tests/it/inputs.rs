@@ -139,22 +139,8 @@ async fn windows_over_two_streams_equal_the_batch_query_across_sigkills() {
     )
     .await;
     assert!(want.len() > 1_000, "{} windows", want.len());
-    let py = r#"
-import sys, deltalake
-t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()
-rows = sorted(zip(t['window_start'].cast('int64').to_pylist(), *[t[c].to_pylist() for c in ['bucket', 'n', 'total', 'high']]))
-print('\n'.join(' '.join(str(v) for v in r) for r in rows))
-"#;
-    let got = run_python(py, &[lake.to_str().unwrap()]);
-    let got: Vec<&str> = got.lines().collect();
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "windows in Delta vs the batch result"
-    );
-    for (g, w) in got.iter().zip(&want) {
-        assert_eq!(g, w);
-    }
+    let got = delta_sorted(&lake, &["window_start", "bucket", "n", "total", "high"]);
+    assert_same_rows(&got, &want, "windows in Delta vs the batch result");
 }
 
 /// Per second and auction bucket, over both streams.

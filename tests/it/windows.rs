@@ -94,23 +94,10 @@ async fn killed_twice_equals_batch(
     )
     .await;
     assert!(want.len() > at_least, "{} windows", want.len());
-    let py = r#"
-import sys, deltalake
-t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()
-columns = sys.argv[2].split(',')
-rows = sorted(zip(t['window_start'].cast('int64').to_pylist(), *[t[c].to_pylist() for c in columns]))
-print('\n'.join(' '.join(str(v) for v in r) for r in rows))
-"#;
-    let got = run_python(py, &[lake.to_str().unwrap(), &columns.join(",")]);
-    let got: Vec<&str> = got.lines().collect();
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "windows in the table vs the batch result"
-    );
-    for (g, w) in got.iter().zip(&want) {
-        assert_eq!(g, w);
-    }
+    let mut read = vec!["window_start"];
+    read.extend(columns);
+    let got = delta_sorted(&lake, &read);
+    assert_same_rows(&got, &want, "windows in the table vs the batch result");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

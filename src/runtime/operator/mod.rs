@@ -3,11 +3,13 @@
 
 pub mod change_aggregate;
 pub mod distinct;
+pub mod keyed_rows;
 pub mod open_states;
 pub mod parallel;
 pub mod sessions;
 pub mod spill;
 pub mod stateless;
+pub mod temporal_join;
 pub mod two_stage;
 pub mod unnest;
 pub mod updating_aggregate;
@@ -139,6 +141,36 @@ pub fn run_plan(
         ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
     )?;
     let out = wait(collect(plan, task.clone()), task)?;
+    Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
+}
+
+/// Runs a DataFusion plan whose inputs are placeholders (leaves without children), replaced in
+/// order, leftmost first, by `inputs` (schema and batches each), to completion on this thread,
+/// as [`run_plan`] does.
+pub fn run_plan_inputs(
+    plan: &Arc<dyn ExecutionPlan>,
+    inputs: Vec<(SchemaRef, Vec<RecordBatch>)>,
+    task: &Arc<TaskContext>,
+) -> Result<Vec<RecordBatch>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+
+    let mut inputs = inputs.into_iter();
+    let plan = plan.clone().transform_up(|node| {
+        if !node.children().is_empty() {
+            // A join keeps its build side once built (and counts its probes in it): each run
+            // starts afresh.
+            return Ok(Transformed::yes(node.reset_state()?));
+        }
+        let Some((schema, batches)) = inputs.next() else {
+            return Err(datafusion::error::DataFusionError::Internal(
+                "a plan with more inputs than batches for them".into(),
+            ));
+        };
+        let leaf: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&[batches], schema, None)?;
+        Ok(Transformed::yes(leaf))
+    })?;
+    let out = wait(collect(plan.data, task.clone()), task)?;
     Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
 }
 

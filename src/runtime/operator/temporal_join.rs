@@ -1,0 +1,256 @@
+//! A stream joined with a table kept up to date by its change stream (a CDC source), in
+//! processing time: each stream row joins the table's rows as they are when the row is
+//! processed, and later changes to the table do not rewrite rows already joined. The table is
+//! the state; stream rows are not kept. DataFusion's planned join does the joining, over the
+//! stream batch and the table rows its keys find.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::ArrayRef;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, Rows, SortField};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::keyed_rows::{Changes, KeyedRows, RowId, KEY_OVERHEAD};
+use super::spill::{load, StateChunk};
+use super::{run_plan_inputs, Operator};
+use crate::error::{Error, Result};
+use crate::runtime::memory::{Budget, StateMemory};
+
+/// What the operator is built from, as the SQL front end plans it.
+#[derive(Debug, Clone)]
+pub struct TemporalJoinSpec {
+    /// DataFusion's join over a placeholder for each side, left first.
+    pub join: Arc<dyn ExecutionPlan>,
+    /// Which input (0, left; 1, right) is the table.
+    pub table_port: usize,
+    /// The join's key expressions over the stream side's rows.
+    pub stream_keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// The same over the table side's rows.
+    pub table_keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// The stream side's columns.
+    pub stream_schema: SchemaRef,
+    /// The table side's columns, as the join reads them.
+    pub table_schema: SchemaRef,
+    /// The table side's rows as they arrive: its columns, its primary key, `_op`.
+    pub change_schema: SchemaRef,
+}
+
+/// Changes to the table with their join keys, waiting for their commit.
+struct Prepared {
+    changes: Changes,
+    keys: Rows,
+}
+
+/// A stream joined with the current rows of a table.
+pub struct TemporalJoin {
+    spec: TemporalJoinSpec,
+    key_values: RowConverter,
+    table: KeyedRows,
+    /// The current rows by join key (some may have died since; they are dropped when found).
+    by_key: HashMap<Box<[u8]>, Vec<RowId>>,
+    index_bytes: usize,
+    pending: Vec<Prepared>,
+    task: Arc<TaskContext>,
+    budget: Option<Budget>,
+}
+
+impl TemporalJoin {
+    /// The operator for a planned join.
+    pub fn new(spec: TemporalJoinSpec) -> Result<Self> {
+        let columns = spec.table_schema.fields().len();
+        let width = spec.change_schema.fields().len();
+        if width < columns + 2 {
+            return Err(Error::Internal(
+                "a join with a change stream needs its rows' primary key and _op".into(),
+            ));
+        }
+        let table = KeyedRows::new(spec.change_schema.clone(), columns..width - 1)?;
+        let key_values = RowConverter::new(
+            spec.table_keys
+                .iter()
+                .map(|k| Ok(SortField::new(k.data_type(&spec.table_schema)?)))
+                .collect::<Result<Vec<_>>>()?,
+        )?;
+        Ok(TemporalJoin {
+            spec,
+            key_values,
+            table,
+            by_key: HashMap::new(),
+            index_bytes: 0,
+            pending: Vec::new(),
+            task: Arc::new(TaskContext::default()),
+            budget: None,
+        })
+    }
+
+    /// The same, its state accounted in `memory`.
+    pub fn with_memory(mut self, memory: &Arc<StateMemory>) -> Self {
+        self.budget = Some(Budget::new(memory, "temporal_join"));
+        self
+    }
+
+    /// The join keys of `batch`'s rows, by `exprs`.
+    fn keys_of(&self, exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Rows> {
+        let n = batch.num_rows();
+        let values = exprs
+            .iter()
+            .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
+            .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
+        Ok(self.key_values.convert_columns(&values)?)
+    }
+
+    fn prepare(&self, batch: &RecordBatch) -> Result<Prepared> {
+        let changes = self.table.prepare(batch)?;
+        let keys = self.keys_of(&self.spec.table_keys, &changes.batch)?;
+        Ok(Prepared { changes, keys })
+    }
+
+    fn apply(&mut self, p: Prepared) {
+        let Prepared { changes, keys } = p;
+        let Self {
+            table,
+            by_key,
+            index_bytes,
+            ..
+        } = self;
+        table.apply(
+            changes,
+            |_, _| {},
+            |i, id| {
+                let key = keys.row(i);
+                match by_key.get_mut(key.as_ref()) {
+                    Some(ids) => ids.push(id),
+                    None => {
+                        *index_bytes += key.as_ref().len() + KEY_OVERHEAD;
+                        by_key.insert(key.as_ref().into(), vec![id]);
+                    }
+                }
+                *index_bytes += 8;
+                0
+            },
+        );
+    }
+
+    /// Joins a batch of the stream with the table's current rows.
+    fn probe(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let keys = self.keys_of(&self.spec.stream_keys, &batch)?;
+        let mut seen = HashSet::new();
+        let mut found: Vec<(usize, usize)> = Vec::new();
+        for key in keys.iter() {
+            let Some(ids) = self.by_key.get_mut(key.as_ref()) else {
+                continue;
+            };
+            let table = &self.table;
+            ids.retain(|&id| table.is_live(id));
+            for &(b, i) in ids.iter() {
+                if seen.insert((b, i)) {
+                    found.push((b as usize, i as usize));
+                }
+            }
+        }
+        let columns = self.spec.table_schema.fields().len();
+        let candidates = RecordBatch::try_new(
+            self.spec.table_schema.clone(),
+            self.table.gather(0..columns, &found)?,
+        )?;
+        let stream =
+            RecordBatch::try_new(self.spec.stream_schema.clone(), batch.columns().to_vec())?;
+        let sides = match self.spec.table_port {
+            0 => vec![
+                (self.spec.table_schema.clone(), vec![candidates]),
+                (self.spec.stream_schema.clone(), vec![stream]),
+            ],
+            _ => vec![
+                (self.spec.stream_schema.clone(), vec![stream]),
+                (self.spec.table_schema.clone(), vec![candidates]),
+            ],
+        };
+        run_plan_inputs(&self.spec.join, sides, &self.task)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.table.memory_bytes() + self.index_bytes
+    }
+}
+
+impl Operator for TemporalJoin {
+    fn kind(&self) -> &'static str {
+        "temporal_join"
+    }
+
+    /// A change to the table is staged until its batch commits; a stream batch joins the
+    /// table as committed.
+    fn process(&mut self, input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        if input == self.spec.table_port {
+            let prepared = self.prepare(&batch)?;
+            self.pending.push(prepared);
+            return Ok(Vec::new());
+        }
+        self.probe(batch)
+    }
+
+    fn commit_batch(&mut self) {
+        for p in std::mem::take(&mut self.pending) {
+            self.apply(p);
+        }
+    }
+
+    fn abort_batch(&mut self) {
+        self.pending.clear();
+    }
+
+    fn state_schema(&self) -> Option<SchemaRef> {
+        Some(self.table.schema().clone())
+    }
+
+    fn snapshot(&mut self, full: bool) -> Result<Vec<StateChunk>> {
+        self.table.snapshot(full)
+    }
+
+    fn restore(&mut self, state: Vec<StateChunk>, _watermark: Option<i64>) -> Result<()> {
+        for chunk in &state {
+            for batch in load(std::slice::from_ref(chunk))? {
+                let prepared = self.prepare(&batch)?;
+                self.apply(prepared);
+            }
+            self.fit_memory()?;
+        }
+        self.table.restored();
+        Ok(())
+    }
+
+    fn fit_memory(&mut self) -> Result<()> {
+        if let Some(moved) = self.table.compact_if_due()? {
+            self.by_key.retain(|_, ids| {
+                *ids = ids.iter().filter_map(|&id| moved.get(id)).collect();
+                !ids.is_empty()
+            });
+            self.index_bytes = self
+                .by_key
+                .iter()
+                .map(|(k, ids)| k.len() + KEY_OVERHEAD + 8 * ids.len())
+                .sum();
+        }
+        let bytes = self.memory_bytes();
+        match &mut self.budget {
+            Some(budget) => budget.hold(
+                bytes,
+                "a join's table (the current rows of its change stream)",
+            ),
+            None => Ok(()),
+        }
+    }
+
+    fn state_rows(&self) -> usize {
+        self.table.live_rows()
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.memory_bytes()
+    }
+}

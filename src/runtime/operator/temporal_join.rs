@@ -254,3 +254,200 @@ impl Operator for TemporalJoin {
         self.memory_bytes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int32Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::util::display::array_value_to_string;
+    use datafusion::datasource::MemTable;
+    use datafusion::execution::SessionStateBuilder;
+    use datafusion::physical_expr::expressions::Column;
+    use datafusion::physical_plan::joins::HashJoinExec;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+
+    use super::*;
+    use crate::runtime::operator::stateless::OP;
+
+    fn orders() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("order_id", DataType::Int32, true),
+            Field::new("customer", DataType::Int32, true),
+        ]))
+    }
+
+    fn customers() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int32, true),
+            Field::new("name", DataType::Utf8, true),
+        ]))
+    }
+
+    /// `orders LEFT JOIN customers ON customer = id`, planned as the SQL front end plans it.
+    async fn operator() -> TemporalJoin {
+        let state = SessionStateBuilder::new()
+            .with_config(SessionConfig::new().with_target_partitions(1))
+            .with_default_features()
+            .with_physical_optimizer_rules(vec![])
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        for (name, schema) in [("orders", orders()), ("customers", customers())] {
+            let table = MemTable::try_new(schema, vec![vec![]]).unwrap();
+            ctx.register_table(name, Arc::new(table)).unwrap();
+        }
+        let mut join = ctx
+            .sql("SELECT order_id, name FROM orders LEFT JOIN customers ON customer = id")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        while join.downcast_ref::<HashJoinExec>().is_none() {
+            join = join.children()[0].clone();
+        }
+        let mut changes: Vec<Field> = customers()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        changes.push(Field::new("id", DataType::Int32, true));
+        changes.push(Field::new(OP, DataType::Utf8, true));
+        TemporalJoin::new(TemporalJoinSpec {
+            join,
+            table_port: 1,
+            stream_keys: vec![Arc::new(Column::new("customer", 1))],
+            table_keys: vec![Arc::new(Column::new("id", 0))],
+            stream_schema: orders(),
+            table_schema: customers(),
+            change_schema: Arc::new(Schema::new(changes)),
+        })
+        .unwrap()
+    }
+
+    /// Changes to customers: (id, name, op); a delete carries its key alone.
+    fn changes(rows: &[(i32, Option<&str>, &str)]) -> RecordBatch {
+        let mut fields: Vec<Field> = customers()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("id", DataType::Int32, true));
+        fields.push(Field::new(OP, DataType::Utf8, true));
+        let ids = Arc::new(Int32Array::from(
+            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        ));
+        RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            vec![
+                ids.clone(),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                )),
+                ids,
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn order_batch(rows: &[(i32, i32)]) -> RecordBatch {
+        RecordBatch::try_new(
+            orders(),
+            vec![
+                Arc::new(Int32Array::from(
+                    rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                )),
+                Arc::new(Int32Array::from(
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// (order, name) of joined rows (the join's columns: the order's, then the customer's),
+    /// sorted.
+    fn joined(batches: &[RecordBatch]) -> Vec<String> {
+        let mut out: Vec<String> = batches
+            .iter()
+            .flat_map(|b| {
+                (0..b.num_rows()).map(|i| {
+                    let value = |c: usize| array_value_to_string(b.column(c), i).unwrap();
+                    format!("{} {}", value(0), value(3))
+                })
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn each_order_joins_the_table_as_it_is_when_the_order_arrives() {
+        let mut op = operator().await;
+        op.process(
+            1,
+            changes(&[(1, Some("ann"), "insert"), (2, Some("bob"), "insert")]),
+        )
+        .unwrap();
+        op.commit_batch();
+        let first = op
+            .process(0, order_batch(&[(10, 1), (11, 2), (12, 3)]))
+            .unwrap();
+        assert_eq!(joined(&first), ["10 ann", "11 bob", "12 "]);
+        // A change a later operator failed on leaves nothing behind.
+        op.process(1, changes(&[(1, Some("nobody"), "update")]))
+            .unwrap();
+        op.abort_batch();
+        let full = op.snapshot(true).unwrap();
+        op.process(
+            1,
+            changes(&[
+                (1, Some("ANN"), "update"),
+                (2, None, "delete"),
+                (3, Some("cy"), "insert"),
+            ]),
+        )
+        .unwrap();
+        op.commit_batch();
+        let changed = op.snapshot(false).unwrap();
+        let later = op
+            .process(0, order_batch(&[(13, 1), (14, 2), (15, 3)]))
+            .unwrap();
+        assert_eq!(joined(&later), ["13 ANN", "14 ", "15 cy"]);
+        assert_eq!(op.state_rows(), 2);
+        // Restored from its snapshots, it joins the same.
+        let mut restored = operator().await;
+        restored.restore([full, changed].concat(), None).unwrap();
+        let again = restored
+            .process(0, order_batch(&[(13, 1), (14, 2), (15, 3)]))
+            .unwrap();
+        assert_eq!(joined(&again), joined(&later));
+    }
+
+    #[tokio::test]
+    async fn a_table_changed_many_times_compacts_and_joins_the_same() {
+        let mut op = operator().await;
+        for round in 0..60 {
+            let rows: Vec<(i32, String)> =
+                (0..200).map(|id| (id, format!("n{round}-{id}"))).collect();
+            let batch: Vec<(i32, Option<&str>, &str)> = rows
+                .iter()
+                .map(|(id, n)| (*id, Some(n.as_str()), "update"))
+                .collect();
+            op.process(1, changes(&batch)).unwrap();
+            op.commit_batch();
+            op.fit_memory().unwrap();
+        }
+        assert!(
+            op.table.dead_rows() < 4_096 + 200,
+            "{}",
+            op.table.dead_rows()
+        );
+        let out = op
+            .process(0, order_batch(&[(1, 7), (2, 199), (3, 200)]))
+            .unwrap();
+        assert_eq!(joined(&out), ["1 n59-7", "2 n59-199", "3 "]);
+    }
+}

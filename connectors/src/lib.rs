@@ -99,6 +99,9 @@ pub struct SourceBatch {
     /// source has is listed, with 0 rows when it gave none, so the event time of each is
     /// followed apart. Empty: the source is one split.
     pub splits: Vec<SplitRows>,
+    /// Whether the batch is part of the source's initial load (a CDC snapshot) and more of it
+    /// is to come: a join with the source as its table holds its other inputs back meanwhile.
+    pub loading: bool,
 }
 
 /// How many consecutive rows of a batch one split gave.
@@ -121,6 +124,7 @@ impl SourceBatch {
             phase: None,
             transient_error: None,
             splits: Vec::new(),
+            loading: false,
         }
     }
 }
@@ -192,6 +196,12 @@ pub trait Source: Send {
     /// How the engine acknowledges committed positions; `None` when upstream needs no word.
     fn ack(&self) -> Option<SourceAck> {
         None
+    }
+
+    /// Whether the source starts with an initial load (a CDC snapshot) that its first batches
+    /// give, flagged [`SourceBatch::loading`] until the last of it.
+    fn loading(&self) -> bool {
+        false
     }
 }
 

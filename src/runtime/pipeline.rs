@@ -119,6 +119,38 @@ pub type Replan = Arc<
 /// What a reader task hands the pipeline task: a batch, the end of its input, or a failure.
 type SourceMessage = std::result::Result<Option<SourceBatch>, ConnectorError>;
 
+/// Which inputs the pipeline takes batches from: those still running, and while some join's
+/// table gives its initial load, only those tables.
+fn readable(ended: &[bool], loading: &[bool]) -> Vec<bool> {
+    let any_loading = loading.iter().any(|l| *l);
+    ended
+        .iter()
+        .zip(loading)
+        .map(|(e, l)| !e && (*l || !any_loading))
+        .collect()
+}
+
+/// The next message of one of the `readable` inputs (`None`: its reader is gone), taking them
+/// in turn when several have one; never, when none is readable.
+async fn next_message(
+    receivers: &mut [mpsc::Receiver<SourceMessage>],
+    readable: Vec<bool>,
+    turn: usize,
+) -> (usize, Option<SourceMessage>) {
+    let mut waiting: Vec<_> = receivers
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| readable[*i])
+        .map(|(i, rx)| Box::pin(async move { (i, rx.recv().await) }))
+        .collect();
+    if waiting.is_empty() {
+        return std::future::pending().await;
+    }
+    let n = waiting.len();
+    waiting.rotate_left(turn % n);
+    futures::future::select_all(waiting).await.0
+}
+
 /// Aborts the source task when the run ends, however it ends.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
@@ -197,10 +229,13 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             tracing::info!(epoch, "Resuming from checkpoint.");
         }
 
-        // One reader task per input, all feeding one channel: the pipeline task takes their
-        // batches in the order they come, so an epoch's cut is the positions of what it took.
+        // One reader task per input, each into a channel of its own: the pipeline task takes
+        // their batches as they come, so an epoch's cut is the positions of what it took. While
+        // the table of a join gives its initial load, the other inputs wait.
         let mut committed_positions = positions.clone();
-        let (tx, mut rx) = mpsc::channel::<(usize, SourceMessage)>(CHANNEL_BATCHES * n_inputs);
+        let tables = job.plan.table_inputs();
+        let mut loading = vec![false; n_inputs];
+        let mut receivers = Vec::with_capacity(n_inputs);
         let mut acks = Vec::with_capacity(n_inputs);
         let mut readers = Vec::with_capacity(n_inputs);
         for (i, (input, position)) in job.inputs.iter().zip(positions).enumerate() {
@@ -215,13 +250,15 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             };
             let mut source = input.connector.open(&input.spec, input.schema.clone(), position, read).await?;
             acks.push(source.ack());
-            let tx = tx.clone();
+            loading[i] = tables.contains(&i) && source.loading();
+            let (tx, rx) = mpsc::channel::<SourceMessage>(CHANNEL_BATCHES);
+            receivers.push(rx);
             readers.push(AbortOnDrop(tokio::spawn(
                 async move {
                     loop {
                         let next = source.next_batch().await;
                         let end = !matches!(next, Ok(Some(_)));
-                        if tx.send((i, next)).await.is_err() || end {
+                        if tx.send(next).await.is_err() || end {
                             break;
                         }
                     }
@@ -229,8 +266,8 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                 .instrument(tracing::info_span!("source", name = %input.name())),
             )));
         }
-        drop(tx);
         let mut ended = vec![false; n_inputs];
+        let mut turn = 0usize;
 
         let timed = job.plan.inputs.iter().map(|i| i.event_time.is_some());
         let mut watermarks = PipelineWatermarks::new(job.settings.idle_timeout, watermark, timed.zip(marks).collect(), Instant::now());
@@ -260,8 +297,10 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                         }
                     }
                     _ = tokio::time::sleep_until(deadline) => break,
-                    msg = rx.recv() => match msg {
-                        Some((i, Ok(Some(sb)))) => {
+                    msg = next_message(&mut receivers, readable(&ended, &loading), turn) => match msg {
+                        (i, Some(Ok(Some(sb)))) => {
+                            turn += 1;
+                            loading[i] &= sb.loading;
                             epoch_rows += (sb.batch.num_rows() + sb.bad_records.len()) as u64;
                             let pos = sb.position.clone();
                             unfilled[i].observe(&sb.batch, job.inputs[i].name(), &status);
@@ -279,8 +318,9 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                             }
                             status.set_split_watermarks(job.inputs[i].name(), watermarks.marks(i).shown(now));
                         }
-                        Some((i, Ok(None))) => {
+                        (i, Some(Ok(None)) | None) => {
                             ended[i] = true;
+                            loading[i] = false;
                             if ended.iter().all(|e| *e) {
                                 finished = true;
                                 break;
@@ -293,14 +333,10 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                                 status.set_watermark(watermark);
                             }
                         }
-                        None => {
-                            finished = true;
-                            break;
-                        }
-                        Some((i, Err(ConnectorError::SchemaEvolved { description, schema }))) => {
+                        (i, Some(Err(ConnectorError::SchemaEvolved { description, schema }))) => {
                             return Err(Error::SchemaEvolved { input: job.inputs[i].name().to_string(), description, schema });
                         }
-                        Some((_, Err(e))) => return Err(e.into()),
+                        (_, Some(Err(e))) => return Err(e.into()),
                     }
                 }
             }

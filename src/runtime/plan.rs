@@ -238,6 +238,31 @@ impl OperatorSpec {
 }
 
 impl PipelinePlan {
+    /// The inputs read as the tables of joins (kept by their change streams).
+    pub fn table_inputs(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        for node in &self.nodes {
+            if let OperatorSpec::TemporalJoin(spec) = &node.operator {
+                self.sources_of(node.inputs[spec.table_port], &mut out);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The inputs `input` reads, through the nodes before it.
+    fn sources_of(&self, input: Input, out: &mut Vec<usize>) {
+        match input {
+            Input::Source(i) => out.push(i),
+            Input::Node(n) => {
+                for i in &self.nodes[n].inputs {
+                    self.sources_of(*i, out);
+                }
+            }
+        }
+    }
+
     /// The names of the sources read, in input order.
     pub fn sources(&self) -> Vec<String> {
         self.inputs.iter().map(|i| i.source.clone()).collect()

@@ -456,6 +456,7 @@ impl Source for KafkaSource {
             phase: None,
             transient_error: None,
             splits,
+            loading: false,
         }))
     }
 }

@@ -914,6 +914,7 @@ impl CdcSource {
             phase: Some(self.phase()),
             transient_error: error,
             splits: Vec::new(),
+            loading: self.pos.in_snapshot,
         })
     }
 
@@ -1388,6 +1389,10 @@ impl Source for CdcSource {
             return Ok(None);
         }
         self.next_stream_batch().await.map(Some)
+    }
+
+    fn loading(&self) -> bool {
+        self.pos.in_snapshot && !self.preview
     }
 
     fn ack(&self) -> Option<SourceAck> {

@@ -4,7 +4,7 @@
 //! delete when its last row left it. Nothing is retracted from an accumulator, so every
 //! aggregate works (min, max and count(DISTINCT ...) included).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{new_null_array, ArrayRef, StringArray};
@@ -49,12 +49,14 @@ pub struct ChangeAggregate {
     output_schema: SchemaRef,
     group_values: RowConverter,
     table: KeyedRows,
-    group_ids: HashMap<Box<[u8]>, u32>,
+    group_ids: HashMap<Box<[u8]>, u32, ahash::RandomState>,
     groups: Vec<Group>,
     /// Group ids free for reuse (their groups emptied and emitted).
     free: Vec<u32>,
-    /// Groups touched since the last emission.
-    changed: BTreeSet<u32>,
+    /// Groups touched since the last emission, once each.
+    changed: Vec<u32>,
+    /// Whether each group is in `changed`.
+    is_changed: Vec<bool>,
     pending: Vec<Prepared>,
     index_bytes: usize,
     budget: Option<Budget>,
@@ -94,10 +96,11 @@ impl ChangeAggregate {
             output_schema: Arc::new(Schema::new(out)),
             group_values,
             table,
-            group_ids: HashMap::new(),
+            group_ids: HashMap::default(),
             groups: Vec::new(),
             free: Vec::new(),
-            changed: BTreeSet::new(),
+            changed: Vec::new(),
+            is_changed: Vec::new(),
             pending: Vec::new(),
             index_bytes: 0,
             budget: None,
@@ -140,6 +143,7 @@ impl ChangeAggregate {
         let Self {
             table,
             changed,
+            is_changed,
             group_ids,
             groups: all,
             free,
@@ -176,11 +180,21 @@ impl ChangeAggregate {
                 };
                 all[g as usize].rows.push(id);
                 *index_bytes += 8;
-                changed.insert(g);
+                if is_changed.len() <= g as usize {
+                    is_changed.resize(g as usize + 1, false);
+                }
+                if !std::mem::replace(&mut is_changed[g as usize], true) {
+                    changed.push(g);
+                }
                 g
             },
         );
-        changed.extend(left);
+        // The groups of rows replaced (always known groups, so marked in range).
+        for g in left {
+            if !std::mem::replace(&mut is_changed[g as usize], true) {
+                changed.push(g);
+            }
+        }
     }
 
     /// The aggregate of every changed group over its current rows (`_op` upsert), and a delete
@@ -188,7 +202,11 @@ impl ChangeAggregate {
     fn emit_changed(&mut self) -> Result<Vec<RecordBatch>> {
         let mut rows = Vec::new();
         let mut emptied = Vec::new();
-        for g in std::mem::take(&mut self.changed) {
+        let changed = std::mem::take(&mut self.changed);
+        for &g in &changed {
+            self.is_changed[g as usize] = false;
+        }
+        for g in changed {
             let table = &self.table;
             let group = &mut self.groups[g as usize];
             let before = group.rows.len();
@@ -260,10 +278,16 @@ impl Operator for ChangeAggregate {
     fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
         let prepared = self.prepare(&batch)?;
         let upserts = prepared.changes.upserts();
-        if upserts.true_count() > 0 {
-            let input = self.input_of(&prepared.changes.batch)?;
-            self.stages
-                .partial(filter_record_batch(&input, &upserts)?)?;
+        let input = self.input_of(&prepared.changes.batch)?;
+        match upserts.true_count() {
+            0 => {}
+            n if n == input.num_rows() => {
+                self.stages.partial(input)?;
+            }
+            _ => {
+                self.stages
+                    .partial(filter_record_batch(&input, &upserts)?)?;
+            }
         }
         self.pending.push(prepared);
         Ok(Vec::new())
@@ -301,7 +325,9 @@ impl Operator for ChangeAggregate {
             self.fit_memory()?;
         }
         // What was restored was emitted before the checkpoint.
-        self.changed.clear();
+        for g in std::mem::take(&mut self.changed) {
+            self.is_changed[g as usize] = false;
+        }
         self.table.restored();
         Ok(())
     }

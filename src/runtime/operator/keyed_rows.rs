@@ -71,7 +71,7 @@ pub struct KeyedRows {
     live_rows: usize,
     dead_rows: usize,
     /// Each current row by primary key, with the operator's tag for it (a group, say).
-    rows: HashMap<Box<[u8]>, (RowId, u32)>,
+    rows: HashMap<Box<[u8]>, (RowId, u32), ahash::RandomState>,
     index_bytes: usize,
     /// Changes applied since the last snapshot.
     unsnapshotted: Vec<RecordBatch>,
@@ -107,7 +107,7 @@ impl KeyedRows {
             live: Vec::new(),
             live_rows: 0,
             dead_rows: 0,
-            rows: HashMap::new(),
+            rows: HashMap::default(),
             index_bytes: 0,
             unsnapshotted: Vec::new(),
         })
@@ -155,25 +155,44 @@ impl KeyedRows {
         self.dead_rows += n;
         for i in 0..n {
             let key = changes.keys.row(i);
-            if let Some(((ob, oi), tag)) = self.rows.remove(key.as_ref()) {
+            let key = key.as_ref();
+            let id = (b, i as u32);
+            let delete = changes.deletes[i];
+            // A key seen before keeps its entry (and its allocation) unless deleted.
+            let old = match self.rows.get_mut(key) {
+                Some(slot) => {
+                    let old = *slot;
+                    if delete {
+                        self.rows.remove(key);
+                        self.index_bytes =
+                            self.index_bytes.saturating_sub(key.len() + KEY_OVERHEAD);
+                    } else {
+                        slot.0 = id;
+                    }
+                    Some(old)
+                }
+                None => None,
+            };
+            if let Some(((ob, oi), tag)) = old {
                 self.live[ob as usize][oi as usize] = false;
                 self.live_rows -= 1;
                 self.dead_rows += 1;
-                self.index_bytes = self
-                    .index_bytes
-                    .saturating_sub(key.as_ref().len() + KEY_OVERHEAD);
                 removed((ob, oi), tag);
             }
-            if changes.deletes[i] {
+            if delete {
                 continue;
             }
-            let id = (b, i as u32);
             let tag = inserted(i, id);
             self.live[b as usize][i] = true;
             self.live_rows += 1;
             self.dead_rows -= 1;
-            self.rows.insert(key.as_ref().into(), (id, tag));
-            self.index_bytes += key.as_ref().len() + KEY_OVERHEAD;
+            match self.rows.get_mut(key) {
+                Some(slot) => slot.1 = tag,
+                None => {
+                    self.rows.insert(key.into(), (id, tag));
+                    self.index_bytes += key.len() + KEY_OVERHEAD;
+                }
+            }
         }
     }
 

@@ -52,7 +52,7 @@ pub struct TemporalJoin {
     key_values: RowConverter,
     table: KeyedRows,
     /// The current rows by join key (some may have died since; they are dropped when found).
-    by_key: HashMap<Box<[u8]>, Vec<RowId>>,
+    by_key: HashMap<Box<[u8]>, Vec<RowId>, ahash::RandomState>,
     index_bytes: usize,
     pending: Vec<Prepared>,
     task: Arc<TaskContext>,
@@ -80,7 +80,7 @@ impl TemporalJoin {
             spec,
             key_values,
             table,
-            by_key: HashMap::new(),
+            by_key: HashMap::default(),
             index_bytes: 0,
             pending: Vec::new(),
             task: Arc::new(TaskContext::default()),

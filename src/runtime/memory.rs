@@ -123,6 +123,14 @@ impl Budget {
         }
     }
 
+    /// Holds `bytes` of `what` in `budget`, when the operator has one (see [`Budget::hold`]).
+    pub fn hold_in(budget: Option<&mut Budget>, bytes: usize, what: &str) -> Result<()> {
+        match budget {
+            Some(budget) => budget.hold(bytes, what),
+            None => Ok(()),
+        }
+    }
+
     /// The run's memory, for spill files and DataFusion plans.
     pub fn memory(&self) -> &Arc<StateMemory> {
         &self.memory

@@ -339,13 +339,11 @@ impl Operator for ChangeAggregate {
             }
         }
         let bytes = self.memory_bytes();
-        match &mut self.budget {
-            Some(budget) => budget.hold(
-                bytes,
-                "a GROUP BY over a change stream (the current rows of its table)",
-            ),
-            None => Ok(()),
-        }
+        Budget::hold_in(
+            self.budget.as_mut(),
+            bytes,
+            "a GROUP BY over a change stream (the current rows of its table)",
+        )
     }
 
     fn state_rows(&self) -> usize {

@@ -139,10 +139,7 @@ impl Operator for Distinct {
 
     fn fit_memory(&mut self) -> Result<()> {
         let bytes = self.bytes;
-        match &mut self.budget {
-            Some(budget) => budget.hold(bytes, "DISTINCT's set of rows seen"),
-            None => Ok(()),
-        }
+        Budget::hold_in(self.budget.as_mut(), bytes, "DISTINCT's set of rows seen")
     }
 
     fn state_rows(&self) -> usize {

@@ -276,20 +276,26 @@ pub(crate) mod tests {
     use datafusion::physical_plan::ExecutionPlan;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
-    /// The Final aggregate of `sql` (a GROUP BY over table `t` of `schema`), planned as the SQL
-    /// front end plans it: Final over Partial, no physical optimizer.
-    pub async fn aggregate_plan(schema: SchemaRef, sql: &str) -> Arc<dyn ExecutionPlan> {
+    /// A context over empty tables of `tables` (name, schema) that plans as the SQL front end
+    /// does: one partition, no physical optimizer.
+    pub fn planning_context(tables: &[(&str, SchemaRef)]) -> SessionContext {
         let state = SessionStateBuilder::new()
             .with_config(SessionConfig::new().with_target_partitions(1))
             .with_default_features()
             .with_physical_optimizer_rules(vec![])
             .build();
         let ctx = SessionContext::new_with_state(state);
-        ctx.register_table(
-            "t",
-            Arc::new(MemTable::try_new(schema, vec![vec![]]).unwrap()),
-        )
-        .unwrap();
+        for (name, schema) in tables {
+            let table = MemTable::try_new(schema.clone(), vec![vec![]]).unwrap();
+            ctx.register_table(*name, Arc::new(table)).unwrap();
+        }
+        ctx
+    }
+
+    /// The Final aggregate of `sql` (a GROUP BY over table `t` of `schema`), planned as the SQL
+    /// front end plans it: Final over Partial, no physical optimizer.
+    pub async fn aggregate_plan(schema: SchemaRef, sql: &str) -> Arc<dyn ExecutionPlan> {
+        let ctx = planning_context(&[("t", schema)]);
         let mut node = ctx
             .sql(sql)
             .await

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, StringArray};
+use arrow::array::{Array, BooleanArray, StringArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -12,6 +12,12 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::Operator;
 use crate::error::Result;
+
+/// Whether `predicate` is true of each row of `batch` (NULL where it is NULL).
+fn passes(predicate: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<BooleanArray> {
+    let mask = predicate.evaluate(batch)?.into_array(batch.num_rows())?;
+    Ok(as_boolean_array(&mask)?.clone())
+}
 
 /// Keeps the rows for which a predicate is true.
 pub struct Filter {
@@ -31,11 +37,10 @@ impl Operator for Filter {
     }
 
     fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        let mask = self
-            .predicate
-            .evaluate(&batch)?
-            .into_array(batch.num_rows())?;
-        Ok(vec![filter_record_batch(&batch, as_boolean_array(&mask)?)?])
+        Ok(vec![filter_record_batch(
+            &batch,
+            &passes(&self.predicate, &batch)?,
+        )?])
     }
 }
 
@@ -62,11 +67,7 @@ impl Operator for ChangeFilter {
     }
 
     fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        let mask = self
-            .predicate
-            .evaluate(&batch)?
-            .into_array(batch.num_rows())?;
-        let passes = as_boolean_array(&mask)?;
+        let passes = passes(&self.predicate, &batch)?;
         let ops = batch.column(self.op);
         let Some(ops) = ops.as_any().downcast_ref::<StringArray>() else {
             return Err(crate::error::Error::Internal(format!(
@@ -91,7 +92,7 @@ impl Operator for ChangeFilter {
         let batch = RecordBatch::try_new(batch.schema(), columns)?;
         Ok(vec![filter_record_batch(
             &batch,
-            &arrow::array::BooleanArray::from(keep),
+            &BooleanArray::from(keep),
         )?])
     }
 }
@@ -120,11 +121,7 @@ impl Operator for Having {
     }
 
     fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        let mask = self
-            .predicate
-            .evaluate(&batch)?
-            .into_array(batch.num_rows())?;
-        let passes = as_boolean_array(&mask)?;
+        let passes = passes(&self.predicate, &batch)?;
         let mut columns = batch.columns().to_vec();
         // After another HAVING: a group it deleted stays deleted.
         let before = match batch.schema().fields().last() {

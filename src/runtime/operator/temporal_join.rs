@@ -237,13 +237,11 @@ impl Operator for TemporalJoin {
                 .sum();
         }
         let bytes = self.memory_bytes();
-        match &mut self.budget {
-            Some(budget) => budget.hold(
-                bytes,
-                "a join's table (the current rows of its change stream)",
-            ),
-            None => Ok(()),
-        }
+        Budget::hold_in(
+            self.budget.as_mut(),
+            bytes,
+            "a join's table (the current rows of its change stream)",
+        )
     }
 
     fn state_rows(&self) -> usize {
@@ -260,14 +258,12 @@ mod tests {
     use arrow::array::{Int32Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use arrow::util::display::array_value_to_string;
-    use datafusion::datasource::MemTable;
-    use datafusion::execution::SessionStateBuilder;
     use datafusion::physical_expr::expressions::Column;
     use datafusion::physical_plan::joins::HashJoinExec;
-    use datafusion::prelude::{SessionConfig, SessionContext};
 
     use super::*;
     use crate::runtime::operator::stateless::OP;
+    use crate::runtime::operator::tests::planning_context;
 
     fn orders() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -285,16 +281,7 @@ mod tests {
 
     /// `orders LEFT JOIN customers ON customer = id`, planned as the SQL front end plans it.
     async fn operator() -> TemporalJoin {
-        let state = SessionStateBuilder::new()
-            .with_config(SessionConfig::new().with_target_partitions(1))
-            .with_default_features()
-            .with_physical_optimizer_rules(vec![])
-            .build();
-        let ctx = SessionContext::new_with_state(state);
-        for (name, schema) in [("orders", orders()), ("customers", customers())] {
-            let table = MemTable::try_new(schema, vec![vec![]]).unwrap();
-            ctx.register_table(name, Arc::new(table)).unwrap();
-        }
+        let ctx = planning_context(&[("orders", orders()), ("customers", customers())]);
         let mut join = ctx
             .sql("SELECT order_id, name FROM orders LEFT JOIN customers ON customer = id")
             .await

@@ -400,10 +400,7 @@ impl Operator for UpdatingAggregate {
         }
         self.spill()?;
         let bytes = self.memory_bytes();
-        match &mut self.budget {
-            Some(budget) => budget.hold(bytes, "the GROUP BY's state"),
-            None => Ok(()),
-        }
+        Budget::hold_in(self.budget.as_mut(), bytes, "the GROUP BY's state")
     }
 
     fn state_rows(&self) -> usize {

@@ -303,6 +303,7 @@ impl Engine {
                 if let Some(q) = &rewritten {
                     plan = compile(&self.ctx.state(), q, by_key).await?;
                 }
+                self.check_changes_reach_sink(&plan, &sink_entry, by_key)?;
                 let query = rewritten.as_ref().unwrap_or(query);
                 let mut options = options.clone();
                 // A batch pipeline when every source it reads ends.
@@ -497,6 +498,36 @@ impl Engine {
                 ast::Ident::new("_op"),
             )));
         Ok(Some(query))
+    }
+
+    /// Refuses a pipeline over several sources whose change stream rows reach a sink that
+    /// applies rows by key without their `_op`: its deletes would be written as rows.
+    fn check_changes_reach_sink(
+        &self,
+        plan: &crate::sql::plan::PipelinePlan,
+        sink: &SinkEntry,
+        by_key: bool,
+    ) -> Result<()> {
+        if !by_key || plan.output_key.is_some() || plan.inputs.len() < 2 {
+            return Ok(());
+        }
+        if plan.output_schema.field_with_name("_op").is_ok() {
+            return Ok(());
+        }
+        let tables = plan.table_inputs();
+        for (i, input) in plan.inputs.iter().enumerate() {
+            let changes = self
+                .catalog
+                .source(&input.source)
+                .is_some_and(|s| s.columns.iter().any(|c| c.name == "_op"));
+            if changes && !tables.contains(&i) {
+                return Err(Error::Unsupported(format!(
+                    "source \"{}\" is a change stream and sink \"{}\" applies rows by key: with several sources its deletes reach the sink only with their _op, so select _op in each branch (SELECT ..., _op FROM {} UNION ALL ...)",
+                    input.source, sink.name, input.source
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Waits until a pipeline's current run ends; returns its state.

@@ -22,10 +22,14 @@ fn is_change_stream(table: &SourceTable) -> bool {
     TableProvider::schema(table).field_with_name(OP).is_ok()
 }
 
-/// The change stream `plan` reads, if it reads one.
+/// The change stream `plan` reads, if it reads one other than as the table of a join (whose
+/// output only appends).
 pub(super) fn change_stream_under(plan: &LogicalPlan) -> Option<SourceTable> {
     let mut found = None;
     let _ = plan.apply(|node| {
+        if matches!(node, LogicalPlan::Join(_)) {
+            return Ok(TreeNodeRecursion::Jump);
+        }
         if let LogicalPlan::TableScan(scan) = node {
             let table = datafusion::datasource::source_as_provider(&scan.source)
                 .ok()

@@ -128,5 +128,7 @@ pub(super) fn lower_join(join: &Join, cx: &mut Lowering) -> Result<Lowered> {
         table_schema,
         change_schema,
     };
+    // The join's rows are a stream: what comes after it does not filter a table.
+    cx.scanned = None;
     Ok(push_n(cx, OperatorSpec::TemporalJoin(spec), inputs))
 }

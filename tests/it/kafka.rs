@@ -552,6 +552,106 @@ async fn kafka_watermark_per_partition_and_idle_partitions() {
     );
 }
 
+/// Windows over a UNION ALL of two topics: each topic's partitions have their watermarks in
+/// `tributary.source_lag`, the pipeline's is the least of the topics', and a restart keeps the
+/// topic that is ahead from deciding alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_windows_over_two_topics_wait_for_the_one_behind() {
+    let broker = Broker::start().await;
+    broker.create_topic("web", 1);
+    broker.create_topic("app", 1);
+    // web reaches 10:00:35; app only 10:00:15.
+    broker.produce_times(
+        "web",
+        0,
+        &(0..36).map(|s| (s, s as u32)).collect::<Vec<_>>(),
+    );
+    broker.produce_times(
+        "app",
+        0,
+        &(100..116)
+            .map(|i| (i, (i - 100) as u32))
+            .collect::<Vec<_>>(),
+    );
+    let (tmp, server) = start_fresh().await;
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE web (id BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
+           WITH (connector = 'kafka', bootstrap_servers = '{b}', topic = 'web');
+         CREATE SOURCE app (id BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
+           WITH (connector = 'kafka', bootstrap_servers = '{b}', topic = 'app');
+         CREATE SINK per10 WITH (connector = 'parquet', path = '{out}');
+         CREATE PIPELINE p WITH (idle_timeout = '1h', checkpoint_interval = '200ms') AS INSERT INTO per10
+           SELECT window_start, count(*) AS n
+           FROM (SELECT * FROM TUMBLE(web, ts, INTERVAL '10' SECOND)
+                 UNION ALL SELECT * FROM TUMBLE(app, ts, INTERVAL '10' SECOND)) w
+           GROUP BY window_start, window_end;",
+        b = broker.bootstrap,
+        out = tmp.path().join("out").display()
+    ))
+    .await
+    .unwrap();
+    let marks = "SELECT source, partition, watermark FROM tributary.source_lag WHERE pipeline = 'p' ORDER BY source";
+    let watermark = "SELECT watermark FROM tributary.pipelines WHERE name = 'p'";
+    let rows = poll(Duration::from_secs(60), "both topics read", || async {
+        let rows = query_lines(&c, marks).await;
+        (rows.len() == 2 && rows.iter().all(|r| r.contains("2026"))).then_some(rows)
+    })
+    .await;
+    assert_eq!(
+        rows,
+        vec![
+            "app 0 2026-05-01 10:00:15.000000+00",
+            "web 0 2026-05-01 10:00:35.000000+00"
+        ]
+    );
+    assert_eq!(scalar(&c, watermark).await, "2026-05-01 10:00:15.000000+00");
+    // Only the first window has closed, with both topics' rows in it. (Until the sink has a
+    // file, its table has no columns to query.)
+    let windows = "SELECT date_part('second', window_start)::BIGINT, n FROM per10 ORDER BY 1";
+    poll(Duration::from_secs(60), "the first window", || async {
+        let rows = c.simple_query(windows).await.ok()?;
+        let n = rows
+            .iter()
+            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+            .count();
+        (n == 1 && query_lines(&c, windows).await == ["0 20"]).then_some(())
+    })
+    .await;
+    // Restarted: app, still behind, holds the watermark where it was.
+    c.batch_execute("STOP PIPELINE p; START PIPELINE p")
+        .await
+        .unwrap();
+    broker.produce_times("web", 0, &[(36, 36)]);
+    poll(Duration::from_secs(60), "web after the restart", || async {
+        let rows = query_lines(&c, marks).await;
+        (rows.len() == 2 && rows[1].contains("10:00:36")).then_some(())
+    })
+    .await;
+    assert_eq!(scalar(&c, watermark).await, "2026-05-01 10:00:15.000000+00");
+    assert_eq!(query_lines(&c, windows).await, ["0 20"]);
+    // app catches up (to 10:00:40): the windows that end by web's 10:00:36 close, with app's
+    // rows in them; none was late.
+    broker.produce_times("app", 0, &[(116, 31), (117, 40)]);
+    poll(
+        Duration::from_secs(60),
+        "the windows app held open",
+        || async {
+            (query_lines(&c, windows).await == ["0 20", "10 16", "20 10"]).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(scalar(&c, watermark).await, "2026-05-01 10:00:36.000000+00");
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT rows_late FROM tributary.pipelines WHERE name = 'p'"
+        )
+        .await,
+        "0"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_upsert_sink_takes_updating_aggregates_and_deletes() {
     let broker = Broker::start().await;

@@ -9,9 +9,11 @@ pub mod operator;
 pub mod pipeline;
 pub mod pipeline_watermarks;
 pub mod plan;
+pub mod readers;
 pub mod source_table;
 pub mod state;
 pub mod status;
+pub mod unfilled;
 pub mod watermarks;
 
 use std::collections::HashMap;

@@ -24,8 +24,10 @@ use super::event_time::END_OF_TIME;
 use super::graph::OperatorGraph;
 use super::pipeline_watermarks::{InputMarks, PipelineWatermarks};
 use super::plan::{PipelinePlan, RunOptions};
+use super::readers::{next_message, readable, AbortOnDrop, SourceMessage};
 use super::state::{restore_states, write_states, Compactions};
 use super::status::{ErrorEntry, ErrorLog, PipelineStatus};
+use super::unfilled::UnfilledColumns;
 use super::watermarks::Watermarks;
 use crate::catalog::{PipelineEntry, PipelineState};
 use crate::error::{Error, Result};
@@ -115,49 +117,6 @@ pub type Replan = Arc<
         + Send
         + Sync,
 >;
-
-/// What a reader task hands the pipeline task: a batch, the end of its input, or a failure.
-type SourceMessage = std::result::Result<Option<SourceBatch>, ConnectorError>;
-
-/// Which inputs the pipeline takes batches from: those still running, and while some join's
-/// table gives its initial load, only those tables.
-fn readable(ended: &[bool], loading: &[bool]) -> Vec<bool> {
-    let any_loading = loading.iter().any(|l| *l);
-    ended
-        .iter()
-        .zip(loading)
-        .map(|(e, l)| !e && (*l || !any_loading))
-        .collect()
-}
-
-/// The next message of one of the `readable` inputs (`None`: its reader is gone), taking them
-/// in turn when several have one; never, when none is readable.
-async fn next_message(
-    receivers: &mut [mpsc::Receiver<SourceMessage>],
-    readable: Vec<bool>,
-    turn: usize,
-) -> (usize, Option<SourceMessage>) {
-    let mut waiting: Vec<_> = receivers
-        .iter_mut()
-        .enumerate()
-        .filter(|(i, _)| readable[*i])
-        .map(|(i, rx)| Box::pin(async move { (i, rx.recv().await) }))
-        .collect();
-    if waiting.is_empty() {
-        return std::future::pending().await;
-    }
-    let n = waiting.len();
-    waiting.rotate_left(turn % n);
-    futures::future::select_all(waiting).await.0
-}
-
-/// Aborts the source task when the run ends, however it ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// Files and stores a run writes to.
 #[derive(Clone)]
@@ -361,6 +320,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                 .collect();
             if (read || (emitted > 0 && !cut.is_empty())) && !idle {
                 let prepared = sink.prepare(epoch).await?;
+                let marks = watermarks.checkpointed();
                 persist_errors(&ctx, &epoch_errors)?;
                 let operators = write_states(&ctx.checkpoints, &mut graph, epoch, &operator_states, &mut compactions).await?;
                 let at = Utc::now();
@@ -376,11 +336,12 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                     rows_errored: status.rows_errored.load(Ordering::Relaxed),
                     rows_late: status.rows_late.load(Ordering::Relaxed),
                     watermark,
-                    split_watermarks: match n_inputs {
-                        1 => watermarks.checkpointed().remove(0).splits,
+                    // One source: its splits also where checkpoints before several sources kept them.
+                    split_watermarks: match marks.as_slice() {
+                        [only] => only.splits.clone(),
                         _ => BTreeMap::new(),
                     },
-                    inputs: job.inputs.iter().map(|i| i.name().to_string()).zip(watermarks.checkpointed()).collect(),
+                    inputs: job.inputs.iter().map(|i| i.name().to_string()).zip(marks).collect(),
                 };
                 let bytes = ctx.checkpoints.save(&cp).await?;
                 operator_states = operators;
@@ -408,69 +369,6 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
     }
     .instrument(span)
     .await
-}
-
-/// Watches the source columns a pipeline reads for ones no record ever fills: a declared name
-/// that matches no JSON key (`dateTime` declared unquoted becomes `datetime`) reads as NULL in
-/// every row, silently. After enough rows, such columns are named in `tributary.pipelines.warning`;
-/// the warning clears when a value turns up.
-struct UnfilledColumns {
-    /// (column index, name, a value seen yet).
-    columns: Vec<(usize, String, bool)>,
-    rows: u64,
-    warned: bool,
-}
-
-/// Rows read before an all-NULL column is worth a warning.
-const UNFILLED_WARNING_ROWS: u64 = 1_000;
-
-impl UnfilledColumns {
-    fn new(schema: &SchemaRef, read: Option<&[usize]>) -> Self {
-        let all: Vec<usize> = (0..schema.fields().len()).collect();
-        let columns = read
-            .unwrap_or(&all)
-            .iter()
-            .filter_map(|&i| Some((i, schema.fields().get(i)?.name().clone(), false)))
-            .collect();
-        UnfilledColumns {
-            columns,
-            rows: 0,
-            warned: false,
-        }
-    }
-
-    fn observe(&mut self, batch: &RecordBatch, source: &str, status: &PipelineStatus) {
-        if batch.num_rows() == 0 || self.columns.iter().all(|c| c.2) {
-            return;
-        }
-        self.rows += batch.num_rows() as u64;
-        for (i, _, filled) in self.columns.iter_mut().filter(|c| !c.2) {
-            if let Some(col) = batch.columns().get(*i) {
-                *filled = col.null_count() < col.len();
-            }
-        }
-        let unfilled: Vec<String> = self
-            .columns
-            .iter()
-            .filter(|c| !c.2)
-            .map(|c| format!("\"{}\"", c.1))
-            .collect();
-        if unfilled.is_empty() {
-            if self.warned {
-                status.set_warning(None);
-                self.warned = false;
-            }
-        } else if self.rows >= UNFILLED_WARNING_ROWS {
-            status.set_warning(Some(format!(
-                "column {} of source \"{source}\" is NULL in all {} records read so far: if the \
-                 records carry it, check the name's spelling and case (quoted names keep their \
-                 case, unquoted ones are lowercased)",
-                unfilled.join(", "),
-                self.rows
-            )));
-            self.warned = true;
-        }
-    }
 }
 
 /// What the operators are told between batches.

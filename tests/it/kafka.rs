@@ -636,9 +636,7 @@ async fn kafka_windows_over_two_topics_wait_for_the_one_behind() {
     poll(
         Duration::from_secs(60),
         "the windows app held open",
-        || async {
-            (query_lines(&c, windows).await == ["0 20", "10 16", "20 10"]).then_some(())
-        },
+        || async { (query_lines(&c, windows).await == ["0 20", "10 16", "20 10"]).then_some(()) },
     )
     .await;
     assert_eq!(scalar(&c, watermark).await, "2026-05-01 10:00:36.000000+00");

@@ -35,11 +35,6 @@ pub struct Changes {
 }
 
 impl Changes {
-    /// Whether change `i` is a delete.
-    pub fn is_delete(&self, i: usize) -> bool {
-        self.deletes[i]
-    }
-
     /// Which changes are not deletes.
     pub fn upserts(&self) -> BooleanArray {
         self.deletes.iter().map(|d| Some(!d)).collect()
@@ -138,9 +133,9 @@ impl KeyedRows {
         })
     }
 
-    /// Applies changes in row order: each row replaces its key's current row (`removed` hears
-    /// of that one, with its tag), and, unless a delete, becomes it (`inserted` hears of it and
-    /// tags it).
+    /// Applies changes in row order: each row, unless a delete, becomes its key's current row
+    /// (`inserted` hears of it and tags it), and replaces the one before (`removed` hears of
+    /// that one, with its tag). One lookup of the key per change.
     pub fn apply(
         &mut self,
         changes: Changes,
@@ -157,41 +152,31 @@ impl KeyedRows {
             let key = changes.keys.row(i);
             let key = key.as_ref();
             let id = (b, i as u32);
-            let delete = changes.deletes[i];
+            let tag = (!changes.deletes[i]).then(|| inserted(i, id));
             // A key seen before keeps its entry (and its allocation) unless deleted.
-            let old = match self.rows.get_mut(key) {
-                Some(slot) => {
-                    let old = *slot;
-                    if delete {
-                        self.rows.remove(key);
-                        self.index_bytes =
-                            self.index_bytes.saturating_sub(key.len() + KEY_OVERHEAD);
-                    } else {
-                        slot.0 = id;
-                    }
-                    Some(old)
+            let old = match (self.rows.get_mut(key), tag) {
+                (Some(slot), Some(tag)) => Some(std::mem::replace(slot, (id, tag))),
+                (Some(_), None) => {
+                    self.index_bytes = self.index_bytes.saturating_sub(key.len() + KEY_OVERHEAD);
+                    self.rows.remove(key)
                 }
-                None => None,
+                (None, Some(tag)) => {
+                    self.rows.insert(key.into(), (id, tag));
+                    self.index_bytes += key.len() + KEY_OVERHEAD;
+                    None
+                }
+                (None, None) => None,
             };
-            if let Some(((ob, oi), tag)) = old {
+            if tag.is_some() {
+                self.live[b as usize][i] = true;
+                self.live_rows += 1;
+                self.dead_rows -= 1;
+            }
+            if let Some(((ob, oi), old_tag)) = old {
                 self.live[ob as usize][oi as usize] = false;
                 self.live_rows -= 1;
                 self.dead_rows += 1;
-                removed((ob, oi), tag);
-            }
-            if delete {
-                continue;
-            }
-            let tag = inserted(i, id);
-            self.live[b as usize][i] = true;
-            self.live_rows += 1;
-            self.dead_rows -= 1;
-            match self.rows.get_mut(key) {
-                Some(slot) => slot.1 = tag,
-                None => {
-                    self.rows.insert(key.into(), (id, tag));
-                    self.index_bytes += key.len() + KEY_OVERHEAD;
-                }
+                removed((ob, oi), old_tag);
             }
         }
     }

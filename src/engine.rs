@@ -336,7 +336,8 @@ impl Engine {
                     name: name.clone(),
                     id: uuid::Uuid::new_v4().simple().to_string(),
                     sink: sink.clone(),
-                    sources: plan.sources(),
+                    // Sources looked up by key are not read, but the pipeline needs them.
+                    sources: [plan.sources(), plan.lookups()].concat(),
                     query: query.to_string(),
                     options,
                     state: PipelineState::Running,

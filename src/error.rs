@@ -201,6 +201,9 @@ impl Error {
     pub fn is_resource_error(&self) -> bool {
         match self {
             Error::StateMemoryExhausted(_) | Error::Io { .. } => true,
+            // Inside a pipeline's operators only a lookup join reaches a connector, and a
+            // lookup that failed after its retries is no row's fault.
+            Error::Connector(_) => true,
             Error::DataFusion(e) => match e.find_root() {
                 DataFusionError::ResourcesExhausted(_) | DataFusionError::IoError(_) => true,
                 DataFusionError::ArrowError(a, _) => {

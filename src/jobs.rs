@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
 use datafusion::sql::sqlparser::ast;
+pub use tributary_connectors::options::{parse_duration, parse_size};
 use tributary_connectors::{SinkSpec, SourceSpec};
 
 use crate::catalog::{columns_of, Catalog, SinkEntry};
@@ -283,73 +284,4 @@ fn pipeline_settings(options: &BTreeMap<String, String>) -> Result<PipelineSetti
         keep_late,
         idle_timeout,
     })
-}
-
-/// Parses `500ms`, `10s`, `1m`, `2h`, `7 days` or plain seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let (n, unit) = number_and_unit(s)?;
-    let secs = match unit.as_str() {
-        "" | "s" | "sec" | "secs" | "second" | "seconds" => n,
-        "ms" | "millis" | "milliseconds" => n / 1000.0,
-        "m" | "min" | "mins" | "minute" | "minutes" => n * 60.0,
-        "h" | "hour" | "hours" => n * 3600.0,
-        "d" | "day" | "days" => n * 86_400.0,
-        _ => return None,
-    };
-    (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
-}
-
-/// A size such as `512 MB`, `2GB`, `64 kB` or `1048576` (bytes); `None` when not one.
-pub fn parse_size(s: &str) -> Option<usize> {
-    let (n, unit) = number_and_unit(s)?;
-    let scale = match unit.as_str() {
-        "" | "b" | "bytes" => 1.0,
-        "k" | "kb" | "kib" => 1024.0,
-        "m" | "mb" | "mib" => 1024.0 * 1024.0,
-        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "t" | "tb" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
-    };
-    let bytes = n * scale;
-    (bytes >= 1.0 && bytes < usize::MAX as f64).then_some(bytes as usize)
-}
-
-/// A number and the unit after it, lower-cased (`"2 GB"` is 2 and `gb`).
-fn number_and_unit(s: &str) -> Option<(f64, String)> {
-    let s = s.trim().to_ascii_lowercase();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    Some((num.parse().ok()?, unit.trim().to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_sizes() {
-        assert_eq!(parse_size("512 MB"), Some(512 << 20));
-        assert_eq!(parse_size("2GB"), Some(2 << 30));
-        assert_eq!(parse_size("1.5 kB"), Some(1536));
-        assert_eq!(parse_size("4096"), Some(4096));
-        assert_eq!(parse_size("lots"), None);
-        assert_eq!(parse_size("0 MB"), None);
-        assert_eq!(parse_size("-1 MB"), None);
-    }
-
-    #[test]
-    fn parses_durations() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2 m"), Some(Duration::from_secs(120)));
-        assert_eq!(
-            parse_duration("7 days"),
-            Some(Duration::from_secs(7 * 86_400))
-        );
-        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_duration("soon"), None);
-        assert_eq!(parse_duration("0s"), None);
-    }
 }

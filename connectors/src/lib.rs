@@ -33,6 +33,7 @@ pub mod postgres;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use arrow::array::ArrayRef;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -205,6 +206,30 @@ pub trait Source: Send {
     }
 }
 
+/// A table's rows found by key: the other side of a lookup join, which asks for the keys of
+/// each batch of its stream as the batch arrives.
+#[async_trait]
+pub trait Lookup: Send {
+    /// The rows (in the source's schema) whose key columns equal one of `keys`: one array per
+    /// key column, in that column's type, one element per key, none NULL. Retries what may
+    /// succeed when tried again; an error means the lookup cannot be done now.
+    async fn get(&mut self, keys: &[ArrayRef]) -> Result<RecordBatch>;
+
+    /// How a join caches what this lookup finds.
+    fn cache(&self) -> LookupCache;
+}
+
+/// How a lookup join caches a table's rows by key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookupCache {
+    /// Rows kept at most (a key found with no row counts one): 0 caches nothing.
+    pub rows: usize,
+    /// How long a key's rows are used before they are looked up again.
+    pub ttl: Option<std::time::Duration>,
+    /// Keys asked for in one request at most.
+    pub batch_keys: usize,
+}
+
 /// Identity of the writer, handed to [`Sink::open`].
 #[derive(Debug, Clone)]
 pub struct SinkContext {
@@ -266,6 +291,20 @@ pub trait SourceConnector: Send + Sync {
         from: Option<SourcePosition>,
         read: ReadOptions,
     ) -> Result<Box<dyn Source>>;
+    /// Whether a join may look this source's rows up by key ([`SourceConnector::lookup`]).
+    fn looks_up(&self) -> bool {
+        false
+    }
+    /// A lookup of the rows whose `key` columns equal given values; it connects when first
+    /// used. `None` when the source cannot be looked up.
+    fn lookup(
+        &self,
+        _spec: &SourceSpec,
+        _schema: SchemaRef,
+        _key: &[String],
+    ) -> Result<Option<Box<dyn Lookup>>> {
+        Ok(None)
+    }
     /// Called at `DROP SOURCE`: releases what the source holds upstream (a replication slot,
     /// unless `keep_slot`) and says what became of it.
     async fn on_drop(&self, _spec: &SourceSpec, _keep_slot: bool) -> Result<Option<String>> {
@@ -302,6 +341,7 @@ pub fn source_connectors() -> Vec<Arc<dyn SourceConnector>> {
         Arc::new(kafka::KafkaSourceConnector),
         Arc::new(nexmark::NexmarkSourceConnector),
         Arc::new(postgres::PostgresCdcSourceConnector),
+        Arc::new(postgres::PostgresTableSourceConnector),
     ]
 }
 

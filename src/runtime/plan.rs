@@ -12,6 +12,8 @@ use super::graph::OperatorGraph;
 use super::memory::StateMemory;
 use super::operator::change_aggregate::ChangeAggregate;
 use super::operator::distinct::Distinct;
+use super::operator::interval_join::{IntervalJoin, IntervalJoinSpec};
+use super::operator::lookup_join::{LookupJoin, LookupJoinSpec};
 use super::operator::parallel::Parallel;
 use super::operator::stateless::{ChangeFilter, Filter, Having, Project, Union};
 use super::operator::temporal_join::{TemporalJoin, TemporalJoinSpec};
@@ -79,6 +81,10 @@ pub enum OperatorSpec {
     },
     /// A stream joined with the current rows of a table kept by its change stream.
     TemporalJoin(TemporalJoinSpec),
+    /// A stream joined with a table looked up by key as each batch arrives.
+    LookupJoin(LookupJoinSpec),
+    /// Two streams joined within bounds on their event times.
+    IntervalJoin(IntervalJoinSpec),
     /// GROUP BY a window: partial aggregate states per batch, rows emitted once the watermark
     /// passes the window's end. Session windows merge a key's overlapping states first.
     WindowAggregate {
@@ -196,6 +202,10 @@ impl OperatorSpec {
             OperatorSpec::TemporalJoin(spec) => {
                 Box::new(TemporalJoin::new(spec.clone())?.with_memory(memory))
             }
+            OperatorSpec::LookupJoin(spec) => Box::new(LookupJoin::new(spec.clone())?),
+            OperatorSpec::IntervalJoin(spec) => {
+                Box::new(IntervalJoin::new(spec.clone())?.with_memory(memory))
+            }
             OperatorSpec::ChangeFilter { predicate, op } => {
                 Box::new(ChangeFilter::new(predicate.clone(), *op))
             }
@@ -266,6 +276,21 @@ impl PipelinePlan {
     /// The names of the sources read, in input order.
     pub fn sources(&self) -> Vec<String> {
         self.inputs.iter().map(|i| i.source.clone()).collect()
+    }
+
+    /// The names of the sources looked up by key (not read as inputs).
+    pub fn lookups(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.operator {
+                OperatorSpec::LookupJoin(spec) => Some(spec.table.name().to_string()),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// A fresh graph of operators for one run, with empty state.

@@ -14,7 +14,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
-use tributary_connectors::{ReadOptions, SourceConnector, SourceSpec};
+use tributary_connectors::{Lookup, ReadOptions, SourceConnector, SourceSpec};
 
 /// A declared source as a table.
 #[derive(Clone)]
@@ -70,6 +70,23 @@ impl SourceTable {
     /// The source's name.
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// Whether a join may look the source's rows up by key.
+    pub fn looks_up(&self) -> bool {
+        self.connector.looks_up()
+    }
+
+    /// A lookup of the source's rows by the `key` columns (it connects when first used).
+    pub fn lookup(&self, key: &[String]) -> crate::error::Result<Box<dyn Lookup>> {
+        self.connector
+            .lookup(&self.spec, self.schema.clone(), key)?
+            .ok_or_else(|| {
+                crate::error::Error::Plan(format!(
+                    "source \"{}\" cannot be looked up by key",
+                    self.spec.name
+                ))
+            })
     }
 }
 

@@ -1,6 +1,8 @@
 //! Lowers a join: a stream joined with a table kept by its change stream (a `postgres-cdc`
-//! source), in processing time. The table side carries its primary key and `_op` to the join,
-//! which keeps the table's current rows; DataFusion plans the join itself.
+//! source), in processing time, or two streams bounded by event time
+//! ([`super::interval_join`]). The table side carries its primary key and `_op` to the join,
+//! which keeps the table's current rows; DataFusion plans the join itself. A join with a table
+//! looked up by key goes to [`super::lookup_join`].
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,6 +20,9 @@ use crate::runtime::plan::OperatorSpec;
 
 /// A join of a stream with the table of a change stream.
 pub(super) fn lower_join(join: &Join, cx: &mut Lowering) -> Result<Lowered> {
+    if let Some((port, table)) = super::lookup_join::lookup_side(join) {
+        return super::lookup_join::lower_lookup_join(join, port, table, cx);
+    }
     if cx.carry.is_some() {
         return Err(Error::Unsupported(
             "a join under a GROUP BY over a change stream is not supported yet".into(),
@@ -34,11 +39,7 @@ pub(super) fn lower_join(join: &Join, cx: &mut Lowering) -> Result<Lowered> {
                 "a join of two change streams is not supported yet: join a stream with one table kept by change data capture".into(),
             ))
         }
-        (None, None) => {
-            return Err(Error::Unsupported(
-                "joins of two streams are not supported yet: a stream can join a table kept by change data capture (a postgres-cdc source, or a source with _op and a PRIMARY KEY)".into(),
-            ))
-        }
+        (None, None) => return super::interval_join::lower_interval_join(join, cx),
     };
     let kept = match join.join_type {
         JoinType::Inner => true,
@@ -49,7 +50,7 @@ pub(super) fn lower_join(join: &Join, cx: &mut Lowering) -> Result<Lowered> {
     if !kept || join.null_aware {
         return Err(Error::Unsupported(format!(
             "a {} join with change stream \"{}\" is not supported: every stream row joins the table as it is when the row arrives, so the table may only be on the inner side (INNER JOIN, or the table on the right of a LEFT JOIN)",
-            join.join_type,
+            join.join_type.to_string().to_uppercase(),
             table.name()
         )));
     }

@@ -3,7 +3,10 @@
 pub mod changes;
 pub mod clock;
 pub mod fast_to_char;
+pub mod interval_join;
 pub mod joins;
+pub mod lineage;
+pub mod lookup_join;
 pub mod parse;
 pub mod places;
 pub mod plan;

@@ -64,6 +64,7 @@ pub async fn compile(
         updating: None,
         applies_by_key,
         carry: None,
+        interval_joined: false,
     };
     let output = lower(&optimized, &mut cx)?;
     let mut inputs = Vec::with_capacity(cx.inputs.len());
@@ -151,6 +152,8 @@ pub(super) struct Lowering<'a> {
     /// Columns of a change stream carried after each node's own, up to the GROUP BY over it:
     /// the primary key, then `_op`.
     pub carry: Option<Vec<Field>>,
+    /// Whether a join of two streams was lowered: its rows come behind the watermark.
+    pub interval_joined: bool,
 }
 
 /// Appends a node reading `input` and returns it as the new output.
@@ -179,6 +182,8 @@ pub(super) fn push_n(cx: &mut Lowering, operator: OperatorSpec, inputs: Vec<Inpu
         OperatorSpec::UpdatingAggregate { .. } => format!("aggregate{index}"),
         OperatorSpec::Union { .. } => format!("union{index}"),
         OperatorSpec::TemporalJoin(_) => format!("join{index}"),
+        OperatorSpec::LookupJoin(_) => format!("lookup{index}"),
+        OperatorSpec::IntervalJoin(_) => format!("interval_join{index}"),
     };
     nodes.push(NodeSpec {
         id,
@@ -400,9 +405,7 @@ pub(super) fn plan_over_placeholder(
     node: &LogicalPlan,
     state: &SessionState,
 ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-    use datafusion::execution::SessionStateBuilder;
     use datafusion::logical_expr::EmptyRelation;
-    use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 
     let placeholders = node
         .inputs()
@@ -415,6 +418,18 @@ pub(super) fn plan_over_placeholder(
         })
         .collect();
     let logical = node.with_new_exprs(node.expressions(), placeholders)?;
+    plan_physical(&logical, state)
+}
+
+/// DataFusion's physical plan of a logical plan whose leaves are placeholders, as
+/// [`plan_over_placeholder`] plans it.
+pub(super) fn plan_physical(
+    logical: &LogicalPlan,
+    state: &SessionState,
+) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+    use datafusion::execution::SessionStateBuilder;
+    use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+
     let mut config = state.config().clone();
     config.options_mut().execution.target_partitions = 1;
     // The built state shares the session's catalogs: it must not install empty default ones.
@@ -428,7 +443,7 @@ pub(super) fn plan_over_placeholder(
         .build();
     // Planning one aggregate over an empty input does no I/O and spawns nothing.
     Ok(futures::executor::block_on(tokio::task::unconstrained(
-        DefaultPhysicalPlanner::default().create_physical_plan(&logical, &planning),
+        DefaultPhysicalPlanner::default().create_physical_plan(logical, &planning),
     ))?)
 }
 
@@ -520,6 +535,13 @@ fn lower_window_aggregate(
     cx: &mut Lowering,
 ) -> Result<Lowered> {
     let from = lower(&agg.input, cx)?;
+    if cx.interval_joined {
+        // A joined row can be emitted after the watermark passed its time.
+        return Err(Error::Unsupported(
+            "a window over the rows of a join of two streams is not supported yet".into(),
+        )
+        .at_place(cx.places.window_function));
+    }
     let aggregate = plan_aggregate(agg, cx.state)?;
     cx.windowed = true;
     let operator = OperatorSpec::WindowAggregate {

@@ -132,7 +132,7 @@ async fn cdc_aggregates_and_filters_follow_their_table_across_sigkills() {
 
 /// Writes `orders-<n>.csv` (id, customer_id, amount) into `dir` whole: under another name,
 /// then renamed, so the watching source never reads it half-written.
-fn drop_orders(dir: &std::path::Path, n: u32, orders: &[(i64, i32)]) {
+pub(crate) fn drop_orders(dir: &std::path::Path, n: u32, orders: &[(i64, i32)]) {
     let mut text = String::from("id,customer_id,amount\n");
     for (id, customer) in orders {
         text.push_str(&format!("{id},{customer},{}.5\n", id % 97));
@@ -176,7 +176,7 @@ async fn joins_rows_in(c: &Client, pipelines: &[&str]) -> Vec<u64> {
 }
 
 /// Waits until `pipeline` has written `rows` rows.
-async fn written(c: &Client, pipeline: &str, rows: u64) {
+pub(crate) async fn written(c: &Client, pipeline: &str, rows: u64) {
     poll(
         Duration::from_secs(60),
         "the orders to be joined",

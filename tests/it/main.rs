@@ -11,6 +11,7 @@ mod harness;
 mod inputs;
 mod kafka;
 mod limits;
+mod lookups;
 mod nexmark;
 mod recovery;
 mod run_cmd;

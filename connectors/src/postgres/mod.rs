@@ -1,9 +1,11 @@
 //! PostgreSQL connectors: the `postgres-cdc` source (snapshot, then the pgoutput change stream
-//! from a replication slot) and the `postgres` sink (append or upsert, exactly once).
+//! from a replication slot), the `postgres` source (a table read whole or looked up by key) and
+//! the `postgres` sink (append or upsert, exactly once).
 
 pub mod pgoutput;
 pub mod sink;
 pub mod source;
+pub mod table;
 pub mod types;
 
 use std::str::FromStr;
@@ -18,6 +20,7 @@ use types::quote_ident;
 
 pub use sink::PostgresSinkConnector;
 pub use source::PostgresCdcSourceConnector;
+pub use table::PostgresTableSourceConnector;
 
 /// Change-row metadata columns every CDC source adds.
 pub const OP_COLUMN: &str = "_op";

@@ -3,7 +3,9 @@
 
 pub mod change_aggregate;
 pub mod distinct;
+pub mod interval_join;
 pub mod keyed_rows;
+pub mod lookup_join;
 pub mod open_states;
 pub mod parallel;
 pub mod sessions;

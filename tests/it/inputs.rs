@@ -1,6 +1,9 @@
 //! Pipelines over several sources: a UNION ALL of two file sources, each read by a reader of
 //! its own, killed twice mid-run; every row lands once, and a GROUP BY over the union equals
-//! DataFusion's batch query.
+//! DataFusion's batch query. Windows over two streams, and an interval join of two streams,
+//! equal the batch query across kills.
+
+use std::time::Duration;
 
 use crate::harness::*;
 
@@ -149,3 +152,73 @@ const WINDOWS: &str = "SELECT window_start, window_end, auction % 10 AS bucket, 
      FROM (SELECT * FROM TUMBLE(fast, date_time, INTERVAL '1' SECOND) \
            UNION ALL SELECT * FROM TUMBLE(slow, date_time, INTERVAL '1' SECOND)) w \
      GROUP BY window_start, window_end, auction % 10";
+
+/// Bids within two seconds of their auction's start, from a paced auction stream and a paced
+/// bid stream, killed twice: each joined row lands once, none is late, the join forgets rows
+/// as the watermark passes their bound, and the result equals the batch join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_join_of_two_streams_equals_the_batch_join_across_sigkills() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lake = tmp.path().join("lake");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(&data).await;
+    let c = server.client().await;
+    // The same seed and events: the bids' auctions are the auctions'. About six seconds each.
+    let events = 300_000u64;
+    c.batch_execute(&format!(
+        "CREATE SOURCE auctions (WATERMARK FOR date_time AS date_time - INTERVAL '500' MILLISECOND)
+           WITH (connector = 'nexmark', table = 'auction', events = {events}, rate = 50000, seed = 9, batch_size = 2000);
+         CREATE SOURCE bids (WATERMARK FOR date_time AS date_time - INTERVAL '500' MILLISECOND)
+           WITH (connector = 'nexmark', table = 'bid', events = {events}, rate = 50000, seed = 9, batch_size = 2000);
+         CREATE SINK lake WITH (connector = 'delta', path = '{}');
+         CREATE PIPELINE early WITH (checkpoint_interval = '100ms') AS INSERT INTO lake {EARLY_BIDS};",
+        lake.display()
+    ))
+    .await
+    .unwrap();
+    let rows_in = events * 49 / 50;
+    // Mid-run the join holds the rows that can still match, far fewer than it has read.
+    let (read, kept) = poll(Duration::from_secs(120), "the join to read half its input", || async {
+        let line = query_lines(
+            &c,
+            "SELECT rows_in, state_rows FROM tributary.operators WHERE pipeline = 'early' AND kind = 'interval_join'",
+        )
+        .await;
+        let figures: Vec<u64> = line.first()?.split(' ').map(|v| v.parse().unwrap_or(0)).collect();
+        (figures[0] >= rows_in / 2).then(|| (figures[0], figures[1]))
+    })
+    .await;
+    assert!(
+        kept < read / 2,
+        "the join keeps {kept} of the {read} rows it read"
+    );
+    let server = kill_twice(
+        server,
+        &data,
+        "early",
+        rows_in,
+        "interval_join_of_two_streams_equals_the_batch_join_across_sigkills",
+    )
+    .await;
+    let c = server.client().await;
+    wait_state(&c, "early", "completed").await;
+    let late = scalar(
+        &c,
+        "SELECT rows_late FROM tributary.pipelines WHERE name = 'early'",
+    )
+    .await;
+    assert_eq!(late, "0");
+    let want = query_lines(
+        &c,
+        &format!("SELECT auction, bidder, price, CAST(arrow_cast(bid_time, 'Timestamp(Microsecond, None)') AS BIGINT) FROM ({EARLY_BIDS}) ORDER BY 1, 2, 3, 4"),
+    )
+    .await;
+    assert!(want.len() > 10_000, "{} joined rows", want.len());
+    let got = delta_sorted(&lake, &["auction", "bidder", "price", "bid_time"]);
+    assert_same_rows(&got, &want, "the interval join in Delta vs the batch join");
+}
+
+const EARLY_BIDS: &str = "SELECT a.id AS auction, b.bidder, b.price, b.date_time AS bid_time \
+     FROM auctions a JOIN bids b \
+       ON a.id = b.auction AND b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '2' SECOND";

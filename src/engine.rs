@@ -287,9 +287,9 @@ impl Engine {
                 if let Some(key) = &plan.output_key {
                     check_updates_sink(&sink_entry, key)
                         .map_err(|e| e.at_place(crate::sql::places::Places::of(query).group_by))?;
-                } else if options.contains_key("state_ttl") {
+                } else if options.contains_key("state_ttl") && !plan.keeps_unbounded_rows() {
                     return Err(Error::Plan(
-                        "state_ttl bounds the groups of a GROUP BY without a window, and this pipeline has none (windows and sessions leave the state when they close)".into(),
+                        "state_ttl bounds the groups of a GROUP BY without a window and the rows of a join without bounds on event time, and this pipeline has neither (windows and sessions leave the state when they close)".into(),
                     ));
                 }
                 let rewritten = match plan.output_key {
@@ -331,6 +331,14 @@ impl Engine {
                         "streaming".into()
                     }
                 });
+                if mode == "streaming"
+                    && plan.keeps_unbounded_rows()
+                    && !options.contains_key("state_ttl")
+                {
+                    return Err(Error::Plan(
+                        "this streaming join keeps every row of a side that no bound on event time expires, for ever: set state_ttl (WITH (state_ttl = '1 hour')) to drop rows kept longer, or bound the sides' event times both ways (ON a.k = b.k AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '1' HOUR)".into(),
+                    ));
+                }
                 options.insert("mode".into(), mode);
                 let entry = PipelineEntry {
                     name: name.clone(),

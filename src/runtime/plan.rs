@@ -12,10 +12,10 @@ use super::graph::OperatorGraph;
 use super::memory::StateMemory;
 use super::operator::change_aggregate::ChangeAggregate;
 use super::operator::distinct::Distinct;
-use super::operator::interval_join::{IntervalJoin, IntervalJoinSpec};
 use super::operator::lookup_join::{LookupJoin, LookupJoinSpec};
 use super::operator::parallel::Parallel;
 use super::operator::stateless::{ChangeFilter, Filter, Having, Project, Union};
+use super::operator::stream_join::{StreamJoin, StreamJoinSpec};
 use super::operator::temporal_join::{TemporalJoin, TemporalJoinSpec};
 use super::operator::unnest::Unnest;
 use super::operator::updating_aggregate::UpdatingAggregate;
@@ -84,7 +84,7 @@ pub enum OperatorSpec {
     /// A stream joined with a table looked up by key as each batch arrives.
     LookupJoin(LookupJoinSpec),
     /// Two streams joined within bounds on their event times.
-    IntervalJoin(IntervalJoinSpec),
+    StreamJoin(StreamJoinSpec),
     /// GROUP BY a window: partial aggregate states per batch, rows emitted once the watermark
     /// passes the window's end. Session windows merge a key's overlapping states first.
     WindowAggregate {
@@ -203,9 +203,11 @@ impl OperatorSpec {
                 Box::new(TemporalJoin::new(spec.clone())?.with_memory(memory))
             }
             OperatorSpec::LookupJoin(spec) => Box::new(LookupJoin::new(spec.clone())?),
-            OperatorSpec::IntervalJoin(spec) => {
-                Box::new(IntervalJoin::new(spec.clone())?.with_memory(memory))
-            }
+            OperatorSpec::StreamJoin(spec) => Box::new(
+                StreamJoin::new(spec.clone())?
+                    .with_memory(memory)
+                    .with_ttl(options.state_ttl),
+            ),
             OperatorSpec::ChangeFilter { predicate, op } => {
                 Box::new(ChangeFilter::new(predicate.clone(), *op))
             }
@@ -276,6 +278,15 @@ impl PipelinePlan {
     /// The names of the sources read, in input order.
     pub fn sources(&self) -> Vec<String> {
         self.inputs.iter().map(|i| i.source.clone()).collect()
+    }
+
+    /// Whether a join keeps rows of a side whose rows no bound on event time expires: they
+    /// stay until `state_ttl`, or for ever.
+    pub fn keeps_unbounded_rows(&self) -> bool {
+        self.nodes.iter().any(|n| match &n.operator {
+            OperatorSpec::StreamJoin(spec) => spec.expiry.iter().any(Option::is_none),
+            _ => false,
+        })
     }
 
     /// The names of the sources looked up by key (not read as inputs).

@@ -1,6 +1,6 @@
 //! Lowers a join: a stream joined with a table kept by its change stream (a `postgres-cdc`
 //! source), in processing time, or two streams bounded by event time
-//! ([`super::interval_join`]). The table side carries its primary key and `_op` to the join,
+//! ([`super::stream_join`]). The table side carries its primary key and `_op` to the join,
 //! which keeps the table's current rows; DataFusion plans the join itself. A join with a table
 //! looked up by key goes to [`super::lookup_join`].
 
@@ -39,7 +39,7 @@ pub(super) fn lower_join(join: &Join, cx: &mut Lowering) -> Result<Lowered> {
                 "a join of two change streams is not supported yet: join a stream with one table kept by change data capture".into(),
             ))
         }
-        (None, None) => return super::interval_join::lower_interval_join(join, cx),
+        (None, None) => return super::stream_join::lower_stream_join(join, cx),
     };
     let kept = match join.join_type {
         JoinType::Inner => true,

@@ -3,7 +3,6 @@
 pub mod changes;
 pub mod clock;
 pub mod fast_to_char;
-pub mod interval_join;
 pub mod joins;
 pub mod lineage;
 pub mod lookup_join;
@@ -11,5 +10,6 @@ pub mod parse;
 pub mod places;
 pub mod plan;
 pub mod session_window;
+pub mod stream_join;
 pub mod types;
 pub mod windows;

@@ -64,7 +64,7 @@ pub async fn compile(
         updating: None,
         applies_by_key,
         carry: None,
-        interval_joined: false,
+        stream_joined: false,
     };
     let output = lower(&optimized, &mut cx)?;
     let mut inputs = Vec::with_capacity(cx.inputs.len());
@@ -153,7 +153,7 @@ pub(super) struct Lowering<'a> {
     /// the primary key, then `_op`.
     pub carry: Option<Vec<Field>>,
     /// Whether a join of two streams was lowered: its rows come behind the watermark.
-    pub interval_joined: bool,
+    pub stream_joined: bool,
 }
 
 /// Appends a node reading `input` and returns it as the new output.
@@ -183,7 +183,7 @@ pub(super) fn push_n(cx: &mut Lowering, operator: OperatorSpec, inputs: Vec<Inpu
         OperatorSpec::Union { .. } => format!("union{index}"),
         OperatorSpec::TemporalJoin(_) => format!("join{index}"),
         OperatorSpec::LookupJoin(_) => format!("lookup{index}"),
-        OperatorSpec::IntervalJoin(_) => format!("interval_join{index}"),
+        OperatorSpec::StreamJoin(_) => format!("stream_join{index}"),
     };
     nodes.push(NodeSpec {
         id,
@@ -535,7 +535,7 @@ fn lower_window_aggregate(
     cx: &mut Lowering,
 ) -> Result<Lowered> {
     let from = lower(&agg.input, cx)?;
-    if cx.interval_joined {
+    if cx.stream_joined {
         // A joined row can be emitted after the watermark passed its time.
         return Err(Error::Unsupported(
             "a window over the rows of a join of two streams is not supported yet".into(),

@@ -182,7 +182,7 @@ async fn interval_join_of_two_streams_equals_the_batch_join_across_sigkills() {
     let (read, kept) = poll(Duration::from_secs(120), "the join to read half its input", || async {
         let line = query_lines(
             &c,
-            "SELECT rows_in, state_rows FROM tributary.operators WHERE pipeline = 'early' AND kind = 'interval_join'",
+            "SELECT rows_in, state_rows FROM tributary.operators WHERE pipeline = 'early' AND kind = 'stream_join'",
         )
         .await;
         let figures: Vec<u64> = line.first()?.split(' ').map(|v| v.parse().unwrap_or(0)).collect();

@@ -3,7 +3,6 @@
 
 pub mod change_aggregate;
 pub mod distinct;
-pub mod interval_join;
 pub mod keyed_rows;
 pub mod lookup_join;
 pub mod open_states;
@@ -11,6 +10,7 @@ pub mod parallel;
 pub mod sessions;
 pub mod spill;
 pub mod stateless;
+pub mod stream_join;
 pub mod temporal_join;
 pub mod two_stage;
 pub mod unnest;

@@ -1,7 +1,8 @@
-//! Lowers an inner join of two streams bounded by event time: from the join's conditions it
-//! reads, for each side, how long after its event time a row can still match the other side
-//! (`b.ts BETWEEN a.ts - INTERVAL '1' HOUR AND a.ts` keeps an `a` row until the watermark
-//! passes `a.ts`, a `b` row until it passes `b.ts + 1 hour`).
+//! Lowers an inner join of two streams. From the join's conditions it reads, for each side,
+//! how long after its event time a row can still match the other side (`b.ts BETWEEN a.ts -
+//! INTERVAL '1' HOUR AND a.ts` keeps an `a` row until the watermark passes `a.ts`, a `b` row
+//! until it passes `b.ts + 1 hour`); a side without such a bound keeps its rows for
+//! `state_ttl`, or for ever.
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use datafusion::physical_expr::create_physical_expr;
 use super::lineage::is_event_time;
 use super::plan::{lower, plan_over_placeholder, push_n, Lowered, Lowering};
 use crate::error::{Error, Result};
-use crate::runtime::operator::interval_join::IntervalJoinSpec;
+use crate::runtime::operator::stream_join::StreamJoinSpec;
 use crate::runtime::plan::OperatorSpec;
 
 const EXAMPLE: &str = "ON a.k = b.k AND b.ts BETWEEN a.ts - INTERVAL '1' HOUR AND a.ts";
@@ -89,8 +90,8 @@ fn comparisons(e: &Expr) -> Vec<(Expr, Operator, Expr)> {
 }
 
 /// Per side, its event-time column and how long after it a row can still match: the
-/// tightest bound the join's conditions put on the other side's time.
-fn bounds(join: &Join) -> Option<[(usize, i64); 2]> {
+/// tightest bound the join's conditions put on the other side's time, when they put one.
+fn bounds(join: &Join) -> [Option<(usize, i64)>; 2] {
     let mut found: [Option<(usize, i64)>; 2] = [None, None];
     let conjuncts = join
         .filter
@@ -111,7 +112,9 @@ fn bounds(join: &Join) -> Option<[(usize, i64); 2]> {
                 Operator::Lt | Operator::LtEq => (a, b),
                 _ => (b, a),
             };
-            let after = by.2.checked_sub(bounded.2)?;
+            let Some(after) = by.2.checked_sub(bounded.2) else {
+                continue;
+            };
             let slot = &mut found[by.0];
             *slot = Some(match *slot {
                 Some((column, old)) => (column, old.min(after)),
@@ -119,27 +122,23 @@ fn bounds(join: &Join) -> Option<[(usize, i64); 2]> {
             });
         }
     }
-    Some([found[0]?, found[1]?])
+    found
 }
 
-/// An inner join of two streams bounded by event time.
-pub(super) fn lower_interval_join(join: &Join, cx: &mut Lowering) -> Result<Lowered> {
+/// An inner join of two streams.
+pub(super) fn lower_stream_join(join: &Join, cx: &mut Lowering) -> Result<Lowered> {
     if join.join_type != JoinType::Inner {
         return Err(Error::Unsupported(format!(
-            "a {} join of two streams is not supported yet: only INNER JOIN, bounded by event time ({EXAMPLE})",
+            "a {} join of two streams is not supported yet: only INNER JOIN ({EXAMPLE})",
             join.join_type.to_string().to_uppercase()
         )));
     }
     if join.on.is_empty() {
         return Err(Error::Unsupported(format!(
-            "a join of two streams needs an equality between them, and bounds on their event times: {EXAMPLE}"
+            "a join of two streams needs an equality between them: {EXAMPLE}"
         )));
     }
-    let Some(bounds) = bounds(join) else {
-        return Err(Error::Unsupported(format!(
-            "a join of two streams keeps each side's rows until no row of the other side can match them, so it needs bounds both ways between the sources' event times (their WATERMARK columns): {EXAMPLE}"
-        )));
-    };
+    let expiry = bounds(join);
     let updating = cx.updating;
     let inputs = vec![lower(&join.left, cx)?, lower(&join.right, cx)?];
     if cx.updating != updating {
@@ -157,18 +156,19 @@ pub(super) fn lower_interval_join(join: &Join, cx: &mut Lowering) -> Result<Lowe
         keys[0].push(compile(l, &join.left)?);
         keys[1].push(compile(r, &join.right)?);
     }
-    let spec = IntervalJoinSpec {
+    let spec = StreamJoinSpec {
         join: plan_over_placeholder(&LogicalPlan::Join(join.clone()), cx.state)?,
         keys,
         schemas: [
             Arc::new(join.left.schema().as_arrow().clone()),
             Arc::new(join.right.schema().as_arrow().clone()),
         ],
-        time: [bounds[0].0, bounds[1].0],
-        expiry: [bounds[0].1, bounds[1].1],
+        expiry,
     };
-    cx.windowed = true;
-    cx.interval_joined = true;
+    if expiry.iter().any(Option::is_some) {
+        cx.windowed = true;
+    }
+    cx.stream_joined = true;
     cx.scanned = None;
-    Ok(push_n(cx, OperatorSpec::IntervalJoin(spec), inputs))
+    Ok(push_n(cx, OperatorSpec::StreamJoin(spec), inputs))
 }

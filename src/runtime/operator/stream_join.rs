@@ -1,13 +1,15 @@
-//! An inner join of two streams bounded by event time (`ON a.k = b.k AND b.ts BETWEEN a.ts -
-//! INTERVAL '1' HOUR AND a.ts`): each side keeps its rows until the watermark shows that no
-//! row of the other side can still match them, and every arriving batch joins the other side's
-//! kept rows that share its keys. DataFusion's planned join evaluates the keys and the band;
-//! this operator only picks candidate rows and forgets the expired ones. The output appends.
+//! An inner join of two streams: each side keeps its rows, and every arriving batch joins the
+//! other side's kept rows that share its keys. Bounded by event time (`ON a.k = b.k AND b.ts
+//! BETWEEN a.ts - INTERVAL '1' HOUR AND a.ts`, an interval join), a row is kept until the
+//! watermark shows that no row of the other side can still match it; without a bound (a
+//! regular join), until `state_ttl` of processing time has passed, or for ever. DataFusion's
+//! planned join evaluates the keys and the band; this operator only picks candidate rows and
+//! forgets the expired ones. The output appends.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, UInt8Array};
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt8Array};
 use arrow::compute::{cast, filter_record_batch, interleave_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use arrow::row::{RowConverter, Rows, SortField};
@@ -18,29 +20,31 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::spill::{in_memory, load, StateChunk};
 use super::{run_plan_inputs, Operator};
 use crate::error::{Error, Result};
+use crate::runtime::event_time::END_OF_TIME;
 use crate::runtime::memory::{Budget, StateMemory};
 
 /// What the operator is built from, as the SQL front end plans it.
 #[derive(Debug, Clone)]
-pub struct IntervalJoinSpec {
+pub struct StreamJoinSpec {
     /// DataFusion's join over a placeholder for each side, left first: equi-keys and band.
     pub join: Arc<dyn ExecutionPlan>,
     /// Each side's equi-key expressions, over its rows.
     pub keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
     /// Each side's columns.
     pub schemas: [SchemaRef; 2],
-    /// Each side's event-time column.
-    pub time: [usize; 2],
-    /// Per side, microseconds after a row's event time past which no row of the other side
-    /// can match it: the row is dropped once the watermark passes its time plus this.
-    pub expiry: [i64; 2],
+    /// Per side, when the join's conditions bound the other side's event time by its rows':
+    /// the side's event-time column, and the microseconds after it past which no row of the
+    /// other side can match a row. The row is dropped once the watermark passes that.
+    pub expiry: [Option<(usize, i64)>; 2],
 }
 
 /// A batch of one side's rows, kept until its last row expires.
 struct Kept {
     batch: RecordBatch,
-    /// The latest expiry of its rows.
+    /// The latest expiry of its rows (event time).
     expires: i64,
+    /// When it was kept (UTC microseconds of the wall clock), for `state_ttl`.
+    kept_at: i64,
     /// Bytes it holds, with its index entries.
     bytes: usize,
 }
@@ -62,7 +66,7 @@ struct Side {
 }
 
 impl Side {
-    fn keep(&mut self, id: u64, batch: RecordBatch, keys: &Rows, expires: i64) {
+    fn keep(&mut self, id: u64, batch: RecordBatch, keys: &Rows, expires: i64, kept_at: i64) {
         for (r, key) in keys.iter().enumerate() {
             self.index
                 .entry(key.as_ref().into())
@@ -78,18 +82,20 @@ impl Side {
             Kept {
                 batch,
                 expires,
+                kept_at,
                 bytes,
             },
         );
         self.unsnapshotted.push(id);
     }
 
-    /// Drops the batches whose every row expired by `watermark`.
-    fn expire(&mut self, watermark: i64) {
+    /// Drops the batches whose every row expired by `watermark`, or was kept before
+    /// `kept_before`.
+    fn expire(&mut self, watermark: i64, kept_before: i64) {
         let before = self.kept.len();
         let (mut rows, mut bytes) = (0, 0);
         self.kept.retain(|_, k| {
-            let live = k.expires >= watermark;
+            let live = k.expires >= watermark && k.kept_at >= kept_before;
             if !live {
                 rows += k.batch.num_rows();
                 bytes += k.bytes;
@@ -115,19 +121,28 @@ impl Side {
 }
 
 /// An inner join of two streams within event-time bounds.
-pub struct IntervalJoin {
-    spec: IntervalJoinSpec,
+pub struct StreamJoin {
+    spec: StreamJoinSpec,
     keys: RowConverter,
     sides: [Side; 2],
     next_id: u64,
     state_schema: SchemaRef,
+    /// How long a row is kept at most, in processing time.
+    ttl: Option<std::time::Duration>,
+    /// The watermark, for expiries between watermarks.
+    watermark: i64,
     task: Arc<TaskContext>,
     budget: Option<Budget>,
 }
 
-impl IntervalJoin {
+/// The wall clock in UTC microseconds.
+fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+impl StreamJoin {
     /// The operator for a planned join.
-    pub fn new(spec: IntervalJoinSpec) -> Result<Self> {
+    pub fn new(spec: StreamJoinSpec) -> Result<Self> {
         let types = spec.keys[0]
             .iter()
             .map(|k| Ok(SortField::new(k.data_type(&spec.schemas[0])?)))
@@ -137,20 +152,27 @@ impl IntervalJoin {
                 "a join of two streams needs keys on both sides".into(),
             ));
         }
-        // State rows: which side, then the left's columns, then the right's.
-        let fields: Vec<Field> = std::iter::once(Field::new("__side", DataType::UInt8, false))
-            .chain(spec.schemas.iter().enumerate().flat_map(|(s, schema)| {
-                schema.fields().iter().map(move |f| {
-                    Field::new(format!("{s}.{}", f.name()), f.data_type().clone(), true)
-                })
-            }))
-            .collect();
-        Ok(IntervalJoin {
+        // State rows: which side, when kept, then the left's columns, then the right's.
+        let fields: Vec<Field> = [
+            Field::new("__side", DataType::UInt8, false),
+            Field::new("__kept_at", DataType::Int64, false),
+        ]
+        .into_iter()
+        .chain(spec.schemas.iter().enumerate().flat_map(|(s, schema)| {
+            schema
+                .fields()
+                .iter()
+                .map(move |f| Field::new(format!("{s}.{}", f.name()), f.data_type().clone(), true))
+        }))
+        .collect();
+        Ok(StreamJoin {
             keys: RowConverter::new(types)?,
             spec,
             sides: Default::default(),
             next_id: 0,
             state_schema: Arc::new(Schema::new(fields)),
+            ttl: None,
+            watermark: i64::MIN,
             task: Arc::new(TaskContext::default()),
             budget: None,
         })
@@ -158,8 +180,27 @@ impl IntervalJoin {
 
     /// The same, its state accounted in `memory`.
     pub fn with_memory(mut self, memory: &Arc<StateMemory>) -> Self {
-        self.budget = Some(Budget::new(memory, "interval_join"));
+        self.budget = Some(Budget::new(memory, "stream_join"));
         self
+    }
+
+    /// The same, keeping a row `ttl` of processing time at most.
+    pub fn with_ttl(mut self, ttl: Option<std::time::Duration>) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Drops the rows expired by `watermark` (event time) and by the TTL; at the end of the
+    /// input, all.
+    fn expire(&mut self, watermark: i64) {
+        let kept_before = match self.ttl {
+            _ if watermark >= END_OF_TIME => i64::MAX,
+            Some(ttl) => now_micros().saturating_sub(ttl.as_micros() as i64),
+            None => i64::MIN,
+        };
+        for side in &mut self.sides {
+            side.expire(watermark, kept_before);
+        }
     }
 
     /// Key columns of `batch`, a batch of side `side`.
@@ -171,41 +212,52 @@ impl IntervalJoin {
             .collect::<datafusion::error::Result<Vec<_>>>()?)
     }
 
-    /// Keeps a committed batch of `side`: its rows that can match (a key and a time), with
-    /// the latest of their expiries.
-    fn keep(&mut self, side: usize, batch: RecordBatch) -> Result<()> {
+    /// Keeps a committed batch of `side`, kept at `kept_at`: its rows that can match (a key,
+    /// and a time when its rows expire by event time), with the latest of their expiries.
+    fn keep(&mut self, side: usize, batch: RecordBatch, kept_at: i64) -> Result<()> {
         let keys = self.key_columns(side, &batch)?;
-        let time = cast(
-            batch.column(self.spec.time[side]),
-            &DataType::Timestamp(TimeUnit::Microsecond, None),
-        )?;
-        let time = time.as_primitive::<TimestampMicrosecondType>();
+        let time = match self.spec.expiry[side] {
+            Some((column, _)) => Some(cast(
+                batch.column(column),
+                &DataType::Timestamp(TimeUnit::Microsecond, None),
+            )?),
+            None => None,
+        };
         let usable: arrow::array::BooleanArray = (0..batch.num_rows())
-            .map(|i| Some(time.is_valid(i) && keys.iter().all(|k| k.is_valid(i))))
+            .map(|i| {
+                Some(
+                    time.as_ref().is_none_or(|t| t.is_valid(i))
+                        && keys.iter().all(|k| k.is_valid(i)),
+                )
+            })
             .collect();
         let (batch, keys, time) = if usable.true_count() == batch.num_rows() {
-            (batch, keys, time.clone())
+            (batch, keys, time)
         } else {
             let keys = keys
                 .iter()
                 .map(|k| Ok(arrow::compute::filter(k, &usable)?))
                 .collect::<Result<Vec<_>>>()?;
-            let time = arrow::compute::filter(time, &usable)?;
-            (
-                filter_record_batch(&batch, &usable)?,
-                keys,
-                time.as_primitive::<TimestampMicrosecondType>().clone(),
-            )
+            let time = match time {
+                Some(t) => Some(arrow::compute::filter(&t, &usable)?),
+                None => None,
+            };
+            (filter_record_batch(&batch, &usable)?, keys, time)
         };
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let latest = arrow::compute::max(&time).unwrap_or(i64::MIN);
-        let expires = latest.saturating_add(self.spec.expiry[side]);
+        let expires = match (time, self.spec.expiry[side]) {
+            (Some(time), Some((_, after))) => {
+                let latest = arrow::compute::max(time.as_primitive::<TimestampMicrosecondType>());
+                latest.unwrap_or(i64::MIN).saturating_add(after)
+            }
+            _ => i64::MAX,
+        };
         let rows = self.keys.convert_columns(&keys)?;
         let id = self.next_id;
         self.next_id += 1;
-        self.sides[side].keep(id, batch, &rows, expires);
+        self.sides[side].keep(id, batch, &rows, expires, kept_at);
         Ok(())
     }
 
@@ -243,9 +295,13 @@ impl IntervalJoin {
     }
 
     /// State rows of `batch`, a batch of side `side`.
-    fn state_batch(&self, side: usize, batch: &RecordBatch) -> Result<RecordBatch> {
+    fn state_batch(&self, side: usize, kept: &Kept) -> Result<RecordBatch> {
+        let batch = &kept.batch;
         let n = batch.num_rows();
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(UInt8Array::from(vec![side as u8; n]))];
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(UInt8Array::from(vec![side as u8; n])),
+            Arc::new(Int64Array::from(vec![kept.kept_at; n])),
+        ];
         for (s, schema) in self.spec.schemas.iter().enumerate() {
             if s == side {
                 columns.extend(batch.columns().iter().cloned());
@@ -262,9 +318,9 @@ impl IntervalJoin {
     }
 }
 
-impl Operator for IntervalJoin {
+impl Operator for StreamJoin {
     fn kind(&self) -> &'static str {
-        "interval_join"
+        "stream_join"
     }
 
     /// Joins a batch of one side with the other side's rows that share its keys; the batch is
@@ -295,9 +351,10 @@ impl Operator for IntervalJoin {
     }
 
     fn commit_batch(&mut self) {
+        let now = now_micros();
         for side in 0..2 {
             for batch in std::mem::take(&mut self.sides[side].pending) {
-                if let Err(e) = self.keep(side, batch) {
+                if let Err(e) = self.keep(side, batch, now) {
                     // Evaluating the keys succeeded when the batch was processed.
                     tracing::error!(error = %e, "A joined batch could not be kept.");
                 }
@@ -312,8 +369,15 @@ impl Operator for IntervalJoin {
     }
 
     fn on_watermark(&mut self, watermark: i64) -> Result<Vec<RecordBatch>> {
-        for side in &mut self.sides {
-            side.expire(watermark);
+        self.watermark = watermark;
+        self.expire(watermark);
+        Ok(Vec::new())
+    }
+
+    /// Rows past the TTL leave at checkpoints too, when no watermark moves.
+    fn on_checkpoint(&mut self) -> Result<Vec<RecordBatch>> {
+        if self.ttl.is_some() {
+            self.expire(self.watermark);
         }
         Ok(Vec::new())
     }
@@ -334,7 +398,7 @@ impl Operator for IntervalJoin {
             };
             for id in ids {
                 if let Some(k) = self.sides[side].kept.get(&id) {
-                    out.push(self.state_batch(side, &k.batch)?);
+                    out.push(self.state_batch(side, k)?);
                 }
             }
             self.sides[side].unsnapshotted.clear();
@@ -361,18 +425,22 @@ impl Operator for IntervalJoin {
                 if rows.num_rows() == 0 {
                     continue;
                 }
-                let start = 1 + if side == 0 { 0 } else { widths[0] };
+                let start = 2 + if side == 0 { 0 } else { widths[0] };
+                // Batches are stored as kept; were some merged, the latest keeps them all.
+                let kept_at = arrow::compute::max(
+                    rows.column(1).as_primitive::<arrow::datatypes::Int64Type>(),
+                )
+                .unwrap_or(i64::MIN);
                 let columns = rows.columns()[start..start + widths[side]].to_vec();
                 let rows = RecordBatch::try_new(self.spec.schemas[side].clone(), columns)?;
-                self.keep(side, rows)?;
+                self.keep(side, rows, kept_at)?;
             }
         }
         for side in &mut self.sides {
             side.unsnapshotted.clear();
-            if let Some(w) = watermark {
-                side.expire(w);
-            }
         }
+        self.watermark = watermark.unwrap_or(i64::MIN);
+        self.expire(self.watermark);
         Ok(())
     }
 
@@ -442,7 +510,7 @@ mod tests {
     const RIGHT: &[&str] = &["aid", "ts", "v"];
 
     /// `l JOIN r ON id = aid AND r.ts BETWEEN l.ts AND l.ts + 10 s`, as the front end plans it.
-    async fn operator() -> IntervalJoin {
+    async fn operator() -> StreamJoin {
         let ctx = planning_context(&[("l", schema(LEFT)), ("r", schema(RIGHT))]);
         let mut join = ctx
             .sql("SELECT * FROM l JOIN r ON l.id = r.aid AND r.ts BETWEEN l.ts AND l.ts + INTERVAL '10' SECOND")
@@ -454,17 +522,23 @@ mod tests {
         while join.downcast_ref::<HashJoinExec>().is_none() {
             join = join.children()[0].clone();
         }
-        IntervalJoin::new(IntervalJoinSpec {
+        StreamJoin::new(StreamJoinSpec {
             join,
             keys: [
                 vec![Arc::new(Column::new("id", 0))],
                 vec![Arc::new(Column::new("aid", 0))],
             ],
             schemas: [schema(LEFT), schema(RIGHT)],
-            time: [1, 1],
-            expiry: [10 * SECOND, 0],
+            expiry: [Some((1, 10 * SECOND)), Some((1, 0))],
         })
         .unwrap()
+    }
+
+    /// The same join with no bound on event time (a regular join), keeping rows for `ttl`.
+    async fn regular(ttl: Option<std::time::Duration>) -> StreamJoin {
+        let mut op = operator().await;
+        op.spec.expiry = [None, None];
+        op.with_ttl(ttl)
     }
 
     /// `id v` of joined rows, sorted.
@@ -528,5 +602,31 @@ mod tests {
         op.on_watermark(crate::runtime::event_time::END_OF_TIME)
             .unwrap();
         assert_eq!((op.state_rows(), op.state_bytes()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_regular_join_keeps_rows_for_its_ttl_or_to_the_end_of_the_input() {
+        let mut forever = regular(None).await;
+        let mut brief = regular(Some(std::time::Duration::from_millis(1))).await;
+        for op in [&mut forever, &mut brief] {
+            op.process(0, batch(LEFT, &[&[1, 0]])).unwrap();
+            op.commit_batch();
+            // No watermark expires a row of a regular join.
+            op.on_watermark(1_000 * SECOND).unwrap();
+            assert_eq!(op.state_rows(), 1);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        forever.on_checkpoint().unwrap();
+        brief.on_checkpoint().unwrap();
+        assert_eq!((forever.state_rows(), brief.state_rows()), (1, 0));
+        // The row past its TTL joins nothing; the kept one still does.
+        let right = batch(RIGHT, &[&[1, 5, 100]]);
+        assert!(brief.process(1, right.clone()).unwrap().is_empty());
+        assert_eq!(joined(&forever.process(1, right).unwrap()), ["1 100"]);
+        forever.commit_batch();
+        forever
+            .on_watermark(crate::runtime::event_time::END_OF_TIME)
+            .unwrap();
+        assert_eq!(forever.state_rows(), 0);
     }
 }

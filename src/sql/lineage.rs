@@ -1,8 +1,9 @@
-//! Where a column of a logical plan comes from: the source column it is, followed through
-//! aliases, filters and projections that pass it on unchanged.
+//! Where a column of a logical plan comes from: the source column it is, or whether it is an
+//! event time, followed through aliases, filters and projections that pass it on unchanged.
 
 use datafusion::logical_expr::{Expr, LogicalPlan};
 
+use super::windows::WINDOW_END;
 use crate::runtime::source_table::SourceTable;
 
 /// The source and source column that output column `name` of `plan` is, when `plan` reads it
@@ -31,12 +32,33 @@ pub(super) fn scan_column(plan: &LogicalPlan, name: &str) -> Option<(SourceTable
     }
 }
 
-/// Whether output column `name` of `plan` is its source's event time: the column its
-/// `WATERMARK FOR` names.
+/// Whether output column `name` of `plan` is an event time that the watermark bounds from
+/// below for rows still to come: its source's `WATERMARK FOR` column (later rows are not
+/// late), or a window's `window_end` (windows yet to close end after the watermark).
 pub(super) fn is_event_time(plan: &LogicalPlan, name: &str) -> bool {
-    scan_column(plan, name).is_some_and(|(table, column)| {
-        table
-            .watermark()
-            .is_some_and(|(watermarked, _)| *watermarked == column)
-    })
+    match plan {
+        LogicalPlan::SubqueryAlias(a) => is_event_time(&a.input, name),
+        LogicalPlan::Filter(f) => is_event_time(&f.input, name),
+        LogicalPlan::Projection(p) => {
+            let Some(i) = p.schema.fields().iter().position(|f| f.name() == name) else {
+                return false;
+            };
+            match p.expr[i].clone().unalias() {
+                Expr::Column(c) => is_event_time(&p.input, &c.name),
+                _ => false,
+            }
+        }
+        LogicalPlan::Aggregate(agg) => {
+            let Some(i) = agg.schema.fields().iter().position(|f| f.name() == name) else {
+                return false;
+            };
+            matches!(agg.group_expr.get(i), Some(Expr::Column(c)) if c.name == WINDOW_END)
+        }
+        LogicalPlan::TableScan(_) => scan_column(plan, name).is_some_and(|(table, column)| {
+            table
+                .watermark()
+                .is_some_and(|(watermarked, _)| *watermarked == column)
+        }),
+        _ => false,
+    }
 }

@@ -51,7 +51,18 @@ pub async fn compile(
             Box::new(query.clone()),
         ))))
         .await?;
-    let optimized = state.optimize(&logical)?;
+    // An inner join whose one side's columns go unused may become a semi join in batch
+    // (eliminate_join); a join of two streams joins as written.
+    let rules = state
+        .optimizers()
+        .iter()
+        .filter(|r| r.name() != "eliminate_join")
+        .cloned()
+        .collect();
+    let optimizing = datafusion::execution::SessionStateBuilder::new_from_existing(state.clone())
+        .with_optimizer_rules(rules)
+        .build();
+    let optimized = optimizing.optimize(&logical)?;
     let display = optimized.display_indent().to_string();
     let places = Places::of(query);
     let mut cx = Lowering {

@@ -98,29 +98,35 @@ fn bounds(join: &Join) -> [Option<(usize, i64)>; 2] {
         .as_ref()
         .map(split_conjunction)
         .unwrap_or_default();
-    for conjunct in conjuncts {
-        for (l, op, r) in comparisons(conjunct) {
-            let (Some(a), Some(b)) = (time_term(join, &l), time_term(join, &r)) else {
-                continue;
-            };
-            if a.0 == b.0 {
-                continue;
-            }
-            // a.ts + a.off <= b.ts + b.off bounds a's side by b's row: that row can match
-            // until the watermark passes b.ts + (b.off - a.off). A > turns it round.
-            let (bounded, by) = match op {
-                Operator::Lt | Operator::LtEq => (a, b),
-                _ => (b, a),
-            };
-            let Some(after) = by.2.checked_sub(bounded.2) else {
-                continue;
-            };
-            let slot = &mut found[by.0];
-            *slot = Some(match *slot {
-                Some((column, old)) => (column, old.min(after)),
-                None => (by.1, after),
-            });
+    // An equality of event times (windows joined on window_end) bounds both ways.
+    let equal = join.on.iter().flat_map(|(l, r)| {
+        [
+            (l.clone(), Operator::LtEq, r.clone()),
+            (l.clone(), Operator::GtEq, r.clone()),
+        ]
+    });
+    let compared = conjuncts.into_iter().flat_map(comparisons);
+    for (l, op, r) in equal.chain(compared) {
+        let (Some(a), Some(b)) = (time_term(join, &l), time_term(join, &r)) else {
+            continue;
+        };
+        if a.0 == b.0 {
+            continue;
         }
+        // a.ts + a.off <= b.ts + b.off bounds a's side by b's row: that row can match
+        // until the watermark passes b.ts + (b.off - a.off). A > turns it round.
+        let (bounded, by) = match op {
+            Operator::Lt | Operator::LtEq => (a, b),
+            _ => (b, a),
+        };
+        let Some(after) = by.2.checked_sub(bounded.2) else {
+            continue;
+        };
+        let slot = &mut found[by.0];
+        *slot = Some(match *slot {
+            Some((column, old)) => (column, old.min(after)),
+            None => (by.1, after),
+        });
     }
     found
 }

@@ -10,6 +10,7 @@ pub mod parse;
 pub mod places;
 pub mod plan;
 pub mod session_window;
+pub mod shared_scans;
 pub mod stream_join;
 pub mod types;
 pub mod windows;

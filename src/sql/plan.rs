@@ -77,7 +77,8 @@ pub async fn compile(
         carry: None,
         stream_joined: false,
     };
-    let output = lower(&optimized, &mut cx)?;
+    let mut output = lower(&optimized, &mut cx)?;
+    super::shared_scans::share_scans(&mut cx, &mut output);
     let mut inputs = Vec::with_capacity(cx.inputs.len());
     for (table, scan_projection) in &cx.inputs {
         let event_time = match table.watermark() {
@@ -281,12 +282,6 @@ pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
                 return Err(Error::Unsupported(
                     "LIMIT in a pipeline is not supported".into(),
                 ));
-            }
-            if cx.inputs.iter().any(|(t, _)| t.name() == table.name()) {
-                return Err(Error::Unsupported(format!(
-                    "source \"{}\" is read twice in this query; reading a source more than once in one pipeline is not supported yet",
-                    table.name()
-                )));
             }
             cx.scanned = Some(table.clone());
             let projection = match &cx.carry {

@@ -137,18 +137,6 @@ env.create_temporary_table("out", TableDescriptor.for_connector("blackhole")
 result.execute_insert("out").wait()
 PY
 
-median() { sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
-row() { # query, engine, median line "wall cpu rss_kb", optional fixed-cost line subtracted in the net columns
-  awk -v q="$1" -v name="$2" -v rows="$ROWS" -v line="$3" -v over="${4:-0 0 0}" '
-  function c(x,   s) { s = sprintf("%.0f", x); while (s ~ /[0-9][0-9][0-9][0-9]/) sub(/[0-9][0-9][0-9]($|,)/, ",&", s); gsub(/,,/, ",", s); return s }
-  BEGIN {
-    split(line, m, " "); split(over, o, " ");
-    wall = m[1]; cpu = m[2]; nw = wall - o[1]; nc = cpu - o[2];
-    printf "| %s | %s | %.1f | %.1f | %s | %s | %.2f | %.0f |", q, name, wall, cpu, c(rows / wall), c(rows / cpu), cpu / wall, m[3] / 1024;
-    if (o[1] > 0) printf " %s | %s |\n", c(rows / nw), c(rows / nc); else printf " %s | %s |\n", c(rows / wall), c(rows / cpu);
-  }'
-}
-
 # Flink's fixed cost: the median of RUNS runs of q12t over a one-line file.
 e=""
 for r in $(seq "$RUNS"); do

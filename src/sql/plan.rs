@@ -326,7 +326,17 @@ pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
                     _ => String::new(),
                 })
                 .collect();
-            let Some(window_end) = group_names.iter().position(|n| n == WINDOW_END) else {
+            // A window's end, or the end of windows already aggregated (grouped again by it).
+            let window_end = group_names
+                .iter()
+                .position(|n| n == WINDOW_END)
+                .or_else(|| {
+                    agg.group_expr.iter().position(|e| {
+                        matches!(e, datafusion::logical_expr::Expr::Column(c)
+                        if super::lineage::is_window_end(&agg.input, &c.name))
+                    })
+                });
+            let Some(window_end) = window_end else {
                 if group_names.iter().any(|n| n == WINDOW_START) {
                     return Err(Error::Plan(format!(
                         "a window's rows are emitted when it ends: GROUP BY {WINDOW_START}, {WINDOW_END}, ..."

@@ -262,6 +262,12 @@ pub async fn describe_table(client: &Client, schema: &str, table: &str) -> Resul
 /// The change-row schema of a table: its columns (nullable: deletes carry only the key) and the
 /// metadata columns, with the primary key in the schema metadata.
 pub fn change_schema(table: &UpstreamTable) -> SchemaRef {
+    table_schema(table, metadata_fields())
+}
+
+/// A table's columns as Arrow fields (all nullable), then `extra`, with the primary key in the
+/// schema metadata.
+pub fn table_schema(table: &UpstreamTable, extra: Vec<Field>) -> SchemaRef {
     let mut fields: Vec<Field> = table
         .columns
         .iter()
@@ -277,7 +283,7 @@ pub fn change_schema(table: &UpstreamTable) -> SchemaRef {
             Field::new(&c.name, t, true)
         })
         .collect();
-    fields.extend(metadata_fields());
+    fields.extend(extra);
     let mut md = std::collections::HashMap::new();
     if !table.primary_key.is_empty() {
         md.insert(

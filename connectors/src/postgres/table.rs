@@ -5,17 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, SimpleQueryMessage, Statement};
 
-use super::types::{arrow_type, quote_ident, quote_literal, TextColumn};
+use super::types::{quote_ident, quote_literal, TextColumn};
 use super::UpstreamTable;
-use super::{describe_table, is_transient, qualified, split_table, statement_error, PgUrl};
+use super::{
+    describe_table, is_transient, qualified, split_table, statement_error, table_schema, PgUrl,
+};
 use crate::error::{ConnectorError, Result};
 use crate::options::{OptionSpec, Options};
-use crate::PRIMARY_KEY_METADATA;
 use crate::{
     BadRecord, Lookup, LookupCache, ReadOptions, Source, SourceBatch, SourceConnector,
     SourcePosition, SourceSpec,
@@ -117,23 +118,6 @@ impl TableOptions {
     }
 }
 
-/// A table's columns as Arrow fields (all nullable), its primary key in the schema metadata.
-fn table_schema(table: &UpstreamTable) -> SchemaRef {
-    let fields: Vec<Field> = table
-        .columns
-        .iter()
-        .map(|c| Field::new(&c.name, arrow_type(c.type_oid, c.typmod).0, true))
-        .collect();
-    let mut md = std::collections::HashMap::new();
-    if !table.primary_key.is_empty() {
-        md.insert(
-            PRIMARY_KEY_METADATA.to_string(),
-            table.primary_key.join(","),
-        );
-    }
-    Arc::new(Schema::new_with_metadata(fields, md))
-}
-
 /// `connector = 'postgres'`: a table read whole, or looked up by a join.
 pub struct PostgresTableSourceConnector;
 
@@ -149,7 +133,7 @@ impl SourceConnector for PostgresTableSourceConnector {
         let opts = TableOptions::parse(spec)?;
         let client = opts.url.connect().await?;
         let upstream = describe_table(&client, &opts.schema, &opts.table).await?;
-        let inferred = table_schema(&upstream);
+        let inferred = table_schema(&upstream, Vec::new());
         let Some(declared) = &spec.schema else {
             return Ok(inferred);
         };

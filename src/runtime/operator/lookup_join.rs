@@ -369,13 +369,12 @@ mod tests {
     use async_trait::async_trait;
     use datafusion::datasource::MemTable;
     use datafusion::physical_expr::expressions::Column;
-    use datafusion::physical_plan::joins::HashJoinExec;
     use datafusion::prelude::SessionContext;
     use parking_lot::Mutex;
     use tributary_connectors::SourceSpec;
 
     use super::*;
-    use crate::runtime::operator::tests::planning_context;
+    use crate::runtime::operator::tests::join_plan;
 
     fn orders() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -452,17 +451,7 @@ mod tests {
 
     /// `orders LEFT JOIN customers ON customer = id`, planned as the SQL front end plans it.
     async fn operator(table: &Table) -> LookupJoin {
-        let ctx = planning_context(&[("orders", orders()), ("customers", customers())]);
-        let mut join = ctx
-            .sql(SQL)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        while join.downcast_ref::<HashJoinExec>().is_none() {
-            join = join.children()[0].clone();
-        }
+        let join = join_plan(&[("orders", orders()), ("customers", customers())], SQL).await;
         let source = SourceTable::new(
             SourceSpec {
                 name: "customers".into(),

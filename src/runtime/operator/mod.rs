@@ -294,6 +294,25 @@ pub(crate) mod tests {
         ctx
     }
 
+    /// The hash join of `sql` over empty `tables`, planned as the SQL front end plans it.
+    pub async fn join_plan(tables: &[(&str, SchemaRef)], sql: &str) -> Arc<dyn ExecutionPlan> {
+        let ctx = planning_context(tables);
+        let mut join = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        while join
+            .downcast_ref::<datafusion::physical_plan::joins::HashJoinExec>()
+            .is_none()
+        {
+            join = join.children()[0].clone();
+        }
+        join
+    }
+
     /// The Final aggregate of `sql` (a GROUP BY over table `t` of `schema`), planned as the SQL
     /// front end plans it: Final over Partial, no physical optimizer.
     pub async fn aggregate_plan(schema: SchemaRef, sql: &str) -> Arc<dyn ExecutionPlan> {

@@ -467,10 +467,9 @@ mod tests {
     use arrow::array::{Int32Array, TimestampMicrosecondArray};
     use arrow::util::display::array_value_to_string;
     use datafusion::physical_expr::expressions::Column;
-    use datafusion::physical_plan::joins::HashJoinExec;
 
     use super::*;
-    use crate::runtime::operator::tests::planning_context;
+    use crate::runtime::operator::tests::join_plan;
 
     const SECOND: i64 = 1_000_000;
 
@@ -511,17 +510,11 @@ mod tests {
 
     /// `l JOIN r ON id = aid AND r.ts BETWEEN l.ts AND l.ts + 10 s`, as the front end plans it.
     async fn operator() -> StreamJoin {
-        let ctx = planning_context(&[("l", schema(LEFT)), ("r", schema(RIGHT))]);
-        let mut join = ctx
-            .sql("SELECT * FROM l JOIN r ON l.id = r.aid AND r.ts BETWEEN l.ts AND l.ts + INTERVAL '10' SECOND")
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        while join.downcast_ref::<HashJoinExec>().is_none() {
-            join = join.children()[0].clone();
-        }
+        let join = join_plan(
+            &[("l", schema(LEFT)), ("r", schema(RIGHT))],
+            "SELECT * FROM l JOIN r ON l.id = r.aid AND r.ts BETWEEN l.ts AND l.ts + INTERVAL '10' SECOND",
+        )
+        .await;
         StreamJoin::new(StreamJoinSpec {
             join,
             keys: [

@@ -259,11 +259,10 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
     use arrow::util::display::array_value_to_string;
     use datafusion::physical_expr::expressions::Column;
-    use datafusion::physical_plan::joins::HashJoinExec;
 
     use super::*;
     use crate::runtime::operator::stateless::OP;
-    use crate::runtime::operator::tests::planning_context;
+    use crate::runtime::operator::tests::join_plan;
 
     fn orders() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -281,17 +280,11 @@ mod tests {
 
     /// `orders LEFT JOIN customers ON customer = id`, planned as the SQL front end plans it.
     async fn operator() -> TemporalJoin {
-        let ctx = planning_context(&[("orders", orders()), ("customers", customers())]);
-        let mut join = ctx
-            .sql("SELECT order_id, name FROM orders LEFT JOIN customers ON customer = id")
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        while join.downcast_ref::<HashJoinExec>().is_none() {
-            join = join.children()[0].clone();
-        }
+        let join = join_plan(
+            &[("orders", orders()), ("customers", customers())],
+            "SELECT order_id, name FROM orders LEFT JOIN customers ON customer = id",
+        )
+        .await;
         let mut changes: Vec<Field> = customers()
             .fields()
             .iter()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side for the Nexmark join queries over JSON-lines files of the same events' persons,
-# auctions and bids: q3 (persons x auctions, a regular join), q7 (bids x their 10 s windows'
+# auctions and bids: q3 (persons x auctions, a regular join), q5 (the auctions with the most
+# bids per hopping window), q7 (bids x their 10 s windows'
 # highest price), q8 (persons x sellers of the same 10 s window) and q20 (bids x auctions).
 # Tributary runs a batch pipeline into its blackhole sink; DuckDB runs the batch equivalent
 # (time_bucket for the windows) and counts its result so every row is computed; Apache Flink
@@ -56,7 +57,7 @@ for table in ["person", "auction", "bid"]:
 PY
 fi
 rows() { wc -l < "$WORK/$1.jsonl"; }
-declare -A READS=([q3]="person auction" [q7]="bid" [q8]="person auction" [q20]="bid auction")
+declare -A READS=([q3]="person auction" [q5]="bid" [q7]="bid" [q8]="person auction" [q20]="bid auction")
 
 # Tributary: the sources as file sources with the suite's watermark.
 tributary_sql() { # query dir-prefix ("" or "one-") -> the script `tributary run` takes
@@ -69,6 +70,7 @@ CREATE SINK out WITH (connector = 'blackhole');
 SQL
   case "$1" in
     q3) echo "CREATE PIPELINE p AS INSERT INTO out SELECT p.name, p.city, p.state, a.id FROM auction a JOIN person p ON a.seller = p.id WHERE a.category = 10 AND (p.state = 'or' OR p.state = 'id' OR p.state = 'ca');" ;;
+    q5) echo "CREATE PIPELINE p AS INSERT INTO out SELECT auction_bids.auction, auction_bids.num FROM (SELECT auction, count(*) AS num, window_start AS starttime, window_end AS endtime FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end) AS auction_bids JOIN (SELECT max(count_bids.num) AS maxn, count_bids.starttime, count_bids.endtime FROM (SELECT count(*) AS num, window_start AS starttime, window_end AS endtime FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end) AS count_bids GROUP BY count_bids.starttime, count_bids.endtime) AS max_bids ON auction_bids.starttime = max_bids.starttime AND auction_bids.endtime = max_bids.endtime AND auction_bids.num >= max_bids.maxn;" ;;
     q7) echo "CREATE PIPELINE p AS INSERT INTO out SELECT b.auction, b.price, b.bidder, b.date_time, b.extra FROM bid b JOIN (SELECT max(price) AS maxprice, window_end AS date_time FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND) GROUP BY window_start, window_end) b1 ON b.price = b1.maxprice WHERE b.date_time BETWEEN b1.date_time - INTERVAL '10' SECOND AND b1.date_time;" ;;
     q8) echo "CREATE PIPELINE p AS INSERT INTO out SELECT p.id, p.name, p.starttime FROM (SELECT id, name, window_start AS starttime, window_end AS endtime FROM TUMBLE(person, date_time, INTERVAL '10' SECOND) GROUP BY id, name, window_start, window_end) p JOIN (SELECT seller, window_start AS starttime, window_end AS endtime FROM TUMBLE(auction, date_time, INTERVAL '10' SECOND) GROUP BY seller, window_start, window_end) a ON p.id = a.seller AND p.starttime = a.starttime AND p.endtime = a.endtime;" ;;
     q20) echo "CREATE PIPELINE p AS INSERT INTO out SELECT auction, bidder, price, channel, url, b.date_time AS bid_time, b.extra AS bid_extra, item_name, description, initial_bid, reserve, a.date_time AS auction_time, expires, seller, category, a.extra AS auction_extra FROM bid b JOIN auction a ON b.auction = a.id WHERE a.category = 10;" ;;
@@ -85,6 +87,14 @@ bid = f"read_json('{work}/bid.jsonl', format = 'newline_delimited', columns = {{
 queries = {
   "q3": f"""SELECT p.name, p.city, p.state, a.id FROM {auction} a JOIN {person} p ON a.seller = p.id
             WHERE a.category = 10 AND (p.state = 'or' OR p.state = 'id' OR p.state = 'ca')""",
+  "q5": f"""WITH counts AS (
+              SELECT auction, count(*) AS num, starttime FROM (
+                SELECT auction, unnest(generate_series(time_bucket(INTERVAL 2 SECOND, date_time) - INTERVAL 8 SECOND,
+                                                       time_bucket(INTERVAL 2 SECOND, date_time), INTERVAL 2 SECOND)) AS starttime
+                FROM {bid}) GROUP BY ALL)
+            SELECT c.auction, c.num FROM counts c
+            JOIN (SELECT max(num) AS maxn, starttime FROM counts GROUP BY starttime) m
+              ON c.starttime = m.starttime AND c.num >= m.maxn""",
   "q7": f"""SELECT b.auction, b.price, b.bidder, b.date_time, b.extra FROM {bid} b JOIN (
               SELECT max(price) AS maxprice, time_bucket(INTERVAL 10 SECOND, date_time) + INTERVAL 10 SECOND AS date_time
               FROM {bid} GROUP BY ALL) b1
@@ -124,6 +134,17 @@ env.execute_sql(f"""CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGIN
 queries = {
   "q3": """SELECT P.name, P.city, P.state, A.id FROM auction AS A INNER JOIN person AS P ON A.seller = P.id
            WHERE A.category = 10 AND (P.state = 'or' OR P.state = 'id' OR P.state = 'ca')""",
+  "q5": """SELECT AuctionBids.auction, AuctionBids.num FROM (
+             SELECT auction, count(*) AS num, window_start AS starttime, window_end AS endtime
+             FROM TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND))
+             GROUP BY auction, window_start, window_end) AS AuctionBids
+           JOIN (SELECT max(CountBids.num) AS maxn, CountBids.starttime, CountBids.endtime FROM (
+               SELECT count(*) AS num, window_start AS starttime, window_end AS endtime
+               FROM TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND))
+               GROUP BY auction, window_start, window_end) AS CountBids
+             GROUP BY CountBids.starttime, CountBids.endtime) AS MaxBids
+           ON AuctionBids.starttime = MaxBids.starttime AND AuctionBids.endtime = MaxBids.endtime
+              AND AuctionBids.num >= MaxBids.maxn""",
   "q7": """SELECT B.auction, B.price, B.bidder, B.date_time, B.extra FROM bid B JOIN (
              SELECT MAX(price) AS maxprice, window_end AS date_time
              FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
@@ -162,7 +183,7 @@ echo "Flink fixed cost: $FLINK_EMPTY" >&2
   echo "| query (events) | engine | wall s | CPU s | events/s | events per CPU-s | cores used | peak RSS MB | net events/s | net events per CPU-s |"
   echo "|---|---|---|---|---|---|---|---|---|---|"
 } > "$OUT.tmp"
-for q in ${QUERIES:-q3 q7 q8 q20}; do
+for q in ${QUERIES:-q3 q5 q7 q8 q20}; do
   events=0
   for t in ${READS[$q]}; do events=$((events + $(rows "$t"))); done
   tributary_sql "$q" "" > "$RUN/$q.sql"

@@ -284,7 +284,7 @@ impl PipelinePlan {
     /// stay until `state_ttl`, or for ever.
     pub fn keeps_unbounded_rows(&self) -> bool {
         self.nodes.iter().any(|n| match &n.operator {
-            OperatorSpec::StreamJoin(spec) => spec.expiry.iter().any(Option::is_none),
+            OperatorSpec::StreamJoin(spec) => spec.expiry.iter().any(Vec::is_empty),
             _ => false,
         })
     }

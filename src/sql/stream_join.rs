@@ -1,27 +1,31 @@
 //! Lowers an inner join of two streams. From the join's conditions it reads, for each side,
-//! how long after its event time a row can still match the other side (`b.ts BETWEEN a.ts -
-//! INTERVAL '1' HOUR AND a.ts` keeps an `a` row until the watermark passes `a.ts`, a `b` row
-//! until it passes `b.ts + 1 hour`); a side without such a bound keeps its rows for
-//! `state_ttl`, or for ever.
+//! until when a row can still match the other side's rows to come (`b.ts BETWEEN a.ts AND
+//! a.expires` keeps an `a` row until the watermark passes `a.expires`, a `b` row until it
+//! passes `b.ts`); a side without such a bound keeps its rows for `state_ttl`, or for ever.
 
 use std::sync::Arc;
 
-use datafusion::common::ScalarValue;
+use arrow::datatypes::{DataType, Field};
+use datafusion::common::{DFSchema, ScalarValue, TableReference};
+use datafusion::execution::SessionState;
 use datafusion::logical_expr::execution_props::ExecutionProps;
 use datafusion::logical_expr::utils::split_conjunction;
-use datafusion::logical_expr::{Between, BinaryExpr, Expr, Join, JoinType, LogicalPlan, Operator};
+use datafusion::logical_expr::{
+    Between, BinaryExpr, EmptyRelation, Expr, Join, JoinType, LogicalPlan, Operator,
+};
 use datafusion::physical_expr::create_physical_expr;
+use datafusion::physical_plan::ExecutionPlan;
 
 use super::lineage::is_event_time;
-use super::plan::{lower, plan_over_placeholder, push_n, Lowered, Lowering};
+use super::plan::{lower, plan_over_placeholder, plan_physical, push_n, Lowered, Lowering};
 use crate::error::{Error, Result};
-use crate::runtime::operator::stream_join::StreamJoinSpec;
+use crate::runtime::operator::stream_join::{ExpiryBound, OuterJoin, StreamJoinSpec, ROW_ID};
 use crate::runtime::plan::OperatorSpec;
 
 const EXAMPLE: &str = "ON a.k = b.k AND b.ts BETWEEN a.ts - INTERVAL '1' HOUR AND a.ts";
 
-/// An event-time column of one side, plus a constant: (side, column index, microseconds).
-type TimeTerm = (usize, usize, i64);
+/// An expression over one side's columns plus a constant: (side, expression, microseconds).
+type SideTerm = (usize, Expr, i64);
 
 /// Microseconds of an interval or duration literal of fixed length (no months).
 fn micros(value: &ScalarValue) -> Option<i64> {
@@ -40,29 +44,32 @@ fn micros(value: &ScalarValue) -> Option<i64> {
     }
 }
 
-/// `e` as an event-time column of one of the join's sides plus a constant.
-fn time_term(join: &Join, e: &Expr) -> Option<TimeTerm> {
-    match e {
-        Expr::Column(c) => {
-            for (side, plan) in [&join.left, &join.right].into_iter().enumerate() {
-                if let Ok(i) = plan.schema().index_of_column(c) {
-                    return is_event_time(plan, &c.name).then_some((side, i, 0));
-                }
-            }
-            None
+/// `e` as an expression over the columns of one of the join's sides, plus a constant.
+fn side_term(join: &Join, e: &Expr) -> Option<SideTerm> {
+    if let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e {
+        let split = match (left.as_ref(), op, right.as_ref()) {
+            (t, Operator::Plus, Expr::Literal(v, _)) => Some((t, micros(v)?)),
+            (Expr::Literal(v, _), Operator::Plus, t) => Some((t, micros(v)?)),
+            (t, Operator::Minus, Expr::Literal(v, _)) => Some((t, micros(v)?.checked_neg()?)),
+            _ => None,
+        };
+        if let Some((term, constant)) = split {
+            let (side, expr, offset) = side_term(join, term)?;
+            return Some((side, expr, offset.checked_add(constant)?));
         }
-        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-            let (term, constant, sign) = match (left.as_ref(), op, right.as_ref()) {
-                (t, Operator::Plus, Expr::Literal(v, _)) => (t, v, 1),
-                (Expr::Literal(v, _), Operator::Plus, t) => (t, v, 1),
-                (t, Operator::Minus, Expr::Literal(v, _)) => (t, v, -1),
-                _ => return None,
-            };
-            let (side, column, offset) = time_term(join, term)?;
-            Some((side, column, offset.checked_add(sign * micros(constant)?)?))
-        }
-        _ => None,
     }
+    let columns = e.column_refs();
+    [&join.left, &join.right]
+        .into_iter()
+        .position(|side| !columns.is_empty() && columns.iter().all(|c| side.schema().has_column(c)))
+        .map(|side| (side, e.clone(), 0))
+}
+
+/// Whether `term` is its side's event time plus a constant: rows of that side still to come
+/// are at or after the watermark.
+fn is_time_term(join: &Join, term: &SideTerm) -> bool {
+    let plan = if term.0 == 0 { &join.left } else { &join.right };
+    matches!(&term.1, Expr::Column(c) if is_event_time(plan, &c.name))
 }
 
 /// The comparisons of one conjunct: `a op b`, and a BETWEEN as two.
@@ -89,10 +96,15 @@ fn comparisons(e: &Expr) -> Vec<(Expr, Operator, Expr)> {
     }
 }
 
-/// Per side, its event-time column and how long after it a row can still match: the
-/// tightest bound the join's conditions put on the other side's time, when they put one.
-fn bounds(join: &Join) -> [Option<(usize, i64)>; 2] {
-    let mut found: [Option<(usize, i64)>; 2] = [None, None];
+/// A bound on how long a row can still match: an expression over its side's rows (a time)
+/// and microseconds after it.
+type Bound = (Expr, i64);
+
+/// Per side, the bounds the join's conditions put on the other side's event time by its rows:
+/// with `X.ts <= e(Y)` (X.ts being X's event time), a Y row can match no X row still to come
+/// once the watermark passes `e(y)`. Empty for a side without one.
+fn bounds(join: &Join) -> [Vec<Bound>; 2] {
+    let mut found: [Vec<Bound>; 2] = [Vec::new(), Vec::new()];
     let conjuncts = join
         .filter
         .as_ref()
@@ -107,44 +119,91 @@ fn bounds(join: &Join) -> [Option<(usize, i64)>; 2] {
     });
     let compared = conjuncts.into_iter().flat_map(comparisons);
     for (l, op, r) in equal.chain(compared) {
-        let (Some(a), Some(b)) = (time_term(join, &l), time_term(join, &r)) else {
+        let (Some(a), Some(b)) = (side_term(join, &l), side_term(join, &r)) else {
             continue;
         };
         if a.0 == b.0 {
             continue;
         }
-        // a.ts + a.off <= b.ts + b.off bounds a's side by b's row: that row can match
-        // until the watermark passes b.ts + (b.off - a.off). A > turns it round.
+        // a + a.off <= b + b.off, with a an event time, bounds a's side by b's row: that row
+        // can match until the watermark passes b + (b.off - a.off). A > turns it round.
         let (bounded, by) = match op {
             Operator::Lt | Operator::LtEq => (a, b),
             _ => (b, a),
         };
+        if !is_time_term(join, &bounded) {
+            continue;
+        }
         let Some(after) = by.2.checked_sub(bounded.2) else {
             continue;
         };
-        let slot = &mut found[by.0];
-        *slot = Some(match *slot {
-            Some((column, old)) => (column, old.min(after)),
-            None => (by.1, after),
-        });
+        found[by.0].push((by.1, after));
     }
     found
 }
 
-/// An inner join of two streams.
+/// The INNER join of `join`'s conditions, its preserved side's placeholder carrying a row id
+/// after its columns: it tells which preserved rows matched.
+fn matching_plan(
+    join: &Join,
+    preserved: usize,
+    state: &SessionState,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let placeholder = |plan: &LogicalPlan, with_row_id: bool| -> Result<LogicalPlan> {
+        let base = plan.schema();
+        let schema = if with_row_id {
+            let mut fields: Vec<(Option<TableReference>, Arc<Field>)> =
+                base.iter().map(|(q, f)| (q.cloned(), f.clone())).collect();
+            fields.push((None, Arc::new(Field::new(ROW_ID, DataType::UInt64, false))));
+            Arc::new(DFSchema::new_with_metadata(
+                fields,
+                base.metadata().clone(),
+            )?)
+        } else {
+            base.clone()
+        };
+        Ok(LogicalPlan::EmptyRelation(EmptyRelation {
+            produce_one_row: false,
+            schema,
+        }))
+    };
+    let inner = Join::try_new(
+        Arc::new(placeholder(&join.left, preserved == 0)?),
+        Arc::new(placeholder(&join.right, preserved == 1)?),
+        join.on.clone(),
+        join.filter.clone(),
+        JoinType::Inner,
+        join.join_constraint,
+        join.null_equality,
+        false,
+    )?;
+    plan_physical(&LogicalPlan::Join(inner), state)
+}
+
+/// A join of two streams: INNER, LEFT or RIGHT.
 pub(super) fn lower_stream_join(join: &Join, cx: &mut Lowering) -> Result<Lowered> {
-    if join.join_type != JoinType::Inner {
-        return Err(Error::Unsupported(format!(
-            "a {} join of two streams is not supported yet: only INNER JOIN ({EXAMPLE})",
-            join.join_type.to_string().to_uppercase()
-        )));
+    let preserved = match join.join_type {
+        JoinType::Inner => None,
+        JoinType::Left => Some(0),
+        JoinType::Right => Some(1),
+        other => {
+            return Err(Error::Unsupported(format!(
+                "a {} join of two streams is not supported yet: INNER, LEFT and RIGHT joins are ({EXAMPLE})",
+                other.to_string().to_uppercase()
+            )))
+        }
+    };
+    if join.null_aware {
+        return Err(Error::Unsupported(
+            "NOT IN over a stream is not supported yet: use NOT EXISTS".into(),
+        ));
     }
     if join.on.is_empty() {
         return Err(Error::Unsupported(format!(
             "a join of two streams needs an equality between them: {EXAMPLE}"
         )));
     }
-    let expiry = bounds(join);
+    let expiry_of = bounds(join);
     let updating = cx.updating;
     let inputs = vec![lower(&join.left, cx)?, lower(&join.right, cx)?];
     if cx.updating != updating {
@@ -162,8 +221,28 @@ pub(super) fn lower_stream_join(join: &Join, cx: &mut Lowering) -> Result<Lowere
         keys[0].push(compile(l, &join.left)?);
         keys[1].push(compile(r, &join.right)?);
     }
+    let sides = [&join.left, &join.right];
+    let mut bounded = false;
+    let mut expiry: [Vec<ExpiryBound>; 2] = [Vec::new(), Vec::new()];
+    for (side, found) in expiry_of.into_iter().enumerate() {
+        for (at, after) in found {
+            bounded = true;
+            expiry[side].push(ExpiryBound {
+                at: compile(&at, sides[side])?,
+                after,
+            });
+        }
+    }
+    let outer = match preserved {
+        Some(p) => Some(OuterJoin {
+            preserved: p,
+            matching: matching_plan(join, p, cx.state)?,
+        }),
+        None => None,
+    };
     let spec = StreamJoinSpec {
         join: plan_over_placeholder(&LogicalPlan::Join(join.clone()), cx.state)?,
+        outer,
         keys,
         schemas: [
             Arc::new(join.left.schema().as_arrow().clone()),
@@ -171,7 +250,7 @@ pub(super) fn lower_stream_join(join: &Join, cx: &mut Lowering) -> Result<Lowere
         ],
         expiry,
     };
-    if expiry.iter().any(Option::is_some) {
+    if bounded {
         cx.windowed = true;
     }
     cx.stream_joined = true;

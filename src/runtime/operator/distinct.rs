@@ -153,9 +153,9 @@ impl Operator for Distinct {
     fn keying(&self) -> Option<Keying> {
         let columns = self.schema.fields().iter().enumerate();
         Some(Keying {
-            input: columns
+            inputs: vec![columns
                 .map(|(i, f)| Arc::new(Column::new(f.name(), i)) as Arc<dyn PhysicalExpr>)
-                .collect(),
+                .collect()],
             state: (0..self.schema.fields().len()).collect(),
         })
     }

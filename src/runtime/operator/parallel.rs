@@ -25,8 +25,9 @@ const KEY_HASH: RandomState = RandomState::with_seed(0x7472_6962_7574_6172);
 /// What keys a keyed operator's rows and state, so that its instances can split them.
 #[derive(Debug, Clone)]
 pub struct Keying {
-    /// The key of an input row, evaluated over the operator's input.
-    pub input: Vec<Arc<dyn PhysicalExpr>>,
+    /// The key of an input row, evaluated over the operator's input: one list per input port
+    /// (a join keys each side's rows by its own expressions, of the same types).
+    pub inputs: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     /// The state columns holding the same key, in the same order.
     pub state: Vec<usize>,
 }
@@ -208,9 +209,8 @@ impl Operator for Parallel {
     }
 
     fn process(&mut self, input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        let keys = self
-            .keying
-            .input
+        let port = input.min(self.keying.inputs.len().saturating_sub(1));
+        let keys = self.keying.inputs[port]
             .iter()
             .map(|e| e.evaluate(&batch)?.into_array(batch.num_rows()))
             .collect::<datafusion::error::Result<Vec<_>>>()?;

@@ -420,7 +420,7 @@ impl Operator for UpdatingAggregate {
 
     fn keying(&self) -> Option<Keying> {
         Some(Keying {
-            input: self.stages.group_exprs().to_vec(),
+            inputs: vec![self.stages.group_exprs().to_vec()],
             state: (0..self.stages.groups()).collect(),
         })
     }

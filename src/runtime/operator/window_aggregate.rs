@@ -243,7 +243,7 @@ impl Operator for WindowAggregate {
             None => (0..self.stages.groups()).collect(),
         };
         (!keys.is_empty()).then(|| Keying {
-            input: keys.iter().map(|k| exprs[*k].clone()).collect(),
+            inputs: vec![keys.iter().map(|k| exprs[*k].clone()).collect()],
             state: keys,
         })
     }

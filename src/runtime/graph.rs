@@ -23,6 +23,8 @@ struct Node {
     stats: OperatorStats,
     /// Rows in and out of batches not yet committed.
     pending: (u64, u64),
+    /// Per input port, the pipeline inputs it reads (a bit each), and whether they all ended.
+    port_inputs: Vec<(u128, bool)>,
 }
 
 /// Figures of one operator for `tributary.operators`.
@@ -53,6 +55,8 @@ pub struct OperatorStats {
 /// The operators of one run.
 pub struct OperatorGraph {
     nodes: Vec<Node>,
+    /// The inputs that ended in this run (a bit each).
+    ended: u128,
     /// Consumers of each input's batches.
     source_consumers: Vec<Vec<(usize, usize)>>,
     output: Input,
@@ -72,6 +76,18 @@ impl OperatorGraph {
         let mut nodes: Vec<Node> = Vec::with_capacity(operators.len());
         let mut source_consumers: Vec<Vec<(usize, usize)>> = Vec::new();
         for (index, (id, operator, inputs)) in operators.into_iter().enumerate() {
+            let port_inputs = inputs
+                .iter()
+                .map(|input| {
+                    let mask = match *input {
+                        Input::Source(i) => 1u128.checked_shl(i as u32).unwrap_or(0),
+                        Input::Node(n) => nodes.get(n).map_or(0, |node: &Node| {
+                            node.port_inputs.iter().fold(0, |m, p| m | p.0)
+                        }),
+                    };
+                    (mask, false)
+                })
+                .collect();
             for (port, input) in inputs.iter().enumerate() {
                 match *input {
                     Input::Source(i) => {
@@ -98,6 +114,7 @@ impl OperatorGraph {
                 operator,
                 consumers: Vec::new(),
                 pending: (0, 0),
+                port_inputs,
             });
         }
         if let Input::Node(n) = output {
@@ -109,6 +126,7 @@ impl OperatorGraph {
         }
         Ok(OperatorGraph {
             nodes,
+            ended: 0,
             source_consumers,
             output,
             output_schema,
@@ -238,6 +256,24 @@ impl OperatorGraph {
         self.signal(|node| {
             node.stats.watermark = Some(watermark);
             node.operator.on_watermark(watermark)
+        })
+    }
+
+    /// Input `input` ended: tells each operator, in graph order, of its input ports whose
+    /// inputs have now all ended, and returns what reaches the sink.
+    pub fn on_input_end(&mut self, input: usize) -> Result<Vec<RecordBatch>> {
+        self.ended |= 1u128.checked_shl(input as u32).unwrap_or(0);
+        let ended = self.ended;
+        self.signal(|node| {
+            let mut out = Vec::new();
+            for port in 0..node.port_inputs.len() {
+                let (mask, done) = node.port_inputs[port];
+                if !done && mask != 0 && mask & ended == mask {
+                    node.port_inputs[port].1 = true;
+                    out.extend(node.operator.on_input_end(port)?);
+                }
+            }
+            Ok(out)
         })
     }
 

@@ -284,6 +284,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                                 finished = true;
                                 break;
                             }
+                            emitted += emit(&mut graph, &mut *sink, &status, Signal::InputEnded(i)).await?;
                             // The sources still running decide the watermark now.
                             watermarks.end(i);
                             if let Some(w) = watermarks.advance(Instant::now()) {
@@ -377,6 +378,8 @@ enum Signal {
     Watermark(i64),
     /// A checkpoint is about to be taken.
     Checkpoint,
+    /// An input ended (others go on).
+    InputEnded(usize),
 }
 
 /// Signals the graph and writes what it emits; returns the rows.
@@ -390,6 +393,7 @@ async fn emit(
     let out = match signal {
         Signal::Watermark(w) => graph.on_watermark(w)?,
         Signal::Checkpoint => graph.on_checkpoint()?,
+        Signal::InputEnded(i) => graph.on_input_end(i)?,
     };
     for out in out {
         let n = out.num_rows() as u64;

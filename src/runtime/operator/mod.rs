@@ -60,6 +60,12 @@ pub trait Operator: Send {
         Ok(Vec::new())
     }
 
+    /// Every row that will reach input `port` in this run has arrived (the sources it reads
+    /// ended): emits what that completes. Called between batches, once per port.
+    fn on_input_end(&mut self, _port: usize) -> Result<Vec<RecordBatch>> {
+        Ok(Vec::new())
+    }
+
     /// A checkpoint is about to be taken: emits what is due at every checkpoint (an updating
     /// aggregate's changed groups). Called after [`Operator::on_watermark`].
     fn on_checkpoint(&mut self) -> Result<Vec<RecordBatch>> {

@@ -246,6 +246,12 @@ impl Operator for Parallel {
         Ok(self.emitted(out, false))
     }
 
+    fn on_input_end(&mut self, port: usize) -> Result<Vec<RecordBatch>> {
+        let all = vec![Some(()); self.instances.len()];
+        let out = self.each(all, |op, ()| op.on_input_end(port))?;
+        Ok(self.emitted(out, false))
+    }
+
     fn on_checkpoint(&mut self) -> Result<Vec<RecordBatch>> {
         let all = vec![Some(()); self.instances.len()];
         let out = self.each(all, |op, ()| op.on_checkpoint())?;

@@ -93,6 +93,8 @@ pub struct StreamJoin {
     ttl: Option<std::time::Duration>,
     /// The watermark, for expiries between watermarks.
     watermark: i64,
+    /// Whether each side's inputs ended in this run.
+    ended: [bool; 2],
     task: Arc<TaskContext>,
     budget: Option<Budget>,
 }
@@ -128,6 +130,7 @@ impl StreamJoin {
             state_schema,
             ttl: None,
             watermark: i64::MIN,
+            ended: [false; 2],
             task: Arc::new(TaskContext::default()),
             budget: None,
         })
@@ -241,6 +244,10 @@ impl StreamJoin {
     /// Keeps a committed batch of `side`, kept at `kept_at`: its rows that can match, with
     /// the latest of their expiries.
     fn keep(&mut self, side: usize, pending: Pending, kept_at: i64) -> Result<()> {
+        // No row of the other side is to come.
+        if self.ended[1 - side] && self.preserved() != Some(side) {
+            return Ok(());
+        }
         let Pending {
             batch,
             rids,
@@ -498,6 +505,19 @@ impl Operator for StreamJoin {
     fn on_watermark(&mut self, watermark: i64) -> Result<Vec<RecordBatch>> {
         self.watermark = watermark;
         self.expire(watermark, true)
+    }
+
+    /// A side's rows are kept for rows of the other side still to come: once that side's
+    /// inputs ended, they go (but a preserved side's, whose unmatched rows wait for their
+    /// bound), and no more are kept.
+    fn on_input_end(&mut self, port: usize) -> Result<Vec<RecordBatch>> {
+        let ended = port.min(1);
+        self.ended[ended] = true;
+        let other = 1 - ended;
+        if self.preserved() != Some(other) {
+            self.sides[other].expire(i64::MIN, i64::MAX);
+        }
+        Ok(Vec::new())
     }
 
     /// Rows past the TTL leave at checkpoints too, when no watermark moves.

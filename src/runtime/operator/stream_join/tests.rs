@@ -272,3 +272,25 @@ async fn a_left_join_emits_the_rows_that_never_matched_when_they_leave() {
         ["2 ", "3 "]
     );
 }
+
+#[tokio::test]
+async fn once_one_side_ended_the_other_keeps_nothing() {
+    let mut op = regular(None).await;
+    op.process(0, batch(LEFT, &[&[1, 0]])).unwrap();
+    op.commit_batch();
+    let out = op.process(1, batch(RIGHT, &[&[1, 5, 10]])).unwrap();
+    op.commit_batch();
+    assert_eq!(
+        (joined(&out), op.state_rows()),
+        (vec!["1 10".to_string()], 2)
+    );
+    // No left row is to come: the right rows kept for them go, and later ones stay out.
+    assert!(op.on_input_end(0).unwrap().is_empty());
+    assert_eq!(op.state_rows(), 1);
+    let out = op.process(1, batch(RIGHT, &[&[1, 6, 20]])).unwrap();
+    op.commit_batch();
+    assert_eq!(
+        (joined(&out), op.state_rows()),
+        (vec!["1 20".to_string()], 1)
+    );
+}

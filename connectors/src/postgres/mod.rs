@@ -259,6 +259,25 @@ pub async fn describe_table(client: &Client, schema: &str, table: &str) -> Resul
     })
 }
 
+/// Checks that every column of `declared` (but those `skip` passes over) is a column of
+/// `table` upstream, named `name` in messages.
+pub fn check_declared(
+    declared: &Schema,
+    table: &UpstreamTable,
+    name: &str,
+    skip: impl Fn(&str) -> bool,
+) -> Result<()> {
+    for f in declared.fields() {
+        if !skip(f.name()) && !table.columns.iter().any(|c| c.name == *f.name()) {
+            return Err(ConnectorError::Config(format!(
+                "column \"{}\" is not a column of {name} upstream",
+                f.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The change-row schema of a table: its columns (nullable: deletes carry only the key) and the
 /// metadata columns, with the primary key in the schema metadata.
 pub fn change_schema(table: &UpstreamTable) -> SchemaRef {

@@ -22,8 +22,8 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use super::pgoutput::{self, Datum, Message, Relation};
 use super::types::{arrow_type, quote_ident, quote_literal, TextColumn};
 use super::{
-    change_schema, describe_table, format_lsn, metadata_fields, parse_lsn, qualified, split_table,
-    PgUrl, UpstreamTable, OP_COLUMN,
+    change_schema, check_declared, describe_table, format_lsn, metadata_fields, parse_lsn,
+    qualified, split_table, PgUrl, UpstreamTable, OP_COLUMN,
 };
 use crate::error::{ConnectorError, Result};
 use crate::options::{OptionSpec, Options};
@@ -318,19 +318,8 @@ impl SourceConnector for PostgresCdcSourceConnector {
             return Ok(inferred);
         };
         // Declared columns must exist upstream; the metadata columns are added when not declared.
-        for f in declared.fields() {
-            if f.name().starts_with('_') {
-                continue;
-            }
-            if !table.columns.iter().any(|c| c.name == *f.name()) {
-                return Err(ConnectorError::Config(format!(
-                    "column \"{}\" is not a column of {}.{} upstream",
-                    f.name(),
-                    opts.schema,
-                    opts.table
-                )));
-            }
-        }
+        let name = format!("{}.{}", opts.schema, opts.table);
+        check_declared(declared, &table, &name, |c| c.starts_with('_'))?;
         let mut fields: Vec<Field> = declared
             .fields()
             .iter()

@@ -13,7 +13,8 @@ use tokio_postgres::{Client, SimpleQueryMessage, Statement};
 use super::types::{quote_ident, quote_literal, TextColumn};
 use super::UpstreamTable;
 use super::{
-    describe_table, is_transient, qualified, split_table, statement_error, table_schema, PgUrl,
+    check_declared, describe_table, is_transient, qualified, split_table, statement_error,
+    table_schema, PgUrl,
 };
 use crate::error::{ConnectorError, Result};
 use crate::options::{OptionSpec, Options};
@@ -137,15 +138,7 @@ impl SourceConnector for PostgresTableSourceConnector {
         let Some(declared) = &spec.schema else {
             return Ok(inferred);
         };
-        for f in declared.fields() {
-            if !upstream.columns.iter().any(|c| c.name == *f.name()) {
-                return Err(ConnectorError::Config(format!(
-                    "column \"{}\" is not a column of {} upstream",
-                    f.name(),
-                    opts.qualified()
-                )));
-            }
-        }
+        check_declared(declared, &upstream, &opts.qualified(), |_| false)?;
         Ok(Arc::new(Schema::new_with_metadata(
             declared.fields().clone(),
             inferred.metadata().clone(),

@@ -364,7 +364,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use arrow::array::{AsArray, BooleanArray, Int32Array, StringArray};
-    use arrow::datatypes::{DataType, Field, Int32Type, Schema};
+    use arrow::datatypes::Int32Type;
     use arrow::util::display::array_value_to_string;
     use async_trait::async_trait;
     use datafusion::datasource::MemTable;
@@ -374,21 +374,7 @@ mod tests {
     use tributary_connectors::SourceSpec;
 
     use super::*;
-    use crate::runtime::operator::tests::join_plan;
-
-    fn orders() -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new("order_id", DataType::Int32, true),
-            Field::new("customer", DataType::Int32, true),
-        ]))
-    }
-
-    fn customers() -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Int32, true),
-            Field::new("name", DataType::Utf8, true),
-        ]))
-    }
+    use crate::runtime::operator::tests::{customers, join_plan, orders};
 
     fn customer_batch(rows: &[(i32, &str)]) -> RecordBatch {
         RecordBatch::try_new(

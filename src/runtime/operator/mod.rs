@@ -300,6 +300,22 @@ pub(crate) mod tests {
         ctx
     }
 
+    /// `orders(order_id, customer)`, the stream side of the join tests.
+    pub fn orders() -> SchemaRef {
+        Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("order_id", arrow::datatypes::DataType::Int32, true),
+            arrow::datatypes::Field::new("customer", arrow::datatypes::DataType::Int32, true),
+        ]))
+    }
+
+    /// `customers(id, name)`, the table side of the join tests.
+    pub fn customers() -> SchemaRef {
+        Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int32, true),
+            arrow::datatypes::Field::new("name", arrow::datatypes::DataType::Utf8, true),
+        ]))
+    }
+
     /// The hash join of `sql` over empty `tables`, planned as the SQL front end plans it.
     pub async fn join_plan(tables: &[(&str, SchemaRef)], sql: &str) -> Arc<dyn ExecutionPlan> {
         let ctx = planning_context(tables);

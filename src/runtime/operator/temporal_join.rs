@@ -262,21 +262,7 @@ mod tests {
 
     use super::*;
     use crate::runtime::operator::stateless::OP;
-    use crate::runtime::operator::tests::join_plan;
-
-    fn orders() -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new("order_id", DataType::Int32, true),
-            Field::new("customer", DataType::Int32, true),
-        ]))
-    }
-
-    fn customers() -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Int32, true),
-            Field::new("name", DataType::Utf8, true),
-        ]))
-    }
+    use crate::runtime::operator::tests::{customers, join_plan, orders};
 
     /// `orders LEFT JOIN customers ON customer = id`, planned as the SQL front end plans it.
     async fn operator() -> TemporalJoin {

@@ -81,9 +81,15 @@ impl OperatorGraph {
                 .map(|input| {
                     let mask = match *input {
                         Input::Source(i) => 1u128.checked_shl(i as u32).unwrap_or(0),
-                        Input::Node(n) => nodes.get(n).map_or(0, |node: &Node| {
-                            node.port_inputs.iter().fold(0, |m, p| m | p.0)
-                        }),
+                        // A node that may emit later (on a watermark) never says its rows
+                        // are all out: 0 never closes.
+                        Input::Node(n) => nodes
+                            .get(n)
+                            .filter(|node: &&Node| {
+                                node.operator.emits_only_when_processing()
+                                    && node.port_inputs.iter().all(|p| p.0 != 0)
+                            })
+                            .map_or(0, |node| node.port_inputs.iter().fold(0, |m, p| m | p.0)),
                     };
                     (mask, false)
                 })
@@ -559,5 +565,63 @@ pub(crate) mod tests {
         let mut v = xs(batches);
         v.sort_unstable();
         v
+    }
+
+    /// Passes rows on and notes the ports whose inputs ended; `later`: it may emit on a
+    /// watermark, as a window does.
+    struct Ends {
+        ended: Arc<parking_lot::Mutex<Vec<(usize, usize)>>>,
+        node: usize,
+        later: bool,
+    }
+
+    impl Operator for Ends {
+        fn kind(&self) -> &'static str {
+            "ends"
+        }
+        fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+            Ok(vec![batch])
+        }
+        fn emits_only_when_processing(&self) -> bool {
+            !self.later
+        }
+        fn on_input_end(&mut self, port: usize) -> Result<Vec<RecordBatch>> {
+            self.ended.lock().push((self.node, port));
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn a_port_closes_when_its_sources_end_unless_something_before_it_may_emit_later() {
+        let ended = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let ends = |node: usize, later: bool| -> Box<dyn Operator> {
+            Box::new(Ends {
+                ended: ended.clone(),
+                node,
+                later,
+            })
+        };
+        // 0 (a window, say) reads input 0, 1 reads input 1, and 2 joins them.
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+        let mut graph = OperatorGraph::new(
+            vec![
+                ("w".into(), ends(0, true), vec![Input::Source(0)]),
+                ("f".into(), ends(1, false), vec![Input::Source(1)]),
+                (
+                    "j".into(),
+                    ends(2, false),
+                    vec![Input::Node(0), Input::Node(1)],
+                ),
+            ],
+            Input::Node(2),
+            schema,
+            StateMemory::new(None).unwrap(),
+        )
+        .unwrap();
+        graph.on_input_end(1).unwrap();
+        assert_eq!(*ended.lock(), [(1, 0), (2, 1)]);
+        // The window may still emit: the join's port 0 does not close.
+        graph.on_input_end(0).unwrap();
+        assert_eq!(*ended.lock(), [(1, 0), (2, 1), (0, 0)]);
     }
 }

@@ -82,6 +82,10 @@ impl Distinct {
 }
 
 impl Operator for Distinct {
+    fn emits_only_when_processing(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> &'static str {
         "distinct"
     }

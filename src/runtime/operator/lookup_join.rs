@@ -332,6 +332,10 @@ fn block_on_io<F: std::future::Future>(f: F) -> F::Output {
 }
 
 impl Operator for LookupJoin {
+    fn emits_only_when_processing(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> &'static str {
         "lookup_join"
     }

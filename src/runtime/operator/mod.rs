@@ -60,8 +60,16 @@ pub trait Operator: Send {
         Ok(Vec::new())
     }
 
+    /// Whether everything it emits comes out of [`Operator::process`] (nothing on a watermark,
+    /// checkpoint or input end): then, once its inputs' sources ended, no more rows come out
+    /// of it, and operators after it learn so ([`Operator::on_input_end`]).
+    fn emits_only_when_processing(&self) -> bool {
+        false
+    }
+
     /// Every row that will reach input `port` in this run has arrived (the sources it reads
-    /// ended): emits what that completes. Called between batches, once per port.
+    /// ended, through operators that emit only when processing): emits what that completes.
+    /// Called between batches, once per port.
     fn on_input_end(&mut self, _port: usize) -> Result<Vec<RecordBatch>> {
         Ok(Vec::new())
     }

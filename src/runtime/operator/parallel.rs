@@ -204,6 +204,10 @@ impl Parallel {
 }
 
 impl Operator for Parallel {
+    fn emits_only_when_processing(&self) -> bool {
+        self.instances[0].emits_only_when_processing()
+    }
+
     fn kind(&self) -> &'static str {
         self.kind
     }

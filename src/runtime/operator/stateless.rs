@@ -32,6 +32,10 @@ impl Filter {
 }
 
 impl Operator for Filter {
+    fn emits_only_when_processing(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> &'static str {
         "filter"
     }
@@ -62,6 +66,10 @@ impl ChangeFilter {
 }
 
 impl Operator for ChangeFilter {
+    fn emits_only_when_processing(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> &'static str {
         "change_filter"
     }
@@ -116,6 +124,10 @@ impl Having {
 }
 
 impl Operator for Having {
+    fn emits_only_when_processing(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> &'static str {
         "having"
     }
@@ -160,6 +172,10 @@ impl Union {
 }
 
 impl Operator for Union {
+    fn emits_only_when_processing(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> &'static str {
         "union"
     }
@@ -187,6 +203,10 @@ impl Project {
 }
 
 impl Operator for Project {
+    fn emits_only_when_processing(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> &'static str {
         "project"
     }

@@ -179,6 +179,10 @@ impl TemporalJoin {
 }
 
 impl Operator for TemporalJoin {
+    fn emits_only_when_processing(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> &'static str {
         "temporal_join"
     }

@@ -33,6 +33,10 @@ impl Unnest {
 }
 
 impl Operator for Unnest {
+    fn emits_only_when_processing(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> &'static str {
         "unnest"
     }

@@ -403,6 +403,11 @@ fn ordered<T>(side: usize, mine: T, theirs: T) -> Vec<T> {
 }
 
 impl Operator for StreamJoin {
+    fn emits_only_when_processing(&self) -> bool {
+        // An outer join emits the rows that never matched when they leave.
+        self.spec.outer.is_none()
+    }
+
     fn kind(&self) -> &'static str {
         "stream_join"
     }

@@ -4,6 +4,7 @@
 pub mod change_aggregate;
 pub mod distinct;
 pub mod keyed_rows;
+mod lookup_cache;
 pub mod lookup_join;
 pub mod open_states;
 pub mod parallel;

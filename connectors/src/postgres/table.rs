@@ -514,11 +514,10 @@ impl TableLookup {
     }
 
     async fn attempt(&mut self, keys: &[Vec<String>]) -> std::result::Result<RecordBatch, Attempt> {
-        if self.connection.is_none() {
-            self.connection = Some(self.connect().await?);
-        }
-        let Some(c) = &self.connection else {
-            unreachable!("connected above")
+        // Taken while in use: a connection that failed is not put back.
+        let c = match self.connection.take() {
+            Some(c) => c,
+            None => self.connect().await?,
         };
         let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = keys
             .iter()
@@ -532,6 +531,7 @@ impl TableLookup {
                 retry: is_transient(&e),
                 error: statement_error(format!("looking rows up in {}", self.opts.qualified()), e),
             })?;
+        self.connection = Some(c);
         let mut rows = TextRows::new(&self.schema, found.len());
         for row in &found {
             rows.push(|i| row.get::<_, Option<&str>>(i))
@@ -590,7 +590,6 @@ impl Lookup for TableLookup {
                         (FIRST_RETRY_WAIT * 2u32.saturating_pow(attempt)).min(LONGEST_RETRY_WAIT);
                     attempt += 1;
                     tracing::warn!(table = %self.opts.qualified(), %error, attempt, wait_ms = wait.as_millis() as u64, "Lookup failed; retrying.");
-                    self.connection = None;
                     tokio::time::sleep(wait).await;
                 }
                 Err(Attempt { error, .. }) => return Err(error),

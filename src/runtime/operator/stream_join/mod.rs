@@ -226,21 +226,6 @@ impl StreamJoin {
         Ok(earliest)
     }
 
-    /// Which rows of `batch` (of side `side`) can match at all: a key and, for a side with
-    /// bounds, an expiry.
-    fn usable(&self, side: usize, batch: &RecordBatch) -> Result<BooleanArray> {
-        let keys = self.key_columns(side, batch)?;
-        let expiries = self.expiries(side, batch)?;
-        Ok((0..batch.num_rows())
-            .map(|i| {
-                Some(
-                    expiries.as_ref().is_none_or(|e| e.is_valid(i))
-                        && keys.iter().all(|k| k.is_valid(i)),
-                )
-            })
-            .collect())
-    }
-
     /// Keeps a committed batch of `side`, kept at `kept_at`: its rows that can match, with
     /// the latest of their expiries.
     fn keep(&mut self, side: usize, pending: Pending, kept_at: i64) -> Result<()> {
@@ -250,12 +235,14 @@ impl StreamJoin {
         }
         let Pending {
             batch,
+            keys,
             rids,
             matched,
         } = pending;
-        let usable = self.usable(side, &batch)?;
-        let (batch, rids, matched) = if usable.true_count() == batch.num_rows() {
-            (batch, rids, matched)
+        let expiries = self.expiries(side, &batch)?;
+        let usable = usable_rows(&keys, expiries.as_ref());
+        let (batch, keys, expiries, rids, matched) = if usable.true_count() == batch.num_rows() {
+            (batch, keys, expiries, rids, matched)
         } else {
             let matched = matched
                 .iter()
@@ -265,16 +252,24 @@ impl StreamJoin {
                 .collect();
             let rids = arrow::compute::filter(&rids, &usable)?;
             let rids = rids.as_primitive::<UInt64Type>().clone();
-            (filter_record_batch(&batch, &usable)?, rids, matched)
+            let keys = keys
+                .iter()
+                .map(|k| Ok(arrow::compute::filter(k, &usable)?))
+                .collect::<Result<Vec<_>>>()?;
+            let expiries = match expiries {
+                Some(e) => Some(arrow::compute::filter(&e, &usable)?.as_primitive().clone()),
+                None => None,
+            };
+            let batch = filter_record_batch(&batch, &usable)?;
+            (batch, keys, expiries, rids, matched)
         };
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let expires = match self.expiries(side, &batch)? {
+        let expires = match expiries {
             Some(e) => arrow::compute::max(&e).unwrap_or(i64::MIN),
             None => i64::MAX,
         };
-        let keys = self.key_columns(side, &batch)?;
         let rows = self.keys.convert_columns(&keys)?;
         let id = self.next_id;
         self.next_id += 1;
@@ -393,6 +388,14 @@ impl StreamJoin {
     }
 }
 
+/// Which rows can match at all: a key and, for a side with bounds, an expiry.
+fn usable_rows(keys: &[ArrayRef], expiries: Option<&Int64Array>) -> BooleanArray {
+    let n = keys.first().map_or(0, |k| k.len());
+    (0..n)
+        .map(|i| Some(expiries.is_none_or(|e| e.is_valid(i)) && keys.iter().all(|k| k.is_valid(i))))
+        .collect()
+}
+
 /// Inputs of a join plan in its order (left first) from this side's and the other's.
 fn ordered<T>(side: usize, mine: T, theirs: T) -> Vec<T> {
     if side == 0 {
@@ -451,7 +454,8 @@ impl Operator for StreamJoin {
                     }
                 }
                 // Rows without a key or an expiry never match: with NULLs now.
-                let unusable = arrow::compute::not(&self.usable(side, &batch)?)?;
+                let expiries = self.expiries(side, &batch)?;
+                let unusable = arrow::compute::not(&usable_rows(&keys, expiries.as_ref()))?;
                 out.extend(self.padded(side, filter_record_batch(&batch, &unusable)?)?);
             }
             Some(p) => {
@@ -479,6 +483,7 @@ impl Operator for StreamJoin {
         }
         self.sides[side].pending.push(Pending {
             batch,
+            keys,
             rids,
             matched,
         });

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use arrow::array::{RecordBatch, UInt64Array};
+use arrow::array::{ArrayRef, RecordBatch, UInt64Array};
 use arrow::row::Rows;
 
 /// A batch of one side's rows, kept until its last row expires.
@@ -25,6 +25,8 @@ pub(super) struct Kept {
 /// A batch processed and not yet committed, with what it matched meanwhile.
 pub(super) struct Pending {
     pub batch: RecordBatch,
+    /// Its key columns, as evaluated when it was processed.
+    pub keys: Vec<ArrayRef>,
     pub rids: UInt64Array,
     pub matched: Vec<bool>,
 }

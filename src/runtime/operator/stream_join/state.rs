@@ -192,11 +192,13 @@ pub(super) fn restore(op: &mut StreamJoin, state: Vec<StateChunk>) -> Result<()>
                     .collect(),
                 _ => Vec::new(),
             };
+            let batch = RecordBatch::try_new(
+                op.spec.schemas[side].clone(),
+                rows.columns()[start..start + widths[side]].to_vec(),
+            )?;
             let pending = Pending {
-                batch: RecordBatch::try_new(
-                    op.spec.schemas[side].clone(),
-                    rows.columns()[start..start + widths[side]].to_vec(),
-                )?,
+                keys: op.key_columns(side, &batch)?,
+                batch,
                 rids: rows.column(2).as_primitive::<UInt64Type>().clone(),
                 matched,
             };

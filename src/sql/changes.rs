@@ -1,17 +1,19 @@
-//! How a pipeline's query reads a change stream (a source with `_op`, such as `postgres-cdc`)
-//! as the table it describes: a GROUP BY over it aggregates the table's current rows, and into
-//! a sink that applies rows by key a WHERE keeps the table's rows that pass it.
+//! How a pipeline's query reads a change stream (a source with `_op`, such as `postgres-cdc`, or
+//! a GROUP BY's updates) as the table it describes: a GROUP BY over it aggregates the table's
+//! current rows, and into a sink that applies rows by key a WHERE keeps the table's rows that
+//! pass it.
 
 use std::sync::Arc;
 
-use arrow::datatypes::{Field, Schema};
+use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::logical_expr::{Expr, LogicalPlan};
-use datafusion::physical_expr::expressions::Column;
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
+use datafusion::physical_expr::expressions::{Column, Literal};
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::plan::{lower, plan_aggregate, push, Lowered, Lowering};
+use super::plan::{lower, plan_aggregate, push, window_end_key, Lowered, Lowering};
 use crate::error::{Error, Result};
 use crate::runtime::operator::stateless::OP;
 use crate::runtime::plan::{Input, OperatorSpec};
@@ -47,13 +49,13 @@ pub(super) fn change_stream_under(plan: &LogicalPlan) -> Option<SourceTable> {
 /// A GROUP BY over a change stream: its input carries the source's primary key and `_op`
 /// from the scan up to the aggregate, which keeps the table's current rows by that key.
 pub(super) fn lower_change_aggregate(
-    agg: &datafusion::logical_expr::Aggregate,
+    agg: &Aggregate,
     table: &SourceTable,
     cx: &mut Lowering,
 ) -> Result<Lowered> {
     if cx.carry.is_some() {
         return Err(Error::Unsupported(
-            "an aggregate over the updates of a GROUP BY over a change stream is not supported yet"
+            "a GROUP BY over a change stream under another GROUP BY's carried rows is not supported"
                 .into(),
         )
         .at_place(cx.places.group_by));
@@ -66,9 +68,103 @@ pub(super) fn lower_change_aggregate(
         .at_place(cx.places.group_by));
     }
     let carried = carried_columns(table)?;
+    lower_keyed_aggregate(agg, carried, false, cx)
+}
+
+/// The GROUP BY without a window under `plan`, through aliases, projections and WHERE: its
+/// output is updates, each replacing the row of its group.
+pub(super) fn updating_aggregate_under(plan: &LogicalPlan) -> Option<&Aggregate> {
+    match plan {
+        LogicalPlan::Projection(p) => updating_aggregate_under(&p.input),
+        LogicalPlan::Filter(f) => updating_aggregate_under(&f.input),
+        LogicalPlan::SubqueryAlias(a) => updating_aggregate_under(&a.input),
+        LogicalPlan::Aggregate(agg)
+            if !agg.aggr_expr.is_empty()
+                && !agg.group_expr.is_empty()
+                && window_end_key(agg).is_none() =>
+        {
+            Some(agg)
+        }
+        _ => None,
+    }
+}
+
+/// A GROUP BY over another GROUP BY's updates (Nexmark q4's average of maximums): the inner
+/// one's rows carry its group columns and `_op` up to the outer one, which keeps them as the
+/// current rows of a table keyed by those columns, as over a change stream.
+pub(super) fn lower_aggregate_over_updates(
+    agg: &Aggregate,
+    inner: &Aggregate,
+    cx: &mut Lowering,
+) -> Result<Lowered> {
+    let carried = inner.schema.fields()[..inner.group_expr.len()]
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .chain([Field::new(OP, DataType::Utf8, true)])
+        .collect();
+    lower_keyed_aggregate(agg, carried, true, cx)
+}
+
+/// The GROUP BY whose updates another GROUP BY reads, lowered as itself; after it its rows
+/// carry their group columns again and `_op`: `upsert`, or the delete its operator emits.
+pub(super) fn lower_carried_aggregate(
+    agg: &Aggregate,
+    plan: &LogicalPlan,
+    cx: &mut Lowering,
+) -> Result<Lowered> {
+    let Some(carried) = cx.carry.take() else {
+        return Err(Error::Internal("no carried columns to add".into()));
+    };
+    cx.carry_from_group_by = false;
+    let lowered = lower(plan, cx);
     cx.carry = Some(carried.clone());
+    cx.carry_from_group_by = true;
+    let from = lowered?;
+    let Input::Node(node) = from else {
+        return Err(Error::Internal("a GROUP BY lowered to no operator".into()));
+    };
+    let emits_op = matches!(
+        cx.nodes[node].operator,
+        OperatorSpec::ChangeAggregate { .. }
+    );
+    let fields = agg.schema.fields();
+    let width = fields.len();
+    let mut exprs: Vec<Arc<dyn PhysicalExpr>> = Vec::with_capacity(width + carried.len());
+    for (i, f) in fields
+        .iter()
+        .enumerate()
+        .chain(fields.iter().enumerate().take(agg.group_expr.len()))
+    {
+        exprs.push(Arc::new(Column::new(f.name(), i)));
+    }
+    exprs.push(if emits_op {
+        Arc::new(Column::new(OP, width))
+    } else {
+        Arc::new(Literal::new(ScalarValue::Utf8(Some("upsert".into()))))
+    });
+    let schema = Arc::new(Schema::new(
+        fields
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .chain(carried)
+            .collect::<Vec<_>>(),
+    ));
+    Ok(push(cx, OperatorSpec::Project { exprs, schema }, from))
+}
+
+/// A GROUP BY over rows that carry a key and `_op` after their own columns (`carried`),
+/// keeping the current row of each key.
+fn lower_keyed_aggregate(
+    agg: &Aggregate,
+    carried: Vec<Field>,
+    from_group_by: bool,
+    cx: &mut Lowering,
+) -> Result<Lowered> {
+    cx.carry = Some(carried.clone());
+    cx.carry_from_group_by = from_group_by;
     let lowered = lower(&agg.input, cx);
     cx.carry = None;
+    cx.carry_from_group_by = false;
     let from = lowered?;
     let aggregate = plan_aggregate(agg, cx.state)?;
     let fields: Vec<Field> = agg

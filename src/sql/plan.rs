@@ -75,6 +75,7 @@ pub async fn compile(
         updating: None,
         applies_by_key,
         carry: None,
+        carry_from_group_by: false,
         stream_joined: false,
     };
     let mut output = lower(&optimized, &mut cx)?;
@@ -164,6 +165,9 @@ pub(super) struct Lowering<'a> {
     /// Columns of a change stream carried after each node's own, up to the GROUP BY over it:
     /// the primary key, then `_op`.
     pub carry: Option<Vec<Field>>,
+    /// Whether the carried columns start at a GROUP BY (whose updates another one reads) rather
+    /// than at a change stream's scan.
+    pub carry_from_group_by: bool,
     /// Whether a join of two streams was lowered: its rows come behind the watermark.
     pub stream_joined: bool,
 }
@@ -207,6 +211,11 @@ pub(super) fn push_n(cx: &mut Lowering, operator: OperatorSpec, inputs: Vec<Inpu
 
 /// Lowers an optimised logical plan into operator nodes, inputs first.
 pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
+    if cx.carry.is_some() && cx.carry_from_group_by {
+        if let LogicalPlan::Aggregate(agg) = plan {
+            return super::changes::lower_carried_aggregate(agg, plan, cx);
+        }
+    }
     if cx.carry.is_some()
         && !matches!(
             plan,
@@ -318,25 +327,8 @@ pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
             Ok(push(cx, OperatorSpec::Distinct { schema }, keys))
         }
         LogicalPlan::Aggregate(agg) => {
-            let group_names: Vec<String> = agg
-                .group_expr
-                .iter()
-                .map(|e| match e {
-                    datafusion::logical_expr::Expr::Column(c) => c.name.clone(),
-                    _ => String::new(),
-                })
-                .collect();
-            // A window's end, or the end of windows already aggregated (grouped again by it).
-            let window_end = group_names
-                .iter()
-                .position(|n| n == WINDOW_END)
-                .or_else(|| {
-                    agg.group_expr.iter().position(|e| {
-                        matches!(e, datafusion::logical_expr::Expr::Column(c)
-                        if super::lineage::is_window_end(&agg.input, &c.name))
-                    })
-                });
-            let Some(window_end) = window_end else {
+            let group_names = group_names(agg);
+            let Some(window_end) = window_end_key(agg) else {
                 if group_names.iter().any(|n| n == WINDOW_START) {
                     return Err(Error::Plan(format!(
                         "a window's rows are emitted when it ends: GROUP BY {WINDOW_START}, {WINDOW_END}, ..."
@@ -392,6 +384,31 @@ pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
             other.display()
         ))),
     }
+}
+
+/// The names of a GROUP BY's keys (empty for expressions).
+fn group_names(agg: &datafusion::logical_expr::Aggregate) -> Vec<String> {
+    agg.group_expr
+        .iter()
+        .map(|e| match e {
+            datafusion::logical_expr::Expr::Column(c) => c.name.clone(),
+            _ => String::new(),
+        })
+        .collect()
+}
+
+/// Which of a GROUP BY's keys is a window's end, or the end of windows already aggregated
+/// (grouped again by it, under any name): the watermark closes its groups.
+pub(super) fn window_end_key(agg: &datafusion::logical_expr::Aggregate) -> Option<usize> {
+    group_names(agg)
+        .iter()
+        .position(|n| n == WINDOW_END)
+        .or_else(|| {
+            agg.group_expr.iter().position(|e| {
+                matches!(e, datafusion::logical_expr::Expr::Column(c)
+                if super::lineage::is_window_end(&agg.input, &c.name))
+            })
+        })
 }
 
 /// DataFusion's physical plan of one GROUP BY over its input's rows, as AggregateExec in Final
@@ -579,6 +596,9 @@ fn lower_updating_aggregate(
             "an aggregate over the whole stream has no key to update by: GROUP BY a column, or a window (FROM TUMBLE(...) ... GROUP BY window_start, window_end)".into(),
         )
         .at_place(cx.places.select));
+    }
+    if let Some(inner) = super::changes::updating_aggregate_under(&agg.input) {
+        return super::changes::lower_aggregate_over_updates(agg, inner, cx);
     }
     if let Some(table) = super::changes::change_stream_under(&agg.input) {
         return super::changes::lower_change_aggregate(agg, &table, cx);

@@ -163,7 +163,7 @@ impl StreamJoin {
     /// input, all), and returns the preserved side's unmatched ones with NULLs, when `emit`.
     fn expire(&mut self, watermark: i64, emit: bool) -> Result<Vec<RecordBatch>> {
         let kept_before = match self.ttl {
-            _ if watermark >= END_OF_TIME => i64::MAX,
+            _ if watermark == END_OF_TIME => i64::MAX,
             Some(ttl) => now_micros().saturating_sub(ttl.as_micros() as i64),
             None => i64::MIN,
         };

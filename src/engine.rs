@@ -285,7 +285,7 @@ impl Engine {
                 let by_key = applies_by_key(&sink_entry)?;
                 let mut plan = compile(&self.ctx.state(), query, by_key).await?;
                 if let Some(key) = &plan.output_key {
-                    check_updates_sink(&sink_entry, key)
+                    check_updates_sink(&sink_entry, key, plan.ranks())
                         .map_err(|e| e.at_place(crate::sql::places::Places::of(query).group_by))?;
                 } else if options.contains_key("state_ttl") && !plan.keeps_unbounded_rows() {
                     return Err(Error::Plan(

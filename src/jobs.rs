@@ -129,8 +129,9 @@ pub(crate) fn applies_by_key(sink: &SinkEntry) -> Result<bool> {
         .is_some())
 }
 
-/// An aggregate's updates need a sink that applies rows by key, on the GROUP BY columns.
-pub(crate) fn check_updates_sink(sink: &SinkEntry, key: &[String]) -> Result<()> {
+/// An aggregate's updates need a sink that applies rows by key, on the GROUP BY columns; the
+/// first rows of a ROW_NUMBER() (`ranked`), on the PARTITION BY columns and row number.
+pub(crate) fn check_updates_sink(sink: &SinkEntry, key: &[String], ranked: bool) -> Result<()> {
     let connector = tributary_connectors::sink_connector(&sink.options)?;
     let upsert_key = connector.upsert_key(&SinkSpec {
         name: sink.name.clone(),
@@ -139,6 +140,12 @@ pub(crate) fn check_updates_sink(sink: &SinkEntry, key: &[String]) -> Result<()>
     match upsert_key {
         // A blackhole keeps nothing, updates included (benchmarks).
         None if connector.name() == "blackhole" => Ok(()),
+        None if ranked => Err(Error::Unsupported(format!(
+            "a ROW_NUMBER() kept to its first rows emits updates (each changed partition's rows again), and sink \"{}\" ({}) only appends: \
+             write it to a sink that applies rows by key, a delta, postgres or kafka sink with mode = 'upsert'",
+            sink.name,
+            connector.name()
+        ))),
         None => Err(Error::Unsupported(format!(
             "a GROUP BY without a window emits updates (each changed group again), and sink \"{}\" ({}) only appends: \
              write it to a sink that applies rows by key, a delta, postgres or kafka sink with mode = 'upsert', \
@@ -147,10 +154,11 @@ pub(crate) fn check_updates_sink(sink: &SinkEntry, key: &[String]) -> Result<()>
             connector.name()
         ))),
         Some(k) if !k.is_empty() && k != key => Err(Error::Plan(format!(
-            "sink \"{}\" applies rows by key ({}), but the pipeline's updates are keyed by its GROUP BY columns ({}): \
+            "sink \"{}\" applies rows by key ({}), but the pipeline's updates are keyed by its {} ({}): \
              drop the sink's key option or make it match",
             sink.name,
             k.join(", "),
+            if ranked { "PARTITION BY columns (and row number)" } else { "GROUP BY columns" },
             key.join(", ")
         ))),
         Some(_) => Ok(()),

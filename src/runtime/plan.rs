@@ -17,6 +17,7 @@ use super::operator::parallel::Parallel;
 use super::operator::stateless::{ChangeFilter, Filter, Having, Project, Union};
 use super::operator::stream_join::{StreamJoin, StreamJoinSpec};
 use super::operator::temporal_join::{TemporalJoin, TemporalJoinSpec};
+use super::operator::top_n::{TopN, TopNSpec};
 use super::operator::unnest::Unnest;
 use super::operator::updating_aggregate::UpdatingAggregate;
 use super::operator::window_aggregate::WindowAggregate;
@@ -85,6 +86,9 @@ pub enum OperatorSpec {
     LookupJoin(LookupJoinSpec),
     /// Two streams joined within bounds on their event times.
     StreamJoin(StreamJoinSpec),
+    /// The first `limit` rows of each partition by an order (ROW_NUMBER() kept to `<= limit`),
+    /// emitted as updates keyed by the partition and the row number.
+    TopN { spec: TopNSpec, limit: usize },
     /// GROUP BY a window: partial aggregate states per batch, rows emitted once the watermark
     /// passes the window's end. Session windows merge a key's overlapping states first.
     WindowAggregate {
@@ -208,6 +212,9 @@ impl OperatorSpec {
                     .with_memory(memory)
                     .with_ttl(options.state_ttl),
             ),
+            OperatorSpec::TopN { spec, .. } => {
+                Box::new(TopN::new(spec.clone())?.with_memory(memory))
+            }
             OperatorSpec::ChangeFilter { predicate, op } => {
                 Box::new(ChangeFilter::new(predicate.clone(), *op))
             }
@@ -273,6 +280,13 @@ impl PipelinePlan {
                 }
             }
         }
+    }
+
+    /// Whether its updates are the first rows of a ROW_NUMBER() (rather than a GROUP BY's).
+    pub fn ranks(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| matches!(n.operator, OperatorSpec::TopN { .. }))
     }
 
     /// The names of the sources read, in input order.

@@ -12,5 +12,6 @@ pub mod plan;
 pub mod session_window;
 pub mod shared_scans;
 pub mod stream_join;
+pub mod top_n;
 pub mod types;
 pub mod windows;

@@ -76,6 +76,7 @@ pub async fn compile(
         applies_by_key,
         carry: None,
         carry_from_group_by: false,
+        row_number_limit: None,
         stream_joined: false,
     };
     let mut output = lower(&optimized, &mut cx)?;
@@ -168,6 +169,8 @@ pub(super) struct Lowering<'a> {
     /// Whether the carried columns start at a GROUP BY (whose updates another one reads) rather
     /// than at a change stream's scan.
     pub carry_from_group_by: bool,
+    /// The first rows a WHERE keeps of the ROW_NUMBER() under it, for its window to take.
+    pub row_number_limit: Option<usize>,
     /// Whether a join of two streams was lowered: its rows come behind the watermark.
     pub stream_joined: bool,
 }
@@ -200,6 +203,7 @@ pub(super) fn push_n(cx: &mut Lowering, operator: OperatorSpec, inputs: Vec<Inpu
         OperatorSpec::TemporalJoin(_) => format!("join{index}"),
         OperatorSpec::LookupJoin(_) => format!("lookup{index}"),
         OperatorSpec::StreamJoin(_) => format!("stream_join{index}"),
+        OperatorSpec::TopN { .. } => format!("top_n{index}"),
     };
     nodes.push(NodeSpec {
         id,
@@ -259,6 +263,9 @@ pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
                 (exprs, schema) = super::changes::carry_through(exprs, &schema, input, carried);
             }
             Ok(push(cx, OperatorSpec::Project { exprs, schema }, from))
+        }
+        LogicalPlan::Filter(filter) if super::top_n::filters_a_window(filter) => {
+            super::top_n::lower_ranked_filter(filter, cx)
         }
         LogicalPlan::Filter(Filter {
             predicate, input, ..
@@ -351,9 +358,14 @@ pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
             "this form of DISTINCT is not supported in pipelines (SELECT DISTINCT is)".into(),
         )),
         LogicalPlan::Join(join) => super::joins::lower_join(join, cx),
+        LogicalPlan::Window(window) if cx.row_number_limit.is_some() => {
+            let limit = cx.row_number_limit.take().unwrap_or(1);
+            super::top_n::lower_top_n(window, limit, cx)
+        }
         LogicalPlan::Window(_) => Err(Error::Unsupported(
-            "window functions in pipelines are not supported yet".into(),
-        )),
+            "a window function in a pipeline must be kept to its first rows: ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...) AS rn, then WHERE rn <= N in the query around it".into(),
+        )
+        .at_place(cx.places.select)),
         LogicalPlan::Sort(_) => Err(Error::Unsupported(
             "ORDER BY in a pipeline is not supported (a stream has no end to sort at)".into(),
         )),
@@ -625,6 +637,7 @@ fn retract_having(nodes: &mut [NodeSpec], at: usize) -> Result<bool> {
 
     let (mut schema, mut having) = match &nodes[at].operator {
         OperatorSpec::UpdatingAggregate { aggregate, .. } => (aggregate.schema(), false),
+        OperatorSpec::TopN { spec, .. } => (spec.plan.schema(), false),
         // Its rows carry `_op` already: a group left without rows is a delete.
         OperatorSpec::ChangeAggregate { aggregate, .. } => {
             let mut fields: Vec<Field> = aggregate
@@ -688,19 +701,29 @@ fn retract_having(nodes: &mut [NodeSpec], at: usize) -> Result<bool> {
 fn output_key(nodes: &[NodeSpec], at: usize) -> Result<Vec<String>> {
     use datafusion::physical_expr::expressions::Column;
 
-    let (OperatorSpec::UpdatingAggregate { keys, aggregate }
-    | OperatorSpec::ChangeAggregate {
-        keys, aggregate, ..
-    }) = &nodes[at].operator
-    else {
-        return Err(Error::Internal(
-            "no updating aggregate where expected".into(),
-        ));
+    let (mut positions, schema, what): (Vec<usize>, _, _) = match &nodes[at].operator {
+        OperatorSpec::UpdatingAggregate { keys, aggregate }
+        | OperatorSpec::ChangeAggregate {
+            keys, aggregate, ..
+        } => ((0..*keys).collect(), aggregate.schema(), "GROUP BY key"),
+        // One row per partition when only the first is kept; else one per row number.
+        OperatorSpec::TopN { spec, limit } => {
+            let schema = spec.plan.schema();
+            let mut keys = spec.partition.clone();
+            if *limit > 1 {
+                keys.push(schema.fields().len() - 1);
+            }
+            (keys, schema, "key (PARTITION BY column or row number)")
+        }
+        _ => {
+            return Err(Error::Internal(
+                "no updating operator where expected".into(),
+            ))
+        }
     };
-    let mut positions: Vec<usize> = (0..*keys).collect();
-    let mut names: Vec<String> = aggregate.schema().fields()[..*keys]
+    let mut names: Vec<String> = positions
         .iter()
-        .map(|f| f.name().clone())
+        .map(|&p| schema.field(p).name().clone())
         .collect();
     for node in &nodes[at + 1..] {
         let (exprs, schema) = match &node.operator {
@@ -708,7 +731,7 @@ fn output_key(nodes: &[NodeSpec], at: usize) -> Result<Vec<String>> {
             OperatorSpec::Having { .. } => continue,
             _ => {
                 return Err(Error::Unsupported(
-                    "after a GROUP BY without a window only HAVING and a projection may follow for now (DISTINCT, a join or another aggregate over its updates are not supported yet)".into(),
+                    "after a GROUP BY without a window only HAVING and a projection may follow for now (DISTINCT or a join over its updates are not supported yet)".into(),
                 ))
             }
         };
@@ -719,7 +742,7 @@ fn output_key(nodes: &[NodeSpec], at: usize) -> Result<Vec<String>> {
                 .position(|e| e.downcast_ref::<Column>().is_some_and(|c| c.index() == *p));
             let Some(j) = found else {
                 return Err(Error::Plan(format!(
-                    "the GROUP BY key {name} must be in the SELECT list as it is: it is the key the sink updates rows by"
+                    "the {what} {name} must be in the SELECT list as it is: it is the key the sink updates rows by"
                 )));
             };
             kept.push((j, schema.field(j).name().clone()));

@@ -13,6 +13,7 @@ pub mod spill;
 pub mod stateless;
 pub mod stream_join;
 pub mod temporal_join;
+pub mod top_n;
 pub mod two_stage;
 pub mod unnest;
 pub mod updating_aggregate;
@@ -169,23 +170,38 @@ pub fn run_plan_inputs(
     inputs: Vec<(SchemaRef, Vec<RecordBatch>)>,
     task: &Arc<TaskContext>,
 ) -> Result<Vec<RecordBatch>> {
+    let leaves = inputs
+        .into_iter()
+        .map(|(schema, batches)| {
+            Ok(MemorySourceConfig::try_new_exec(&[batches], schema, None)?
+                as Arc<dyn ExecutionPlan>)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    run_plan_on(plan, leaves, task)
+}
+
+/// Runs a DataFusion plan whose inputs are placeholders (leaves without children), replaced in
+/// order, leftmost first, by `leaves`, to completion on this thread, as [`run_plan`] does.
+pub fn run_plan_on(
+    plan: &Arc<dyn ExecutionPlan>,
+    leaves: Vec<Arc<dyn ExecutionPlan>>,
+    task: &Arc<TaskContext>,
+) -> Result<Vec<RecordBatch>> {
     use datafusion::common::tree_node::{Transformed, TreeNode};
 
-    let mut inputs = inputs.into_iter();
+    let mut inputs = leaves.into_iter();
     let plan = plan.clone().transform_up(|node| {
         if !node.children().is_empty() {
             // A join keeps its build side once built (and counts its probes in it): each run
             // starts afresh.
             return Ok(Transformed::yes(node.reset_state()?));
         }
-        let Some((schema, batches)) = inputs.next() else {
-            return Err(datafusion::error::DataFusionError::Internal(
+        match inputs.next() {
+            Some(leaf) => Ok(Transformed::yes(leaf)),
+            None => Err(datafusion::error::DataFusionError::Internal(
                 "a plan with more inputs than batches for them".into(),
-            ));
-        };
-        let leaf: Arc<dyn ExecutionPlan> =
-            MemorySourceConfig::try_new_exec(&[batches], schema, None)?;
-        Ok(Transformed::yes(leaf))
+            )),
+        }
     })?;
     let out = wait(collect(plan.data, task.clone()), task)?;
     Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())

@@ -1,0 +1,187 @@
+use arrow::array::{Int64Array, StringArray};
+use arrow::datatypes::Schema;
+use arrow::util::display::array_value_to_string;
+use datafusion::datasource::MemTable;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use super::*;
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, true),
+        Field::new("v", DataType::Int64, true),
+        Field::new("t", DataType::Int64, true),
+    ]))
+}
+
+fn batch(rows: &[(&str, i64, i64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+/// The two highest `v` per `k` (earlier `t` first on ties), planned with the sort the SQL front
+/// end puts under the window (here by DataFusion's sort enforcement), over one placeholder.
+async fn operator() -> TopN {
+    let state = SessionStateBuilder::new()
+        .with_config(SessionConfig::new().with_target_partitions(1))
+        .with_default_features()
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    let table = MemTable::try_new(schema(), vec![vec![]]).unwrap();
+    ctx.register_table("r", Arc::new(table)).unwrap();
+    let plan = ctx
+        .sql("SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY k ORDER BY v DESC, t) AS rn FROM r) WHERE rn <= 2")
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    TopN::new(TopNSpec {
+        plan,
+        partition: vec![0],
+    })
+    .unwrap()
+}
+
+/// Emitted rows as `k v t rn`, sorted.
+fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        for i in 0..b.num_rows() {
+            let cells: Vec<String> = b
+                .columns()
+                .iter()
+                .map(|c| array_value_to_string(c, i).unwrap())
+                .collect();
+            out.push(cells.join(" "));
+        }
+    }
+    out.sort();
+    out
+}
+
+// On a worker of tokio's multi-threaded runtime, as pipelines run: a plan handing work to a
+// tokio task there would wait for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_checkpoint_emits_the_first_rows_of_the_partitions_that_changed() {
+    tokio::spawn(first_rows_of_changed_partitions())
+        .await
+        .unwrap();
+}
+
+async fn first_rows_of_changed_partitions() {
+    let mut op = operator().await;
+    op.process(
+        0,
+        batch(&[("a", 5, 1), ("b", 1, 2), ("a", 7, 3), ("a", 1, 4)]),
+    )
+    .unwrap();
+    op.commit_batch();
+    assert_eq!(
+        rows(&op.on_checkpoint().unwrap()),
+        vec!["a 5 1 2", "a 7 3 1", "b 1 2 1"]
+    );
+    assert!(op.on_checkpoint().unwrap().is_empty(), "nothing changed");
+    // A row below the first two changes nothing kept, but its partition is emitted again.
+    op.process(0, batch(&[("a", 2, 5), ("b", 3, 6)])).unwrap();
+    op.commit_batch();
+    // A batch a later operator failed on leaves nothing behind.
+    op.process(0, batch(&[("a", 100, 7)])).unwrap();
+    op.abort_batch();
+    assert_eq!(
+        rows(&op.on_checkpoint().unwrap()),
+        vec!["a 5 1 2", "a 7 3 1", "b 1 2 2", "b 3 6 1"]
+    );
+    // A tie goes to the earlier row; a new first pushes the others down.
+    op.process(0, batch(&[("a", 7, 0)])).unwrap();
+    op.commit_batch();
+    assert_eq!(
+        rows(&op.on_checkpoint().unwrap()),
+        vec!["a 7 0 1", "a 7 3 2"]
+    );
+    // Two per partition kept, nothing else.
+    assert_eq!(op.state_rows(), 4);
+}
+
+#[tokio::test]
+async fn a_restored_operator_ranks_as_the_one_that_ran() {
+    let mut op = operator().await;
+    op.process(0, batch(&[("a", 5, 1), ("b", 1, 2), ("a", 7, 3)]))
+        .unwrap();
+    op.commit_batch();
+    op.on_checkpoint().unwrap();
+    let full = op.snapshot(true).unwrap();
+    op.process(0, batch(&[("a", 6, 4), ("c", 9, 5)])).unwrap();
+    op.commit_batch();
+    op.on_checkpoint().unwrap();
+    let changes = op.snapshot(false).unwrap();
+
+    let mut restored = operator().await;
+    restored
+        .restore(full.into_iter().chain(changes).collect(), None)
+        .unwrap();
+    assert_eq!(restored.state_rows(), op.state_rows());
+    assert!(
+        restored.on_checkpoint().unwrap().is_empty(),
+        "emitted before"
+    );
+    for o in [&mut op, &mut restored] {
+        o.process(0, batch(&[("a", 8, 6), ("b", 0, 7)])).unwrap();
+        o.commit_batch();
+    }
+    let want = rows(&op.on_checkpoint().unwrap());
+    assert_eq!(want, vec!["a 7 3 2", "a 8 6 1", "b 0 7 2", "b 1 2 1"]);
+    assert_eq!(rows(&restored.on_checkpoint().unwrap()), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_rows_between_checkpoints_keep_only_the_first_of_each_partition() {
+    tokio::spawn(many_rows()).await.unwrap();
+}
+
+async fn many_rows() {
+    let mut op = operator().await;
+    let keys = ["a", "b", "c"];
+    for chunk in 0..40 {
+        let rows: Vec<(&str, i64, i64)> = (0..5_000)
+            .map(|i| {
+                let n = chunk * 5_000 + i;
+                (keys[(n % 3) as usize], (n * 7919) % 100_003, n)
+            })
+            .collect();
+        op.process(0, batch(&rows)).unwrap();
+        op.commit_batch();
+        // Numbered every RANK_ROWS rows, not held to the checkpoint.
+        assert!(op.fresh_rows <= RANK_ROWS + 5_000);
+    }
+    let out = rows(&op.on_checkpoint().unwrap());
+    assert_eq!(out.len(), 6);
+    assert_eq!(op.state_rows(), 6);
+    // The highest values of 0..200,000 by n*7919 mod 100,003, per n mod 3.
+    let mut best: Vec<(i64, i64, i64)> = (0..200_000i64)
+        .map(|n| (n % 3, (n * 7919) % 100_003, n))
+        .collect();
+    best.sort_by(|x, y| x.0.cmp(&y.0).then(y.1.cmp(&x.1)).then(x.2.cmp(&y.2)));
+    let mut want = Vec::new();
+    for k in 0..3 {
+        for (rank, r) in best.iter().filter(|r| r.0 == k).take(2).enumerate() {
+            want.push(format!("{} {} {} {}", keys[k as usize], r.1, r.2, rank + 1));
+        }
+    }
+    want.sort();
+    assert_eq!(out, want);
+}

@@ -222,3 +222,77 @@ async fn interval_join_of_two_streams_equals_the_batch_join_across_sigkills() {
 const EARLY_BIDS: &str = "SELECT a.id AS auction, b.bidder, b.price, b.date_time AS bid_time \
      FROM auctions a JOIN bids b \
        ON a.id = b.auction AND b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '2' SECOND";
+
+/// Nexmark q9 (each auction's winning bid: ROW_NUMBER() kept to the first row) and q4 (average
+/// winning price per category: a GROUP BY over a GROUP BY's updates) from paced auction and bid
+/// streams into Delta upsert sinks, killed twice: the state of both restores, and the tables
+/// equal the batch queries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn winning_bids_and_their_averages_equal_the_batch_queries_across_sigkills() {
+    let tmp = tempfile::tempdir().unwrap();
+    let winners = tmp.path().join("winners");
+    let averages = tmp.path().join("averages");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(&data).await;
+    let c = server.client().await;
+    let events = 300_000u64;
+    c.batch_execute(&format!(
+        "CREATE SOURCE auctions (WATERMARK FOR date_time AS date_time - INTERVAL '500' MILLISECOND)
+           WITH (connector = 'nexmark', table = 'auction', events = {events}, rate = 50000, seed = 11, batch_size = 2000);
+         CREATE SOURCE bids (WATERMARK FOR date_time AS date_time - INTERVAL '500' MILLISECOND)
+           WITH (connector = 'nexmark', table = 'bid', events = {events}, rate = 50000, seed = 11, batch_size = 2000);
+         CREATE SINK winners WITH (connector = 'delta', path = '{}', mode = 'upsert');
+         CREATE SINK averages WITH (connector = 'delta', path = '{}', mode = 'upsert');
+         CREATE PIPELINE q9 WITH (checkpoint_interval = '100ms') AS INSERT INTO winners {Q9};
+         CREATE PIPELINE q4 WITH (checkpoint_interval = '100ms') AS INSERT INTO averages {Q4};",
+        winners.display(),
+        averages.display()
+    ))
+    .await
+    .unwrap();
+    let server = kill_twice(
+        server,
+        &data,
+        "q9",
+        events * 49 / 50,
+        "winning_bids_and_their_averages_equal_the_batch_queries_across_sigkills",
+    )
+    .await;
+    let c = server.client().await;
+    wait_state(&c, "q9", "completed").await;
+    wait_state(&c, "q4", "completed").await;
+    let want = query_lines(
+        &c,
+        &format!("SELECT id, bidder, price, CAST(arrow_cast(bid_time, 'Timestamp(Microsecond, None)') AS BIGINT) FROM ({Q9}) q ORDER BY 1, 2, 3, 4"),
+    )
+    .await;
+    assert!(want.len() > 1_000, "{} winning bids", want.len());
+    let got = delta_sorted(&winners, &["id", "bidder", "price", "bid_time"]);
+    assert_same_rows(&got, &want, "q9 in Delta vs the batch query");
+    // The averages as the sink table reads back, against the batch query in the same engine.
+    let differences = query_lines(
+        &c,
+        &format!(
+            "WITH want AS ({Q4}) SELECT (SELECT count(*) FROM want) AS categories,
+               (SELECT count(*) FROM (SELECT * FROM want EXCEPT ALL SELECT * FROM averages)) AS missing,
+               (SELECT count(*) FROM (SELECT * FROM averages EXCEPT ALL SELECT * FROM want)) AS extra"
+        ),
+    )
+    .await;
+    let figures: Vec<&str> = differences[0].split(' ').collect();
+    assert!(figures[0].parse::<u64>().unwrap() > 3, "{differences:?}");
+    assert_eq!(&figures[1..], ["0", "0"], "q4: categories missing, extra");
+}
+
+const Q9: &str = "SELECT id, item_name, seller, category, bidder, price, bid_time \
+     FROM (SELECT a.id, a.item_name, a.seller, a.category, b.bidder, b.price, b.date_time AS bid_time, \
+                  ROW_NUMBER() OVER (PARTITION BY a.id ORDER BY b.price DESC, b.date_time ASC, b.bidder) AS rownum \
+           FROM auctions a JOIN bids b ON a.id = b.auction AND b.date_time BETWEEN a.date_time AND a.expires) x \
+     WHERE rownum <= 1";
+
+const Q4: &str = "SELECT q.category, avg(q.final) AS avg_final \
+     FROM (SELECT max(b.price) AS final, a.category \
+           FROM auctions a JOIN bids b ON a.id = b.auction AND b.date_time BETWEEN a.date_time AND a.expires \
+           GROUP BY a.id, a.category) q \
+     GROUP BY q.category";

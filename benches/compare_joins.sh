@@ -2,7 +2,9 @@
 # Side-by-side for the Nexmark join queries over JSON-lines files of the same events' persons,
 # auctions and bids: q3 (persons x auctions, a regular join), q5 (the auctions with the most
 # bids per hopping window), q7 (bids x their 10 s windows'
-# highest price), q8 (persons x sellers of the same 10 s window) and q20 (bids x auctions).
+# highest price), q8 (persons x sellers of the same 10 s window), q20 (bids x auctions), q4 (the
+# average winning price per category: a GROUP BY over a GROUP BY of auctions x bids) and q9 (each
+# auction's winning bid: ROW_NUMBER() kept to the first row).
 # Tributary runs a batch pipeline into its blackhole sink; DuckDB runs the batch equivalent
 # (time_bucket for the windows) and counts its result so every row is computed; Apache Flink
 # (PyPI apache-flink, local mode, parallelism 2) runs the Nexmark suite's Flink SQL in
@@ -57,7 +59,7 @@ for table in ["person", "auction", "bid"]:
 PY
 fi
 rows() { wc -l < "$WORK/$1.jsonl"; }
-declare -A READS=([q3]="person auction" [q5]="bid" [q7]="bid" [q8]="person auction" [q20]="bid auction")
+declare -A READS=([q3]="person auction" [q4]="auction bid" [q5]="bid" [q7]="bid" [q8]="person auction" [q9]="auction bid" [q20]="bid auction")
 
 # Tributary: the sources as file sources with the suite's watermark.
 tributary_sql() { # query dir-prefix ("" or "one-") -> the script `tributary run` takes
@@ -73,6 +75,8 @@ SQL
     q5) echo "CREATE PIPELINE p AS INSERT INTO out SELECT auction_bids.auction, auction_bids.num FROM (SELECT auction, count(*) AS num, window_start AS starttime, window_end AS endtime FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end) AS auction_bids JOIN (SELECT max(count_bids.num) AS maxn, count_bids.starttime, count_bids.endtime FROM (SELECT count(*) AS num, window_start AS starttime, window_end AS endtime FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end) AS count_bids GROUP BY count_bids.starttime, count_bids.endtime) AS max_bids ON auction_bids.starttime = max_bids.starttime AND auction_bids.endtime = max_bids.endtime AND auction_bids.num >= max_bids.maxn;" ;;
     q7) echo "CREATE PIPELINE p AS INSERT INTO out SELECT b.auction, b.price, b.bidder, b.date_time, b.extra FROM bid b JOIN (SELECT max(price) AS maxprice, window_end AS date_time FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND) GROUP BY window_start, window_end) b1 ON b.price = b1.maxprice WHERE b.date_time BETWEEN b1.date_time - INTERVAL '10' SECOND AND b1.date_time;" ;;
     q8) echo "CREATE PIPELINE p AS INSERT INTO out SELECT p.id, p.name, p.starttime FROM (SELECT id, name, window_start AS starttime, window_end AS endtime FROM TUMBLE(person, date_time, INTERVAL '10' SECOND) GROUP BY id, name, window_start, window_end) p JOIN (SELECT seller, window_start AS starttime, window_end AS endtime FROM TUMBLE(auction, date_time, INTERVAL '10' SECOND) GROUP BY seller, window_start, window_end) a ON p.id = a.seller AND p.starttime = a.starttime AND p.endtime = a.endtime;" ;;
+    q4) echo "CREATE PIPELINE p AS INSERT INTO out SELECT q.category, avg(q.final) AS avg_final FROM (SELECT max(b.price) AS final, a.category FROM auction a JOIN bid b ON a.id = b.auction AND b.date_time BETWEEN a.date_time AND a.expires GROUP BY a.id, a.category) q GROUP BY q.category;" ;;
+    q9) echo "CREATE PIPELINE p AS INSERT INTO out SELECT id, item_name, description, initial_bid, reserve, date_time, expires, seller, category, extra, auction, bidder, price, bid_date_time, bid_extra FROM (SELECT a.*, b.auction, b.bidder, b.price, b.date_time AS bid_date_time, b.extra AS bid_extra, ROW_NUMBER() OVER (PARTITION BY a.id ORDER BY b.price DESC, b.date_time ASC) AS rownum FROM auction a JOIN bid b ON a.id = b.auction AND b.date_time BETWEEN a.date_time AND a.expires) x WHERE rownum <= 1;" ;;
     q20) echo "CREATE PIPELINE p AS INSERT INTO out SELECT auction, bidder, price, channel, url, b.date_time AS bid_time, b.extra AS bid_extra, item_name, description, initial_bid, reserve, a.date_time AS auction_time, expires, seller, category, a.extra AS auction_extra FROM bid b JOIN auction a ON b.auction = a.id WHERE a.category = 10;" ;;
   esac
 }
@@ -104,6 +108,15 @@ queries = {
               SELECT id, name, time_bucket(INTERVAL 10 SECOND, date_time) AS starttime FROM {person} GROUP BY ALL) p
             JOIN (SELECT seller, time_bucket(INTERVAL 10 SECOND, date_time) AS starttime FROM {auction} GROUP BY ALL) a
             ON p.id = a.seller AND p.starttime = a.starttime""",
+  "q4": f"""SELECT q.category, avg(q.final) FROM (
+              SELECT max(b.price) AS final, a.category FROM {auction} a JOIN {bid} b
+                ON a.id = b.auction AND b.date_time BETWEEN a.date_time AND a.expires
+              GROUP BY a.id, a.category) q GROUP BY q.category""",
+  "q9": f"""SELECT * EXCLUDE (rownum) FROM (
+              SELECT a.*, b.auction, b.bidder, b.price, b.date_time AS bid_date_time, b.extra AS bid_extra,
+                     row_number() OVER (PARTITION BY a.id ORDER BY b.price DESC, b.date_time ASC) AS rownum
+              FROM {auction} a JOIN {bid} b ON a.id = b.auction AND b.date_time BETWEEN a.date_time AND a.expires)
+            WHERE rownum <= 1""",
   "q20": f"""SELECT auction, bidder, price, channel, url, b.date_time, b.extra, item_name, description,
                initial_bid, reserve, a.date_time, expires, seller, category, a.extra
              FROM {bid} b JOIN {auction} a ON b.auction = a.id WHERE a.category = 10""",
@@ -159,6 +172,18 @@ queries = {
              FROM TABLE(TUMBLE(TABLE auction, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
              GROUP BY seller, window_start, window_end) A
            ON P.id = A.seller AND P.starttime = A.starttime AND P.endtime = A.endtime""",
+  "q4": """SELECT Q.category, AVG(Q.final) FROM (
+             SELECT MAX(B.price) AS final, A.category FROM auction A, bid B
+             WHERE A.id = B.auction AND B.date_time BETWEEN A.date_time AND A.expires
+             GROUP BY A.id, A.category) Q
+           GROUP BY Q.category""",
+  "q9": """SELECT id, item_name, description, initial_bid, reserve, date_time, expires, seller, category, extra,
+             auction, bidder, price, bid_date_time, bid_extra FROM (
+             SELECT A.*, B.auction, B.bidder, B.price, B.date_time AS bid_date_time, B.extra AS bid_extra,
+               ROW_NUMBER() OVER (PARTITION BY A.id ORDER BY B.price DESC, B.date_time ASC) AS rownum
+             FROM auction A, bid B
+             WHERE A.id = B.auction AND B.date_time BETWEEN A.date_time AND A.expires)
+           WHERE rownum <= 1""",
   "q20": """SELECT auction, bidder, price, channel, url, B.date_time AS bid_time, B.extra AS bid_extra, item_name,
               description, initial_bid, reserve, A.date_time AS auction_time, expires, seller, category, A.extra AS auction_extra
             FROM bid AS B INNER JOIN auction AS A ON B.auction = A.id WHERE A.category = 10""",
@@ -183,7 +208,7 @@ echo "Flink fixed cost: $FLINK_EMPTY" >&2
   echo "| query (events) | engine | wall s | CPU s | events/s | events per CPU-s | cores used | peak RSS MB | net events/s | net events per CPU-s |"
   echo "|---|---|---|---|---|---|---|---|---|---|"
 } > "$OUT.tmp"
-for q in ${QUERIES:-q3 q5 q7 q8 q20}; do
+for q in ${QUERIES:-q3 q4 q5 q7 q8 q9 q20}; do
   events=0
   for t in ${READS[$q]}; do events=$((events + $(rows "$t"))); done
   tributary_sql "$q" "" > "$RUN/$q.sql"

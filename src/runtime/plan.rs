@@ -157,7 +157,8 @@ pub struct PipelinePlan {
 pub struct RunOptions {
     /// Instances of each keyed operator.
     pub parallelism: usize,
-    /// How long an updating aggregate keeps a group that does not change.
+    /// How long an updating aggregate keeps a group that does not change (and a ROW_NUMBER a
+    /// partition no row reaches; a join of streams, rows without a bound on event time).
     pub state_ttl: Option<std::time::Duration>,
     /// Bytes of operator state held in memory before it spills (the default when `None`).
     pub state_memory: Option<usize>,
@@ -212,9 +213,11 @@ impl OperatorSpec {
                     .with_memory(memory)
                     .with_ttl(options.state_ttl),
             ),
-            OperatorSpec::TopN { spec, .. } => {
-                Box::new(TopN::new(spec.clone())?.with_memory(memory))
-            }
+            OperatorSpec::TopN { spec, .. } => Box::new(
+                TopN::new(spec.clone())?
+                    .with_memory(memory)
+                    .with_ttl(options.state_ttl),
+            ),
             OperatorSpec::ChangeFilter { predicate, op } => {
                 Box::new(ChangeFilter::new(predicate.clone(), *op))
             }

@@ -19,7 +19,9 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::lineage::is_event_time;
 use super::plan::{lower, plan_over_placeholder, plan_physical, push_n, Lowered, Lowering};
 use crate::error::{Error, Result};
-use crate::runtime::operator::stream_join::{ExpiryBound, OuterJoin, StreamJoinSpec, ROW_ID};
+use crate::runtime::operator::stream_join::{
+    ExpiryBound, OuterJoin, StreamJoinSpec, RIGHT_ROW_ID, ROW_ID,
+};
 use crate::runtime::plan::OperatorSpec;
 
 const EXAMPLE: &str = "ON a.k = b.k AND b.ts BETWEEN a.ts - INTERVAL '1' HOUR AND a.ts";
@@ -142,19 +144,19 @@ fn bounds(join: &Join) -> [Vec<Bound>; 2] {
     found
 }
 
-/// The INNER join of `join`'s conditions, its preserved side's placeholder carrying a row id
+/// The INNER join of `join`'s conditions, each preserved side's placeholder carrying a row id
 /// after its columns: it tells which preserved rows matched.
 fn matching_plan(
     join: &Join,
-    preserved: usize,
+    preserved: [bool; 2],
     state: &SessionState,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let placeholder = |plan: &LogicalPlan, with_row_id: bool| -> Result<LogicalPlan> {
+    let placeholder = |plan: &LogicalPlan, row_id: Option<&str>| -> Result<LogicalPlan> {
         let base = plan.schema();
-        let schema = if with_row_id {
+        let schema = if let Some(name) = row_id {
             let mut fields: Vec<(Option<TableReference>, Arc<Field>)> =
                 base.iter().map(|(q, f)| (q.cloned(), f.clone())).collect();
-            fields.push((None, Arc::new(Field::new(ROW_ID, DataType::UInt64, false))));
+            fields.push((None, Arc::new(Field::new(name, DataType::UInt64, false))));
             Arc::new(DFSchema::new_with_metadata(
                 fields,
                 base.metadata().clone(),
@@ -168,8 +170,11 @@ fn matching_plan(
         }))
     };
     let inner = Join::try_new(
-        Arc::new(placeholder(&join.left, preserved == 0)?),
-        Arc::new(placeholder(&join.right, preserved == 1)?),
+        Arc::new(placeholder(&join.left, preserved[0].then_some(ROW_ID))?),
+        Arc::new(placeholder(
+            &join.right,
+            preserved[1].then_some(RIGHT_ROW_ID),
+        )?),
         join.on.clone(),
         join.filter.clone(),
         JoinType::Inner,
@@ -180,15 +185,16 @@ fn matching_plan(
     plan_physical(&LogicalPlan::Join(inner), state)
 }
 
-/// A join of two streams: INNER, LEFT or RIGHT.
+/// A join of two streams: INNER, LEFT, RIGHT or FULL.
 pub(super) fn lower_stream_join(join: &Join, cx: &mut Lowering) -> Result<Lowered> {
     let preserved = match join.join_type {
         JoinType::Inner => None,
-        JoinType::Left => Some(0),
-        JoinType::Right => Some(1),
+        JoinType::Left => Some([true, false]),
+        JoinType::Right => Some([false, true]),
+        JoinType::Full => Some([true, true]),
         other => {
             return Err(Error::Unsupported(format!(
-                "a {} join of two streams is not supported yet: INNER, LEFT and RIGHT joins are ({EXAMPLE})",
+                "a {} join of two streams is not supported yet: INNER, LEFT, RIGHT and FULL joins are ({EXAMPLE})",
                 other.to_string().to_uppercase()
             )))
         }

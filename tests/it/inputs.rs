@@ -167,12 +167,10 @@ async fn interval_join_of_two_streams_equals_the_batch_join_across_sigkills() {
     // The same seed and events: the bids' auctions are the auctions'. About six seconds each.
     let events = 300_000u64;
     c.batch_execute(&format!(
-        "CREATE SOURCE auctions (WATERMARK FOR date_time AS date_time - INTERVAL '500' MILLISECOND)
-           WITH (connector = 'nexmark', table = 'auction', events = {events}, rate = 50000, seed = 9, batch_size = 2000);
-         CREATE SOURCE bids (WATERMARK FOR date_time AS date_time - INTERVAL '500' MILLISECOND)
-           WITH (connector = 'nexmark', table = 'bid', events = {events}, rate = 50000, seed = 9, batch_size = 2000);
+        "{}
          CREATE SINK lake WITH (connector = 'delta', path = '{}');
          CREATE PIPELINE early WITH (checkpoint_interval = '100ms') AS INSERT INTO lake {EARLY_BIDS};",
+        paced_auctions_and_bids(events, 9),
         lake.display()
     ))
     .await
@@ -238,14 +236,12 @@ async fn winning_bids_and_their_averages_equal_the_batch_queries_across_sigkills
     let c = server.client().await;
     let events = 300_000u64;
     c.batch_execute(&format!(
-        "CREATE SOURCE auctions (WATERMARK FOR date_time AS date_time - INTERVAL '500' MILLISECOND)
-           WITH (connector = 'nexmark', table = 'auction', events = {events}, rate = 50000, seed = 11, batch_size = 2000);
-         CREATE SOURCE bids (WATERMARK FOR date_time AS date_time - INTERVAL '500' MILLISECOND)
-           WITH (connector = 'nexmark', table = 'bid', events = {events}, rate = 50000, seed = 11, batch_size = 2000);
+        "{}
          CREATE SINK winners WITH (connector = 'delta', path = '{}', mode = 'upsert');
          CREATE SINK averages WITH (connector = 'delta', path = '{}', mode = 'upsert');
          CREATE PIPELINE q9 WITH (checkpoint_interval = '100ms') AS INSERT INTO winners {Q9};
          CREATE PIPELINE q4 WITH (checkpoint_interval = '100ms') AS INSERT INTO averages {Q4};",
+        paced_auctions_and_bids(events, 11),
         winners.display(),
         averages.display()
     ))
@@ -296,3 +292,14 @@ const Q4: &str = "SELECT q.category, avg(q.final) AS avg_final \
            FROM auctions a JOIN bids b ON a.id = b.auction AND b.date_time BETWEEN a.date_time AND a.expires \
            GROUP BY a.id, a.category) q \
      GROUP BY q.category";
+
+/// Nexmark auctions and bids of the same `events` and `seed` (the bids' auctions are the
+/// auctions'), paced at 50,000 events/s each, with a 500 ms watermark delay.
+fn paced_auctions_and_bids(events: u64, seed: u64) -> String {
+    format!(
+        "CREATE SOURCE auctions (WATERMARK FOR date_time AS date_time - INTERVAL '500' MILLISECOND)
+           WITH (connector = 'nexmark', table = 'auction', events = {events}, rate = 50000, seed = {seed}, batch_size = 2000);
+         CREATE SOURCE bids (WATERMARK FOR date_time AS date_time - INTERVAL '500' MILLISECOND)
+           WITH (connector = 'nexmark', table = 'bid', events = {events}, rate = 50000, seed = {seed}, batch_size = 2000);"
+    )
+}

@@ -181,6 +181,11 @@ impl KeyedRows {
         }
     }
 
+    /// Where every current row is, in no order.
+    pub fn live_ids(&self) -> impl Iterator<Item = RowId> + '_ {
+        self.rows.values().map(|(id, _)| *id)
+    }
+
     /// Whether a row is current.
     pub fn is_live(&self, (b, i): RowId) -> bool {
         self.live[b as usize][i as usize]

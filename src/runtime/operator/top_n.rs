@@ -3,10 +3,12 @@
 //! keeps its first N rows, DataFusion numbers them again with the rows that arrived, and at
 //! each checkpoint the partitions that changed are emitted whole, as upserts keyed by the
 //! partition and the row number. A row once outside the first N never comes back, so nothing
-//! else is kept.
+//! else is kept. With a state TTL, a partition no row has reached for that long leaves the
+//! state (its rows stay in the sink; a later row starts it afresh).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, StringArray};
 use arrow::compute::concat_batches;
@@ -70,6 +72,10 @@ pub struct TopN {
     index_bytes: usize,
     budget: Option<Budget>,
     task: Arc<TaskContext>,
+    ttl: Option<Duration>,
+    /// When a row last reached each partition (with a TTL; counted from the restore after one).
+    touched_at: HashMap<Box<[u8]>, Instant, ahash::RandomState>,
+    expired_at: Instant,
 }
 
 impl TopN {
@@ -142,7 +148,16 @@ impl TopN {
             index_bytes: 0,
             budget: None,
             task: Arc::new(TaskContext::default()),
+            ttl: None,
+            touched_at: HashMap::default(),
+            expired_at: Instant::now(),
         })
+    }
+
+    /// The same, dropping partitions no row reached for `ttl`.
+    pub fn with_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.ttl = ttl;
+        self
     }
 
     /// The same, its state accounted in `memory`.
@@ -159,7 +174,7 @@ impl TopN {
 
     /// Numbers the rows that arrived with the kept rows of their partitions, and keeps the
     /// first N of each.
-    fn rank(&mut self) -> Result<()> {
+    fn rank(&mut self, now: Instant) -> Result<()> {
         if self.fresh.is_empty() {
             return Ok(());
         }
@@ -212,18 +227,19 @@ impl TopN {
         let partitions = self.partitions_of(&numbered, &self.partition)?;
         // Every kept row of a partition numbered again is replaced: a partition only grows
         // towards N rows, so each of its row numbers comes back.
-        let mut now: HashMap<Box<[u8]>, Vec<RowId>, ahash::RandomState> = HashMap::default();
+        let mut ranked_ids: HashMap<Box<[u8]>, Vec<RowId>, ahash::RandomState> = HashMap::default();
         self.table.apply(
             changes,
             |_, _| {},
             |i, id| {
-                now.entry(partitions.row(i).as_ref().into())
+                ranked_ids
+                    .entry(partitions.row(i).as_ref().into())
                     .or_default()
                     .push(id);
                 0
             },
         );
-        for (partition, ids) in now {
+        for (partition, ids) in ranked_ids {
             self.index_bytes += 8 * ids.len();
             match self.members.get_mut(&partition) {
                 Some(old) => {
@@ -235,7 +251,53 @@ impl TopN {
                     self.members.insert(partition.clone(), ids);
                 }
             }
+            if self.ttl.is_some() {
+                self.touched_at.insert(partition.clone(), now);
+            }
             self.changed.insert(partition);
+        }
+        Ok(())
+    }
+
+    /// Numbers what arrived, emits the partitions that changed, and (with a TTL, every eighth
+    /// of it) drops the partitions no row reached for the TTL: their rows leave as deletes,
+    /// which change snapshots record.
+    fn checkpoint_at(&mut self, now: Instant) -> Result<Vec<RecordBatch>> {
+        self.rank(now)?;
+        let out = self.emit_changed()?;
+        if let Some(ttl) = self.ttl {
+            if now.saturating_duration_since(self.expired_at) >= ttl / 8 {
+                self.expired_at = now;
+                self.expire(now, ttl)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn expire(&mut self, now: Instant, ttl: Duration) -> Result<()> {
+        let old: Vec<Box<[u8]>> = self
+            .touched_at
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) >= ttl)
+            .map(|(p, _)| p.clone())
+            .collect();
+        let mut ids = Vec::new();
+        for partition in old {
+            self.touched_at.remove(&partition);
+            if let Some(rows) = self.members.remove(&partition) {
+                self.index_bytes = self
+                    .index_bytes
+                    .saturating_sub(partition.len() + KEY_OVERHEAD + 8 * rows.len());
+                ids.extend(rows.iter().map(|&(b, i)| (b as usize, i as usize)));
+            }
+        }
+        let width = self.table.schema().fields().len() - 1;
+        for chunk in ids.chunks(RANK_ROWS) {
+            let mut columns = self.table.gather(0..width, chunk)?;
+            columns.push(Arc::new(StringArray::from(vec!["delete"; chunk.len()])));
+            let deletes = RecordBatch::try_new(self.table.schema().clone(), columns)?;
+            let changes = self.table.prepare(&deletes)?;
+            self.table.apply(changes, |_, _| {}, |_, _| 0);
         }
         Ok(())
     }
@@ -279,7 +341,7 @@ impl Operator for TopN {
     fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
         if self.fresh_rows >= RANK_ROWS {
             // The rows waiting were committed: numbering them changes no output.
-            self.rank()?;
+            self.rank(Instant::now())?;
         }
         if batch.num_rows() > 0 {
             self.pending.push(batch);
@@ -299,8 +361,7 @@ impl Operator for TopN {
     }
 
     fn on_checkpoint(&mut self) -> Result<Vec<RecordBatch>> {
-        self.rank()?;
-        self.emit_changed()
+        self.checkpoint_at(Instant::now())
     }
 
     fn state_schema(&self) -> Option<SchemaRef> {
@@ -320,33 +381,32 @@ impl Operator for TopN {
     }
 
     fn restore(&mut self, state: Vec<StateChunk>, _watermark: Option<i64>) -> Result<()> {
-        let columns: Vec<usize> = (self.width..self.width + self.partition.len()).collect();
         for chunk in &state {
             for batch in load(std::slice::from_ref(chunk))? {
-                let partitions = self.partitions_of(&batch, &columns)?;
                 let changes = self.table.prepare(&batch)?;
-                let mut now: HashMap<Box<[u8]>, Vec<RowId>, ahash::RandomState> =
-                    HashMap::default();
-                let mut replaced: HashSet<RowId> = HashSet::new();
-                self.table.apply(
-                    changes,
-                    |id, _| {
-                        replaced.insert(id);
-                    },
-                    |i, id| {
-                        now.entry(partitions.row(i).as_ref().into())
-                            .or_default()
-                            .push(id);
-                        0
-                    },
-                );
-                for (partition, ids) in now {
-                    let entry = self.members.entry(partition).or_default();
-                    entry.retain(|id| !replaced.contains(id));
-                    entry.extend(ids);
-                }
+                self.table.apply(changes, |_, _| {}, |_, _| 0);
             }
             self.fit_memory()?;
+        }
+        // Each partition's rows, from the rows left current.
+        let ids: Vec<(usize, usize)> = self
+            .table
+            .live_ids()
+            .map(|(b, i)| (b as usize, i as usize))
+            .collect();
+        let columns = self.width..self.width + self.partition.len();
+        let now = Instant::now();
+        for chunk in ids.chunks(RANK_ROWS) {
+            let values = self.table.gather(columns.clone(), chunk)?;
+            let partitions = self.partition_values.convert_columns(&values)?;
+            for (row, &(b, i)) in partitions.iter().zip(chunk) {
+                let rows = self.members.entry(row.as_ref().into()).or_default();
+                rows.push((b as u32, i as u32));
+            }
+        }
+        if self.ttl.is_some() {
+            // When each partition was last reached is not checkpointed: the TTL counts from here.
+            self.touched_at = self.members.keys().map(|p| (p.clone(), now)).collect();
         }
         self.index_bytes = self
             .members

@@ -2,8 +2,8 @@
 //! side's kept rows that share its keys. Bounded by event time (`ON a.k = b.k AND b.ts BETWEEN
 //! a.ts - INTERVAL '1' HOUR AND a.ts`, an interval join), a row is kept until the watermark
 //! shows that no row of the other side can still match it; without a bound (a regular join),
-//! until `state_ttl` of processing time has passed, or for ever. In a LEFT or RIGHT join the
-//! preserved side's rows that never matched are emitted with NULLs when they leave. DataFusion's
+//! until `state_ttl` of processing time has passed, or for ever. In a LEFT, RIGHT or FULL join
+//! the preserved sides' rows that never matched are emitted with NULLs when they leave. DataFusion's
 //! planned join evaluates the keys and the band; this operator only picks candidate rows,
 //! notes which matched and forgets the expired ones. The output appends.
 
@@ -30,8 +30,11 @@ use crate::runtime::event_time::END_OF_TIME;
 use crate::runtime::memory::{Budget, StateMemory};
 use side::{Kept, Pending, Side};
 
-/// The row id column the matching join carries after the preserved side's columns.
+/// The row id column the matching join carries after a preserved side's columns (the left
+/// side's; the right side's is [`RIGHT_ROW_ID`]).
 pub const ROW_ID: &str = "__rid";
+/// The right side's row id column in the matching join of a FULL join.
+pub const RIGHT_ROW_ID: &str = "__rid_right";
 
 /// What the operator is built from, as the SQL front end plans it.
 #[derive(Debug, Clone)]
@@ -46,7 +49,7 @@ pub struct StreamJoinSpec {
     /// Per side, the bounds the join's conditions put on the other side's event time by its
     /// rows: a row is dropped once the watermark passes the earliest. Empty: no bound.
     pub expiry: [Vec<ExpiryBound>; 2],
-    /// For a LEFT or RIGHT join: which side is preserved, and the matching inner join.
+    /// For a LEFT, RIGHT or FULL join: which sides are preserved, and the matching inner join.
     pub outer: Option<OuterJoin>,
 }
 
@@ -60,13 +63,13 @@ pub struct ExpiryBound {
     pub after: i64,
 }
 
-/// The preserved side of a LEFT or RIGHT join of two streams.
+/// The preserved sides of a LEFT, RIGHT or FULL join of two streams.
 #[derive(Debug, Clone)]
 pub struct OuterJoin {
-    /// Which side (0, left; 1, right) keeps its unmatched rows.
-    pub preserved: usize,
-    /// The INNER join of the same conditions, its preserved side's placeholder carrying a
-    /// row id ([`ROW_ID`], UInt64) after its columns: which preserved rows matched.
+    /// Which sides (0, left; 1, right) keep their unmatched rows.
+    pub preserved: [bool; 2],
+    /// The INNER join of the same conditions, each preserved side's placeholder carrying a
+    /// row id (UInt64) after its columns: which preserved rows matched.
     pub matching: Arc<dyn ExecutionPlan>,
 }
 
@@ -148,8 +151,9 @@ impl StreamJoin {
         self
     }
 
-    fn preserved(&self) -> Option<usize> {
-        self.spec.outer.as_ref().map(|o| o.preserved)
+    /// Whether `side` keeps its unmatched rows (an outer join's preserved side).
+    fn preserves(&self, side: usize) -> bool {
+        self.spec.outer.as_ref().is_some_and(|o| o.preserved[side])
     }
 
     /// Ids for `n` new rows.
@@ -160,7 +164,7 @@ impl StreamJoin {
     }
 
     /// Drops the rows expired by `watermark` (event time) and by the TTL (at the end of the
-    /// input, all), and returns the preserved side's unmatched ones with NULLs, when `emit`.
+    /// input, all), and returns the preserved sides' unmatched ones with NULLs, when `emit`.
     fn expire(&mut self, watermark: i64, emit: bool) -> Result<Vec<RecordBatch>> {
         let kept_before = match self.ttl {
             _ if watermark == END_OF_TIME => i64::MAX,
@@ -170,7 +174,7 @@ impl StreamJoin {
         let mut out = Vec::new();
         for side in 0..2 {
             let dropped = self.sides[side].expire(watermark, kept_before);
-            if !emit || self.preserved() != Some(side) {
+            if !emit || !self.preserves(side) {
                 continue;
             }
             for k in dropped {
@@ -230,7 +234,7 @@ impl StreamJoin {
     /// the latest of their expiries.
     fn keep(&mut self, side: usize, pending: Pending, kept_at: i64) -> Result<()> {
         // No row of the other side is to come.
-        if self.ended[1 - side] && self.preserved() != Some(side) {
+        if self.ended[1 - side] && !self.preserves(side) {
             return Ok(());
         }
         let Pending {
@@ -340,7 +344,7 @@ impl StreamJoin {
         batches: &[RecordBatch],
         rids: &[ArrayRef],
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        let schema = state::with_row_id(&self.spec.schemas[side]);
+        let schema = state::with_row_id(&self.spec.schemas[side], side);
         let batches = batches
             .iter()
             .zip(rids)
@@ -353,11 +357,10 @@ impl StreamJoin {
         Ok((schema, batches))
     }
 
-    /// Runs the matching join of a preserved batch and candidates (ordered by side), and
-    /// returns its rows without the row ids, and the row ids that matched.
+    /// Runs the matching join of a batch and candidates (ordered by side, each preserved side
+    /// with its row ids), and returns its rows without the row ids, and the row ids that matched.
     fn matching(
         &self,
-        preserved: usize,
         sides: Vec<(SchemaRef, Vec<RecordBatch>)>,
     ) -> Result<(Vec<RecordBatch>, HashSet<u64>)> {
         let Some(outer) = &self.spec.outer else {
@@ -365,23 +368,32 @@ impl StreamJoin {
                 "an inner join matched as an outer one".into(),
             ));
         };
-        let rid_at = match preserved {
-            0 => self.spec.schemas[0].fields().len(),
-            _ => self.spec.schemas[0].fields().len() + self.spec.schemas[1].fields().len(),
-        };
+        let left = self.spec.schemas[0].fields().len();
+        let mut rid_columns = Vec::new();
+        if outer.preserved[0] {
+            rid_columns.push(left);
+        }
+        if outer.preserved[1] {
+            rid_columns
+                .push(left + usize::from(outer.preserved[0]) + self.spec.schemas[1].fields().len());
+        }
         let schema = self.spec.join.schema();
         let mut matched = HashSet::new();
         let mut out = Vec::new();
         for b in run_plan_inputs(&outer.matching, sides, &self.task)? {
-            matched.extend(
-                b.column(rid_at)
-                    .as_primitive::<UInt64Type>()
-                    .values()
-                    .iter()
-                    .copied(),
-            );
+            for &at in &rid_columns {
+                matched.extend(
+                    b.column(at)
+                        .as_primitive::<UInt64Type>()
+                        .values()
+                        .iter()
+                        .copied(),
+                );
+            }
             let mut columns = b.columns().to_vec();
-            columns.remove(rid_at);
+            for &at in rid_columns.iter().rev() {
+                columns.remove(at);
+            }
             out.push(RecordBatch::try_new(schema.clone(), columns)?);
         }
         Ok((out, matched))
@@ -428,57 +440,63 @@ impl Operator for StreamJoin {
             .map(|i| keys.iter().all(|k| k.is_valid(i)))
             .collect();
         let key_rows = self.keys.convert_columns(&keys)?;
-        let candidates = self.candidates(other, &key_rows, &valid)?;
+        let mut candidates = self.candidates(other, &key_rows, &valid)?;
         let rids = self.new_rids(batch.num_rows());
         let mut out = Vec::new();
         let mut matched = Vec::new();
-        match self.preserved() {
-            None => {
-                if !candidates.batches.is_empty() {
-                    let mine = (self.spec.schemas[side].clone(), vec![batch.clone()]);
-                    let theirs = (self.spec.schemas[other].clone(), candidates.batches);
-                    out =
-                        run_plan_inputs(&self.spec.join, ordered(side, mine, theirs), &self.task)?;
-                }
+        if self.spec.outer.is_none() {
+            if !candidates.batches.is_empty() {
+                let mine = (self.spec.schemas[side].clone(), vec![batch.clone()]);
+                let theirs = (self.spec.schemas[other].clone(), candidates.batches);
+                out = run_plan_inputs(&self.spec.join, ordered(side, mine, theirs), &self.task)?;
             }
-            Some(p) if p == side => {
+        } else {
+            let (mine_kept, theirs_kept) = (self.preserves(side), self.preserves(other));
+            if mine_kept {
                 matched = vec![false; batch.num_rows()];
-                if !candidates.batches.is_empty() {
+            }
+            if !candidates.batches.is_empty() {
+                let mine = if mine_kept {
                     let rid_array: ArrayRef = Arc::new(rids.clone());
-                    let mine = self.with_rids(side, std::slice::from_ref(&batch), &[rid_array])?;
-                    let theirs = (self.spec.schemas[other].clone(), candidates.batches);
-                    let (joined, found) = self.matching(p, ordered(side, mine, theirs))?;
-                    out = joined;
+                    self.with_rids(side, std::slice::from_ref(&batch), &[rid_array])?
+                } else {
+                    (self.spec.schemas[side].clone(), vec![batch.clone()])
+                };
+                let places = std::mem::take(&mut candidates.places);
+                let theirs = if theirs_kept {
+                    self.with_rids(other, &candidates.batches, &candidates.rids)?
+                } else {
+                    (self.spec.schemas[other].clone(), candidates.batches)
+                };
+                let (joined, found) = self.matching(ordered(side, mine, theirs))?;
+                out = joined;
+                if mine_kept {
                     for (m, rid) in matched.iter_mut().zip(rids.values()) {
                         *m = found.contains(rid);
                     }
                 }
-                // Rows without a key or an expiry never match: with NULLs now.
-                let expiries = self.expiries(side, &batch)?;
-                let unusable = arrow::compute::not(&usable_rows(&keys, expiries.as_ref()))?;
-                out.extend(self.padded(side, filter_record_batch(&batch, &unusable)?)?);
-            }
-            Some(p) => {
-                if !candidates.batches.is_empty() {
-                    let theirs = self.with_rids(other, &candidates.batches, &candidates.rids)?;
-                    let mine = (self.spec.schemas[side].clone(), vec![batch.clone()]);
-                    let (joined, found) = self.matching(p, ordered(side, mine, theirs))?;
-                    out = joined;
+                if theirs_kept {
                     let all_rids = candidates
                         .rids
                         .iter()
                         .flat_map(|r| r.as_primitive::<UInt64Type>().values().to_vec());
-                    for (rid, (batch_id, pending, row)) in all_rids.zip(candidates.places) {
+                    for (rid, (batch_id, pending, row)) in all_rids.zip(places) {
                         if !found.contains(&rid) {
                             continue;
                         }
-                        let s = &mut self.sides[p];
+                        let s = &mut self.sides[other];
                         match batch_id {
                             Some(b) => s.pending_marks.push((b, row)),
                             None => s.pending[pending].matched[row as usize] = true,
                         }
                     }
                 }
+            }
+            if mine_kept {
+                // Rows without a key or an expiry never match: with NULLs now.
+                let expiries = self.expiries(side, &batch)?;
+                let unusable = arrow::compute::not(&usable_rows(&keys, expiries.as_ref()))?;
+                out.extend(self.padded(side, filter_record_batch(&batch, &unusable)?)?);
             }
         }
         self.sides[side].pending.push(Pending {
@@ -524,7 +542,7 @@ impl Operator for StreamJoin {
         let ended = port.min(1);
         self.ended[ended] = true;
         let other = 1 - ended;
-        if self.preserved() != Some(other) {
+        if !self.preserves(other) {
             self.sides[other].expire(i64::MIN, i64::MAX);
         }
         Ok(Vec::new())

@@ -13,11 +13,12 @@ use arrow::compute::{filter_record_batch, take};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type, UInt8Type};
 
 use super::side::{Kept, Pending};
-use super::{StreamJoin, ROW_ID};
+use super::{StreamJoin, RIGHT_ROW_ID, ROW_ID};
 use crate::error::Result;
 use crate::runtime::operator::spill::{in_memory, load, StateChunk};
 
-/// `__side` of a mark: row `__rid` of the preserved side matched.
+/// `__side` of a mark: row `__rid` of a preserved side matched (row ids are unique across
+/// sides).
 const MARK: u8 = 2;
 /// Columns before the key: `__side`, `__kept_at`, `__rid`, `__matched`.
 const LEADING: usize = 4;
@@ -51,10 +52,11 @@ pub(super) fn key_columns(keys: usize) -> Vec<usize> {
     (LEADING..LEADING + keys).collect()
 }
 
-/// `schema` with a row id column after its own.
-pub(super) fn with_row_id(schema: &SchemaRef) -> SchemaRef {
+/// `schema`, side `side`'s, with a row id column after its own.
+pub(super) fn with_row_id(schema: &SchemaRef, side: usize) -> SchemaRef {
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(ROW_ID, DataType::UInt64, false));
+    let name = if side == 0 { ROW_ID } else { RIGHT_ROW_ID };
+    fields.push(Field::new(name, DataType::UInt64, false));
     Arc::new(Schema::new(fields))
 }
 
@@ -183,14 +185,14 @@ pub(super) fn restore(op: &mut StreamJoin, state: Vec<StateChunk>) -> Result<()>
             // Batches are stored as kept; were some merged, the latest keeps them all.
             let kept_at =
                 arrow::compute::max(rows.column(1).as_primitive::<Int64Type>()).unwrap_or(i64::MIN);
-            let matched = match op.preserved() {
-                Some(p) if p == side => rows
+            let matched = match op.preserves(side) {
+                true => rows
                     .column(3)
                     .as_boolean()
                     .iter()
                     .map(|m| m.unwrap_or(false))
                     .collect(),
-                _ => Vec::new(),
+                false => Vec::new(),
             };
             let batch = RecordBatch::try_new(
                 op.spec.schemas[side].clone(),
@@ -205,7 +207,8 @@ pub(super) fn restore(op: &mut StreamJoin, state: Vec<StateChunk>) -> Result<()>
             op.keep(side, pending, kept_at)?;
         }
     }
-    if let Some(p) = op.preserved() {
+    let preserved: Vec<usize> = (0..2).filter(|&p| op.preserves(p)).collect();
+    for p in preserved {
         let s = &mut op.sides[p];
         for k in s.kept.values_mut() {
             for (m, rid) in k.matched.iter_mut().zip(k.rids.values()) {

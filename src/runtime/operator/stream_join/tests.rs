@@ -83,14 +83,37 @@ async fn left_join() -> StreamJoin {
     .await;
     let matching = join_plan(
         &[
-            ("l", state::with_row_id(&schema(LEFT))),
+            ("l", state::with_row_id(&schema(LEFT), 0)),
             ("r", schema(RIGHT)),
         ],
         &format!("SELECT * FROM l JOIN r {BAND}"),
     )
     .await;
     op.spec.outer = Some(OuterJoin {
-        preserved: 0,
+        preserved: [true, false],
+        matching,
+    });
+    op
+}
+
+/// The same as a FULL JOIN: unmatched rows of either side come out with NULLs when they leave.
+async fn full_join() -> StreamJoin {
+    let mut op = operator().await;
+    op.spec.join = join_plan(
+        &[("l", schema(LEFT)), ("r", schema(RIGHT))],
+        &format!("SELECT * FROM l FULL JOIN r {BAND}"),
+    )
+    .await;
+    let matching = join_plan(
+        &[
+            ("l", state::with_row_id(&schema(LEFT), 0)),
+            ("r", state::with_row_id(&schema(RIGHT), 1)),
+        ],
+        &format!("SELECT * FROM l JOIN r {BAND}"),
+    )
+    .await;
+    op.spec.outer = Some(OuterJoin {
+        preserved: [true, true],
         matching,
     });
     op
@@ -293,4 +316,34 @@ async fn once_one_side_ended_the_other_keeps_nothing() {
         (joined(&out), op.state_rows()),
         (vec!["1 20".to_string()], 1)
     );
+}
+
+#[tokio::test]
+async fn a_full_join_emits_the_rows_of_either_side_that_never_matched_when_they_leave() {
+    let mut op = full_join().await;
+    op.process(0, batch(LEFT, &[&[1, 0], &[2, 0]])).unwrap();
+    op.commit_batch();
+    let full = op.snapshot(true).unwrap();
+    // A right row matching left row 1, one whose key no left row has, one out of the band.
+    let out = op
+        .process(1, batch(RIGHT, &[&[1, 5, 10], &[9, 5, 90], &[2, 20, 20]]))
+        .unwrap();
+    op.commit_batch();
+    assert_eq!(joined(&out), ["1 10"]);
+    // A left row arriving after the right row it matches marks that right row.
+    let out = op.process(0, batch(LEFT, &[&[9, 1]])).unwrap();
+    op.commit_batch();
+    assert_eq!(joined(&out), ["9 90"]);
+    let changes = op.snapshot(false).unwrap();
+    let mut restored = full_join().await;
+    restored.restore([full, changes].concat(), None).unwrap();
+    for o in [&mut op, &mut restored] {
+        // Right rows can match no left row still to come once the watermark passes their
+        // time; all of these matched but the one at 20 s.
+        assert!(o.on_watermark(6 * SECOND).unwrap().is_empty());
+        // Left rows leave 10 s after their time: row 2 never matched.
+        assert_eq!(joined(&o.on_watermark(12 * SECOND).unwrap()), ["2 "]);
+        assert_eq!(joined(&o.on_watermark(21 * SECOND).unwrap()), [" 20"]);
+        assert_eq!(o.state_rows(), 0);
+    }
 }

@@ -5,6 +5,8 @@ use datafusion::datasource::MemTable;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+use std::time::{Duration, Instant};
+
 use super::*;
 
 fn schema() -> SchemaRef {
@@ -184,4 +186,48 @@ async fn many_rows() {
     }
     want.sort();
     assert_eq!(out, want);
+}
+
+#[tokio::test]
+async fn partitions_no_row_reached_for_the_ttl_leave_and_start_afresh() {
+    let ttl = Duration::from_secs(80);
+    let mut op = operator().await.with_ttl(Some(ttl));
+    let t0 = Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    op.process(0, batch(&[("a", 5, 1), ("b", 1, 2)])).unwrap();
+    op.commit_batch();
+    op.checkpoint_at(at(0)).unwrap();
+    let full = op.snapshot(true).unwrap();
+    op.process(0, batch(&[("a", 6, 3)])).unwrap();
+    op.commit_batch();
+    assert_eq!(
+        rows(&op.checkpoint_at(at(50)).unwrap()),
+        vec!["a 5 1 2", "a 6 3 1"]
+    );
+    // At 85 s, b (last reached at 0) is past the TTL; a (at 50) is not.
+    assert!(op.checkpoint_at(at(85)).unwrap().is_empty());
+    assert_eq!(op.state_rows(), 2);
+    // The change snapshot records b's rows leaving: a restore has them gone too.
+    let changes = op.snapshot(false).unwrap();
+    let mut restored = operator().await.with_ttl(Some(ttl));
+    restored
+        .restore(full.into_iter().chain(changes).collect(), None)
+        .unwrap();
+    assert_eq!(restored.state_rows(), 2);
+    // b again starts afresh, from this row alone; a keeps its first rows.
+    for o in [&mut op, &mut restored] {
+        o.process(0, batch(&[("b", 0, 9), ("a", 1, 10)])).unwrap();
+        o.commit_batch();
+        assert_eq!(
+            rows(&o.checkpoint_at(at(90)).unwrap()),
+            vec!["a 5 1 2", "a 6 3 1", "b 0 9 1"]
+        );
+    }
+    // Without a TTL nothing leaves.
+    let mut kept = operator().await;
+    kept.process(0, batch(&[("a", 1, 1)])).unwrap();
+    kept.commit_batch();
+    kept.checkpoint_at(at(0)).unwrap();
+    kept.checkpoint_at(at(1_000_000)).unwrap();
+    assert_eq!(kept.state_rows(), 1);
 }

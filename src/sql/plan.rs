@@ -637,7 +637,7 @@ fn retract_having(nodes: &mut [NodeSpec], at: usize) -> Result<bool> {
 
     let (mut schema, mut having) = match &nodes[at].operator {
         OperatorSpec::UpdatingAggregate { aggregate, .. } => (aggregate.schema(), false),
-        OperatorSpec::TopN { spec, .. } => (spec.plan.schema(), false),
+        OperatorSpec::TopN { spec, .. } => (spec.output.clone(), false),
         // Its rows carry `_op` already: a group left without rows is a delete.
         OperatorSpec::ChangeAggregate { aggregate, .. } => {
             let mut fields: Vec<Field> = aggregate
@@ -708,7 +708,7 @@ fn output_key(nodes: &[NodeSpec], at: usize) -> Result<Vec<String>> {
         } => ((0..*keys).collect(), aggregate.schema(), "GROUP BY key"),
         // One row per partition when only the first is kept; else one per row number.
         OperatorSpec::TopN { spec, limit } => {
-            let schema = spec.plan.schema();
+            let schema = spec.output.clone();
             let mut keys = spec.partition.clone();
             if *limit > 1 {
                 keys.push(schema.fields().len() - 1);

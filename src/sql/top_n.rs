@@ -2,8 +2,10 @@
 //! ORDER BY ...)` (Nexmark q9's winning bid per auction) lowered to the operator that keeps
 //! each partition's first N rows and emits them as updates.
 
-use arrow::datatypes::DataType;
-use datafusion::common::ScalarValue;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field};
+use datafusion::common::{DFSchema, ScalarValue, TableReference};
 use datafusion::logical_expr::{
     lit, BinaryExpr, EmptyRelation, Expr, Filter, LogicalPlan, LogicalPlanBuilder, Operator,
     SortExpr, Window,
@@ -11,7 +13,7 @@ use datafusion::logical_expr::{
 
 use super::plan::{lower, plan_physical, push, Lowered, Lowering};
 use crate::error::{Error, Result};
-use crate::runtime::operator::top_n::TopNSpec;
+use crate::runtime::operator::top_n::{TopNSpec, RANK_BEFORE};
 use crate::runtime::plan::{Input, OperatorSpec};
 
 /// What a pipeline's window functions may be, for the errors that refuse the others.
@@ -142,9 +144,21 @@ pub(super) fn lower_top_n(window: &Window, limit: usize, cx: &mut Lowering) -> R
         .map(|e| e.clone().sort(true, false))
         .chain(function.params.order_by.iter().cloned())
         .collect();
+    // The rows to number carry their number before (0 for new ones) after their columns.
+    let mut fields: Vec<(Option<TableReference>, Arc<Field>)> = input_schema
+        .iter()
+        .map(|(q, f)| (q.cloned(), f.clone()))
+        .collect();
+    fields.push((
+        None,
+        Arc::new(Field::new(RANK_BEFORE, DataType::UInt64, false)),
+    ));
     let placeholder = LogicalPlan::EmptyRelation(EmptyRelation {
         produce_one_row: false,
-        schema: input_schema.clone(),
+        schema: Arc::new(DFSchema::new_with_metadata(
+            fields,
+            input_schema.metadata().clone(),
+        )?),
     });
     let logical = LogicalPlanBuilder::from(placeholder)
         .sort(sort)?
@@ -155,7 +169,11 @@ pub(super) fn lower_top_n(window: &Window, limit: usize, cx: &mut Lowering) -> R
     let node = push(
         cx,
         OperatorSpec::TopN {
-            spec: TopNSpec { plan, partition },
+            spec: TopNSpec {
+                plan,
+                partition,
+                output: Arc::new(window.schema.as_arrow().clone()),
+            },
             limit,
         },
         from,

@@ -1,8 +1,8 @@
 //! The first rows of each partition by an order (`ROW_NUMBER() OVER (PARTITION BY p ORDER BY o)`
 //! filtered to `<= N`, Nexmark q9's winning bids) over rows that only arrive: each partition
 //! keeps its first N rows, DataFusion numbers them again with the rows that arrived, and at
-//! each checkpoint the partitions that changed are emitted whole, as upserts keyed by the
-//! partition and the row number. A row once outside the first N never comes back, so nothing
+//! each checkpoint the partitions whose rows changed (a new row among the first N, or a kept
+//! one pushed down) are emitted whole, as upserts keyed by the partition and the row number. A row once outside the first N never comes back, so nothing
 //! else is kept. With a state TTL, a partition no row has reached for that long leaves the
 //! state (its rows stay in the sink; a later row starts it afresh).
 
@@ -10,8 +10,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, StringArray};
-use arrow::compute::concat_batches;
+use arrow::array::{ArrayRef, StringArray, UInt64Array};
+use arrow::compute::kernels::cmp::neq;
+use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
@@ -31,6 +32,10 @@ use super::{run_plan_on, Operator};
 use crate::error::{Error, Result};
 use crate::runtime::memory::{Budget, StateMemory};
 
+/// The column the numbering plan's input carries after the operator's input columns: a kept
+/// row's number, 0 for a row that arrived (so rows whose number did not change are known).
+pub const RANK_BEFORE: &str = "__rank_before";
+
 /// Rows that arrived are numbered once this many wait, not only at checkpoints.
 const RANK_ROWS: usize = 65_536;
 
@@ -45,6 +50,8 @@ pub struct TopNSpec {
     pub plan: Arc<dyn ExecutionPlan>,
     /// The input columns the rows are partitioned by (plain columns).
     pub partition: Vec<usize>,
+    /// The output: the input columns, then the row number (the plan's, without [`RANK_BEFORE`]).
+    pub output: SchemaRef,
 }
 
 /// The first N rows of each partition.
@@ -84,7 +91,7 @@ impl TopN {
         use datafusion::common::tree_node::{Transformed, TreeNode};
         use datafusion::physical_plan::sorts::sort::SortExec;
 
-        let output_schema = spec.plan.schema();
+        let output_schema = spec.output.clone();
         let mut order = None;
         let plan = spec
             .plan
@@ -107,14 +114,22 @@ impl TopN {
             output_schema.fields().last().cloned().ok_or_else(|| {
                 Error::Internal("a ROW_NUMBER plan with no output columns".into())
             })?;
-        let input_schema = Arc::new(output_schema.project(&(0..width).collect::<Vec<_>>())?);
+        let input_schema = Arc::new(
+            spec.plan
+                .schema()
+                .project(&(0..=width).collect::<Vec<_>>())?,
+        );
+        if input_schema.field(width).name() != RANK_BEFORE {
+            return Err(Error::Internal(format!(
+                "a ROW_NUMBER plan without {RANK_BEFORE} after its input's columns"
+            )));
+        }
         if spec.partition.is_empty() || spec.partition.iter().any(|&p| p >= width) {
             return Err(Error::Internal(
                 "a ROW_NUMBER needs partition columns among its input's".into(),
             ));
         }
-        let fields: Vec<Field> = input_schema
-            .fields()
+        let fields: Vec<Field> = input_schema.fields()[..width]
             .iter()
             .chain(spec.partition.iter().map(|&p| &input_schema.fields()[p]))
             .map(|f| f.as_ref().clone().with_nullable(true))
@@ -192,16 +207,23 @@ impl TopN {
                 }
             }
         }
+        if self.ttl.is_some() {
+            for partition in &touched {
+                self.touched_at.insert(partition.clone(), now);
+            }
+        }
+        // Kept rows with their number, arriving ones with 0.
+        let number = self.width + self.partition.len();
         let mut candidates = Vec::with_capacity(fresh.len() + 1);
         if !kept.is_empty() {
-            let columns = self.table.gather(0..self.width, &kept)?;
+            let mut columns = self.table.gather(0..self.width, &kept)?;
+            columns.extend(self.table.gather(number..number + 1, &kept)?);
             candidates.push(RecordBatch::try_new(self.input_schema.clone(), columns)?);
         }
         for batch in fresh {
-            candidates.push(RecordBatch::try_new(
-                self.input_schema.clone(),
-                batch.columns().to_vec(),
-            )?);
+            let mut columns = batch.columns().to_vec();
+            columns.push(Arc::new(UInt64Array::from(vec![0u64; batch.num_rows()])));
+            candidates.push(RecordBatch::try_new(self.input_schema.clone(), columns)?);
         }
         let candidates = concat_batches(&self.input_schema, &candidates)?;
         let sorted = sort_batch(&candidates, &self.order, None)?;
@@ -215,22 +237,30 @@ impl TopN {
         if numbered.is_empty() {
             return Ok(());
         }
-        let numbered = concat_batches(&self.output_schema, &numbered)?;
+        let numbered = concat_batches(&self.plan.schema(), &numbered)?;
+        // Only rows whose number changed: new among the first N, or pushed down.
+        let moved = neq(numbered.column(self.width), numbered.column(self.width + 1))?;
+        let numbered = filter_record_batch(&numbered, &moved)?;
         let n = numbered.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
         let mut columns = numbered.columns()[..self.width].to_vec();
         columns.extend(self.partition.iter().map(|&p| numbered.column(p).clone()));
-        columns.push(numbered.column(self.width).clone());
+        columns.push(numbered.column(self.width + 1).clone());
         columns.push(Arc::new(StringArray::from(vec!["upsert"; n])));
         let changes = self
             .table
             .prepare(&RecordBatch::try_new(self.table.schema().clone(), columns)?)?;
         let partitions = self.partitions_of(&numbered, &self.partition)?;
-        // Every kept row of a partition numbered again is replaced: a partition only grows
-        // towards N rows, so each of its row numbers comes back.
+        // Each row replaces its partition's row of the same number.
         let mut ranked_ids: HashMap<Box<[u8]>, Vec<RowId>, ahash::RandomState> = HashMap::default();
+        let mut replaced: HashSet<RowId> = HashSet::new();
         self.table.apply(
             changes,
-            |_, _| {},
+            |id, _| {
+                replaced.insert(id);
+            },
             |i, id| {
                 ranked_ids
                     .entry(partitions.row(i).as_ref().into())
@@ -240,20 +270,17 @@ impl TopN {
             },
         );
         for (partition, ids) in ranked_ids {
-            self.index_bytes += 8 * ids.len();
-            match self.members.get_mut(&partition) {
-                Some(old) => {
-                    self.index_bytes = self.index_bytes.saturating_sub(8 * old.len());
-                    *old = ids;
-                }
+            let rows = match self.members.get_mut(&partition) {
+                Some(rows) => rows,
                 None => {
                     self.index_bytes += partition.len() + KEY_OVERHEAD;
-                    self.members.insert(partition.clone(), ids);
+                    self.members.entry(partition.clone()).or_default()
                 }
-            }
-            if self.ttl.is_some() {
-                self.touched_at.insert(partition.clone(), now);
-            }
+            };
+            let before = rows.len();
+            rows.retain(|id| !replaced.contains(id));
+            rows.extend(ids);
+            self.index_bytes = (self.index_bytes + 8 * rows.len()).saturating_sub(8 * before);
             self.changed.insert(partition);
         }
         Ok(())

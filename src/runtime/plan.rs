@@ -11,6 +11,7 @@ use super::event_time::EventTime;
 use super::graph::OperatorGraph;
 use super::memory::StateMemory;
 use super::operator::change_aggregate::ChangeAggregate;
+use super::operator::change_top_n::ChangeTopN;
 use super::operator::distinct::Distinct;
 use super::operator::lookup_join::{LookupJoin, LookupJoinSpec};
 use super::operator::parallel::Parallel;
@@ -89,6 +90,13 @@ pub enum OperatorSpec {
     /// The first `limit` rows of each partition by an order (ROW_NUMBER() kept to `<= limit`),
     /// emitted as updates keyed by the partition and the row number.
     TopN { spec: TopNSpec, limit: usize },
+    /// The same over a table kept by its changes (rows: the window's input columns, the
+    /// table's key, `_op`): emits upserts and deletes.
+    ChangeTopN {
+        spec: TopNSpec,
+        limit: usize,
+        schema: SchemaRef,
+    },
     /// GROUP BY a window: partial aggregate states per batch, rows emitted once the watermark
     /// passes the window's end. Session windows merge a key's overlapping states first.
     WindowAggregate {
@@ -213,6 +221,13 @@ impl OperatorSpec {
                     .with_memory(memory)
                     .with_ttl(options.state_ttl),
             ),
+            OperatorSpec::ChangeTopN {
+                spec,
+                limit,
+                schema,
+            } => {
+                Box::new(ChangeTopN::new(spec.clone(), *limit, schema.clone())?.with_memory(memory))
+            }
             OperatorSpec::TopN { spec, .. } => Box::new(
                 TopN::new(spec.clone())?
                     .with_memory(memory)
@@ -287,9 +302,12 @@ impl PipelinePlan {
 
     /// Whether its updates are the first rows of a ROW_NUMBER() (rather than a GROUP BY's).
     pub fn ranks(&self) -> bool {
-        self.nodes
-            .iter()
-            .any(|n| matches!(n.operator, OperatorSpec::TopN { .. }))
+        self.nodes.iter().any(|n| {
+            matches!(
+                n.operator,
+                OperatorSpec::TopN { .. } | OperatorSpec::ChangeTopN { .. }
+            )
+        })
     }
 
     /// The names of the sources read, in input order.

@@ -97,12 +97,17 @@ pub(super) fn lower_aggregate_over_updates(
     inner: &Aggregate,
     cx: &mut Lowering,
 ) -> Result<Lowered> {
-    let carried = inner.schema.fields()[..inner.group_expr.len()]
+    lower_keyed_aggregate(agg, group_key_columns(inner), true, cx)
+}
+
+/// The columns a GROUP BY's updates carry up to the operator that keeps them as a table: its
+/// group columns, then `_op`.
+pub(super) fn group_key_columns(inner: &Aggregate) -> Vec<Field> {
+    inner.schema.fields()[..inner.group_expr.len()]
         .iter()
         .map(|f| f.as_ref().clone().with_nullable(true))
         .chain([Field::new(OP, DataType::Utf8, true)])
-        .collect();
-    lower_keyed_aggregate(agg, carried, true, cx)
+        .collect()
 }
 
 /// The GROUP BY whose updates another GROUP BY reads, lowered as itself; after it its rows

@@ -204,6 +204,7 @@ pub(super) fn push_n(cx: &mut Lowering, operator: OperatorSpec, inputs: Vec<Inpu
         OperatorSpec::LookupJoin(_) => format!("lookup{index}"),
         OperatorSpec::StreamJoin(_) => format!("stream_join{index}"),
         OperatorSpec::TopN { .. } => format!("top_n{index}"),
+        OperatorSpec::ChangeTopN { .. } => format!("change_top_n{index}"),
     };
     nodes.push(NodeSpec {
         id,
@@ -638,6 +639,17 @@ fn retract_having(nodes: &mut [NodeSpec], at: usize) -> Result<bool> {
     let (mut schema, mut having) = match &nodes[at].operator {
         OperatorSpec::UpdatingAggregate { aggregate, .. } => (aggregate.schema(), false),
         OperatorSpec::TopN { spec, .. } => (spec.output.clone(), false),
+        // Its rows carry `_op` already: a row number a partition no longer reaches is a delete.
+        OperatorSpec::ChangeTopN { spec, .. } => {
+            let mut fields: Vec<Field> = spec
+                .output
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect();
+            fields.push(Field::new(OP, DataType::Utf8, true));
+            (Arc::new(Schema::new(fields)), true)
+        }
         // Its rows carry `_op` already: a group left without rows is a delete.
         OperatorSpec::ChangeAggregate { aggregate, .. } => {
             let mut fields: Vec<Field> = aggregate
@@ -707,7 +719,7 @@ fn output_key(nodes: &[NodeSpec], at: usize) -> Result<Vec<String>> {
             keys, aggregate, ..
         } => ((0..*keys).collect(), aggregate.schema(), "GROUP BY key"),
         // One row per partition when only the first is kept; else one per row number.
-        OperatorSpec::TopN { spec, limit } => {
+        OperatorSpec::TopN { spec, limit } | OperatorSpec::ChangeTopN { spec, limit, .. } => {
             let schema = spec.output.clone();
             let mut keys = spec.partition.clone();
             if *limit > 1 {

@@ -127,13 +127,41 @@ pub(super) fn lower_top_n(window: &Window, limit: usize, cx: &mut Lowering) -> R
     }
     let number = window.schema.qualified_field(input_schema.fields().len());
     let keep = Expr::Column(number.into()).lt_eq(lit(limit as u64));
-    let updating = cx.updating;
-    let from = lower(&window.input, cx)?;
-    if cx.updating != updating || cx.carry.is_some() {
+    if cx.carry.is_some() {
         return Err(Error::Unsupported(
-            "ROW_NUMBER() over a GROUP BY's updates or a change stream is not supported yet: it numbers rows that only arrive".into(),
+            "ROW_NUMBER() under a GROUP BY over changes is not supported".into(),
         )
         .at_place(cx.places.select));
+    }
+    // Over updates (a GROUP BY's, a change stream's), each row carries its table key and `_op`
+    // up to the window, which keeps every current row.
+    let carried = match super::changes::updating_aggregate_under(&window.input) {
+        Some(inner) => Some((super::changes::group_key_columns(inner), true)),
+        None => match super::changes::change_stream_under(&window.input) {
+            Some(table) if table.primary_key().is_empty() => {
+                return Err(Error::Plan(format!(
+                    "a ROW_NUMBER() over change stream \"{}\" numbers the rows of the table it describes, and needs its primary key to know which row each change replaces: declare PRIMARY KEY (...) on the source",
+                    table.name()
+                ))
+                .at_place(cx.places.select))
+            }
+            Some(table) => Some((super::changes::carried_columns(&table)?, false)),
+            None => None,
+        },
+    };
+    let updating = cx.updating;
+    if let Some((fields, from_group_by)) = &carried {
+        cx.carry = Some(fields.clone());
+        cx.carry_from_group_by = *from_group_by;
+    }
+    let lowered = lower(&window.input, cx);
+    cx.carry = None;
+    cx.carry_from_group_by = false;
+    let from = lowered?;
+    if carried.is_none() && cx.updating != updating {
+        return Err(Error::Internal(
+            "a ROW_NUMBER's input became updates unseen".into(),
+        ));
     }
     // Each partition's rows in order, numbered, the first `limit` kept: DataFusion's window
     // needs its input sorted, and the plan has no physical optimizer to sort it.
@@ -166,18 +194,31 @@ pub(super) fn lower_top_n(window: &Window, limit: usize, cx: &mut Lowering) -> R
         .filter(keep)?
         .build()?;
     let plan = plan_physical(&logical, cx.state)?;
-    let node = push(
-        cx,
-        OperatorSpec::TopN {
-            spec: TopNSpec {
-                plan,
-                partition,
-                output: Arc::new(window.schema.as_arrow().clone()),
-            },
-            limit,
-        },
-        from,
-    );
+    let spec = TopNSpec {
+        plan,
+        partition,
+        output: Arc::new(window.schema.as_arrow().clone()),
+    };
+    let operator = match carried {
+        None => OperatorSpec::TopN { spec, limit },
+        Some((fields, _)) => {
+            let schema = Arc::new(arrow::datatypes::Schema::new(
+                input_schema
+                    .as_arrow()
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone().with_nullable(true))
+                    .chain(fields)
+                    .collect::<Vec<_>>(),
+            ));
+            OperatorSpec::ChangeTopN {
+                spec,
+                limit,
+                schema,
+            }
+        }
+    };
+    let node = push(cx, operator, from);
     if let Input::Node(n) = node {
         cx.updating = Some(n);
     }

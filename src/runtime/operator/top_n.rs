@@ -88,27 +88,8 @@ pub struct TopN {
 impl TopN {
     /// The operator over rows of the plan's input.
     pub fn new(spec: TopNSpec) -> Result<Self> {
-        use datafusion::common::tree_node::{Transformed, TreeNode};
-        use datafusion::physical_plan::sorts::sort::SortExec;
-
         let output_schema = spec.output.clone();
-        let mut order = None;
-        let plan = spec
-            .plan
-            .clone()
-            .transform_up(|node| match node.downcast_ref::<SortExec>() {
-                Some(sort) => {
-                    order = Some(sort.expr().clone());
-                    Ok(Transformed::yes(sort.input().clone()))
-                }
-                None => Ok(Transformed::no(node)),
-            })?
-            .data;
-        let Some(order) = order else {
-            return Err(Error::Internal(
-                "a ROW_NUMBER plan without the sort under its window".into(),
-            ));
-        };
+        let (plan, order) = split_sort(&spec.plan)?;
         let width = output_schema.fields().len().saturating_sub(1);
         let number =
             output_schema.fields().last().cloned().ok_or_else(|| {
@@ -225,13 +206,11 @@ impl TopN {
             columns.push(Arc::new(UInt64Array::from(vec![0u64; batch.num_rows()])));
             candidates.push(RecordBatch::try_new(self.input_schema.clone(), columns)?);
         }
-        let candidates = concat_batches(&self.input_schema, &candidates)?;
-        let sorted = sort_batch(&candidates, &self.order, None)?;
-        let source = MemorySourceConfig::try_new(&[vec![sorted]], self.input_schema.clone(), None)?
-            .try_with_sort_information(vec![self.order.clone()])?;
-        let numbered = run_plan_on(
+        let numbered = number_rows(
             &self.plan,
-            vec![DataSourceExec::from_data_source(source)],
+            &self.order,
+            &self.input_schema,
+            &candidates,
             &self.task,
         )?;
         if numbered.is_empty() {
@@ -358,6 +337,50 @@ impl TopN {
             .sum();
         self.table.memory_bytes() + self.index_bytes + fresh
     }
+}
+
+/// The numbering plan without its sort, and the sort's order: the operator sorts itself.
+pub(super) fn split_sort(
+    plan: &Arc<dyn ExecutionPlan>,
+) -> Result<(Arc<dyn ExecutionPlan>, LexOrdering)> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::physical_plan::sorts::sort::SortExec;
+
+    let mut order = None;
+    let plan = plan
+        .clone()
+        .transform_up(|node| match node.downcast_ref::<SortExec>() {
+            Some(sort) => {
+                order = Some(sort.expr().clone());
+                Ok(Transformed::yes(sort.input().clone()))
+            }
+            None => Ok(Transformed::no(node)),
+        })?
+        .data;
+    match order {
+        Some(order) => Ok((plan, order)),
+        None => Err(Error::Internal(
+            "a ROW_NUMBER plan without the sort under its window".into(),
+        )),
+    }
+}
+
+/// Numbers `candidates` (of `schema`, the plan's input) with `plan` (its sort split off):
+/// sorted here in one piece by `order`, then given to the window as a source known to be
+/// sorted (DataFusion's SortExec would merge the runs of its split input on tokio tasks,
+/// which wait behind this thread's wait for the plan).
+pub(super) fn number_rows(
+    plan: &Arc<dyn ExecutionPlan>,
+    order: &LexOrdering,
+    schema: &SchemaRef,
+    candidates: &[RecordBatch],
+    task: &Arc<TaskContext>,
+) -> Result<Vec<RecordBatch>> {
+    let candidates = concat_batches(schema, candidates)?;
+    let sorted = sort_batch(&candidates, order, None)?;
+    let source = MemorySourceConfig::try_new(&[vec![sorted]], schema.clone(), None)?
+        .try_with_sort_information(vec![order.clone()])?;
+    run_plan_on(plan, vec![DataSourceExec::from_data_source(source)], task)
 }
 
 impl Operator for TopN {

@@ -4,7 +4,6 @@
 //! delete when its last row left it. Nothing is retracted from an accumulator, so every
 //! aggregate works (min, max and count(DISTINCT ...) included).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{new_null_array, ArrayRef, StringArray};
@@ -14,7 +13,8 @@ use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::keyed_rows::{Changes, KeyedRows, RowId, KEY_OVERHEAD};
+use super::keyed_rows::{Changes, KeyedRows};
+use super::row_groups::RowGroups;
 use super::spill::{load, StateChunk};
 use super::stateless::OP;
 use super::two_stage::TwoStage;
@@ -24,14 +24,6 @@ use crate::runtime::memory::{Budget, StateMemory};
 
 /// Rows per batch a recomputation aggregates.
 const CHUNK_ROWS: usize = 65_536;
-
-/// The current rows of one group.
-struct Group {
-    /// The group's values in Arrow's row format.
-    key: Box<[u8]>,
-    /// Its rows; some may have died since it was last aggregated.
-    rows: Vec<RowId>,
-}
 
 /// A batch of changes with each row's group, waiting for its commit.
 struct Prepared {
@@ -49,16 +41,9 @@ pub struct ChangeAggregate {
     output_schema: SchemaRef,
     group_values: RowConverter,
     table: KeyedRows,
-    group_ids: HashMap<Box<[u8]>, u32, ahash::RandomState>,
-    groups: Vec<Group>,
-    /// Group ids free for reuse (their groups emptied and emitted).
-    free: Vec<u32>,
-    /// Groups touched since the last emission, once each.
-    changed: Vec<u32>,
-    /// Whether each group is in `changed`.
-    is_changed: Vec<bool>,
+    /// The current rows of each group, and the groups touched since the last emission.
+    groups: RowGroups<()>,
     pending: Vec<Prepared>,
-    index_bytes: usize,
     budget: Option<Budget>,
 }
 
@@ -96,13 +81,8 @@ impl ChangeAggregate {
             output_schema: Arc::new(Schema::new(out)),
             group_values,
             table,
-            group_ids: HashMap::default(),
-            groups: Vec::new(),
-            free: Vec::new(),
-            changed: Vec::new(),
-            is_changed: Vec::new(),
+            groups: RowGroups::default(),
             pending: Vec::new(),
-            index_bytes: 0,
             budget: None,
         })
     }
@@ -140,60 +120,16 @@ impl ChangeAggregate {
     /// Applies a batch of changes: the groups of the rows replaced and of the new rows change.
     fn apply(&mut self, p: Prepared) {
         let Prepared { changes, groups } = p;
-        let Self {
-            table,
-            changed,
-            is_changed,
-            group_ids,
-            groups: all,
-            free,
-            index_bytes,
-            ..
-        } = self;
         let mut left = Vec::new();
-        table.apply(
+        let all = &mut self.groups;
+        self.table.apply(
             changes,
             |_, g| left.push(g),
-            |i, id| {
-                let key = groups.row(i);
-                let g = match group_ids.get(key.as_ref()) {
-                    Some(&g) => g,
-                    None => {
-                        *index_bytes += 2 * (key.as_ref().len() + KEY_OVERHEAD);
-                        let group = Group {
-                            key: key.as_ref().into(),
-                            rows: Vec::new(),
-                        };
-                        let g = match free.pop() {
-                            Some(g) => {
-                                all[g as usize] = group;
-                                g
-                            }
-                            None => {
-                                all.push(group);
-                                (all.len() - 1) as u32
-                            }
-                        };
-                        group_ids.insert(key.as_ref().into(), g);
-                        g
-                    }
-                };
-                all[g as usize].rows.push(id);
-                *index_bytes += 8;
-                if is_changed.len() <= g as usize {
-                    is_changed.resize(g as usize + 1, false);
-                }
-                if !std::mem::replace(&mut is_changed[g as usize], true) {
-                    changed.push(g);
-                }
-                g
-            },
+            |i, id| all.add(groups.row(i).as_ref(), id),
         );
-        // The groups of rows replaced (always known groups, so marked in range).
+        // The groups of rows replaced (always known groups).
         for g in left {
-            if !std::mem::replace(&mut is_changed[g as usize], true) {
-                changed.push(g);
-            }
+            all.touch(g);
         }
     }
 
@@ -202,18 +138,9 @@ impl ChangeAggregate {
     fn emit_changed(&mut self) -> Result<Vec<RecordBatch>> {
         let mut rows = Vec::new();
         let mut emptied = Vec::new();
-        let changed = std::mem::take(&mut self.changed);
-        for &g in &changed {
-            self.is_changed[g as usize] = false;
-        }
-        for g in changed {
-            let table = &self.table;
-            let group = &mut self.groups[g as usize];
-            let before = group.rows.len();
-            group.rows.retain(|&id| table.is_live(id));
-            self.index_bytes = self
-                .index_bytes
-                .saturating_sub(8 * (before - group.rows.len()));
+        let table = &self.table;
+        for g in self.groups.take_changed(|id| table.is_live(id)) {
+            let group = self.groups.get(g);
             if group.rows.is_empty() {
                 emptied.push(g);
             } else {
@@ -239,7 +166,7 @@ impl ChangeAggregate {
             let parser = self.group_values.parser();
             let keys: Vec<&[u8]> = emptied
                 .iter()
-                .map(|&g| self.groups[g as usize].key.as_ref())
+                .map(|&g| self.groups.get(g).key.as_ref())
                 .collect();
             let mut columns = self
                 .group_values
@@ -252,19 +179,14 @@ impl ChangeAggregate {
             columns.push(Arc::new(StringArray::from(vec!["delete"; n])));
             out.push(RecordBatch::try_new(self.output_schema.clone(), columns)?);
             for g in emptied {
-                let key = std::mem::take(&mut self.groups[g as usize].key);
-                self.index_bytes = self
-                    .index_bytes
-                    .saturating_sub(2 * (key.len() + KEY_OVERHEAD));
-                self.group_ids.remove(&key);
-                self.free.push(g);
+                self.groups.forget(g);
             }
         }
         Ok(out)
     }
 
     fn memory_bytes(&self) -> usize {
-        self.table.memory_bytes() + self.index_bytes
+        self.table.memory_bytes() + self.groups.bytes()
     }
 }
 
@@ -325,18 +247,15 @@ impl Operator for ChangeAggregate {
             self.fit_memory()?;
         }
         // What was restored was emitted before the checkpoint.
-        for g in std::mem::take(&mut self.changed) {
-            self.is_changed[g as usize] = false;
-        }
+        let table = &self.table;
+        self.groups.take_changed(|id| table.is_live(id));
         self.table.restored();
         Ok(())
     }
 
     fn fit_memory(&mut self) -> Result<()> {
         if let Some(moved) = self.table.compact_if_due()? {
-            for group in &mut self.groups {
-                group.rows = group.rows.iter().filter_map(|&id| moved.get(id)).collect();
-            }
+            self.groups.remap(&moved);
         }
         let bytes = self.memory_bytes();
         Budget::hold_in(

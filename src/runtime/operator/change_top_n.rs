@@ -4,7 +4,6 @@
 //! over its current rows. Its first N rows are emitted as upserts keyed by the partition and
 //! the row number, and the row numbers it no longer reaches (a row left it) as deletes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{new_null_array, ArrayRef, StringArray, UInt64Array};
@@ -15,20 +14,14 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_expr::LexOrdering;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::keyed_rows::{Changes, KeyedRows, RowId, KEY_OVERHEAD};
+use super::keyed_rows::{Changes, KeyedRows};
+use super::row_groups::RowGroups;
 use super::spill::{load, StateChunk};
 use super::stateless::OP;
 use super::top_n::{number_rows, split_sort, TopNSpec, RANK_BEFORE};
 use super::Operator;
 use crate::error::{Error, Result};
 use crate::runtime::memory::{Budget, StateMemory};
-
-/// The current rows of one partition, and how many row numbers were last emitted for it.
-struct Part {
-    key: Box<[u8]>,
-    rows: Vec<RowId>,
-    emitted: usize,
-}
 
 /// A batch of changes with each row's partition, waiting for its commit.
 struct Prepared {
@@ -50,14 +43,10 @@ pub struct ChangeTopN {
     limit: usize,
     partition_values: RowConverter,
     table: KeyedRows,
-    part_ids: HashMap<Box<[u8]>, u32, ahash::RandomState>,
-    parts: Vec<Part>,
-    free: Vec<u32>,
-    /// Partitions touched since the last emission, once each.
-    changed: Vec<u32>,
-    is_changed: Vec<bool>,
+    /// The current rows of each partition, with how many row numbers were last emitted for
+    /// it, and the partitions touched since the last emission.
+    parts: RowGroups<usize>,
     pending: Vec<Prepared>,
-    index_bytes: usize,
     budget: Option<Budget>,
     task: Arc<TaskContext>,
 }
@@ -103,13 +92,8 @@ impl ChangeTopN {
             limit,
             partition_values,
             table,
-            part_ids: HashMap::default(),
-            parts: Vec::new(),
-            free: Vec::new(),
-            changed: Vec::new(),
-            is_changed: Vec::new(),
+            parts: RowGroups::default(),
             pending: Vec::new(),
-            index_bytes: 0,
             budget: None,
             task: Arc::new(TaskContext::default()),
         })
@@ -132,91 +116,38 @@ impl ChangeTopN {
         Ok(Prepared { changes, parts })
     }
 
-    fn touch(changed: &mut Vec<u32>, is_changed: &mut Vec<bool>, p: u32) {
-        if is_changed.len() <= p as usize {
-            is_changed.resize(p as usize + 1, false);
-        }
-        if !std::mem::replace(&mut is_changed[p as usize], true) {
-            changed.push(p);
-        }
-    }
-
     /// Applies a batch of changes: the partitions of the rows replaced and of the new rows
     /// change.
     fn apply(&mut self, prepared: Prepared) {
         let Prepared { changes, parts } = prepared;
-        let Self {
-            table,
-            part_ids,
-            parts: all,
-            free,
-            changed,
-            is_changed,
-            index_bytes,
-            ..
-        } = self;
         let mut left = Vec::new();
-        table.apply(
+        let all = &mut self.parts;
+        self.table.apply(
             changes,
             |_, p| left.push(p),
-            |i, id| {
-                let key = parts.row(i);
-                let p = match part_ids.get(key.as_ref()) {
-                    Some(&p) => p,
-                    None => {
-                        *index_bytes += 2 * (key.as_ref().len() + KEY_OVERHEAD);
-                        let part = Part {
-                            key: key.as_ref().into(),
-                            rows: Vec::new(),
-                            emitted: 0,
-                        };
-                        let p = match free.pop() {
-                            Some(p) => {
-                                all[p as usize] = part;
-                                p
-                            }
-                            None => {
-                                all.push(part);
-                                (all.len() - 1) as u32
-                            }
-                        };
-                        part_ids.insert(key.as_ref().into(), p);
-                        p
-                    }
-                };
-                all[p as usize].rows.push(id);
-                *index_bytes += 8;
-                Self::touch(changed, is_changed, p);
-                p
-            },
+            |i, id| all.add(parts.row(i).as_ref(), id),
         );
         for p in left {
-            Self::touch(changed, is_changed, p);
+            all.touch(p);
         }
     }
 
     /// Each changed partition's first rows (upserts) and the row numbers it no longer reaches
     /// (deletes, keyed by partition and number).
     fn emit_changed(&mut self) -> Result<Vec<RecordBatch>> {
-        let changed = std::mem::take(&mut self.changed);
+        let table = &self.table;
+        let changed = self.parts.take_changed(|id| table.is_live(id));
         let mut ids = Vec::new();
         // Partitions with fewer rows numbered than last emitted: (partition, now, before).
         let mut shrunk: Vec<(u32, usize, usize)> = Vec::new();
         for &p in &changed {
-            self.is_changed[p as usize] = false;
-            let table = &self.table;
-            let part = &mut self.parts[p as usize];
-            let before = part.rows.len();
-            part.rows.retain(|&id| table.is_live(id));
-            self.index_bytes = self
-                .index_bytes
-                .saturating_sub(8 * (before - part.rows.len()));
+            let part = self.parts.get_mut(p);
             ids.extend(part.rows.iter().map(|&(b, i)| (b as usize, i as usize)));
             let now = part.rows.len().min(self.limit);
-            if now < part.emitted {
-                shrunk.push((p, now, part.emitted));
+            if now < part.extra {
+                shrunk.push((p, now, part.extra));
             }
-            part.emitted = now;
+            part.extra = now;
         }
         let mut out = Vec::new();
         if !ids.is_empty() {
@@ -242,7 +173,7 @@ impl ChangeTopN {
         let mut numbers: Vec<u64> = Vec::new();
         for (p, now, before) in shrunk {
             for number in now + 1..=before {
-                keys.push(self.parts[p as usize].key.as_ref());
+                keys.push(self.parts.get(p).key.as_ref());
                 numbers.push(number as u64);
             }
         }
@@ -265,20 +196,15 @@ impl ChangeTopN {
         }
         // Partitions left without rows are forgotten.
         for p in changed {
-            if self.parts[p as usize].rows.is_empty() {
-                let key = std::mem::take(&mut self.parts[p as usize].key);
-                self.index_bytes = self
-                    .index_bytes
-                    .saturating_sub(2 * (key.len() + KEY_OVERHEAD));
-                self.part_ids.remove(&key);
-                self.free.push(p);
+            if self.parts.get(p).rows.is_empty() {
+                self.parts.forget(p);
             }
         }
         Ok(out)
     }
 
     fn memory_bytes(&self) -> usize {
-        self.table.memory_bytes() + self.index_bytes
+        self.table.memory_bytes() + self.parts.bytes()
     }
 }
 
@@ -325,12 +251,10 @@ impl Operator for ChangeTopN {
             self.fit_memory()?;
         }
         // What was restored was emitted before the checkpoint: each partition's first rows.
-        for p in std::mem::take(&mut self.changed) {
-            self.is_changed[p as usize] = false;
-            let table = &self.table;
-            let part = &mut self.parts[p as usize];
-            part.rows.retain(|&id| table.is_live(id));
-            part.emitted = part.rows.len().min(self.limit);
+        let table = &self.table;
+        for p in self.parts.take_changed(|id| table.is_live(id)) {
+            let part = self.parts.get_mut(p);
+            part.extra = part.rows.len().min(self.limit);
         }
         self.table.restored();
         Ok(())
@@ -338,9 +262,7 @@ impl Operator for ChangeTopN {
 
     fn fit_memory(&mut self) -> Result<()> {
         if let Some(moved) = self.table.compact_if_due()? {
-            for part in &mut self.parts {
-                part.rows = part.rows.iter().filter_map(|&id| moved.get(id)).collect();
-            }
+            self.parts.remap(&moved);
         }
         let bytes = self.memory_bytes();
         Budget::hold_in(

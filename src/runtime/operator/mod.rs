@@ -9,6 +9,7 @@ mod lookup_cache;
 pub mod lookup_join;
 pub mod open_states;
 pub mod parallel;
+pub mod row_groups;
 pub mod sessions;
 pub mod spill;
 pub mod stateless;

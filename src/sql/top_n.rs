@@ -63,22 +63,13 @@ pub(super) fn lower_ranked_filter(filter: &Filter, cx: &mut Lowering) -> Result<
     let Some((window, name)) = window_under(&filter.input, &column.name) else {
         return Err(refuse());
     };
+    // The WHERE's column must be the row number, under whatever name it has there.
     let number = window
         .schema
         .field(window.input.schema().fields().len())
         .name();
-    let renamed = Expr::Column(datafusion::common::Column::new_unqualified(number));
-    let predicate = match &filter.predicate {
-        Expr::BinaryExpr(b) if matches!(b.left.as_ref(), Expr::Column(_)) => {
-            Expr::BinaryExpr(BinaryExpr::new(Box::new(renamed), b.op, b.right.clone()))
-        }
-        Expr::BinaryExpr(b) => {
-            Expr::BinaryExpr(BinaryExpr::new(b.left.clone(), b.op, Box::new(renamed)))
-        }
-        _ => return Err(refuse()),
-    };
     let Some(limit) = (name == *number)
-        .then(|| limit_of(&predicate, number))
+        .then(|| limit_of(&filter.predicate, &column.name))
         .flatten()
     else {
         return Err(refuse());

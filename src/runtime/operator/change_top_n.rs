@@ -284,12 +284,9 @@ impl Operator for ChangeTopN {
 #[cfg(test)]
 mod tests {
     use arrow::array::{Int64Array, StringArray};
-    use arrow::util::display::array_value_to_string;
-    use datafusion::datasource::MemTable;
-    use datafusion::execution::SessionStateBuilder;
-    use datafusion::prelude::{SessionConfig, SessionContext};
 
     use super::*;
+    use crate::runtime::operator::tests::{row_number_spec, rows_as_text};
 
     fn window_input() -> Vec<Field> {
         vec![
@@ -308,29 +305,7 @@ mod tests {
 
     /// The two highest `v` per `k`.
     async fn operator() -> ChangeTopN {
-        let state = SessionStateBuilder::new()
-            .with_config(SessionConfig::new().with_target_partitions(1))
-            .with_default_features()
-            .build();
-        let ctx = SessionContext::new_with_state(state);
-        let mut fields = window_input();
-        fields.push(Field::new(RANK_BEFORE, DataType::UInt64, false));
-        let table = MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]]).unwrap();
-        ctx.register_table("r", Arc::new(table)).unwrap();
-        let plan = ctx
-            .sql("SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY k ORDER BY v DESC) AS rn FROM r) WHERE rn <= 2")
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        let mut output = window_input();
-        output.push(Field::new("rn", DataType::UInt64, false));
-        let spec = TopNSpec {
-            plan,
-            partition: vec![0],
-            output: Arc::new(Schema::new(output)),
-        };
+        let spec = row_number_spec(&window_input(), "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY k ORDER BY v DESC) AS rn FROM r) WHERE rn <= 2").await;
         ChangeTopN::new(spec, 2, change_schema()).unwrap()
     }
 
@@ -358,20 +333,7 @@ mod tests {
 
     /// Emitted rows as `k v rn op`, sorted.
     fn rows(batches: &[RecordBatch]) -> Vec<String> {
-        let mut out: Vec<String> = batches
-            .iter()
-            .flat_map(|b| {
-                (0..b.num_rows()).map(move |i| {
-                    b.columns()
-                        .iter()
-                        .map(|c| array_value_to_string(c, i).unwrap())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-            })
-            .collect();
-        out.sort();
-        out
+        rows_as_text(batches)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -362,6 +362,61 @@ pub(crate) mod tests {
         join
     }
 
+    /// The ROW_NUMBER plan of `sql` over table `r` of `input` columns (with the row number
+    /// before them, as the SQL front end adds it), planned with the sort under its window (here
+    /// by DataFusion's sort enforcement), kept to its rows partitioned by column 0.
+    pub async fn row_number_spec(
+        input: &[arrow::datatypes::Field],
+        sql: &str,
+    ) -> super::top_n::TopNSpec {
+        use arrow::datatypes::{DataType, Field, Schema};
+        let state = SessionStateBuilder::new()
+            .with_config(SessionConfig::new().with_target_partitions(1))
+            .with_default_features()
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        let mut fields = input.to_vec();
+        fields.push(Field::new(
+            super::top_n::RANK_BEFORE,
+            DataType::UInt64,
+            false,
+        ));
+        let table = MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]]).unwrap();
+        ctx.register_table("r", Arc::new(table)).unwrap();
+        let plan = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let mut output = input.to_vec();
+        output.push(Field::new("rn", DataType::UInt64, false));
+        super::top_n::TopNSpec {
+            plan,
+            partition: vec![0],
+            output: Arc::new(Schema::new(output)),
+        }
+    }
+
+    /// Rows of `batches` as their cells' text joined by spaces, sorted.
+    pub fn rows_as_text(batches: &[arrow::record_batch::RecordBatch]) -> Vec<String> {
+        let mut out: Vec<String> = batches
+            .iter()
+            .flat_map(|b| {
+                (0..b.num_rows()).map(move |i| {
+                    b.columns()
+                        .iter()
+                        .map(|c| arrow::util::display::array_value_to_string(c, i).unwrap())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The Final aggregate of `sql` (a GROUP BY over table `t` of `schema`), planned as the SQL
     /// front end plans it: Final over Partial, no physical optimizer.
     pub async fn aggregate_plan(schema: SchemaRef, sql: &str) -> Arc<dyn ExecutionPlan> {

@@ -163,8 +163,12 @@ impl TopN {
     }
 
     /// The partition of each row, in Arrow's row format.
-    fn partitions_of(&self, batch: &RecordBatch, columns: &[usize]) -> Result<arrow::row::Rows> {
-        let values: Vec<ArrayRef> = columns.iter().map(|&c| batch.column(c).clone()).collect();
+    fn partitions_of(&self, batch: &RecordBatch) -> Result<arrow::row::Rows> {
+        let values: Vec<ArrayRef> = self
+            .partition
+            .iter()
+            .map(|&c| batch.column(c).clone())
+            .collect();
         Ok(self.partition_values.convert_columns(&values)?)
     }
 
@@ -179,7 +183,7 @@ impl TopN {
         let mut touched: HashSet<Box<[u8]>, ahash::RandomState> = HashSet::default();
         let mut kept: Vec<(usize, usize)> = Vec::new();
         for batch in &fresh {
-            let partitions = self.partitions_of(batch, &self.partition)?;
+            let partitions = self.partitions_of(batch)?;
             for row in partitions.iter() {
                 if touched.insert(row.as_ref().into()) {
                     if let Some(ids) = self.members.get(row.as_ref()) {
@@ -231,7 +235,7 @@ impl TopN {
         let changes = self
             .table
             .prepare(&RecordBatch::try_new(self.table.schema().clone(), columns)?)?;
-        let partitions = self.partitions_of(&numbered, &self.partition)?;
+        let partitions = self.partitions_of(&numbered)?;
         // Each row replaces its partition's row of the same number.
         let mut ranked_ids: HashMap<Box<[u8]>, Vec<RowId>, ahash::RandomState> = HashMap::default();
         let mut replaced: HashSet<RowId> = HashSet::new();

@@ -1,13 +1,10 @@
-use arrow::array::{Int64Array, StringArray};
-use arrow::datatypes::Schema;
-use arrow::util::display::array_value_to_string;
-use datafusion::datasource::MemTable;
-use datafusion::execution::SessionStateBuilder;
-use datafusion::prelude::{SessionConfig, SessionContext};
-
 use std::time::{Duration, Instant};
 
+use arrow::array::{Int64Array, StringArray};
+use arrow::datatypes::Schema;
+
 use super::*;
+use crate::runtime::operator::tests::{row_number_spec, rows_as_text};
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -35,58 +32,19 @@ fn batch(rows: &[(&str, i64, i64)]) -> RecordBatch {
     .unwrap()
 }
 
-/// The two highest `v` per `k` (earlier `t` first on ties), planned with the sort the SQL front
-/// end puts under the window (here by DataFusion's sort enforcement), over one placeholder.
+/// The two highest `v` per `k` (earlier `t` first on ties).
 async fn operator() -> TopN {
-    let mut fields: Vec<Field> = schema()
+    let input: Vec<Field> = schema()
         .fields()
         .iter()
         .map(|f| f.as_ref().clone())
         .collect();
-    fields.push(Field::new(RANK_BEFORE, DataType::UInt64, false));
-    let state = SessionStateBuilder::new()
-        .with_config(SessionConfig::new().with_target_partitions(1))
-        .with_default_features()
-        .build();
-    let ctx = SessionContext::new_with_state(state);
-    let table = MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]]).unwrap();
-    ctx.register_table("r", Arc::new(table)).unwrap();
-    let plan = ctx
-        .sql("SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY k ORDER BY v DESC, t) AS rn FROM r) WHERE rn <= 2")
-        .await
-        .unwrap()
-        .create_physical_plan()
-        .await
-        .unwrap();
-    let mut output: Vec<Field> = schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    output.push(Field::new("rn", DataType::UInt64, false));
-    TopN::new(TopNSpec {
-        plan,
-        partition: vec![0],
-        output: Arc::new(Schema::new(output)),
-    })
-    .unwrap()
+    TopN::new(row_number_spec(&input, "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY k ORDER BY v DESC, t) AS rn FROM r) WHERE rn <= 2").await).unwrap()
 }
 
 /// Emitted rows as `k v t rn`, sorted.
 fn rows(batches: &[RecordBatch]) -> Vec<String> {
-    let mut out = Vec::new();
-    for b in batches {
-        for i in 0..b.num_rows() {
-            let cells: Vec<String> = b
-                .columns()
-                .iter()
-                .map(|c| array_value_to_string(c, i).unwrap())
-                .collect();
-            out.push(cells.join(" "));
-        }
-    }
-    out.sort();
-    out
+    rows_as_text(batches)
 }
 
 // On a worker of tokio's multi-threaded runtime, as pipelines run: a plan handing work to a

@@ -346,7 +346,7 @@ impl Engine {
                     sink: sink.clone(),
                     // Sources looked up by key are not read, but the pipeline needs them.
                     sources: [plan.sources(), plan.lookups()].concat(),
-                    query: query.to_string(),
+                    query: crate::sql::as_of::query_text(&query),
                     options,
                     state: PipelineState::Running,
                     error: None,

@@ -21,6 +21,7 @@ use super::operator::temporal_join::{TemporalJoin, TemporalJoinSpec};
 use super::operator::top_n::{TopN, TopNSpec};
 use super::operator::unnest::Unnest;
 use super::operator::updating_aggregate::UpdatingAggregate;
+use super::operator::versioned_join::{VersionedJoin, VersionedJoinSpec};
 use super::operator::window_aggregate::WindowAggregate;
 use super::operator::Operator;
 use crate::error::Result;
@@ -83,6 +84,9 @@ pub enum OperatorSpec {
     },
     /// A stream joined with the current rows of a table kept by its change stream.
     TemporalJoin(TemporalJoinSpec),
+    /// A stream joined with the version of a table valid at each row's event time (`FOR
+    /// SYSTEM_TIME AS OF`), the table kept as versions by its change stream.
+    VersionedJoin(VersionedJoinSpec),
     /// A stream joined with a table looked up by key as each batch arrives.
     LookupJoin(LookupJoinSpec),
     /// Two streams joined within bounds on their event times.
@@ -215,6 +219,9 @@ impl OperatorSpec {
             OperatorSpec::TemporalJoin(spec) => {
                 Box::new(TemporalJoin::new(spec.clone())?.with_memory(memory))
             }
+            OperatorSpec::VersionedJoin(spec) => {
+                Box::new(VersionedJoin::new(spec.clone())?.with_memory(memory))
+            }
             OperatorSpec::LookupJoin(spec) => Box::new(LookupJoin::new(spec.clone())?),
             OperatorSpec::StreamJoin(spec) => Box::new(
                 StreamJoin::new(spec.clone())?
@@ -279,9 +286,12 @@ impl PipelinePlan {
     pub fn table_inputs(&self) -> Vec<usize> {
         let mut out = Vec::new();
         for node in &self.nodes {
-            if let OperatorSpec::TemporalJoin(spec) = &node.operator {
-                self.sources_of(node.inputs[spec.table_port], &mut out);
-            }
+            let table_port = match &node.operator {
+                OperatorSpec::TemporalJoin(spec) => spec.table_port,
+                OperatorSpec::VersionedJoin(spec) => spec.base.table_port,
+                _ => continue,
+            };
+            self.sources_of(node.inputs[table_port], &mut out);
         }
         out.sort_unstable();
         out.dedup();

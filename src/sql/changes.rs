@@ -20,7 +20,7 @@ use crate::runtime::plan::{Input, OperatorSpec};
 use crate::runtime::source_table::SourceTable;
 
 /// Whether `table` is a change stream: its rows carry `_op`.
-fn is_change_stream(table: &SourceTable) -> bool {
+pub(super) fn is_change_stream(table: &SourceTable) -> bool {
     TableProvider::schema(table).field_with_name(OP).is_ok()
 }
 
@@ -67,7 +67,7 @@ pub(super) fn lower_change_aggregate(
         ))
         .at_place(cx.places.group_by));
     }
-    let carried = carried_columns(table)?;
+    let carried = carried_columns(table, None)?;
     lower_keyed_aggregate(agg, carried, false, cx)
 }
 
@@ -194,13 +194,14 @@ fn lower_keyed_aggregate(
 }
 
 /// The columns a change stream's rows carry up to the operator that keeps its table: the
-/// primary key, then `_op`.
-pub(super) fn carried_columns(table: &SourceTable) -> Result<Vec<Field>> {
+/// primary key, `also` (a column the operator needs besides), then `_op`.
+pub(super) fn carried_columns(table: &SourceTable, also: Option<&str>) -> Result<Vec<Field>> {
     let schema = TableProvider::schema(table);
     table
         .primary_key()
         .iter()
         .map(String::as_str)
+        .chain(also)
         .chain([OP])
         .map(|name| {
             let field = schema.field_with_name(name).map_err(|_| {

@@ -11,15 +11,24 @@ use arrow::datatypes::{Field, Schema};
 use datafusion::logical_expr::execution_props::ExecutionProps;
 use datafusion::logical_expr::{Expr, Join, JoinType, LogicalPlan};
 use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
+use datafusion::physical_plan::ExecutionPlan;
 
 use super::changes::{carried_columns, change_stream_under};
 use super::plan::{lower, plan_over_placeholder, push_n, Lowered, Lowering};
 use crate::error::{Error, Result};
 use crate::runtime::operator::temporal_join::TemporalJoinSpec;
 use crate::runtime::plan::OperatorSpec;
+use crate::runtime::source_table::SourceTable;
 
 /// A join of a stream with the table of a change stream.
 pub(super) fn lower_join(join: &Join, cx: &mut Lowering) -> Result<Lowered> {
+    if let Some(as_of) = super::as_of::as_of_join(join)? {
+        // A table looked up by key is read as it is when each row looks it up.
+        if let Some((port, table)) = super::lookup_join::lookup_side(&as_of.join) {
+            return super::lookup_join::lower_lookup_join(&as_of.join, port, table, cx);
+        }
+        return super::versioned_join::lower_versioned_join(as_of, cx);
+    }
     if let Some((port, table)) = super::lookup_join::lookup_side(join) {
         return super::lookup_join::lower_lookup_join(join, port, table, cx);
     }
@@ -41,6 +50,25 @@ pub(super) fn lower_join(join: &Join, cx: &mut Lowering) -> Result<Lowered> {
         }
         (None, None) => return super::stream_join::lower_stream_join(join, cx),
     };
+    let carried = carried_columns(&table, None)?;
+    let plan = plan_over_placeholder(&LogicalPlan::Join(join.clone()), cx.state)?;
+    let (spec, inputs) = lower_table_join(join, table_port, &table, carried, plan, cx)?;
+    // The join's rows are a stream: what comes after it does not filter a table.
+    cx.scanned = None;
+    Ok(push_n(cx, OperatorSpec::TemporalJoin(spec), inputs))
+}
+
+/// The inputs and operator spec of a join of a stream with the table of change stream `table`
+/// on side `table_port`, whose rows carry `carried` (its primary key, ..., `_op`) to the join,
+/// joined by `plan` (over a placeholder for each side, left first).
+pub(super) fn lower_table_join(
+    join: &Join,
+    table_port: usize,
+    table: &SourceTable,
+    carried: Vec<Field>,
+    plan: Arc<dyn ExecutionPlan>,
+    cx: &mut Lowering,
+) -> Result<(TemporalJoinSpec, Vec<Lowered>)> {
     let kept = match join.join_type {
         JoinType::Inner => true,
         JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti => table_port == 1,
@@ -84,7 +112,6 @@ pub(super) fn lower_join(join: &Join, cx: &mut Lowering) -> Result<Lowered> {
         0 => (&join.right, &join.left),
         _ => (&join.left, &join.right),
     };
-    let carried = carried_columns(&table)?;
     let mut inputs = Vec::with_capacity(2);
     for (port, side) in [&join.left, &join.right].into_iter().enumerate() {
         if port == table_port {
@@ -121,7 +148,7 @@ pub(super) fn lower_join(join: &Join, cx: &mut Lowering) -> Result<Lowered> {
             .collect::<Vec<Field>>(),
     ));
     let spec = TemporalJoinSpec {
-        join: plan_over_placeholder(&LogicalPlan::Join(join.clone()), cx.state)?,
+        join: plan,
         table_port,
         stream_keys,
         table_keys,
@@ -129,7 +156,5 @@ pub(super) fn lower_join(join: &Join, cx: &mut Lowering) -> Result<Lowered> {
         table_schema,
         change_schema,
     };
-    // The join's rows are a stream: what comes after it does not filter a table.
-    cx.scanned = None;
-    Ok(push_n(cx, OperatorSpec::TemporalJoin(spec), inputs))
+    Ok((spec, inputs))
 }

@@ -1,7 +1,9 @@
 //! The SQL front end: our statements' parser, type mapping, and the pipeline query compiler.
 
+pub mod as_of;
 pub mod changes;
 pub mod clock;
+pub mod dialect;
 pub mod fast_to_char;
 pub mod joins;
 pub mod lineage;
@@ -14,4 +16,5 @@ pub mod shared_scans;
 pub mod stream_join;
 pub mod top_n;
 pub mod types;
+pub mod versioned_join;
 pub mod windows;

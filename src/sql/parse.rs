@@ -266,8 +266,15 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
             "statement too long: {significant} tokens, at most {MAX_STATEMENT_TOKENS} are accepted"
         )));
     }
+    // Table versions are parsed only where a statement asks for them (see VersionedDialect).
+    let versioned = super::dialect::reads_versions(&tokens);
     let parse = move || {
-        let parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
+        let versions = super::dialect::VersionedDialect::default();
+        let dialect: &dyn datafusion::sql::sqlparser::dialect::Dialect = match versioned {
+            true => &versions,
+            false => &dialect,
+        };
+        let parser = Parser::new(dialect).with_tokens_with_locations(tokens);
         let mut p = StatementParser { parser, sql };
         let statement = p.parse().map_err(|e| syntax(sql, e))?;
         check_depth(&statement)?;

@@ -46,6 +46,21 @@ pub async fn compile(
             state.register_udtf(name, session.clone());
         }
     }
+    // Tables read FOR SYSTEM_TIME AS OF are marked in their joins' ON (DataFusion reads no
+    // table versions).
+    let mut query = query.clone();
+    let versioned = super::as_of::versioned_tables(&query)?;
+    if !versioned.is_empty() {
+        let mut columns = std::collections::HashMap::new();
+        for name in versioned {
+            let column = versioned_table_column(&state, &name).await?;
+            columns.insert(name.to_string(), column);
+        }
+        super::as_of::move_versions_into_joins(&mut query, &mut |name| {
+            Ok(columns[&name.to_string()].clone())
+        })?;
+        state.register_udf(Arc::new(super::as_of::AsOfMarker::udf()))?;
+    }
     let logical = state
         .statement_to_plan(DFStatement::Statement(Box::new(ast::Statement::Query(
             Box::new(query.clone()),
@@ -64,7 +79,7 @@ pub async fn compile(
         .build();
     let optimized = optimizing.optimize(&logical)?;
     let display = optimized.display_indent().to_string();
-    let places = Places::of(query);
+    let places = Places::of(&query);
     let mut cx = Lowering {
         places,
         state: &state,
@@ -143,6 +158,33 @@ pub async fn compile(
     })
 }
 
+/// A column of table `name`, read FOR SYSTEM_TIME AS OF, for the join's marker to name: `_op`
+/// of a change stream, the first key column of a table looked up by key.
+async fn versioned_table_column(state: &SessionState, name: &ast::ObjectName) -> Result<String> {
+    let reference = datafusion::sql::planner::object_name_to_table_reference(name.clone(), true)?;
+    let table = state
+        .schema_for_ref(reference.clone())?
+        .table(reference.table())
+        .await?;
+    let source = table.as_ref().and_then(|t| t.downcast_ref::<SourceTable>());
+    let Some(source) = source else {
+        return Err(Error::Plan(format!(
+            "FOR SYSTEM_TIME AS OF reads a source's versions: \"{name}\" is not a source"
+        )));
+    };
+    if source.looks_up() {
+        if let Some(first) = source.primary_key().first() {
+            return Ok(first.clone());
+        }
+    }
+    if super::changes::is_change_stream(source) {
+        return Ok(OP.to_string());
+    }
+    Err(Error::Unsupported(format!(
+        "FOR SYSTEM_TIME AS OF reads the versions of a change stream (a postgres-cdc source, or a source with {OP} and a primary key), or looks up a table by key: source \"{name}\" is neither"
+    )))
+}
+
 /// What a lowered subplan reads and where its rows come out.
 pub(super) type Lowered = Input;
 
@@ -201,6 +243,7 @@ pub(super) fn push_n(cx: &mut Lowering, operator: OperatorSpec, inputs: Vec<Inpu
         OperatorSpec::UpdatingAggregate { .. } => format!("aggregate{index}"),
         OperatorSpec::Union { .. } => format!("union{index}"),
         OperatorSpec::TemporalJoin(_) => format!("join{index}"),
+        OperatorSpec::VersionedJoin(_) => format!("versioned_join{index}"),
         OperatorSpec::LookupJoin(_) => format!("lookup{index}"),
         OperatorSpec::StreamJoin(_) => format!("stream_join{index}"),
         OperatorSpec::TopN { .. } => format!("top_n{index}"),

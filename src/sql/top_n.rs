@@ -136,7 +136,7 @@ pub(super) fn lower_top_n(window: &Window, limit: usize, cx: &mut Lowering) -> R
                 ))
                 .at_place(cx.places.select))
             }
-            Some(table) => Some((super::changes::carried_columns(&table)?, false)),
+            Some(table) => Some((super::changes::carried_columns(&table, None)?, false)),
             None => None,
         },
     };

@@ -19,6 +19,7 @@ pub mod top_n;
 pub mod two_stage;
 pub mod unnest;
 pub mod updating_aggregate;
+pub mod versioned_join;
 pub mod window_aggregate;
 
 use std::sync::Arc;

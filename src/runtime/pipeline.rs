@@ -300,6 +300,15 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                     }
                 }
             }
+            // Splits fall idle with time, not only as batches come: a source that went quiet
+            // stops holding the watermark back though no input arrives.
+            if !finished && !stopping {
+                if let Some(w) = watermarks.advance(Instant::now()) {
+                    emitted += emit(&mut graph, &mut *sink, &status, Signal::Watermark(w)).await?;
+                    watermark = Some(w);
+                    status.set_watermark(watermark);
+                }
+            }
             // At the end of the input every window closes; the checkpoint keeps the rows' own
             // watermark, so a later run over new input still takes rows after it.
             if finished && job.plan.inputs.iter().any(|i| i.event_time.is_some()) {

@@ -2,7 +2,8 @@
 //! into a PostgreSQL upsert sink, and a WHERE over it into a Delta upsert sink, follow the
 //! upstream table under a mixed workload and SIGKILLs (PostgreSQL's own query over the source
 //! table is the oracle); orders joined with it get each customer as it was when the order
-//! arrived, into Delta and PostgreSQL, across a SIGKILL.
+//! arrived, into Delta and PostgreSQL, across a SIGKILL; read FOR SYSTEM_TIME AS OF the orders'
+//! times, each order gets its customer as it was at the order's time, whenever it arrived.
 
 use std::time::Duration;
 
@@ -147,7 +148,7 @@ async fn join_figure(c: &Client, pipeline: &str, figure: &str) -> u64 {
     scalar(
         c,
         &format!(
-            "SELECT sum({figure}) FROM tributary.operators WHERE pipeline = '{pipeline}' AND kind = 'temporal_join'"
+            "SELECT sum({figure}) FROM tributary.operators WHERE pipeline = '{pipeline}' AND kind IN ('temporal_join', 'versioned_join')"
         ),
     )
     .await
@@ -348,5 +349,166 @@ async fn orders_join_customers_as_they_are_when_each_order_arrives() {
     )
     .await;
     assert_eq!(state, ["to_lake 99", "to_wh 98"]);
+    drop(server);
+}
+
+/// Writes `timed-<n>.csv` (id, customer_id, ts: UTC microseconds) into `dir` whole.
+fn drop_timed_orders(dir: &std::path::Path, n: u32, orders: &[(i64, i32, i64)]) {
+    let mut text = String::from("id,customer_id,ts\n");
+    for (id, customer, at) in orders {
+        let at = chrono::DateTime::from_timestamp_micros(*at)
+            .unwrap()
+            .naive_utc();
+        text.push_str(&format!(
+            "{id},{customer},{}\n",
+            at.format("%Y-%m-%d %H:%M:%S%.6f")
+        ));
+    }
+    let tmp = dir.join(format!(".timed-{n}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(format!("timed-{n}.csv"))).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_join_customers_as_they_were_at_each_orders_time() {
+    let pg = PgCluster::start("logical");
+    let shop = setup_source_db(&pg, 0).await;
+    shop.batch_execute(
+        "DROP TABLE customers;
+         CREATE TABLE customers (id int PRIMARY KEY, name text);
+         INSERT INTO customers SELECT g, 'c' || g FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    let warehouse = pg.client("warehouse").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (orders, lake, data) = (
+        tmp.path().join("orders"),
+        tmp.path().join("lake"),
+        tmp.path().join("data"),
+    );
+    std::fs::create_dir_all(&orders).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    let mut server = Server::start(&data).await;
+    let c = server.client().await;
+    // Orders may come an hour out of order; a change's time is its commit's.
+    c.batch_execute(&format!(
+        "CREATE SOURCE orders (id BIGINT, customer_id INT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' HOUR)
+           WITH (connector = 'file', path = '{orders}/*.csv');
+         CREATE SOURCE customers_lake (WATERMARK FOR _commit_ts AS _commit_ts) WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers');
+         CREATE SOURCE customers_wh (WATERMARK FOR _commit_ts AS _commit_ts) WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers');
+         CREATE SINK lake WITH (connector = 'delta', path = '{lake}');
+         CREATE SINK wh WITH (connector = 'postgres', url = '{wh}', table = 'public.valued');
+         CREATE PIPELINE to_lake WITH (mode = 'streaming', checkpoint_interval = '200ms', idle_timeout = '1s') AS INSERT INTO lake
+           SELECT o.id, c.name FROM orders o LEFT JOIN customers_lake FOR SYSTEM_TIME AS OF o.ts AS c ON o.customer_id = c.id;
+         CREATE PIPELINE to_wh WITH (mode = 'streaming', checkpoint_interval = '200ms', idle_timeout = '1s') AS INSERT INTO wh
+           SELECT o.id, c.name FROM orders o JOIN customers_wh FOR SYSTEM_TIME AS OF o.ts c ON c.id = o.customer_id;",
+        orders = orders.display(),
+        url = pg.url("shop"),
+        wh = pg.url("warehouse"),
+        lake = lake.display()
+    ))
+    .await
+    .unwrap();
+    let pipelines = ["to_lake", "to_wh"];
+    for p in pipelines {
+        poll(
+            Duration::from_secs(60),
+            "the customers' snapshot",
+            || async { (join_figure(&c, p, "state_rows").await == 100).then_some(()) },
+        )
+        .await;
+    }
+    const MINUTE: i64 = 60_000_000;
+    let t0: i64 = scalar(
+        &shop,
+        "SELECT (extract(epoch FROM now()) * 1000000)::bigint::text",
+    )
+    .await
+    .parse()
+    .unwrap();
+    let (before, after) = (t0 - 10 * MINUTE, t0 + 30 * MINUTE);
+    // Batch 1, read before the change: orders timed after it (customers 101..120 unknown).
+    let first: Vec<(i64, i32, i64)> = (1..=120).map(|i| (i, i as i32, after)).collect();
+    drop_timed_orders(&orders, 1, &first);
+    let read = joins_rows_in(&c, &pipelines).await;
+    joined_changes(&c, &pipelines, &read, 120).await;
+    // The change: ten renamed, one deleted.
+    let read = joins_rows_in(&c, &pipelines).await;
+    shop.batch_execute(
+        "BEGIN;
+         UPDATE customers SET name = 'renamed ' || id WHERE id <= 10;
+         DELETE FROM customers WHERE id = 20;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    joined_changes(&c, &pipelines, &read, 11).await;
+    // Batch 2, read after the change: half timed before it, half after.
+    let second: Vec<(i64, i32, i64)> = (1..=120)
+        .map(|i| (120 + i, i as i32, if i % 2 == 1 { before } else { after }))
+        .collect();
+    drop_timed_orders(&orders, 2, &second);
+    let read = joins_rows_in(&c, &pipelines).await;
+    joined_changes(&c, &pipelines, &read, 120).await;
+    // The watermark is an hour behind the orders: every order still waits, in the state.
+    for p in pipelines {
+        let out = scalar(
+            &c,
+            &format!("SELECT rows_out FROM tributary.pipelines WHERE name = '{p}'"),
+        )
+        .await;
+        assert_eq!(
+            out, "0",
+            "{p} joined an order before the watermark passed its time"
+        );
+    }
+
+    // Killed with every order waiting: they come back from the checkpoint.
+    server.kill9();
+    server = Server::start(&data).await;
+    let c = server.client().await;
+    for p in pipelines {
+        wait_state(&c, p, "running").await;
+    }
+    // A later order moves the orders' watermark past them all; once the customers' source has
+    // been quiet for its idle timeout it no longer holds the watermark back.
+    drop_timed_orders(&orders, 3, &[(1000, 1, t0 + 180 * MINUTE)]);
+    let customer = |id: i64, cid: i32| -> Option<String> {
+        let changed = id > 120 && id % 2 == 0 || id <= 120;
+        match (cid, changed) {
+            (101.., _) | (20, true) => None,
+            (1..=10, true) => Some(format!("renamed {cid}")),
+            _ => Some(format!("c{cid}")),
+        }
+    };
+    let all: Vec<(i64, i32, i64)> = [first, second].concat();
+    let want_lake: Vec<String> = all
+        .iter()
+        .map(|&(id, cid, _)| format!("{id} {}", customer(id, cid).unwrap_or("None".into())))
+        .collect();
+    let want_wh: Vec<String> = all
+        .iter()
+        .filter_map(|&(id, cid, _)| Some(format!("{id} {}", customer(id, cid)?)))
+        .collect();
+    written(&c, "to_lake", want_lake.len() as u64).await;
+    written(&c, "to_wh", want_wh.len() as u64).await;
+    let got = delta_sorted(&lake, &["id", "name"]);
+    assert_same_rows(&got, &want_lake, "the LEFT JOIN in Delta");
+    let got: Vec<String> = warehouse
+        .query("SELECT id, name FROM public.valued ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {}", r.get::<_, i64>(0), r.get::<_, String>(1)))
+        .collect();
+    assert_same_rows(&got, &want_wh, "the INNER JOIN in PostgreSQL");
+    // Left: each customer's latest version (20 deleted) and the order that waits.
+    let state = query_lines(
+        &c,
+        "SELECT pipeline, state_rows FROM tributary.operators WHERE kind = 'versioned_join' ORDER BY pipeline",
+    )
+    .await;
+    assert_eq!(state, ["to_lake 100", "to_wh 100"]);
     drop(server);
 }

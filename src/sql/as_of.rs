@@ -66,16 +66,17 @@ pub fn versioned_tables(query: &ast::Query) -> Result<Vec<ast::ObjectName>> {
     let mut found = Vec::new();
     move_versions_into_joins(&mut query.clone(), &mut |name| {
         found.push(name.clone());
-        Ok(OP.to_string())
+        Ok(Some(OP.to_string()))
     })?;
     Ok(found)
 }
 
 /// Moves each `FOR SYSTEM_TIME AS OF <time>` of `query` into its join's ON, as the marker,
-/// which names the column of the table that `column_of` gives.
+/// which names the column of the table that `column_of` gives (`None`: the table is read as it
+/// is whatever the time, and the version goes without a marker).
 pub fn move_versions_into_joins(
     query: &mut ast::Query,
-    column_of: &mut dyn FnMut(&ast::ObjectName) -> Result<String>,
+    column_of: &mut dyn FnMut(&ast::ObjectName) -> Result<Option<String>>,
 ) -> Result<()> {
     if let Some(with) = &mut query.with {
         for cte in &mut with.cte_tables {
@@ -85,7 +86,7 @@ pub fn move_versions_into_joins(
     in_set_expr(&mut query.body, column_of)
 }
 
-type ColumnOf<'a> = &'a mut dyn FnMut(&ast::ObjectName) -> Result<String>;
+type ColumnOf<'a> = &'a mut dyn FnMut(&ast::ObjectName) -> Result<Option<String>>;
 
 fn in_set_expr(body: &mut SetExpr, column_of: ColumnOf) -> Result<()> {
     match body {
@@ -152,7 +153,10 @@ fn in_factor(
                     )))
                 }
             };
-            let column = ast::Ident::with_quote('"', column_of(name)?);
+            let Some(column) = column_of(name)? else {
+                return Ok(());
+            };
+            let column = ast::Ident::with_quote('"', column);
             let marker = Parser::new(&PostgreSqlDialect {})
                 .try_with_sql(&format!("{AS_OF}({time}, {relation}.{column})"))
                 .and_then(|mut p| p.parse_expr())
@@ -208,6 +212,14 @@ pub fn query_text(query: &ast::Query) -> String {
         text = text.replacen(&written, &parsed, 1);
     }
     text
+}
+
+/// Whether `predicate` holds a marker: one an optimiser rule moved off its join, its time
+/// naming no column of the stream joined.
+pub(super) fn is_marked(predicate: &Expr) -> bool {
+    split_conjunction(predicate)
+        .iter()
+        .any(|e| matches!(e, Expr::ScalarFunction(f) if f.func.name() == AS_OF))
 }
 
 /// A join that reads its table side as of a time: the time (an expression of the other side's
@@ -285,7 +297,7 @@ mod tests {
         let mut q = query(
             "SELECT o.id FROM orders o LEFT JOIN rates FOR SYSTEM_TIME AS OF o.ts AS r ON o.c = r.c",
         );
-        move_versions_into_joins(&mut q, &mut |_| Ok("_op".into())).unwrap();
+        move_versions_into_joins(&mut q, &mut |_| Ok(Some("_op".into()))).unwrap();
         let text = q.to_string();
         assert!(
             text.contains(r#"ON (o.c = r.c) AND __as_of(o.ts, r."_op")"#),
@@ -297,7 +309,7 @@ mod tests {
     #[test]
     fn a_version_outside_a_join_is_refused() {
         let mut q = query("SELECT 1 FROM rates FOR SYSTEM_TIME AS OF now() AS r");
-        let e = move_versions_into_joins(&mut q, &mut |_| Ok("_op".into())).unwrap_err();
+        let e = move_versions_into_joins(&mut q, &mut |_| Ok(Some("_op".into()))).unwrap_err();
         assert!(e.to_string().contains("on the right of a JOIN"), "{e}");
     }
 }

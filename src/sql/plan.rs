@@ -159,8 +159,12 @@ pub async fn compile(
 }
 
 /// A column of table `name`, read FOR SYSTEM_TIME AS OF, for the join's marker to name: `_op`
-/// of a change stream, the first key column of a table looked up by key.
-async fn versioned_table_column(state: &SessionState, name: &ast::ObjectName) -> Result<String> {
+/// of a change stream; none for a table looked up by key, which is read as it is when looked
+/// up (Flink's lookup joins say `FOR SYSTEM_TIME AS OF o.proc_time`).
+async fn versioned_table_column(
+    state: &SessionState,
+    name: &ast::ObjectName,
+) -> Result<Option<String>> {
     let reference = datafusion::sql::planner::object_name_to_table_reference(name.clone(), true)?;
     let table = state
         .schema_for_ref(reference.clone())?
@@ -173,12 +177,10 @@ async fn versioned_table_column(state: &SessionState, name: &ast::ObjectName) ->
         )));
     };
     if source.looks_up() {
-        if let Some(first) = source.primary_key().first() {
-            return Ok(first.clone());
-        }
+        return Ok(None);
     }
     if super::changes::is_change_stream(source) {
-        return Ok(OP.to_string());
+        return Ok(Some(OP.to_string()));
     }
     Err(Error::Unsupported(format!(
         "FOR SYSTEM_TIME AS OF reads the versions of a change stream (a postgres-cdc source, or a source with {OP} and a primary key), or looks up a table by key: source \"{name}\" is neither"
@@ -310,6 +312,11 @@ pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
         }
         LogicalPlan::Filter(filter) if super::top_n::filters_a_window(filter) => {
             super::top_n::lower_ranked_filter(filter, cx)
+        }
+        LogicalPlan::Filter(Filter { predicate, .. }) if super::as_of::is_marked(predicate) => {
+            Err(Error::Unsupported(
+                "FOR SYSTEM_TIME AS OF takes the event time of the stream joined (the column its source declares WATERMARK FOR)".into(),
+            ))
         }
         LogicalPlan::Filter(Filter {
             predicate, input, ..

@@ -1,7 +1,8 @@
 //! Orders joined with customers looked up in PostgreSQL (`connector = 'postgres'`) as each
 //! batch arrives: a pipeline that caches its lookups for an hour keeps the customers it first
-//! saw, one that does not cache sees every change, one with a one-second cache sees changes
-//! once its entries expire; a PostgreSQL restart and a SIGKILL lose and duplicate nothing; a
+//! saw, one that does not cache (written `FOR SYSTEM_TIME AS OF now()`, as Flink writes
+//! lookups) sees every change, one with a one-second cache sees changes once its entries
+//! expire; a PostgreSQL restart and a SIGKILL lose and duplicate nothing; a
 //! batch pipeline with two chained lookups (one on a composite key) equals the batch SELECT.
 
 use std::time::Duration;
@@ -135,7 +136,7 @@ async fn lookup_joins_follow_postgres_under_their_cache_ttl() {
         "CREATE PIPELINE p_cached WITH (mode = 'streaming', checkpoint_interval = '200ms') AS INSERT INTO wh_cached
            SELECT o.id, c.name, c.tier FROM orders o LEFT JOIN cust_cached c ON o.customer_id = c.id;
          CREATE PIPELINE p_live WITH (mode = 'streaming', checkpoint_interval = '200ms') AS INSERT INTO wh_live
-           SELECT o.id, c.name, c.tier FROM orders o JOIN cust_live c ON c.id = o.customer_id WHERE c.tier <> 'none';
+           SELECT o.id, c.name, c.tier FROM orders o JOIN cust_live FOR SYSTEM_TIME AS OF now() AS c ON c.id = o.customer_id WHERE c.tier <> 'none';
          CREATE PIPELINE p_short WITH (mode = 'streaming', checkpoint_interval = '200ms') AS INSERT INTO wh_short
            SELECT o.id, c.name, c.tier FROM orders o LEFT JOIN cust_short c ON o.customer_id = c.id;",
     )

@@ -284,6 +284,9 @@ impl Engine {
                 };
                 let by_key = applies_by_key(&sink_entry)?;
                 let mut plan = compile(&self.ctx.state(), query, by_key).await?;
+                if plan.joins_changes() {
+                    crate::jobs::check_change_join_sink(&sink_entry)?;
+                }
                 if let Some(key) = &plan.output_key {
                     check_updates_sink(&sink_entry, key, plan.ranks())
                         .map_err(|e| e.at_place(crate::sql::places::Places::of(query).group_by))?;

@@ -165,6 +165,23 @@ pub(crate) fn check_updates_sink(sink: &SinkEntry, key: &[String], ranked: bool)
     }
 }
 
+/// Checks that `sink` names the key a join of two change streams' rows are applied by.
+pub(crate) fn check_change_join_sink(sink: &SinkEntry) -> Result<()> {
+    let connector = tributary_connectors::sink_connector(&sink.options)?;
+    let upsert_key = connector.upsert_key(&SinkSpec {
+        name: sink.name.clone(),
+        options: sink.options.clone(),
+    })?;
+    match upsert_key {
+        Some(k) if k.is_empty() => Err(Error::Plan(format!(
+            "sink \"{}\" applies rows by key but names none, and a join of two change streams has no key of its own: \
+             give the sink key = '...', the columns that name a joined row (the left table's primary key when each of its rows joins one row, else both tables')",
+            sink.name
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Default time between checkpoints.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 

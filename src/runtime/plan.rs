@@ -11,6 +11,7 @@ use super::event_time::EventTime;
 use super::graph::OperatorGraph;
 use super::memory::StateMemory;
 use super::operator::change_aggregate::ChangeAggregate;
+use super::operator::change_join::{ChangeJoin, ChangeJoinSpec};
 use super::operator::change_top_n::ChangeTopN;
 use super::operator::distinct::Distinct;
 use super::operator::lookup_join::{LookupJoin, LookupJoinSpec};
@@ -87,6 +88,9 @@ pub enum OperatorSpec {
     /// A stream joined with the version of a table valid at each row's event time (`FOR
     /// SYSTEM_TIME AS OF`), the table kept as versions by its change stream.
     VersionedJoin(VersionedJoinSpec),
+    /// Two tables kept by their change streams joined, the joined rows their changes add,
+    /// change or remove emitted at each checkpoint (upserts and deletes, `_op`).
+    ChangeJoin(ChangeJoinSpec),
     /// A stream joined with a table looked up by key as each batch arrives.
     LookupJoin(LookupJoinSpec),
     /// Two streams joined within bounds on their event times.
@@ -222,6 +226,9 @@ impl OperatorSpec {
             OperatorSpec::VersionedJoin(spec) => {
                 Box::new(VersionedJoin::new(spec.clone())?.with_memory(memory))
             }
+            OperatorSpec::ChangeJoin(spec) => {
+                Box::new(ChangeJoin::new(spec.clone())?.with_memory(memory))
+            }
             OperatorSpec::LookupJoin(spec) => Box::new(LookupJoin::new(spec.clone())?),
             OperatorSpec::StreamJoin(spec) => Box::new(
                 StreamJoin::new(spec.clone())?
@@ -282,6 +289,14 @@ impl OperatorSpec {
 }
 
 impl PipelinePlan {
+    /// Whether it joins two tables kept by their change streams (its rows name no key: the
+    /// sink's does).
+    pub fn joins_changes(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| matches!(n.operator, OperatorSpec::ChangeJoin(_)))
+    }
+
     /// The inputs read as the tables of joins (kept by their change streams).
     pub fn table_inputs(&self) -> Vec<usize> {
         let mut out = Vec::new();

@@ -43,11 +43,7 @@ pub(super) fn lower_join(join: &Join, cx: &mut Lowering) -> Result<Lowered> {
     ) {
         (None, Some(t)) => (1, t),
         (Some(t), None) => (0, t),
-        (Some(_), Some(_)) => {
-            return Err(Error::Unsupported(
-                "a join of two change streams is not supported yet: join a stream with one table kept by change data capture".into(),
-            ))
-        }
+        (Some(l), Some(r)) => return super::change_join::lower_change_join(join, [l, r], cx),
         (None, None) => return super::stream_join::lower_stream_join(join, cx),
     };
     let carried = carried_columns(&table, None)?;

@@ -1,6 +1,7 @@
 //! The SQL front end: our statements' parser, type mapping, and the pipeline query compiler.
 
 pub mod as_of;
+pub mod change_join;
 pub mod changes;
 pub mod clock;
 pub mod dialect;

@@ -121,7 +121,7 @@ pub async fn compile(
     let (having, output_key) = match cx.updating {
         Some(at) => (
             retract_having(&mut cx.nodes, at)?,
-            Some(output_key(&cx.nodes, at)?),
+            output_key(&cx.nodes, at)?,
         ),
         None => (false, None),
     };
@@ -246,6 +246,7 @@ pub(super) fn push_n(cx: &mut Lowering, operator: OperatorSpec, inputs: Vec<Inpu
         OperatorSpec::Union { .. } => format!("union{index}"),
         OperatorSpec::TemporalJoin(_) => format!("join{index}"),
         OperatorSpec::VersionedJoin(_) => format!("versioned_join{index}"),
+        OperatorSpec::ChangeJoin(_) => format!("change_join{index}"),
         OperatorSpec::LookupJoin(_) => format!("lookup{index}"),
         OperatorSpec::StreamJoin(_) => format!("stream_join{index}"),
         OperatorSpec::TopN { .. } => format!("top_n{index}"),
@@ -700,6 +701,8 @@ fn retract_having(nodes: &mut [NodeSpec], at: usize) -> Result<bool> {
             fields.push(Field::new(OP, DataType::Utf8, true));
             (Arc::new(Schema::new(fields)), true)
         }
+        // Its rows carry `_op` already: a joined row either table's change removed is a delete.
+        OperatorSpec::ChangeJoin(spec) => (spec.output.clone(), true),
         // Its rows carry `_op` already: a group left without rows is a delete.
         OperatorSpec::ChangeAggregate { aggregate, .. } => {
             let mut fields: Vec<Field> = aggregate
@@ -760,7 +763,21 @@ fn retract_having(nodes: &mut [NodeSpec], at: usize) -> Result<bool> {
 
 /// The output columns that key an updating aggregate's rows: its group columns, followed
 /// through the projections after it (only projections may follow it), which must keep each.
-fn output_key(nodes: &[NodeSpec], at: usize) -> Result<Vec<String>> {
+/// A join of change streams has none: the sink's key names its rows.
+fn output_key(nodes: &[NodeSpec], at: usize) -> Result<Option<Vec<String>>> {
+    if let OperatorSpec::ChangeJoin(_) = &nodes[at].operator {
+        for node in &nodes[at + 1..] {
+            if !matches!(
+                node.operator,
+                OperatorSpec::Project { .. } | OperatorSpec::Having { .. }
+            ) {
+                return Err(Error::Unsupported(
+                    "after a join of two change streams only WHERE and a projection may follow for now".into(),
+                ));
+            }
+        }
+        return Ok(None);
+    }
     use datafusion::physical_expr::expressions::Column;
 
     let (mut positions, schema, what): (Vec<usize>, _, _) = match &nodes[at].operator {
@@ -812,5 +829,5 @@ fn output_key(nodes: &[NodeSpec], at: usize) -> Result<Vec<String>> {
         positions = kept.iter().map(|k| k.0).collect();
         names = kept.into_iter().map(|k| k.1).collect();
     }
-    Ok(names)
+    Ok(Some(names))
 }

@@ -39,6 +39,16 @@ impl Changes {
     pub fn upserts(&self) -> BooleanArray {
         self.deletes.iter().map(|d| Some(!d)).collect()
     }
+
+    /// The primary key of change `i`, as the table keys its rows.
+    pub fn key(&self, i: usize) -> arrow::row::Row<'_> {
+        self.keys.row(i)
+    }
+
+    /// Whether change `i` is a delete.
+    pub fn is_delete(&self, i: usize) -> bool {
+        self.deletes[i]
+    }
 }
 
 /// Where the rows went in a compaction.
@@ -186,6 +196,11 @@ impl KeyedRows {
         self.rows.values().map(|(id, _)| *id)
     }
 
+    /// Where the current row of primary key `key` (as [`Changes::key`] gives it) is.
+    pub fn current(&self, key: &[u8]) -> Option<RowId> {
+        self.rows.get(key).map(|(id, _)| *id)
+    }
+
     /// Whether a row is current.
     pub fn is_live(&self, (b, i): RowId) -> bool {
         self.live[b as usize][i as usize]
@@ -193,6 +208,11 @@ impl KeyedRows {
 
     /// Columns `columns` of the rows at `ids`, in that order.
     pub fn gather(&self, columns: Range<usize>, ids: &[(usize, usize)]) -> Result<Vec<ArrayRef>> {
+        if ids.is_empty() {
+            return Ok(columns
+                .map(|c| arrow::array::new_empty_array(self.schema.field(c).data_type()))
+                .collect());
+        }
         columns
             .map(|c| {
                 let arrays: Vec<&dyn Array> =

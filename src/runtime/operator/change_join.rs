@@ -1,0 +1,463 @@
+//! A join of two tables, each kept by its change stream: the join's rows are kept up to date as
+//! either table changes. Each side's current rows are kept by primary key, indexed by join
+//! key; a change marks its join keys (the old row's and the new one's) and keeps their rows as
+//! they were. At each checkpoint DataFusion's planned join runs over the marked keys' rows as
+//! they were and as they are: a joined row (named by both sides' primary keys) that is gone
+//! is emitted as a delete, a new or changed one as an upsert.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, ArrayRef, AsArray, BooleanArray, StringArray};
+use arrow::compute::{concat_batches, filter_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, Rows, SortField};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::keyed_rows::{Changes, KeyedRows, RowId, KEY_OVERHEAD};
+use super::spill::{load, StateChunk};
+use super::{run_plan_inputs, Operator};
+use crate::error::Result;
+use crate::runtime::memory::{Budget, StateMemory};
+
+/// What the operator is built from, as the SQL front end plans it.
+#[derive(Debug, Clone)]
+pub struct ChangeJoinSpec {
+    /// DataFusion's join over a placeholder for each side, left first: the side's columns,
+    /// then its primary key (renamed, so that it names the side's rows in the join's output).
+    pub join: Arc<dyn ExecutionPlan>,
+    /// Each side's join key expressions, over its columns.
+    pub keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
+    /// Each side's columns as the join reads them.
+    pub schemas: [SchemaRef; 2],
+    /// Each side's rows as they arrive: its columns, its primary key, `_op`.
+    pub change_schemas: [SchemaRef; 2],
+    /// The rows out: the join's columns, then `_op`.
+    pub output: SchemaRef,
+}
+
+/// One side: its current rows by primary key, and where they are by join key.
+struct Side {
+    rows: KeyedRows,
+    /// Rows by join key (some may have died since; they are dropped when found).
+    by_key: std::collections::HashMap<Box<[u8]>, Vec<RowId>, ahash::RandomState>,
+    index_bytes: usize,
+    /// Changes of the batch being processed, with their rows' join keys.
+    pending: Vec<(Changes, Rows)>,
+    /// The side's columns.
+    columns: usize,
+}
+
+impl Side {
+    fn new(change_schema: &SchemaRef, columns: usize) -> Result<Self> {
+        let width = change_schema.fields().len();
+        Ok(Side {
+            rows: KeyedRows::new(change_schema.clone(), columns..width - 1)?,
+            by_key: Default::default(),
+            index_bytes: 0,
+            pending: Vec::new(),
+            columns,
+        })
+    }
+
+    /// The rows of join key `key` now.
+    fn ids_of(&mut self, key: &[u8]) -> Vec<(usize, usize)> {
+        let Some(ids) = self.by_key.get_mut(key) else {
+            return Vec::new();
+        };
+        let rows = &self.rows;
+        ids.retain(|&id| rows.is_live(id));
+        ids.iter().map(|&(b, i)| (b as usize, i as usize)).collect()
+    }
+
+    /// Rows at `ids` as the join reads them: the side's columns and primary key.
+    fn gather(&self, ids: &[(usize, usize)]) -> Result<Vec<ArrayRef>> {
+        let width = self.rows.schema().fields().len();
+        self.rows.gather(0..width - 1, ids)
+    }
+}
+
+/// A join of two tables kept by their change streams, emitting its changed rows.
+pub struct ChangeJoin {
+    spec: ChangeJoinSpec,
+    key_values: RowConverter,
+    sides: [Side; 2],
+    /// Join keys changed since the last checkpoint.
+    dirty: HashSet<Box<[u8]>, ahash::RandomState>,
+    /// Their rows on each side as they were at the last checkpoint.
+    before: [Vec<RecordBatch>; 2],
+    /// Placeholder schemas: each side's columns and primary key.
+    placeholders: [SchemaRef; 2],
+    /// Converts the joined rows' primary keys (which name them), and whole joined rows.
+    names: RowConverter,
+    name_columns: Vec<usize>,
+    values: RowConverter,
+    state_schema: SchemaRef,
+    task: Arc<TaskContext>,
+    budget: Option<Budget>,
+}
+
+impl ChangeJoin {
+    /// The operator for a planned join.
+    pub fn new(spec: ChangeJoinSpec) -> Result<Self> {
+        let key_values = RowConverter::new(
+            spec.keys[0]
+                .iter()
+                .map(|k| Ok(SortField::new(k.data_type(&spec.schemas[0])?)))
+                .collect::<Result<Vec<_>>>()?,
+        )?;
+        let sides = [
+            Side::new(&spec.change_schemas[0], spec.schemas[0].fields().len())?,
+            Side::new(&spec.change_schemas[1], spec.schemas[1].fields().len())?,
+        ];
+        let placeholder = |s: usize| -> SchemaRef {
+            let fields = sides[s].rows.schema().fields();
+            Arc::new(Schema::new(fields[..fields.len() - 1].to_vec()))
+        };
+        let placeholders = [placeholder(0), placeholder(1)];
+        let joined = spec.join.schema();
+        let [l, r] = [0, 1].map(|s| {
+            let width = placeholders[s].fields().len();
+            sides[s].columns..width
+        });
+        let left_width = placeholders[0].fields().len();
+        let name_columns: Vec<usize> = l.chain(r.map(|c| left_width + c)).collect();
+        let names = RowConverter::new(
+            name_columns
+                .iter()
+                .map(|&c| SortField::new(joined.field(c).data_type().clone()))
+                .collect(),
+        )?;
+        let values = RowConverter::new(
+            joined
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        let state_schema = Arc::new(Schema::new(
+            std::iter::once(Field::new("__side", DataType::UInt8, false))
+                .chain((0..2).flat_map(|s| {
+                    sides[s].rows.schema().fields().iter().map(move |f| {
+                        Field::new(format!("{s}.{}", f.name()), f.data_type().clone(), true)
+                    })
+                }))
+                .collect::<Vec<_>>(),
+        ));
+        Ok(ChangeJoin {
+            spec,
+            key_values,
+            sides,
+            dirty: HashSet::default(),
+            before: [Vec::new(), Vec::new()],
+            placeholders,
+            names,
+            name_columns,
+            values,
+            state_schema,
+            task: Arc::new(TaskContext::default()),
+            budget: None,
+        })
+    }
+
+    /// The same, its state accounted in `memory`.
+    pub fn with_memory(mut self, memory: &Arc<StateMemory>) -> Self {
+        self.budget = Some(Budget::new(memory, "change_join"));
+        self
+    }
+
+    /// The join keys of `batch`'s rows (side `side`'s columns first).
+    fn keys_of(&self, side: usize, batch: &RecordBatch) -> Result<Rows> {
+        let n = batch.num_rows();
+        let values = self.spec.keys[side]
+            .iter()
+            .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
+            .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
+        Ok(self.key_values.convert_columns(&values)?)
+    }
+
+    /// Marks `key` changed, keeping its rows on both sides as they are (the first time in an
+    /// epoch: as they were at the last checkpoint).
+    fn mark(&mut self, key: &[u8]) -> Result<()> {
+        if self.dirty.contains(key) {
+            return Ok(());
+        }
+        self.dirty.insert(key.into());
+        for s in 0..2 {
+            let ids = self.sides[s].ids_of(key);
+            if !ids.is_empty() {
+                let columns = self.sides[s].gather(&ids)?;
+                self.before[s].push(RecordBatch::try_new(self.placeholders[s].clone(), columns)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the join keys of the rows side `side`'s changes replace and of the rows they
+    /// bring (`new_keys`). Marking a key whose changes are then undone costs a look at it.
+    fn mark_changed(&mut self, side: usize, changes: &Changes, new_keys: &Rows) -> Result<()> {
+        let replaced: Vec<(usize, usize)> = (0..changes.batch.num_rows())
+            .filter_map(|i| self.sides[side].rows.current(changes.key(i).as_ref()))
+            .map(|(b, i)| (b as usize, i as usize))
+            .collect();
+        if !replaced.is_empty() {
+            let columns = self.sides[side].gather(&replaced)?;
+            let old = RecordBatch::try_new(self.placeholders[side].clone(), columns)?;
+            let old_keys = self.keys_of(side, &old)?;
+            for k in old_keys.iter() {
+                self.mark(k.as_ref())?;
+            }
+        }
+        for i in 0..changes.batch.num_rows() {
+            if !changes.is_delete(i) {
+                self.mark(new_keys.row(i).as_ref())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies side `side`'s changes, indexing the new rows by their join keys.
+    fn apply(&mut self, side: usize, changes: Changes, new_keys: Rows) {
+        let Side {
+            rows,
+            by_key,
+            index_bytes,
+            ..
+        } = &mut self.sides[side];
+        rows.apply(
+            changes,
+            |_, _| {},
+            |i, id| {
+                let key = new_keys.row(i);
+                match by_key.get_mut(key.as_ref()) {
+                    Some(ids) => ids.push(id),
+                    None => {
+                        *index_bytes += key.as_ref().len() + KEY_OVERHEAD;
+                        by_key.insert(key.as_ref().into(), vec![id]);
+                    }
+                }
+                *index_bytes += 8;
+                0
+            },
+        );
+    }
+
+    /// The join over rows of each side (placeholder schemas).
+    fn join(&self, sides: [Vec<RecordBatch>; 2]) -> Result<RecordBatch> {
+        let [l, r] = sides;
+        let out = run_plan_inputs(
+            &self.spec.join,
+            vec![
+                (self.placeholders[0].clone(), l),
+                (self.placeholders[1].clone(), r),
+            ],
+            &self.task,
+        )?;
+        Ok(concat_batches(&self.spec.join.schema(), &out)?)
+    }
+
+    /// `rows` of the join (its columns and both primary keys) as output rows of kind `op`.
+    fn output_rows(&self, rows: &RecordBatch, op: &str) -> Result<RecordBatch> {
+        let named: HashSet<usize> = self.name_columns.iter().copied().collect();
+        let mut columns: Vec<ArrayRef> = (0..rows.num_columns())
+            .filter(|c| !named.contains(c))
+            .map(|c| rows.column(c).clone())
+            .collect();
+        columns.push(Arc::new(StringArray::from(vec![op; rows.num_rows()])));
+        Ok(RecordBatch::try_new(self.spec.output.clone(), columns)?)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        let before: usize = self
+            .before
+            .iter()
+            .flatten()
+            .map(RecordBatch::get_array_memory_size)
+            .sum();
+        self.sides
+            .iter()
+            .map(|s| s.rows.memory_bytes() + s.index_bytes)
+            .sum::<usize>()
+            + before
+    }
+}
+
+impl Operator for ChangeJoin {
+    fn kind(&self) -> &'static str {
+        "change_join"
+    }
+
+    /// Changes mark their join keys and are staged until their batch commits.
+    fn process(&mut self, input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let changes = self.sides[input].rows.prepare(&batch)?;
+        let keys = self.keys_of(input, &changes.batch)?;
+        self.mark_changed(input, &changes, &keys)?;
+        self.sides[input].pending.push((changes, keys));
+        Ok(Vec::new())
+    }
+
+    fn commit_batch(&mut self) {
+        for side in 0..2 {
+            for (changes, keys) in std::mem::take(&mut self.sides[side].pending) {
+                self.apply(side, changes, keys);
+            }
+        }
+    }
+
+    fn abort_batch(&mut self) {
+        for side in &mut self.sides {
+            side.pending.clear();
+        }
+    }
+
+    /// The joined rows of the changed keys: gone ones as deletes, new or changed ones as
+    /// upserts.
+    fn on_checkpoint(&mut self) -> Result<Vec<RecordBatch>> {
+        if self.dirty.is_empty() {
+            return Ok(Vec::new());
+        }
+        let before = std::mem::take(&mut self.before);
+        let before = self.join(before)?;
+        let dirty: Vec<Box<[u8]>> = std::mem::take(&mut self.dirty).into_iter().collect();
+        let mut now: [Vec<RecordBatch>; 2] = [Vec::new(), Vec::new()];
+        for s in 0..2 {
+            let ids: Vec<(usize, usize)> =
+                dirty.iter().flat_map(|k| self.sides[s].ids_of(k)).collect();
+            let columns = self.sides[s].gather(&ids)?;
+            now[s].push(RecordBatch::try_new(self.placeholders[s].clone(), columns)?);
+        }
+        let after = self.join(now)?;
+        let name_of = |rows: &RecordBatch| -> Result<Rows> {
+            let columns: Vec<ArrayRef> = self
+                .name_columns
+                .iter()
+                .map(|&c| rows.column(c).clone())
+                .collect();
+            Ok(self.names.convert_columns(&columns)?)
+        };
+        let after_names = name_of(&after)?;
+        let still: HashSet<&[u8]> = after_names.iter().map(|r| r.data()).collect();
+        let before_names = name_of(&before)?;
+        let gone: BooleanArray = before_names
+            .iter()
+            .map(|r| Some(!still.contains(r.as_ref())))
+            .collect();
+        let before_values = self.values.convert_columns(before.columns())?;
+        let unchanged: HashSet<&[u8]> = before_values.iter().map(|r| r.data()).collect();
+        let after_values = self.values.convert_columns(after.columns())?;
+        let changed: BooleanArray = after_values
+            .iter()
+            .map(|r| Some(!unchanged.contains(r.as_ref())))
+            .collect();
+        // Deletes first: a sink keyed more coarsely keeps the last change per key.
+        let mut out = Vec::new();
+        let deletes = filter_record_batch(&before, &gone)?;
+        if deletes.num_rows() > 0 {
+            out.push(self.output_rows(&deletes, "delete")?);
+        }
+        let upserts = filter_record_batch(&after, &changed)?;
+        if upserts.num_rows() > 0 {
+            out.push(self.output_rows(&upserts, "upsert")?);
+        }
+        Ok(out)
+    }
+
+    fn state_schema(&self) -> Option<SchemaRef> {
+        Some(self.state_schema.clone())
+    }
+
+    /// Both sides' rows (or changes), each side's in its columns, NULL in the other's.
+    fn snapshot(&mut self, full: bool) -> Result<Vec<StateChunk>> {
+        let mut out = Vec::new();
+        let widths = [0, 1].map(|s| self.sides[s].rows.schema().fields().len());
+        for s in 0..2 {
+            for batch in load(&self.sides[s].rows.snapshot(full)?)? {
+                let n = batch.num_rows();
+                let mut columns: Vec<ArrayRef> =
+                    vec![Arc::new(arrow::array::UInt8Array::from(vec![s as u8; n]))];
+                for t in 0..2 {
+                    let fields = self.sides[t].rows.schema().fields().clone();
+                    for (c, f) in fields.iter().enumerate().take(widths[t]) {
+                        columns.push(match t == s {
+                            true => batch.column(c).clone(),
+                            false => new_null_array(f.data_type(), n),
+                        });
+                    }
+                }
+                out.push(StateChunk::Batch(RecordBatch::try_new(
+                    self.state_schema.clone(),
+                    columns,
+                )?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn restore(&mut self, state: Vec<StateChunk>, _watermark: Option<i64>) -> Result<()> {
+        let widths = [0, 1].map(|s| self.sides[s].rows.schema().fields().len());
+        for chunk in &state {
+            for batch in load(std::slice::from_ref(chunk))? {
+                let side = batch
+                    .column(0)
+                    .as_primitive::<arrow::datatypes::UInt8Type>();
+                for s in 0..2 {
+                    let mask: BooleanArray =
+                        side.iter().map(|v| Some(v == Some(s as u8))).collect();
+                    if mask.true_count() == 0 {
+                        continue;
+                    }
+                    let rows = filter_record_batch(&batch, &mask)?;
+                    let first = 1 + if s == 0 { 0 } else { widths[0] };
+                    let rows = RecordBatch::try_new(
+                        self.sides[s].rows.schema().clone(),
+                        rows.columns()[first..first + widths[s]].to_vec(),
+                    )?;
+                    let changes = self.sides[s].rows.prepare(&rows)?;
+                    let keys = self.keys_of(s, &changes.batch)?;
+                    self.apply(s, changes, keys);
+                }
+            }
+            self.fit_memory()?;
+        }
+        for side in &mut self.sides {
+            side.rows.restored();
+        }
+        Ok(())
+    }
+
+    fn fit_memory(&mut self) -> Result<()> {
+        for side in &mut self.sides {
+            if let Some(moved) = side.rows.compact_if_due()? {
+                side.by_key.retain(|_, ids| {
+                    *ids = ids.iter().filter_map(|&id| moved.get(id)).collect();
+                    !ids.is_empty()
+                });
+                side.index_bytes = side
+                    .by_key
+                    .iter()
+                    .map(|(k, ids)| k.len() + KEY_OVERHEAD + 8 * ids.len())
+                    .sum();
+            }
+        }
+        let bytes = self.memory_bytes();
+        Budget::hold_in(
+            self.budget.as_mut(),
+            bytes,
+            "a join of two change streams (both tables' current rows)",
+        )
+    }
+
+    fn state_rows(&self) -> usize {
+        self.sides.iter().map(|s| s.rows.live_rows()).sum()
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.memory_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,145 @@
+//! Lowers a join of two change streams read as the tables they describe: each side carries its
+//! primary key and `_op` to the join, which keeps both tables and emits the joined rows that
+//! their changes add, change or remove, as upserts and deletes (`_op`), for a sink that applies
+//! rows by key.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::{DFSchema, TableReference};
+use datafusion::logical_expr::execution_props::ExecutionProps;
+use datafusion::logical_expr::{EmptyRelation, Join, JoinType, LogicalPlan};
+use datafusion::physical_expr::create_physical_expr;
+
+use super::changes::carried_columns;
+use super::plan::{lower, plan_physical, push_n, Lowered, Lowering};
+use crate::error::{Error, Result};
+use crate::runtime::operator::change_join::ChangeJoinSpec;
+use crate::runtime::operator::stateless::OP;
+use crate::runtime::plan::{Input, OperatorSpec};
+use crate::runtime::source_table::SourceTable;
+
+/// A join of the tables of change streams `tables` (left, right).
+pub(super) fn lower_change_join(
+    join: &Join,
+    tables: [SourceTable; 2],
+    cx: &mut Lowering,
+) -> Result<Lowered> {
+    if !matches!(
+        join.join_type,
+        JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full
+    ) || join.null_aware
+    {
+        return Err(Error::Unsupported(format!(
+            "a {} join of two change streams is not supported yet: INNER, LEFT, RIGHT and FULL joins are",
+            join.join_type.to_string().to_uppercase()
+        )));
+    }
+    if join.on.is_empty() {
+        return Err(Error::Unsupported(
+            "a join of two change streams needs an equality between them (ON a.k = b.k)".into(),
+        ));
+    }
+    if cx.carry.is_some() {
+        return Err(Error::Unsupported(
+            "a join under a GROUP BY over a change stream is not supported yet".into(),
+        ));
+    }
+    if !cx.applies_by_key {
+        return Err(Error::Unsupported(format!(
+            "a join of change streams \"{}\" and \"{}\" emits updates (each joined row again when either side changes, and deletes), and the sink only appends: write it to a sink that applies rows by key, a delta, postgres or kafka sink with mode = 'upsert' and key = '...' (the columns that name a joined row)",
+            tables[0].name(),
+            tables[1].name()
+        )));
+    }
+    let sides = [&join.left, &join.right];
+    let mut inputs: Vec<Input> = Vec::with_capacity(2);
+    let mut carried: Vec<Vec<Field>> = Vec::with_capacity(2);
+    for (s, table) in tables.iter().enumerate() {
+        let fields = carried_columns(table, None)?;
+        cx.carry = Some(fields.clone());
+        let lowered = lower(sides[s], cx);
+        cx.carry = None;
+        inputs.push(lowered?);
+        carried.push(fields);
+    }
+    let props = ExecutionProps::new();
+    let mut keys = [Vec::new(), Vec::new()];
+    for (l, r) in &join.on {
+        for (s, e) in [l, r].into_iter().enumerate() {
+            keys[s].push(create_physical_expr(
+                e,
+                sides[s].schema(),
+                &props,
+                &Default::default(),
+            )?);
+        }
+    }
+    // Each side's placeholder: its columns, then its primary key, renamed.
+    let mut placeholders = Vec::with_capacity(2);
+    let mut change_schemas = Vec::with_capacity(2);
+    for s in 0..2 {
+        let base = sides[s].schema();
+        let key = &carried[s][..carried[s].len() - 1];
+        let mut fields: Vec<(Option<TableReference>, Arc<Field>)> =
+            base.iter().map(|(q, f)| (q.cloned(), f.clone())).collect();
+        for (i, f) in key.iter().enumerate() {
+            fields.push((
+                None,
+                Arc::new(Field::new(
+                    format!("__key{s}_{i}"),
+                    f.data_type().clone(),
+                    true,
+                )),
+            ));
+        }
+        placeholders.push(LogicalPlan::EmptyRelation(EmptyRelation {
+            produce_one_row: false,
+            schema: Arc::new(DFSchema::new_with_metadata(
+                fields,
+                base.metadata().clone(),
+            )?),
+        }));
+        change_schemas.push(Arc::new(Schema::new(
+            base.as_arrow()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .chain(carried[s].iter().cloned())
+                .collect::<Vec<_>>(),
+        )));
+    }
+    let right = placeholders.pop().expect("two sides");
+    let left = placeholders.pop().expect("two sides");
+    let planned = Join::try_new(
+        Arc::new(left),
+        Arc::new(right),
+        join.on.clone(),
+        join.filter.clone(),
+        join.join_type,
+        join.join_constraint,
+        join.null_equality,
+        false,
+    )?;
+    let output = Arc::new(Schema::new(
+        join.schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .chain([Field::new(OP, DataType::Utf8, true)])
+            .collect::<Vec<_>>(),
+    ));
+    let spec = ChangeJoinSpec {
+        join: plan_physical(&LogicalPlan::Join(planned), cx.state)?,
+        keys,
+        schemas: [0, 1].map(|s| Arc::new(sides[s].schema().as_arrow().clone())),
+        change_schemas: [change_schemas[0].clone(), change_schemas[1].clone()],
+        output,
+    };
+    cx.scanned = None;
+    let node = push_n(cx, OperatorSpec::ChangeJoin(spec), inputs);
+    if let Input::Node(n) = node {
+        cx.updating = Some(n);
+    }
+    Ok(node)
+}

@@ -3,6 +3,7 @@
 
 mod aggregates;
 mod cdc;
+mod cdc_joins;
 mod cdc_tables;
 mod clients;
 mod concurrency;

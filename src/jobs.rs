@@ -165,7 +165,8 @@ pub(crate) fn check_updates_sink(sink: &SinkEntry, key: &[String], ranked: bool)
     }
 }
 
-/// Checks that `sink` names the key a join of two change streams' rows are applied by.
+/// Checks that `sink` applies rows by key and names the key a join of two change streams' rows
+/// are applied by.
 pub(crate) fn check_change_join_sink(sink: &SinkEntry) -> Result<()> {
     let connector = tributary_connectors::sink_connector(&sink.options)?;
     let upsert_key = connector.upsert_key(&SinkSpec {
@@ -173,6 +174,14 @@ pub(crate) fn check_change_join_sink(sink: &SinkEntry) -> Result<()> {
         options: sink.options.clone(),
     })?;
     match upsert_key {
+        // A blackhole keeps nothing, updates included (benchmarks).
+        None if connector.name() == "blackhole" => Ok(()),
+        None => Err(Error::Unsupported(format!(
+            "a join of two change streams emits updates (each joined row again when either side changes, and deletes), and sink \"{}\" ({}) only appends: \
+             write it to a sink that applies rows by key, a delta, postgres or kafka sink with mode = 'upsert' and key = '...' (the columns that name a joined row)",
+            sink.name,
+            connector.name()
+        ))),
         Some(k) if k.is_empty() => Err(Error::Plan(format!(
             "sink \"{}\" applies rows by key but names none, and a join of two change streams has no key of its own: \
              give the sink key = '...', the columns that name a joined row (the left table's primary key when each of its rows joins one row, else both tables')",

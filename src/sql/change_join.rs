@@ -45,13 +45,6 @@ pub(super) fn lower_change_join(
             "a join under a GROUP BY over a change stream is not supported yet".into(),
         ));
     }
-    if !cx.applies_by_key {
-        return Err(Error::Unsupported(format!(
-            "a join of change streams \"{}\" and \"{}\" emits updates (each joined row again when either side changes, and deletes), and the sink only appends: write it to a sink that applies rows by key, a delta, postgres or kafka sink with mode = 'upsert' and key = '...' (the columns that name a joined row)",
-            tables[0].name(),
-            tables[1].name()
-        )));
-    }
     let sides = [&join.left, &join.right];
     let mut inputs: Vec<Input> = Vec::with_capacity(2);
     let mut carried: Vec<Vec<Field>> = Vec::with_capacity(2);

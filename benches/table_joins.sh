@@ -119,12 +119,12 @@ joined=$((CHANGES + CHANGES / 10))
   CREATE PIPELINE p AS INSERT INTO out
     SELECT o.id, o.amount * r.rate AS value FROM orders o LEFT JOIN rates FOR SYSTEM_TIME AS OF o.ts AS r ON o.currency = r.currency;")"
   row "(a) the same with DuckDB's ASOF LEFT JOIN" "$versioned" "$(duck "
-    WITH v AS (SELECT currency, rate, _op, coalesce(_commit_ts, TIMESTAMP '1970-01-01') AS valid_from
+    WITH v AS (SELECT currency, rate, _op, coalesce(_commit_ts::TIMESTAMP, TIMESTAMP '1970-01-01') AS valid_from
                FROM read_json('$WORK/rates.jsonl', format = 'newline_delimited')
-               QUALIFY row_number() OVER (PARTITION BY currency, coalesce(_commit_ts, TIMESTAMP '1970-01-01') ORDER BY seq DESC) = 1)
+               QUALIFY row_number() OVER (PARTITION BY currency, valid_from ORDER BY seq DESC) = 1)
     SELECT count(*), sum(o.amount * CASE WHEN v._op <> 'delete' THEN v.rate END)
     FROM read_json('$WORK/orders.jsonl', format = 'newline_delimited') o
-    ASOF LEFT JOIN v ON o.currency = v.currency AND o.ts >= v.valid_from")"
+    ASOF LEFT JOIN v ON o.currency = v.currency AND o.ts::TIMESTAMP >= v.valid_from")"
   row "(b) orders changelog x customers changelog (Tributary)" "$joined" "$(run_sql changes "
   CREATE SOURCE orders (seq BIGINT, id BIGINT, customer_id BIGINT, amount DOUBLE, _op TEXT, PRIMARY KEY (id))
     WITH (connector = 'file', path = '$WORK/order_changes.jsonl', format = 'json');

@@ -309,9 +309,11 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                     status.set_watermark(watermark);
                 }
             }
-            // At the end of the input every window closes; the checkpoint keeps the rows' own
-            // watermark, so a later run over new input still takes rows after it.
-            if finished && job.plan.inputs.iter().any(|i| i.event_time.is_some()) {
+            // At the end of the input every window closes and a join lets go of every row it
+            // kept (an outer join's unmatched ones are written), event times or not; the
+            // checkpoint keeps the rows' own watermark, so a later run over new input still
+            // takes rows after it.
+            if finished {
                 emitted += emit(&mut graph, &mut *sink, &status, Signal::Watermark(END_OF_TIME)).await?;
             }
             // Updates due at every checkpoint (the groups an aggregate changed in the epoch).

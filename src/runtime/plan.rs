@@ -226,9 +226,11 @@ impl OperatorSpec {
             OperatorSpec::VersionedJoin(spec) => {
                 Box::new(VersionedJoin::new(spec.clone())?.with_memory(memory))
             }
-            OperatorSpec::ChangeJoin(spec) => {
-                Box::new(ChangeJoin::new(spec.clone())?.with_memory(memory))
-            }
+            OperatorSpec::ChangeJoin(spec) => Box::new(
+                ChangeJoin::new(spec.clone())?
+                    .with_memory(memory)
+                    .with_ttl(options.state_ttl),
+            ),
             OperatorSpec::LookupJoin(spec) => Box::new(LookupJoin::new(spec.clone())?),
             OperatorSpec::StreamJoin(spec) => Box::new(
                 StreamJoin::new(spec.clone())?
@@ -345,6 +347,7 @@ impl PipelinePlan {
     pub fn keeps_unbounded_rows(&self) -> bool {
         self.nodes.iter().any(|n| match &n.operator {
             OperatorSpec::StreamJoin(spec) => spec.expiry.iter().any(Vec::is_empty),
+            OperatorSpec::ChangeJoin(spec) => spec.appends.iter().any(|a| *a),
             _ => false,
         })
     }

@@ -1,7 +1,8 @@
 //! Lowers a join of two change streams read as the tables they describe: each side carries its
 //! primary key and `_op` to the join, which keeps both tables and emits the joined rows that
 //! their changes add, change or remove, as upserts and deletes (`_op`), for a sink that applies
-//! rows by key.
+//! rows by key. An outer join of two streams without bounds on their event times, into such a
+//! sink, is lowered the same way: each stream row is a table row of its own, inserted once.
 
 use std::sync::Arc;
 
@@ -16,13 +17,15 @@ use super::plan::{lower, plan_physical, push_n, Lowered, Lowering};
 use crate::error::{Error, Result};
 use crate::runtime::operator::change_join::ChangeJoinSpec;
 use crate::runtime::operator::stateless::OP;
+use crate::runtime::operator::stream_join::ROW_ID;
 use crate::runtime::plan::{Input, OperatorSpec};
 use crate::runtime::source_table::SourceTable;
 
-/// A join of the tables of change streams `tables` (left, right).
+/// A join of the tables of change streams `tables` (left, right; `None`: a stream that only
+/// appends).
 pub(super) fn lower_change_join(
     join: &Join,
-    tables: [SourceTable; 2],
+    tables: [Option<SourceTable>; 2],
     cx: &mut Lowering,
 ) -> Result<Lowered> {
     if !matches!(
@@ -48,13 +51,26 @@ pub(super) fn lower_change_join(
     let sides = [&join.left, &join.right];
     let mut inputs: Vec<Input> = Vec::with_capacity(2);
     let mut carried: Vec<Vec<Field>> = Vec::with_capacity(2);
+    let updating = cx.updating;
     for (s, table) in tables.iter().enumerate() {
-        let fields = carried_columns(table, None)?;
-        cx.carry = Some(fields.clone());
+        let fields = match table {
+            Some(table) => carried_columns(table, None)?,
+            None => vec![
+                Field::new(ROW_ID, DataType::UInt64, true),
+                Field::new(OP, DataType::Utf8, true),
+            ],
+        };
+        cx.carry = table.as_ref().map(|_| fields.clone());
         let lowered = lower(sides[s], cx);
         cx.carry = None;
         inputs.push(lowered?);
         carried.push(fields);
+    }
+    if cx.updating != updating {
+        return Err(Error::Unsupported(
+            "a join of a GROUP BY's updates is not supported yet".into(),
+        )
+        .at_place(cx.places.group_by));
     }
     let props = ExecutionProps::new();
     let mut keys = [Vec::new(), Vec::new()];
@@ -128,6 +144,7 @@ pub(super) fn lower_change_join(
         schemas: [0, 1].map(|s| Arc::new(sides[s].schema().as_arrow().clone())),
         change_schemas: [change_schemas[0].clone(), change_schemas[1].clone()],
         output,
+        appends: [tables[0].is_none(), tables[1].is_none()],
     };
     cx.scanned = None;
     let node = push_n(cx, OperatorSpec::ChangeJoin(spec), inputs);

@@ -43,7 +43,9 @@ pub(super) fn lower_join(join: &Join, cx: &mut Lowering) -> Result<Lowered> {
     ) {
         (None, Some(t)) => (1, t),
         (Some(t), None) => (0, t),
-        (Some(l), Some(r)) => return super::change_join::lower_change_join(join, [l, r], cx),
+        (Some(l), Some(r)) => {
+            return super::change_join::lower_change_join(join, [Some(l), Some(r)], cx)
+        }
         (None, None) => return super::stream_join::lower_stream_join(join, cx),
     };
     let carried = carried_columns(&table, None)?;

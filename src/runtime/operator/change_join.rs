@@ -4,13 +4,17 @@
 //! they were. At each checkpoint DataFusion's planned join runs over the marked keys' rows as
 //! they were and as they are: a joined row (named by both sides' primary keys) that is gone
 //! is emitted as a delete, a new or changed one as an upsert.
+//!
+//! A side may also be a stream that only appends (an outer join of two streams with no bound
+//! on their event times, into a sink that applies rows by key): each row gets an id of its own
+//! as its key, and leaves the state, silently, once it has been kept `state_ttl`.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
-use arrow::array::{new_null_array, ArrayRef, AsArray, BooleanArray, StringArray};
+use arrow::array::{new_null_array, ArrayRef, AsArray, BooleanArray, StringArray, UInt64Array};
 use arrow::compute::{concat_batches, filter_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::execution::TaskContext;
@@ -19,7 +23,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::keyed_rows::{Changes, KeyedRows, RowId, KEY_OVERHEAD};
 use super::spill::{load, StateChunk};
-use super::{run_plan_inputs, Operator};
+use super::{now_micros, run_plan_inputs, Operator};
 use crate::error::Result;
 use crate::runtime::memory::{Budget, StateMemory};
 
@@ -37,6 +41,9 @@ pub struct ChangeJoinSpec {
     pub change_schemas: [SchemaRef; 2],
     /// The rows out: the join's columns, then `_op`.
     pub output: SchemaRef,
+    /// Sides that are streams of rows only appended: their rows arrive without key or `_op`,
+    /// and get an id (`__rid`) as their key.
+    pub appends: [bool; 2],
 }
 
 /// One side: its current rows by primary key, and where they are by join key.
@@ -49,6 +56,13 @@ struct Side {
     pending: Vec<(Changes, Rows)>,
     /// The side's columns.
     columns: usize,
+    /// For a side that only appends: the next row id, and when the rows up to each id were
+    /// kept (processing time, UTC microseconds), oldest first.
+    next_rid: u64,
+    kept: VecDeque<(i64, u64)>,
+    /// Ids below this one have left.
+    kept_from: u64,
+    rid_keys: RowConverter,
 }
 
 impl Side {
@@ -60,7 +74,54 @@ impl Side {
             index_bytes: 0,
             pending: Vec::new(),
             columns,
+            next_rid: 0,
+            kept: VecDeque::new(),
+            kept_from: 0,
+            rid_keys: RowConverter::new(vec![SortField::new(DataType::UInt64)])?,
         })
+    }
+
+    /// Rows of a side that only appends, with their ids and `_op`.
+    fn with_ids(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let n = batch.num_rows() as u64;
+        let first = self.next_rid;
+        self.next_rid += n;
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(UInt64Array::from_iter_values(first..first + n)));
+        columns.push(Arc::new(StringArray::from(vec!["insert"; n as usize])));
+        Ok(RecordBatch::try_new(self.rows.schema().clone(), columns)?)
+    }
+
+    /// Drops the rows of a side that only appends kept at `before` (UTC microseconds) or
+    /// earlier, as deletes of the state's rows that mark nothing.
+    fn expire(&mut self, before: i64) -> Result<()> {
+        let mut through = None;
+        while self.kept.front().is_some_and(|(at, _)| *at <= before) {
+            through = self.kept.pop_front().map(|(_, rid)| rid);
+        }
+        let Some(through) = through else {
+            return Ok(());
+        };
+        let rids = UInt64Array::from_iter_values(self.kept_from..=through);
+        self.kept_from = through + 1;
+        let keys = self
+            .rid_keys
+            .convert_columns(&[Arc::new(rids) as ArrayRef])?;
+        let ids: Vec<(usize, usize)> = keys
+            .iter()
+            .filter_map(|k| self.rows.current(k.as_ref()))
+            .map(|(b, i)| (b as usize, i as usize))
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let width = self.rows.schema().fields().len();
+        let mut columns = self.rows.gather(0..width - 1, &ids)?;
+        columns.push(Arc::new(StringArray::from(vec!["delete"; ids.len()])));
+        let deletes = RecordBatch::try_new(self.rows.schema().clone(), columns)?;
+        let changes = self.rows.prepare(&deletes)?;
+        self.rows.apply(changes, |_, _| {}, |_, _| 0);
+        Ok(())
     }
 
     /// The rows of join key `key` now.
@@ -96,6 +157,7 @@ pub struct ChangeJoin {
     name_columns: Vec<usize>,
     values: RowConverter,
     state_schema: SchemaRef,
+    ttl: Option<std::time::Duration>,
     task: Arc<TaskContext>,
     budget: Option<Budget>,
 }
@@ -158,9 +220,16 @@ impl ChangeJoin {
             name_columns,
             values,
             state_schema,
+            ttl: None,
             task: Arc::new(TaskContext::default()),
             budget: None,
         })
+    }
+
+    /// The same, a side that only appends keeping a row `ttl` of processing time at most.
+    pub fn with_ttl(mut self, ttl: Option<std::time::Duration>) -> Self {
+        self.ttl = ttl;
+        self
     }
 
     /// The same, its state accounted in `memory`.
@@ -270,52 +339,9 @@ impl ChangeJoin {
         Ok(RecordBatch::try_new(self.spec.output.clone(), columns)?)
     }
 
-    fn memory_bytes(&self) -> usize {
-        let before: usize = self
-            .before
-            .iter()
-            .flatten()
-            .map(RecordBatch::get_array_memory_size)
-            .sum();
-        self.sides
-            .iter()
-            .map(|s| s.rows.memory_bytes() + s.index_bytes)
-            .sum::<usize>()
-            + before
-    }
-}
-
-impl Operator for ChangeJoin {
-    fn kind(&self) -> &'static str {
-        "change_join"
-    }
-
-    /// Changes mark their join keys and are staged until their batch commits.
-    fn process(&mut self, input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        let changes = self.sides[input].rows.prepare(&batch)?;
-        let keys = self.keys_of(input, &changes.batch)?;
-        self.mark_changed(input, &changes, &keys)?;
-        self.sides[input].pending.push((changes, keys));
-        Ok(Vec::new())
-    }
-
-    fn commit_batch(&mut self) {
-        for side in 0..2 {
-            for (changes, keys) in std::mem::take(&mut self.sides[side].pending) {
-                self.apply(side, changes, keys);
-            }
-        }
-    }
-
-    fn abort_batch(&mut self) {
-        for side in &mut self.sides {
-            side.pending.clear();
-        }
-    }
-
-    /// The joined rows of the changed keys: gone ones as deletes, new or changed ones as
-    /// upserts.
-    fn on_checkpoint(&mut self) -> Result<Vec<RecordBatch>> {
+    /// The joined rows of the keys changed since the last checkpoint: gone ones as deletes,
+    /// new or changed ones as upserts.
+    fn emit_changed(&mut self) -> Result<Vec<RecordBatch>> {
         if self.dirty.is_empty() {
             return Ok(Vec::new());
         }
@@ -361,6 +387,71 @@ impl Operator for ChangeJoin {
         let upserts = filter_record_batch(&after, &changed)?;
         if upserts.num_rows() > 0 {
             out.push(self.output_rows(&upserts, "upsert")?);
+        }
+        Ok(out)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        let before: usize = self
+            .before
+            .iter()
+            .flatten()
+            .map(RecordBatch::get_array_memory_size)
+            .sum();
+        self.sides
+            .iter()
+            .map(|s| s.rows.memory_bytes() + s.index_bytes)
+            .sum::<usize>()
+            + before
+    }
+}
+
+impl Operator for ChangeJoin {
+    fn kind(&self) -> &'static str {
+        "change_join"
+    }
+
+    /// Changes mark their join keys and are staged until their batch commits.
+    fn process(&mut self, input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let batch = match self.spec.appends[input] {
+            true => self.sides[input].with_ids(&batch)?,
+            false => batch,
+        };
+        let changes = self.sides[input].rows.prepare(&batch)?;
+        let keys = self.keys_of(input, &changes.batch)?;
+        self.mark_changed(input, &changes, &keys)?;
+        self.sides[input].pending.push((changes, keys));
+        Ok(Vec::new())
+    }
+
+    fn commit_batch(&mut self) {
+        for side in 0..2 {
+            let pending = std::mem::take(&mut self.sides[side].pending);
+            if self.spec.appends[side] && !pending.is_empty() {
+                let last = self.sides[side].next_rid - 1;
+                self.sides[side].kept.push_back((now_micros(), last));
+            }
+            for (changes, keys) in pending {
+                self.apply(side, changes, keys);
+            }
+        }
+    }
+
+    fn abort_batch(&mut self) {
+        for side in &mut self.sides {
+            side.pending.clear();
+        }
+    }
+
+    /// The joined rows of the changed keys: gone ones as deletes, new or changed ones as
+    /// upserts. Then rows kept past the TTL leave, emitting nothing.
+    fn on_checkpoint(&mut self) -> Result<Vec<RecordBatch>> {
+        let out = self.emit_changed()?;
+        if let Some(ttl) = self.ttl {
+            let before = now_micros().saturating_sub(ttl.as_micros() as i64);
+            for side in &mut self.sides {
+                side.expire(before)?;
+            }
         }
         Ok(out)
     }
@@ -415,6 +506,14 @@ impl Operator for ChangeJoin {
                         self.sides[s].rows.schema().clone(),
                         rows.columns()[first..first + widths[s]].to_vec(),
                     )?;
+                    if self.spec.appends[s] {
+                        let rids = rows
+                            .column(self.sides[s].columns)
+                            .as_primitive::<UInt64Type>();
+                        if let Some(max) = arrow::compute::max(rids) {
+                            self.sides[s].next_rid = self.sides[s].next_rid.max(max + 1);
+                        }
+                    }
                     let changes = self.sides[s].rows.prepare(&rows)?;
                     let keys = self.keys_of(s, &changes.batch)?;
                     self.apply(s, changes, keys);
@@ -422,8 +521,13 @@ impl Operator for ChangeJoin {
             }
             self.fit_memory()?;
         }
-        for side in &mut self.sides {
+        // Restored rows of a side that only appends are kept from now.
+        let now = now_micros();
+        for (s, side) in self.sides.iter_mut().enumerate() {
             side.rows.restored();
+            if self.spec.appends[s] && side.next_rid > 0 {
+                side.kept.push_back((now, side.next_rid - 1));
+            }
         }
         Ok(())
     }

@@ -166,6 +166,11 @@ pub fn run_plan(
     Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
 }
 
+/// The wall clock in UTC microseconds (processing time, as state TTLs count it).
+pub(crate) fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
 /// Runs a DataFusion plan whose inputs are placeholders (leaves without children), replaced in
 /// order, leftmost first, by `inputs` (schema and batches each), to completion on this thread,
 /// as [`run_plan`] does.

@@ -24,7 +24,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::parallel::Keying;
 use super::spill::StateChunk;
-use super::{run_plan_inputs, Operator};
+use super::{now_micros, run_plan_inputs, Operator};
 use crate::error::{Error, Result};
 use crate::runtime::event_time::END_OF_TIME;
 use crate::runtime::memory::{Budget, StateMemory};
@@ -100,11 +100,6 @@ pub struct StreamJoin {
     ended: [bool; 2],
     task: Arc<TaskContext>,
     budget: Option<Budget>,
-}
-
-/// The wall clock in UTC microseconds.
-fn now_micros() -> i64 {
-    chrono::Utc::now().timestamp_micros()
 }
 
 impl StreamJoin {

@@ -138,5 +138,6 @@ joined=$((CHANGES + CHANGES / 10))
                QUALIFY row_number() OVER (PARTITION BY id ORDER BY seq DESC) = 1),
          c AS (SELECT * FROM read_json('$WORK/customers.jsonl', format = 'newline_delimited')
                QUALIFY row_number() OVER (PARTITION BY id ORDER BY seq DESC) = 1)
-    SELECT count(*), count(c.name) FROM o LEFT JOIN c ON o.customer_id = c.id AND c._op <> 'delete' WHERE o._op <> 'delete'")"
+    SELECT count(*), count(c.name) FROM o LEFT JOIN c ON o.customer_id = c.id AND c._op <> 'delete' WHERE o._op <> 'delete'
+  ")"
 } | tee "$OUT"

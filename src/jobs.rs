@@ -8,7 +8,7 @@ use std::time::Duration;
 use arrow::datatypes::SchemaRef;
 use datafusion::sql::sqlparser::ast;
 pub use tributary_connectors::options::{parse_duration, parse_size};
-use tributary_connectors::{SinkSpec, SourceSpec};
+use tributary_connectors::{SinkConnector, SinkSpec, SourceSpec};
 
 use crate::catalog::{columns_of, Catalog, SinkEntry};
 use crate::error::{Error, Result};
@@ -120,23 +120,24 @@ fn job_input(source: &crate::catalog::SourceEntry) -> Result<JobInput> {
 
 /// Whether `sink` applies rows by key (an upsert sink): a change stream written to it is a table.
 pub(crate) fn applies_by_key(sink: &SinkEntry) -> Result<bool> {
+    Ok(upsert_key(sink)?.1.is_some())
+}
+
+/// The sink's connector, and the key it applies rows by (`None`: it only appends; empty: the
+/// pipeline's key).
+fn upsert_key(sink: &SinkEntry) -> Result<(Arc<dyn SinkConnector>, Option<Vec<String>>)> {
     let connector = tributary_connectors::sink_connector(&sink.options)?;
-    Ok(connector
-        .upsert_key(&SinkSpec {
-            name: sink.name.clone(),
-            options: sink.options.clone(),
-        })?
-        .is_some())
+    let key = connector.upsert_key(&SinkSpec {
+        name: sink.name.clone(),
+        options: sink.options.clone(),
+    })?;
+    Ok((connector, key))
 }
 
 /// An aggregate's updates need a sink that applies rows by key, on the GROUP BY columns; the
 /// first rows of a ROW_NUMBER() (`ranked`), on the PARTITION BY columns and row number.
 pub(crate) fn check_updates_sink(sink: &SinkEntry, key: &[String], ranked: bool) -> Result<()> {
-    let connector = tributary_connectors::sink_connector(&sink.options)?;
-    let upsert_key = connector.upsert_key(&SinkSpec {
-        name: sink.name.clone(),
-        options: sink.options.clone(),
-    })?;
+    let (connector, upsert_key) = upsert_key(sink)?;
     match upsert_key {
         // A blackhole keeps nothing, updates included (benchmarks).
         None if connector.name() == "blackhole" => Ok(()),
@@ -168,11 +169,7 @@ pub(crate) fn check_updates_sink(sink: &SinkEntry, key: &[String], ranked: bool)
 /// Checks that `sink` applies rows by key and names the key a join of two change streams' rows
 /// are applied by.
 pub(crate) fn check_change_join_sink(sink: &SinkEntry) -> Result<()> {
-    let connector = tributary_connectors::sink_connector(&sink.options)?;
-    let upsert_key = connector.upsert_key(&SinkSpec {
-        name: sink.name.clone(),
-        options: sink.options.clone(),
-    })?;
+    let (connector, upsert_key) = upsert_key(sink)?;
     match upsert_key {
         // A blackhole keeps nothing, updates included (benchmarks).
         None if connector.name() == "blackhole" => Ok(()),

@@ -7,13 +7,12 @@
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema};
-use datafusion::common::{DFSchema, TableReference};
 use datafusion::logical_expr::execution_props::ExecutionProps;
-use datafusion::logical_expr::{EmptyRelation, Join, JoinType, LogicalPlan};
+use datafusion::logical_expr::{Join, JoinType, LogicalPlan};
 use datafusion::physical_expr::create_physical_expr;
 
 use super::changes::carried_columns;
-use super::plan::{lower, plan_physical, push_n, Lowered, Lowering};
+use super::plan::{lower, placeholder_with, plan_physical, push_n, Lowered, Lowering};
 use crate::error::{Error, Result};
 use crate::runtime::operator::change_join::ChangeJoinSpec;
 use crate::runtime::operator::stateless::OP;
@@ -90,25 +89,12 @@ pub(super) fn lower_change_join(
     for s in 0..2 {
         let base = sides[s].schema();
         let key = &carried[s][..carried[s].len() - 1];
-        let mut fields: Vec<(Option<TableReference>, Arc<Field>)> =
-            base.iter().map(|(q, f)| (q.cloned(), f.clone())).collect();
-        for (i, f) in key.iter().enumerate() {
-            fields.push((
-                None,
-                Arc::new(Field::new(
-                    format!("__key{s}_{i}"),
-                    f.data_type().clone(),
-                    true,
-                )),
-            ));
-        }
-        placeholders.push(LogicalPlan::EmptyRelation(EmptyRelation {
-            produce_one_row: false,
-            schema: Arc::new(DFSchema::new_with_metadata(
-                fields,
-                base.metadata().clone(),
-            )?),
-        }));
+        let renamed = key
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Field::new(format!("__key{s}_{i}"), f.data_type().clone(), true))
+            .collect();
+        placeholders.push(placeholder_with(sides[s], renamed)?);
         change_schemas.push(Arc::new(Schema::new(
             base.as_arrow()
                 .fields()

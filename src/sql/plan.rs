@@ -518,6 +518,27 @@ pub(super) fn plan_over_placeholder(
     plan_physical(&logical, state)
 }
 
+/// A placeholder for `plan`'s rows with `extra` columns (unqualified) after its own: what an
+/// operator hands a planned join besides the rows (row ids, keys).
+pub(super) fn placeholder_with(plan: &LogicalPlan, extra: Vec<Field>) -> Result<LogicalPlan> {
+    use datafusion::common::{DFSchema, TableReference};
+    use datafusion::logical_expr::EmptyRelation;
+
+    let base = plan.schema();
+    let fields: Vec<(Option<TableReference>, Arc<Field>)> = base
+        .iter()
+        .map(|(q, f)| (q.cloned(), f.clone()))
+        .chain(extra.into_iter().map(|f| (None, Arc::new(f))))
+        .collect();
+    Ok(LogicalPlan::EmptyRelation(EmptyRelation {
+        produce_one_row: false,
+        schema: Arc::new(DFSchema::new_with_metadata(
+            fields,
+            base.metadata().clone(),
+        )?),
+    }))
+}
+
 /// DataFusion's physical plan of a logical plan whose leaves are placeholders, as
 /// [`plan_over_placeholder`] plans it.
 pub(super) fn plan_physical(

@@ -6,18 +6,18 @@
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field};
-use datafusion::common::{DFSchema, ScalarValue, TableReference};
+use datafusion::common::ScalarValue;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::execution_props::ExecutionProps;
 use datafusion::logical_expr::utils::split_conjunction;
-use datafusion::logical_expr::{
-    Between, BinaryExpr, EmptyRelation, Expr, Join, JoinType, LogicalPlan, Operator,
-};
+use datafusion::logical_expr::{Between, BinaryExpr, Expr, Join, JoinType, LogicalPlan, Operator};
 use datafusion::physical_expr::create_physical_expr;
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::lineage::is_event_time;
-use super::plan::{lower, plan_over_placeholder, plan_physical, push_n, Lowered, Lowering};
+use super::plan::{
+    lower, placeholder_with, plan_over_placeholder, plan_physical, push_n, Lowered, Lowering,
+};
 use crate::error::{Error, Result};
 use crate::runtime::operator::stream_join::{
     ExpiryBound, OuterJoin, StreamJoinSpec, RIGHT_ROW_ID, ROW_ID,
@@ -151,23 +151,9 @@ fn matching_plan(
     preserved: [bool; 2],
     state: &SessionState,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let placeholder = |plan: &LogicalPlan, row_id: Option<&str>| -> Result<LogicalPlan> {
-        let base = plan.schema();
-        let schema = if let Some(name) = row_id {
-            let mut fields: Vec<(Option<TableReference>, Arc<Field>)> =
-                base.iter().map(|(q, f)| (q.cloned(), f.clone())).collect();
-            fields.push((None, Arc::new(Field::new(name, DataType::UInt64, false))));
-            Arc::new(DFSchema::new_with_metadata(
-                fields,
-                base.metadata().clone(),
-            )?)
-        } else {
-            base.clone()
-        };
-        Ok(LogicalPlan::EmptyRelation(EmptyRelation {
-            produce_one_row: false,
-            schema,
-        }))
+    let placeholder = |plan: &LogicalPlan, row_id: Option<&str>| {
+        let extra = row_id.map(|name| Field::new(name, DataType::UInt64, false));
+        placeholder_with(plan, extra.into_iter().collect())
     };
     let inner = Join::try_new(
         Arc::new(placeholder(&join.left, preserved[0].then_some(ROW_ID))?),

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field};
-use datafusion::common::{Column, DFSchema, TableReference};
+use datafusion::common::Column;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::execution_props::ExecutionProps;
-use datafusion::logical_expr::{EmptyRelation, Expr, Join, LogicalPlan, LogicalPlanBuilder};
+use datafusion::logical_expr::{Expr, Join, LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_expr::create_physical_expr;
 use datafusion::physical_plan::ExecutionPlan;
 
@@ -18,7 +18,7 @@ use super::as_of::AsOfJoin;
 use super::changes::{carried_columns, change_stream_under};
 use super::joins::lower_table_join;
 use super::lineage::is_event_time;
-use super::plan::{plan_physical, push_n, Lowered, Lowering};
+use super::plan::{placeholder_with, plan_physical, push_n, Lowered, Lowering};
 use crate::error::{Error, Result};
 use crate::runtime::operator::versioned_join::{VersionedJoinSpec, PROBE, PROBE_TABLE};
 use crate::runtime::plan::OperatorSpec;
@@ -86,16 +86,8 @@ fn probe_plan(
     table_port: usize,
     state: &SessionState,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let placeholder = |plan: &LogicalPlan, name: &str| -> Result<LogicalPlan> {
-        let base = plan.schema();
-        let mut fields: Vec<(Option<TableReference>, Arc<Field>)> =
-            base.iter().map(|(q, f)| (q.cloned(), f.clone())).collect();
-        fields.push((None, Arc::new(Field::new(name, DataType::UInt64, false))));
-        let schema = DFSchema::new_with_metadata(fields, base.metadata().clone())?;
-        Ok(LogicalPlan::EmptyRelation(EmptyRelation {
-            produce_one_row: false,
-            schema: Arc::new(schema),
-        }))
+    let placeholder = |plan: &LogicalPlan, name: &str| {
+        placeholder_with(plan, vec![Field::new(name, DataType::UInt64, false)])
     };
     let names = match table_port {
         0 => [PROBE_TABLE, PROBE],

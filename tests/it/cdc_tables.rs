@@ -138,9 +138,14 @@ pub(crate) fn drop_orders(dir: &std::path::Path, n: u32, orders: &[(i64, i32)]) 
     for (id, customer) in orders {
         text.push_str(&format!("{id},{customer},{}.5\n", id % 97));
     }
-    let tmp = dir.join(format!(".orders-{n}.tmp"));
+    drop_whole(dir, &format!("orders-{n}.csv"), &text);
+}
+
+/// Writes `text` into `dir/name` whole: under another name, then renamed.
+fn drop_whole(dir: &std::path::Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(format!("orders-{n}.csv"))).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
 /// A figure of each pipeline's join: `rows_in` or `state_rows`.
@@ -364,9 +369,7 @@ fn drop_timed_orders(dir: &std::path::Path, n: u32, orders: &[(i64, i32, i64)]) 
             at.format("%Y-%m-%d %H:%M:%S%.6f")
         ));
     }
-    let tmp = dir.join(format!(".timed-{n}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(format!("timed-{n}.csv"))).unwrap();
+    drop_whole(dir, &format!("timed-{n}.csv"), &text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,8 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::keyed_rows::{Changes, KeyedRows, RowId, KEY_OVERHEAD};
+use super::key_index::{join_keys, KeyIndex};
+use super::keyed_rows::{Changes, KeyedRows};
 use super::spill::{load, StateChunk};
 use super::{now_micros, run_plan_inputs, Operator};
 use crate::error::Result;
@@ -49,9 +50,8 @@ pub struct ChangeJoinSpec {
 /// One side: its current rows by primary key, and where they are by join key.
 struct Side {
     rows: KeyedRows,
-    /// Rows by join key (some may have died since; they are dropped when found).
-    by_key: std::collections::HashMap<Box<[u8]>, Vec<RowId>, ahash::RandomState>,
-    index_bytes: usize,
+    /// Rows by join key.
+    by_key: KeyIndex,
     /// Changes of the batch being processed, with their rows' join keys.
     pending: Vec<(Changes, Rows)>,
     /// The side's columns.
@@ -70,8 +70,7 @@ impl Side {
         let width = change_schema.fields().len();
         Ok(Side {
             rows: KeyedRows::new(change_schema.clone(), columns..width - 1)?,
-            by_key: Default::default(),
-            index_bytes: 0,
+            by_key: KeyIndex::default(),
             pending: Vec::new(),
             columns,
             next_rid: 0,
@@ -126,12 +125,7 @@ impl Side {
 
     /// The rows of join key `key` now.
     fn ids_of(&mut self, key: &[u8]) -> Vec<(usize, usize)> {
-        let Some(ids) = self.by_key.get_mut(key) else {
-            return Vec::new();
-        };
-        let rows = &self.rows;
-        ids.retain(|&id| rows.is_live(id));
-        ids.iter().map(|&(b, i)| (b as usize, i as usize)).collect()
+        self.by_key.live(key, &self.rows)
     }
 
     /// Rows at `ids` as the join reads them: the side's columns and primary key.
@@ -240,12 +234,7 @@ impl ChangeJoin {
 
     /// The join keys of `batch`'s rows (side `side`'s columns first).
     fn keys_of(&self, side: usize, batch: &RecordBatch) -> Result<Rows> {
-        let n = batch.num_rows();
-        let values = self.spec.keys[side]
-            .iter()
-            .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
-            .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
-        Ok(self.key_values.convert_columns(&values)?)
+        join_keys(&self.key_values, &self.spec.keys[side], batch)
     }
 
     /// Marks `key` changed, keeping its rows on both sides as they are (the first time in an
@@ -290,25 +279,12 @@ impl ChangeJoin {
 
     /// Applies side `side`'s changes, indexing the new rows by their join keys.
     fn apply(&mut self, side: usize, changes: Changes, new_keys: Rows) {
-        let Side {
-            rows,
-            by_key,
-            index_bytes,
-            ..
-        } = &mut self.sides[side];
+        let Side { rows, by_key, .. } = &mut self.sides[side];
         rows.apply(
             changes,
             |_, _| {},
             |i, id| {
-                let key = new_keys.row(i);
-                match by_key.get_mut(key.as_ref()) {
-                    Some(ids) => ids.push(id),
-                    None => {
-                        *index_bytes += key.as_ref().len() + KEY_OVERHEAD;
-                        by_key.insert(key.as_ref().into(), vec![id]);
-                    }
-                }
-                *index_bytes += 8;
+                by_key.insert(new_keys.row(i).as_ref(), id);
                 0
             },
         );
@@ -400,7 +376,7 @@ impl ChangeJoin {
             .sum();
         self.sides
             .iter()
-            .map(|s| s.rows.memory_bytes() + s.index_bytes)
+            .map(|s| s.rows.memory_bytes() + s.by_key.bytes())
             .sum::<usize>()
             + before
     }
@@ -535,15 +511,7 @@ impl Operator for ChangeJoin {
     fn fit_memory(&mut self) -> Result<()> {
         for side in &mut self.sides {
             if let Some(moved) = side.rows.compact_if_due()? {
-                side.by_key.retain(|_, ids| {
-                    *ids = ids.iter().filter_map(|&id| moved.get(id)).collect();
-                    !ids.is_empty()
-                });
-                side.index_bytes = side
-                    .by_key
-                    .iter()
-                    .map(|(k, ids)| k.len() + KEY_OVERHEAD + 8 * ids.len())
-                    .sum();
+                side.by_key.remap(&moved);
             }
         }
         let bytes = self.memory_bytes();

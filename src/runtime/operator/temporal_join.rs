@@ -4,10 +4,9 @@
 //! the state; stream rows are not kept. DataFusion's planned join does the joining, over the
 //! stream batch and the table rows its keys find.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::ArrayRef;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
@@ -15,7 +14,8 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::keyed_rows::{Changes, KeyedRows, RowId, KEY_OVERHEAD};
+use super::key_index::{join_keys, KeyIndex};
+use super::keyed_rows::{Changes, KeyedRows};
 use super::spill::{load, StateChunk};
 use super::{run_plan_inputs, Operator};
 use crate::error::{Error, Result};
@@ -51,9 +51,8 @@ pub struct TemporalJoin {
     spec: TemporalJoinSpec,
     key_values: RowConverter,
     table: KeyedRows,
-    /// The current rows by join key (some may have died since; they are dropped when found).
-    by_key: HashMap<Box<[u8]>, Vec<RowId>, ahash::RandomState>,
-    index_bytes: usize,
+    /// The current rows by join key.
+    by_key: KeyIndex,
     pending: Vec<Prepared>,
     task: Arc<TaskContext>,
     budget: Option<Budget>,
@@ -80,8 +79,7 @@ impl TemporalJoin {
             spec,
             key_values,
             table,
-            by_key: HashMap::default(),
-            index_bytes: 0,
+            by_key: KeyIndex::default(),
             pending: Vec::new(),
             task: Arc::new(TaskContext::default()),
             budget: None,
@@ -94,43 +92,20 @@ impl TemporalJoin {
         self
     }
 
-    /// The join keys of `batch`'s rows, by `exprs`.
-    fn keys_of(&self, exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Rows> {
-        let n = batch.num_rows();
-        let values = exprs
-            .iter()
-            .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
-            .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
-        Ok(self.key_values.convert_columns(&values)?)
-    }
-
     fn prepare(&self, batch: &RecordBatch) -> Result<Prepared> {
         let changes = self.table.prepare(batch)?;
-        let keys = self.keys_of(&self.spec.table_keys, &changes.batch)?;
+        let keys = join_keys(&self.key_values, &self.spec.table_keys, &changes.batch)?;
         Ok(Prepared { changes, keys })
     }
 
     fn apply(&mut self, p: Prepared) {
         let Prepared { changes, keys } = p;
-        let Self {
-            table,
-            by_key,
-            index_bytes,
-            ..
-        } = self;
+        let Self { table, by_key, .. } = self;
         table.apply(
             changes,
             |_, _| {},
             |i, id| {
-                let key = keys.row(i);
-                match by_key.get_mut(key.as_ref()) {
-                    Some(ids) => ids.push(id),
-                    None => {
-                        *index_bytes += key.as_ref().len() + KEY_OVERHEAD;
-                        by_key.insert(key.as_ref().into(), vec![id]);
-                    }
-                }
-                *index_bytes += 8;
+                by_key.insert(keys.row(i).as_ref(), id);
                 0
             },
         );
@@ -138,18 +113,13 @@ impl TemporalJoin {
 
     /// Joins a batch of the stream with the table's current rows.
     fn probe(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        let keys = self.keys_of(&self.spec.stream_keys, &batch)?;
+        let keys = join_keys(&self.key_values, &self.spec.stream_keys, &batch)?;
         let mut seen = HashSet::new();
         let mut found: Vec<(usize, usize)> = Vec::new();
         for key in keys.iter() {
-            let Some(ids) = self.by_key.get_mut(key.as_ref()) else {
-                continue;
-            };
-            let table = &self.table;
-            ids.retain(|&id| table.is_live(id));
-            for &(b, i) in ids.iter() {
-                if seen.insert((b, i)) {
-                    found.push((b as usize, i as usize));
+            for id in self.by_key.live(key.as_ref(), &self.table) {
+                if seen.insert(id) {
+                    found.push(id);
                 }
             }
         }
@@ -174,7 +144,7 @@ impl TemporalJoin {
     }
 
     fn memory_bytes(&self) -> usize {
-        self.table.memory_bytes() + self.index_bytes
+        self.table.memory_bytes() + self.by_key.bytes()
     }
 }
 
@@ -230,15 +200,7 @@ impl Operator for TemporalJoin {
 
     fn fit_memory(&mut self) -> Result<()> {
         if let Some(moved) = self.table.compact_if_due()? {
-            self.by_key.retain(|_, ids| {
-                *ids = ids.iter().filter_map(|&id| moved.get(id)).collect();
-                !ids.is_empty()
-            });
-            self.index_bytes = self
-                .by_key
-                .iter()
-                .map(|(k, ids)| k.len() + KEY_OVERHEAD + 8 * ids.len())
-                .sum();
+            self.by_key.remap(&moved);
         }
         let bytes = self.memory_bytes();
         Budget::hold_in(

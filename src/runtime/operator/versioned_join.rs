@@ -18,6 +18,7 @@ use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
 
+use super::key_index::join_keys;
 use super::keyed_rows::{Changes, KeyedRows, RowId, KEY_OVERHEAD};
 use super::spill::{load, StateChunk};
 use super::stateless::OP;
@@ -178,12 +179,7 @@ impl VersionedJoin {
 
     /// The join keys of `batch`'s rows, by `exprs`.
     fn keys_of(&self, exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Rows> {
-        let n = batch.num_rows();
-        let values = exprs
-            .iter()
-            .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
-            .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
-        Ok(self.key_values.convert_columns(&values)?)
+        join_keys(&self.key_values, exprs, batch)
     }
 
     /// Changes as they arrive (the table side's columns, primary key, version time, `_op`) as

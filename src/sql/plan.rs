@@ -688,7 +688,14 @@ fn lower_updating_aggregate(
     if let Some(table) = super::changes::change_stream_under(&agg.input) {
         return super::changes::lower_change_aggregate(agg, &table, cx);
     }
+    let updating = cx.updating;
     let from = lower(&agg.input, cx)?;
+    if cx.updating != updating {
+        return Err(Error::Unsupported(
+            "a GROUP BY over a join's updates (a join of two change streams, or an outer join of two streams into a sink that applies rows by key) is not supported yet".into(),
+        )
+        .at_place(cx.places.group_by));
+    }
     let aggregate = plan_aggregate(agg, cx.state)?;
     let keys = agg.group_expr.len();
     let node = push(

@@ -150,9 +150,10 @@ pub(super) fn lower_top_n(window: &Window, limit: usize, cx: &mut Lowering) -> R
     cx.carry_from_group_by = false;
     let from = lowered?;
     if carried.is_none() && cx.updating != updating {
-        return Err(Error::Internal(
-            "a ROW_NUMBER's input became updates unseen".into(),
-        ));
+        return Err(Error::Unsupported(
+            "a ROW_NUMBER() over a join's updates (a join of two change streams, or an outer join of two streams into a sink that applies rows by key) is not supported yet".into(),
+        )
+        .at_place(cx.places.select));
     }
     // Each partition's rows in order, numbered, the first `limit` kept: DataFusion's window
     // needs its input sorted, and the plan has no physical optimizer to sort it.

@@ -291,12 +291,12 @@ impl OperatorSpec {
 }
 
 impl PipelinePlan {
-    /// Whether it joins two tables kept by their change streams (its rows name no key: the
-    /// sink's does).
+    /// Whether it writes a join of two tables kept by their change streams (its rows name no
+    /// key: the sink's does).
     pub fn joins_changes(&self) -> bool {
         self.nodes
             .iter()
-            .any(|n| matches!(n.operator, OperatorSpec::ChangeJoin(_)))
+            .any(|n| matches!(&n.operator, OperatorSpec::ChangeJoin(spec) if !spec.names_out))
     }
 
     /// The inputs read as the tables of joins (kept by their change streams).

@@ -11,7 +11,7 @@ use datafusion::logical_expr::execution_props::ExecutionProps;
 use datafusion::logical_expr::{Join, JoinType, LogicalPlan};
 use datafusion::physical_expr::create_physical_expr;
 
-use super::changes::carried_columns;
+use super::changes::{carried_columns, change_stream_under};
 use super::plan::{lower, placeholder_with, plan_physical, push_n, Lowered, Lowering};
 use crate::error::{Error, Result};
 use crate::runtime::operator::change_join::ChangeJoinSpec;
@@ -42,10 +42,19 @@ pub(super) fn lower_change_join(
             "a join of two change streams needs an equality between them (ON a.k = b.k)".into(),
         ));
     }
-    if cx.carry.is_some() {
-        return Err(Error::Unsupported(
-            "a join under a GROUP BY over a change stream is not supported yet".into(),
-        ));
+    // Under a GROUP BY, the joined rows carry both sides' keys (which name them) and `_op` up
+    // to it: it keeps them as a table.
+    let names_out = cx.carry.take();
+    if let Some(names) = &names_out {
+        let fits = match tables.clone() {
+            [Some(l), Some(r)] => name_fields(&[l, r])?.len() + 1 == names.len(),
+            _ => false,
+        };
+        if cx.carry_from_group_by || !fits {
+            return Err(Error::Unsupported(
+                "this join under a GROUP BY over changes is not supported yet".into(),
+            ));
+        }
     }
     let sides = [&join.left, &join.right];
     let mut inputs: Vec<Input> = Vec::with_capacity(2);
@@ -121,7 +130,12 @@ pub(super) fn lower_change_join(
             .fields()
             .iter()
             .map(|f| f.as_ref().clone().with_nullable(true))
-            .chain([Field::new(OP, DataType::Utf8, true)])
+            .chain(names_out.iter().flatten().cloned())
+            .chain(
+                names_out
+                    .is_none()
+                    .then(|| Field::new(OP, DataType::Utf8, true)),
+            )
             .collect::<Vec<_>>(),
     ));
     let spec = ChangeJoinSpec {
@@ -131,11 +145,58 @@ pub(super) fn lower_change_join(
         change_schemas: [change_schemas[0].clone(), change_schemas[1].clone()],
         output,
         appends: [tables[0].is_none(), tables[1].is_none()],
+        names_out: names_out.is_some(),
     };
     cx.scanned = None;
+    let carried_out = names_out.is_some();
+    cx.carry = names_out;
     let node = push_n(cx, OperatorSpec::ChangeJoin(spec), inputs);
-    if let Input::Node(n) = node {
+    if let (Input::Node(n), false) = (node, carried_out) {
         cx.updating = Some(n);
     }
     Ok(node)
+}
+
+/// The join of two change streams under `plan` (through aliases, projections and WHERE), and
+/// the two streams.
+pub(super) fn change_join_under(plan: &LogicalPlan) -> Option<(&Join, [SourceTable; 2])> {
+    match plan {
+        LogicalPlan::Projection(p) => change_join_under(&p.input),
+        LogicalPlan::Filter(f) => change_join_under(&f.input),
+        LogicalPlan::SubqueryAlias(a) => change_join_under(&a.input),
+        LogicalPlan::Join(join) => {
+            let l = change_stream_under(&join.left)?;
+            let r = change_stream_under(&join.right)?;
+            Some((join, [l, r]))
+        }
+        _ => None,
+    }
+}
+
+/// The columns that name a joined row of two tables: each side's primary key, renamed.
+fn name_fields(tables: &[SourceTable; 2]) -> Result<Vec<Field>> {
+    let mut out = Vec::new();
+    for (s, table) in tables.iter().enumerate() {
+        let key = carried_columns(table, None)?;
+        for (i, f) in key[..key.len() - 1].iter().enumerate() {
+            out.push(Field::new(
+                format!("__key{s}_{i}"),
+                f.data_type().clone(),
+                true,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// A GROUP BY over a join of two change streams: the joined rows carry their names and `_op`
+/// up to it, and it keeps them as a table, as over a change stream.
+pub(super) fn lower_aggregate_over_join(
+    agg: &datafusion::logical_expr::Aggregate,
+    tables: &[SourceTable; 2],
+    cx: &mut Lowering,
+) -> Result<Lowered> {
+    let mut carried = name_fields(tables)?;
+    carried.push(Field::new(OP, DataType::Utf8, true));
+    super::changes::lower_keyed_aggregate(agg, carried, false, cx)
 }

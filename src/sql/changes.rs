@@ -159,7 +159,7 @@ pub(super) fn lower_carried_aggregate(
 
 /// A GROUP BY over rows that carry a key and `_op` after their own columns (`carried`),
 /// keeping the current row of each key.
-fn lower_keyed_aggregate(
+pub(super) fn lower_keyed_aggregate(
     agg: &Aggregate,
     carried: Vec<Field>,
     from_group_by: bool,

@@ -267,6 +267,13 @@ pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
             return super::changes::lower_carried_aggregate(agg, plan, cx);
         }
     }
+    if cx.carry.is_some() && !cx.carry_from_group_by {
+        if let LogicalPlan::Join(join) = plan {
+            if let Some((_, tables)) = super::change_join::change_join_under(plan) {
+                return super::change_join::lower_change_join(join, tables.map(Some), cx);
+            }
+        }
+    }
     if cx.carry.is_some()
         && !matches!(
             plan,
@@ -687,6 +694,9 @@ fn lower_updating_aggregate(
     }
     if let Some(table) = super::changes::change_stream_under(&agg.input) {
         return super::changes::lower_change_aggregate(agg, &table, cx);
+    }
+    if let Some((_, tables)) = super::change_join::change_join_under(&agg.input) {
+        return super::change_join::lower_aggregate_over_join(agg, &tables, cx);
     }
     let updating = cx.updating;
     let from = lower(&agg.input, cx)?;

@@ -1,6 +1,7 @@
 //! Two PostgreSQL tables read through change data capture and joined (orders with their
 //! customers): under a seeded random workload on both tables and two SIGKILLs, the Delta and
-//! PostgreSQL upsert sinks end equal to PostgreSQL's own join of the source tables.
+//! PostgreSQL upsert sinks end equal to PostgreSQL's own join of the source tables, and a GROUP
+//! BY over the joined rows equal to PostgreSQL's aggregate of that join.
 
 use std::time::Duration;
 
@@ -69,6 +70,9 @@ async fn a_join_of_two_cdc_tables_follows_both_across_sigkills() {
          CREATE SOURCE customers_l WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers');
          CREATE SOURCE orders_w WITH (connector = 'postgres-cdc', url = '{url}', table = 'orders');
          CREATE SOURCE customers_w WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers');
+         CREATE SOURCE orders_a WITH (connector = 'postgres-cdc', url = '{url}', table = 'orders');
+         CREATE SOURCE customers_a WITH (connector = 'postgres-cdc', url = '{url}', table = 'customers');
+         CREATE SINK buckets WITH (connector = 'postgres', url = '{wh}', table = 'public.buckets', mode = 'upsert');
          CREATE SINK lake WITH (connector = 'delta', path = '{lake}', mode = 'upsert', key = 'order_id');
          CREATE SINK wh WITH (connector = 'postgres', url = '{wh}', table = 'public.enriched', mode = 'upsert', key = 'order_id');
          CREATE PIPELINE to_lake WITH (checkpoint_interval = '300ms') AS INSERT INTO lake
@@ -76,7 +80,10 @@ async fn a_join_of_two_cdc_tables_follows_both_across_sigkills() {
            FROM orders_l o LEFT JOIN customers_l c ON o.customer_id = c.id;
          CREATE PIPELINE to_wh WITH (checkpoint_interval = '300ms') AS INSERT INTO wh
            SELECT o.id AS order_id, c.name FROM orders_w o JOIN customers_w c ON c.id = o.customer_id
-           WHERE c.balance > 300;",
+           WHERE c.balance > 300;
+         CREATE PIPELINE per_bucket WITH (checkpoint_interval = '300ms') AS INSERT INTO buckets
+           SELECT o.customer_id % 10 AS bucket, count(*) AS n, sum(c.balance) AS total
+           FROM orders_a o JOIN customers_a c ON c.id = o.customer_id GROUP BY o.customer_id % 10;",
         url = pg.url("shop"),
         wh = pg.url("warehouse"),
         lake = lake.display()
@@ -98,7 +105,7 @@ async fn a_join_of_two_cdc_tables_follows_both_across_sigkills() {
     }
     load.await.unwrap();
     let c = server.client().await;
-    for p in ["to_lake", "to_wh"] {
+    for p in ["to_lake", "to_wh", "per_bucket"] {
         wait_state(&c, p, "running").await;
     }
 
@@ -116,6 +123,26 @@ async fn a_join_of_two_cdc_tables_follows_both_across_sigkills() {
     )
     .await;
     assert!(expected_wh.len() > 500, "{}", expected_wh.len());
+    let expected_buckets = query_lines(
+        &shop,
+        "SELECT b::text || ' ' || n::text || ' ' || t::text FROM (
+           SELECT o.customer_id % 10 AS b, count(*) AS n, sum(c.balance) AS t
+           FROM orders o JOIN customers c ON c.id = o.customer_id GROUP BY 1) x ORDER BY b",
+    )
+    .await;
+    poll(
+        Duration::from_secs(240),
+        "the GROUP BY over the join to equal PostgreSQL's",
+        || async {
+            let got = query_lines(
+                &warehouse,
+                "SELECT bucket::text || ' ' || n::text || ' ' || total::text FROM public.buckets ORDER BY bucket",
+            )
+            .await;
+            (got == expected_buckets).then_some(())
+        },
+    )
+    .await;
     poll(
         Duration::from_secs(240),
         "the PostgreSQL sink to equal PostgreSQL's join",

@@ -45,6 +45,9 @@ pub struct ChangeJoinSpec {
     /// Sides that are streams of rows only appended: their rows arrive without key or `_op`,
     /// and get an id (`__rid`) as their key.
     pub appends: [bool; 2],
+    /// Whether the rows out carry both sides' keys (which name them) before `_op`, for a GROUP
+    /// BY over the join that keeps them as a table.
+    pub names_out: bool,
 }
 
 /// One side: its current rows by primary key, and where they are by join key.
@@ -311,6 +314,9 @@ impl ChangeJoin {
             .filter(|c| !named.contains(c))
             .map(|c| rows.column(c).clone())
             .collect();
+        if self.spec.names_out {
+            columns.extend(self.name_columns.iter().map(|&c| rows.column(c).clone()));
+        }
         columns.push(Arc::new(StringArray::from(vec![op; rows.num_rows()])));
         Ok(RecordBatch::try_new(self.spec.output.clone(), columns)?)
     }

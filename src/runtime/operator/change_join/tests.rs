@@ -78,6 +78,7 @@ async fn operator() -> ChangeJoin {
             (OP, DataType::Utf8),
         ]),
         appends: [false, false],
+        names_out: false,
     })
     .unwrap()
 }
@@ -263,6 +264,7 @@ async fn streams() -> ChangeJoin {
             (OP, DataType::Utf8),
         ]),
         appends: [true, true],
+        names_out: false,
     })
     .unwrap()
 }

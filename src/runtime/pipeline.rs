@@ -303,10 +303,14 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             // Splits fall idle with time, not only as batches come: a source that went quiet
             // stops holding the watermark back though no input arrives.
             if !finished && !stopping {
-                if let Some(w) = watermarks.advance(Instant::now()) {
+                let now = Instant::now();
+                if let Some(w) = watermarks.advance(now) {
                     emitted += emit(&mut graph, &mut *sink, &status, Signal::Watermark(w)).await?;
                     watermark = Some(w);
                     status.set_watermark(watermark);
+                }
+                for (i, input) in job.inputs.iter().enumerate() {
+                    status.set_split_watermarks(input.name(), watermarks.marks(i).shown(now));
                 }
             }
             // At the end of the input every window closes and a join lets go of every row it

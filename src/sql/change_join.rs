@@ -196,7 +196,13 @@ pub(super) fn lower_aggregate_over_join(
     tables: &[SourceTable; 2],
     cx: &mut Lowering,
 ) -> Result<Lowered> {
+    super::changes::lower_keyed_aggregate(agg, carried_names(tables)?, false, cx)
+}
+
+/// What the joined rows of two tables carry up to the operator that keeps them as a table: the
+/// columns that name them, then `_op`.
+pub(super) fn carried_names(tables: &[SourceTable; 2]) -> Result<Vec<Field>> {
     let mut carried = name_fields(tables)?;
     carried.push(Field::new(OP, DataType::Utf8, true));
-    super::changes::lower_keyed_aggregate(agg, carried, false, cx)
+    Ok(carried)
 }

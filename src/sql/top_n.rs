@@ -128,6 +128,11 @@ pub(super) fn lower_top_n(window: &Window, limit: usize, cx: &mut Lowering) -> R
     // up to the window, which keeps every current row.
     let carried = match super::changes::updating_aggregate_under(&window.input) {
         Some(inner) => Some((super::changes::group_key_columns(inner), true)),
+        None if super::change_join::change_join_under(&window.input).is_some() => {
+            let (_, tables) = super::change_join::change_join_under(&window.input)
+                .expect("a join of two change streams");
+            Some((super::change_join::carried_names(&tables)?, false))
+        }
         None => match super::changes::change_stream_under(&window.input) {
             Some(table) if table.primary_key().is_empty() => {
                 return Err(Error::Plan(format!(

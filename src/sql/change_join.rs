@@ -8,10 +8,12 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::logical_expr::execution_props::ExecutionProps;
-use datafusion::logical_expr::{Join, JoinType, LogicalPlan};
+use datafusion::logical_expr::{Aggregate, Join, JoinType, LogicalPlan};
 use datafusion::physical_expr::create_physical_expr;
 
-use super::changes::{carried_columns, change_stream_under};
+use super::changes::{
+    carried_columns, change_stream_under, group_key_columns, updating_aggregate_under,
+};
 use super::plan::{lower, placeholder_with, plan_physical, push_n, Lowered, Lowering};
 use crate::error::{Error, Result};
 use crate::runtime::operator::change_join::ChangeJoinSpec;
@@ -20,11 +22,44 @@ use crate::runtime::operator::stream_join::ROW_ID;
 use crate::runtime::plan::{Input, OperatorSpec};
 use crate::runtime::source_table::SourceTable;
 
-/// A join of the tables of change streams `tables` (left, right; `None`: a stream that only
-/// appends).
+/// What one side of a join kept as two tables is.
+#[derive(Clone)]
+pub(super) enum Side<'a> {
+    /// A change stream: its rows carry its primary key and `_op`.
+    Changes(SourceTable),
+    /// A GROUP BY's updates: its rows carry their group columns and `_op`.
+    GroupBy(&'a Aggregate),
+    /// A stream that only appends: each row gets an id of its own.
+    Appends,
+}
+
+impl Side<'_> {
+    /// The columns the side's rows carry to the join: their key, then `_op`.
+    fn carried(&self) -> Result<Vec<Field>> {
+        Ok(match self {
+            Side::Changes(table) => carried_columns(table, None)?,
+            Side::GroupBy(agg) => group_key_columns(agg),
+            Side::Appends => vec![
+                Field::new(ROW_ID, DataType::UInt64, true),
+                Field::new(OP, DataType::Utf8, true),
+            ],
+        })
+    }
+}
+
+/// What side `plan` of a join is, when it is kept as a table: a GROUP BY's updates, or a change
+/// stream (`None`: a stream).
+pub(super) fn side_of(plan: &LogicalPlan) -> Option<Side<'_>> {
+    if let Some(agg) = updating_aggregate_under(plan) {
+        return Some(Side::GroupBy(agg));
+    }
+    change_stream_under(plan).map(Side::Changes)
+}
+
+/// A join of two sides kept as tables (left, right).
 pub(super) fn lower_change_join(
     join: &Join,
-    tables: [Option<SourceTable>; 2],
+    kinds: [Side<'_>; 2],
     cx: &mut Lowering,
 ) -> Result<Lowered> {
     if !matches!(
@@ -46,10 +81,7 @@ pub(super) fn lower_change_join(
     // to it: it keeps them as a table.
     let names_out = cx.carry.take();
     if let Some(names) = &names_out {
-        let fits = match tables.clone() {
-            [Some(l), Some(r)] => name_fields(&[l, r])?.len() + 1 == names.len(),
-            _ => false,
-        };
+        let fits = name_fields(&kinds)?.len() + 1 == names.len();
         if cx.carry_from_group_by || !fits {
             return Err(Error::Unsupported(
                 "this join under a GROUP BY over changes is not supported yet".into(),
@@ -60,21 +92,18 @@ pub(super) fn lower_change_join(
     let mut inputs: Vec<Input> = Vec::with_capacity(2);
     let mut carried: Vec<Vec<Field>> = Vec::with_capacity(2);
     let updating = cx.updating;
-    for (s, table) in tables.iter().enumerate() {
-        let fields = match table {
-            Some(table) => carried_columns(table, None)?,
-            None => vec![
-                Field::new(ROW_ID, DataType::UInt64, true),
-                Field::new(OP, DataType::Utf8, true),
-            ],
-        };
-        cx.carry = table.as_ref().map(|_| fields.clone());
+    for (s, kind) in kinds.iter().enumerate() {
+        let fields = kind.carried()?;
+        cx.carry = (!matches!(kind, Side::Appends)).then(|| fields.clone());
+        cx.carry_from_group_by = matches!(kind, Side::GroupBy(_));
         let lowered = lower(sides[s], cx);
         cx.carry = None;
+        cx.carry_from_group_by = false;
         inputs.push(lowered?);
         carried.push(fields);
     }
-    if cx.updating != updating {
+    let grouped = kinds.iter().any(|k| matches!(k, Side::GroupBy(_)));
+    if cx.updating != updating && !grouped {
         return Err(Error::Unsupported(
             "a join of a GROUP BY's updates is not supported yet".into(),
         )
@@ -144,7 +173,7 @@ pub(super) fn lower_change_join(
         schemas: [0, 1].map(|s| Arc::new(sides[s].schema().as_arrow().clone())),
         change_schemas: [change_schemas[0].clone(), change_schemas[1].clone()],
         output,
-        appends: [tables[0].is_none(), tables[1].is_none()],
+        appends: [0, 1].map(|s| matches!(kinds[s], Side::Appends)),
         names_out: names_out.is_some(),
     };
     cx.scanned = None;
@@ -157,27 +186,27 @@ pub(super) fn lower_change_join(
     Ok(node)
 }
 
-/// The join of two change streams under `plan` (through aliases, projections and WHERE), and
-/// the two streams.
-pub(super) fn change_join_under(plan: &LogicalPlan) -> Option<(&Join, [SourceTable; 2])> {
+/// The join of two sides kept as tables under `plan` (through aliases, projections and WHERE),
+/// and what its sides are.
+pub(super) fn change_join_under(plan: &LogicalPlan) -> Option<(&Join, [Side<'_>; 2])> {
     match plan {
         LogicalPlan::Projection(p) => change_join_under(&p.input),
         LogicalPlan::Filter(f) => change_join_under(&f.input),
         LogicalPlan::SubqueryAlias(a) => change_join_under(&a.input),
         LogicalPlan::Join(join) => {
-            let l = change_stream_under(&join.left)?;
-            let r = change_stream_under(&join.right)?;
+            let l = side_of(&join.left)?;
+            let r = side_of(&join.right)?;
             Some((join, [l, r]))
         }
         _ => None,
     }
 }
 
-/// The columns that name a joined row of two tables: each side's primary key, renamed.
-fn name_fields(tables: &[SourceTable; 2]) -> Result<Vec<Field>> {
+/// The columns that name a joined row of two tables: each side's key, renamed.
+fn name_fields(kinds: &[Side<'_>; 2]) -> Result<Vec<Field>> {
     let mut out = Vec::new();
-    for (s, table) in tables.iter().enumerate() {
-        let key = carried_columns(table, None)?;
+    for (s, kind) in kinds.iter().enumerate() {
+        let key = kind.carried()?;
         for (i, f) in key[..key.len() - 1].iter().enumerate() {
             out.push(Field::new(
                 format!("__key{s}_{i}"),
@@ -189,20 +218,20 @@ fn name_fields(tables: &[SourceTable; 2]) -> Result<Vec<Field>> {
     Ok(out)
 }
 
-/// A GROUP BY over a join of two change streams: the joined rows carry their names and `_op`
-/// up to it, and it keeps them as a table, as over a change stream.
+/// A GROUP BY over a join of two tables: the joined rows carry their names and `_op` up to it,
+/// and it keeps them as a table, as over a change stream.
 pub(super) fn lower_aggregate_over_join(
-    agg: &datafusion::logical_expr::Aggregate,
-    tables: &[SourceTable; 2],
+    agg: &Aggregate,
+    kinds: &[Side<'_>; 2],
     cx: &mut Lowering,
 ) -> Result<Lowered> {
-    super::changes::lower_keyed_aggregate(agg, carried_names(tables)?, false, cx)
+    super::changes::lower_keyed_aggregate(agg, carried_names(kinds)?, false, cx)
 }
 
 /// What the joined rows of two tables carry up to the operator that keeps them as a table: the
 /// columns that name them, then `_op`.
-pub(super) fn carried_names(tables: &[SourceTable; 2]) -> Result<Vec<Field>> {
-    let mut carried = name_fields(tables)?;
+pub(super) fn carried_names(kinds: &[Side<'_>; 2]) -> Result<Vec<Field>> {
+    let mut carried = name_fields(kinds)?;
     carried.push(Field::new(OP, DataType::Utf8, true));
     Ok(carried)
 }

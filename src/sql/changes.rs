@@ -224,7 +224,12 @@ pub(super) fn carry_through(
     carried: &[Field],
 ) -> (Vec<Arc<dyn PhysicalExpr>>, Arc<Schema>) {
     let width = input.schema().fields().len();
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    // A delete carries its key alone: every other column may be NULL.
+    let mut fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
     for (j, f) in carried.iter().enumerate() {
         exprs.push(Arc::new(Column::new(f.name(), width + j)));
         fields.push(f.clone());

@@ -13,6 +13,7 @@ use datafusion::logical_expr::{Expr, Join, JoinType, LogicalPlan};
 use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::change_join::{lower_change_join, side_of, Side};
 use super::changes::{carried_columns, change_stream_under};
 use super::plan::{lower, plan_over_placeholder, push_n, Lowered, Lowering};
 use crate::error::{Error, Result};
@@ -37,6 +38,13 @@ pub(super) fn lower_join(join: &Join, cx: &mut Lowering) -> Result<Lowered> {
             "a join under a GROUP BY over a change stream is not supported yet".into(),
         ));
     }
+    // A GROUP BY's updates joined: both sides are kept as tables (a stream's rows each as a
+    // row of its own), and the joined rows are updated as either changes.
+    let kinds = [side_of(&join.left), side_of(&join.right)];
+    if kinds.iter().any(|k| matches!(k, Some(Side::GroupBy(_)))) {
+        let [l, r] = kinds.map(|k| k.unwrap_or(Side::Appends));
+        return lower_change_join(join, [l, r], cx);
+    }
     let (table_port, table) = match (
         change_stream_under(&join.left),
         change_stream_under(&join.right),
@@ -44,7 +52,7 @@ pub(super) fn lower_join(join: &Join, cx: &mut Lowering) -> Result<Lowered> {
         (None, Some(t)) => (1, t),
         (Some(t), None) => (0, t),
         (Some(l), Some(r)) => {
-            return super::change_join::lower_change_join(join, [Some(l), Some(r)], cx)
+            return lower_change_join(join, [Side::Changes(l), Side::Changes(r)], cx)
         }
         (None, None) => return super::stream_join::lower_stream_join(join, cx),
     };

@@ -270,7 +270,7 @@ pub(super) fn lower(plan: &LogicalPlan, cx: &mut Lowering) -> Result<Lowered> {
     if cx.carry.is_some() && !cx.carry_from_group_by {
         if let LogicalPlan::Join(join) = plan {
             if let Some((_, tables)) = super::change_join::change_join_under(plan) {
-                return super::change_join::lower_change_join(join, tables.map(Some), cx);
+                return super::change_join::lower_change_join(join, tables, cx);
             }
         }
     }

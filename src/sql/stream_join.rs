@@ -199,7 +199,14 @@ pub(super) fn lower_stream_join(join: &Join, cx: &mut Lowering) -> Result<Lowere
     // An outer join with no bound on either side's event time, into a sink that applies rows
     // by key: each row's match (or its absence) is updated as the other side's rows come.
     if preserved.is_some() && cx.applies_by_key && expiry_of.iter().all(Vec::is_empty) {
-        return super::change_join::lower_change_join(join, [None, None], cx);
+        return super::change_join::lower_change_join(
+            join,
+            [
+                super::change_join::Side::Appends,
+                super::change_join::Side::Appends,
+            ],
+            cx,
+        );
     }
     let updating = cx.updating;
     let inputs = vec![lower(&join.left, cx)?, lower(&join.right, cx)?];

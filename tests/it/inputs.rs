@@ -281,6 +281,59 @@ async fn winning_bids_and_their_averages_equal_the_batch_queries_across_sigkills
     assert_eq!(&figures[1..], ["0", "0"], "q4: categories missing, extra");
 }
 
+/// Auctions joined with their bids' GROUP BY (count and highest price so far), from paced
+/// auction and bid streams into a Delta upsert sink keyed by auction, killed twice: the join of
+/// a stream with a GROUP BY's updates restores both, and the table equals the batch query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auctions_with_their_bids_so_far_equal_the_batch_query_across_sigkills() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lake = tmp.path().join("lake");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(&data).await;
+    let c = server.client().await;
+    let events = 300_000u64;
+    c.batch_execute(&format!(
+        "{}
+         CREATE SINK lake WITH (connector = 'delta', path = '{}', mode = 'upsert', key = 'id');
+         CREATE PIPELINE so_far WITH (checkpoint_interval = '100ms') AS INSERT INTO lake {BIDS_SO_FAR};",
+        paced_auctions_and_bids(events, 13),
+        lake.display()
+    ))
+    .await
+    .unwrap();
+    let server = kill_twice(
+        server,
+        &data,
+        "so_far",
+        events * 49 / 50,
+        "auctions_with_their_bids_so_far_equal_the_batch_query_across_sigkills",
+    )
+    .await;
+    let c = server.client().await;
+    wait_state(&c, "so_far", "completed").await;
+    let differences = query_lines(
+        &c,
+        &format!(
+            "WITH want AS ({BIDS_SO_FAR}) SELECT (SELECT count(*) FROM want) AS auctions,
+               (SELECT count(*) FROM want WHERE n IS NULL) AS without_bids,
+               (SELECT count(*) FROM (SELECT * FROM want EXCEPT ALL SELECT * FROM lake)) AS missing,
+               (SELECT count(*) FROM (SELECT * FROM lake EXCEPT ALL SELECT * FROM want)) AS extra"
+        ),
+    )
+    .await;
+    let figures: Vec<u64> = differences[0]
+        .split(' ')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(figures[0] > 1_000 && figures[1] > 0, "{differences:?}");
+    assert_eq!(&figures[2..], [0, 0], "auctions missing, extra");
+}
+
+const BIDS_SO_FAR: &str = "SELECT a.id, a.category, b.n, b.top \
+     FROM auctions a LEFT JOIN \
+       (SELECT auction, count(*) AS n, max(price) AS top FROM bids GROUP BY auction) b ON a.id = b.auction";
+
 const Q9: &str = "SELECT id, item_name, seller, category, bidder, price, bid_time \
      FROM (SELECT a.id, a.item_name, a.seller, a.category, b.bidder, b.price, b.date_time AS bid_time, \
                   ROW_NUMBER() OVER (PARTITION BY a.id ORDER BY b.price DESC, b.date_time ASC, b.bidder) AS rownum \

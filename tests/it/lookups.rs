@@ -1,7 +1,8 @@
 //! Orders joined with customers looked up in PostgreSQL (`connector = 'postgres'`) as each
 //! batch arrives: a pipeline that caches its lookups for an hour keeps the customers it first
 //! saw, one that does not cache (written `FOR SYSTEM_TIME AS OF now()`, as Flink writes
-//! lookups) sees every change, one with a one-second cache sees changes once its entries
+//! lookups, and run as three instances that each look up their share of the keys) sees every
+//! change, one with a one-second cache sees changes once its entries
 //! expire; a PostgreSQL restart and a SIGKILL lose and duplicate nothing; a
 //! batch pipeline with two chained lookups (one on a composite key) equals the batch SELECT.
 
@@ -135,7 +136,7 @@ async fn lookup_joins_follow_postgres_under_their_cache_ttl() {
     c.batch_execute(
         "CREATE PIPELINE p_cached WITH (mode = 'streaming', checkpoint_interval = '200ms') AS INSERT INTO wh_cached
            SELECT o.id, c.name, c.tier FROM orders o LEFT JOIN cust_cached c ON o.customer_id = c.id;
-         CREATE PIPELINE p_live WITH (mode = 'streaming', checkpoint_interval = '200ms') AS INSERT INTO wh_live
+         CREATE PIPELINE p_live WITH (mode = 'streaming', checkpoint_interval = '200ms', parallelism = 3) AS INSERT INTO wh_live
            SELECT o.id, c.name, c.tier FROM orders o JOIN cust_live FOR SYSTEM_TIME AS OF now() AS c ON c.id = o.customer_id WHERE c.tier <> 'none';
          CREATE PIPELINE p_short WITH (mode = 'streaming', checkpoint_interval = '200ms') AS INSERT INTO wh_short
            SELECT o.id, c.name, c.tier FROM orders o LEFT JOIN cust_short c ON o.customer_id = c.id;",
@@ -149,6 +150,13 @@ async fn lookup_joins_follow_postgres_under_their_cache_ttl() {
     drop_orders(&orders, 1, &first);
     written(&c, "p_cached", 200).await;
     written(&c, "p_live", 100).await;
+    // The uncached pipeline looks its keys up from three instances, each its own share.
+    let instances = query_lines(
+        &c,
+        "SELECT instance, rows_in > 0 FROM tributary.operators WHERE pipeline = 'p_live' AND kind = 'lookup_join' ORDER BY instance",
+    )
+    .await;
+    assert_eq!(instances, ["0 t", "1 t", "2 t"]);
     written(&c, "p_short", 200).await;
     // The hour-long cache holds every key asked for, those found without a row too.
     assert_eq!(lookup_figure(&c, "p_cached", "state_rows").await, "200");

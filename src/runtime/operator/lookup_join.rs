@@ -18,6 +18,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use tributary_connectors::Lookup;
 
 use super::lookup_cache::KeyCache;
+use super::parallel::Keying;
 use super::{run_plan_inputs, Operator};
 use crate::error::{Error, Result};
 use crate::runtime::source_table::SourceTable;
@@ -255,6 +256,15 @@ impl Operator for LookupJoin {
 
     fn state_bytes(&self) -> usize {
         self.cache.bytes
+    }
+
+    /// Instances split the stream's keys, each looking its own up (and caching them) at once.
+    /// Nothing is checkpointed, so no state is keyed.
+    fn keying(&self) -> Option<Keying> {
+        Some(Keying {
+            inputs: vec![self.spec.stream_keys.clone()],
+            state: Vec::new(),
+        })
     }
 }
 

@@ -14,7 +14,7 @@ use datafusion::physical_expr::create_physical_expr;
 use super::changes::{
     carried_columns, change_stream_under, group_key_columns, updating_aggregate_under,
 };
-use super::plan::{lower, placeholder_with, plan_physical, push_n, Lowered, Lowering};
+use super::plan::{join_over, lower, placeholder_with, plan_physical, push_n, Lowered, Lowering};
 use crate::error::{Error, Result};
 use crate::runtime::operator::change_join::ChangeJoinSpec;
 use crate::runtime::operator::stateless::OP;
@@ -144,16 +144,7 @@ pub(super) fn lower_change_join(
     }
     let right = placeholders.pop().expect("two sides");
     let left = placeholders.pop().expect("two sides");
-    let planned = Join::try_new(
-        Arc::new(left),
-        Arc::new(right),
-        join.on.clone(),
-        join.filter.clone(),
-        join.join_type,
-        join.join_constraint,
-        join.null_equality,
-        false,
-    )?;
+    let planned = join_over(join, left, right, join.on.clone(), join.join_type)?;
     let output = Arc::new(Schema::new(
         join.schema
             .fields()

@@ -525,6 +525,30 @@ pub(super) fn plan_over_placeholder(
     plan_physical(&logical, state)
 }
 
+/// `join`'s conditions over other inputs (placeholders), with keys `on` and type `join_type`:
+/// the join an operator plans over the rows it hands DataFusion.
+pub(super) fn join_over(
+    join: &datafusion::logical_expr::Join,
+    left: LogicalPlan,
+    right: LogicalPlan,
+    on: Vec<(
+        datafusion::logical_expr::Expr,
+        datafusion::logical_expr::Expr,
+    )>,
+    join_type: datafusion::logical_expr::JoinType,
+) -> Result<datafusion::logical_expr::Join> {
+    Ok(datafusion::logical_expr::Join::try_new(
+        Arc::new(left),
+        Arc::new(right),
+        on,
+        join.filter.clone(),
+        join_type,
+        join.join_constraint,
+        join.null_equality,
+        false,
+    )?)
+}
+
 /// A placeholder for `plan`'s rows with `extra` columns (unqualified) after its own: what an
 /// operator hands a planned join besides the rows (row ids, keys).
 pub(super) fn placeholder_with(plan: &LogicalPlan, extra: Vec<Field>) -> Result<LogicalPlan> {

@@ -16,7 +16,8 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::lineage::is_event_time;
 use super::plan::{
-    lower, placeholder_with, plan_over_placeholder, plan_physical, push_n, Lowered, Lowering,
+    join_over, lower, placeholder_with, plan_over_placeholder, plan_physical, push_n, Lowered,
+    Lowering,
 };
 use crate::error::{Error, Result};
 use crate::runtime::operator::stream_join::{
@@ -155,18 +156,12 @@ fn matching_plan(
         let extra = row_id.map(|name| Field::new(name, DataType::UInt64, false));
         placeholder_with(plan, extra.into_iter().collect())
     };
-    let inner = Join::try_new(
-        Arc::new(placeholder(&join.left, preserved[0].then_some(ROW_ID))?),
-        Arc::new(placeholder(
-            &join.right,
-            preserved[1].then_some(RIGHT_ROW_ID),
-        )?),
+    let inner = join_over(
+        join,
+        placeholder(&join.left, preserved[0].then_some(ROW_ID))?,
+        placeholder(&join.right, preserved[1].then_some(RIGHT_ROW_ID))?,
         join.on.clone(),
-        join.filter.clone(),
         JoinType::Inner,
-        join.join_constraint,
-        join.null_equality,
-        false,
     )?;
     plan_physical(&LogicalPlan::Join(inner), state)
 }

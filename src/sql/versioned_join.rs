@@ -18,7 +18,7 @@ use super::as_of::AsOfJoin;
 use super::changes::{carried_columns, change_stream_under};
 use super::joins::lower_table_join;
 use super::lineage::is_event_time;
-use super::plan::{placeholder_with, plan_physical, push_n, Lowered, Lowering};
+use super::plan::{join_over, placeholder_with, plan_physical, push_n, Lowered, Lowering};
 use crate::error::{Error, Result};
 use crate::runtime::operator::versioned_join::{VersionedJoinSpec, PROBE, PROBE_TABLE};
 use crate::runtime::plan::OperatorSpec;
@@ -98,15 +98,12 @@ fn probe_plan(
         Expr::Column(Column::new_unqualified(names[0])),
         Expr::Column(Column::new_unqualified(names[1])),
     ));
-    let probed = Join::try_new(
-        Arc::new(placeholder(&join.left, names[0])?),
-        Arc::new(placeholder(&join.right, names[1])?),
+    let probed = join_over(
+        join,
+        placeholder(&join.left, names[0])?,
+        placeholder(&join.right, names[1])?,
         on,
-        join.filter.clone(),
         join.join_type,
-        join.join_constraint,
-        join.null_equality,
-        false,
     )?;
     let columns: Vec<Expr> = join
         .schema

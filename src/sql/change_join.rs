@@ -121,30 +121,23 @@ pub(super) fn lower_change_join(
             )?);
         }
     }
-    // Each side's placeholder: its columns, then its primary key, renamed.
-    let mut placeholders = Vec::with_capacity(2);
-    let mut change_schemas = Vec::with_capacity(2);
-    for s in 0..2 {
-        let base = sides[s].schema();
-        let key = &carried[s][..carried[s].len() - 1];
-        let renamed = key
-            .iter()
-            .enumerate()
-            .map(|(i, f)| Field::new(format!("__key{s}_{i}"), f.data_type().clone(), true))
-            .collect();
-        placeholders.push(placeholder_with(sides[s], renamed)?);
-        change_schemas.push(Arc::new(Schema::new(
-            base.as_arrow()
+    // Each side's placeholder: its columns, then its key, renamed; its rows as they arrive: its
+    // columns, then what it carries.
+    let left = placeholder_with(sides[0], renamed_key(0, &carried[0]))?;
+    let right = placeholder_with(sides[1], renamed_key(1, &carried[1]))?;
+    let planned = join_over(join, left, right, join.on.clone(), join.join_type)?;
+    let change_schemas = [0, 1].map(|s| {
+        Arc::new(Schema::new(
+            sides[s]
+                .schema()
+                .as_arrow()
                 .fields()
                 .iter()
                 .map(|f| f.as_ref().clone())
                 .chain(carried[s].iter().cloned())
                 .collect::<Vec<_>>(),
-        )));
-    }
-    let right = placeholders.pop().expect("two sides");
-    let left = placeholders.pop().expect("two sides");
-    let planned = join_over(join, left, right, join.on.clone(), join.join_type)?;
+        ))
+    });
     let output = Arc::new(Schema::new(
         join.schema
             .fields()
@@ -162,7 +155,7 @@ pub(super) fn lower_change_join(
         join: plan_physical(&LogicalPlan::Join(planned), cx.state)?,
         keys,
         schemas: [0, 1].map(|s| Arc::new(sides[s].schema().as_arrow().clone())),
-        change_schemas: [change_schemas[0].clone(), change_schemas[1].clone()],
+        change_schemas,
         output,
         appends: [0, 1].map(|s| matches!(kinds[s], Side::Appends)),
         names_out: names_out.is_some(),
@@ -193,18 +186,21 @@ pub(super) fn change_join_under(plan: &LogicalPlan) -> Option<(&Join, [Side<'_>;
     }
 }
 
+/// Side `s`'s key among the columns it carries (all but `_op` last), renamed so that it names
+/// the side's rows in the join's output.
+fn renamed_key(s: usize, carried: &[Field]) -> Vec<Field> {
+    carried[..carried.len().saturating_sub(1)]
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Field::new(format!("__key{s}_{i}"), f.data_type().clone(), true))
+        .collect()
+}
+
 /// The columns that name a joined row of two tables: each side's key, renamed.
 fn name_fields(kinds: &[Side<'_>; 2]) -> Result<Vec<Field>> {
     let mut out = Vec::new();
     for (s, kind) in kinds.iter().enumerate() {
-        let key = kind.carried()?;
-        for (i, f) in key[..key.len() - 1].iter().enumerate() {
-            out.push(Field::new(
-                format!("__key{s}_{i}"),
-                f.data_type().clone(),
-                true,
-            ));
-        }
+        out.extend(renamed_key(s, &kind.carried()?));
     }
     Ok(out)
 }

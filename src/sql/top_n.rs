@@ -126,14 +126,11 @@ pub(super) fn lower_top_n(window: &Window, limit: usize, cx: &mut Lowering) -> R
     }
     // Over updates (a GROUP BY's, a change stream's), each row carries its table key and `_op`
     // up to the window, which keeps every current row.
-    let carried = match super::changes::updating_aggregate_under(&window.input) {
-        Some(inner) => Some((super::changes::group_key_columns(inner), true)),
-        None if super::change_join::change_join_under(&window.input).is_some() => {
-            let (_, tables) = super::change_join::change_join_under(&window.input)
-                .expect("a join of two change streams");
-            Some((super::change_join::carried_names(&tables)?, false))
-        }
-        None => match super::changes::change_stream_under(&window.input) {
+    let over_join = super::change_join::change_join_under(&window.input);
+    let carried = match (super::changes::updating_aggregate_under(&window.input), over_join) {
+        (Some(inner), _) => Some((super::changes::group_key_columns(inner), true)),
+        (None, Some((_, kinds))) => Some((super::change_join::carried_names(&kinds)?, false)),
+        (None, None) => match super::changes::change_stream_under(&window.input) {
             Some(table) if table.primary_key().is_empty() => {
                 return Err(Error::Plan(format!(
                     "a ROW_NUMBER() over change stream \"{}\" numbers the rows of the table it describes, and needs its primary key to know which row each change replaces: declare PRIMARY KEY (...) on the source",

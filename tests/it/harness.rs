@@ -130,11 +130,16 @@ impl Drop for Server {
     }
 }
 
+/// How long a test waits for the server to answer one statement.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Runs `sql` and returns rows as strings (NULL as None).
 pub async fn query(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    let msgs = client
-        .simple_query(sql)
+    // A statement that never answers fails the test here, with the statement, rather than
+    // hanging the whole suite.
+    let msgs = tokio::time::timeout(STATEMENT_TIMEOUT, client.simple_query(sql))
         .await
+        .unwrap_or_else(|_| panic!("{sql}: no answer within {STATEMENT_TIMEOUT:?}"))
         .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     msgs.into_iter()
         .filter_map(|m| match m {
@@ -163,7 +168,10 @@ where
 {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(v) = f().await {
+        // An attempt that never returns counts against the deadline too.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let attempt = tokio::time::timeout(left.max(Duration::from_secs(1)), f()).await;
+        if let Ok(Some(v)) = attempt {
             return v;
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

@@ -19,7 +19,7 @@ use tributary_connectors::Lookup;
 
 use super::lookup_cache::KeyCache;
 use super::parallel::Keying;
-use super::{run_plan_inputs, Operator};
+use super::{block_on_io, run_plan_inputs, Operator};
 use crate::error::{Error, Result};
 use crate::runtime::source_table::SourceTable;
 
@@ -213,17 +213,6 @@ impl LookupJoin {
             self.cache.insert(key, rows, now);
         }
         Ok(())
-    }
-}
-
-/// Waits on this thread for `f`, I/O the runtime drives: on a worker of the multi-threaded
-/// runtime, the worker's other tasks first move to another thread.
-fn block_on_io<F: std::future::Future>(f: F) -> F::Output {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| handle.block_on(f))
-        }
-        _ => futures::executor::block_on(f),
     }
 }
 

@@ -241,6 +241,31 @@ pub fn stream_plan(
     })
 }
 
+/// Runs `f`, which blocks this thread waiting on other threads or on I/O the runtime drives,
+/// without holding up the runtime. On a worker of the multi-threaded runtime the worker's core
+/// (its queued tasks, and the turn to poll the I/O and timer driver) first moves to another
+/// thread (`block_in_place`); a worker that just blocked would leave the driver unpolled when the
+/// other workers are parked, and every wait on I/O or a timer, this one's too, would never end.
+pub(crate) fn block_off_worker<R>(f: impl FnOnce() -> R) -> R {
+    let on_worker = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if on_worker {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+/// Waits on this thread for `f`, I/O the runtime drives.
+pub(crate) fn block_on_io<F: std::future::Future>(f: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            block_off_worker(|| handle.block_on(f))
+        }
+        _ => futures::executor::block_on(f),
+    }
+}
+
 /// Waits on this thread for `f`, a plan running in `task`. A plan with a bounded memory pool
 /// may spill, and DataFusion then hands work to tokio tasks: on a worker of the multi-threaded
 /// runtime, the worker's queued tasks first move to another thread (`block_in_place`), or those
@@ -249,10 +274,8 @@ fn wait<F: std::future::Future>(f: F, task: &TaskContext) -> F::Output {
     use datafusion::execution::memory_pool::MemoryLimit;
     let run = || futures::executor::block_on(tokio::task::unconstrained(f));
     let may_spill = !matches!(task.memory_pool().memory_limit(), MemoryLimit::Infinite);
-    let on_worker = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if may_spill && on_worker {
-        tokio::task::block_in_place(run)
+    if may_spill {
+        block_off_worker(run)
     } else {
         run()
     }

@@ -12,7 +12,7 @@ use datafusion::common::hash_utils::{create_hashes, RandomState};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::spill::{SpillWriter, StateChunk};
-use super::Operator;
+use super::{block_off_worker, Operator};
 use crate::error::{Error, Result};
 use crate::runtime::memory::StateMemory;
 
@@ -151,24 +151,27 @@ impl Parallel {
         }
         let runtime = &self.runtime;
         let f = &f;
-        std::thread::scope(|scope| {
-            let running: Vec<_> = jobs
-                .into_iter()
-                .map(|(i, op, w)| {
-                    scope.spawn(move || {
-                        let _entered = runtime.as_ref().map(|r| r.enter());
-                        Ok((i, f(op.as_mut(), w)?))
+        // The instances may wait on the runtime's I/O (a lookup) or tasks (a spilling plan).
+        block_off_worker(|| {
+            std::thread::scope(|scope| {
+                let running: Vec<_> = jobs
+                    .into_iter()
+                    .map(|(i, op, w)| {
+                        scope.spawn(move || {
+                            let _entered = runtime.as_ref().map(|r| r.enter());
+                            Ok((i, f(op.as_mut(), w)?))
+                        })
                     })
-                })
-                .collect();
-            running
-                .into_iter()
-                .map(|t| {
-                    t.join().unwrap_or_else(|_| {
-                        Err(Error::Internal("an operator instance panicked".into()))
+                    .collect();
+                running
+                    .into_iter()
+                    .map(|t| {
+                        t.join().unwrap_or_else(|_| {
+                            Err(Error::Internal("an operator instance panicked".into()))
+                        })
                     })
-                })
-                .collect()
+                    .collect()
+            })
         })
     }
 
@@ -342,5 +345,73 @@ impl Operator for Parallel {
 
     fn instances(&self) -> Vec<InstanceStats> {
         self.instance_stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::physical_expr::expressions::Column;
+
+    use super::*;
+    use crate::runtime::operator::block_on_io;
+
+    /// Waits on a runtime timer for each batch, as a lookup waits on its query, and passes the
+    /// batch on.
+    struct WaitsOnTheRuntime;
+
+    impl Operator for WaitsOnTheRuntime {
+        fn kind(&self) -> &'static str {
+            "waits"
+        }
+
+        fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+            block_on_io(tokio::time::sleep(Duration::from_millis(5)));
+            Ok(vec![batch])
+        }
+    }
+
+    /// Instances that wait on the runtime's timers (or I/O), run from the runtime's only worker
+    /// as a pipeline runs them: the worker must not sit in the wait itself, or no thread polls
+    /// the timers and the instances never finish (the lookups test hung so in CI).
+    #[test]
+    fn instances_waiting_on_the_runtime_finish_when_run_from_its_worker() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(0..64))])
+                .unwrap();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            let keying = Keying {
+                inputs: vec![vec![Arc::new(Column::new("k", 0)) as Arc<dyn PhysicalExpr>]],
+                state: vec![0],
+            };
+            let instances: Vec<Box<dyn Operator>> = (0..3)
+                .map(|_| Box::new(WaitsOnTheRuntime) as Box<dyn Operator>)
+                .collect();
+            let mut parallel = Parallel::new(instances, keying).unwrap();
+            let mut rows = 0;
+            for _ in 0..20 {
+                let out = parallel.process(0, batch.clone()).unwrap();
+                parallel.commit_batch();
+                rows += out.iter().map(|b| b.num_rows()).sum::<usize>();
+            }
+            let _ = done_tx.send(rows);
+        });
+        let rows = done.recv_timeout(Duration::from_secs(60));
+        if rows.is_err() {
+            // The stuck threads would keep a normal shutdown waiting.
+            runtime.shutdown_background();
+            panic!("the instances never finished: their timers were never polled");
+        }
+        assert_eq!(rows.unwrap(), 20 * 64);
     }
 }

@@ -87,6 +87,25 @@ impl SpillFile {
         }))
     }
 
+    /// Its batch number `at` (counting from 0), read alone.
+    pub fn batch_at(&self, at: usize) -> Result<RecordBatch> {
+        let mut reader = self.reader()?;
+        let read = |e: arrow::error::ArrowError| {
+            Error::Internal(format!(
+                "reading batch {at} of spilled state {}: {e}",
+                self.path().display()
+            ))
+        };
+        reader.set_index(at).map_err(read)?;
+        match reader.next() {
+            Some(b) => b.map_err(read),
+            None => Err(Error::Internal(format!(
+                "spilled state {} has no batch {at}",
+                self.path().display()
+            ))),
+        }
+    }
+
     fn reader(&self) -> Result<FileReader<BufReader<File>>> {
         let path = self.path();
         let f =

@@ -28,7 +28,7 @@ use super::{now_micros, run_plan_inputs, Operator};
 use crate::error::{Error, Result};
 use crate::runtime::event_time::END_OF_TIME;
 use crate::runtime::memory::{Budget, StateMemory};
-use side::{Kept, Pending, Side};
+use side::{Columns, Kept, Pending, Side};
 
 /// The row id column the matching join carries after a preserved side's columns (the left
 /// side's; the right side's is [`RIGHT_ROW_ID`]).
@@ -174,7 +174,7 @@ impl StreamJoin {
             }
             for k in dropped {
                 let unmatched: BooleanArray = k.matched.iter().map(|m| Some(!m)).collect();
-                let rows = filter_record_batch(&k.batch, &unmatched)?;
+                let rows = filter_record_batch(&k.batch()?, &unmatched)?;
                 out.extend(self.padded(side, rows)?);
             }
         }
@@ -273,7 +273,7 @@ impl StreamJoin {
         let id = self.next_id;
         self.next_id += 1;
         let kept = Kept {
-            batch,
+            columns: Columns::Memory(batch),
             rids,
             matched,
             expires,
@@ -315,7 +315,11 @@ impl StreamJoin {
                     (at, *r as usize)
                 })
                 .collect();
-            let batches: Vec<&RecordBatch> = kept.iter().map(|k| &k.batch).collect();
+            let batches = kept
+                .iter()
+                .map(|k| k.batch())
+                .collect::<Result<Vec<RecordBatch>>>()?;
+            let batches: Vec<&RecordBatch> = batches.iter().collect();
             out.batches
                 .push(interleave_record_batch(&batches, &indices)?);
             let rids: Vec<&dyn Array> = kept.iter().map(|k| &k.rids as &dyn Array).collect();
@@ -568,13 +572,33 @@ impl Operator for StreamJoin {
         Ok(())
     }
 
+    /// Past its share of memory, the oldest half of each side's kept columns spill to disk,
+    /// then all of them; the keys, row ids and marks stay in memory.
     fn fit_memory(&mut self) -> Result<()> {
-        let bytes = self.state_bytes();
-        Budget::hold_in(
-            self.budget.as_mut(),
-            bytes,
-            "a join of two streams (the rows each side keeps for the other)",
+        let Some(budget) = &mut self.budget else {
+            return Ok(());
+        };
+        for all in [false, true] {
+            if budget.fits(self.sides.iter().map(|s| s.bytes).sum()) {
+                return Ok(());
+            }
+            for side in &mut self.sides {
+                let keep = if all { 0 } else { side.columns_in_memory() / 2 };
+                side.spill(budget.memory(), keep)?;
+            }
+            tracing::debug!(
+                spilled = self.sides.iter().map(|s| s.spilled).sum::<u64>(),
+                "Join state spilled to disk."
+            );
+        }
+        budget.hold(
+            self.sides.iter().map(|s| s.bytes).sum(),
+            "a join of two streams (the keys of the rows each side keeps for the other)",
         )
+    }
+
+    fn spilled_bytes(&self) -> u64 {
+        self.sides.iter().map(|s| s.spilled).sum()
     }
 
     fn state_rows(&self) -> usize {

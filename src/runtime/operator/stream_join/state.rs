@@ -12,10 +12,11 @@ use arrow::array::{
 use arrow::compute::{filter_record_batch, take};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type, UInt8Type};
 
-use super::side::{Kept, Pending};
+use super::side::{Columns, Kept, Pending};
 use super::{StreamJoin, RIGHT_ROW_ID, ROW_ID};
 use crate::error::Result;
-use crate::runtime::operator::spill::{in_memory, load, StateChunk};
+use crate::runtime::operator::spill::{in_memory, SpillWriter, StateChunk};
+use crate::runtime::operator::Operator;
 
 /// `__side` of a mark: row `__rid` of a preserved side matched (row ids are unique across
 /// sides).
@@ -95,11 +96,12 @@ fn state_rows(
 
 /// A kept batch as state rows.
 fn kept_rows(op: &StreamJoin, side: usize, kept: &Kept) -> Result<RecordBatch> {
-    let n = kept.batch.num_rows();
+    let batch = kept.batch()?;
+    let n = batch.num_rows();
     let matched: BooleanArray = (0..n)
         .map(|i| Some(kept.matched.get(i).copied().unwrap_or(false)))
         .collect();
-    let keys = op.key_columns(side, &kept.batch)?;
+    let keys = op.key_columns(side, &batch)?;
     state_rows(
         op,
         side as u8,
@@ -107,7 +109,7 @@ fn kept_rows(op: &StreamJoin, side: usize, kept: &Kept) -> Result<RecordBatch> {
         &kept.rids,
         matched,
         keys,
-        Some(&kept.batch),
+        Some(&batch),
     )
 }
 
@@ -115,6 +117,9 @@ fn kept_rows(op: &StreamJoin, side: usize, kept: &Kept) -> Result<RecordBatch> {
 /// snapshot, and marks set since on rows written before.
 pub(super) fn snapshot(op: &mut StreamJoin, full: bool) -> Result<Vec<StateChunk>> {
     let mut out = Vec::new();
+    // The rows of spilled batches go to a file, not back into memory.
+    let memory = op.budget.as_ref().map(|b| b.memory().clone());
+    let mut to_disk: Option<SpillWriter> = None;
     for side in 0..2 {
         let s = &op.sides[side];
         let ids: Vec<u64> = if full {
@@ -125,8 +130,19 @@ pub(super) fn snapshot(op: &mut StreamJoin, full: bool) -> Result<Vec<StateChunk
             s.unsnapshotted.clone()
         };
         for id in &ids {
-            if let Some(k) = s.kept.get(id) {
-                out.push(kept_rows(op, side, k)?);
+            let Some(k) = s.kept.get(id) else {
+                continue;
+            };
+            let rows = kept_rows(op, side, k)?;
+            match (&k.columns, &memory) {
+                (Columns::Spilled { .. }, Some(memory)) => {
+                    let writer = match &mut to_disk {
+                        Some(w) => w,
+                        None => to_disk.insert(SpillWriter::new(memory, &op.state_schema)?),
+                    };
+                    writer.write(&rows)?;
+                }
+                _ => out.push(rows),
             }
         }
         if !full {
@@ -138,7 +154,7 @@ pub(super) fn snapshot(op: &mut StreamJoin, full: bool) -> Result<Vec<StateChunk
                 };
                 let at = UInt32Array::from(vec![*r]);
                 let keys = op
-                    .key_columns(side, &k.batch)?
+                    .key_columns(side, &k.batch()?)?
                     .iter()
                     .map(|c| Ok(take(c, &at, None)?))
                     .collect::<Result<Vec<_>>>()?;
@@ -153,7 +169,11 @@ pub(super) fn snapshot(op: &mut StreamJoin, full: bool) -> Result<Vec<StateChunk
         s.unsnapshotted.clear();
         s.marked.clear();
     }
-    Ok(in_memory(out))
+    let mut chunks = in_memory(out);
+    if let Some(file) = to_disk.map(SpillWriter::finish).transpose()?.flatten() {
+        chunks.push(StateChunk::Spilled(file));
+    }
+    Ok(chunks)
 }
 
 /// Rebuilds the kept rows from snapshots in order, then sets the marks they record.
@@ -164,7 +184,13 @@ pub(super) fn restore(op: &mut StreamJoin, state: Vec<StateChunk>) -> Result<()>
     ];
     let keys = op.spec.keys[0].len();
     let mut marks: HashSet<u64> = HashSet::new();
-    for batch in load(&state)? {
+    // A chunk at a time, spilling as the state grows past its memory.
+    let batches = state.iter().map(|c| c.batches());
+    for batch in batches.flat_map(|b| match b {
+        Ok(batches) => batches,
+        Err(e) => Box::new(std::iter::once(Err(e))),
+    }) {
+        let batch = batch?;
         let sides = batch.column(0).as_primitive::<UInt8Type>();
         let rids = batch.column(2).as_primitive::<UInt64Type>();
         for (s, rid) in sides.iter().zip(rids.iter()) {
@@ -206,6 +232,7 @@ pub(super) fn restore(op: &mut StreamJoin, state: Vec<StateChunk>) -> Result<()>
             };
             op.keep(side, pending, kept_at)?;
         }
+        op.fit_memory()?;
     }
     let preserved: Vec<usize> = (0..2).filter(|&p| op.preserves(p)).collect();
     for p in preserved {

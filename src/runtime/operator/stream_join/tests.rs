@@ -347,3 +347,65 @@ async fn a_full_join_emits_the_rows_of_either_side_that_never_matched_when_they_
         assert_eq!(o.state_rows(), 0);
     }
 }
+
+/// Past its memory the oldest kept columns spill to disk: joins, the rows that leave unmatched,
+/// snapshots and restores are those of the same join in memory.
+#[tokio::test]
+async fn state_beyond_the_budget_spills_and_joins_the_same() {
+    let mut unbounded = left_join().await;
+    // 4,000 left rows in 40 batches (ids 0..3999, at 0..39 s).
+    let lefts: Vec<RecordBatch> = (0..40i64)
+        .map(|b| {
+            let rows: Vec<[i64; 2]> = (0..100).map(|i| [b * 100 + i, b]).collect();
+            let rows: Vec<&[i64]> = rows.iter().map(|r| r.as_slice()).collect();
+            batch(LEFT, &rows)
+        })
+        .collect();
+    let feed = |op: &mut StreamJoin| {
+        for b in &lefts {
+            assert!(op.process(0, b.clone()).unwrap().is_empty());
+            op.commit_batch();
+            op.fit_memory().unwrap();
+        }
+    };
+    feed(&mut unbounded);
+    // Memory for the keys and ids (in memory always) and some of the columns.
+    let budget = unbounded.state_bytes() * 9 / 10;
+    let memory = crate::runtime::memory::StateMemory::new(Some(budget)).unwrap();
+    let mut spilling = left_join().await.with_memory(&memory);
+    feed(&mut spilling);
+    assert!(spilling.spilled_bytes() > 0, "the state was spilled");
+    assert!(spilling.state_bytes() <= budget, "{}", spilling.state_bytes());
+    assert_eq!(unbounded.spilled_bytes(), 0);
+    assert_eq!(spilling.state_rows(), unbounded.state_rows());
+    let full = spilling.snapshot(true).unwrap();
+    assert!(full.iter().any(|c| matches!(c, StateChunk::Spilled(_))));
+    // Right rows matching the oldest (spilled) and the latest left rows, each within its band.
+    let rights = batch(
+        RIGHT,
+        &[&[5, 3, 1], &[150, 4, 2], &[3_950, 45, 3], &[7, 30, 4]],
+    );
+    let out = [&mut spilling, &mut unbounded].map(|op| {
+        let out = joined(&op.process(1, rights.clone()).unwrap());
+        op.commit_batch();
+        out
+    });
+    assert_eq!(out[0], ["150 2", "3950 3", "5 1"]);
+    assert_eq!(out[0], out[1]);
+    let changes = spilling.snapshot(false).unwrap();
+    // Restored with the same memory: the same rows leave unmatched at the end.
+    let memory = crate::runtime::memory::StateMemory::new(Some(budget)).unwrap();
+    let mut restored = left_join().await.with_memory(&memory);
+    restored.restore([full, changes].concat(), None).unwrap();
+    assert!(restored.spilled_bytes() > 0);
+    let ends = [&mut spilling, &mut unbounded, &mut restored]
+        .map(|op| joined(&op.on_watermark(END_OF_TIME).unwrap()));
+    assert_eq!(ends[0].len(), 4_000 - 3);
+    assert_eq!(ends[0], ends[1]);
+    assert_eq!(ends[2], ends[1]);
+    assert_eq!(
+        spilling.spilled_bytes(),
+        0,
+        "expired rows leave the disk too"
+    );
+}

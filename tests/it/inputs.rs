@@ -160,18 +160,24 @@ const WINDOWS: &str = "SELECT window_start, window_end, auction % 10 AS bucket, 
 async fn interval_join_of_two_streams_equals_the_batch_join_across_sigkills() {
     let tmp = tempfile::tempdir().unwrap();
     let lake = tmp.path().join("lake");
+    let expanded_lake = tmp.path().join("expanded");
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let server = Server::start(&data).await;
     let c = server.client().await;
     // The same seed and events: the bids' auctions are the auctions'. About six seconds each.
+    // Beside it, a regular join (q20) that keeps every bid until the auctions end, in less
+    // memory than their columns take: they spill, and are snapshotted and restored spilled.
     let events = 300_000u64;
     c.batch_execute(&format!(
         "{}
          CREATE SINK lake WITH (connector = 'delta', path = '{}');
-         CREATE PIPELINE early WITH (checkpoint_interval = '100ms') AS INSERT INTO lake {EARLY_BIDS};",
+         CREATE SINK expanded_lake WITH (connector = 'delta', path = '{}');
+         CREATE PIPELINE early WITH (checkpoint_interval = '100ms') AS INSERT INTO lake {EARLY_BIDS};
+         CREATE PIPELINE expanded WITH (checkpoint_interval = '100ms', state_memory = '16MB') AS INSERT INTO expanded_lake {EXPANDED_BIDS};",
         paced_auctions_and_bids(events, 9),
-        lake.display()
+        lake.display(),
+        expanded_lake.display()
     ))
     .await
     .unwrap();
@@ -191,6 +197,15 @@ async fn interval_join_of_two_streams_equals_the_batch_join_across_sigkills() {
         kept < read / 2,
         "the join keeps {kept} of the {read} rows it read"
     );
+    poll(Duration::from_secs(120), "the regular join to spill", || async {
+        let spilled = scalar(
+            &c,
+            "SELECT sum(spilled_bytes) FROM tributary.operators WHERE pipeline = 'expanded' AND kind = 'stream_join'",
+        )
+        .await;
+        (spilled.parse::<u64>().unwrap_or(0) > 0).then_some(())
+    })
+    .await;
     let server = kill_twice(
         server,
         &data,
@@ -215,7 +230,28 @@ async fn interval_join_of_two_streams_equals_the_batch_join_across_sigkills() {
     assert!(want.len() > 10_000, "{} joined rows", want.len());
     let got = delta_sorted(&lake, &["auction", "bidder", "price", "bid_time"]);
     assert_same_rows(&got, &want, "the interval join in Delta vs the batch join");
+    wait_state(&c, "expanded", "completed").await;
+    let want = query_lines(
+        &c,
+        &format!("SELECT auction, bidder, price, url, CAST(arrow_cast(bid_time, 'Timestamp(Microsecond, None)') AS BIGINT), item_name FROM ({EXPANDED_BIDS}) ORDER BY 1, 2, 3, 4, 5"),
+    )
+    .await;
+    assert!(want.len() > 1_000, "{} joined rows", want.len());
+    let got = delta_sorted(
+        &expanded_lake,
+        &["auction", "bidder", "price", "url", "bid_time", "item_name"],
+    );
+    assert_same_rows(
+        &got,
+        &want,
+        "the spilling regular join in Delta vs the batch join",
+    );
 }
+
+/// Nexmark q20's shape: every bid with its auction, for one category.
+const EXPANDED_BIDS: &str =
+    "SELECT b.auction, b.bidder, b.price, b.url, b.date_time AS bid_time, a.item_name \
+     FROM bids b JOIN auctions a ON b.auction = a.id WHERE a.category = 10";
 
 const EARLY_BIDS: &str = "SELECT a.id AS auction, b.bidder, b.price, b.date_time AS bid_time \
      FROM auctions a JOIN bids b \

@@ -257,12 +257,16 @@ impl Operator for ChangeAggregate {
         if let Some(moved) = self.table.compact_if_due()? {
             self.groups.remap(&moved);
         }
-        let bytes = self.memory_bytes();
-        Budget::hold_in(
+        let other = self.memory_bytes() - self.table.memory_bytes();
+        self.table.fit(
             self.budget.as_mut(),
-            bytes,
-            "a GROUP BY over a change stream (the current rows of its table)",
+            other,
+            "a GROUP BY over a change stream (the keys of its table's current rows and its groups)",
         )
+    }
+
+    fn spilled_bytes(&self) -> u64 {
+        self.table.spilled_bytes()
     }
 
     fn state_rows(&self) -> usize {

@@ -520,12 +520,28 @@ impl Operator for ChangeJoin {
                 side.by_key.remap(&moved);
             }
         }
-        let bytes = self.memory_bytes();
-        Budget::hold_in(
-            self.budget.as_mut(),
-            bytes,
-            "a join of two change streams (both tables' current rows)",
+        let tables =
+            |sides: &[Side]| -> usize { sides.iter().map(|s| s.rows.memory_bytes()).sum() };
+        let other = self.memory_bytes() - tables(&self.sides);
+        let Some(budget) = self.budget.as_mut() else {
+            return Ok(());
+        };
+        for all in [false, true] {
+            if budget.fits(other + tables(&self.sides)) {
+                return Ok(());
+            }
+            for side in &mut self.sides {
+                side.rows.spill_step(budget.memory(), all)?;
+            }
+        }
+        budget.hold(
+            other + tables(&self.sides),
+            "a join of two change streams (the keys of both tables' current rows)",
         )
+    }
+
+    fn spilled_bytes(&self) -> u64 {
+        self.sides.iter().map(|s| s.rows.spilled_bytes()).sum()
     }
 
     fn state_rows(&self) -> usize {

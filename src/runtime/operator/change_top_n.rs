@@ -264,12 +264,16 @@ impl Operator for ChangeTopN {
         if let Some(moved) = self.table.compact_if_due()? {
             self.parts.remap(&moved);
         }
-        let bytes = self.memory_bytes();
-        Budget::hold_in(
+        let other = self.memory_bytes() - self.table.memory_bytes();
+        self.table.fit(
             self.budget.as_mut(),
-            bytes,
-            "a ROW_NUMBER over changes (the current rows of its table)",
+            other,
+            "a ROW_NUMBER over changes (the keys of its table's current rows and its partitions)",
         )
+    }
+
+    fn spilled_bytes(&self) -> u64 {
+        self.table.spilled_bytes()
     }
 
     fn state_rows(&self) -> usize {

@@ -12,9 +12,10 @@ use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
 
-use super::spill::StateChunk;
+use super::spill::{spill_stored, SpillWriter, StateChunk, StoredBatch};
 use super::stateless::OP;
 use crate::error::{Error, Result};
+use crate::runtime::memory::{Budget, StateMemory};
 
 /// Bytes of bookkeeping per key beyond the key itself.
 pub const KEY_OVERHEAD: usize = 48;
@@ -70,8 +71,14 @@ pub struct KeyedRows {
     schema: SchemaRef,
     keys: RowConverter,
     key_columns: Range<usize>,
-    /// Rows as they arrived, dead ones included until a compaction.
-    batches: Vec<RecordBatch>,
+    /// Rows as they arrived, dead ones included until a compaction; the oldest spilled to
+    /// disk when the table outgrows its memory.
+    batches: Vec<StoredBatch>,
+    /// Bytes of the batches in memory, and on disk.
+    batch_bytes: usize,
+    spilled: u64,
+    /// Where spilled rows go (set by the first spill).
+    memory: Option<Arc<StateMemory>>,
     live: Vec<Vec<bool>>,
     live_rows: usize,
     dead_rows: usize,
@@ -109,6 +116,9 @@ impl KeyedRows {
             keys,
             key_columns,
             batches: Vec::new(),
+            batch_bytes: 0,
+            spilled: 0,
+            memory: None,
             live: Vec::new(),
             live_rows: 0,
             dead_rows: 0,
@@ -156,7 +166,8 @@ impl KeyedRows {
         let n = changes.batch.num_rows();
         self.live.push(vec![false; n]);
         self.unsnapshotted.push(changes.batch.clone());
-        self.batches.push(changes.batch);
+        self.batch_bytes += changes.batch.get_array_memory_size();
+        self.batches.push(StoredBatch::Memory(changes.batch));
         self.dead_rows += n;
         for i in 0..n {
             let key = changes.keys.row(i);
@@ -213,11 +224,25 @@ impl KeyedRows {
                 .map(|c| arrow::array::new_empty_array(self.schema.field(c).data_type()))
                 .collect());
         }
+        // Only the batches the rows are in (spilled ones read back), renumbered.
+        let mut slot: HashMap<usize, usize> = HashMap::new();
+        let mut used: Vec<RecordBatch> = Vec::new();
+        let mut at = Vec::with_capacity(ids.len());
+        for &(b, i) in ids {
+            let s = match slot.get(&b) {
+                Some(s) => *s,
+                None => {
+                    used.push(self.batches[b].batch()?);
+                    slot.insert(b, used.len() - 1);
+                    used.len() - 1
+                }
+            };
+            at.push((s, i));
+        }
         columns
             .map(|c| {
-                let arrays: Vec<&dyn Array> =
-                    self.batches.iter().map(|b| b.column(c).as_ref()).collect();
-                Ok(interleave(&arrays, ids)?)
+                let arrays: Vec<&dyn Array> = used.iter().map(|b| b.column(c).as_ref()).collect();
+                Ok(interleave(&arrays, &at)?)
             })
             .collect()
     }
@@ -227,10 +252,10 @@ impl KeyedRows {
         if self.dead_rows < COMPACT_AT || self.dead_rows <= self.live_rows {
             return Ok(None);
         }
-        let mut kept = Vec::new();
         let mut to: Vec<Vec<u32>> = Vec::with_capacity(self.batches.len());
         let mut next = 0u32;
-        for (batch, live) in self.batches.iter().zip(&self.live) {
+        let mut chunks = Chunks::new(self.schema.clone(), self.memory.clone());
+        for (stored, live) in self.batches.iter().zip(&self.live) {
             to.push(
                 live.iter()
                     .map(|&l| {
@@ -246,20 +271,20 @@ impl KeyedRows {
             );
             let mask = BooleanArray::from(live.clone());
             if mask.true_count() > 0 {
-                kept.push(filter_record_batch(batch, &mask)?);
+                // Rows read back from disk go back to disk.
+                let rows = filter_record_batch(&stored.batch()?, &mask)?;
+                chunks.push(rows, stored.is_spilled())?;
             }
         }
-        let all = concat_batches(&self.schema, &kept)?;
         let moved = Moved { to };
         for (id, _) in self.rows.values_mut() {
             *id = moved.get(*id).ok_or_else(|| {
                 Error::Internal("a current row was not kept by the compaction".into())
             })?;
         }
-        self.batches = (0..all.num_rows())
-            .step_by(CHUNK_ROWS)
-            .map(|at| all.slice(at, CHUNK_ROWS.min(all.num_rows() - at)))
-            .collect();
+        self.batches = chunks.finish()?;
+        self.batch_bytes = self.batches.iter().map(StoredBatch::memory_bytes).sum();
+        self.spilled = self.batches.iter().map(StoredBatch::spilled_bytes).sum();
         self.live = self
             .batches
             .iter()
@@ -276,13 +301,30 @@ impl KeyedRows {
             return Ok(super::spill::in_memory(changes));
         }
         let mut current = Vec::new();
-        for (batch, live) in self.batches.iter().zip(&self.live) {
+        // Spilled rows are written to a file, not read back into memory.
+        let mut to_disk: Option<SpillWriter> = None;
+        for (stored, live) in self.batches.iter().zip(&self.live) {
             let mask = BooleanArray::from(live.clone());
-            if mask.true_count() > 0 {
-                current.push(filter_record_batch(batch, &mask)?);
+            if mask.true_count() == 0 {
+                continue;
+            }
+            let rows = filter_record_batch(&stored.batch()?, &mask)?;
+            match (stored.is_spilled(), &self.memory) {
+                (true, Some(memory)) => {
+                    let writer = match &mut to_disk {
+                        Some(w) => w,
+                        None => to_disk.insert(SpillWriter::new(memory, &self.schema)?),
+                    };
+                    writer.write(&rows)?;
+                }
+                _ => current.push(rows),
             }
         }
-        Ok(super::spill::in_memory(current))
+        let mut chunks = super::spill::in_memory(current);
+        if let Some(file) = to_disk.map(SpillWriter::finish).transpose()?.flatten() {
+            chunks.push(StateChunk::Spilled(file));
+        }
+        Ok(chunks)
     }
 
     /// Forgets the changes applied so far as changes: they were restored, not made.
@@ -300,13 +342,139 @@ impl KeyedRows {
         self.dead_rows
     }
 
-    /// Bytes held: the rows and the key index.
+    /// Bytes held in memory: the rows there and the key index.
     pub fn memory_bytes(&self) -> usize {
-        let rows: usize = self
-            .batches
-            .iter()
-            .map(RecordBatch::get_array_memory_size)
-            .sum();
-        rows + self.index_bytes
+        self.batch_bytes + self.index_bytes
+    }
+
+    /// Bytes of rows spilled to disk.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.spilled
+    }
+
+    /// Moves the oldest batches of rows in memory to one spill file of `memory`, until at most
+    /// `keep` bytes of them stay in memory.
+    pub fn spill(&mut self, memory: &Arc<StateMemory>, keep: usize) -> Result<()> {
+        self.memory = Some(memory.clone());
+        let mut left = self.batch_bytes;
+        let mut oldest = Vec::new();
+        for b in self.batches.iter_mut().filter(|b| !b.is_spilled()) {
+            if left <= keep {
+                break;
+            }
+            left -= b.memory_bytes();
+            oldest.push(b);
+        }
+        let (freed, on_disk) = spill_stored(oldest, memory)?;
+        self.batch_bytes -= freed;
+        self.spilled += on_disk;
+        Ok(())
+    }
+
+    /// Spills the older half of the rows in memory, or `all` of them.
+    pub fn spill_step(&mut self, memory: &Arc<StateMemory>, all: bool) -> Result<()> {
+        let keep = if all { 0 } else { self.batch_bytes / 2 };
+        self.spill(memory, keep)?;
+        tracing::debug!(spilled = self.spilled, "Table state spilled to disk.");
+        Ok(())
+    }
+
+    /// Holds the table and `other` bytes of its operator's (which cannot spill) in `budget`:
+    /// past it, the older half of the rows in memory spill, then all of them; fails naming
+    /// `what` when the rest still does not fit.
+    pub fn fit(&mut self, budget: Option<&mut Budget>, other: usize, what: &str) -> Result<()> {
+        let Some(budget) = budget else {
+            return Ok(());
+        };
+        for all in [false, true] {
+            if budget.fits(self.memory_bytes() + other) {
+                return Ok(());
+            }
+            self.spill_step(budget.memory(), all)?;
+        }
+        budget.hold(self.memory_bytes() + other, what)
+    }
+}
+
+/// The current rows of a compaction, cut into chunks of [`CHUNK_ROWS`] rows; a chunk holding
+/// rows that were spilled is written to disk again as it is cut.
+struct Chunks {
+    schema: SchemaRef,
+    memory: Option<Arc<StateMemory>>,
+    parts: Vec<RecordBatch>,
+    rows: usize,
+    from_disk: bool,
+    done: Vec<StoredBatch>,
+    /// The chunks written to disk: where they go in `done`, and their rows.
+    to_disk: Vec<(usize, usize)>,
+    writer: Option<SpillWriter>,
+}
+
+impl Chunks {
+    fn new(schema: SchemaRef, memory: Option<Arc<StateMemory>>) -> Self {
+        Chunks {
+            schema,
+            memory,
+            parts: Vec::new(),
+            rows: 0,
+            from_disk: false,
+            done: Vec::new(),
+            to_disk: Vec::new(),
+            writer: None,
+        }
+    }
+
+    fn push(&mut self, mut rows: RecordBatch, from_disk: bool) -> Result<()> {
+        while rows.num_rows() > 0 {
+            let take = (CHUNK_ROWS - self.rows).min(rows.num_rows());
+            self.parts.push(rows.slice(0, take));
+            self.rows += take;
+            self.from_disk |= from_disk;
+            rows = rows.slice(take, rows.num_rows() - take);
+            if self.rows == CHUNK_ROWS {
+                self.cut()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The parts so far as one chunk of their own memory, or on disk.
+    fn cut(&mut self) -> Result<()> {
+        let chunk = concat_batches(&self.schema, &std::mem::take(&mut self.parts))?;
+        let rows = std::mem::take(&mut self.rows);
+        match (std::mem::take(&mut self.from_disk), &self.memory) {
+            (true, Some(memory)) => {
+                let writer = match &mut self.writer {
+                    Some(w) => w,
+                    None => self.writer.insert(SpillWriter::new(memory, &self.schema)?),
+                };
+                writer.write(&chunk)?;
+                self.to_disk.push((self.done.len(), rows));
+                // Until the file is written.
+                self.done.push(StoredBatch::Memory(RecordBatch::new_empty(
+                    self.schema.clone(),
+                )));
+            }
+            _ => self.done.push(StoredBatch::Memory(chunk)),
+        }
+        Ok(())
+    }
+
+    /// The chunks, in order.
+    fn finish(mut self) -> Result<Vec<StoredBatch>> {
+        if self.rows > 0 {
+            self.cut()?;
+        }
+        if let Some(file) = self.writer.map(SpillWriter::finish).transpose()?.flatten() {
+            for (at, (i, rows)) in self.to_disk.into_iter().enumerate() {
+                self.done[i] = StoredBatch::Spilled {
+                    share: file.bytes() * rows as u64 / file.rows().max(1) as u64,
+                    file: file.clone(),
+                    at,
+                    rows,
+                };
+            }
+        }
+        Ok(self.done)
     }
 }

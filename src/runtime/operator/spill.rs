@@ -167,6 +167,91 @@ impl SpillWriter {
     }
 }
 
+/// A batch of state kept in memory, or moved to a spill file when the state outgrew its memory.
+pub enum StoredBatch {
+    Memory(RecordBatch),
+    /// Batch `at` of `file`; `share` is its part of the file's bytes.
+    Spilled {
+        file: SpillFile,
+        at: usize,
+        rows: usize,
+        share: u64,
+    },
+}
+
+impl StoredBatch {
+    pub fn num_rows(&self) -> usize {
+        match self {
+            StoredBatch::Memory(b) => b.num_rows(),
+            StoredBatch::Spilled { rows, .. } => *rows,
+        }
+    }
+
+    /// The batch, read back from disk when spilled.
+    pub fn batch(&self) -> Result<RecordBatch> {
+        match self {
+            StoredBatch::Memory(b) => Ok(b.clone()),
+            StoredBatch::Spilled { file, at, .. } => file.batch_at(*at),
+        }
+    }
+
+    /// Bytes it holds in memory.
+    pub fn memory_bytes(&self) -> usize {
+        match self {
+            StoredBatch::Memory(b) => b.get_array_memory_size(),
+            StoredBatch::Spilled { .. } => 0,
+        }
+    }
+
+    /// Its share of a spill file's bytes.
+    pub fn spilled_bytes(&self) -> u64 {
+        match self {
+            StoredBatch::Memory(_) => 0,
+            StoredBatch::Spilled { share, .. } => *share,
+        }
+    }
+
+    pub fn is_spilled(&self) -> bool {
+        matches!(self, StoredBatch::Spilled { .. })
+    }
+}
+
+/// Moves the batches of `stored` held in memory, in order, into one new spill file; returns
+/// the bytes of memory they freed and their bytes on disk.
+pub fn spill_stored(stored: Vec<&mut StoredBatch>, memory: &StateMemory) -> Result<(usize, u64)> {
+    let mut stored: Vec<&mut StoredBatch> = stored
+        .into_iter()
+        .filter(|s| !s.is_spilled() && s.num_rows() > 0)
+        .collect();
+    let Some(StoredBatch::Memory(first)) = stored.first().map(|s| &**s) else {
+        return Ok((0, 0));
+    };
+    let mut writer = SpillWriter::new(memory, &first.schema())?;
+    let mut freed = 0;
+    for s in &stored {
+        if let StoredBatch::Memory(b) = &**s {
+            writer.write(b)?;
+            freed += b.get_array_memory_size();
+        }
+    }
+    let Some(file) = writer.finish()? else {
+        return Ok((0, 0));
+    };
+    let mut on_disk = 0;
+    for (at, s) in stored.iter_mut().enumerate() {
+        let rows = s.num_rows();
+        let share = file.bytes() * rows as u64 / file.rows().max(1) as u64;
+        on_disk += share;
+        **s = StoredBatch::Spilled {
+            file: file.clone(),
+            at,
+            rows,
+            share,
+        };
+    }
+    Ok((freed, on_disk))
+}
+
 /// A part of an operator's state as it is snapshotted and restored: batches in memory, or a
 /// file of them.
 #[derive(Debug, Clone)]

@@ -202,12 +202,16 @@ impl Operator for TemporalJoin {
         if let Some(moved) = self.table.compact_if_due()? {
             self.by_key.remap(&moved);
         }
-        let bytes = self.memory_bytes();
-        Budget::hold_in(
+        let other = self.memory_bytes() - self.table.memory_bytes();
+        self.table.fit(
             self.budget.as_mut(),
-            bytes,
-            "a join's table (the current rows of its change stream)",
+            other,
+            "a join's table (the keys of the current rows of its change stream)",
         )
+    }
+
+    fn spilled_bytes(&self) -> u64 {
+        self.table.spilled_bytes()
     }
 
     fn state_rows(&self) -> usize {

@@ -477,12 +477,16 @@ impl Operator for TopN {
                 *ids = ids.iter().filter_map(|&id| moved.get(id)).collect();
             }
         }
-        let bytes = self.memory_bytes();
-        Budget::hold_in(
+        let other = self.memory_bytes() - self.table.memory_bytes();
+        self.table.fit(
             self.budget.as_mut(),
-            bytes,
-            "a ROW_NUMBER (the first rows of each partition)",
+            other,
+            "a ROW_NUMBER (the keys of the first rows of each partition)",
         )
+    }
+
+    fn spilled_bytes(&self) -> u64 {
+        self.table.spilled_bytes()
     }
 
     fn state_rows(&self) -> usize {

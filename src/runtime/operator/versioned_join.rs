@@ -607,12 +607,16 @@ impl Operator for VersionedJoin {
                 }
             }
         }
-        let bytes = self.memory_bytes();
-        Budget::hold_in(
+        let other = self.memory_bytes() - self.versions.memory_bytes();
+        self.versions.fit(
             self.budget.as_mut(),
-            bytes,
-            "a join's versioned table and the stream rows waiting for the watermark",
+            other,
+            "a join's versioned table (the keys of its versions) and the stream rows waiting for the watermark",
         )
+    }
+
+    fn spilled_bytes(&self) -> u64 {
+        self.versions.spilled_bytes()
     }
 
     fn state_rows(&self) -> usize {

@@ -160,6 +160,25 @@ async fn groups_follow_inserts_updates_and_deletes_of_their_rows() {
 /// restored from its snapshots (a full one, then changes) and goes on the same.
 #[tokio::test]
 async fn a_random_change_stream_aggregates_as_its_table_does() {
+    random_change_stream(None).await;
+}
+
+/// The same in 64 kB of state memory: the table's older rows spill to disk (and compact,
+/// snapshot and restore from there) and the sink is the same.
+#[tokio::test]
+async fn a_random_change_stream_aggregates_as_its_table_does_with_its_rows_spilled() {
+    random_change_stream(Some(64 << 10)).await;
+}
+
+async fn random_change_stream(memory: Option<usize>) {
+    let operator = move || async move {
+        let op = operator().await;
+        match memory {
+            Some(bytes) => op.with_memory(&StateMemory::new(Some(bytes)).unwrap()),
+            None => op,
+        }
+    };
+    let mut spilled = 0;
     let seed: u64 = std::env::var("TRIBUTARY_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -197,6 +216,7 @@ async fn a_random_change_stream_aggregates_as_its_table_does() {
         apply_to_sink(&mut sink, &op.on_checkpoint().unwrap());
         assert_eq!(sink, oracle(&table).await, "epoch {epoch}, seed {seed}");
         assert_eq!(op.state_rows(), table.len());
+        spilled = spilled.max(op.spilled_bytes());
         if epoch % 7 == 0 {
             // A full snapshot starts the chain again.
             snapshots = op.snapshot(true).unwrap();
@@ -214,6 +234,7 @@ async fn a_random_change_stream_aggregates_as_its_table_does() {
             op = restored;
         }
     }
+    assert_eq!(spilled > 0, memory.is_some(), "spilled {spilled} bytes");
     // Most rows were replaced many times: dead ones were compacted away.
     assert!(
         op.table.dead_rows() < 4_096 + 400,

@@ -23,12 +23,12 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::parallel::Keying;
-use super::spill::StateChunk;
+use super::spill::{StateChunk, StoredBatch};
 use super::{now_micros, run_plan_inputs, Operator};
 use crate::error::{Error, Result};
 use crate::runtime::event_time::END_OF_TIME;
 use crate::runtime::memory::{Budget, StateMemory};
-use side::{Columns, Kept, Pending, Side};
+use side::{Kept, Pending, Side};
 
 /// The row id column the matching join carries after a preserved side's columns (the left
 /// side's; the right side's is [`RIGHT_ROW_ID`]).
@@ -174,7 +174,7 @@ impl StreamJoin {
             }
             for k in dropped {
                 let unmatched: BooleanArray = k.matched.iter().map(|m| Some(!m)).collect();
-                let rows = filter_record_batch(&k.batch()?, &unmatched)?;
+                let rows = filter_record_batch(&k.columns.batch()?, &unmatched)?;
                 out.extend(self.padded(side, rows)?);
             }
         }
@@ -273,7 +273,7 @@ impl StreamJoin {
         let id = self.next_id;
         self.next_id += 1;
         let kept = Kept {
-            columns: Columns::Memory(batch),
+            columns: StoredBatch::Memory(batch),
             rids,
             matched,
             expires,
@@ -317,7 +317,7 @@ impl StreamJoin {
                 .collect();
             let batches = kept
                 .iter()
-                .map(|k| k.batch())
+                .map(|k| k.columns.batch())
                 .collect::<Result<Vec<RecordBatch>>>()?;
             let batches: Vec<&RecordBatch> = batches.iter().collect();
             out.batches

@@ -8,24 +8,11 @@ use arrow::row::Rows;
 
 use crate::error::Result;
 use crate::runtime::memory::StateMemory;
-use crate::runtime::operator::spill::{SpillFile, SpillWriter};
-
-/// A kept batch's columns: in memory, or moved to a spill file when the state outgrew its
-/// memory (the batch's keys, ids and marks stay in memory).
-pub(super) enum Columns {
-    Memory(RecordBatch),
-    /// Batch `at` of `file`; `share` is its part of the file's bytes.
-    Spilled {
-        file: SpillFile,
-        at: usize,
-        rows: usize,
-        share: u64,
-    },
-}
+use crate::runtime::operator::spill::{spill_stored, StoredBatch};
 
 /// A batch of one side's rows, kept until its last row expires.
 pub(super) struct Kept {
-    pub columns: Columns,
+    pub columns: StoredBatch,
     /// Each row's id, unique across instances and restarts (marks name rows by it).
     pub rids: UInt64Array,
     /// Which rows a row of the other side matched: for the preserved side of an outer join
@@ -37,23 +24,6 @@ pub(super) struct Kept {
     pub kept_at: i64,
     /// Bytes it holds, with its index entries.
     pub bytes: usize,
-}
-
-impl Kept {
-    pub fn num_rows(&self) -> usize {
-        match &self.columns {
-            Columns::Memory(b) => b.num_rows(),
-            Columns::Spilled { rows, .. } => *rows,
-        }
-    }
-
-    /// Its columns, read back from disk when spilled.
-    pub fn batch(&self) -> Result<RecordBatch> {
-        match &self.columns {
-            Columns::Memory(b) => Ok(b.clone()),
-            Columns::Spilled { file, at, .. } => file.batch_at(*at),
-        }
-    }
 }
 
 /// A batch processed and not yet committed, with what it matched meanwhile.
@@ -98,13 +68,10 @@ impl Side {
                 .or_default()
                 .push((id, r as u32));
         }
-        let n = kept.num_rows();
+        let n = kept.columns.num_rows();
         self.index_rows += n;
         self.rows += n;
-        let columns = match &kept.columns {
-            Columns::Memory(b) => b.get_array_memory_size(),
-            Columns::Spilled { .. } => 0,
-        };
+        let columns = kept.columns.memory_bytes();
         self.columns_in_memory += columns;
         kept.bytes = columns + keys.size() + 24 * n + kept.matched.len();
         self.bytes += kept.bytes;
@@ -135,14 +102,12 @@ impl Side {
         if dropped.is_empty() {
             return dropped;
         }
-        let rows: usize = dropped.iter().map(|k| k.num_rows()).sum();
+        let rows: usize = dropped.iter().map(|k| k.columns.num_rows()).sum();
         self.rows -= rows;
         self.bytes -= dropped.iter().map(|k| k.bytes).sum::<usize>();
         for k in &dropped {
-            match &k.columns {
-                Columns::Memory(b) => self.columns_in_memory -= b.get_array_memory_size(),
-                Columns::Spilled { share, .. } => self.spilled -= share,
-            }
+            self.columns_in_memory -= k.columns.memory_bytes();
+            self.spilled -= k.columns.spilled_bytes();
         }
         self.dropped_rows += rows;
         if self.dropped_rows * 2 > self.index_rows {
@@ -160,51 +125,28 @@ impl Side {
     /// Moves the columns of the oldest batches kept in memory to one spill file, until at most
     /// `keep` bytes of columns stay in memory.
     pub fn spill(&mut self, memory: &StateMemory, keep: usize) -> Result<()> {
-        let mut ids: Vec<u64> = self
+        let mut in_memory: Vec<(u64, &mut Kept)> = self
             .kept
-            .iter()
-            .filter(|(_, k)| matches!(k.columns, Columns::Memory(_)))
-            .map(|(id, _)| *id)
+            .iter_mut()
+            .filter(|(_, k)| !k.columns.is_spilled())
+            .map(|(id, k)| (*id, k))
             .collect();
-        ids.sort_unstable();
-        let mut writer: Option<SpillWriter> = None;
-        let mut moved = Vec::new();
-        for id in ids {
-            if self.columns_in_memory <= keep {
+        in_memory.sort_unstable_by_key(|(id, _)| *id);
+        let mut left = self.columns_in_memory;
+        let mut oldest = Vec::new();
+        for (_, k) in in_memory {
+            if left <= keep {
                 break;
             }
-            let Columns::Memory(batch) = &self.kept[&id].columns else {
-                continue;
-            };
-            let writer = match &mut writer {
-                Some(w) => w,
-                None => writer.insert(SpillWriter::new(memory, &batch.schema())?),
-            };
-            writer.write(batch)?;
-            let bytes = batch.get_array_memory_size();
-            self.columns_in_memory -= bytes;
-            moved.push((id, bytes));
-        }
-        let Some(file) = writer.map(SpillWriter::finish).transpose()?.flatten() else {
-            return Ok(());
-        };
-        for (at, (id, bytes)) in moved.into_iter().enumerate() {
-            let k = self
-                .kept
-                .get_mut(&id)
-                .expect("a batch just spilled is kept");
-            let rows = k.num_rows();
-            let share = file.bytes() * rows as u64 / file.rows().max(1) as u64;
-            k.columns = Columns::Spilled {
-                file: file.clone(),
-                at,
-                rows,
-                share,
-            };
+            let bytes = k.columns.memory_bytes();
+            left -= bytes;
             k.bytes -= bytes;
-            self.bytes -= bytes;
-            self.spilled += share;
+            oldest.push(&mut k.columns);
         }
+        let (freed, on_disk) = spill_stored(oldest, memory)?;
+        self.columns_in_memory -= freed;
+        self.bytes -= freed;
+        self.spilled += on_disk;
         Ok(())
     }
 

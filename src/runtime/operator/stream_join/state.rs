@@ -12,10 +12,10 @@ use arrow::array::{
 use arrow::compute::{filter_record_batch, take};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type, UInt8Type};
 
-use super::side::{Columns, Kept, Pending};
+use super::side::{Kept, Pending};
 use super::{StreamJoin, RIGHT_ROW_ID, ROW_ID};
 use crate::error::Result;
-use crate::runtime::operator::spill::{in_memory, SpillWriter, StateChunk};
+use crate::runtime::operator::spill::{in_memory, SpillWriter, StateChunk, StoredBatch};
 use crate::runtime::operator::Operator;
 
 /// `__side` of a mark: row `__rid` of a preserved side matched (row ids are unique across
@@ -96,7 +96,7 @@ fn state_rows(
 
 /// A kept batch as state rows.
 fn kept_rows(op: &StreamJoin, side: usize, kept: &Kept) -> Result<RecordBatch> {
-    let batch = kept.batch()?;
+    let batch = kept.columns.batch()?;
     let n = batch.num_rows();
     let matched: BooleanArray = (0..n)
         .map(|i| Some(kept.matched.get(i).copied().unwrap_or(false)))
@@ -135,7 +135,7 @@ pub(super) fn snapshot(op: &mut StreamJoin, full: bool) -> Result<Vec<StateChunk
             };
             let rows = kept_rows(op, side, k)?;
             match (&k.columns, &memory) {
-                (Columns::Spilled { .. }, Some(memory)) => {
+                (StoredBatch::Spilled { .. }, Some(memory)) => {
                     let writer = match &mut to_disk {
                         Some(w) => w,
                         None => to_disk.insert(SpillWriter::new(memory, &op.state_schema)?),
@@ -154,7 +154,7 @@ pub(super) fn snapshot(op: &mut StreamJoin, full: bool) -> Result<Vec<StateChunk
                 };
                 let at = UInt32Array::from(vec![*r]);
                 let keys = op
-                    .key_columns(side, &k.batch()?)?
+                    .key_columns(side, &k.columns.batch()?)?
                     .iter()
                     .map(|c| Ok(take(c, &at, None)?))
                     .collect::<Result<Vec<_>>>()?;

@@ -375,7 +375,11 @@ async fn state_beyond_the_budget_spills_and_joins_the_same() {
     let mut spilling = left_join().await.with_memory(&memory);
     feed(&mut spilling);
     assert!(spilling.spilled_bytes() > 0, "the state was spilled");
-    assert!(spilling.state_bytes() <= budget, "{}", spilling.state_bytes());
+    assert!(
+        spilling.state_bytes() <= budget,
+        "{}",
+        spilling.state_bytes()
+    );
     assert_eq!(unbounded.spilled_bytes(), 0);
     assert_eq!(spilling.state_rows(), unbounded.state_rows());
     let full = spilling.snapshot(true).unwrap();

@@ -23,7 +23,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::key_index::{join_keys, KeyIndex};
 use super::keyed_rows::{Changes, KeyedRows};
-use super::spill::{load, StateChunk};
+use super::spill::{map_chunks, StateChunk};
 use super::{now_micros, run_plan_inputs, Operator};
 use crate::error::Result;
 use crate::runtime::memory::{Budget, StateMemory};
@@ -447,7 +447,9 @@ impl Operator for ChangeJoin {
         let mut out = Vec::new();
         let widths = [0, 1].map(|s| self.sides[s].rows.schema().fields().len());
         for s in 0..2 {
-            for batch in load(&self.sides[s].rows.snapshot(full)?)? {
+            let chunks = self.sides[s].rows.snapshot(full)?;
+            let memory = self.budget.as_ref().map(|b| b.memory().as_ref());
+            out.extend(map_chunks(chunks, &self.state_schema, memory, |batch| {
                 let n = batch.num_rows();
                 let mut columns: Vec<ArrayRef> =
                     vec![Arc::new(arrow::array::UInt8Array::from(vec![s as u8; n]))];
@@ -460,11 +462,8 @@ impl Operator for ChangeJoin {
                         });
                     }
                 }
-                out.push(StateChunk::Batch(RecordBatch::try_new(
-                    self.state_schema.clone(),
-                    columns,
-                )?));
-            }
+                Ok(RecordBatch::try_new(self.state_schema.clone(), columns)?)
+            })?);
         }
         Ok(out)
     }
@@ -472,7 +471,9 @@ impl Operator for ChangeJoin {
     fn restore(&mut self, state: Vec<StateChunk>, _watermark: Option<i64>) -> Result<()> {
         let widths = [0, 1].map(|s| self.sides[s].rows.schema().fields().len());
         for chunk in &state {
-            for batch in load(std::slice::from_ref(chunk))? {
+            // A batch at a time: a spilled chunk may not fit in memory whole.
+            for batch in chunk.batches()? {
+                let batch = batch?;
                 let side = batch
                     .column(0)
                     .as_primitive::<arrow::datatypes::UInt8Type>();
@@ -500,8 +501,8 @@ impl Operator for ChangeJoin {
                     let keys = self.keys_of(s, &changes.batch)?;
                     self.apply(s, changes, keys);
                 }
+                self.fit_memory()?;
             }
-            self.fit_memory()?;
         }
         // Restored rows of a side that only appends are kept from now.
         let now = now_micros();

@@ -16,7 +16,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::keyed_rows::{Changes, KeyedRows};
 use super::row_groups::RowGroups;
-use super::spill::{load, StateChunk};
+use super::spill::StateChunk;
 use super::stateless::OP;
 use super::top_n::{number_rows, split_sort, TopNSpec, RANK_BEFORE};
 use super::Operator;
@@ -244,11 +244,13 @@ impl Operator for ChangeTopN {
 
     fn restore(&mut self, state: Vec<StateChunk>, _watermark: Option<i64>) -> Result<()> {
         for chunk in &state {
-            for batch in load(std::slice::from_ref(chunk))? {
+            // A batch at a time: a spilled chunk may not fit in memory whole.
+            for batch in chunk.batches()? {
+                let batch = batch?;
                 let prepared = self.prepare(&batch)?;
                 self.apply(prepared);
+                self.fit_memory()?;
             }
-            self.fit_memory()?;
         }
         // What was restored was emitted before the checkpoint: each partition's first rows.
         let table = &self.table;

@@ -290,6 +290,34 @@ impl StateChunk {
     }
 }
 
+/// `chunks` with `f` applied to each of their batches, giving batches of `schema`: batches stay
+/// in memory, and a file's batches go to a new file of `memory` (when given) one at a time.
+pub fn map_chunks(
+    chunks: Vec<StateChunk>,
+    schema: &SchemaRef,
+    memory: Option<&StateMemory>,
+    mut f: impl FnMut(&RecordBatch) -> Result<RecordBatch>,
+) -> Result<Vec<StateChunk>> {
+    let mut out = Vec::new();
+    for chunk in chunks {
+        match (chunk, memory) {
+            (StateChunk::Spilled(file), Some(memory)) => {
+                let mut writer = SpillWriter::new(memory, schema)?;
+                for b in file.batches()? {
+                    writer.write(&f(&b?)?)?;
+                }
+                out.extend(writer.finish()?.map(StateChunk::Spilled));
+            }
+            (chunk, _) => {
+                for b in chunk.batches()? {
+                    out.push(StateChunk::Batch(f(&b?)?));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Chunks of in-memory batches.
 pub fn in_memory(batches: impl IntoIterator<Item = RecordBatch>) -> Vec<StateChunk> {
     batches

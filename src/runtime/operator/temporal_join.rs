@@ -16,7 +16,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::key_index::{join_keys, KeyIndex};
 use super::keyed_rows::{Changes, KeyedRows};
-use super::spill::{load, StateChunk};
+use super::spill::StateChunk;
 use super::{run_plan_inputs, Operator};
 use crate::error::{Error, Result};
 use crate::runtime::memory::{Budget, StateMemory};
@@ -188,11 +188,13 @@ impl Operator for TemporalJoin {
 
     fn restore(&mut self, state: Vec<StateChunk>, _watermark: Option<i64>) -> Result<()> {
         for chunk in &state {
-            for batch in load(std::slice::from_ref(chunk))? {
+            // A batch at a time: a spilled chunk may not fit in memory whole.
+            for batch in chunk.batches()? {
+                let batch = batch?;
                 let prepared = self.prepare(&batch)?;
                 self.apply(prepared);
+                self.fit_memory()?;
             }
-            self.fit_memory()?;
         }
         self.table.restored();
         Ok(())

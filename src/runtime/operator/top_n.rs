@@ -26,7 +26,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::keyed_rows::{KeyedRows, RowId, KEY_OVERHEAD};
 use super::parallel::Keying;
-use super::spill::{load, StateChunk};
+use super::spill::StateChunk;
 use super::stateless::OP;
 use super::{run_plan_on, Operator};
 use crate::error::{Error, Result};
@@ -436,11 +436,13 @@ impl Operator for TopN {
 
     fn restore(&mut self, state: Vec<StateChunk>, _watermark: Option<i64>) -> Result<()> {
         for chunk in &state {
-            for batch in load(std::slice::from_ref(chunk))? {
+            // A batch at a time: a spilled chunk may not fit in memory whole.
+            for batch in chunk.batches()? {
+                let batch = batch?;
                 let changes = self.table.prepare(&batch)?;
                 self.table.apply(changes, |_, _| {}, |_, _| 0);
+                self.fit_memory()?;
             }
-            self.fit_memory()?;
         }
         // Each partition's rows, from the rows left current.
         let ids: Vec<(usize, usize)> = self

@@ -20,7 +20,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::key_index::join_keys;
 use super::keyed_rows::{Changes, KeyedRows, RowId, KEY_OVERHEAD};
-use super::spill::{load, StateChunk};
+use super::spill::{map_chunks, StateChunk};
 use super::stateless::OP;
 use super::temporal_join::TemporalJoinSpec;
 use super::{run_plan_inputs, Operator};
@@ -558,9 +558,11 @@ impl Operator for VersionedJoin {
             out.push(StateChunk::Batch(self.waiting_state(b)?));
         }
         let first = 1 + self.spec.base.stream_schema.fields().len();
-        for b in load(&self.versions.snapshot(full)?)? {
-            out.push(StateChunk::Batch(self.as_state(&b, first, None)?));
-        }
+        let chunks = self.versions.snapshot(full)?;
+        let memory = self.budget.as_ref().map(|b| b.memory().as_ref());
+        out.extend(map_chunks(chunks, &self.state_schema, memory, |b| {
+            self.as_state(b, first, None)
+        })?);
         Ok(out)
     }
 
@@ -568,7 +570,9 @@ impl Operator for VersionedJoin {
         let stream_columns = self.spec.base.stream_schema.fields().len();
         let first = 1 + stream_columns;
         for chunk in &state {
-            for batch in load(std::slice::from_ref(chunk))? {
+            // A batch at a time: a spilled chunk may not fit in memory whole.
+            for batch in chunk.batches()? {
+                let batch = batch?;
                 let at = batch.column(0).as_primitive::<Int64Type>();
                 let waiting: BooleanArray = at
                     .iter()
@@ -590,8 +594,8 @@ impl Operator for VersionedJoin {
                     let prepared = self.prepare_versions(&rows)?;
                     self.apply(prepared);
                 }
+                self.fit_memory()?;
             }
-            self.fit_memory()?;
         }
         self.versions.restored();
         Ok(())

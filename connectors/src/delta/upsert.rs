@@ -6,6 +6,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::common::Column;
+use datafusion::logical_expr::{binary_expr, Operator};
 use datafusion::prelude::{lit, Expr, SessionContext};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::CommitProperties;
@@ -134,6 +135,17 @@ impl Sink for DeltaUpsertSink {
             .filter(|n| n != OP)
             .collect();
         let has_op = first.schema().field_with_name(OP).is_ok();
+        // A NULL key matches the target's NULL key (IS NOT DISTINCT FROM); without NULLs in the
+        // epoch, `=` means the same and lets delta-rs prune the target's files by the key's range.
+        let null_keys: Vec<bool> = self
+            .key
+            .iter()
+            .map(|k| {
+                batches
+                    .iter()
+                    .any(|b| b.column_by_name(k).is_some_and(|c| c.null_count() > 0))
+            })
+            .collect();
         let ctx = SessionContext::new();
         let df = ctx
             .read_batches(batches)
@@ -141,7 +153,11 @@ impl Sink for DeltaUpsertSink {
         let predicate = self
             .key
             .iter()
-            .map(|k| target(k).eq(source(k)))
+            .zip(&null_keys)
+            .map(|(k, &null)| match null {
+                true => binary_expr(target(k), Operator::IsNotDistinctFrom, source(k)),
+                false => target(k).eq(source(k)),
+            })
             .reduce(Expr::and)
             .ok_or_else(|| ConnectorError::Internal("upsert without key".into()))?;
         let is_delete = if has_op {

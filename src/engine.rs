@@ -349,7 +349,7 @@ impl Engine {
                     sink: sink.clone(),
                     // Sources looked up by key are not read, but the pipeline needs them.
                     sources: [plan.sources(), plan.lookups()].concat(),
-                    query: crate::sql::as_of::query_text(&query),
+                    query: crate::sql::as_of::query_text(query),
                     options,
                     state: PipelineState::Running,
                     error: None,

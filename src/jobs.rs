@@ -123,9 +123,12 @@ pub(crate) fn applies_by_key(sink: &SinkEntry) -> Result<bool> {
     Ok(upsert_key(sink)?.1.is_some())
 }
 
-/// The sink's connector, and the key it applies rows by (`None`: it only appends; empty: the
+/// A sink's connector, and the key it applies rows by (`None`: it only appends; empty: the
 /// pipeline's key).
-fn upsert_key(sink: &SinkEntry) -> Result<(Arc<dyn SinkConnector>, Option<Vec<String>>)> {
+type SinkWithKey = (Arc<dyn SinkConnector>, Option<Vec<String>>);
+
+/// The sink's connector and key.
+fn upsert_key(sink: &SinkEntry) -> Result<SinkWithKey> {
     let connector = tributary_connectors::sink_connector(&sink.options)?;
     let key = connector.upsert_key(&SinkSpec {
         name: sink.name.clone(),

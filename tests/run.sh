@@ -50,4 +50,8 @@ export KAFKA_LIBS="$CACHE/kafka-4.1.1/libs"
 bash tests/kafka/install.sh "$KAFKA_LIBS"
 
 cargo build --tests --bins
+# Lints: warnings fail the run (skipped where the clippy component is not installed).
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --workspace --all-targets -- -D warnings
+fi
 cargo test --workspace --no-fail-fast -- --test-threads=2

@@ -298,6 +298,43 @@ impl CheckpointStore {
     }
 }
 
+/// A state file being written in parts.
+pub struct StateUpload {
+    upload: WriteMultipart,
+    bytes: u64,
+    file: String,
+}
+
+impl StateUpload {
+    /// Appends `bytes`, waiting while too many parts are in flight.
+    pub async fn write(&mut self, bytes: Vec<u8>) -> Result<()> {
+        self.upload
+            .wait_for_capacity(4)
+            .await
+            .map_err(|e| Error::Internal(format!("writing state file {}: {e}", self.file)))?;
+        self.bytes += bytes.len() as u64;
+        self.upload.put(bytes.into());
+        Ok(())
+    }
+
+    /// Gives the file up: nothing of it stays (a failed upload's parts included).
+    pub async fn abort(self) {
+        if let Err(e) = self.upload.abort().await {
+            tracing::warn!(file = %self.file, error = %e, "Could not abort a state file's upload.");
+        }
+    }
+
+    /// Completes the file; returns its size.
+    pub async fn finish(self) -> Result<u64> {
+        let file = self.file;
+        self.upload
+            .finish()
+            .await
+            .map_err(|e| Error::Internal(format!("writing state file {file}: {e}")))?;
+        Ok(self.bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,42 +371,5 @@ mod tests {
         let e = store.latest().await.unwrap_err();
         assert!(matches!(e, Error::CheckpointUnreadable { .. }), "{e}");
         assert!(e.to_string().contains(&file.display().to_string()), "{e}");
-    }
-}
-
-/// A state file being written in parts.
-pub struct StateUpload {
-    upload: WriteMultipart,
-    bytes: u64,
-    file: String,
-}
-
-impl StateUpload {
-    /// Appends `bytes`, waiting while too many parts are in flight.
-    pub async fn write(&mut self, bytes: Vec<u8>) -> Result<()> {
-        self.upload
-            .wait_for_capacity(4)
-            .await
-            .map_err(|e| Error::Internal(format!("writing state file {}: {e}", self.file)))?;
-        self.bytes += bytes.len() as u64;
-        self.upload.put(bytes.into());
-        Ok(())
-    }
-
-    /// Gives the file up: nothing of it stays (a failed upload's parts included).
-    pub async fn abort(self) {
-        if let Err(e) = self.upload.abort().await {
-            tracing::warn!(file = %self.file, error = %e, "Could not abort a state file's upload.");
-        }
-    }
-
-    /// Completes the file; returns its size.
-    pub async fn finish(self) -> Result<u64> {
-        let file = self.file;
-        self.upload
-            .finish()
-            .await
-            .map_err(|e| Error::Internal(format!("writing state file {file}: {e}")))?;
-        Ok(self.bytes)
     }
 }

@@ -831,13 +831,9 @@ mod tests {
             assert_eq!(e.sqlstate(), "54001", "{}: {e}", &sql[..60]);
         }
         // A subquery does not reset the count.
-        let inner = format!("SELECT ({}) + 1", format!("SELECT {}", chain("1", 999)));
+        let inner = format!("SELECT (SELECT {}) + 1", chain("1", 999));
         assert!(parse_statement(&inner).is_err());
-        assert!(parse_statement(&format!(
-            "SELECT ({}) + 1",
-            format!("SELECT {}", chain("1", 997))
-        ))
-        .is_ok());
+        assert!(parse_statement(&format!("SELECT (SELECT {}) + 1", chain("1", 997))).is_ok());
     }
 
     #[test]

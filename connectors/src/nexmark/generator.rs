@@ -129,7 +129,7 @@ impl Rng {
     /// Uniform in `[0, n)`.
     #[inline]
     fn below(&mut self, n: u64) -> u64 {
-        (((self.next() >> 32) * n) >> 32) as u64
+        ((self.next() >> 32) * n) >> 32
     }
 }
 

@@ -1216,7 +1216,7 @@ impl CdcSource {
         b: &mut Builders,
         bad: &mut Vec<BadRecord>,
     ) -> Result<()> {
-        let (rel_id, rows): (u32, Vec<(&'static str, Vec<Datum>, Option<Vec<Datum>>)>) = match msg {
+        let (rel_id, rows): (u32, Vec<ChangeRow>) = match msg {
             Message::Relation(rel) => {
                 if self.is_our_relation(&rel) {
                     let map = self.check_relation(&rel)?;
@@ -1326,6 +1326,9 @@ impl CdcSource {
         )
     }
 }
+
+/// A decoded change: its `_op`, its row, and an update's old row when PostgreSQL sent one.
+type ChangeRow = (&'static str, Vec<Datum>, Option<Vec<Datum>>);
 
 struct Builders {
     columns: Vec<TextColumn>,

@@ -331,11 +331,11 @@ impl ChangeJoin {
         let before = self.join(before)?;
         let dirty: Vec<Box<[u8]>> = std::mem::take(&mut self.dirty).into_iter().collect();
         let mut now: [Vec<RecordBatch>; 2] = [Vec::new(), Vec::new()];
-        for s in 0..2 {
+        for (s, now) in now.iter_mut().enumerate() {
             let ids: Vec<(usize, usize)> =
                 dirty.iter().flat_map(|k| self.sides[s].ids_of(k)).collect();
             let columns = self.sides[s].gather(&ids)?;
-            now[s].push(RecordBatch::try_new(self.placeholders[s].clone(), columns)?);
+            now.push(RecordBatch::try_new(self.placeholders[s].clone(), columns)?);
         }
         let after = self.join(now)?;
         let name_of = |rows: &RecordBatch| -> Result<Rows> {
@@ -453,9 +453,9 @@ impl Operator for ChangeJoin {
                 let n = batch.num_rows();
                 let mut columns: Vec<ArrayRef> =
                     vec![Arc::new(arrow::array::UInt8Array::from(vec![s as u8; n]))];
-                for t in 0..2 {
+                for (t, width) in widths.iter().enumerate() {
                     let fields = self.sides[t].rows.schema().fields().clone();
-                    for (c, f) in fields.iter().enumerate().take(widths[t]) {
+                    for (c, f) in fields.iter().enumerate().take(*width) {
                         columns.push(match t == s {
                             true => batch.column(c).clone(),
                             false => new_null_array(f.data_type(), n),

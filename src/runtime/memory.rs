@@ -123,6 +123,26 @@ impl Budget {
         }
     }
 
+    /// Holds `state`, whose size in memory is `bytes(state)`: past the budget, `spill(state,
+    /// memory, all)` moves part of it to disk (the older half, then `all`); fails naming `what`
+    /// when what stays in memory still does not fit.
+    pub fn fit_spilling<S: ?Sized>(
+        &mut self,
+        state: &mut S,
+        bytes: impl Fn(&S) -> usize,
+        mut spill: impl FnMut(&mut S, &Arc<StateMemory>, bool) -> Result<()>,
+        what: &str,
+    ) -> Result<()> {
+        for all in [false, true] {
+            if self.fits(bytes(state)) {
+                return Ok(());
+            }
+            let memory = self.memory.clone();
+            spill(state, &memory, all)?;
+        }
+        self.hold(bytes(state), what)
+    }
+
     /// Holds `bytes` of `what` in `budget`, when the operator has one (see [`Budget::hold`]).
     pub fn hold_in(budget: Option<&mut Budget>, bytes: usize, what: &str) -> Result<()> {
         match budget {

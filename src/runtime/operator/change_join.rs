@@ -527,16 +527,14 @@ impl Operator for ChangeJoin {
         let Some(budget) = self.budget.as_mut() else {
             return Ok(());
         };
-        for all in [false, true] {
-            if budget.fits(other + tables(&self.sides)) {
-                return Ok(());
-            }
-            for side in &mut self.sides {
-                side.rows.spill_step(budget.memory(), all)?;
-            }
-        }
-        budget.hold(
-            other + tables(&self.sides),
+        budget.fit_spilling(
+            &mut self.sides,
+            |sides| other + tables(sides),
+            |sides, memory, all| {
+                sides
+                    .iter_mut()
+                    .try_for_each(|side| side.rows.spill_step(memory, all))
+            },
             "a join of two change streams (the keys of both tables' current rows)",
         )
     }

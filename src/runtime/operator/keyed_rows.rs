@@ -12,7 +12,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
 
-use super::spill::{spill_stored, SpillWriter, StateChunk, StoredBatch};
+use super::spill::{spill_oldest, writer_in, SpillWriter, StateChunk, StoredBatch};
 use super::stateless::OP;
 use crate::error::{Error, Result};
 use crate::runtime::memory::{Budget, StateMemory};
@@ -311,11 +311,7 @@ impl KeyedRows {
             let rows = filter_record_batch(&stored.batch()?, &mask)?;
             match (stored.is_spilled(), &self.memory) {
                 (true, Some(memory)) => {
-                    let writer = match &mut to_disk {
-                        Some(w) => w,
-                        None => to_disk.insert(SpillWriter::new(memory, &self.schema)?),
-                    };
-                    writer.write(&rows)?;
+                    writer_in(&mut to_disk, memory, &self.schema)?.write(&rows)?
                 }
                 _ => current.push(rows),
             }
@@ -356,16 +352,7 @@ impl KeyedRows {
     /// `keep` bytes of them stay in memory.
     pub fn spill(&mut self, memory: &Arc<StateMemory>, keep: usize) -> Result<()> {
         self.memory = Some(memory.clone());
-        let mut left = self.batch_bytes;
-        let mut oldest = Vec::new();
-        for b in self.batches.iter_mut().filter(|b| !b.is_spilled()) {
-            if left <= keep {
-                break;
-            }
-            left -= b.memory_bytes();
-            oldest.push(b);
-        }
-        let (freed, on_disk) = spill_stored(oldest, memory)?;
+        let (freed, on_disk) = spill_oldest(&mut self.batches, self.batch_bytes, keep, memory)?;
         self.batch_bytes -= freed;
         self.spilled += on_disk;
         Ok(())
@@ -383,16 +370,15 @@ impl KeyedRows {
     /// past it, the older half of the rows in memory spill, then all of them; fails naming
     /// `what` when the rest still does not fit.
     pub fn fit(&mut self, budget: Option<&mut Budget>, other: usize, what: &str) -> Result<()> {
-        let Some(budget) = budget else {
-            return Ok(());
-        };
-        for all in [false, true] {
-            if budget.fits(self.memory_bytes() + other) {
-                return Ok(());
-            }
-            self.spill_step(budget.memory(), all)?;
+        match budget {
+            Some(budget) => budget.fit_spilling(
+                self,
+                |t| t.memory_bytes() + other,
+                |t, memory, all| t.spill_step(memory, all),
+                what,
+            ),
+            None => Ok(()),
         }
-        budget.hold(self.memory_bytes() + other, what)
     }
 }
 
@@ -444,11 +430,7 @@ impl Chunks {
         let rows = std::mem::take(&mut self.rows);
         match (std::mem::take(&mut self.from_disk), &self.memory) {
             (true, Some(memory)) => {
-                let writer = match &mut self.writer {
-                    Some(w) => w,
-                    None => self.writer.insert(SpillWriter::new(memory, &self.schema)?),
-                };
-                writer.write(&chunk)?;
+                writer_in(&mut self.writer, memory, &self.schema)?.write(&chunk)?;
                 self.to_disk.push((self.done.len(), rows));
                 // Until the file is written.
                 self.done.push(StoredBatch::Memory(RecordBatch::new_empty(
@@ -467,12 +449,7 @@ impl Chunks {
         }
         if let Some(file) = self.writer.map(SpillWriter::finish).transpose()?.flatten() {
             for (at, (i, rows)) in self.to_disk.into_iter().enumerate() {
-                self.done[i] = StoredBatch::Spilled {
-                    share: file.bytes() * rows as u64 / file.rows().max(1) as u64,
-                    file: file.clone(),
-                    at,
-                    rows,
-                };
+                self.done[i] = StoredBatch::spilled(&file, at, rows);
             }
         }
         Ok(self.done)

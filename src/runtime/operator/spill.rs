@@ -214,11 +214,53 @@ impl StoredBatch {
     pub fn is_spilled(&self) -> bool {
         matches!(self, StoredBatch::Spilled { .. })
     }
+
+    /// Batch `at` of `file`, of `rows` rows.
+    pub fn spilled(file: &SpillFile, at: usize, rows: usize) -> Self {
+        StoredBatch::Spilled {
+            share: file.bytes() * rows as u64 / file.rows().max(1) as u64,
+            file: file.clone(),
+            at,
+            rows,
+        }
+    }
+}
+
+/// Spills the batches of `stored` (oldest first) held in memory, oldest first, until at most
+/// `keep` of their `in_memory` bytes stay; returns the bytes freed and their bytes on disk.
+pub fn spill_oldest<'a>(
+    stored: impl IntoIterator<Item = &'a mut StoredBatch>,
+    in_memory: usize,
+    keep: usize,
+    memory: &StateMemory,
+) -> Result<(usize, u64)> {
+    let mut left = in_memory;
+    let mut oldest = Vec::new();
+    for b in stored.into_iter().filter(|b| !b.is_spilled()) {
+        if left <= keep {
+            break;
+        }
+        left -= b.memory_bytes();
+        oldest.push(b);
+    }
+    spill_stored(oldest, memory)
+}
+
+/// The writer in `writer`, created (a new spill file of `memory`, batches of `schema`) on first use.
+pub fn writer_in<'a>(
+    writer: &'a mut Option<SpillWriter>,
+    memory: &StateMemory,
+    schema: &SchemaRef,
+) -> Result<&'a mut SpillWriter> {
+    Ok(match writer {
+        Some(w) => w,
+        None => writer.insert(SpillWriter::new(memory, schema)?),
+    })
 }
 
 /// Moves the batches of `stored` held in memory, in order, into one new spill file; returns
 /// the bytes of memory they freed and their bytes on disk.
-pub fn spill_stored(stored: Vec<&mut StoredBatch>, memory: &StateMemory) -> Result<(usize, u64)> {
+fn spill_stored(stored: Vec<&mut StoredBatch>, memory: &StateMemory) -> Result<(usize, u64)> {
     let mut stored: Vec<&mut StoredBatch> = stored
         .into_iter()
         .filter(|s| !s.is_spilled() && s.num_rows() > 0)
@@ -239,15 +281,8 @@ pub fn spill_stored(stored: Vec<&mut StoredBatch>, memory: &StateMemory) -> Resu
     };
     let mut on_disk = 0;
     for (at, s) in stored.iter_mut().enumerate() {
-        let rows = s.num_rows();
-        let share = file.bytes() * rows as u64 / file.rows().max(1) as u64;
-        on_disk += share;
-        **s = StoredBatch::Spilled {
-            file: file.clone(),
-            at,
-            rows,
-            share,
-        };
+        **s = StoredBatch::spilled(&file, at, s.num_rows());
+        on_disk += s.spilled_bytes();
     }
     Ok((freed, on_disk))
 }

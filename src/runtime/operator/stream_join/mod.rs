@@ -278,7 +278,7 @@ impl StreamJoin {
             matched,
             expires,
             kept_at,
-            bytes: 0,
+            overhead: 0,
         };
         self.sides[side].keep(id, kept, &rows);
         Ok(())
@@ -578,21 +578,18 @@ impl Operator for StreamJoin {
         let Some(budget) = &mut self.budget else {
             return Ok(());
         };
-        for all in [false, true] {
-            if budget.fits(self.sides.iter().map(|s| s.bytes).sum()) {
-                return Ok(());
-            }
-            for side in &mut self.sides {
-                let keep = if all { 0 } else { side.columns_in_memory() / 2 };
-                side.spill(budget.memory(), keep)?;
-            }
-            tracing::debug!(
-                spilled = self.sides.iter().map(|s| s.spilled).sum::<u64>(),
-                "Join state spilled to disk."
-            );
-        }
-        budget.hold(
-            self.sides.iter().map(|s| s.bytes).sum(),
+        budget.fit_spilling(
+            &mut self.sides,
+            |sides| sides.iter().map(|s| s.bytes).sum(),
+            |sides, memory, all| {
+                for side in sides.iter_mut() {
+                    let keep = if all { 0 } else { side.columns_in_memory() / 2 };
+                    side.spill(memory, keep)?;
+                }
+                let spilled: u64 = sides.iter().map(|s| s.spilled).sum();
+                tracing::debug!(spilled, "Join state spilled to disk.");
+                Ok(())
+            },
             "a join of two streams (the keys of the rows each side keeps for the other)",
         )
     }

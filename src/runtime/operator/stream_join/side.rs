@@ -8,7 +8,7 @@ use arrow::row::Rows;
 
 use crate::error::Result;
 use crate::runtime::memory::StateMemory;
-use crate::runtime::operator::spill::{spill_stored, StoredBatch};
+use crate::runtime::operator::spill::{spill_oldest, StoredBatch};
 
 /// A batch of one side's rows, kept until its last row expires.
 pub(super) struct Kept {
@@ -22,8 +22,15 @@ pub(super) struct Kept {
     pub expires: i64,
     /// When it was kept (UTC microseconds of the wall clock), for `state_ttl`.
     pub kept_at: i64,
-    /// Bytes it holds, with its index entries.
-    pub bytes: usize,
+    /// Bytes its index entries, ids and marks hold (its columns' are theirs).
+    pub overhead: usize,
+}
+
+impl Kept {
+    /// Bytes it holds in memory, with its index entries.
+    pub fn bytes(&self) -> usize {
+        self.columns.memory_bytes() + self.overhead
+    }
 }
 
 /// A batch processed and not yet committed, with what it matched meanwhile.
@@ -73,8 +80,8 @@ impl Side {
         self.rows += n;
         let columns = kept.columns.memory_bytes();
         self.columns_in_memory += columns;
-        kept.bytes = columns + keys.size() + 24 * n + kept.matched.len();
-        self.bytes += kept.bytes;
+        kept.overhead = keys.size() + 24 * n + kept.matched.len();
+        self.bytes += kept.bytes();
         self.kept.insert(id, kept);
         self.unsnapshotted.push(id);
     }
@@ -104,7 +111,7 @@ impl Side {
         }
         let rows: usize = dropped.iter().map(|k| k.columns.num_rows()).sum();
         self.rows -= rows;
-        self.bytes -= dropped.iter().map(|k| k.bytes).sum::<usize>();
+        self.bytes -= dropped.iter().map(Kept::bytes).sum::<usize>();
         for k in &dropped {
             self.columns_in_memory -= k.columns.memory_bytes();
             self.spilled -= k.columns.spilled_bytes();
@@ -125,25 +132,14 @@ impl Side {
     /// Moves the columns of the oldest batches kept in memory to one spill file, until at most
     /// `keep` bytes of columns stay in memory.
     pub fn spill(&mut self, memory: &StateMemory, keep: usize) -> Result<()> {
-        let mut in_memory: Vec<(u64, &mut Kept)> = self
+        let mut in_memory: Vec<(u64, &mut StoredBatch)> = self
             .kept
             .iter_mut()
-            .filter(|(_, k)| !k.columns.is_spilled())
-            .map(|(id, k)| (*id, k))
+            .map(|(id, k)| (*id, &mut k.columns))
             .collect();
         in_memory.sort_unstable_by_key(|(id, _)| *id);
-        let mut left = self.columns_in_memory;
-        let mut oldest = Vec::new();
-        for (_, k) in in_memory {
-            if left <= keep {
-                break;
-            }
-            let bytes = k.columns.memory_bytes();
-            left -= bytes;
-            k.bytes -= bytes;
-            oldest.push(&mut k.columns);
-        }
-        let (freed, on_disk) = spill_stored(oldest, memory)?;
+        let oldest = in_memory.into_iter().map(|(_, c)| c);
+        let (freed, on_disk) = spill_oldest(oldest, self.columns_in_memory, keep, memory)?;
         self.columns_in_memory -= freed;
         self.bytes -= freed;
         self.spilled += on_disk;

@@ -15,7 +15,7 @@ use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type
 use super::side::{Kept, Pending};
 use super::{StreamJoin, RIGHT_ROW_ID, ROW_ID};
 use crate::error::Result;
-use crate::runtime::operator::spill::{in_memory, SpillWriter, StateChunk, StoredBatch};
+use crate::runtime::operator::spill::{in_memory, writer_in, SpillWriter, StateChunk, StoredBatch};
 use crate::runtime::operator::Operator;
 
 /// `__side` of a mark: row `__rid` of a preserved side matched (row ids are unique across
@@ -136,11 +136,7 @@ pub(super) fn snapshot(op: &mut StreamJoin, full: bool) -> Result<Vec<StateChunk
             let rows = kept_rows(op, side, k)?;
             match (&k.columns, &memory) {
                 (StoredBatch::Spilled { .. }, Some(memory)) => {
-                    let writer = match &mut to_disk {
-                        Some(w) => w,
-                        None => to_disk.insert(SpillWriter::new(memory, &op.state_schema)?),
-                    };
-                    writer.write(&rows)?;
+                    writer_in(&mut to_disk, memory, &op.state_schema)?.write(&rows)?
                 }
                 _ => out.push(rows),
             }

@@ -3,6 +3,7 @@
 //! temporary files take the state that does not fit.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use datafusion::execution::memory_pool::{
@@ -26,6 +27,11 @@ pub const MIN_STATE_MEMORY: usize = 4 << 20;
 /// the size of the state it holds in memory and, when the reservation cannot grow, moves state
 /// to spill files (or, for state it cannot spill, fails the pipeline with a clear error).
 ///
+/// State that cannot spill has the first claim on the budget: when an operator's does not fit
+/// because others hold state that can spill, it is let in over the budget, and the others spill
+/// at their next batch until the run fits again. A pipeline fails only when the state that
+/// cannot spill, of all its operators together, is past the budget.
+///
 /// The work of DataFusion's aggregations is not in the budget: the Partial stage holds one
 /// batch's groups, and the merges at a checkpoint or a window's close hold the groups they
 /// merge. Their pool may be bounded ([`StateMemory::with_merge_memory`]), and they spill
@@ -36,6 +42,8 @@ pub const MIN_STATE_MEMORY: usize = 4 << 20;
 pub struct StateMemory {
     budget: usize,
     state_pool: Arc<dyn MemoryPool>,
+    /// Bytes of state that cannot spill, last declared by each operator (see [`Budget::hold`]).
+    pinned: AtomicUsize,
     task: Arc<TaskContext>,
 }
 
@@ -65,6 +73,7 @@ impl StateMemory {
         Ok(Arc::new(StateMemory {
             budget,
             state_pool,
+            pinned: AtomicUsize::new(0),
             task,
         }))
     }
@@ -72,6 +81,11 @@ impl StateMemory {
     /// The budget, in bytes.
     pub fn budget(&self) -> usize {
         self.budget
+    }
+
+    /// Whether the state held in memory is within the budget.
+    fn within_budget(&self) -> bool {
+        self.state_pool.reserved() <= self.budget
     }
 
     /// An empty reservation for the state of the operator (instance) `name`.
@@ -98,6 +112,8 @@ impl StateMemory {
 pub struct Budget {
     memory: Arc<StateMemory>,
     reservation: MemoryReservation,
+    /// Bytes of its state that cannot spill, as last declared.
+    pinned: usize,
 }
 
 impl Budget {
@@ -106,21 +122,55 @@ impl Budget {
         Budget {
             reservation: memory.reservation(name),
             memory: memory.clone(),
+            pinned: 0,
         }
     }
 
-    /// Sets the reservation to `bytes`; false (and unchanged) when the budget has no room.
+    /// Sets the reservation to `bytes` when the run's state then fits the budget; false when it
+    /// does not (a reservation that would grow is unchanged; one that shrinks shrinks, and the
+    /// state of others let in over the budget may still not fit: spill).
     pub fn fits(&mut self, bytes: usize) -> bool {
-        self.reservation.try_resize(bytes).is_ok()
+        let fits = self.reservation.try_resize(bytes).is_ok() && self.memory.within_budget();
+        if fits {
+            self.pin(0);
+        }
+        fits
     }
 
-    /// Holds `bytes` of `what`, which cannot spill, or fails with the error for it.
+    /// Holds `bytes` of `what`, which cannot spill. When the budget has no room only because
+    /// others hold state that can spill, it is held over the budget and they spill at their
+    /// next batch; fails with the error for it when the state that cannot spill, this
+    /// operator's and all others', is past the budget.
     pub fn hold(&mut self, bytes: usize, what: &str) -> Result<()> {
-        if self.fits(bytes) {
-            Ok(())
-        } else {
-            Err(self.exhausted(what, bytes))
+        let fits = self.fits(bytes);
+        self.pin(bytes);
+        if fits {
+            return Ok(());
         }
+        if self.memory.pinned.load(Ordering::Relaxed) > self.memory.budget {
+            return Err(self.exhausted(what, bytes));
+        }
+        self.reservation.resize(bytes);
+        tracing::debug!(
+            bytes,
+            what,
+            "State that cannot spill held over the budget; others spill."
+        );
+        Ok(())
+    }
+
+    /// Declares `bytes` of its state as state that cannot spill.
+    fn pin(&mut self, bytes: usize) {
+        if bytes >= self.pinned {
+            self.memory
+                .pinned
+                .fetch_add(bytes - self.pinned, Ordering::Relaxed);
+        } else {
+            self.memory
+                .pinned
+                .fetch_sub(self.pinned - bytes, Ordering::Relaxed);
+        }
+        self.pinned = bytes;
     }
 
     /// Holds `state`, whose size in memory is `bytes(state)`: past the budget, `spill(state,
@@ -166,6 +216,12 @@ impl Budget {
     }
 }
 
+impl Drop for Budget {
+    fn drop(&mut self) {
+        self.pin(0);
+    }
+}
+
 /// `bytes` as a person reads it (`12.5 MB`).
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["bytes", "kB", "MB", "GB", "TB"];
@@ -203,5 +259,30 @@ mod tests {
         assert!(b.fits(2 << 20));
         let e = b.exhausted("DISTINCT", 9 << 20).to_string();
         assert!(e.contains("9.0 MB") && e.contains("8.0 MB"), "{e}");
+    }
+
+    #[test]
+    fn state_that_cannot_spill_goes_first_and_the_rest_spills() {
+        let memory = StateMemory::new(Some(8 << 20)).unwrap();
+        let mut spills = Budget::new(&memory, "join");
+        let mut pinned = Budget::new(&memory, "top_n");
+        assert!(
+            spills.fits(7 << 20),
+            "state that can spill takes most of it"
+        );
+        // Keys that cannot spill are let in over the budget rather than failing the run...
+        pinned.hold(3 << 20, "keys").unwrap();
+        // ...and the state that can spill no longer fits where it is, even shrinking: it spills.
+        assert!(!spills.fits(6 << 20));
+        assert!(spills.fits(5 << 20));
+        // Pinned state past the budget, all of it together, fails with the error for it.
+        let mut more = Budget::new(&memory, "distinct");
+        let e = more
+            .hold(6 << 20, "DISTINCT's set")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("DISTINCT's set holds 6.0 MB"), "{e}");
+        drop(pinned);
+        more.hold(6 << 20, "DISTINCT's set").unwrap();
     }
 }

@@ -4,6 +4,7 @@
 //! on anything else it gives up and the caller decodes the block with arrow-json, so results and
 //! error messages are always arrow-json's.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -37,6 +38,10 @@ pub struct FlatJsonDecoder {
     /// Each name as it appears in JSON, quotes included, when it needs no escaping.
     quoted: Vec<Option<Vec<u8>>>,
     nullable: Vec<bool>,
+    /// Per text column, the bytes per row of its values in the last block decoded (0 before
+    /// the first): a block's buffers are sized from it, so they are neither grown again and
+    /// again (copies, and holes the allocator keeps) nor kept half empty in a join's state.
+    text_bytes_per_row: Vec<AtomicUsize>,
 }
 
 impl FlatJsonDecoder {
@@ -82,6 +87,11 @@ impl FlatJsonDecoder {
                 })
                 .collect(),
             nullable: schema.fields().iter().map(|f| f.is_nullable()).collect(),
+            text_bytes_per_row: schema
+                .fields()
+                .iter()
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
             schema,
             kinds,
         })
@@ -91,7 +101,20 @@ impl FlatJsonDecoder {
     pub fn decode(&self, bytes: &[u8], rows: usize) -> Option<RecordBatch> {
         // One UTF-8 check for the block: every text value is then a slice of valid UTF-8.
         let text = std::str::from_utf8(bytes).ok()?;
-        let mut columns: Vec<Column> = self.kinds.iter().map(|k| Column::new(*k, rows)).collect();
+        let mut columns: Vec<Column> = self
+            .kinds
+            .iter()
+            .zip(&self.text_bytes_per_row)
+            .map(|(k, per_row)| {
+                let per_row = per_row.load(Ordering::Relaxed);
+                // A margin of an eighth over the last block; its values fit in the block itself.
+                let text = match per_row {
+                    0 => rows * 16,
+                    n => (rows * n + rows * n / 8).min(bytes.len()),
+                };
+                Column::new(*k, rows, text)
+            })
+            .collect();
         let mut set_in_row = vec![usize::MAX; columns.len()];
         let mut p = Parser {
             b: bytes,
@@ -169,6 +192,11 @@ impl FlatJsonDecoder {
         }
         if row != rows {
             return None;
+        }
+        for (col, per_row) in columns.iter().zip(&self.text_bytes_per_row) {
+            if let (Column::Text(b), true) = (col, rows > 0) {
+                per_row.store(b.values_slice().len().div_ceil(rows), Ordering::Relaxed);
+            }
         }
         let arrays = columns
             .into_iter()
@@ -494,7 +522,8 @@ enum Column {
 }
 
 impl Column {
-    fn new(kind: Kind, rows: usize) -> Column {
+    /// A column for `rows` rows; a text column with room for `text_bytes` bytes of values.
+    fn new(kind: Kind, rows: usize, text_bytes: usize) -> Column {
         match kind {
             Kind::I16 => Column::I16(Int16Builder::with_capacity(rows)),
             Kind::I32 => Column::I32(Int32Builder::with_capacity(rows)),
@@ -502,7 +531,7 @@ impl Column {
             Kind::F32 => Column::F32(Float32Builder::with_capacity(rows)),
             Kind::F64 => Column::F64(Float64Builder::with_capacity(rows)),
             Kind::Bool => Column::Bool(BooleanBuilder::with_capacity(rows)),
-            Kind::Text => Column::Text(StringBuilder::with_capacity(rows, rows * 16)),
+            Kind::Text => Column::Text(StringBuilder::with_capacity(rows, text_bytes)),
             Kind::Timestamp(unit) => {
                 Column::Timestamp(unit, Vec::with_capacity(rows), Vec::with_capacity(rows))
             }

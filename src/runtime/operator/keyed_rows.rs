@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
-use arrow::compute::{concat_batches, filter_record_batch, interleave};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
+use arrow::compute::{concat_batches, filter_record_batch, interleave, take};
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
@@ -219,29 +219,58 @@ impl KeyedRows {
 
     /// Columns `columns` of the rows at `ids`, in that order.
     pub fn gather(&self, columns: Range<usize>, ids: &[(usize, usize)]) -> Result<Vec<ArrayRef>> {
+        self.gather_columns(&columns.collect::<Vec<_>>(), ids)
+    }
+
+    /// Columns `columns` (by index) of the rows at `ids`, in that order. A spilled batch is read
+    /// back once, and only its rows wanted stay in memory: the batches on disk are never all
+    /// in memory at once (callers free to choose an order pass `ids` sorted, so each is read
+    /// by one call).
+    pub fn gather_columns(
+        &self,
+        columns: &[usize],
+        ids: &[(usize, usize)],
+    ) -> Result<Vec<ArrayRef>> {
         if ids.is_empty() {
             return Ok(columns
-                .map(|c| arrow::array::new_empty_array(self.schema.field(c).data_type()))
+                .iter()
+                .map(|&c| arrow::array::new_empty_array(self.schema.field(c).data_type()))
                 .collect());
         }
-        // Only the batches the rows are in (spilled ones read back), renumbered.
+        // The batches the rows are in, in order of first use; of a spilled one, the rows wanted.
         let mut slot: HashMap<usize, usize> = HashMap::new();
-        let mut used: Vec<RecordBatch> = Vec::new();
+        let mut used: Vec<(usize, Vec<u32>)> = Vec::new();
         let mut at = Vec::with_capacity(ids.len());
         for &(b, i) in ids {
-            let s = match slot.get(&b) {
-                Some(s) => *s,
-                None => {
-                    used.push(self.batches[b].batch()?);
-                    slot.insert(b, used.len() - 1);
-                    used.len() - 1
-                }
-            };
-            at.push((s, i));
+            let s = *slot.entry(b).or_insert_with(|| {
+                used.push((b, Vec::new()));
+                used.len() - 1
+            });
+            if self.batches[b].is_spilled() {
+                let rows = &mut used[s].1;
+                at.push((s, rows.len()));
+                rows.push(i as u32);
+            } else {
+                at.push((s, i));
+            }
         }
-        columns
-            .map(|c| {
-                let arrays: Vec<&dyn Array> = used.iter().map(|b| b.column(c).as_ref()).collect();
+        let parts = used
+            .into_iter()
+            .map(|(b, rows)| {
+                let batch = self.batches[b].batch()?;
+                if !self.batches[b].is_spilled() {
+                    return Ok(columns.iter().map(|&c| batch.column(c).clone()).collect());
+                }
+                let rows = UInt32Array::from(rows);
+                columns
+                    .iter()
+                    .map(|&c| Ok(take(batch.column(c), &rows, None)?))
+                    .collect::<Result<Vec<ArrayRef>>>()
+            })
+            .collect::<Result<Vec<Vec<ArrayRef>>>>()?;
+        (0..columns.len())
+            .map(|k| {
+                let arrays: Vec<&dyn Array> = parts.iter().map(|p| p[k].as_ref()).collect();
                 Ok(interleave(&arrays, &at)?)
             })
             .collect()

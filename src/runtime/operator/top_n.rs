@@ -198,11 +198,9 @@ impl TopN {
             }
         }
         // Kept rows with their number, arriving ones with 0.
-        let number = self.width + self.partition.len();
         let mut candidates = Vec::with_capacity(fresh.len() + 1);
         if !kept.is_empty() {
-            let mut columns = self.table.gather(0..self.width, &kept)?;
-            columns.extend(self.table.gather(number..number + 1, &kept)?);
+            let columns = self.table.gather_columns(&self.row_and_number(), &kept)?;
             candidates.push(RecordBatch::try_new(self.input_schema.clone(), columns)?);
         }
         for batch in fresh {
@@ -302,6 +300,7 @@ impl TopN {
             }
         }
         let width = self.table.schema().fields().len() - 1;
+        ids.sort_unstable();
         for chunk in ids.chunks(RANK_ROWS) {
             let mut columns = self.table.gather(0..width, chunk)?;
             columns.push(Arc::new(StringArray::from(vec!["delete"; chunk.len()])));
@@ -323,14 +322,21 @@ impl TopN {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let number = self.width + self.partition.len();
+        // In the order they are stored: a spilled batch is read for one chunk, not for each.
+        ids.sort_unstable();
+        let columns = self.row_and_number();
         let mut out = Vec::new();
         for chunk in ids.chunks(RANK_ROWS) {
-            let mut columns = self.table.gather(0..self.width, chunk)?;
-            columns.extend(self.table.gather(number..number + 1, chunk)?);
+            let columns = self.table.gather_columns(&columns, chunk)?;
             out.push(RecordBatch::try_new(self.output_schema.clone(), columns)?);
         }
         Ok(out)
+    }
+
+    /// The table's columns of an output row: the input's, then the row's number.
+    fn row_and_number(&self) -> Vec<usize> {
+        let number = self.width + self.partition.len();
+        (0..self.width).chain([number]).collect()
     }
 
     fn memory_bytes(&self) -> usize {

@@ -8,7 +8,6 @@ use arrow::array::StringArray;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use chrono::Utc;
-use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::ParamValues;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -94,8 +93,7 @@ impl Engine {
             "tributary",
             Arc::new(SystemSchema::new(catalog.clone(), runtime.clone())),
         )?;
-        // An empty pg_catalog keeps clients that probe it from failing on the schema name.
-        df_catalog.register_schema("pg_catalog", Arc::new(MemorySchemaProvider::new()))?;
+        crate::pg_catalog::register(&ctx, catalog.clone())?;
         let history: Vec<_> = catalog
             .pipelines()
             .into_iter()
@@ -751,6 +749,9 @@ pub fn session_statement(stmt: &ast::Statement) -> Option<Output> {
         S::StartTransaction { .. } => tag("BEGIN"),
         S::Commit { .. } => tag("COMMIT"),
         S::Rollback { .. } => tag("ROLLBACK"),
+        // Clients (psycopg's nested transactions, SQLAlchemy) wrap statements in savepoints.
+        S::Savepoint { .. } => tag("SAVEPOINT"),
+        S::ReleaseSavepoint { .. } => tag("RELEASE"),
         S::Discard { .. } => tag("DISCARD ALL"),
         S::Deallocate { .. } => tag("DEALLOCATE"),
         S::ShowVariable { variable } => {
@@ -760,7 +761,7 @@ pub fn session_statement(stmt: &ast::Statement) -> Option<Output> {
                 .collect::<Vec<_>>()
                 .join(" ");
             let value = match name.as_str() {
-                "server_version" => "16.6",
+                "server_version" => crate::pg_catalog::SERVER_VERSION,
                 "server_encoding" | "client_encoding" => "UTF8",
                 "standard_conforming_strings" => "on",
                 "transaction isolation level" | "transaction_isolation" => "read committed",

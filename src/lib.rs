@@ -22,6 +22,7 @@ pub mod catalog;
 pub mod engine;
 pub mod error;
 pub mod jobs;
+pub mod pg_catalog;
 pub mod runtime;
 pub mod server;
 pub mod sql;

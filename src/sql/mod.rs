@@ -10,6 +10,7 @@ pub mod joins;
 pub mod lineage;
 pub mod lookup_join;
 pub mod parse;
+pub mod pg_compat;
 pub mod placeholders;
 pub mod places;
 pub mod plan;

@@ -281,7 +281,20 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         Ok(statement)
     };
     if significant <= INLINE_PARSE_TOKENS {
-        return parse();
+        return match parse()? {
+            // A client's catalog query (short ones only: the rules recurse on this thread).
+            Statement::Sql(query) if matches!(*query, ast::Statement::Query(_)) => {
+                match super::pg_compat::client_catalog_query(sql) {
+                    Some(rewritten) => {
+                        let statement = Statement::Sql(Box::new(rewritten));
+                        check_depth(&statement)?;
+                        Ok(statement)
+                    }
+                    None => Ok(Statement::Sql(query)),
+                }
+            }
+            other => Ok(other),
+        };
     }
     let stack = 16 * 1024 * 1024 + significant * STACK_BYTES_PER_TOKEN;
     std::thread::scope(|scope| {

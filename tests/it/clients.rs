@@ -123,3 +123,88 @@ asyncio.run(main())
     let expected_sum: u64 = (1..=1000u64).filter(|i| i % 97 == 1).sum();
     assert_eq!(out, format!("[(999, 'customer_29', 999.99), (1000, 'customer_30', 0.0)]\n{expected_sum}\nsyntax 42601 1"));
 }
+
+/// psql's `\d` commands and SQLAlchemy's reflection read pg_catalog: sources and sinks are
+/// tables in `public`, system tables views in `tributary`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_describe_and_sqlalchemy_reflection_see_sources_sinks_and_system_tables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    write_csv(&input, "orders", 1, 100, 1);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(&data).await;
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) WITH (connector = 'file', path = '{}');
+         CREATE SINK totals WITH (connector = 'parquet', path = '{}');
+         CREATE SINK nowhere WITH (connector = 'blackhole');",
+        input.display(),
+        tmp.path().join("out").display()
+    ))
+    .await
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = psql(server.port, args);
+        assert!(
+            out.status.success(),
+            "psql {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // \dt: the sources and sinks that hold rows (a blackhole keeps none), not the system tables.
+    let tables = run(&["-A", "-t", "-c", "\\dt"]);
+    let names: Vec<&str> = tables
+        .lines()
+        .map(|l| l.split('|').nth(1).unwrap_or(""))
+        .collect();
+    assert_eq!(names, ["orders", "totals"], "{tables}");
+    // \d orders: its columns and their PostgreSQL types.
+    let orders = run(&["-A", "-t", "-c", "\\d orders"]);
+    for line in [
+        "id|bigint",
+        "customer|text",
+        "amount|double precision",
+        "ts|timestamp",
+    ] {
+        assert!(
+            orders.lines().any(|l| l.starts_with(line)),
+            "{line} in {orders}"
+        );
+    }
+    // \dv tributary.*: the system tables; \dn the schemas; \l the database.
+    let views = run(&["-A", "-t", "-c", "\\dv tributary.*"]);
+    assert!(
+        views.contains("tributary|pipelines|view") && views.contains("tributary|operators|view"),
+        "{views}"
+    );
+    let schemas = run(&["-A", "-t", "-c", "\\dn"]);
+    assert!(
+        schemas.lines().any(|l| l.starts_with("public|"))
+            && schemas.lines().any(|l| l.starts_with("tributary|")),
+        "{schemas}"
+    );
+    let databases = run(&["-A", "-t", "-c", "\\l"]);
+    assert!(!databases.trim().is_empty(), "{databases}");
+
+    // SQLAlchemy 2 over psycopg 3: connects (it reads version()), lists tables and views, and runs
+    // a bound query through pandas. (Its get_columns needs json_build_object: not yet.)
+    let sqlalchemy = r#"
+import sys
+import sqlalchemy as sa, pandas as pd
+engine = sa.create_engine(f"postgresql+psycopg://tributary@127.0.0.1:{sys.argv[1]}/tributary")
+with engine.connect() as conn:
+    print(conn.dialect.server_version_info[:2])
+insp = sa.inspect(engine)
+print(sorted(insp.get_table_names()))
+print(sorted(insp.get_view_names(schema="tributary"))[:3])
+df = pd.read_sql(sa.text("SELECT id, amount FROM orders WHERE id <= :n ORDER BY id"), engine, params={"n": 3})
+print(df["id"].tolist(), round(float(df["amount"].sum()), 2))
+"#;
+    let out = run_python(sqlalchemy, &[&server.port.to_string()]);
+    assert_eq!(
+        out,
+        "(16, 6)\n['orders', 'totals']\n['checkpoints', 'errors', 'operators']\n[1, 2, 3] 6.06"
+    );
+}

@@ -761,7 +761,7 @@ pub fn session_statement(stmt: &ast::Statement) -> Option<Output> {
                 .collect::<Vec<_>>()
                 .join(" ");
             let value = match name.as_str() {
-                "server_version" => crate::pg_catalog::SERVER_VERSION,
+                "server_version" => crate::pg_functions::SERVER_VERSION,
                 "server_encoding" | "client_encoding" => "UTF8",
                 "standard_conforming_strings" => "on",
                 "transaction isolation level" | "transaction_isolation" => "read committed",

@@ -23,6 +23,7 @@ pub mod engine;
 pub mod error;
 pub mod jobs;
 pub mod pg_catalog;
+pub mod pg_functions;
 pub mod runtime;
 pub mod server;
 pub mod sql;

@@ -1,7 +1,7 @@
 //! PostgreSQL's catalog (`pg_catalog`, `version()`, `current_schema()`...) over Tributary's, so
 //! that psql's `\d` commands, SQLAlchemy and JDBC tools see sources, sinks and system tables as
-//! relations. The tables and functions are the `datafusion-pg-catalog` crate's; this module says
-//! what the relations are.
+//! relations. The tables and most functions are the `datafusion-pg-catalog` crate's (the rest
+//! are in `pg_functions`); this module says what the relations are.
 //!
 //! The crate's sibling `arrow-pg` pins pgwire 0.41 while the server is on 0.42: the catalog
 //! crate uses it only to name column types, never on the wire, so the two stay isolated (two
@@ -10,14 +10,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::CatalogProviderList;
-use datafusion::common::ScalarValue;
 use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-};
 use datafusion::prelude::SessionContext;
 use datafusion_pg_catalog::pg_catalog::catalog_info::CatalogInfo;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
@@ -34,8 +30,6 @@ const CATALOG: &str = "datafusion";
 const PUBLIC: &str = "public";
 /// The schema of the system tables.
 const SYSTEM: &str = "tributary";
-/// The PostgreSQL version clients are told (as `server_version` says).
-pub const SERVER_VERSION: &str = "16.6";
 
 /// Registers `pg_catalog`, its functions and `version()` in `ctx`, over `catalog`.
 pub fn register(ctx: &SessionContext, catalog: Arc<Catalog>) -> Result<()> {
@@ -54,12 +48,9 @@ pub fn register(ctx: &SessionContext, catalog: Arc<Catalog>) -> Result<()> {
     ctx.catalog(CATALOG)
         .ok_or_else(|| Error::Internal("DataFusion default catalog missing".into()))?
         .register_schema("pg_catalog", Arc::new(pg_catalog))?;
-    ctx.register_udf(ScalarUDF::new_from_impl(Version::default()));
-    ctx.register_udf(ScalarUDF::new_from_impl(ToRegtype::default()));
-    // No column is backed by a sequence.
-    ctx.register_udf(ScalarUDF::new_from_impl(NoSequence {
-        signature: Signature::exact(vec![DataType::Utf8, DataType::Utf8], Volatility::Stable),
-    }));
+    for f in crate::pg_functions::functions() {
+        ctx.register_udf(f);
+    }
     Ok(())
 }
 
@@ -143,137 +134,5 @@ impl CatalogInfo for Relations {
                 None => None,
             },
         })
-    }
-}
-
-/// `version()`, as PostgreSQL words it: clients (SQLAlchemy) read the server's version from it.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct Version {
-    signature: Signature,
-}
-
-impl Default for Version {
-    fn default() -> Self {
-        Version {
-            signature: Signature::exact(vec![], Volatility::Stable),
-        }
-    }
-}
-
-impl ScalarUDFImpl for Version {
-    fn name(&self) -> &str {
-        "version"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
-        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(format!(
-            "PostgreSQL {SERVER_VERSION} (Tributary {}, on Apache DataFusion {}), {}-bit",
-            env!("CARGO_PKG_VERSION"),
-            datafusion::DATAFUSION_VERSION,
-            usize::BITS
-        )))))
-    }
-}
-
-/// `to_regtype(name)`: the OID of a built-in type, NULL for any other (SQLAlchemy asks for
-/// `hstore` on connecting, and takes NULL as "not installed").
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct ToRegtype {
-    signature: Signature,
-}
-
-impl Default for ToRegtype {
-    fn default() -> Self {
-        ToRegtype {
-            signature: Signature::exact(vec![DataType::Utf8], Volatility::Stable),
-        }
-    }
-}
-
-/// The built-in types `to_regtype` knows, by the names PostgreSQL accepts for them.
-fn builtin_type_oid(name: &str) -> Option<i64> {
-    use pgwire::api::Type;
-    let t = match name.trim().to_ascii_lowercase().as_str() {
-        "bool" | "boolean" => Type::BOOL,
-        "int2" | "smallint" => Type::INT2,
-        "int4" | "int" | "integer" => Type::INT4,
-        "int8" | "bigint" => Type::INT8,
-        "float4" | "real" => Type::FLOAT4,
-        "float8" | "double precision" => Type::FLOAT8,
-        "numeric" | "decimal" => Type::NUMERIC,
-        "text" => Type::TEXT,
-        "varchar" | "character varying" => Type::VARCHAR,
-        "bytea" => Type::BYTEA,
-        "date" => Type::DATE,
-        "time" => Type::TIME,
-        "timestamp" | "timestamp without time zone" => Type::TIMESTAMP,
-        "timestamptz" | "timestamp with time zone" => Type::TIMESTAMPTZ,
-        "interval" => Type::INTERVAL,
-        "json" => Type::JSON,
-        "jsonb" => Type::JSONB,
-        "uuid" => Type::UUID,
-        _ => return None,
-    };
-    Some(i64::from(t.oid()))
-}
-
-impl ScalarUDFImpl for ToRegtype {
-    fn name(&self) -> &str {
-        "to_regtype"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Int64)
-    }
-
-    fn invoke_with_args(
-        &self,
-        args: ScalarFunctionArgs,
-    ) -> datafusion::error::Result<ColumnarValue> {
-        let [name] = args.args.as_slice() else {
-            return datafusion::common::exec_err!("to_regtype takes one argument");
-        };
-        let names = name.to_array(args.number_rows)?;
-        let names = datafusion::common::cast::as_string_array(&names)?;
-        let oids: datafusion::arrow::array::Int64Array =
-            names.iter().map(|n| n.and_then(builtin_type_oid)).collect();
-        Ok(ColumnarValue::Array(Arc::new(oids)))
-    }
-}
-
-/// `pg_get_serial_sequence(table, column)`: NULL, as for a column no sequence fills (SQLAlchemy
-/// asks when it reflects columns).
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct NoSequence {
-    signature: Signature,
-}
-
-impl ScalarUDFImpl for NoSequence {
-    fn name(&self) -> &str {
-        "pg_get_serial_sequence"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
-        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
     }
 }

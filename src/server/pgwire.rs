@@ -203,7 +203,14 @@ impl QueryParser for Parser {
                 let types_by_name = plan
                     .get_parameter_types()
                     .map_err(|e| user_error(&e.into()))?;
-                let n = types_by_name.len();
+                // Up to the highest placeholder, or as many as the client declared: a rewritten
+                // catalog query may no longer use some of the parameters bound (they are unused).
+                let highest = types_by_name
+                    .keys()
+                    .filter_map(|k| k.strip_prefix('$')?.parse::<usize>().ok())
+                    .max()
+                    .unwrap_or(0);
+                let n = highest.max(types.len());
                 for i in 1..=n {
                     let declared = types
                         .get(i - 1)

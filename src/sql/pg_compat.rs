@@ -4,6 +4,8 @@
 use std::sync::LazyLock;
 
 use datafusion::sql::sqlparser::ast;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
 static PARSER: LazyLock<PostgresCompatibilityParser> =
@@ -19,9 +21,84 @@ pub fn client_catalog_query(sql: &str) -> Option<ast::Statement> {
     }
     let mut statements = PARSER.parse(sql).ok()?;
     match (statements.pop(), statements.is_empty()) {
-        (Some(s @ ast::Statement::Query(_)), true) => Some(s),
+        (Some(mut s @ ast::Statement::Query(_)), true) => {
+            drop_subqueries_in_case(&mut s);
+            aggregate_scalar_subqueries(&mut s);
+            Some(s)
+        }
         _ => None,
     }
+}
+
+/// Replaces the subqueries inside CASE expressions with NULL, as `datafusion-pg-catalog` does
+/// for those of a select list: DataFusion cannot run a correlated subquery evaluated only for
+/// some rows. What clients look up that way (a column's default expression, identity options,
+/// collation) Tributary's relations do not have, so NULL is also the answer.
+fn drop_subqueries_in_case(statement: &mut ast::Statement) {
+    let _ = ast::visit_expressions_mut(statement, |expr| {
+        if matches!(expr, ast::Expr::Case { .. }) {
+            let _ = ast::visit_expressions_mut(expr, |inner| {
+                if matches!(inner, ast::Expr::Subquery(_)) {
+                    if let Some(null) = parse_expr("NULL") {
+                        *inner = null;
+                    }
+                }
+                std::ops::ControlFlow::<()>::Continue(())
+            });
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}
+
+/// Aggregates that a scalar subquery's select list may already hold.
+const AGGREGATES: &[&str] = &[
+    "max",
+    "min",
+    "count",
+    "sum",
+    "avg",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+];
+
+/// Wraps the value of each scalar subquery in `max(...)`: DataFusion plans a correlated scalar
+/// subquery only when it is aggregated, and a catalog lookup by OID (`(SELECT typcollation FROM
+/// pg_type WHERE oid = atttypid)`) finds at most one row, whose value `max` is.
+fn aggregate_scalar_subqueries(statement: &mut ast::Statement) {
+    let _ = ast::visit_expressions_mut(statement, |expr| {
+        if let ast::Expr::Subquery(query) = expr {
+            if let ast::SetExpr::Select(select) = query.body.as_mut() {
+                let grouped = !matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty());
+                if let ([item], false) = (select.projection.as_mut_slice(), grouped) {
+                    let value = match item {
+                        ast::SelectItem::UnnamedExpr(e) => Some(e),
+                        ast::SelectItem::ExprWithAlias { expr, .. } => Some(expr),
+                        _ => None,
+                    };
+                    if let Some(value) = value {
+                        let aggregated = matches!(value, ast::Expr::Function(f)
+                            if AGGREGATES.iter().any(|a| f.name.to_string().eq_ignore_ascii_case(a)));
+                        if !aggregated {
+                            if let Some(wrapped) = parse_expr(&format!("max({value})")) {
+                                *value = wrapped;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}
+
+fn parse_expr(sql: &str) -> Option<ast::Expr> {
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(sql)
+        .ok()?
+        .parse_expr()
+        .ok()
 }
 
 /// Whether `sql` names a `pg_` relation or function (`pg_catalog.pg_class`, `pg_get_userbyid`).
@@ -44,5 +121,20 @@ mod tests {
             "SELECT c.relname FROM pg_catalog.pg_class c WHERE c.relname ~ '^(x)$' AND pg_catalog.pg_table_is_visible(c.oid)",
         );
         assert!(q.is_some());
+    }
+
+    #[test]
+    fn scalar_subqueries_of_catalog_queries_are_aggregated() {
+        let q = client_catalog_query(
+            "SELECT a.attname FROM pg_catalog.pg_attribute a \
+             WHERE (SELECT t.typname FROM pg_catalog.pg_type t WHERE t.oid = a.atttypid) = 'text' \
+             AND (SELECT count(*) FROM pg_catalog.pg_type) > 0 \
+             AND CASE WHEN a.atthasdef THEN (SELECT true FROM pg_catalog.pg_attrdef) ELSE true END",
+        )
+        .unwrap()
+        .to_string();
+        assert!(q.contains("(SELECT max(t.typname) FROM"), "{q}");
+        assert!(q.contains("(SELECT count(*) FROM"), "{q}");
+        assert!(q.contains("THEN NULL ELSE true END"), "{q}");
     }
 }

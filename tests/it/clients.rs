@@ -188,8 +188,8 @@ async fn psql_describe_and_sqlalchemy_reflection_see_sources_sinks_and_system_ta
     let databases = run(&["-A", "-t", "-c", "\\l"]);
     assert!(!databases.trim().is_empty(), "{databases}");
 
-    // SQLAlchemy 2 over psycopg 3: connects (it reads version()), lists tables and views, and runs
-    // a bound query through pandas. (Its get_columns needs json_build_object: not yet.)
+    // SQLAlchemy 2 over psycopg 3: connects (it reads version()), reflects tables, views and
+    // columns, and runs a bound query through pandas.
     let sqlalchemy = r#"
 import sys
 import sqlalchemy as sa, pandas as pd
@@ -198,6 +198,7 @@ with engine.connect() as conn:
     print(conn.dialect.server_version_info[:2])
 insp = sa.inspect(engine)
 print(sorted(insp.get_table_names()))
+print([(c["name"], str(c["type"])) for c in insp.get_columns("orders")])
 print(sorted(insp.get_view_names(schema="tributary"))[:3])
 df = pd.read_sql(sa.text("SELECT id, amount FROM orders WHERE id <= :n ORDER BY id"), engine, params={"n": 3})
 print(df["id"].tolist(), round(float(df["amount"].sum()), 2))
@@ -205,6 +206,6 @@ print(df["id"].tolist(), round(float(df["amount"].sum()), 2))
     let out = run_python(sqlalchemy, &[&server.port.to_string()]);
     assert_eq!(
         out,
-        "(16, 6)\n['orders', 'totals']\n['checkpoints', 'errors', 'operators']\n[1, 2, 3] 6.06"
+        "(16, 6)\n['orders', 'totals']\n[('id', 'BIGINT'), ('customer', 'TEXT'), ('amount', 'DOUBLE PRECISION'), ('ts', 'TIMESTAMP')]\n['checkpoints', 'errors', 'operators']\n[1, 2, 3] 6.06"
     );
 }

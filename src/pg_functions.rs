@@ -1,0 +1,283 @@
+//! PostgreSQL functions that clients call on connecting or reflecting and that neither DataFusion
+//! nor `datafusion-pg-catalog` provide: `version()`, `to_regtype`, `pg_get_serial_sequence`,
+//! `json_build_object`, `pg_collation_is_visible` and its kind.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::StringBuilder;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+
+/// The PostgreSQL version clients are told (as `server_version` says).
+pub const SERVER_VERSION: &str = "16.6";
+
+/// The functions, to register in a session.
+pub fn functions() -> Vec<ScalarUDF> {
+    vec![
+        ScalarUDF::new_from_impl(Version::default()),
+        ScalarUDF::new_from_impl(ToRegtype::default()),
+        // No column is backed by a sequence.
+        ScalarUDF::new_from_impl(NoSequence {
+            signature: Signature::exact(vec![DataType::Utf8, DataType::Utf8], Volatility::Stable),
+        }),
+        // Every object is on the search path (as pg_catalog's pg_table_is_visible answers).
+        ScalarUDF::new_from_impl(Visible::new("pg_collation_is_visible")),
+        ScalarUDF::new_from_impl(Visible::new("pg_type_is_visible")),
+        ScalarUDF::new_from_impl(Visible::new("pg_function_is_visible")),
+        ScalarUDF::new_from_impl(JsonBuildObject {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }),
+    ]
+}
+
+/// `version()`, as PostgreSQL words it: clients (SQLAlchemy) read the server's version from it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Version {
+    signature: Signature,
+}
+
+impl Default for Version {
+    fn default() -> Self {
+        Version {
+            signature: Signature::exact(vec![], Volatility::Stable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for Version {
+    fn name(&self) -> &str {
+        "version"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(format!(
+            "PostgreSQL {SERVER_VERSION} (Tributary {}, on Apache DataFusion {}), {}-bit",
+            env!("CARGO_PKG_VERSION"),
+            datafusion::DATAFUSION_VERSION,
+            usize::BITS
+        )))))
+    }
+}
+
+/// `to_regtype(name)`: the OID of a built-in type, NULL for any other (SQLAlchemy asks for
+/// `hstore` on connecting, and takes NULL as "not installed").
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ToRegtype {
+    signature: Signature,
+}
+
+impl Default for ToRegtype {
+    fn default() -> Self {
+        ToRegtype {
+            signature: Signature::exact(vec![DataType::Utf8], Volatility::Stable),
+        }
+    }
+}
+
+/// The built-in types `to_regtype` knows, by the names PostgreSQL accepts for them.
+fn builtin_type_oid(name: &str) -> Option<i64> {
+    use pgwire::api::Type;
+    let t = match name.trim().to_ascii_lowercase().as_str() {
+        "bool" | "boolean" => Type::BOOL,
+        "int2" | "smallint" => Type::INT2,
+        "int4" | "int" | "integer" => Type::INT4,
+        "int8" | "bigint" => Type::INT8,
+        "float4" | "real" => Type::FLOAT4,
+        "float8" | "double precision" => Type::FLOAT8,
+        "numeric" | "decimal" => Type::NUMERIC,
+        "text" => Type::TEXT,
+        "varchar" | "character varying" => Type::VARCHAR,
+        "bytea" => Type::BYTEA,
+        "date" => Type::DATE,
+        "time" => Type::TIME,
+        "timestamp" | "timestamp without time zone" => Type::TIMESTAMP,
+        "timestamptz" | "timestamp with time zone" => Type::TIMESTAMPTZ,
+        "interval" => Type::INTERVAL,
+        "json" => Type::JSON,
+        "jsonb" => Type::JSONB,
+        "uuid" => Type::UUID,
+        _ => return None,
+    };
+    Some(i64::from(t.oid()))
+}
+
+impl ScalarUDFImpl for ToRegtype {
+    fn name(&self) -> &str {
+        "to_regtype"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Int64)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let [name] = args.args.as_slice() else {
+            return datafusion::common::exec_err!("to_regtype takes one argument");
+        };
+        let names = name.to_array(args.number_rows)?;
+        let names = datafusion::common::cast::as_string_array(&names)?;
+        let oids: datafusion::arrow::array::Int64Array =
+            names.iter().map(|n| n.and_then(builtin_type_oid)).collect();
+        Ok(ColumnarValue::Array(Arc::new(oids)))
+    }
+}
+
+/// `pg_get_serial_sequence(table, column)`: NULL, as for a column no sequence fills (SQLAlchemy
+/// asks when it reflects columns).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NoSequence {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for NoSequence {
+    fn name(&self) -> &str {
+        "pg_get_serial_sequence"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
+    }
+}
+
+/// `json_build_object(key, value, ...)`: a JSON object of the pairs, as text (SQLAlchemy's column
+/// reflection builds identity and collation options with it).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: Signature,
+}
+
+/// A value as JSON: numbers and booleans as themselves, NULL as null, anything else as its text.
+fn json_value(value: &ScalarValue) -> serde_json::Value {
+    use serde_json::Value;
+    if value.is_null() {
+        return Value::Null;
+    }
+    match value {
+        ScalarValue::Boolean(Some(b)) => Value::Bool(*b),
+        ScalarValue::Int8(Some(v)) => Value::from(*v),
+        ScalarValue::Int16(Some(v)) => Value::from(*v),
+        ScalarValue::Int32(Some(v)) => Value::from(*v),
+        ScalarValue::Int64(Some(v)) => Value::from(*v),
+        ScalarValue::UInt8(Some(v)) => Value::from(*v),
+        ScalarValue::UInt16(Some(v)) => Value::from(*v),
+        ScalarValue::UInt32(Some(v)) => Value::from(*v),
+        ScalarValue::UInt64(Some(v)) => Value::from(*v),
+        ScalarValue::Float32(Some(v)) => Value::from(*v),
+        ScalarValue::Float64(Some(v)) => Value::from(*v),
+        ScalarValue::Utf8(Some(v))
+        | ScalarValue::LargeUtf8(Some(v))
+        | ScalarValue::Utf8View(Some(v)) => Value::String(v.clone()),
+        other => Value::String(other.to_string()),
+    }
+}
+
+impl ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        if !args.args.len().is_multiple_of(2) {
+            return datafusion::common::plan_err!(
+                "json_build_object takes an even number of arguments (keys and values)"
+            );
+        }
+        let rows = args.number_rows;
+        let arrays = args
+            .args
+            .iter()
+            .map(|a| a.to_array(rows))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let mut out = StringBuilder::with_capacity(rows, rows * 32);
+        for row in 0..rows {
+            let mut object = serde_json::Map::new();
+            for pair in arrays.chunks(2) {
+                let key = ScalarValue::try_from_array(&pair[0], row)?;
+                if key.is_null() {
+                    return datafusion::common::exec_err!("json_build_object: a key is NULL");
+                }
+                let key = match json_value(&key) {
+                    serde_json::Value::String(k) => k,
+                    other => other.to_string(),
+                };
+                object.insert(
+                    key,
+                    json_value(&ScalarValue::try_from_array(&pair[1], row)?),
+                );
+            }
+            out.append_value(serde_json::Value::Object(object).to_string());
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// `pg_..._is_visible(oid)`: true, every object being in a schema on the search path.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Visible {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl Visible {
+    fn new(name: &'static str) -> Self {
+        Visible {
+            name,
+            signature: Signature::any(1, Volatility::Stable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for Visible {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))
+    }
+}

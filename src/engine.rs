@@ -21,6 +21,7 @@ use crate::catalog::{columns_of, Catalog, PipelineEntry, PipelineState, SinkEntr
 use crate::error::{Error, Result};
 use crate::jobs::{applies_by_key, build_job, check_pipeline_options, check_updates_sink};
 use crate::runtime::Runtime;
+use crate::sql::column_names::postgres_names;
 use crate::sql::parse::{parse_sql, ObjectKind, ParsedStatement, Statement};
 use crate::sql::plan::compile;
 use crate::sql::session_window::{Session, SESSION_NAMES};
@@ -725,7 +726,7 @@ impl Engine {
             plan = plan.with_param_values(p)?;
         }
         let df = self.ctx.execute_logical_plan(plan).await?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
+        let schema = postgres_names(stmt, &Arc::new(df.schema().as_arrow().clone()));
         let batches = df.collect().await?;
         Ok(Output::Rows { schema, batches })
     }

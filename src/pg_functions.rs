@@ -1,6 +1,7 @@
 //! PostgreSQL functions that clients call on connecting or reflecting and that neither DataFusion
-//! nor `datafusion-pg-catalog` provide: `version()`, `to_regtype`, `pg_get_serial_sequence`,
-//! `json_build_object`, `pg_collation_is_visible` and its kind.
+//! nor `datafusion-pg-catalog` provide: `version()`, `to_regtype`, `json_build_object`,
+//! `pg_collation_is_visible` and its kind, `pg_get_serial_sequence` and `pg_get_function_result`
+//! and theirs.
 
 use std::sync::Arc;
 
@@ -19,10 +20,13 @@ pub fn functions() -> Vec<ScalarUDF> {
     vec![
         ScalarUDF::new_from_impl(Version::default()),
         ScalarUDF::new_from_impl(ToRegtype::default()),
-        // No column is backed by a sequence.
-        ScalarUDF::new_from_impl(NoSequence {
-            signature: Signature::exact(vec![DataType::Utf8, DataType::Utf8], Volatility::Stable),
-        }),
+        // No column is backed by a sequence (SQLAlchemy asks when it reflects columns).
+        ScalarUDF::new_from_impl(NullText::new("pg_get_serial_sequence", 2)),
+        // pg_proc lists PostgreSQL's built-in functions, not DataFusion's: none has a definition
+        // here (psql's \df plans with these, and lists no function outside pg_catalog).
+        ScalarUDF::new_from_impl(NullText::new("pg_get_function_result", 1)),
+        ScalarUDF::new_from_impl(NullText::new("pg_get_function_arguments", 1)),
+        ScalarUDF::new_from_impl(NullText::new("pg_get_function_identity_arguments", 1)),
         // Every object is on the search path (as pg_catalog's pg_table_is_visible answers).
         ScalarUDF::new_from_impl(Visible::new("pg_collation_is_visible")),
         ScalarUDF::new_from_impl(Visible::new("pg_type_is_visible")),
@@ -140,16 +144,25 @@ impl ScalarUDFImpl for ToRegtype {
     }
 }
 
-/// `pg_get_serial_sequence(table, column)`: NULL, as for a column no sequence fills (SQLAlchemy
-/// asks when it reflects columns).
+/// A catalog function whose answer is NULL for every object Tributary has.
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct NoSequence {
+struct NullText {
+    name: &'static str,
     signature: Signature,
 }
 
-impl ScalarUDFImpl for NoSequence {
+impl NullText {
+    fn new(name: &'static str, args: usize) -> Self {
+        NullText {
+            name,
+            signature: Signature::any(args, Volatility::Stable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for NullText {
     fn name(&self) -> &str {
-        "pg_get_serial_sequence"
+        self.name
     }
 
     fn signature(&self) -> &Signature {

@@ -24,6 +24,8 @@ command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 # Java and Maven: the Apache Kafka broker the Kafka tests run against.
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
+# pgjdbc, the driver JDBC tools (DBeaver, DataGrip, Metabase) use: the catalog tests' Java probe.
+[ -f /usr/share/java/postgresql.jar ] || need_apt+=(libpostgresql-jdbc-java)
 # PostgreSQL server binaries: the CDC tests start throwaway clusters with initdb/pg_ctl.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -32,9 +34,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -q && $SUDO apt-get install -y -q "${need_apt[@]}"
 fi
 
-# Independent readers and clients: the deltalake package, psycopg and asyncpg, in a venv we reuse.
+# Independent readers and clients: the deltalake package, psycopg 3 and 2, asyncpg, SQLAlchemy and
+# pandas, in a venv we reuse.
 VENV="$CACHE/venv"
-PY_PKGS="deltalake==1.2.1 pyarrow psycopg[binary] asyncpg confluent-kafka sqlalchemy pandas"
+PY_PKGS="deltalake==1.2.1 pyarrow psycopg[binary] asyncpg confluent-kafka sqlalchemy pandas psycopg2-binary"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.pkgs" 2>/dev/null)" != "$PY_PKGS" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use super::encode::{arrow_type_of_pg, encode_rows, fields, pg_type};
 use crate::engine::{session_statement, Engine, Output};
 use crate::error::Error;
+use crate::sql::column_names::postgres_names;
 use crate::sql::parse::{parse_sql, parse_statement, Statement};
 
 /// Turns an engine error into a Postgres error response.
@@ -221,7 +222,10 @@ impl QueryParser for Parser {
                         declared.or_else(|| types_by_name.get(&format!("${i}")).cloned().flatten()),
                     );
                 }
-                schema = Some(Arc::new(plan.schema().as_arrow().clone()));
+                schema = Some(postgres_names(
+                    stmt,
+                    &Arc::new(plan.schema().as_arrow().clone()),
+                ));
             }
             Statement::Sql(stmt) => {
                 if let Some(Output::Rows { schema: s, .. }) = session_statement(stmt) {

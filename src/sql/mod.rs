@@ -4,6 +4,7 @@ pub mod as_of;
 pub mod change_join;
 pub mod changes;
 pub mod clock;
+pub mod column_names;
 pub mod dialect;
 pub mod fast_to_char;
 pub mod joins;

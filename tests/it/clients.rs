@@ -209,3 +209,100 @@ print(df["id"].tolist(), round(float(df["amount"].sum()), 2))
         "(16, 6)\n['orders', 'totals']\n[('id', 'BIGINT'), ('customer', 'TEXT'), ('amount', 'DOUBLE PRECISION'), ('ts', 'TIMESTAMP')]\n['checkpoints', 'errors', 'operators']\n[1, 2, 3] 6.06"
     );
 }
+
+/// pgjdbc's DatabaseMetaData (what DBeaver, DataGrip and Metabase browse with) and psycopg 2 read
+/// the catalog; result columns are named as PostgreSQL names them; psql's \df and \x work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_metadata_psycopg2_and_postgres_column_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    write_csv(&input, "orders", 1, 100, 1);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(&data).await;
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) WITH (connector = 'file', path = '{}')",
+        input.display()
+    ))
+    .await
+    .unwrap();
+
+    let probe = tmp.path().join("Probe.java");
+    std::fs::write(
+        &probe,
+        r#"import java.sql.*;
+public class Probe {
+  public static void main(String[] a) throws Exception {
+    try (Connection c = DriverManager.getConnection("jdbc:postgresql://127.0.0.1:" + a[0] + "/tributary?user=tributary")) {
+      DatabaseMetaData md = c.getMetaData();
+      System.out.println(md.getDatabaseProductName() + " " + md.getDatabaseMajorVersion());
+      try (ResultSet rs = md.getTables(null, null, "%", new String[]{"TABLE"})) { while (rs.next()) System.out.println("table " + rs.getString(2) + "." + rs.getString(3)); }
+      try (ResultSet rs = md.getTables(null, "tributary", "pipe%", new String[]{"VIEW"})) { while (rs.next()) System.out.println("view " + rs.getString(2) + "." + rs.getString(3)); }
+      try (ResultSet rs = md.getColumns(null, "public", "orders", "%")) { while (rs.next()) System.out.println("column " + rs.getString(4) + " " + rs.getString(6)); }
+      try (PreparedStatement s = c.prepareStatement("SELECT customer, count(*) FROM orders WHERE id <= ? GROUP BY customer ORDER BY customer")) {
+        s.setLong(1, 2);
+        try (ResultSet rs = s.executeQuery()) {
+          ResultSetMetaData m = rs.getMetaData();
+          while (rs.next()) System.out.println("row " + m.getColumnName(1) + "=" + rs.getString(1) + " " + m.getColumnName(2) + "=" + rs.getLong(2));
+        }
+      }
+    }
+  }
+}
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new("java")
+        .args(["-cp", "/usr/share/java/postgresql.jar"])
+        .arg(&probe)
+        .arg(server.port.to_string())
+        .output()
+        .expect("java is installed (tests/run.sh installs it and pgjdbc)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "PostgreSQL 16\ntable public.orders\nview tributary.pipelines\n\
+         column id int8\ncolumn customer text\ncolumn amount float8\ncolumn ts timestamp\n\
+         row customer=customer_1 count=1\nrow customer=customer_2 count=1\n"
+    );
+
+    let psycopg2 = r#"
+import sys, psycopg2
+conn = psycopg2.connect(host='127.0.0.1', port=int(sys.argv[1]), user='tributary', dbname='tributary')
+cur = conn.cursor()
+cur.execute("SELECT id, amount, 1 + 1, upper(customer), CASE WHEN id > 1 THEN 'many' END FROM orders WHERE id = %s", (3,))
+print([d.name for d in cur.description], cur.fetchall())
+conn.commit()
+"#;
+    let out = run_python(psycopg2, &[&server.port.to_string()]);
+    assert_eq!(
+        out,
+        "['id', 'amount', '?column?', 'upper', 'case'] [(3, 3.03, 2, 'CUSTOMER_3', 'many')]"
+    );
+
+    // \df lists no function outside pg_catalog (as in an empty PostgreSQL database); \x turns on
+    // the expanded display.
+    let out = psql(
+        server.port,
+        &["-c", "\\df", "-c", "\\x", "-c", "SELECT 7 AS n"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("List of functions") && stdout.contains("(0 rows)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("-[ RECORD 1 ]") && stdout.contains("n | 7"),
+        "{stdout}"
+    );
+}

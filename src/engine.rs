@@ -21,6 +21,7 @@ use crate::catalog::{columns_of, Catalog, PipelineEntry, PipelineState, SinkEntr
 use crate::error::{Error, Result};
 use crate::jobs::{applies_by_key, build_job, check_pipeline_options, check_updates_sink};
 use crate::runtime::Runtime;
+use crate::sessions::Sessions;
 use crate::sql::column_names::postgres_names;
 use crate::sql::parse::{parse_sql, ObjectKind, ParsedStatement, Statement};
 use crate::sql::plan::compile;
@@ -52,6 +53,7 @@ pub struct Engine {
     data_dir: PathBuf,
     catalog: Arc<Catalog>,
     runtime: Arc<Runtime>,
+    sessions: Arc<Sessions>,
     ctx: SessionContext,
 }
 
@@ -60,6 +62,7 @@ impl Engine {
     pub async fn open(data_dir: &Path) -> Result<Arc<Self>> {
         let catalog = Arc::new(Catalog::open(data_dir)?);
         let runtime = Arc::new(Runtime::new(data_dir.to_path_buf(), catalog.clone()));
+        let sessions = Arc::new(Sessions::default());
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("datafusion", "public")
@@ -92,7 +95,11 @@ impl Engine {
         }
         df_catalog.register_schema(
             "tributary",
-            Arc::new(SystemSchema::new(catalog.clone(), runtime.clone())),
+            Arc::new(SystemSchema::new(
+                catalog.clone(),
+                runtime.clone(),
+                sessions.clone(),
+            )),
         )?;
         crate::pg_catalog::register(&ctx, catalog.clone())?;
         let history: Vec<_> = catalog
@@ -113,6 +120,7 @@ impl Engine {
             data_dir: data_dir.to_path_buf(),
             catalog,
             runtime,
+            sessions,
             ctx,
         }))
     }
@@ -125,6 +133,11 @@ impl Engine {
     /// The runtime.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
+    }
+
+    /// The client sessions of the server.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
     }
 
     /// The data directory.
@@ -770,6 +783,9 @@ pub fn session_statement(stmt: &ast::Statement) -> Option<Output> {
                 "datestyle" => "ISO, YMD",
                 "search_path" => "public",
                 "max_identifier_length" => "63",
+                // The session's own values are answered by the server (server/session.rs).
+                "statement_timeout" => "0",
+                "application_name" => "",
                 _ => return None,
             };
             let schema = Arc::new(Schema::new(vec![Field::new(

@@ -26,6 +26,7 @@ pub mod pg_catalog;
 pub mod pg_functions;
 pub mod runtime;
 pub mod server;
+pub mod sessions;
 pub mod sql;
 pub mod system_tables;
 pub mod telemetry;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, StringArray, TimestampMicrosecondArray, UInt64Array};
+use arrow::array::{ArrayRef, Int32Array, StringArray, TimestampMicrosecondArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -17,6 +17,7 @@ use crate::runtime::event_time::watermark_time;
 use crate::runtime::graph::OperatorStats;
 use crate::runtime::source_table::SourceTable;
 use crate::runtime::Runtime;
+use crate::sessions::{SessionInfo, Sessions};
 use crate::sql::types::sql_type_name;
 
 /// Sources and sinks as tables.
@@ -99,6 +100,7 @@ impl SchemaProvider for CatalogSchema {
 pub struct SystemSchema {
     catalog: Arc<Catalog>,
     runtime: Arc<Runtime>,
+    sessions: Arc<Sessions>,
 }
 
 impl std::fmt::Debug for SystemSchema {
@@ -109,8 +111,12 @@ impl std::fmt::Debug for SystemSchema {
 
 impl SystemSchema {
     /// System tables over the catalog and runtime.
-    pub fn new(catalog: Arc<Catalog>, runtime: Arc<Runtime>) -> Self {
-        SystemSchema { catalog, runtime }
+    pub fn new(catalog: Arc<Catalog>, runtime: Arc<Runtime>, sessions: Arc<Sessions>) -> Self {
+        SystemSchema {
+            catalog,
+            runtime,
+            sessions,
+        }
     }
 }
 
@@ -122,6 +128,7 @@ const TABLES: &[&str] = &[
     "checkpoints",
     "source_lag",
     "operators",
+    "sessions",
 ];
 
 fn text(v: Vec<Option<String>>) -> ArrayRef {
@@ -339,6 +346,50 @@ impl SystemSchema {
                     ("raw", text(e.iter().map(|e| Some(e.raw.clone())).collect())),
                     ("epoch", count(e.iter().map(|e| e.epoch).collect())),
                     ("at", ts(e.iter().map(|e| Some(e.at)).collect())),
+                ])?
+            }
+            "sessions" => {
+                let all = self.sessions.list();
+                let state = |s: &SessionInfo| match s.query_started_at {
+                    Some(_) => "active",
+                    None => "idle",
+                };
+                table(vec![
+                    (
+                        "pid",
+                        Arc::new(Int32Array::from(
+                            all.iter().map(|s| s.pid).collect::<Vec<_>>(),
+                        )) as ArrayRef,
+                    ),
+                    (
+                        "user_name",
+                        text(all.iter().map(|s| Some(s.user.clone())).collect()),
+                    ),
+                    (
+                        "application_name",
+                        text(
+                            all.iter()
+                                .map(|s| Some(s.application_name.clone()))
+                                .collect(),
+                        ),
+                    ),
+                    (
+                        "client_addr",
+                        text(all.iter().map(|s| Some(s.client_addr.clone())).collect()),
+                    ),
+                    (
+                        "connected_at",
+                        ts(all.iter().map(|s| Some(s.connected_at)).collect()),
+                    ),
+                    (
+                        "state",
+                        text(all.iter().map(|s| Some(state(s).to_string())).collect()),
+                    ),
+                    ("query", text(all.iter().map(|s| s.query.clone()).collect())),
+                    (
+                        "query_started_at",
+                        ts(all.iter().map(|s| s.query_started_at).collect()),
+                    ),
                 ])?
             }
             "checkpoints" => {

@@ -10,15 +10,21 @@ use async_trait::async_trait;
 use datafusion::common::{ParamValues, ScalarValue};
 use futures::stream;
 use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
-use pgwire::api::{ClientInfo, PgWireServerHandlers, Type};
+use pgwire::api::{
+    ClientInfo, ConnectionManager, PgWireServerHandlers, Type, METADATA_APPLICATION_NAME,
+    METADATA_USER,
+};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
 
 use super::encode::{arrow_type_of_pg, encode_rows, fields, pg_type};
+use super::session;
 use crate::engine::{session_statement, Engine, Output};
 use crate::error::Error;
 use crate::sql::column_names::postgres_names;
@@ -39,9 +45,40 @@ fn user_error(e: &Error) -> PgWireError {
 pub struct Backend {
     engine: Arc<Engine>,
     parser: Arc<Parser>,
+    /// Connections by pid and secret key, for cancel requests.
+    connections: Arc<ConnectionManager>,
 }
 
-impl NoopStartupHandler for Backend {}
+#[async_trait]
+impl NoopStartupHandler for Backend {
+    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
+        Some(self.connections.clone())
+    }
+
+    /// Notes the session in `tributary.sessions` for as long as the connection lasts.
+    async fn post_startup<C>(
+        &self,
+        client: &mut C,
+        _message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + futures::Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (pid, _) = client.pid_and_secret_key();
+        let metadata = client.metadata();
+        let setting = |k: &str| metadata.get(k).cloned().unwrap_or_default();
+        let guard = self.engine.sessions().connect(
+            pid,
+            setting(METADATA_USER),
+            setting(METADATA_APPLICATION_NAME),
+            client.socket_addr().to_string(),
+        );
+        client.session_extensions().insert(guard);
+        Ok(())
+    }
+}
 
 /// Serves Postgres clients on `listener` until `shutdown` resolves.
 pub async fn serve(
@@ -49,11 +86,16 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let connections = Arc::new(ConnectionManager::new());
     let backend = Arc::new(Backend {
         engine: engine.clone(),
         parser: Arc::new(Parser { engine }),
+        connections: connections.clone(),
     });
-    let handlers = Arc::new(Handlers { backend });
+    let handlers = Arc::new(Handlers {
+        backend,
+        cancel: Arc::new(DefaultCancelHandler::new(connections)),
+    });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -84,6 +126,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 struct Handlers {
     backend: Arc<Backend>,
+    /// Cancel requests (psql's Ctrl-C) stop the query running on their connection.
+    cancel: Arc<DefaultCancelHandler>,
 }
 
 impl PgWireServerHandlers for Handlers {
@@ -95,6 +139,9 @@ impl PgWireServerHandlers for Handlers {
     }
     fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
         self.backend.clone()
+    }
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        self.cancel.clone()
     }
 }
 
@@ -140,8 +187,9 @@ impl SimpleQueryHandler for Backend {
             return Ok(vec![Response::EmptyQuery]);
         }
         let mut responses = Vec::with_capacity(statements.len());
+        let (pid, _) = client.pid_and_secret_key();
         for stmt in statements {
-            match self.engine.execute(&stmt).await {
+            match session::execute(&self.engine, pid, &stmt.text, &stmt.statement, None).await {
                 Ok(Output::Notice(notice, out)) => {
                     use futures::SinkExt;
                     let info = ErrorInfo::new("NOTICE".into(), "00000".into(), notice);
@@ -153,9 +201,10 @@ impl SimpleQueryHandler for Backend {
                     responses.push(output_response(*out, &Format::UnifiedText)?);
                 }
                 Ok(out) => responses.push(output_response(out, &Format::UnifiedText)?),
-                Err(e) => {
-                    tracing::debug!(error = %e, "Statement failed.");
-                    responses.push(Response::Error(Box::new(error_info(&e, stmt.offset))));
+                Err(failure) => {
+                    let info = failure.info(stmt.offset);
+                    tracing::debug!(error = %info.message, "Statement failed.");
+                    responses.push(Response::Error(Box::new(info)));
                     break;
                 }
             }
@@ -167,6 +216,8 @@ impl SimpleQueryHandler for Backend {
 /// A statement prepared through the extended protocol, with what describe needs.
 #[derive(Debug, Clone)]
 pub struct Prepared {
+    /// The statement as the client wrote it.
+    text: String,
     statement: Statement,
     params: Vec<Option<DataType>>,
     schema: Option<SchemaRef>,
@@ -245,6 +296,7 @@ impl QueryParser for Parser {
             _ => {}
         }
         Ok(Some(Prepared {
+            text: sql.to_string(),
             statement,
             params,
             schema,
@@ -321,7 +373,7 @@ impl ExtendedQueryHandler for Backend {
 
     async fn do_query<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         portal: &Portal<Prepared>,
         _max_rows: usize,
     ) -> PgWireResult<Response>
@@ -329,11 +381,16 @@ impl ExtendedQueryHandler for Backend {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let params = bind_params(portal)?;
-        let out = self
-            .engine
-            .execute_statement(&portal.statement.statement.statement, params)
-            .await
-            .map_err(|e| user_error(&e))?;
+        let (pid, _) = client.pid_and_secret_key();
+        let out = session::execute(
+            &self.engine,
+            pid,
+            &portal.statement.statement.text,
+            &portal.statement.statement.statement,
+            params,
+        )
+        .await
+        .map_err(|f| PgWireError::UserError(Box::new(f.info(0))))?;
         output_response(out, &portal.result_column_format)
     }
 }

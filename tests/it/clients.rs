@@ -1,6 +1,8 @@
 //! Real clients: the psql binary (script files, error exit codes), psycopg and asyncpg
 //! (extended protocol, parameters, binary results).
 
+use std::time::{Duration, Instant};
+
 use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,5 +306,113 @@ conn.commit()
     assert!(
         stdout.contains("-[ RECORD 1 ]") && stdout.contains("n | 7"),
         "{stdout}"
+    );
+}
+
+/// A psql session cancelled with Ctrl-C (SIGINT, which psql turns into a cancel request) stops
+/// its query; `statement_timeout` stops one that runs too long; `tributary.sessions` shows who
+/// is connected, with which application, running what.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_statement_timeout_and_sessions() {
+    let (_tmp, server) = start_fresh().await;
+    let c = server.client().await;
+    // A query that would run for hours.
+    c.batch_execute(
+        "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = 5000000000, seed = 1)",
+    )
+    .await
+    .unwrap();
+
+    let mut psql = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &server.port.to_string(),
+            "-U",
+            "tributary",
+            "-X",
+        ])
+        .args(["-c", "SELECT count(*) AS long_count FROM bids"])
+        .env("PGAPPNAME", "cancel-test")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql is installed");
+    // The session shows the query running, under psql's application name.
+    poll(Duration::from_secs(60), "the query to run", || async {
+        let n = scalar(
+            &c,
+            "SELECT count(*) FROM tributary.sessions WHERE application_name = 'cancel-test' \
+             AND state = 'active' AND query LIKE '%long_count%' AND query_started_at IS NOT NULL",
+        )
+        .await;
+        (n == "1").then_some(())
+    })
+    .await;
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &psql.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if psql.try_wait().unwrap().is_some() {
+                return psql.wait_with_output().unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "psql did not stop after the cancel"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "{stderr}"
+    );
+    // Its session left with it; the server still serves.
+    poll(Duration::from_secs(30), "psql's session to end", || async {
+        let n = scalar(
+            &c,
+            "SELECT count(*) FROM tributary.sessions WHERE application_name = 'cancel-test'",
+        )
+        .await;
+        (n == "0").then_some(())
+    })
+    .await;
+
+    // statement_timeout, as PostgreSQL reads it; SHOW answers with the session's own value.
+    c.batch_execute("SET statement_timeout = '300ms'; SET application_name = 'etl-job'")
+        .await
+        .unwrap();
+    assert_eq!(scalar(&c, "SHOW statement_timeout").await, "300ms");
+    let e = c
+        .simple_query("SELECT count(*) FROM bids")
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "57014");
+    assert!(
+        db.message().contains("statement timeout"),
+        "{}",
+        db.message()
+    );
+    c.batch_execute("SET statement_timeout = 0").await.unwrap();
+    assert_eq!(
+        query(
+            &c,
+            "SELECT application_name, state, user_name FROM tributary.sessions WHERE query LIKE '%FROM tributary.sessions%'"
+        )
+        .await,
+        vec![vec![
+            Some("etl-job".to_string()),
+            Some("active".to_string()),
+            Some("tributary".to_string())
+        ]]
     );
 }

@@ -1,0 +1,146 @@
+//! The client sessions the server holds: who is connected, from where, with which application,
+//! what each is running and its settings. `tributary.sessions` shows them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+
+/// Longest query text kept per session.
+const QUERY_CHARS: usize = 4_096;
+
+/// One connected client.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// The backend process id the client was given (its cancel requests name it).
+    pub pid: i32,
+    pub user: String,
+    pub application_name: String,
+    pub client_addr: String,
+    pub connected_at: DateTime<Utc>,
+    /// The statement running, or the last one when idle.
+    pub query: Option<String>,
+    /// When the running statement started; `None` when idle.
+    pub query_started_at: Option<DateTime<Utc>>,
+    /// `SET statement_timeout`: statements running longer are cancelled.
+    pub statement_timeout: Option<Duration>,
+}
+
+/// The sessions, by pid.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    by_pid: Mutex<BTreeMap<i32, SessionInfo>>,
+}
+
+impl Sessions {
+    /// Notes a new session; it leaves when the returned guard is dropped (the connection ends).
+    pub fn connect(
+        self: &Arc<Self>,
+        pid: i32,
+        user: String,
+        application_name: String,
+        client_addr: String,
+    ) -> SessionGuard {
+        self.by_pid.lock().insert(
+            pid,
+            SessionInfo {
+                pid,
+                user,
+                application_name,
+                client_addr,
+                connected_at: Utc::now(),
+                query: None,
+                query_started_at: None,
+                statement_timeout: None,
+            },
+        );
+        SessionGuard {
+            sessions: self.clone(),
+            pid,
+        }
+    }
+
+    /// Marks `query` running in session `pid` until the returned guard is dropped.
+    pub fn run(self: &Arc<Self>, pid: i32, query: &str) -> RunningQuery {
+        if let Some(s) = self.by_pid.lock().get_mut(&pid) {
+            s.query = Some(query.chars().take(QUERY_CHARS).collect());
+            s.query_started_at = Some(Utc::now());
+        }
+        RunningQuery {
+            sessions: self.clone(),
+            pid,
+        }
+    }
+
+    /// Changes session `pid`'s settings.
+    pub fn update(&self, pid: i32, change: impl FnOnce(&mut SessionInfo)) {
+        if let Some(s) = self.by_pid.lock().get_mut(&pid) {
+            change(s);
+        }
+    }
+
+    /// Session `pid`, when connected.
+    pub fn get(&self, pid: i32) -> Option<SessionInfo> {
+        self.by_pid.lock().get(&pid).cloned()
+    }
+
+    /// Every session, by pid.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        self.by_pid.lock().values().cloned().collect()
+    }
+}
+
+/// A connected session; dropping it ends the session.
+#[derive(Debug)]
+pub struct SessionGuard {
+    sessions: Arc<Sessions>,
+    pid: i32,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.sessions.by_pid.lock().remove(&self.pid);
+    }
+}
+
+/// A statement running; dropping it (finished, failed or cancelled) makes the session idle.
+#[derive(Debug)]
+pub struct RunningQuery {
+    sessions: Arc<Sessions>,
+    pid: i32,
+}
+
+impl Drop for RunningQuery {
+    fn drop(&mut self) {
+        self.sessions
+            .update(self.pid, |s| s.query_started_at = None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_come_and_go_and_show_what_runs() {
+        let sessions = Arc::new(Sessions::default());
+        let guard = sessions.connect(7, "ana".into(), "psql".into(), "127.0.0.1:5".into());
+        {
+            let _running = sessions.run(7, "SELECT 1");
+            let s = sessions.get(7).unwrap();
+            assert_eq!(s.query.as_deref(), Some("SELECT 1"));
+            assert!(s.query_started_at.is_some());
+        }
+        let s = sessions.get(7).unwrap();
+        assert!(s.query_started_at.is_none(), "idle once the statement ends");
+        assert_eq!(
+            s.query.as_deref(),
+            Some("SELECT 1"),
+            "the last statement stays"
+        );
+        drop(guard);
+        assert!(sessions.list().is_empty());
+    }
+}

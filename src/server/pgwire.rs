@@ -13,7 +13,7 @@ use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldFormat, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{CopyResponse, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::{
     ClientInfo, ConnectionManager, PgWireServerHandlers, Type, METADATA_APPLICATION_NAME,
@@ -23,6 +23,7 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
 
+use super::copy::{copy_out, encode as encode_copy, CopyOut};
 use super::encode::{arrow_type_of_pg, encode_rows, fields, pg_type};
 use super::session;
 use crate::engine::{session_statement, Engine, Output};
@@ -189,6 +190,16 @@ impl SimpleQueryHandler for Backend {
         let mut responses = Vec::with_capacity(statements.len());
         let (pid, _) = client.pid_and_secret_key();
         for stmt in statements {
+            if let Some(copy) = copy_out(&stmt.statement) {
+                match self.copy(pid, &stmt.text, copy).await {
+                    Ok(response) => responses.push(response),
+                    Err(info) => {
+                        responses.push(Response::Error(Box::new(info)));
+                        break;
+                    }
+                }
+                continue;
+            }
             match session::execute(&self.engine, pid, &stmt.text, &stmt.statement, None).await {
                 Ok(Output::Notice(notice, out)) => {
                     use futures::SinkExt;
@@ -210,6 +221,34 @@ impl SimpleQueryHandler for Backend {
             }
         }
         Ok(responses)
+    }
+}
+
+impl Backend {
+    /// Runs a `COPY ... TO STDOUT`: its query's rows as copy data.
+    async fn copy(
+        &self,
+        pid: i32,
+        text: &str,
+        copy: crate::error::Result<CopyOut>,
+    ) -> Result<Response, ErrorInfo> {
+        let copy = copy.map_err(|e| error_info(&e.located_in(text), 0))?;
+        let out = session::execute(&self.engine, pid, text, &copy.query, None)
+            .await
+            .map_err(|f| f.info(0))?;
+        let Output::Rows { schema, batches } = out else {
+            return Err(error_info(
+                &Error::Internal("COPY's query returned no rows".into()),
+                0,
+            ));
+        };
+        let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let rows = encode_copy(&copy.format, &names, &batches).map_err(|e| error_info(&e, 0))?;
+        Ok(Response::CopyOut(CopyResponse::new(
+            0,
+            names.len(),
+            stream::iter(rows.into_iter().map(Ok)),
+        )))
     }
 }
 

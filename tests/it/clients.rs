@@ -416,3 +416,66 @@ async fn cancel_statement_timeout_and_sessions() {
         ]]
     );
 }
+
+/// psql's `\copy (SELECT ...) TO file` (COPY ... TO STDOUT) exports a Delta sink's rows as CSV,
+/// the same rows the deltalake package reads; text format escapes as PostgreSQL's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_copy_exports_a_delta_sink_as_csv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    write_csv(&input, "orders", 2, 300, 1);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(&data).await;
+    let c = server.client().await;
+    let lake = tmp.path().join("lake");
+    c.batch_execute(&format!(
+        "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) WITH (connector = 'file', path = '{}');
+         CREATE SINK lake WITH (connector = 'delta', path = '{}');
+         CREATE PIPELINE load AS INSERT INTO lake SELECT id, customer, amount, ts, id % 7 = 0 AS lucky FROM orders;",
+        input.display(),
+        lake.display()
+    ))
+    .await
+    .unwrap();
+    wait_state(&c, "load", "completed").await;
+
+    let csv = tmp.path().join("out.csv");
+    let out = psql(
+        server.port,
+        &[
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            &format!(
+                "\\copy (SELECT id, customer, amount, ts, lucky FROM lake ORDER BY id) TO '{}' WITH (FORMAT csv, HEADER)",
+                csv.display()
+            ),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let compare = r#"
+import sys, csv, deltalake
+rows = list(csv.reader(open(sys.argv[1], newline='')))
+t = deltalake.DeltaTable(sys.argv[2]).to_pyarrow_table().sort_by('id').to_pylist()
+want = [[str(r['id']), r['customer'], repr(r['amount']), str(r['ts']), 't' if r['lucky'] else 'f'] for r in t]
+print(rows[0], len(rows) - 1, rows[1:] == want)
+"#;
+    let got = run_python(compare, &[csv.to_str().unwrap(), lake.to_str().unwrap()]);
+    assert_eq!(got, "['id', 'customer', 'amount', 'ts', 'lucky'] 600 True");
+
+    // COPY ... TO STDOUT in text format, over the simple protocol.
+    let out = psql(
+        server.port,
+        &["-c", "COPY (SELECT 'a\tb' AS t, NULL AS n) TO STDOUT"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a\\tb\t\\N\n");
+    // COPY FROM is refused with a clear error.
+    let out = psql(server.port, &["-c", "COPY lake FROM STDIN"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("COPY FROM is not supported"), "{stderr}");
+}

@@ -54,8 +54,9 @@ pub fn register(ctx: &SessionContext, catalog: Arc<Catalog>) -> Result<()> {
     Ok(())
 }
 
-/// The relations clients see: sources and sinks in `public`, system tables (as views) in
-/// `tributary`, and DataFusion's own schemas.
+/// The relations clients see: sources and sinks in `public`, system tables in `tributary`
+/// (off the search path, so `\dt` lists them only when asked: `\dt tributary.*`), and
+/// DataFusion's own schemas.
 #[derive(Clone)]
 struct Relations {
     list: Arc<dyn CatalogProviderList>,
@@ -127,8 +128,7 @@ impl CatalogInfo for Relations {
             return Ok(None);
         }
         Ok(match schema {
-            PUBLIC => Some(TableType::Base),
-            SYSTEM => Some(TableType::View),
+            PUBLIC | SYSTEM => Some(TableType::Base),
             _ => match self.list.catalog(catalog).and_then(|c| c.schema(schema)) {
                 Some(s) => s.table_type(table).await?,
                 None => None,

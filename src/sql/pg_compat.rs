@@ -23,6 +23,7 @@ pub fn client_catalog_query(sql: &str) -> Option<ast::Statement> {
     match (statements.pop(), statements.is_empty()) {
         (Some(mut s @ ast::Statement::Query(_)), true) => {
             drop_subqueries_in_case(&mut s);
+            visible_by_search_path(&mut s);
             aggregate_scalar_subqueries(&mut s);
             Some(s)
         }
@@ -45,6 +46,54 @@ fn drop_subqueries_in_case(statement: &mut ast::Statement) {
                 }
                 std::ops::ControlFlow::<()>::Continue(())
             });
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}
+
+/// The schemas a relation's unqualified name finds (`search_path`, with pg_catalog).
+const SEARCH_PATH: &str = "'public', 'pg_catalog'";
+
+/// Replaces `pg_table_is_visible(c.oid)` with a test of `c`'s schema against the search path:
+/// `datafusion-pg-catalog`'s answers true for every relation, so psql's `\dt` and SQLAlchemy's
+/// table names would list the system tables of schema `tributary` beside the sources and sinks.
+fn visible_by_search_path(statement: &mut ast::Statement) {
+    let _ = ast::visit_expressions_mut(statement, |expr| {
+        if let ast::Expr::Function(f) = expr {
+            let named = f
+                .name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("pg_table_is_visible"));
+            let arg = match &f.args {
+                ast::FunctionArguments::List(list) if named && list.args.len() == 1 => {
+                    match &list.args[0] {
+                        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(
+                            ast::Expr::CompoundIdentifier(parts),
+                        )) => Some(parts.clone()),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            if let Some(parts) = arg {
+                let oid = parts
+                    .last()
+                    .is_some_and(|p| p.value.eq_ignore_ascii_case("oid"));
+                if oid && parts.len() > 1 {
+                    let relation = parts[..parts.len() - 1]
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(".");
+                    if let Some(test) = parse_expr(&format!(
+                        "({relation}.relnamespace IN (SELECT __ns.oid FROM pg_catalog.pg_namespace __ns WHERE __ns.nspname IN ({SEARCH_PATH})))"
+                    )) {
+                        *expr = test;
+                    }
+                }
+            }
         }
         std::ops::ControlFlow::<()>::Continue(())
     });
@@ -136,5 +185,18 @@ mod tests {
         assert!(q.contains("(SELECT max(t.typname) FROM"), "{q}");
         assert!(q.contains("(SELECT count(*) FROM"), "{q}");
         assert!(q.contains("THEN NULL ELSE true END"), "{q}");
+    }
+
+    #[test]
+    fn table_visibility_follows_the_search_path() {
+        let q = client_catalog_query(
+            "SELECT c.relname FROM pg_catalog.pg_class c WHERE pg_catalog.pg_table_is_visible(c.oid)",
+        )
+        .unwrap()
+        .to_string();
+        assert!(
+            q.contains("c.relnamespace IN (SELECT __ns.oid FROM pg_catalog.pg_namespace __ns WHERE __ns.nspname IN ('public', 'pg_catalog'))"),
+            "{q}"
+        );
     }
 }

@@ -127,7 +127,7 @@ asyncio.run(main())
 }
 
 /// psql's `\d` commands and SQLAlchemy's reflection read pg_catalog: sources and sinks are
-/// tables in `public`, system tables views in `tributary`.
+/// tables in `public`, system tables in `tributary`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_describe_and_sqlalchemy_reflection_see_sources_sinks_and_system_tables() {
     let tmp = tempfile::tempdir().unwrap();
@@ -175,11 +175,12 @@ async fn psql_describe_and_sqlalchemy_reflection_see_sources_sinks_and_system_ta
             "{line} in {orders}"
         );
     }
-    // \dv tributary.*: the system tables; \dn the schemas; \l the database.
-    let views = run(&["-A", "-t", "-c", "\\dv tributary.*"]);
+    // \dt tributary.*: the system tables (off the search path, so not in \dt); \dn the
+    // schemas; \l the database.
+    let system = run(&["-A", "-t", "-c", "\\dt tributary.*"]);
     assert!(
-        views.contains("tributary|pipelines|view") && views.contains("tributary|operators|view"),
-        "{views}"
+        system.contains("tributary|pipelines|table") && system.contains("tributary|sessions|table"),
+        "{system}"
     );
     let schemas = run(&["-A", "-t", "-c", "\\dn"]);
     assert!(
@@ -201,7 +202,7 @@ with engine.connect() as conn:
 insp = sa.inspect(engine)
 print(sorted(insp.get_table_names()))
 print([(c["name"], str(c["type"])) for c in insp.get_columns("orders")])
-print(sorted(insp.get_view_names(schema="tributary"))[:3])
+print(sorted(insp.get_table_names(schema="tributary"))[:3])
 df = pd.read_sql(sa.text("SELECT id, amount FROM orders WHERE id <= :n ORDER BY id"), engine, params={"n": 3})
 print(df["id"].tolist(), round(float(df["amount"].sum()), 2))
 "#;
@@ -239,8 +240,8 @@ public class Probe {
     try (Connection c = DriverManager.getConnection("jdbc:postgresql://127.0.0.1:" + a[0] + "/tributary?user=tributary")) {
       DatabaseMetaData md = c.getMetaData();
       System.out.println(md.getDatabaseProductName() + " " + md.getDatabaseMajorVersion());
-      try (ResultSet rs = md.getTables(null, null, "%", new String[]{"TABLE"})) { while (rs.next()) System.out.println("table " + rs.getString(2) + "." + rs.getString(3)); }
-      try (ResultSet rs = md.getTables(null, "tributary", "pipe%", new String[]{"VIEW"})) { while (rs.next()) System.out.println("view " + rs.getString(2) + "." + rs.getString(3)); }
+      try (ResultSet rs = md.getTables(null, "public", "%", new String[]{"TABLE"})) { while (rs.next()) System.out.println("table " + rs.getString(2) + "." + rs.getString(3)); }
+      try (ResultSet rs = md.getTables(null, "tributary", "pipe%", new String[]{"TABLE"})) { while (rs.next()) System.out.println("system " + rs.getString(2) + "." + rs.getString(3)); }
       try (ResultSet rs = md.getColumns(null, "public", "orders", "%")) { while (rs.next()) System.out.println("column " + rs.getString(4) + " " + rs.getString(6)); }
       try (PreparedStatement s = c.prepareStatement("SELECT customer, count(*) FROM orders WHERE id <= ? GROUP BY customer ORDER BY customer")) {
         s.setLong(1, 2);
@@ -268,7 +269,7 @@ public class Probe {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "PostgreSQL 16\ntable public.orders\nview tributary.pipelines\n\
+        "PostgreSQL 16\ntable public.orders\nsystem tributary.pipelines\n\
          column id int8\ncolumn customer text\ncolumn amount float8\ncolumn ts timestamp\n\
          row customer=customer_1 count=1\nrow customer=customer_2 count=1\n"
     );

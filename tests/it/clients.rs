@@ -190,6 +190,23 @@ async fn psql_describe_and_sqlalchemy_reflection_see_sources_sinks_and_system_ta
     );
     let databases = run(&["-A", "-t", "-c", "\\l"]);
     assert!(!databases.trim().is_empty(), "{databases}");
+    // Tab completion: the queries psql 15 sends for `SELECT * FROM or<TAB>` and
+    // `tributary.pi<TAB>`.
+    let completion = run(&[
+        "-A",
+        "-t",
+        "-c",
+        "SELECT c.relname, NULL::pg_catalog.text FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'S', 'v', 'm', 'f', 'p') AND (c.relname) LIKE 'or%' AND pg_catalog.pg_table_is_visible(c.oid) AND c.relnamespace <> (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = 'pg_catalog') \
+         UNION ALL SELECT NULL::pg_catalog.text, n.nspname FROM pg_catalog.pg_namespace n WHERE n.nspname LIKE 'or%' AND n.nspname NOT LIKE E'pg\\\\_%' LIMIT 1000",
+    ]);
+    assert_eq!(completion.trim(), "orders|");
+    let completion = run(&[
+        "-A",
+        "-t",
+        "-c",
+        "SELECT c.relname, n.nspname FROM pg_catalog.pg_class c, pg_catalog.pg_namespace n WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'S', 'v', 'm', 'f', 'p') AND (c.relname) LIKE 'pi%' AND n.nspname = 'tributary' LIMIT 1000",
+    ]);
+    assert_eq!(completion.trim(), "pipelines|tributary");
 
     // SQLAlchemy 2 over psycopg 3: connects (it reads version()), reflects tables, views and
     // columns, and runs a bound query through pandas.

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int32Array, StringArray, TimestampMicrosecondArray, UInt64Array};
+use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -134,8 +134,13 @@ const TABLES: &[&str] = &[
 fn text(v: Vec<Option<String>>) -> ArrayRef {
     Arc::new(StringArray::from(v))
 }
+/// Counts as BIGINT, what clients expect of a count.
 fn count(v: Vec<u64>) -> ArrayRef {
-    Arc::new(UInt64Array::from(v))
+    Arc::new(Int64Array::from(
+        v.into_iter()
+            .map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+            .collect::<Vec<_>>(),
+    ))
 }
 fn ts(v: Vec<Option<DateTime<Utc>>>) -> ArrayRef {
     Arc::new(

@@ -22,7 +22,9 @@ pub fn pg_type(t: &DataType) -> Type {
         DataType::Boolean => Type::BOOL,
         DataType::Int8 | DataType::Int16 | DataType::UInt8 => Type::INT2,
         DataType::Int32 | DataType::UInt16 => Type::INT4,
-        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => Type::INT8,
+        DataType::Int64 | DataType::UInt32 => Type::INT8,
+        // Past BIGINT's range: sent whole, never clamped.
+        DataType::UInt64 => Type::NUMERIC,
         DataType::Float16 | DataType::Float32 => Type::FLOAT4,
         DataType::Float64 => Type::FLOAT8,
         DataType::Date32 | DataType::Date64 => Type::DATE,
@@ -97,8 +99,8 @@ pub fn encode_rows(
             })
             .collect();
         for row in 0..batch.num_rows() {
-            for col in &cols {
-                encode_cell(&mut enc, col, row)?;
+            for (col, field) in cols.iter().zip(fields.iter()) {
+                encode_cell(&mut enc, col, row, field.format())?;
             }
             rows.push(enc.take_row());
         }
@@ -106,7 +108,21 @@ pub fn encode_rows(
     Ok(rows)
 }
 
-fn encode_cell(enc: &mut DataRowEncoder, col: &ArrayRef, row: usize) -> PgWireResult<()> {
+/// An error for a value the wire cannot carry as its column's type.
+fn unrepresentable(what: String) -> pgwire::error::PgWireError {
+    pgwire::error::PgWireError::UserError(Box::new(pgwire::error::ErrorInfo::new(
+        "ERROR".into(),
+        "22003".into(),
+        what,
+    )))
+}
+
+fn encode_cell(
+    enc: &mut DataRowEncoder,
+    col: &ArrayRef,
+    row: usize,
+    format: FieldFormat,
+) -> PgWireResult<()> {
     if col.is_null(row) {
         return enc.encode_field(&None::<i32>);
     }
@@ -119,12 +135,9 @@ fn encode_cell(enc: &mut DataRowEncoder, col: &ArrayRef, row: usize) -> PgWireRe
         DataType::UInt16 => enc.encode_field(&(col.as_primitive::<UInt16Type>().value(row) as i32)),
         DataType::Int64 => enc.encode_field(&col.as_primitive::<Int64Type>().value(row)),
         DataType::UInt32 => enc.encode_field(&(col.as_primitive::<UInt32Type>().value(row) as i64)),
-        DataType::UInt64 => enc.encode_field(
-            &(col
-                .as_primitive::<UInt64Type>()
-                .value(row)
-                .min(i64::MAX as u64) as i64),
-        ),
+        DataType::UInt64 => enc.encode_field(&rust_decimal::Decimal::from(
+            col.as_primitive::<UInt64Type>().value(row),
+        )),
         DataType::Float32 => enc.encode_field(&col.as_primitive::<Float32Type>().value(row)),
         DataType::Float64 => enc.encode_field(&col.as_primitive::<Float64Type>().value(row)),
         DataType::Utf8 => enc.encode_field(&col.as_string::<i32>().value(row)),
@@ -141,38 +154,51 @@ fn encode_cell(enc: &mut DataRowEncoder, col: &ArrayRef, row: usize) -> PgWireRe
         DataType::Date64 => {
             let casted = cast(col, &DataType::Date32)
                 .map_err(|e| pgwire::error::PgWireError::ApiError(Box::new(e)))?;
-            encode_cell(enc, &casted, row)
+            encode_cell(enc, &casted, row, format)
         }
         DataType::Timestamp(unit, tz) => {
-            let nanos: Option<i64> = match unit {
-                TimeUnit::Second => col
-                    .as_primitive::<TimestampSecondType>()
-                    .value(row)
-                    .checked_mul(1_000_000_000),
-                TimeUnit::Millisecond => col
-                    .as_primitive::<TimestampMillisecondType>()
-                    .value(row)
-                    .checked_mul(1_000_000),
-                TimeUnit::Microsecond => col
-                    .as_primitive::<TimestampMicrosecondType>()
-                    .value(row)
-                    .checked_mul(1_000),
+            // Seconds and the rest, so that no unit overflows on the way.
+            let (secs, nanos) = match unit {
+                TimeUnit::Second => (col.as_primitive::<TimestampSecondType>().value(row), 0),
+                TimeUnit::Millisecond => {
+                    let v = col.as_primitive::<TimestampMillisecondType>().value(row);
+                    (v.div_euclid(1_000), v.rem_euclid(1_000) * 1_000_000)
+                }
+                TimeUnit::Microsecond => {
+                    let v = col.as_primitive::<TimestampMicrosecondType>().value(row);
+                    (v.div_euclid(1_000_000), v.rem_euclid(1_000_000) * 1_000)
+                }
                 TimeUnit::Nanosecond => {
-                    Some(col.as_primitive::<TimestampNanosecondType>().value(row))
+                    let v = col.as_primitive::<TimestampNanosecondType>().value(row);
+                    (v.div_euclid(1_000_000_000), v.rem_euclid(1_000_000_000))
                 }
             };
-            let dt: Option<DateTime<Utc>> = nanos.map(DateTime::from_timestamp_nanos);
+            let dt = DateTime::<Utc>::from_timestamp(secs, nanos as u32).ok_or_else(|| {
+                unrepresentable(format!(
+                    "timestamp out of range: {secs} seconds from 1970-01-01"
+                ))
+            })?;
             if tz.is_some() {
                 enc.encode_field(&dt)
             } else {
-                let naive: Option<NaiveDateTime> = dt.map(|d| d.naive_utc());
+                let naive: NaiveDateTime = dt.naive_utc();
                 enc.encode_field(&naive)
             }
         }
         DataType::Decimal128(_, scale) => {
             let v = col.as_primitive::<Decimal128Type>().value(row);
-            let d = rust_decimal::Decimal::try_from_i128_with_scale(v, (*scale).max(0) as u32).ok();
-            enc.encode_field(&d)
+            match rust_decimal::Decimal::try_from_i128_with_scale(v, (*scale).max(0) as u32) {
+                Ok(d) => enc.encode_field(&d),
+                // Past rust_decimal's 28 digits: as text, which NUMERIC's text form is.
+                Err(_) if format == FieldFormat::Text => {
+                    let text = cast(col, &DataType::Utf8)
+                        .map_err(|e| pgwire::error::PgWireError::ApiError(Box::new(e)))?;
+                    enc.encode_field(&text.as_string::<i32>().value(row))
+                }
+                Err(_) => Err(unrepresentable(format!(
+                    "numeric value {v} (scale {scale}) has more than 28 digits, too many for the binary format: ask for text results"
+                ))),
+            }
         }
         _ => {
             let casted = cast(col, &DataType::Utf8)

@@ -497,3 +497,43 @@ print(rows[0], len(rows) - 1, rows[1:] == want)
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("COPY FROM is not supported"), "{stderr}");
 }
+
+/// Values past what one wire type holds reach clients whole, or fail with an error, never as a
+/// clamped number or a NULL: an unsigned 64-bit value past BIGINT, a timestamp past the range of
+/// nanoseconds, a decimal of more than 28 digits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_values_reach_clients_whole() {
+    let (_tmp, server) = start_fresh().await;
+    let c = server.client().await;
+    let rows = query(
+        &c,
+        "SELECT arrow_cast(18446744073709551615, 'UInt64') AS big, \
+                arrow_cast(253402300799, 'Timestamp(Second, None)') AS last_second, \
+                CAST('12345678901234567890123456789.123' AS DECIMAL(38, 3)) AS wide",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some("18446744073709551615".to_string()),
+            Some("9999-12-31 23:59:59.000000".to_string()),
+            Some("12345678901234567890123456789.123".to_string())
+        ]]
+    );
+    // Binary results (psycopg 3): the unsigned value as NUMERIC; the wide decimal, which binary
+    // NUMERIC cannot carry here, is an error naming the way out.
+    let script = r#"
+import sys, psycopg
+with psycopg.connect(host='127.0.0.1', port=int(sys.argv[1]), user='tributary', dbname='tributary', autocommit=True) as conn:
+    cur = conn.cursor(binary=True)
+    print(cur.execute("SELECT arrow_cast(18446744073709551615, 'UInt64')").fetchone()[0])
+    try:
+        cur.execute("SELECT CAST('12345678901234567890123456789.123' AS DECIMAL(38, 3))").fetchone()
+    except psycopg.Error as e:
+        print(e.sqlstate, 'text results' in str(e))
+"#;
+    assert_eq!(
+        run_python(script, &[&server.port.to_string()]),
+        "18446744073709551615\n22003 True"
+    );
+}

@@ -537,3 +537,64 @@ with psycopg.connect(host='127.0.0.1', port=int(sys.argv[1]), user='tributary', 
         "18446744073709551615\n22003 True"
     );
 }
+
+/// Grafana's PostgreSQL data source sends its macros expanded: `$__timeFilter(at)` as a BETWEEN
+/// of RFC 3339 strings, `$__timeGroup(at, 1m)` as epoch arithmetic. Over the system tables they
+/// chart a pipeline's checkpoints and rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_time_series_queries_over_system_tables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    write_csv(&input, "orders", 1, 100, 1);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(&data).await;
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) WITH (connector = 'file', path = '{}');
+         CREATE SINK out WITH (connector = 'parquet', path = '{}');
+         CREATE PIPELINE p AS INSERT INTO out SELECT id, amount FROM orders;",
+        input.display(),
+        tmp.path().join("out").display()
+    ))
+    .await
+    .unwrap();
+    wait_state(&c, "p", "completed").await;
+    let now = chrono::Utc::now();
+    let from = (now - chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%S%.3fZ");
+    let to = (now + chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%S%.3fZ");
+    let per_minute = query(
+        &c,
+        &format!(
+            "SELECT floor(extract(epoch from at)/60)*60 AS \"time\", sum(rows_in) AS rows \
+             FROM tributary.checkpoints WHERE at BETWEEN '{from}' AND '{to}' AND pipeline = 'p' \
+             GROUP BY 1 ORDER BY 1"
+        ),
+    )
+    .await;
+    let total: f64 = per_minute
+        .iter()
+        .map(|r| r[1].as_deref().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(total, 100.0, "{per_minute:?}");
+    // Outside the time range: nothing.
+    let none = query(
+        &c,
+        "SELECT count(*) FROM tributary.checkpoints WHERE at BETWEEN '2001-01-01T00:00:00Z' AND '2001-01-02T00:00:00Z'",
+    )
+    .await;
+    assert_eq!(none, vec![vec![Some("0".to_string())]]);
+    let series = query(
+        &c,
+        &format!(
+            "SELECT started_at AS \"time\", name AS metric, rows_in AS value FROM tributary.pipelines \
+             WHERE started_at >= '{from}'::timestamptz AND started_at <= now() ORDER BY 1"
+        ),
+    )
+    .await;
+    assert_eq!(series.len(), 1);
+    assert_eq!(
+        series[0][1..],
+        [Some("p".to_string()), Some("100".to_string())]
+    );
+}

@@ -11,6 +11,7 @@ use chrono::Utc;
 use datafusion::common::ParamValues;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
@@ -724,6 +725,23 @@ impl Engine {
                 )
             })?;
         Ok(plan)
+    }
+
+    /// Plans and starts query `stmt`: its result columns (named as PostgreSQL names them) and
+    /// its rows as they come, so that a large result is never held whole.
+    pub async fn query_stream(
+        &self,
+        stmt: &ast::Statement,
+        params: Option<ParamValues>,
+    ) -> Result<(SchemaRef, SendableRecordBatchStream)> {
+        let mut plan = self.plan_query(stmt).await?;
+        if let Some(p) = params {
+            plan = plan.with_param_values(p)?;
+        }
+        let df = self.ctx.execute_logical_plan(plan).await?;
+        let schema = postgres_names(stmt, &Arc::new(df.schema().as_arrow().clone()));
+        let stream = df.execute_stream().await?;
+        Ok((schema, stream))
     }
 
     async fn execute_sql_statement(

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 /// Longest query text kept per session.
 const QUERY_CHARS: usize = 4_096;
@@ -26,6 +27,8 @@ pub struct SessionInfo {
     pub query_started_at: Option<DateTime<Utc>>,
     /// `SET statement_timeout`: statements running longer are cancelled.
     pub statement_timeout: Option<Duration>,
+    /// Signals the running statement that the client cancelled it.
+    cancel: Option<Arc<Notify>>,
 }
 
 /// The sessions, by pid.
@@ -54,6 +57,7 @@ impl Sessions {
                 query: None,
                 query_started_at: None,
                 statement_timeout: None,
+                cancel: None,
             },
         );
         SessionGuard {
@@ -64,13 +68,24 @@ impl Sessions {
 
     /// Marks `query` running in session `pid` until the returned guard is dropped.
     pub fn run(self: &Arc<Self>, pid: i32, query: &str) -> RunningQuery {
+        let cancel = Arc::new(Notify::new());
         if let Some(s) = self.by_pid.lock().get_mut(&pid) {
             s.query = Some(query.chars().take(QUERY_CHARS).collect());
             s.query_started_at = Some(Utc::now());
+            s.cancel = Some(cancel.clone());
         }
         RunningQuery {
             sessions: self.clone(),
             pid,
+            cancel,
+        }
+    }
+
+    /// Cancels the statement running in session `pid`, if any (the client asked; the caller
+    /// checked its secret key).
+    pub fn cancel(&self, pid: i32) {
+        if let Some(cancel) = self.by_pid.lock().get(&pid).and_then(|s| s.cancel.clone()) {
+            cancel.notify_one();
         }
     }
 
@@ -110,12 +125,22 @@ impl Drop for SessionGuard {
 pub struct RunningQuery {
     sessions: Arc<Sessions>,
     pid: i32,
+    cancel: Arc<Notify>,
+}
+
+impl RunningQuery {
+    /// Notified when the client cancels the statement.
+    pub fn cancelled(&self) -> Arc<Notify> {
+        self.cancel.clone()
+    }
 }
 
 impl Drop for RunningQuery {
     fn drop(&mut self) {
-        self.sessions
-            .update(self.pid, |s| s.query_started_at = None);
+        self.sessions.update(self.pid, |s| {
+            s.query_started_at = None;
+            s.cancel = None;
+        });
     }
 }
 

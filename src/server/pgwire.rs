@@ -8,9 +8,9 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use datafusion::common::{ParamValues, ScalarValue};
-use futures::stream;
+use futures::{stream, StreamExt};
 use pgwire::api::auth::noop::NoopStartupHandler;
-use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::cancel::CancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{CopyResponse, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
@@ -20,12 +20,13 @@ use pgwire::api::{
     METADATA_USER,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
 
 use super::copy::{copy_out, encode as encode_copy, CopyOut};
 use super::encode::{arrow_type_of_pg, encode_rows, fields, pg_type};
-use super::session;
+use super::session::{self, Executed, Failure};
 use crate::engine::{session_statement, Engine, Output};
 use crate::error::Error;
 use crate::sql::column_names::postgres_names;
@@ -94,8 +95,11 @@ pub async fn serve(
         connections: connections.clone(),
     });
     let handlers = Arc::new(Handlers {
+        cancel: Arc::new(CancelQueries {
+            connections,
+            sessions: backend.engine.sessions().clone(),
+        }),
         backend,
-        cancel: Arc::new(DefaultCancelHandler::new(connections)),
     });
     tokio::pin!(shutdown);
     loop {
@@ -128,7 +132,28 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 struct Handlers {
     backend: Arc<Backend>,
     /// Cancel requests (psql's Ctrl-C) stop the query running on their connection.
-    cancel: Arc<DefaultCancelHandler>,
+    cancel: Arc<CancelQueries>,
+}
+
+/// Cancels what a connection runs: a statement being planned or run (pgwire drops it), or a
+/// query whose rows are being sent (its session's stream ends with an error).
+struct CancelQueries {
+    connections: Arc<ConnectionManager>,
+    sessions: Arc<crate::sessions::Sessions>,
+}
+
+#[async_trait]
+impl CancelHandler for CancelQueries {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        // The manager knows the connection only when the secret key matches.
+        if self
+            .connections
+            .cancel(request.pid, &request.secret_key)
+            .await
+        {
+            self.sessions.cancel(request.pid);
+        }
+    }
 }
 
 impl PgWireServerHandlers for Handlers {
@@ -166,6 +191,28 @@ fn output_response(out: Output, format: &Format) -> PgWireResult<Response> {
     })
 }
 
+/// A query's rows as data rows, encoded a batch at a time as the client takes them.
+fn rows_response(
+    schema: &SchemaRef,
+    rows: futures::stream::BoxStream<'static, Result<arrow::array::RecordBatch, Failure>>,
+    format: &Format,
+) -> Response {
+    let fields = Arc::new(fields(schema, |i| format.format_for(i)));
+    let encoder = fields.clone();
+    let data_rows = rows
+        .map(move |batch| {
+            let rows = batch
+                .map_err(|f| PgWireError::UserError(Box::new(f.info(0))))
+                .and_then(|b| encode_rows(encoder.clone(), std::slice::from_ref(&b)));
+            match rows {
+                Ok(rows) => stream::iter(rows.into_iter().map(Ok).collect::<Vec<_>>()),
+                Err(e) => stream::iter(vec![Err(e)]),
+            }
+        })
+        .flatten();
+    Response::Query(QueryResponse::new(fields, data_rows))
+}
+
 #[async_trait]
 impl SimpleQueryHandler for Backend {
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
@@ -189,6 +236,7 @@ impl SimpleQueryHandler for Backend {
         }
         let mut responses = Vec::with_capacity(statements.len());
         let (pid, _) = client.pid_and_secret_key();
+        let single = statements.len() == 1;
         for stmt in statements {
             if let Some(copy) = copy_out(&stmt.statement) {
                 match self.copy(pid, &stmt.text, copy).await {
@@ -200,8 +248,19 @@ impl SimpleQueryHandler for Backend {
                 }
                 continue;
             }
-            match session::execute(&self.engine, pid, &stmt.text, &stmt.statement, None).await {
-                Ok(Output::Notice(notice, out)) => {
+            let executed =
+                session::execute(&self.engine, pid, &stmt.text, &stmt.statement, None).await;
+            // One statement's rows stream; of several, each runs whole before the next starts.
+            let executed = match executed {
+                Ok(e) if single => Ok(e),
+                Ok(e) => e.collect().await.map(Executed::Done),
+                Err(f) => Err(f),
+            };
+            match executed {
+                Ok(Executed::Rows { schema, rows }) => {
+                    responses.push(rows_response(&schema, rows, &Format::UnifiedText))
+                }
+                Ok(Executed::Done(Output::Notice(notice, out))) => {
                     use futures::SinkExt;
                     let info = ErrorInfo::new("NOTICE".into(), "00000".into(), notice);
                     client
@@ -211,7 +270,9 @@ impl SimpleQueryHandler for Backend {
                         .await?;
                     responses.push(output_response(*out, &Format::UnifiedText)?);
                 }
-                Ok(out) => responses.push(output_response(out, &Format::UnifiedText)?),
+                Ok(Executed::Done(out)) => {
+                    responses.push(output_response(out, &Format::UnifiedText)?)
+                }
                 Err(failure) => {
                     let info = failure.info(stmt.offset);
                     tracing::debug!(error = %info.message, "Statement failed.");
@@ -234,6 +295,9 @@ impl Backend {
     ) -> Result<Response, ErrorInfo> {
         let copy = copy.map_err(|e| error_info(&e.located_in(text), 0))?;
         let out = session::execute(&self.engine, pid, text, &copy.query, None)
+            .await
+            .map_err(|f| f.info(0))?
+            .collect()
             .await
             .map_err(|f| f.info(0))?;
         let Output::Rows { schema, batches } = out else {
@@ -421,7 +485,7 @@ impl ExtendedQueryHandler for Backend {
     {
         let params = bind_params(portal)?;
         let (pid, _) = client.pid_and_secret_key();
-        let out = session::execute(
+        let executed = session::execute(
             &self.engine,
             pid,
             &portal.statement.statement.text,
@@ -430,7 +494,13 @@ impl ExtendedQueryHandler for Backend {
         )
         .await
         .map_err(|f| PgWireError::UserError(Box::new(f.info(0))))?;
-        output_response(out, &portal.result_column_format)
+        // Rows stream, so an Execute's row limit suspends the portal with the rest unread.
+        match executed {
+            Executed::Rows { schema, rows } => {
+                Ok(rows_response(&schema, rows, &portal.result_column_format))
+            }
+            Executed::Done(out) => output_response(out, &portal.result_column_format),
+        }
     }
 }
 

@@ -6,13 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{RecordBatch, StringArray};
+use arrow::datatypes::SchemaRef;
 use datafusion::common::ParamValues;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::sql::sqlparser::ast;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use pgwire::error::ErrorInfo;
 
 use super::pgwire::error_info;
 use crate::engine::{Engine, Output};
 use crate::error::Error;
+use crate::sessions::RunningQuery;
 use crate::sql::parse::Statement;
 
 /// How a statement failed.
@@ -20,6 +25,8 @@ pub enum Failure {
     Engine(Error),
     /// It ran past the session's `statement_timeout`.
     Timeout,
+    /// The client cancelled it while its rows were being sent.
+    Cancelled,
 }
 
 impl Failure {
@@ -32,13 +39,41 @@ impl Failure {
                 "57014".into(),
                 "canceling statement due to statement timeout".into(),
             ),
+            Failure::Cancelled => ErrorInfo::new(
+                "ERROR".into(),
+                "57014".into(),
+                "canceling statement due to user request".into(),
+            ),
         }
     }
 }
 
-/// Runs `statement` (written as `text`) for session `pid`: shown as running in its session,
-/// bounded by its `statement_timeout`. A query stops when the client cancels it (the future is
-/// dropped); any other statement (DDL, START, STOP) runs to its end even then, so that the
+/// What a statement gave.
+pub enum Executed {
+    Done(Output),
+    /// A query's rows, as they come: each batch once the one before is sent.
+    Rows {
+        schema: SchemaRef,
+        rows: BoxStream<'static, Result<RecordBatch, Failure>>,
+    },
+}
+
+impl Executed {
+    /// The output whole (a query's rows all read).
+    pub async fn collect(self) -> Result<Output, Failure> {
+        match self {
+            Executed::Done(out) => Ok(out),
+            Executed::Rows { schema, rows } => Ok(Output::Rows {
+                schema,
+                batches: rows.try_collect().await?,
+            }),
+        }
+    }
+}
+
+/// Runs `statement` (written as `text`) for session `pid`: shown as running in its session until
+/// its last row is sent, bounded by its `statement_timeout`. A query stops when the client
+/// cancels it; any other statement (DDL, START, STOP) runs to its end even then, so that the
 /// catalog never holds half of one.
 pub async fn execute(
     engine: &Arc<Engine>,
@@ -46,36 +81,87 @@ pub async fn execute(
     text: &str,
     statement: &Statement,
     params: Option<ParamValues>,
-) -> Result<Output, Failure> {
+) -> Result<Executed, Failure> {
     let sessions = engine.sessions();
-    let _running = sessions.run(pid, text);
+    let running = sessions.run(pid, text);
     apply_setting(engine, pid, statement);
     if let Some(out) = show_setting(engine, pid, statement) {
-        return Ok(out);
+        return Ok(Executed::Done(out));
     }
-    let timeout = sessions.get(pid).and_then(|s| s.statement_timeout);
-    let run = async {
-        let result = if is_query(statement) {
-            engine.execute_statement(statement, params).await
-        } else {
-            let engine = engine.clone();
-            let statement = statement.clone();
-            tokio::spawn(async move { engine.execute_statement(&statement, params).await })
-                .await
-                .unwrap_or_else(|e| Err(Error::Internal(format!("statement task failed: {e}"))))
-        };
-        result.map_err(|e| Failure::Engine(e.located_in(text)))
+    let deadline = sessions
+        .get(pid)
+        .and_then(|s| s.statement_timeout)
+        .map(|t| tokio::time::Instant::now() + t);
+    if let Statement::Sql(query) = statement {
+        if matches!(**query, ast::Statement::Query(_)) {
+            let started = within(deadline, async {
+                engine
+                    .query_stream(query, params)
+                    .await
+                    .map_err(|e| Failure::Engine(e.located_in(text)))
+            })
+            .await?;
+            let (schema, stream) = started;
+            return Ok(Executed::Rows {
+                schema,
+                rows: guarded(stream, running, deadline),
+            });
+        }
+    }
+    let engine = engine.clone();
+    let statement = statement.clone();
+    let run = async move {
+        tokio::spawn(async move { engine.execute_statement(&statement, params).await })
+            .await
+            .unwrap_or_else(|e| Err(Error::Internal(format!("statement task failed: {e}"))))
+            .map_err(|e| Failure::Engine(e.located_in(text)))
     };
-    match timeout {
-        Some(limit) => tokio::time::timeout(limit, run)
+    Ok(Executed::Done(within(deadline, run).await?))
+}
+
+/// `work`, failing with [`Failure::Timeout`] past `deadline`.
+async fn within<T>(
+    deadline: Option<tokio::time::Instant>,
+    work: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, work)
             .await
             .unwrap_or(Err(Failure::Timeout)),
-        None => run.await,
+        None => work.await,
     }
 }
 
-fn is_query(statement: &Statement) -> bool {
-    matches!(statement, Statement::Sql(s) if matches!(**s, ast::Statement::Query(_)))
+/// A query's rows, ending with an error when the client cancels it or its deadline passes; the
+/// session shows it running until the stream ends or is dropped.
+fn guarded(
+    stream: SendableRecordBatchStream,
+    running: RunningQuery,
+    deadline: Option<tokio::time::Instant>,
+) -> BoxStream<'static, Result<RecordBatch, Failure>> {
+    let cancelled = running.cancelled();
+    futures::stream::unfold(Some((stream, running)), move |state| {
+        let cancelled = cancelled.clone();
+        async move {
+            let (mut stream, running) = state?;
+            let expired = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                next = stream.next() => match next {
+                    Some(Ok(batch)) => Some((Ok(batch), Some((stream, running)))),
+                    Some(Err(e)) => Some((Err(Failure::Engine(e.into())), None)),
+                    None => None,
+                },
+                _ = cancelled.notified() => Some((Err(Failure::Cancelled), None)),
+                _ = expired => Some((Err(Failure::Timeout), None)),
+            }
+        }
+    })
+    .boxed()
 }
 
 /// Notes a `SET` of a setting the session keeps.

@@ -598,3 +598,33 @@ async fn grafana_time_series_queries_over_system_tables() {
         [Some("p".to_string()), Some("100".to_string())]
     );
 }
+
+/// A query's rows stream: an Execute with a row limit (a cursor's fetch) gets its first rows of
+/// a result that would take hours to build whole, and the next fetch continues after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_stream_and_a_row_limit_suspends_the_portal() {
+    let (_tmp, server) = start_fresh().await;
+    let mut c = server.client().await;
+    c.batch_execute(
+        "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = 5000000000, seed = 1)",
+    )
+    .await
+    .unwrap();
+    let tx = c.transaction().await.unwrap();
+    let stmt = tx
+        .prepare("SELECT auction, price FROM bids WHERE price > $1")
+        .await
+        .unwrap();
+    let portal = tx.bind(&stmt, &[&0i64]).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(60), tx.query_portal(&portal, 10))
+        .await
+        .expect("the first rows come before the whole result")
+        .unwrap();
+    assert_eq!(first.len(), 10);
+    let next = tx.query_portal(&portal, 5).await.unwrap();
+    assert_eq!(next.len(), 5);
+    assert!(next.iter().all(|r| r.get::<_, i64>(1) > 0));
+    drop(tx);
+    // The session is usable after (the rest of the rows are dropped with the portal).
+    assert_eq!(scalar(&c, "SELECT 40 + 2").await, "42");
+}

@@ -806,21 +806,26 @@ pub fn session_statement(stmt: &ast::Statement) -> Option<Output> {
                 "application_name" => "",
                 _ => return None,
             };
-            let schema = Arc::new(Schema::new(vec![Field::new(
-                name.replace(' ', "_"),
-                DataType::Utf8,
-                false,
-            )]));
-            let batch = RecordBatch::try_new(
-                schema.clone(),
-                vec![Arc::new(StringArray::from(vec![value]))],
-            )
-            .ok()?;
-            Some(Output::Rows {
-                schema,
-                batches: vec![batch],
-            })
+            setting_row(&name, value)
         }
         _ => None,
     }
+}
+
+/// The answer to `SHOW name`: one row, one text column named after the setting.
+pub fn setting_row(name: &str, value: &str) -> Option<Output> {
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        name.replace(' ', "_"),
+        DataType::Utf8,
+        false,
+    )]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(StringArray::from(vec![value]))],
+    )
+    .ok()?;
+    Some(Output::Rows {
+        schema,
+        batches: vec![batch],
+    })
 }

@@ -234,15 +234,7 @@ fn csv_field(format: &CopyFormat, value: &str) -> String {
 /// A text-format field: backslash, tab and line breaks escaped.
 fn text_field(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
-    }
+    tributary_connectors::postgres::sink::escape_copy(&mut out, value);
     out
 }
 

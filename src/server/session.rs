@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{RecordBatch, StringArray};
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::ParamValues;
 use datafusion::execution::SendableRecordBatchStream;
@@ -211,7 +211,8 @@ fn show_setting(engine: &Engine, pid: i32, statement: &Statement) -> Option<Outp
         return None;
     };
     let session = engine.sessions().get(pid)?;
-    let value = match name.value.to_ascii_lowercase().as_str() {
+    let setting = name.value.to_ascii_lowercase();
+    let value = match setting.as_str() {
         "application_name" => session.application_name,
         "statement_timeout" => match session.statement_timeout {
             Some(limit) => format!("{}ms", limit.as_millis()),
@@ -219,18 +220,7 @@ fn show_setting(engine: &Engine, pid: i32, statement: &Statement) -> Option<Outp
         },
         _ => return None,
     };
-    let Some(Output::Rows { schema, .. }) = crate::engine::session_statement(s) else {
-        return None;
-    };
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![Arc::new(StringArray::from(vec![value]))],
-    )
-    .ok()?;
-    Some(Output::Rows {
-        schema,
-        batches: vec![batch],
-    })
+    crate::engine::setting_row(&setting, &value)
 }
 
 /// A `statement_timeout` value (`5000`, `'5s'`, `'1min'`; milliseconds when bare) as a limit;

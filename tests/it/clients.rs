@@ -5,6 +5,27 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
+/// A server whose source `orders` reads `files` CSV files of `rows` orders each.
+async fn with_orders(
+    files: usize,
+    rows: usize,
+) -> (tempfile::TempDir, Server, tokio_postgres::Client) {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    write_csv(&input, "orders", files, rows, 1);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(&data).await;
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) WITH (connector = 'file', path = '{}')",
+        input.display()
+    ))
+    .await
+    .unwrap();
+    (tmp, server, c)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_runs_a_script_and_reports_errors() {
     let tmp = tempfile::tempdir().unwrap();
@@ -130,18 +151,10 @@ asyncio.run(main())
 /// tables in `public`, system tables in `tributary`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_describe_and_sqlalchemy_reflection_see_sources_sinks_and_system_tables() {
-    let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("in");
-    write_csv(&input, "orders", 1, 100, 1);
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = Server::start(&data).await;
-    let c = server.client().await;
+    let (tmp, server, c) = with_orders(1, 100).await;
     c.batch_execute(&format!(
-        "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) WITH (connector = 'file', path = '{}');
-         CREATE SINK totals WITH (connector = 'parquet', path = '{}');
+        "CREATE SINK totals WITH (connector = 'parquet', path = '{}');
          CREATE SINK nowhere WITH (connector = 'blackhole');",
-        input.display(),
         tmp.path().join("out").display()
     ))
     .await
@@ -234,19 +247,7 @@ print(df["id"].tolist(), round(float(df["amount"].sum()), 2))
 /// the catalog; result columns are named as PostgreSQL names them; psql's \df and \x work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jdbc_metadata_psycopg2_and_postgres_column_names() {
-    let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("in");
-    write_csv(&input, "orders", 1, 100, 1);
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = Server::start(&data).await;
-    let c = server.client().await;
-    c.batch_execute(&format!(
-        "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) WITH (connector = 'file', path = '{}')",
-        input.display()
-    ))
-    .await
-    .unwrap();
+    let (tmp, server, _c) = with_orders(1, 100).await;
 
     let probe = tmp.path().join("Probe.java");
     std::fs::write(
@@ -439,19 +440,11 @@ async fn cancel_statement_timeout_and_sessions() {
 /// the same rows the deltalake package reads; text format escapes as PostgreSQL's does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_copy_exports_a_delta_sink_as_csv() {
-    let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("in");
-    write_csv(&input, "orders", 2, 300, 1);
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = Server::start(&data).await;
-    let c = server.client().await;
+    let (tmp, server, c) = with_orders(2, 300).await;
     let lake = tmp.path().join("lake");
     c.batch_execute(&format!(
-        "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) WITH (connector = 'file', path = '{}');
-         CREATE SINK lake WITH (connector = 'delta', path = '{}');
+        "CREATE SINK lake WITH (connector = 'delta', path = '{}');
          CREATE PIPELINE load AS INSERT INTO lake SELECT id, customer, amount, ts, id % 7 = 0 AS lucky FROM orders;",
-        input.display(),
         lake.display()
     ))
     .await
@@ -543,18 +536,10 @@ with psycopg.connect(host='127.0.0.1', port=int(sys.argv[1]), user='tributary', 
 /// chart a pipeline's checkpoints and rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grafana_time_series_queries_over_system_tables() {
-    let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("in");
-    write_csv(&input, "orders", 1, 100, 1);
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = Server::start(&data).await;
-    let c = server.client().await;
+    let (tmp, _server, c) = with_orders(1, 100).await;
     c.batch_execute(&format!(
-        "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) WITH (connector = 'file', path = '{}');
-         CREATE SINK out WITH (connector = 'parquet', path = '{}');
+        "CREATE SINK out WITH (connector = 'parquet', path = '{}');
          CREATE PIPELINE p AS INSERT INTO out SELECT id, amount FROM orders;",
-        input.display(),
         tmp.path().join("out").display()
     ))
     .await

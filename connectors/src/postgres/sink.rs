@@ -478,8 +478,9 @@ fn write_bytea(out: &mut String, bytes: &[u8]) {
     }
 }
 
-/// COPY text format: backslash, tab, newline and carriage return are escaped.
-fn escape_copy(out: &mut String, value: &str) {
+/// COPY text format: backslash, tab, newline and carriage return are escaped (also what the
+/// server's COPY TO STDOUT writes).
+pub fn escape_copy(out: &mut String, value: &str) {
     for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),

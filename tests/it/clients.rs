@@ -97,19 +97,7 @@ async fn psql_runs_a_script_and_reports_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_and_asyncpg_use_the_extended_protocol() {
-    let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("in");
-    write_csv(&input, "orders", 1, 1000, 1);
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = Server::start(&data).await;
-    let c = server.client().await;
-    c.batch_execute(&format!(
-        "CREATE SOURCE orders (id BIGINT, customer TEXT, amount DOUBLE, ts TIMESTAMP) WITH (connector = 'file', path = '{}')",
-        input.display()
-    ))
-    .await
-    .unwrap();
+    let (_tmp, server, _c) = with_orders(1, 1000).await;
 
     let psycopg = r#"
 import sys, psycopg

@@ -1,7 +1,7 @@
 //! PostgreSQL functions that clients call on connecting or reflecting and that neither DataFusion
 //! nor `datafusion-pg-catalog` provide: `version()`, `to_regtype`, `json_build_object`,
 //! `pg_collation_is_visible` and its kind, `pg_get_serial_sequence` and `pg_get_function_result`
-//! and theirs.
+//! and theirs, and `pg_type_name` (for `information_schema.columns`).
 
 use std::sync::Arc;
 
@@ -31,6 +31,9 @@ pub fn functions() -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(Visible::new("pg_collation_is_visible")),
         ScalarUDF::new_from_impl(Visible::new("pg_type_is_visible")),
         ScalarUDF::new_from_impl(Visible::new("pg_function_is_visible")),
+        ScalarUDF::new_from_impl(TypeName {
+            signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable),
+        }),
         ScalarUDF::new_from_impl(JsonBuildObject {
             signature: Signature::variadic_any(Volatility::Immutable),
         }),
@@ -292,5 +295,65 @@ impl ScalarUDFImpl for Visible {
 
     fn invoke_with_args(&self, _: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
         Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))
+    }
+}
+
+/// `pg_type_name(arrow_type)`: the name PostgreSQL's `information_schema` gives the type that an
+/// Arrow type (as DataFusion's `information_schema.columns.data_type` writes it) goes out as.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct TypeName {
+    signature: Signature,
+}
+
+/// PostgreSQL's `information_schema` name for the wire type of `t`.
+fn information_schema_type(t: &DataType) -> &'static str {
+    match t {
+        DataType::Boolean => "boolean",
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => "smallint",
+        DataType::Int32 | DataType::UInt16 => "integer",
+        DataType::Int64 | DataType::UInt32 => "bigint",
+        DataType::UInt64 | DataType::Decimal128(..) | DataType::Decimal256(..) => "numeric",
+        DataType::Float16 | DataType::Float32 => "real",
+        DataType::Float64 => "double precision",
+        DataType::Date32 | DataType::Date64 => "date",
+        DataType::Timestamp(_, None) => "timestamp without time zone",
+        DataType::Timestamp(_, Some(_)) => "timestamp with time zone",
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "bytea",
+        _ => "text",
+    }
+}
+
+impl ScalarUDFImpl for TypeName {
+    fn name(&self) -> &str {
+        "pg_type_name"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let [types] = args.args.as_slice() else {
+            return datafusion::common::exec_err!("pg_type_name takes one argument");
+        };
+        let types = types.to_array(args.number_rows)?;
+        let types = datafusion::common::cast::as_string_array(&types)?;
+        let names: datafusion::arrow::array::StringArray = types
+            .iter()
+            .map(|t| {
+                t.map(|t| match t.parse::<DataType>() {
+                    Ok(parsed) => information_schema_type(&parsed).to_string(),
+                    Err(_) => t.to_string(),
+                })
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(names)))
     }
 }

@@ -16,7 +16,8 @@ static PARSER: LazyLock<PostgresCompatibilityParser> =
 /// select list the planner refuses becomes NULL), which clients' catalog queries tolerate and a
 /// user's query must not meet.
 pub fn client_catalog_query(sql: &str) -> Option<ast::Statement> {
-    if !reads_pg_catalog(sql) {
+    let columns = contains_ignoring_case(sql, "information_schema.columns");
+    if !reads_pg_catalog(sql) && !columns {
         return None;
     }
     let mut statements = PARSER.parse(sql).ok()?;
@@ -25,6 +26,9 @@ pub fn client_catalog_query(sql: &str) -> Option<ast::Statement> {
             drop_subqueries_in_case(&mut s);
             visible_by_search_path(&mut s);
             aggregate_scalar_subqueries(&mut s);
+            if columns {
+                postgres_type_names(&mut s);
+            }
             Some(s)
         }
         _ => None,
@@ -99,6 +103,48 @@ fn visible_by_search_path(statement: &mut ast::Statement) {
     });
 }
 
+/// Reads `information_schema.columns.data_type` as PostgreSQL names types (`bigint`,
+/// `timestamp with time zone`) rather than as DataFusion does (`Int64`, `Timestamp(µs, "UTC")`):
+/// Grafana's query builder and dbt read it to pick time and numeric columns. Every reference to
+/// a `data_type` column goes through `pg_type_name`; a bare one in the select list keeps its name.
+fn postgres_type_names(statement: &mut ast::Statement) {
+    let is_data_type = |e: &ast::Expr| match e {
+        ast::Expr::Identifier(i) => i.value.eq_ignore_ascii_case("data_type"),
+        ast::Expr::CompoundIdentifier(parts) => parts
+            .last()
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("data_type")),
+        _ => false,
+    };
+    let _ = ast::visit_expressions_mut(statement, |expr| {
+        if is_data_type(expr) {
+            if let Some(named) = parse_expr(&format!("pg_type_name({expr})")) {
+                *expr = named;
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    if let ast::Statement::Query(query) = statement {
+        if let ast::SetExpr::Select(select) = query.body.as_mut() {
+            for item in &mut select.projection {
+                if let ast::SelectItem::UnnamedExpr(e) = item {
+                    if e.to_string().starts_with("pg_type_name(") {
+                        *item = ast::SelectItem::ExprWithAlias {
+                            expr: e.clone(),
+                            alias: ast::Ident::new("data_type"),
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn contains_ignoring_case(text: &str, word: &str) -> bool {
+    text.as_bytes()
+        .windows(word.len())
+        .any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
+}
+
 /// Aggregates that a scalar subquery's select list may already hold.
 const AGGREGATES: &[&str] = &[
     "max",
@@ -152,9 +198,7 @@ fn parse_expr(sql: &str) -> Option<ast::Expr> {
 
 /// Whether `sql` names a `pg_` relation or function (`pg_catalog.pg_class`, `pg_get_userbyid`).
 fn reads_pg_catalog(sql: &str) -> bool {
-    sql.as_bytes()
-        .windows(3)
-        .any(|w| w.eq_ignore_ascii_case(b"pg_"))
+    contains_ignoring_case(sql, "pg_")
 }
 
 #[cfg(test)]
@@ -185,6 +229,20 @@ mod tests {
         assert!(q.contains("(SELECT max(t.typname) FROM"), "{q}");
         assert!(q.contains("(SELECT count(*) FROM"), "{q}");
         assert!(q.contains("THEN NULL ELSE true END"), "{q}");
+    }
+
+    #[test]
+    fn information_schema_types_read_as_postgres_names_them() {
+        let q = client_catalog_query(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE data_type = 'bigint'",
+        )
+        .unwrap()
+        .to_string();
+        assert_eq!(
+            q,
+            "SELECT column_name, pg_type_name(data_type) AS data_type FROM information_schema.columns WHERE pg_type_name(data_type) = 'bigint'"
+        );
+        assert!(client_catalog_query("SELECT data_type FROM t").is_none());
     }
 
     #[test]

@@ -521,7 +521,8 @@ with psycopg.connect(host='127.0.0.1', port=int(sys.argv[1]), user='tributary', 
 
 /// Grafana's PostgreSQL data source sends its macros expanded: `$__timeFilter(at)` as a BETWEEN
 /// of RFC 3339 strings, `$__timeGroup(at, 1m)` as epoch arithmetic. Over the system tables they
-/// chart a pipeline's checkpoints and rows.
+/// chart a pipeline's checkpoints and rows. Its query builder (and dbt) read column types from
+/// information_schema, in PostgreSQL's names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grafana_time_series_queries_over_system_tables() {
     let (tmp, _server, c) = with_orders(1, 100).await;
@@ -569,6 +570,40 @@ async fn grafana_time_series_queries_over_system_tables() {
     assert_eq!(
         series[0][1..],
         [Some("p".to_string()), Some("100".to_string())]
+    );
+    // Its query builder finds time columns by their PostgreSQL type in information_schema.
+    let time_columns = query(
+        &c,
+        "SELECT column_name, data_type FROM information_schema.columns \
+         WHERE table_schema = 'tributary' AND table_name = 'checkpoints' \
+         AND data_type IN ('timestamp with time zone', 'timestamp without time zone') ORDER BY ordinal_position",
+    )
+    .await;
+    assert_eq!(
+        time_columns,
+        vec![vec![
+            Some("at".to_string()),
+            Some("timestamp with time zone".to_string())
+        ]]
+    );
+    let types = query(
+        &c,
+        "SELECT c.column_name, c.data_type FROM information_schema.columns c \
+         WHERE c.table_name = 'orders' ORDER BY c.ordinal_position",
+    )
+    .await;
+    let types: Vec<String> = types
+        .iter()
+        .map(|r| format!("{} {}", r[0].as_deref().unwrap(), r[1].as_deref().unwrap()))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "id bigint",
+            "customer text",
+            "amount double precision",
+            "ts timestamp without time zone"
+        ]
     );
 }
 

@@ -117,6 +117,20 @@ fn unrepresentable(what: String) -> pgwire::error::PgWireError {
     )))
 }
 
+/// A timestamp as PostgreSQL prints it (its `ISO` date style): a fraction only when there is one,
+/// to the microsecond without trailing zeros, and `+00` for a zone (sessions are in UTC).
+fn timestamp_text(dt: &DateTime<Utc>, zoned: bool) -> String {
+    let mut text = dt.format("%Y-%m-%d %H:%M:%S").to_string();
+    let micros = dt.timestamp_subsec_micros();
+    if micros > 0 {
+        text.push_str(format!(".{micros:06}").trim_end_matches('0'));
+    }
+    if zoned {
+        text.push_str("+00");
+    }
+    text
+}
+
 fn encode_cell(
     enc: &mut DataRowEncoder,
     col: &ArrayRef,
@@ -178,6 +192,9 @@ fn encode_cell(
                     "timestamp out of range: {secs} seconds from 1970-01-01"
                 ))
             })?;
+            if format == FieldFormat::Text {
+                return enc.encode_field(&timestamp_text(&dt, tz.is_some()).as_str());
+            }
             if tz.is_some() {
                 enc.encode_field(&dt)
             } else {

@@ -497,7 +497,7 @@ async fn wide_values_reach_clients_whole() {
         rows,
         vec![vec![
             Some("18446744073709551615".to_string()),
-            Some("9999-12-31 23:59:59.000000".to_string()),
+            Some("9999-12-31 23:59:59".to_string()),
             Some("12345678901234567890123456789.123".to_string())
         ]]
     );

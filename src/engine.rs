@@ -752,13 +752,8 @@ impl Engine {
         if let Some(out) = session_statement(stmt) {
             return Ok(out);
         }
-        let mut plan = self.plan_query(stmt).await?;
-        if let Some(p) = params {
-            plan = plan.with_param_values(p)?;
-        }
-        let df = self.ctx.execute_logical_plan(plan).await?;
-        let schema = postgres_names(stmt, &Arc::new(df.schema().as_arrow().clone()));
-        let batches = df.collect().await?;
+        let (schema, stream) = self.query_stream(stmt, params).await?;
+        let batches = futures::TryStreamExt::try_collect(stream).await?;
         Ok(Output::Rows { schema, batches })
     }
 }

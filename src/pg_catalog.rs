@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::CatalogProviderList;
 use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
@@ -20,6 +20,7 @@ use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::pg_catalog::{
     setup_pg_catalog, PgCatalogSchemaProvider, PgCatalogStaticTables,
 };
+use pgwire::api::Type;
 
 use crate::catalog::{schema_of, Catalog};
 use crate::error::{Error, Result};
@@ -134,5 +135,26 @@ impl CatalogInfo for Relations {
                 None => None,
             },
         })
+    }
+}
+
+/// The PostgreSQL type a column of Arrow type `t` is to clients: announced on the wire, and named
+/// in `information_schema`.
+pub fn wire_type(t: &DataType) -> Type {
+    match t {
+        DataType::Boolean => Type::BOOL,
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => Type::INT2,
+        DataType::Int32 | DataType::UInt16 => Type::INT4,
+        DataType::Int64 | DataType::UInt32 => Type::INT8,
+        // Past BIGINT's range: sent whole, never clamped.
+        DataType::UInt64 => Type::NUMERIC,
+        DataType::Float16 | DataType::Float32 => Type::FLOAT4,
+        DataType::Float64 => Type::FLOAT8,
+        DataType::Date32 | DataType::Date64 => Type::DATE,
+        DataType::Timestamp(_, None) => Type::TIMESTAMP,
+        DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => Type::BYTEA,
+        DataType::Decimal128(_, _) => Type::NUMERIC,
+        _ => Type::TEXT,
     }
 }

@@ -5,12 +5,15 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::StringBuilder;
+use datafusion::arrow::array::{Array, Int64Array, StringArray, StringBuilder};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
+use pgwire::api::Type;
+
+use crate::pg_catalog::wire_type;
 
 /// The PostgreSQL version clients are told (as `server_version` says).
 pub const SERVER_VERSION: &str = "16.6";
@@ -92,31 +95,62 @@ impl Default for ToRegtype {
     }
 }
 
-/// The built-in types `to_regtype` knows, by the names PostgreSQL accepts for them.
+/// The built-in types clients ask about: each with the name `information_schema` gives it and
+/// the other names PostgreSQL accepts for it.
+const BUILTIN_TYPES: &[(Type, &str, &[&str])] = &[
+    (Type::BOOL, "boolean", &["bool"]),
+    (Type::INT2, "smallint", &["int2"]),
+    (Type::INT4, "integer", &["int4", "int"]),
+    (Type::INT8, "bigint", &["int8"]),
+    (Type::FLOAT4, "real", &["float4"]),
+    (Type::FLOAT8, "double precision", &["float8"]),
+    (Type::NUMERIC, "numeric", &["decimal"]),
+    (Type::TEXT, "text", &[]),
+    (Type::VARCHAR, "character varying", &["varchar"]),
+    (Type::BYTEA, "bytea", &[]),
+    (Type::DATE, "date", &[]),
+    (Type::TIME, "time without time zone", &["time"]),
+    (
+        Type::TIMESTAMP,
+        "timestamp without time zone",
+        &["timestamp"],
+    ),
+    (
+        Type::TIMESTAMPTZ,
+        "timestamp with time zone",
+        &["timestamptz"],
+    ),
+    (Type::INTERVAL, "interval", &[]),
+    (Type::JSON, "json", &[]),
+    (Type::JSONB, "jsonb", &[]),
+    (Type::UUID, "uuid", &[]),
+];
+
+/// The OID of the built-in type named `name`.
 fn builtin_type_oid(name: &str) -> Option<i64> {
-    use pgwire::api::Type;
-    let t = match name.trim().to_ascii_lowercase().as_str() {
-        "bool" | "boolean" => Type::BOOL,
-        "int2" | "smallint" => Type::INT2,
-        "int4" | "int" | "integer" => Type::INT4,
-        "int8" | "bigint" => Type::INT8,
-        "float4" | "real" => Type::FLOAT4,
-        "float8" | "double precision" => Type::FLOAT8,
-        "numeric" | "decimal" => Type::NUMERIC,
-        "text" => Type::TEXT,
-        "varchar" | "character varying" => Type::VARCHAR,
-        "bytea" => Type::BYTEA,
-        "date" => Type::DATE,
-        "time" => Type::TIME,
-        "timestamp" | "timestamp without time zone" => Type::TIMESTAMP,
-        "timestamptz" | "timestamp with time zone" => Type::TIMESTAMPTZ,
-        "interval" => Type::INTERVAL,
-        "json" => Type::JSON,
-        "jsonb" => Type::JSONB,
-        "uuid" => Type::UUID,
-        _ => return None,
+    let name = name.trim().to_ascii_lowercase();
+    BUILTIN_TYPES
+        .iter()
+        .find(|(_, standard, others)| *standard == name || others.contains(&name.as_str()))
+        .map(|(t, _, _)| i64::from(t.oid()))
+}
+
+/// `f` applied to each value of a function's one text argument, NULL to NULL.
+fn map_text<T, A>(
+    function: &str,
+    args: ScalarFunctionArgs,
+    f: impl Fn(&str) -> Option<T>,
+) -> datafusion::error::Result<ColumnarValue>
+where
+    A: Array + FromIterator<Option<T>> + 'static,
+{
+    let [values] = args.args.as_slice() else {
+        return datafusion::common::exec_err!("{function} takes one argument");
     };
-    Some(i64::from(t.oid()))
+    let values = values.to_array(args.number_rows)?;
+    let values = datafusion::common::cast::as_string_array(&values)?;
+    let out: A = values.iter().map(|v| v.and_then(&f)).collect();
+    Ok(ColumnarValue::Array(Arc::new(out)))
 }
 
 impl ScalarUDFImpl for ToRegtype {
@@ -136,14 +170,7 @@ impl ScalarUDFImpl for ToRegtype {
         &self,
         args: ScalarFunctionArgs,
     ) -> datafusion::error::Result<ColumnarValue> {
-        let [name] = args.args.as_slice() else {
-            return datafusion::common::exec_err!("to_regtype takes one argument");
-        };
-        let names = name.to_array(args.number_rows)?;
-        let names = datafusion::common::cast::as_string_array(&names)?;
-        let oids: datafusion::arrow::array::Int64Array =
-            names.iter().map(|n| n.and_then(builtin_type_oid)).collect();
-        Ok(ColumnarValue::Array(Arc::new(oids)))
+        map_text::<_, Int64Array>("to_regtype", args, builtin_type_oid)
     }
 }
 
@@ -305,22 +332,13 @@ struct TypeName {
     signature: Signature,
 }
 
-/// PostgreSQL's `information_schema` name for the wire type of `t`.
+/// PostgreSQL's `information_schema` name for the type a column of `t` goes out as.
 fn information_schema_type(t: &DataType) -> &'static str {
-    match t {
-        DataType::Boolean => "boolean",
-        DataType::Int8 | DataType::Int16 | DataType::UInt8 => "smallint",
-        DataType::Int32 | DataType::UInt16 => "integer",
-        DataType::Int64 | DataType::UInt32 => "bigint",
-        DataType::UInt64 | DataType::Decimal128(..) | DataType::Decimal256(..) => "numeric",
-        DataType::Float16 | DataType::Float32 => "real",
-        DataType::Float64 => "double precision",
-        DataType::Date32 | DataType::Date64 => "date",
-        DataType::Timestamp(_, None) => "timestamp without time zone",
-        DataType::Timestamp(_, Some(_)) => "timestamp with time zone",
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "bytea",
-        _ => "text",
-    }
+    let wire = wire_type(t);
+    BUILTIN_TYPES
+        .iter()
+        .find(|(t, _, _)| *t == wire)
+        .map_or("text", |(_, name, _)| name)
 }
 
 impl ScalarUDFImpl for TypeName {
@@ -340,20 +358,11 @@ impl ScalarUDFImpl for TypeName {
         &self,
         args: ScalarFunctionArgs,
     ) -> datafusion::error::Result<ColumnarValue> {
-        let [types] = args.args.as_slice() else {
-            return datafusion::common::exec_err!("pg_type_name takes one argument");
-        };
-        let types = types.to_array(args.number_rows)?;
-        let types = datafusion::common::cast::as_string_array(&types)?;
-        let names: datafusion::arrow::array::StringArray = types
-            .iter()
-            .map(|t| {
-                t.map(|t| match t.parse::<DataType>() {
-                    Ok(parsed) => information_schema_type(&parsed).to_string(),
-                    Err(_) => t.to_string(),
-                })
+        map_text::<_, StringArray>("pg_type_name", args, |t| {
+            Some(match t.parse::<DataType>() {
+                Ok(parsed) => information_schema_type(&parsed).to_string(),
+                Err(_) => t.to_string(),
             })
-            .collect();
-        Ok(ColumnarValue::Array(Arc::new(names)))
+        })
     }
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use datafusion::sql::sqlparser::ast;
 use pgwire::messages::copy::CopyData;
 
+use super::encode::{timestamp_at, timestamp_text};
 use crate::error::{Error, Result};
 use crate::sql::parse::Statement;
 
@@ -156,59 +157,54 @@ fn plan(
     })
 }
 
-/// The rows of `batches` (with the header line first when asked), one message each.
-pub fn encode(
-    format: &CopyFormat,
-    names: &[String],
-    batches: &[RecordBatch],
-) -> Result<Vec<CopyData>> {
-    let mut out = Vec::new();
-    if format.header {
+/// The header line, when asked for.
+pub fn header(format: &CopyFormat, names: &[String]) -> Option<CopyData> {
+    format.header.then(|| {
         let line: Vec<String> = names.iter().map(|n| csv_field(format, n)).collect();
-        out.push(message(line.join(&format.delimiter.to_string())));
-    }
-    let options = FormatOptions::default()
-        .with_date_format(Some("%Y-%m-%d"))
-        .with_datetime_format(Some("%Y-%m-%d %H:%M:%S%.f"))
-        .with_timestamp_format(Some("%Y-%m-%d %H:%M:%S%.f"))
-        .with_timestamp_tz_format(Some("%Y-%m-%d %H:%M:%S%.f%:z"));
+        message(line.join(&format.delimiter.to_string()))
+    })
+}
+
+/// The rows of `batch`, one message each.
+pub fn rows(format: &CopyFormat, batch: &RecordBatch) -> Result<Vec<CopyData>> {
+    let options = FormatOptions::default().with_date_format(Some("%Y-%m-%d"));
     let delimiter = format.delimiter.to_string();
-    for batch in batches {
-        let formatters = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        // Logical nulls: a NULL literal's column has no null buffer.
-        let nulls: Vec<_> = batch.columns().iter().map(|c| c.logical_nulls()).collect();
-        for row in 0..batch.num_rows() {
-            let fields: Vec<String> = batch
-                .columns()
-                .iter()
-                .zip(&formatters)
-                .zip(&nulls)
-                .map(|((column, f), nulls)| {
-                    if nulls.as_ref().is_some_and(|n| n.is_null(row)) {
-                        return format.null.clone();
-                    }
-                    let value = match column.data_type() {
-                        DataType::Boolean => if column.as_boolean().value(row) {
-                            "t"
-                        } else {
-                            "f"
-                        }
-                        .to_string(),
-                        _ => f.value(row).to_string(),
-                    };
-                    if format.csv {
-                        csv_field(format, &value)
-                    } else {
-                        text_field(&value)
-                    }
-                })
-                .collect();
-            out.push(message(fields.join(&delimiter)));
+    let formatters = batch
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    // Logical nulls: a NULL literal's column has no null buffer.
+    let nulls: Vec<_> = batch.columns().iter().map(|c| c.logical_nulls()).collect();
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        let mut fields = Vec::with_capacity(formatters.len());
+        for ((column, f), nulls) in batch.columns().iter().zip(&formatters).zip(&nulls) {
+            if nulls.as_ref().is_some_and(|n| n.is_null(row)) {
+                fields.push(format.null.clone());
+                continue;
+            }
+            // Booleans and timestamps as PostgreSQL writes them (as query results are).
+            let value = match column.data_type() {
+                DataType::Boolean => if column.as_boolean().value(row) {
+                    "t"
+                } else {
+                    "f"
+                }
+                .to_string(),
+                DataType::Timestamp(unit, tz) => match timestamp_at(column, row, unit) {
+                    Ok(at) => timestamp_text(&at, tz.is_some()),
+                    Err(_) => f.value(row).to_string(),
+                },
+                _ => f.value(row).to_string(),
+            };
+            fields.push(if format.csv {
+                csv_field(format, &value)
+            } else {
+                text_field(&value)
+            });
         }
+        out.push(message(fields.join(&delimiter)));
     }
     Ok(out)
 }
@@ -253,9 +249,9 @@ mod tests {
             .iter()
             .map(|f| f.name().clone())
             .collect();
-        encode(&copy.format, &names, std::slice::from_ref(batch))
-            .unwrap()
+        header(&copy.format, &names)
             .into_iter()
+            .chain(rows(&copy.format, batch).unwrap())
             .map(|d| String::from_utf8(d.data.to_vec()).unwrap())
             .collect()
     }

@@ -1,4 +1,5 @@
-//! Arrow columns → Postgres wire values: the type each column is announced as, and each cell's encoding.
+//! Arrow columns → Postgres wire values: each column's field description (its type is
+//! `pg_catalog::wire_type`) and each cell's encoding.
 
 use std::sync::Arc;
 
@@ -16,25 +17,7 @@ use pgwire::api::Type;
 use pgwire::error::PgWireResult;
 use pgwire::messages::data::DataRow;
 
-/// The Postgres type a column of `t` is announced as.
-pub fn pg_type(t: &DataType) -> Type {
-    match t {
-        DataType::Boolean => Type::BOOL,
-        DataType::Int8 | DataType::Int16 | DataType::UInt8 => Type::INT2,
-        DataType::Int32 | DataType::UInt16 => Type::INT4,
-        DataType::Int64 | DataType::UInt32 => Type::INT8,
-        // Past BIGINT's range: sent whole, never clamped.
-        DataType::UInt64 => Type::NUMERIC,
-        DataType::Float16 | DataType::Float32 => Type::FLOAT4,
-        DataType::Float64 => Type::FLOAT8,
-        DataType::Date32 | DataType::Date64 => Type::DATE,
-        DataType::Timestamp(_, None) => Type::TIMESTAMP,
-        DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => Type::BYTEA,
-        DataType::Decimal128(_, _) => Type::NUMERIC,
-        _ => Type::TEXT,
-    }
-}
+use crate::pg_catalog::wire_type;
 
 /// The Arrow type a Postgres parameter type binds as.
 pub fn arrow_type_of_pg(t: &Type) -> Option<DataType> {
@@ -67,7 +50,7 @@ pub fn fields(
                 f.name().clone(),
                 None,
                 None,
-                pg_type(f.data_type()),
+                wire_type(f.data_type()),
                 format(i),
             )
         })
@@ -86,7 +69,7 @@ pub fn encode_rows(
             .columns()
             .iter()
             .map(|c| {
-                if pg_type(c.data_type()) == Type::TEXT
+                if wire_type(c.data_type()) == Type::TEXT
                     && !matches!(
                         c.data_type(),
                         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
@@ -117,9 +100,31 @@ fn unrepresentable(what: String) -> pgwire::error::PgWireError {
     )))
 }
 
+/// The instant row `row` of timestamp column `col` (of `unit`) holds, converted by seconds and
+/// the rest so that no unit overflows on the way; an error message when it is out of range.
+pub fn timestamp_at(col: &ArrayRef, row: usize, unit: &TimeUnit) -> Result<DateTime<Utc>, String> {
+    let (secs, nanos) = match unit {
+        TimeUnit::Second => (col.as_primitive::<TimestampSecondType>().value(row), 0),
+        TimeUnit::Millisecond => {
+            let v = col.as_primitive::<TimestampMillisecondType>().value(row);
+            (v.div_euclid(1_000), v.rem_euclid(1_000) * 1_000_000)
+        }
+        TimeUnit::Microsecond => {
+            let v = col.as_primitive::<TimestampMicrosecondType>().value(row);
+            (v.div_euclid(1_000_000), v.rem_euclid(1_000_000) * 1_000)
+        }
+        TimeUnit::Nanosecond => {
+            let v = col.as_primitive::<TimestampNanosecondType>().value(row);
+            (v.div_euclid(1_000_000_000), v.rem_euclid(1_000_000_000))
+        }
+    };
+    DateTime::<Utc>::from_timestamp(secs, nanos as u32)
+        .ok_or_else(|| format!("timestamp out of range: {secs} seconds from 1970-01-01"))
+}
+
 /// A timestamp as PostgreSQL prints it (its `ISO` date style): a fraction only when there is one,
 /// to the microsecond without trailing zeros, and `+00` for a zone (sessions are in UTC).
-fn timestamp_text(dt: &DateTime<Utc>, zoned: bool) -> String {
+pub fn timestamp_text(dt: &DateTime<Utc>, zoned: bool) -> String {
     let mut text = dt.format("%Y-%m-%d %H:%M:%S").to_string();
     let micros = dt.timestamp_subsec_micros();
     if micros > 0 {
@@ -171,27 +176,7 @@ fn encode_cell(
             encode_cell(enc, &casted, row, format)
         }
         DataType::Timestamp(unit, tz) => {
-            // Seconds and the rest, so that no unit overflows on the way.
-            let (secs, nanos) = match unit {
-                TimeUnit::Second => (col.as_primitive::<TimestampSecondType>().value(row), 0),
-                TimeUnit::Millisecond => {
-                    let v = col.as_primitive::<TimestampMillisecondType>().value(row);
-                    (v.div_euclid(1_000), v.rem_euclid(1_000) * 1_000_000)
-                }
-                TimeUnit::Microsecond => {
-                    let v = col.as_primitive::<TimestampMicrosecondType>().value(row);
-                    (v.div_euclid(1_000_000), v.rem_euclid(1_000_000) * 1_000)
-                }
-                TimeUnit::Nanosecond => {
-                    let v = col.as_primitive::<TimestampNanosecondType>().value(row);
-                    (v.div_euclid(1_000_000_000), v.rem_euclid(1_000_000_000))
-                }
-            };
-            let dt = DateTime::<Utc>::from_timestamp(secs, nanos as u32).ok_or_else(|| {
-                unrepresentable(format!(
-                    "timestamp out of range: {secs} seconds from 1970-01-01"
-                ))
-            })?;
+            let dt = timestamp_at(col, row, unit).map_err(unrepresentable)?;
             if format == FieldFormat::Text {
                 return enc.encode_field(&timestamp_text(&dt, tz.is_some()).as_str());
             }

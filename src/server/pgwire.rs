@@ -5,9 +5,11 @@ use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use datafusion::common::{ParamValues, ScalarValue};
+use futures::stream::BoxStream;
 use futures::{stream, StreamExt};
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::cancel::CancelHandler;
@@ -24,11 +26,12 @@ use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
 
-use super::copy::{copy_out, encode as encode_copy, CopyOut};
-use super::encode::{arrow_type_of_pg, encode_rows, fields, pg_type};
+use super::copy::{copy_out, header as copy_header, rows as copy_rows, CopyOut};
+use super::encode::{arrow_type_of_pg, encode_rows, fields};
 use super::session::{self, Executed, Failure};
 use crate::engine::{session_statement, Engine, Output};
 use crate::error::Error;
+use crate::pg_catalog::wire_type;
 use crate::sql::column_names::postgres_names;
 use crate::sql::parse::{parse_sql, parse_statement, Statement};
 
@@ -191,25 +194,35 @@ fn output_response(out: Output, format: &Format) -> PgWireResult<Response> {
     })
 }
 
+/// A query's rows, a batch at a time as the client takes them, each batch turned into messages by
+/// `encode`; a failure ends the stream with its error.
+fn per_batch<T: Send + 'static>(
+    rows: BoxStream<'static, Result<RecordBatch, Failure>>,
+    encode: impl Fn(&RecordBatch) -> PgWireResult<Vec<T>> + Send + 'static,
+) -> impl futures::Stream<Item = PgWireResult<T>> + Send + 'static {
+    rows.map(move |batch| {
+        let messages = batch
+            .map_err(|f| PgWireError::UserError(Box::new(f.info(0))))
+            .and_then(|b| encode(&b));
+        match messages {
+            Ok(m) => stream::iter(m.into_iter().map(Ok).collect::<Vec<_>>()),
+            Err(e) => stream::iter(vec![Err(e)]),
+        }
+    })
+    .flatten()
+}
+
 /// A query's rows as data rows, encoded a batch at a time as the client takes them.
 fn rows_response(
     schema: &SchemaRef,
-    rows: futures::stream::BoxStream<'static, Result<arrow::array::RecordBatch, Failure>>,
+    rows: BoxStream<'static, Result<RecordBatch, Failure>>,
     format: &Format,
 ) -> Response {
     let fields = Arc::new(fields(schema, |i| format.format_for(i)));
     let encoder = fields.clone();
-    let data_rows = rows
-        .map(move |batch| {
-            let rows = batch
-                .map_err(|f| PgWireError::UserError(Box::new(f.info(0))))
-                .and_then(|b| encode_rows(encoder.clone(), std::slice::from_ref(&b)));
-            match rows {
-                Ok(rows) => stream::iter(rows.into_iter().map(Ok).collect::<Vec<_>>()),
-                Err(e) => stream::iter(vec![Err(e)]),
-            }
-        })
-        .flatten();
+    let data_rows = per_batch(rows, move |b| {
+        encode_rows(encoder.clone(), std::slice::from_ref(b))
+    });
     Response::Query(QueryResponse::new(fields, data_rows))
 }
 
@@ -239,7 +252,7 @@ impl SimpleQueryHandler for Backend {
         let single = statements.len() == 1;
         for stmt in statements {
             if let Some(copy) = copy_out(&stmt.statement) {
-                match self.copy(pid, &stmt.text, copy).await {
+                match self.copy(pid, &stmt.text, stmt.offset, single, copy).await {
                     Ok(response) => responses.push(response),
                     Err(info) => {
                         responses.push(Response::Error(Box::new(info)));
@@ -286,33 +299,41 @@ impl SimpleQueryHandler for Backend {
 }
 
 impl Backend {
-    /// Runs a `COPY ... TO STDOUT`: its query's rows as copy data.
+    /// Runs a `COPY ... TO STDOUT`: its query's rows as copy data, streamed when it is the only
+    /// statement (as a query's are); errors at `offset`, where the statement starts.
     async fn copy(
         &self,
         pid: i32,
         text: &str,
+        offset: usize,
+        single: bool,
         copy: crate::error::Result<CopyOut>,
     ) -> Result<Response, ErrorInfo> {
-        let copy = copy.map_err(|e| error_info(&e.located_in(text), 0))?;
-        let out = session::execute(&self.engine, pid, text, &copy.query, None)
+        let copy = copy.map_err(|e| error_info(&e.located_in(text), offset))?;
+        let executed = session::execute(&self.engine, pid, text, &copy.query, None)
             .await
-            .map_err(|f| f.info(0))?
-            .collect()
-            .await
-            .map_err(|f| f.info(0))?;
-        let Output::Rows { schema, batches } = out else {
-            return Err(error_info(
-                &Error::Internal("COPY's query returned no rows".into()),
-                0,
-            ));
+            .map_err(|f| f.info(offset))?;
+        let (schema, rows) = match executed {
+            Executed::Rows { schema, rows } if single => (schema, rows),
+            other => match other.collect().await.map_err(|f| f.info(offset))? {
+                Output::Rows { schema, batches } => {
+                    (schema, stream::iter(batches.into_iter().map(Ok)).boxed())
+                }
+                _ => {
+                    return Err(error_info(
+                        &Error::Internal("COPY's query returned no rows".into()),
+                        offset,
+                    ))
+                }
+            },
         };
         let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-        let rows = encode_copy(&copy.format, &names, &batches).map_err(|e| error_info(&e, 0))?;
-        Ok(Response::CopyOut(CopyResponse::new(
-            0,
-            names.len(),
-            stream::iter(rows.into_iter().map(Ok)),
-        )))
+        let header = copy_header(&copy.format, &names);
+        let format = copy.format;
+        let data = stream::iter(header.map(Ok)).chain(per_batch(rows, move |b| {
+            copy_rows(&format, b).map_err(|e| user_error(&e))
+        }));
+        Ok(Response::CopyOut(CopyResponse::new(0, names.len(), data)))
     }
 }
 
@@ -410,7 +431,7 @@ impl QueryParser for Parser {
         Ok(stmt
             .params
             .iter()
-            .map(|t| t.as_ref().map(pg_type).unwrap_or(Type::TEXT))
+            .map(|t| t.as_ref().map(wire_type).unwrap_or(Type::TEXT))
             .collect())
     }
 
@@ -435,7 +456,7 @@ fn bind_params(portal: &Portal<Prepared>) -> PgWireResult<Option<ParamValues>> {
     }
     let mut values = Vec::with_capacity(prepared.params.len());
     for (i, t) in prepared.params.iter().enumerate() {
-        let v = match t.as_ref().map(pg_type).unwrap_or(Type::TEXT) {
+        let v = match t.as_ref().map(wire_type).unwrap_or(Type::TEXT) {
             Type::BOOL => ScalarValue::Boolean(portal.parameter::<bool>(i, &Type::BOOL)?),
             Type::INT2 => ScalarValue::Int16(portal.parameter::<i16>(i, &Type::INT2)?),
             Type::INT4 => ScalarValue::Int32(portal.parameter::<i32>(i, &Type::INT4)?),

@@ -25,7 +25,7 @@ use crate::runtime::Runtime;
 use crate::sessions::Sessions;
 use crate::sql::column_names::postgres_names;
 use crate::sql::parse::{parse_sql, ObjectKind, ParsedStatement, Statement};
-use crate::sql::plan::compile;
+use crate::sql::plan::{compile, Target};
 use crate::sql::session_window::{Session, SESSION_NAMES};
 use crate::sql::types::schema_from_columns;
 use crate::sql::windows::{event_time, Hop, Tumble};
@@ -296,7 +296,11 @@ impl Engine {
                     });
                 };
                 let by_key = applies_by_key(&sink_entry)?;
-                let mut plan = compile(&self.ctx.state(), query, by_key).await?;
+                let target = Target {
+                    applies_by_key: by_key,
+                    groups_expire: options.contains_key("state_ttl"),
+                };
+                let mut plan = compile(&self.ctx.state(), query, target).await?;
                 if plan.joins_changes() {
                     crate::jobs::check_change_join_sink(&sink_entry)?;
                 }
@@ -317,7 +321,7 @@ impl Engine {
                     },
                 };
                 if let Some(q) = &rewritten {
-                    plan = compile(&self.ctx.state(), q, by_key).await?;
+                    plan = compile(&self.ctx.state(), q, target).await?;
                 }
                 self.check_changes_reach_sink(&plan, &sink_entry, by_key)?;
                 let query = rewritten.as_ref().unwrap_or(query);

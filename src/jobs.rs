@@ -14,7 +14,7 @@ use crate::catalog::{columns_of, Catalog, SinkEntry};
 use crate::error::{Error, Result};
 use crate::runtime::pipeline::{JobInput, OnError, PipelineJob, PipelineSettings};
 use crate::sql::parse::{parse_statement, Statement};
-use crate::sql::plan::compile;
+use crate::sql::plan::{compile, Target};
 
 /// Compiles a catalog pipeline into a job for the data plane. The job can rebuild itself after
 /// its source's schema grew (an upstream ADD COLUMN): the catalog learns the new columns first.
@@ -42,8 +42,12 @@ pub(crate) fn build_job(
             kind: "sink",
             name: entry.sink.clone(),
         })?;
-        let plan = compile(&state, &query, applies_by_key(&sink_entry)?).await?;
         let settings = pipeline_settings(&entry.options)?;
+        let target = Target {
+            applies_by_key: applies_by_key(&sink_entry)?,
+            groups_expire: settings.state_ttl.is_some(),
+        };
+        let plan = compile(&state, &query, target).await?;
         let mut inputs = Vec::with_capacity(plan.inputs.len());
         let mut source_key = Vec::new();
         for input in &plan.inputs {

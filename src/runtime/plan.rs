@@ -14,6 +14,7 @@ use super::operator::change_aggregate::ChangeAggregate;
 use super::operator::change_join::{ChangeJoin, ChangeJoinSpec};
 use super::operator::change_top_n::ChangeTopN;
 use super::operator::distinct::Distinct;
+use super::operator::distinct_marks::{DistinctMarks, DistinctMarksSpec};
 use super::operator::lookup_join::{LookupJoin, LookupJoinSpec};
 use super::operator::parallel::Parallel;
 use super::operator::stateless::{ChangeFilter, Filter, Having, Project, Union};
@@ -51,6 +52,9 @@ pub enum OperatorSpec {
         /// Output schema.
         schema: SchemaRef,
     },
+    /// Marks the first row of each GROUP BY group and DISTINCT value passing each filter, for
+    /// the updating aggregate after it to count (`count(x) FILTER (WHERE mark)`).
+    DistinctMarks(DistinctMarksSpec),
     /// Keep the first occurrence of each row (streaming `SELECT DISTINCT`); the rows seen are state.
     Distinct {
         /// Schema of the rows (all of them form the key).
@@ -262,6 +266,9 @@ impl OperatorSpec {
             }
             OperatorSpec::Project { exprs, schema } => {
                 Box::new(Project::new(exprs.clone(), schema.clone()))
+            }
+            OperatorSpec::DistinctMarks(spec) => {
+                Box::new(DistinctMarks::new(spec.clone())?.with_memory(memory))
             }
             OperatorSpec::Distinct { schema } => {
                 Box::new(Distinct::new(schema.clone())?.with_memory(memory))

@@ -17,6 +17,7 @@ pub mod places;
 pub mod plan;
 pub mod session_window;
 pub mod shared_scans;
+pub mod split_distinct;
 pub mod stream_join;
 pub mod top_n;
 pub mod types;

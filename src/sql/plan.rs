@@ -24,14 +24,24 @@ pub use crate::runtime::plan::PipelinePlan;
 use crate::runtime::plan::{Input, NodeSpec, OperatorSpec, PlanInput};
 use crate::runtime::source_table::SourceTable;
 
+/// What a pipeline's plan depends on besides its query.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Target {
+    /// The sink applies rows by key.
+    pub applies_by_key: bool,
+    /// Groups of a GROUP BY leave the state when they stop changing (`state_ttl`).
+    pub groups_expire: bool,
+}
+
 /// Plans `query` (the SELECT of `CREATE PIPELINE ... AS INSERT INTO sink SELECT ...`). When the
 /// sink applies rows by key, a change stream read by the query is a table: a WHERE keeps the
 /// table's rows that pass it (see [`super::changes`]).
 pub async fn compile(
     state: &SessionState,
     query: &ast::Query,
-    applies_by_key: bool,
+    target: Target,
 ) -> Result<PipelinePlan> {
+    let applies_by_key = target.applies_by_key;
     // A pipeline reads the clock per batch: DataFusion's now() would be folded into the time
     // the pipeline was planned.
     let mut state = state.clone();
@@ -97,6 +107,7 @@ pub async fn compile(
         carry_from_group_by: false,
         row_number_limit: None,
         stream_joined: false,
+        split_distinct: !target.groups_expire,
     };
     let mut output = lower(&optimized, &mut cx)?;
     super::shared_scans::share_scans(&mut cx, &mut output);
@@ -221,6 +232,9 @@ pub(super) struct Lowering<'a> {
     pub row_number_limit: Option<usize>,
     /// Whether a join of two streams was lowered: its rows come behind the watermark.
     pub stream_joined: bool,
+    /// Whether DISTINCT aggregates of a GROUP BY without a window count marked rows (see
+    /// [`super::split_distinct`]): not when groups expire, as the marks would outlive them.
+    pub split_distinct: bool,
 }
 
 /// Appends a node reading `input` and returns it as the new output.
@@ -235,6 +249,7 @@ pub(super) fn push_n(cx: &mut Lowering, operator: OperatorSpec, inputs: Vec<Inpu
     // Ids are stable for a given query: checkpointed state is found by them.
     let id = match operator {
         OperatorSpec::Distinct { .. } => format!("dedup{index}"),
+        OperatorSpec::DistinctMarks(_) => format!("distinct_marks{index}"),
         OperatorSpec::Filter(_) => format!("filter{index}"),
         OperatorSpec::ChangeFilter { .. } => format!("change_filter{index}"),
         OperatorSpec::ChangeAggregate { .. } => format!("change_aggregate{index}"),
@@ -620,7 +635,12 @@ fn lower_updating_aggregate(
         )
         .at_place(cx.places.group_by));
     }
-    let aggregate = plan_aggregate(agg, cx.state)?;
+    let (from, agg) = if cx.split_distinct {
+        super::split_distinct::split_distinct(agg, from, cx)?
+    } else {
+        (from, agg.clone())
+    };
+    let aggregate = plan_aggregate(&agg, cx.state)?;
     let keys = agg.group_expr.len();
     let node = push(
         cx,

@@ -5,6 +5,7 @@ pub mod change_aggregate;
 pub mod change_join;
 pub mod change_top_n;
 pub mod distinct;
+pub mod distinct_marks;
 pub mod key_index;
 pub mod keyed_rows;
 mod lookup_cache;

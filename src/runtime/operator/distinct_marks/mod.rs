@@ -1,0 +1,446 @@
+//! The stage in front of a GROUP BY's DISTINCT aggregates (`count(DISTINCT x) FILTER (WHERE f)`):
+//! it marks each row that is the first of its group with its value of `x` passing `f`, so the
+//! aggregate counts marked rows (`count(x) FILTER (WHERE mark)`) and keeps a number per group
+//! instead of every distinct value. The pairs counted are its state, 16 bytes each, as Flink
+//! keeps split-distinct aggregates in keyed map state.
+
+mod pairs;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    make_array, new_null_array, Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder,
+    Int16Array, Int32Array, Int64Array, Int8Array, UInt16Array, UInt32Array, UInt64Array,
+    UInt8Array,
+};
+use arrow::datatypes::{
+    DataType, Field, Int16Type, Int32Type, Int64Type, Int8Type, Schema, SchemaRef, UInt16Type,
+    UInt32Type, UInt64Type, UInt8Type,
+};
+use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
+use datafusion::physical_expr::PhysicalExpr;
+
+use super::parallel::Keying;
+use super::spill::{SpillWriter, StateChunk};
+use super::Operator;
+use crate::error::{Error, Result};
+use crate::runtime::memory::{Budget, StateMemory};
+use pairs::{Interner, Pairs};
+
+/// Rows of a state batch.
+const STATE_ROWS: usize = 65_536;
+
+/// One DISTINCT argument and the filters of the aggregates over it.
+#[derive(Debug, Clone)]
+pub struct MarkedValue {
+    /// The argument, over the input rows.
+    pub value: Arc<dyn PhysicalExpr>,
+    /// One mark column per filter, in order: `None` for an aggregate without FILTER.
+    pub filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+}
+
+/// What the operator is built from, as the SQL front end plans it.
+#[derive(Debug, Clone)]
+pub struct DistinctMarksSpec {
+    /// The GROUP BY expressions, over the input rows.
+    pub groups: Vec<Arc<dyn PhysicalExpr>>,
+    /// The DISTINCT arguments.
+    pub values: Vec<MarkedValue>,
+    /// The input rows' schema.
+    pub input: SchemaRef,
+    /// The output: the input columns, then a Boolean mark per argument and filter, in order.
+    pub output: SchemaRef,
+}
+
+/// How a value becomes a pair's 64 bits.
+enum Encoding {
+    /// An integer, or a type stored as one (dates, times, timestamps, durations): its bits,
+    /// read as the integer type `carrier`.
+    Integer { carrier: DataType },
+    /// Any other: the id of its row in Arrow's row format, interned.
+    Interned {
+        converter: RowConverter,
+        values: Interner,
+    },
+}
+
+/// The integer type whose bits a value of type `t` is stored as.
+fn carrier(t: &DataType) -> Option<DataType> {
+    use DataType::*;
+    Some(match t {
+        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 => t.clone(),
+        Date32 | Time32(_) => Int32,
+        Date64 | Time64(_) | Timestamp(_, _) | Duration(_) => Int64,
+        _ => return None,
+    })
+}
+
+/// `array` with its buffers read as type `t` (of the same width).
+fn retyped(array: &dyn Array, t: &DataType) -> Result<ArrayRef> {
+    let data = array.to_data().into_builder().data_type(t.clone()).build()?;
+    Ok(make_array(data))
+}
+
+/// Each value's bits (whatever for NULLs), for an array of `carrier`'s width.
+fn integer_bits(array: &dyn Array, carrier: &DataType) -> Result<Vec<u64>> {
+    let a = retyped(array, carrier)?;
+    Ok(match carrier {
+        DataType::Int8 => a.as_primitive::<Int8Type>().values().iter().map(|v| *v as i64 as u64).collect(),
+        DataType::Int16 => a.as_primitive::<Int16Type>().values().iter().map(|v| *v as i64 as u64).collect(),
+        DataType::Int32 => a.as_primitive::<Int32Type>().values().iter().map(|v| *v as i64 as u64).collect(),
+        DataType::Int64 => a.as_primitive::<Int64Type>().values().iter().map(|v| *v as u64).collect(),
+        DataType::UInt8 => a.as_primitive::<UInt8Type>().values().iter().map(|v| *v as u64).collect(),
+        DataType::UInt16 => a.as_primitive::<UInt16Type>().values().iter().map(|v| *v as u64).collect(),
+        DataType::UInt32 => a.as_primitive::<UInt32Type>().values().iter().map(|v| *v as u64).collect(),
+        DataType::UInt64 => a.as_primitive::<UInt64Type>().values().to_vec(),
+        other => return Err(Error::Internal(format!("no integer carrier {other}"))),
+    })
+}
+
+/// Values of type `t` from their bits as `carrier`.
+fn from_integer_bits(bits: &[u64], carrier: &DataType, t: &DataType) -> Result<ArrayRef> {
+    let a: ArrayRef = match carrier {
+        DataType::Int8 => Arc::new(Int8Array::from_iter_values(bits.iter().map(|b| *b as i64 as i8))),
+        DataType::Int16 => Arc::new(Int16Array::from_iter_values(bits.iter().map(|b| *b as i64 as i16))),
+        DataType::Int32 => Arc::new(Int32Array::from_iter_values(bits.iter().map(|b| *b as i64 as i32))),
+        DataType::Int64 => Arc::new(Int64Array::from_iter_values(bits.iter().map(|b| *b as i64))),
+        DataType::UInt8 => Arc::new(UInt8Array::from_iter_values(bits.iter().map(|b| *b as u8))),
+        DataType::UInt16 => Arc::new(UInt16Array::from_iter_values(bits.iter().map(|b| *b as u16))),
+        DataType::UInt32 => Arc::new(UInt32Array::from_iter_values(bits.iter().map(|b| *b as u32))),
+        DataType::UInt64 => Arc::new(UInt64Array::from_iter_values(bits.iter().copied())),
+        other => return Err(Error::Internal(format!("no integer carrier {other}"))),
+    };
+    retyped(&a, t)
+}
+
+impl Encoding {
+    fn for_type(t: &DataType) -> Result<Self> {
+        Ok(match carrier(t) {
+            Some(carrier) => Encoding::Integer { carrier },
+            None => Encoding::Interned {
+                converter: RowConverter::new(vec![SortField::new(t.clone())])?,
+                values: Interner::default(),
+            },
+        })
+    }
+
+    /// Each value's 64 bits (whatever for NULLs).
+    fn encode(&mut self, values: &ArrayRef) -> Result<Vec<u64>> {
+        match self {
+            Encoding::Integer { carrier } => integer_bits(values.as_ref(), carrier),
+            Encoding::Interned { converter, values: interned } => {
+                let rows = converter.convert_columns(std::slice::from_ref(values))?;
+                rows.iter()
+                    .map(|r| Ok(u64::from(interned.intern(r.as_ref())?)))
+                    .collect()
+            }
+        }
+    }
+
+    /// Values of type `t` from their bits.
+    fn decode(&self, bits: &[u64], t: &DataType) -> Result<ArrayRef> {
+        match self {
+            Encoding::Integer { carrier } => from_integer_bits(bits, carrier, t),
+            Encoding::Interned { converter, values } => {
+                let parser = converter.parser();
+                let rows = bits.iter().map(|b| parser.parse(values.row(*b as u32)));
+                Ok(converter.convert_rows(rows)?.remove(0))
+            }
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Encoding::Integer { .. } => 0,
+            Encoding::Interned { values, .. } => values.bytes(),
+        }
+    }
+}
+
+/// One DISTINCT argument's pairs and their changes.
+struct Counted {
+    spec: MarkedValue,
+    data_type: DataType,
+    encoding: Encoding,
+    pairs: Pairs,
+    /// Filters first passed by batches not yet committed, per pair.
+    pending: HashMap<(u32, u64), u32, ahash::RandomState>,
+    /// Pairs whose filters changed since the last snapshot.
+    unsnapshotted: Vec<(u32, u64)>,
+}
+
+/// Marks the first row of each group and DISTINCT value passing each filter.
+pub struct DistinctMarks {
+    groups: Vec<Arc<dyn PhysicalExpr>>,
+    group_converter: RowConverter,
+    /// The groups seen, by id.
+    group_ids: Interner,
+    values: Vec<Counted>,
+    output: SchemaRef,
+    state_schema: SchemaRef,
+    budget: Option<Budget>,
+}
+
+impl DistinctMarks {
+    /// The operator `spec` describes, with nothing counted.
+    pub fn new(spec: DistinctMarksSpec) -> Result<Self> {
+        let mut fields = Vec::new();
+        let mut sort_fields = Vec::new();
+        for (i, g) in spec.groups.iter().enumerate() {
+            let t = g.data_type(&spec.input)?;
+            sort_fields.push(SortField::new(t.clone()));
+            fields.push(Field::new(format!("group_{i}"), t, true));
+        }
+        let mut values = Vec::new();
+        for (i, v) in spec.values.iter().enumerate() {
+            if v.filters.len() > 32 {
+                return Err(Error::Internal(
+                    "more than 32 filters of one DISTINCT argument".into(),
+                ));
+            }
+            let t = v.value.data_type(&spec.input)?;
+            fields.push(Field::new(format!("value_{i}"), t.clone(), true));
+            fields.push(Field::new(format!("filters_{i}"), DataType::UInt32, true));
+            values.push(Counted {
+                spec: v.clone(),
+                encoding: Encoding::for_type(&t)?,
+                data_type: t,
+                pairs: Pairs::default(),
+                pending: HashMap::default(),
+                unsnapshotted: Vec::new(),
+            });
+        }
+        Ok(DistinctMarks {
+            groups: spec.groups,
+            group_converter: RowConverter::new(sort_fields)?,
+            group_ids: Interner::default(),
+            values,
+            output: spec.output,
+            state_schema: Arc::new(Schema::new(fields)),
+            budget: None,
+        })
+    }
+
+    /// The same, its state accounted in `memory`.
+    pub fn with_memory(mut self, memory: &Arc<StateMemory>) -> Self {
+        self.budget = Some(Budget::new(memory, "distinct_marks"));
+        self
+    }
+
+    /// The group id of each of the rows whose GROUP BY values are `keys`.
+    fn group_ids(&mut self, keys: &[ArrayRef]) -> Result<Vec<u32>> {
+        let rows = self.group_converter.convert_columns(keys)?;
+        rows.iter()
+            .map(|r| self.group_ids.intern(r.as_ref()))
+            .collect()
+    }
+
+    /// State rows for `pairs` (group id and value) of argument `at`.
+    fn state_batch(&self, at: usize, pairs: &[(u32, u64)]) -> Result<RecordBatch> {
+        let parser = self.group_converter.parser();
+        let mut columns = self
+            .group_converter
+            .convert_rows(pairs.iter().map(|(g, _)| parser.parse(self.group_ids.row(*g))))?;
+        let n = pairs.len();
+        for (i, counted) in self.values.iter().enumerate() {
+            if i == at {
+                let bits: Vec<u64> = pairs.iter().map(|(_, v)| *v).collect();
+                columns.push(counted.encoding.decode(&bits, &counted.data_type)?);
+                columns.push(Arc::new(UInt32Array::from_iter_values(
+                    pairs.iter().map(|(g, v)| counted.pairs.filters(*g, *v)),
+                )));
+            } else {
+                columns.push(new_null_array(&counted.data_type, n));
+                columns.push(new_null_array(&DataType::UInt32, n));
+            }
+        }
+        Ok(RecordBatch::try_new(self.state_schema.clone(), columns)?)
+    }
+
+    fn bytes(&self) -> usize {
+        self.group_ids.bytes()
+            + self
+                .values
+                .iter()
+                .map(|c| c.pairs.bytes() + c.encoding.bytes())
+                .sum::<usize>()
+    }
+}
+
+impl Operator for DistinctMarks {
+    fn kind(&self) -> &'static str {
+        "distinct_marks"
+    }
+
+    fn emits_only_when_processing(&self) -> bool {
+        true
+    }
+
+    fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let n = batch.num_rows();
+        let keys = self
+            .groups
+            .iter()
+            .map(|g| g.evaluate(&batch)?.into_array(n))
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let groups = self.group_ids(&keys)?;
+        let mut columns = batch.columns().to_vec();
+        for counted in &mut self.values {
+            let values = counted.spec.value.evaluate(&batch)?.into_array(n)?;
+            let bits = counted.encoding.encode(&values)?;
+            let passes = counted
+                .spec
+                .filters
+                .iter()
+                .map(|f| match f {
+                    Some(f) => Ok(Some(f.evaluate(&batch)?.into_array(n)?)),
+                    None => Ok(None),
+                })
+                .collect::<datafusion::common::Result<Vec<Option<ArrayRef>>>>()?;
+            let passes: Vec<Option<&BooleanArray>> =
+                passes.iter().map(|p| p.as_ref().map(|a| a.as_boolean())).collect();
+            let mut marks: Vec<BooleanBufferBuilder> =
+                passes.iter().map(|_| BooleanBufferBuilder::new(n)).collect();
+            for row in 0..n {
+                let mut want = 0u32;
+                if values.is_valid(row) {
+                    for (j, p) in passes.iter().enumerate() {
+                        let passed = match p {
+                            None => true,
+                            Some(p) => p.is_valid(row) && p.value(row),
+                        };
+                        if passed {
+                            want |= 1 << j;
+                        }
+                    }
+                }
+                let mut first = 0;
+                if want != 0 {
+                    let (group, value) = (groups[row], bits[row]);
+                    first = want & !counted.pairs.filters(group, value);
+                    if first != 0 {
+                        let pending = counted.pending.entry((group, value)).or_insert(0);
+                        first &= !*pending;
+                        *pending |= first;
+                    }
+                }
+                for (j, m) in marks.iter_mut().enumerate() {
+                    m.append(first & (1 << j) != 0);
+                }
+            }
+            for mut m in marks {
+                columns.push(Arc::new(BooleanArray::new(m.finish(), None)));
+            }
+        }
+        Ok(vec![RecordBatch::try_new(self.output.clone(), columns)?])
+    }
+
+    fn commit_batch(&mut self) {
+        for counted in &mut self.values {
+            for ((group, value), filters) in counted.pending.drain() {
+                if filters != 0 {
+                    counted.pairs.add(group, value, filters);
+                    counted.unsnapshotted.push((group, value));
+                }
+            }
+        }
+    }
+
+    fn abort_batch(&mut self) {
+        for counted in &mut self.values {
+            counted.pending.clear();
+        }
+    }
+
+    fn state_schema(&self) -> Option<SchemaRef> {
+        Some(self.state_schema.clone())
+    }
+
+    fn snapshot(&mut self, full: bool) -> Result<Vec<StateChunk>> {
+        let mut changed = Vec::with_capacity(self.values.len());
+        for counted in &mut self.values {
+            let mut pairs = std::mem::take(&mut counted.unsnapshotted);
+            if full {
+                pairs = counted.pairs.iter().map(|p| (p.group, p.value)).collect();
+            } else {
+                pairs.sort_unstable();
+                pairs.dedup();
+            }
+            changed.push(pairs);
+        }
+        let total: usize = changed.iter().map(Vec::len).sum();
+        let mut writer = match &self.budget {
+            Some(budget) if total > STATE_ROWS => {
+                Some(SpillWriter::new(budget.memory(), &self.state_schema)?)
+            }
+            _ => None,
+        };
+        let mut out = Vec::new();
+        for (at, pairs) in changed.iter().enumerate() {
+            for chunk in pairs.chunks(STATE_ROWS) {
+                let batch = self.state_batch(at, chunk)?;
+                match &mut writer {
+                    Some(w) => w.write(&batch)?,
+                    None => out.push(StateChunk::Batch(batch)),
+                }
+            }
+        }
+        if let Some(w) = writer {
+            out.extend(w.finish()?.map(StateChunk::Spilled));
+        }
+        Ok(out)
+    }
+
+    fn restore(&mut self, state: Vec<StateChunk>, _watermark: Option<i64>) -> Result<()> {
+        let groups = self.groups.len();
+        for chunk in &state {
+            for batch in chunk.batches()? {
+                let batch = batch?;
+                let ids = self.group_ids(&batch.columns()[..groups])?;
+                for (i, counted) in self.values.iter_mut().enumerate() {
+                    let values = batch.column(groups + 2 * i);
+                    let filters = batch.column(groups + 2 * i + 1).as_primitive::<UInt32Type>();
+                    if filters.null_count() == filters.len() {
+                        continue;
+                    }
+                    let bits = counted.encoding.encode(values)?;
+                    for row in 0..batch.num_rows() {
+                        if filters.is_valid(row) && values.is_valid(row) {
+                            counted.pairs.add(ids[row], bits[row], filters.value(row));
+                        }
+                    }
+                }
+            }
+            self.fit_memory()?;
+        }
+        Ok(())
+    }
+
+    fn fit_memory(&mut self) -> Result<()> {
+        let bytes = self.bytes();
+        Budget::hold_in(
+            self.budget.as_mut(),
+            bytes,
+            "COUNT(DISTINCT ...)'s values counted per group",
+        )
+    }
+
+    fn state_rows(&self) -> usize {
+        self.values.iter().map(|c| c.pairs.len()).sum()
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.bytes()
+    }
+
+    fn keying(&self) -> Option<Keying> {
+        Some(Keying {
+            inputs: vec![self.groups.clone()],
+            state: (0..self.groups.len()).collect(),
+        })
+    }
+}

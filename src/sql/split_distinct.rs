@@ -13,14 +13,11 @@ use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
 use super::plan::{push, Lowering};
 use super::placeholders::placeholder_with;
 use crate::error::Result;
-use crate::runtime::operator::distinct_marks::{DistinctMarksSpec, MarkedValue};
+use crate::runtime::operator::distinct_marks::{DistinctMarksSpec, MarkedValue, MAX_FILTERS};
 use crate::runtime::plan::{Input, OperatorSpec};
 
 /// The aggregates whose DISTINCT result is their result over the first row of each value.
 const MARKABLE: [&str; 3] = ["count", "sum", "avg"];
-
-/// Filters one argument's marks can tell apart.
-const MAX_FILTERS: usize = 32;
 
 /// The mark column of argument `value`'s filter `filter`.
 fn mark_name(value: usize, filter: usize) -> String {

@@ -28,9 +28,11 @@ async fn rollups_update_postgres_and_delta_across_sigkills() {
          CREATE PIPELINE per_auction WITH (checkpoint_interval = '100ms', parallelism = 2, state_memory = '4 MB') AS INSERT INTO lake
            SELECT auction, count(*) AS n, sum(price) AS total, max(price) AS high, max(url) AS url FROM bids GROUP BY auction;
          CREATE PIPELINE per_bidder WITH (checkpoint_interval = '100ms') AS INSERT INTO wh
-           SELECT bidder, count(*) AS n, min(date_time) AS first_bid FROM bids GROUP BY bidder;
+           SELECT bidder, count(*) AS n, min(date_time) AS first_bid, count(DISTINCT auction) AS auctions FROM bids GROUP BY bidder;
          CREATE PIPELINE few_bids WITH (checkpoint_interval = '100ms', parallelism = 2) AS INSERT INTO few
-           SELECT auction, count(*) AS n, max(price) AS high FROM bids GROUP BY auction HAVING count(*) < 30;",
+           SELECT auction, count(*) AS n, max(price) AS high, count(DISTINCT bidder) AS bidders,
+                  count(DISTINCT bidder) FILTER (WHERE price > 1000000) AS big_bidders
+           FROM bids GROUP BY auction HAVING count(*) < 30;",
         lake.display(),
         few.display(),
         pg.url("postgres")
@@ -60,6 +62,13 @@ async fn rollups_update_postgres_and_delta_across_sigkills() {
     .parse()
     .unwrap();
     assert!(spilled > 0, "per_auction spilled its state");
+    // The DISTINCT counts were counted by marks in front of the aggregates (a number per group).
+    let marks = scalar(
+        &c,
+        "SELECT count(DISTINCT pipeline) FROM tributary.operators WHERE kind = 'distinct_marks' AND state_rows > 0",
+    )
+    .await;
+    assert_eq!(marks, "2");
 
     // Delta: every auction once, with its totals over all bids.
     let want = query_lines(
@@ -75,10 +84,11 @@ async fn rollups_update_postgres_and_delta_across_sigkills() {
     // more; the table holds exactly the batch result.
     let want = query_lines(
         &c,
-        "SELECT auction, count(*), max(price) FROM bids GROUP BY auction HAVING count(*) < 30 ORDER BY auction",
+        "SELECT auction, count(*), max(price), count(DISTINCT bidder), count(DISTINCT bidder) FILTER (WHERE price > 1000000) \
+         FROM bids GROUP BY auction HAVING count(*) < 30 ORDER BY auction",
     )
     .await;
-    let got = delta_sorted(&few, &["auction", "n", "high"]);
+    let got = delta_sorted(&few, &["auction", "n", "high", "bidders", "big_bidders"]);
     assert!(want.len() > 100, "{} auctions", want.len());
     assert_eq!(got, want, "auctions with fewer than 30 bids");
     let deleted: u64 = scalar(
@@ -96,19 +106,22 @@ async fn rollups_update_postgres_and_delta_across_sigkills() {
     // PostgreSQL: every bidder once, keyed by bidder.
     let want = query_lines(
         &c,
-        "SELECT bidder, count(*), CAST(floor(date_part('epoch', min(date_time)) * 1000) AS BIGINT) FROM bids GROUP BY bidder ORDER BY bidder",
+        "SELECT bidder, count(*), CAST(floor(date_part('epoch', min(date_time)) * 1000) AS BIGINT), count(DISTINCT auction) FROM bids GROUP BY bidder ORDER BY bidder",
     )
     .await;
     let wh = pg.client("postgres").await;
     let got: Vec<String> = wh
         .query(
-            "SELECT bidder, n, floor(extract(epoch FROM first_bid) * 1000)::bigint FROM per_bidder ORDER BY bidder",
+            "SELECT bidder, n, floor(extract(epoch FROM first_bid) * 1000)::bigint, auctions FROM per_bidder ORDER BY bidder",
             &[],
         )
         .await
         .unwrap()
         .iter()
-        .map(|r| format!("{} {} {}", r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)))
+        .map(|r| {
+            let field = |i| r.get::<_, i64>(i);
+            format!("{} {} {} {}", field(0), field(1), field(2), field(3))
+        })
         .collect();
     assert_eq!(
         got.len(),

@@ -26,6 +26,9 @@ use crate::runtime::memory::{Budget, StateMemory};
 const BASE_BATCHES: usize = 64;
 /// Spill files are merged into one when there are more than this many.
 const SPILL_FILES: usize = 8;
+/// The partial states of batches since the last emission are merged, one row per group, once
+/// they are this many rows and twice as many as the last such merge left.
+const COMPACT_ROWS: usize = 131_072;
 
 /// Per-group aggregation emitting the changed groups at each checkpoint.
 ///
@@ -47,6 +50,8 @@ pub struct UpdatingAggregate {
     pending: Vec<RecordBatch>,
     /// Partial states committed since the last snapshot.
     unsnapshotted: Vec<StateChunk>,
+    /// Rows the last merge of `changed` left (one per group changed by then).
+    compacted_rows: usize,
     /// How long a group is kept without changing.
     ttl: Option<Duration>,
     /// When each group last changed (groups restored from a checkpoint: when restored).
@@ -81,6 +86,7 @@ impl UpdatingAggregate {
             changed: Vec::new(),
             pending: Vec::new(),
             unsnapshotted: Vec::new(),
+            compacted_rows: 0,
             ttl,
             changed_at: HashMap::new(),
             expired_at: Instant::now(),
@@ -124,6 +130,7 @@ impl UpdatingAggregate {
             return Ok(Vec::new());
         }
         let changed = std::mem::take(&mut self.changed);
+        self.compacted_rows = 0;
         let mut groups = HashSet::new();
         for chunk in &changed {
             for batch in chunk.batches()? {
@@ -251,6 +258,37 @@ impl UpdatingAggregate {
             .iter()
             .map(|r| Some(groups.contains(r.as_ref())))
             .collect())
+    }
+
+    /// Merges the partial states committed since the last emission into one row per group once
+    /// they are many more rows than that (a batch's states hold each of its groups: with many
+    /// groups, an epoch's batches would otherwise hold them many times over until the
+    /// checkpoint). The states not yet snapshotted are the same batches, and are replaced by
+    /// the same merge.
+    fn compact_changed(&mut self) -> Result<()> {
+        let rows: usize = self.changed.iter().map(StateChunk::rows).sum();
+        if rows < COMPACT_ROWS.max(2 * self.compacted_rows) {
+            return Ok(());
+        }
+        let same = self.changed.len() == self.unsnapshotted.len()
+            && rows == self.unsnapshotted.iter().map(StateChunk::rows).sum::<usize>();
+        let merged = self
+            .stages
+            .reduce_chunks(std::mem::take(&mut self.changed))?
+            .collect::<Result<Vec<_>>>()?;
+        self.compacted_rows = merged.iter().map(RecordBatch::num_rows).sum();
+        self.changed = super::spill::in_memory(merged);
+        if same {
+            self.unsnapshotted = self.changed.clone();
+        } else {
+            let unsnapshotted = std::mem::take(&mut self.unsnapshotted);
+            self.unsnapshotted = super::spill::in_memory(
+                self.stages
+                    .reduce_chunks(unsnapshotted)?
+                    .collect::<Result<Vec<_>>>()?,
+            );
+        }
+        Ok(())
     }
 
     /// Bytes of state in memory: the states as of the last emission, and the changes since
@@ -394,6 +432,7 @@ impl Operator for UpdatingAggregate {
     /// Spills every state in memory when they do not fit: they are read back group by group
     /// at each emission.
     fn fit_memory(&mut self) -> Result<()> {
+        self.compact_changed()?;
         let bytes = self.memory_bytes();
         if self.budget.as_mut().is_none_or(|b| b.fits(bytes)) {
             return Ok(());
@@ -512,6 +551,52 @@ mod tests {
             vec![row("a", 3, 5, 2), row("c", 1, 5, 1)]
         );
         assert_eq!(op.state_rows(), 3);
+    }
+
+    /// Many groups in every batch of a long epoch: the batches' partial states are merged as
+    /// they come, so the state holds about one row per group, not one per group and batch;
+    /// the emission, an incremental snapshot and a restore from it are unchanged by it.
+    #[tokio::test]
+    async fn an_epochs_partial_states_merge_as_they_come() {
+        let mut op = operator().await;
+        let groups = 20_000;
+        let keys: Vec<String> = (0..groups).map(|g| format!("g{g}")).collect();
+        let mut most = 0;
+        let mut snapshots = op.snapshot(true).unwrap();
+        for epoch in 0..2 {
+            for b in 0..40 {
+                let rows: Vec<(&str, i64)> = keys
+                    .iter()
+                    .enumerate()
+                    .map(|(g, k)| (k.as_str(), ((g + b) % 3) as i64))
+                    .collect();
+                op.process(0, batch(&rows)).unwrap();
+                op.commit_batch();
+                op.fit_memory().unwrap();
+                most = most.max(op.state_rows());
+            }
+            let out = rows(&op.on_checkpoint().unwrap());
+            assert_eq!(out.len(), groups);
+            let n = 40 * (epoch + 1);
+            for (k, got_n, total, values) in &out {
+                let g: usize = k[1..].parse().unwrap();
+                let total_want: i64 = (0..n).map(|b| ((g + b % 40) % 3) as i64).sum();
+                assert_eq!((*got_n, *total, *values), (n as i64, total_want, 3), "{k}");
+            }
+            snapshots.extend(op.snapshot(false).unwrap());
+        }
+        // Without merging, an epoch would hold 40 rows per group.
+        assert!(most <= 5 * groups + 2 * 131_072, "{most} state rows");
+        let mut restored = operator().await;
+        restored.restore(snapshots, None).unwrap();
+        assert_eq!(restored.state_rows(), groups);
+        restored.process(0, batch(&[("g7", 10)])).unwrap();
+        restored.commit_batch();
+        let total: i64 = (0..80).map(|b| ((7 + b % 40) % 3) as i64).sum::<i64>() + 10;
+        assert_eq!(
+            rows(&restored.on_checkpoint().unwrap()),
+            vec![row("g7", 81, total, 4)]
+        );
     }
 
     #[tokio::test]

@@ -30,6 +30,7 @@ use super::Operator;
 use crate::error::{Error, Result};
 use crate::runtime::memory::{Budget, StateMemory};
 use pairs::{Interner, Pairs};
+pub use pairs::MAX_FILTERS;
 
 /// Rows of a state batch.
 const STATE_ROWS: usize = 65_536;
@@ -169,8 +170,6 @@ struct Counted {
     pairs: Pairs,
     /// Filters first passed by batches not yet committed, per pair.
     pending: HashMap<(u32, u64), u32, ahash::RandomState>,
-    /// Pairs whose filters changed since the last snapshot.
-    unsnapshotted: Vec<(u32, u64)>,
 }
 
 /// Marks the first row of each group and DISTINCT value passing each filter.
@@ -197,10 +196,10 @@ impl DistinctMarks {
         }
         let mut values = Vec::new();
         for (i, v) in spec.values.iter().enumerate() {
-            if v.filters.len() > 32 {
-                return Err(Error::Internal(
-                    "more than 32 filters of one DISTINCT argument".into(),
-                ));
+            if v.filters.len() > MAX_FILTERS {
+                return Err(Error::Internal(format!(
+                    "more than {MAX_FILTERS} filters of one DISTINCT argument"
+                )));
             }
             let t = v.value.data_type(&spec.input)?;
             fields.push(Field::new(format!("value_{i}"), t.clone(), true));
@@ -211,7 +210,6 @@ impl DistinctMarks {
                 data_type: t,
                 pairs: Pairs::default(),
                 pending: HashMap::default(),
-                unsnapshotted: Vec::new(),
             });
         }
         Ok(DistinctMarks {
@@ -239,19 +237,21 @@ impl DistinctMarks {
             .collect()
     }
 
-    /// State rows for `pairs` (group id and value) of argument `at`.
-    fn state_batch(&self, at: usize, pairs: &[(u32, u64)]) -> Result<RecordBatch> {
+    /// State rows for `pairs` (group id, value, filters) of argument `at`.
+    fn state_batch(&self, at: usize, pairs: &[(u32, u64, u32)]) -> Result<RecordBatch> {
         let parser = self.group_converter.parser();
-        let mut columns = self
-            .group_converter
-            .convert_rows(pairs.iter().map(|(g, _)| parser.parse(self.group_ids.row(*g))))?;
+        let mut columns = self.group_converter.convert_rows(
+            pairs
+                .iter()
+                .map(|(g, _, _)| parser.parse(self.group_ids.row(*g))),
+        )?;
         let n = pairs.len();
         for (i, counted) in self.values.iter().enumerate() {
             if i == at {
-                let bits: Vec<u64> = pairs.iter().map(|(_, v)| *v).collect();
+                let bits: Vec<u64> = pairs.iter().map(|(_, v, _)| *v).collect();
                 columns.push(counted.encoding.decode(&bits, &counted.data_type)?);
                 columns.push(Arc::new(UInt32Array::from_iter_values(
-                    pairs.iter().map(|(g, v)| counted.pairs.filters(*g, *v)),
+                    pairs.iter().map(|(_, _, f)| *f),
                 )));
             } else {
                 columns.push(new_null_array(&counted.data_type, n));
@@ -343,8 +343,7 @@ impl Operator for DistinctMarks {
         for counted in &mut self.values {
             for ((group, value), filters) in counted.pending.drain() {
                 if filters != 0 {
-                    counted.pairs.add(group, value, filters);
-                    counted.unsnapshotted.push((group, value));
+                    counted.pairs.add(group, value, filters, false);
                 }
             }
         }
@@ -361,18 +360,15 @@ impl Operator for DistinctMarks {
     }
 
     fn snapshot(&mut self, full: bool) -> Result<Vec<StateChunk>> {
-        let mut changed = Vec::with_capacity(self.values.len());
-        for counted in &mut self.values {
-            let mut pairs = std::mem::take(&mut counted.unsnapshotted);
-            if full {
-                pairs = counted.pairs.iter().map(|p| (p.group, p.value)).collect();
-            } else {
-                pairs.sort_unstable();
-                pairs.dedup();
-            }
-            changed.push(pairs);
-        }
-        let total: usize = changed.iter().map(Vec::len).sum();
+        let total: usize = self
+            .values
+            .iter()
+            .map(|c| match full {
+                true => c.pairs.len(),
+                false => c.pairs.changed_len(),
+            })
+            .sum();
+        // Past a batch's worth the rows go to a file as they are made, not to memory.
         let mut writer = match &self.budget {
             Some(budget) if total > STATE_ROWS => {
                 Some(SpillWriter::new(budget.memory(), &self.state_schema)?)
@@ -380,14 +376,30 @@ impl Operator for DistinctMarks {
             _ => None,
         };
         let mut out = Vec::new();
-        for (at, pairs) in changed.iter().enumerate() {
-            for chunk in pairs.chunks(STATE_ROWS) {
-                let batch = self.state_batch(at, chunk)?;
+        let mut chunk = Vec::with_capacity(STATE_ROWS.min(total));
+        for (at, counted) in self.values.iter().enumerate() {
+            let pairs: Box<dyn Iterator<Item = &pairs::Pair>> = match full {
+                true => Box::new(counted.pairs.iter()),
+                false => Box::new(counted.pairs.changed()),
+            };
+            let mut pairs = pairs.peekable();
+            while pairs.peek().is_some() {
+                chunk.clear();
+                chunk.extend(
+                    pairs
+                        .by_ref()
+                        .take(STATE_ROWS)
+                        .map(|p| (p.group, p.value, p.filters())),
+                );
+                let batch = self.state_batch(at, &chunk)?;
                 match &mut writer {
                     Some(w) => w.write(&batch)?,
                     None => out.push(StateChunk::Batch(batch)),
                 }
             }
+        }
+        for counted in &mut self.values {
+            counted.pairs.clear_changed();
         }
         if let Some(w) = writer {
             out.extend(w.finish()?.map(StateChunk::Spilled));
@@ -410,7 +422,7 @@ impl Operator for DistinctMarks {
                     let bits = counted.encoding.encode(values)?;
                     for row in 0..batch.num_rows() {
                         if filters.is_valid(row) && values.is_valid(row) {
-                            counted.pairs.add(ids[row], bits[row], filters.value(row));
+                            counted.pairs.add(ids[row], bits[row], filters.value(row), true);
                         }
                     }
                 }

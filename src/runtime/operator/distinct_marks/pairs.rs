@@ -101,19 +101,34 @@ impl Interner {
     }
 }
 
-/// A pair counted: its group's id, the filters it passed (bit `j`: filter `j`), its value (an
-/// integer's bits, or an interned row's id).
+/// Filters one argument's pairs tell apart: a bit each, the last bit marks a changed pair.
+pub const MAX_FILTERS: usize = 31;
+
+/// The bit of a pair whose filters changed since the last snapshot.
+const CHANGED: u32 = 1 << 31;
+
+/// A pair counted: its group's id, the filters it passed (bit `j`: filter `j`; and
+/// [`CHANGED`]), its value (an integer's bits, or an interned row's id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pair {
     pub group: u32,
-    pub filters: u32,
+    bits: u32,
     pub value: u64,
+}
+
+impl Pair {
+    /// The filters it passed.
+    pub fn filters(&self) -> u32 {
+        self.bits & !CHANGED
+    }
 }
 
 /// The pairs of one DISTINCT argument counted so far.
 pub struct Pairs {
     table: HashTable<Pair>,
     hasher: RandomState,
+    /// Pairs marked [`CHANGED`].
+    changed: usize,
 }
 
 impl Default for Pairs {
@@ -121,6 +136,7 @@ impl Default for Pairs {
         Pairs {
             table: HashTable::new(),
             hasher: RandomState::new(),
+            changed: 0,
         }
     }
 }
@@ -135,29 +151,39 @@ impl Pairs {
         let hash = Self::hash(&self.hasher, group, value);
         self.table
             .find(hash, |p| p.group == group && p.value == value)
-            .map_or(0, |p| p.filters)
+            .map_or(0, Pair::filters)
     }
 
-    /// Adds `filters` to the pair's; returns its filters after.
-    pub fn add(&mut self, group: u32, value: u64, filters: u32) -> u32 {
+    /// Adds `filters` to the pair's, marking it changed when they are new to it (unless
+    /// `restored`: then it is as of the last snapshot).
+    pub fn add(&mut self, group: u32, value: u64, filters: u32, restored: bool) {
         let hasher = &self.hasher;
         let hash = Self::hash(hasher, group, value);
+        let changed = if restored { 0 } else { CHANGED };
+        let filters = filters & !CHANGED;
         match self.table.entry(
             hash,
             |p| p.group == group && p.value == value,
             |p| Self::hash(hasher, p.group, p.value),
         ) {
             Entry::Occupied(mut e) => {
-                e.get_mut().filters |= filters;
-                e.get().filters
+                let pair = e.get_mut();
+                if pair.bits | filters != pair.bits {
+                    if pair.bits & CHANGED == 0 && changed != 0 {
+                        self.changed += 1;
+                    }
+                    pair.bits |= filters | changed;
+                }
             }
             Entry::Vacant(v) => {
                 v.insert(Pair {
                     group,
-                    filters,
+                    bits: filters | changed,
                     value,
                 });
-                filters
+                if changed != 0 {
+                    self.changed += 1;
+                }
             }
         }
     }
@@ -165,6 +191,26 @@ impl Pairs {
     /// Every pair, in no order.
     pub fn iter(&self) -> impl Iterator<Item = &Pair> {
         self.table.iter()
+    }
+
+    /// The pairs changed since [`Pairs::clear_changed`], in no order.
+    pub fn changed(&self) -> impl Iterator<Item = &Pair> {
+        self.table.iter().filter(|p| p.bits & CHANGED != 0)
+    }
+
+    /// How many pairs changed since [`Pairs::clear_changed`].
+    pub fn changed_len(&self) -> usize {
+        self.changed
+    }
+
+    /// Marks every pair as of the snapshot just taken.
+    pub fn clear_changed(&mut self) {
+        if self.changed > 0 {
+            for p in self.table.iter_mut() {
+                p.bits &= !CHANGED;
+            }
+            self.changed = 0;
+        }
     }
 
     /// Pairs counted.
@@ -202,17 +248,25 @@ mod tests {
     }
 
     #[test]
-    fn pairs_gather_their_filters() {
+    fn pairs_gather_their_filters_and_changes() {
         let mut pairs = Pairs::default();
         for i in 0..100_000u64 {
-            pairs.add((i % 7) as u32, i / 3, 1 << (i % 3));
+            pairs.add((i % 7) as u32, i / 3, 1 << (i % 3), i >= 90_000);
         }
         assert_eq!(pairs.filters(0, 0), 1);
         // 0..3 are (0,0,1), (1,0,2), (2,0,4): groups differ.
         assert_eq!(pairs.filters(1, 0), 2);
         assert_eq!(pairs.filters(3, 999_999), 0);
-        assert_eq!(pairs.add(0, 0, 4), 5);
         assert_eq!(pairs.len(), 100_000);
+        assert_eq!(pairs.changed_len(), 90_000);
+        assert_eq!(pairs.changed().count(), 90_000);
+        pairs.clear_changed();
+        assert_eq!(pairs.changed().count(), 0);
+        pairs.add(0, 0, 4, false);
+        pairs.add(0, 0, 1, false);
+        assert_eq!(pairs.filters(0, 0), 5);
+        assert_eq!(pairs.changed_len(), 1);
+        assert_eq!(pairs.changed().count(), 1);
         assert!(pairs.bytes() >= 100_000 * 17);
     }
 }

@@ -378,19 +378,14 @@ impl Operator for DistinctMarks {
         let mut out = Vec::new();
         let mut chunk = Vec::with_capacity(STATE_ROWS.min(total));
         for (at, counted) in self.values.iter().enumerate() {
-            let pairs: Box<dyn Iterator<Item = &pairs::Pair>> = match full {
-                true => Box::new(counted.pairs.iter()),
-                false => Box::new(counted.pairs.changed()),
+            let pairs = match full {
+                true => counted.pairs.iter(),
+                false => counted.pairs.changed(),
             };
             let mut pairs = pairs.peekable();
             while pairs.peek().is_some() {
                 chunk.clear();
-                chunk.extend(
-                    pairs
-                        .by_ref()
-                        .take(STATE_ROWS)
-                        .map(|p| (p.group, p.value, p.filters())),
-                );
+                chunk.extend(pairs.by_ref().take(STATE_ROWS));
                 let batch = self.state_batch(at, &chunk)?;
                 match &mut writer {
                     Some(w) => w.write(&batch)?,

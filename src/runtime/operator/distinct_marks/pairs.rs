@@ -107,25 +107,131 @@ pub const MAX_FILTERS: usize = 31;
 /// The bit of a pair whose filters changed since the last snapshot.
 const CHANGED: u32 = 1 << 31;
 
-/// A pair counted: its group's id, the filters it passed (bit `j`: filter `j`; and
-/// [`CHANGED`]), its value (an integer's bits, or an interned row's id).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pair {
-    pub group: u32,
-    bits: u32,
-    pub value: u64,
+/// A pair counted, as a slot of the table: its group's id, the filters it passed (bit `j`:
+/// filter `j`; and [`CHANGED`]), its value (an integer's bits, or an interned row's id).
+trait Slot: Copy {
+    fn new(group: u32, value: u64, bits: u32) -> Self;
+    fn group(&self) -> u32;
+    fn value(&self) -> u64;
+    fn bits(&self) -> u32;
+    fn bits_mut(&mut self) -> &mut u32;
 }
 
-impl Pair {
-    /// The filters it passed.
-    pub fn filters(&self) -> u32 {
-        self.bits & !CHANGED
+/// A pair whose value fits 32 bits: 12 bytes.
+#[derive(Debug, Clone, Copy)]
+struct Narrow {
+    group: u32,
+    bits: u32,
+    value: u32,
+}
+
+/// Any pair: 16 bytes.
+#[derive(Debug, Clone, Copy)]
+struct Wide {
+    group: u32,
+    bits: u32,
+    value: u64,
+}
+
+impl Slot for Narrow {
+    fn new(group: u32, value: u64, bits: u32) -> Self {
+        Narrow {
+            group,
+            bits,
+            value: value as u32,
+        }
     }
+    fn group(&self) -> u32 {
+        self.group
+    }
+    fn value(&self) -> u64 {
+        u64::from(self.value)
+    }
+    fn bits(&self) -> u32 {
+        self.bits
+    }
+    fn bits_mut(&mut self) -> &mut u32 {
+        &mut self.bits
+    }
+}
+
+impl Slot for Wide {
+    fn new(group: u32, value: u64, bits: u32) -> Self {
+        Wide { group, bits, value }
+    }
+    fn group(&self) -> u32 {
+        self.group
+    }
+    fn value(&self) -> u64 {
+        self.value
+    }
+    fn bits(&self) -> u32 {
+        self.bits
+    }
+    fn bits_mut(&mut self) -> &mut u32 {
+        &mut self.bits
+    }
+}
+
+/// The pairs, in 12-byte slots while every value fits 32 bits (ids and small counts mostly
+/// do), in 16-byte ones from the first that does not.
+enum Table {
+    Narrow(HashTable<Narrow>),
+    Wide(HashTable<Wide>),
+}
+
+fn hash_of(hasher: &RandomState, group: u32, value: u64) -> u64 {
+    hasher.hash_one((group, value))
+}
+
+fn find<T: Slot>(table: &HashTable<T>, hasher: &RandomState, group: u32, value: u64) -> u32 {
+    table
+        .find(hash_of(hasher, group, value), |p| {
+            p.group() == group && p.value() == value
+        })
+        .map_or(0, |p| p.bits() & !CHANGED)
+}
+
+/// Adds `filters | changed` to the pair's bits; returns whether it became changed.
+fn add_to<T: Slot>(
+    table: &mut HashTable<T>,
+    hasher: &RandomState,
+    group: u32,
+    value: u64,
+    filters: u32,
+    changed: u32,
+) -> bool {
+    match table.entry(
+        hash_of(hasher, group, value),
+        |p| p.group() == group && p.value() == value,
+        |p| hash_of(hasher, p.group(), p.value()),
+    ) {
+        Entry::Occupied(mut e) => {
+            let bits = e.get_mut().bits_mut();
+            if *bits | filters == *bits {
+                return false;
+            }
+            let became = *bits & CHANGED == 0 && changed != 0;
+            *bits |= filters | changed;
+            became
+        }
+        Entry::Vacant(v) => {
+            v.insert(T::new(group, value, filters | changed));
+            changed != 0
+        }
+    }
+}
+
+/// A pair as snapshots read it: group id, value, filters.
+pub type PairRow = (u32, u64, u32);
+
+fn row_of<T: Slot>(p: &T) -> PairRow {
+    (p.group(), p.value(), p.bits() & !CHANGED)
 }
 
 /// The pairs of one DISTINCT argument counted so far.
 pub struct Pairs {
-    table: HashTable<Pair>,
+    table: Table,
     hasher: RandomState,
     /// Pairs marked [`CHANGED`].
     changed: usize,
@@ -134,7 +240,7 @@ pub struct Pairs {
 impl Default for Pairs {
     fn default() -> Self {
         Pairs {
-            table: HashTable::new(),
+            table: Table::Narrow(HashTable::new()),
             hasher: RandomState::new(),
             changed: 0,
         }
@@ -142,60 +248,57 @@ impl Default for Pairs {
 }
 
 impl Pairs {
-    fn hash(hasher: &RandomState, group: u32, value: u64) -> u64 {
-        hasher.hash_one((group, value))
-    }
-
     /// The filters the pair passed so far (0 when it was never counted).
     pub fn filters(&self, group: u32, value: u64) -> u32 {
-        let hash = Self::hash(&self.hasher, group, value);
-        self.table
-            .find(hash, |p| p.group == group && p.value == value)
-            .map_or(0, Pair::filters)
+        match &self.table {
+            // A narrow table holds no value past 32 bits.
+            Table::Narrow(_) if value > u64::from(u32::MAX) => 0,
+            Table::Narrow(t) => find(t, &self.hasher, group, value),
+            Table::Wide(t) => find(t, &self.hasher, group, value),
+        }
     }
 
     /// Adds `filters` to the pair's, marking it changed when they are new to it (unless
     /// `restored`: then it is as of the last snapshot).
     pub fn add(&mut self, group: u32, value: u64, filters: u32, restored: bool) {
-        let hasher = &self.hasher;
-        let hash = Self::hash(hasher, group, value);
         let changed = if restored { 0 } else { CHANGED };
         let filters = filters & !CHANGED;
-        match self.table.entry(
-            hash,
-            |p| p.group == group && p.value == value,
-            |p| Self::hash(hasher, p.group, p.value),
-        ) {
-            Entry::Occupied(mut e) => {
-                let pair = e.get_mut();
-                if pair.bits | filters != pair.bits {
-                    if pair.bits & CHANGED == 0 && changed != 0 {
-                        self.changed += 1;
-                    }
-                    pair.bits |= filters | changed;
+        if let Table::Narrow(narrow) = &self.table {
+            if value > u64::from(u32::MAX) {
+                let mut wide = HashTable::with_capacity(narrow.len() + 1);
+                for p in narrow.iter() {
+                    wide.insert_unique(
+                        hash_of(&self.hasher, p.group, u64::from(p.value)),
+                        Wide::new(p.group, u64::from(p.value), p.bits),
+                        |w| hash_of(&self.hasher, w.group, w.value),
+                    );
                 }
+                self.table = Table::Wide(wide);
             }
-            Entry::Vacant(v) => {
-                v.insert(Pair {
-                    group,
-                    bits: filters | changed,
-                    value,
-                });
-                if changed != 0 {
-                    self.changed += 1;
-                }
-            }
+        }
+        let became = match &mut self.table {
+            Table::Narrow(t) => add_to(t, &self.hasher, group, value, filters, changed),
+            Table::Wide(t) => add_to(t, &self.hasher, group, value, filters, changed),
+        };
+        if became {
+            self.changed += 1;
         }
     }
 
     /// Every pair, in no order.
-    pub fn iter(&self) -> impl Iterator<Item = &Pair> {
-        self.table.iter()
+    pub fn iter(&self) -> Box<dyn Iterator<Item = PairRow> + '_> {
+        match &self.table {
+            Table::Narrow(t) => Box::new(t.iter().map(row_of)),
+            Table::Wide(t) => Box::new(t.iter().map(row_of)),
+        }
     }
 
     /// The pairs changed since [`Pairs::clear_changed`], in no order.
-    pub fn changed(&self) -> impl Iterator<Item = &Pair> {
-        self.table.iter().filter(|p| p.bits & CHANGED != 0)
+    pub fn changed(&self) -> Box<dyn Iterator<Item = PairRow> + '_> {
+        match &self.table {
+            Table::Narrow(t) => Box::new(t.iter().filter(|p| p.bits & CHANGED != 0).map(row_of)),
+            Table::Wide(t) => Box::new(t.iter().filter(|p| p.bits & CHANGED != 0).map(row_of)),
+        }
     }
 
     /// How many pairs changed since [`Pairs::clear_changed`].
@@ -205,22 +308,30 @@ impl Pairs {
 
     /// Marks every pair as of the snapshot just taken.
     pub fn clear_changed(&mut self) {
-        if self.changed > 0 {
-            for p in self.table.iter_mut() {
-                p.bits &= !CHANGED;
-            }
-            self.changed = 0;
+        if self.changed == 0 {
+            return;
         }
+        match &mut self.table {
+            Table::Narrow(t) => t.iter_mut().for_each(|p| p.bits &= !CHANGED),
+            Table::Wide(t) => t.iter_mut().for_each(|p| p.bits &= !CHANGED),
+        }
+        self.changed = 0;
     }
 
     /// Pairs counted.
     pub fn len(&self) -> usize {
-        self.table.len()
+        match &self.table {
+            Table::Narrow(t) => t.len(),
+            Table::Wide(t) => t.len(),
+        }
     }
 
     /// Bytes it holds in memory.
     pub fn bytes(&self) -> usize {
-        self.table.capacity() * (std::mem::size_of::<Pair>() + 1)
+        match &self.table {
+            Table::Narrow(t) => t.capacity() * (std::mem::size_of::<Narrow>() + 1),
+            Table::Wide(t) => t.capacity() * (std::mem::size_of::<Wide>() + 1),
+        }
     }
 }
 
@@ -267,6 +378,17 @@ mod tests {
         assert_eq!(pairs.filters(0, 0), 5);
         assert_eq!(pairs.changed_len(), 1);
         assert_eq!(pairs.changed().count(), 1);
-        assert!(pairs.bytes() >= 100_000 * 17);
+        assert!(pairs.bytes() >= 100_000 * 13);
+        // A value past 32 bits widens the table; the pairs stay.
+        let narrow = pairs.bytes();
+        pairs.add(9, u64::MAX - 1, 2, false);
+        assert!(pairs.bytes() > narrow);
+        assert_eq!(pairs.filters(9, u64::MAX - 1), 2);
+        assert_eq!(pairs.filters(0, 0), 5);
+        assert_eq!(pairs.len(), 100_001);
+        assert_eq!(pairs.changed_len(), 2);
+        let mut changed: Vec<PairRow> = pairs.changed().collect();
+        changed.sort_unstable();
+        assert_eq!(changed, vec![(0, 0, 5), (9, u64::MAX - 1, 2)]);
     }
 }

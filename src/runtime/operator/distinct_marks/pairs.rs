@@ -25,7 +25,7 @@ pub struct Interner {
     hasher: RandomState,
 }
 
-fn bytes_of<'a>(chunks: &'a [Vec<u8>], span: Span) -> &'a [u8] {
+fn bytes_of(chunks: &[Vec<u8>], span: Span) -> &[u8] {
     &chunks[span.chunk as usize][span.start as usize..(span.start + span.len) as usize]
 }
 

@@ -10,8 +10,8 @@ use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{Aggregate, Expr};
 use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
 
-use super::plan::{push, Lowering};
 use super::placeholders::placeholder_with;
+use super::plan::{push, Lowering};
 use crate::error::Result;
 use crate::runtime::operator::distinct_marks::{DistinctMarksSpec, MarkedValue, MAX_FILTERS};
 use crate::runtime::plan::{Input, OperatorSpec};
@@ -47,9 +47,8 @@ pub(super) fn split_distinct(
             continue;
         };
         let params = &f.params;
-        let markable = params.distinct
-            && params.args.len() == 1
-            && MARKABLE.contains(&f.func.name());
+        let markable =
+            params.distinct && params.args.len() == 1 && MARKABLE.contains(&f.func.name());
         if !markable {
             rewritten.push(e.clone());
             continue;
@@ -97,11 +96,7 @@ pub(super) fn split_distinct(
         })
         .collect();
     let over_marks = placeholder_with(&agg.input, marks.clone())?;
-    let split = Aggregate::try_new(
-        Arc::new(over_marks),
-        agg.group_expr.clone(),
-        rewritten,
-    )?;
+    let split = Aggregate::try_new(Arc::new(over_marks), agg.group_expr.clone(), rewritten)?;
     // The aggregate after the marks must have the same output, or the plan above it breaks:
     // leave the query as it is when it would not.
     if split.schema.fields() != agg.schema.fields() {
@@ -114,7 +109,11 @@ pub(super) fn split_distinct(
         Ok(create_physical_expr(e, input, &props, &Default::default())?)
     };
     let spec = DistinctMarksSpec {
-        groups: agg.group_expr.iter().map(&physical).collect::<Result<_>>()?,
+        groups: agg
+            .group_expr
+            .iter()
+            .map(&physical)
+            .collect::<Result<_>>()?,
         values: values
             .iter()
             .map(|(value, filters)| {
@@ -141,4 +140,3 @@ pub(super) fn split_distinct(
     let node = push(cx, OperatorSpec::DistinctMarks(spec), from);
     Ok((node, split))
 }
-

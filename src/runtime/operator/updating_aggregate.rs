@@ -271,7 +271,12 @@ impl UpdatingAggregate {
             return Ok(());
         }
         let same = self.changed.len() == self.unsnapshotted.len()
-            && rows == self.unsnapshotted.iter().map(StateChunk::rows).sum::<usize>();
+            && rows
+                == self
+                    .unsnapshotted
+                    .iter()
+                    .map(StateChunk::rows)
+                    .sum::<usize>();
         let merged = self
             .stages
             .reduce_chunks(std::mem::take(&mut self.changed))?

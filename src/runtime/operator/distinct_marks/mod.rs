@@ -29,8 +29,8 @@ use super::spill::{SpillWriter, StateChunk};
 use super::Operator;
 use crate::error::{Error, Result};
 use crate::runtime::memory::{Budget, StateMemory};
-use pairs::{Interner, Pairs};
 pub use pairs::MAX_FILTERS;
+use pairs::{Interner, Pairs};
 
 /// Rows of a state batch.
 const STATE_ROWS: usize = 65_536;
@@ -82,7 +82,11 @@ fn carrier(t: &DataType) -> Option<DataType> {
 
 /// `array` with its buffers read as type `t` (of the same width).
 fn retyped(array: &dyn Array, t: &DataType) -> Result<ArrayRef> {
-    let data = array.to_data().into_builder().data_type(t.clone()).build()?;
+    let data = array
+        .to_data()
+        .into_builder()
+        .data_type(t.clone())
+        .build()?;
     Ok(make_array(data))
 }
 
@@ -90,13 +94,48 @@ fn retyped(array: &dyn Array, t: &DataType) -> Result<ArrayRef> {
 fn integer_bits(array: &dyn Array, carrier: &DataType) -> Result<Vec<u64>> {
     let a = retyped(array, carrier)?;
     Ok(match carrier {
-        DataType::Int8 => a.as_primitive::<Int8Type>().values().iter().map(|v| *v as i64 as u64).collect(),
-        DataType::Int16 => a.as_primitive::<Int16Type>().values().iter().map(|v| *v as i64 as u64).collect(),
-        DataType::Int32 => a.as_primitive::<Int32Type>().values().iter().map(|v| *v as i64 as u64).collect(),
-        DataType::Int64 => a.as_primitive::<Int64Type>().values().iter().map(|v| *v as u64).collect(),
-        DataType::UInt8 => a.as_primitive::<UInt8Type>().values().iter().map(|v| *v as u64).collect(),
-        DataType::UInt16 => a.as_primitive::<UInt16Type>().values().iter().map(|v| *v as u64).collect(),
-        DataType::UInt32 => a.as_primitive::<UInt32Type>().values().iter().map(|v| *v as u64).collect(),
+        DataType::Int8 => a
+            .as_primitive::<Int8Type>()
+            .values()
+            .iter()
+            .map(|v| *v as i64 as u64)
+            .collect(),
+        DataType::Int16 => a
+            .as_primitive::<Int16Type>()
+            .values()
+            .iter()
+            .map(|v| *v as i64 as u64)
+            .collect(),
+        DataType::Int32 => a
+            .as_primitive::<Int32Type>()
+            .values()
+            .iter()
+            .map(|v| *v as i64 as u64)
+            .collect(),
+        DataType::Int64 => a
+            .as_primitive::<Int64Type>()
+            .values()
+            .iter()
+            .map(|v| *v as u64)
+            .collect(),
+        DataType::UInt8 => a
+            .as_primitive::<UInt8Type>()
+            .values()
+            .iter()
+            .map(|v| *v as u64)
+            .collect(),
+        DataType::UInt16 => a
+            .as_primitive::<UInt16Type>()
+            .values()
+            .iter()
+            .map(|v| *v as u64)
+            .collect(),
+        DataType::UInt32 => a
+            .as_primitive::<UInt32Type>()
+            .values()
+            .iter()
+            .map(|v| *v as u64)
+            .collect(),
         DataType::UInt64 => a.as_primitive::<UInt64Type>().values().to_vec(),
         other => return Err(Error::Internal(format!("no integer carrier {other}"))),
     })
@@ -105,13 +144,23 @@ fn integer_bits(array: &dyn Array, carrier: &DataType) -> Result<Vec<u64>> {
 /// Values of type `t` from their bits as `carrier`.
 fn from_integer_bits(bits: &[u64], carrier: &DataType, t: &DataType) -> Result<ArrayRef> {
     let a: ArrayRef = match carrier {
-        DataType::Int8 => Arc::new(Int8Array::from_iter_values(bits.iter().map(|b| *b as i64 as i8))),
-        DataType::Int16 => Arc::new(Int16Array::from_iter_values(bits.iter().map(|b| *b as i64 as i16))),
-        DataType::Int32 => Arc::new(Int32Array::from_iter_values(bits.iter().map(|b| *b as i64 as i32))),
+        DataType::Int8 => Arc::new(Int8Array::from_iter_values(
+            bits.iter().map(|b| *b as i64 as i8),
+        )),
+        DataType::Int16 => Arc::new(Int16Array::from_iter_values(
+            bits.iter().map(|b| *b as i64 as i16),
+        )),
+        DataType::Int32 => Arc::new(Int32Array::from_iter_values(
+            bits.iter().map(|b| *b as i64 as i32),
+        )),
         DataType::Int64 => Arc::new(Int64Array::from_iter_values(bits.iter().map(|b| *b as i64))),
         DataType::UInt8 => Arc::new(UInt8Array::from_iter_values(bits.iter().map(|b| *b as u8))),
-        DataType::UInt16 => Arc::new(UInt16Array::from_iter_values(bits.iter().map(|b| *b as u16))),
-        DataType::UInt32 => Arc::new(UInt32Array::from_iter_values(bits.iter().map(|b| *b as u32))),
+        DataType::UInt16 => Arc::new(UInt16Array::from_iter_values(
+            bits.iter().map(|b| *b as u16),
+        )),
+        DataType::UInt32 => Arc::new(UInt32Array::from_iter_values(
+            bits.iter().map(|b| *b as u32),
+        )),
         DataType::UInt64 => Arc::new(UInt64Array::from_iter_values(bits.iter().copied())),
         other => return Err(Error::Internal(format!("no integer carrier {other}"))),
     };
@@ -133,7 +182,10 @@ impl Encoding {
     fn encode(&mut self, values: &ArrayRef) -> Result<Vec<u64>> {
         match self {
             Encoding::Integer { carrier } => integer_bits(values.as_ref(), carrier),
-            Encoding::Interned { converter, values: interned } => {
+            Encoding::Interned {
+                converter,
+                values: interned,
+            } => {
                 let rows = converter.convert_columns(std::slice::from_ref(values))?;
                 rows.iter()
                     .map(|r| Ok(u64::from(interned.intern(r.as_ref())?)))
@@ -301,10 +353,14 @@ impl Operator for DistinctMarks {
                     None => Ok(None),
                 })
                 .collect::<datafusion::common::Result<Vec<Option<ArrayRef>>>>()?;
-            let passes: Vec<Option<&BooleanArray>> =
-                passes.iter().map(|p| p.as_ref().map(|a| a.as_boolean())).collect();
-            let mut marks: Vec<BooleanBufferBuilder> =
-                passes.iter().map(|_| BooleanBufferBuilder::new(n)).collect();
+            let passes: Vec<Option<&BooleanArray>> = passes
+                .iter()
+                .map(|p| p.as_ref().map(|a| a.as_boolean()))
+                .collect();
+            let mut marks: Vec<BooleanBufferBuilder> = passes
+                .iter()
+                .map(|_| BooleanBufferBuilder::new(n))
+                .collect();
             for row in 0..n {
                 let mut want = 0u32;
                 if values.is_valid(row) {
@@ -410,14 +466,18 @@ impl Operator for DistinctMarks {
                 let ids = self.group_ids(&batch.columns()[..groups])?;
                 for (i, counted) in self.values.iter_mut().enumerate() {
                     let values = batch.column(groups + 2 * i);
-                    let filters = batch.column(groups + 2 * i + 1).as_primitive::<UInt32Type>();
+                    let filters = batch
+                        .column(groups + 2 * i + 1)
+                        .as_primitive::<UInt32Type>();
                     if filters.null_count() == filters.len() {
                         continue;
                     }
                     let bits = counted.encoding.encode(values)?;
                     for row in 0..batch.num_rows() {
                         if filters.is_valid(row) && values.is_valid(row) {
-                            counted.pairs.add(ids[row], bits[row], filters.value(row), true);
+                            counted
+                                .pairs
+                                .add(ids[row], bits[row], filters.value(row), true);
                         }
                     }
                 }

@@ -53,7 +53,13 @@ fn spec() -> DistinctMarksSpec {
     }
 }
 
-type Row = (Option<String>, Option<i64>, Option<String>, Option<i64>, Option<bool>);
+type Row = (
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<bool>,
+);
 
 fn batch(rows: &[Row]) -> RecordBatch {
     RecordBatch::try_new(
@@ -62,7 +68,11 @@ fn batch(rows: &[Row]) -> RecordBatch {
             Arc::new(rows.iter().map(|r| r.0.clone()).collect::<StringArray>()),
             Arc::new(rows.iter().map(|r| r.1).collect::<Int64Array>()),
             Arc::new(rows.iter().map(|r| r.2.clone()).collect::<StringArray>()),
-            Arc::new(rows.iter().map(|r| r.3).collect::<TimestampMillisecondArray>()),
+            Arc::new(
+                rows.iter()
+                    .map(|r| r.3)
+                    .collect::<TimestampMillisecondArray>(),
+            ),
             Arc::new(rows.iter().map(|r| r.4).collect::<BooleanArray>()),
         ],
     )
@@ -145,7 +155,11 @@ fn marks_the_first_row_of_each_group_and_value_across_aborts_snapshots_and_resto
             let out = op.process(0, batch(&rows)).unwrap();
             op.commit_batch();
             op.fit_memory().unwrap();
-            assert_eq!(marks_of(&out), oracle.marks(&rows), "epoch {epoch}, seed {seed}");
+            assert_eq!(
+                marks_of(&out),
+                oracle.marks(&rows),
+                "epoch {epoch}, seed {seed}"
+            );
             assert_eq!(out[0].num_rows(), rows.len());
         }
         // v's pairs where `big` are among its pairs: one pair with two filters.
@@ -156,16 +170,23 @@ fn marks_the_first_row_of_each_group_and_value_across_aborts_snapshots_and_resto
         } else {
             snapshots.extend(op.snapshot(false).unwrap());
         }
-        spilled_snapshot |= snapshots.iter().any(|c| matches!(c, StateChunk::Spilled(_)));
+        spilled_snapshot |= snapshots
+            .iter()
+            .any(|c| matches!(c, StateChunk::Spilled(_)));
         if epoch % 13 == 12 {
             let mut restored = fresh();
-            restored.restore(std::mem::take(&mut snapshots), None).unwrap();
+            restored
+                .restore(std::mem::take(&mut snapshots), None)
+                .unwrap();
             assert_eq!(restored.state_rows(), op.state_rows());
             snapshots = restored.snapshot(true).unwrap();
             op = restored;
         }
     }
-    assert!(spilled_snapshot, "no snapshot was large enough to go to a file");
+    assert!(
+        spilled_snapshot,
+        "no snapshot was large enough to go to a file"
+    );
 }
 
 #[test]
@@ -177,7 +198,9 @@ fn marks_follow_their_key_group_when_run_as_instances() {
         .map(|_| Box::new(DistinctMarks::new(spec()).unwrap()) as Box<dyn Operator>)
         .collect();
     let keying = instances[0].keying().unwrap();
-    let mut op = Parallel::new(instances, keying).unwrap().with_memory(&memory);
+    let mut op = Parallel::new(instances, keying)
+        .unwrap()
+        .with_memory(&memory);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut oracle = Oracle::default();
     let mut counted = [0usize; 4];
@@ -203,7 +226,9 @@ fn marks_follow_their_key_group_when_run_as_instances() {
         .map(|_| Box::new(DistinctMarks::new(spec()).unwrap()) as Box<dyn Operator>)
         .collect();
     let keying = instances[0].keying().unwrap();
-    let mut restored = Parallel::new(instances, keying).unwrap().with_memory(&memory);
+    let mut restored = Parallel::new(instances, keying)
+        .unwrap()
+        .with_memory(&memory);
     restored.restore(state, None).unwrap();
     assert_eq!(restored.state_rows(), op.state_rows());
     let rows = random_rows(&mut rng, 2_000);

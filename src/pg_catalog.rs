@@ -1,19 +1,21 @@
 //! PostgreSQL's catalog (`pg_catalog`, `version()`, `current_schema()`...) over Tributary's, so
 //! that psql's `\d` commands, SQLAlchemy and JDBC tools see sources, sinks and system tables as
-//! relations. The tables and most functions are the `datafusion-pg-catalog` crate's (the rest
-//! are in `pg_functions`); this module says what the relations are.
+//! relations, and pipelines as views (their SELECT as the view's definition). The tables and
+//! most functions are the `datafusion-pg-catalog` crate's (the rest are in `pg_functions`);
+//! this module says what the relations are.
 //!
 //! The crate's sibling `arrow-pg` pins pgwire 0.41 while the server is on 0.42: the catalog
 //! crate uses it only to name column types, never on the wire, so the two stay isolated (two
 //! pgwire versions in the build) rather than holding the server back a version.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::CatalogProviderList;
 use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionState;
 use datafusion::prelude::SessionContext;
 use datafusion_pg_catalog::pg_catalog::catalog_info::CatalogInfo;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
@@ -39,7 +41,8 @@ pub fn register(ctx: &SessionContext, catalog: Arc<Catalog>) -> Result<()> {
     // open its files (and for a blackhole fail); this one names them from the catalog.
     let relations = Relations {
         list: ctx.state().catalog_list().clone(),
-        catalog,
+        catalog: catalog.clone(),
+        planning: ctx.state_weak_ref(),
     };
     let pg_catalog = PgCatalogSchemaProvider::try_new(
         relations,
@@ -52,16 +55,43 @@ pub fn register(ctx: &SessionContext, catalog: Arc<Catalog>) -> Result<()> {
     for f in crate::pg_functions::functions() {
         ctx.register_udf(f);
     }
+    ctx.register_udf(crate::pg_functions::pipeline_definition(catalog));
     Ok(())
 }
 
-/// The relations clients see: sources and sinks in `public`, system tables in `tributary`
-/// (off the search path, so `\dt` lists them only when asked: `\dt tributary.*`), and
-/// DataFusion's own schemas.
+/// The relations clients see: sources and sinks in `public`, pipelines there as views (whose
+/// columns are their SELECT's), system tables in `tributary` (off the search path, so `\dt`
+/// lists them only when asked: `\dt tributary.*`), and DataFusion's own schemas.
 #[derive(Clone)]
 struct Relations {
     list: Arc<dyn CatalogProviderList>,
     catalog: Arc<Catalog>,
+    /// The session pipelines' queries are planned in (weak: the session holds this).
+    planning: Weak<parking_lot::RwLock<SessionState>>,
+}
+
+impl Relations {
+    /// The pipeline named `name`, unless a source or sink has its name (then that is the
+    /// relation of the name).
+    fn pipeline(&self, name: &str) -> Option<crate::catalog::PipelineEntry> {
+        if self.catalog.source(name).is_some() || self.catalog.sink(name).is_some() {
+            return None;
+        }
+        self.catalog.pipeline(name)
+    }
+
+    /// The columns of `pipeline`'s SELECT, as DataFusion plans it; `None` when it cannot be
+    /// planned now (a source it reads was dropped).
+    async fn pipeline_schema(&self, pipeline: &crate::catalog::PipelineEntry) -> Option<SchemaRef> {
+        let state = self.planning.upgrade()?.read().clone();
+        match state.create_logical_plan(&pipeline.query).await {
+            Ok(plan) => Some(Arc::new(plan.schema().as_arrow().clone())),
+            Err(e) => {
+                tracing::debug!(pipeline = %pipeline.name, error = %e, "Pipeline left out of pg_catalog.");
+                None
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Relations {
@@ -85,11 +115,22 @@ impl CatalogInfo for Relations {
         catalog: &str,
         schema: &str,
     ) -> Result<Option<Vec<String>>, DataFusionError> {
-        Ok(self
+        let Some(mut names) = self
             .list
             .catalog(catalog)
             .and_then(|c| c.schema(schema))
-            .map(|s| s.table_names()))
+            .map(|s| s.table_names())
+        else {
+            return Ok(None);
+        };
+        if (catalog, schema) == (CATALOG, PUBLIC) {
+            for p in self.catalog.pipelines() {
+                if !names.contains(&p.name) {
+                    names.push(p.name);
+                }
+            }
+        }
+        Ok(Some(names))
     }
 
     async fn table_schema(
@@ -103,6 +144,9 @@ impl CatalogInfo for Relations {
                 return schema_of(&source.columns)
                     .map(Some)
                     .map_err(|e| DataFusionError::External(Box::new(e)));
+            }
+            if let Some(pipeline) = self.pipeline(table) {
+                return Ok(self.pipeline_schema(&pipeline).await);
             }
         }
         let Some(provider) = self.list.catalog(catalog).and_then(|c| c.schema(schema)) else {
@@ -129,6 +173,7 @@ impl CatalogInfo for Relations {
             return Ok(None);
         }
         Ok(match schema {
+            PUBLIC if self.pipeline(table).is_some() => Some(TableType::View),
             PUBLIC | SYSTEM => Some(TableType::Base),
             _ => match self.list.catalog(catalog).and_then(|c| c.schema(schema)) {
                 Some(s) => s.table_type(table).await?,

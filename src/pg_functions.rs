@@ -1,7 +1,8 @@
 //! PostgreSQL functions that clients call on connecting or reflecting and that neither DataFusion
 //! nor `datafusion-pg-catalog` provide: `version()`, `to_regtype`, `json_build_object`,
 //! `pg_collation_is_visible` and its kind, `pg_get_serial_sequence` and `pg_get_function_result`
-//! and theirs, and `pg_type_name` (for `information_schema.columns`).
+//! and theirs, `pg_type_name` (for `information_schema.columns`) and `pipeline_definition` (for
+//! `pg_get_viewdef`).
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use datafusion::logical_expr::{
 };
 use pgwire::api::Type;
 
+use crate::catalog::Catalog;
 use crate::pg_catalog::wire_type;
 
 /// The PostgreSQL version clients are told (as `server_version` says).
@@ -30,11 +32,29 @@ pub fn functions() -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(NullText::new("pg_get_function_result", 1)),
         ScalarUDF::new_from_impl(NullText::new("pg_get_function_arguments", 1)),
         ScalarUDF::new_from_impl(NullText::new("pg_get_function_identity_arguments", 1)),
+        ScalarUDF::new_from_impl(SizePretty {
+            signature: Signature::uniform(
+                1,
+                vec![DataType::Int64, DataType::Int32],
+                Volatility::Immutable,
+            ),
+        }),
+        // Relations have no size on disk of their own here (psql's \dt+ shows it).
+        ScalarUDF::new_from_impl(NullText::bigint("pg_table_size", 1)),
+        // Nothing has a comment (psql's \d+ and \dt+ show them).
+        ScalarUDF::new_from_impl(NullText::new("col_description", 2)),
+        ScalarUDF::new_from_impl(NullText::new("obj_description", 2)),
+        ScalarUDF::new_from_impl(NullText::new("shobj_description", 2)),
         // Every object is on the search path (as pg_catalog's pg_table_is_visible answers).
         ScalarUDF::new_from_impl(Visible::new("pg_collation_is_visible")),
         ScalarUDF::new_from_impl(Visible::new("pg_type_is_visible")),
         ScalarUDF::new_from_impl(Visible::new("pg_function_is_visible")),
         ScalarUDF::new_from_impl(TypeName {
+            short: false,
+            signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable),
+        }),
+        ScalarUDF::new_from_impl(TypeName {
+            short: true,
             signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable),
         }),
         ScalarUDF::new_from_impl(JsonBuildObject {
@@ -179,6 +199,8 @@ impl ScalarUDFImpl for ToRegtype {
 struct NullText {
     name: &'static str,
     signature: Signature,
+    /// Its type: text unless said.
+    returns: DataType,
 }
 
 impl NullText {
@@ -186,6 +208,15 @@ impl NullText {
         NullText {
             name,
             signature: Signature::any(args, Volatility::Stable),
+            returns: DataType::Utf8,
+        }
+    }
+
+    /// The same, of type bigint.
+    fn bigint(name: &'static str, args: usize) -> Self {
+        NullText {
+            returns: DataType::Int64,
+            ..Self::new(name, args)
         }
     }
 }
@@ -200,11 +231,11 @@ impl ScalarUDFImpl for NullText {
     }
 
     fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Utf8)
+        Ok(self.returns.clone())
     }
 
     fn invoke_with_args(&self, _: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
-        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
+        Ok(ColumnarValue::Scalar(ScalarValue::try_from(&self.returns)?))
     }
 }
 
@@ -329,6 +360,8 @@ impl ScalarUDFImpl for Visible {
 /// Arrow type (as DataFusion's `information_schema.columns.data_type` writes it) goes out as.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct TypeName {
+    /// `pg_udt_name`: the short name (`int8`); else `pg_type_name`, the standard one (`bigint`).
+    short: bool,
     signature: Signature,
 }
 
@@ -343,7 +376,11 @@ fn information_schema_type(t: &DataType) -> &'static str {
 
 impl ScalarUDFImpl for TypeName {
     fn name(&self) -> &str {
-        "pg_type_name"
+        if self.short {
+            "pg_udt_name"
+        } else {
+            "pg_type_name"
+        }
     }
 
     fn signature(&self) -> &Signature {
@@ -358,11 +395,137 @@ impl ScalarUDFImpl for TypeName {
         &self,
         args: ScalarFunctionArgs,
     ) -> datafusion::error::Result<ColumnarValue> {
-        map_text::<_, StringArray>("pg_type_name", args, |t| {
+        let short = self.short;
+        map_text::<_, StringArray>(self.name(), args, |t| {
             Some(match t.parse::<DataType>() {
+                Ok(parsed) if short => wire_type(&parsed).name().to_string(),
                 Ok(parsed) => information_schema_type(&parsed).to_string(),
                 Err(_) => t.to_string(),
             })
         })
+    }
+}
+
+/// `pipeline_definition(relname)`: the SELECT of the pipeline of that name (NULL for any other
+/// relation), which `pg_get_viewdef` of a pipeline's oid reads (see `sql::pg_compat`): psql's
+/// `\d+ pipeline` prints it as the view's definition.
+pub fn pipeline_definition(catalog: Arc<Catalog>) -> ScalarUDF {
+    ScalarUDF::new_from_impl(PipelineDefinition {
+        catalog,
+        signature: Signature::exact(vec![DataType::Utf8], Volatility::Stable),
+    })
+}
+
+#[derive(Debug)]
+struct PipelineDefinition {
+    catalog: Arc<Catalog>,
+    signature: Signature,
+}
+
+impl PartialEq for PipelineDefinition {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.catalog, &other.catalog)
+    }
+}
+
+impl Eq for PipelineDefinition {}
+
+impl std::hash::Hash for PipelineDefinition {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name().hash(state);
+    }
+}
+
+impl ScalarUDFImpl for PipelineDefinition {
+    fn name(&self) -> &str {
+        "pipeline_definition"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        map_text::<_, StringArray>("pipeline_definition", args, |name| {
+            self.catalog.pipeline(name).map(|p| p.query)
+        })
+    }
+}
+
+/// `pg_size_pretty(bytes)`, as PostgreSQL words sizes (`8192 bytes`, `22 MB`): psql's `\dt+`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SizePretty {
+    signature: Signature,
+}
+
+/// `bytes` as `pg_size_pretty` words it: bytes below 10 kB, then the largest unit that keeps
+/// the number below 20,480, rounded half away from zero.
+fn size_pretty(bytes: i64) -> String {
+    const LIMIT: i64 = 10 * 1024;
+    const LIMIT2: i64 = LIMIT * 2 - 1;
+    let half_rounded = |x: i64| (x + if x < 0 { -1 } else { 1 }) / 2;
+    if bytes.abs() < LIMIT {
+        return format!("{bytes} bytes");
+    }
+    // One extra bit kept for rounding.
+    let mut size = bytes >> 9;
+    for unit in ["kB", "MB", "GB", "TB"] {
+        if size.abs() < LIMIT2 {
+            return format!("{} {unit}", half_rounded(size));
+        }
+        size >>= 10;
+    }
+    format!("{} PB", half_rounded(size))
+}
+
+impl ScalarUDFImpl for SizePretty {
+    fn name(&self) -> &str {
+        "pg_size_pretty"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let [bytes] = args.args.as_slice() else {
+            return datafusion::common::exec_err!("pg_size_pretty takes one argument");
+        };
+        let bytes = bytes.to_array(args.number_rows)?;
+        let bytes = datafusion::arrow::compute::cast(&bytes, &DataType::Int64)?;
+        let bytes = datafusion::common::cast::as_int64_array(&bytes)?;
+        let out: StringArray = bytes.iter().map(|b| b.map(size_pretty)).collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::size_pretty;
+
+    #[test]
+    fn sizes_read_as_postgresql_words_them() {
+        // Figures from PostgreSQL 16's pg_size_pretty.
+        assert_eq!(size_pretty(0), "0 bytes");
+        assert_eq!(size_pretty(10_239), "10239 bytes");
+        assert_eq!(size_pretty(10_240), "10 kB");
+        assert_eq!(size_pretty(8_192 * 1_000), "8000 kB");
+        assert_eq!(size_pretty(23_068_672), "22 MB");
+        assert_eq!(size_pretty(-10_240), "-10 kB");
+        assert_eq!(size_pretty(1_i64 << 50), "1024 TB");
     }
 }

@@ -54,9 +54,21 @@ pub fn source_table(catalog: &Catalog, name: &str) -> crate::error::Result<Optio
 
 #[async_trait]
 impl SchemaProvider for CatalogSchema {
+    /// Sources and sinks, but blackhole sinks: they keep nothing to query, and what lists the
+    /// relations (information_schema) opens each.
     fn table_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.catalog.sources().into_iter().map(|s| s.name).collect();
-        names.extend(self.catalog.sinks().into_iter().map(|s| s.name));
+        names.extend(
+            self.catalog
+                .sinks()
+                .into_iter()
+                .filter(|s| {
+                    s.options
+                        .get("connector")
+                        .is_none_or(|c| !c.eq_ignore_ascii_case("blackhole"))
+                })
+                .map(|s| s.name),
+        );
         names
     }
 

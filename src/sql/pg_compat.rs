@@ -24,7 +24,9 @@ pub fn client_catalog_query(sql: &str) -> Option<ast::Statement> {
     match (statements.pop(), statements.is_empty()) {
         (Some(mut s @ ast::Statement::Query(_)), true) => {
             drop_subqueries_in_case(&mut s);
+            drop_array_subqueries(&mut s);
             visible_by_search_path(&mut s);
+            view_definitions(&mut s);
             aggregate_scalar_subqueries(&mut s);
             if columns {
                 postgres_type_names(&mut s);
@@ -50,6 +52,34 @@ fn drop_subqueries_in_case(statement: &mut ast::Statement) {
                 }
                 std::ops::ControlFlow::<()>::Continue(())
             });
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}
+
+/// Replaces `ARRAY(subquery)` and `reloptions` columns with an empty text array: DataFusion has
+/// no such constructor, pg_catalog no such column, and what psql's `\d+` collects with them (a
+/// relation's storage options and its TOAST table's) Tributary's relations do not have.
+fn drop_array_subqueries(statement: &mut ast::Statement) {
+    let _ = ast::visit_expressions_mut(statement, |expr| {
+        let replace = match expr {
+            ast::Expr::Function(f) => {
+                f.name
+                    .0
+                    .last()
+                    .and_then(|p| p.as_ident())
+                    .is_some_and(|i| i.value.eq_ignore_ascii_case("array"))
+                    && matches!(f.args, ast::FunctionArguments::Subquery(_))
+            }
+            ast::Expr::CompoundIdentifier(parts) => parts
+                .last()
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("reloptions")),
+            _ => false,
+        };
+        if replace {
+            if let Some(none) = parse_expr("CAST(NULL AS TEXT[])") {
+                *expr = none;
+            }
         }
         std::ops::ControlFlow::<()>::Continue(())
     });
@@ -103,23 +133,73 @@ fn visible_by_search_path(statement: &mut ast::Statement) {
     });
 }
 
+/// Replaces `pg_get_viewdef(oid [, pretty])` with the SELECT of the pipeline whose relation has
+/// that oid (pipelines are the views): psql's `\d+ pipeline` prints it as the definition.
+fn view_definitions(statement: &mut ast::Statement) {
+    let _ = ast::visit_expressions_mut(statement, |expr| {
+        if let ast::Expr::Function(f) = expr {
+            let named = f
+                .name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("pg_get_viewdef"));
+            let oid = match &f.args {
+                ast::FunctionArguments::List(list) if named && !list.args.is_empty() => {
+                    match &list.args[0] {
+                        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => Some(e.clone()),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            if let Some(oid) = oid {
+                if let Some(definition) = parse_expr(&format!(
+                    "(SELECT pipeline_definition(__c.relname) FROM pg_catalog.pg_class __c JOIN pg_catalog.pg_namespace __n ON __n.oid = __c.relnamespace WHERE __c.oid = {oid} AND __c.relkind = 'v' AND __n.nspname = 'public')"
+                )) {
+                    *expr = definition;
+                }
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}
+
 /// Reads `information_schema.columns.data_type` as PostgreSQL names types (`bigint`,
 /// `timestamp with time zone`) rather than as DataFusion does (`Int64`, `Timestamp(µs, "UTC")`):
 /// Grafana's query builder and dbt read it to pick time and numeric columns. Every reference to
-/// a `data_type` column goes through `pg_type_name`; a bare one in the select list keeps its name.
+/// a `data_type` column goes through `pg_type_name`, and one to `udt_name` (`int8`,
+/// `timestamptz`; DataFusion has no such column) reads `pg_udt_name(data_type)`; a bare one in
+/// the select list keeps its name.
 fn postgres_type_names(statement: &mut ast::Statement) {
-    let is_data_type = |e: &ast::Expr| match e {
-        ast::Expr::Identifier(i) => i.value.eq_ignore_ascii_case("data_type"),
+    let column_named = |e: &ast::Expr, name: &str| match e {
+        ast::Expr::Identifier(i) => i.value.eq_ignore_ascii_case(name),
         ast::Expr::CompoundIdentifier(parts) => parts
             .last()
-            .is_some_and(|i| i.value.eq_ignore_ascii_case("data_type")),
+            .is_some_and(|i| i.value.eq_ignore_ascii_case(name)),
         _ => false,
     };
     let _ = ast::visit_expressions_mut(statement, |expr| {
-        if is_data_type(expr) {
-            if let Some(named) = parse_expr(&format!("pg_type_name({expr})")) {
-                *expr = named;
-            }
+        let rewritten = if column_named(expr, "data_type") {
+            parse_expr(&format!("pg_type_name({expr})"))
+        } else if column_named(expr, "udt_name") {
+            // DataFusion's information_schema has no udt_name: it is the type's short name.
+            let data_type = match expr {
+                ast::Expr::CompoundIdentifier(parts) => {
+                    let mut parts = parts.clone();
+                    if let Some(last) = parts.last_mut() {
+                        *last = ast::Ident::new("data_type");
+                    }
+                    ast::Expr::CompoundIdentifier(parts)
+                }
+                _ => ast::Expr::Identifier(ast::Ident::new("data_type")),
+            };
+            parse_expr(&format!("pg_udt_name({data_type})"))
+        } else {
+            None
+        };
+        if let Some(rewritten) = rewritten {
+            *expr = rewritten;
         }
         std::ops::ControlFlow::<()>::Continue(())
     });
@@ -127,12 +207,18 @@ fn postgres_type_names(statement: &mut ast::Statement) {
         if let ast::SetExpr::Select(select) = query.body.as_mut() {
             for item in &mut select.projection {
                 if let ast::SelectItem::UnnamedExpr(e) = item {
-                    if e.to_string().starts_with("pg_type_name(") {
-                        *item = ast::SelectItem::ExprWithAlias {
-                            expr: e.clone(),
-                            alias: ast::Ident::new("data_type"),
-                        };
-                    }
+                    let text = e.to_string();
+                    let alias = if text.starts_with("pg_type_name(") {
+                        "data_type"
+                    } else if text.starts_with("pg_udt_name(") {
+                        "udt_name"
+                    } else {
+                        continue;
+                    };
+                    *item = ast::SelectItem::ExprWithAlias {
+                        expr: e.clone(),
+                        alias: ast::Ident::new(alias),
+                    };
                 }
             }
         }

@@ -142,7 +142,9 @@ async fn psql_describe_and_sqlalchemy_reflection_see_sources_sinks_and_system_ta
     let (tmp, server, c) = with_orders(1, 100).await;
     c.batch_execute(&format!(
         "CREATE SINK totals WITH (connector = 'parquet', path = '{}');
-         CREATE SINK nowhere WITH (connector = 'blackhole');",
+         CREATE SINK nowhere WITH (connector = 'blackhole');
+         CREATE PIPELINE big_orders AS INSERT INTO nowhere
+           SELECT id, upper(customer) AS who, amount * 2 AS doubled FROM orders WHERE amount > 1;",
         tmp.path().join("out").display()
     ))
     .await
@@ -191,6 +193,40 @@ async fn psql_describe_and_sqlalchemy_reflection_see_sources_sinks_and_system_ta
     );
     let databases = run(&["-A", "-t", "-c", "\\l"]);
     assert!(!databases.trim().is_empty(), "{databases}");
+    // information_schema.columns in PostgreSQL's type names, short ones in udt_name.
+    let columns = run(&[
+        "-A",
+        "-t",
+        "-c",
+        "SELECT column_name, data_type, c.udt_name FROM information_schema.columns c WHERE table_name = 'orders' ORDER BY ordinal_position",
+    ]);
+    assert_eq!(
+        columns.trim(),
+        "id|bigint|int8\ncustomer|text|text\namount|double precision|float8\nts|timestamp without time zone|timestamp"
+    );
+    // Pipelines are views: \dv lists them, \d shows their SELECT's columns, \d+ the SELECT.
+    let views = run(&["-A", "-t", "-c", "\\dv"]);
+    assert_eq!(views.trim(), "public|big_orders|view|postgres", "{views}");
+    let pipeline = run(&["-A", "-t", "-c", "\\d big_orders"]);
+    for line in ["id|bigint", "who|text", "doubled|double precision"] {
+        assert!(
+            pipeline.lines().any(|l| l.starts_with(line)),
+            "{line} in {pipeline}"
+        );
+    }
+    // \dt+ and \d+ of a table: sizes and comments (none here) and storage columns.
+    let verbose = run(&["-A", "-t", "-c", "\\dt+", "-c", "\\d+ orders"]);
+    assert!(
+        verbose.contains("public|orders|table|")
+            && verbose.contains("ts|timestamp without time zone|"),
+        "{verbose}"
+    );
+    let described = run(&["-c", "\\d+ big_orders"]);
+    assert!(
+        described.contains("View definition:")
+            && described.contains("SELECT id, upper(customer) AS who, amount * 2 AS doubled FROM orders WHERE amount > 1"),
+        "{described}"
+    );
     // Tab completion: the queries psql 15 sends for `SELECT * FROM or<TAB>` and
     // `tributary.pi<TAB>`.
     let completion = run(&[
@@ -221,13 +257,14 @@ insp = sa.inspect(engine)
 print(sorted(insp.get_table_names()))
 print([(c["name"], str(c["type"])) for c in insp.get_columns("orders")])
 print(sorted(insp.get_table_names(schema="tributary"))[:3])
+print(insp.get_view_names(), insp.get_view_definition("big_orders"))
 df = pd.read_sql(sa.text("SELECT id, amount FROM orders WHERE id <= :n ORDER BY id"), engine, params={"n": 3})
 print(df["id"].tolist(), round(float(df["amount"].sum()), 2))
 "#;
     let out = run_python(sqlalchemy, &[&server.port.to_string()]);
     assert_eq!(
         out,
-        "(16, 6)\n['orders', 'totals']\n[('id', 'BIGINT'), ('customer', 'TEXT'), ('amount', 'DOUBLE PRECISION'), ('ts', 'TIMESTAMP')]\n['checkpoints', 'errors', 'operators']\n[1, 2, 3] 6.06"
+        "(16, 6)\n['orders', 'totals']\n[('id', 'BIGINT'), ('customer', 'TEXT'), ('amount', 'DOUBLE PRECISION'), ('ts', 'TIMESTAMP')]\n['checkpoints', 'errors', 'operators']\n['big_orders'] SELECT id, upper(customer) AS who, amount * 2 AS doubled FROM orders WHERE amount > 1\n[1, 2, 3] 6.06"
     );
 }
 

@@ -64,12 +64,7 @@ fn drop_array_subqueries(statement: &mut ast::Statement) {
     let _ = ast::visit_expressions_mut(statement, |expr| {
         let replace = match expr {
             ast::Expr::Function(f) => {
-                f.name
-                    .0
-                    .last()
-                    .and_then(|p| p.as_ident())
-                    .is_some_and(|i| i.value.eq_ignore_ascii_case("array"))
-                    && matches!(f.args, ast::FunctionArguments::Subquery(_))
+                calls(f, "array") && matches!(f.args, ast::FunctionArguments::Subquery(_))
             }
             ast::Expr::CompoundIdentifier(parts) => parts
                 .last()
@@ -85,6 +80,23 @@ fn drop_array_subqueries(statement: &mut ast::Statement) {
     });
 }
 
+/// Whether `f` calls the function `name` (in any schema).
+fn calls(f: &ast::Function, name: &str) -> bool {
+    f.name
+        .0
+        .last()
+        .and_then(|p| p.as_ident())
+        .is_some_and(|i| i.value.eq_ignore_ascii_case(name))
+}
+
+/// The arguments of `f` when it calls `name` with a list of them.
+fn call_args<'a>(f: &'a ast::Function, name: &str) -> Option<&'a [ast::FunctionArg]> {
+    match &f.args {
+        ast::FunctionArguments::List(list) if calls(f, name) => Some(&list.args),
+        _ => None,
+    }
+}
+
 /// The schemas a relation's unqualified name finds (`search_path`, with pg_catalog).
 const SEARCH_PATH: &str = "'public', 'pg_catalog'";
 
@@ -94,21 +106,12 @@ const SEARCH_PATH: &str = "'public', 'pg_catalog'";
 fn visible_by_search_path(statement: &mut ast::Statement) {
     let _ = ast::visit_expressions_mut(statement, |expr| {
         if let ast::Expr::Function(f) = expr {
-            let named = f
-                .name
-                .0
-                .last()
-                .and_then(|p| p.as_ident())
-                .is_some_and(|i| i.value.eq_ignore_ascii_case("pg_table_is_visible"));
-            let arg = match &f.args {
-                ast::FunctionArguments::List(list) if named && list.args.len() == 1 => {
-                    match &list.args[0] {
-                        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(
-                            ast::Expr::CompoundIdentifier(parts),
-                        )) => Some(parts.clone()),
-                        _ => None,
-                    }
-                }
+            let arg = match call_args(f, "pg_table_is_visible") {
+                Some(
+                    [ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(
+                        ast::Expr::CompoundIdentifier(parts),
+                    ))],
+                ) => Some(parts.clone()),
                 _ => None,
             };
             if let Some(parts) = arg {
@@ -138,18 +141,9 @@ fn visible_by_search_path(statement: &mut ast::Statement) {
 fn view_definitions(statement: &mut ast::Statement) {
     let _ = ast::visit_expressions_mut(statement, |expr| {
         if let ast::Expr::Function(f) = expr {
-            let named = f
-                .name
-                .0
-                .last()
-                .and_then(|p| p.as_ident())
-                .is_some_and(|i| i.value.eq_ignore_ascii_case("pg_get_viewdef"));
-            let oid = match &f.args {
-                ast::FunctionArguments::List(list) if named && !list.args.is_empty() => {
-                    match &list.args[0] {
-                        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => Some(e.clone()),
-                        _ => None,
-                    }
+            let oid = match call_args(f, "pg_get_viewdef") {
+                Some([ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)), ..]) => {
+                    Some(e.clone())
                 }
                 _ => None,
             };

@@ -343,6 +343,17 @@ pub(crate) mod tests {
     use datafusion::physical_plan::ExecutionPlan;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
+    /// The seed of a randomised test: `TRIBUTARY_SEED`, or a random one; printed, so that a
+    /// failure can be replayed.
+    pub fn seed() -> u64 {
+        let seed: u64 = std::env::var("TRIBUTARY_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random);
+        eprintln!("seed {seed} (TRIBUTARY_SEED={seed} replays it)");
+        seed
+    }
+
     /// A context over empty tables of `tables` (name, schema) that plans as the SQL front end
     /// does: one partition, no physical optimizer.
     pub fn planning_context(tables: &[(&str, SchemaRef)]) -> SessionContext {

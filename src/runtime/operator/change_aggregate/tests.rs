@@ -179,11 +179,7 @@ async fn random_change_stream(memory: Option<usize>) {
         }
     };
     let mut spilled = 0;
-    let seed: u64 = std::env::var("TRIBUTARY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("seed {seed} (TRIBUTARY_SEED={seed} replays it)");
+    let seed = crate::runtime::operator::tests::seed();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut op = operator().await;
     let mut table: BTreeMap<i64, (String, i64)> = BTreeMap::new();

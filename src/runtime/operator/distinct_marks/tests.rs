@@ -130,11 +130,7 @@ fn random_rows(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<Row> {
 
 #[test]
 fn marks_the_first_row_of_each_group_and_value_across_aborts_snapshots_and_restores() {
-    let seed: u64 = std::env::var("TRIBUTARY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("seed {seed} (TRIBUTARY_SEED={seed} replays it)");
+    let seed = crate::runtime::operator::tests::seed();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     // Snapshots beyond STATE_ROWS rows go to spill files of this memory.
     let memory = StateMemory::new(Some(1 << 30)).unwrap();

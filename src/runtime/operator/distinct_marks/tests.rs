@@ -185,18 +185,33 @@ fn marks_the_first_row_of_each_group_and_value_across_aborts_snapshots_and_resto
     );
 }
 
-#[test]
-fn marks_follow_their_key_group_when_run_as_instances() {
+/// How many rows each mark marks.
+fn marked(marks: &[Vec<bool>]) -> Vec<usize> {
+    marks
+        .iter()
+        .map(|m| m.iter().filter(|x| **x).count())
+        .collect()
+}
+
+/// `n` instances of the operator, split by key group.
+fn instances(n: usize, memory: &Arc<StateMemory>) -> Box<dyn Operator> {
     use crate::runtime::operator::parallel::Parallel;
 
-    let memory = StateMemory::new(None).unwrap();
-    let instances: Vec<Box<dyn Operator>> = (0..2)
+    let instances: Vec<Box<dyn Operator>> = (0..n)
         .map(|_| Box::new(DistinctMarks::new(spec()).unwrap()) as Box<dyn Operator>)
         .collect();
     let keying = instances[0].keying().unwrap();
-    let mut op = Parallel::new(instances, keying)
-        .unwrap()
-        .with_memory(&memory);
+    Box::new(
+        Parallel::new(instances, keying)
+            .unwrap()
+            .with_memory(memory),
+    )
+}
+
+#[test]
+fn marks_follow_their_key_group_when_run_as_instances() {
+    let memory = StateMemory::new(None).unwrap();
+    let mut op = instances(2, &memory);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut oracle = Oracle::default();
     let mut counted = [0usize; 4];
@@ -205,12 +220,10 @@ fn marks_follow_their_key_group_when_run_as_instances() {
         let out = op.process(0, batch(&rows)).unwrap();
         op.commit_batch();
         // Instances emit their rows in their own order: compare how many each mark marks.
-        let want = oracle.marks(&rows);
-        let got = marks_of(&out);
-        for i in 0..4 {
-            let n = got[i].iter().filter(|m| **m).count();
-            assert_eq!(n, want[i].iter().filter(|m| **m).count(), "mark {i}");
-            counted[i] += n;
+        let got = marked(&marks_of(&out));
+        assert_eq!(got, marked(&oracle.marks(&rows)));
+        for (c, n) in counted.iter_mut().zip(got) {
+            *c += n;
         }
     }
     for (i, seen) in oracle.seen.iter().enumerate() {
@@ -218,23 +231,10 @@ fn marks_follow_their_key_group_when_run_as_instances() {
     }
     // Its state restores into a differently split pair of instances.
     let state = op.snapshot(true).unwrap();
-    let instances: Vec<Box<dyn Operator>> = (0..3)
-        .map(|_| Box::new(DistinctMarks::new(spec()).unwrap()) as Box<dyn Operator>)
-        .collect();
-    let keying = instances[0].keying().unwrap();
-    let mut restored = Parallel::new(instances, keying)
-        .unwrap()
-        .with_memory(&memory);
+    let mut restored = instances(3, &memory);
     restored.restore(state, None).unwrap();
     assert_eq!(restored.state_rows(), op.state_rows());
     let rows = random_rows(&mut rng, 2_000);
     let out = restored.process(0, batch(&rows)).unwrap();
-    let want = oracle.marks(&rows);
-    let got = marks_of(&out);
-    for i in 0..4 {
-        assert_eq!(
-            got[i].iter().filter(|m| **m).count(),
-            want[i].iter().filter(|m| **m).count()
-        );
-    }
+    assert_eq!(marked(&marks_of(&out)), marked(&oracle.marks(&rows)));
 }

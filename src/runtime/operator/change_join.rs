@@ -7,14 +7,17 @@
 //!
 //! A side may also be a stream that only appends (an outer join of two streams with no bound
 //! on their event times, into a sink that applies rows by key): each row gets an id of its own
-//! as its key, and leaves the state, silently, once it has been kept `state_ttl`.
+//! as its key, and leaves the state, silently, once it has been kept `state_ttl` (of wall-clock
+//! time, which the checkpoints keep: a restart does not restart it).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
-use arrow::array::{new_null_array, ArrayRef, AsArray, BooleanArray, StringArray, UInt64Array};
+use arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, BooleanArray, Int64Array, StringArray, UInt64Array,
+};
 use arrow::compute::{concat_batches, filter_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::execution::TaskContext;
@@ -27,6 +30,10 @@ use super::spill::{map_chunks, StateChunk};
 use super::{now_micros, run_plan_inputs, Operator};
 use crate::error::Result;
 use crate::runtime::memory::{Budget, StateMemory};
+
+/// The state's last column: on a row of `__side` 2 + s, when side s's rows up to the id in its
+/// key column were kept (UTC microseconds); NULL on the sides' rows.
+const KEPT_AT: &str = "__kept_at";
 
 /// What the operator is built from, as the SQL front end plans it.
 #[derive(Debug, Clone)]
@@ -63,6 +70,8 @@ struct Side {
     /// kept (processing time, UTC microseconds), oldest first.
     next_rid: u64,
     kept: VecDeque<(i64, u64)>,
+    /// Entries of `kept` not yet snapshotted.
+    kept_unsnapshotted: Vec<(i64, u64)>,
     /// Ids below this one have left.
     kept_from: u64,
     rid_keys: RowConverter,
@@ -78,6 +87,7 @@ impl Side {
             columns,
             next_rid: 0,
             kept: VecDeque::new(),
+            kept_unsnapshotted: Vec::new(),
             kept_from: 0,
             rid_keys: RowConverter::new(vec![SortField::new(DataType::UInt64)])?,
         })
@@ -101,7 +111,7 @@ impl Side {
         while self.kept.front().is_some_and(|(at, _)| *at <= before) {
             through = self.kept.pop_front().map(|(_, rid)| rid);
         }
-        let Some(through) = through else {
+        let Some(through) = through.filter(|t| *t >= self.kept_from) else {
             return Ok(());
         };
         let rids = UInt64Array::from_iter_values(self.kept_from..=through);
@@ -204,6 +214,7 @@ impl ChangeJoin {
                         Field::new(format!("{s}.{}", f.name()), f.data_type().clone(), true)
                     })
                 }))
+                .chain(std::iter::once(Field::new(KEPT_AT, DataType::Int64, true)))
                 .collect::<Vec<_>>(),
         ));
         Ok(ChangeJoin {
@@ -238,6 +249,29 @@ impl ChangeJoin {
     /// The join keys of `batch`'s rows (side `side`'s columns first).
     fn keys_of(&self, side: usize, batch: &RecordBatch) -> Result<Rows> {
         join_keys(&self.key_values, &self.spec.keys[side], batch)
+    }
+
+    /// State rows tagged `tag` of side `s`'s `columns` (its rows' schema), NULL in the other
+    /// side's, with `kept_at` last.
+    fn state_rows_of(
+        &self,
+        tag: u8,
+        s: usize,
+        columns: &[ArrayRef],
+        kept_at: ArrayRef,
+    ) -> Result<RecordBatch> {
+        let n = kept_at.len();
+        let mut out: Vec<ArrayRef> = vec![Arc::new(arrow::array::UInt8Array::from(vec![tag; n]))];
+        for t in 0..2 {
+            for (c, f) in self.sides[t].rows.schema().fields().iter().enumerate() {
+                out.push(match t == s {
+                    true => columns[c].clone(),
+                    false => new_null_array(f.data_type(), n),
+                });
+            }
+        }
+        out.push(kept_at);
+        Ok(RecordBatch::try_new(self.state_schema.clone(), out)?)
     }
 
     /// Marks `key` changed, keeping its rows on both sides as they are (the first time in an
@@ -409,9 +443,10 @@ impl Operator for ChangeJoin {
     fn commit_batch(&mut self) {
         for side in 0..2 {
             let pending = std::mem::take(&mut self.sides[side].pending);
-            if self.spec.appends[side] && !pending.is_empty() {
-                let last = self.sides[side].next_rid - 1;
-                self.sides[side].kept.push_back((now_micros(), last));
+            if self.spec.appends[side] && self.ttl.is_some() && !pending.is_empty() {
+                let kept = (now_micros(), self.sides[side].next_rid - 1);
+                self.sides[side].kept.push_back(kept);
+                self.sides[side].kept_unsnapshotted.push(kept);
             }
             for (changes, keys) in pending {
                 self.apply(side, changes, keys);
@@ -442,34 +477,53 @@ impl Operator for ChangeJoin {
         Some(self.state_schema.clone())
     }
 
-    /// Both sides' rows (or changes), each side's in its columns, NULL in the other's.
+    /// Both sides' rows (or changes), each side's in its columns, NULL in the other's; then,
+    /// for a side that only appends, when its rows were kept.
     fn snapshot(&mut self, full: bool) -> Result<Vec<StateChunk>> {
         let mut out = Vec::new();
-        let widths = [0, 1].map(|s| self.sides[s].rows.schema().fields().len());
         for s in 0..2 {
             let chunks = self.sides[s].rows.snapshot(full)?;
             let memory = self.budget.as_ref().map(|b| b.memory().as_ref());
             out.extend(map_chunks(chunks, &self.state_schema, memory, |batch| {
-                let n = batch.num_rows();
-                let mut columns: Vec<ArrayRef> =
-                    vec![Arc::new(arrow::array::UInt8Array::from(vec![s as u8; n]))];
-                for (t, width) in widths.iter().enumerate() {
-                    let fields = self.sides[t].rows.schema().fields().clone();
-                    for (c, f) in fields.iter().enumerate().take(*width) {
-                        columns.push(match t == s {
-                            true => batch.column(c).clone(),
-                            false => new_null_array(f.data_type(), n),
-                        });
-                    }
-                }
-                Ok(RecordBatch::try_new(self.state_schema.clone(), columns)?)
+                let kept_at = new_null_array(&DataType::Int64, batch.num_rows());
+                self.state_rows_of(s as u8, s, batch.columns(), kept_at)
             })?);
+            let kept = std::mem::take(&mut self.sides[s].kept_unsnapshotted);
+            let kept: Vec<(i64, u64)> = match full {
+                true => self.sides[s].kept.iter().copied().collect(),
+                false => kept,
+            };
+            if !kept.is_empty() {
+                // The side's key column holds the last id; its other columns are NULL.
+                let side = &self.sides[s];
+                let columns: Vec<ArrayRef> = side
+                    .rows
+                    .schema()
+                    .fields()
+                    .iter()
+                    .enumerate()
+                    .map(|(c, f)| match c == side.columns {
+                        true => Arc::new(UInt64Array::from_iter_values(kept.iter().map(|k| k.1)))
+                            as ArrayRef,
+                        false => new_null_array(f.data_type(), kept.len()),
+                    })
+                    .collect();
+                let at = Arc::new(Int64Array::from_iter_values(kept.iter().map(|k| k.0)));
+                out.push(StateChunk::Batch(self.state_rows_of(
+                    2 + s as u8,
+                    s,
+                    &columns,
+                    at,
+                )?));
+            }
         }
         Ok(out)
     }
 
     fn restore(&mut self, state: Vec<StateChunk>, _watermark: Option<i64>) -> Result<()> {
         let widths = [0, 1].map(|s| self.sides[s].rows.schema().fields().len());
+        let mut kept: [Vec<(i64, u64)>; 2] = [Vec::new(), Vec::new()];
+        let mut first_rid: [Option<u64>; 2] = [None, None];
         for chunk in &state {
             // A batch at a time: a spilled chunk may not fit in memory whole.
             for batch in chunk.batches()? {
@@ -477,6 +531,17 @@ impl Operator for ChangeJoin {
                 let side = batch
                     .column(0)
                     .as_primitive::<arrow::datatypes::UInt8Type>();
+                let at = batch.columns().last().expect("a kept-at column");
+                let at = at.as_primitive::<Int64Type>();
+                for (i, tag) in side.iter().enumerate() {
+                    let Some(s @ 0..=1) = tag.and_then(|t| t.checked_sub(2)).map(usize::from)
+                    else {
+                        continue;
+                    };
+                    let key = 1 + if s == 0 { 0 } else { widths[0] } + self.sides[s].columns;
+                    let rid = batch.column(key).as_primitive::<UInt64Type>().value(i);
+                    kept[s].push((at.value(i), rid));
+                }
                 for s in 0..2 {
                     let mask: BooleanArray =
                         side.iter().map(|v| Some(v == Some(s as u8))).collect();
@@ -496,6 +561,9 @@ impl Operator for ChangeJoin {
                         if let Some(max) = arrow::compute::max(rids) {
                             self.sides[s].next_rid = self.sides[s].next_rid.max(max + 1);
                         }
+                        if let Some(min) = arrow::compute::min(rids) {
+                            first_rid[s] = Some(first_rid[s].map_or(min, |m| m.min(min)));
+                        }
                     }
                     let changes = self.sides[s].rows.prepare(&rows)?;
                     let keys = self.keys_of(s, &changes.batch)?;
@@ -504,11 +572,18 @@ impl Operator for ChangeJoin {
                 self.fit_memory()?;
             }
         }
-        // Restored rows of a side that only appends are kept from now.
+        // Rows of a side that only appends are kept from when they were kept before; those
+        // no entry covers (none was checkpointed) from now.
         let now = now_micros();
         for (s, side) in self.sides.iter_mut().enumerate() {
             side.rows.restored();
-            if self.spec.appends[s] && side.next_rid > 0 {
+            if !self.spec.appends[s] || self.ttl.is_none() {
+                continue;
+            }
+            kept[s].sort_unstable_by_key(|k| k.1);
+            side.kept = kept[s].iter().copied().collect();
+            side.kept_from = first_rid[s].unwrap_or(side.next_rid);
+            if side.next_rid > 0 && side.kept.back().is_none_or(|k| k.1 < side.next_rid - 1) {
                 side.kept.push_back((now, side.next_rid - 1));
             }
         }

@@ -3,6 +3,7 @@
 
 pub mod change_aggregate;
 pub mod change_join;
+pub mod change_times;
 pub mod change_top_n;
 pub mod distinct;
 pub mod distinct_marks;
@@ -342,6 +343,24 @@ pub(crate) mod tests {
     use datafusion::physical_plan::aggregates::AggregateExec;
     use datafusion::physical_plan::ExecutionPlan;
     use datafusion::prelude::{SessionConfig, SessionContext};
+
+    /// `state` of `op` as a checkpoint holds it: one file of `op`'s state schema, each
+    /// batch checked against it.
+    pub fn through_files(
+        memory: &crate::runtime::memory::StateMemory,
+        op: &dyn super::Operator,
+        state: Vec<super::StateChunk>,
+    ) -> Vec<super::StateChunk> {
+        let schema = op.state_schema().expect("a stateful operator");
+        let batches = state
+            .iter()
+            .flat_map(|c| c.batches().unwrap().map(|b| b.unwrap()));
+        super::spill::SpillFile::write(memory, &schema, batches)
+            .unwrap()
+            .map(super::StateChunk::Spilled)
+            .into_iter()
+            .collect()
+    }
 
     /// The seed of a randomised test: `TRIBUTARY_SEED`, or a random one; printed, so that a
     /// failure can be replayed.

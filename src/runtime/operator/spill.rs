@@ -295,6 +295,18 @@ pub enum StateChunk {
     Batch(RecordBatch),
     /// A file on local disk.
     Spilled(SpillFile),
+    /// Another chunk's batches, each changed by a function as it is read.
+    Mapped(Box<StateChunk>, BatchMap),
+}
+
+/// A function from batch to batch, as a [`StateChunk::Mapped`] applies it.
+#[derive(Clone)]
+pub struct BatchMap(pub Arc<dyn Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync>);
+
+impl std::fmt::Debug for BatchMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BatchMap")
+    }
 }
 
 impl StateChunk {
@@ -303,6 +315,7 @@ impl StateChunk {
         match self {
             StateChunk::Batch(b) => b.num_rows(),
             StateChunk::Spilled(f) => f.rows(),
+            StateChunk::Mapped(c, _) => c.rows(),
         }
     }
 
@@ -311,6 +324,7 @@ impl StateChunk {
         match self {
             StateChunk::Batch(b) => b.get_array_memory_size(),
             StateChunk::Spilled(_) => 0,
+            StateChunk::Mapped(c, _) => c.memory(),
         }
     }
 
@@ -321,7 +335,16 @@ impl StateChunk {
         Ok(match self {
             StateChunk::Batch(b) => Box::new(std::iter::once(Ok(b.clone()))),
             StateChunk::Spilled(f) => Box::new(f.batches()?),
+            StateChunk::Mapped(c, map) => {
+                let map = map.0.clone();
+                Box::new(c.batches()?.map(move |b| b.and_then(|b| map(b))))
+            }
         })
+    }
+
+    /// The same batches, each changed by `map` as it is read.
+    pub fn mapped(self, map: &BatchMap) -> StateChunk {
+        StateChunk::Mapped(Box::new(self), map.clone())
     }
 }
 
@@ -378,7 +401,7 @@ pub fn spill_batches(
     *chunks = files;
     let batches = in_memory.into_iter().filter_map(|c| match c {
         StateChunk::Batch(b) => Some(b),
-        StateChunk::Spilled(_) => None,
+        _ => None,
     });
     chunks.extend(SpillFile::write(memory, schema, batches)?.map(StateChunk::Spilled));
     Ok(())

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow::array::{ArrayRef, StringArray, UInt64Array};
 use arrow::compute::kernels::cmp::neq;
@@ -24,11 +24,12 @@ use datafusion::physical_expr::LexOrdering;
 use datafusion::physical_plan::sorts::sort::sort_batch;
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::change_times;
 use super::keyed_rows::{KeyedRows, RowId, KEY_OVERHEAD};
 use super::parallel::Keying;
 use super::spill::StateChunk;
 use super::stateless::OP;
-use super::{run_plan_on, Operator};
+use super::{now_micros, run_plan_on, Operator};
 use crate::error::{Error, Result};
 use crate::runtime::memory::{Budget, StateMemory};
 
@@ -80,10 +81,17 @@ pub struct TopN {
     budget: Option<Budget>,
     task: Arc<TaskContext>,
     ttl: Option<Duration>,
-    /// When a row last reached each partition (with a TTL; counted from the restore after one).
-    touched_at: HashMap<Box<[u8]>, Instant, ahash::RandomState>,
-    expired_at: Instant,
+    /// With a TTL, the state as checkpointed: the table's and [`TOUCHED_AT`].
+    timed: Option<SchemaRef>,
+    /// When a row last reached each partition (with a TTL; UTC microseconds).
+    touched_at: HashMap<Box<[u8]>, i64, ahash::RandomState>,
+    /// Partitions whose time is not yet snapshotted.
+    retouched: Vec<Box<[u8]>>,
+    expired_at: i64,
 }
+
+/// The state's time column with a TTL: when a row last reached the partition of a time row.
+const TOUCHED_AT: &str = "_touched_at";
 
 impl TopN {
     /// The operator over rows of the plan's input.
@@ -145,14 +153,17 @@ impl TopN {
             budget: None,
             task: Arc::new(TaskContext::default()),
             ttl: None,
+            timed: None,
             touched_at: HashMap::default(),
-            expired_at: Instant::now(),
+            retouched: Vec::new(),
+            expired_at: now_micros(),
         })
     }
 
     /// The same, dropping partitions no row reached for `ttl`.
     pub fn with_ttl(mut self, ttl: Option<Duration>) -> Self {
         self.ttl = ttl;
+        self.timed = ttl.map(|_| change_times::timed_schema(self.table.schema(), TOUCHED_AT));
         self
     }
 
@@ -174,7 +185,7 @@ impl TopN {
 
     /// Numbers the rows that arrived with the kept rows of their partitions, and keeps the
     /// first N of each.
-    fn rank(&mut self, now: Instant) -> Result<()> {
+    fn rank(&mut self, now: i64) -> Result<()> {
         if self.fresh.is_empty() {
             return Ok(());
         }
@@ -195,6 +206,7 @@ impl TopN {
         if self.ttl.is_some() {
             for partition in &touched {
                 self.touched_at.insert(partition.clone(), now);
+                self.retouched.push(partition.clone());
             }
         }
         // Kept rows with their number, arriving ones with 0.
@@ -270,11 +282,11 @@ impl TopN {
     /// Numbers what arrived, emits the partitions that changed, and (with a TTL, every eighth
     /// of it) drops the partitions no row reached for the TTL: their rows leave as deletes,
     /// which change snapshots record.
-    fn checkpoint_at(&mut self, now: Instant) -> Result<Vec<RecordBatch>> {
+    fn checkpoint_at(&mut self, now: i64) -> Result<Vec<RecordBatch>> {
         self.rank(now)?;
         let out = self.emit_changed()?;
         if let Some(ttl) = self.ttl {
-            if now.saturating_duration_since(self.expired_at) >= ttl / 8 {
+            if now.saturating_sub(self.expired_at) >= change_times::micros(ttl) / 8 {
                 self.expired_at = now;
                 self.expire(now, ttl)?;
             }
@@ -282,11 +294,12 @@ impl TopN {
         Ok(out)
     }
 
-    fn expire(&mut self, now: Instant, ttl: Duration) -> Result<()> {
+    fn expire(&mut self, now: i64, ttl: Duration) -> Result<()> {
+        let since = now.saturating_sub(change_times::micros(ttl));
         let old: Vec<Box<[u8]>> = self
             .touched_at
             .iter()
-            .filter(|(_, t)| now.saturating_duration_since(**t) >= ttl)
+            .filter(|(_, t)| **t <= since)
             .map(|(p, _)| p.clone())
             .collect();
         let mut ids = Vec::new();
@@ -401,7 +414,7 @@ impl Operator for TopN {
     fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
         if self.fresh_rows >= RANK_ROWS {
             // The rows waiting were committed: numbering them changes no output.
-            self.rank(Instant::now())?;
+            self.rank(now_micros())?;
         }
         if batch.num_rows() > 0 {
             self.pending.push(batch);
@@ -421,11 +434,15 @@ impl Operator for TopN {
     }
 
     fn on_checkpoint(&mut self) -> Result<Vec<RecordBatch>> {
-        self.checkpoint_at(Instant::now())
+        self.checkpoint_at(now_micros())
     }
 
     fn state_schema(&self) -> Option<SchemaRef> {
-        Some(self.table.schema().clone())
+        Some(
+            self.timed
+                .clone()
+                .unwrap_or_else(|| self.table.schema().clone()),
+        )
     }
 
     /// All of it: the kept rows; the changes: the rows kept since (each replacing its
@@ -437,14 +454,49 @@ impl Operator for TopN {
                 "a ROW_NUMBER's snapshot with rows not numbered".into(),
             ));
         }
-        self.table.snapshot(full)
+        let chunks = self.table.snapshot(full)?;
+        let retouched = std::mem::take(&mut self.retouched);
+        let Some(timed) = &self.timed else {
+            return Ok(chunks);
+        };
+        // With a TTL, when each partition was last reached follows.
+        let mut out = change_times::untimed(chunks, timed);
+        let partitions: Vec<&Box<[u8]>> = match full {
+            true => self.touched_at.keys().collect(),
+            false => retouched.iter().collect(),
+        };
+        if !partitions.is_empty() {
+            let parser = self.partition_values.parser();
+            let keys = self
+                .partition_values
+                .convert_rows(partitions.iter().map(|p| parser.parse(p)))?;
+            let times = partitions
+                .iter()
+                .map(|p| self.touched_at.get(*p).copied())
+                .collect();
+            let rows = change_times::time_rows(timed, self.width, keys, times)?;
+            out.push(StateChunk::Batch(rows));
+        }
+        Ok(out)
     }
 
     fn restore(&mut self, state: Vec<StateChunk>, _watermark: Option<i64>) -> Result<()> {
+        let mut restored_times: HashMap<Box<[u8]>, i64> = HashMap::new();
+        let partition_columns = self.width..self.width + self.partition.len();
         for chunk in &state {
             // A batch at a time: a spilled chunk may not fit in memory whole.
             for batch in chunk.batches()? {
-                let batch = batch?;
+                let mut batch = batch?;
+                if self.timed.is_some() {
+                    let (rows, times) = change_times::split(&batch, self.table.schema())?;
+                    let keys = self
+                        .partition_values
+                        .convert_columns(&times.columns()[partition_columns.clone()])?;
+                    for (k, t) in keys.iter().zip(change_times::times(&times)) {
+                        restored_times.insert(k.as_ref().into(), t);
+                    }
+                    batch = rows;
+                }
                 let changes = self.table.prepare(&batch)?;
                 self.table.apply(changes, |_, _| {}, |_, _| 0);
                 self.fit_memory()?;
@@ -456,10 +508,9 @@ impl Operator for TopN {
             .live_ids()
             .map(|(b, i)| (b as usize, i as usize))
             .collect();
-        let columns = self.width..self.width + self.partition.len();
-        let now = Instant::now();
+        let now = now_micros();
         for chunk in ids.chunks(RANK_ROWS) {
-            let values = self.table.gather(columns.clone(), chunk)?;
+            let values = self.table.gather(partition_columns.clone(), chunk)?;
             let partitions = self.partition_values.convert_columns(&values)?;
             for (row, &(b, i)) in partitions.iter().zip(chunk) {
                 let rows = self.members.entry(row.as_ref().into()).or_default();
@@ -467,8 +518,12 @@ impl Operator for TopN {
             }
         }
         if self.ttl.is_some() {
-            // When each partition was last reached is not checkpointed: the TTL counts from here.
-            self.touched_at = self.members.keys().map(|p| (p.clone(), now)).collect();
+            // A partition with no time checkpointed counts from the restore.
+            self.touched_at = self
+                .members
+                .keys()
+                .map(|p| (p.clone(), restored_times.get(p).copied().unwrap_or(now)))
+                .collect();
         }
         self.index_bytes = self
             .members

@@ -2,23 +2,25 @@
 //! goes through the Partial aggregate; at each checkpoint the groups that changed are merged by
 //! the Final aggregate and emitted, whole, as upserts keyed by the GROUP BY columns. With a
 //! state TTL, a group that has not changed for that long leaves the state (its row stays in the
-//! sink; a later row for it starts the group afresh).
+//! sink; a later row for it starts the group afresh); when each group last changed (wall clock)
+//! is part of the checkpointed state, so a restart does not restart its TTL.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arrow::array::BooleanArray;
+use arrow::array::{BooleanArray, Int64Array};
 use arrow::compute::{concat_batches, filter_record_batch, not};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::change_times;
 use super::parallel::Keying;
-use super::spill::{merge_files, spill_batches, SpillFile, SpillWriter, StateChunk};
+use super::spill::{map_chunks, merge_files, spill_batches, SpillFile, SpillWriter, StateChunk};
 use super::two_stage::TwoStage;
-use super::Operator;
+use super::{now_micros, Operator};
 use crate::error::{Error, Result};
 use crate::runtime::memory::{Budget, StateMemory};
 
@@ -29,6 +31,9 @@ const SPILL_FILES: usize = 8;
 /// The partial states of batches since the last emission are merged, one row per group, once
 /// they are this many rows and twice as many as the last such merge left.
 const COMPACT_ROWS: usize = 131_072;
+/// The column after the partial states, with a TTL, holding when a group last changed: set on
+/// a group's time rows (whose states are NULL), NULL on its state rows.
+const CHANGED_AT: &str = "_changed_at";
 
 /// Per-group aggregation emitting the changed groups at each checkpoint.
 ///
@@ -54,10 +59,14 @@ pub struct UpdatingAggregate {
     compacted_rows: usize,
     /// How long a group is kept without changing.
     ttl: Option<Duration>,
-    /// When each group last changed (groups restored from a checkpoint: when restored).
-    changed_at: HashMap<Box<[u8]>, Instant>,
+    /// With a TTL, the state as checkpointed: the partial states and [`CHANGED_AT`].
+    timed_schema: Option<SchemaRef>,
+    /// When each group last changed (UTC microseconds of the wall clock).
+    changed_at: HashMap<Box<[u8]>, i64>,
+    /// Groups whose change time is not yet snapshotted.
+    retimed: Vec<Box<[u8]>>,
     /// When groups were last expired.
-    expired_at: Instant,
+    expired_at: i64,
     /// Groups left the state since the last full snapshot: the next snapshot must be full, or a
     /// restore would merge their older change files back in.
     needs_full: bool,
@@ -76,6 +85,8 @@ impl UpdatingAggregate {
                 .map(|f| SortField::new(f.data_type().clone()))
                 .collect(),
         )?;
+        let timed_schema =
+            ttl.map(|_| change_times::timed_schema(stages.state_schema(), CHANGED_AT));
         Ok(UpdatingAggregate {
             stages,
             keys,
@@ -88,8 +99,10 @@ impl UpdatingAggregate {
             unsnapshotted: Vec::new(),
             compacted_rows: 0,
             ttl,
+            timed_schema,
             changed_at: HashMap::new(),
-            expired_at: Instant::now(),
+            retimed: Vec::new(),
+            expired_at: now_micros(),
             needs_full: false,
             budget: None,
         })
@@ -109,13 +122,13 @@ impl UpdatingAggregate {
             .ok_or_else(|| Error::Internal("spilling without a state memory".into()))
     }
 
-    /// Emits the current aggregate of every group that changed since the last call, at `now`,
-    /// and drops the groups unchanged for the TTL.
-    fn emit_changed(&mut self, now: Instant) -> Result<Vec<RecordBatch>> {
+    /// Emits the current aggregate of every group that changed since the last call, at `now`
+    /// (UTC microseconds), and drops the groups unchanged for the TTL.
+    fn emit_changed(&mut self, now: i64) -> Result<Vec<RecordBatch>> {
         let out = self.merge_changed(now)?;
         if let Some(ttl) = self.ttl {
             // Expiring rewrites the state and forces a full snapshot: a few times per TTL.
-            if now.saturating_duration_since(self.expired_at) >= ttl / 8 {
+            if now.saturating_sub(self.expired_at) >= change_times::micros(ttl) / 8 {
                 self.expire(now, ttl)?;
                 self.expired_at = now;
             }
@@ -125,7 +138,7 @@ impl UpdatingAggregate {
 
     /// Merges the partial states that changed into their groups' and returns those groups'
     /// current aggregates, noting them changed at `now`.
-    fn merge_changed(&mut self, now: Instant) -> Result<Vec<RecordBatch>> {
+    fn merge_changed(&mut self, now: i64) -> Result<Vec<RecordBatch>> {
         if self.changed.is_empty() {
             return Ok(Vec::new());
         }
@@ -144,6 +157,7 @@ impl UpdatingAggregate {
         if self.ttl.is_some() {
             for g in &groups {
                 self.changed_at.insert(g.clone(), now);
+                self.retimed.push(g.clone());
             }
         }
         // The changed groups' states leave memory and disk; the merge brings them back whole.
@@ -176,16 +190,14 @@ impl UpdatingAggregate {
     }
 
     /// Drops the groups that have not changed since `now - ttl`.
-    fn expire(&mut self, now: Instant, ttl: Duration) -> Result<()> {
+    fn expire(&mut self, now: i64, ttl: Duration) -> Result<()> {
+        let since = now.saturating_sub(change_times::micros(ttl));
         let fresh = |op: &Self, batch: &RecordBatch| -> Result<BooleanArray> {
             let rows = op.converter.convert_columns(&batch.columns()[..op.keys])?;
             Ok(rows
                 .iter()
                 .map(|r| {
-                    let fresh = op
-                        .changed_at
-                        .get(r.as_ref())
-                        .is_none_or(|t| now.saturating_duration_since(*t) < ttl);
+                    let fresh = op.changed_at.get(r.as_ref()).is_none_or(|t| *t > since);
                     Some(fresh)
                 })
                 .collect())
@@ -198,8 +210,7 @@ impl UpdatingAggregate {
         if expired == 0 {
             return Ok(());
         }
-        self.changed_at
-            .retain(|_, t| now.saturating_duration_since(*t) < ttl);
+        self.changed_at.retain(|_, t| *t > since);
         self.needs_full = true;
         tracing::debug!(expired, "Groups past the state TTL left the state.");
         Ok(())
@@ -247,6 +258,54 @@ impl UpdatingAggregate {
         }
         self.spilled = files;
         Ok(())
+    }
+
+    /// The time rows of `groups`: their keys, NULL states and when they last changed.
+    fn time_rows<'a>(
+        &self,
+        groups: impl Iterator<Item = &'a Box<[u8]>>,
+    ) -> Result<Option<RecordBatch>> {
+        let Some(schema) = &self.timed_schema else {
+            return Ok(None);
+        };
+        let groups: Vec<&Box<[u8]>> = groups.collect();
+        if groups.is_empty() {
+            return Ok(None);
+        }
+        let parser = self.converter.parser();
+        let keys = self
+            .converter
+            .convert_rows(groups.iter().map(|g| parser.parse(g)))?;
+        let times: Int64Array = groups
+            .iter()
+            .map(|g| self.changed_at.get(*g).copied())
+            .collect();
+        Ok(Some(change_times::time_rows(schema, 0, keys, times)?))
+    }
+
+    /// With a TTL, takes the groups' change times out of restored state, leaving the partial
+    /// states; a later time row of a group replaces an earlier one.
+    fn restore_times(&mut self, state: Vec<StateChunk>) -> Result<Vec<StateChunk>> {
+        if self.timed_schema.is_none() {
+            return Ok(state);
+        }
+        let partial = self.stages.state_schema().clone();
+        let memory = self.budget.as_ref().map(|b| b.memory().clone());
+        let mut times = Vec::new();
+        let states = map_chunks(state, &partial, memory.as_deref(), |batch| {
+            let (states, timed) = change_times::split(batch, &partial)?;
+            times.push(timed);
+            Ok(states)
+        })?;
+        for batch in times {
+            let rows = self
+                .converter
+                .convert_columns(&batch.columns()[..self.keys])?;
+            for (r, t) in rows.iter().zip(change_times::times(&batch)) {
+                self.changed_at.insert(r.as_ref().into(), t);
+            }
+        }
+        Ok(states)
     }
 
     /// Which rows of `batch` belong to the groups in `groups`.
@@ -359,7 +418,7 @@ impl Operator for UpdatingAggregate {
 
     /// Emits the current aggregate of every group that changed since the last checkpoint.
     fn on_checkpoint(&mut self) -> Result<Vec<RecordBatch>> {
-        self.emit_changed(Instant::now())
+        self.emit_changed(now_micros())
     }
 
     fn wants_full_snapshot(&self) -> bool {
@@ -367,34 +426,53 @@ impl Operator for UpdatingAggregate {
     }
 
     fn state_schema(&self) -> Option<SchemaRef> {
-        Some(self.stages.state_schema().clone())
+        Some(
+            self.timed_schema
+                .clone()
+                .unwrap_or_else(|| self.stages.state_schema().clone()),
+        )
     }
 
+    /// With a TTL, the states get a NULL [`CHANGED_AT`] as they are written, and the groups'
+    /// change times follow as rows of their own.
     fn snapshot(&mut self, full: bool) -> Result<Vec<StateChunk>> {
         let changed = std::mem::take(&mut self.unsnapshotted);
-        if !full {
-            return Ok(changed);
-        }
-        self.needs_full = false;
-        Ok(self
-            .base
-            .iter()
-            .cloned()
-            .map(StateChunk::Batch)
-            .chain(self.spilled.iter().cloned().map(StateChunk::Spilled))
-            .chain(self.changed.iter().cloned())
-            .collect())
+        let retimed = std::mem::take(&mut self.retimed);
+        let chunks: Vec<StateChunk> = if full {
+            self.needs_full = false;
+            self.base
+                .iter()
+                .cloned()
+                .map(StateChunk::Batch)
+                .chain(self.spilled.iter().cloned().map(StateChunk::Spilled))
+                .chain(self.changed.iter().cloned())
+                .collect()
+        } else {
+            changed
+        };
+        let Some(schema) = &self.timed_schema else {
+            return Ok(chunks);
+        };
+        let mut out = change_times::untimed(chunks, schema);
+        let times = if full {
+            self.time_rows(self.changed_at.keys())?
+        } else {
+            self.time_rows(retimed.iter())?
+        };
+        out.extend(times.map(StateChunk::Batch));
+        Ok(out)
     }
 
     /// Restored states are merged in memory while they fit; the rest stay in their files.
     fn restore(&mut self, state: Vec<StateChunk>, _watermark: Option<i64>) -> Result<()> {
+        let state = self.restore_times(state)?;
         let mut in_memory = Vec::new();
         let mut bytes = 0usize;
         for chunk in state {
             // Files are compressed: room for a few times their size.
             let need = match &chunk {
                 StateChunk::Spilled(f) => 4 * f.bytes() as usize,
-                StateChunk::Batch(b) => b.get_array_memory_size(),
+                chunk => chunk.memory(),
             };
             let fits = match (&mut self.budget, &chunk) {
                 (Some(budget), StateChunk::Spilled(_)) => budget.fits(bytes + need),
@@ -413,10 +491,10 @@ impl Operator for UpdatingAggregate {
             .reduce_chunks(in_memory)?
             .collect::<Result<Vec<_>>>()?;
         self.set_base(merged)?;
-        // When each group last changed is not checkpointed: the TTL counts from the restore.
-        self.changed_at.clear();
         if self.ttl.is_some() {
-            let now = Instant::now();
+            // A group without a change time (none was checkpointed) counts from the restore.
+            let now = now_micros();
+            let restored = std::mem::take(&mut self.changed_at);
             let mut all: Vec<StateChunk> =
                 self.base.iter().cloned().map(StateChunk::Batch).collect();
             all.extend(self.spilled.iter().cloned().map(StateChunk::Spilled));
@@ -426,8 +504,10 @@ impl Operator for UpdatingAggregate {
                     let rows = self
                         .converter
                         .convert_columns(&batch.columns()[..self.keys])?;
-                    self.changed_at
-                        .extend(rows.iter().map(|r| (r.as_ref().into(), now)));
+                    for r in rows.iter() {
+                        let at = restored.get(r.as_ref()).copied().unwrap_or(now);
+                        self.changed_at.insert(r.as_ref().into(), at);
+                    }
                 }
             }
         }
@@ -608,8 +688,8 @@ mod tests {
     async fn groups_unchanged_for_the_ttl_leave_the_state_and_start_afresh() {
         let ttl = Duration::from_secs(80);
         let mut op = operator_with_ttl(Some(ttl)).await;
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
+        let t0 = now_micros();
+        let at = |s: i64| t0 + s * 1_000_000;
         op.process(0, batch(&[("a", 1), ("b", 2)])).unwrap();
         op.commit_batch();
         op.emit_changed(at(0)).unwrap();
@@ -626,7 +706,8 @@ mod tests {
         assert!(op.wants_full_snapshot());
         let full = op.snapshot(true).unwrap();
         assert!(!op.wants_full_snapshot());
-        assert_eq!(full.iter().map(|c| c.rows()).sum::<usize>(), 1);
+        // a's state and a's change time.
+        assert_eq!(full.iter().map(|c| c.rows()).sum::<usize>(), 2);
         assert!(!changes.is_empty());
         // b again: a group of its own, from this row alone; a keeps its totals.
         op.process(0, batch(&[("b", 5), ("a", 1)])).unwrap();
@@ -642,6 +723,47 @@ mod tests {
         kept.emit_changed(at(0)).unwrap();
         kept.emit_changed(at(1_000_000)).unwrap();
         assert_eq!(kept.state_rows(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_restored_group_keeps_its_change_time() {
+        let ttl = Duration::from_secs(80);
+        let mut op = operator_with_ttl(Some(ttl)).await;
+        let t0 = now_micros();
+        let at = |s: i64| t0 + s * 1_000_000;
+        op.process(0, batch(&[("a", 1), ("b", 2)])).unwrap();
+        op.commit_batch();
+        op.emit_changed(at(0)).unwrap();
+        let mut state = op.snapshot(true).unwrap();
+        op.process(0, batch(&[("a", 3)])).unwrap();
+        op.commit_batch();
+        op.emit_changed(at(50)).unwrap();
+        state.extend(op.snapshot(false).unwrap());
+        // Through state files, and into a state memory that spills files back.
+        let memory = StateMemory::new(Some(1 << 20)).unwrap();
+        let state = crate::runtime::operator::tests::through_files(&memory, &op, state);
+        let mut restored = operator_with_ttl(Some(ttl)).await.with_memory(&memory);
+        restored.restore(state, None).unwrap();
+        assert_eq!(restored.state_rows(), 2);
+        // At 85 s, b (changed at 0) leaves and a (at 50) stays, as they would have without
+        // the restart; the restore's own time does not count.
+        restored.emit_changed(at(85)).unwrap();
+        assert_eq!(restored.state_rows(), 1);
+        restored.process(0, batch(&[("a", 1), ("b", 7)])).unwrap();
+        restored.commit_batch();
+        assert_eq!(
+            rows(&restored.emit_changed(at(90)).unwrap()),
+            vec![row("a", 3, 5, 2), row("b", 1, 7, 1)]
+        );
+        // Restored again, both (changed at 90) are there at 169 s and gone at 180 s.
+        let mut again = operator_with_ttl(Some(ttl)).await;
+        again
+            .restore(restored.snapshot(true).unwrap(), None)
+            .unwrap();
+        again.emit_changed(at(169)).unwrap();
+        assert_eq!(again.state_rows(), 2);
+        again.emit_changed(at(180)).unwrap();
+        assert_eq!(again.state_rows(), 0);
     }
 
     #[tokio::test]

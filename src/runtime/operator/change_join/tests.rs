@@ -297,7 +297,8 @@ fn views(rows: &[(i32, &str)]) -> RecordBatch {
 
 #[tokio::test]
 async fn an_outer_join_of_streams_updates_a_row_when_its_match_comes() {
-    let mut op = streams().await;
+    let hour = Some(std::time::Duration::from_secs(3_600));
+    let mut op = streams().await.with_ttl(hour);
     step(&mut op, 0, pairs(&[(1, 10), (2, 20)]));
     assert_eq!(
         rows_as_text(&op.on_checkpoint().unwrap()),
@@ -315,9 +316,14 @@ async fn an_outer_join_of_streams_updates_a_row_when_its_match_comes() {
         ]
     );
     let full = op.snapshot(true).unwrap();
-    // Restored, new rows get ids of their own, after the restored ones.
-    let mut restored = streams().await;
+    // Restored, new rows get ids of their own, after the restored ones; the rows kept keep
+    // the times they were kept at.
+    let mut restored = streams().await.with_ttl(hour);
     restored.restore(full, None).unwrap();
+    for s in 0..2 {
+        assert_eq!(restored.sides[s].kept, op.sides[s].kept, "side {s}");
+    }
+    assert_eq!(restored.sides[0].kept.len(), 1);
     step(&mut restored, 0, pairs(&[(3, 30), (1, 10)]));
     assert_eq!(
         rows_as_text(&restored.on_checkpoint().unwrap()),

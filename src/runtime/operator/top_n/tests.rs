@@ -1,10 +1,10 @@
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow::array::{Int64Array, StringArray};
 use arrow::datatypes::Schema;
 
 use super::*;
-use crate::runtime::operator::tests::{row_number_spec, rows_as_text};
+use crate::runtime::operator::tests::{row_number_spec, rows_as_text, through_files};
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -163,8 +163,8 @@ async fn many_rows() {
 async fn partitions_no_row_reached_for_the_ttl_leave_and_start_afresh() {
     let ttl = Duration::from_secs(80);
     let mut op = operator().await.with_ttl(Some(ttl));
-    let t0 = Instant::now();
-    let at = |s: u64| t0 + Duration::from_secs(s);
+    let t0 = super::now_micros();
+    let at = |s: i64| t0 + s * 1_000_000;
     op.process(0, batch(&[("a", 5, 1), ("b", 1, 2)])).unwrap();
     op.commit_batch();
     op.checkpoint_at(at(0)).unwrap();
@@ -180,11 +180,21 @@ async fn partitions_no_row_reached_for_the_ttl_leave_and_start_afresh() {
     assert_eq!(op.state_rows(), 2);
     // The change snapshot records b's rows leaving: a restore has them gone too.
     let changes = op.snapshot(false).unwrap();
+    let state: Vec<StateChunk> = full.into_iter().chain(changes).collect();
     let mut restored = operator().await.with_ttl(Some(ttl));
-    restored
-        .restore(full.into_iter().chain(changes).collect(), None)
-        .unwrap();
+    restored.restore(state.clone(), None).unwrap();
     assert_eq!(restored.state_rows(), 2);
+    // Restored through a state file, a keeps when it was last reached (50 s): there at 125 s,
+    // gone at 140 s; the restore's own time does not count.
+    let memory = StateMemory::new(None).unwrap();
+    let mut timed = operator().await.with_ttl(Some(ttl));
+    timed
+        .restore(through_files(&memory, &timed, state), None)
+        .unwrap();
+    timed.checkpoint_at(at(125)).unwrap();
+    assert_eq!(timed.state_rows(), 2);
+    timed.checkpoint_at(at(140)).unwrap();
+    assert_eq!(timed.state_rows(), 0);
     // b again starts afresh, from this row alone; a keeps its first rows (unchanged, so
     // not emitted).
     for o in [&mut op, &mut restored] {

@@ -8,6 +8,7 @@ pub mod change_top_n;
 pub mod distinct;
 pub mod distinct_marks;
 pub mod key_index;
+pub mod key_runs;
 pub mod keyed_rows;
 mod lookup_cache;
 pub mod lookup_join;

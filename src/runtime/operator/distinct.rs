@@ -58,7 +58,10 @@ impl Seen {
 
     /// Moves the keys in memory to a run on disk.
     fn spill(&mut self, memory: &StateMemory) -> Result<()> {
-        let keys: Vec<Box<[u8]>> = std::mem::take(&mut self.in_memory).into_iter().collect();
+        let keys: Vec<(Box<[u8]>, u32)> = std::mem::take(&mut self.in_memory)
+            .into_iter()
+            .map(|k| (k, 1))
+            .collect();
         self.bytes = 0;
         tracing::debug!(keys = keys.len(), "DISTINCT's keys spilled to disk.");
         self.on_disk.spill(memory, keys)
@@ -72,11 +75,8 @@ impl Seen {
         }
         candidates.sort_unstable_by(|a, b| rows.row(*a).cmp(&rows.row(*b)));
         let probes: Vec<&[u8]> = candidates.iter().map(|&i| rows.row(i).data()).collect();
-        for (&i, hit) in candidates
-            .iter()
-            .zip(self.on_disk.contains_sorted(&probes)?)
-        {
-            found[i] = hit;
+        for (&i, hit) in candidates.iter().zip(self.on_disk.flags_sorted(&probes)?) {
+            found[i] = hit != 0;
         }
         Ok(found)
     }
@@ -196,7 +196,7 @@ impl Operator for Distinct {
             .in_memory
             .iter()
             .map(|k| Ok(k.clone()))
-            .chain(self.seen.on_disk.keys())
+            .chain(self.seen.on_disk.keys().map(|k| k.map(|(k, _)| k)))
             .peekable();
         let mut chunk: Vec<Box<[u8]>> = Vec::new();
         while keys.peek().is_some() {

@@ -1,6 +1,7 @@
-//! A set of keys too large for memory, on disk as sorted runs: each run keeps a Bloom filter
-//! and the first key of each block in memory, so that a key not there costs a few hashes and a
-//! key there one block read (from the page cache, mostly).
+//! A set of keys too large for memory, each with 32 bits of flags, on disk as sorted runs: each
+//! run keeps a Bloom filter and the first key of each block in memory, so that a key not there
+//! costs a few hashes and a key there one block read (from the page cache, mostly). A key in
+//! several runs has the union of their flags.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -21,7 +22,10 @@ const MAX_RUNS: usize = 6;
 const BITS_PER_KEY: usize = 10;
 const HASHES: u64 = 7;
 
-/// Keys on disk, in sorted runs with no key in two of them.
+/// A key and its flags.
+pub type Entry = (Box<[u8]>, u32);
+
+/// Keys and their flags on disk, in sorted runs.
 #[derive(Default)]
 pub struct KeyRuns {
     runs: Vec<Run>,
@@ -48,19 +52,21 @@ impl KeyRuns {
         self.runs.iter().map(|r| r.end).sum()
     }
 
-    /// Writes `keys` (none of them on disk yet) as a new run, merging the runs into one when
-    /// they are many.
-    pub fn spill(&mut self, memory: &StateMemory, mut keys: Vec<Box<[u8]>>) -> Result<()> {
+    /// Writes `keys` with their flags as a new run, merging the runs into one when they are
+    /// many.
+    pub fn spill(&mut self, memory: &StateMemory, mut keys: Vec<(Box<[u8]>, u32)>) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
         }
-        keys.sort_unstable();
-        keys.dedup();
+        keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut writer = RunWriter::new(memory, keys.len())?;
-        for k in &keys {
-            writer.push(k)?;
+        let mut keys = keys.into_iter().peekable();
+        while let Some((key, mut flags)) = keys.next() {
+            while let Some((_, more)) = keys.next_if(|(k, _)| *k == key) {
+                flags |= more;
+            }
+            writer.push(&key, flags)?;
         }
-        drop(keys);
         self.runs.push(writer.finish()?);
         if self.runs.len() > MAX_RUNS {
             self.merge(memory)?;
@@ -78,36 +84,45 @@ impl KeyRuns {
             .collect::<Result<Vec<_>>>()?;
         let mut heap = BinaryHeap::new();
         for (i, r) in readers.iter_mut().enumerate() {
-            if let Some(k) = r.next_key()? {
-                heap.push(Reverse((k, i)));
+            if let Some((k, f)) = r.next_key()? {
+                heap.push(Reverse((k, i, f)));
             }
         }
-        while let Some(Reverse((key, i))) = heap.pop() {
-            writer.push(&key)?;
-            if let Some(k) = readers[i].next_key()? {
-                heap.push(Reverse((k, i)));
+        let mut next = |i: usize, heap: &mut BinaryHeap<_>| -> Result<()> {
+            if let Some((k, f)) = readers[i].next_key()? {
+                heap.push(Reverse((k, i, f)));
             }
+            Ok(())
+        };
+        while let Some(Reverse((key, i, mut flags))) = heap.pop() {
+            next(i, &mut heap)?;
+            while heap.peek().is_some_and(|Reverse((k, _, _))| *k == key) {
+                let Some(Reverse((_, j, f))) = heap.pop() else {
+                    break;
+                };
+                flags |= f;
+                next(j, &mut heap)?;
+            }
+            writer.push(&key, flags)?;
         }
         self.runs = vec![writer.finish()?];
         Ok(())
     }
 
-    /// Which of `probes`, sorted ascending, are on disk.
-    pub fn contains_sorted(&self, probes: &[&[u8]]) -> Result<Vec<bool>> {
-        let mut found = vec![false; probes.len()];
+    /// The flags on disk of each of `probes`, sorted ascending (0 for a key not there).
+    pub fn flags_sorted(&self, probes: &[&[u8]]) -> Result<Vec<u32>> {
+        let mut found = vec![0; probes.len()];
         for run in &self.runs {
             let mut block = Block::default();
             for (i, key) in probes.iter().enumerate() {
-                if !found[i] && run.contains(key, &mut block)? {
-                    found[i] = true;
-                }
+                found[i] |= run.flags(key, &mut block)?;
             }
         }
         Ok(found)
     }
 
-    /// Every key on disk, run after run.
-    pub fn keys(&self) -> impl Iterator<Item = Result<Box<[u8]>>> + '_ {
+    /// Every key on disk with its flags, run after run (a key in several runs once in each).
+    pub fn keys(&self) -> impl Iterator<Item = Result<(Box<[u8]>, u32)>> + '_ {
         self.runs.iter().flat_map(|run| {
             let mut reader = run.reader();
             std::iter::from_fn(move || match &mut reader {
@@ -118,7 +133,8 @@ impl KeyRuns {
     }
 }
 
-/// One sorted run: keys as a little-endian u32 length and the bytes, in blocks.
+/// One sorted run: keys as a little-endian u32 length, the bytes and the flags (u32), in
+/// blocks.
 struct Run {
     /// The file (deleted when the last handle to it is dropped).
     file: Arc<dyn datafusion::execution::SpillFile>,
@@ -145,16 +161,17 @@ impl Run {
         })
     }
 
-    /// Whether `key` is in the run; `block` keeps the last block read, for sorted probes.
-    fn contains(&self, key: &[u8], block: &mut Block) -> Result<bool> {
+    /// The flags of `key` in the run (0 when it is not there); `block` keeps the last block
+    /// read, for sorted probes.
+    fn flags(&self, key: &[u8], block: &mut Block) -> Result<u32> {
         if !self.bloom.may_hold(key) {
-            return Ok(false);
+            return Ok(0);
         }
         let at = self
             .index
             .partition_point(|(first, _)| first.as_ref() <= key);
         if at == 0 {
-            return Ok(false);
+            return Ok(0);
         }
         let b = at - 1;
         if block.at != Some(b) {
@@ -166,17 +183,18 @@ impl Run {
                 .map_err(|e| Error::io("reading a key run", e))?;
             block.at = Some(b);
         }
+        let word = |b: &[u8]| u32::from_le_bytes(b[..4].try_into().expect("4 bytes"));
         let mut rest = &block.bytes[..];
-        while rest.len() >= 4 {
-            let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        while rest.len() >= 8 {
+            let len = word(rest) as usize;
             let k = &rest[4..4 + len];
             match k.cmp(key) {
-                std::cmp::Ordering::Equal => return Ok(true),
-                std::cmp::Ordering::Greater => return Ok(false),
-                std::cmp::Ordering::Less => rest = &rest[4 + len..],
+                std::cmp::Ordering::Equal => return Ok(word(&rest[4 + len..])),
+                std::cmp::Ordering::Greater => return Ok(0),
+                std::cmp::Ordering::Less => rest = &rest[8 + len..],
             }
         }
-        Ok(false)
+        Ok(0)
     }
 }
 
@@ -216,7 +234,7 @@ impl RunWriter {
         })
     }
 
-    fn push(&mut self, key: &[u8]) -> Result<()> {
+    fn push(&mut self, key: &[u8], flags: u32) -> Result<()> {
         let len = u32::try_from(key.len())
             .map_err(|_| Error::Internal("a key of 4 GB or more".into()))?;
         if self.index.is_empty() || (self.offset - self.block_start) as usize >= BLOCK {
@@ -225,10 +243,11 @@ impl RunWriter {
         }
         let write = |out: &mut BufWriter<File>| -> std::io::Result<()> {
             out.write_all(&len.to_le_bytes())?;
-            out.write_all(key)
+            out.write_all(key)?;
+            out.write_all(&flags.to_le_bytes())
         };
         write(&mut self.out).map_err(|e| Error::io("writing a key run", e))?;
-        self.offset += 4 + key.len() as u64;
+        self.offset += 8 + key.len() as u64;
         self.bloom.insert(key);
         self.keys += 1;
         Ok(())
@@ -263,17 +282,18 @@ struct RunReader {
 }
 
 impl RunReader {
-    fn next_key(&mut self) -> Result<Option<Box<[u8]>>> {
+    fn next_key(&mut self) -> Result<Option<(Box<[u8]>, u32)>> {
         if self.left == 0 {
             return Ok(None);
         }
         let read = |e| Error::io("reading a key run", e);
-        let mut len = [0u8; 4];
-        self.reader.read_exact(&mut len).map_err(read)?;
-        let mut key = vec![0u8; u32::from_le_bytes(len) as usize];
+        let mut word = [0u8; 4];
+        self.reader.read_exact(&mut word).map_err(read)?;
+        let mut key = vec![0u8; u32::from_le_bytes(word) as usize];
         self.reader.read_exact(&mut key).map_err(read)?;
+        self.reader.read_exact(&mut word).map_err(read)?;
         self.left -= 1;
-        Ok(Some(key.into()))
+        Ok(Some((key.into(), u32::from_le_bytes(word))))
     }
 }
 
@@ -319,33 +339,32 @@ impl Bloom {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
+    use std::collections::HashMap;
 
     use rand::{Rng, SeedableRng};
 
     use super::*;
     use crate::runtime::operator::tests::seed;
 
-    /// Spilled in runs and merged, the keys on disk are exactly those spilled: every probe
-    /// answers as a set would, and reading them back gives each once.
+    /// Spilled in runs (a key again in a later run with more flags) and merged, every probe
+    /// answers with the union of the flags spilled for it, as a map would.
     #[test]
-    fn runs_answer_as_a_set() {
+    fn runs_answer_as_a_map_of_flags() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
         let memory = StateMemory::new(Some(1 << 30)).unwrap();
         let mut runs = KeyRuns::default();
-        let mut oracle: HashSet<Box<[u8]>> = HashSet::new();
+        let mut oracle: HashMap<Box<[u8]>, u32> = HashMap::new();
         for round in 0..10 {
             let mut fresh = Vec::new();
             for _ in 0..rng.random_range(1..5_000) {
                 let len = rng.random_range(0..40);
                 let key: Box<[u8]> = (0..len).map(|_| rng.random_range(0..4u8)).collect();
-                if oracle.insert(key.clone()) {
-                    fresh.push(key);
-                }
+                let flags = 1 << rng.random_range(0..4);
+                *oracle.entry(key.clone()).or_default() |= flags;
+                fresh.push((key, flags));
             }
             runs.spill(&memory, fresh).unwrap();
             assert!(runs.runs.len() <= MAX_RUNS, "round {round}");
-            assert_eq!(runs.len(), oracle.len());
             let mut probes: Vec<Box<[u8]>> = (0..3_000)
                 .map(|_| {
                     let len = rng.random_range(0..40);
@@ -354,14 +373,21 @@ mod tests {
                 .collect();
             probes.sort();
             let refs: Vec<&[u8]> = probes.iter().map(|p| p.as_ref()).collect();
-            let found = runs.contains_sorted(&refs).unwrap();
+            let found = runs.flags_sorted(&refs).unwrap();
             for (p, f) in probes.iter().zip(found) {
-                assert_eq!(f, oracle.contains(p), "round {round}: {p:?}");
+                assert_eq!(
+                    f,
+                    oracle.get(p).copied().unwrap_or(0),
+                    "round {round}: {p:?}"
+                );
             }
         }
-        let back: Vec<Box<[u8]>> = runs.keys().map(|k| k.unwrap()).collect();
-        assert_eq!(back.len(), oracle.len());
-        assert_eq!(back.into_iter().collect::<HashSet<_>>(), oracle);
+        let mut back: HashMap<Box<[u8]>, u32> = HashMap::new();
+        for entry in runs.keys() {
+            let (k, f) = entry.unwrap();
+            *back.entry(k).or_default() |= f;
+        }
+        assert_eq!(back, oracle);
         assert!(runs.disk_bytes() > 0);
         assert!(runs.memory_bytes() < runs.disk_bytes() as usize);
     }

@@ -2,9 +2,11 @@
 //! it marks each row that is the first of its group with its value of `x` passing `f`, so the
 //! aggregate counts marked rows (`count(x) FILTER (WHERE mark)`) and keeps a number per group
 //! instead of every distinct value. The pairs counted are its state, 12 or 16 bytes each, as Flink
-//! keeps split-distinct aggregates in keyed map state.
+//! keeps split-distinct aggregates in keyed map state; past the state memory they spill to disk
+//! as sorted runs (the groups and values they name stay interned in memory).
 
 mod pairs;
+mod spilled;
 #[cfg(test)]
 mod tests;
 
@@ -18,7 +20,7 @@ use arrow::array::{
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type, UInt64Type};
 use arrow::record_batch::RecordBatch;
-use arrow::row::{RowConverter, SortField};
+use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::parallel::Keying;
@@ -28,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::runtime::memory::{Budget, StateMemory};
 pub use pairs::MAX_FILTERS;
 use pairs::{Interner, Pairs};
+use spilled::OnDisk;
 
 /// Rows of a state batch.
 const STATE_ROWS: usize = 65_536;
@@ -130,18 +133,20 @@ impl Encoding {
         })
     }
 
-    /// Each value's 64 bits (whatever for NULLs).
-    fn encode(&mut self, values: &ArrayRef) -> Result<Vec<u64>> {
+    /// Each value's 64 bits (whatever for NULLs), and for interned values their rows.
+    fn encode(&mut self, values: &ArrayRef) -> Result<(Vec<u64>, Option<Rows>)> {
         match self {
-            Encoding::Integer { carrier } => integer_bits(values.as_ref(), carrier),
+            Encoding::Integer { carrier } => Ok((integer_bits(values.as_ref(), carrier)?, None)),
             Encoding::Interned {
                 converter,
                 values: interned,
             } => {
                 let rows = converter.convert_columns(std::slice::from_ref(values))?;
-                rows.iter()
+                let bits = rows
+                    .iter()
                     .map(|r| Ok(u64::from(interned.intern(r.as_ref())?)))
-                    .collect()
+                    .collect::<Result<_>>()?;
+                Ok((bits, Some(rows)))
             }
         }
     }
@@ -172,6 +177,8 @@ struct Counted {
     data_type: DataType,
     encoding: Encoding,
     pairs: Pairs,
+    /// Pairs spilled to disk.
+    on_disk: OnDisk,
     /// Filters first passed by batches not yet committed, per pair.
     pending: HashMap<(u32, u64), u32, ahash::RandomState>,
 }
@@ -213,6 +220,7 @@ impl DistinctMarks {
                 encoding: Encoding::for_type(&t)?,
                 data_type: t,
                 pairs: Pairs::default(),
+                on_disk: OnDisk::default(),
                 pending: HashMap::default(),
             });
         }
@@ -233,30 +241,46 @@ impl DistinctMarks {
         self
     }
 
-    /// The group id of each of the rows whose GROUP BY values are `keys`.
-    fn group_ids(&mut self, keys: &[ArrayRef]) -> Result<Vec<u32>> {
+    /// The group id of each of the rows whose GROUP BY values are `keys`, and their rows.
+    fn group_ids(&mut self, keys: &[ArrayRef]) -> Result<(Vec<u32>, Rows)> {
         let rows = self.group_converter.convert_columns(keys)?;
-        rows.iter()
+        let ids = rows
+            .iter()
             .map(|r| self.group_ids.intern(r.as_ref()))
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((ids, rows))
     }
 
     /// State rows for `pairs` (group id, value, filters) of argument `at`.
     fn state_batch(&self, at: usize, pairs: &[(u32, u64, u32)]) -> Result<RecordBatch> {
         let parser = self.group_converter.parser();
-        let mut columns = self.group_converter.convert_rows(
+        let groups = self.group_converter.convert_rows(
             pairs
                 .iter()
                 .map(|(g, _, _)| parser.parse(self.group_ids.row(*g))),
         )?;
-        let n = pairs.len();
+        let bits: Vec<u64> = pairs.iter().map(|(_, v, _)| *v).collect();
+        let counted = &self.values[at];
+        let values = counted.encoding.decode(&bits, &counted.data_type)?;
+        let filters = UInt32Array::from_iter_values(pairs.iter().map(|(_, _, f)| *f));
+        self.state_rows_of(at, groups, values, filters)
+    }
+
+    /// State rows of argument `at` from their group columns, values and filters.
+    fn state_rows_of(
+        &self,
+        at: usize,
+        mut columns: Vec<ArrayRef>,
+        values: ArrayRef,
+        filters: UInt32Array,
+    ) -> Result<RecordBatch> {
+        let n = values.len();
+        let mut values = Some(values);
+        let mut filters = Some(filters);
         for (i, counted) in self.values.iter().enumerate() {
             if i == at {
-                let bits: Vec<u64> = pairs.iter().map(|(_, v, _)| *v).collect();
-                columns.push(counted.encoding.decode(&bits, &counted.data_type)?);
-                columns.push(Arc::new(UInt32Array::from_iter_values(
-                    pairs.iter().map(|(_, _, f)| *f),
-                )));
+                columns.push(values.take().expect("one argument at `at`"));
+                columns.push(Arc::new(filters.take().expect("one argument at `at`")));
             } else {
                 columns.push(new_null_array(&counted.data_type, n));
                 columns.push(new_null_array(&DataType::UInt32, n));
@@ -266,12 +290,7 @@ impl DistinctMarks {
     }
 
     fn bytes(&self) -> usize {
-        self.group_ids.bytes()
-            + self
-                .values
-                .iter()
-                .map(|c| c.pairs.bytes() + c.encoding.bytes())
-                .sum::<usize>()
+        self.group_ids.bytes() + self.values.iter().map(Counted::bytes).sum::<usize>()
     }
 }
 
@@ -291,11 +310,11 @@ impl Operator for DistinctMarks {
             .iter()
             .map(|g| g.evaluate(&batch)?.into_array(n))
             .collect::<datafusion::common::Result<Vec<_>>>()?;
-        let groups = self.group_ids(&keys)?;
+        let (groups, group_rows) = self.group_ids(&keys)?;
         let mut columns = batch.columns().to_vec();
         for counted in &mut self.values {
             let values = counted.spec.value.evaluate(&batch)?.into_array(n)?;
-            let bits = counted.encoding.encode(&values)?;
+            let (bits, value_rows) = counted.encoding.encode(&values)?;
             let passes = counted
                 .spec
                 .filters
@@ -313,28 +332,48 @@ impl Operator for DistinctMarks {
                 .iter()
                 .map(|_| BooleanBufferBuilder::new(n))
                 .collect();
-            for row in 0..n {
-                let mut want = 0u32;
-                if values.is_valid(row) {
-                    for (j, p) in passes.iter().enumerate() {
-                        let passed = match p {
-                            None => true,
-                            Some(p) => p.is_valid(row) && p.value(row),
-                        };
-                        if passed {
-                            want |= 1 << j;
+            // The filters each row passes that its pair had not passed in memory, then on disk.
+            let mut new: Vec<u32> = (0..n)
+                .map(|row| {
+                    let mut want = 0u32;
+                    if values.is_valid(row) {
+                        for (j, p) in passes.iter().enumerate() {
+                            let passed = match p {
+                                None => true,
+                                Some(p) => p.is_valid(row) && p.value(row),
+                            };
+                            if passed {
+                                want |= 1 << j;
+                            }
                         }
                     }
-                }
-                let mut first = 0;
-                if want != 0 {
-                    let (group, value) = (groups[row], bits[row]);
-                    first = want & !counted.pairs.filters(group, value);
-                    if first != 0 {
-                        let pending = counted.pending.entry((group, value)).or_insert(0);
-                        first &= !*pending;
-                        *pending |= first;
+                    match want {
+                        0 => 0,
+                        _ => want & !counted.pairs.filters(groups[row], bits[row]),
                     }
+                })
+                .collect();
+            if !counted.on_disk.is_empty() {
+                let unsure: Vec<usize> = (0..n).filter(|&r| new[r] != 0).collect();
+                let value = |r: usize| {
+                    counted
+                        .encoding
+                        .value_bytes(bits[r], value_rows.as_ref(), r)
+                };
+                let filters =
+                    counted
+                        .on_disk
+                        .filters(&unsure, |r| group_rows.row(r).data(), value)?;
+                for (row, filters) in unsure.into_iter().zip(filters) {
+                    new[row] &= !filters;
+                }
+            }
+            for (row, &new) in new.iter().enumerate() {
+                let mut first = new;
+                if first != 0 {
+                    let pending = counted.pending.entry((groups[row], bits[row])).or_insert(0);
+                    first &= !*pending;
+                    *pending |= first;
                 }
                 for (j, m) in marks.iter_mut().enumerate() {
                     m.append(first & (1 << j) != 0);
@@ -372,8 +411,8 @@ impl Operator for DistinctMarks {
             .values
             .iter()
             .map(|c| match full {
-                true => c.pairs.len(),
-                false => c.pairs.changed_len(),
+                true => c.pairs.len() + c.on_disk.len(),
+                false => c.pairs.changed_len() + c.on_disk.changes_len(),
             })
             .sum();
         // Past a batch's worth the rows go to a file as they are made, not to memory.
@@ -385,7 +424,16 @@ impl Operator for DistinctMarks {
         };
         let mut out = Vec::new();
         let mut chunk = Vec::with_capacity(STATE_ROWS.min(total));
+        let mut emit = |batch: RecordBatch| -> Result<()> {
+            match &mut writer {
+                Some(w) => w.write(&batch)?,
+                None => out.push(StateChunk::Batch(batch)),
+            }
+            Ok(())
+        };
         for (at, counted) in self.values.iter().enumerate() {
+            // Those in memory, then those on disk (a pair in both has the union of their
+            // filters, as a restore makes it again).
             let pairs = match full {
                 true => counted.pairs.iter(),
                 false => counted.pairs.changed(),
@@ -394,15 +442,21 @@ impl Operator for DistinctMarks {
             while pairs.peek().is_some() {
                 chunk.clear();
                 chunk.extend(pairs.by_ref().take(STATE_ROWS));
-                let batch = self.state_batch(at, &chunk)?;
-                match &mut writer {
-                    Some(w) => w.write(&batch)?,
-                    None => out.push(StateChunk::Batch(batch)),
+                emit(self.state_batch(at, &chunk)?)?;
+            }
+            let mut entries = counted.on_disk.entries(full).peekable();
+            let mut disk_chunk = Vec::new();
+            while entries.peek().is_some() {
+                disk_chunk.clear();
+                for entry in entries.by_ref().take(STATE_ROWS) {
+                    disk_chunk.push(entry?);
                 }
+                emit(self.state_batch_of_keys(at, &disk_chunk)?)?;
             }
         }
         for counted in &mut self.values {
             counted.pairs.clear_changed();
+            counted.on_disk.clear_changes();
         }
         if let Some(w) = writer {
             out.extend(w.finish()?.map(StateChunk::Spilled));
@@ -415,7 +469,7 @@ impl Operator for DistinctMarks {
         for chunk in &state {
             for batch in chunk.batches()? {
                 let batch = batch?;
-                let ids = self.group_ids(&batch.columns()[..groups])?;
+                let (ids, _) = self.group_ids(&batch.columns()[..groups])?;
                 for (i, counted) in self.values.iter_mut().enumerate() {
                     let values = batch.column(groups + 2 * i);
                     let filters = batch
@@ -424,7 +478,7 @@ impl Operator for DistinctMarks {
                     if filters.null_count() == filters.len() {
                         continue;
                     }
-                    let bits = counted.encoding.encode(values)?;
+                    let (bits, _) = counted.encoding.encode(values)?;
                     for row in 0..batch.num_rows() {
                         if filters.is_valid(row) && values.is_valid(row) {
                             counted
@@ -433,27 +487,43 @@ impl Operator for DistinctMarks {
                         }
                     }
                 }
+                self.fit_memory()?;
             }
-            self.fit_memory()?;
         }
         Ok(())
     }
 
+    /// Past its share of the state memory, the pairs in memory go to disk, and the groups
+    /// and values they named leave memory with them.
     fn fit_memory(&mut self) -> Result<()> {
-        let bytes = self.bytes();
-        Budget::hold_in(
-            self.budget.as_mut(),
-            bytes,
-            "COUNT(DISTINCT ...)'s values counted per group",
-        )
+        let Some(mut budget) = self.budget.take() else {
+            return Ok(());
+        };
+        let fitted = budget.fit_spilling(
+            self,
+            DistinctMarks::bytes,
+            |op, memory, _| op.spill(memory),
+            "COUNT(DISTINCT ...)'s filters of its pairs on disk",
+        );
+        self.budget = Some(budget);
+        fitted
     }
 
+    /// Pairs counted: in memory, and entries on disk (a pair spilled twice, with filters
+    /// passed after the first spill, counts twice until the runs merge).
     fn state_rows(&self) -> usize {
-        self.values.iter().map(|c| c.pairs.len()).sum()
+        self.values
+            .iter()
+            .map(|c| c.pairs.len() + c.on_disk.len())
+            .sum()
     }
 
     fn state_bytes(&self) -> usize {
         self.bytes()
+    }
+
+    fn spilled_bytes(&self) -> u64 {
+        self.values.iter().map(|c| c.on_disk.disk_bytes()).sum()
     }
 
     fn keying(&self) -> Option<Keying> {

@@ -6,8 +6,10 @@ use hashbrown::hash_table::{Entry, HashTable};
 
 use crate::error::{Error, Result};
 
-/// Bytes of a chunk of interned rows: rows are appended to the last chunk, never moved.
+/// Bytes of the largest chunk of interned rows: rows are appended to the last chunk, never
+/// moved; chunks double from [`FIRST_CHUNK`] (a handful of groups takes a few kB) up to it.
 const CHUNK: usize = 1 << 20;
+const FIRST_CHUNK: usize = 4 << 10;
 
 /// Where an interned row's bytes are.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +68,10 @@ impl Interner {
                     .last()
                     .is_some_and(|c| c.capacity() - c.len() >= row.len());
                 if !fits {
-                    chunks.push(Vec::with_capacity(CHUNK.max(row.len())));
+                    let size = chunks
+                        .last()
+                        .map_or(FIRST_CHUNK, |c| (2 * c.capacity()).min(CHUNK));
+                    chunks.push(Vec::with_capacity(size.max(row.len())));
                 }
                 let chunk = chunks.len() - 1;
                 let start = chunks[chunk].len() as u32;

@@ -302,14 +302,16 @@ fn path_of(file: &Arc<dyn datafusion::execution::SpillFile>) -> Result<&Path> {
         .ok_or_else(|| Error::Internal("spill files must be local files".into()))
 }
 
-/// A Bloom filter over byte strings.
-struct Bloom {
+/// A Bloom filter over byte strings: about 1% false positives at the number of keys it was
+/// made for.
+pub struct Bloom {
     bits: Vec<u64>,
     hasher: ahash::RandomState,
 }
 
 impl Bloom {
-    fn new(keys: usize) -> Self {
+    /// A filter for about `keys` keys.
+    pub fn new(keys: usize) -> Self {
         let words = (keys.max(1) * BITS_PER_KEY).div_ceil(64);
         Bloom {
             bits: vec![0; words],
@@ -325,15 +327,21 @@ impl Bloom {
         (0..HASHES).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % n) as usize)
     }
 
-    fn insert(&mut self, key: &[u8]) {
+    pub fn insert(&mut self, key: &[u8]) {
         for p in self.positions(key).collect::<Vec<_>>() {
             self.bits[p / 64] |= 1 << (p % 64);
         }
     }
 
-    fn may_hold(&self, key: &[u8]) -> bool {
+    /// Whether `key` may have been inserted (false: it was not).
+    pub fn may_hold(&self, key: &[u8]) -> bool {
         self.positions(key)
             .all(|p| self.bits[p / 64] & (1 << (p % 64)) != 0)
+    }
+
+    /// Bytes it holds.
+    pub fn bytes(&self) -> usize {
+        self.bits.len() * 8
     }
 }
 

@@ -8,6 +8,7 @@ use arrow::compute::{concat_batches, SortOptions};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
+use super::key_runs::Bloom;
 use super::spill::{spill_batches, SpillFile, StateChunk};
 use crate::error::Result;
 use crate::runtime::event_time::{micros, END_OF_TIME};
@@ -15,6 +16,18 @@ use crate::runtime::memory::StateMemory;
 
 /// Rows per spill file: a watermark loads back only the files whose earliest end it passed.
 const SPILL_FILE_ROWS: usize = 65_536;
+
+/// The keys of states (in Arrow's row format), for a filter of the keys spilled.
+pub type KeysOf<'a> = &'a dyn Fn(&RecordBatch) -> Result<Vec<Box<[u8]>>>;
+
+/// A file of spilled states, sorted by end.
+struct Spilled {
+    file: SpillFile,
+    /// Its earliest end (rows without an end count as the end of time).
+    earliest: i64,
+    /// Its states' keys, when spilled with them.
+    keys: Option<Bloom>,
+}
 
 /// Partial states keyed by an end (`window_end`) that the watermark closes.
 pub struct OpenStates {
@@ -24,9 +37,8 @@ pub struct OpenStates {
     open: Vec<RecordBatch>,
     rows: usize,
     open_bytes: usize,
-    /// Committed states on disk, each file sorted by end, with its earliest end (rows without
-    /// an end count as the end of time).
-    spilled: Vec<(SpillFile, i64)>,
+    /// Committed states on disk.
+    spilled: Vec<Spilled>,
     /// States of batches not yet committed.
     pending: Vec<RecordBatch>,
     /// States committed since the last snapshot.
@@ -91,7 +103,7 @@ impl OpenStates {
     /// closes before the earliest.
     pub fn may_close(&self, watermark: i64) -> bool {
         (!self.open.is_empty() && self.earliest_end.is_none_or(|e| watermark >= e))
-            || self.spilled.iter().any(|(_, e)| *e <= watermark)
+            || self.spilled_due(watermark)
     }
 
     /// Loads back the spilled files with the earliest end, if it is at most `watermark`, and
@@ -99,25 +111,56 @@ impl OpenStates {
     /// just before the earliest end still on disk. Closing a watermark a step at a time this
     /// way holds only one step's spilled states in memory.
     pub fn load_next_due(&mut self, watermark: i64) -> Result<i64> {
-        let next = self.spilled.iter().map(|(_, e)| *e).min();
+        let next = self.spilled.iter().map(|s| s.earliest).min();
         if let Some(next) = next.filter(|e| *e <= watermark) {
             let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.spilled)
                 .into_iter()
-                .partition(|(_, e)| *e == next);
+                .partition(|s| s.earliest == next);
             self.spilled = kept;
-            for (file, _) in due {
-                for b in file.batches()? {
+            for s in due {
+                for b in s.file.batches()? {
                     self.add(b?);
                 }
             }
         }
-        let still_on_disk = self.spilled.iter().map(|(_, e)| *e).min();
+        let still_on_disk = self.spilled.iter().map(|s| s.earliest).min();
         Ok(still_on_disk.map_or(watermark, |e| watermark.min(e.saturating_sub(1))))
     }
 
     /// Whether some spilled file holds a state `watermark` closes.
     pub fn spilled_due(&self, watermark: i64) -> bool {
-        self.spilled.iter().any(|(_, e)| *e <= watermark)
+        self.spilled.iter().any(|s| s.earliest <= watermark)
+    }
+
+    /// Whether states of `key` may be on disk (spilled with their keys).
+    pub fn may_have_spilled(&self, key: &[u8]) -> bool {
+        self.spilled
+            .iter()
+            .any(|s| s.keys.as_ref().is_some_and(|k| k.may_hold(key)))
+    }
+
+    /// Whether any state is on disk.
+    pub fn has_spilled(&self) -> bool {
+        !self.spilled.is_empty()
+    }
+
+    /// Loads back the spilled files that may hold states of any of `keys`; returns how many.
+    pub fn load_holding(&mut self, keys: &[Box<[u8]>]) -> Result<usize> {
+        let holds = |s: &Spilled| {
+            s.keys
+                .as_ref()
+                .is_some_and(|f| keys.iter().any(|k| f.may_hold(k)))
+        };
+        let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.spilled)
+            .into_iter()
+            .partition(holds);
+        self.spilled = kept;
+        for s in &due {
+            for b in s.file.batches()? {
+                self.add(b?);
+            }
+        }
+        Ok(due.len())
     }
 
     /// The committed states in memory.
@@ -159,7 +202,14 @@ impl OpenStates {
 
     /// Moves committed states to disk: the later-ending half of those in memory when `all` is
     /// false, else all; and the unsnapshotted states, which the next snapshot reads from disk.
-    pub fn spill(&mut self, memory: &StateMemory, schema: &SchemaRef, all: bool) -> Result<()> {
+    /// With `keys`, each file keeps a filter of its states' keys.
+    pub fn spill(
+        &mut self,
+        memory: &StateMemory,
+        schema: &SchemaRef,
+        all: bool,
+        keys: Option<KeysOf>,
+    ) -> Result<()> {
         if self.unsnapshotted.iter().any(|c| c.memory() > 0) {
             spill_batches(&mut self.unsnapshotted, memory, schema)?;
             self.detached_bytes = 0;
@@ -189,8 +239,21 @@ impl OpenStates {
             let earliest = self
                 .earliest_end_of(&part.slice(0, 1))
                 .unwrap_or(END_OF_TIME);
-            if let Some(f) = SpillFile::write(memory, schema, [part])? {
-                self.spilled.push((f, earliest));
+            let filter = match keys {
+                Some(keys_of) => {
+                    let keys = keys_of(&part)?;
+                    let mut bloom = Bloom::new(keys.len());
+                    keys.iter().for_each(|k| bloom.insert(k));
+                    Some(bloom)
+                }
+                None => None,
+            };
+            if let Some(file) = SpillFile::write(memory, schema, [part])? {
+                self.spilled.push(Spilled {
+                    file,
+                    earliest,
+                    keys: filter,
+                });
             }
             from += len;
         }
@@ -210,7 +273,7 @@ impl OpenStates {
                 .chain(
                     self.spilled
                         .iter()
-                        .map(|(f, _)| StateChunk::Spilled(f.clone())),
+                        .map(|s| StateChunk::Spilled(s.file.clone())),
                 )
                 .collect()
         } else {
@@ -220,16 +283,21 @@ impl OpenStates {
 
     /// Rows of committed state, in memory and spilled.
     pub fn rows(&self) -> usize {
-        self.rows + self.spilled.iter().map(|(f, _)| f.rows()).sum::<usize>()
+        self.rows + self.spilled.iter().map(|s| s.file.rows()).sum::<usize>()
     }
 
-    /// Bytes of state in memory.
+    /// Bytes of state in memory (with the filters of spilled keys).
     pub fn bytes(&self) -> usize {
-        self.open_bytes + self.detached_bytes
+        let filters: usize = self
+            .spilled
+            .iter()
+            .filter_map(|s| s.keys.as_ref().map(Bloom::bytes))
+            .sum();
+        self.open_bytes + self.detached_bytes + filters
     }
 
     /// Bytes of state on disk.
     pub fn spilled_bytes(&self) -> u64 {
-        self.spilled.iter().map(|(f, _)| f.bytes()).sum()
+        self.spilled.iter().map(|s| s.file.bytes()).sum()
     }
 }

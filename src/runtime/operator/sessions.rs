@@ -55,6 +55,23 @@ impl Sessions {
         &self.keys
     }
 
+    /// The key (the group columns besides the window) of each of `states`, in Arrow's row
+    /// format; empty when sessions have no key.
+    pub fn keys_of(&self, states: &RecordBatch) -> Result<Vec<Box<[u8]>>> {
+        Ok(match &self.converter {
+            Some(converter) => {
+                let columns: Vec<ArrayRef> = self
+                    .keys
+                    .iter()
+                    .map(|k| states.column(*k).clone())
+                    .collect();
+                let rows = converter.convert_columns(&columns)?;
+                rows.iter().map(|r| r.as_ref().into()).collect()
+            }
+            None => vec![Box::default(); states.num_rows()],
+        })
+    }
+
     /// `states` with each row's window widened to its session: the sessions of a key that
     /// overlap become one, from the earliest start to the latest end. Also returns how many
     /// sessions there are.
@@ -287,6 +304,67 @@ mod tests {
         // A full snapshot holds the open sessions only.
         let full = op.snapshot(true).unwrap();
         assert_eq!(full.iter().map(|c| c.rows()).sum::<usize>(), 2);
+    }
+
+    /// Far past their state memory, sessions spill (with a filter of their keys) and emit what
+    /// sessions kept in memory emit: rows arriving out of order within the watermark's bound,
+    /// a restore from a full snapshot with spilled files halfway.
+    #[tokio::test]
+    async fn sessions_beyond_the_budget_spill_and_emit_the_same() {
+        use rand::{Rng, SeedableRng};
+
+        let mut rng = rand::rngs::StdRng::seed_from_u64(crate::runtime::operator::tests::seed());
+        let memory = crate::runtime::memory::StateMemory::new(Some(64 << 10)).unwrap();
+        let mut spilling = operator().await.with_memory(&memory);
+        let mut unbounded = operator().await;
+        let (mut spilled, mut emitted) = (0, (Vec::new(), Vec::new()));
+        let mut watermark = 0;
+        for round in 0..200 {
+            // Rows at most 5 s behind the newest, none behind the watermark.
+            let newest = watermark + 5;
+            let rows: Vec<(Option<i64>, i64, i64)> = (0..200)
+                .map(|_| {
+                    let t = rng.random_range(watermark..=newest);
+                    (Some(t), rng.random_range(0..3_000), rng.random_range(0..10))
+                })
+                .collect();
+            for op in [&mut spilling, &mut unbounded] {
+                step(op, &rows);
+                op.fit_memory().unwrap();
+            }
+            watermark = newest - 4;
+            emitted
+                .0
+                .extend(spilling.on_watermark(watermark * S).unwrap());
+            emitted
+                .1
+                .extend(unbounded.on_watermark(watermark * S).unwrap());
+            spilling.fit_memory().unwrap();
+            spilled = spilled.max(spilling.spilled_bytes());
+            if round % 40 == 39 {
+                emitted.0.extend(spilling.on_checkpoint().unwrap());
+                assert!(unbounded.on_checkpoint().unwrap().is_empty());
+            }
+            if round == 119 {
+                let full = spilling.snapshot(true).unwrap();
+                let mut restored = operator().await.with_memory(&memory);
+                drop(spilling);
+                restored.restore(full, Some(watermark * S)).unwrap();
+                spilling = restored;
+            }
+        }
+        emitted
+            .0
+            .extend(spilling.on_watermark(END_OF_TIME).unwrap());
+        emitted
+            .1
+            .extend(unbounded.on_watermark(END_OF_TIME).unwrap());
+        assert!(spilled > 0, "the sessions spilled");
+        let (got, want) = (rows(&emitted.0), rows(&emitted.1));
+        assert!(want.len() > 1_000, "{} sessions", want.len());
+        assert_eq!(got, want);
+        assert_eq!(spilling.state_rows(), 0);
+        assert_eq!(spilling.spilled_bytes(), 0);
     }
 
     #[tokio::test]

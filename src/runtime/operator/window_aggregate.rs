@@ -10,10 +10,10 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::open_states::OpenStates;
+use super::open_states::{KeysOf, OpenStates};
 use super::parallel::Keying;
 use super::sessions::Sessions;
-use super::spill::{load, StateChunk};
+use super::spill::StateChunk;
 use super::two_stage::TwoStage;
 use super::Operator;
 use crate::error::Result;
@@ -34,6 +34,8 @@ pub struct WindowAggregate {
     rows_after_merge: usize,
     /// For session windows: how states merge into sessions.
     sessions: Option<Sessions>,
+    /// The last watermark.
+    watermark: Option<i64>,
     /// Its share of the run's state memory (none: unaccounted).
     budget: Option<Budget>,
 }
@@ -47,6 +49,7 @@ impl WindowAggregate {
             open: OpenStates::new(window_end),
             rows_after_merge: 0,
             sessions: None,
+            watermark: None,
             budget: None,
         })
     }
@@ -68,6 +71,7 @@ impl WindowAggregate {
             open: OpenStates::new(end),
             rows_after_merge: 0,
             sessions: Some(sessions),
+            watermark: None,
             budget: None,
         })
     }
@@ -93,7 +97,17 @@ impl WindowAggregate {
         }
         let all = concat_batches(self.stages.state_schema(), self.open.batches())?;
         let (all, sessions) = self.merged(all)?;
-        let closed = self.open.closed(&all, watermark)?;
+        let mut closed = self.open.closed(&all, watermark)?;
+        if let Some(s) = self.sessions.as_ref().filter(|_| self.open.has_spilled()) {
+            // A session in memory whose key may have sessions on disk waits for them: a row
+            // that came since may have joined them (they end later, so it would not close).
+            let keys = s.keys_of(&all)?;
+            closed = closed
+                .iter()
+                .zip(&keys)
+                .map(|(c, k)| Some(c == Some(true) && !self.open.may_have_spilled(k)))
+                .collect();
+        }
         let emit = filter_record_batch(&all, &closed)?;
         let open = filter_record_batch(&all, &not(&closed)?)?;
         let out = if emit.num_rows() > 0 {
@@ -149,6 +163,7 @@ impl Operator for WindowAggregate {
     /// step closing what it can before the next is read, so that a watermark that jumps far
     /// (the end of input) does not bring all of them into memory at once.
     fn on_watermark(&mut self, watermark: i64) -> Result<Vec<RecordBatch>> {
+        self.watermark = Some(watermark);
         let mut out = Vec::new();
         while self.open.may_close(watermark) {
             let step = self.open.load_next_due(watermark)?;
@@ -163,6 +178,33 @@ impl Operator for WindowAggregate {
         Ok(out)
     }
 
+    /// Sessions that the watermark closed but that waited for states of their key on disk are
+    /// settled: those files are read back and the sessions close (or merge), so that every
+    /// session ending by the checkpoint's watermark was emitted before it, as a restore takes
+    /// it.
+    fn on_checkpoint(&mut self) -> Result<Vec<RecordBatch>> {
+        let (Some(sessions), Some(watermark)) = (&self.sessions, self.watermark) else {
+            return Ok(Vec::new());
+        };
+        if !self.open.has_spilled() || !self.open.may_close(watermark) {
+            return Ok(Vec::new());
+        }
+        let all = concat_batches(self.stages.state_schema(), self.open.batches())?;
+        let (all, _) = self.merged(all)?;
+        let closed = self.open.closed(&all, watermark)?;
+        let waiting: Vec<Box<[u8]>> = sessions
+            .keys_of(&filter_record_batch(&all, &closed)?)?
+            .into_iter()
+            .filter(|k| self.open.may_have_spilled(k))
+            .collect();
+        if waiting.is_empty() || self.open.load_holding(&waiting)? == 0 {
+            return Ok(Vec::new());
+        }
+        let out = self.close(watermark)?;
+        self.fit_memory()?;
+        Ok(out)
+    }
+
     fn state_schema(&self) -> Option<SchemaRef> {
         Some(self.stages.state_schema().clone())
     }
@@ -172,31 +214,40 @@ impl Operator for WindowAggregate {
     }
 
     /// Change files still hold the states of windows emitted since: those the checkpoint's
-    /// watermark had closed are dropped. Sessions are merged again first; a session closed then
-    /// cannot have grown after (a row joining it would have been late). Window states are read
-    /// a file at a time, spilling again past the budget; sessions merge in memory.
+    /// watermark had closed are dropped. States are read a file at a time, spilling again past
+    /// the budget. A session's rows are dropped once all are in (by closing the checkpoint's
+    /// watermark again, its output discarded): a row may end before the watermark and its
+    /// session after; a session closed then cannot have grown after (a row joining it would
+    /// have been late).
     fn restore(&mut self, state: Vec<StateChunk>, watermark: Option<i64>) -> Result<()> {
-        let schema = self.stages.state_schema().clone();
-        if self.sessions.is_some() {
-            let all = concat_batches(&schema, &load(&state)?)?;
-            let (all, _) = self.merged(all)?;
-            self.open.add(self.still_open(all, watermark)?);
-            self.fit_memory()?;
-        } else {
-            for chunk in &state {
-                for batch in chunk.batches()? {
-                    let open = self.still_open(batch?, watermark)?;
-                    self.open.add(open);
-                }
-                self.fit_memory()?;
+        let sessions = self.sessions.is_some();
+        for chunk in &state {
+            for batch in chunk.batches()? {
+                let batch = batch?;
+                let open = match sessions {
+                    true => batch,
+                    false => self.still_open(batch, watermark)?,
+                };
+                self.open.add(open);
             }
+            self.fit_memory()?;
+        }
+        if let Some(w) = watermark.filter(|_| sessions) {
+            let emitted_before = self.on_watermark(w)?;
+            tracing::debug!(
+                sessions = emitted_before
+                    .iter()
+                    .map(RecordBatch::num_rows)
+                    .sum::<usize>(),
+                "Sessions emitted before the checkpoint left the restored state."
+            );
         }
         self.rows_after_merge = self.open.rows();
         Ok(())
     }
 
-    /// Sessions merge all their states, so they stay in memory: past the budget the pipeline
-    /// fails. Windows spill the later-ending half of their states, then all of them.
+    /// Windows spill the later-ending half of their states, then all of them; sessions too,
+    /// each file with a filter of its keys (a session of such a key in memory waits for them).
     fn fit_memory(&mut self) -> Result<()> {
         let Some(budget) = &mut self.budget else {
             return Ok(());
@@ -205,12 +256,15 @@ impl Operator for WindowAggregate {
         if budget.fits(bytes) {
             return Ok(());
         }
-        if self.sessions.is_some() {
-            return budget.hold(bytes, "the open sessions' state");
-        }
         let schema = self.stages.state_schema();
+        let sessions = self.sessions.as_ref();
+        let keys_of = |states: &RecordBatch| match sessions {
+            Some(s) => s.keys_of(states),
+            None => Ok(Vec::new()),
+        };
+        let keys: Option<KeysOf> = sessions.map(|_| &keys_of as KeysOf);
         for all in [false, true] {
-            self.open.spill(budget.memory(), schema, all)?;
+            self.open.spill(budget.memory(), schema, all, keys)?;
             if budget.fits(self.open.bytes()) {
                 tracing::debug!(
                     spilled = self.open.spilled_bytes(),
@@ -219,7 +273,10 @@ impl Operator for WindowAggregate {
                 return Ok(());
             }
         }
-        budget.hold(self.open.bytes(), "the open windows' state")
+        budget.hold(
+            self.open.bytes(),
+            "the open windows' state (and the filters of the sessions' keys on disk)",
+        )
     }
 
     fn state_rows(&self) -> usize {
@@ -401,43 +458,6 @@ mod tests {
         assert_eq!(spilled_rows, unbounded_rows);
         assert_eq!(spilling.state_rows(), 0);
         assert_eq!(spilling.spilled_bytes(), 0);
-    }
-
-    #[tokio::test]
-    async fn open_sessions_beyond_the_budget_fail_the_pipeline() {
-        let plan = aggregate_plan(
-            Arc::new(Schema::new(vec![
-                Field::new("window_start", DataType::Timestamp(TimeUnit::Microsecond, None), true),
-                Field::new("window_end", DataType::Timestamp(TimeUnit::Microsecond, None), true),
-                Field::new("k", DataType::Int64, true),
-            ])),
-            "SELECT window_start, window_end, k, count(*) AS n FROM t GROUP BY window_start, window_end, k",
-        )
-        .await;
-        let memory = StateMemory::new(Some(64 << 10)).unwrap();
-        let mut op = WindowAggregate::sessions(plan, 0, 1)
-            .unwrap()
-            .with_memory(&memory);
-        let starts: Vec<i64> = (0..20_000).map(|i| i * S).collect();
-        let states = RecordBatch::try_new(
-            op.stages.state_schema().clone(),
-            vec![
-                Arc::new(TimestampMicrosecondArray::from(starts.clone())),
-                Arc::new(TimestampMicrosecondArray::from(
-                    starts.iter().map(|s| s + 10 * S).collect::<Vec<_>>(),
-                )),
-                Arc::new(Int64Array::from_iter_values(0..20_000)),
-                Arc::new(Int64Array::from(vec![1i64; 20_000])),
-            ],
-        )
-        .unwrap();
-        op.open.add(states);
-        let e = op.fit_memory().unwrap_err();
-        assert!(
-            matches!(e, crate::error::Error::StateMemoryExhausted(_)),
-            "{e}"
-        );
-        assert!(e.to_string().contains("state_memory"), "{e}");
     }
 
     #[tokio::test]

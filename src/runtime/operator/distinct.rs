@@ -58,13 +58,10 @@ impl Seen {
 
     /// Moves the keys in memory to a run on disk.
     fn spill(&mut self, memory: &StateMemory) -> Result<()> {
-        let keys: Vec<(Box<[u8]>, u32)> = std::mem::take(&mut self.in_memory)
-            .into_iter()
-            .map(|k| (k, 1))
-            .collect();
+        let keys = std::mem::take(&mut self.in_memory);
         self.bytes = 0;
         tracing::debug!(keys = keys.len(), "DISTINCT's keys spilled to disk.");
-        self.on_disk.spill(memory, keys)
+        self.on_disk.spill(memory, keys.into_iter().map(|k| (k, 1)))
     }
 
     /// Which of `rows` (by index) are on disk.
@@ -92,6 +89,10 @@ pub struct Distinct {
     pending: HashSet<Box<[u8]>>,
     /// Keys committed since the last snapshot.
     unsnapshotted: Vec<Box<[u8]>>,
+    /// Bytes of those.
+    unsnapshotted_bytes: usize,
+    /// State files of keys committed since the last snapshot, written when the keys spilled.
+    spilled_changes: Vec<StateChunk>,
     /// Its share of the run's state memory (none: unaccounted, nothing spills).
     budget: Option<Budget>,
 }
@@ -110,6 +111,8 @@ impl Distinct {
             seen: Seen::default(),
             pending: HashSet::new(),
             unsnapshotted: Vec::new(),
+            unsnapshotted_bytes: 0,
+            spilled_changes: Vec::new(),
             budget: None,
         })
     }
@@ -118,6 +121,21 @@ impl Distinct {
     pub fn with_memory(mut self, memory: &Arc<StateMemory>) -> Self {
         self.budget = Some(Budget::new(memory, "distinct"));
         self
+    }
+
+    /// Moves the keys seen to disk, and those not yet snapshotted to a state file.
+    fn spill(&mut self, memory: &StateMemory) -> Result<()> {
+        if !self.unsnapshotted.is_empty() {
+            let mut writer = SpillWriter::new(memory, &self.schema)?;
+            for chunk in self.unsnapshotted.chunks(STATE_ROWS) {
+                writer.write(&self.rows_batch(chunk.iter())?)?;
+            }
+            self.spilled_changes
+                .extend(writer.finish()?.map(StateChunk::Spilled));
+            self.unsnapshotted = Vec::new();
+            self.unsnapshotted_bytes = 0;
+        }
+        self.seen.spill(memory)
     }
 
     /// Rows of `schema` from keys in Arrow's row format.
@@ -164,6 +182,7 @@ impl Operator for Distinct {
     fn commit_batch(&mut self) {
         for key in std::mem::take(&mut self.pending) {
             if self.seen.insert(key.clone()) {
+                self.unsnapshotted_bytes += key.len() + 16;
                 self.unsnapshotted.push(key);
             }
         }
@@ -181,8 +200,12 @@ impl Operator for Distinct {
     /// on disk are read back a batch at a time).
     fn snapshot(&mut self, full: bool) -> Result<Vec<StateChunk>> {
         let changed = std::mem::take(&mut self.unsnapshotted);
+        self.unsnapshotted_bytes = 0;
+        let spilled_changes = std::mem::take(&mut self.spilled_changes);
         if !full {
-            return Ok(super::spill::in_memory([self.rows_batch(changed.iter())?]));
+            let mut out = spilled_changes;
+            out.extend(super::spill::in_memory([self.rows_batch(changed.iter())?]));
+            return Ok(out);
         }
         let mut writer = match &self.budget {
             Some(budget) if self.seen.len() > STATE_ROWS => {
@@ -229,17 +252,20 @@ impl Operator for Distinct {
         Ok(())
     }
 
-    /// Past its share of the state memory, the keys in memory go to disk.
+    /// Past its share of the state memory, the keys in memory go to disk, and those committed
+    /// since the last snapshot to a state file the next snapshot takes.
     fn fit_memory(&mut self) -> Result<()> {
-        let Some(budget) = self.budget.as_mut() else {
+        let Some(mut budget) = self.budget.take() else {
             return Ok(());
         };
-        budget.fit_spilling(
-            &mut self.seen,
-            Seen::memory_bytes,
-            |seen, memory, _| seen.spill(memory),
+        let fitted = budget.fit_spilling(
+            self,
+            |d| d.seen.memory_bytes() + d.unsnapshotted_bytes,
+            |d, memory, _| d.spill(memory),
             "DISTINCT's filters of the rows it spilled",
-        )
+        );
+        self.budget = Some(budget);
+        fitted
     }
 
     fn state_rows(&self) -> usize {
@@ -247,7 +273,7 @@ impl Operator for Distinct {
     }
 
     fn state_bytes(&self) -> usize {
-        self.seen.memory_bytes()
+        self.seen.memory_bytes() + self.unsnapshotted_bytes
     }
 
     fn spilled_bytes(&self) -> u64 {

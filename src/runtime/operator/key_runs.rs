@@ -18,6 +18,8 @@ use crate::runtime::memory::StateMemory;
 const BLOCK: usize = 4_096;
 /// Runs are merged into one past this many (a probe looks at each run's filter).
 const MAX_RUNS: usize = 6;
+/// Bytes of keys sorted at a time into a run.
+const RUN_BYTES: usize = 32 << 20;
 /// Bloom filter bits per key and hashes per key: about 1% false positives.
 const BITS_PER_KEY: usize = 10;
 const HASHES: u64 = 7;
@@ -52,22 +54,25 @@ impl KeyRuns {
         self.runs.iter().map(|r| r.end).sum()
     }
 
-    /// Writes `keys` with their flags as a new run, merging the runs into one when they are
-    /// many.
-    pub fn spill(&mut self, memory: &StateMemory, mut keys: Vec<(Box<[u8]>, u32)>) -> Result<()> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut writer = RunWriter::new(memory, keys.len())?;
-        let mut keys = keys.into_iter().peekable();
-        while let Some((key, mut flags)) = keys.next() {
-            while let Some((_, more)) = keys.next_if(|(k, _)| *k == key) {
-                flags |= more;
+    /// Writes `keys` with their flags as new runs (sorted a bounded part at a time, so that
+    /// spilling needs little memory beside what it frees), merging the runs into one when they
+    /// are many.
+    pub fn spill<K: AsRef<[u8]>>(
+        &mut self,
+        memory: &StateMemory,
+        keys: impl IntoIterator<Item = (K, u32)>,
+    ) -> Result<()> {
+        let mut part = Part::default();
+        for (key, flags) in keys {
+            part.push(key.as_ref(), flags)?;
+            if part.bytes.len() >= RUN_BYTES {
+                self.runs.push(part.write(memory)?);
+                part = Part::default();
             }
-            writer.push(&key, flags)?;
         }
-        self.runs.push(writer.finish()?);
+        if !part.spans.is_empty() {
+            self.runs.push(part.write(memory)?);
+        }
         if self.runs.len() > MAX_RUNS {
             self.merge(memory)?;
         }
@@ -130,6 +135,45 @@ impl KeyRuns {
                 Err(e) => Some(Err(Error::Internal(e.to_string()))),
             })
         })
+    }
+}
+
+/// Keys gathered for a run: their bytes end to end, and each one's place and flags.
+#[derive(Default)]
+struct Part {
+    bytes: Vec<u8>,
+    spans: Vec<(u32, u32, u32)>,
+}
+
+impl Part {
+    fn push(&mut self, key: &[u8], flags: u32) -> Result<()> {
+        let too_long = || Error::Internal("a key of 4 GB or more".into());
+        let start = u32::try_from(self.bytes.len()).map_err(|_| too_long())?;
+        let len = u32::try_from(key.len()).map_err(|_| too_long())?;
+        self.bytes.extend_from_slice(key);
+        self.spans.push((start, len, flags));
+        Ok(())
+    }
+
+    fn key(&self, (start, len, _): (u32, u32, u32)) -> &[u8] {
+        &self.bytes[start as usize..(start + len) as usize]
+    }
+
+    /// The keys sorted (a key twice once, with the union of its flags) as a run.
+    fn write(mut self, memory: &StateMemory) -> Result<Run> {
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.sort_unstable_by(|a, b| self.key(*a).cmp(self.key(*b)));
+        let mut writer = RunWriter::new(memory, spans.len())?;
+        let mut spans = spans.into_iter().peekable();
+        while let Some(span) = spans.next() {
+            let key = self.key(span);
+            let mut flags = span.2;
+            while let Some(more) = spans.next_if(|s| self.key(*s) == key) {
+                flags |= more.2;
+            }
+            writer.push(key, flags)?;
+        }
+        writer.finish()
     }
 }
 

@@ -29,7 +29,7 @@ use super::Operator;
 use crate::error::{Error, Result};
 use crate::runtime::memory::{Budget, StateMemory};
 pub use pairs::MAX_FILTERS;
-use pairs::{Interner, Pairs};
+use pairs::{Interner, PairRow, Pairs};
 use spilled::OnDisk;
 
 /// Rows of a state batch.
@@ -190,6 +190,8 @@ pub struct DistinctMarks {
     /// The groups seen, by id.
     group_ids: Interner,
     values: Vec<Counted>,
+    /// State files of the pairs changed since the last snapshot that were spilled.
+    spilled_changes: Vec<StateChunk>,
     output: SchemaRef,
     state_schema: SchemaRef,
     budget: Option<Budget>,
@@ -229,6 +231,7 @@ impl DistinctMarks {
             group_converter: RowConverter::new(sort_fields)?,
             group_ids: Interner::default(),
             values,
+            spilled_changes: Vec::new(),
             output: spec.output,
             state_schema: Arc::new(Schema::new(fields)),
             budget: None,
@@ -412,7 +415,7 @@ impl Operator for DistinctMarks {
             .iter()
             .map(|c| match full {
                 true => c.pairs.len() + c.on_disk.len(),
-                false => c.pairs.changed_len() + c.on_disk.changes_len(),
+                false => c.pairs.changed_len(),
             })
             .sum();
         // Past a batch's worth the rows go to a file as they are made, not to memory.
@@ -444,7 +447,7 @@ impl Operator for DistinctMarks {
                 chunk.extend(pairs.by_ref().take(STATE_ROWS));
                 emit(self.state_batch(at, &chunk)?)?;
             }
-            let mut entries = counted.on_disk.entries(full).peekable();
+            let mut entries = counted.on_disk.entries().filter(|_| full).peekable();
             let mut disk_chunk = Vec::new();
             while entries.peek().is_some() {
                 disk_chunk.clear();
@@ -456,10 +459,14 @@ impl Operator for DistinctMarks {
         }
         for counted in &mut self.values {
             counted.pairs.clear_changed();
-            counted.on_disk.clear_changes();
         }
         if let Some(w) = writer {
             out.extend(w.finish()?.map(StateChunk::Spilled));
+        }
+        // Changes spilled since the last snapshot: a full one holds them already.
+        let spilled_changes = std::mem::take(&mut self.spilled_changes);
+        if !full {
+            out.extend(spilled_changes);
         }
         Ok(out)
     }

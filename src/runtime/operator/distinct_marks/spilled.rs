@@ -9,7 +9,10 @@ use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 use arrow::row::Rows;
 
-use super::{from_integer_bits, Counted, DistinctMarks, Encoding, Interner, Pairs};
+use super::{
+    from_integer_bits, Counted, DistinctMarks, Encoding, Interner, PairRow, Pairs, SpillWriter,
+    StateChunk, STATE_ROWS,
+};
 use crate::error::Result;
 use crate::runtime::memory::StateMemory;
 use crate::runtime::operator::key_runs::{Entry, KeyRuns};
@@ -18,8 +21,6 @@ use crate::runtime::operator::key_runs::{Entry, KeyRuns};
 #[derive(Default)]
 pub struct OnDisk {
     runs: KeyRuns,
-    /// Pairs changed since the last snapshot that were spilled, as keys on disk.
-    changes: Vec<Entry>,
 }
 
 impl OnDisk {
@@ -33,33 +34,17 @@ impl OnDisk {
         self.runs.len()
     }
 
-    pub fn changes_len(&self) -> usize {
-        self.changes.len()
-    }
-
-    pub fn clear_changes(&mut self) {
-        self.changes = Vec::new();
-    }
-
     pub fn memory_bytes(&self) -> usize {
         self.runs.memory_bytes()
-            + self
-                .changes
-                .iter()
-                .map(|(k, _)| k.len() + 24)
-                .sum::<usize>()
     }
 
     pub fn disk_bytes(&self) -> u64 {
         self.runs.disk_bytes()
     }
 
-    /// The entries a snapshot holds: all of them, or the changes since the last one.
-    pub fn entries(&self, full: bool) -> Box<dyn Iterator<Item = Result<Entry>> + '_> {
-        match full {
-            true => Box::new(self.runs.keys()),
-            false => Box::new(self.changes.iter().cloned().map(Ok)),
-        }
+    /// Every entry on disk, for a full snapshot.
+    pub fn entries(&self) -> impl Iterator<Item = Result<Entry>> + '_ {
+        self.runs.keys()
     }
 
     /// The filters on disk of the pairs of `rows`, whose group and value bytes are `group(row)`
@@ -153,21 +138,34 @@ impl Counted {
 
 impl DistinctMarks {
     /// Moves every pair in memory to disk, then forgets the groups and values interned: new
-    /// rows intern them afresh. Called between batches (nothing pending).
+    /// rows intern them afresh. The pairs changed since the last snapshot go to a state file
+    /// too, which the next snapshot takes. Called between batches (nothing pending).
     pub(super) fn spill(&mut self, memory: &StateMemory) -> Result<()> {
         if self.values.iter().all(|c| c.pairs.len() == 0) {
             return Ok(());
         }
+        let mut changes = SpillWriter::new(memory, &self.state_schema)?;
+        for at in 0..self.values.len() {
+            let changed: Vec<PairRow> = self.values[at].pairs.changed().collect();
+            for chunk in changed.chunks(STATE_ROWS) {
+                changes.write(&self.state_batch(at, chunk)?)?;
+            }
+        }
+        self.spilled_changes
+            .extend(changes.finish()?.map(StateChunk::Spilled));
         for counted in &mut self.values {
-            let key = |(g, v, f): (u32, u64, u32)| {
+            let key = |(g, v, f): PairRow| {
                 let value = counted.encoding.value_bytes(v, None, 0);
                 (disk_key(self.group_ids.row(g), &value), f)
             };
-            let changed: Vec<(Box<[u8]>, u32)> = counted.pairs.changed().map(key).collect();
-            let pairs: Vec<(Box<[u8]>, u32)> = counted.pairs.iter().map(key).collect();
-            counted.on_disk.changes.extend(changed);
-            tracing::debug!(pairs = pairs.len(), "DISTINCT marks spilled to disk.");
-            counted.on_disk.runs.spill(memory, pairs)?;
+            tracing::debug!(
+                pairs = counted.pairs.len(),
+                "DISTINCT marks spilled to disk."
+            );
+            counted
+                .on_disk
+                .runs
+                .spill(memory, counted.pairs.iter().map(key))?;
             counted.pairs = Pairs::default();
             counted.encoding.forget();
         }

@@ -58,18 +58,23 @@ impl Sessions {
     /// The key (the group columns besides the window) of each of `states`, in Arrow's row
     /// format; empty when sessions have no key.
     pub fn keys_of(&self, states: &RecordBatch) -> Result<Vec<Box<[u8]>>> {
-        Ok(match &self.converter {
-            Some(converter) => {
-                let columns: Vec<ArrayRef> = self
-                    .keys
-                    .iter()
-                    .map(|k| states.column(*k).clone())
-                    .collect();
-                let rows = converter.convert_columns(&columns)?;
-                rows.iter().map(|r| r.as_ref().into()).collect()
-            }
+        Ok(match self.key_rows(states)? {
+            Some(rows) => rows.iter().map(|r| r.as_ref().into()).collect(),
             None => vec![Box::default(); states.num_rows()],
         })
+    }
+
+    /// The keys of `states` in Arrow's row format; `None` when sessions have no key.
+    fn key_rows(&self, states: &RecordBatch) -> Result<Option<Rows>> {
+        let Some(converter) = &self.converter else {
+            return Ok(None);
+        };
+        let columns: Vec<ArrayRef> = self
+            .keys
+            .iter()
+            .map(|k| states.column(*k).clone())
+            .collect();
+        Ok(Some(converter.convert_columns(&columns)?))
     }
 
     /// `states` with each row's window widened to its session: the sessions of a key that
@@ -82,17 +87,7 @@ impl Sessions {
         let starts = starts.as_primitive::<Int64Type>();
         let ends = cast(end_column, &DataType::Int64)?;
         let ends = ends.as_primitive::<Int64Type>();
-        let keys: Option<Rows> = match &self.converter {
-            Some(converter) => {
-                let columns: Vec<ArrayRef> = self
-                    .keys
-                    .iter()
-                    .map(|k| states.column(*k).clone())
-                    .collect();
-                Some(converter.convert_columns(&columns)?)
-            }
-            None => None,
-        };
+        let keys = self.key_rows(states)?;
         let key_order = |a: usize, b: usize| match &keys {
             Some(rows) => rows.row(a).cmp(&rows.row(b)),
             None => Ordering::Equal,

@@ -46,6 +46,17 @@ impl Seen {
         self.bytes + self.on_disk.memory_bytes()
     }
 
+    /// The same while `more` keys go in: when they may not fit, the set's table grows, holding
+    /// its old slots and twice as many at once.
+    fn memory_bytes_taking(&self, more: usize) -> usize {
+        let set = &self.in_memory;
+        let growth = match set.len() + more > set.capacity() {
+            true => 2 * set.capacity() * (std::mem::size_of::<Box<[u8]>>() + 1),
+            false => 0,
+        };
+        self.memory_bytes() + growth
+    }
+
     /// Inserts a key not on disk; false when it was already in memory.
     fn insert(&mut self, key: Box<[u8]>) -> bool {
         let len = key.len();
@@ -93,6 +104,8 @@ pub struct Distinct {
     unsnapshotted_bytes: usize,
     /// State files of keys committed since the last snapshot, written when the keys spilled.
     spilled_changes: Vec<StateChunk>,
+    /// Rows of the last batch: about how many keys the next may bring.
+    batch_rows: usize,
     /// Its share of the run's state memory (none: unaccounted, nothing spills).
     budget: Option<Budget>,
 }
@@ -113,6 +126,7 @@ impl Distinct {
             unsnapshotted: Vec::new(),
             unsnapshotted_bytes: 0,
             spilled_changes: Vec::new(),
+            batch_rows: 0,
             budget: None,
         })
     }
@@ -156,6 +170,7 @@ impl Operator for Distinct {
     }
 
     fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        self.batch_rows = batch.num_rows();
         let rows = self.converter.convert_columns(batch.columns())?;
         let in_memory = &self.seen.in_memory;
         let mut candidates: Vec<usize> = match self.seen.on_disk.is_empty() {
@@ -260,7 +275,7 @@ impl Operator for Distinct {
         };
         let fitted = budget.fit_spilling(
             self,
-            |d| d.seen.memory_bytes() + d.unsnapshotted_bytes,
+            |d| d.seen.memory_bytes_taking(d.batch_rows) + d.unsnapshotted_bytes,
             |d, memory, _| d.spill(memory),
             "DISTINCT's filters of the rows it spilled",
         );

@@ -192,6 +192,8 @@ pub struct DistinctMarks {
     values: Vec<Counted>,
     /// State files of the pairs changed since the last snapshot that were spilled.
     spilled_changes: Vec<StateChunk>,
+    /// Rows of the last batch: about how many pairs the next may bring.
+    batch_rows: usize,
     output: SchemaRef,
     state_schema: SchemaRef,
     budget: Option<Budget>,
@@ -232,6 +234,7 @@ impl DistinctMarks {
             group_ids: Interner::default(),
             values,
             spilled_changes: Vec::new(),
+            batch_rows: 0,
             output: spec.output,
             state_schema: Arc::new(Schema::new(fields)),
             budget: None,
@@ -308,6 +311,7 @@ impl Operator for DistinctMarks {
 
     fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
         let n = batch.num_rows();
+        self.batch_rows = n;
         let keys = self
             .groups
             .iter()
@@ -506,9 +510,17 @@ impl Operator for DistinctMarks {
         let Some(mut budget) = self.budget.take() else {
             return Ok(());
         };
+        // Counted as the next batch may grow the pair tables, so that a growth (the old table
+        // and the new at once) stays within the budget too.
         let fitted = budget.fit_spilling(
             self,
-            DistinctMarks::bytes,
+            |op| {
+                op.group_ids.bytes()
+                    + op.values
+                        .iter()
+                        .map(|c| c.bytes_taking(op.batch_rows))
+                        .sum::<usize>()
+            },
             |op, memory, _| op.spill(memory),
             "COUNT(DISTINCT ...)'s filters of its pairs on disk",
         );

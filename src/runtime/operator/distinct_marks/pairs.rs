@@ -338,6 +338,19 @@ impl Pairs {
             Table::Wide(t) => t.capacity() * (std::mem::size_of::<Wide>() + 1),
         }
     }
+
+    /// Bytes it may hold while `more` pairs go in: when they may not fit its capacity, the
+    /// table grows, holding the old table and one twice its size at once.
+    pub fn bytes_taking(&self, more: usize) -> usize {
+        let capacity = match &self.table {
+            Table::Narrow(t) => t.capacity(),
+            Table::Wide(t) => t.capacity(),
+        };
+        match self.len() + more > capacity {
+            true => 3 * self.bytes(),
+            false => self.bytes(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -134,6 +134,11 @@ impl Counted {
     pub(super) fn bytes(&self) -> usize {
         self.pairs.bytes() + self.on_disk.memory_bytes() + self.encoding.bytes()
     }
+
+    /// The same while a batch of `rows` more pairs goes in (the pair table may grow).
+    pub(super) fn bytes_taking(&self, rows: usize) -> usize {
+        self.pairs.bytes_taking(rows) + self.on_disk.memory_bytes() + self.encoding.bytes()
+    }
 }
 
 impl DistinctMarks {

@@ -17,7 +17,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::key_runs::KeyRuns;
 use super::parallel::Keying;
-use super::spill::{load, SpillWriter, StateChunk};
+use super::spill::{load, SnapshotWriter, SpillWriter, StateChunk};
 use super::Operator;
 use crate::error::Result;
 use crate::runtime::memory::{Budget, StateMemory};
@@ -222,13 +222,8 @@ impl Operator for Distinct {
             out.extend(super::spill::in_memory([self.rows_batch(changed.iter())?]));
             return Ok(out);
         }
-        let mut writer = match &self.budget {
-            Some(budget) if self.seen.len() > STATE_ROWS => {
-                Some(SpillWriter::new(budget.memory(), &self.schema)?)
-            }
-            _ => None,
-        };
-        let mut out = Vec::new();
+        let memory = self.budget.as_ref().map(|b| b.memory().as_ref());
+        let mut out = SnapshotWriter::new(memory, &self.schema, self.seen.len(), STATE_ROWS)?;
         let mut keys = self
             .seen
             .in_memory
@@ -242,16 +237,9 @@ impl Operator for Distinct {
             for key in keys.by_ref().take(STATE_ROWS) {
                 chunk.push(key?);
             }
-            let batch = self.rows_batch(chunk.iter())?;
-            match &mut writer {
-                Some(w) => w.write(&batch)?,
-                None => out.push(StateChunk::Batch(batch)),
-            }
+            out.write(self.rows_batch(chunk.iter())?)?;
         }
-        if let Some(w) = writer {
-            out.extend(w.finish()?.map(StateChunk::Spilled));
-        }
-        Ok(out)
+        out.finish()
     }
 
     fn restore(&mut self, state: Vec<StateChunk>, _watermark: Option<i64>) -> Result<()> {

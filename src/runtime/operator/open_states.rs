@@ -113,15 +113,7 @@ impl OpenStates {
     pub fn load_next_due(&mut self, watermark: i64) -> Result<i64> {
         let next = self.spilled.iter().map(|s| s.earliest).min();
         if let Some(next) = next.filter(|e| *e <= watermark) {
-            let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.spilled)
-                .into_iter()
-                .partition(|s| s.earliest == next);
-            self.spilled = kept;
-            for s in due {
-                for b in s.file.batches()? {
-                    self.add(b?);
-                }
-            }
+            self.load_where(|s| s.earliest == next)?;
         }
         let still_on_disk = self.spilled.iter().map(|s| s.earliest).min();
         Ok(still_on_disk.map_or(watermark, |e| watermark.min(e.saturating_sub(1))))
@@ -146,14 +138,17 @@ impl OpenStates {
 
     /// Loads back the spilled files that may hold states of any of `keys`; returns how many.
     pub fn load_holding(&mut self, keys: &[Box<[u8]>]) -> Result<usize> {
-        let holds = |s: &Spilled| {
+        self.load_where(|s| {
             s.keys
                 .as_ref()
                 .is_some_and(|f| keys.iter().any(|k| f.may_hold(k)))
-        };
-        let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.spilled)
-            .into_iter()
-            .partition(holds);
+        })
+    }
+
+    /// Loads back the spilled files `due` picks; returns how many.
+    fn load_where(&mut self, due: impl Fn(&Spilled) -> bool) -> Result<usize> {
+        let (due, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.spilled).into_iter().partition(due);
         self.spilled = kept;
         for s in &due {
             for b in s.file.batches()? {

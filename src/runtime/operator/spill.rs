@@ -376,6 +376,50 @@ pub fn map_chunks(
     Ok(out)
 }
 
+/// Where a snapshot's batches go as they are made: memory, or (with a state memory, past a
+/// batch's worth of rows) a file, so that a large snapshot is never in memory whole.
+pub struct SnapshotWriter {
+    out: Vec<StateChunk>,
+    file: Option<SpillWriter>,
+}
+
+impl SnapshotWriter {
+    /// A writer for `rows` rows of `schema`, in batches of `batch_rows`.
+    pub fn new(
+        memory: Option<&StateMemory>,
+        schema: &SchemaRef,
+        rows: usize,
+        batch_rows: usize,
+    ) -> Result<Self> {
+        let file = match memory {
+            Some(memory) if rows > batch_rows => Some(SpillWriter::new(memory, schema)?),
+            _ => None,
+        };
+        Ok(SnapshotWriter {
+            out: Vec::new(),
+            file,
+        })
+    }
+
+    pub fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        match &mut self.file {
+            Some(w) => w.write(&batch),
+            None => {
+                self.out.push(StateChunk::Batch(batch));
+                Ok(())
+            }
+        }
+    }
+
+    pub fn finish(self) -> Result<Vec<StateChunk>> {
+        let mut out = self.out;
+        if let Some(w) = self.file {
+            out.extend(w.finish()?.map(StateChunk::Spilled));
+        }
+        Ok(out)
+    }
+}
+
 /// Chunks of in-memory batches.
 pub fn in_memory(batches: impl IntoIterator<Item = RecordBatch>) -> Vec<StateChunk> {
     batches

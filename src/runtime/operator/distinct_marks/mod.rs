@@ -24,7 +24,7 @@ use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::parallel::Keying;
-use super::spill::{SpillWriter, StateChunk};
+use super::spill::{SnapshotWriter, SpillWriter, StateChunk};
 use super::Operator;
 use crate::error::{Error, Result};
 use crate::runtime::memory::{Budget, StateMemory};
@@ -422,22 +422,9 @@ impl Operator for DistinctMarks {
                 false => c.pairs.changed_len(),
             })
             .sum();
-        // Past a batch's worth the rows go to a file as they are made, not to memory.
-        let mut writer = match &self.budget {
-            Some(budget) if total > STATE_ROWS => {
-                Some(SpillWriter::new(budget.memory(), &self.state_schema)?)
-            }
-            _ => None,
-        };
-        let mut out = Vec::new();
+        let memory = self.budget.as_ref().map(|b| b.memory().as_ref());
+        let mut out = SnapshotWriter::new(memory, &self.state_schema, total, STATE_ROWS)?;
         let mut chunk = Vec::with_capacity(STATE_ROWS.min(total));
-        let mut emit = |batch: RecordBatch| -> Result<()> {
-            match &mut writer {
-                Some(w) => w.write(&batch)?,
-                None => out.push(StateChunk::Batch(batch)),
-            }
-            Ok(())
-        };
         for (at, counted) in self.values.iter().enumerate() {
             // Those in memory, then those on disk (a pair in both has the union of their
             // filters, as a restore makes it again).
@@ -449,7 +436,7 @@ impl Operator for DistinctMarks {
             while pairs.peek().is_some() {
                 chunk.clear();
                 chunk.extend(pairs.by_ref().take(STATE_ROWS));
-                emit(self.state_batch(at, &chunk)?)?;
+                out.write(self.state_batch(at, &chunk)?)?;
             }
             let mut entries = counted.on_disk.entries().filter(|_| full).peekable();
             let mut disk_chunk = Vec::new();
@@ -458,15 +445,13 @@ impl Operator for DistinctMarks {
                 for entry in entries.by_ref().take(STATE_ROWS) {
                     disk_chunk.push(entry?);
                 }
-                emit(self.state_batch_of_keys(at, &disk_chunk)?)?;
+                out.write(self.state_batch_of_keys(at, &disk_chunk)?)?;
             }
         }
         for counted in &mut self.values {
             counted.pairs.clear_changed();
         }
-        if let Some(w) = writer {
-            out.extend(w.finish()?.map(StateChunk::Spilled));
-        }
+        let mut out = out.finish()?;
         // Changes spilled since the last snapshot: a full one holds them already.
         let spilled_changes = std::mem::take(&mut self.spilled_changes);
         if !full {

@@ -11,7 +11,6 @@ use super::event_time::EventTime;
 use super::graph::OperatorGraph;
 use super::memory::StateMemory;
 use super::operator::change_aggregate::ChangeAggregate;
-use super::operator::change_groups::ChangeGroups;
 use super::operator::change_join::{ChangeJoin, ChangeJoinSpec};
 use super::operator::change_top_n::ChangeTopN;
 use super::operator::distinct::Distinct;
@@ -78,15 +77,6 @@ pub enum OperatorSpec {
         /// How many group columns lead its output.
         keys: usize,
     },
-    /// Before a GROUP BY over a change stream: the group of each primary key's current row,
-    /// adding the group's values to each change (and a delete from its old group to a change
-    /// that moves it), so that the GROUP BY's instances each hold the rows of their groups.
-    ChangeGroups {
-        /// DataFusion's AggregateExec in Final mode over its Partial one.
-        aggregate: Arc<dyn ExecutionPlan>,
-        /// Its input rows: the aggregate's input columns, the primary key, `_op`.
-        schema: SchemaRef,
-    },
     /// GROUP BY without a window over a change stream: the table's current rows by primary
     /// key, each changed group aggregated again at each checkpoint (upsert or delete, `_op`).
     ChangeAggregate {
@@ -94,8 +84,7 @@ pub enum OperatorSpec {
         aggregate: Arc<dyn ExecutionPlan>,
         /// How many group columns lead its output.
         keys: usize,
-        /// Its input rows: the aggregate's input columns, its group values, the primary key,
-        /// `_op` (as [`OperatorSpec::ChangeGroups`] routes them).
+        /// Its input rows: the aggregate's input columns, the primary key, `_op`.
         schema: SchemaRef,
     },
     /// A stream joined with the current rows of a table kept by its change stream.
@@ -266,9 +255,6 @@ impl OperatorSpec {
             ),
             OperatorSpec::ChangeFilter { predicate, op } => {
                 Box::new(ChangeFilter::new(predicate.clone(), *op))
-            }
-            OperatorSpec::ChangeGroups { aggregate, schema } => {
-                Box::new(ChangeGroups::new(aggregate.clone(), schema.clone())?.with_memory(memory))
             }
             OperatorSpec::ChangeAggregate {
                 aggregate, schema, ..

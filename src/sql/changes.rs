@@ -15,7 +15,6 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::plan::{lower, plan_aggregate, push, window_end_key, Lowered, Lowering};
 use crate::error::{Error, Result};
-use crate::runtime::operator::change_groups::routed_schema;
 use crate::runtime::operator::stateless::OP;
 use crate::runtime::plan::{Input, OperatorSpec};
 use crate::runtime::source_table::SourceTable;
@@ -182,18 +181,10 @@ pub(super) fn lower_keyed_aggregate(
         .map(|f| f.as_ref().clone().with_nullable(true))
         .chain(carried)
         .collect();
-    // Routed by primary key, then by group: the GROUP BY runs as several instances.
-    let schema = Arc::new(Schema::new(fields));
-    let routed = routed_schema(&aggregate, &schema)?;
-    let groups = OperatorSpec::ChangeGroups {
-        aggregate: aggregate.clone(),
-        schema,
-    };
-    let from = push(cx, groups, from);
     let operator = OperatorSpec::ChangeAggregate {
         aggregate,
         keys: agg.group_expr.len(),
-        schema: routed,
+        schema: Arc::new(Schema::new(fields)),
     };
     let node = push(cx, operator, from);
     if let Input::Node(n) = node {

@@ -252,7 +252,6 @@ pub(super) fn push_n(cx: &mut Lowering, operator: OperatorSpec, inputs: Vec<Inpu
         OperatorSpec::DistinctMarks(_) => format!("distinct_marks{index}"),
         OperatorSpec::Filter(_) => format!("filter{index}"),
         OperatorSpec::ChangeFilter { .. } => format!("change_filter{index}"),
-        OperatorSpec::ChangeGroups { .. } => format!("change_groups{index}"),
         OperatorSpec::ChangeAggregate { .. } => format!("change_aggregate{index}"),
         OperatorSpec::Having { .. } => format!("having{index}"),
         OperatorSpec::Project { .. } => format!("project{index}"),

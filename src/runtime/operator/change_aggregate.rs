@@ -6,17 +6,14 @@
 
 use std::sync::Arc;
 
-use arrow::array::{new_null_array, StringArray};
+use arrow::array::{new_null_array, ArrayRef, StringArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
-use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::keyed_rows::{Changes, KeyedRows};
-use super::parallel::Keying;
 use super::row_groups::RowGroups;
 use super::spill::StateChunk;
 use super::stateless::OP;
@@ -37,8 +34,7 @@ struct Prepared {
 /// Per-group aggregation of a table kept up to date by its change stream.
 pub struct ChangeAggregate {
     stages: TwoStage,
-    /// The aggregate's input columns lead each row; its group values (which instance holds
-    /// the row) and the primary key follow; `_op` is last.
+    /// The aggregate's input columns lead each row; the primary key follows; `_op` is last.
     columns: usize,
     /// The aggregate's input columns of the rows.
     input_schema: SchemaRef,
@@ -53,18 +49,18 @@ pub struct ChangeAggregate {
 
 impl ChangeAggregate {
     /// An operator from the Final aggregate of a planned GROUP BY (whose input is the Partial
-    /// one), over rows of `schema` as [`super::change_groups::ChangeGroups`] routes them: the
-    /// aggregate's input columns, its group values, the primary key columns, then `_op`.
+    /// one), over rows of `schema`: the aggregate's input columns, then the primary key
+    /// columns, then `_op`.
     pub fn new(final_: Arc<dyn ExecutionPlan>, schema: SchemaRef) -> Result<Self> {
         let stages = TwoStage::new(final_.clone())?;
         let columns = stages.input_schema().fields().len();
         let width = schema.fields().len();
-        if width < columns + stages.groups() + 2 {
+        if width < columns + 2 {
             return Err(Error::Internal(format!(
-                "a GROUP BY over a change stream needs its rows' group values, primary key and {OP} after its {columns} columns"
+                "a GROUP BY over a change stream needs its rows' primary key and {OP} after its {columns} columns"
             )));
         }
-        let table = KeyedRows::new(schema, columns + stages.groups()..width - 1)?;
+        let table = KeyedRows::new(schema, columns..width - 1)?;
         let group_values = RowConverter::new(
             stages.state_schema().fields()[..stages.groups()]
                 .iter()
@@ -106,32 +102,31 @@ impl ChangeAggregate {
         )?)
     }
 
-    /// Converts a batch of changes: its rows' keys, kinds and groups (the group values
-    /// [`super::change_groups::ChangeGroups`] added: of a delete, the group it leaves).
+    /// Converts a batch of changes: its rows' keys, kinds and groups.
     fn prepare(&self, batch: &RecordBatch) -> Result<Prepared> {
         let changes = self.table.prepare(batch)?;
-        let values = &changes.batch.columns()[self.columns..self.columns + self.stages.groups()];
-        let groups = self.group_values.convert_columns(values)?;
+        let n = batch.num_rows();
+        let input = self.input_of(&changes.batch)?;
+        let values = self
+            .stages
+            .group_exprs()
+            .iter()
+            .map(|e| e.evaluate(&input).and_then(|v| v.into_array(n)))
+            .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
+        let groups = self.group_values.convert_columns(&values)?;
         Ok(Prepared { changes, groups })
     }
 
     /// Applies a batch of changes: the groups of the rows replaced and of the new rows change.
-    /// A delete removes its key's row only from the group it names: restored into fewer
-    /// instances, the net changes of several ([`KeyedRows::snapshot_net_changes`]) come one
-    /// instance's after another's, and a row that moved to another instance's group must not
-    /// be removed there by the delete from its old one.
     fn apply(&mut self, p: Prepared) {
         let Prepared { changes, groups } = p;
         let mut left = Vec::new();
-        // Groups a delete names may be made by the batch's own rows before it.
-        let all = std::cell::RefCell::new(&mut self.groups);
-        self.table.apply_sparing(
+        let all = &mut self.groups;
+        self.table.apply(
             changes,
-            |i, kept| all.borrow().get(kept).key.as_ref() != groups.row(i).as_ref(),
             |_, g| left.push(g),
-            |i, id| all.borrow_mut().add(groups.row(i).as_ref(), id),
+            |i, id| all.add(groups.row(i).as_ref(), id),
         );
-        let all = all.into_inner();
         // The groups of rows replaced (always known groups).
         for g in left {
             all.touch(g);
@@ -238,9 +233,9 @@ impl Operator for ChangeAggregate {
         Some(self.table.schema().clone())
     }
 
-    /// All of it: the current rows; the changes: what each key changed since came to.
+    /// All of it: the current rows; the changes: the change rows applied since.
     fn snapshot(&mut self, full: bool) -> Result<Vec<StateChunk>> {
-        self.table.snapshot_net_changes(full)
+        self.table.snapshot(full)
     }
 
     fn restore(&mut self, state: Vec<StateChunk>, _watermark: Option<i64>) -> Result<()> {
@@ -282,19 +277,6 @@ impl Operator for ChangeAggregate {
 
     fn state_bytes(&self) -> usize {
         self.memory_bytes()
-    }
-
-    /// Keyed by the group values its rows carry: an instance holds every row of its groups.
-    fn keying(&self) -> Option<Keying> {
-        let fields = self.table.schema().fields();
-        let groups = self.columns..self.columns + self.stages.groups();
-        Some(Keying {
-            inputs: vec![groups
-                .clone()
-                .map(|i| Arc::new(Column::new(fields[i].name(), i)) as Arc<dyn PhysicalExpr>)
-                .collect()],
-            state: groups.collect(),
-        })
     }
 }
 

@@ -159,17 +159,6 @@ impl KeyedRows {
     pub fn apply(
         &mut self,
         changes: Changes,
-        removed: impl FnMut(RowId, u32),
-        inserted: impl FnMut(usize, RowId) -> u32,
-    ) {
-        self.apply_sparing(changes, |_, _| false, removed, inserted)
-    }
-
-    /// The same, except that delete `i` leaves a current row tagged `t` when `spares(i, t)`.
-    pub fn apply_sparing(
-        &mut self,
-        changes: Changes,
-        spares: impl Fn(usize, u32) -> bool,
         mut removed: impl FnMut(RowId, u32),
         mut inserted: impl FnMut(usize, RowId) -> u32,
     ) {
@@ -188,7 +177,6 @@ impl KeyedRows {
             // A key seen before keeps its entry (and its allocation) unless deleted.
             let old = match (self.rows.get_mut(key), tag) {
                 (Some(slot), Some(tag)) => Some(std::mem::replace(slot, (id, tag))),
-                (Some(&mut (_, kept)), None) if spares(i, kept) => None,
                 (Some(_), None) => {
                     self.index_bytes = self.index_bytes.saturating_sub(key.len() + KEY_OVERHEAD);
                     self.rows.remove(key)
@@ -362,67 +350,6 @@ impl KeyedRows {
             chunks.push(StateChunk::Spilled(file));
         }
         Ok(chunks)
-    }
-
-    /// As [`KeyedRows::snapshot`], except that the changes are one per key changed since the
-    /// previous snapshot, what it came to: its last change when that is not a delete, else its
-    /// first change as a delete (naming, in the columns besides its key, what it was deleted
-    /// from when it was there at the previous snapshot). Restoring the snapshots of several
-    /// tables that split the keys between them, one table's after another's, then rebuilds each
-    /// key as it ended in whichever table kept it, when deletes spare rows other than those
-    /// they name (see [`KeyedRows::apply_sparing`]).
-    pub fn snapshot_net_changes(&mut self, full: bool) -> Result<Vec<StateChunk>> {
-        if full {
-            return self.snapshot(true);
-        }
-        let changes = std::mem::take(&mut self.unsnapshotted);
-        let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
-        // Per key: its first change and its last, as (batch, row).
-        let mut ends: Vec<((usize, usize), (usize, usize))> = Vec::new();
-        let mut deletes = Vec::new();
-        for (b, batch) in changes.iter().enumerate() {
-            let keys = self
-                .keys
-                .convert_columns(&batch.columns()[self.key_columns.clone()])?;
-            let op = batch.column(batch.num_columns() - 1).as_string::<i32>();
-            deletes.push(
-                (0..batch.num_rows())
-                    .map(|i| op.is_valid(i) && op.value(i) == "delete")
-                    .collect::<Vec<_>>(),
-            );
-            for i in 0..batch.num_rows() {
-                match seen.entry(keys.row(i).as_ref().to_vec()) {
-                    std::collections::hash_map::Entry::Occupied(e) => ends[*e.get()].1 = (b, i),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(ends.len());
-                        ends.push(((b, i), (b, i)));
-                    }
-                }
-            }
-        }
-        if ends.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows: Vec<(usize, usize)> = ends
-            .iter()
-            .map(|&(first, (b, i))| if deletes[b][i] { first } else { (b, i) })
-            .collect();
-        let width = self.schema.fields().len();
-        let mut columns = (0..width - 1)
-            .map(|c| {
-                let arrays: Vec<&dyn Array> =
-                    changes.iter().map(|b| b.column(c).as_ref()).collect();
-                interleave(&arrays, &rows)
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        columns.push(Arc::new(arrow::array::StringArray::from_iter_values(
-            ends.iter()
-                .map(|&(_, (b, i))| if deletes[b][i] { "delete" } else { "upsert" }),
-        )));
-        Ok(vec![StateChunk::Batch(RecordBatch::try_new(
-            self.schema.clone(),
-            columns,
-        )?)])
     }
 
     /// Forgets the changes applied so far as changes: they were restored, not made.

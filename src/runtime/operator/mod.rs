@@ -2,7 +2,6 @@
 //! snapshotted as Arrow batches at each checkpoint.
 
 pub mod change_aggregate;
-pub mod change_groups;
 pub mod change_join;
 pub mod change_times;
 pub mod change_top_n;

@@ -10,7 +10,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::event_time::EventTime;
 use super::graph::OperatorGraph;
 use super::memory::StateMemory;
-use super::operator::change_aggregate::ChangeAggregate;
+use super::operator::change_aggregate::{ChangeAggregate, ChangePartials};
 use super::operator::change_join::{ChangeJoin, ChangeJoinSpec};
 use super::operator::change_top_n::ChangeTopN;
 use super::operator::distinct::Distinct;
@@ -77,15 +77,22 @@ pub enum OperatorSpec {
         /// How many group columns lead its output.
         keys: usize,
     },
-    /// GROUP BY without a window over a change stream: the table's current rows by primary
-    /// key, each changed group aggregated again at each checkpoint (upsert or delete, `_op`).
+    /// GROUP BY without a window over a change stream, first stage: the table's current rows
+    /// by primary key, each changed group aggregated again at each checkpoint into partial
+    /// states per group and key group (upsert or delete, `_op`).
+    ChangePartials {
+        /// DataFusion's AggregateExec in Final mode over its Partial one.
+        aggregate: Arc<dyn ExecutionPlan>,
+        /// Its input rows: the aggregate's input columns, the primary key, `_op`.
+        schema: SchemaRef,
+    },
+    /// Its second stage: those partial states by group, each changed group's merged at each
+    /// checkpoint into its row (upsert or delete, `_op`).
     ChangeAggregate {
         /// DataFusion's AggregateExec in Final mode over its Partial one.
         aggregate: Arc<dyn ExecutionPlan>,
         /// How many group columns lead its output.
         keys: usize,
-        /// Its input rows: the aggregate's input columns, the primary key, `_op`.
-        schema: SchemaRef,
     },
     /// A stream joined with the current rows of a table kept by its change stream.
     TemporalJoin(TemporalJoinSpec),
@@ -201,12 +208,12 @@ impl OperatorSpec {
         options: RunOptions,
         memory: &Arc<StateMemory>,
     ) -> Result<Box<dyn Operator>> {
-        let first = self.instance(options, memory)?;
+        let first = self.instance(0, options, memory)?;
         match first.keying() {
             Some(keying) if options.parallelism > 1 => {
                 let mut instances = vec![first];
-                for _ in 1..options.parallelism {
-                    instances.push(self.instance(options, memory)?);
+                for index in 1..options.parallelism {
+                    instances.push(self.instance(index, options, memory)?);
                 }
                 Ok(Box::new(
                     Parallel::new(instances, keying)?.with_memory(memory),
@@ -216,8 +223,10 @@ impl OperatorSpec {
         }
     }
 
+    /// Instance `index` of its operator.
     fn instance(
         &self,
+        index: usize,
         options: RunOptions,
         memory: &Arc<StateMemory>,
     ) -> Result<Box<dyn Operator>> {
@@ -256,11 +265,12 @@ impl OperatorSpec {
             OperatorSpec::ChangeFilter { predicate, op } => {
                 Box::new(ChangeFilter::new(predicate.clone(), *op))
             }
-            OperatorSpec::ChangeAggregate {
-                aggregate, schema, ..
-            } => Box::new(
-                ChangeAggregate::new(aggregate.clone(), schema.clone())?.with_memory(memory),
+            OperatorSpec::ChangePartials { aggregate, schema } => Box::new(
+                ChangePartials::new(aggregate.clone(), schema.clone(), index)?.with_memory(memory),
             ),
+            OperatorSpec::ChangeAggregate { aggregate, .. } => {
+                Box::new(ChangeAggregate::new(aggregate.clone())?.with_memory(memory))
+            }
             OperatorSpec::Having { predicate, schema } => {
                 Box::new(Having::new(predicate.clone(), schema.clone()))
             }

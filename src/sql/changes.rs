@@ -181,12 +181,16 @@ pub(super) fn lower_keyed_aggregate(
         .map(|f| f.as_ref().clone().with_nullable(true))
         .chain(carried)
         .collect();
+    let partials = OperatorSpec::ChangePartials {
+        aggregate: aggregate.clone(),
+        schema: Arc::new(Schema::new(fields)),
+    };
+    let partials = push(cx, partials, from);
     let operator = OperatorSpec::ChangeAggregate {
         aggregate,
         keys: agg.group_expr.len(),
-        schema: Arc::new(Schema::new(fields)),
     };
-    let node = push(cx, operator, from);
+    let node = push(cx, operator, partials);
     if let Input::Node(n) = node {
         cx.updating = Some(n);
     }

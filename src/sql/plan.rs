@@ -253,6 +253,7 @@ pub(super) fn push_n(cx: &mut Lowering, operator: OperatorSpec, inputs: Vec<Inpu
         OperatorSpec::Filter(_) => format!("filter{index}"),
         OperatorSpec::ChangeFilter { .. } => format!("change_filter{index}"),
         OperatorSpec::ChangeAggregate { .. } => format!("change_aggregate{index}"),
+        OperatorSpec::ChangePartials { .. } => format!("change_partials{index}"),
         OperatorSpec::Having { .. } => format!("having{index}"),
         OperatorSpec::Project { .. } => format!("project{index}"),
         OperatorSpec::WindowAggregate {

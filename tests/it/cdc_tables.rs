@@ -124,7 +124,7 @@ async fn cdc_aggregates_and_filters_follow_their_table_across_sigkills() {
     .await;
     let state = scalar(
         &c,
-        "SELECT sum(state_rows) FROM tributary.operators WHERE pipeline = 'per_bucket' AND kind = 'change_aggregate'",
+        "SELECT sum(state_rows) FROM tributary.operators WHERE pipeline = 'per_bucket' AND kind = 'change_partials'",
     )
     .await;
     assert_eq!(state, passing);

@@ -207,6 +207,11 @@ impl KeyedRows {
         self.rows.values().map(|(id, _)| *id)
     }
 
+    /// Every current row's key (as [`Changes::key`] gives it) and place, in no order.
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], RowId)> + '_ {
+        self.rows.iter().map(|(k, (id, _))| (k.as_ref(), *id))
+    }
+
     /// Where the current row of primary key `key` (as [`Changes::key`] gives it) is.
     pub fn current(&self, key: &[u8]) -> Option<RowId> {
         self.rows.get(key).map(|(id, _)| *id)

@@ -69,6 +69,11 @@ impl<T: Default> RowGroups<T> {
         g
     }
 
+    /// Whether there is a group of `key`.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.ids.contains_key(key)
+    }
+
     /// Group `g` changed (a row left it).
     pub fn touch(&mut self, g: u32) {
         if self.is_changed.len() <= g as usize {

@@ -126,6 +126,9 @@ pub enum OperatorSpec {
         /// For session windows, which group column is `window_start` (sessions are per the
         /// other group columns).
         session_start: Option<usize>,
+        /// Microseconds the watermark is held back by before it closes windows: how late its
+        /// input's rows can be (a join of two streams' pairs).
+        watermark_delay: i64,
     },
 }
 
@@ -291,18 +294,21 @@ impl OperatorSpec {
             OperatorSpec::WindowAggregate {
                 aggregate,
                 window_end,
-                session_start: None,
+                session_start,
+                watermark_delay,
             } => {
-                Box::new(WindowAggregate::new(aggregate.clone(), *window_end)?.with_memory(memory))
+                let windows = match session_start {
+                    None => WindowAggregate::new(aggregate.clone(), *window_end)?,
+                    Some(start) => {
+                        WindowAggregate::sessions(aggregate.clone(), *start, *window_end)?
+                    }
+                };
+                Box::new(
+                    windows
+                        .with_watermark_delay(*watermark_delay)
+                        .with_memory(memory),
+                )
             }
-            OperatorSpec::WindowAggregate {
-                aggregate,
-                window_end,
-                session_start: Some(start),
-            } => Box::new(
-                WindowAggregate::sessions(aggregate.clone(), *start, *window_end)?
-                    .with_memory(memory),
-            ),
         })
     }
 }

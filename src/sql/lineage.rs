@@ -1,7 +1,8 @@
 //! Where a column of a logical plan comes from: the source column it is, or whether it is an
 //! event time, followed through aliases, filters and projections that pass it on unchanged.
 
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::common::Column;
+use datafusion::logical_expr::{Expr, Join, LogicalPlan};
 
 use super::windows::WINDOW_END;
 use crate::runtime::source_table::SourceTable;
@@ -63,5 +64,40 @@ pub(super) fn is_window_end(plan: &LogicalPlan, name: &str) -> bool {
     match agg.group_expr.get(i) {
         Some(Expr::Column(c)) => c.name == WINDOW_END || is_window_end(&agg.input, &c.name),
         _ => false,
+    }
+}
+
+/// The join that output column `column` of `plan` comes from, through aliases, filters and
+/// projections that pass it on unchanged: the join, its side (0, left; 1, right) and the column
+/// on that side.
+pub(super) fn join_side_column<'a>(
+    plan: &'a LogicalPlan,
+    column: &Column,
+) -> Option<(&'a Join, usize, Column)> {
+    match plan {
+        LogicalPlan::SubqueryAlias(a) => {
+            let i = a.schema.index_of_column(column).ok()?;
+            let (qualifier, field) = a.input.schema().qualified_field(i);
+            join_side_column(&a.input, &Column::new(qualifier.cloned(), field.name()))
+        }
+        LogicalPlan::Filter(f) => join_side_column(&f.input, column),
+        LogicalPlan::Projection(p) => {
+            let i = p.schema.index_of_column(column).ok()?;
+            match p.expr[i].clone().unalias() {
+                Expr::Column(c) => join_side_column(&p.input, &c),
+                _ => None,
+            }
+        }
+        LogicalPlan::Join(join) => {
+            let i = join.schema.index_of_column(column).ok()?;
+            let left = join.left.schema().fields().len();
+            let (side, schema, at) = match i < left {
+                true => (0, join.left.schema(), i),
+                false => (1, join.right.schema(), i - left),
+            };
+            let (qualifier, field) = schema.qualified_field(at);
+            Some((join, side, Column::new(qualifier.cloned(), field.name())))
+        }
+        _ => None,
     }
 }

@@ -590,21 +590,42 @@ fn lower_window_aggregate(
     cx: &mut Lowering,
 ) -> Result<Lowered> {
     let from = lower(&agg.input, cx)?;
-    if cx.stream_joined {
-        // A joined row can be emitted after the watermark passed its time.
-        return Err(Error::Unsupported(
-            "a window over the rows of a join of two streams is not supported yet".into(),
-        )
-        .at_place(cx.places.window_function));
-    }
+    let watermark_delay = if cx.stream_joined {
+        // A joined pair comes out when its later row arrives: behind the watermark by as much
+        // as the join lets the two sides' times differ.
+        joined_window_lateness(agg, window_end)
+            .map_err(|e| e.at_place(cx.places.window_function.or(cx.places.group_by)))?
+    } else {
+        0
+    };
     let aggregate = plan_aggregate(agg, cx.state)?;
     cx.windowed = true;
     let operator = OperatorSpec::WindowAggregate {
         aggregate,
         window_end,
         session_start,
+        watermark_delay,
     };
     Ok(push(cx, operator, from))
+}
+
+/// How far behind the watermark the window ends of a GROUP BY over a join of two streams can
+/// be (microseconds), by group column `window_end` of `agg`.
+fn joined_window_lateness(
+    agg: &datafusion::logical_expr::Aggregate,
+    window_end: usize,
+) -> Result<i64> {
+    let refused = || {
+        Error::Unsupported(
+            "a window over the rows of a join of two streams must group by the window_end of a window over one of its sides".into(),
+        )
+    };
+    let datafusion::logical_expr::Expr::Column(column) = &agg.group_expr[window_end] else {
+        return Err(refused());
+    };
+    let (join, side, column) =
+        super::lineage::join_side_column(&agg.input, column).ok_or_else(refused)?;
+    super::stream_join::output_lateness(join, side, &column)
 }
 
 /// A GROUP BY without a window: one state per group, the changed groups emitted at each

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field};
-use datafusion::common::ScalarValue;
+use datafusion::common::{Column, ScalarValue};
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::execution_props::ExecutionProps;
 use datafusion::logical_expr::utils::split_conjunction;
@@ -19,6 +19,7 @@ use super::plan::{
     join_over, lower, placeholder_with, plan_over_placeholder, plan_physical, push_n, Lowered,
     Lowering,
 };
+use super::windows::WINDOW_END;
 use crate::error::{Error, Result};
 use crate::runtime::operator::stream_join::{
     ExpiryBound, OuterJoin, StreamJoinSpec, RIGHT_ROW_ID, ROW_ID,
@@ -255,4 +256,36 @@ pub(super) fn lower_stream_join(join: &Join, cx: &mut Lowering) -> Result<Lowere
     cx.stream_joined = true;
     cx.scanned = None;
     Ok(push_n(cx, OperatorSpec::StreamJoin(spec), inputs))
+}
+
+/// How far behind the watermark a window's time column of the rows of a join of two streams can
+/// be, in microseconds: `column` of side `side` of `join`. A pair comes out when its later row
+/// arrives, at or after the watermark; the join's conditions bound the other side's time by
+/// this side's (`a.ts <= b.ts + D`), so this side's time is at most D behind. `window_end` of a
+/// window over this side is past its time, and no later than D behind either.
+pub(super) fn output_lateness(join: &Join, side: usize, column: &Column) -> Result<i64> {
+    if join.join_type != JoinType::Inner {
+        return Err(Error::Unsupported(format!(
+            "a window over a {} join of two streams is not supported yet: only over an INNER one",
+            join.join_type.to_string().to_uppercase()
+        )));
+    }
+    let plan = if side == 0 { &join.left } else { &join.right };
+    let windows_its_time = |at: &Expr| match at {
+        Expr::Column(c) if c == column => true,
+        Expr::Column(c) => column.name == WINDOW_END && is_event_time(plan, &c.name),
+        _ => false,
+    };
+    let [left, right] = bounds(join);
+    let found = if side == 0 { left } else { right };
+    found
+        .into_iter()
+        .filter(|(at, _)| windows_its_time(at))
+        .map(|(_, after)| after.max(0))
+        .min()
+        .ok_or_else(|| {
+            Error::Unsupported(format!(
+                "a window over the rows of a join of two streams closes once no pair for it can come: the join's conditions must bound the other side's event time by {column}'s side's ({EXAMPLE})"
+            ))
+        })
 }

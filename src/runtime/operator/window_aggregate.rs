@@ -17,6 +17,7 @@ use super::spill::StateChunk;
 use super::two_stage::TwoStage;
 use super::Operator;
 use crate::error::Result;
+use crate::runtime::event_time::END_OF_TIME;
 use crate::runtime::memory::{Budget, StateMemory};
 
 /// Window open state is merged (PartialReduce) when it holds more rows than this many times the
@@ -34,8 +35,11 @@ pub struct WindowAggregate {
     rows_after_merge: usize,
     /// For session windows: how states merge into sessions.
     sessions: Option<Sessions>,
-    /// The last watermark.
+    /// The last watermark, held back.
     watermark: Option<i64>,
+    /// Microseconds its watermark is held back by: how far behind the watermark its input can
+    /// still bring rows (a join of two streams emits a pair when its later row arrives).
+    watermark_delay: i64,
     /// Its share of the run's state memory (none: unaccounted).
     budget: Option<Budget>,
 }
@@ -50,6 +54,7 @@ impl WindowAggregate {
             rows_after_merge: 0,
             sessions: None,
             watermark: None,
+            watermark_delay: 0,
             budget: None,
         })
     }
@@ -72,8 +77,23 @@ impl WindowAggregate {
             rows_after_merge: 0,
             sessions: Some(sessions),
             watermark: None,
+            watermark_delay: 0,
             budget: None,
         })
+    }
+
+    /// The same, its windows closing `delay` microseconds after the watermark passes their end.
+    pub fn with_watermark_delay(mut self, delay: i64) -> Self {
+        self.watermark_delay = delay.max(0);
+        self
+    }
+
+    /// `watermark` held back by the delay; the end of time stays the end of time.
+    fn held_back(&self, watermark: i64) -> i64 {
+        match watermark {
+            END_OF_TIME => END_OF_TIME,
+            w => w.saturating_sub(self.watermark_delay),
+        }
     }
 
     /// `states` with sessions merged (for session windows), and the rows a full merge would
@@ -163,6 +183,7 @@ impl Operator for WindowAggregate {
     /// step closing what it can before the next is read, so that a watermark that jumps far
     /// (the end of input) does not bring all of them into memory at once.
     fn on_watermark(&mut self, watermark: i64) -> Result<Vec<RecordBatch>> {
+        let watermark = self.held_back(watermark);
         self.watermark = Some(watermark);
         let mut out = Vec::new();
         while self.open.may_close(watermark) {
@@ -220,13 +241,14 @@ impl Operator for WindowAggregate {
     /// session after; a session closed then cannot have grown after (a row joining it would
     /// have been late).
     fn restore(&mut self, state: Vec<StateChunk>, watermark: Option<i64>) -> Result<()> {
+        let held_back = watermark.map(|w| self.held_back(w));
         let sessions = self.sessions.is_some();
         for chunk in &state {
             for batch in chunk.batches()? {
                 let batch = batch?;
                 let open = match sessions {
                     true => batch,
-                    false => self.still_open(batch, watermark)?,
+                    false => self.still_open(batch, held_back)?,
                 };
                 self.open.add(open);
             }
@@ -405,6 +427,33 @@ mod tests {
             vec![(20, 1, 2, 3)]
         );
         assert_eq!(op.state_rows(), 0);
+    }
+
+    /// Held back by 5 s (a join's pairs may come that late), a window closes 5 s after the
+    /// watermark passes its end, and a restore holds the checkpoint's watermark back the same.
+    #[tokio::test]
+    async fn a_held_back_watermark_closes_windows_that_much_later() {
+        let mut op = operator().await.with_watermark_delay(5 * S);
+        op.process(0, batch(&[(10, 1, 5), (20, 1, 7)])).unwrap();
+        op.commit_batch();
+        assert!(op.on_watermark(14 * S).unwrap().is_empty());
+        // A row of the window ending at 10 s, 4 s after the watermark passed its end.
+        op.process(0, batch(&[(10, 1, 1)])).unwrap();
+        op.commit_batch();
+        assert_eq!(rows(&op.on_watermark(15 * S).unwrap()), vec![(10, 1, 2, 6)]);
+        let mut restored = operator().await.with_watermark_delay(5 * S);
+        restored
+            .restore(op.snapshot(true).unwrap(), Some(24 * S))
+            .unwrap();
+        assert_eq!(
+            restored.state_rows(),
+            1,
+            "the window ending at 20 s is still open"
+        );
+        assert_eq!(
+            rows(&restored.on_watermark(END_OF_TIME).unwrap()),
+            vec![(20, 1, 1, 7)]
+        );
     }
 
     #[tokio::test]

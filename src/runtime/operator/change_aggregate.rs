@@ -16,7 +16,7 @@ mod grouped_table;
 
 use std::sync::Arc;
 
-use arrow::array::{new_null_array, ArrayRef, BooleanArray, StringArray, UInt16Array};
+use arrow::array::{ArrayRef, BooleanArray, StringArray, UInt16Array};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -33,7 +33,7 @@ use super::two_stage::TwoStage;
 use super::Operator;
 use crate::error::{Error, Result};
 use crate::runtime::memory::{Budget, StateMemory};
-use grouped_table::GroupedTable;
+use grouped_table::{delete_rows, GroupedTable};
 
 /// The column of a partial state naming the instance that sent it.
 pub const INSTANCE: &str = "__instance";
@@ -138,10 +138,10 @@ impl ChangePartials {
     }
 
     /// The aggregate's input columns of rows of the table.
-    fn input_of(&self, rows: &RecordBatch) -> Result<RecordBatch> {
+    fn input_of(schema: &SchemaRef, columns: usize, rows: &RecordBatch) -> Result<RecordBatch> {
         Ok(RecordBatch::try_new(
-            self.input_schema.clone(),
-            rows.columns()[..self.columns].to_vec(),
+            schema.clone(),
+            rows.columns()[..columns].to_vec(),
         )?)
     }
 
@@ -197,12 +197,12 @@ impl Operator for ChangePartials {
     /// Checks the batch's changes against the aggregate (a row it cannot aggregate fails
     /// here, in its own batch) and stages them.
     fn process(&mut self, _input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        let stages = &self.stages;
-        let prepared = self
-            .rows
-            .prepare(&batch, |rows| Self::groups_of(stages, self.input_of(rows)?))?;
+        let (stages, schema, columns) = (&self.stages, &self.input_schema, self.columns);
+        let prepared = self.rows.prepare(&batch, |rows| {
+            Self::groups_of(stages, Self::input_of(schema, columns, rows)?)
+        })?;
         let upserts = prepared.changes.upserts();
-        let input = self.input_of(&prepared.changes.batch)?;
+        let input = Self::input_of(schema, columns, &prepared.changes.batch)?;
         match upserts.true_count() {
             0 => {}
             n if n == input.num_rows() => {
@@ -243,8 +243,7 @@ impl Operator for ChangePartials {
     fn restore(&mut self, state: Vec<StateChunk>, _watermark: Option<i64>) -> Result<()> {
         let (stages, schema, columns) = (&self.stages, &self.input_schema, self.columns);
         self.rows.restore(state, |rows| {
-            let input = RecordBatch::try_new(schema.clone(), rows.columns()[..columns].to_vec())?;
-            Self::groups_of(stages, input)
+            Self::groups_of(stages, Self::input_of(schema, columns, rows)?)
         })
     }
 
@@ -413,14 +412,12 @@ impl ChangeAggregate {
         if ids.is_empty() {
             return Ok(None);
         }
-        let schema = self.results.schema();
-        let mut columns = self.results.gather(0..self.groups, &ids)?;
-        let fields = schema.fields();
-        for f in &fields[self.groups..fields.len() - 1] {
-            columns.push(new_null_array(f.data_type(), ids.len()));
-        }
-        columns.push(Arc::new(StringArray::from(vec!["delete"; ids.len()])));
-        Ok(Some(RecordBatch::try_new(schema.clone(), columns)?))
+        let columns = self.results.gather(0..self.groups, &ids)?;
+        Ok(Some(delete_rows(
+            self.results.schema(),
+            columns,
+            ids.len(),
+        )?))
     }
 
     /// The rows of `batch` (results and deletes) that change the results emitted so far.

@@ -160,12 +160,7 @@ impl GroupedTable {
         for value in extra {
             columns.push(take(value.as_ref(), &repeat, None)?);
         }
-        let fields = schema.fields();
-        for f in &fields[columns.len()..fields.len() - 1] {
-            columns.push(new_null_array(f.data_type(), n));
-        }
-        columns.push(Arc::new(StringArray::from(vec!["delete"; n])));
-        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        let batch = delete_rows(schema, columns, n)?;
         for &g in &changed.emptied {
             self.groups.forget(g);
         }
@@ -202,4 +197,18 @@ impl GroupedTable {
     pub fn memory_bytes(&self) -> usize {
         self.table.memory_bytes() + self.groups.bytes()
     }
+}
+
+/// `n` deletes as rows of `schema`: `columns` lead them, NULLs follow, then `_op` = delete.
+pub(super) fn delete_rows(
+    schema: &SchemaRef,
+    mut columns: Vec<ArrayRef>,
+    n: usize,
+) -> Result<RecordBatch> {
+    let fields = schema.fields();
+    for f in &fields[columns.len()..fields.len() - 1] {
+        columns.push(new_null_array(f.data_type(), n));
+    }
+    columns.push(Arc::new(StringArray::from(vec!["delete"; n])));
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }

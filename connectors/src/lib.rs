@@ -204,6 +204,13 @@ pub trait Source: Send {
     fn loading(&self) -> bool {
         false
     }
+
+    /// For a bounded read, about how many bytes of input are left to read (a file's size, a
+    /// generator's rows times a typical encoded row): a batch pipeline reads the smaller side
+    /// of a join first. `None`: not known, or not bounded.
+    fn remaining_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A table's rows found by key: the other side of a lookup join, which asks for the keys of

@@ -24,7 +24,7 @@ use super::event_time::END_OF_TIME;
 use super::graph::OperatorGraph;
 use super::pipeline_watermarks::{InputMarks, PipelineWatermarks};
 use super::plan::{PipelinePlan, RunOptions};
-use super::readers::{next_message, readable, AbortOnDrop, SourceMessage};
+use super::readers::{next_message, read_order, readable, AbortOnDrop, SourceMessage};
 use super::state::{restore_states, write_states, Compactions};
 use super::status::{ErrorEntry, ErrorLog, PipelineStatus};
 use super::unfilled::UnfilledColumns;
@@ -192,8 +192,11 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
 
         // One reader task per input, each into a channel of its own: the pipeline task takes
         // their batches as they come, so an epoch's cut is the positions of what it took. While
-        // the table of a join gives its initial load, the other inputs wait.
+        // the table of a join gives its initial load, the other inputs wait; in a batch run the
+        // larger side of a regular join waits for the smaller.
         let mut committed_positions = positions.clone();
+        let bounded = job.settings.mode == "batch";
+        let mut remaining = Vec::with_capacity(n_inputs);
         let tables = job.plan.table_inputs();
         let mut loading = vec![false; n_inputs];
         let mut receivers = Vec::with_capacity(n_inputs);
@@ -201,7 +204,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
         let mut readers = Vec::with_capacity(n_inputs);
         for (i, (input, position)) in job.inputs.iter().zip(positions).enumerate() {
             let read = ReadOptions {
-                bounded: job.settings.mode == "batch",
+                bounded,
                 preview: false,
                 // A single source keeps the directory it always had.
                 state_dir: Some(match n_inputs {
@@ -211,6 +214,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             };
             let mut source = input.connector.open(&input.spec, input.schema.clone(), position, read).await?;
             acks.push(source.ack());
+            remaining.push(source.remaining_bytes().filter(|_| bounded));
             loading[i] = tables.contains(&i) && source.loading();
             let (tx, rx) = mpsc::channel::<SourceMessage>(CHANNEL_BATCHES);
             receivers.push(rx);
@@ -226,6 +230,11 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                 }
                 .instrument(tracing::info_span!("source", name = %input.name())),
             )));
+        }
+        let waits = read_order(&job.plan.regular_join_sides(), &remaining);
+        for (input, first) in job.inputs.iter().zip(&waits).filter(|(_, w)| !w.is_empty()) {
+            let first: Vec<&str> = first.iter().map(|&f| job.inputs[f].name()).collect();
+            tracing::debug!(input = %input.name(), after = ?first, "Read after the smaller side of a join.");
         }
         let mut ended = vec![false; n_inputs];
         let mut turn = 0usize;
@@ -249,6 +258,9 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             let mut stopping = false;
             let mut emitted = 0u64;
             while epoch_rows < MAX_EPOCH_ROWS {
+                let can_read = readable(&ended, &loading, &waits);
+                let held: Vec<bool> = can_read.iter().zip(&ended).map(|(r, e)| !r && !e).collect();
+                watermarks.hold(&held, Instant::now());
                 tokio::select! {
                     biased;
                     changed = ctx.stop.changed() => {
@@ -258,7 +270,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                         }
                     }
                     _ = tokio::time::sleep_until(deadline) => break,
-                    msg = next_message(&mut receivers, readable(&ended, &loading), turn) => match msg {
+                    msg = next_message(&mut receivers, can_read, turn) => match msg {
                         (i, Some(Ok(Some(sb)))) => {
                             turn += 1;
                             loading[i] &= sb.loading;

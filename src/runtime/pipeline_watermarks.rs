@@ -26,6 +26,8 @@ struct Input {
     /// When it last gave a batch (or the run started).
     active_at: Instant,
     ended: bool,
+    /// Held back by the pipeline (not read while another source is): not idle, however long.
+    held: bool,
 }
 
 /// The watermarks of a pipeline's sources, and the pipeline's.
@@ -52,6 +54,7 @@ impl PipelineWatermarks {
                     timed,
                     active_at: now,
                     ended: false,
+                    held: false,
                 })
                 .collect(),
             idle_timeout,
@@ -76,6 +79,18 @@ impl PipelineWatermarks {
         &self.inputs[i].marks
     }
 
+    /// Which sources the pipeline holds back (does not read while others go first): a source
+    /// held back is never idle, so the rows it has still to give are not late when it is read;
+    /// it counts as active from when it is let go.
+    pub fn hold(&mut self, held: &[bool], now: Instant) {
+        for (input, &h) in self.inputs.iter_mut().zip(held) {
+            if input.held && !h {
+                input.active_at = now;
+            }
+            input.held = h;
+        }
+    }
+
     /// Source `i` has no more rows: it holds nothing back for the rest of the run.
     pub fn end(&mut self, i: usize) {
         self.inputs[i].ended = true;
@@ -86,14 +101,14 @@ impl PipelineWatermarks {
     /// (nothing while one of them has none yet); when every such source is idle, the greatest;
     /// when all have ended, the greatest of theirs. Returns it when it moved forward.
     pub fn advance(&mut self, now: Instant) -> Option<i64> {
-        for input in &mut self.inputs {
+        for input in self.inputs.iter_mut().filter(|i| !i.held) {
             input.marks.advance(now);
         }
         let timed: Vec<&Input> = self.inputs.iter().filter(|i| i.timed).collect();
         let running: Vec<&&Input> = timed.iter().filter(|i| !i.ended).collect();
         let active: Vec<Option<i64>> = running
             .iter()
-            .filter(|i| now.saturating_duration_since(i.active_at) < self.idle_timeout)
+            .filter(|i| i.held || now.saturating_duration_since(i.active_at) < self.idle_timeout)
             .map(|i| i.marks.current())
             .collect();
         let candidate = if !active.is_empty() {
@@ -183,5 +198,28 @@ mod tests {
         assert_eq!(back.advance(at(41)), None, "source 1 is still at 180");
         rows(&mut back, 1, 290, at(42));
         assert_eq!(back.advance(at(42)), Some(290));
+    }
+
+    #[test]
+    fn a_source_held_back_is_never_idle() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let fresh = vec![(true, InputMarks::default()), (true, InputMarks::default())];
+        let mut w = PipelineWatermarks::new(IDLE, None, fresh, t0);
+        // Source 1 waits for source 0 to be read first, far longer than the idle timeout.
+        w.hold(&[false, true], t0);
+        rows(&mut w, 0, 100, at(60));
+        assert_eq!(
+            w.advance(at(60)),
+            None,
+            "source 1 has not given its rows yet"
+        );
+        w.end(0);
+        w.hold(&[false, false], at(61));
+        assert_eq!(w.advance(at(61)), None, "source 1 has no watermark yet");
+        rows(&mut w, 1, 50, at(62));
+        assert_eq!(w.advance(at(62)), Some(50), "its first rows are not late");
+        rows(&mut w, 1, 150, at(63));
+        assert_eq!(w.advance(at(63)), Some(150));
     }
 }

@@ -338,6 +338,26 @@ impl PipelinePlan {
         out
     }
 
+    /// For each join of streams that keeps each side's rows until the other side ends (no bound
+    /// on event time expires them: a regular join), the inputs each side reads.
+    pub fn regular_join_sides(&self) -> Vec<[Vec<usize>; 2]> {
+        let mut out = Vec::new();
+        for node in &self.nodes {
+            match &node.operator {
+                OperatorSpec::StreamJoin(spec) if spec.expiry.iter().all(Vec::is_empty) => {}
+                _ => continue,
+            }
+            let mut sides = [Vec::new(), Vec::new()];
+            for (side, input) in sides.iter_mut().zip(&node.inputs) {
+                self.sources_of(*input, side);
+                side.sort_unstable();
+                side.dedup();
+            }
+            out.push(sides);
+        }
+        out
+    }
+
     /// The inputs `input` reads, through the nodes before it.
     fn sources_of(&self, input: Input, out: &mut Vec<usize>) {
         match input {

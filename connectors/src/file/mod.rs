@@ -651,6 +651,19 @@ impl Source for FileSource {
         self.schema.clone()
     }
 
+    fn remaining_bytes(&self) -> Option<u64> {
+        if self.watch {
+            return None;
+        }
+        let queued: u64 = self.queue.iter().map(|m| m.size).sum();
+        // Parquet's offset counts rows, not bytes.
+        let read = match self.decoder {
+            Some(_) => self.position.current.as_ref().map_or(0, |c| c.offset),
+            None => 0,
+        };
+        Some(queued.saturating_sub(read))
+    }
+
     async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
         loop {
             // CSV and JSON: keep `parallelism` blocks decoding while the next ones are read.

@@ -38,6 +38,15 @@ impl NexmarkTable {
             NexmarkTable::Bid => 46.0 / 50.0,
         }
     }
+
+    /// A row's typical size as JSON lines (the generator's rows written out as such).
+    pub fn row_bytes(self) -> u64 {
+        match self {
+            NexmarkTable::Person => 320,
+            NexmarkTable::Auction => 650,
+            NexmarkTable::Bid => 260,
+        }
+    }
 }
 
 const PROPORTION: u64 = 50;

@@ -221,6 +221,14 @@ impl Source for NexmarkSource {
         self.schema.clone()
     }
 
+    /// Unpaced and bounded: the rows left times a typical row's size.
+    fn remaining_bytes(&self) -> Option<u64> {
+        match (self.end, self.opts.rate) {
+            (Some(end), None) => Some(end.saturating_sub(self.next) * self.opts.table.row_bytes()),
+            _ => None,
+        }
+    }
+
     async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
         let mut rows = self.opts.batch_size as u64;
         if let Some(end) = self.end {

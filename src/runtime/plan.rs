@@ -260,8 +260,9 @@ impl OperatorSpec {
             } => {
                 Box::new(ChangeTopN::new(spec.clone(), *limit, schema.clone())?.with_memory(memory))
             }
-            OperatorSpec::TopN { spec, .. } => Box::new(
+            OperatorSpec::TopN { spec, limit } => Box::new(
                 TopN::new(spec.clone())?
+                    .first_only(*limit == 1)?
                     .with_memory(memory)
                     .with_ttl(options.state_ttl),
             ),

@@ -166,10 +166,11 @@ pub(super) fn lower_top_n(window: &Window, limit: usize, cx: &mut Lowering) -> R
         .map(|e| e.clone().sort(true, false))
         .chain(function.params.order_by.iter().cloned())
         .collect();
-    // The rows to number carry their number before (0 for new ones) after their columns.
+    // The rows to number carry their number before (0 for new ones) after their columns, any
+    // of which may be NULL: kept rows keep only the columns numbering reads (see TopN).
     let mut fields: Vec<(Option<TableReference>, Arc<Field>)> = input_schema
         .iter()
-        .map(|(q, f)| (q.cloned(), f.clone()))
+        .map(|(q, f)| (q.cloned(), Arc::new(f.as_ref().clone().with_nullable(true))))
         .collect();
     fields.push((
         None,

@@ -357,6 +357,18 @@ impl KeyedRows {
         Ok(chunks)
     }
 
+    /// Its current rows, a stored batch at a time in the order they came, each batch let go
+    /// once its rows are read (spilled ones read back one at a time).
+    pub fn into_current(self) -> impl Iterator<Item = Result<RecordBatch>> {
+        self.batches
+            .into_iter()
+            .zip(self.live)
+            .filter_map(|(stored, live)| {
+                let mask = BooleanArray::from(live);
+                (mask.true_count() > 0).then(|| Ok(filter_record_batch(&stored.batch()?, &mask)?))
+            })
+    }
+
     /// Forgets the changes applied so far as changes: they were restored, not made.
     pub fn restored(&mut self) {
         self.unsnapshotted.clear();

@@ -438,7 +438,11 @@ pub(crate) mod tests {
             .with_default_features()
             .build();
         let ctx = SessionContext::new_with_state(state);
-        let mut fields = input.to_vec();
+        // Every input column nullable, as the SQL front end plans it.
+        let mut fields: Vec<Field> = input
+            .iter()
+            .map(|f| f.clone().with_nullable(true))
+            .collect();
         fields.push(Field::new(
             super::top_n::RANK_BEFORE,
             DataType::UInt64,

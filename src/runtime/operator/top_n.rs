@@ -3,14 +3,17 @@
 //! keeps its first N rows, DataFusion numbers them again with the rows that arrived, and at
 //! each checkpoint the partitions whose rows changed (a new row among the first N, or a kept
 //! one pushed down) are emitted whole, as upserts keyed by the partition and the row number. A row once outside the first N never comes back, so nothing
-//! else is kept. With a state TTL, a partition no row has reached for that long leaves the
+//! else is kept. Keeping the first row only (N = 1, Nexmark q9, deduplication), a kept row is
+//! emitted once, when it becomes first: after that the table keeps only the columns the
+//! numbering reads (the partition's and the order's), and the rows waiting to be emitted are
+//! kept whole beside it until the checkpoint. With a state TTL, a partition no row has reached for that long leaves the
 //! state (its rows stay in the sink; a later row starts it afresh).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, StringArray, UInt64Array};
+use arrow::array::{new_null_array, ArrayRef, StringArray, UInt64Array};
 use arrow::compute::kernels::cmp::neq;
 use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -73,6 +76,11 @@ pub struct TopN {
     members: HashMap<Box<[u8]>, Vec<RowId>, ahash::RandomState>,
     /// Partitions whose rows changed since the last emission.
     changed: HashSet<Box<[u8]>, ahash::RandomState>,
+    /// Keeping the first row only: the rows that became first since the last emission, whole
+    /// (the table's rows carry only `numbered` columns).
+    unemitted: Option<KeyedRows>,
+    /// The input columns the numbering reads: the partition's and the order's.
+    numbered: Vec<bool>,
     /// Rows committed but not numbered yet.
     fresh: Vec<RecordBatch>,
     fresh_rows: usize,
@@ -146,6 +154,8 @@ impl TopN {
             table,
             members: HashMap::default(),
             changed: HashSet::default(),
+            unemitted: None,
+            numbered: Vec::new(),
             fresh: Vec::new(),
             fresh_rows: 0,
             pending: Vec::new(),
@@ -165,6 +175,37 @@ impl TopN {
         self.ttl = ttl;
         self.timed = ttl.map(|_| change_times::timed_schema(self.table.schema(), TOUCHED_AT));
         self
+    }
+
+    /// The same keeping each partition's first row only (`first_only`, a limit of 1): rows
+    /// once emitted keep only the columns the numbering reads.
+    pub fn first_only(mut self, first_only: bool) -> Result<Self> {
+        if !first_only {
+            return Ok(self);
+        }
+        let mut numbered = vec![false; self.width];
+        let order = self.order.iter().map(|e| &e.expr);
+        for column in order.flat_map(datafusion::physical_expr::utils::collect_columns) {
+            if let Some(n) = numbered.get_mut(column.index()) {
+                *n = true;
+            }
+        }
+        for &p in &self.partition {
+            numbered[p] = true;
+        }
+        // A column the numbering plan holds never NULL stays whole.
+        for (n, field) in numbered.iter_mut().zip(self.input_schema.fields()) {
+            *n |= !field.is_nullable();
+        }
+        self.numbered = numbered;
+        self.unemitted = Some(self.empty_table()?);
+        Ok(self)
+    }
+
+    /// A table of kept rows with nothing in it.
+    fn empty_table(&self) -> Result<KeyedRows> {
+        let key = self.width..self.width + self.partition.len() + 1;
+        KeyedRows::new(self.table.schema().clone(), key)
     }
 
     /// The same, its state accounted in `memory`.
@@ -242,9 +283,14 @@ impl TopN {
         columns.extend(self.partition.iter().map(|&p| numbered.column(p).clone()));
         columns.push(numbered.column(self.width + 1).clone());
         columns.push(Arc::new(StringArray::from(vec!["upsert"; n])));
-        let changes = self
-            .table
-            .prepare(&RecordBatch::try_new(self.table.schema().clone(), columns)?)?;
+        let mut ranked = RecordBatch::try_new(self.table.schema().clone(), columns)?;
+        if let Some(unemitted) = &mut self.unemitted {
+            // First rows: whole until emitted, in the table without what numbering never reads.
+            let changes = unemitted.prepare(&ranked)?;
+            unemitted.apply(changes, |_, _| {}, |_, _| 0);
+            ranked = without_unread_columns(&ranked, &self.numbered)?;
+        }
+        let changes = self.table.prepare(&ranked)?;
         let partitions = self.partitions_of(&numbered)?;
         // Each row replaces its partition's row of the same number.
         let mut ranked_ids: HashMap<Box<[u8]>, Vec<RowId>, ahash::RandomState> = HashMap::default();
@@ -326,21 +372,45 @@ impl TopN {
 
     /// The kept rows of the partitions that changed, as output rows.
     fn emit_changed(&mut self) -> Result<Vec<RecordBatch>> {
+        if self.unemitted.is_some() {
+            // The first rows that changed are the rows waiting: emitted, they are let go.
+            self.changed.clear();
+            let fresh = Some(self.empty_table()?);
+            let Some(waiting) = std::mem::replace(&mut self.unemitted, fresh) else {
+                return Ok(Vec::new());
+            };
+            // A batch at a time, each let go as its rows leave: not all held twice.
+            let columns = self.row_and_number();
+            return waiting
+                .into_current()
+                .map(|rows| {
+                    let rows = rows?.project(&columns)?;
+                    let columns = rows.columns().to_vec();
+                    Ok(RecordBatch::try_new(self.output_schema.clone(), columns)?)
+                })
+                .collect();
+        }
         let mut ids = Vec::new();
         for partition in self.changed.drain() {
             if let Some(rows) = self.members.get(&partition) {
                 ids.extend(rows.iter().map(|&(b, i)| (b as usize, i as usize)));
             }
         }
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
+        self.output_rows(&self.table, ids)
+    }
+
+    /// The rows of `table` at `ids`, as output rows.
+    fn output_rows(
+        &self,
+        table: &KeyedRows,
+        mut ids: Vec<(usize, usize)>,
+    ) -> Result<Vec<RecordBatch>> {
         // In the order they are stored: a spilled batch is read for one chunk, not for each.
         ids.sort_unstable();
         let columns = self.row_and_number();
         let mut out = Vec::new();
         for chunk in ids.chunks(RANK_ROWS) {
-            let columns = self.table.gather_columns(&columns, chunk)?;
+            let columns = table.gather_columns(&columns, chunk)?;
             out.push(RecordBatch::try_new(self.output_schema.clone(), columns)?);
         }
         Ok(out)
@@ -358,8 +428,23 @@ impl TopN {
             .iter()
             .map(RecordBatch::get_array_memory_size)
             .sum();
-        self.table.memory_bytes() + self.index_bytes + fresh
+        let unemitted = self.unemitted.as_ref().map_or(0, KeyedRows::memory_bytes);
+        self.table.memory_bytes() + unemitted + self.index_bytes + fresh
     }
+}
+
+/// `rows` with the input columns not `kept` (those past them stay) NULL.
+fn without_unread_columns(rows: &RecordBatch, kept: &[bool]) -> Result<RecordBatch> {
+    let columns = rows
+        .columns()
+        .iter()
+        .enumerate()
+        .map(|(c, column)| match kept.get(c) {
+            Some(false) => new_null_array(column.data_type(), rows.num_rows()),
+            _ => column.clone(),
+        })
+        .collect();
+    Ok(RecordBatch::try_new(rows.schema(), columns)?)
 }
 
 /// The numbering plan without its sort, and the sort's order: the operator sorts itself.
@@ -449,9 +534,10 @@ impl Operator for TopN {
     /// partition's row of the same number). Taken after [`Operator::on_checkpoint`] numbered
     /// every row that arrived.
     fn snapshot(&mut self, full: bool) -> Result<Vec<StateChunk>> {
-        if !self.fresh.is_empty() {
+        let waiting = self.unemitted.as_ref().map_or(0, KeyedRows::live_rows);
+        if !self.fresh.is_empty() || waiting > 0 {
             return Err(Error::Internal(
-                "a ROW_NUMBER's snapshot with rows not numbered".into(),
+                "a ROW_NUMBER's snapshot with rows not numbered or not emitted".into(),
             ));
         }
         let chunks = self.table.snapshot(full)?;
@@ -540,16 +626,40 @@ impl Operator for TopN {
                 *ids = ids.iter().filter_map(|&id| moved.get(id)).collect();
             }
         }
-        let other = self.memory_bytes() - self.table.memory_bytes();
-        self.table.fit(
-            self.budget.as_mut(),
-            other,
-            "a ROW_NUMBER (the keys of the first rows of each partition)",
+        const WHAT: &str = "a ROW_NUMBER (the keys of the first rows of each partition)";
+        let Some(unemitted) = &mut self.unemitted else {
+            let other = self.memory_bytes() - self.table.memory_bytes();
+            return self.table.fit(self.budget.as_mut(), other, WHAT);
+        };
+        let _ = unemitted.compact_if_due()?;
+        let other = self.index_bytes
+            + self
+                .fresh
+                .iter()
+                .map(RecordBatch::get_array_memory_size)
+                .sum::<usize>();
+        let Some(budget) = self.budget.as_mut() else {
+            return Ok(());
+        };
+        // The rows waiting to be emitted spill first: they are read back once, in order.
+        let mut both = [&mut self.table, unemitted];
+        budget.fit_spilling(
+            &mut both,
+            |[table, waiting]| table.memory_bytes() + waiting.memory_bytes() + other,
+            |[table, waiting], memory, all| match all {
+                false => {
+                    waiting.spill_step(memory, true)?;
+                    table.spill_step(memory, false)
+                }
+                true => table.spill_step(memory, true),
+            },
+            WHAT,
         )
     }
 
     fn spilled_bytes(&self) -> u64 {
-        self.table.spilled_bytes()
+        let unemitted = self.unemitted.as_ref().map_or(0, KeyedRows::spilled_bytes);
+        self.table.spilled_bytes() + unemitted
     }
 
     fn state_rows(&self) -> usize {

@@ -24,7 +24,7 @@ use super::event_time::END_OF_TIME;
 use super::graph::OperatorGraph;
 use super::pipeline_watermarks::{InputMarks, PipelineWatermarks};
 use super::plan::{PipelinePlan, RunOptions};
-use super::readers::{next_message, read_order, readable, AbortOnDrop, SourceMessage};
+use super::readers::{aligned, next_message, read_order, readable, AbortOnDrop, SourceMessage};
 use super::state::{restore_states, write_states, Compactions};
 use super::status::{ErrorEntry, ErrorLog, PipelineStatus};
 use super::unfilled::UnfilledColumns;
@@ -258,7 +258,10 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             let mut stopping = false;
             let mut emitted = 0u64;
             while epoch_rows < MAX_EPOCH_ROWS {
-                let can_read = readable(&ended, &loading, &waits);
+                let mut can_read = readable(&ended, &loading, &waits);
+                if bounded {
+                    can_read = aligned(can_read, &watermarks.ahead());
+                }
                 let held: Vec<bool> = can_read.iter().zip(&ended).map(|(r, e)| !r && !e).collect();
                 watermarks.hold(&held, Instant::now());
                 tokio::select! {

@@ -91,6 +91,18 @@ impl PipelineWatermarks {
         }
     }
 
+    /// Which sources are ahead of the pipeline in event time: their own watermark is past the
+    /// pipeline's (which the sources behind hold back).
+    pub fn ahead(&self) -> Vec<bool> {
+        self.inputs
+            .iter()
+            .map(|i| match (i.marks.current(), self.current) {
+                (Some(own), Some(pipeline)) => i.timed && !i.ended && own > pipeline,
+                _ => false,
+            })
+            .collect()
+    }
+
     /// Source `i` has no more rows: it holds nothing back for the rest of the run.
     pub fn end(&mut self, i: usize) {
         self.inputs[i].ended = true;

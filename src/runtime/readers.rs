@@ -1,6 +1,6 @@
 //! How a pipeline takes the batches of its sources' reader tasks: each in a channel of its own,
 //! taken in turn, while a join's table loads only from that table, and in a batch run the
-//! smaller side of a regular join before the other.
+//! smaller side of a regular join before the other, and the sources in step by event time.
 
 use tokio::sync::mpsc;
 use tributary_connectors::{ConnectorError, SourceBatch};
@@ -21,6 +21,18 @@ pub fn readable(ended: &[bool], loading: &[bool], waits: &[Vec<usize>]) -> Vec<b
                 }
         })
         .collect()
+}
+
+/// Of the inputs that `can_read`, those not `ahead` of the others in event time, when there are
+/// any: in a batch run, sources read in step by event time keep an interval join's state to
+/// its bound (a source read ahead would have its rows kept until the others catch up, as
+/// Flink's watermark alignment avoids). Never leaves no input to read.
+pub fn aligned(can_read: Vec<bool>, ahead: &[bool]) -> Vec<bool> {
+    let behind: Vec<bool> = can_read.iter().zip(ahead).map(|(r, a)| *r && !a).collect();
+    match behind.iter().any(|r| *r) {
+        true => behind,
+        false => can_read,
+    }
 }
 
 /// For a batch run, which inputs wait for which to end (`waits[i]`: the inputs read before
@@ -124,6 +136,13 @@ mod tests {
             readable(&[false, false], &[true, false], &waits),
             [true, false]
         );
+    }
+
+    #[test]
+    fn inputs_ahead_in_event_time_wait_unless_nothing_else_can_be_read() {
+        assert_eq!(aligned(vec![true, true], &[true, false]), [false, true]);
+        assert_eq!(aligned(vec![true, false], &[true, false]), [true, false]);
+        assert_eq!(aligned(vec![true, true], &[false, false]), [true, true]);
     }
 
     #[test]

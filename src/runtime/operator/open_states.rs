@@ -170,12 +170,8 @@ impl OpenStates {
             Some(earliest.min(self.earliest_end_of(b)?))
         });
         self.open = open.into_iter().filter(|b| b.num_rows() > 0).collect();
-        self.open_bytes = self
-            .open
-            .iter()
-            .map(RecordBatch::get_array_memory_size)
-            .sum();
-        self.detached_bytes = self.unsnapshotted.iter().map(StateChunk::memory).sum();
+        self.open_bytes = super::spill::distinct_memory_size(&self.open);
+        self.detached_bytes = super::spill::chunks_memory(&self.unsnapshotted);
     }
 
     /// The earliest end among `states` (`i64::MAX` when there are none); `None` when a row has

@@ -420,6 +420,48 @@ impl SnapshotWriter {
     }
 }
 
+/// Bytes the arrays of `batches` hold in memory, each buffer counted once. The batches of a
+/// plan's output are often slices of one batch (DataFusion's aggregate hands out its result
+/// that way) and share its buffers, which `RecordBatch::get_array_memory_size` counts again in
+/// every slice.
+pub fn distinct_memory_size<'a>(batches: impl IntoIterator<Item = &'a RecordBatch>) -> usize {
+    fn add(data: &arrow::array::ArrayData, seen: &mut std::collections::HashSet<usize>) -> usize {
+        let nulls = data.nulls().map(|n| n.buffer());
+        let own: usize = data
+            .buffers()
+            .iter()
+            .chain(nulls)
+            .filter(|b| seen.insert(b.data_ptr().as_ptr() as usize))
+            .map(arrow::buffer::Buffer::capacity)
+            .sum();
+        own + data
+            .child_data()
+            .iter()
+            .map(|c| add(c, seen))
+            .sum::<usize>()
+    }
+    let mut seen = std::collections::HashSet::new();
+    batches
+        .into_iter()
+        .flat_map(RecordBatch::columns)
+        .map(|column| add(&column.to_data(), &mut seen))
+        .sum()
+}
+
+/// Bytes `chunks` hold in memory, buffers shared between batches counted once.
+pub fn chunks_memory(chunks: &[StateChunk]) -> usize {
+    let batches = chunks.iter().filter_map(|c| match c {
+        StateChunk::Batch(b) => Some(b),
+        _ => None,
+    });
+    let others: usize = chunks
+        .iter()
+        .filter(|c| !matches!(c, StateChunk::Batch(_)))
+        .map(StateChunk::memory)
+        .sum();
+    distinct_memory_size(batches) + others
+}
+
 /// Chunks of in-memory batches.
 pub fn in_memory(batches: impl IntoIterator<Item = RecordBatch>) -> Vec<StateChunk> {
     batches
@@ -483,6 +525,45 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
+
+    #[test]
+    fn slices_of_one_batch_count_its_buffers_once() {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("x", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        let n = 80_000;
+        let whole = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter(
+                    (0..n).map(|i| (i % 7 != 0).then_some(i)),
+                )),
+                Arc::new(arrow::array::StringArray::from_iter_values(
+                    (0..n).map(|i| format!("value {i}")),
+                )),
+            ],
+        )
+        .unwrap();
+        let slices: Vec<RecordBatch> = (0..10).map(|k| whole.slice(k * 8_000, 8_000)).collect();
+        let once = distinct_memory_size([&whole]);
+        assert!(once > 8 * n as usize, "{once}");
+        assert_eq!(distinct_memory_size(&slices), once);
+        let counted: usize = slices.iter().map(RecordBatch::get_array_memory_size).sum();
+        assert!(counted > 9 * once, "each slice counts the whole: {counted}");
+        // A batch of its own counts on top.
+        let own = RecordBatch::try_new(
+            whole.schema(),
+            vec![
+                Arc::new(Int64Array::from(vec![1])),
+                Arc::new(arrow::array::StringArray::from(vec!["one"])),
+            ],
+        )
+        .unwrap();
+        assert!(distinct_memory_size([&whole, &own]) > once);
+        let chunks = in_memory(slices);
+        assert_eq!(chunks_memory(&chunks), once);
+    }
 
     #[test]
     fn spilled_batches_read_back_and_the_file_goes_with_its_last_handle() {

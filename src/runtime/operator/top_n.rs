@@ -2,12 +2,13 @@
 //! filtered to `<= N`, Nexmark q9's winning bids) over rows that only arrive: each partition
 //! keeps its first N rows, DataFusion numbers them again with the rows that arrived, and at
 //! each checkpoint the partitions whose rows changed (a new row among the first N, or a kept
-//! one pushed down) are emitted whole, as upserts keyed by the partition and the row number. A row once outside the first N never comes back, so nothing
-//! else is kept. Keeping the first row only (N = 1, Nexmark q9, deduplication), a kept row is
-//! emitted once, when it becomes first: after that the table keeps only the columns the
-//! numbering reads (the partition's and the order's), and the rows waiting to be emitted are
-//! kept whole beside it until the checkpoint. With a state TTL, a partition no row has reached for that long leaves the
-//! state (its rows stay in the sink; a later row starts it afresh).
+//! one pushed down) are emitted whole, as upserts keyed by the partition and the row number. A
+//! row once outside the first N never comes back, so nothing else is kept. Keeping the first
+//! row only (N = 1, Nexmark q9, deduplication), a kept row is emitted once, when it becomes
+//! first: after that the table keeps only the columns the numbering reads (the partition's and
+//! the order's), and the rows waiting to be emitted are kept whole beside it until the
+//! checkpoint. With a state TTL, a partition no row has reached for that long leaves the state
+//! (its rows stay in the sink; a later row starts it afresh).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,12 +20,9 @@ use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::LexOrdering;
-use datafusion::physical_plan::sorts::sort::sort_batch;
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::change_times;
@@ -32,9 +30,10 @@ use super::keyed_rows::{KeyedRows, RowId, KEY_OVERHEAD};
 use super::parallel::Keying;
 use super::spill::StateChunk;
 use super::stateless::OP;
-use super::{now_micros, run_plan_on, Operator};
+use super::{now_micros, Operator};
 use crate::error::{Error, Result};
 use crate::runtime::memory::{Budget, StateMemory};
+pub(super) use numbering::{number_rows, split_sort};
 
 /// The column the numbering plan's input carries after the operator's input columns: a kept
 /// row's number, 0 for a row that arrived (so rows whose number did not change are known).
@@ -447,50 +446,6 @@ fn without_unread_columns(rows: &RecordBatch, kept: &[bool]) -> Result<RecordBat
     Ok(RecordBatch::try_new(rows.schema(), columns)?)
 }
 
-/// The numbering plan without its sort, and the sort's order: the operator sorts itself.
-pub(super) fn split_sort(
-    plan: &Arc<dyn ExecutionPlan>,
-) -> Result<(Arc<dyn ExecutionPlan>, LexOrdering)> {
-    use datafusion::common::tree_node::{Transformed, TreeNode};
-    use datafusion::physical_plan::sorts::sort::SortExec;
-
-    let mut order = None;
-    let plan = plan
-        .clone()
-        .transform_up(|node| match node.downcast_ref::<SortExec>() {
-            Some(sort) => {
-                order = Some(sort.expr().clone());
-                Ok(Transformed::yes(sort.input().clone()))
-            }
-            None => Ok(Transformed::no(node)),
-        })?
-        .data;
-    match order {
-        Some(order) => Ok((plan, order)),
-        None => Err(Error::Internal(
-            "a ROW_NUMBER plan without the sort under its window".into(),
-        )),
-    }
-}
-
-/// Numbers `candidates` (of `schema`, the plan's input) with `plan` (its sort split off):
-/// sorted here in one piece by `order`, then given to the window as a source known to be
-/// sorted (DataFusion's SortExec would merge the runs of its split input on tokio tasks,
-/// which wait behind this thread's wait for the plan).
-pub(super) fn number_rows(
-    plan: &Arc<dyn ExecutionPlan>,
-    order: &LexOrdering,
-    schema: &SchemaRef,
-    candidates: &[RecordBatch],
-    task: &Arc<TaskContext>,
-) -> Result<Vec<RecordBatch>> {
-    let candidates = concat_batches(schema, candidates)?;
-    let sorted = sort_batch(&candidates, order, None)?;
-    let source = MemorySourceConfig::try_new(&[vec![sorted]], schema.clone(), None)?
-        .try_with_sort_information(vec![order.clone()])?;
-    run_plan_on(plan, vec![DataSourceExec::from_data_source(source)], task)
-}
-
 impl Operator for TopN {
     fn kind(&self) -> &'static str {
         "top_n"
@@ -686,5 +641,6 @@ impl Operator for TopN {
     }
 }
 
+mod numbering;
 #[cfg(test)]
 mod tests;

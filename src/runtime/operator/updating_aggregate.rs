@@ -184,7 +184,7 @@ impl UpdatingAggregate {
         if base.len() > BASE_BATCHES {
             base = vec![concat_batches(self.stages.state_schema(), &base)?];
         }
-        self.base_bytes = base.iter().map(RecordBatch::get_array_memory_size).sum();
+        self.base_bytes = super::spill::distinct_memory_size(&base);
         self.base = base;
         Ok(())
     }
@@ -358,7 +358,7 @@ impl UpdatingAggregate {
     /// Bytes of state in memory: the states as of the last emission, and the changes since
     /// (those not yet emitted and those not yet snapshotted are mostly the same batches).
     fn memory_bytes(&self) -> usize {
-        let of = |chunks: &[StateChunk]| chunks.iter().map(StateChunk::memory).sum::<usize>();
+        let of = super::spill::chunks_memory;
         self.base_bytes + of(&self.changed).max(of(&self.unsnapshotted))
     }
 

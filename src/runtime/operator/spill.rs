@@ -420,31 +420,27 @@ impl SnapshotWriter {
     }
 }
 
-/// Bytes the arrays of `batches` hold in memory, each buffer counted once. The batches of a
-/// plan's output are often slices of one batch (DataFusion's aggregate hands out its result
-/// that way) and share its buffers, which `RecordBatch::get_array_memory_size` counts again in
-/// every slice.
+/// Bytes the arrays of `batches` hold in memory, slices of one batch counted once. The batches
+/// of a plan's output are often slices of one batch (DataFusion's aggregate hands out its
+/// result that way) and share its buffers, which `RecordBatch::get_array_memory_size` counts
+/// again in every slice.
 pub fn distinct_memory_size<'a>(batches: impl IntoIterator<Item = &'a RecordBatch>) -> usize {
-    fn add(data: &arrow::array::ArrayData, seen: &mut std::collections::HashSet<usize>) -> usize {
-        let nulls = data.nulls().map(|n| n.buffer());
-        let own: usize = data
-            .buffers()
-            .iter()
-            .chain(nulls)
-            .filter(|b| seen.insert(b.data_ptr().as_ptr() as usize))
-            .map(arrow::buffer::Buffer::capacity)
-            .sum();
-        own + data
-            .child_data()
-            .iter()
-            .map(|c| add(c, seen))
-            .sum::<usize>()
-    }
+    // Slices of one batch share every buffer: one buffer tells them (cheaper than all of them,
+    // this runs after every batch).
     let mut seen = std::collections::HashSet::new();
     batches
         .into_iter()
-        .flat_map(RecordBatch::columns)
-        .map(|column| add(&column.to_data(), &mut seen))
+        .filter(|batch| match batch.columns().first() {
+            Some(column) => {
+                let data = column.to_data();
+                match data.buffers().first().or(data.nulls().map(|n| n.buffer())) {
+                    Some(buffer) => seen.insert(buffer.data_ptr().as_ptr() as usize),
+                    None => true,
+                }
+            }
+            None => true,
+        })
+        .map(RecordBatch::get_array_memory_size)
         .sum()
 }
 

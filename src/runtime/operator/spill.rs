@@ -444,7 +444,7 @@ pub fn distinct_memory_size<'a>(batches: impl IntoIterator<Item = &'a RecordBatc
         .sum()
 }
 
-/// Bytes `chunks` hold in memory, buffers shared between batches counted once.
+/// Bytes `chunks` hold in memory, slices of one batch counted once.
 pub fn chunks_memory(chunks: &[StateChunk]) -> usize {
     let batches = chunks.iter().filter_map(|c| match c {
         StateChunk::Batch(b) => Some(b),

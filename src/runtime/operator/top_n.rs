@@ -79,7 +79,7 @@ pub struct TopN {
     /// (the table's rows carry only `numbered` columns).
     unemitted: Option<KeyedRows>,
     /// The input columns the numbering reads: the partition's and the order's.
-    numbered: Vec<bool>,
+    numbering_columns: Vec<bool>,
     /// Rows committed but not numbered yet.
     fresh: Vec<RecordBatch>,
     fresh_rows: usize,
@@ -154,7 +154,7 @@ impl TopN {
             members: HashMap::default(),
             changed: HashSet::default(),
             unemitted: None,
-            numbered: Vec::new(),
+            numbering_columns: Vec::new(),
             fresh: Vec::new(),
             fresh_rows: 0,
             pending: Vec::new(),
@@ -196,7 +196,7 @@ impl TopN {
         for (n, field) in numbered.iter_mut().zip(self.input_schema.fields()) {
             *n |= !field.is_nullable();
         }
-        self.numbered = numbered;
+        self.numbering_columns = numbered;
         self.unemitted = Some(self.empty_table()?);
         Ok(self)
     }
@@ -287,7 +287,7 @@ impl TopN {
             // First rows: whole until emitted, in the table without what numbering never reads.
             let changes = unemitted.prepare(&ranked)?;
             unemitted.apply(changes, |_, _| {}, |_, _| 0);
-            ranked = without_unread_columns(&ranked, &self.numbered)?;
+            ranked = without_unread_columns(&ranked, &self.numbering_columns)?;
         }
         let changes = self.table.prepare(&ranked)?;
         let partitions = self.partitions_of(&numbered)?;
@@ -371,13 +371,10 @@ impl TopN {
 
     /// The kept rows of the partitions that changed, as output rows.
     fn emit_changed(&mut self) -> Result<Vec<RecordBatch>> {
-        if self.unemitted.is_some() {
+        if let Some(waiting) = self.unemitted.take() {
             // The first rows that changed are the rows waiting: emitted, they are let go.
             self.changed.clear();
-            let fresh = Some(self.empty_table()?);
-            let Some(waiting) = std::mem::replace(&mut self.unemitted, fresh) else {
-                return Ok(Vec::new());
-            };
+            self.unemitted = Some(self.empty_table()?);
             // A batch at a time, each let go as its rows leave: not all held twice.
             let columns = self.row_and_number();
             return waiting
@@ -395,21 +392,15 @@ impl TopN {
                 ids.extend(rows.iter().map(|&(b, i)| (b as usize, i as usize)));
             }
         }
-        self.output_rows(&self.table, ids)
-    }
-
-    /// The rows of `table` at `ids`, as output rows.
-    fn output_rows(
-        &self,
-        table: &KeyedRows,
-        mut ids: Vec<(usize, usize)>,
-    ) -> Result<Vec<RecordBatch>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         // In the order they are stored: a spilled batch is read for one chunk, not for each.
         ids.sort_unstable();
         let columns = self.row_and_number();
         let mut out = Vec::new();
         for chunk in ids.chunks(RANK_ROWS) {
-            let columns = table.gather_columns(&columns, chunk)?;
+            let columns = self.table.gather_columns(&columns, chunk)?;
             out.push(RecordBatch::try_new(self.output_schema.clone(), columns)?);
         }
         Ok(out)
@@ -422,13 +413,18 @@ impl TopN {
     }
 
     fn memory_bytes(&self) -> usize {
+        let unemitted = self.unemitted.as_ref().map_or(0, KeyedRows::memory_bytes);
+        self.table.memory_bytes() + unemitted + self.unspillable_bytes()
+    }
+
+    /// Bytes held that cannot spill: the partitions' index and the rows not numbered yet.
+    fn unspillable_bytes(&self) -> usize {
         let fresh: usize = self
             .fresh
             .iter()
             .map(RecordBatch::get_array_memory_size)
             .sum();
-        let unemitted = self.unemitted.as_ref().map_or(0, KeyedRows::memory_bytes);
-        self.table.memory_bytes() + unemitted + self.index_bytes + fresh
+        self.index_bytes + fresh
     }
 }
 
@@ -582,19 +578,14 @@ impl Operator for TopN {
             }
         }
         const WHAT: &str = "a ROW_NUMBER (the keys of the first rows of each partition)";
-        let Some(unemitted) = &mut self.unemitted else {
-            let other = self.memory_bytes() - self.table.memory_bytes();
+        if let Some(unemitted) = &mut self.unemitted {
+            // Nothing refers to its rows by place: what moved needs no telling.
+            unemitted.compact_if_due()?;
+        }
+        let other = self.unspillable_bytes();
+        let (Some(budget), Some(unemitted)) = (self.budget.as_mut(), self.unemitted.as_mut())
+        else {
             return self.table.fit(self.budget.as_mut(), other, WHAT);
-        };
-        let _ = unemitted.compact_if_due()?;
-        let other = self.index_bytes
-            + self
-                .fresh
-                .iter()
-                .map(RecordBatch::get_array_memory_size)
-                .sum::<usize>();
-        let Some(budget) = self.budget.as_mut() else {
-            return Ok(());
         };
         // The rows waiting to be emitted spill first: they are read back once, in order.
         let mut both = [&mut self.table, unemitted];

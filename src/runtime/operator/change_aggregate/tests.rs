@@ -305,18 +305,18 @@ async fn a_random_change_stream_aggregates_as_its_table_does() {
     random_change_stream(1, 1, None).await;
 }
 
-/// The same in 256 kB of state memory: the table's older rows spill to disk (and compact,
+/// The same in 64 kB of state memory: the table's older rows spill to disk (and compact,
 /// snapshot and restore from there) and the sink is the same.
 #[tokio::test]
 async fn a_random_change_stream_aggregates_as_its_table_does_with_its_rows_spilled() {
-    random_change_stream(1, 1, Some(256 << 10)).await;
+    random_change_stream(1, 1, Some(64 << 10)).await;
 }
 
 /// The same in 3 instances of each stage, restored into 2; and in 1, restored into 4.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_random_change_stream_aggregates_as_its_table_does_in_any_number_of_instances() {
     random_change_stream(3, 2, None).await;
-    random_change_stream(1, 4, Some(256 << 10)).await;
+    random_change_stream(1, 4, Some(64 << 10)).await;
 }
 
 /// The second stage's state over `instances` instances: a partial state per region and instance

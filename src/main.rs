@@ -89,8 +89,12 @@ async fn async_main() -> ExitCode {
     // Freed pages go back to the OS after 1 s of disuse instead of 10 ms: a pipeline frees and
     // reallocates its batch buffers every few milliseconds, and each purge costs page faults and
     // zeroed pages on the next batch (q0 over JSON lines: 0.7-0.8 s of system time down to 0.5-0.6).
-    // SAFETY: sets a process-wide allocator option; mimalloc documents it as callable at any time.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
+    // MIMALLOC_PURGE_DELAY, when set, has the last word.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a process-wide allocator option; mimalloc documents it as callable at
+        // any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
+    }
     tributary::telemetry::init();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -14,9 +14,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{new_null_array, ArrayRef, StringArray, UInt64Array};
+use arrow::array::{new_null_array, ArrayRef, AsArray, StringArray, UInt64Array};
+use arrow::compute::filter_record_batch;
+use arrow::compute::interleave_record_batch;
 use arrow::compute::kernels::cmp::neq;
-use arrow::compute::{concat_batches, filter_record_batch};
+use arrow::compute::kernels::filter::filter;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
@@ -33,6 +35,7 @@ use super::stateless::OP;
 use super::{now_micros, Operator};
 use crate::error::{Error, Result};
 use crate::runtime::memory::{Budget, StateMemory};
+use numbering::number_read_columns;
 pub(super) use numbering::{number_rows, split_sort};
 
 /// The column the numbering plan's input carries after the operator's input columns: a kept
@@ -142,6 +145,7 @@ impl TopN {
                 .map(|&p| SortField::new(input_schema.field(p).data_type().clone()))
                 .collect(),
         )?;
+        let numbering_columns = numbering_columns(&order, &spec.partition, &input_schema, width);
         Ok(TopN {
             plan,
             order,
@@ -154,7 +158,7 @@ impl TopN {
             members: HashMap::default(),
             changed: HashSet::default(),
             unemitted: None,
-            numbering_columns: Vec::new(),
+            numbering_columns,
             fresh: Vec::new(),
             fresh_rows: 0,
             pending: Vec::new(),
@@ -182,21 +186,6 @@ impl TopN {
         if !first_only {
             return Ok(self);
         }
-        let mut numbered = vec![false; self.width];
-        let order = self.order.iter().map(|e| &e.expr);
-        for column in order.flat_map(datafusion::physical_expr::utils::collect_columns) {
-            if let Some(n) = numbered.get_mut(column.index()) {
-                *n = true;
-            }
-        }
-        for &p in &self.partition {
-            numbered[p] = true;
-        }
-        // A column the numbering plan holds never NULL stays whole.
-        for (n, field) in numbered.iter_mut().zip(self.input_schema.fields()) {
-            *n |= !field.is_nullable();
-        }
-        self.numbering_columns = numbered;
         self.unemitted = Some(self.empty_table()?);
         Ok(self)
     }
@@ -260,17 +249,14 @@ impl TopN {
             columns.push(Arc::new(UInt64Array::from(vec![0u64; batch.num_rows()])));
             candidates.push(RecordBatch::try_new(self.input_schema.clone(), columns)?);
         }
-        let numbered = number_rows(
+        let (numbered, positions) = number_read_columns(
             &self.plan,
             &self.order,
             &self.input_schema,
             &candidates,
+            &self.numbering_columns,
             &self.task,
         )?;
-        if numbered.is_empty() {
-            return Ok(());
-        }
-        let numbered = concat_batches(&self.plan.schema(), &numbered)?;
         // Only rows whose number changed: new among the first N, or pushed down.
         let moved = neq(numbered.column(self.width), numbered.column(self.width + 1))?;
         let numbered = filter_record_batch(&numbered, &moved)?;
@@ -278,6 +264,8 @@ impl TopN {
         if n == 0 {
             return Ok(());
         }
+        let positions = filter(&positions, &moved)?;
+        let numbered = with_whole_rows(&numbered, positions.as_primitive(), &candidates)?;
         let mut columns = numbered.columns()[..self.width].to_vec();
         columns.extend(self.partition.iter().map(|&p| numbered.column(p).clone()));
         columns.push(numbered.column(self.width + 1).clone());
@@ -426,6 +414,59 @@ impl TopN {
             .sum();
         self.index_bytes + fresh
     }
+}
+
+/// Of the `width` input columns, those the numbering reads: the partition's, those the order
+/// refers to, and any the numbering plan holds never NULL.
+fn numbering_columns(
+    order: &LexOrdering,
+    partition: &[usize],
+    input_schema: &Schema,
+    width: usize,
+) -> Vec<bool> {
+    let mut read = vec![false; width];
+    let order = order.iter().map(|e| &e.expr);
+    for column in order.flat_map(datafusion::physical_expr::utils::collect_columns) {
+        if let Some(r) = read.get_mut(column.index()) {
+            *r = true;
+        }
+    }
+    for &p in partition {
+        read[p] = true;
+    }
+    for (r, field) in read.iter_mut().zip(input_schema.fields()) {
+        *r |= !field.is_nullable();
+    }
+    read
+}
+
+/// `numbered` (rows numbered from their read columns only) with its input columns taken whole
+/// from the `candidates` at `positions` (counted across the candidates in order).
+fn with_whole_rows(
+    numbered: &RecordBatch,
+    positions: &UInt64Array,
+    candidates: &[RecordBatch],
+) -> Result<RecordBatch> {
+    let mut starts = Vec::with_capacity(candidates.len());
+    let mut start = 0;
+    for batch in candidates {
+        starts.push(start);
+        start += batch.num_rows() as u64;
+    }
+    let rows: Vec<(usize, usize)> = positions
+        .values()
+        .iter()
+        .map(|&p| {
+            let batch = starts.partition_point(|&s| s <= p) - 1;
+            (batch, (p - starts[batch]) as usize)
+        })
+        .collect();
+    let candidates: Vec<&RecordBatch> = candidates.iter().collect();
+    let whole = interleave_record_batch(&candidates, &rows)?;
+    let mut columns = whole.columns().to_vec();
+    columns.truncate(whole.num_columns() - 1);
+    columns.extend(numbered.columns()[columns.len()..].iter().cloned());
+    Ok(RecordBatch::try_new(numbered.schema(), columns)?)
 }
 
 /// `rows` with the input columns not `kept` (those past them stay) NULL.

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use arrow::compute::concat_batches;
+use arrow::array::{new_null_array, Array, ArrayRef, UInt64Array};
+use arrow::compute::{concat, concat_batches, take};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -59,4 +60,46 @@ pub(in crate::runtime::operator) fn number_rows(
     let source = MemorySourceConfig::try_new(&[vec![sorted]], schema.clone(), None)?
         .try_with_sort_information(vec![order.clone()])?;
     run_plan_on(plan, vec![DataSourceExec::from_data_source(source)], task)
+}
+
+/// Numbers `candidates` as [`number_rows`] does, giving the plan only the columns it reads
+/// (`read`; the others go as NULLs, so no row is copied whole to be sorted and numbered).
+/// The plan carries the last column (`RANK_BEFORE`) through untouched, so it goes in holding
+/// each candidate's position and comes out holding the candidate's own value again. Returns
+/// the numbered rows (their unread columns NULL) and the position of each among `candidates`.
+pub(in crate::runtime::operator) fn number_read_columns(
+    plan: &Arc<dyn ExecutionPlan>,
+    order: &LexOrdering,
+    schema: &SchemaRef,
+    candidates: &[RecordBatch],
+    read: &[bool],
+    task: &Arc<TaskContext>,
+) -> Result<(RecordBatch, UInt64Array)> {
+    let width = schema.fields().len() - 1;
+    let rows: usize = candidates.iter().map(RecordBatch::num_rows).sum();
+    let column = |c: usize| -> Result<ArrayRef> {
+        let parts: Vec<&dyn Array> = candidates.iter().map(|b| b.column(c).as_ref()).collect();
+        Ok(concat(&parts)?)
+    };
+    let mut columns = (0..width)
+        .map(|c| match read.get(c) {
+            Some(true) => column(c),
+            _ => Ok(new_null_array(schema.field(c).data_type(), rows)),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let own = column(width)?;
+    columns.push(Arc::new(UInt64Array::from_iter_values(0..rows as u64)));
+    let narrow = RecordBatch::try_new(schema.clone(), columns)?;
+    let numbered = number_rows(plan, order, schema, &[narrow], task)?;
+    let mut numbered = concat_batches(&plan.schema(), &numbered)?;
+    let positions = numbered
+        .column(width)
+        .as_any()
+        .downcast_ref::<UInt64Array>()
+        .ok_or_else(|| Error::Internal("a numbering plan that changed its row positions".into()))?
+        .clone();
+    let mut columns = numbered.columns().to_vec();
+    columns[width] = take(&own, &positions, None)?;
+    numbered = RecordBatch::try_new(numbered.schema(), columns)?;
+    Ok((numbered, positions))
 }

@@ -38,8 +38,10 @@ use crate::runtime::memory::{Budget, StateMemory};
 use numbering::number_read_columns;
 pub(super) use numbering::{number_rows, split_sort};
 
-/// The column the numbering plan's input carries after the operator's input columns: a kept
-/// row's number, 0 for a row that arrived (so rows whose number did not change are known).
+/// The column the numbering plan's input carries after the operator's input columns, which
+/// the plan passes through untouched: a kept row's number, 0 for a row that arrived (so rows
+/// whose number did not change are known). `TopN` sends each candidate's position through it
+/// and puts the numbers back after (see `number_read_columns`).
 pub const RANK_BEFORE: &str = "__rank_before";
 
 /// Rows that arrived are numbered once this many wait, not only at checkpoints.

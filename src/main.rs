@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -26,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the engine and serve Postgres-wire clients (psql -h 127.0.0.1 -p 7432 -U tributary).
+    /// Run the engine and serve Postgres-wire clients (psql -h 127.0.0.1 -p 7432 -U tributary)
+    /// and HTTP (the JSON API under /api/v1, /metrics, /healthz, /readyz).
     Serve {
         /// Where the catalog, checkpoints and logs live.
         #[arg(long, default_value = "tributary-data")]
@@ -34,6 +36,9 @@ enum Command {
         /// Address for Postgres-wire clients.
         #[arg(long, default_value = "127.0.0.1:7432")]
         pg_listen: SocketAddr,
+        /// Address for HTTP: a loopback address until TLS and authentication exist.
+        #[arg(long, default_value = tributary::server::http::DEFAULT_HTTP_LISTEN)]
+        http_listen: SocketAddr,
     },
     /// Execute a SQL script embedded, waiting for batch pipelines to complete.
     Run {
@@ -101,7 +106,8 @@ async fn async_main() -> ExitCode {
         Command::Serve {
             data_dir,
             pg_listen,
-        } => serve(data_dir, pg_listen).await,
+            http_listen,
+        } => serve(data_dir, pg_listen, http_listen).await,
         Command::Run {
             script,
             data_dir,
@@ -138,16 +144,39 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn serve(data_dir: PathBuf, pg_listen: SocketAddr) -> anyhow::Result<ExitCode> {
+async fn serve(
+    data_dir: PathBuf,
+    pg_listen: SocketAddr,
+    http_listen: SocketAddr,
+) -> anyhow::Result<ExitCode> {
+    use tributary::server::http;
+    // Refused before anything starts: a non-loopback HTTP address is a configuration error.
+    let http_listener = http::bind(http_listen).await?;
     let engine = Engine::open(&data_dir)
         .await
         .with_context(|| format!("opening data directory {}", data_dir.display()))?;
     let listener = tributary::server::pgwire::bind(pg_listen)
         .await
         .with_context(|| format!("listening on {pg_listen}"))?;
-    tracing::info!(addr = %pg_listen, data_dir = %data_dir.display(), "Tributary is serving Postgres-wire clients.");
+    let ready = Arc::new(AtomicBool::new(false));
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_server = tokio::spawn(http::serve(
+        http_listener,
+        http::router(engine.clone(), ready.clone()),
+        async {
+            let _ = http_stopped.await;
+        },
+    ));
+    tracing::info!(addr = %pg_listen, http = %http_listen, data_dir = %data_dir.display(), "Tributary is serving Postgres-wire clients and HTTP.");
     engine.resume_pipelines().await?;
+    ready.store(true, Ordering::Release);
     tributary::server::pgwire::serve(engine.clone(), listener, shutdown_signal()).await?;
+    let _ = http_stop.send(());
+    match http_server.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "The HTTP server failed."),
+        Err(e) => tracing::warn!(error = %e, "The HTTP server's task failed."),
+        Ok(Ok(())) => {}
+    }
     tracing::info!("Shutting down: taking final checkpoints.");
     engine.shutdown().await;
     tracing::info!("Stopped.");

@@ -132,7 +132,8 @@ impl SystemSchema {
     }
 }
 
-const TABLES: &[&str] = &[
+/// The names of the system tables.
+pub const TABLES: &[&str] = &[
     "pipelines",
     "sources",
     "sinks",
@@ -199,7 +200,9 @@ fn lsn_text(p: &tributary_connectors::PartitionLag, v: i64) -> Option<String> {
 }
 
 impl SystemSchema {
-    async fn build(&self, name: &str) -> crate::error::Result<Option<RecordBatch>> {
+    /// The rows of system table `name` as `tributary.name` reads them now; `None` when there is
+    /// no such table. The HTTP API and `/metrics` read the same rows.
+    pub async fn build(&self, name: &str) -> crate::error::Result<Option<RecordBatch>> {
         let batch = match name {
             "pipelines" => {
                 let entries = self.catalog.pipelines();

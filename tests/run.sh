@@ -28,6 +28,8 @@ command -v mvn >/dev/null || need_apt+=(maven)
 [ -f /usr/share/java/postgresql.jar ] || need_apt+=(libpostgresql-jdbc-java)
 # PostgreSQL server binaries: the CDC tests start throwaway clusters with initdb/pg_ctl.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
+# promtool, Prometheus's checker of the /metrics exposition (Debian ships it in prometheus).
+command -v promtool >/dev/null || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -1,6 +1,7 @@
-//! The control plane's network edges: the Postgres wire protocol server.
+//! The control plane's network edges: the Postgres wire protocol server and the HTTP API.
 
 pub mod copy;
 pub mod encode;
+pub mod http;
 pub mod pgwire;
 pub mod session;

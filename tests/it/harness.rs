@@ -11,6 +11,8 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 pub struct Server {
     child: Option<Child>,
     pub port: u16,
+    /// Where it serves HTTP (the API, /metrics).
+    pub http_port: u16,
     pub data_dir: PathBuf,
 }
 
@@ -30,6 +32,7 @@ impl Server {
     /// Starts a server over `data_dir` and waits until it accepts connections.
     pub async fn start(data_dir: &Path) -> Server {
         let port = free_port();
+        let http_port = free_port();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -39,6 +42,7 @@ impl Server {
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--pg-listen", &format!("127.0.0.1:{port}")])
+            .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -47,6 +51,7 @@ impl Server {
         let server = Server {
             child: Some(child),
             port,
+            http_port,
             data_dir: data_dir.to_path_buf(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);

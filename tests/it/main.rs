@@ -9,6 +9,7 @@ mod clients;
 mod concurrency;
 mod files;
 mod harness;
+mod http;
 mod inputs;
 mod kafka;
 mod limits;

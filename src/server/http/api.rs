@@ -1,0 +1,256 @@
+//! The JSON API under `/api/v1`: the system tables' rows as arrays of objects (filtered by
+//! query parameters), one pipeline as an object, and START / STOP as POSTs. Errors are
+//! `{"error": {"code": SQLSTATE, "message": ...}}` with the HTTP status the code calls for.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, BooleanArray};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::DataType;
+use arrow::record_batch::RecordBatch;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+
+use super::HttpState;
+use crate::error::Error;
+use crate::sql::parse::Statement;
+
+/// The routes, relative to `/api/v1`.
+pub(super) fn routes() -> Router<Arc<HttpState>> {
+    Router::new()
+        .route("/pipelines", get(pipelines))
+        .route("/pipelines/{name}", get(pipeline))
+        .route("/pipelines/{name}/start", post(start))
+        .route("/pipelines/{name}/stop", post(stop))
+        .route("/sources", get(sources))
+        .route("/sinks", get(sinks))
+        .route("/operators", get(operators))
+        .route("/checkpoints", get(checkpoints))
+        .route("/errors", get(errors))
+        .route("/lag", get(lag))
+}
+
+/// What a list may be narrowed to: rows of one pipeline, of one source, whose error message
+/// holds some text; at most `limit` of them (the last ones).
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Filter {
+    pipeline: Option<String>,
+    source: Option<String>,
+    message: Option<String>,
+    limit: Option<usize>,
+}
+
+/// An error as the API returns it.
+pub(super) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn not_found(message: String) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "42704",
+            message,
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let code = e.sqlstate();
+        let status = match code {
+            "42704" | "42P01" => StatusCode::NOT_FOUND,
+            "55000" | "42710" | "2BP01" => StatusCode::CONFLICT,
+            c if c.starts_with("42") || c.starts_with("22") || c.starts_with("0A") => {
+                StatusCode::BAD_REQUEST
+            }
+            c if c.starts_with("53") => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError {
+            status,
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<arrow::error::ArrowError> for ApiError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        Error::from(e).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// Anything not routed.
+pub(super) async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no such resource: {}", uri.path()))
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// The rows of system table `name`, narrowed by `filter`.
+async fn rows(state: &HttpState, name: &str, filter: &Filter) -> Result<RecordBatch, ApiError> {
+    let batch = state
+        .system
+        .build(name)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("no system table {name}")))?;
+    let mut batch = narrow(&batch, "pipeline", filter.pipeline.as_deref(), str::eq)?;
+    batch = narrow(&batch, "source", filter.source.as_deref(), str::eq)?;
+    batch = narrow(&batch, "error", filter.message.as_deref(), |m, s| {
+        m.contains(s)
+    })?;
+    if let Some(limit) = filter.limit {
+        let rows = batch.num_rows();
+        batch = batch.slice(rows.saturating_sub(limit), rows.min(limit));
+    }
+    Ok(batch)
+}
+
+/// The rows of `batch` whose text column `column` matches `wanted` (all when either is absent).
+fn narrow(
+    batch: &RecordBatch,
+    column: &str,
+    wanted: Option<&str>,
+    matches: impl Fn(&str, &str) -> bool,
+) -> Result<RecordBatch, ApiError> {
+    let (Some(wanted), Ok(index)) = (wanted, batch.schema().index_of(column)) else {
+        return Ok(batch.clone());
+    };
+    let values = batch.column(index);
+    if values.data_type() != &DataType::Utf8 {
+        return Ok(batch.clone());
+    }
+    let mask: BooleanArray = values
+        .as_string::<i32>()
+        .iter()
+        .map(|v| Some(v.is_some_and(|v| matches(v, wanted))))
+        .collect();
+    Ok(filter_record_batch(batch, &mask)?)
+}
+
+/// Rows as a JSON array of objects, NULLs written as `null`.
+fn json_rows(batch: &RecordBatch) -> Result<Vec<serde_json::Value>, ApiError> {
+    let mut writer = arrow_json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow_json::writer::JsonArray>(Vec::new());
+    writer.write(batch)?;
+    writer.finish()?;
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Internal(format!("writing rows as JSON: {e}")).into())
+}
+
+fn json_response(value: serde_json::Value) -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(value)).into_response()
+}
+
+async fn list(state: &HttpState, name: &str, filter: &Filter) -> ApiResult {
+    let batch = rows(state, name, filter).await?;
+    Ok(json_response(serde_json::Value::Array(json_rows(&batch)?)))
+}
+
+async fn pipelines(State(state): State<Arc<HttpState>>, Query(f): Query<Filter>) -> ApiResult {
+    list(&state, "pipelines", &f).await
+}
+
+async fn sources(State(state): State<Arc<HttpState>>) -> ApiResult {
+    list(&state, "sources", &Filter::default()).await
+}
+
+async fn sinks(State(state): State<Arc<HttpState>>) -> ApiResult {
+    list(&state, "sinks", &Filter::default()).await
+}
+
+async fn operators(State(state): State<Arc<HttpState>>, Query(f): Query<Filter>) -> ApiResult {
+    list(&state, "operators", &f).await
+}
+
+async fn checkpoints(State(state): State<Arc<HttpState>>, Query(f): Query<Filter>) -> ApiResult {
+    list(&state, "checkpoints", &f).await
+}
+
+async fn errors(State(state): State<Arc<HttpState>>, Query(f): Query<Filter>) -> ApiResult {
+    list(&state, "errors", &f).await
+}
+
+async fn lag(State(state): State<Arc<HttpState>>, Query(f): Query<Filter>) -> ApiResult {
+    list(&state, "source_lag", &f).await
+}
+
+/// One pipeline's row, as an object.
+async fn pipeline_object(state: &HttpState, name: &str) -> Result<serde_json::Value, ApiError> {
+    let all = rows(state, "pipelines", &Filter::default()).await?;
+    let one = narrow(&all, "name", Some(name), str::eq)?;
+    json_rows(&one)?
+        .pop()
+        .ok_or_else(|| ApiError::not_found(format!("pipeline \"{name}\" does not exist")))
+}
+
+async fn pipeline(State(state): State<Arc<HttpState>>, Path(name): Path<String>) -> ApiResult {
+    Ok(json_response(pipeline_object(&state, &name).await?))
+}
+
+async fn start(State(state): State<Arc<HttpState>>, Path(name): Path<String>) -> ApiResult {
+    lifecycle(&state, Statement::StartPipeline { name }).await
+}
+
+async fn stop(State(state): State<Arc<HttpState>>, Path(name): Path<String>) -> ApiResult {
+    lifecycle(&state, Statement::StopPipeline { name }).await
+}
+
+/// Runs START or STOP as a psql user's statement would, and answers with the pipeline after it.
+async fn lifecycle(state: &HttpState, statement: Statement) -> ApiResult {
+    let name = match &statement {
+        Statement::StartPipeline { name } | Statement::StopPipeline { name } => name.clone(),
+        _ => return Err(Error::Internal("not a lifecycle statement".into()).into()),
+    };
+    tracing::info!(pipeline = %name, statement = %statement.tag(), "Requested over HTTP.");
+    state.engine.execute_statement(&statement, None).await?;
+    Ok(json_response(pipeline_object(state, &name).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_become_http_statuses() {
+        let status = |e: Error| ApiError::from(e).status;
+        assert_eq!(
+            status(Error::NotFound {
+                kind: "pipeline",
+                name: "p".into()
+            }),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status(Error::InvalidState("running".into())),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            status(Error::Unsupported("x".into())),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(Error::Internal("x".into())),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+}

@@ -1,0 +1,116 @@
+//! The HTTP edge of the control plane: the JSON API under `/api/v1`, Prometheus metrics at
+//! `/metrics`, and `/healthz` and `/readyz`. Every figure is read from the rows of the system
+//! tables, built by the code `tributary.*` queries run, so HTTP and psql always agree.
+
+mod api;
+mod metrics;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::engine::Engine;
+use crate::system_tables::SystemSchema;
+
+/// Where `tributary serve` listens for HTTP unless told otherwise.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7480";
+
+/// What can go wrong starting the HTTP server.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// Anyone who can reach the address could stop pipelines and read their errors' records.
+    #[error(
+        "refusing to serve HTTP on {addr}: beyond loopback the console and API need TLS and \
+         authentication, which this build does not have yet; listen on 127.0.0.1 or [::1] \
+         (and reach it through an SSH tunnel or an authenticating proxy)"
+    )]
+    NotLoopback {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// The address could not be bound.
+    #[error("listening for HTTP on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("serving HTTP: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// What the handlers read: the engine and its system tables.
+pub struct HttpState {
+    engine: Arc<Engine>,
+    system: SystemSchema,
+    ready: Arc<AtomicBool>,
+}
+
+/// The routes over `engine`. `/readyz` answers 200 once `ready` is set (the pipelines that
+/// were running have been resumed).
+pub fn router(engine: Arc<Engine>, ready: Arc<AtomicBool>) -> Router {
+    let system = SystemSchema::new(
+        engine.catalog().clone(),
+        engine.runtime().clone(),
+        engine.sessions().clone(),
+    );
+    let state = Arc::new(HttpState {
+        engine,
+        system,
+        ready,
+    });
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics))
+        .nest("/api/v1", api::routes())
+        .fallback(api::not_found)
+        .with_state(state)
+}
+
+/// Binds `addr`, which must be a loopback address (see [`HttpError::NotLoopback`]).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
+    if !addr.ip().is_loopback() {
+        return Err(HttpError::NotLoopback { addr });
+    }
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind { addr, source })
+}
+
+/// Serves `router` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(HttpError::Serve)
+}
+
+/// The process serves.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// The engine has resumed its pipelines and takes requests.
+async fn readyz(State(state): State<Arc<HttpState>>) -> (StatusCode, &'static str) {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "resuming pipelines\n")
+    }
+}

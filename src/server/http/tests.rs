@@ -1,0 +1,160 @@
+//! The HTTP routes in process (a `Router` without a socket) over a real engine that ran a batch
+//! pipeline over a file with a malformed line.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use tower::ServiceExt;
+
+use crate::catalog::PipelineState;
+use crate::engine::Engine;
+
+/// An engine whose pipeline `p` read 4 lines, 1 of them malformed, and the routes over it.
+async fn served() -> (tempfile::TempDir, Arc<Engine>, Router) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\": 1, \"name\": \"a\"}\n{\"id\": 2, \"name\": \"b\"}\nnot json at all\n{\"id\": 3, \"name\": \"c\"}\n",
+    )
+    .unwrap();
+    let engine = Engine::open(&dir.path().join("data")).await.unwrap();
+    engine
+        .execute_sql(&format!(
+            "CREATE SOURCE events (id BIGINT, name TEXT) WITH (connector = 'file', path = '{}', format = 'json');
+             CREATE SINK warehouse WITH (connector = 'kafka', bootstrap_servers = '127.0.0.1:1', topic = 't', \"properties.sasl.password\" = 'hunter2');
+             CREATE SINK out WITH (connector = 'blackhole');
+             CREATE PIPELINE p AS INSERT INTO out SELECT id, name FROM events;",
+            input.display()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wait_pipeline("p").await,
+        Some(PipelineState::Completed)
+    );
+    let router = super::router(engine.clone(), Arc::new(AtomicBool::new(true)));
+    (dir, engine, router)
+}
+
+async fn call(router: &Router, method: &str, uri: &str) -> (StatusCode, String) {
+    let response = router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+async fn json(router: &Router, method: &str, uri: &str) -> (StatusCode, serde_json::Value) {
+    let (status, body) = call(router, method, uri).await;
+    let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{uri}: {e}: {body}"));
+    (status, value)
+}
+
+#[tokio::test]
+async fn pipelines_and_their_rejected_rows_read_as_the_system_tables_do() {
+    let (_dir, engine, router) = served().await;
+    let (status, list) = json(&router, "GET", "/api/v1/pipelines").await;
+    assert_eq!(status, StatusCode::OK);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    let p = &list[0];
+    assert_eq!(p["name"], "p");
+    assert_eq!(p["state"], "completed");
+    assert_eq!(p["rows_in"], 4);
+    assert_eq!(p["rows_out"], 3);
+    assert_eq!(p["rows_errored"], 1);
+    assert!(p["error"].is_null(), "{p}");
+
+    // The same figures as tributary.pipelines over SQL.
+    let sql = engine
+        .execute_sql(
+            "SELECT rows_in, rows_out, rows_errored FROM tributary.pipelines WHERE name = 'p'",
+        )
+        .await
+        .unwrap();
+    let crate::Output::Rows { batches, .. } = &sql[0] else {
+        panic!("no rows")
+    };
+    let text = arrow::util::pretty::pretty_format_batches(batches)
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("| 4       | 3        | 1            |"),
+        "{text}"
+    );
+
+    let (status, one) = json(&router, "GET", "/api/v1/pipelines/p").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one, *p);
+
+    let (status, errors) = json(&router, "GET", "/api/v1/errors?pipeline=p").await;
+    assert_eq!(status, StatusCode::OK);
+    let errors = errors.as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["raw"], "not json at all", "{:?}", errors[0]);
+    let (_, none) = json(&router, "GET", "/api/v1/errors?pipeline=other").await;
+    assert_eq!(none, serde_json::json!([]));
+
+    // Secrets stay secret.
+    let (status, sources) = call(&router, "GET", "/api/v1/sources").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(sources.contains("events"), "{sources}");
+    let (status, sinks) = call(&router, "GET", "/api/v1/sinks").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(sinks.contains("warehouse"), "{sinks}");
+    assert!(!sinks.contains("hunter2"), "{sinks}");
+}
+
+#[tokio::test]
+async fn metrics_carry_the_counts_and_start_stop_answer_as_sql_does() {
+    let (_dir, _engine, router) = served().await;
+    let (status, text) = call(&router, "GET", "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    for line in [
+        "tributary_pipeline_records_in_total{pipeline=\"p\"} 4",
+        "tributary_pipeline_records_out_total{pipeline=\"p\"} 3",
+        "tributary_pipeline_records_rejected_total{pipeline=\"p\"} 1",
+        "tributary_pipeline_up{pipeline=\"p\"} 0",
+        "tributary_pipeline_state{pipeline=\"p\",state=\"completed\"} 1",
+        "tributary_pipeline_state{pipeline=\"p\",state=\"running\"} 0",
+        "# TYPE tributary_process_cpu_seconds_total counter",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+
+    let (status, body) = json(&router, "POST", "/api/v1/pipelines/nope/stop").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "42704", "{body}");
+    let (status, _) = call(&router, "GET", "/api/v1/pipelines/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = json(&router, "GET", "/api/v1/nothing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "42704");
+    let (status, _) = call(&router, "GET", "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(&router, "GET", "/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_address_beyond_loopback_is_refused() {
+    let err = super::bind("0.0.0.0:0".parse().unwrap()).await.unwrap_err();
+    assert!(matches!(err, super::HttpError::NotLoopback { .. }), "{err}");
+    assert!(err.to_string().contains("TLS and authentication"), "{err}");
+    assert!(super::bind("127.0.0.1:0".parse().unwrap()).await.is_ok());
+}

@@ -32,6 +32,14 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
         .route("/checkpoints", get(checkpoints))
         .route("/errors", get(errors))
         .route("/lag", get(lag))
+        .route("/openapi.json", get(openapi))
+}
+
+/// The OpenAPI document of these routes, which the tests validate every response against.
+pub(super) const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 /// What a list may be narrowed to: rows of one pipeline, of one source, whose error message

@@ -5,6 +5,8 @@
 mod api;
 mod metrics;
 #[cfg(test)]
+mod schema_check;
+#[cfg(test)]
 mod tests;
 
 use std::future::Future;

@@ -9,6 +9,7 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use tower::ServiceExt;
 
+use super::schema_check::{check, response_schema};
 use crate::catalog::PipelineState;
 use crate::engine::Engine;
 
@@ -59,16 +60,37 @@ async fn call(router: &Router, method: &str, uri: &str) -> (StatusCode, String) 
     (status, String::from_utf8(body.to_vec()).unwrap())
 }
 
-async fn json(router: &Router, method: &str, uri: &str) -> (StatusCode, serde_json::Value) {
+/// The JSON answer to `method uri`, checked against the OpenAPI document's schema for route
+/// `route` (its path template) and the status.
+async fn json(
+    router: &Router,
+    method: &str,
+    uri: &str,
+    route: Option<&str>,
+) -> (StatusCode, serde_json::Value) {
     let (status, body) = call(router, method, uri).await;
     let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{uri}: {e}: {body}"));
+    if let Some(route) = route {
+        let doc: serde_json::Value = serde_json::from_str(super::api::OPENAPI).unwrap();
+        let method = method.to_ascii_lowercase();
+        let schema = response_schema(&doc, route, &method, status.as_u16());
+        if let Err(e) = check(&doc, schema, &value, "$") {
+            panic!("{method} {uri} answers other than the OpenAPI document says: {e}\n{value}");
+        }
+    }
     (status, value)
 }
 
 #[tokio::test]
 async fn pipelines_and_their_rejected_rows_read_as_the_system_tables_do() {
     let (_dir, engine, router) = served().await;
-    let (status, list) = json(&router, "GET", "/api/v1/pipelines").await;
+    let (status, list) = json(
+        &router,
+        "GET",
+        "/api/v1/pipelines",
+        Some("/api/v1/pipelines"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 1);
@@ -98,16 +120,34 @@ async fn pipelines_and_their_rejected_rows_read_as_the_system_tables_do() {
         "{text}"
     );
 
-    let (status, one) = json(&router, "GET", "/api/v1/pipelines/p").await;
+    let (status, one) = json(
+        &router,
+        "GET",
+        "/api/v1/pipelines/p",
+        Some("/api/v1/pipelines/{name}"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(one, *p);
 
-    let (status, errors) = json(&router, "GET", "/api/v1/errors?pipeline=p").await;
+    let (status, errors) = json(
+        &router,
+        "GET",
+        "/api/v1/errors?pipeline=p",
+        Some("/api/v1/errors"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let errors = errors.as_array().unwrap();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0]["raw"], "not json at all", "{:?}", errors[0]);
-    let (_, none) = json(&router, "GET", "/api/v1/errors?pipeline=other").await;
+    let (_, none) = json(
+        &router,
+        "GET",
+        "/api/v1/errors?pipeline=other",
+        Some("/api/v1/errors"),
+    )
+    .await;
     assert_eq!(none, serde_json::json!([]));
 
     // Secrets stay secret.
@@ -137,12 +177,18 @@ async fn metrics_carry_the_counts_and_start_stop_answer_as_sql_does() {
         assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
     }
 
-    let (status, body) = json(&router, "POST", "/api/v1/pipelines/nope/stop").await;
+    let (status, body) = json(
+        &router,
+        "POST",
+        "/api/v1/pipelines/nope/stop",
+        Some("/api/v1/pipelines/{name}/stop"),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "42704", "{body}");
     let (status, _) = call(&router, "GET", "/api/v1/pipelines/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, body) = json(&router, "GET", "/api/v1/nothing").await;
+    let (status, body) = json(&router, "GET", "/api/v1/nothing", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "42704");
     let (status, _) = call(&router, "GET", "/healthz").await;
@@ -157,4 +203,35 @@ async fn an_address_beyond_loopback_is_refused() {
     assert!(matches!(err, super::HttpError::NotLoopback { .. }), "{err}");
     assert!(err.to_string().contains("TLS and authentication"), "{err}");
     assert!(super::bind("127.0.0.1:0".parse().unwrap()).await.is_ok());
+}
+
+#[tokio::test]
+async fn every_list_answers_as_the_openapi_document_says() {
+    let (_dir, _engine, router) = served().await;
+    for route in [
+        "/api/v1/pipelines",
+        "/api/v1/sources",
+        "/api/v1/sinks",
+        "/api/v1/errors",
+        "/api/v1/checkpoints",
+        "/api/v1/operators",
+        "/api/v1/lag",
+    ] {
+        let (status, value) = json(&router, "GET", route, Some(route)).await;
+        assert_eq!(status, StatusCode::OK, "{route}");
+        assert!(value.is_array(), "{route}: {value}");
+    }
+    let (_, checkpoints) = json(&router, "GET", "/api/v1/checkpoints?pipeline=p", None).await;
+    assert!(!checkpoints.as_array().unwrap().is_empty(), "{checkpoints}");
+    let (status, _) = json(
+        &router,
+        "POST",
+        "/api/v1/pipelines/p/start",
+        Some("/api/v1/pipelines/{name}/start"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, doc) = json(&router, "GET", "/api/v1/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
 }

@@ -20,6 +20,7 @@ use tributary_connectors::{SinkSpec, SourceSpec};
 
 use crate::catalog::{columns_of, Catalog, PipelineEntry, PipelineState, SinkEntry, SourceEntry};
 use crate::error::{Error, Result};
+use crate::health::History;
 use crate::jobs::{applies_by_key, build_job, check_pipeline_options, check_updates_sink};
 use crate::runtime::Runtime;
 use crate::sessions::Sessions;
@@ -55,6 +56,8 @@ pub struct Engine {
     catalog: Arc<Catalog>,
     runtime: Arc<Runtime>,
     sessions: Arc<Sessions>,
+    system: Arc<SystemSchema>,
+    history: Arc<History>,
     ctx: SessionContext,
 }
 
@@ -94,16 +97,17 @@ impl Engine {
         for name in SESSION_NAMES {
             ctx.register_udtf(name, Arc::new(Session::new(catalog.clone())));
         }
-        df_catalog.register_schema(
-            "tributary",
-            Arc::new(SystemSchema::new(
-                catalog.clone(),
-                runtime.clone(),
-                sessions.clone(),
-            )),
-        )?;
+        let history = Arc::new(History::default());
+        let system = Arc::new(SystemSchema::new(
+            catalog.clone(),
+            runtime.clone(),
+            sessions.clone(),
+            history.clone(),
+        ));
+        df_catalog.register_schema("tributary", system.clone())?;
+        crate::sampler::spawn(Arc::downgrade(&system), history.clone());
         crate::pg_catalog::register(&ctx, catalog.clone())?;
-        let history: Vec<_> = catalog
+        let runs: Vec<_> = catalog
             .pipelines()
             .into_iter()
             .map(|p| {
@@ -116,14 +120,26 @@ impl Engine {
                 )
             })
             .collect();
-        runtime.load_history(&history).await?;
+        runtime.load_history(&runs).await?;
         Ok(Arc::new(Engine {
             data_dir: data_dir.to_path_buf(),
             catalog,
             runtime,
             sessions,
+            system,
+            history,
             ctx,
         }))
+    }
+
+    /// The system tables (`tributary.*`).
+    pub fn system(&self) -> &Arc<SystemSchema> {
+        &self.system
+    }
+
+    /// The pipelines' figures sampled over the last minutes.
+    pub fn history(&self) -> &Arc<History> {
+        &self.history
     }
 
     /// The catalog.

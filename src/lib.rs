@@ -21,10 +21,12 @@
 pub mod catalog;
 pub mod engine;
 pub mod error;
+pub mod health;
 pub mod jobs;
 pub mod pg_catalog;
 pub mod pg_functions;
 pub mod runtime;
+pub mod sampler;
 pub mod server;
 pub mod sessions;
 pub mod sql;

@@ -13,6 +13,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use tributary_connectors::{redact, SinkSpec, SourceSpec};
 
 use crate::catalog::{schema_of, Catalog, PipelineState};
+use crate::health::{verdict, History};
 use crate::runtime::event_time::watermark_time;
 use crate::runtime::graph::OperatorStats;
 use crate::runtime::source_table::SourceTable;
@@ -113,6 +114,7 @@ pub struct SystemSchema {
     catalog: Arc<Catalog>,
     runtime: Arc<Runtime>,
     sessions: Arc<Sessions>,
+    history: Arc<History>,
 }
 
 impl std::fmt::Debug for SystemSchema {
@@ -122,12 +124,18 @@ impl std::fmt::Debug for SystemSchema {
 }
 
 impl SystemSchema {
-    /// System tables over the catalog and runtime.
-    pub fn new(catalog: Arc<Catalog>, runtime: Arc<Runtime>, sessions: Arc<Sessions>) -> Self {
+    /// System tables over the catalog and runtime, with the pipelines' sampled `history`.
+    pub fn new(
+        catalog: Arc<Catalog>,
+        runtime: Arc<Runtime>,
+        sessions: Arc<Sessions>,
+        history: Arc<History>,
+    ) -> Self {
         SystemSchema {
             catalog,
             runtime,
             sessions,
+            history,
         }
     }
 }
@@ -215,6 +223,24 @@ impl SystemSchema {
                             .snapshot()
                     })
                     .collect();
+                let verdicts: Vec<_> = entries
+                    .iter()
+                    .zip(&st)
+                    .map(|(p, s)| {
+                        let interval = p
+                            .options
+                            .get("checkpoint_interval")
+                            .and_then(|v| tributary_connectors::options::parse_duration(v))
+                            .unwrap_or(crate::jobs::DEFAULT_CHECKPOINT_INTERVAL);
+                        let failed = (s.state == PipelineState::Failed).then(|| {
+                            s.error
+                                .clone()
+                                .or_else(|| p.error.clone())
+                                .unwrap_or_default()
+                        });
+                        verdict(&self.history.samples(&p.name), interval, failed.as_deref())
+                    })
+                    .collect();
                 table(vec![
                     (
                         "name",
@@ -287,6 +313,24 @@ impl SystemSchema {
                     (
                         "query",
                         text(entries.iter().map(|p| Some(p.query.clone())).collect()),
+                    ),
+                    (
+                        "health",
+                        text(
+                            verdicts
+                                .iter()
+                                .map(|v| v.as_ref().map(|v| v.name().to_string()))
+                                .collect(),
+                        ),
+                    ),
+                    (
+                        "health_detail",
+                        text(
+                            verdicts
+                                .iter()
+                                .map(|v| v.as_ref().and_then(|v| v.detail()))
+                                .collect(),
+                        ),
                     ),
                 ])?
             }

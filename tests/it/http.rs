@@ -96,6 +96,31 @@ async fn api_and_metrics_agree_with_the_system_tables_and_stop_pipelines() {
         broken["error"].as_str().is_some_and(|e| e.contains("zero")),
         "{broken}"
     );
+    assert_eq!(broken["health"], "failed", "{broken}");
+    assert_eq!(broken["health_detail"], broken["error"], "{broken}");
+    assert!(state_of("files")["health"].is_null());
+    // The running one is sampled as it goes: healthy, and as psql sees it.
+    poll(Duration::from_secs(30), "live to be healthy", || async {
+        let (_, body) = http(server.http_port, "GET", "/api/v1/pipelines/live").await;
+        (json(&body)["health"] == "healthy").then_some(())
+    })
+    .await;
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT health FROM tributary.pipelines WHERE name = 'broken'"
+        )
+        .await,
+        "failed"
+    );
+    let (_, body) = http(server.http_port, "GET", "/api/v1/pipelines/live/history").await;
+    let samples = json(&body);
+    assert!(
+        samples
+            .as_array()
+            .is_some_and(|s| !s.is_empty() && s.iter().all(|s| s["rows_in"].is_u64())),
+        "{body}"
+    );
 
     // The completed pipeline's counts: HTTP, /metrics and SQL say the same.
     let sql = query(

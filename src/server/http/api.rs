@@ -26,6 +26,7 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
         .route("/pipelines/{name}", get(pipeline))
         .route("/pipelines/{name}/start", post(start))
         .route("/pipelines/{name}/stop", post(stop))
+        .route("/pipelines/{name}/history", get(history))
         .route("/sources", get(sources))
         .route("/sinks", get(sinks))
         .route("/operators", get(operators))
@@ -213,6 +214,15 @@ async fn pipeline_object(state: &HttpState, name: &str) -> Result<serde_json::Va
 
 async fn pipeline(State(state): State<Arc<HttpState>>, Path(name): Path<String>) -> ApiResult {
     Ok(json_response(pipeline_object(&state, &name).await?))
+}
+
+/// The pipeline's figures sampled once a second over the last 15 minutes, oldest first.
+async fn history(State(state): State<Arc<HttpState>>, Path(name): Path<String>) -> ApiResult {
+    pipeline_object(&state, &name).await?;
+    let samples = state.engine.history().samples(&name);
+    let value = serde_json::to_value(samples)
+        .map_err(|e| Error::Internal(format!("writing samples as JSON: {e}")))?;
+    Ok(json_response(value))
 }
 
 async fn start(State(state): State<Arc<HttpState>>, Path(name): Path<String>) -> ApiResult {

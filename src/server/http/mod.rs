@@ -55,18 +55,14 @@ pub enum HttpError {
 /// What the handlers read: the engine and its system tables.
 pub struct HttpState {
     engine: Arc<Engine>,
-    system: SystemSchema,
+    system: Arc<SystemSchema>,
     ready: Arc<AtomicBool>,
 }
 
 /// The routes over `engine`. `/readyz` answers 200 once `ready` is set (the pipelines that
 /// were running have been resumed).
 pub fn router(engine: Arc<Engine>, ready: Arc<AtomicBool>) -> Router {
-    let system = SystemSchema::new(
-        engine.catalog().clone(),
-        engine.runtime().clone(),
-        engine.sessions().clone(),
-    );
+    let system = engine.system().clone();
     let state = Arc::new(HttpState {
         engine,
         system,

@@ -207,7 +207,7 @@ async fn an_address_beyond_loopback_is_refused() {
 
 #[tokio::test]
 async fn every_list_answers_as_the_openapi_document_says() {
-    let (_dir, _engine, router) = served().await;
+    let (_dir, engine, router) = served().await;
     for route in [
         "/api/v1/pipelines",
         "/api/v1/sources",
@@ -231,6 +231,31 @@ async fn every_list_answers_as_the_openapi_document_says() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+    // The history: a sample taken now is the last one.
+    crate::sampler::sample(engine.system(), engine.history())
+        .await
+        .unwrap();
+    let (status, samples) = json(
+        &router,
+        "GET",
+        "/api/v1/pipelines/p/history",
+        Some("/api/v1/pipelines/{name}/history"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let last = samples.as_array().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        (&last["rows_in"], &last["rows_errored"]),
+        (&4.into(), &1.into())
+    );
+    let (status, _) = json(
+        &router,
+        "GET",
+        "/api/v1/pipelines/nope/history",
+        Some("/api/v1/pipelines/{name}/history"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, doc) = json(&router, "GET", "/api/v1/openapi.json", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(doc["openapi"], "3.1.0");

@@ -115,11 +115,13 @@ impl Verdict {
     }
 }
 
-/// The verdict on a pipeline from its samples (oldest first; the last is now), its checkpoint
-/// interval and, when it failed, its error. `None` for a pipeline neither running nor failed.
+/// The verdict on a pipeline from its samples (oldest first; the last is the latest), its
+/// checkpoint interval, whether it runs now and, when it failed, its error. `None` for a
+/// pipeline neither running nor failed.
 pub fn verdict(
     samples: &[Sample],
     checkpoint_interval: Duration,
+    running: bool,
     failed: Option<&str>,
 ) -> Option<Verdict> {
     if let Some(error) = failed {
@@ -127,7 +129,13 @@ pub fn verdict(
             error: error.to_string(),
         });
     }
-    let now = samples.last().filter(|s| s.running)?;
+    if !running {
+        return None;
+    }
+    // Started since the last sample: nothing to judge by yet.
+    let Some(now) = samples.last().filter(|s| s.running) else {
+        return Some(Verdict::Healthy);
+    };
     // The running stretch that ends now.
     let start = samples
         .iter()
@@ -211,7 +219,7 @@ mod tests {
             (1000, 0, Some(500)),
             (2000, 1, Some(500)),
         ]);
-        assert_eq!(verdict(&s, FIVE_S, None), Some(Verdict::Healthy));
+        assert_eq!(verdict(&s, FIVE_S, true, None), Some(Verdict::Healthy));
         // 10,000 left, falling by 1,000 a second: caught up in 10 s.
         let s = series(&[
             (0, 0, Some(12_000)),
@@ -219,7 +227,7 @@ mod tests {
             (4000, 1, Some(10_000)),
         ]);
         assert_eq!(
-            verdict(&s, FIVE_S, None),
+            verdict(&s, FIVE_S, true, None),
             Some(Verdict::CatchingUp {
                 eta: Duration::from_secs(10)
             })
@@ -231,7 +239,7 @@ mod tests {
             (200, 1, Some(30_000)),
         ]);
         assert!(matches!(
-            verdict(&s, FIVE_S, None),
+            verdict(&s, FIVE_S, true, None),
             Some(Verdict::FallingBehind { lag: 30_000, .. })
         ));
         // Input waiting and nothing moved for 15 s (3 intervals of 5 s): stalled.
@@ -239,22 +247,23 @@ mod tests {
         points.extend(std::iter::repeat_n((50, 2, Some(1000)), 16));
         let s = series(&points);
         assert_eq!(
-            verdict(&s, FIVE_S, None),
+            verdict(&s, FIVE_S, true, None),
             Some(Verdict::Stalled {
                 for_: Duration::from_secs(15)
             })
         );
         // The same without lag: idle, not stalled.
         let points: Vec<_> = points.iter().map(|&(r, e, _)| (r, e, None)).collect();
-        assert_eq!(verdict(&series(&points), FIVE_S, None), Some(Verdict::Idle));
+        assert_eq!(
+            verdict(&series(&points), FIVE_S, true, None),
+            Some(Verdict::Idle)
+        );
         // Failed wins; neither running nor failed has none.
         assert!(matches!(
-            verdict(&s, FIVE_S, Some("boom")),
+            verdict(&s, FIVE_S, false, Some("boom")),
             Some(Verdict::Failed { .. })
         ));
-        let mut stopped = s.clone();
-        stopped.last_mut().unwrap().running = false;
-        assert_eq!(verdict(&stopped, FIVE_S, None), None);
+        assert_eq!(verdict(&s, FIVE_S, false, None), None);
     }
 
     #[test]

@@ -172,10 +172,17 @@ async fn serve(
     ready.store(true, Ordering::Release);
     tributary::server::pgwire::serve(engine.clone(), listener, shutdown_signal()).await?;
     let _ = http_stop.send(());
-    match http_server.await {
-        Ok(Err(e)) => tracing::warn!(error = %e, "The HTTP server failed."),
-        Err(e) => tracing::warn!(error = %e, "The HTTP server's task failed."),
-        Ok(Ok(())) => {}
+    // Open HTTP connections get a few seconds to finish; the final checkpoints do not wait on
+    // a stuck client.
+    let abort = http_server.abort_handle();
+    match tokio::time::timeout(Duration::from_secs(5), http_server).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "The HTTP server failed."),
+        Ok(Err(e)) => tracing::warn!(error = %e, "The HTTP server's task failed."),
+        Ok(Ok(Ok(()))) => {}
+        Err(_) => {
+            tracing::warn!("HTTP connections still open after 5 s: closed.");
+            abort.abort();
+        }
     }
     tracing::info!("Shutting down: taking final checkpoints.");
     engine.shutdown().await;

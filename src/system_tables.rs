@@ -238,7 +238,13 @@ impl SystemSchema {
                                 .or_else(|| p.error.clone())
                                 .unwrap_or_default()
                         });
-                        verdict(&self.history.samples(&p.name), interval, failed.as_deref())
+                        let running = s.state == PipelineState::Running;
+                        verdict(
+                            &self.history.samples(&p.name),
+                            interval,
+                            running,
+                            failed.as_deref(),
+                        )
                     })
                     .collect();
                 table(vec![

@@ -29,8 +29,44 @@ pub fn bin() -> &'static str {
 }
 
 impl Server {
-    /// Starts a server over `data_dir` and waits until it accepts connections.
+    /// Starts a server over `data_dir` and waits until it accepts connections. Its ports are
+    /// picked free and then bound by the server: another test's server can take one in
+    /// between, so a start that lost that race goes again on other ports.
     pub async fn start(data_dir: &Path) -> Server {
+        let log_path = data_dir.with_extension("log");
+        for attempt in 1..=5 {
+            let logged = std::fs::metadata(&log_path).map_or(0, |m| m.len() as usize);
+            let mut server = Self::spawn(data_dir);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+                    .await
+                    .is_ok()
+                {
+                    return server;
+                }
+                let child = server.child.as_mut().expect("a child");
+                if let Some(status) = child.try_wait().unwrap() {
+                    let log = server.log();
+                    let new = log.get(logged..).unwrap_or(&log);
+                    if new.contains("Address already in use") && attempt < 5 {
+                        server.child = None;
+                        break;
+                    }
+                    panic!("server exited with {status}; log: {log}");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "server did not start; log: {}",
+                    server.log()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn spawn(data_dir: &Path) -> Server {
         let port = free_port();
         let http_port = free_port();
         let log = std::fs::OpenOptions::new()
@@ -48,25 +84,12 @@ impl Server {
             .stderr(log)
             .spawn()
             .expect("spawn tributary");
-        let server = Server {
+        Server {
             child: Some(child),
             port,
             http_port,
             data_dir: data_dir.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "server did not start; log: {}",
-                server.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        server
     }
 
     pub fn log(&self) -> String {

@@ -113,14 +113,14 @@ async fn api_and_metrics_agree_with_the_system_tables_and_stop_pipelines() {
         .await,
         "failed"
     );
-    let (_, body) = http(server.http_port, "GET", "/api/v1/pipelines/live/history").await;
-    let samples = json(&body);
-    assert!(
-        samples
-            .as_array()
-            .is_some_and(|s| !s.is_empty() && s.iter().all(|s| s["rows_in"].is_u64())),
-        "{body}"
-    );
+    // Sampled once a second as it runs.
+    poll(Duration::from_secs(30), "live's history", || async {
+        let (_, body) = http(server.http_port, "GET", "/api/v1/pipelines/live/history").await;
+        let samples = json(&body);
+        let samples = samples.as_array()?;
+        (!samples.is_empty() && samples.iter().all(|s| s["rows_in"].is_u64())).then_some(())
+    })
+    .await;
 
     // The completed pipeline's counts: HTTP, /metrics and SQL say the same.
     let sql = query(

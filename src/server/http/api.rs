@@ -117,7 +117,13 @@ async fn rows(state: &HttpState, name: &str, filter: &Filter) -> Result<RecordBa
         .build(name)
         .await?
         .ok_or_else(|| Error::Internal(format!("no system table {name}")))?;
-    let mut batch = narrow(&batch, "pipeline", filter.pipeline.as_deref(), str::eq)?;
+    // The pipelines table names its pipeline `name`.
+    let pipeline_column = if name == "pipelines" {
+        "name"
+    } else {
+        "pipeline"
+    };
+    let mut batch = narrow(&batch, pipeline_column, filter.pipeline.as_deref(), str::eq)?;
     batch = narrow(&batch, "source", filter.source.as_deref(), str::eq)?;
     batch = narrow(&batch, "error", filter.message.as_deref(), |m, s| {
         m.contains(s)

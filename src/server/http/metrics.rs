@@ -274,11 +274,12 @@ pub(super) async fn render(system: &SystemSchema) -> Result<String> {
         "lag",
     )?;
     let operators = table(system, "operators").await?;
+    // `replica`, not `instance`: Prometheus gives every scraped series its own `instance`.
     let operator_labels = [
         ("pipeline", "pipeline"),
         ("operator", "operator"),
         ("kind", "kind"),
-        ("instance", "instance"),
+        ("replica", "instance"),
     ];
     for (column, name, kind, help) in [
         (
@@ -315,7 +316,7 @@ pub(super) async fn render(system: &SystemSchema) -> Result<String> {
             "busy_ratio",
             "tributary_operator_busy_ratio",
             "gauge",
-            "The share of the last interval the operator spent working.",
+            "The share of the run's time the operator spent working.",
         ),
     ] {
         per_row(

@@ -10,7 +10,7 @@ use arrow::record_batch::RecordBatch;
 use chrono::Utc;
 
 use crate::catalog::PipelineState;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::health::{History, Sample, SAMPLE_INTERVAL};
 use crate::system_tables::SystemSchema;
 
@@ -33,8 +33,8 @@ pub fn spawn(system: Weak<SystemSchema>, history: Arc<History>) {
 
 /// One sample of every pipeline.
 pub async fn sample(system: &SystemSchema, history: &History) -> Result<()> {
-    let pipelines = rows(system, "pipelines").await?;
-    let lag = rows(system, "source_lag").await?;
+    let pipelines = system.rows("pipelines").await?;
+    let lag = system.rows("source_lag").await?;
     let mut lags: HashMap<String, i64> = HashMap::new();
     let lag_pipeline = text(&lag, "pipeline")?;
     let lag_values = column(&lag, "lag")?.as_primitive::<Int64Type>();
@@ -72,13 +72,6 @@ pub async fn sample(system: &SystemSchema, history: &History) -> Result<()> {
     }
     history.retain(&names);
     Ok(())
-}
-
-async fn rows(system: &SystemSchema, name: &str) -> Result<RecordBatch> {
-    system
-        .build(name)
-        .await?
-        .ok_or_else(|| Error::Internal(format!("no system table {name}")))
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array> {

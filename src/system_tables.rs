@@ -208,6 +208,13 @@ fn lsn_text(p: &tributary_connectors::PartitionLag, v: i64) -> Option<String> {
 }
 
 impl SystemSchema {
+    /// The rows of system table `name`, which must be one of [`TABLES`].
+    pub async fn rows(&self, name: &str) -> crate::error::Result<RecordBatch> {
+        self.build(name)
+            .await?
+            .ok_or_else(|| crate::error::Error::Internal(format!("no system table {name}")))
+    }
+
     /// The rows of system table `name` as `tributary.name` reads them now; `None` when there is
     /// no such table. The HTTP API and `/metrics` read the same rows.
     pub async fn build(&self, name: &str) -> crate::error::Result<Option<RecordBatch>> {

@@ -112,11 +112,7 @@ type ApiResult = Result<Response, ApiError>;
 
 /// The rows of system table `name`, narrowed by `filter`.
 async fn rows(state: &HttpState, name: &str, filter: &Filter) -> Result<RecordBatch, ApiError> {
-    let batch = state
-        .system
-        .build(name)
-        .await?
-        .ok_or_else(|| Error::Internal(format!("no system table {name}")))?;
+    let batch = state.system.rows(name).await?;
     // The pipelines table names its pipeline `name`.
     let pipeline_column = if name == "pipelines" {
         "name"

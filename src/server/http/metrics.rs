@@ -145,13 +145,6 @@ fn per_row(
     Ok(())
 }
 
-async fn table(system: &SystemSchema, name: &str) -> Result<RecordBatch> {
-    system
-        .build(name)
-        .await?
-        .ok_or_else(|| Error::Internal(format!("no system table {name}")))
-}
-
 const STATES: [PipelineState; 5] = [
     PipelineState::Created,
     PipelineState::Running,
@@ -163,7 +156,7 @@ const STATES: [PipelineState; 5] = [
 /// Every metric, in the text format.
 pub(super) async fn render(system: &SystemSchema) -> Result<String> {
     let mut out = String::new();
-    let pipelines = table(system, "pipelines").await?;
+    let pipelines = system.rows("pipelines").await?;
     let p = Columns { batch: &pipelines };
     {
         let mut up = family(
@@ -257,7 +250,7 @@ pub(super) async fn render(system: &SystemSchema) -> Result<String> {
             column,
         )?;
     }
-    let lag = table(system, "source_lag").await?;
+    let lag = system.rows("source_lag").await?;
     per_row(
         &mut out,
         &lag,
@@ -273,7 +266,7 @@ pub(super) async fn render(system: &SystemSchema) -> Result<String> {
         ],
         "lag",
     )?;
-    let operators = table(system, "operators").await?;
+    let operators = system.rows("operators").await?;
     // `replica`, not `instance`: Prometheus gives every scraped series its own `instance`.
     let operator_labels = [
         ("pipeline", "pipeline"),

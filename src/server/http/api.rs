@@ -8,6 +8,7 @@ use arrow::array::{Array, AsArray, BooleanArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -110,6 +111,17 @@ pub(super) async fn not_found(uri: axum::http::Uri) -> ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
+/// The query parameters as a [`Filter`], or the API's JSON error naming what is wrong with them.
+type FilterQuery = Result<Query<Filter>, QueryRejection>;
+
+fn filter(query: FilterQuery) -> Result<Filter, ApiError> {
+    query.map(|Query(f)| f).map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "22023",
+        message: e.body_text(),
+    })
+}
+
 /// The rows of system table `name`, narrowed by `filter`.
 async fn rows(state: &HttpState, name: &str, filter: &Filter) -> Result<RecordBatch, ApiError> {
     let batch = state.system.rows(name).await?;
@@ -120,7 +132,10 @@ async fn rows(state: &HttpState, name: &str, filter: &Filter) -> Result<RecordBa
         "pipeline"
     };
     let mut batch = narrow(&batch, pipeline_column, filter.pipeline.as_deref(), str::eq)?;
-    batch = narrow(&batch, "source", filter.source.as_deref(), str::eq)?;
+    // A pipeline reading several sources lists them as `a, b`.
+    batch = narrow(&batch, "source", filter.source.as_deref(), |v, s| {
+        v.split(", ").any(|one| one == s)
+    })?;
     batch = narrow(&batch, "error", filter.message.as_deref(), |m, s| {
         m.contains(s)
     })?;
@@ -177,8 +192,8 @@ async fn list(state: &HttpState, name: &str, filter: &Filter) -> ApiResult {
     Ok(json_response(serde_json::Value::Array(json_rows(&batch)?)))
 }
 
-async fn pipelines(State(state): State<Arc<HttpState>>, Query(f): Query<Filter>) -> ApiResult {
-    list(&state, "pipelines", &f).await
+async fn pipelines(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResult {
+    list(&state, "pipelines", &filter(f)?).await
 }
 
 async fn sources(State(state): State<Arc<HttpState>>) -> ApiResult {
@@ -189,20 +204,20 @@ async fn sinks(State(state): State<Arc<HttpState>>) -> ApiResult {
     list(&state, "sinks", &Filter::default()).await
 }
 
-async fn operators(State(state): State<Arc<HttpState>>, Query(f): Query<Filter>) -> ApiResult {
-    list(&state, "operators", &f).await
+async fn operators(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResult {
+    list(&state, "operators", &filter(f)?).await
 }
 
-async fn checkpoints(State(state): State<Arc<HttpState>>, Query(f): Query<Filter>) -> ApiResult {
-    list(&state, "checkpoints", &f).await
+async fn checkpoints(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResult {
+    list(&state, "checkpoints", &filter(f)?).await
 }
 
-async fn errors(State(state): State<Arc<HttpState>>, Query(f): Query<Filter>) -> ApiResult {
-    list(&state, "errors", &f).await
+async fn errors(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResult {
+    list(&state, "errors", &filter(f)?).await
 }
 
-async fn lag(State(state): State<Arc<HttpState>>, Query(f): Query<Filter>) -> ApiResult {
-    list(&state, "source_lag", &f).await
+async fn lag(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResult {
+    list(&state, "source_lag", &filter(f)?).await
 }
 
 /// One pipeline's row, as an object.

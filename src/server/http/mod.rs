@@ -3,6 +3,7 @@
 //! tables, built by the code `tributary.*` queries run, so HTTP and psql always agree.
 
 mod api;
+mod guard;
 mod metrics;
 #[cfg(test)]
 mod schema_check;
@@ -74,6 +75,7 @@ pub fn router(engine: Arc<Engine>, ready: Arc<AtomicBool>) -> Router {
         .route("/metrics", get(metrics::metrics))
         .nest("/api/v1", api::routes())
         .fallback(api::not_found)
+        .layer(axum::middleware::from_fn(guard::same_origin_loopback))
         .with_state(state)
 }
 

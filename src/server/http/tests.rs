@@ -42,15 +42,23 @@ async fn served() -> (tempfile::TempDir, Arc<Engine>, Router) {
 }
 
 async fn call(router: &Router, method: &str, uri: &str) -> (StatusCode, String) {
+    call_with(router, method, uri, &[]).await
+}
+
+/// `method uri` with `headers`.
+async fn call_with(
+    router: &Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
     let response = router
         .clone()
-        .oneshot(
-            Request::builder()
-                .method(method)
-                .uri(uri)
-                .body(Body::empty())
-                .unwrap(),
-        )
+        .oneshot(request.body(Body::empty()).unwrap())
         .await
         .unwrap();
     let status = response.status();
@@ -259,4 +267,83 @@ async fn every_list_answers_as_the_openapi_document_says() {
     let (status, doc) = json(&router, "GET", "/api/v1/openapi.json", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(doc["openapi"], "3.1.0");
+}
+
+#[tokio::test]
+async fn other_web_sites_and_rebound_names_are_refused_and_stop_nothing() {
+    let (_dir, _engine, router) = served().await;
+    let doc: serde_json::Value = serde_json::from_str(super::api::OPENAPI).unwrap();
+    let refused = |(status, body): (StatusCode, String), route: &str, method: &str| {
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {route}: {body}");
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(value["error"]["code"], "42501", "{value}");
+        check(&doc, response_schema(&doc, route, method, 403), &value, "$").unwrap();
+    };
+    // A cross-site form posting to START: refused before it runs.
+    refused(
+        call_with(
+            &router,
+            "POST",
+            "/api/v1/pipelines/p/start",
+            &[
+                ("host", "127.0.0.1:7480"),
+                ("origin", "https://evil.example"),
+            ],
+        )
+        .await,
+        "/api/v1/pipelines/{name}/start",
+        "post",
+    );
+    let (_, p) = json(&router, "GET", "/api/v1/pipelines/p", None).await;
+    assert_eq!(p["state"], "completed", "{p}");
+    // A DNS-rebinding page reading the rejected records.
+    refused(
+        call_with(
+            &router,
+            "GET",
+            "/api/v1/errors",
+            &[
+                ("host", "rebind.evil.example:7480"),
+                ("origin", "http://rebind.evil.example:7480"),
+            ],
+        )
+        .await,
+        "/api/v1/errors",
+        "get",
+    );
+    // The console's own requests pass.
+    let (status, _) = call_with(
+        &router,
+        "GET",
+        "/api/v1/errors",
+        &[
+            ("host", "localhost:7480"),
+            ("origin", "http://localhost:7480"),
+            ("sec-fetch-site", "same-origin"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn malformed_parameters_get_a_json_error_and_source_matches_any_of_several() {
+    let (_dir, _engine, router) = served().await;
+    let (status, body) = json(
+        &router,
+        "GET",
+        "/api/v1/errors?limit=abc",
+        Some("/api/v1/errors"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "22023", "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("limit"),
+        "{body}"
+    );
+    let (_, list) = json(&router, "GET", "/api/v1/pipelines?source=events", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let (_, list) = json(&router, "GET", "/api/v1/pipelines?source=even", None).await;
+    assert_eq!(list, serde_json::json!([]));
 }

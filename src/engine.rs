@@ -65,6 +65,16 @@ impl Engine {
     /// Opens the engine over a data directory (created when absent).
     pub async fn open(data_dir: &Path) -> Result<Arc<Self>> {
         let catalog = Arc::new(Catalog::open(data_dir)?);
+        catalog.events().record(
+            "engine_start",
+            "engine",
+            "tributary",
+            format!(
+                "Tributary {} opened {}",
+                env!("CARGO_PKG_VERSION"),
+                data_dir.display()
+            ),
+        );
         let runtime = Arc::new(Runtime::new(data_dir.to_path_buf(), catalog.clone()));
         let sessions = Arc::new(Sessions::default());
         let config = SessionConfig::new()
@@ -167,7 +177,16 @@ impl Engine {
         for p in self.catalog.pipelines() {
             if p.state == PipelineState::Running {
                 tracing::info!(pipeline = %p.name, "Resuming pipeline.");
-                if let Err(e) = self.start_pipeline(&p.name).await {
+                let resumed = self.start_pipeline(&p.name).await;
+                if resumed.is_ok() {
+                    self.catalog.events().record(
+                        "recovery",
+                        "pipeline",
+                        &p.name,
+                        "resumed from its last checkpoint after the engine restarted",
+                    );
+                }
+                if let Err(e) = resumed {
                     tracing::error!(pipeline = %p.name, error = %e, "Could not resume pipeline.");
                     self.catalog
                         .set_pipeline_state(&p.name, PipelineState::Failed, Some(e.to_string()))
@@ -184,6 +203,12 @@ impl Engine {
     /// Stops all pipelines after a final checkpoint; they resume at the next start.
     pub async fn shutdown(&self) {
         self.runtime.shutdown().await;
+        self.catalog.events().record(
+            "engine_stop",
+            "engine",
+            "tributary",
+            "shut down; running pipelines stopped after a final checkpoint and resume at the next start",
+        );
     }
 
     /// Parses and executes every statement of `sql`, stopping at the first error.

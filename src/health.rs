@@ -58,6 +58,18 @@ impl History {
         self.rings.lock().retain(|name, _| alive.contains(name));
     }
 
+    /// Every pipeline's last `last` samples (at most), oldest first.
+    pub fn recent(&self, last: usize) -> std::collections::BTreeMap<String, Vec<Sample>> {
+        self.rings
+            .lock()
+            .iter()
+            .map(|(name, ring)| {
+                let skip = ring.len().saturating_sub(last);
+                (name.clone(), ring.iter().skip(skip).cloned().collect())
+            })
+            .collect()
+    }
+
     /// `pipeline`'s samples, oldest first.
     pub fn samples(&self, pipeline: &str) -> Vec<Sample> {
         self.rings

@@ -148,6 +148,7 @@ pub const TABLES: &[&str] = &[
     "errors",
     "checkpoints",
     "source_lag",
+    "events",
     "operators",
     "sessions",
 ];
@@ -639,6 +640,32 @@ impl SystemSchema {
                         Arc::new(arrow::array::Float64Array::from(
                             rows.iter().map(|r| r.2).collect::<Vec<_>>(),
                         )) as ArrayRef,
+                    ),
+                    (
+                        "inputs",
+                        text(rows.iter().map(|r| Some(r.1.inputs.join(", "))).collect()),
+                    ),
+                ])?
+            }
+            "events" => {
+                let events = self.catalog.events().events();
+                table(vec![
+                    ("at", ts(events.iter().map(|e| Some(e.at)).collect())),
+                    (
+                        "kind",
+                        text(events.iter().map(|e| Some(e.kind.clone())).collect()),
+                    ),
+                    (
+                        "object_kind",
+                        text(events.iter().map(|e| Some(e.object_kind.clone())).collect()),
+                    ),
+                    (
+                        "object",
+                        text(events.iter().map(|e| Some(e.object.clone())).collect()),
+                    ),
+                    (
+                        "message",
+                        text(events.iter().map(|e| Some(e.message.clone())).collect()),
                     ),
                 ])?
             }

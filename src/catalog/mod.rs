@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::sql::parse::ObjectKind;
 
+pub mod events;
+use events::EventLog;
+
 /// A column as stored in the catalog.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ColumnEntry {
@@ -167,12 +170,21 @@ impl CatalogData {
     }
 }
 
+/// `connector = '...'` of some options, for messages.
+fn connector_of(options: &BTreeMap<String, String>) -> String {
+    match options.get("connector") {
+        Some(c) => format!("connector {c}"),
+        None => "no connector".to_string(),
+    }
+}
+
 /// The persisted catalog. Cheap to clone-share behind an `Arc`.
 #[derive(Debug)]
 pub struct Catalog {
     path: PathBuf,
     data: RwLock<CatalogData>,
     write_lock: tokio::sync::Mutex<()>,
+    events: EventLog,
 }
 
 impl Catalog {
@@ -195,7 +207,14 @@ impl Catalog {
             path,
             data: RwLock::new(data),
             write_lock: tokio::sync::Mutex::new(()),
+            events: EventLog::open(data_dir)?,
         })
+    }
+
+    /// What happened to the objects: DDL and lifecycle changes, recorded by the methods that
+    /// make them, and what the engine adds (recoveries, server start and stop).
+    pub fn events(&self) -> &EventLog {
+        &self.events
     }
 
     async fn persist(&self) -> Result<()> {
@@ -226,9 +245,20 @@ impl Catalog {
         {
             let mut d = self.data.write();
             d.check_table_name(&entry.name)?;
-            d.sources.insert(entry.name.clone(), entry);
+            d.sources.insert(entry.name.clone(), entry.clone());
         }
-        self.persist().await
+        self.persist().await?;
+        self.events.record(
+            "create",
+            "source",
+            &entry.name,
+            format!(
+                "CREATE SOURCE {} ({})",
+                entry.name,
+                connector_of(&entry.options)
+            ),
+        );
+        Ok(())
     }
 
     /// Adds a sink.
@@ -236,9 +266,20 @@ impl Catalog {
         {
             let mut d = self.data.write();
             d.check_table_name(&entry.name)?;
-            d.sinks.insert(entry.name.clone(), entry);
+            d.sinks.insert(entry.name.clone(), entry.clone());
         }
-        self.persist().await
+        self.persist().await?;
+        self.events.record(
+            "create",
+            "sink",
+            &entry.name,
+            format!(
+                "CREATE SINK {} ({})",
+                entry.name,
+                connector_of(&entry.options)
+            ),
+        );
+        Ok(())
     }
 
     /// Adds a pipeline. `single_readers` names its sources whose upstream allows one reader
@@ -271,9 +312,24 @@ impl Catalog {
                     )));
                 }
             }
-            d.pipelines.insert(entry.name.clone(), entry);
+            d.pipelines.insert(entry.name.clone(), entry.clone());
         }
-        self.persist().await
+        self.persist().await?;
+        self.events.record(
+            "create",
+            "pipeline",
+            &entry.name,
+            format!(
+                "CREATE PIPELINE {} reading {} into {}",
+                entry.name,
+                entry.sources.join(", "),
+                entry.sink
+            ),
+        );
+        if entry.state == PipelineState::Running {
+            self.events.record("start", "pipeline", &entry.name, "started");
+        }
+        Ok(())
     }
 
     /// Removes an object; returns whether it existed.
@@ -288,6 +344,13 @@ impl Catalog {
         };
         if existed {
             self.persist().await?;
+            let kind = kind.name();
+            self.events.record(
+                "drop",
+                kind,
+                name,
+                format!("DROP {} {name}", kind.to_ascii_uppercase()),
+            );
         }
         Ok(existed)
     }
@@ -308,9 +371,20 @@ impl Catalog {
                 return Ok(());
             }
             p.state = state;
-            p.error = error;
+            p.error = error.clone();
         }
-        self.persist().await
+        self.persist().await?;
+        let (kind, message) = match state {
+            PipelineState::Running => ("start", "started".to_string()),
+            PipelineState::Stopped => ("stop", "stopped after a final checkpoint".to_string()),
+            PipelineState::Completed => {
+                ("complete", "read all its input and completed".to_string())
+            }
+            PipelineState::Failed => ("failure", error.unwrap_or_default()),
+            PipelineState::Created => ("create", "created".to_string()),
+        };
+        self.events.record(kind, "pipeline", name, message);
+        Ok(())
     }
 
     /// Takes a source's grown column list (an upstream ADD COLUMN); the new names are recorded
@@ -330,9 +404,23 @@ impl Catalog {
                     s.added_columns.push(c.name.clone());
                 }
             }
-            s.columns = columns;
+            s.columns = columns.clone();
         }
-        self.persist().await
+        self.persist().await?;
+        self.events.record(
+            "schema_change",
+            "source",
+            name,
+            format!(
+                "the upstream table changed; columns now {}",
+                columns
+                    .iter()
+                    .map(|c| format!("{} {}", c.name, c.data_type))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+        Ok(())
     }
 
     /// A source by name.

@@ -50,6 +50,8 @@ pub struct OperatorStats {
     pub watermark: Option<i64>,
     /// Figures of each parallel instance (empty when it runs as one).
     pub instances: Vec<InstanceStats>,
+    /// What it reads, in input order: a source's name or an operator's id.
+    pub inputs: Vec<String>,
 }
 
 /// The operators of one run.
@@ -334,6 +336,14 @@ impl OperatorGraph {
             .iter_mut()
             .find(|n| n.id == id)
             .ok_or_else(|| Error::Internal(format!("no operator {id} in the pipeline")))
+    }
+
+    /// Names what each operator reads (a list per operator, in graph order), for
+    /// [`OperatorStats::inputs`].
+    pub fn name_inputs(&mut self, names: Vec<Vec<String>>) {
+        for (node, names) in self.nodes.iter_mut().zip(names) {
+            node.stats.inputs = names;
+        }
     }
 
     /// Every operator's figures now.

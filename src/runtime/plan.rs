@@ -425,6 +425,28 @@ impl PipelinePlan {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        OperatorGraph::new(operators, self.output, self.output_schema.clone(), memory)
+        let mut graph =
+            OperatorGraph::new(operators, self.output, self.output_schema.clone(), memory)?;
+        graph.name_inputs(
+            self.nodes
+                .iter()
+                .map(|n| {
+                    n.inputs
+                        .iter()
+                        .map(|input| match *input {
+                            Input::Source(i) => self
+                                .inputs
+                                .get(i)
+                                .map_or_else(|| format!("input {i}"), |p| p.source.clone()),
+                            Input::Node(j) => self
+                                .nodes
+                                .get(j)
+                                .map_or_else(|| format!("node {j}"), |n| n.id.clone()),
+                        })
+                        .collect()
+                })
+                .collect(),
+        );
+        Ok(graph)
     }
 }

@@ -28,12 +28,14 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
         .route("/pipelines/{name}/start", post(start))
         .route("/pipelines/{name}/stop", post(stop))
         .route("/pipelines/{name}/history", get(history))
+        .route("/history", get(recent_history))
         .route("/sources", get(sources))
         .route("/sinks", get(sinks))
         .route("/operators", get(operators))
         .route("/checkpoints", get(checkpoints))
         .route("/errors", get(errors))
         .route("/lag", get(lag))
+        .route("/events", get(events))
         .route("/openapi.json", get(openapi))
 }
 
@@ -115,21 +117,26 @@ type ApiResult = Result<Response, ApiError>;
 type FilterQuery = Result<Query<Filter>, QueryRejection>;
 
 fn filter(query: FilterQuery) -> Result<Filter, ApiError> {
-    query.map(|Query(f)| f).map_err(|e| ApiError {
+    query.map(|Query(f)| f).map_err(malformed)
+}
+
+/// Malformed query parameters, as the API's JSON error.
+fn malformed(rejection: QueryRejection) -> ApiError {
+    ApiError {
         status: StatusCode::BAD_REQUEST,
         code: "22023",
-        message: e.body_text(),
-    })
+        message: rejection.body_text(),
+    }
 }
 
 /// The rows of system table `name`, narrowed by `filter`.
 async fn rows(state: &HttpState, name: &str, filter: &Filter) -> Result<RecordBatch, ApiError> {
     let batch = state.system.rows(name).await?;
-    // The pipelines table names its pipeline `name`.
-    let pipeline_column = if name == "pipelines" {
-        "name"
-    } else {
-        "pipeline"
+    // The pipelines table names its pipeline `name`; events, the object they happened to.
+    let pipeline_column = match name {
+        "pipelines" => "name",
+        "events" => "object",
+        _ => "pipeline",
     };
     let mut batch = narrow(&batch, pipeline_column, filter.pipeline.as_deref(), str::eq)?;
     // A pipeline reading several sources lists them as `a, b`.
@@ -216,6 +223,10 @@ async fn errors(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResul
     list(&state, "errors", &filter(f)?).await
 }
 
+async fn events(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResult {
+    list(&state, "events", &filter(f)?).await
+}
+
 async fn lag(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResult {
     list(&state, "source_lag", &filter(f)?).await
 }
@@ -237,6 +248,25 @@ async fn pipeline(State(state): State<Arc<HttpState>>, Path(name): Path<String>)
 async fn history(State(state): State<Arc<HttpState>>, Path(name): Path<String>) -> ApiResult {
     pipeline_object(&state, &name).await?;
     let samples = state.engine.history().samples(&name);
+    let value = serde_json::to_value(samples)
+        .map_err(|e| Error::Internal(format!("writing samples as JSON: {e}")))?;
+    Ok(json_response(value))
+}
+
+/// How many of each pipeline's last samples `/history` returns.
+#[derive(Debug, Deserialize)]
+struct Recent {
+    last: Option<usize>,
+}
+
+/// Every pipeline's last samples (60 unless `?last=`): what the console's pipelines list draws
+/// its rates and sparklines from, in one request.
+async fn recent_history(
+    State(state): State<Arc<HttpState>>,
+    query: Result<Query<Recent>, QueryRejection>,
+) -> ApiResult {
+    let Query(recent) = query.map_err(malformed)?;
+    let samples = state.engine.history().recent(recent.last.unwrap_or(60));
     let value = serde_json::to_value(samples)
         .map_err(|e| Error::Internal(format!("writing samples as JSON: {e}")))?;
     Ok(json_response(value))

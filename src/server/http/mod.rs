@@ -1,8 +1,10 @@
-//! The HTTP edge of the control plane: the JSON API under `/api/v1`, Prometheus metrics at
-//! `/metrics`, and `/healthz` and `/readyz`. Every figure is read from the rows of the system
-//! tables, built by the code `tributary.*` queries run, so HTTP and psql always agree.
+//! The HTTP edge of the control plane: the web console at `/`, the JSON API under `/api/v1`,
+//! Prometheus metrics at `/metrics`, and `/healthz` and `/readyz`. Every figure is read from the
+//! rows of the system tables, built by the code `tributary.*` queries run, so HTTP and psql
+//! always agree.
 
 mod api;
+mod console;
 mod guard;
 mod metrics;
 #[cfg(test)]
@@ -74,6 +76,7 @@ pub fn router(engine: Arc<Engine>, ready: Arc<AtomicBool>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))
         .nest("/api/v1", api::routes())
+        .merge(console::routes())
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn(guard::same_origin_loopback))
         .with_state(state)

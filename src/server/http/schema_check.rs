@@ -1,6 +1,6 @@
 //! Checks a JSON value against a schema of the OpenAPI document, for the tests: the subset of
 //! JSON Schema the document uses (`$ref`, `type` and type lists, `enum`, `properties`,
-//! `required`, `additionalProperties: false`, `items`).
+//! `required`, `additionalProperties` false or a schema, `items`).
 
 use serde_json::Value;
 
@@ -31,6 +31,13 @@ pub fn check(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(),
     if let Some(allowed) = schema["enum"].as_array() {
         if !allowed.contains(value) {
             return Err(format!("{at}: {value} is not one of {allowed:?}"));
+        }
+    }
+    if let (Some(object), Some(values)) = (value.as_object(), schema.get("additionalProperties")) {
+        if values.is_object() && schema.get("properties").is_none() {
+            for (name, v) in object {
+                check(doc, values, v, &format!("{at}.{name}"))?;
+            }
         }
     }
     if let (Some(object), Some(properties)) = (value.as_object(), schema["properties"].as_object())

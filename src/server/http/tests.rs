@@ -224,6 +224,7 @@ async fn every_list_answers_as_the_openapi_document_says() {
         "/api/v1/checkpoints",
         "/api/v1/operators",
         "/api/v1/lag",
+        "/api/v1/events",
     ] {
         let (status, value) = json(&router, "GET", route, Some(route)).await;
         assert_eq!(status, StatusCode::OK, "{route}");
@@ -256,6 +257,36 @@ async fn every_list_answers_as_the_openapi_document_says() {
         (&last["rows_in"], &last["rows_errored"]),
         (&4.into(), &1.into())
     );
+    let (status, recent) = json(
+        &router,
+        "GET",
+        "/api/v1/history?last=2",
+        Some("/api/v1/history"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let p = recent["p"].as_array().unwrap();
+    assert!(!p.is_empty() && p.len() <= 2, "{recent}");
+    assert_eq!(p.last().unwrap()["rows_in"], 4);
+    let (status, _) = json(
+        &router,
+        "GET",
+        "/api/v1/history?last=x",
+        Some("/api/v1/history"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // The events: the DDL, the batch run's start and completion, then the START above (which
+    // completes again).
+    let (_, events) = json(&router, "GET", "/api/v1/events?pipeline=p", None).await;
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds[..3], ["create", "start", "complete"], "{events}");
+    assert!(kinds.len() >= 4 && kinds[3] == "start", "{events}");
     let (status, _) = json(
         &router,
         "GET",

@@ -149,6 +149,7 @@ pub const TABLES: &[&str] = &[
     "checkpoints",
     "source_lag",
     "events",
+    "durations",
     "operators",
     "sessions",
 ];
@@ -327,6 +328,10 @@ impl SystemSchema {
                     (
                         "query",
                         text(entries.iter().map(|p| Some(p.query.clone())).collect()),
+                    ),
+                    (
+                        "commit_failures",
+                        count(st.iter().map(|s| s.commit_failures).collect()),
                     ),
                     (
                         "health",
@@ -645,6 +650,38 @@ impl SystemSchema {
                         "inputs",
                         text(rows.iter().map(|r| Some(r.1.inputs.join(", "))).collect()),
                     ),
+                ])?
+            }
+            "durations" => {
+                // A row per pipeline, measure and bucket: observations at or under `le` seconds.
+                let mut rows = Vec::new();
+                let mut statuses = self.runtime.statuses();
+                statuses.sort_by(|a, b| a.name.cmp(&b.name));
+                for st in statuses {
+                    for (measure, histogram) in [
+                        ("checkpoint", &st.checkpoint_durations),
+                        ("sink_commit", &st.commit_durations),
+                    ] {
+                        let h = histogram.snapshot();
+                        for (le, n) in h.cumulative {
+                            rows.push((st.name.clone(), measure, le, n, h.sum_seconds));
+                        }
+                    }
+                }
+                let floats =
+                    |v: Vec<f64>| Arc::new(arrow::array::Float64Array::from(v)) as ArrayRef;
+                table(vec![
+                    (
+                        "pipeline",
+                        text(rows.iter().map(|r| Some(r.0.clone())).collect()),
+                    ),
+                    (
+                        "measure",
+                        text(rows.iter().map(|r| Some(r.1.to_string())).collect()),
+                    ),
+                    ("le", floats(rows.iter().map(|r| r.2).collect())),
+                    ("count", count(rows.iter().map(|r| r.3).collect())),
+                    ("sum_seconds", floats(rows.iter().map(|r| r.4).collect())),
                 ])?
             }
             "events" => {

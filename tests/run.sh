@@ -30,6 +30,9 @@ command -v mvn >/dev/null || need_apt+=(maven)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
 # promtool, Prometheus's checker of the /metrics exposition (Debian ships it in prometheus).
 command -v promtool >/dev/null || need_apt+=(prometheus)
+# Headless Chromium and its WebDriver: the console tests drive the real browser.
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -37,9 +40,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # Independent readers and clients: the deltalake package, psycopg 3 and 2, asyncpg, SQLAlchemy and
-# pandas, in a venv we reuse.
+# pandas, and Selenium for the console tests, in a venv we reuse.
 VENV="$CACHE/venv"
-PY_PKGS="deltalake==1.2.1 pyarrow psycopg[binary] asyncpg confluent-kafka sqlalchemy pandas psycopg2-binary"
+PY_PKGS="deltalake==1.2.1 pyarrow psycopg[binary] asyncpg confluent-kafka sqlalchemy pandas psycopg2-binary selenium==4.51.0"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.pkgs" 2>/dev/null)" != "$PY_PKGS" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip

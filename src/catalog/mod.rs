@@ -327,7 +327,8 @@ impl Catalog {
             ),
         );
         if entry.state == PipelineState::Running {
-            self.events.record("start", "pipeline", &entry.name, "started");
+            self.events
+                .record("start", "pipeline", &entry.name, "started");
         }
         Ok(())
     }

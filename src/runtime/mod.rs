@@ -2,6 +2,7 @@
 //! stores their checkpoints. It takes compiled jobs from the control plane and knows nothing of SQL text.
 
 pub mod checkpoint;
+pub mod durations;
 pub mod event_time;
 pub mod graph;
 pub mod memory;

@@ -249,7 +249,6 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
             .collect();
         loop {
             epoch += 1;
-            let started = Instant::now();
             let deadline = tokio::time::Instant::now() + job.settings.checkpoint_interval;
             let mut last_positions: Vec<Option<SourcePosition>> = vec![None; n_inputs];
             let mut epoch_errors = Vec::new();
@@ -338,6 +337,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                 emitted += emit(&mut graph, &mut *sink, &status, Signal::Watermark(END_OF_TIME)).await?;
             }
             // Updates due at every checkpoint (the groups an aggregate changed in the epoch).
+            let checkpoint_started = Instant::now();
             emitted += emit(&mut graph, &mut *sink, &status, Signal::Checkpoint).await?;
             // An epoch that read nothing, moved no position and emitted nothing needs no checkpoint.
             let read = last_positions.iter().any(Option::is_some);
@@ -360,7 +360,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                 let cp = Checkpoint {
                     epoch,
                     at,
-                    duration_ms: started.elapsed().as_millis() as u64,
+                    duration_ms: checkpoint_started.elapsed().as_millis() as u64,
                     sources: cut,
                     operators: operators.clone(),
                     sink: prepared.clone(),
@@ -377,8 +377,14 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                     inputs: job.inputs.iter().map(|i| i.name().to_string()).zip(marks).collect(),
                 };
                 let bytes = ctx.checkpoints.save(&cp).await?;
+                status.checkpoint_durations.observe(checkpoint_started.elapsed());
                 operator_states = operators;
-                sink.commit(epoch, prepared).await?;
+                let commit_started = Instant::now();
+                if let Err(e) = sink.commit(epoch, prepared).await {
+                    status.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    return Err(e.into());
+                }
+                status.commit_durations.observe(commit_started.elapsed());
                 for (i, last) in last_positions.into_iter().enumerate() {
                     let Some(pos) = last else { continue };
                     if let Some(ack) = &acks[i] {

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use super::durations::DurationHistogram;
 use super::graph::OperatorStats;
 use super::watermarks::SplitWatermark;
 use crate::catalog::PipelineState;
@@ -28,6 +29,13 @@ pub struct PipelineStatus {
     pub epoch: AtomicU64,
     /// Rows that arrived behind the watermark.
     pub rows_late: AtomicU64,
+    /// Sink commits that failed (each fails the pipeline's run).
+    pub commit_failures: AtomicU64,
+    /// How long each checkpoint took: the operators' checkpoint output, the sink's prepare and
+    /// the state and checkpoint writes.
+    pub checkpoint_durations: DurationHistogram,
+    /// How long each sink commit took.
+    pub commit_durations: DurationHistogram,
     /// The pipeline's watermark (UTC microseconds).
     watermark: Mutex<Option<i64>>,
     inner: Mutex<StatusInner>,
@@ -63,6 +71,8 @@ pub struct StatusSnapshot {
     pub rows_errored: u64,
     /// Rows behind the watermark.
     pub rows_late: u64,
+    /// Sink commits that failed.
+    pub commit_failures: u64,
     /// The watermark (UTC microseconds).
     pub watermark: Option<i64>,
     /// Last committed epoch.
@@ -90,6 +100,9 @@ impl PipelineStatus {
             rows_errored: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             rows_late: AtomicU64::new(0),
+            commit_failures: AtomicU64::new(0),
+            checkpoint_durations: DurationHistogram::default(),
+            commit_durations: DurationHistogram::default(),
             watermark: Mutex::new(None),
             inner: Mutex::new(StatusInner {
                 state,
@@ -215,6 +228,7 @@ impl PipelineStatus {
             rows_errored: self.rows_errored.load(Ordering::Relaxed),
             epoch: self.epoch.load(Ordering::Relaxed),
             rows_late: self.rows_late.load(Ordering::Relaxed),
+            commit_failures: self.commit_failures.load(Ordering::Relaxed),
             watermark: *self.watermark.lock(),
             started_at: i.started_at,
             last_checkpoint_at: i.last_checkpoint_at,

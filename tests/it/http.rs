@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::harness::*;
 
 /// A plain HTTP/1.1 request to the server; returns the status code and the body.
-async fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+pub(crate) async fn http(port: u16, method: &str, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect to the HTTP port");
@@ -34,12 +34,12 @@ async fn http(port: u16, method: &str, path: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
-fn json(body: &str) -> serde_json::Value {
+pub(crate) fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 /// The value of the sample `name{labels}` in the text exposition `text`.
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
@@ -170,6 +170,33 @@ async fn api_and_metrics_agree_with_the_system_tables_and_stop_pipelines() {
         );
     }
     assert!(sample(&metrics, "tributary_process_resident_memory_bytes").is_some_and(|v| v > 0.0));
+    // A checkpoint and a commit timed for each epoch of the completed pipeline.
+    let epochs: f64 = scalar(
+        &c,
+        "SELECT epoch FROM tributary.pipelines WHERE name = 'files'",
+    )
+    .await
+    .parse()
+    .unwrap();
+    assert!(epochs >= 1.0);
+    for series in [
+        "tributary_checkpoint_duration_seconds_count{pipeline=\"files\"}",
+        "tributary_sink_commit_duration_seconds_count{pipeline=\"files\"}",
+        "tributary_checkpoint_duration_seconds_bucket{pipeline=\"files\",le=\"+Inf\"}",
+    ] {
+        assert_eq!(
+            sample(&metrics, series),
+            Some(epochs),
+            "{series} in\n{metrics}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &metrics,
+            "tributary_sink_commit_failures_total{pipeline=\"files\"}"
+        ),
+        Some(0.0)
+    );
 
     // promtool, Prometheus's own checker, accepts the exposition.
     let mut promtool = std::process::Command::new("promtool")

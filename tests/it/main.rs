@@ -7,6 +7,7 @@ mod cdc_joins;
 mod cdc_tables;
 mod clients;
 mod concurrency;
+mod console;
 mod files;
 mod harness;
 mod http;

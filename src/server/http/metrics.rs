@@ -218,6 +218,12 @@ pub(super) async fn render(system: &SystemSchema) -> Result<String> {
             "Records that arrived behind the watermark.",
         ),
         (
+            "commit_failures",
+            "tributary_sink_commit_failures_total",
+            "counter",
+            "Sink commits that failed (each fails the pipeline's run), since the engine started.",
+        ),
+        (
             "epoch",
             "tributary_pipeline_checkpoint_epoch",
             "gauge",
@@ -250,6 +256,7 @@ pub(super) async fn render(system: &SystemSchema) -> Result<String> {
             column,
         )?;
     }
+    histograms(&mut out, &system.rows("durations").await?)?;
     let lag = system.rows("source_lag").await?;
     per_row(
         &mut out,
@@ -322,6 +329,47 @@ pub(super) async fn render(system: &SystemSchema) -> Result<String> {
     }
     process(&mut out);
     Ok(out)
+}
+
+/// The checkpoint and sink commit duration histograms, from `tributary.durations`' rows (a row
+/// per pipeline, measure and bucket, cumulative, ending with `le` = +Inf).
+fn histograms(out: &mut String, rows: &RecordBatch) -> Result<()> {
+    let c = Columns { batch: rows };
+    for (measure, name, help) in [
+        (
+            "checkpoint",
+            "tributary_checkpoint_duration_seconds",
+            "How long a checkpoint took: operators' checkpoint output, sink prepare, state writes.",
+        ),
+        (
+            "sink_commit",
+            "tributary_sink_commit_duration_seconds",
+            "How long a sink commit took.",
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for row in 0..rows.num_rows() {
+            if c.text("measure", row)? != measure {
+                continue;
+            }
+            let pipeline = escape_label(&c.text("pipeline", row)?);
+            let le = c.number("le", row)?.unwrap_or(f64::INFINITY);
+            let n = c.number("count", row)?.unwrap_or(0.0);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{pipeline=\"{pipeline}\",le=\"{}\"}} {}",
+                number(le),
+                number(n)
+            );
+            if le.is_infinite() {
+                let sum = c.number("sum_seconds", row)?.unwrap_or(0.0);
+                let _ = writeln!(out, "{name}_sum{{pipeline=\"{pipeline}\"}} {}", number(sum));
+                let _ = writeln!(out, "{name}_count{{pipeline=\"{pipeline}\"}} {}", number(n));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The operators' rows with `instance` as text, so it can be a label.

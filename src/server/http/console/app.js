@@ -139,10 +139,14 @@ function sparkline(points) {
     svg("polyline", { points: xy.join(" ") }));
 }
 
-// A line chart of `series` ([{label, cls, points: [[ms, value]]}]) over the last `spanMs`.
-function lineChart(title, series, format, spanMs = 15 * 60 * 1000) {
+// A line chart of `series` ([{label, cls, points: [[ms, value]]}]) over the time its points
+// cover: at least a minute, at most the last 15.
+function lineChart(title, series, format) {
   const w = 600, hgt = 140, left = 48, bottom = 16;
-  const now = Date.now(), t0 = now - spanMs;
+  const now = Date.now();
+  const oldest = Math.min(now, ...series.flatMap((s) => s.points.map((p) => p[0])));
+  const spanMs = Math.min(15 * 60 * 1000, Math.max(60 * 1000, now - oldest));
+  const t0 = now - spanMs;
   const all = series.flatMap((s) => s.points.filter((p) => p[0] >= t0).map((p) => p[1]));
   const max = Math.max(1, ...all.filter((v) => v !== null && v !== undefined));
   const x = (t) => left + ((t - t0) / spanMs) * (w - left - 4);
@@ -293,7 +297,7 @@ function pipelineView(view, name) {
   const sql = h("pre", { class: "sql", id: "sql" });
   const message = h("div", { class: "error", id: "action-error" });
   replace(view, title, actions, message, cards,
-    h("h2", {}, "Plan"), graph, h("h2", {}, "Last 15 minutes"), charts,
+    h("h2", {}, "Plan"), graph, h("h2", {}, "Recent (up to 15 minutes)"), charts,
     h("h2", {}, "Lag per partition"), lag, h("h2", {}, "Checkpoints and sink commits"), checkpoints,
     h("h2", {}, "SQL"), sql);
   const opHistory = []; // [{at, ops: Map id -> {rows_in, rows_out}}], the last 10 s

@@ -15,6 +15,10 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// A running pipeline with input waiting that moved for this many checkpoint intervals is
 /// stalled.
 pub const STALLED_INTERVALS: u32 = 3;
+
+/// The longest stillness judged: 10 minutes, within the ring's 15 (a checkpoint interval of
+/// 5 minutes or more would otherwise never be judged stalled or idle).
+pub const STILL_AT_MOST: Duration = Duration::from_secs(600);
 /// The trend of the lag is read over this much of the recent past.
 const TREND: Duration = Duration::from_secs(30);
 
@@ -87,8 +91,9 @@ pub enum Verdict {
     Healthy,
     /// Running with nothing to read and no way to tell more (its sources report no lag).
     Idle,
-    /// The lag shrinks: caught up in about this long.
-    CatchingUp { eta: Duration },
+    /// Input is waiting and the pipeline reads: caught up in about this long (`None` until
+    /// two samples give the lag's trend).
+    CatchingUp { eta: Option<Duration> },
     /// The lag grows (or holds) faster than the pipeline reads.
     FallingBehind { lag: i64, growth_per_s: f64 },
     /// Input is waiting and nothing moved for this long.
@@ -114,7 +119,12 @@ impl Verdict {
     pub fn detail(&self) -> Option<String> {
         match self {
             Verdict::Healthy | Verdict::Idle => None,
-            Verdict::CatchingUp { eta } => Some(format!("caught up in about {} s", eta.as_secs())),
+            Verdict::CatchingUp { eta: Some(eta) } => {
+                Some(format!("caught up in about {} s", eta.as_secs()))
+            }
+            Verdict::CatchingUp { eta: None } => {
+                Some("input waiting; measuring how fast it catches up".into())
+            }
             Verdict::FallingBehind { lag, growth_per_s } => Some(format!(
                 "{lag} behind, growing by {growth_per_s:.0} a second"
             )),
@@ -163,11 +173,13 @@ pub fn verdict(
         .last()
         .map_or(now.at_ms, |s| s.at_ms);
     let still = millis(now.at_ms - still_since);
-    if waiting && still >= checkpoint_interval * STALLED_INTERVALS {
+    // Judged within the ring's 15 minutes, however long the checkpoint interval.
+    let window = (checkpoint_interval * STALLED_INTERVALS).min(STILL_AT_MOST);
+    if waiting && still >= window {
         return Some(Verdict::Stalled { for_: still });
     }
     let Some(lag) = now.lag else {
-        return Some(if still >= checkpoint_interval * STALLED_INTERVALS {
+        return Some(if still >= window {
             Verdict::Idle
         } else {
             Verdict::Healthy
@@ -179,7 +191,12 @@ pub fn verdict(
         .unwrap_or(now);
     let seconds = (now.at_ms - then.at_ms) as f64 / 1000.0;
     if seconds <= 0.0 {
-        return Some(Verdict::Healthy);
+        // One sample: no rate yet to judge the lag by.
+        return Some(if lag == 0 {
+            Verdict::Healthy
+        } else {
+            Verdict::CatchingUp { eta: None }
+        });
     }
     let read_per_s = (now.rows_in - then.rows_in.min(now.rows_in)) as f64 / seconds;
     // Caught up: what is left takes under two seconds at the rate it reads.
@@ -189,7 +206,7 @@ pub fn verdict(
     let growth_per_s = (lag - then.lag.unwrap_or(lag)) as f64 / seconds;
     Some(if growth_per_s < 0.0 {
         Verdict::CatchingUp {
-            eta: Duration::from_secs_f64(lag as f64 / -growth_per_s),
+            eta: Some(Duration::from_secs_f64(lag as f64 / -growth_per_s)),
         }
     } else {
         Verdict::FallingBehind { lag, growth_per_s }
@@ -241,7 +258,7 @@ mod tests {
         assert_eq!(
             verdict(&s, FIVE_S, true, None),
             Some(Verdict::CatchingUp {
-                eta: Duration::from_secs(10)
+                eta: Some(Duration::from_secs(10))
             })
         );
         // Growing: falling behind.
@@ -276,6 +293,28 @@ mod tests {
             Some(Verdict::Failed { .. })
         ));
         assert_eq!(verdict(&s, FIVE_S, false, None), None);
+    }
+
+    #[test]
+    fn one_sample_with_input_waiting_is_not_healthy_and_long_intervals_still_stall() {
+        let one = series(&[(0, 0, Some(1_000_000))]);
+        assert_eq!(
+            verdict(&one, FIVE_S, true, None),
+            Some(Verdict::CatchingUp { eta: None })
+        );
+        assert_eq!(
+            verdict(&series(&[(0, 0, Some(0))]), FIVE_S, true, None),
+            Some(Verdict::Healthy)
+        );
+        // A 10-minute checkpoint interval: 3 intervals exceed the ring; stalled after 10 min.
+        let mut points = vec![(0, 0, Some(1000))];
+        points.extend(std::iter::repeat_n((50, 2, Some(1000)), 601));
+        assert_eq!(
+            verdict(&series(&points), Duration::from_secs(600), true, None),
+            Some(Verdict::Stalled {
+                for_: Duration::from_secs(600)
+            })
+        );
     }
 
     #[test]

@@ -264,7 +264,7 @@ print(df["id"].tolist(), round(float(df["amount"].sum()), 2))
     let out = run_python(sqlalchemy, &[&server.port.to_string()]);
     assert_eq!(
         out,
-        "(16, 6)\n['orders', 'totals']\n[('id', 'BIGINT'), ('customer', 'TEXT'), ('amount', 'DOUBLE PRECISION'), ('ts', 'TIMESTAMP')]\n['checkpoints', 'errors', 'operators']\n['big_orders'] SELECT id, upper(customer) AS who, amount * 2 AS doubled FROM orders WHERE amount > 1\n[1, 2, 3] 6.06"
+        "(16, 6)\n['orders', 'totals']\n[('id', 'BIGINT'), ('customer', 'TEXT'), ('amount', 'DOUBLE PRECISION'), ('ts', 'TIMESTAMP')]\n['checkpoints', 'durations', 'errors']\n['big_orders'] SELECT id, upper(customer) AS who, amount * 2 AS doubled FROM orders WHERE amount > 1\n[1, 2, 3] 6.06"
     );
 }
 

@@ -108,12 +108,21 @@ function badge(value) {
   return h("span", { class: "badge " + (value || "") }, (value || "–").replace("_", " "));
 }
 
-// Per-second rates of a counter over the last `window` samples (counters restart from a
-// checkpoint's figures after a restart; a drop counts as no progress).
+// Whether sample `i` follows a restore: a run that starts again takes its counters from the
+// last checkpoint, so they jump from 0 (or fall back); that step is no rows read.
+function restored(samples, i) {
+  const a = samples[i - 1], b = samples[i];
+  return (a.epoch === 0 && b.epoch > 1) || b.epoch < a.epoch || b.rows_in < a.rows_in;
+}
+
+// Per-second rate of a counter over the last `window` samples, since the last restore.
 function rate(samples, key, window = 5) {
   if (!samples || samples.length < 2) return null;
-  const last = samples[samples.length - 1];
-  const first = samples[Math.max(0, samples.length - 1 - window)];
+  const lastIndex = samples.length - 1;
+  let start = Math.max(0, lastIndex - window);
+  for (let i = lastIndex; i > start; i--) if (restored(samples, i)) { start = i; break; }
+  const last = samples[lastIndex];
+  const first = samples[start];
   const seconds = (last.at_ms - first.at_ms) / 1000;
   if (seconds <= 0) return null;
   return Math.max(0, last[key] - first[key]) / seconds;
@@ -123,7 +132,7 @@ function rateSeries(samples, key) {
   const out = [];
   for (let i = 1; i < samples.length; i++) {
     const dt = (samples[i].at_ms - samples[i - 1].at_ms) / 1000;
-    if (dt > 0) out.push([samples[i].at_ms, Math.max(0, samples[i][key] - samples[i - 1][key]) / dt]);
+    if (dt > 0 && !restored(samples, i)) out.push([samples[i].at_ms, Math.max(0, samples[i][key] - samples[i - 1][key]) / dt]);
   }
   return out;
 }
@@ -387,12 +396,14 @@ function pipelineView(view, name) {
       ops.set(o.operator, { rows_in: was.rows_in + o.rows_in, rows_out: was.rows_out + o.rows_out });
     }
     opHistory.push({ at: now, ops });
-    while (opHistory.length > 1 && now - opHistory[0].at > 10000) opHistory.shift();
+    while (opHistory.length > 1 && now - opHistory[0].at > 30000) opHistory.shift();
     render(p, history, operators, lags, cps);
   });
 
   // The plan as a graph: sources, operators (instances summed), the sink; each edge labelled
-  // with rows per second over the last 10 s, each operator coloured by its busy ratio.
+  // with rows per second over the last 30 s (operators count the rows of committed epochs, so
+  // their rates show once the page has watched for 5 s), each operator coloured by its busy
+  // ratio.
   function planGraph(p, operators, history) {
     const nodes = new Map(); // id -> {id, kind, label, inputs, busy, depth}
     for (const o of operators) {
@@ -407,7 +418,7 @@ function pipelineView(view, name) {
     const first = opHistory[0], last = opHistory[opHistory.length - 1];
     const seconds = first && last ? (last.at - first.at) / 1000 : 0;
     const opRate = (id, key) => {
-      if (!first || seconds <= 0 || !first.ops.has(id) || !last.ops.has(id)) return null;
+      if (!first || seconds < 5 || !first.ops.has(id) || !last.ops.has(id)) return null;
       return Math.max(0, last.ops.get(id)[key] - first.ops.get(id)[key]) / seconds;
     };
     const edges = [];

@@ -150,6 +150,7 @@ pub const TABLES: &[&str] = &[
     "source_lag",
     "events",
     "durations",
+    "commits",
     "operators",
     "sessions",
 ];
@@ -332,6 +333,22 @@ impl SystemSchema {
                     (
                         "commit_failures",
                         count(st.iter().map(|s| s.commit_failures).collect()),
+                    ),
+                    (
+                        "rows_in_since_start",
+                        count(st.iter().map(|s| s.counted_since_start[0]).collect()),
+                    ),
+                    (
+                        "rows_out_since_start",
+                        count(st.iter().map(|s| s.counted_since_start[1]).collect()),
+                    ),
+                    (
+                        "rows_errored_since_start",
+                        count(st.iter().map(|s| s.counted_since_start[2]).collect()),
+                    ),
+                    (
+                        "rows_late_since_start",
+                        count(st.iter().map(|s| s.counted_since_start[3]).collect()),
                     ),
                     (
                         "health",
@@ -649,6 +666,40 @@ impl SystemSchema {
                     (
                         "inputs",
                         text(rows.iter().map(|r| Some(r.1.inputs.join(", "))).collect()),
+                    ),
+                ])?
+            }
+            "commits" => {
+                let mut statuses = self.runtime.statuses();
+                statuses.sort_by(|a, b| a.name.cmp(&b.name));
+                let rows: Vec<_> = statuses
+                    .iter()
+                    .flat_map(|st| st.commits().into_iter().map(|c| (st.name.clone(), c)))
+                    .collect();
+                table(vec![
+                    (
+                        "pipeline",
+                        text(rows.iter().map(|r| Some(r.0.clone())).collect()),
+                    ),
+                    ("epoch", count(rows.iter().map(|r| r.1.epoch).collect())),
+                    ("at", ts(rows.iter().map(|r| Some(r.1.at)).collect())),
+                    (
+                        "checkpoint_ms",
+                        count(rows.iter().map(|r| r.1.checkpoint_ms).collect()),
+                    ),
+                    (
+                        "commit_ms",
+                        count(rows.iter().map(|r| r.1.commit_ms).collect()),
+                    ),
+                    ("bytes", count(rows.iter().map(|r| r.1.bytes).collect())),
+                    ("rows_in", count(rows.iter().map(|r| r.1.rows_in).collect())),
+                    (
+                        "rows_out",
+                        count(rows.iter().map(|r| r.1.rows_out).collect()),
+                    ),
+                    (
+                        "sink_commit",
+                        text(rows.iter().map(|r| r.1.sink.clone()).collect()),
                     ),
                 ])?
             }

@@ -272,6 +272,12 @@ pub trait Sink: Send {
     /// Makes epoch `epoch` visible. Idempotent: calling it again for an epoch that is already
     /// visible does nothing (this is what makes recovery exactly once).
     async fn commit(&mut self, epoch: u64, prepared: PreparedCommit) -> Result<()>;
+
+    /// What the last commit made visible, in words (`Delta version 12`, `3 files published`),
+    /// for `tributary.commits`; `None` when the sink has nothing to add to the epoch.
+    fn last_commit(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A kind of source: `connector = 'file'`, `'kafka'`, ...

@@ -105,7 +105,11 @@ impl Runtime {
                 .extend(pipeline::read_error_file(&self.error_file(id)?, epoch));
             let status = self.status(name, mode, *state, error.clone());
             if let Some(cp) = latest {
-                status.restore(cp.rows_in, cp.rows_out, cp.rows_errored, cp.epoch, cp.at);
+                status.restore(
+                    [cp.rows_in, cp.rows_out, cp.rows_errored, cp.rows_late],
+                    cp.epoch,
+                    cp.at,
+                );
             }
         }
         Ok(())

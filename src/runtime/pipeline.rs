@@ -26,7 +26,7 @@ use super::pipeline_watermarks::{InputMarks, PipelineWatermarks};
 use super::plan::{PipelinePlan, RunOptions};
 use super::readers::{aligned, next_message, read_order, readable, AbortOnDrop, SourceMessage};
 use super::state::{restore_states, write_states, Compactions};
-use super::status::{ErrorEntry, ErrorLog, PipelineStatus};
+use super::status::{CommitRecord, ErrorEntry, ErrorLog, PipelineStatus};
 use super::unfilled::UnfilledColumns;
 use super::watermarks::Watermarks;
 use crate::catalog::{PipelineEntry, PipelineState};
@@ -185,8 +185,7 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                     None => InputMarks::default(),
                 };
             }
-            status.rows_late.store(cp.rows_late, Ordering::Relaxed);
-            status.restore(cp.rows_in, cp.rows_out, cp.rows_errored, cp.epoch, cp.at);
+            status.restore([cp.rows_in, cp.rows_out, cp.rows_errored, cp.rows_late], cp.epoch, cp.at);
             tracing::info!(epoch, "Resuming from checkpoint.");
         }
 
@@ -377,14 +376,26 @@ pub async fn run(job: PipelineJob, mut ctx: RunContext) -> Result<PipelineState>
                     inputs: job.inputs.iter().map(|i| i.name().to_string()).zip(marks).collect(),
                 };
                 let bytes = ctx.checkpoints.save(&cp).await?;
-                status.checkpoint_durations.observe(checkpoint_started.elapsed());
+                let checkpoint_took = checkpoint_started.elapsed();
+                status.checkpoint_durations.observe(checkpoint_took);
                 operator_states = operators;
                 let commit_started = Instant::now();
                 if let Err(e) = sink.commit(epoch, prepared).await {
                     status.commit_failures.fetch_add(1, Ordering::Relaxed);
                     return Err(e.into());
                 }
-                status.commit_durations.observe(commit_started.elapsed());
+                let commit_took = commit_started.elapsed();
+                status.commit_durations.observe(commit_took);
+                status.committed(CommitRecord {
+                    epoch,
+                    at,
+                    checkpoint_ms: checkpoint_took.as_millis() as u64,
+                    commit_ms: commit_took.as_millis() as u64,
+                    bytes: bytes as u64,
+                    rows_in: cp.rows_in,
+                    rows_out: cp.rows_out,
+                    sink: sink.last_commit(),
+                });
                 for (i, last) in last_positions.into_iter().enumerate() {
                     let Some(pos) = last else { continue };
                     if let Some(ack) = &acks[i] {

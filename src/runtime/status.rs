@@ -29,6 +29,9 @@ pub struct PipelineStatus {
     pub epoch: AtomicU64,
     /// Rows that arrived behind the watermark.
     pub rows_late: AtomicU64,
+    /// What the four counters added in this process, across restores: `/metrics` serves these,
+    /// since a Prometheus counter only grows until its process restarts.
+    counted: Mutex<Counted>,
     /// Sink commits that failed (each fails the pipeline's run).
     pub commit_failures: AtomicU64,
     /// How long each checkpoint took: the operators' checkpoint output, the sink's prepare and
@@ -36,12 +39,47 @@ pub struct PipelineStatus {
     pub checkpoint_durations: DurationHistogram,
     /// How long each sink commit took.
     pub commit_durations: DurationHistogram,
+    /// The last commits, newest last.
+    commits: Mutex<VecDeque<CommitRecord>>,
     /// The pipeline's watermark (UTC microseconds).
     watermark: Mutex<Option<i64>>,
     inner: Mutex<StatusInner>,
     lag: Mutex<Vec<(String, tributary_connectors::PartitionLag)>>,
     splits: Mutex<Vec<(String, SplitWatermark)>>,
     operators: Mutex<Vec<OperatorStats>>,
+}
+
+/// Commits kept per pipeline for `tributary.commits`.
+pub const KEPT_COMMITS: usize = 100;
+
+/// One epoch's checkpoint and sink commit, as `tributary.commits` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitRecord {
+    /// The epoch.
+    pub epoch: u64,
+    /// When its checkpoint was taken.
+    pub at: DateTime<Utc>,
+    /// Milliseconds its checkpoint took (see [`PipelineStatus::checkpoint_durations`]).
+    pub checkpoint_ms: u64,
+    /// Milliseconds the sink's commit took.
+    pub commit_ms: u64,
+    /// Bytes of the checkpoint file.
+    pub bytes: u64,
+    /// Rows read and written by the end of the epoch (cumulative).
+    pub rows_in: u64,
+    pub rows_out: u64,
+    /// What the sink says it made visible (a Delta version, files published).
+    pub sink: Option<String>,
+}
+
+/// Rows in, out, rejected and late.
+type Counters = [u64; 4];
+
+/// What the counters added before their last restore, and what that restore set them to.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counted {
+    carried: Counters,
+    base: Counters,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +111,9 @@ pub struct StatusSnapshot {
     pub rows_late: u64,
     /// Sink commits that failed.
     pub commit_failures: u64,
+    /// Rows in, out, rejected and late counted by this process (see
+    /// [`PipelineStatus::counted_since_start`]).
+    pub counted_since_start: [u64; 4],
     /// The watermark (UTC microseconds).
     pub watermark: Option<i64>,
     /// Last committed epoch.
@@ -100,9 +141,11 @@ impl PipelineStatus {
             rows_errored: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             rows_late: AtomicU64::new(0),
+            counted: Mutex::new(Counted::default()),
             commit_failures: AtomicU64::new(0),
             checkpoint_durations: DurationHistogram::default(),
             commit_durations: DurationHistogram::default(),
+            commits: Mutex::new(VecDeque::new()),
             watermark: Mutex::new(None),
             inner: Mutex::new(StatusInner {
                 state,
@@ -201,19 +244,54 @@ impl PipelineStatus {
         self.inner.lock().last_checkpoint_at = Some(at);
     }
 
-    /// Restores counters from a checkpoint.
-    pub fn restore(
-        &self,
-        rows_in: u64,
-        rows_out: u64,
-        rows_errored: u64,
-        epoch: u64,
-        at: DateTime<Utc>,
-    ) {
+    /// Restores counters from a checkpoint: rows in, out, rejected and late.
+    pub fn restore(&self, counters: [u64; 4], epoch: u64, at: DateTime<Utc>) {
+        let mut counted = self.counted.lock();
+        let now = self.counters();
+        let base = counted.base;
+        for (i, carried) in counted.carried.iter_mut().enumerate() {
+            *carried += now[i].saturating_sub(base[i]);
+        }
+        counted.base = counters;
+        let [rows_in, rows_out, rows_errored, rows_late] = counters;
         self.rows_in.store(rows_in, Ordering::Relaxed);
         self.rows_out.store(rows_out, Ordering::Relaxed);
         self.rows_errored.store(rows_errored, Ordering::Relaxed);
+        self.rows_late.store(rows_late, Ordering::Relaxed);
+        drop(counted);
         self.checkpointed(epoch, at);
+    }
+
+    /// Records a committed epoch, forgetting the oldest beyond [`KEPT_COMMITS`].
+    pub fn committed(&self, record: CommitRecord) {
+        let mut commits = self.commits.lock();
+        if commits.len() == KEPT_COMMITS {
+            commits.pop_front();
+        }
+        commits.push_back(record);
+    }
+
+    /// The last commits, oldest first.
+    pub fn commits(&self) -> Vec<CommitRecord> {
+        self.commits.lock().iter().cloned().collect()
+    }
+
+    fn counters(&self) -> Counters {
+        [
+            self.rows_in.load(Ordering::Relaxed),
+            self.rows_out.load(Ordering::Relaxed),
+            self.rows_errored.load(Ordering::Relaxed),
+            self.rows_late.load(Ordering::Relaxed),
+        ]
+    }
+
+    /// Rows in, out, rejected and late counted by this process: they only grow, where the
+    /// pipeline's own totals go back to a checkpoint's after a failure or a crash (the rows read
+    /// since are read again).
+    pub fn counted_since_start(&self) -> Counters {
+        let counted = self.counted.lock();
+        let now = self.counters();
+        std::array::from_fn(|i| counted.carried[i] + now[i].saturating_sub(counted.base[i]))
     }
 
     /// A consistent-enough copy for display.
@@ -229,6 +307,7 @@ impl PipelineStatus {
             epoch: self.epoch.load(Ordering::Relaxed),
             rows_late: self.rows_late.load(Ordering::Relaxed),
             commit_failures: self.commit_failures.load(Ordering::Relaxed),
+            counted_since_start: self.counted_since_start(),
             watermark: *self.watermark.lock(),
             started_at: i.started_at,
             last_checkpoint_at: i.last_checkpoint_at,
@@ -293,5 +372,31 @@ impl ErrorLog {
     /// A copy of all entries, oldest first.
     pub fn snapshot(&self) -> Vec<ErrorEntry> {
         self.entries.lock().iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_since_start_only_grow_across_restores() {
+        let status = PipelineStatus::new("p", "streaming", PipelineState::Running, None);
+        let at = Utc::now();
+        // The engine opens: the last checkpoint's totals are shown; this process counted none.
+        status.restore([100, 90, 1, 0], 5, at);
+        assert_eq!(status.counted_since_start(), [0, 0, 0, 0]);
+        // The run reads 50 more and writes 40, then fails before its next checkpoint.
+        status.rows_in.fetch_add(50, Ordering::Relaxed);
+        status.rows_out.fetch_add(40, Ordering::Relaxed);
+        assert_eq!(status.counted_since_start(), [50, 40, 0, 0]);
+        // START again: the totals go back to the checkpoint's; what this process counted stays.
+        status.restore([100, 90, 1, 0], 5, at);
+        assert_eq!(status.rows_in.load(Ordering::Relaxed), 100);
+        assert_eq!(status.counted_since_start(), [50, 40, 0, 0]);
+        status.rows_in.fetch_add(60, Ordering::Relaxed);
+        status.rows_late.fetch_add(2, Ordering::Relaxed);
+        assert_eq!(status.counted_since_start(), [110, 40, 0, 2]);
+        assert_eq!(status.snapshot().counted_since_start, [110, 40, 0, 2]);
     }
 }

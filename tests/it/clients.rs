@@ -256,7 +256,7 @@ with engine.connect() as conn:
 insp = sa.inspect(engine)
 print(sorted(insp.get_table_names()))
 print([(c["name"], str(c["type"])) for c in insp.get_columns("orders")])
-print(sorted(insp.get_table_names(schema="tributary"))[:3])
+print([n for n in sorted(insp.get_table_names(schema="tributary")) if n in ("checkpoints", "errors", "operators", "pipelines")])
 print(insp.get_view_names(), insp.get_view_definition("big_orders"))
 df = pd.read_sql(sa.text("SELECT id, amount FROM orders WHERE id <= :n ORDER BY id"), engine, params={"n": 3})
 print(df["id"].tolist(), round(float(df["amount"].sum()), 2))
@@ -264,7 +264,7 @@ print(df["id"].tolist(), round(float(df["amount"].sum()), 2))
     let out = run_python(sqlalchemy, &[&server.port.to_string()]);
     assert_eq!(
         out,
-        "(16, 6)\n['orders', 'totals']\n[('id', 'BIGINT'), ('customer', 'TEXT'), ('amount', 'DOUBLE PRECISION'), ('ts', 'TIMESTAMP')]\n['checkpoints', 'durations', 'errors']\n['big_orders'] SELECT id, upper(customer) AS who, amount * 2 AS doubled FROM orders WHERE amount > 1\n[1, 2, 3] 6.06"
+        "(16, 6)\n['orders', 'totals']\n[('id', 'BIGINT'), ('customer', 'TEXT'), ('amount', 'DOUBLE PRECISION'), ('ts', 'TIMESTAMP')]\n['checkpoints', 'errors', 'operators', 'pipelines']\n['big_orders'] SELECT id, upper(customer) AS who, amount * 2 AS doubled FROM orders WHERE amount > 1\n[1, 2, 3] 6.06"
     );
 }
 

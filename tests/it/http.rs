@@ -248,6 +248,38 @@ async fn api_and_metrics_agree_with_the_system_tables_and_stop_pipelines() {
     assert_eq!(status, 404, "{body}");
     assert_eq!(json(&body)["error"]["code"], "42704");
 
+    // Each commit says what it made visible: the Delta version the independent reader sees.
+    let lake = dir.path().join("lake");
+    c.batch_execute(&format!(
+        "CREATE SINK lake WITH (connector = 'delta', path = '{}');
+         CREATE PIPELINE to_lake AS INSERT INTO lake SELECT id FROM lines;",
+        lake.display()
+    ))
+    .await
+    .unwrap();
+    wait_state(&c, "to_lake", "completed").await;
+    let (status, body) = http(server.http_port, "GET", "/api/v1/commits?pipeline=to_lake").await;
+    assert_eq!(status, 200, "{body}");
+    let commits = json(&body);
+    let last = commits
+        .as_array()
+        .and_then(|c| c.last())
+        .unwrap_or_else(|| panic!("{body}"));
+    let version = run_python(
+        "import sys, deltalake\nprint(deltalake.DeltaTable(sys.argv[1]).version())",
+        &[lake.to_str().unwrap()],
+    );
+    assert_eq!(
+        last["sink_commit"],
+        format!("Delta version {version}"),
+        "{body}"
+    );
+    assert_eq!(last["rows_out"], 3, "{body}");
+    assert_eq!(
+        scalar(&c, "SELECT sink_commit FROM tributary.commits WHERE pipeline = 'to_lake' ORDER BY epoch DESC LIMIT 1").await,
+        format!("Delta version {version}")
+    );
+
     let (status, _) = http(server.http_port, "GET", "/readyz").await;
     assert_eq!(status, 200);
     poll(Duration::from_secs(5), "healthz", || async {

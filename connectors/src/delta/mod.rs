@@ -262,6 +262,11 @@ impl Sink for DeltaSink {
         ))
     }
 
+    fn last_commit(&self) -> Option<String> {
+        let version = self.table.as_ref()?.version()?;
+        Some(format!("Delta version {version}"))
+    }
+
     async fn commit(&mut self, epoch: u64, prepared: PreparedCommit) -> Result<()> {
         let prepared: DeltaPrepared = serde_json::from_value(prepared.0).map_err(|e| {
             ConnectorError::Internal(format!("unreadable Delta commit in checkpoint: {e}"))

@@ -97,6 +97,11 @@ impl Sink for DeltaUpsertSink {
         self.stage()?.prepare(epoch)
     }
 
+    fn last_commit(&self) -> Option<String> {
+        let version = self.table.as_ref()?.version()?;
+        Some(format!("Delta version {version}"))
+    }
+
     async fn commit(&mut self, epoch: u64, prepared: PreparedCommit) -> Result<()> {
         let Some(file) = EpochStage::staged_file(&prepared) else {
             return Ok(());

@@ -80,6 +80,7 @@ impl SinkConnector for ParquetSinkConnector {
             writer: None,
             pending: Vec::new(),
             writer_id: String::new(),
+            published: None,
         }))
     }
     async fn table(&self, spec: &SinkSpec) -> Result<Option<Arc<dyn TableProvider>>> {
@@ -136,6 +137,8 @@ struct ParquetSink {
     /// Temporary files of the current epoch.
     pending: Vec<String>,
     writer_id: String,
+    /// Files the last commit published.
+    published: Option<usize>,
 }
 
 impl ParquetSink {
@@ -205,9 +208,18 @@ impl Sink for ParquetSink {
         ))
     }
 
+    fn last_commit(&self) -> Option<String> {
+        match self.published? {
+            1 => Some("1 file published".into()),
+            n => Some(format!("{n} files published")),
+        }
+    }
+
     async fn commit(&mut self, _epoch: u64, prepared: PreparedCommit) -> Result<()> {
         let files: Vec<PendingFile> = serde_json::from_value(prepared.0)
             .map_err(|e| ConnectorError::Internal(e.to_string()))?;
+        self.published = None;
+        let count = files.len();
         for f in files {
             let temp = Path::from(f.temp.as_str());
             let final_path = Path::from(f.final_name.as_str());
@@ -227,6 +239,7 @@ impl Sink for ParquetSink {
                 Err(e) => return Err(ConnectorError::io(format!("publishing {final_path}"), e)),
             }
         }
+        self.published = Some(count);
         Ok(())
     }
 }

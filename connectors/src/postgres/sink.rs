@@ -90,6 +90,7 @@ impl SinkConnector for PostgresSinkConnector {
             columns: Vec::new(),
             key: Vec::new(),
             stage: None,
+            last_commit: None,
         }))
     }
     async fn table(&self, _spec: &SinkSpec) -> Result<Option<Arc<dyn TableProvider>>> {
@@ -110,6 +111,8 @@ struct PostgresSink {
     columns: Vec<(String, DataType)>,
     key: Vec<String>,
     stage: Option<EpochStage>,
+    /// What the last commit did, for `tributary.commits`.
+    last_commit: Option<String>,
 }
 
 impl PostgresSink {
@@ -268,10 +271,15 @@ impl Sink for PostgresSink {
         self.stage()?.prepare(epoch)
     }
 
+    fn last_commit(&self) -> Option<String> {
+        self.last_commit.clone()
+    }
+
     async fn commit(&mut self, epoch: u64, prepared: PreparedCommit) -> Result<()> {
         // Applying an epoch is idempotent (the progress row), so a connection lost to a server
         // restart is retried on a new connection for a while before the pipeline fails. What the
         // server refuses (a constraint, a type) comes back as `Refused` and fails at once.
+        self.last_commit = None;
         let Some(file) = EpochStage::staged_file(&prepared) else {
             return Ok(()); // an epoch without rows: nothing to apply
         };
@@ -293,6 +301,13 @@ impl Sink for PostgresSink {
                 }
             }
             match self.apply_epoch(epoch, &file).await {
+                Ok(()) => {
+                    self.last_commit = Some(format!(
+                        "epoch {epoch} applied to {} (its progress row says so)",
+                        self.target()
+                    ));
+                    return Ok(());
+                }
                 Err(e @ ConnectorError::Io { .. }) if attempt < 10 => {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "PostgreSQL sink failed to apply an epoch; retrying on a new connection.");

@@ -36,6 +36,7 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
         .route("/errors", get(errors))
         .route("/lag", get(lag))
         .route("/events", get(events))
+        .route("/commits", get(commits))
         .route("/openapi.json", get(openapi))
 }
 
@@ -225,6 +226,10 @@ async fn errors(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResul
 
 async fn events(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResult {
     list(&state, "events", &filter(f)?).await
+}
+
+async fn commits(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResult {
+    list(&state, "commits", &filter(f)?).await
 }
 
 async fn lag(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResult {

@@ -194,28 +194,28 @@ pub(super) async fn render(system: &SystemSchema) -> Result<String> {
     let pipeline_label = [("pipeline", "name")];
     for (column, name, kind, help) in [
         (
-            "rows_in",
+            "rows_in_since_start",
             "tributary_pipeline_records_in_total",
             "counter",
-            "Records read from the pipeline's sources.",
+            "Records read from the pipeline's sources by this process (tributary.pipelines.rows_in_since_start).",
         ),
         (
-            "rows_out",
+            "rows_out_since_start",
             "tributary_pipeline_records_out_total",
             "counter",
-            "Records written to the pipeline's sink.",
+            "Records written to the pipeline's sink by this process (rows_out_since_start).",
         ),
         (
-            "rows_errored",
+            "rows_errored_since_start",
             "tributary_pipeline_records_rejected_total",
             "counter",
-            "Records rejected as bad (kept in tributary.errors).",
+            "Records rejected as bad by this process (kept in tributary.errors; rows_errored_since_start).",
         ),
         (
-            "rows_late",
+            "rows_late_since_start",
             "tributary_pipeline_records_late_total",
             "counter",
-            "Records that arrived behind the watermark.",
+            "Records that arrived behind the watermark, in this process (rows_late_since_start).",
         ),
         (
             "commit_failures",

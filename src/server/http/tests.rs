@@ -225,6 +225,7 @@ async fn every_list_answers_as_the_openapi_document_says() {
         "/api/v1/operators",
         "/api/v1/lag",
         "/api/v1/events",
+        "/api/v1/commits",
     ] {
         let (status, value) = json(&router, "GET", route, Some(route)).await;
         assert_eq!(status, StatusCode::OK, "{route}");

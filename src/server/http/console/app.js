@@ -286,8 +286,19 @@ function pipelinesView(view) {
     }));
   }
   filter.addEventListener("input", render);
+  // The last minute of samples, fetched whole at first (or after the tab was hidden) and then
+  // three at a time: with hundreds of pipelines the whole minute is megabytes a second.
+  let fetchedAt = 0;
   return poll(async () => {
-    const [pipelines, history] = await Promise.all([api("/pipelines"), api("/history?last=60")]);
+    const whole = Date.now() - fetchedAt > 5000;
+    const [pipelines, recent] = await Promise.all([api("/pipelines"), api("/history?last=" + (whole ? 60 : 3))]);
+    fetchedAt = Date.now();
+    const history = {};
+    for (const [name, samples] of Object.entries(recent)) {
+      const had = whole ? [] : last.history[name] || [];
+      const newest = had.length ? had[had.length - 1].at_ms : -Infinity;
+      history[name] = had.concat(samples.filter((s) => s.at_ms > newest)).slice(-60);
+    }
     last = { pipelines, history };
     render();
   });
@@ -323,7 +334,7 @@ function pipelineView(view, name) {
     busy = false;
   }
 
-  function render(p, history, operators, lags, cps) {
+  function render(p, history, operators, lags, cps, commits) {
     replace(title, name, badge(p.state), badge(p.health),
       h("span", { class: "detail" }, p.health_detail || ""));
     const running = p.state === "running";
@@ -349,7 +360,7 @@ function pipelineView(view, name) {
       card("Last checkpoint", age(p.last_checkpoint_at)),
       card("Phase", p.phase || "–"));
     replace(graph, planGraph(p, operators, history));
-    const durations = cps.map((c) => [parseTime(c.at), c.duration_ms]).filter((x) => x[0] !== null);
+    const timed = (key) => commits.map((c) => [parseTime(c.at), c[key]]).filter((x) => x[0] !== null);
     replace(charts,
       lineChart("Rows per second", [
         { label: "in", cls: "line-a", points: rateSeries(history, "rows_in") },
@@ -359,8 +370,9 @@ function pipelineView(view, name) {
       lineChart("Lag (records, or WAL bytes for CDC)", [
         { label: "lag", cls: "line-a", points: history.map((s) => [s.at_ms, s.lag]) },
       ], short),
-      lineChart("Checkpoint duration (ms)", [
-        { label: "duration", cls: "line-c", points: durations },
+      lineChart("Checkpoint and sink commit duration (ms)", [
+        { label: "checkpoint", cls: "line-c", points: timed("checkpoint_ms") },
+        { label: "sink commit", cls: "line-a", points: timed("commit_ms") },
       ], short));
     replace(lag, table([
       { key: "source", title: "Source" },
@@ -372,22 +384,26 @@ function pipelineView(view, name) {
       { key: "watermark", title: "Watermark", render: (r) => r.watermark ? clock(r.watermark) : "–" },
       { key: "idle", title: "Idle", render: (r) => r.idle ? "yes" : "no" },
     ], lags, { id: "lag", empty: "No source of this pipeline reports positions." }));
+    // The commits since the engine started; before the first, the checkpoints kept on disk.
+    const shown = commits.length ? commits : cps.map((c) => ({ ...c, checkpoint_ms: c.duration_ms, commit_ms: null, sink_commit: null }));
     replace(checkpoints, table([
       { key: "epoch", title: "Epoch", num: true },
       { key: "at", title: "At", render: (c) => clock(c.at) },
-      { key: "duration_ms", title: "Duration", num: true, render: (c) => c.duration_ms + " ms" },
-      { key: "bytes", title: "State", num: true, render: (c) => bytes(c.bytes) },
+      { key: "checkpoint_ms", title: "Checkpoint", num: true, render: (c) => c.checkpoint_ms + " ms" },
+      { key: "commit_ms", title: "Sink commit", num: true, render: (c) => c.commit_ms === null ? "–" : c.commit_ms + " ms" },
+      { key: "bytes", title: "Checkpoint size", num: true, render: (c) => bytes(c.bytes) },
       { key: "rows_in", title: "Rows in", num: true, render: (c) => count(c.rows_in) },
-      { key: "rows_out", title: "Rows out (committed)", num: true, render: (c) => count(c.rows_out) },
-    ], cps.slice().reverse().slice(0, 20), { id: "checkpoints", empty: "No checkpoint yet." }));
+      { key: "rows_out", title: "Rows out", num: true, render: (c) => count(c.rows_out) },
+      { key: "sink_commit", title: "Made visible", cls: "wrap", render: (c) => c.sink_commit || "–" },
+    ], shown.slice().reverse().slice(0, 20), { id: "checkpoints", empty: "No checkpoint yet." }));
     sql.textContent = p.query;
   }
 
   return poll(async () => {
     const n = encodeURIComponent(name);
-    const [p, history, operators, lags, cps] = await Promise.all([
+    const [p, history, operators, lags, cps, commits] = await Promise.all([
       api(`/pipelines/${n}`), api(`/pipelines/${n}/history`), api(`/operators?pipeline=${n}`),
-      api(`/lag?pipeline=${n}`), api(`/checkpoints?pipeline=${n}&limit=100`),
+      api(`/lag?pipeline=${n}`), api(`/checkpoints?pipeline=${n}`), api(`/commits?pipeline=${n}`),
     ]);
     const now = Date.now();
     const ops = new Map();
@@ -397,7 +413,7 @@ function pipelineView(view, name) {
     }
     opHistory.push({ at: now, ops });
     while (opHistory.length > 1 && now - opHistory[0].at > 30000) opHistory.shift();
-    render(p, history, operators, lags, cps);
+    render(p, history, operators, lags, cps, commits);
   });
 
   // The plan as a graph: sources, operators (instances summed), the sink; each edge labelled

@@ -15,7 +15,7 @@ LOADS="${LOADS:-10}"
 CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 PYTHON="${TRIBUTARY_PYTHON:-$CACHE/venv/bin/python}"
-OUT="benches/results/console-load.md"
+OUT="${OUT:-benches/results/console-load.md}"
 # BIN=path/to/tributary skips the build.
 if [ -z "${BIN:-}" ]; then
   cargo build --release --bin tributary >&2

@@ -347,6 +347,10 @@ impl SystemSchema {
                         count(st.iter().map(|s| s.counted_since_start[2]).collect()),
                     ),
                     (
+                        "bytes_in_since_start",
+                        count(st.iter().map(|s| s.bytes_in).collect()),
+                    ),
+                    (
                         "rows_late_since_start",
                         count(st.iter().map(|s| s.counted_since_start[3]).collect()),
                     ),

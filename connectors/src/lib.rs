@@ -103,6 +103,9 @@ pub struct SourceBatch {
     /// Whether the batch is part of the source's initial load (a CDC snapshot) and more of it
     /// is to come: a join with the source as its table holds its other inputs back meanwhile.
     pub loading: bool,
+    /// Bytes of encoded input the batch took (the lines of a file, Kafka message payloads);
+    /// 0 where the source does not count them (a generator, a Parquet file, a CDC stream).
+    pub bytes: u64,
 }
 
 /// How many consecutive rows of a batch one split gave.
@@ -126,6 +129,7 @@ impl SourceBatch {
             transient_error: None,
             splits: Vec::new(),
             loading: false,
+            bytes: 0,
         }
     }
 }

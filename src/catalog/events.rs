@@ -37,6 +37,8 @@ struct Log {
     file: File,
     /// Lines in the file, for rewriting it once it holds twice [`KEPT_EVENTS`].
     lines: usize,
+    /// A write failed part way: the next line starts on a line of its own.
+    torn: bool,
 }
 
 /// The durable, bounded event log.
@@ -84,6 +86,7 @@ impl EventLog {
                 recent,
                 file,
                 lines,
+                torn: false,
             }),
         };
         // A torn last line would glue itself to the next event: start it on a line of its own.
@@ -117,11 +120,19 @@ impl EventLog {
     }
 
     fn write(&self, log: &mut Log, event: &Event) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
+        let mut line = Vec::new();
+        if log.torn {
+            line.push(b'\n');
+        }
+        serde_json::to_writer(&mut line, event).map_err(std::io::Error::other)?;
         line.push(b'\n');
+        log.torn = true;
         log.file.write_all(&line)?;
+        log.torn = false;
         log.lines += 1;
         if log.lines >= 2 * KEPT_EVENTS {
+            // Whether or not the rewrite succeeds, try again only after another KEPT_EVENTS.
+            log.lines = KEPT_EVENTS;
             // Rewrite the file with the kept events (and this one), then append to it.
             let tmp = self.path.with_extension("jsonl.tmp");
             let mut out = std::io::BufWriter::new(File::create(&tmp)?);
@@ -133,7 +144,6 @@ impl EventLog {
             }
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             std::fs::rename(&tmp, &self.path)?;
-            log.lines = kept.len();
             log.file = OpenOptions::new().append(true).open(&self.path)?;
         }
         Ok(())

@@ -381,7 +381,10 @@ impl Catalog {
             PipelineState::Completed => {
                 ("complete", "read all its input and completed".to_string())
             }
-            PipelineState::Failed => ("failure", error.unwrap_or_default()),
+            PipelineState::Failed => (
+                "failure",
+                tributary_connectors::options::redact_url_password(&error.unwrap_or_default()),
+            ),
             PipelineState::Created => ("create", "created".to_string()),
         };
         self.events.record(kind, "pipeline", name, message);

@@ -50,7 +50,7 @@ pub struct OperatorStats {
     pub watermark: Option<i64>,
     /// Figures of each parallel instance (empty when it runs as one).
     pub instances: Vec<InstanceStats>,
-    /// What it reads, in input order: a source's name or an operator's id.
+    /// What it reads, in input order: `source:<name>` or an operator's id.
     pub inputs: Vec<String>,
 }
 

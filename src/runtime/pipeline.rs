@@ -561,6 +561,7 @@ async fn handle_batch(
         (sb.batch.num_rows() + sb.bad_records.len()) as u64,
         Ordering::Relaxed,
     );
+    status.bytes_in.fetch_add(sb.bytes, Ordering::Relaxed);
     if !sb.lag.is_empty() {
         status.set_lag(job.inputs[input].name(), sb.lag.clone());
     }

@@ -434,10 +434,10 @@ impl PipelinePlan {
                     n.inputs
                         .iter()
                         .map(|input| match *input {
-                            Input::Source(i) => self
-                                .inputs
-                                .get(i)
-                                .map_or_else(|| format!("input {i}"), |p| p.source.clone()),
+                            Input::Source(i) => self.inputs.get(i).map_or_else(
+                                || format!("source:{i}"),
+                                |p| format!("source:{}", p.source),
+                            ),
                             Input::Node(j) => self
                                 .nodes
                                 .get(j)

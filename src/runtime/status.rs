@@ -32,6 +32,8 @@ pub struct PipelineStatus {
     /// What the four counters added in this process, across restores: `/metrics` serves these,
     /// since a Prometheus counter only grows until its process restarts.
     counted: Mutex<Counted>,
+    /// Bytes of encoded input read by this process (where sources count them).
+    pub bytes_in: AtomicU64,
     /// Sink commits that failed (each fails the pipeline's run).
     pub commit_failures: AtomicU64,
     /// How long each checkpoint took: the operators' checkpoint output, the sink's prepare and
@@ -109,6 +111,8 @@ pub struct StatusSnapshot {
     pub rows_errored: u64,
     /// Rows behind the watermark.
     pub rows_late: u64,
+    /// Bytes of encoded input read by this process.
+    pub bytes_in: u64,
     /// Sink commits that failed.
     pub commit_failures: u64,
     /// Rows in, out, rejected and late counted by this process (see
@@ -142,6 +146,7 @@ impl PipelineStatus {
             epoch: AtomicU64::new(0),
             rows_late: AtomicU64::new(0),
             counted: Mutex::new(Counted::default()),
+            bytes_in: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
             checkpoint_durations: DurationHistogram::default(),
             commit_durations: DurationHistogram::default(),
@@ -306,6 +311,7 @@ impl PipelineStatus {
             rows_errored: self.rows_errored.load(Ordering::Relaxed),
             epoch: self.epoch.load(Ordering::Relaxed),
             rows_late: self.rows_late.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
             commit_failures: self.commit_failures.load(Ordering::Relaxed),
             counted_since_start: self.counted_since_start(),
             watermark: *self.watermark.lock(),

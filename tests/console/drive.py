@@ -84,6 +84,8 @@ try:
                 for tr in trs if tr.find_elements(By.CSS_SELECTOR, "td.raw")]
         return rows if len(rows) >= 2 else None
     result["errors"] = until("the rejected rows", rejected)
+    result["raw_elements"] = len(driver.find_elements(By.CSS_SELECTOR, "td.raw *"))
+    result["title"] = driver.title
     driver.save_screenshot(os.path.join(shots, "2-rejected-rows.png"))
 
     # The failed pipeline's page shows its error.

@@ -170,10 +170,10 @@ async fn api_and_metrics_agree_with_the_system_tables_and_stop_pipelines() {
         );
     }
     assert!(sample(&metrics, "tributary_process_resident_memory_bytes").is_some_and(|v| v > 0.0));
-    // A checkpoint and a commit timed for each epoch of the completed pipeline.
+    // A checkpoint and a commit timed for each commit of the completed pipeline.
     let epochs: f64 = scalar(
         &c,
-        "SELECT epoch FROM tributary.pipelines WHERE name = 'files'",
+        "SELECT count(*) FROM tributary.commits WHERE pipeline = 'files'",
     )
     .await
     .parse()
@@ -196,6 +196,15 @@ async fn api_and_metrics_agree_with_the_system_tables_and_stop_pipelines() {
             "tributary_sink_commit_failures_total{pipeline=\"files\"}"
         ),
         Some(0.0)
+    );
+    // Bytes in: every byte of the file, malformed lines and newlines included.
+    let file_bytes = std::fs::metadata(input.join("a.jsonl")).unwrap().len() as f64;
+    assert_eq!(
+        sample(
+            &metrics,
+            "tributary_pipeline_bytes_in_total{pipeline=\"files\"}"
+        ),
+        Some(file_bytes)
     );
 
     // promtool, Prometheus's own checker, accepts the exposition.

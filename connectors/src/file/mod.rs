@@ -393,6 +393,8 @@ async fn skip_record(
 struct DecodeJob {
     decoded: tokio::task::JoinHandle<(RecordBatch, Vec<BadRecord>)>,
     position: SourcePosition,
+    /// Bytes of the file the job's records took.
+    bytes: u64,
 }
 
 enum OpenFile {
@@ -534,6 +536,7 @@ impl FileSource {
                         ),
                         raw: skipped.excerpt,
                     };
+                    let bytes = skipped.end - *offset;
                     *offset = skipped.end;
                     *line += skipped.newlines;
                     let (path, at, next, done) =
@@ -542,7 +545,11 @@ impl FileSource {
                     let decoded = tokio::task::spawn_blocking(move || {
                         (RecordBatch::new_empty(schema), vec![bad])
                     });
-                    return Ok(Some(DecodeJob { decoded, position }));
+                    return Ok(Some(DecodeJob {
+                        decoded,
+                        position,
+                        bytes,
+                    }));
                 }
                 if used == 0 {
                     // A record longer than a block: read a larger one, up to max_record_bytes.
@@ -567,7 +574,11 @@ impl FileSource {
                     format!("{file}:{}", r.line)
                 })
             });
-            return Ok(Some(DecodeJob { decoded, position }));
+            return Ok(Some(DecodeJob {
+                decoded,
+                position,
+                bytes: used as u64,
+            }));
         }
     }
 
@@ -582,6 +593,7 @@ impl FileSource {
             .map_err(|e| ConnectorError::Internal(format!("decoding a block failed: {e}")))?;
         Ok(Some(SourceBatch {
             bad_records,
+            bytes: job.bytes,
             ..SourceBatch::new(batch, job.position)
         }))
     }

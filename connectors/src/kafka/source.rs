@@ -420,6 +420,7 @@ impl Source for KafkaSource {
         }
         // Rows grouped by partition, every partition listed: the event time of each is
         // followed apart.
+        let bytes = payloads.iter().map(|p| p.2.len() as u64).sum();
         let mut by_partition: BTreeMap<i32, Vec<(i32, i64, Vec<u8>)>> = BTreeMap::new();
         for payload in payloads {
             by_partition.entry(payload.0).or_default().push(payload);
@@ -457,6 +458,7 @@ impl Source for KafkaSource {
             transient_error: None,
             splits,
             loading: false,
+            bytes,
         }))
     }
 }

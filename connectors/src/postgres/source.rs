@@ -904,6 +904,7 @@ impl CdcSource {
             transient_error: error,
             splits: Vec::new(),
             loading: self.pos.in_snapshot,
+            bytes: 0,
         })
     }
 

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 /// Refuses, with 403 and the API's JSON error, what [`refusal`] refuses.
 pub(super) async fn same_origin_loopback(request: Request, next: Next) -> Response {
-    match refusal(request.headers()) {
+    match refusal(request.headers(), request.method().is_safe()) {
         None => next.run(request).await,
         Some(message) => {
             tracing::warn!(%message, uri = %request.uri(), "Refused an HTTP request.");
@@ -20,9 +20,10 @@ pub(super) async fn same_origin_loopback(request: Request, next: Next) -> Respon
 }
 
 /// Why a request with `headers` is refused, if it is: a Host that is not loopback, an Origin
-/// other than the Host's own, or a browser's `Sec-Fetch-Site: cross-site`. Clients that are not
-/// browsers (curl, Prometheus) send no Origin and pass.
-pub(super) fn refusal(headers: &HeaderMap) -> Option<String> {
+/// other than the Host's own, or, for a request that changes something (`safe` false: a POST),
+/// a browser's `Sec-Fetch-Site: cross-site` (a link to the console from another site is a safe
+/// GET and opens it). Clients that are not browsers (curl, Prometheus) send no Origin and pass.
+pub(super) fn refusal(headers: &HeaderMap, safe: bool) -> Option<String> {
     let host = match headers.get(header::HOST).map(|h| h.to_str()) {
         None => None,
         Some(Ok(host)) if is_loopback_host(host) => Some(host),
@@ -47,9 +48,10 @@ pub(super) fn refusal(headers: &HeaderMap) -> Option<String> {
             );
         }
     }
-    if headers
-        .get("sec-fetch-site")
-        .is_some_and(|site| site.as_bytes() == b"cross-site")
+    if !safe
+        && headers
+            .get("sec-fetch-site")
+            .is_some_and(|site| site.as_bytes() == b"cross-site")
     {
         return Some(
             "requests from other web sites are refused (Sec-Fetch-Site: cross-site)".into(),
@@ -128,14 +130,25 @@ mod tests {
         }
     }
 
+    fn refusal_post(headers: &HeaderMap) -> Option<String> {
+        refusal(headers, false)
+    }
+
+    #[test]
+    fn a_link_from_another_site_opens_the_console_but_cannot_post() {
+        let link = headers(&[("host", "127.0.0.1:7480"), ("sec-fetch-site", "cross-site")]);
+        assert_eq!(refusal(&link, true), None);
+        assert!(refusal(&link, false).is_some());
+    }
+
     #[test]
     fn a_rebinding_page_or_another_site_is_refused() {
         // curl and Prometheus: no Origin.
-        assert_eq!(refusal(&headers(&[("host", "127.0.0.1:7480")])), None);
-        assert_eq!(refusal(&headers(&[])), None);
+        assert_eq!(refusal_post(&headers(&[("host", "127.0.0.1:7480")])), None);
+        assert_eq!(refusal_post(&headers(&[])), None);
         // The console itself.
         assert_eq!(
-            refusal(&headers(&[
+            refusal_post(&headers(&[
                 ("host", "127.0.0.1:7480"),
                 ("origin", "http://127.0.0.1:7480"),
                 ("sec-fetch-site", "same-origin")
@@ -143,24 +156,26 @@ mod tests {
             None
         );
         // DNS rebinding: the browser names the attacker's host.
-        assert!(refusal(&headers(&[
+        assert!(refusal_post(&headers(&[
             ("host", "rebind.evil.example:7480"),
             ("origin", "http://rebind.evil.example:7480")
         ]))
         .is_some());
         // A cross-site form post or fetch.
-        assert!(refusal(&headers(&[
+        assert!(refusal_post(&headers(&[
             ("host", "127.0.0.1:7480"),
             ("origin", "https://evil.example")
         ]))
         .is_some());
-        assert!(refusal(&headers(&[("host", "127.0.0.1:7480"), ("origin", "null")])).is_some());
-        assert!(refusal(&headers(&[
+        assert!(
+            refusal_post(&headers(&[("host", "127.0.0.1:7480"), ("origin", "null")])).is_some()
+        );
+        assert!(refusal_post(&headers(&[
             ("host", "127.0.0.1:7480"),
             ("origin", "http://127.0.0.1:7481")
         ]))
         .is_some());
-        assert!(refusal(&headers(&[
+        assert!(refusal_post(&headers(&[
             ("host", "127.0.0.1:7480"),
             ("sec-fetch-site", "cross-site")
         ]))

@@ -218,6 +218,12 @@ pub(super) async fn render(system: &SystemSchema) -> Result<String> {
             "Records that arrived behind the watermark, in this process (rows_late_since_start).",
         ),
         (
+            "bytes_in_since_start",
+            "tributary_pipeline_bytes_in_total",
+            "counter",
+            "Bytes of encoded input read by this process: file lines and Kafka payloads (sources that do not count them add 0).",
+        ),
+        (
             "commit_failures",
             "tributary_sink_commit_failures_total",
             "counter",

@@ -203,7 +203,9 @@ function route() {
   const hash = location.hash.replace(/^#/, "") || "/";
   const [path, search] = hash.split("?");
   const params = new URLSearchParams(search || "");
-  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  const parts = path.split("/").filter(Boolean).map((part) => {
+    try { return decodeURIComponent(part); } catch { return part; }
+  });
   if (current) current.stop();
   const view = document.getElementById("view");
   view.replaceChildren();
@@ -290,8 +292,10 @@ function pipelinesView(view) {
   // three at a time: with hundreds of pipelines the whole minute is megabytes a second.
   let fetchedAt = 0;
   return poll(async () => {
-    const whole = Date.now() - fetchedAt > 5000;
-    const [pipelines, recent] = await Promise.all([api("/pipelines"), api("/history?last=" + (whole ? 60 : 3))]);
+    const since = Date.now() - fetchedAt;
+    const whole = since > 30000;
+    const lastN = whole ? 60 : Math.min(60, Math.ceil(since / 1000) + 2);
+    const [pipelines, recent] = await Promise.all([api("/pipelines"), api("/history?last=" + lastN)]);
     fetchedAt = Date.now();
     const history = {};
     for (const [name, samples] of Object.entries(recent)) {
@@ -325,6 +329,7 @@ function pipelineView(view, name) {
 
   async function act(verb) {
     busy = true;
+    for (const b of actions.querySelectorAll("button")) b.disabled = true;
     message.textContent = "";
     try {
       await api(`/pipelines/${encodeURIComponent(name)}/${verb}`, { method: "POST" });
@@ -430,7 +435,7 @@ function pipelineView(view, name) {
     }
     for (const o of operators) nodes.get(o.operator).state_bytes += o.state_bytes;
     const sources = (p.source || "").split(", ").filter(Boolean);
-    const consumed = new Set([...nodes.values()].flatMap((n) => n.inputs));
+    const consumed = new Set([...nodes.values()].flatMap((n) => n.inputs.filter((i) => !i.startsWith("source:"))));
     const first = opHistory[0], last = opHistory[opHistory.length - 1];
     const seconds = first && last ? (last.at - first.at) / 1000 : 0;
     const opRate = (id, key) => {
@@ -440,11 +445,12 @@ function pipelineView(view, name) {
     const edges = [];
     for (const n of nodes.values()) {
       for (const input of n.inputs) {
-        const fromOp = nodes.has(input);
+        // `source:<name>` or an operator's id.
+        const fromOp = !input.startsWith("source:");
         const r = fromOp ? opRate(input, "rows_out")
           : n.inputs.length === 1 ? opRate(n.id, "rows_in")
           : sources.length === 1 ? rate(history, "rows_in", 10) : null;
-        edges.push({ from: fromOp ? "op:" + input : "src:" + input, to: "op:" + n.id, rate: r });
+        edges.push({ from: fromOp ? "op:" + input : "src:" + input.slice(7), to: "op:" + n.id, rate: r });
       }
     }
     const feeders = nodes.size ? [...nodes.values()].filter((n) => !consumed.has(n.id)).map((n) => "op:" + n.id) : sources.map((s) => "src:" + s);
@@ -465,13 +471,15 @@ function pipelineView(view, name) {
     };
     const keys = [...new Set(edges.flatMap((e) => [e.from, e.to]))];
     keys.forEach((k) => depthOf(k));
+    if (!keys.length) return h("p", { class: "muted" }, "No plan to show yet.");
     const columns = [];
     for (const k of keys) (columns[depth.get(k)] ||= []).push(k);
+    for (let i = 0; i < columns.length; i++) columns[i] ||= [];
     const boxW = 160, boxH = 46, gapX = 70, gapY = 24;
     const pos = new Map();
     columns.forEach((col, ci) => col.forEach((k, ri) => pos.set(k, { x: 10 + ci * (boxW + gapX), y: 10 + ri * (boxH + gapY) })));
     const width = 20 + columns.length * (boxW + gapX) - gapX;
-    const height = 20 + Math.max(...columns.map((c) => c.length)) * (boxH + gapY) - gapY;
+    const height = 20 + Math.max(1, ...columns.map((c) => c.length)) * (boxH + gapY) - gapY;
     const g = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}` },
       svg("defs", {}, svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto" },
         svg("path", { d: "M0,0 L10,5 L0,10 z", fill: "#8d98b0" }))));
@@ -487,6 +495,7 @@ function pipelineView(view, name) {
       let fill = "#eef1f7", label, sub;
       if (k === "sink") { label = "sink " + p.sink; sub = "rows out " + count(p.rows_out); }
       else if (k.startsWith("src:")) { label = "source " + k.slice(4); sub = sources.length === 1 ? "rows in " + count(p.rows_in) : ""; }
+      else if (!nodes.has(k.slice(3))) { label = "operator " + k.slice(3); sub = "not running"; }
       else {
         const n = nodes.get(k.slice(3));
         const b = Math.min(1, Math.max(0, n.busy));
@@ -517,11 +526,14 @@ function errorsView(view, params) {
   replace(view, h("h1", {}, "Rejected rows"),
     h("div", { class: "controls" }, Object.values(inputs), summary), body);
   for (const i of Object.values(inputs)) i.addEventListener("input", () => refresh().catch(() => {}));
+  let asked = 0; // answers to older filters are dropped
   async function refresh() {
+    const ask = ++asked;
     const rows = await api("/errors" + query({
       pipeline: inputs.pipeline.value.trim(), source: inputs.source.value.trim(),
       message: inputs.message.value, limit: 500,
     }));
+    if (ask !== asked) return;
     summary.textContent = rows.length === 500 ? "the last 500" : `${rows.length} rows`;
     replace(body, table([
       { key: "at", title: "At", render: (r) => clock(r.at) },

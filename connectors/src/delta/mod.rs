@@ -114,6 +114,7 @@ impl SinkConnector for DeltaSinkConnector {
             table: None,
             writer: None,
             new_table: None,
+            published: false,
         }))
     }
     fn upsert_key(&self, spec: &SinkSpec) -> Result<Option<Vec<String>>> {
@@ -154,6 +155,8 @@ struct DeltaSink {
     table: Option<DeltaTable>,
     writer: Option<RecordBatchWriter>,
     new_table: Option<NewTable>,
+    /// Whether the last commit had rows to publish.
+    published: bool,
 }
 
 impl DeltaSink {
@@ -264,13 +267,18 @@ impl Sink for DeltaSink {
 
     fn last_commit(&self) -> Option<String> {
         let version = self.table.as_ref()?.version()?;
-        Some(format!("Delta version {version}"))
+        Some(if self.published {
+            format!("Delta version {version}")
+        } else {
+            format!("no rows; Delta version {version} as it was")
+        })
     }
 
     async fn commit(&mut self, epoch: u64, prepared: PreparedCommit) -> Result<()> {
         let prepared: DeltaPrepared = serde_json::from_value(prepared.0).map_err(|e| {
             ConnectorError::Internal(format!("unreadable Delta commit in checkpoint: {e}"))
         })?;
+        self.published = !prepared.adds.is_empty();
         if prepared.adds.is_empty() {
             // Nothing to publish; replaying an empty epoch changes nothing either.
             return Ok(());

@@ -25,6 +25,8 @@ pub(super) struct DeltaUpsertSink {
     key: Vec<String>,
     stage: Option<EpochStage>,
     table: Option<DeltaTable>,
+    /// Whether the last commit had rows to merge.
+    published: bool,
 }
 
 impl DeltaUpsertSink {
@@ -35,6 +37,7 @@ impl DeltaUpsertSink {
             key: Vec::new(),
             stage: None,
             table: None,
+            published: false,
         }
     }
 
@@ -99,10 +102,15 @@ impl Sink for DeltaUpsertSink {
 
     fn last_commit(&self) -> Option<String> {
         let version = self.table.as_ref()?.version()?;
-        Some(format!("Delta version {version}"))
+        Some(if self.published {
+            format!("Delta version {version}")
+        } else {
+            format!("no rows; Delta version {version} as it was")
+        })
     }
 
     async fn commit(&mut self, epoch: u64, prepared: PreparedCommit) -> Result<()> {
+        self.published = false;
         let Some(file) = EpochStage::staged_file(&prepared) else {
             return Ok(());
         };
@@ -207,6 +215,7 @@ impl Sink for DeltaUpsertSink {
             "Delta MERGE committed."
         );
         self.table = Some(table);
+        self.published = true;
         self.stage()?.done(epoch);
         Ok(())
     }

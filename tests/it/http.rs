@@ -89,6 +89,8 @@ async fn api_and_metrics_agree_with_the_system_tables_and_stop_pipelines() {
             .clone()
     };
     assert_eq!(state_of("files")["state"], "completed");
+    // A file source says how many of its files it has read.
+    assert_eq!(state_of("files")["phase"], "1 of 1 files read", "{listed}");
     assert_eq!(state_of("live")["state"], "running");
     let broken = state_of("broken");
     assert_eq!(broken["state"], "failed");

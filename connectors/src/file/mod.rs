@@ -444,6 +444,18 @@ impl FileSource {
 
     /// The position as stored in checkpoints. One that cannot be encoded fails the epoch: a
     /// null position would mean "read every file again".
+    /// How many files are read, being read and waiting, for `tributary.pipelines.phase`.
+    fn files_phase(&self) -> String {
+        let done = self.position.done.len();
+        let total = done + usize::from(self.position.current.is_some()) + self.queue.len();
+        let watching = if self.watch {
+            "; watching for more"
+        } else {
+            ""
+        };
+        format!("{done} of {total} files read{watching}")
+    }
+
     fn position_value(&self) -> Result<SourcePosition> {
         serde_json::to_value(&self.position)
             .map(SourcePosition)
@@ -594,6 +606,7 @@ impl FileSource {
         Ok(Some(SourceBatch {
             bad_records,
             bytes: job.bytes,
+            phase: Some(self.files_phase()),
             ..SourceBatch::new(batch, job.position)
         }))
     }
@@ -615,15 +628,18 @@ impl FileSource {
                     offset: *rows,
                     line: 0,
                 });
-                Ok(Some(SourceBatch::new(batch, self.position_value()?)))
+                Ok(Some(SourceBatch {
+                    phase: Some(self.files_phase()),
+                    ..SourceBatch::new(batch, self.position_value()?)
+                }))
             }
             None => {
                 let path = meta.location.clone();
                 let position = self.finish_file(&path)?;
-                Ok(Some(SourceBatch::new(
-                    RecordBatch::new_empty(schema),
-                    position,
-                )))
+                Ok(Some(SourceBatch {
+                    phase: Some(self.files_phase()),
+                    ..SourceBatch::new(RecordBatch::new_empty(schema), position)
+                }))
             }
         }
     }

@@ -4,7 +4,7 @@
 //! tributary.pipelines over the wire and with /metrics; the screenshots land in
 //! target/tmp/console-screenshots.
 
-use super::http::{http, json, sample};
+use super::http::{http, json, sample, three_pipelines};
 use crate::harness::*;
 
 const DRIVER: &str = include_str!("../console/drive.py");
@@ -13,33 +13,14 @@ const DRIVER: &str = include_str!("../console/drive.py");
 async fn the_console_shows_what_psql_and_metrics_show_and_stops_a_pipeline() {
     let (dir, server) = start_fresh().await;
     let c = server.client().await;
-    let input = dir.path().join("in");
-    std::fs::create_dir_all(&input).unwrap();
-    std::fs::write(
-        input.join("a.jsonl"),
-        "{\"id\": 1}\n{\"id\": 2}\n{\"id\": oops}\n{\"id\": 3}\n<img src=x onerror=\"document.title='xss'\">\n",
+    three_pipelines(
+        dir.path(),
+        &c,
+        "<img src=x onerror=\"document.title='xss'\">",
+        "CREATE PIPELINE live WITH (checkpoint_interval = '2s') AS
+           INSERT INTO nowhere SELECT auction, price FROM bids WHERE price > 1000",
     )
-    .unwrap();
-    let good = dir.path().join("good");
-    std::fs::create_dir_all(&good).unwrap();
-    std::fs::write(good.join("b.jsonl"), "{\"id\": 7}\n").unwrap();
-    c.batch_execute(&format!(
-        "CREATE SOURCE lines (id BIGINT) WITH (connector = 'file', path = '{}/*.jsonl', format = 'json');
-         CREATE SINK nowhere WITH (connector = 'blackhole');
-         CREATE PIPELINE files AS INSERT INTO nowhere SELECT id FROM lines;
-         CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', rate = 2000, seed = 5);
-         CREATE PIPELINE live WITH (checkpoint_interval = '2s') AS
-           INSERT INTO nowhere SELECT auction, price FROM bids WHERE price > 1000;
-         CREATE SOURCE good (id BIGINT) WITH (connector = 'file', path = '{}/*.jsonl', format = 'json');
-         CREATE PIPELINE broken WITH (on_error = 'fail') AS INSERT INTO nowhere SELECT 1 / (id - id) AS boom FROM good;",
-        input.display(),
-        good.display()
-    ))
-    .await
-    .unwrap();
-    wait_state(&c, "files", "completed").await;
-    wait_state(&c, "broken", "failed").await;
-    wait_progress(&c, "live").await;
+    .await;
 
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     let base = format!("http://127.0.0.1:{}", server.http_port);

@@ -44,18 +44,24 @@ pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-#[tokio::test]
-async fn api_and_metrics_agree_with_the_system_tables_and_stop_pipelines() {
-    let (dir, server) = start_fresh().await;
-    let c = server.client().await;
-    let input = dir.path().join("in");
+/// The scenario the HTTP and console tests watch: `files` (a file pipeline over `in/a.jsonl`,
+/// 5 lines, 2 malformed: `{"id": oops}` and `last_line`) completed, `broken` (1 / 0) failed,
+/// and `live` (`live_pipeline`, a statement over the Nexmark source `bids`, into `nowhere`)
+/// running and reading. Returns the directory of `a.jsonl`.
+pub(crate) async fn three_pipelines(
+    dir: &std::path::Path,
+    c: &tokio_postgres::Client,
+    last_line: &str,
+    live_pipeline: &str,
+) -> std::path::PathBuf {
+    let input = dir.join("in");
     std::fs::create_dir_all(&input).unwrap();
     std::fs::write(
         input.join("a.jsonl"),
-        "{\"id\": 1}\n{\"id\": 2}\n{\"id\": oops}\n{\"id\": 3}\n[not an object\n",
+        format!("{{\"id\": 1}}\n{{\"id\": 2}}\n{{\"id\": oops}}\n{{\"id\": 3}}\n{last_line}\n"),
     )
     .unwrap();
-    let good = dir.path().join("good");
+    let good = dir.join("good");
     std::fs::create_dir_all(&good).unwrap();
     std::fs::write(good.join("b.jsonl"), "{\"id\": 7}\n").unwrap();
     c.batch_execute(&format!(
@@ -63,7 +69,7 @@ async fn api_and_metrics_agree_with_the_system_tables_and_stop_pipelines() {
          CREATE SINK nowhere WITH (connector = 'blackhole');
          CREATE PIPELINE files AS INSERT INTO nowhere SELECT id FROM lines;
          CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', rate = 2000, seed = 5);
-         CREATE PIPELINE live AS INSERT INTO nowhere SELECT auction, price FROM bids;
+         {live_pipeline};
          CREATE SOURCE good (id BIGINT) WITH (connector = 'file', path = '{}/*.jsonl', format = 'json');
          CREATE PIPELINE broken WITH (on_error = 'fail') AS INSERT INTO nowhere SELECT 1 / (id - id) AS boom FROM good;",
         input.display(),
@@ -71,9 +77,23 @@ async fn api_and_metrics_agree_with_the_system_tables_and_stop_pipelines() {
     ))
     .await
     .unwrap();
-    wait_state(&c, "files", "completed").await;
-    wait_state(&c, "broken", "failed").await;
-    wait_progress(&c, "live").await;
+    wait_state(c, "files", "completed").await;
+    wait_state(c, "broken", "failed").await;
+    wait_progress(c, "live").await;
+    input
+}
+
+#[tokio::test]
+async fn api_and_metrics_agree_with_the_system_tables_and_stop_pipelines() {
+    let (dir, server) = start_fresh().await;
+    let c = server.client().await;
+    let input = three_pipelines(
+        dir.path(),
+        &c,
+        "[not an object",
+        "CREATE PIPELINE live AS INSERT INTO nowhere SELECT auction, price FROM bids",
+    )
+    .await;
 
     // Every pipeline is listed with its state, as tributary.pipelines has it.
     let (status, body) = http(server.http_port, "GET", "/api/v1/pipelines").await;

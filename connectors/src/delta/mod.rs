@@ -149,6 +149,16 @@ struct NewTable {
     partition_by: Vec<String>,
 }
 
+/// What a commit made visible: the table's version, or that the epoch had no rows.
+fn describe_commit(table: Option<&DeltaTable>, published: bool) -> Option<String> {
+    let version = table?.version()?;
+    Some(if published {
+        format!("Delta version {version}")
+    } else {
+        format!("no rows; Delta version {version} as it was")
+    })
+}
+
 struct DeltaSink {
     opts: DeltaSinkOptions,
     writer_id: String,
@@ -266,12 +276,7 @@ impl Sink for DeltaSink {
     }
 
     fn last_commit(&self) -> Option<String> {
-        let version = self.table.as_ref()?.version()?;
-        Some(if self.published {
-            format!("Delta version {version}")
-        } else {
-            format!("no rows; Delta version {version} as it was")
-        })
+        describe_commit(self.table.as_ref(), self.published)
     }
 
     async fn commit(&mut self, epoch: u64, prepared: PreparedCommit) -> Result<()> {

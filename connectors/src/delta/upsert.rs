@@ -101,12 +101,7 @@ impl Sink for DeltaUpsertSink {
     }
 
     fn last_commit(&self) -> Option<String> {
-        let version = self.table.as_ref()?.version()?;
-        Some(if self.published {
-            format!("Delta version {version}")
-        } else {
-            format!("no rows; Delta version {version} as it was")
-        })
+        super::describe_commit(self.table.as_ref(), self.published)
     }
 
     async fn commit(&mut self, epoch: u64, prepared: PreparedCommit) -> Result<()> {

@@ -591,6 +591,12 @@ impl SystemSchema {
                                 .collect::<Vec<_>>(),
                         )),
                     ),
+                    (
+                        "lag_seconds",
+                        Arc::new(arrow::array::Float64Array::from(
+                            rows.iter().map(|r| r.2.lag_seconds).collect::<Vec<_>>(),
+                        )),
+                    ),
                 ])?
             }
             "operators" => {

@@ -151,6 +151,26 @@ pub struct PartitionLag {
     pub confirmed: Option<i64>,
     /// Positions are PostgreSQL LSNs (shown as `16/B374D848` too).
     pub lsn: bool,
+    /// How far behind in time: while input is left to read, the age of the last record read
+    /// (a Kafka message's timestamp, a transaction's commit time); 0 when caught up; `None` when
+    /// the source cannot tell (nothing read yet).
+    pub lag_seconds: Option<f64>,
+}
+
+impl PartitionLag {
+    /// [`PartitionLag::lag_seconds`] for a partition at `position` of `latest`, whose last
+    /// record read is stamped `last_ms` (UTC milliseconds), at `now_ms`.
+    pub fn seconds_behind(
+        position: i64,
+        latest: i64,
+        last_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Option<f64> {
+        if position >= latest {
+            return Some(0.0);
+        }
+        last_ms.map(|t| (now_ms - t).max(0) as f64 / 1000.0)
+    }
 }
 
 /// How a pipeline reads a source.
@@ -405,4 +425,30 @@ fn find<T: ?Sized>(
             name: wanted.clone(),
             accepted,
         })
+}
+
+#[cfg(test)]
+mod lag_tests {
+    use super::PartitionLag;
+
+    #[test]
+    fn seconds_behind_is_the_age_of_the_last_record_while_input_is_left() {
+        // Caught up: no lag, whatever the last record's age.
+        assert_eq!(
+            PartitionLag::seconds_behind(10, 10, Some(0), 60_000),
+            Some(0.0)
+        );
+        // 5 records left, the last read stamped 2.5 s ago.
+        assert_eq!(
+            PartitionLag::seconds_behind(5, 10, Some(57_500), 60_000),
+            Some(2.5)
+        );
+        // Nothing read yet: unknown.
+        assert_eq!(PartitionLag::seconds_behind(0, 10, None, 60_000), None);
+        // A clock behind the record's stamp is not negative lag.
+        assert_eq!(
+            PartitionLag::seconds_behind(5, 10, Some(61_000), 60_000),
+            Some(0.0)
+        );
+    }
 }

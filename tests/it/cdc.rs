@@ -365,11 +365,12 @@ async fn cdc_into_delta_and_postgres_exactly_once_across_sigkills() {
     let lag = poll(Duration::from_secs(60), "source_lag to catch up", || async {
         let rows = query(
             &c,
-            "SELECT partition, confirmed_lsn, latest_lsn, lag FROM tributary.source_lag WHERE pipeline = 'to_wh'",
+            "SELECT partition, confirmed_lsn, latest_lsn, lag, lag_seconds FROM tributary.source_lag WHERE pipeline = 'to_wh'",
         )
         .await;
         let r = rows.first()?.clone();
-        (r[0].as_deref() == Some("tributary_customers_wh") && r[1].is_some()).then_some(r)
+        (r[0].as_deref() == Some("tributary_customers_wh") && r[1].is_some() && r[4].is_some())
+            .then_some(r)
     })
     .await;
     assert!(lag[2].as_deref().unwrap_or("").contains('/'), "{lag:?}");

@@ -314,8 +314,13 @@ async fn kafka_into_delta_exactly_once_across_sigkills() {
     .await;
     // Lag drops to zero on every partition.
     poll(Duration::from_secs(60), "lag to reach zero", || async {
-        let rows = query(&c, "SELECT partition, lag FROM tributary.source_lag WHERE pipeline = 'load' ORDER BY partition").await;
-        (rows.len() == 4 && rows.iter().all(|r| r[1].as_deref() == Some("0"))).then_some(())
+        let rows = query(&c, "SELECT partition, lag, lag_seconds FROM tributary.source_lag WHERE pipeline = 'load' ORDER BY partition").await;
+        // Caught up: no records and no seconds behind.
+        (rows.len() == 4
+            && rows
+                .iter()
+                .all(|r| r[1].as_deref() == Some("0") && r[2].as_deref() == Some("0")))
+        .then_some(())
     })
     .await;
     c.batch_execute("STOP PIPELINE load").await.unwrap();

@@ -209,6 +209,7 @@ impl SourceConnector for KafkaSourceConnector {
             refreshing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             latest: lag,
             lag_refreshed: None,
+            last_timestamps: BTreeMap::new(),
         }))
     }
 }
@@ -230,6 +231,8 @@ struct KafkaSource {
     refreshing: Arc<std::sync::atomic::AtomicBool>,
     latest: Arc<Mutex<BTreeMap<i32, i64>>>,
     lag_refreshed: Option<Instant>,
+    /// Each partition's last message's timestamp (UTC milliseconds), for the lag in seconds.
+    last_timestamps: BTreeMap<i32, i64>,
 }
 
 impl KafkaSource {
@@ -272,15 +275,25 @@ impl KafkaSource {
     }
 
     fn lag(&self) -> Vec<PartitionLag> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
         self.latest
             .lock()
             .iter()
-            .map(|(p, high)| PartitionLag {
-                partition: p.to_string(),
-                position: self.offsets.get(p).copied().unwrap_or(0),
-                latest: *high,
-                confirmed: None,
-                lsn: false,
+            .map(|(p, high)| {
+                let position = self.offsets.get(p).copied().unwrap_or(0);
+                PartitionLag {
+                    partition: p.to_string(),
+                    position,
+                    latest: *high,
+                    confirmed: None,
+                    lsn: false,
+                    lag_seconds: PartitionLag::seconds_behind(
+                        position,
+                        *high,
+                        self.last_timestamps.get(p).copied(),
+                        now_ms,
+                    ),
+                }
             })
             .collect()
     }
@@ -400,6 +413,9 @@ impl Source for KafkaSource {
             let (p, o, payload) = {
                 let msg =
                     msg.map_err(|e| kafka_error(format!("reading topic {}", self.topic), e))?;
+                if let Some(ms) = msg.timestamp().to_millis() {
+                    self.last_timestamps.insert(msg.partition(), ms);
+                }
                 (
                     msg.partition(),
                     msg.offset(),

@@ -485,6 +485,8 @@ struct CdcSource {
     state_dir: Option<std::path::PathBuf>,
     /// Since when the slot has been held by another consumer, while resuming.
     slot_busy_since: Option<Instant>,
+    /// The commit time of the last transaction read (UTC milliseconds), for the lag in seconds.
+    last_commit_ms: Option<i64>,
 }
 
 struct Snapshot {
@@ -526,6 +528,7 @@ impl CdcSource {
             preview: false,
             state_dir: None,
             slot_busy_since: None,
+            last_commit_ms: None,
         }
     }
 
@@ -856,6 +859,7 @@ impl CdcSource {
                 latest: total.max(self.pos.snapshot_rows) as i64,
                 confirmed: None,
                 lsn: false,
+                lag_seconds: None,
             }];
         }
         vec![PartitionLag {
@@ -864,6 +868,12 @@ impl CdcSource {
             latest: self.latest_lsn.max(self.pos.lsn) as i64,
             confirmed: Some(self.acked.load(Ordering::Relaxed) as i64),
             lsn: true,
+            lag_seconds: PartitionLag::seconds_behind(
+                self.pos.lsn as i64,
+                self.latest_lsn.max(self.pos.lsn) as i64,
+                self.last_commit_ms,
+                chrono::Utc::now().timestamp_millis(),
+            ),
         }]
     }
 
@@ -1163,6 +1173,8 @@ impl CdcSource {
                         commit_ts: commit_time_micros + PG_EPOCH_OFFSET_MICROS,
                         seen: 0,
                     });
+                    self.last_commit_ms =
+                        Some((commit_time_micros + PG_EPOCH_OFFSET_MICROS) / 1000);
                 }
                 ReplicationEvent::Commit { end_lsn, .. } => {
                     self.txn = None;

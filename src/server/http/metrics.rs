@@ -279,6 +279,21 @@ pub(super) async fn render(system: &SystemSchema) -> Result<String> {
         ],
         "lag",
     )?;
+    per_row(
+        &mut out,
+        &lag,
+        (
+            "tributary_source_lag_seconds",
+            "gauge",
+            "How far behind in time a source partition is: the age of the last record read while input is left (0 when caught up).",
+        ),
+        &[
+            ("pipeline", "pipeline"),
+            ("source", "source"),
+            ("partition", "partition"),
+        ],
+        "lag_seconds",
+    )?;
     let operators = system.rows("operators").await?;
     // `replica`, not `instance`: Prometheus gives every scraped series its own `instance`.
     let operator_labels = [

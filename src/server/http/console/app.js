@@ -385,6 +385,7 @@ function pipelineView(view, name) {
       { key: "position", title: "Position", num: true, render: (r) => r.position_lsn || count(r.position) },
       { key: "latest", title: "Latest", num: true, render: (r) => r.latest_lsn || count(r.latest) },
       { key: "lag", title: "Lag", num: true, render: (r) => r.position_lsn ? bytes(r.lag) : count(r.lag) },
+      { key: "lag_seconds", title: "Behind", num: true, render: (r) => r.lag_seconds === null ? "–" : duration(r.lag_seconds) },
       { key: "confirmed", title: "Confirmed", render: (r) => r.confirmed_lsn || (r.confirmed === null ? "–" : count(r.confirmed)) },
       { key: "watermark", title: "Watermark", render: (r) => r.watermark ? clock(r.watermark) : "–" },
       { key: "idle", title: "Idle", render: (r) => r.idle ? "yes" : "no" },

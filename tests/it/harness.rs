@@ -29,9 +29,10 @@ pub fn bin() -> &'static str {
 }
 
 impl Server {
-    /// Starts a server over `data_dir` and waits until it accepts connections. Its ports are
-    /// picked free and then bound by the server: another test's server can take one in
-    /// between, so a start that lost that race goes again on other ports.
+    /// Starts a server over `data_dir` and waits until it says it serves. Its ports are picked
+    /// free and then bound by the server: another test's server can take one in between, so a
+    /// start that lost that race goes again on other ports. Whether the port accepts a
+    /// connection says nothing: it may be the other server's.
     pub async fn start(data_dir: &Path) -> Server {
         let log_path = data_dir.with_extension("log");
         for attempt in 1..=5 {
@@ -39,10 +40,12 @@ impl Server {
             let mut server = Self::spawn(data_dir);
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
-                if tokio::net::TcpStream::connect(("127.0.0.1", server.port))
-                    .await
-                    .is_ok()
-                {
+                let child = server.child.as_mut().expect("a child");
+                let alive = child.try_wait().unwrap().is_none();
+                let log = server.log();
+                let new = log.get(logged..).unwrap_or(&log);
+                // Logged once both its listeners are bound, by this server.
+                if alive && new.contains(&format!("addr=127.0.0.1:{} ", server.port)) {
                     return server;
                 }
                 let child = server.child.as_mut().expect("a child");

@@ -680,8 +680,7 @@ impl SystemSchema {
                 ])?
             }
             "commits" => {
-                let mut statuses = self.runtime.statuses();
-                statuses.sort_by(|a, b| a.name.cmp(&b.name));
+                let statuses = self.runtime.statuses();
                 let rows: Vec<_> = statuses
                     .iter()
                     .flat_map(|st| st.commits().into_iter().map(|c| (st.name.clone(), c)))
@@ -716,8 +715,7 @@ impl SystemSchema {
             "durations" => {
                 // A row per pipeline, measure and bucket: observations at or under `le` seconds.
                 let mut rows = Vec::new();
-                let mut statuses = self.runtime.statuses();
-                statuses.sort_by(|a, b| a.name.cmp(&b.name));
+                let statuses = self.runtime.statuses();
                 for st in statuses {
                     for (measure, histogram) in [
                         ("checkpoint", &st.checkpoint_durations),

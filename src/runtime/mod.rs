@@ -130,9 +130,11 @@ impl Runtime {
             .clone()
     }
 
-    /// Every known status.
+    /// Every known status, by pipeline name.
     pub fn statuses(&self) -> Vec<Arc<PipelineStatus>> {
-        self.statuses.lock().values().cloned().collect()
+        let mut all: Vec<_> = self.statuses.lock().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
     }
 
     /// Whether a pipeline task is running now.

@@ -22,8 +22,7 @@ use crate::sql::parse::Statement;
 
 /// The routes, relative to `/api/v1`.
 pub(super) fn routes() -> Router<Arc<HttpState>> {
-    Router::new()
-        .route("/pipelines", get(pipelines))
+    let mut router = Router::new()
         .route("/pipelines/{name}", get(pipeline))
         .route("/pipelines/{name}/start", post(start))
         .route("/pipelines/{name}/stop", post(stop))
@@ -31,13 +30,27 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
         .route("/history", get(recent_history))
         .route("/sources", get(sources))
         .route("/sinks", get(sinks))
-        .route("/operators", get(operators))
-        .route("/checkpoints", get(checkpoints))
-        .route("/errors", get(errors))
-        .route("/lag", get(lag))
-        .route("/events", get(events))
-        .route("/commits", get(commits))
-        .route("/openapi.json", get(openapi))
+        .route("/openapi.json", get(openapi));
+    // A system table's rows, narrowed by the query parameters.
+    for (path, table) in [
+        ("/pipelines", "pipelines"),
+        ("/operators", "operators"),
+        ("/checkpoints", "checkpoints"),
+        ("/errors", "errors"),
+        ("/lag", "source_lag"),
+        ("/events", "events"),
+        ("/commits", "commits"),
+    ] {
+        router = router.route(
+            path,
+            get(
+                move |State(state): State<Arc<HttpState>>, f: FilterQuery| async move {
+                    list(&state, table, &filter(f)?).await
+                },
+            ),
+        );
+    }
+    router
 }
 
 /// The OpenAPI document of these routes, which the tests validate every response against.
@@ -200,40 +213,12 @@ async fn list(state: &HttpState, name: &str, filter: &Filter) -> ApiResult {
     Ok(json_response(serde_json::Value::Array(json_rows(&batch)?)))
 }
 
-async fn pipelines(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResult {
-    list(&state, "pipelines", &filter(f)?).await
-}
-
 async fn sources(State(state): State<Arc<HttpState>>) -> ApiResult {
     list(&state, "sources", &Filter::default()).await
 }
 
 async fn sinks(State(state): State<Arc<HttpState>>) -> ApiResult {
     list(&state, "sinks", &Filter::default()).await
-}
-
-async fn operators(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResult {
-    list(&state, "operators", &filter(f)?).await
-}
-
-async fn checkpoints(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResult {
-    list(&state, "checkpoints", &filter(f)?).await
-}
-
-async fn errors(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResult {
-    list(&state, "errors", &filter(f)?).await
-}
-
-async fn events(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResult {
-    list(&state, "events", &filter(f)?).await
-}
-
-async fn commits(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResult {
-    list(&state, "commits", &filter(f)?).await
-}
-
-async fn lag(State(state): State<Arc<HttpState>>, f: FilterQuery) -> ApiResult {
-    list(&state, "source_lag", &filter(f)?).await
 }
 
 /// One pipeline's row, as an object.

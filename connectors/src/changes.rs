@@ -93,12 +93,16 @@ pub fn upsert_key(
 /// A sink's rows of the current epoch, held until prepare and then staged durably, reduced to
 /// the last change per key when the sink is keyed. Commit reads the staged epoch back, as often
 /// as recovery needs, until [`EpochStage::done`].
+///
+/// A keyed stage holds the epoch's rows in memory (the reduction needs them all); an unkeyed one
+/// writes them through to the stage file as they come, so an epoch of any size costs no memory.
 #[derive(Debug)]
 pub struct EpochStage {
     files: StagedEpochs,
     schema: SchemaRef,
     key: Vec<String>,
     pending: Vec<RecordBatch>,
+    writing: Option<StageWriter>,
 }
 
 impl EpochStage {
@@ -109,18 +113,37 @@ impl EpochStage {
             schema,
             key,
             pending: Vec::new(),
+            writing: None,
         })
     }
 
-    /// Holds rows of the current epoch.
-    pub fn push(&mut self, batch: RecordBatch) {
-        if batch.num_rows() > 0 {
-            self.pending.push(batch);
+    /// Takes rows of the current epoch: held when keyed, else written to the stage file.
+    pub fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
         }
+        if !self.key.is_empty() {
+            self.pending.push(batch);
+            return Ok(());
+        }
+        if self.writing.is_none() {
+            self.writing = Some(self.files.begin(&self.schema)?);
+        }
+        if let Some(w) = self.writing.as_mut() {
+            w.write(&batch)?;
+        }
+        Ok(())
     }
 
     /// Stages the epoch's rows (fsynced) and names the file in the prepared commit.
     pub fn prepare(&mut self, epoch: u64) -> Result<PreparedCommit> {
+        if let Some(w) = self.writing.take() {
+            let rows = w.rows;
+            let file = w.finish(epoch)?;
+            return Ok(PreparedCommit(
+                serde_json::json!({ "file": file, "rows": rows }),
+            ));
+        }
         let batches = std::mem::take(&mut self.pending);
         if batches.is_empty() {
             return Ok(PreparedCommit(serde_json::json!({ "file": null })));
@@ -174,29 +197,24 @@ impl StagedEpochs {
 
     /// Writes an epoch's rows durably (fsync); returns the file name for the prepared commit.
     pub fn write(&self, epoch: u64, batch: &RecordBatch) -> Result<String> {
-        let path = self.path(epoch);
-        let tmp = path.with_extension("tmp");
-        let io = |e: std::io::Error| {
-            ConnectorError::io(format!("staging epoch {epoch} in {}", tmp.display()), e)
-        };
-        let file = std::fs::File::create(&tmp).map_err(io)?;
-        let mut w = arrow::ipc::writer::FileWriter::try_new(
-            std::io::BufWriter::new(file),
-            &batch.schema(),
-        )?;
+        let mut w = self.begin(&batch.schema())?;
         w.write(batch)?;
-        w.finish()?;
-        let mut buf = w.into_inner()?;
-        buf.flush().map_err(io)?;
-        buf.get_ref().sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        if let Ok(d) = std::fs::File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
-        Ok(path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default())
+        w.finish(epoch)
+    }
+
+    /// Starts staging the current epoch, whose number is given when it is finished.
+    pub fn begin(&self, schema: &SchemaRef) -> Result<StageWriter> {
+        let tmp = self.dir.join("epoch-current.tmp");
+        let file = std::fs::File::create(&tmp)
+            .map_err(|e| ConnectorError::io(format!("staging an epoch in {}", tmp.display()), e))?;
+        let writer =
+            arrow::ipc::writer::FileWriter::try_new(std::io::BufWriter::new(file), schema)?;
+        Ok(StageWriter {
+            files: self.clone(),
+            tmp,
+            writer,
+            rows: 0,
+        })
     }
 
     /// Reads a staged epoch back.
@@ -230,6 +248,55 @@ impl StagedEpochs {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+    }
+}
+
+/// One epoch being staged: an Arrow IPC file written as rows come, published under the epoch's
+/// name (fsynced, then renamed) when the epoch is prepared.
+pub struct StageWriter {
+    files: StagedEpochs,
+    tmp: PathBuf,
+    writer: arrow::ipc::writer::FileWriter<std::io::BufWriter<std::fs::File>>,
+    rows: usize,
+}
+
+impl std::fmt::Debug for StageWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageWriter")
+            .field("tmp", &self.tmp)
+            .field("rows", &self.rows)
+            .finish()
+    }
+}
+
+impl StageWriter {
+    /// Appends rows.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer.write(batch)?;
+        self.rows += batch.num_rows();
+        Ok(())
+    }
+
+    /// Makes the staged rows durable as epoch `epoch`; returns the file name for the prepared
+    /// commit.
+    pub fn finish(mut self, epoch: u64) -> Result<String> {
+        let path = self.files.path(epoch);
+        let tmp = self.tmp.clone();
+        let io = |e: std::io::Error| {
+            ConnectorError::io(format!("staging epoch {epoch} in {}", tmp.display()), e)
+        };
+        self.writer.finish()?;
+        let mut buf = self.writer.into_inner()?;
+        buf.flush().map_err(io)?;
+        buf.get_ref().sync_all().map_err(io)?;
+        std::fs::rename(&self.tmp, &path).map_err(io)?;
+        if let Ok(d) = std::fs::File::open(&self.files.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default())
     }
 }
 

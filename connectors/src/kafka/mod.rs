@@ -1,8 +1,11 @@
 //! The `kafka` connector: a source reading every partition of a topic (JSON, CSV or raw values)
-//! with its offsets kept in Tributary's checkpoints, and a sink writing rows as JSON messages.
+//! with its offsets kept in Tributary's checkpoints, and a sink writing rows as JSON messages,
+//! one Kafka transaction per checkpoint.
 
+mod metadata;
 mod sink;
 mod source;
+mod transactions;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,7 +30,11 @@ const SOURCE_OPTIONS: &[OptionSpec] = &[
     ),
     OptionSpec::optional(
         "start_from",
-        "earliest (default) or latest: where a first run starts",
+        "earliest (default), latest or timestamp: where a first run starts",
+    ),
+    OptionSpec::optional(
+        "start_timestamp",
+        "start_from = 'timestamp': the first messages read are those at or after this time (UTC)",
     ),
     OptionSpec::optional(
         "header",
@@ -46,7 +53,19 @@ const SINK_OPTIONS: &[OptionSpec] = &[
     OptionSpec::optional("format", "json (default)"),
     OptionSpec::optional(
         "key",
-        "append: the column whose value becomes the message key; upsert: the key columns (default: the source's primary key)",
+        "the key columns: one column's value as text, several as a JSON object; messages are partitioned by key (upsert: default the source's primary key)",
+    ),
+    OptionSpec::optional(
+        "delivery",
+        "exactly_once (default: one Kafka transaction per checkpoint) or at_least_once (no transactions)",
+    ),
+    OptionSpec::optional(
+        "compression",
+        "none (default), gzip, snappy, lz4 or zstd",
+    ),
+    OptionSpec::optional(
+        "linger_ms",
+        "how long the producer waits to fill a batch (librdkafka's default 5)",
     ),
     OptionSpec::optional(
         "mode",

@@ -1,8 +1,12 @@
-//! Kafka sink: each row becomes one JSON message, keyed by the `key` column when set. With
-//! `mode = 'upsert'` it takes changes by key, for compacted topics: each message is keyed by the
-//! key columns as a JSON object, and a delete is a tombstone (the key with no value). Delivery is
-//! awaited at prepare, so an epoch is checkpointed only once the broker has it: at least once,
-//! which upserts absorb (a change sent again sets the same value).
+//! Kafka sink: each row becomes one JSON message, keyed by the `key` columns when set (one
+//! column's value as text, several as a JSON object). With `mode = 'upsert'` it takes changes by
+//! key, for compacted topics: each message is keyed by the key columns as a JSON object, and a
+//! delete is a tombstone (the key with no value).
+//!
+//! Delivery is exactly once by default: each epoch is one Kafka transaction, staged before the
+//! checkpoint and committed after it (see `transactions`). With `delivery = 'at_least_once'`
+//! messages are sent without transactions and delivery is awaited at prepare, so a crash between
+//! delivery and checkpoint sends that epoch again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,14 +18,52 @@ use async_trait::async_trait;
 use datafusion::catalog::TableProvider;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
+use super::transactions::{abortable, transactional_id, Transactions};
 use super::{client_config, kafka_error, without_properties, SINK_OPTIONS};
-use crate::changes::{is_delete, upsert_key, OP};
+use crate::changes::{is_delete, upsert_key, EpochStage, OP};
 use crate::error::{ConnectorError, Result};
 use crate::options::{OptionSpec, Options};
 use crate::{PreparedCommit, Sink, SinkConnector, SinkContext, SinkSpec};
 
 /// `connector = 'kafka'` as a sink.
 pub struct KafkaSinkConnector;
+
+/// The sink's options, checked.
+struct KafkaSinkOptions {
+    topic: String,
+    /// The key columns (upsert: empty means the source's primary key).
+    key: Vec<String>,
+    upsert: bool,
+    exactly_once: bool,
+}
+
+impl KafkaSinkOptions {
+    fn parse(spec: &SinkSpec) -> Result<(Self, Options)> {
+        let opts = Options::validate("kafka", SINK_OPTIONS, &without_properties(&spec.options))?;
+        opts.get_choice("format", &["json"], "json")?;
+        opts.get_choice(
+            "compression",
+            &["none", "gzip", "snappy", "lz4", "zstd"],
+            "none",
+        )?;
+        opts.get_u64("linger_ms")?;
+        let parsed = KafkaSinkOptions {
+            topic: opts.require("topic")?.to_string(),
+            key: opts
+                .get_list("key")
+                .into_iter()
+                .map(|k| k.to_ascii_lowercase())
+                .collect(),
+            upsert: opts.get_choice("mode", &["append", "upsert"], "append")? == "upsert",
+            exactly_once: opts.get_choice(
+                "delivery",
+                &["exactly_once", "at_least_once"],
+                "exactly_once",
+            )? == "exactly_once",
+        };
+        Ok((parsed, opts))
+    }
+}
 
 #[async_trait]
 impl SinkConnector for KafkaSinkConnector {
@@ -32,39 +74,41 @@ impl SinkConnector for KafkaSinkConnector {
         SINK_OPTIONS
     }
     async fn validate(&self, spec: &SinkSpec) -> Result<()> {
-        let opts = Options::validate("kafka", SINK_OPTIONS, &without_properties(&spec.options))?;
-        opts.get_choice("format", &["json"], "json")?;
-        let upsert = opts.get_choice("mode", &["append", "upsert"], "append")? == "upsert";
-        if !upsert && opts.get_list("key").len() > 1 {
-            return Err(ConnectorError::InvalidOption {
-                option: "key".into(),
-                value: opts.get("key").unwrap_or_default().to_string(),
-                reason: "an appending Kafka sink keys messages by one column; several key columns need mode = 'upsert'".into(),
-            });
-        }
-        Ok(())
+        KafkaSinkOptions::parse(spec).map(|_| ())
     }
     fn upsert_key(&self, spec: &SinkSpec) -> Result<Option<Vec<String>>> {
-        let opts = Options::validate("kafka", SINK_OPTIONS, &without_properties(&spec.options))?;
-        let upsert = opts.get_choice("mode", &["append", "upsert"], "append")? == "upsert";
-        Ok(upsert.then(|| opts.get_list("key")))
+        let (opts, _) = KafkaSinkOptions::parse(spec)?;
+        Ok(opts.upsert.then_some(opts.key))
     }
     async fn create(&self, spec: &SinkSpec) -> Result<Box<dyn Sink>> {
-        let opts = Options::validate("kafka", SINK_OPTIONS, &without_properties(&spec.options))?;
+        let (opts, raw) = KafkaSinkOptions::parse(spec)?;
         let mut cfg = client_config(&spec.options);
-        cfg.set("message.timeout.ms", "60000");
-        let producer: FutureProducer = cfg
-            .create()
-            .map_err(|e| kafka_error("creating Kafka producer", e))?;
-        let upsert = opts.get_choice("mode", &["append", "upsert"], "append")? == "upsert";
+        // What the options say, unless a `properties.*` option says otherwise.
+        let mut default = |key: &str, value: String| {
+            if !spec.options.contains_key(&format!("properties.{key}")) {
+                cfg.set(key, value);
+            }
+        };
+        default("message.timeout.ms", "60000".into());
+        if let Some(c) = raw.get("compression") {
+            default("compression.codec", c.to_ascii_lowercase());
+        }
+        if let Some(ms) = raw.get_u64("linger_ms")? {
+            default("linger.ms", ms.to_string());
+        }
+        if opts.exactly_once {
+            // Long enough for a slow checkpoint; a run that dies with a transaction open holds
+            // read_committed readers back until this passes or the next run aborts it.
+            default("transaction.timeout.ms", "300000".into());
+        }
         Ok(Box::new(KafkaSink {
-            producer,
-            topic: opts.require("topic")?.to_string(),
-            key: opts.get("key").map(|k| k.to_ascii_lowercase()),
-            key_index: None,
-            upsert: upsert.then(|| opts.get_list("key")),
-            upsert_columns: Vec::new(),
+            config: cfg,
+            producer: None,
+            opts,
+            key_columns: Vec::new(),
             pending: Vec::new(),
+            exactly_once: None,
+            last_commit: None,
         }))
     }
     async fn table(&self, _spec: &SinkSpec) -> Result<Option<Arc<dyn TableProvider>>> {
@@ -73,48 +117,75 @@ impl SinkConnector for KafkaSinkConnector {
 }
 
 struct KafkaSink {
-    producer: FutureProducer,
-    topic: String,
-    key: Option<String>,
-    key_index: Option<usize>,
-    /// Upsert mode: the configured key columns (empty: the source's primary key).
-    upsert: Option<Vec<String>>,
-    /// Upsert mode: the key columns' indices in the output.
-    upsert_columns: Vec<usize>,
+    config: rdkafka::ClientConfig,
+    producer: Option<FutureProducer>,
+    opts: KafkaSinkOptions,
+    /// The key columns' indices in the output.
+    key_columns: Vec<usize>,
     pending: Vec<DeliveryFuture>,
+    exactly_once: Option<ExactlyOnce>,
+    /// What the last commit made visible, for `tributary.commits`.
+    last_commit: Option<String>,
+}
+
+/// Exactly-once delivery: the epoch's transaction and its staged rows.
+struct ExactlyOnce {
+    transactions: Transactions,
+    stage: EpochStage,
+    /// The epoch prepared in this run whose transaction is open, awaiting its commit.
+    prepared: Option<u64>,
 }
 
 #[async_trait]
 impl Sink for KafkaSink {
     async fn open(&mut self, ctx: &SinkContext, schema: SchemaRef) -> Result<()> {
-        if let Some(configured) = &self.upsert {
-            let key = upsert_key(configured, ctx, &schema)?;
-            self.upsert_columns = key
-                .iter()
-                .map(|k| schema.index_of(k))
-                .collect::<std::result::Result<_, _>>()?;
-            return Ok(());
+        let key = if self.opts.upsert {
+            upsert_key(&self.opts.key, ctx, &schema)?
+        } else {
+            self.opts.key.clone()
+        };
+        self.key_columns = key
+            .iter()
+            .map(|k| {
+                schema
+                    .index_of(k)
+                    .map_err(|_| ConnectorError::InvalidOption {
+                        option: "key".into(),
+                        value: k.clone(),
+                        reason: format!(
+                            "the pipeline's output has no such column (it has: {})",
+                            schema
+                                .fields()
+                                .iter()
+                                .map(|f| f.name().as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    })
+            })
+            .collect::<Result<_>>()?;
+        let mut cfg = self.config.clone();
+        if self.opts.exactly_once {
+            cfg.set("transactional.id", transactional_id(&ctx.writer_id));
         }
-        if let Some(k) = &self.key {
-            self.key_index =
-                Some(
-                    schema
-                        .index_of(k)
-                        .map_err(|_| ConnectorError::InvalidOption {
-                            option: "key".into(),
-                            value: k.clone(),
-                            reason: format!(
-                                "the pipeline's output has no such column (it has: {})",
-                                schema
-                                    .fields()
-                                    .iter()
-                                    .map(|f| f.name().as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        })?,
-                );
+        let producer: FutureProducer = cfg
+            .create()
+            .map_err(|e| kafka_error("creating Kafka producer", e))?;
+        if self.opts.exactly_once {
+            let transactions = Transactions::init(
+                producer.clone(),
+                self.config.clone(),
+                &ctx.writer_id,
+                &self.opts.topic,
+            )
+            .await?;
+            self.exactly_once = Some(ExactlyOnce {
+                transactions,
+                stage: EpochStage::open(ctx, schema, Vec::new())?,
+                prepared: None,
+            });
         }
+        self.producer = Some(producer);
         Ok(())
     }
 
@@ -122,80 +193,164 @@ impl Sink for KafkaSink {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        if self.upsert.is_some() {
-            return self.write_changes(batch).await;
+        if let Some(eo) = self.exactly_once.as_mut() {
+            eo.transactions.begin()?;
+            eo.stage.push(batch.clone())?;
         }
-        let mut w = arrow_json::LineDelimitedWriter::new(Vec::new());
-        w.write(&batch)?;
-        w.finish()?;
-        let body = w.into_inner();
-        let keys = match self.key_index {
-            Some(i) => Some(message_keys(&batch, i)?),
-            None => None,
-        };
-        let topic = self.topic.clone();
-        for (row, line) in body
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .enumerate()
-        {
-            let key = keys.as_ref().and_then(|k| k[row].clone());
-            let mut record = FutureRecord::to(&topic).payload(line);
-            if let Some(k) = key.as_deref() {
-                record = record.key(k);
-            }
-            self.queue(record)?;
-        }
+        self.send(&batch)?;
         self.drain_when_full().await
     }
 
-    async fn prepare(&mut self, _epoch: u64) -> Result<PreparedCommit> {
-        self.drain().await?;
-        Ok(PreparedCommit::default())
+    async fn prepare(&mut self, epoch: u64) -> Result<PreparedCommit> {
+        if let Err(e) = self.drain().await {
+            if let Some(eo) = self.exactly_once.as_mut() {
+                // The epoch fails; its messages must not become visible.
+                let _ = eo.transactions.abort().await;
+            }
+            return Err(e);
+        }
+        let Some(eo) = self.exactly_once.as_mut() else {
+            return Ok(PreparedCommit::default());
+        };
+        let prepared = eo.stage.prepare(epoch)?;
+        if EpochStage::staged_file(&prepared).is_some() {
+            eo.transactions.mark(epoch).await?;
+            eo.prepared = Some(epoch);
+        }
+        Ok(prepared)
     }
 
-    async fn commit(&mut self, _epoch: u64, _prepared: PreparedCommit) -> Result<()> {
+    async fn commit(&mut self, epoch: u64, prepared: PreparedCommit) -> Result<()> {
+        self.last_commit = None;
+        let Some(eo) = self.exactly_once.as_mut() else {
+            return Ok(());
+        };
+        let Some(file) = EpochStage::staged_file(&prepared) else {
+            return Ok(()); // an epoch without rows: no transaction
+        };
+        let rows = prepared.0.get("rows").and_then(|r| r.as_u64()).unwrap_or(0);
+        if eo.prepared.take() == Some(epoch) && eo.transactions.is_open() {
+            match eo.transactions.commit().await {
+                Ok(()) => {
+                    eo.stage.done(epoch);
+                    self.last_commit = Some(format!("Kafka transaction of {rows} messages"));
+                    return Ok(());
+                }
+                Err(e) if abortable(&e) => {
+                    tracing::warn!(epoch, error = %e, "Kafka transaction failed to commit; sending the epoch again.");
+                    eo.transactions.abort().await?;
+                }
+                Err(e) => {
+                    return Err(kafka_error(
+                        format!("committing epoch {epoch}'s Kafka transaction"),
+                        e,
+                    ))
+                }
+            }
+        } else if eo
+            .transactions
+            .committed_epoch()
+            .await?
+            .is_some_and(|done| done >= epoch)
+        {
+            // Recovery: the transaction committed before the crash.
+            eo.stage.done(epoch);
+            return Ok(());
+        }
+        // Recovery, or a commit the broker refused: the epoch again, from its staged rows.
+        self.resend(epoch, &file).await?;
+        self.last_commit = Some(format!("Kafka transaction of {rows} messages (sent again)"));
         Ok(())
+    }
+
+    fn last_commit(&self) -> Option<String> {
+        self.last_commit.clone()
     }
 }
 
 impl KafkaSink {
-    /// Upsert mode: a message per change, keyed by the key columns as a JSON object; a delete
-    /// is a tombstone.
-    async fn write_changes(&mut self, batch: RecordBatch) -> Result<()> {
+    fn producer(&self) -> Result<&FutureProducer> {
+        self.producer
+            .as_ref()
+            .ok_or_else(|| ConnectorError::Internal("kafka sink used before open".into()))
+    }
+
+    /// Sends a staged epoch again in a transaction of its own, with its marker.
+    async fn resend(&mut self, epoch: u64, file: &str) -> Result<()> {
+        let Some(eo) = self.exactly_once.as_mut() else {
+            return Ok(());
+        };
+        let batches = eo.stage.read(file)?;
+        eo.transactions.begin()?;
+        for batch in &batches {
+            self.send(batch)?;
+        }
+        if let Err(e) = self.drain().await {
+            if let Some(eo) = self.exactly_once.as_mut() {
+                let _ = eo.transactions.abort().await;
+            }
+            return Err(e);
+        }
+        let Some(eo) = self.exactly_once.as_mut() else {
+            return Ok(());
+        };
+        eo.transactions.mark(epoch).await?;
+        eo.transactions.commit().await.map_err(|e| {
+            kafka_error(
+                format!("committing epoch {epoch}'s Kafka transaction again"),
+                e,
+            )
+        })?;
+        eo.stage.done(epoch);
+        tracing::info!(
+            epoch,
+            "Kafka epoch sent again after its transaction was lost."
+        );
+        Ok(())
+    }
+
+    /// Queues a message per row: the row as JSON, keyed by the key columns; in upsert mode
+    /// without `_op` in the value and a delete as a tombstone.
+    fn send(&mut self, batch: &RecordBatch) -> Result<()> {
+        let keys = match self.key_columns.as_slice() {
+            [] => None,
+            [one] if !self.opts.upsert => Some(
+                message_keys(batch, *one)?
+                    .into_iter()
+                    .map(|k| k.map(String::into_bytes))
+                    .collect::<Vec<_>>(),
+            ),
+            columns => Some(
+                json_lines(&batch.project(columns)?)?
+                    .into_iter()
+                    .map(Some)
+                    .collect(),
+            ),
+        };
         let values = match batch.schema().index_of(OP) {
-            Ok(op) => {
+            Ok(op) if self.opts.upsert => {
                 let mut columns: Vec<usize> = (0..batch.num_columns()).collect();
                 columns.remove(op);
                 batch.project(&columns)?
             }
-            Err(_) => batch.clone(),
+            _ => batch.clone(),
         };
-        let keys = json_lines(&batch.project(&self.upsert_columns)?)?;
         let values = json_lines(&values)?;
-        let topic = self.topic.clone();
-        for (row, (key, value)) in keys.iter().zip(&values).enumerate() {
-            let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&topic).key(key.as_slice());
-            if !is_delete(&batch, row) {
+        let topic = self.opts.topic.clone();
+        for (row, value) in values.iter().enumerate() {
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic);
+            if let Some(k) = keys.as_ref().and_then(|k| k[row].as_deref()) {
+                record = record.key(k);
+            }
+            if !(self.opts.upsert && is_delete(batch, row)) {
                 record = record.payload(value.as_slice());
             }
-            self.queue(record)?;
+            let delivery = self
+                .producer()?
+                .send_result(record)
+                .map_err(|(e, _)| kafka_error(format!("queueing a message for {topic}"), e))?;
+            self.pending.push(delivery);
         }
-        self.drain_when_full().await
-    }
-
-    /// Hands one message to the producer; its delivery is awaited at the next drain.
-    fn queue<K, P>(&mut self, record: FutureRecord<'_, K, P>) -> Result<()>
-    where
-        K: rdkafka::message::ToBytes + ?Sized,
-        P: rdkafka::message::ToBytes + ?Sized,
-    {
-        let delivery = self
-            .producer
-            .send_result(record)
-            .map_err(|(e, _)| kafka_error(format!("queueing a message for {}", self.topic), e))?;
-        self.pending.push(delivery);
         Ok(())
     }
 
@@ -208,12 +363,14 @@ impl KafkaSink {
     }
 
     async fn drain(&mut self) -> Result<()> {
-        let _ = self.producer.flush(Duration::from_secs(0));
+        if let Some(p) = &self.producer {
+            let _ = p.flush(Duration::from_secs(0));
+        }
         for delivery in std::mem::take(&mut self.pending) {
             match delivery.await {
                 Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => {
-                    return Err(kafka_error(format!("delivering to {}", self.topic), e))
+                    return Err(kafka_error(format!("delivering to {}", self.opts.topic), e))
                 }
                 Err(_) => return Err(ConnectorError::Internal("delivery cancelled".into())),
             }

@@ -1,6 +1,7 @@
 //! Kafka source: assigns every partition of the topic (no consumer group), seeks to the
 //! checkpointed offsets, and decodes message values in batches; undecodable messages become bad
-//! records named by partition and offset.
+//! records named by partition and offset. Declared columns named `_key`, `_headers`,
+//! `_partition`, `_offset` and `_timestamp` take the message's metadata instead of its value.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use super::metadata::{self, MessageMeta, Wanted};
 use super::{
     client_config, format_of, kafka_error, raw_schema, without_properties, KafkaFormat,
     SOURCE_OPTIONS,
@@ -45,18 +47,43 @@ struct KafkaPosition {
 struct Parsed {
     topic: String,
     format: KafkaFormat,
-    latest: bool,
+    start: Start,
     header: bool,
     delimiter: u8,
     batch_size: usize,
 }
 
+/// Where a first run starts reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Start {
+    Earliest,
+    Latest,
+    /// The first message at or after this time (UTC milliseconds), per partition.
+    Timestamp(i64),
+}
+
 fn parse(spec: &SourceSpec) -> Result<Parsed> {
     let opts = Options::validate("kafka", SOURCE_OPTIONS, &without_properties(&spec.options))?;
+    let start = match opts.get_choice(
+        "start_from",
+        &["earliest", "latest", "timestamp"],
+        "earliest",
+    )? {
+        "latest" => Start::Latest,
+        "timestamp" => Start::Timestamp(start_timestamp(opts.get("start_timestamp"))?),
+        _ => {
+            if opts.get("start_timestamp").is_some() {
+                return Err(ConnectorError::Config(
+                    "start_timestamp needs start_from = 'timestamp'".into(),
+                ));
+            }
+            Start::Earliest
+        }
+    };
     Ok(Parsed {
         topic: opts.require("topic")?.to_string(),
         format: format_of(&opts)?,
-        latest: opts.get_choice("start_from", &["earliest", "latest"], "earliest")? == "latest",
+        start,
         header: opts.get_bool("header", false)?,
         delimiter: opts.get_byte("delimiter", b',')?,
         batch_size: opts
@@ -64,6 +91,61 @@ fn parse(spec: &SourceSpec) -> Result<Parsed> {
             .unwrap_or(8192)
             .clamp(1, 1 << 20) as usize,
     })
+}
+
+/// `start_timestamp`: RFC 3339 (`2026-12-01T08:00:00Z`) or `YYYY-MM-DD HH:MM:SS[.fff]` in UTC,
+/// as UTC milliseconds.
+fn start_timestamp(value: Option<&str>) -> Result<i64> {
+    let invalid = |v: &str| ConnectorError::InvalidOption {
+        option: "start_timestamp".into(),
+        value: v.to_string(),
+        reason: "a time such as '2026-12-01T08:00:00Z' or '2026-12-01 08:00:00' (UTC)".into(),
+    };
+    let v = value.ok_or_else(|| {
+        ConnectorError::Config("start_from = 'timestamp' needs start_timestamp = '...'".into())
+    })?;
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
+        return Ok(t.timestamp_millis());
+    }
+    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d"]
+        .iter()
+        .find_map(|f| {
+            chrono::NaiveDateTime::parse_from_str(v, f)
+                .ok()
+                .or_else(|| {
+                    chrono::NaiveDate::parse_from_str(v, f)
+                        .ok()
+                        .and_then(|d| d.and_hms_opt(0, 0, 0))
+                })
+        })
+        .map(|t| t.and_utc().timestamp_millis())
+        .ok_or_else(|| invalid(v))
+}
+
+/// Each partition's first offset at or after `ms` (UTC milliseconds); partitions with no such
+/// message are left out.
+fn offsets_for_time(
+    consumer: &BaseConsumer,
+    topic: &str,
+    parts: &[i32],
+    ms: i64,
+) -> Result<BTreeMap<i32, i64>> {
+    let mut tpl = TopicPartitionList::new();
+    for &p in parts {
+        tpl.add_partition_offset(topic, p, Offset::Offset(ms))
+            .map_err(|e| kafka_error("asking for offsets by time", e))?;
+    }
+    let found = consumer
+        .offsets_for_times(tpl, METADATA_TIMEOUT)
+        .map_err(|e| kafka_error(format!("finding offsets by time in {topic}"), e))?;
+    Ok(found
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) if o >= 0 => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
 }
 
 fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>> {
@@ -104,8 +186,29 @@ impl SourceConnector for KafkaSourceConnector {
     async fn validate(&self, spec: &SourceSpec) -> Result<SchemaRef> {
         let p = parse(spec)?;
         let schema = match (p.format, &spec.schema) {
-            (KafkaFormat::Raw, _) => raw_schema(),
-            (_, Some(s)) => s.clone(),
+            (KafkaFormat::Raw, None) => raw_schema(),
+            (KafkaFormat::Raw, Some(s)) => {
+                // `value` and metadata columns.
+                let value = metadata::payload_schema(s)?;
+                if value.fields().is_empty() {
+                    let mut fields = raw_schema().fields().to_vec();
+                    fields.extend(s.fields().iter().cloned());
+                    Arc::new(arrow::datatypes::Schema::new(fields))
+                } else if value.fields().len() == 1
+                    && value.field(0).name() == "value"
+                    && *value.field(0).data_type() == arrow::datatypes::DataType::Utf8
+                {
+                    s.clone()
+                } else {
+                    return Err(ConnectorError::Config(
+                        "format = 'raw' reads one text column, value; other columns must be metadata (_key, _headers, _partition, _offset, _timestamp)".into(),
+                    ));
+                }
+            }
+            (_, Some(s)) => {
+                metadata::payload_schema(s)?;
+                s.clone()
+            }
             (_, None) => {
                 return Err(ConnectorError::Config(
                     "declare the columns of a kafka source (CREATE SOURCE name (col type, ...) WITH (...)), or use format = 'raw'".into(),
@@ -145,11 +248,19 @@ impl SourceConnector for KafkaSourceConnector {
             .set("enable.partition.eof", "false")
             .set(
                 "auto.offset.reset",
-                if p.latest { "latest" } else { "earliest" },
+                if p.start == Start::Latest {
+                    "latest"
+                } else {
+                    "earliest"
+                },
             );
+        if !spec.options.contains_key("properties.isolation.level") {
+            // Messages of transactions that commit, never of those that abort.
+            cfg.set("isolation.level", "read_committed");
+        }
         let meta_cfg = cfg.clone();
         let topic = p.topic.clone();
-        let latest = p.latest;
+        let start_from = p.start;
         let (consumer, starts, ends) = tokio::task::spawn_blocking(
             move || -> Result<(StreamConsumer, BTreeMap<i32, i64>, BTreeMap<i32, i64>)> {
                 let meta: BaseConsumer = meta_cfg
@@ -157,6 +268,10 @@ impl SourceConnector for KafkaSourceConnector {
                     .map_err(|e| kafka_error("creating Kafka client", e))?;
                 let parts = partitions(&meta, &topic)?;
                 let (mut starts, mut ends) = (BTreeMap::new(), BTreeMap::new());
+                let by_time = match start_from {
+                    Start::Timestamp(ms) => offsets_for_time(&meta, &topic, &parts, ms)?,
+                    _ => BTreeMap::new(),
+                };
                 let mut tpl = TopicPartitionList::new();
                 for &pt in &parts {
                     let (low, high) = meta
@@ -165,8 +280,14 @@ impl SourceConnector for KafkaSourceConnector {
                     // Checkpointed offset, else where start_from says; never before what the broker still has.
                     let start = match position.offsets.get(&pt) {
                         Some(o) => (*o).max(low),
-                        None if latest => high,
-                        None => low,
+                        None => match start_from {
+                            Start::Latest => high,
+                            Start::Earliest => low,
+                            // No message at or after the time: from the end.
+                            Start::Timestamp(_) => {
+                                by_time.get(&pt).copied().unwrap_or(high).max(low)
+                            }
+                        },
                     };
                     starts.insert(pt, start);
                     ends.insert(pt, high);
@@ -184,15 +305,21 @@ impl SourceConnector for KafkaSourceConnector {
         )
         .await
         .map_err(|e| ConnectorError::Internal(e.to_string()))??;
+        let payload_schema = metadata::payload_schema(&schema)?;
         let decoder: Option<Arc<dyn RecordDecoder>> = match p.format {
-            KafkaFormat::Json => Some(Arc::new(JsonDecoder::new(schema.clone()))),
-            KafkaFormat::Csv => Some(Arc::new(CsvDecoder::new(schema.clone(), p.delimiter))),
+            KafkaFormat::Json => Some(Arc::new(JsonDecoder::new(payload_schema.clone()))),
+            KafkaFormat::Csv => Some(Arc::new(CsvDecoder::new(
+                payload_schema.clone(),
+                p.delimiter,
+            ))),
             KafkaFormat::Raw => None,
         };
         let offsets = starts;
         let lag = Arc::new(Mutex::new(BTreeMap::new()));
         Ok(Box::new(KafkaSource {
+            wanted: Wanted::of(&schema),
             schema,
+            payload_schema,
             consumer,
             topic: p.topic,
             format: p.format,
@@ -216,6 +343,10 @@ impl SourceConnector for KafkaSourceConnector {
 
 struct KafkaSource {
     schema: SchemaRef,
+    /// The columns decoded from message values (the schema minus metadata columns).
+    payload_schema: SchemaRef,
+    /// The metadata the columns ask for.
+    wanted: Wanted,
     consumer: StreamConsumer,
     topic: String,
     format: KafkaFormat,
@@ -236,6 +367,31 @@ struct KafkaSource {
 }
 
 impl KafkaSource {
+    /// Moves each partition's offset past the transaction markers (and aborted messages) the
+    /// consumer has stepped over: they occupy offsets but are never delivered, so the last
+    /// message's offset + 1 can stay short of the end of a transactional topic for good.
+    fn skip_control_records(&mut self) {
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        for e in positions.elements() {
+            let Offset::Offset(mut next) = e.offset() else {
+                continue;
+            };
+            if let Some(end) = self
+                .stop_at
+                .as_ref()
+                .and_then(|ends| ends.get(&e.partition()))
+            {
+                // A batch run leaves what came after its end for the next run.
+                next = next.min(*end);
+            }
+            if let Some(current) = self.offsets.get_mut(&e.partition()) {
+                *current = (*current).max(next);
+            }
+        }
+    }
+
     fn done(&self) -> bool {
         self.stop_at.as_ref().is_some_and(|ends| {
             ends.iter()
@@ -299,15 +455,42 @@ impl KafkaSource {
     }
 
     /// Decodes fetched messages. An `Err` fails the epoch: the offsets have moved past them.
-    fn decode(&self, payloads: Vec<(i32, i64, Vec<u8>)>) -> Result<(RecordBatch, Vec<BadRecord>)> {
+    fn decode(
+        &self,
+        payloads: Vec<(MessageMeta, Vec<u8>)>,
+    ) -> Result<(RecordBatch, Vec<BadRecord>)> {
+        let (values, bad) = self.decode_values(&payloads)?;
+        if !self.wanted.any {
+            return Ok((values, bad));
+        }
+        // The metadata of the messages that decoded.
+        let failed: std::collections::HashSet<&str> =
+            bad.iter().map(|b| b.position.as_str()).collect();
+        let metas: Vec<MessageMeta> = payloads
+            .into_iter()
+            .map(|(m, _)| m)
+            .filter(|m| {
+                failed.is_empty()
+                    || !failed
+                        .contains(format!("{}/{}/{}", self.topic, m.partition, m.offset).as_str())
+            })
+            .collect();
+        Ok((metadata::assemble(&self.schema, &values, &metas)?, bad))
+    }
+
+    /// Decodes message values into the value columns.
+    fn decode_values(
+        &self,
+        payloads: &[(MessageMeta, Vec<u8>)],
+    ) -> Result<(RecordBatch, Vec<BadRecord>)> {
         match (&self.decoder, self.format) {
             (None, _) | (_, KafkaFormat::Raw) => {
                 let values: Vec<Option<String>> = payloads
                     .iter()
-                    .map(|(_, _, v)| Some(String::from_utf8_lossy(v).to_string()))
+                    .map(|(_, v)| Some(String::from_utf8_lossy(v).to_string()))
                     .collect();
                 let batch = RecordBatch::try_new(
-                    self.schema.clone(),
+                    self.payload_schema.clone(),
                     vec![Arc::new(StringArray::from(values))],
                 )
                 .map_err(|e| {
@@ -324,7 +507,8 @@ impl KafkaSource {
                 let mut buf = Vec::new();
                 let mut records = Vec::with_capacity(payloads.len());
                 let mut bad = Vec::new();
-                for (i, (p, o, v)) in payloads.iter().enumerate() {
+                for (i, (m, v)) in payloads.iter().enumerate() {
+                    let (p, o) = (m.partition, m.offset);
                     let mut v: &[u8] = v;
                     if self.header && self.format == KafkaFormat::Csv {
                         if let Some(nl) = v.iter().position(|b| *b == b'\n') {
@@ -371,8 +555,8 @@ impl KafkaSource {
                 }
                 let topic = &self.topic;
                 let (batch, more_bad) = decode_records(decoder.as_ref(), &buf, &records, &|r| {
-                    let (p, o, _) = &payloads[r.line as usize];
-                    format!("{topic}/{p}/{o}")
+                    let m = &payloads[r.line as usize].0;
+                    format!("{topic}/{}/{}", m.partition, m.offset)
                 });
                 bad.extend(more_bad);
                 Ok((batch, bad))
@@ -403,43 +587,47 @@ impl Source for KafkaSource {
         if self.done() {
             return Ok(None);
         }
-        let mut payloads: Vec<(i32, i64, Vec<u8>)> = Vec::new();
+        let mut payloads: Vec<(MessageMeta, Vec<u8>)> = Vec::new();
         let deadline = tokio::time::Instant::now() + LINGER;
         while payloads.len() < self.batch_size {
             let msg = tokio::select! {
                 m = self.consumer.recv() => m,
                 _ = tokio::time::sleep_until(deadline) => break,
             };
-            let (p, o, payload) = {
+            let (meta, payload) = {
                 let msg =
                     msg.map_err(|e| kafka_error(format!("reading topic {}", self.topic), e))?;
                 if let Some(ms) = msg.timestamp().to_millis() {
                     self.last_timestamps.insert(msg.partition(), ms);
                 }
                 (
-                    msg.partition(),
-                    msg.offset(),
+                    self.wanted.read(&msg),
                     msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                 )
             };
+            let (p, o) = (meta.partition, meta.offset);
             if let Some(ends) = &self.stop_at {
                 if o >= ends.get(&p).copied().unwrap_or(0) {
                     // Past what existed at start: a batch run leaves it for the next run.
                     continue;
                 }
             }
-            payloads.push((p, o, payload));
+            payloads.push((meta, payload));
             self.offsets.insert(p, o + 1);
             if self.done() {
                 break;
             }
         }
+        self.skip_control_records();
         // Rows grouped by partition, every partition listed: the event time of each is
         // followed apart.
-        let bytes = payloads.iter().map(|p| p.2.len() as u64).sum();
-        let mut by_partition: BTreeMap<i32, Vec<(i32, i64, Vec<u8>)>> = BTreeMap::new();
+        let bytes = payloads.iter().map(|p| p.1.len() as u64).sum();
+        let mut by_partition: BTreeMap<i32, Vec<(MessageMeta, Vec<u8>)>> = BTreeMap::new();
         for payload in payloads {
-            by_partition.entry(payload.0).or_default().push(payload);
+            by_partition
+                .entry(payload.0.partition)
+                .or_default()
+                .push(payload);
         }
         let mut batches = Vec::with_capacity(by_partition.len());
         let mut bad_records = Vec::new();

@@ -263,8 +263,7 @@ impl Sink for PostgresSink {
     }
 
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        self.stage()?.push(batch);
-        Ok(())
+        self.stage()?.push(batch)
     }
 
     async fn prepare(&mut self, epoch: u64) -> Result<PreparedCommit> {

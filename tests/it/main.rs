@@ -13,6 +13,7 @@ mod harness;
 mod http;
 mod inputs;
 mod kafka;
+mod kafka_columns;
 mod kafka_exactly_once;
 mod limits;
 mod lookups;

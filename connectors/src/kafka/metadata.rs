@@ -62,17 +62,18 @@ impl Wanted {
                 None
             },
             headers: if self.headers {
+                // In the order the headers came (a JSON map would sort them).
                 msg.headers().map(|h| {
-                    let object: serde_json::Map<String, serde_json::Value> = h
+                    let fields: Vec<String> = h
                         .iter()
                         .map(|h| {
                             let value = h.value.map_or(serde_json::Value::Null, |v| {
                                 serde_json::Value::String(String::from_utf8_lossy(v).into_owned())
                             });
-                            (h.key.to_string(), value)
+                            format!("{}:{value}", serde_json::Value::String(h.key.to_string()))
                         })
                         .collect();
-                    serde_json::Value::Object(object).to_string()
+                    format!("{{{}}}", fields.join(","))
                 })
             } else {
                 None

@@ -2,6 +2,8 @@
 //! headers, partition, offset and timestamp; the timestamp as event time for windows; and a
 //! first run starting at a time.
 
+use std::time::Duration;
+
 use crate::harness::*;
 use crate::kafka::Broker;
 
@@ -91,4 +93,105 @@ assert p.flush(60) == 0
         e.contains("start_timestamp") && e.contains("2026-12-01"),
         "{e}"
     );
+}
+
+/// Produces `n` seeded Debezium change events over 200 customers into `topic` (keyed by id,
+/// half with the JSON converter's schema envelope, each delete followed by a tombstone, the
+/// first events snapshot reads), and one message that is not an event; prints the table the
+/// events leave, as JSON `[[id, name, balance], ...]` sorted by id.
+const DEBEZIUM_EVENTS: &str = r#"
+import sys, json, random
+from confluent_kafka import Producer
+bootstrap, topic, seed, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+rng = random.Random(seed)
+p = Producer({'bootstrap.servers': bootstrap, 'linger.ms': 20})
+state = {}
+for i in range(n):
+    k = rng.randrange(200)
+    before = state.get(k)
+    if before is None:
+        op = 'r' if i < 100 else 'c'
+    else:
+        op = rng.choice(['u', 'u', 'd'])
+    after = None if op == 'd' else {'id': k, 'name': 'n%d' % rng.randrange(1000), 'balance': rng.randrange(-1000, 1000)}
+    payload = {'before': before, 'after': after, 'op': op, 'ts_ms': 1777629600000 + i,
+               'source': {'connector': 'postgresql', 'db': 'shop', 'schema': 'public', 'table': 'customers', 'lsn': i}}
+    value = payload if i % 2 else {'schema': {'type': 'struct', 'name': 'shop.public.customers.Envelope', 'optional': False, 'fields': []}, 'payload': payload}
+    key = json.dumps({'id': k})
+    p.produce(topic, key=key, value=json.dumps(value))
+    if op == 'd':
+        p.produce(topic, key=key, value=None)
+        del state[k]
+    else:
+        state[k] = after
+    if i == n // 2:
+        p.produce(topic, key=key, value=json.dumps({'id': k, 'name': 'not an event'}))
+    if i % 1000 == 0:
+        p.poll(0)
+assert p.flush(60) == 0
+print(json.dumps(sorted([[k, v['name'], v['balance']] for k, v in state.items()])))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_events_from_kafka_keep_a_delta_table_equal_to_the_upstream_one() {
+    let broker = Broker::start().await;
+    broker.create_topic("shop.public.customers", 2);
+    let seed: u64 = rand::Rng::random(&mut seeded_rng(
+        "debezium_events_from_kafka_keep_a_delta_table_equal_to_the_upstream_one",
+    ));
+    const EVENTS: u64 = 20_000;
+    let expected = run_python(
+        DEBEZIUM_EVENTS,
+        &[
+            &broker.bootstrap,
+            "shop.public.customers",
+            &seed.to_string(),
+            &EVENTS.to_string(),
+        ],
+    );
+    let (tmp, server) = start_fresh().await;
+    let c = server.client().await;
+    let lake = tmp.path().join("customers");
+    c.batch_execute(&format!(
+        "CREATE SOURCE customers (id BIGINT, name TEXT, balance BIGINT, PRIMARY KEY (id))
+           WITH (connector = 'kafka', bootstrap_servers = '{b}', topic = 'shop.public.customers', format = 'debezium-json');
+         CREATE SINK mirror WITH (connector = 'delta', path = '{}', mode = 'upsert');
+         CREATE PIPELINE cdc WITH (checkpoint_interval = '200ms') AS INSERT INTO mirror SELECT * FROM customers;",
+        lake.display(),
+        b = broker.bootstrap
+    ))
+    .await
+    .unwrap();
+    // Every event read (tombstones are no rows), the one that is not an event kept as bad.
+    poll(
+        Duration::from_secs(120),
+        "every event checkpointed",
+        || async {
+            let done = scalar(
+                &c,
+                "SELECT max(rows_in) FROM tributary.checkpoints WHERE pipeline = 'cdc'",
+            )
+            .await;
+            (done.parse::<u64>().unwrap_or(0) > EVENTS).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(counters(&c, "cdc").await.2, 1);
+    let bad = query(
+        &c,
+        "SELECT error, raw FROM tributary.errors WHERE pipeline = 'cdc'",
+    )
+    .await;
+    assert!(
+        bad[0][0].as_deref().unwrap().contains("\"op\"")
+            && bad[0][1].as_deref().unwrap().contains("not an event"),
+        "{bad:?}"
+    );
+    // An independent reader of the Delta table sees the upstream table.
+    let py = r#"
+import sys, json, deltalake
+t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table().to_pylist()
+print(json.dumps(sorted([[r['id'], r['name'], r['balance']] for r in t])))
+"#;
+    assert_eq!(run_python(py, &[&lake.to_string_lossy()]), expected);
 }

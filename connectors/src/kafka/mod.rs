@@ -2,6 +2,7 @@
 //! with its offsets kept in Tributary's checkpoints, and a sink writing rows as JSON messages,
 //! one Kafka transaction per checkpoint.
 
+mod debezium;
 mod metadata;
 mod sink;
 mod source;
@@ -26,7 +27,7 @@ const SOURCE_OPTIONS: &[OptionSpec] = &[
     OptionSpec::required("topic", "the topic to read; every partition is read"),
     OptionSpec::optional(
         "format",
-        "json (default), csv or raw (one text column 'value')",
+        "json (default), csv, raw (one text column 'value') or debezium-json (Debezium's change events: rows with _op)",
     ),
     OptionSpec::optional(
         "start_from",
@@ -82,6 +83,8 @@ pub enum KafkaFormat {
     Csv,
     /// The value as text, in a column `value`.
     Raw,
+    /// Debezium's JSON change events, as rows with `_op`.
+    DebeziumJson,
 }
 
 /// Client settings shared by sources and sinks; `properties.*` options pass through to librdkafka.
@@ -108,9 +111,10 @@ fn without_properties(opts: &BTreeMap<String, String>) -> BTreeMap<String, Strin
 
 fn format_of(opts: &Options) -> Result<KafkaFormat> {
     Ok(
-        match opts.get_choice("format", &["json", "csv", "raw"], "json")? {
+        match opts.get_choice("format", &["json", "csv", "raw", "debezium-json"], "json")? {
             "csv" => KafkaFormat::Csv,
             "raw" => KafkaFormat::Raw,
+            "debezium-json" => KafkaFormat::DebeziumJson,
             _ => KafkaFormat::Json,
         },
     )

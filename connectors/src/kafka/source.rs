@@ -17,11 +17,13 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use super::debezium;
 use super::metadata::{self, MessageMeta, Wanted};
 use super::{
     client_config, format_of, kafka_error, raw_schema, without_properties, KafkaFormat,
     SOURCE_OPTIONS,
 };
+use crate::changes::OP;
 use crate::error::{ConnectorError, Result};
 use crate::format::{decode_records, CsvDecoder, JsonDecoder, Record, RecordDecoder};
 use crate::options::{OptionSpec, Options};
@@ -205,6 +207,22 @@ impl SourceConnector for KafkaSourceConnector {
                     ));
                 }
             }
+            (KafkaFormat::DebeziumJson, Some(s)) => {
+                // The declared columns and the change kind.
+                metadata::payload_schema(s)?;
+                let mut fields = s.fields().to_vec();
+                if s.field_with_name(OP).is_err() {
+                    fields.push(Arc::new(arrow::datatypes::Field::new(
+                        OP,
+                        arrow::datatypes::DataType::Utf8,
+                        false,
+                    )));
+                }
+                Arc::new(arrow::datatypes::Schema::new_with_metadata(
+                    fields,
+                    s.metadata().clone(),
+                ))
+            }
             (_, Some(s)) => {
                 metadata::payload_schema(s)?;
                 s.clone()
@@ -307,7 +325,9 @@ impl SourceConnector for KafkaSourceConnector {
         .map_err(|e| ConnectorError::Internal(e.to_string()))??;
         let payload_schema = metadata::payload_schema(&schema)?;
         let decoder: Option<Arc<dyn RecordDecoder>> = match p.format {
-            KafkaFormat::Json => Some(Arc::new(JsonDecoder::new(payload_schema.clone()))),
+            KafkaFormat::Json | KafkaFormat::DebeziumJson => {
+                Some(Arc::new(JsonDecoder::new(payload_schema.clone())))
+            }
             KafkaFormat::Csv => Some(Arc::new(CsvDecoder::new(
                 payload_schema.clone(),
                 p.delimiter,
@@ -459,7 +479,12 @@ impl KafkaSource {
         &self,
         payloads: Vec<(MessageMeta, Vec<u8>)>,
     ) -> Result<(RecordBatch, Vec<BadRecord>)> {
-        let (values, bad) = self.decode_values(&payloads)?;
+        let (payloads, mut bad) = match self.format {
+            KafkaFormat::DebeziumJson => self.read_changes(payloads),
+            _ => (payloads, Vec::new()),
+        };
+        let (values, more_bad) = self.decode_values(&payloads)?;
+        bad.extend(more_bad);
         if !self.wanted.any {
             return Ok((values, bad));
         }
@@ -476,6 +501,30 @@ impl KafkaSource {
             })
             .collect();
         Ok((metadata::assemble(&self.schema, &values, &metas)?, bad))
+    }
+
+    /// Debezium events as flat change rows; tombstones dropped, what is not an event a bad record.
+    fn read_changes(
+        &self,
+        payloads: Vec<(MessageMeta, Vec<u8>)>,
+    ) -> (Vec<(MessageMeta, Vec<u8>)>, Vec<BadRecord>) {
+        let mut bad = Vec::new();
+        let changes = payloads
+            .into_iter()
+            .filter_map(|(m, v)| match debezium::read(&v) {
+                Ok(debezium::Event::Change(row)) => Some((m, row)),
+                Ok(debezium::Event::Tombstone) => None,
+                Err(message) => {
+                    bad.push(BadRecord {
+                        position: format!("{}/{}/{}", self.topic, m.partition, m.offset),
+                        message,
+                        raw: String::from_utf8_lossy(&v[..v.len().min(4096)]).into_owned(),
+                    });
+                    None
+                }
+            })
+            .collect();
+        (changes, bad)
     }
 
     /// Decodes message values into the value columns.

@@ -3,7 +3,9 @@
 # Starts an Apache Kafka broker (single-node KRaft, jars from Maven Central), produces N JSON records over 4 partitions, then times
 #   (a) a confluent-kafka consumer reading them all, and
 #   (b) `tributary run` with a mode = 'batch' pipeline from the topic into Delta (release build),
-# both under /usr/bin/time -v. Usage: N=2000000 bash benches/kafka_to_delta.sh
+#   (c) the same from the topic into another topic, exactly once (one Kafka transaction per
+#       checkpoint) and (d) at least once (no transactions),
+# each under /usr/bin/time -v. Usage: N=2000000 bash benches/kafka_to_delta.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${N:-2000000}"
@@ -23,7 +25,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka import Producer
 b, n = sys.argv[1], int(sys.argv[2])
 admin = AdminClient({'bootstrap.servers': b})
-for f in admin.create_topics([NewTopic('bench', num_partitions=4, replication_factor=1)]).values(): f.result(30)
+for f in admin.create_topics([NewTopic(t, num_partitions=4, replication_factor=1) for t in ('bench', 'copy_eo', 'copy_al')]).values(): f.result(30)
 p = Producer({'bootstrap.servers': b, 'linger.ms': 50, 'queue.buffering.max.messages': 2000000})
 for i in range(n):
     p.produce('bench', value=json.dumps({"id": i, "customer": "c%d" % (i % 1000), "amount": (i * 7919) % 100000 / 100, "note": "order number %d" % i}), key=str(i))
@@ -45,6 +47,14 @@ CREATE SOURCE bench (id BIGINT, customer TEXT, amount DOUBLE, note TEXT) WITH (c
 CREATE SINK lake WITH (connector = 'delta', path = '$WORK/lake');
 CREATE PIPELINE load WITH (mode = 'batch', checkpoint_interval = '5s') AS INSERT INTO lake SELECT * FROM bench;
 SQL
+for delivery in exactly_once at_least_once; do
+  topic=copy_$( [ $delivery = exactly_once ] && echo eo || echo al )
+  cat > "$WORK/relay-$delivery.sql" <<SQL
+CREATE SOURCE bench (id BIGINT, customer TEXT, amount DOUBLE, note TEXT) WITH (connector = 'kafka', bootstrap_servers = '127.0.0.1:$PORT', topic = 'bench');
+CREATE SINK copy WITH (connector = 'kafka', bootstrap_servers = '127.0.0.1:$PORT', topic = '$topic', key = 'id', delivery = '$delivery');
+CREATE PIPELINE relay WITH (mode = 'batch', checkpoint_interval = '5s') AS INSERT INTO copy SELECT * FROM bench;
+SQL
+done
 measure() { # label, command...
   local label=$1; shift
   /usr/bin/time -v "$@" > "$WORK/$label.out" 2> "$WORK/$label.time"
@@ -59,3 +69,7 @@ echo "|---|---|---|---|"
 measure confluent-kafka-consumer "$PY" "$WORK/consume.py" "127.0.0.1:$PORT" "$N"
 measure tributary-kafka-to-delta "$BIN" run "$WORK/load.sql" --data-dir "$WORK/data" --quiet
 grep -o 'completed — [0-9]* rows in, [0-9]* rows out' "$WORK/tributary-kafka-to-delta.time" >&2
+for delivery in exactly_once at_least_once; do
+  measure "tributary-kafka-to-kafka-$delivery" "$BIN" run "$WORK/relay-$delivery.sql" --data-dir "$WORK/data-$delivery" --quiet
+  grep -o 'completed — [0-9]* rows in, [0-9]* rows out' "$WORK/tributary-kafka-to-kafka-$delivery.time" >&2
+done

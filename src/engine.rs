@@ -261,9 +261,22 @@ impl Engine {
                     }
                 }
                 let connector = tributary_connectors::source_connector(options)?;
+                // The connector sees the primary key as a run does: in the schema's metadata.
+                let with_key = declared.clone().map(|s| match primary_key.is_empty() {
+                    true => s,
+                    false => Arc::new(
+                        s.as_ref().clone().with_metadata(
+                            [(
+                                tributary_connectors::PRIMARY_KEY_METADATA.to_string(),
+                                primary_key.join(","),
+                            )]
+                            .into(),
+                        ),
+                    ),
+                });
                 let spec = SourceSpec {
                     name: name.clone(),
-                    schema: declared.clone(),
+                    schema: with_key,
                     options: options.clone(),
                 };
                 let schema = connector.validate(&spec).await?;

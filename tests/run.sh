@@ -40,9 +40,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # Independent readers and clients: the deltalake package, psycopg 3 and 2, asyncpg, SQLAlchemy and
-# pandas, and Selenium for the console tests, in a venv we reuse.
+# pandas, Selenium for the console tests and fastavro for Avro messages, in a venv we reuse.
 VENV="$CACHE/venv"
-PY_PKGS="deltalake==1.2.1 pyarrow psycopg[binary] asyncpg confluent-kafka sqlalchemy pandas psycopg2-binary selenium==4.51.0"
+PY_PKGS="deltalake==1.2.1 pyarrow psycopg[binary] asyncpg confluent-kafka sqlalchemy pandas psycopg2-binary selenium==4.51.0 fastavro"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.pkgs" 2>/dev/null)" != "$PY_PKGS" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip

@@ -352,4 +352,35 @@ mod tests {
         staged.remove_through(7);
         assert!(staged.read(&name).is_err());
     }
+
+    #[test]
+    fn an_unkeyed_stage_writes_rows_through_and_publishes_them_at_prepare() {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
+        let batch = |ids: Vec<i64>| {
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(ids))]).unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = SinkContext {
+            pipeline: "p".into(),
+            writer_id: "w".into(),
+            state_dir: dir.path().to_path_buf(),
+            primary_key: Vec::new(),
+        };
+        let mut stage = EpochStage::open(&ctx, schema.clone(), Vec::new()).unwrap();
+        stage.push(batch(vec![1, 2])).unwrap();
+        stage.push(batch(vec![])).unwrap();
+        stage.push(batch(vec![2, 3])).unwrap();
+        // Written before prepare, under a name no epoch has.
+        assert!(dir.path().join("epoch-current.tmp").exists());
+        assert!(stage.pending.is_empty());
+        let prepared = stage.prepare(4).unwrap();
+        assert_eq!(prepared.0["rows"], 4);
+        let file = EpochStage::staged_file(&prepared).unwrap();
+        let back = stage.read(&file).unwrap();
+        assert_eq!(back, vec![batch(vec![1, 2]), batch(vec![2, 3])]);
+        // The next epoch starts a new file; one without rows stages nothing.
+        assert!(EpochStage::staged_file(&stage.prepare(5).unwrap()).is_none());
+        stage.done(4);
+        assert!(stage.read(&file).is_err());
+    }
 }

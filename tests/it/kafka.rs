@@ -658,7 +658,7 @@ async fn kafka_upsert_sink_takes_updating_aggregates_and_deletes() {
     broker.create_topic("events", 2);
     broker.create_topic("totals", 3);
     broker.produce("events", 0, 20_000, 0);
-    let (_tmp, server) = start_fresh().await;
+    let (tmp, server) = start_fresh().await;
     let c = server.client().await;
     c.batch_execute(&format!(
         "CREATE SOURCE events (id BIGINT, name TEXT, amount BIGINT) WITH (connector = 'kafka', bootstrap_servers = '{b}', topic = 'events');
@@ -739,5 +739,46 @@ async fn kafka_upsert_sink_takes_updating_aggregates_and_deletes() {
             r#"{"id":2} {"id":2,"name":"b"}"#,
             r#"{"id":1} null"#,
         ]
+    );
+
+    // Read back as upsert topics (key = primary key, a tombstone deletes): into Delta upsert
+    // sinks, which then hold what the topics' compacted views hold.
+    let (totals_lake, table_lake) = (tmp.path().join("totals"), tmp.path().join("table"));
+    c.batch_execute(&format!(
+        "CREATE SOURCE totals_topic (name TEXT, n BIGINT, total BIGINT, PRIMARY KEY (name)) WITH (connector = 'kafka', bootstrap_servers = '{b}', topic = 'totals', mode = 'upsert');
+         CREATE SINK totals_lake WITH (connector = 'delta', path = '{}', mode = 'upsert');
+         CREATE PIPELINE totals_back WITH (mode = 'batch') AS INSERT INTO totals_lake SELECT * FROM totals_topic;
+         CREATE SOURCE table_topic (id BIGINT, name TEXT, PRIMARY KEY (id)) WITH (connector = 'kafka', bootstrap_servers = '{b}', topic = 'table', mode = 'upsert');
+         CREATE SINK table_lake WITH (connector = 'delta', path = '{}', mode = 'upsert');
+         CREATE PIPELINE table_back WITH (mode = 'batch') AS INSERT INTO table_lake SELECT * FROM table_topic;",
+        totals_lake.display(),
+        table_lake.display(),
+        b = broker.bootstrap
+    ))
+    .await
+    .unwrap();
+    wait_state(&c, "totals_back", "completed").await;
+    wait_state(&c, "table_back", "completed").await;
+    assert_eq!(
+        query_lines(&c, "SELECT * FROM table_lake").await,
+        vec!["2 b"]
+    );
+    let back = query_lines(&c, "SELECT name, n, total FROM totals_lake ORDER BY name").await;
+    let want: Vec<String> = want
+        .iter()
+        .map(|(name, (n, total))| format!("{name} {n} {total}"))
+        .collect();
+    assert_eq!(back, want);
+    // A source in upsert mode needs the key its messages are keyed by.
+    let e = c
+        .batch_execute(&format!(
+            "CREATE SOURCE nokey (id BIGINT) WITH (connector = 'kafka', bootstrap_servers = '{}', topic = 'table', mode = 'upsert')",
+            broker.bootstrap
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_db_error().unwrap().message().contains("PRIMARY KEY"),
+        "{e:?}"
     );
 }

@@ -1,6 +1,7 @@
 //! Record formats shared by sources (CSV, JSON lines): split bytes into records and decode them
 //! into Arrow, isolating undecodable records instead of failing the whole block.
 
+pub mod avro;
 mod flat_json;
 
 use std::sync::Arc;

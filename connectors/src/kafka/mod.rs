@@ -7,6 +7,7 @@ mod metadata;
 mod sink;
 mod source;
 mod transactions;
+mod upsert;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,7 +28,11 @@ const SOURCE_OPTIONS: &[OptionSpec] = &[
     OptionSpec::required("topic", "the topic to read; every partition is read"),
     OptionSpec::optional(
         "format",
-        "json (default), csv, raw (one text column 'value') or debezium-json (Debezium's change events: rows with _op)",
+        "json (default), csv, raw (one text column 'value'), avro (with avro_schema) or debezium-json (Debezium's change events: rows with _op)",
+    ),
+    OptionSpec::optional(
+        "avro_schema",
+        "format = 'avro': the Avro schema (JSON) of every message value, a record",
     ),
     OptionSpec::optional(
         "start_from",
@@ -43,6 +48,10 @@ const SOURCE_OPTIONS: &[OptionSpec] = &[
     ),
     OptionSpec::optional("delimiter", "csv: field delimiter (default ',')"),
     OptionSpec::optional("batch_size", "records per batch (default 8192)"),
+    OptionSpec::optional(
+        "mode",
+        "append (default) or upsert: each message the latest row of its key (the PRIMARY KEY), a tombstone a delete",
+    ),
 ];
 
 const SINK_OPTIONS: &[OptionSpec] = &[
@@ -51,7 +60,11 @@ const SINK_OPTIONS: &[OptionSpec] = &[
         "broker addresses, e.g. 'localhost:9092'",
     ),
     OptionSpec::required("topic", "the topic to write"),
-    OptionSpec::optional("format", "json (default)"),
+    OptionSpec::optional("format", "json (default) or avro"),
+    OptionSpec::optional(
+        "avro_schema",
+        "format = 'avro': the Avro schema (JSON) to write values with (default: a record of the columns)",
+    ),
     OptionSpec::optional(
         "key",
         "the key columns: one column's value as text, several as a JSON object; messages are partitioned by key (upsert: default the source's primary key)",
@@ -85,6 +98,8 @@ pub enum KafkaFormat {
     Raw,
     /// Debezium's JSON change events, as rows with `_op`.
     DebeziumJson,
+    /// One Avro datum per message, of the `avro_schema` record.
+    Avro,
 }
 
 /// Client settings shared by sources and sinks; `properties.*` options pass through to librdkafka.
@@ -111,7 +126,12 @@ fn without_properties(opts: &BTreeMap<String, String>) -> BTreeMap<String, Strin
 
 fn format_of(opts: &Options) -> Result<KafkaFormat> {
     Ok(
-        match opts.get_choice("format", &["json", "csv", "raw", "debezium-json"], "json")? {
+        match opts.get_choice(
+            "format",
+            &["json", "csv", "raw", "debezium-json", "avro"],
+            "json",
+        )? {
+            "avro" => KafkaFormat::Avro,
             "csv" => KafkaFormat::Csv,
             "raw" => KafkaFormat::Raw,
             "debezium-json" => KafkaFormat::DebeziumJson,

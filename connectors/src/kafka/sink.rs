@@ -35,12 +35,24 @@ struct KafkaSinkOptions {
     key: Vec<String>,
     upsert: bool,
     exactly_once: bool,
+    /// `format = 'avro'`: values as Avro datums, of the given schema or one derived at open.
+    avro: bool,
+    avro_schema: Option<apache_avro::Schema>,
 }
 
 impl KafkaSinkOptions {
     fn parse(spec: &SinkSpec) -> Result<(Self, Options)> {
         let opts = Options::validate("kafka", SINK_OPTIONS, &without_properties(&spec.options))?;
-        opts.get_choice("format", &["json"], "json")?;
+        let avro = opts.get_choice("format", &["json", "avro"], "json")? == "avro";
+        let avro_schema = match (avro, opts.get("avro_schema")) {
+            (true, Some(text)) => Some(crate::format::avro::parse_schema(text)?),
+            (false, Some(_)) => {
+                return Err(ConnectorError::Config(
+                    "avro_schema is for format = 'avro'".into(),
+                ))
+            }
+            _ => None,
+        };
         opts.get_choice(
             "compression",
             &["none", "gzip", "snappy", "lz4", "zstd"],
@@ -60,6 +72,8 @@ impl KafkaSinkOptions {
                 &["exactly_once", "at_least_once"],
                 "exactly_once",
             )? == "exactly_once",
+            avro,
+            avro_schema,
         };
         Ok((parsed, opts))
     }
@@ -164,6 +178,17 @@ impl Sink for KafkaSink {
                     })
             })
             .collect::<Result<_>>()?;
+        if self.opts.avro && self.opts.avro_schema.is_none() {
+            let columns: Vec<_> = schema
+                .fields()
+                .iter()
+                .filter(|f| !(self.opts.upsert && f.name() == OP))
+                .cloned()
+                .collect();
+            let derived = crate::format::avro::schema_for(&arrow::datatypes::Schema::new(columns))?;
+            tracing::info!(schema = %derived.canonical_form(), "Kafka sink writes Avro values of this schema.");
+            self.opts.avro_schema = Some(derived);
+        }
         let mut cfg = self.config.clone();
         if self.opts.exactly_once {
             cfg.set("transactional.id", transactional_id(&ctx.writer_id));
@@ -335,7 +360,12 @@ impl KafkaSink {
             }
             _ => batch.clone(),
         };
-        let values = json_lines(&values)?;
+        let mut values = json_lines(&values)?;
+        if let Some(schema) = &self.opts.avro_schema {
+            for v in &mut values {
+                *v = crate::format::avro::write_row(schema, v)?;
+            }
+        }
         let topic = self.opts.topic.clone();
         for (row, value) in values.iter().enumerate() {
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic);

@@ -17,14 +17,15 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use super::debezium;
 use super::metadata::{self, MessageMeta, Wanted};
 use super::{
     client_config, format_of, kafka_error, raw_schema, without_properties, KafkaFormat,
     SOURCE_OPTIONS,
 };
+use super::{debezium, upsert};
 use crate::changes::OP;
 use crate::error::{ConnectorError, Result};
+use crate::format::avro;
 use crate::format::{decode_records, CsvDecoder, JsonDecoder, Record, RecordDecoder};
 use crate::options::{OptionSpec, Options};
 use crate::{
@@ -49,6 +50,10 @@ struct KafkaPosition {
 struct Parsed {
     topic: String,
     format: KafkaFormat,
+    /// `format = 'avro'`: the schema of message values.
+    avro: Option<apache_avro::Schema>,
+    /// `mode = 'upsert'`: messages are the latest rows by key, tombstones delete.
+    upsert: bool,
     start: Start,
     header: bool,
     delimiter: u8,
@@ -82,9 +87,32 @@ fn parse(spec: &SourceSpec) -> Result<Parsed> {
             Start::Earliest
         }
     };
+    let upsert = opts.get_choice("mode", &["append", "upsert"], "append")? == "upsert";
+    let format = format_of(&opts)?;
+    if upsert && format != KafkaFormat::Json {
+        return Err(ConnectorError::Config(
+            "mode = 'upsert' reads JSON values (format = 'json')".into(),
+        ));
+    }
+    let avro = match (format, opts.get("avro_schema")) {
+        (KafkaFormat::Avro, Some(text)) => Some(avro::parse_schema(text)?),
+        (KafkaFormat::Avro, None) => {
+            return Err(ConnectorError::Config(
+                "format = 'avro' needs avro_schema = '{\"type\": \"record\", ...}'".into(),
+            ))
+        }
+        (_, Some(_)) => {
+            return Err(ConnectorError::Config(
+                "avro_schema is for format = 'avro'".into(),
+            ))
+        }
+        (_, None) => None,
+    };
     Ok(Parsed {
         topic: opts.require("topic")?.to_string(),
-        format: format_of(&opts)?,
+        format,
+        avro,
+        upsert,
         start,
         header: opts.get_bool("header", false)?,
         delimiter: opts.get_byte("delimiter", b',')?,
@@ -150,6 +178,14 @@ fn offsets_for_time(
         .collect())
 }
 
+/// The PRIMARY KEY a source's schema carries as metadata.
+fn primary_key(schema: Option<&SchemaRef>) -> Vec<String> {
+    schema
+        .and_then(|s| s.metadata().get(crate::PRIMARY_KEY_METADATA))
+        .map(|k| k.split(',').map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
 fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>> {
     let md = consumer
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
@@ -187,6 +223,12 @@ impl SourceConnector for KafkaSourceConnector {
 
     async fn validate(&self, spec: &SourceSpec) -> Result<SchemaRef> {
         let p = parse(spec)?;
+        if p.upsert && primary_key(spec.schema.as_ref()).is_empty() {
+            return Err(ConnectorError::Config(
+                "mode = 'upsert' needs the source's PRIMARY KEY (...): the columns the message key holds".into(),
+            ));
+        }
+        let changes = p.format == KafkaFormat::DebeziumJson || p.upsert;
         let schema = match (p.format, &spec.schema) {
             (KafkaFormat::Raw, None) => raw_schema(),
             (KafkaFormat::Raw, Some(s)) => {
@@ -207,7 +249,7 @@ impl SourceConnector for KafkaSourceConnector {
                     ));
                 }
             }
-            (KafkaFormat::DebeziumJson, Some(s)) => {
+            (_, Some(s)) if changes => {
                 // The declared columns and the change kind.
                 metadata::payload_schema(s)?;
                 let mut fields = s.fields().to_vec();
@@ -325,7 +367,7 @@ impl SourceConnector for KafkaSourceConnector {
         .map_err(|e| ConnectorError::Internal(e.to_string()))??;
         let payload_schema = metadata::payload_schema(&schema)?;
         let decoder: Option<Arc<dyn RecordDecoder>> = match p.format {
-            KafkaFormat::Json | KafkaFormat::DebeziumJson => {
+            KafkaFormat::Json | KafkaFormat::DebeziumJson | KafkaFormat::Avro => {
                 Some(Arc::new(JsonDecoder::new(payload_schema.clone())))
             }
             KafkaFormat::Csv => Some(Arc::new(CsvDecoder::new(
@@ -336,8 +378,13 @@ impl SourceConnector for KafkaSourceConnector {
         };
         let offsets = starts;
         let lag = Arc::new(Mutex::new(BTreeMap::new()));
+        let upsert_key = p.upsert.then(|| primary_key(Some(&schema)));
+        let mut wanted = Wanted::of(&schema);
+        wanted.key |= p.upsert;
         Ok(Box::new(KafkaSource {
-            wanted: Wanted::of(&schema),
+            avro: p.avro,
+            wanted,
+            upsert_key,
             schema,
             payload_schema,
             consumer,
@@ -365,8 +412,12 @@ struct KafkaSource {
     schema: SchemaRef,
     /// The columns decoded from message values (the schema minus metadata columns).
     payload_schema: SchemaRef,
-    /// The metadata the columns ask for.
+    /// The metadata the columns ask for (and the key, in upsert mode).
     wanted: Wanted,
+    /// `mode = 'upsert'`: the primary key the message keys hold.
+    upsert_key: Option<Vec<String>>,
+    /// `format = 'avro'`: the schema of message values.
+    avro: Option<apache_avro::Schema>,
     consumer: StreamConsumer,
     topic: String,
     format: KafkaFormat,
@@ -479,8 +530,20 @@ impl KafkaSource {
         &self,
         payloads: Vec<(MessageMeta, Vec<u8>)>,
     ) -> Result<(RecordBatch, Vec<BadRecord>)> {
-        let (payloads, mut bad) = match self.format {
-            KafkaFormat::DebeziumJson => self.read_changes(payloads),
+        // Values that are not rows of the columns yet: change events, upserts, Avro.
+        let (payloads, mut bad) = match (self.format, &self.upsert_key, &self.avro) {
+            (KafkaFormat::DebeziumJson, _, _) => self.convert_values(payloads, |_, v| {
+                debezium::read(v).map(|event| match event {
+                    debezium::Event::Change(row) => Some(row),
+                    debezium::Event::Tombstone => None,
+                })
+            }),
+            (_, Some(key), _) => self.convert_values(payloads, |m, v| {
+                upsert::read(m.key.as_deref(), v, key).map(Some)
+            }),
+            (KafkaFormat::Avro, _, Some(schema)) => {
+                self.convert_values(payloads, |_, v| avro::read_row(schema, v).map(Some))
+            }
             _ => (payloads, Vec::new()),
         };
         let (values, more_bad) = self.decode_values(&payloads)?;
@@ -503,17 +566,18 @@ impl KafkaSource {
         Ok((metadata::assemble(&self.schema, &values, &metas)?, bad))
     }
 
-    /// Debezium events as flat change rows; tombstones dropped, what is not an event a bad record.
-    fn read_changes(
+    /// Each message's value through `convert` (`Ok(None)`: no row, such as a tombstone); what
+    /// it refuses becomes a bad record.
+    fn convert_values(
         &self,
         payloads: Vec<(MessageMeta, Vec<u8>)>,
+        convert: impl Fn(&MessageMeta, &[u8]) -> std::result::Result<Option<Vec<u8>>, String>,
     ) -> (Vec<(MessageMeta, Vec<u8>)>, Vec<BadRecord>) {
         let mut bad = Vec::new();
-        let changes = payloads
+        let rows = payloads
             .into_iter()
-            .filter_map(|(m, v)| match debezium::read(&v) {
-                Ok(debezium::Event::Change(row)) => Some((m, row)),
-                Ok(debezium::Event::Tombstone) => None,
+            .filter_map(|(m, v)| match convert(&m, &v) {
+                Ok(row) => row.map(|row| (m, row)),
                 Err(message) => {
                     bad.push(BadRecord {
                         position: format!("{}/{}/{}", self.topic, m.partition, m.offset),
@@ -524,7 +588,7 @@ impl KafkaSource {
                 }
             })
             .collect();
-        (changes, bad)
+        (rows, bad)
     }
 
     /// Decodes message values into the value columns.

@@ -1,6 +1,7 @@
-//! What a Kafka message carries besides its value, as columns, against Apache Kafka: key,
-//! headers, partition, offset and timestamp; the timestamp as event time for windows; and a
-//! first run starting at a time.
+//! What a Kafka message holds, read and written, against Apache Kafka: key, headers,
+//! partition, offset and timestamp as columns (the timestamp as event time; a first run starting
+//! at a time), Debezium change events into an upsert sink, and Avro values both ways, produced
+//! and read back by fastavro.
 
 use std::time::Duration;
 
@@ -194,4 +195,107 @@ t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table().to_pylist()
 print(json.dumps(sorted([[r['id'], r['name'], r['balance']] for r in t])))
 "#;
     assert_eq!(run_python(py, &[&lake.to_string_lossy()]), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_values_in_and_out_read_by_fastavro() {
+    let broker = Broker::start().await;
+    broker.create_topic("clicks_avro", 2);
+    broker.create_topic("clicks_out", 2);
+    const SCHEMA: &str = r#"{"type": "record", "name": "click", "namespace": "shop", "fields": [
+        {"name": "id", "type": "long"},
+        {"name": "name", "type": ["null", "string"], "default": null},
+        {"name": "amount", "type": "double"},
+        {"name": "at", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {"name": "kind", "type": {"type": "enum", "name": "kind", "symbols": ["VIEW", "BUY"]}}]}"#;
+    // 1000 clicks written by fastavro (every 7th without a name), and one message that is not Avro.
+    let py = r#"
+import sys, io, json, datetime
+import fastavro
+from confluent_kafka import Producer
+schema = fastavro.parse_schema(json.loads(sys.argv[2]))
+p = Producer({'bootstrap.servers': sys.argv[1]})
+base = datetime.datetime(2026, 5, 1, 10, 0, 0, tzinfo=datetime.timezone.utc)
+for i in range(1000):
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema, {'id': i, 'name': None if i % 7 == 0 else 'n%d' % i, 'amount': i / 4,
+                                             'at': base + datetime.timedelta(milliseconds=i * 250), 'kind': 'BUY' if i % 3 == 0 else 'VIEW'})
+    p.produce('clicks_avro', key=str(i), value=buf.getvalue())
+p.produce('clicks_avro', key='bad', value=b'\xff\xff\xff')
+assert p.flush(60) == 0
+"#;
+    run_python(py, &[&broker.bootstrap, SCHEMA]);
+    let (_tmp, server) = start_fresh().await;
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE clicks (id BIGINT, name TEXT, amount DOUBLE, at TIMESTAMP, kind TEXT)
+           WITH (connector = 'kafka', bootstrap_servers = '{b}', topic = 'clicks_avro', format = 'avro', avro_schema = '{SCHEMA}');
+         CREATE SINK out WITH (connector = 'kafka', bootstrap_servers = '{b}', topic = 'clicks_out', key = 'id', format = 'avro');
+         CREATE PIPELINE relay WITH (mode = 'batch') AS INSERT INTO out
+           SELECT id, name, amount * 2 AS doubled, at, kind = 'BUY' AS bought FROM clicks;",
+        b = broker.bootstrap
+    ))
+    .await
+    .unwrap();
+    wait_state(&c, "relay", "completed").await;
+    assert_eq!(counters(&c, "relay").await, (1001, 1000, 1));
+    let bad = query(
+        &c,
+        "SELECT error FROM tributary.errors WHERE pipeline = 'relay'",
+    )
+    .await;
+    assert!(bad[0][0].as_deref().unwrap().contains("Avro"), "{bad:?}");
+    // The sink's schema, derived from the pipeline's columns, as the README gives the rule; an
+    // independent reader decodes every message with it.
+    const DERIVED: &str = r#"{"type": "record", "name": "row", "namespace": "tributary", "fields": [
+        {"name": "id", "type": ["null", "long"], "default": null},
+        {"name": "name", "type": ["null", "string"], "default": null},
+        {"name": "doubled", "type": ["null", "double"], "default": null},
+        {"name": "at", "type": ["null", {"type": "long", "logicalType": "timestamp-micros"}], "default": null},
+        {"name": "bought", "type": ["null", "boolean"], "default": null}]}"#;
+    let py = r#"
+import sys, io, json
+import fastavro
+from confluent_kafka import Consumer
+schema = fastavro.parse_schema(json.loads(sys.argv[2]))
+c = Consumer({'bootstrap.servers': sys.argv[1], 'group.id': 'check', 'auto.offset.reset': 'earliest'})
+c.subscribe(['clicks_out'])
+rows, empty = {}, 0
+while empty < 10:
+    m = c.poll(0.5)
+    if m is None:
+        empty += 1
+        continue
+    if m.error():
+        continue
+    empty = 0
+    r = fastavro.schemaless_reader(io.BytesIO(m.value()), schema, None)
+    assert m.key().decode() == str(r['id'])
+    rows[r['id']] = r
+c.close()
+print(len(rows))
+for i in (0, 1, 999):
+    r = rows[i]
+    print(r['id'], r['name'], r['doubled'], r['at'].isoformat(), r['bought'])
+"#;
+    assert_eq!(
+        run_python(py, &[&broker.bootstrap, DERIVED]),
+        "1000
+0 None 0.0 2026-05-01T10:00:00+00:00 True
+1 n1 0.5 2026-05-01T10:00:00.250000+00:00 False
+999 n999 499.5 2026-05-01T10:04:09.750000+00:00 True"
+    );
+    // A schema that is not one is refused at CREATE.
+    let e = c
+        .batch_execute(&format!(
+            "CREATE SOURCE bad (id BIGINT) WITH (connector = 'kafka', bootstrap_servers = '{}', topic = 'clicks_avro', format = 'avro', avro_schema = '{{\"type\": \"nope\"}}')",
+            broker.bootstrap
+        ))
+        .await
+        .unwrap_err();
+    let e = e.as_db_error().unwrap().message().to_string();
+    assert!(
+        e.contains("avro_schema") && e.contains("Avro schema"),
+        "{e}"
+    );
 }

@@ -265,3 +265,34 @@ async fn kafka_to_kafka_exactly_once_across_sigkills() {
         ]]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_broker_refuses_fails_the_epoch_with_its_error_and_nothing_is_visible() {
+    let broker = Broker::start().await;
+    broker.create_topic("small", 1);
+    let (_tmp, server) = start_fresh().await;
+    let c = server.client().await;
+    // Rows of 2 MB: more than the broker takes in a message (1 MB). The producer is told it may
+    // send them, so it is the broker that refuses.
+    c.batch_execute(&format!(
+        "CREATE SINK small WITH (connector = 'kafka', bootstrap_servers = '{}', topic = 'small', \"properties.message.max.bytes\" = '10000000');
+         CREATE SOURCE gen WITH (connector = 'nexmark', table = 'bid', events = 10, seed = 1);
+         CREATE PIPELINE big WITH (mode = 'batch') AS INSERT INTO small
+           SELECT auction AS id, repeat('x', 2000000) AS padding FROM gen;",
+        broker.bootstrap
+    ))
+    .await
+    .unwrap();
+    wait_state(&c, "big", "failed").await;
+    let error = scalar(
+        &c,
+        "SELECT error FROM tributary.pipelines WHERE name = 'big'",
+    )
+    .await;
+    assert!(
+        error.contains("delivering to small") && error.contains("Broker: Message size too large"),
+        "{error}"
+    );
+    // The epoch's transaction was aborted: a read_committed reader sees nothing.
+    assert_eq!(read_ids(&broker, "small", "read_committed").0, 0);
+}

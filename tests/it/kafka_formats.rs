@@ -178,10 +178,15 @@ async fn debezium_events_from_kafka_keep_a_delta_table_equal_to_the_upstream_one
     )
     .await;
     assert_eq!(counters(&c, "cdc").await.2, 1);
-    let bad = query(
-        &c,
-        "SELECT error, raw FROM tributary.errors WHERE pipeline = 'cdc'",
-    )
+    // Bad records show once their epoch's commit is through.
+    let bad = poll(Duration::from_secs(30), "the bad record", || async {
+        let rows = query(
+            &c,
+            "SELECT error, raw FROM tributary.errors WHERE pipeline = 'cdc'",
+        )
+        .await;
+        (!rows.is_empty()).then_some(rows)
+    })
     .await;
     assert!(
         bad[0][0].as_deref().unwrap().contains("\"op\"")

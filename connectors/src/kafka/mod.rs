@@ -3,7 +3,9 @@
 //! one Kafka transaction per checkpoint.
 
 mod debezium;
+mod decode;
 mod metadata;
+mod reader;
 mod sink;
 mod source;
 mod transactions;
@@ -48,6 +50,10 @@ const SOURCE_OPTIONS: &[OptionSpec] = &[
     ),
     OptionSpec::optional("delimiter", "csv: field delimiter (default ',')"),
     OptionSpec::optional("batch_size", "records per batch (default 8192)"),
+    OptionSpec::optional(
+        "readers",
+        "tasks reading the partitions in parallel, each its share (default: one per core, at most one per partition)",
+    ),
     OptionSpec::optional(
         "mode",
         "append (default) or upsert: each message the latest row of its key (the PRIMARY KEY), a tombstone a delete",

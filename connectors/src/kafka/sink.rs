@@ -222,18 +222,16 @@ impl Sink for KafkaSink {
             eo.transactions.begin()?;
             eo.stage.push(batch.clone())?;
         }
-        self.send(&batch)?;
-        self.drain_when_full().await
+        let sent = match self.send(&batch) {
+            Ok(()) => self.drain_when_full().await,
+            Err(e) => Err(e),
+        };
+        self.abort_on_failure(sent).await
     }
 
     async fn prepare(&mut self, epoch: u64) -> Result<PreparedCommit> {
-        if let Err(e) = self.drain().await {
-            if let Some(eo) = self.exactly_once.as_mut() {
-                // The epoch fails; its messages must not become visible.
-                let _ = eo.transactions.abort().await;
-            }
-            return Err(e);
-        }
+        let drained = self.drain().await;
+        self.abort_on_failure(drained).await?;
         let Some(eo) = self.exactly_once.as_mut() else {
             return Ok(PreparedCommit::default());
         };
@@ -300,6 +298,20 @@ impl KafkaSink {
             .ok_or_else(|| ConnectorError::Internal("kafka sink used before open".into()))
     }
 
+    /// Passes `result` on; when it failed, first aborts the open transaction, so the failed
+    /// epoch's messages never become visible (and read_committed readers are not held back
+    /// until the transaction times out).
+    async fn abort_on_failure(&mut self, result: Result<()>) -> Result<()> {
+        if result.is_err() {
+            if let Some(eo) = self.exactly_once.as_mut() {
+                if let Err(e) = eo.transactions.abort().await {
+                    tracing::warn!(error = %e, "Aborting the failed epoch's Kafka transaction failed; the next run aborts it.");
+                }
+            }
+        }
+        result
+    }
+
     /// Sends a staged epoch again in a transaction of its own, with its marker.
     async fn resend(&mut self, epoch: u64, file: &str) -> Result<()> {
         let Some(eo) = self.exactly_once.as_mut() else {
@@ -310,12 +322,8 @@ impl KafkaSink {
         for batch in &batches {
             self.send(batch)?;
         }
-        if let Err(e) = self.drain().await {
-            if let Some(eo) = self.exactly_once.as_mut() {
-                let _ = eo.transactions.abort().await;
-            }
-            return Err(e);
-        }
+        let drained = self.drain().await;
+        self.abort_on_failure(drained).await?;
         let Some(eo) = self.exactly_once.as_mut() else {
             return Ok(());
         };

@@ -5,47 +5,30 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arrow::array::StringArray;
 use arrow::datatypes::SchemaRef;
-use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
 
-use super::metadata::{self, MessageMeta, Wanted};
+use super::decode::MessageDecoder;
+use super::metadata;
+use super::reader::{KafkaPosition, KafkaSource, ReaderPart};
 use super::{
     client_config, format_of, kafka_error, raw_schema, without_properties, KafkaFormat,
     SOURCE_OPTIONS,
 };
-use super::{debezium, upsert};
 use crate::changes::OP;
 use crate::error::{ConnectorError, Result};
 use crate::format::avro;
-use crate::format::{decode_records, CsvDecoder, JsonDecoder, Record, RecordDecoder};
 use crate::options::{OptionSpec, Options};
-use crate::{
-    BadRecord, PartitionLag, ReadOptions, Source, SourceBatch, SourceConnector, SourcePosition,
-    SourceSpec, SplitRows,
-};
+use crate::{ReadOptions, Source, SourceConnector, SourcePosition, SourceSpec};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a batch waits for more messages before it is handed on.
-const LINGER: Duration = Duration::from_millis(100);
-const LAG_REFRESH: Duration = Duration::from_secs(1);
 
 /// `connector = 'kafka'` as a source.
 pub struct KafkaSourceConnector;
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct KafkaPosition {
-    /// Next offset to read, per partition.
-    offsets: BTreeMap<i32, i64>,
-}
 
 struct Parsed {
     topic: String,
@@ -58,6 +41,8 @@ struct Parsed {
     header: bool,
     delimiter: u8,
     batch_size: usize,
+    /// Reader tasks (default: one per core, at most one per partition).
+    readers: Option<usize>,
 }
 
 /// Where a first run starts reading.
@@ -120,6 +105,7 @@ fn parse(spec: &SourceSpec) -> Result<Parsed> {
             .get_u64("batch_size")?
             .unwrap_or(8192)
             .clamp(1, 1 << 20) as usize,
+        readers: opts.get_u64("readers")?.map(|n| n.clamp(1, 1024) as usize),
     })
 }
 
@@ -321,19 +307,27 @@ impl SourceConnector for KafkaSourceConnector {
         let meta_cfg = cfg.clone();
         let topic = p.topic.clone();
         let start_from = p.start;
-        let (consumer, starts, ends) = tokio::task::spawn_blocking(
-            move || -> Result<(StreamConsumer, BTreeMap<i32, i64>, BTreeMap<i32, i64>)> {
+        let readers = p.readers;
+        let user_set = |key: &str| spec.options.contains_key(&format!("properties.{key}"));
+        let prefetch_set = user_set("queued.max.messages.kbytes");
+        let (parts, ends) = tokio::task::spawn_blocking(
+            move || -> Result<(Vec<ReaderPart>, BTreeMap<i32, i64>)> {
                 let meta: BaseConsumer = meta_cfg
                     .create()
                     .map_err(|e| kafka_error("creating Kafka client", e))?;
                 let parts = partitions(&meta, &topic)?;
-                let (mut starts, mut ends) = (BTreeMap::new(), BTreeMap::new());
+                let mut ends = BTreeMap::new();
                 let by_time = match start_from {
                     Start::Timestamp(ms) => offsets_for_time(&meta, &topic, &parts, ms)?,
                     _ => BTreeMap::new(),
                 };
-                let mut tpl = TopicPartitionList::new();
-                for &pt in &parts {
+                // Partitions dealt round the readers.
+                let n = readers
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                let n = n.clamp(1, parts.len());
+                let mut groups: Vec<(TopicPartitionList, BTreeMap<i32, i64>)> =
+                    (0..n).map(|_| Default::default()).collect();
+                for (i, &pt) in parts.iter().enumerate() {
                     let (low, high) = meta
                         .fetch_watermarks(&topic, pt, METADATA_TIMEOUT)
                         .map_err(|e| kafka_error("reading offsets", e))?;
@@ -349,433 +343,54 @@ impl SourceConnector for KafkaSourceConnector {
                             }
                         },
                     };
-                    starts.insert(pt, start);
                     ends.insert(pt, high);
+                    let (tpl, offsets) = &mut groups[i % n];
+                    offsets.insert(pt, start);
                     tpl.add_partition_offset(&topic, pt, Offset::Offset(start))
                         .map_err(|e| kafka_error("assigning partitions", e))?;
                 }
-                let consumer: StreamConsumer = cfg
-                    .create()
-                    .map_err(|e| kafka_error("creating Kafka consumer", e))?;
-                consumer
-                    .assign(&tpl)
-                    .map_err(|e| kafka_error("assigning partitions", e))?;
-                Ok((consumer, starts, ends))
+                if !prefetch_set {
+                    // librdkafka's prefetch (64 MB by default) shared by the readers.
+                    cfg.set("queued.max.messages.kbytes", (65536 / n).to_string());
+                }
+                let parts = groups
+                    .into_iter()
+                    .map(|(tpl, offsets)| {
+                        let consumer: StreamConsumer = cfg
+                            .create()
+                            .map_err(|e| kafka_error("creating Kafka consumer", e))?;
+                        consumer
+                            .assign(&tpl)
+                            .map_err(|e| kafka_error("assigning partitions", e))?;
+                        Ok(ReaderPart { consumer, offsets })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((parts, ends))
             },
         )
         .await
         .map_err(|e| ConnectorError::Internal(e.to_string()))??;
-        let payload_schema = metadata::payload_schema(&schema)?;
-        let decoder: Option<Arc<dyn RecordDecoder>> = match p.format {
-            KafkaFormat::Json | KafkaFormat::DebeziumJson | KafkaFormat::Avro => {
-                Some(Arc::new(JsonDecoder::new(payload_schema.clone())))
-            }
-            KafkaFormat::Csv => Some(Arc::new(CsvDecoder::new(
-                payload_schema.clone(),
-                p.delimiter,
-            ))),
-            KafkaFormat::Raw => None,
-        };
-        let offsets = starts;
-        let lag = Arc::new(Mutex::new(BTreeMap::new()));
         let upsert_key = p.upsert.then(|| primary_key(Some(&schema)));
-        let mut wanted = Wanted::of(&schema);
-        wanted.key |= p.upsert;
-        Ok(Box::new(KafkaSource {
-            avro: p.avro,
-            wanted,
+        let decoder = MessageDecoder::new(
+            p.topic.clone(),
+            p.format,
+            p.header,
+            p.delimiter,
+            schema.clone(),
             upsert_key,
+            p.avro,
+        )?;
+        let meta = client_config(&spec.options)
+            .create::<BaseConsumer>()
+            .map_err(|e| kafka_error("creating Kafka client", e))?;
+        Ok(Box::new(KafkaSource::start(
             schema,
-            payload_schema,
-            consumer,
-            topic: p.topic,
-            format: p.format,
-            header: p.header,
-            batch_size: p.batch_size,
-            decoder,
-            offsets,
-            stop_at: read.bounded.then_some(ends),
-            meta: Arc::new(
-                client_config(&spec.options)
-                    .create::<BaseConsumer>()
-                    .map_err(|e| kafka_error("creating Kafka client", e))?,
-            ),
-            refreshing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            latest: lag,
-            lag_refreshed: None,
-            last_timestamps: BTreeMap::new(),
-        }))
-    }
-}
-
-struct KafkaSource {
-    schema: SchemaRef,
-    /// The columns decoded from message values (the schema minus metadata columns).
-    payload_schema: SchemaRef,
-    /// The metadata the columns ask for (and the key, in upsert mode).
-    wanted: Wanted,
-    /// `mode = 'upsert'`: the primary key the message keys hold.
-    upsert_key: Option<Vec<String>>,
-    /// `format = 'avro'`: the schema of message values.
-    avro: Option<apache_avro::Schema>,
-    consumer: StreamConsumer,
-    topic: String,
-    format: KafkaFormat,
-    header: bool,
-    batch_size: usize,
-    decoder: Option<Arc<dyn RecordDecoder>>,
-    /// Next offset per partition (only partitions read from so far or restored).
-    offsets: BTreeMap<i32, i64>,
-    /// Batch mode: the end offsets present at start.
-    stop_at: Option<BTreeMap<i32, i64>>,
-    /// A client for watermark queries, separate from the consumer.
-    meta: Arc<BaseConsumer>,
-    refreshing: Arc<std::sync::atomic::AtomicBool>,
-    latest: Arc<Mutex<BTreeMap<i32, i64>>>,
-    lag_refreshed: Option<Instant>,
-    /// Each partition's last message's timestamp (UTC milliseconds), for the lag in seconds.
-    last_timestamps: BTreeMap<i32, i64>,
-}
-
-impl KafkaSource {
-    /// Moves each partition's offset past the transaction markers (and aborted messages) the
-    /// consumer has stepped over: they occupy offsets but are never delivered, so the last
-    /// message's offset + 1 can stay short of the end of a transactional topic for good.
-    fn skip_control_records(&mut self) {
-        let Ok(positions) = self.consumer.position() else {
-            return;
-        };
-        for e in positions.elements() {
-            let Offset::Offset(mut next) = e.offset() else {
-                continue;
-            };
-            if let Some(end) = self
-                .stop_at
-                .as_ref()
-                .and_then(|ends| ends.get(&e.partition()))
-            {
-                // A batch run leaves what came after its end for the next run.
-                next = next.min(*end);
-            }
-            if let Some(current) = self.offsets.get_mut(&e.partition()) {
-                *current = (*current).max(next);
-            }
-        }
-    }
-
-    fn done(&self) -> bool {
-        self.stop_at.as_ref().is_some_and(|ends| {
-            ends.iter()
-                .all(|(p, end)| self.offsets.get(p).copied().unwrap_or(0) >= *end)
-        })
-    }
-
-    fn refresh_lag(&mut self) {
-        if self
-            .lag_refreshed
-            .is_some_and(|t| t.elapsed() < LAG_REFRESH)
-        {
-            return;
-        }
-        self.lag_refreshed = Some(Instant::now());
-        if self
-            .refreshing
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
-            return;
-        }
-        let meta = self.meta.clone();
-        let topic = self.topic.clone();
-        let latest = self.latest.clone();
-        let parts: Vec<i32> = self.offsets.keys().copied().collect();
-        let refreshing = self.refreshing.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut out = BTreeMap::new();
-            for p in parts {
-                if let Ok((_, high)) = meta.fetch_watermarks(&topic, p, Duration::from_secs(5)) {
-                    out.insert(p, high);
-                }
-            }
-            *latest.lock() = out;
-            refreshing.store(false, std::sync::atomic::Ordering::SeqCst);
-        });
-    }
-
-    fn lag(&self) -> Vec<PartitionLag> {
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        self.latest
-            .lock()
-            .iter()
-            .map(|(p, high)| {
-                let position = self.offsets.get(p).copied().unwrap_or(0);
-                PartitionLag {
-                    partition: p.to_string(),
-                    position,
-                    latest: *high,
-                    confirmed: None,
-                    lsn: false,
-                    lag_seconds: PartitionLag::seconds_behind(
-                        position,
-                        *high,
-                        self.last_timestamps.get(p).copied(),
-                        now_ms,
-                    ),
-                }
-            })
-            .collect()
-    }
-
-    /// Decodes fetched messages. An `Err` fails the epoch: the offsets have moved past them.
-    fn decode(
-        &self,
-        payloads: Vec<(MessageMeta, Vec<u8>)>,
-    ) -> Result<(RecordBatch, Vec<BadRecord>)> {
-        // Values that are not rows of the columns yet: change events, upserts, Avro.
-        let (payloads, mut bad) = match (self.format, &self.upsert_key, &self.avro) {
-            (KafkaFormat::DebeziumJson, _, _) => self.convert_values(payloads, |_, v| {
-                debezium::read(v).map(|event| match event {
-                    debezium::Event::Change(row) => Some(row),
-                    debezium::Event::Tombstone => None,
-                })
-            }),
-            (_, Some(key), _) => self.convert_values(payloads, |m, v| {
-                upsert::read(m.key.as_deref(), v, key).map(Some)
-            }),
-            (KafkaFormat::Avro, _, Some(schema)) => {
-                self.convert_values(payloads, |_, v| avro::read_row(schema, v).map(Some))
-            }
-            _ => (payloads, Vec::new()),
-        };
-        let (values, more_bad) = self.decode_values(&payloads)?;
-        bad.extend(more_bad);
-        if !self.wanted.any {
-            return Ok((values, bad));
-        }
-        // The metadata of the messages that decoded.
-        let failed: std::collections::HashSet<&str> =
-            bad.iter().map(|b| b.position.as_str()).collect();
-        let metas: Vec<MessageMeta> = payloads
-            .into_iter()
-            .map(|(m, _)| m)
-            .filter(|m| {
-                failed.is_empty()
-                    || !failed
-                        .contains(format!("{}/{}/{}", self.topic, m.partition, m.offset).as_str())
-            })
-            .collect();
-        Ok((metadata::assemble(&self.schema, &values, &metas)?, bad))
-    }
-
-    /// Each message's value through `convert` (`Ok(None)`: no row, such as a tombstone); what
-    /// it refuses becomes a bad record.
-    fn convert_values(
-        &self,
-        payloads: Vec<(MessageMeta, Vec<u8>)>,
-        convert: impl Fn(&MessageMeta, &[u8]) -> std::result::Result<Option<Vec<u8>>, String>,
-    ) -> (Vec<(MessageMeta, Vec<u8>)>, Vec<BadRecord>) {
-        let mut bad = Vec::new();
-        let rows = payloads
-            .into_iter()
-            .filter_map(|(m, v)| match convert(&m, &v) {
-                Ok(row) => row.map(|row| (m, row)),
-                Err(message) => {
-                    bad.push(BadRecord {
-                        position: format!("{}/{}/{}", self.topic, m.partition, m.offset),
-                        message,
-                        raw: String::from_utf8_lossy(&v[..v.len().min(4096)]).into_owned(),
-                    });
-                    None
-                }
-            })
-            .collect();
-        (rows, bad)
-    }
-
-    /// Decodes message values into the value columns.
-    fn decode_values(
-        &self,
-        payloads: &[(MessageMeta, Vec<u8>)],
-    ) -> Result<(RecordBatch, Vec<BadRecord>)> {
-        match (&self.decoder, self.format) {
-            (None, _) | (_, KafkaFormat::Raw) => {
-                let values: Vec<Option<String>> = payloads
-                    .iter()
-                    .map(|(_, v)| Some(String::from_utf8_lossy(v).to_string()))
-                    .collect();
-                let batch = RecordBatch::try_new(
-                    self.payload_schema.clone(),
-                    vec![Arc::new(StringArray::from(values))],
-                )
-                .map_err(|e| {
-                    ConnectorError::Config(format!(
-                        "raw messages of topic {} do not fit the source's columns ({e}): \
-                         format = 'raw' reads one text column",
-                        self.topic
-                    ))
-                })?;
-                Ok((batch, Vec::new()))
-            }
-            (Some(decoder), _) => {
-                // One record per message, newline-framed, so the shared decoder can isolate bad ones.
-                let mut buf = Vec::new();
-                let mut records = Vec::with_capacity(payloads.len());
-                let mut bad = Vec::new();
-                for (i, (m, v)) in payloads.iter().enumerate() {
-                    let (p, o) = (m.partition, m.offset);
-                    let mut v: &[u8] = v;
-                    if self.header && self.format == KafkaFormat::Csv {
-                        if let Some(nl) = v.iter().position(|b| *b == b'\n') {
-                            v = &v[nl + 1..];
-                        }
-                    }
-                    let v = trim_newlines(v);
-                    if v.contains(&b'\n') && self.format == KafkaFormat::Json {
-                        // A pretty-printed object: collapse its newlines, JSON does not need them.
-                        let start = buf.len();
-                        buf.extend(v.iter().map(|b| {
-                            if *b == b'\n' || *b == b'\r' {
-                                b' '
-                            } else {
-                                *b
-                            }
-                        }));
-                        let end = buf.len();
-                        buf.push(b'\n');
-                        records.push(Record {
-                            start,
-                            end,
-                            next: buf.len(),
-                            line: i as u64,
-                        });
-                    } else if v.iter().all(|b| b.is_ascii_whitespace()) {
-                        bad.push(BadRecord {
-                            position: format!("{}/{p}/{o}", self.topic),
-                            message: "empty message".into(),
-                            raw: String::new(),
-                        });
-                    } else {
-                        let start = buf.len();
-                        buf.extend_from_slice(v);
-                        let end = buf.len();
-                        buf.push(b'\n');
-                        records.push(Record {
-                            start,
-                            end,
-                            next: buf.len(),
-                            line: i as u64,
-                        });
-                    }
-                }
-                let topic = &self.topic;
-                let (batch, more_bad) = decode_records(decoder.as_ref(), &buf, &records, &|r| {
-                    let m = &payloads[r.line as usize].0;
-                    format!("{topic}/{}/{}", m.partition, m.offset)
-                });
-                bad.extend(more_bad);
-                Ok((batch, bad))
-            }
-        }
-    }
-}
-
-fn trim_newlines(mut v: &[u8]) -> &[u8] {
-    while let Some((last, rest)) = v.split_last() {
-        if *last == b'\n' || *last == b'\r' {
-            v = rest;
-        } else {
-            break;
-        }
-    }
-    v
-}
-
-#[async_trait]
-impl Source for KafkaSource {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
-        self.refresh_lag();
-        if self.done() {
-            return Ok(None);
-        }
-        let mut payloads: Vec<(MessageMeta, Vec<u8>)> = Vec::new();
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while payloads.len() < self.batch_size {
-            let msg = tokio::select! {
-                m = self.consumer.recv() => m,
-                _ = tokio::time::sleep_until(deadline) => break,
-            };
-            let (meta, payload) = {
-                let msg =
-                    msg.map_err(|e| kafka_error(format!("reading topic {}", self.topic), e))?;
-                if let Some(ms) = msg.timestamp().to_millis() {
-                    self.last_timestamps.insert(msg.partition(), ms);
-                }
-                (
-                    self.wanted.read(&msg),
-                    msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                )
-            };
-            let (p, o) = (meta.partition, meta.offset);
-            if let Some(ends) = &self.stop_at {
-                if o >= ends.get(&p).copied().unwrap_or(0) {
-                    // Past what existed at start: a batch run leaves it for the next run.
-                    continue;
-                }
-            }
-            payloads.push((meta, payload));
-            self.offsets.insert(p, o + 1);
-            if self.done() {
-                break;
-            }
-        }
-        self.skip_control_records();
-        // Rows grouped by partition, every partition listed: the event time of each is
-        // followed apart.
-        let bytes = payloads.iter().map(|p| p.1.len() as u64).sum();
-        let mut by_partition: BTreeMap<i32, Vec<(MessageMeta, Vec<u8>)>> = BTreeMap::new();
-        for payload in payloads {
-            by_partition
-                .entry(payload.0.partition)
-                .or_default()
-                .push(payload);
-        }
-        let mut batches = Vec::with_capacity(by_partition.len());
-        let mut bad_records = Vec::new();
-        let mut splits = Vec::with_capacity(self.offsets.len());
-        for p in self.offsets.keys() {
-            let (batch, bad) = match by_partition.remove(p) {
-                Some(payloads) => self.decode(payloads)?,
-                None => (RecordBatch::new_empty(self.schema.clone()), Vec::new()),
-            };
-            splits.push(SplitRows {
-                split: p.to_string(),
-                rows: batch.num_rows(),
-            });
-            batches.push(batch);
-            bad_records.extend(bad);
-        }
-        let batch = arrow::compute::concat_batches(&self.schema, &batches)
-            .map_err(|e| ConnectorError::Internal(format!("joining partitions' rows: {e}")))?;
-        // A position that cannot be stored fails the epoch: a null one means "from the start".
-        let position = SourcePosition(
-            serde_json::to_value(KafkaPosition {
-                offsets: self.offsets.clone(),
-            })
-            .map_err(|e| ConnectorError::Internal(format!("encoding the Kafka position: {e}")))?,
-        );
-        Ok(Some(SourceBatch {
-            batch,
-            bad_records,
-            position,
-            lag: self.lag(),
-            phase: None,
-            transient_error: None,
-            splits,
-            loading: false,
-            bytes,
-        }))
+            p.topic,
+            parts,
+            Arc::new(decoder),
+            p.batch_size,
+            read.bounded.then_some(ends),
+            meta,
+        )))
     }
 }

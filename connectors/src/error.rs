@@ -119,6 +119,23 @@ pub enum ConnectorError {
 }
 
 impl ConnectorError {
+    /// An option naming a column that the pipeline's output (`columns`) lacks.
+    pub fn no_such_column(option: &str, value: &str, columns: &arrow::datatypes::Schema) -> Self {
+        ConnectorError::InvalidOption {
+            option: option.into(),
+            value: value.into(),
+            reason: format!(
+                "the pipeline's output has no such column (it has: {})",
+                columns
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
     /// Whose fault the error is.
     pub fn kind(&self) -> ErrorKind {
         match self {

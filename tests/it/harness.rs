@@ -519,3 +519,22 @@ pub async fn kill_twice(
     eprintln!("killed {kills} times");
     server
 }
+
+/// SIGKILLs the server once in each third of `pipeline`'s reading of `rows`, at seeded points,
+/// and returns the restarted server and the kill count.
+pub async fn kill_in_each_third(
+    server: Server,
+    data: &Path,
+    pipeline: &str,
+    rows: u64,
+    test: &str,
+) -> (Server, usize) {
+    use rand::Rng;
+    let mut rng = seeded_rng(test);
+    let thresholds: Vec<u64> = (0..3)
+        .map(|i| (rows as f64 * (i as f64 + rng.random::<f64>() * 0.8 + 0.1) / 3.0) as u64)
+        .collect();
+    let (server, kills) = kill_at(server, data, pipeline, &thresholds).await;
+    eprintln!("killed {kills} times");
+    (server, kills)
+}

@@ -6,8 +6,6 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
-
 use crate::harness::*;
 
 /// An Apache Kafka broker (KRaft, broker and controller in one process) on free ports, with its
@@ -252,7 +250,7 @@ async fn kafka_into_delta_exactly_once_across_sigkills() {
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let lake = tmp.path().join("lake");
-    let mut server = Server::start(&data).await;
+    let server = Server::start(&data).await;
     let c = server.client().await;
     c.batch_execute(&format!(
         "CREATE SOURCE orders (id BIGINT, name TEXT, amount BIGINT) WITH (connector = 'kafka', bootstrap_servers = '{}', topic = 'orders', format = 'json');
@@ -272,36 +270,18 @@ async fn kafka_into_delta_exactly_once_across_sigkills() {
         "streaming"
     );
 
-    // Up to three kills at random moments, somewhere in each third of the run (a fast machine
-    // may read the whole topic before the later ones).
-    let mut rng = seeded_rng("kafka_into_delta_exactly_once_across_sigkills");
-    let fractions: Vec<f64> = (0..3)
-        .map(|i| (i as f64 + rng.random::<f64>() * 0.8 + 0.1) / 3.0)
-        .collect();
-    let mut kills = 0;
-    for fraction in fractions {
-        let c = server.client().await;
-        let threshold = (N as f64 * fraction) as u64;
-        let reached = poll(
-            Duration::from_secs(300),
-            "progress before a kill",
-            || async {
-                let (rows_in, _, _) = counters(&c, "load").await;
-                (rows_in >= threshold).then_some(rows_in)
-            },
-        )
-        .await;
-        if reached >= N {
-            break;
-        }
-        server.kill9();
-        kills += 1;
-        server = Server::start(&data).await;
-    }
-    eprintln!("killed {kills} times");
+    // Three kills at random moments, one in each third of the run.
+    let (server, kills) = kill_in_each_third(
+        server,
+        &data,
+        "load",
+        N,
+        "kafka_into_delta_exactly_once_across_sigkills",
+    )
+    .await;
     assert!(
         kills >= 1,
-        "the pipeline read the whole topic before it could be killed once"
+        "the pipeline ended before it could be killed once"
     );
     let c = server.client().await;
     poll(Duration::from_secs(300), "every record to land", || async {

@@ -244,6 +244,19 @@ assert p.flush(60) == 0
     .unwrap();
     wait_state(&c, "relay", "completed").await;
     assert_eq!(counters(&c, "relay").await, (1001, 1000, 1));
+    // tributary.commits says what each commit with rows made visible: a Kafka transaction.
+    let commits = query_lines(
+        &c,
+        "SELECT sink_commit FROM tributary.commits WHERE pipeline = 'relay' AND sink_commit IS NOT NULL",
+    )
+    .await;
+    assert!(
+        !commits.is_empty()
+            && commits
+                .iter()
+                .all(|c| c.starts_with("Kafka transaction of ") && c.ends_with(" messages")),
+        "{commits:?}"
+    );
     let bad = query(
         &c,
         "SELECT error FROM tributary.errors WHERE pipeline = 'relay'",

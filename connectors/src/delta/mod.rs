@@ -209,19 +209,7 @@ impl Sink for DeltaSink {
             None => {
                 for p in &self.opts.partition_by {
                     if schema.field_with_name(p).is_err() {
-                        return Err(ConnectorError::InvalidOption {
-                            option: "partition_by".into(),
-                            value: p.clone(),
-                            reason: format!(
-                                "the pipeline's output has no such column (it has: {})",
-                                schema
-                                    .fields()
-                                    .iter()
-                                    .map(|f| f.name().as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        });
+                        return Err(ConnectorError::no_such_column("partition_by", p, &schema));
                     }
                 }
                 let partitions =

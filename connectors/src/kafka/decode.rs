@@ -171,42 +171,32 @@ impl MessageDecoder {
                         }
                     }
                     let v = trim_newlines(v);
-                    if v.contains(&b'\n') && self.format == KafkaFormat::Json {
-                        // A pretty-printed object: collapse its newlines, JSON does not need them.
-                        let start = buf.len();
-                        buf.extend(v.iter().map(|b| {
-                            if *b == b'\n' || *b == b'\r' {
-                                b' '
-                            } else {
-                                *b
-                            }
-                        }));
-                        let end = buf.len();
-                        buf.push(b'\n');
-                        records.push(Record {
-                            start,
-                            end,
-                            next: buf.len(),
-                            line: i as u64,
-                        });
-                    } else if v.iter().all(|b| b.is_ascii_whitespace()) {
+                    if v.iter().all(|b| b.is_ascii_whitespace()) {
                         bad.push(BadRecord {
                             position: format!("{}/{p}/{o}", self.topic),
                             message: "empty message".into(),
                             raw: String::new(),
                         });
-                    } else {
-                        let start = buf.len();
-                        buf.extend_from_slice(v);
-                        let end = buf.len();
-                        buf.push(b'\n');
-                        records.push(Record {
-                            start,
-                            end,
-                            next: buf.len(),
-                            line: i as u64,
-                        });
+                        continue;
                     }
+                    let start = buf.len();
+                    if v.contains(&b'\n') && self.format == KafkaFormat::Json {
+                        // A pretty-printed object: collapse its newlines, JSON does not need them.
+                        buf.extend(v.iter().map(|b| match b {
+                            b'\n' | b'\r' => b' ',
+                            b => *b,
+                        }));
+                    } else {
+                        buf.extend_from_slice(v);
+                    }
+                    let end = buf.len();
+                    buf.push(b'\n');
+                    records.push(Record {
+                        start,
+                        end,
+                        next: buf.len(),
+                        line: i as u64,
+                    });
                 }
                 let topic = &self.topic;
                 let (batch, more_bad) = decode_records(decoder.as_ref(), &buf, &records, &|r| {

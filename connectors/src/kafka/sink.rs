@@ -163,19 +163,7 @@ impl Sink for KafkaSink {
             .map(|k| {
                 schema
                     .index_of(k)
-                    .map_err(|_| ConnectorError::InvalidOption {
-                        option: "key".into(),
-                        value: k.clone(),
-                        reason: format!(
-                            "the pipeline's output has no such column (it has: {})",
-                            schema
-                                .fields()
-                                .iter()
-                                .map(|f| f.name().as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    })
+                    .map_err(|_| ConnectorError::no_such_column("key", k, &schema))
             })
             .collect::<Result<_>>()?;
         if self.opts.avro && self.opts.avro_schema.is_none() {

@@ -164,13 +164,15 @@ async fn debezium_events_from_kafka_keep_a_delta_table_equal_to_the_upstream_one
     .await
     .unwrap();
     // Every event read (tombstones are no rows), the one that is not an event kept as bad.
+    // tributary.commits lists a checkpoint once the sink's commit is through (a checkpoint is
+    // stored, and listed in tributary.checkpoints, just before).
     poll(
         Duration::from_secs(120),
-        "every event checkpointed",
+        "every event committed",
         || async {
             let done = scalar(
                 &c,
-                "SELECT max(rows_in) FROM tributary.checkpoints WHERE pipeline = 'cdc'",
+                "SELECT max(rows_in) FROM tributary.commits WHERE pipeline = 'cdc'",
             )
             .await;
             (done.parse::<u64>().unwrap_or(0) > EVENTS).then_some(())

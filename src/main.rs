@@ -47,7 +47,7 @@ enum Command {
         /// Where the catalog, checkpoints and logs live.
         #[arg(long, default_value = "tributary-data")]
         data_dir: PathBuf,
-        /// No progress display.
+        /// No progress display, and no log lines below warnings (unless RUST_LOG is set).
         #[arg(long)]
         quiet: bool,
     },
@@ -100,8 +100,8 @@ async fn async_main() -> ExitCode {
         // any time.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
     }
-    tributary::telemetry::init();
     let cli = Cli::parse();
+    tributary::telemetry::init(matches!(cli.command, Command::Run { quiet: true, .. }));
     let result = match cli.command {
         Command::Serve {
             data_dir,

@@ -649,14 +649,15 @@ async fn kafka_upsert_sink_takes_updating_aggregates_and_deletes() {
     ))
     .await
     .unwrap();
-    // A checkpoint holding `rows` rows is committed: their changes are out.
+    // A checkpoint holding `rows` rows is committed (tributary.commits lists it once the sink's
+    // transaction is committed): their changes are visible.
     let emitted = |rows: u64| {
         let c = &c;
         async move {
             poll(Duration::from_secs(60), "the updates", || async {
                 let done = scalar(
                     c,
-                    "SELECT max(rows_in) FROM tributary.checkpoints WHERE pipeline = 'agg'",
+                    "SELECT max(rows_in) FROM tributary.commits WHERE pipeline = 'agg'",
                 )
                 .await;
                 (done == rows.to_string()).then_some(())

@@ -538,3 +538,14 @@ pub async fn kill_in_each_third(
     eprintln!("killed {kills} times");
     (server, kills)
 }
+
+/// The message of the error `sql` fails with; fails the test when it succeeds.
+pub async fn error_message(c: &Client, sql: &str) -> String {
+    match c.batch_execute(sql).await {
+        Ok(()) => panic!("{sql}: succeeded, an error was expected"),
+        Err(e) => e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string()),
+    }
+}

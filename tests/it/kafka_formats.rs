@@ -73,23 +73,23 @@ assert p.flush(60) == 0
 
     // A metadata column of a type that cannot hold it, and a start time that is not one, are
     // refused at CREATE with what to write instead.
-    let e = c
-        .batch_execute(&format!(
+    let e = error_message(
+        &c,
+        &format!(
             "CREATE SOURCE bad (id BIGINT, _headers BIGINT) WITH (connector = 'kafka', bootstrap_servers = '{}', topic = 'clicks')",
             broker.bootstrap
-        ))
-        .await
-        .unwrap_err();
-    let e = e.as_db_error().unwrap().message().to_string();
+        ),
+    )
+    .await;
     assert!(e.contains("_headers") && e.contains("TEXT"), "{e}");
-    let e = c
-        .batch_execute(&format!(
+    let e = error_message(
+        &c,
+        &format!(
             "CREATE SOURCE bad (id BIGINT) WITH (connector = 'kafka', bootstrap_servers = '{}', topic = 'clicks', start_from = 'timestamp', start_timestamp = 'yesterday')",
             broker.bootstrap
-        ))
-        .await
-        .unwrap_err();
-    let e = e.as_db_error().unwrap().message().to_string();
+        ),
+    )
+    .await;
     assert!(
         e.contains("start_timestamp") && e.contains("2026-12-01"),
         "{e}"
@@ -306,14 +306,14 @@ for i in (0, 1, 999):
 999 n999 499.5 2026-05-01T10:04:09.750000+00:00 True"
     );
     // A schema that is not one is refused at CREATE.
-    let e = c
-        .batch_execute(&format!(
+    let e = error_message(
+        &c,
+        &format!(
             "CREATE SOURCE bad (id BIGINT) WITH (connector = 'kafka', bootstrap_servers = '{}', topic = 'clicks_avro', format = 'avro', avro_schema = '{{\"type\": \"nope\"}}')",
             broker.bootstrap
-        ))
-        .await
-        .unwrap_err();
-    let e = e.as_db_error().unwrap().message().to_string();
+        ),
+    )
+    .await;
     assert!(
         e.contains("avro_schema") && e.contains("Avro schema"),
         "{e}"

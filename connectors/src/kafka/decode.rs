@@ -17,19 +17,19 @@ use crate::BadRecord;
 
 /// How a source's messages become its rows.
 pub(super) struct MessageDecoder {
-    pub topic: String,
-    pub format: KafkaFormat,
+    topic: String,
+    format: KafkaFormat,
     /// csv: whether each message starts with a header line.
-    pub header: bool,
-    pub schema: SchemaRef,
+    header: bool,
+    schema: SchemaRef,
     /// The columns decoded from message values (the schema minus metadata columns).
-    pub payload_schema: SchemaRef,
+    payload_schema: SchemaRef,
     /// The metadata the columns ask for (and the key, in upsert mode).
     pub wanted: Wanted,
     /// `mode = 'upsert'`: the primary key the message keys hold.
-    pub upsert_key: Option<Vec<String>>,
+    upsert_key: Option<Vec<String>>,
     /// `format = 'avro'`: the schema of message values.
-    pub avro: Option<apache_avro::Schema>,
+    avro: Option<apache_avro::Schema>,
     decoder: Option<Arc<dyn RecordDecoder>>,
 }
 
@@ -99,13 +99,14 @@ impl MessageDecoder {
         let metas: Vec<MessageMeta> = payloads
             .into_iter()
             .map(|(m, _)| m)
-            .filter(|m| {
-                failed.is_empty()
-                    || !failed
-                        .contains(format!("{}/{}/{}", self.topic, m.partition, m.offset).as_str())
-            })
+            .filter(|m| failed.is_empty() || !failed.contains(self.position(m).as_str()))
             .collect();
         Ok((metadata::assemble(&self.schema, &values, &metas)?, bad))
+    }
+
+    /// Where a message is, as bad records name it: `topic/partition/offset`.
+    fn position(&self, m: &MessageMeta) -> String {
+        format!("{}/{}/{}", self.topic, m.partition, m.offset)
     }
 
     /// Each message's value through `convert` (`Ok(None)`: no row, such as a tombstone); what
@@ -122,7 +123,7 @@ impl MessageDecoder {
                 Ok(row) => row.map(|row| (m, row)),
                 Err(message) => {
                     bad.push(BadRecord {
-                        position: format!("{}/{}/{}", self.topic, m.partition, m.offset),
+                        position: self.position(&m),
                         message,
                         raw: String::from_utf8_lossy(&v[..v.len().min(4096)]).into_owned(),
                     });
@@ -163,7 +164,6 @@ impl MessageDecoder {
                 let mut records = Vec::with_capacity(payloads.len());
                 let mut bad = Vec::new();
                 for (i, (m, v)) in payloads.iter().enumerate() {
-                    let (p, o) = (m.partition, m.offset);
                     let mut v: &[u8] = v;
                     if self.header && self.format == KafkaFormat::Csv {
                         if let Some(nl) = v.iter().position(|b| *b == b'\n') {
@@ -173,7 +173,7 @@ impl MessageDecoder {
                     let v = trim_newlines(v);
                     if v.iter().all(|b| b.is_ascii_whitespace()) {
                         bad.push(BadRecord {
-                            position: format!("{}/{p}/{o}", self.topic),
+                            position: self.position(m),
                             message: "empty message".into(),
                             raw: String::new(),
                         });
@@ -198,10 +198,8 @@ impl MessageDecoder {
                         line: i as u64,
                     });
                 }
-                let topic = &self.topic;
                 let (batch, more_bad) = decode_records(decoder.as_ref(), &buf, &records, &|r| {
-                    let m = &payloads[r.line as usize].0;
-                    format!("{topic}/{}/{}", m.partition, m.offset)
+                    self.position(&payloads[r.line as usize].0)
                 });
                 bad.extend(more_bad);
                 Ok((batch, bad))

@@ -40,9 +40,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # Independent readers and clients: the deltalake package, psycopg 3 and 2, asyncpg, SQLAlchemy and
-# pandas, Selenium for the console tests and fastavro for Avro messages, in a venv we reuse.
+# pandas, Selenium for the console tests, fastavro for Avro messages and confluent-kafka's schema
+# registry client (its avro extra), in a venv we reuse.
 VENV="$CACHE/venv"
-PY_PKGS="deltalake==1.2.1 pyarrow psycopg[binary] asyncpg confluent-kafka sqlalchemy pandas psycopg2-binary selenium==4.51.0 fastavro"
+PY_PKGS="deltalake==1.2.1 pyarrow psycopg[binary] asyncpg confluent-kafka[avro] sqlalchemy pandas psycopg2-binary selenium==4.51.0 fastavro"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.pkgs" 2>/dev/null)" != "$PY_PKGS" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
@@ -56,6 +57,10 @@ export TRIBUTARY_PYTHON="$VENV/bin/python"
 # (Java 17 is on the machine); each test starts its own single-node KRaft broker from them.
 export KAFKA_LIBS="$CACHE/kafka-4.1.1/libs"
 bash tests/kafka/install.sh "$KAFKA_LIBS"
+# A Confluent-compatible schema registry for the Avro tests: Apicurio Registry, built once from
+# Maven Central artifacts; the tests start it on a free port.
+export SCHEMA_REGISTRY_HOME="$CACHE/apicurio-registry-2.4.2"
+bash tests/registry/install.sh "$SCHEMA_REGISTRY_HOME"
 
 cargo build --tests --bins
 # Lints: warnings fail the run (skipped where the clippy component is not installed).

@@ -15,6 +15,7 @@ mod inputs;
 mod kafka;
 mod kafka_exactly_once;
 mod kafka_formats;
+mod kafka_registry;
 mod limits;
 mod lookups;
 mod nexmark;

@@ -66,9 +66,70 @@ pub fn schema_for(columns: &Schema) -> Result<AvroSchema> {
         .map_err(|e| ConnectorError::Internal(format!("derived Avro schema {text}: {e}")))
 }
 
-/// One message's value as a JSON row (a record's fields), for the JSON decoder.
-pub fn read_row(schema: &AvroSchema, mut bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
-    let value = apache_avro::from_avro_datum(schema, &mut bytes, None)
+/// The columns of a record schema, for a source declared without them: each field a column,
+/// a union with null a nullable one.
+pub fn columns_of(schema: &AvroSchema) -> Result<Schema> {
+    let AvroSchema::Record(record) = schema else {
+        return Err(ConnectorError::Config(
+            "the schema of a message must be a record".into(),
+        ));
+    };
+    let fields = record
+        .fields
+        .iter()
+        .map(|f| {
+            let (nullable, t) = match &f.schema {
+                AvroSchema::Union(u) if u.variants().contains(&AvroSchema::Null) => {
+                    let rest: Vec<_> =
+                        u.variants().iter().filter(|v| **v != AvroSchema::Null).collect();
+                    (true, (rest.len() == 1).then(|| rest[0]))
+                }
+                other => (false, Some(other)),
+            };
+            let data_type = t.and_then(|t| match t {
+                AvroSchema::Boolean => Some(DataType::Boolean),
+                AvroSchema::Int | AvroSchema::TimeMillis => Some(DataType::Int32),
+                AvroSchema::Long | AvroSchema::TimeMicros => Some(DataType::Int64),
+                AvroSchema::Float => Some(DataType::Float32),
+                AvroSchema::Double => Some(DataType::Float64),
+                AvroSchema::String
+                | AvroSchema::Enum(_)
+                | AvroSchema::Uuid
+                | AvroSchema::Bytes
+                | AvroSchema::Fixed(_)
+                | AvroSchema::BigDecimal => Some(DataType::Utf8),
+                AvroSchema::Date => Some(DataType::Date32),
+                AvroSchema::TimestampMillis
+                | AvroSchema::TimestampMicros
+                | AvroSchema::TimestampNanos
+                | AvroSchema::LocalTimestampMillis
+                | AvroSchema::LocalTimestampMicros
+                | AvroSchema::LocalTimestampNanos => Some(DataType::Timestamp(
+                    arrow::datatypes::TimeUnit::Microsecond,
+                    None,
+                )),
+                _ => None,
+            });
+            let data_type = data_type.ok_or_else(|| {
+                ConnectorError::Config(format!(
+                    "the Avro field \"{}\" ({:?}) has no column type here: declare the source's columns",
+                    f.name, f.schema
+                ))
+            })?;
+            Ok(arrow::datatypes::Field::new(&f.name, data_type, nullable))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Schema::new(fields))
+}
+
+/// One message's value as a JSON row (a record's fields), for the JSON decoder: a datum written
+/// with `writer`, read as `reader` (Avro's schema resolution) when that is given.
+pub fn read_row(
+    writer: &AvroSchema,
+    reader: Option<&AvroSchema>,
+    mut bytes: &[u8],
+) -> std::result::Result<Vec<u8>, String> {
+    let value = apache_avro::from_avro_datum(writer, &mut bytes, reader)
         .map_err(|e| format!("not an Avro datum of the source's schema: {e}"))?;
     if !bytes.is_empty() {
         return Err(format!(
@@ -287,7 +348,7 @@ mod tests {
         let schema = schema_for(&columns).unwrap();
         let row = br#"{"id":7,"name":"ann","amount":1.5,"at":"2026-05-01T10:00:00.25","day":"2026-05-01","ok":true}"#;
         let datum = write_row(&schema, row).unwrap();
-        let back: Json = serde_json::from_slice(&read_row(&schema, &datum).unwrap()).unwrap();
+        let back: Json = serde_json::from_slice(&read_row(&schema, None, &datum).unwrap()).unwrap();
         assert_eq!(
             back,
             json!({"id": 7, "name": "ann", "amount": 1.5, "at": "2026-05-01T10:00:00.250", "day": "2026-05-01", "ok": true})
@@ -295,7 +356,7 @@ mod tests {
         // Absent (null) columns are nulls of their unions; a null in a column that cannot be
         // one is an error naming the field.
         let datum = write_row(&schema, br#"{"id":8}"#).unwrap();
-        let back: Json = serde_json::from_slice(&read_row(&schema, &datum).unwrap()).unwrap();
+        let back: Json = serde_json::from_slice(&read_row(&schema, None, &datum).unwrap()).unwrap();
         assert_eq!(back["id"], 8);
         assert!(back["name"].is_null() && back["at"].is_null());
         let e = write_row(&schema, br#"{"name":"x"}"#)
@@ -319,16 +380,66 @@ mod tests {
             br#"{"user":"u1","kind":"BUY","tags":{"a":1},"at":1777629600000}"#,
         )
         .unwrap();
-        let back: Json = serde_json::from_slice(&read_row(&schema, &datum).unwrap()).unwrap();
+        let back: Json = serde_json::from_slice(&read_row(&schema, None, &datum).unwrap()).unwrap();
         assert_eq!(
             back,
             json!({"user": "u1", "kind": "BUY", "tags": {"a": 1}, "at": "2026-05-01T10:00:00"})
         );
-        assert!(read_row(&schema, b"\x02").is_err());
+        assert!(read_row(&schema, None, b"\x02").is_err());
         let mut longer = datum.clone();
         longer.push(0);
-        assert!(read_row(&schema, &longer).unwrap_err().contains("after"));
+        assert!(read_row(&schema, None, &longer)
+            .unwrap_err()
+            .contains("after"));
         assert!(parse_schema("\"string\"").is_err());
         assert!(parse_schema("{").is_err());
+    }
+
+    #[test]
+    fn columns_come_from_a_record_and_old_datums_read_as_a_newer_schema() {
+        let v1 = parse_schema(
+            r#"{"type":"record","name":"o","fields":[
+                {"name":"id","type":"long"},
+                {"name":"at","type":{"type":"long","logicalType":"timestamp-millis"}}]}"#,
+        )
+        .unwrap();
+        let v2 = parse_schema(
+            r#"{"type":"record","name":"o","fields":[
+                {"name":"id","type":"long"},
+                {"name":"at","type":{"type":"long","logicalType":"timestamp-millis"}},
+                {"name":"coupon","type":["null","string"],"default":null}]}"#,
+        )
+        .unwrap();
+        let columns = columns_of(&v2).unwrap();
+        let described: Vec<String> = columns
+            .fields()
+            .iter()
+            .map(|f| format!("{} {} {}", f.name(), f.data_type(), f.is_nullable()))
+            .collect();
+        assert_eq!(
+            described,
+            [
+                "id Int64 false",
+                "at Timestamp(µs) false",
+                "coupon Utf8 true"
+            ]
+        );
+        // A datum written with v1, read as v2: the new field takes its default.
+        let datum = write_row(&v1, br#"{"id":3,"at":"2026-05-01T10:00:00"}"#).unwrap();
+        let back: Json =
+            serde_json::from_slice(&read_row(&v1, Some(&v2), &datum).unwrap()).unwrap();
+        assert_eq!(
+            back,
+            json!({"id": 3, "at": "2026-05-01T10:00:00", "coupon": null})
+        );
+        // Fields with no column type are named.
+        let nested = parse_schema(
+            r#"{"type":"record","name":"o","fields":[{"name":"tags","type":{"type":"array","items":"string"}}]}"#,
+        )
+        .unwrap();
+        assert!(columns_of(&nested)
+            .unwrap_err()
+            .to_string()
+            .contains("\"tags\""));
     }
 }

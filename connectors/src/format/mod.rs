@@ -3,6 +3,7 @@
 
 pub mod avro;
 mod flat_json;
+pub mod schema_registry;
 
 use std::sync::Arc;
 

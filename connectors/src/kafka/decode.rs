@@ -12,8 +12,21 @@ use super::metadata::{self, MessageMeta, Wanted};
 use super::{debezium, upsert, KafkaFormat};
 use crate::error::{ConnectorError, Result};
 use crate::format::avro;
+use crate::format::schema_registry::{self, SchemaRegistry};
 use crate::format::{decode_records, CsvDecoder, JsonDecoder, Record, RecordDecoder};
 use crate::BadRecord;
+
+/// How a source reads Avro message values.
+pub(super) enum AvroValues {
+    /// Plain datums of the given schema (`avro_schema`).
+    Inline(apache_avro::Schema),
+    /// Datums in the schema registry's wire format, each naming its writer's schema there; read
+    /// as `reader` (`avro_schema`, Avro's schema resolution) when that is given.
+    Registry {
+        registry: Arc<SchemaRegistry>,
+        reader: Option<apache_avro::Schema>,
+    },
+}
 
 /// How a source's messages become its rows.
 pub(super) struct MessageDecoder {
@@ -28,8 +41,8 @@ pub(super) struct MessageDecoder {
     pub wanted: Wanted,
     /// `mode = 'upsert'`: the primary key the message keys hold.
     upsert_key: Option<Vec<String>>,
-    /// `format = 'avro'`: the schema of message values.
-    avro: Option<apache_avro::Schema>,
+    /// `format = 'avro'`: how message values are read.
+    avro: Option<AvroValues>,
     decoder: Option<Arc<dyn RecordDecoder>>,
 }
 
@@ -42,7 +55,7 @@ impl MessageDecoder {
         delimiter: u8,
         schema: SchemaRef,
         upsert_key: Option<Vec<String>>,
-        avro: Option<apache_avro::Schema>,
+        avro: Option<AvroValues>,
     ) -> Result<Self> {
         let payload_schema = metadata::payload_schema(&schema)?;
         let decoder: Option<Arc<dyn RecordDecoder>> = match format {
@@ -67,6 +80,18 @@ impl MessageDecoder {
         })
     }
 
+    /// Fetches the registry schemas that `payloads` name and were not fetched yet (a no-op unless
+    /// values are read through a schema registry), so that [`MessageDecoder::decode`] finds them.
+    pub async fn fetch_schemas(&self, payloads: &[(MessageMeta, Vec<u8>)]) -> Result<()> {
+        if let Some(AvroValues::Registry { registry, .. }) = &self.avro {
+            let ids = payloads
+                .iter()
+                .filter_map(|(_, v)| schema_registry::unframe(v).ok().map(|(id, _)| id));
+            registry.fetch(ids).await?;
+        }
+        Ok(())
+    }
+
     /// Decodes fetched messages. An `Err` fails the epoch: the offsets have moved past them.
     pub fn decode(
         &self,
@@ -83,9 +108,15 @@ impl MessageDecoder {
             (_, Some(key), _) => self.convert_values(payloads, |m, v| {
                 upsert::read(m.key.as_deref(), v, key).map(Some)
             }),
-            (KafkaFormat::Avro, _, Some(schema)) => {
-                self.convert_values(payloads, |_, v| avro::read_row(schema, v).map(Some))
+            (KafkaFormat::Avro, _, Some(AvroValues::Inline(schema))) => {
+                self.convert_values(payloads, |_, v| avro::read_row(schema, None, v).map(Some))
             }
+            (KafkaFormat::Avro, _, Some(AvroValues::Registry { registry, reader })) => self
+                .convert_values(payloads, |_, v| {
+                    let (id, datum) = schema_registry::unframe(v)?;
+                    let writer = registry.cached(id)?;
+                    avro::read_row(&writer, reader.as_ref(), datum).map(Some)
+                }),
             _ => (payloads, Vec::new()),
         };
         let (values, more_bad) = self.decode_values(&payloads)?;

@@ -18,6 +18,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use rdkafka::ClientConfig;
 
 use crate::error::{ConnectorError, Result};
+use crate::format::schema_registry::SchemaRegistry;
 use crate::options::{OptionSpec, Options};
 pub use sink::KafkaSinkConnector;
 pub use source::KafkaSourceConnector;
@@ -34,8 +35,18 @@ const SOURCE_OPTIONS: &[OptionSpec] = &[
     ),
     OptionSpec::optional(
         "avro_schema",
-        "format = 'avro': the Avro schema (JSON) of every message value, a record",
+        "format = 'avro': the Avro schema (JSON) of every message value, a record (with a schema registry: the schema values are read as)",
     ),
+    OptionSpec::optional(
+        "schema_registry_url",
+        "format = 'avro': a Confluent-compatible schema registry; values carry the id of their schema there",
+    ),
+    OptionSpec::optional(
+        "schema_registry_subject",
+        "the subject whose latest schema gives the columns when none are declared (default '<topic>-value')",
+    ),
+    OptionSpec::optional("schema_registry_username", "HTTP basic user for the schema registry"),
+    OptionSpec::optional("schema_registry_password", "HTTP basic password for the schema registry"),
     OptionSpec::optional(
         "start_from",
         "earliest (default), latest or timestamp: where a first run starts",
@@ -72,6 +83,16 @@ const SINK_OPTIONS: &[OptionSpec] = &[
         "format = 'avro': the Avro schema (JSON) to write values with (default: a record of the columns)",
     ),
     OptionSpec::optional(
+        "schema_registry_url",
+        "format = 'avro': a Confluent-compatible schema registry; the schema is registered there and values carry its id",
+    ),
+    OptionSpec::optional(
+        "schema_registry_subject",
+        "the subject the schema is registered under (default '<topic>-value')",
+    ),
+    OptionSpec::optional("schema_registry_username", "HTTP basic user for the schema registry"),
+    OptionSpec::optional("schema_registry_password", "HTTP basic password for the schema registry"),
+    OptionSpec::optional(
         "key",
         "the key columns: one column's value as text, several as a JSON object; messages are partitioned by key (upsert: default the source's primary key)",
     ),
@@ -92,6 +113,43 @@ const SINK_OPTIONS: &[OptionSpec] = &[
         "append (default) or upsert: each message keyed by the key columns as a JSON object, a delete as a tombstone",
     ),
 ];
+
+/// The schema registry named by `schema_registry_url` (for `format = 'avro'` only), and the
+/// subject of the topic's values.
+fn schema_registry(
+    opts: &Options,
+    avro: bool,
+    topic: &str,
+) -> Result<Option<(Arc<SchemaRegistry>, String)>> {
+    let Some(url) = opts.get("schema_registry_url") else {
+        for o in [
+            "schema_registry_subject",
+            "schema_registry_username",
+            "schema_registry_password",
+        ] {
+            if opts.get(o).is_some() {
+                return Err(ConnectorError::Config(format!(
+                    "{o} needs schema_registry_url"
+                )));
+            }
+        }
+        return Ok(None);
+    };
+    if !avro {
+        return Err(ConnectorError::Config(
+            "schema_registry_url is for format = 'avro'".into(),
+        ));
+    }
+    let registry = SchemaRegistry::new(
+        url,
+        opts.get("schema_registry_username"),
+        opts.get("schema_registry_password"),
+    )?;
+    let subject = opts
+        .get("schema_registry_subject")
+        .map_or_else(|| format!("{topic}-value"), str::to_string);
+    Ok(Some((Arc::new(registry), subject)))
+}
 
 /// Message value formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -302,6 +302,7 @@ impl PartReader {
             self.offsets.insert(p, o + 1);
         }
         self.skip_control_records();
+        self.decoder.fetch_schemas(&payloads).await?;
         let bytes = payloads.iter().map(|p| p.1.len() as u64).sum();
         let mut by_partition: BTreeMap<i32, Vec<(MessageMeta, Vec<u8>)>> = BTreeMap::new();
         for payload in payloads {

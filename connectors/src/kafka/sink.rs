@@ -3,6 +3,10 @@
 //! key, for compacted topics: each message is keyed by the key columns as a JSON object, and a
 //! delete is a tombstone (the key with no value).
 //!
+//! With `format = 'avro'` values are Avro datums; with a schema registry, the schema is
+//! registered under the topic's value subject when the pipeline starts, and each value is in
+//! the registry's wire format, naming it.
+//!
 //! Delivery is exactly once by default: each epoch is one Kafka transaction, staged before the
 //! checkpoint and committed after it (see `transactions`). With `delivery = 'at_least_once'`
 //! messages are sent without transactions and delivery is awaited at prepare, so a crash between
@@ -19,9 +23,10 @@ use datafusion::catalog::TableProvider;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::transactions::{abortable, transactional_id, Transactions};
-use super::{client_config, kafka_error, without_properties, SINK_OPTIONS};
+use super::{client_config, kafka_error, schema_registry, without_properties, SINK_OPTIONS};
 use crate::changes::{is_delete, upsert_key, EpochStage, OP};
 use crate::error::{ConnectorError, Result};
+use crate::format::schema_registry::{self as wire, SchemaRegistry};
 use crate::options::{OptionSpec, Options};
 use crate::{PreparedCommit, Sink, SinkConnector, SinkContext, SinkSpec};
 
@@ -38,6 +43,8 @@ struct KafkaSinkOptions {
     /// `format = 'avro'`: values as Avro datums, of the given schema or one derived at open.
     avro: bool,
     avro_schema: Option<apache_avro::Schema>,
+    /// `schema_registry_url`: the registry the schema is registered in, and its subject.
+    registry: Option<(Arc<SchemaRegistry>, String)>,
 }
 
 impl KafkaSinkOptions {
@@ -59,8 +66,10 @@ impl KafkaSinkOptions {
             "none",
         )?;
         opts.get_u64("linger_ms")?;
+        let topic = opts.require("topic")?.to_string();
+        let registry = schema_registry(&opts, avro, &topic)?;
         let parsed = KafkaSinkOptions {
-            topic: opts.require("topic")?.to_string(),
+            topic,
             key: opts
                 .get_list("key")
                 .into_iter()
@@ -74,6 +83,7 @@ impl KafkaSinkOptions {
             )? == "exactly_once",
             avro,
             avro_schema,
+            registry,
         };
         Ok((parsed, opts))
     }
@@ -88,7 +98,16 @@ impl SinkConnector for KafkaSinkConnector {
         SINK_OPTIONS
     }
     async fn validate(&self, spec: &SinkSpec) -> Result<()> {
-        KafkaSinkOptions::parse(spec).map(|_| ())
+        let (opts, _) = KafkaSinkOptions::parse(spec)?;
+        if let Some((registry, subject)) = &opts.registry {
+            // Reach the registry now, so a wrong address fails at CREATE time; the subject
+            // may not exist yet (the schema is registered when the pipeline starts).
+            match registry.latest(subject).await {
+                Ok(_) | Err(ConnectorError::Config(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
     fn upsert_key(&self, spec: &SinkSpec) -> Result<Option<Vec<String>>> {
         let (opts, _) = KafkaSinkOptions::parse(spec)?;
@@ -123,6 +142,7 @@ impl SinkConnector for KafkaSinkConnector {
             pending: Vec::new(),
             exactly_once: None,
             last_commit: None,
+            schema_id: None,
         }))
     }
     async fn table(&self, _spec: &SinkSpec) -> Result<Option<Arc<dyn TableProvider>>> {
@@ -140,6 +160,8 @@ struct KafkaSink {
     exactly_once: Option<ExactlyOnce>,
     /// What the last commit made visible, for `tributary.commits`.
     last_commit: Option<String>,
+    /// With a schema registry: the id of the value schema there, which every value names.
+    schema_id: Option<u32>,
 }
 
 /// Exactly-once delivery: the epoch's transaction and its staged rows.
@@ -176,6 +198,13 @@ impl Sink for KafkaSink {
             let derived = crate::format::avro::schema_for(&arrow::datatypes::Schema::new(columns))?;
             tracing::info!(schema = %derived.canonical_form(), "Kafka sink writes Avro values of this schema.");
             self.opts.avro_schema = Some(derived);
+        }
+        if let (Some((registry, subject)), Some(schema)) =
+            (&self.opts.registry, &self.opts.avro_schema)
+        {
+            let id = registry.register(subject, schema).await?;
+            tracing::info!(subject, id, "Kafka sink's Avro schema registered");
+            self.schema_id = Some(id);
         }
         let mut cfg = self.config.clone();
         if self.opts.exactly_once {
@@ -360,6 +389,9 @@ impl KafkaSink {
         if let Some(schema) = &self.opts.avro_schema {
             for v in &mut values {
                 *v = crate::format::avro::write_row(schema, v)?;
+                if let Some(id) = self.schema_id {
+                    *v = wire::frame(id, v);
+                }
             }
         }
         let topic = self.opts.topic.clone();

@@ -12,16 +12,17 @@ use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::decode::MessageDecoder;
+use super::decode::{AvroValues, MessageDecoder};
 use super::metadata;
 use super::reader::{KafkaPosition, KafkaSource, ReaderPart};
 use super::{
-    client_config, format_of, kafka_error, raw_schema, without_properties, KafkaFormat,
-    SOURCE_OPTIONS,
+    client_config, format_of, kafka_error, raw_schema, schema_registry, without_properties,
+    KafkaFormat, SOURCE_OPTIONS,
 };
 use crate::changes::OP;
 use crate::error::{ConnectorError, Result};
 use crate::format::avro;
+use crate::format::schema_registry::SchemaRegistry;
 use crate::options::{OptionSpec, Options};
 use crate::{ReadOptions, Source, SourceConnector, SourcePosition, SourceSpec};
 
@@ -33,8 +34,10 @@ pub struct KafkaSourceConnector;
 struct Parsed {
     topic: String,
     format: KafkaFormat,
-    /// `format = 'avro'`: the schema of message values.
+    /// `format = 'avro'`: the schema of message values (given, or read as).
     avro: Option<apache_avro::Schema>,
+    /// `schema_registry_url`: the registry values name their schemas in, and the values' subject.
+    registry: Option<(Arc<SchemaRegistry>, String)>,
     /// `mode = 'upsert'`: messages are the latest rows by key, tombstones delete.
     upsert: bool,
     start: Start,
@@ -79,11 +82,13 @@ fn parse(spec: &SourceSpec) -> Result<Parsed> {
             "mode = 'upsert' reads JSON values (format = 'json')".into(),
         ));
     }
+    let topic = opts.require("topic")?.to_string();
+    let registry = schema_registry(&opts, format == KafkaFormat::Avro, &topic)?;
     let avro = match (format, opts.get("avro_schema")) {
         (KafkaFormat::Avro, Some(text)) => Some(avro::parse_schema(text)?),
-        (KafkaFormat::Avro, None) => {
+        (KafkaFormat::Avro, None) if registry.is_none() => {
             return Err(ConnectorError::Config(
-                "format = 'avro' needs avro_schema = '{\"type\": \"record\", ...}'".into(),
+                "format = 'avro' needs avro_schema = '{\"type\": \"record\", ...}' or schema_registry_url = 'http://...'".into(),
             ))
         }
         (_, Some(_)) => {
@@ -94,9 +99,10 @@ fn parse(spec: &SourceSpec) -> Result<Parsed> {
         (_, None) => None,
     };
     Ok(Parsed {
-        topic: opts.require("topic")?.to_string(),
+        topic,
         format,
         avro,
+        registry,
         upsert,
         start,
         header: opts.get_bool("header", false)?,
@@ -162,6 +168,24 @@ fn offsets_for_time(
             _ => None,
         })
         .collect())
+}
+
+/// The columns of an Avro source declared without them: the fields of its `avro_schema`, else
+/// those of the latest schema under its subject in the schema registry.
+async fn avro_columns(p: &Parsed) -> Result<arrow::datatypes::Schema> {
+    if let Some(schema) = &p.avro {
+        return avro::columns_of(schema);
+    }
+    let (registry, subject) = p.registry.as_ref().ok_or_else(|| {
+        ConnectorError::Internal("an Avro source with neither schema nor registry".into())
+    })?;
+    let (id, schema) = registry.latest(subject).await?;
+    tracing::info!(
+        subject,
+        id,
+        "Kafka source's columns from the schema registry"
+    );
+    avro::columns_of(&schema)
 }
 
 /// The PRIMARY KEY a source's schema carries as metadata.
@@ -255,12 +279,21 @@ impl SourceConnector for KafkaSourceConnector {
                 metadata::payload_schema(s)?;
                 s.clone()
             }
+            (KafkaFormat::Avro, None) => Arc::new(avro_columns(&p).await?),
             (_, None) => {
                 return Err(ConnectorError::Config(
                     "declare the columns of a kafka source (CREATE SOURCE name (col type, ...) WITH (...)), or use format = 'raw'".into(),
                 ))
             }
         };
+        if let (Some((registry, subject)), Some(_)) = (&p.registry, &spec.schema) {
+            // Reach the registry now, so a wrong address fails at CREATE time; the subject
+            // may not exist yet.
+            match registry.latest(subject).await {
+                Ok(_) | Err(ConnectorError::Config(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         // Reach the broker now, so a wrong address or topic fails at CREATE time.
         let cfg = client_config(&spec.options);
         let topic = p.topic.clone();
@@ -371,6 +404,11 @@ impl SourceConnector for KafkaSourceConnector {
         .await
         .map_err(|e| ConnectorError::Internal(e.to_string()))??;
         let upsert_key = p.upsert.then(|| primary_key(Some(&schema)));
+        let avro = match (p.avro, p.registry) {
+            (reader, Some((registry, _))) => Some(AvroValues::Registry { registry, reader }),
+            (Some(schema), None) => Some(AvroValues::Inline(schema)),
+            (None, None) => None,
+        };
         let decoder = MessageDecoder::new(
             p.topic.clone(),
             p.format,
@@ -378,7 +416,7 @@ impl SourceConnector for KafkaSourceConnector {
             p.delimiter,
             schema.clone(),
             upsert_key,
-            p.avro,
+            avro,
         )?;
         let meta = client_config(&spec.options)
             .create::<BaseConsumer>()

@@ -18,6 +18,7 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast;
 use tributary_connectors::{SinkSpec, SourceSpec};
 
+use crate::catalog::users::Role;
 use crate::catalog::{columns_of, Catalog, PipelineEntry, PipelineState, SinkEntry, SourceEntry};
 use crate::error::{Error, Result};
 use crate::health::History;
@@ -487,6 +488,31 @@ impl Engine {
             } => {
                 self.drop_object(*kind, name, *if_exists, *keep_slot, tag)
                     .await
+            }
+            Statement::CreateUser {
+                name,
+                if_not_exists,
+                password,
+                admin,
+            } => {
+                let role = if *admin { Role::Admin } else { Role::Reader };
+                if let Err(e) = self.catalog.add_user(name, &password.0, role).await {
+                    if_not_exists_race(e, *if_not_exists)?;
+                }
+                Ok(Output::Command(tag))
+            }
+            Statement::AlterUser { name, password } => {
+                self.catalog.set_password(name, &password.0).await?;
+                Ok(Output::Command(tag))
+            }
+            Statement::DropUser { name, if_exists } => {
+                if !self.catalog.drop_user(name).await? && !*if_exists {
+                    return Err(Error::NotFound {
+                        kind: "user",
+                        name: name.clone(),
+                    });
+                }
+                Ok(Output::Command(tag))
             }
             Statement::Show { kind } => self.show(*kind).await,
             Statement::ShowCreate { kind, name } => self.show_create(*kind, name),

@@ -81,6 +81,9 @@ pub enum Error {
         /// The source's new schema.
         schema: arrow::datatypes::SchemaRef,
     },
+    /// The session's user may not do this (a reader's DDL).
+    #[error("{0}")]
+    InsufficientPrivilege(String),
     /// A pipeline's operator state does not fit its memory budget and cannot spill.
     #[error("{0}")]
     StateMemoryExhausted(String),
@@ -190,6 +193,7 @@ impl Error {
             Error::StackDepth(_) => "54001",
             Error::ProgramLimit(_) => "54000",
             Error::StateMemoryExhausted(_) => "53200",
+            Error::InsufficientPrivilege(_) => "42501",
             Error::SchemaEvolved { .. } => "42000",
             Error::Internal(_) => "XX000",
             Error::At { error, .. } | Error::Located { error, .. } => error.sqlstate(),

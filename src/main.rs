@@ -36,9 +36,23 @@ enum Command {
         /// Address for Postgres-wire clients.
         #[arg(long, default_value = "127.0.0.1:7432")]
         pg_listen: SocketAddr,
-        /// Address for HTTP: a loopback address until TLS and authentication exist.
+        /// Address for HTTP: a loopback address until TLS exists.
         #[arg(long, default_value = tributary::server::http::DEFAULT_HTTP_LISTEN)]
         http_listen: SocketAddr,
+        /// A file holding the password of the `admin` user, created at the first start with it
+        /// (or set TRIBUTARY_ADMIN_PASSWORD). Once a user exists every client authenticates;
+        /// until then only loopback connections are accepted, trusted.
+        #[arg(long)]
+        admin_password_file: Option<PathBuf>,
+        /// The server's certificate chain (PEM) for TLS on the Postgres wire protocol.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of `--tls-cert`.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Refuse Postgres clients that do not use TLS (needs --tls-cert).
+        #[arg(long, requires = "tls_cert")]
+        require_tls: bool,
     },
     /// Execute a SQL script embedded, waiting for batch pipelines to complete.
     Run {
@@ -107,7 +121,22 @@ async fn async_main() -> ExitCode {
             data_dir,
             pg_listen,
             http_listen,
-        } => serve(data_dir, pg_listen, http_listen).await,
+            admin_password_file,
+            tls_cert,
+            tls_key,
+            require_tls,
+        } => {
+            let tls = tls_cert.zip(tls_key);
+            serve(
+                data_dir,
+                pg_listen,
+                http_listen,
+                admin_password_file,
+                tls,
+                require_tls,
+            )
+            .await
+        }
         Command::Run {
             script,
             data_dir,
@@ -148,13 +177,40 @@ async fn serve(
     data_dir: PathBuf,
     pg_listen: SocketAddr,
     http_listen: SocketAddr,
+    admin_password_file: Option<PathBuf>,
+    tls: Option<(PathBuf, PathBuf)>,
+    require_tls: bool,
 ) -> anyhow::Result<ExitCode> {
     use tributary::server::http;
-    // Refused before anything starts: a non-loopback HTTP address is a configuration error.
-    let http_listener = http::bind(http_listen).await?;
+    let identity = match &tls {
+        Some((cert, key)) => Some(tributary::server::tls::identity(cert, key)?),
+        None => None,
+    };
+    // Refused before anything starts: a non-loopback HTTP address without TLS.
+    if identity.is_none() && !http_listen.ip().is_loopback() {
+        return Err(http::HttpError::NotLoopback { addr: http_listen }.into());
+    }
+    let security = tributary::server::pgwire::WireSecurity {
+        tls: identity.as_ref().map(|i| i.pgwire()),
+        require_tls,
+    };
     let engine = Engine::open(&data_dir)
         .await
         .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    create_admin(&engine, admin_password_file).await?;
+    // Beyond loopback, HTTP needs TLS and users to authenticate.
+    let http_listener = http::bind(
+        http_listen,
+        identity.is_some() && engine.catalog().requires_authentication(),
+    )
+    .await?;
+    if !engine.catalog().requires_authentication() && !pg_listen.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to listen on {pg_listen}: no users exist, so connections would be trusted \
+             without a password; give the admin user's password (--admin-password-file or \
+             TRIBUTARY_ADMIN_PASSWORD), or listen on a loopback address such as 127.0.0.1"
+        );
+    }
     let listener = tributary::server::pgwire::bind(pg_listen)
         .await
         .with_context(|| format!("listening on {pg_listen}"))?;
@@ -163,14 +219,15 @@ async fn serve(
     let http_server = tokio::spawn(http::serve(
         http_listener,
         http::router(engine.clone(), ready.clone()),
+        identity.as_ref().map(|i| i.http()),
         async {
             let _ = http_stopped.await;
         },
     ));
-    tracing::info!(addr = %pg_listen, http = %http_listen, data_dir = %data_dir.display(), "Tributary is serving Postgres-wire clients and HTTP.");
+    tracing::info!(addr = %pg_listen, http = %http_listen, data_dir = %data_dir.display(), tls = tls.is_some(), "Tributary is serving Postgres-wire clients and HTTP.");
     engine.resume_pipelines().await?;
     ready.store(true, Ordering::Release);
-    tributary::server::pgwire::serve(engine.clone(), listener, shutdown_signal()).await?;
+    tributary::server::pgwire::serve(engine.clone(), listener, security, shutdown_signal()).await?;
     let _ = http_stop.send(());
     // Open HTTP connections get a few seconds to finish; the final checkpoints do not wait on
     // a stuck client.
@@ -188,6 +245,34 @@ async fn serve(
     engine.shutdown().await;
     tracing::info!("Stopped.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `admin` user, created with the password given at this start unless it exists (its
+/// password is then changed with ALTER USER, not here).
+async fn create_admin(engine: &Engine, password_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let password = match password_file {
+        Some(file) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading the admin password from {}", file.display()))?;
+            Some(text.trim_end_matches(['\n', '\r']).to_string())
+        }
+        None => std::env::var("TRIBUTARY_ADMIN_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty()),
+    };
+    let Some(password) = password else {
+        return Ok(());
+    };
+    if engine.catalog().user("admin").is_some() {
+        return Ok(());
+    }
+    engine
+        .catalog()
+        .add_user("admin", &password, tributary::catalog::users::Role::Admin)
+        .await
+        .context("creating the admin user")?;
+    tracing::info!("Created the admin user: clients now authenticate (SCRAM-SHA-256).");
+    Ok(())
 }
 
 async fn run(script: PathBuf, data_dir: PathBuf, quiet: bool) -> anyhow::Result<ExitCode> {

@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::catalog::users::Role;
+
 /// Longest query text kept per session.
 const QUERY_CHARS: usize = 4_096;
 
@@ -18,6 +20,10 @@ pub struct SessionInfo {
     /// The backend process id the client was given (its cancel requests name it).
     pub pid: i32,
     pub user: String,
+    /// What the user may do (an admin when connections are trusted).
+    pub role: Role,
+    /// Whether the connection is encrypted (TLS).
+    pub tls: bool,
     pub application_name: String,
     pub client_addr: String,
     pub connected_at: DateTime<Utc>,
@@ -43,14 +49,18 @@ impl Sessions {
         self: &Arc<Self>,
         pid: i32,
         user: String,
+        role: Role,
         application_name: String,
         client_addr: String,
+        tls: bool,
     ) -> SessionGuard {
         self.by_pid.lock().insert(
             pid,
             SessionInfo {
                 pid,
                 user,
+                role,
+                tls,
                 application_name,
                 client_addr,
                 connected_at: Utc::now(),
@@ -151,7 +161,14 @@ mod tests {
     #[test]
     fn sessions_come_and_go_and_show_what_runs() {
         let sessions = Arc::new(Sessions::default());
-        let guard = sessions.connect(7, "ana".into(), "psql".into(), "127.0.0.1:5".into());
+        let guard = sessions.connect(
+            7,
+            "ana".into(),
+            Role::Admin,
+            "psql".into(),
+            "127.0.0.1:5".into(),
+            false,
+        );
         {
             let _running = sessions.run(7, "SELECT 1");
             let s = sessions.get(7).unwrap();

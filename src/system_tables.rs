@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    ArrayRef, BooleanArray, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -153,6 +155,7 @@ pub const TABLES: &[&str] = &[
     "commits",
     "operators",
     "sessions",
+    "users",
 ];
 
 fn text(v: Vec<Option<String>>) -> ArrayRef {
@@ -452,6 +455,28 @@ impl SystemSchema {
                     ("at", ts(e.iter().map(|e| Some(e.at)).collect())),
                 ])?
             }
+            "users" => {
+                // Names and roles only: a verifier is a secret too.
+                let users = self.catalog.users();
+                table(vec![
+                    (
+                        "name",
+                        text(users.iter().map(|u| Some(u.name.clone())).collect()),
+                    ),
+                    (
+                        "role",
+                        text(users.iter().map(|u| Some(u.role.as_str().into())).collect()),
+                    ),
+                    (
+                        "created_at",
+                        ts(users.iter().map(|u| Some(u.created_at)).collect()),
+                    ),
+                    (
+                        "password_changed_at",
+                        ts(users.iter().map(|u| Some(u.password_changed_at)).collect()),
+                    ),
+                ])?
+            }
             "sessions" => {
                 let all = self.sessions.list();
                 let state = |s: &SessionInfo| match s.query_started_at {
@@ -493,6 +518,12 @@ impl SystemSchema {
                     (
                         "query_started_at",
                         ts(all.iter().map(|s| s.query_started_at).collect()),
+                    ),
+                    (
+                        "tls",
+                        Arc::new(BooleanArray::from(
+                            all.iter().map(|s| s.tls).collect::<Vec<_>>(),
+                        )) as ArrayRef,
                     ),
                 ])?
             }

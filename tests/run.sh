@@ -20,6 +20,8 @@ need_apt=()
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 command -v make >/dev/null || need_apt+=(make)
 command -v gcc >/dev/null || need_apt+=(gcc)
+# openssl: the TLS tests make a test CA and certificates with it.
+command -v openssl >/dev/null || need_apt+=(openssl)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 # Java and Maven: the Apache Kafka broker the Kafka tests run against.
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)

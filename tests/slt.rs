@@ -129,6 +129,7 @@ async fn run_file(path: &Path, root: &Path) -> Result<(), String> {
     let server = tokio::spawn(tributary::server::pgwire::serve(
         engine.clone(),
         listener,
+        tributary::server::pgwire::WireSecurity::default(),
         async move {
             let _ = stop_rx.await;
         },

@@ -15,7 +15,9 @@ use crate::error::{Error, Result};
 use crate::sql::parse::ObjectKind;
 
 pub mod events;
+pub mod users;
 use events::EventLog;
+use users::{Role, UserEntry, Verifier};
 
 /// A column as stored in the catalog.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -151,6 +153,9 @@ struct CatalogData {
     sources: BTreeMap<String, SourceEntry>,
     sinks: BTreeMap<String, SinkEntry>,
     pipelines: BTreeMap<String, PipelineEntry>,
+    /// Users who may connect; none: connections on loopback are trusted.
+    #[serde(default)]
+    users: BTreeMap<String, UserEntry>,
 }
 
 impl CatalogData {
@@ -190,8 +195,23 @@ pub struct Catalog {
 impl Catalog {
     /// Opens (or creates) the catalog stored in `data_dir/catalog.json`.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| Error::io(format!("creating data directory {}", data_dir.display()), e))?;
+        if !data_dir.exists() {
+            std::fs::create_dir_all(data_dir).map_err(|e| {
+                Error::io(format!("creating data directory {}", data_dir.display()), e)
+            })?;
+            // Private: checkpoints, staged rows and the catalog are the engine's alone.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| {
+                        Error::io(
+                            format!("restricting data directory {}", data_dir.display()),
+                            e,
+                        )
+                    })?;
+            }
+        }
         let path = data_dir.join("catalog.json");
         let data = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
@@ -225,7 +245,13 @@ impl Catalog {
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
+            // Only the engine's own user reads the catalog: it holds connector credentials
+            // and users' verifiers.
+            let mut open = std::fs::OpenOptions::new();
+            open.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+            let mut f = open.open(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)?;
@@ -259,6 +285,93 @@ impl Catalog {
             ),
         );
         Ok(())
+    }
+
+    /// Adds a user with a verifier of `password`.
+    pub async fn add_user(&self, name: &str, password: &str, role: Role) -> Result<()> {
+        users::check_name(name)?;
+        users::check_password(password)?;
+        let now = Utc::now();
+        let entry = UserEntry {
+            name: name.to_string(),
+            role,
+            verifier: Verifier::new(password).to_text(),
+            created_at: now,
+            password_changed_at: now,
+        };
+        {
+            let mut d = self.data.write();
+            if d.users.contains_key(name) {
+                return Err(Error::AlreadyExists {
+                    kind: "user",
+                    name: name.to_string(),
+                });
+            }
+            d.users.insert(name.to_string(), entry);
+        }
+        self.persist().await?;
+        self.events.record(
+            "create",
+            "user",
+            name,
+            format!("CREATE USER {name} ({})", role.as_str()),
+        );
+        Ok(())
+    }
+
+    /// Replaces a user's verifier with one of `password`.
+    pub async fn set_password(&self, name: &str, password: &str) -> Result<()> {
+        users::check_password(password)?;
+        let verifier = Verifier::new(password).to_text();
+        {
+            let mut d = self.data.write();
+            let user = d.users.get_mut(name).ok_or_else(|| Error::NotFound {
+                kind: "user",
+                name: name.to_string(),
+            })?;
+            user.verifier = verifier;
+            user.password_changed_at = Utc::now();
+        }
+        self.persist().await?;
+        self.events
+            .record("alter", "user", name, "password changed".to_string());
+        Ok(())
+    }
+
+    /// Removes a user; the last admin stays, so that someone can still manage the engine.
+    pub async fn drop_user(&self, name: &str) -> Result<bool> {
+        {
+            let mut d = self.data.write();
+            let Some(user) = d.users.get(name) else {
+                return Ok(false);
+            };
+            let admins = d.users.values().filter(|u| u.role == Role::Admin).count();
+            if user.role == Role::Admin && admins == 1 {
+                return Err(Error::InvalidState(format!(
+                    "\"{name}\" is the last admin user: create another admin before dropping it"
+                )));
+            }
+            d.users.remove(name);
+        }
+        self.persist().await?;
+        self.events
+            .record("drop", "user", name, format!("DROP USER {name}"));
+        Ok(true)
+    }
+
+    /// A user by name.
+    pub fn user(&self, name: &str) -> Option<UserEntry> {
+        self.data.read().users.get(name).cloned()
+    }
+
+    /// Every user, by name.
+    pub fn users(&self) -> Vec<UserEntry> {
+        self.data.read().users.values().cloned().collect()
+    }
+
+    /// Whether connections must authenticate: once any user exists.
+    pub fn requires_authentication(&self) -> bool {
+        !self.data.read().users.is_empty()
     }
 
     /// Adds a sink.

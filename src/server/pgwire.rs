@@ -11,21 +11,17 @@ use async_trait::async_trait;
 use datafusion::common::{ParamValues, ScalarValue};
 use futures::stream::BoxStream;
 use futures::{stream, StreamExt};
-use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::cancel::CancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{CopyResponse, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
-use pgwire::api::{
-    ClientInfo, ConnectionManager, PgWireServerHandlers, Type, METADATA_APPLICATION_NAME,
-    METADATA_USER,
-};
+use pgwire::api::{ClientInfo, ConnectionManager, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
-use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
 
+use super::auth::Startup;
 use super::copy::{copy_out, header as copy_header, rows as copy_rows, CopyOut};
 use super::encode::{arrow_type_of_pg, encode_rows, fields};
 use super::session::{self, Executed, Failure};
@@ -50,54 +46,36 @@ fn user_error(e: &Error) -> PgWireError {
 pub struct Backend {
     engine: Arc<Engine>,
     parser: Arc<Parser>,
-    /// Connections by pid and secret key, for cancel requests.
-    connections: Arc<ConnectionManager>,
 }
 
-#[async_trait]
-impl NoopStartupHandler for Backend {
-    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
-        Some(self.connections.clone())
-    }
-
-    /// Notes the session in `tributary.sessions` for as long as the connection lasts.
-    async fn post_startup<C>(
-        &self,
-        client: &mut C,
-        _message: PgWireFrontendMessage,
-    ) -> PgWireResult<()>
-    where
-        C: ClientInfo + futures::Sink<PgWireBackendMessage> + Unpin + Send,
-        C::Error: Debug,
-        PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
-    {
-        let (pid, _) = client.pid_and_secret_key();
-        let metadata = client.metadata();
-        let setting = |k: &str| metadata.get(k).cloned().unwrap_or_default();
-        let guard = self.engine.sessions().connect(
-            pid,
-            setting(METADATA_USER),
-            setting(METADATA_APPLICATION_NAME),
-            client.socket_addr().to_string(),
-        );
-        client.session_extensions().insert(guard);
-        Ok(())
-    }
+/// How connections are secured.
+#[derive(Default)]
+pub struct WireSecurity {
+    /// TLS, offered to clients that ask (psql's `sslmode=prefer`, the default, asks).
+    pub tls: Option<pgwire::tokio::TlsAcceptor>,
+    /// Refuse clients that do not use TLS.
+    pub require_tls: bool,
 }
 
 /// Serves Postgres clients on `listener` until `shutdown` resolves.
 pub async fn serve(
     engine: Arc<Engine>,
     listener: TcpListener,
+    security: WireSecurity,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
+    // Connections by pid and secret key: registered at startup, found by cancel requests.
     let connections = Arc::new(ConnectionManager::new());
     let backend = Arc::new(Backend {
         engine: engine.clone(),
         parser: Arc::new(Parser { engine }),
-        connections: connections.clone(),
     });
     let handlers = Arc::new(Handlers {
+        startup: Arc::new(Startup::new(
+            backend.engine.clone(),
+            connections.clone(),
+            security.require_tls,
+        )),
         cancel: Arc::new(CancelQueries {
             connections,
             sessions: backend.engine.sessions().clone(),
@@ -117,8 +95,9 @@ pub async fn serve(
                     }
                 };
                 let h = handlers.clone();
+                let tls = security.tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = pgwire::tokio::process_socket(socket, None, h).await {
+                    if let Err(e) = pgwire::tokio::process_socket(socket, tls, h).await {
                         tracing::debug!(%peer, error = %e, "Connection ended with an error.");
                     }
                 });
@@ -134,6 +113,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 struct Handlers {
     backend: Arc<Backend>,
+    /// Authentication, and the session each connection gets.
+    startup: Arc<Startup>,
     /// Cancel requests (psql's Ctrl-C) stop the query running on their connection.
     cancel: Arc<CancelQueries>,
 }
@@ -167,7 +148,7 @@ impl PgWireServerHandlers for Handlers {
         self.backend.clone()
     }
     fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
-        self.backend.clone()
+        self.startup.clone()
     }
     fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
         self.cancel.clone()

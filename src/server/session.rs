@@ -14,11 +14,13 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use pgwire::error::ErrorInfo;
 
+use super::access;
 use super::pgwire::error_info;
 use crate::engine::{Engine, Output};
 use crate::error::Error;
 use crate::sessions::RunningQuery;
 use crate::sql::parse::Statement;
+use crate::sql::redact::redact_statement;
 
 /// How a statement failed.
 pub enum Failure {
@@ -83,7 +85,12 @@ pub async fn execute(
     params: Option<ParamValues>,
 ) -> Result<Executed, Failure> {
     let sessions = engine.sessions();
-    let running = sessions.run(pid, text);
+    // Who may run what: a session always exists from its startup on.
+    let session = sessions.get(pid).ok_or_else(|| {
+        Failure::Engine(Error::Internal(format!("no session for connection {pid}")))
+    })?;
+    access::check(statement, session.role, &session.user).map_err(Failure::Engine)?;
+    let running = sessions.run(pid, &redact_statement(text));
     apply_setting(engine, pid, statement);
     if let Some(out) = show_setting(engine, pid, statement) {
         return Ok(Executed::Done(out));

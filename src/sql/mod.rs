@@ -15,6 +15,7 @@ pub mod pg_compat;
 pub mod placeholders;
 pub mod places;
 pub mod plan;
+pub mod redact;
 pub mod session_window;
 pub mod shared_scans;
 pub mod split_distinct;

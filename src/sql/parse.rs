@@ -15,6 +15,9 @@ use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
 
 use crate::error::{Error, Result};
 
+mod users;
+pub use users::Password;
+
 /// Kinds of catalog objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObjectKind {
@@ -110,6 +113,31 @@ pub enum Statement {
         /// Its name.
         name: String,
     },
+    /// `CREATE USER [IF NOT EXISTS] name [WITH] PASSWORD '...' [ADMIN | READER]`.
+    CreateUser {
+        /// Login name.
+        name: String,
+        /// IF NOT EXISTS given.
+        if_not_exists: bool,
+        /// The password (only its verifier is kept).
+        password: Password,
+        /// ADMIN given (otherwise a reader).
+        admin: bool,
+    },
+    /// `ALTER USER name [WITH] PASSWORD '...'`.
+    AlterUser {
+        /// Login name.
+        name: String,
+        /// The new password.
+        password: Password,
+    },
+    /// `DROP USER [IF EXISTS] name`.
+    DropUser {
+        /// Login name.
+        name: String,
+        /// IF EXISTS given.
+        if_exists: bool,
+    },
     /// Any other SQL statement, for DataFusion or the session.
     Sql(Box<ast::Statement>),
     /// Only comments or whitespace.
@@ -127,6 +155,10 @@ impl Statement {
             Statement::StopPipeline { .. } => "STOP PIPELINE".into(),
             Statement::Drop { kind, .. } => format!("DROP {}", kind.name().to_ascii_uppercase()),
             Statement::Show { .. } | Statement::ShowCreate { .. } => "SHOW".into(),
+            // PostgreSQL's tags: a user is a role that can log in.
+            Statement::CreateUser { .. } => "CREATE ROLE".into(),
+            Statement::AlterUser { .. } => "ALTER ROLE".into(),
+            Statement::DropUser { .. } => "DROP ROLE".into(),
             Statement::Sql(_) | Statement::Empty => "SELECT".into(),
         }
     }
@@ -445,6 +477,7 @@ impl<'a> StatementParser<'a> {
         let kinds = ["SOURCE", "SINK", "PIPELINE"];
         let plural = ["SOURCES", "SINKS", "PIPELINES"];
         match (w0.as_deref(), w1.as_deref()) {
+            (Some("CREATE" | "ALTER" | "DROP"), Some("USER")) => true,
             (Some("CREATE"), Some(k)) | (Some("DROP"), Some(k)) => kinds.contains(&k),
             (Some("START"), Some("PIPELINE")) | (Some("STOP"), Some("PIPELINE")) => true,
             (Some("SHOW"), Some(k)) if plural.contains(&k) => true,
@@ -464,7 +497,16 @@ impl<'a> StatementParser<'a> {
             self.end()?;
             return Ok(Statement::Sql(Box::new(stmt)));
         }
-        let stmt = if self.word("CREATE") {
+        let stmt = if self.peek_word(1).as_deref() == Some("USER") {
+            let verb = self.peek_word(0);
+            self.parser.next_token();
+            self.parser.next_token();
+            match verb.as_deref() {
+                Some("CREATE") => self.create_user()?,
+                Some("ALTER") => self.alter_user()?,
+                _ => self.drop_user()?,
+            }
+        } else if self.word("CREATE") {
             let kind = self.kind(false)?;
             let if_not_exists =
                 self.parser

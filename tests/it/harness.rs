@@ -34,10 +34,15 @@ impl Server {
     /// start that lost that race goes again on other ports. Whether the port accepts a
     /// connection says nothing: it may be the other server's.
     pub async fn start(data_dir: &Path) -> Server {
+        Self::start_with(data_dir, &[]).await
+    }
+
+    /// [`Server::start`] with more arguments for `tributary serve`.
+    pub async fn start_with(data_dir: &Path, args: &[&str]) -> Server {
         let log_path = data_dir.with_extension("log");
         for attempt in 1..=5 {
             let logged = std::fs::metadata(&log_path).map_or(0, |m| m.len() as usize);
-            let mut server = Self::spawn(data_dir);
+            let mut server = Self::spawn(data_dir, args);
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 let child = server.child.as_mut().expect("a child");
@@ -69,7 +74,7 @@ impl Server {
         unreachable!("the last attempt returns or panics")
     }
 
-    fn spawn(data_dir: &Path) -> Server {
+    fn spawn(data_dir: &Path, args: &[&str]) -> Server {
         let port = free_port();
         let http_port = free_port();
         let log = std::fs::OpenOptions::new()
@@ -82,6 +87,7 @@ impl Server {
             .arg(data_dir)
             .args(["--pg-listen", &format!("127.0.0.1:{port}")])
             .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -108,6 +114,24 @@ impl Server {
         .expect("connect");
         tokio::spawn(conn);
         client
+    }
+
+    /// A client logged in as `user` with `password` (SCRAM-SHA-256), or the error.
+    pub async fn client_as(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user={user} password={password}",
+                self.port
+            ),
+            NoTls,
+        )
+        .await?;
+        tokio::spawn(conn);
+        Ok(client)
     }
 
     /// SIGKILL: no chance to clean up.

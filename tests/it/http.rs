@@ -331,5 +331,8 @@ async fn serving_http_beyond_loopback_is_refused_at_start() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("TLS and authentication"), "{stderr}");
+    assert!(
+        stderr.contains("beyond loopback the console and API need TLS"),
+        "{stderr}"
+    );
 }

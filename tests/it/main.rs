@@ -21,6 +21,7 @@ mod lookups;
 mod nexmark;
 mod recovery;
 mod run_cmd;
+mod security;
 mod semantics;
 mod streaming;
 mod windows;

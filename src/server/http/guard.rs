@@ -1,15 +1,25 @@
-//! Keeps other web sites out of the loopback console: a request must name a loopback host
-//! (a DNS-rebinding page names its own) and, when a browser says where it comes from, come from
-//! the console itself (a cross-site form or `fetch` would stop pipelines otherwise).
+//! Keeps other web sites out of the console: while requests are trusted (no user exists, the
+//! listener is loopback only) a request must name a loopback host (a DNS-rebinding page names
+//! its own); and always, when a browser says where it comes from, it must come from the console
+//! itself (a cross-site form or `fetch` would stop pipelines otherwise, with the credentials
+//! the browser holds).
 
-use axum::extract::Request;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-/// Refuses, with 403 and the API's JSON error, what [`refusal`] refuses.
-pub(super) async fn same_origin_loopback(request: Request, next: Next) -> Response {
-    match refusal(request.headers(), request.method().is_safe()) {
+/// Refuses, with 403 and the API's JSON error, what [`refusal`] refuses; once users exist (every
+/// request authenticates) the Host may name the server by any name its certificate holds.
+pub(super) async fn same_origin(
+    State(state): State<Arc<super::HttpState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let any_host = state.engine.catalog().requires_authentication();
+    match refusal_for(request.headers(), request.method().is_safe(), any_host) {
         None => next.run(request).await,
         Some(message) => {
             tracing::warn!(%message, uri = %request.uri(), "Refused an HTTP request.");
@@ -23,10 +33,16 @@ pub(super) async fn same_origin_loopback(request: Request, next: Next) -> Respon
 /// other than the Host's own, or, for a request that changes something (`safe` false: a POST),
 /// a browser's `Sec-Fetch-Site: cross-site` (a link to the console from another site is a safe
 /// GET and opens it). Clients that are not browsers (curl, Prometheus) send no Origin and pass.
+#[cfg(test)]
 pub(super) fn refusal(headers: &HeaderMap, safe: bool) -> Option<String> {
+    refusal_for(headers, safe, false)
+}
+
+/// [`refusal`], with any Host accepted when `any_host`.
+fn refusal_for(headers: &HeaderMap, safe: bool, any_host: bool) -> Option<String> {
     let host = match headers.get(header::HOST).map(|h| h.to_str()) {
         None => None,
-        Some(Ok(host)) if is_loopback_host(host) => Some(host),
+        Some(Ok(host)) if any_host || is_loopback_host(host) => Some(host),
         Some(_) => {
             return Some(
                 "the Host header must name this machine's loopback address (localhost, \
@@ -39,6 +55,7 @@ pub(super) fn refusal(headers: &HeaderMap, safe: bool) -> Option<String> {
         let same = match (origin.to_str(), host) {
             (Ok(origin), Some(host)) => origin
                 .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
                 .is_some_and(|rest| rest.eq_ignore_ascii_case(host)),
             _ => false,
         };

@@ -4,6 +4,7 @@
 //! always agree.
 
 mod api;
+mod auth;
 mod console;
 mod guard;
 mod metrics;
@@ -34,9 +35,9 @@ pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7480";
 pub enum HttpError {
     /// Anyone who can reach the address could stop pipelines and read their errors' records.
     #[error(
-        "refusing to serve HTTP on {addr}: beyond loopback the console and API need TLS and \
-         authentication, which this build does not have yet; listen on 127.0.0.1 or [::1] \
-         (and reach it through an SSH tunnel or an authenticating proxy)"
+        "refusing to serve HTTP on {addr}: beyond loopback the console and API need TLS \
+         (--tls-cert and --tls-key) and users (--admin-password-file); otherwise listen on \
+         127.0.0.1 or [::1] (and reach it through an SSH tunnel or an authenticating proxy)"
     )]
     NotLoopback {
         /// The address asked for.
@@ -78,13 +79,21 @@ pub fn router(engine: Arc<Engine>, ready: Arc<AtomicBool>) -> Router {
         .nest("/api/v1", api::routes())
         .merge(console::routes())
         .fallback(api::not_found)
-        .layer(axum::middleware::from_fn(guard::same_origin_loopback))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticated,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::same_origin,
+        ))
         .with_state(state)
 }
 
-/// Binds `addr`, which must be a loopback address (see [`HttpError::NotLoopback`]).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
-    if !addr.ip().is_loopback() {
+/// Binds `addr`, which must be a loopback address unless `secured` (TLS, and users to
+/// authenticate: see [`HttpError::NotLoopback`]).
+pub async fn bind(addr: SocketAddr, secured: bool) -> Result<TcpListener, HttpError> {
+    if !secured && !addr.ip().is_loopback() {
         return Err(HttpError::NotLoopback { addr });
     }
     TcpListener::bind(addr)
@@ -92,17 +101,56 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
         .map_err(|source| HttpError::Bind { addr, source })
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
+/// Serves `router` on `listener` until `shutdown` completes, over TLS when `tls` is given.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    tls: Option<pgwire::tokio::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(HttpError::Serve)
+    let Some(tls) = tls else {
+        return axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(HttpError::Serve);
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let (socket, peer) = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTP accept failed.");
+                    continue;
+                }
+            },
+        };
+        let (tls, router) = (tls.clone(), router.clone());
+        tokio::spawn(async move {
+            // A client that never finishes its handshake holds nothing for long.
+            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(socket));
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed.");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let served = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error.");
+            }
+        });
+    }
 }
+
+/// How long a client has to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The process serves.
 async fn healthz() -> &'static str {

@@ -1,0 +1,512 @@
+//! Users, passwords and roles on a real `tributary serve`: the admin created from a password
+//! file at the first start, SCRAM-SHA-256 logins from psql, psycopg, tokio-postgres and pgjdbc
+//! (wrong and missing passwords refused with 28P01), a reader refused DDL with 42501, the same
+//! users over HTTP basic, and no password or verifier in any log, file or system table.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use crate::harness::*;
+
+const ADMIN_PASSWORD: &str = "Adm1n-first-start";
+const READER_PASSWORD: &str = "reader-pa55-word";
+const NEW_READER_PASSWORD: &str = "reader-changed-it";
+
+/// `psql -c sql` as `user` with `password`: its exit status, stdout and stderr.
+fn psql(port: u16, user: &str, password: Option<&str>, sql: &str) -> (bool, String, String) {
+    let mut cmd = Command::new("psql");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        user,
+        "-d",
+        "tributary",
+        "-X",
+        "-A",
+        "-t",
+        "-w",
+        "-c",
+        sql,
+    ])
+    .env_remove("PGPASSWORD");
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    let out = cmd.output().expect("psql is installed (tests/run.sh)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_passwords_and_roles_over_pgwire_and_http() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let password_file = tmp.path().join("admin-password");
+    std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n")).unwrap();
+    let server = Server::start_with(
+        &data,
+        &["--admin-password-file", password_file.to_str().unwrap()],
+    )
+    .await;
+    let port = server.port;
+
+    // No password, a wrong one, an unknown user: refused, with 28P01 where a password was sent.
+    let no_password = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=admin"),
+        tokio_postgres::NoTls,
+    )
+    .await;
+    assert!(no_password.is_err(), "a client without a password got in");
+    let (ok, _, err) = psql(port, "admin", Some("not-the-password"), "SELECT 1");
+    assert!(
+        !ok && err.contains("password authentication failed"),
+        "{err}"
+    );
+    let (ok, _, err) = psql(port, "admin", None, "SELECT 1");
+    assert!(!ok && err.contains("password"), "{err}");
+    let py = r#"
+import sys, psycopg
+for user, password in ((sys.argv[2], 'wrong-password'), ('nobody', 'whatever-it-is')):
+    try:
+        psycopg.connect(host='127.0.0.1', port=sys.argv[1], user=user, password=password, dbname='tributary')
+        print('connected')
+    except psycopg.OperationalError as e:
+        print('28P01' if '28P01' in str(e) or 'password authentication failed' in str(e) else str(e))
+"#;
+    assert_eq!(
+        run_python(py, &[&port.to_string(), "admin"]),
+        "28P01\n28P01"
+    );
+
+    // The admin: psql with the right password, then users and a source/sink/pipeline.
+    let (ok, out, err) = psql(
+        port,
+        "admin",
+        Some(ADMIN_PASSWORD),
+        "SELECT name || ' ' || role FROM tributary.users",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "admin admin");
+    let admin = server.client_as("admin", ADMIN_PASSWORD).await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE USER ann WITH PASSWORD '{READER_PASSWORD}';
+             CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = 1000, seed = 3);
+             CREATE SINK nowhere WITH (connector = 'blackhole');
+             CREATE PIPELINE p WITH (mode = 'batch') AS INSERT INTO nowhere SELECT auction, price FROM bids;"
+        ))
+        .await
+        .unwrap();
+    wait_state(&admin, "p", "completed").await;
+    assert_eq!(
+        query_lines(
+            &admin,
+            "SELECT name || ' ' || role FROM tributary.users ORDER BY name"
+        )
+        .await,
+        ["admin admin", "ann reader"]
+    );
+    let e = error_message(&admin, "DROP USER admin").await;
+    assert!(e.contains("last admin"), "{e}");
+
+    // The reader: queries and SHOW, no DDL (42501), a new password of its own.
+    let ann = server.client_as("ann", READER_PASSWORD).await.unwrap();
+    assert_eq!(
+        scalar(
+            &ann,
+            "SELECT state FROM tributary.pipelines WHERE name = 'p'"
+        )
+        .await,
+        "completed"
+    );
+    let bids = scalar(&admin, "SELECT count(*) FROM bids").await;
+    assert!(bids.parse::<u64>().unwrap() > 0);
+    assert_eq!(scalar(&ann, "SELECT count(*) FROM bids").await, bids);
+    ann.batch_execute("SHOW PIPELINES").await.unwrap();
+    for ddl in [
+        "CREATE SINK more WITH (connector = 'blackhole')",
+        "DROP PIPELINE p",
+        "START PIPELINE p",
+        "CREATE USER eve PASSWORD 'eve-pa55-word' ADMIN",
+        "ALTER USER admin PASSWORD 'taken-over-now'",
+    ] {
+        let e = ann.batch_execute(ddl).await.unwrap_err();
+        let db = e.as_db_error().expect("a server error");
+        assert_eq!(db.code().code(), "42501", "{ddl}: {}", db.message());
+        assert!(
+            db.message().contains("\"ann\" is a reader"),
+            "{}",
+            db.message()
+        );
+    }
+    ann.batch_execute(&format!("ALTER USER ann PASSWORD '{NEW_READER_PASSWORD}'"))
+        .await
+        .unwrap();
+    assert!(server.client_as("ann", READER_PASSWORD).await.is_err());
+    let ann = server.client_as("ann", NEW_READER_PASSWORD).await.unwrap();
+    assert_eq!(
+        scalar(&ann, "SELECT count(*) FROM tributary.users").await,
+        "2"
+    );
+
+    // pgjdbc logs in with SCRAM-SHA-256 too.
+    let probe = tmp.path().join("Login.java");
+    std::fs::write(
+        &probe,
+        r#"import java.sql.*;
+public class Login {
+  public static void main(String[] a) throws Exception {
+    try (Connection c = DriverManager.getConnection("jdbc:postgresql://127.0.0.1:" + a[0] + "/tributary", a[1], a[2]);
+         ResultSet rs = c.createStatement().executeQuery("SELECT name FROM tributary.users ORDER BY name")) {
+      while (rs.next()) System.out.println(rs.getString(1));
+    }
+    try (Connection c = DriverManager.getConnection("jdbc:postgresql://127.0.0.1:" + a[0] + "/tributary", a[1], "wrong")) {
+      System.out.println("wrong password accepted");
+    } catch (SQLException e) {
+      System.out.println(e.getSQLState());
+    }
+  }
+}
+"#,
+    )
+    .unwrap();
+    let out = Command::new("java")
+        .args(["-cp", "/usr/share/java/postgresql.jar"])
+        .arg(&probe)
+        .args([&port.to_string(), "ann", NEW_READER_PASSWORD])
+        .output()
+        .expect("java is installed (tests/run.sh installs it and pgjdbc)");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "admin\nann\n28P01\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // HTTP: basic authentication with the same users; a reader looks, an admin acts; probes
+    // stay open.
+    let py = r#"
+import sys, json, base64, urllib.request, urllib.error
+base = 'http://127.0.0.1:%s' % sys.argv[1]
+def call(method, path, user=None, password=None):
+    req = urllib.request.Request(base + path, method=method, data=b'' if method == 'POST' else None)
+    if user:
+        req.add_header('Authorization', 'Basic ' + base64.b64encode(('%s:%s' % (user, password)).encode()).decode())
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, r.headers.get('WWW-Authenticate'), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get('WWW-Authenticate'), e.read().decode()
+status, challenge, _ = call('GET', '/api/v1/pipelines')
+print(status, challenge)
+print(call('GET', '/api/v1/pipelines', 'admin', 'wrong')[0])
+print(call('GET', '/healthz')[0])
+status, _, body = call('GET', '/api/v1/pipelines', sys.argv[2], sys.argv[3])
+print(status, [p['name'] for p in json.loads(body)])
+print(call('GET', '/metrics', sys.argv[2], sys.argv[3])[0])
+status, _, body = call('POST', '/api/v1/pipelines/p/start', sys.argv[2], sys.argv[3])
+print(status, json.loads(body)['error']['code'])
+print(call('POST', '/api/v1/pipelines/p/stop', 'admin', sys.argv[4])[0])
+"#;
+    assert_eq!(
+        run_python(
+            py,
+            &[
+                &server.http_port.to_string(),
+                "ann",
+                NEW_READER_PASSWORD,
+                ADMIN_PASSWORD
+            ]
+        ),
+        "401 Basic realm=\"tributary\", charset=\"UTF-8\"\n401\n200\n200 ['p']\n200\n403 42501\n200"
+    );
+
+    // No password, and no verifier, anywhere a user or operator can look.
+    let sessions = query_lines(&admin, "SELECT coalesce(query, '') FROM tributary.sessions").await;
+    // The reader's first session last ran its ALTER USER: shown, its password masked.
+    assert!(
+        sessions.contains(&"ALTER USER ann PASSWORD '********'".to_string()),
+        "{sessions:?}"
+    );
+    let events = query_lines(&admin, "SELECT message FROM tributary.events").await;
+    assert!(
+        events.iter().any(|e| e == "CREATE USER ann (reader)")
+            && events.iter().any(|e| e == "password changed"),
+        "{events:?}"
+    );
+    let catalog = std::fs::read_to_string(data.join("catalog.json")).unwrap();
+    let log = server.log();
+    for password in [ADMIN_PASSWORD, READER_PASSWORD, NEW_READER_PASSWORD] {
+        for (place, text) in [
+            ("the log", &log),
+            ("catalog.json", &catalog),
+            ("tributary.sessions", &sessions.join("\n")),
+            ("tributary.events", &events.join("\n")),
+        ] {
+            assert!(!text.contains(password), "a password in {place}");
+        }
+    }
+    assert!(
+        catalog.contains("SCRAM-SHA-256$4096:"),
+        "verifiers are stored"
+    );
+    let verifier_start = catalog.find("SCRAM-SHA-256$").unwrap();
+    let verifier: String = catalog[verifier_start..]
+        .chars()
+        .take_while(|c| *c != '"')
+        .collect();
+    assert!(!log.contains(&verifier), "a verifier in the log");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data.join("catalog.json")), 0o600);
+    assert_eq!(mode(&data), 0o700);
+
+    // Without a user, the server refuses to listen beyond loopback.
+    let fresh = tmp.path().join("fresh");
+    let out = Command::new(bin())
+        .args(["serve", "--data-dir"])
+        .arg(&fresh)
+        .args(["--pg-listen", &format!("0.0.0.0:{}", free_port())])
+        .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("refusing to listen on 0.0.0.0"),
+        "{stderr}"
+    );
+}
+
+/// A test CA and a certificate it signed for `localhost` and 127.0.0.1, made by openssl in
+/// `dir`: returns (CA certificate, server certificate, server key).
+fn test_certificates(dir: &std::path::Path, ca_name: &str) -> [std::path::PathBuf; 3] {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed (tests/run.sh)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ca_key = format!("{ca_name}.key");
+    let ca = format!("{ca_name}.pem");
+    run(&[
+        &["req", "-x509"][..],
+        &ec[..],
+        &[
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={ca_name}"),
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec[..],
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    [
+        dir.join(&ca),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_required_and_verified_by_psql_psycopg_and_pgjdbc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = test_certificates(tmp.path(), "test-ca");
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let [other_ca, _, _] = test_certificates(&other, "other-ca");
+    let data = tmp.path().join("data");
+    let password_file = tmp.path().join("admin-password");
+    std::fs::write(&password_file, ADMIN_PASSWORD).unwrap();
+    let server = Server::start_with(
+        &data,
+        &[
+            "--admin-password-file",
+            password_file.to_str().unwrap(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--require-tls",
+        ],
+    )
+    .await;
+    let port = server.port;
+    let psql_with = |conninfo: String| {
+        let out = Command::new("psql")
+            .arg(format!(
+                "host=localhost port={port} user=admin dbname=tributary {conninfo}"
+            ))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-w",
+                "-c",
+                "SELECT tls FROM tributary.sessions",
+            ])
+            .env("PGPASSWORD", ADMIN_PASSWORD)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // verify-full: the certificate chains to the CA and names the host.
+    let (ok, out, err) = psql_with(format!("sslmode=verify-full sslrootcert={}", ca.display()));
+    assert!(ok, "{err}");
+    assert_eq!(out, "t");
+    // Without TLS: refused by the server, saying why.
+    let (ok, _, err) = psql_with("sslmode=disable".into());
+    assert!(!ok && err.contains("requires TLS"), "{err}");
+    // A CA that did not sign the server's certificate: refused by the client.
+    let (ok, _, err) = psql_with(format!(
+        "sslmode=verify-full sslrootcert={}",
+        other_ca.display()
+    ));
+    assert!(!ok && err.contains("certificate verify failed"), "{err}");
+
+    let py = r#"
+import sys, psycopg
+with psycopg.connect(host='localhost', port=sys.argv[1], user='admin', password=sys.argv[2], dbname='tributary', sslmode='require') as c:
+    print(c.pgconn.ssl_in_use, c.execute('SELECT count(*) FROM tributary.sessions WHERE tls').fetchone()[0])
+"#;
+    assert_eq!(
+        run_python(py, &[&port.to_string(), ADMIN_PASSWORD]),
+        "True 1"
+    );
+
+    let probe = tmp.path().join("TlsLogin.java");
+    std::fs::write(
+        &probe,
+        r#"import java.sql.*;
+import java.util.Properties;
+public class TlsLogin {
+  public static void main(String[] a) throws Exception {
+    Properties p = new Properties();
+    p.setProperty("user", "admin");
+    p.setProperty("password", a[1]);
+    p.setProperty("sslmode", "verify-full");
+    p.setProperty("sslrootcert", a[2]);
+    try (Connection c = DriverManager.getConnection("jdbc:postgresql://localhost:" + a[0] + "/tributary", p);
+         ResultSet rs = c.createStatement().executeQuery("SELECT count(*) FROM tributary.sessions WHERE tls")) {
+      rs.next();
+      System.out.println("tls sessions " + rs.getLong(1));
+    }
+  }
+}
+"#,
+    )
+    .unwrap();
+    let out = Command::new("java")
+        .args(["-cp", "/usr/share/java/postgresql.jar"])
+        .arg(&probe)
+        .args([&port.to_string(), ADMIN_PASSWORD, ca.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "tls sessions 1\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // HTTPS with the same certificate: verified against the CA, with basic authentication.
+    let py = r#"
+import sys, ssl, json, base64, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+req = urllib.request.Request('https://localhost:%s/api/v1/pipelines' % sys.argv[1])
+req.add_header('Authorization', 'Basic ' + base64.b64encode(('admin:' + sys.argv[3]).encode()).decode())
+with urllib.request.urlopen(req, context=ctx) as r:
+    print(r.status, json.loads(r.read()))
+try:
+    urllib.request.urlopen('http://localhost:%s/healthz' % sys.argv[1], timeout=5)
+    print('plain HTTP answered')
+except Exception:
+    print('plain HTTP refused')
+"#;
+    assert_eq!(
+        run_python(
+            py,
+            &[
+                &server.http_port.to_string(),
+                ca.to_str().unwrap(),
+                ADMIN_PASSWORD
+            ]
+        ),
+        "200 []\nplain HTTP refused"
+    );
+
+    // A key file that is not one: the server does not start, and says which file.
+    let out = Command::new(bin())
+        .args(["serve", "--data-dir"])
+        .arg(tmp.path().join("fresh"))
+        .args(["--pg-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--tls-cert", cert.to_str().unwrap(), "--tls-key"])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("private key") && stderr.contains("test-ca.pem"),
+        "{stderr}"
+    );
+}

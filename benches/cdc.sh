@@ -16,6 +16,8 @@ cd "$(dirname "$0")/.."
 ROWS="${ROWS:-200000}"; UPDATES="${UPDATES:-1000000}"; RATE="${RATE:-200}"; DURATION="${DURATION:-20}"
 POLL_MS="${POLL_MS:-50}"; INTERVAL="${CHECKPOINT_INTERVAL:-1s}"
 CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
+# File sources and sinks read and write under the benchmarks' work directories (README: Security).
+export TRIBUTARY_ALLOW_PATH="$CACHE/bench:$PWD"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 PY="${TRIBUTARY_PYTHON:-$CACHE/venv/bin/python}"
 WORK="$CACHE/bench/cdc"; rm -rf "$WORK"; mkdir -p "$WORK"

@@ -13,6 +13,8 @@ CHANGES="${CHANGES:-4000000}"
 KEYS="${KEYS:-400000}"
 BIDS="${BIDS:-10000000}"
 CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
+# File sources and sinks read and write under the benchmarks' work directories (README: Security).
+export TRIBUTARY_ALLOW_PATH="$CACHE/bench:$PWD"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 WORK="$CACHE/bench/changes-$CHANGES"
 OUT=benches/results/changes.md

@@ -21,6 +21,8 @@ cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-10000000}"
 RUNS="${RUNS:-3}"
 CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
+# File sources and sinks read and write under the benchmarks' work directories (README: Security).
+export TRIBUTARY_ALLOW_PATH="$CACHE/bench:$PWD"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 WORK="$CACHE/bench/joins-$EVENTS"
 RUN="$WORK/run"

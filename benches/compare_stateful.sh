@@ -22,6 +22,8 @@ cd "$(dirname "$0")/.."
 BIDS="${BIDS:-10000000}"
 RUNS="${RUNS:-3}"
 CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
+# File sources and sinks read and write under the benchmarks' work directories (README: Security).
+export TRIBUTARY_ALLOW_PATH="$CACHE/bench:$PWD"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 # shellcheck source=benches/nexmark_lib.sh
 . benches/nexmark_lib.sh

@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 PIPELINES="${PIPELINES:-50}"
 LOADS="${LOADS:-10}"
 CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
+# File sources and sinks read and write under the benchmarks' work directories (README: Security).
+export TRIBUTARY_ALLOW_PATH="$CACHE/bench:$PWD"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 PYTHON="${TRIBUTARY_PYTHON:-$CACHE/venv/bin/python}"
 OUT="${OUT:-benches/results/console-load.md}"

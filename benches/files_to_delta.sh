@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MB="${1:-1024}"
 CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
+# File sources and sinks read and write under the benchmarks' work directories (README: Security).
+export TRIBUTARY_ALLOW_PATH="$CACHE/bench:$PWD"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 WORK="$CACHE/bench/files"
 mkdir -p "$WORK"

@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${N:-2000000}"
 CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
+# File sources and sinks read and write under the benchmarks' work directories (README: Security).
+export TRIBUTARY_ALLOW_PATH="$CACHE/bench:$PWD"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 PY="${TRIBUTARY_PYTHON:-$CACHE/venv/bin/python}"
 KAFKA_LIBS="${KAFKA_LIBS:-$CACHE/kafka-4.1.1/libs}"

@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 Q="${1:-q0}" SRC="${2:-json}" SINK="${3:-blackhole}"
 BIDS="${BIDS:-10000000}"
 CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
+# File sources and sinks read and write under the benchmarks' work directories (README: Security).
+export TRIBUTARY_ALLOW_PATH="$CACHE/bench:$PWD"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 # shellcheck source=benches/nexmark_lib.sh
 . benches/nexmark_lib.sh

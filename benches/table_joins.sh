@@ -14,6 +14,8 @@ ORDERS="${ORDERS:-4000000}"
 RATE_CHANGES="${RATE_CHANGES:-400000}"
 CHANGES="${CHANGES:-4000000}"
 CACHE="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
+# File sources and sinks read and write under the benchmarks' work directories (README: Security).
+export TRIBUTARY_ALLOW_PATH="$CACHE/bench:$PWD"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 WORK="$CACHE/bench/table-joins-$ORDERS-$CHANGES"
 OUT=benches/results/table-joins.md

@@ -1,6 +1,7 @@
 //! The control plane's core: executes statements against the catalog, the SQL planner and the
 //! runtime. The pgwire server, `tributary run` and tests all drive Tributary through [`Engine`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use crate::catalog::{columns_of, Catalog, PipelineEntry, PipelineState, SinkEntr
 use crate::error::{Error, Result};
 use crate::health::History;
 use crate::jobs::{applies_by_key, build_job, check_pipeline_options, check_updates_sink};
+use crate::paths::AllowedPaths;
 use crate::runtime::Runtime;
 use crate::sessions::Sessions;
 use crate::sql::column_names::postgres_names;
@@ -60,6 +62,8 @@ pub struct Engine {
     system: Arc<SystemSchema>,
     history: Arc<History>,
     ctx: SessionContext,
+    /// Where file sources and sinks may read and write.
+    paths: AllowedPaths,
 }
 
 impl Engine {
@@ -140,7 +144,14 @@ impl Engine {
             system,
             history,
             ctx,
+            paths: AllowedPaths::new(data_dir),
         }))
+    }
+
+    /// File sources and sinks may use the data directory and `roots` (`--allow-path`), no
+    /// longer the working directory.
+    pub fn allow_paths(&self, roots: &[PathBuf]) -> Result<()> {
+        self.paths.set(&self.data_dir, roots)
     }
 
     /// The system tables (`tributary.*`).
@@ -262,6 +273,9 @@ impl Engine {
                     }
                 }
                 let connector = tributary_connectors::source_connector(options)?;
+                // Its options named right, and its paths allowed, before it reads anything.
+                check_option_names(connector.name(), connector.options(), options)?;
+                self.paths.check(options)?;
                 // The connector sees the primary key as a run does: in the schema's metadata.
                 let with_key = declared.clone().map(|s| match primary_key.is_empty() {
                     true => s,
@@ -278,7 +292,7 @@ impl Engine {
                 let spec = SourceSpec {
                     name: name.clone(),
                     schema: with_key,
-                    options: options.clone(),
+                    options: self.catalog.resolve_options(options)?,
                 };
                 let schema = connector.validate(&spec).await?;
                 if let Some((column, expression)) = watermark {
@@ -317,10 +331,12 @@ impl Engine {
                     return self.exists(*if_not_exists, "sink", name, tag);
                 }
                 let connector = tributary_connectors::sink_connector(options)?;
+                check_option_names(connector.name(), connector.options(), options)?;
+                self.paths.check(options)?;
                 connector
                     .validate(&SinkSpec {
                         name: name.clone(),
-                        options: options.clone(),
+                        options: self.catalog.resolve_options(options)?,
                     })
                     .await?;
                 self.catalog
@@ -349,6 +365,11 @@ impl Engine {
                         kind: "sink",
                         name: sink.clone(),
                     });
+                };
+                // Its connector reads its options: secrets as their values.
+                let sink_entry = SinkEntry {
+                    options: self.catalog.resolve_options(&sink_entry.options)?,
+                    ..sink_entry
                 };
                 let by_key = applies_by_key(&sink_entry)?;
                 let target = Target {
@@ -505,6 +526,29 @@ impl Engine {
                 self.catalog.set_password(name, &password.0).await?;
                 Ok(Output::Command(tag))
             }
+            Statement::CreateSecret {
+                name,
+                if_not_exists,
+                value,
+            } => {
+                if let Err(e) = self.catalog.add_secret(name, &value.0).await {
+                    if_not_exists_race(e, *if_not_exists)?;
+                }
+                Ok(Output::Command(tag))
+            }
+            Statement::AlterSecret { name, value } => {
+                self.catalog.set_secret(name, &value.0).await?;
+                Ok(Output::Command(tag))
+            }
+            Statement::DropSecret { name, if_exists } => {
+                if !self.catalog.drop_secret(name).await? && !*if_exists {
+                    return Err(Error::NotFound {
+                        kind: "secret",
+                        name: name.clone(),
+                    });
+                }
+                Ok(Output::Command(tag))
+            }
             Statement::DropUser { name, if_exists } => {
                 if !self.catalog.drop_user(name).await? && !*if_exists {
                     return Err(Error::NotFound {
@@ -550,6 +594,15 @@ impl Engine {
 
     /// Builds a job for a catalog pipeline and starts it.
     async fn start_pipeline(&self, name: &str) -> Result<()> {
+        // The paths are checked again: the allowed ones may have changed since CREATE.
+        if let Some(p) = self.catalog.pipeline(name) {
+            for source in p.sources.iter().filter_map(|s| self.catalog.source(s)) {
+                self.paths.check(&source.options)?;
+            }
+            if let Some(sink) = self.catalog.sink(&p.sink) {
+                self.paths.check(&sink.options)?;
+            }
+        }
         let job = build_job(self.catalog.clone(), self.ctx.state(), name.to_string()).await?;
         self.runtime.start(job)
     }
@@ -566,7 +619,7 @@ impl Engine {
         let connector = tributary_connectors::sink_connector(&sink.options)?;
         let Some(key) = connector.upsert_key(&SinkSpec {
             name: sink.name.clone(),
-            options: sink.options.clone(),
+            options: self.catalog.resolve_options(&sink.options)?,
         })?
         else {
             return Ok(None);
@@ -711,7 +764,7 @@ impl Engine {
                 let spec = SourceSpec {
                     name: entry.name.clone(),
                     schema: None,
-                    options: entry.options.clone(),
+                    options: self.catalog.resolve_options(&entry.options)?,
                 };
                 notice = connector.on_drop(&spec, keep_slot).await?;
             }
@@ -840,6 +893,22 @@ impl Engine {
         let batches = futures::TryStreamExt::try_collect(stream).await?;
         Ok(Output::Rows { schema, batches })
     }
+}
+
+/// Refuses options the connector does not have (`properties.*` pass through to the client
+/// libraries), before any of them is used.
+fn check_option_names(
+    connector: &str,
+    specs: &[tributary_connectors::OptionSpec],
+    options: &BTreeMap<String, String>,
+) -> Result<()> {
+    let named: BTreeMap<String, String> = options
+        .iter()
+        .filter(|(k, _)| !k.starts_with("properties."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    tributary_connectors::Options::validate(connector, specs, &named)?;
+    Ok(())
 }
 
 /// A concurrent CREATE of the same name took it between our check and our insert: with

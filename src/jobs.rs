@@ -42,6 +42,11 @@ pub(crate) fn build_job(
             kind: "sink",
             name: entry.sink.clone(),
         })?;
+        // Its connector reads its options: secrets as their values.
+        let sink_entry = SinkEntry {
+            options: catalog.resolve_options(&sink_entry.options)?,
+            ..sink_entry
+        };
         let settings = pipeline_settings(&entry.options)?;
         let target = Target {
             applies_by_key: applies_by_key(&sink_entry)?,
@@ -60,7 +65,7 @@ pub(crate) fn build_job(
             if plan.inputs.len() == 1 {
                 source_key = source_entry.primary_key.clone();
             }
-            inputs.push(job_input(&source_entry)?);
+            inputs.push(job_input(&catalog, &source_entry)?);
         }
         let replan: crate::runtime::pipeline::Replan = {
             let catalog = catalog.clone();
@@ -95,7 +100,7 @@ pub(crate) fn build_job(
 
 /// What a run needs to read `source`: its spec, schema (with its added columns and primary key
 /// as metadata) and connector.
-fn job_input(source: &crate::catalog::SourceEntry) -> Result<JobInput> {
+fn job_input(catalog: &Catalog, source: &crate::catalog::SourceEntry) -> Result<JobInput> {
     let mut metadata = std::collections::HashMap::new();
     if !source.added_columns.is_empty() {
         metadata.insert(
@@ -115,7 +120,7 @@ fn job_input(source: &crate::catalog::SourceEntry) -> Result<JobInput> {
         spec: SourceSpec {
             name: source.name.clone(),
             schema: Some(schema.clone()),
-            options: source.options.clone(),
+            options: catalog.resolve_options(&source.options)?,
         },
         schema,
         connector: tributary_connectors::source_connector(&source.options)?,

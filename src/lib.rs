@@ -23,6 +23,7 @@ pub mod engine;
 pub mod error;
 pub mod health;
 pub mod jobs;
+pub mod paths;
 pub mod pg_catalog;
 pub mod pg_functions;
 pub mod runtime;

@@ -53,6 +53,8 @@ enum Command {
         /// Refuse Postgres clients that do not use TLS (needs --tls-cert).
         #[arg(long, requires = "tls_cert")]
         require_tls: bool,
+        #[command(flatten)]
+        paths: AllowedPaths,
     },
     /// Execute a SQL script embedded, waiting for batch pipelines to complete.
     Run {
@@ -64,7 +66,32 @@ enum Command {
         /// No progress display, and no log lines below warnings (unless RUST_LOG is set).
         #[arg(long)]
         quiet: bool,
+        #[command(flatten)]
+        paths: AllowedPaths,
     },
+}
+
+/// Where file sources and sinks may read and write.
+#[derive(clap::Args)]
+struct AllowedPaths {
+    /// A directory file sources and sinks may use besides the data directory (repeatable;
+    /// replaces the default, the working directory).
+    #[arg(
+        long = "allow-path",
+        env = "TRIBUTARY_ALLOW_PATH",
+        value_delimiter = ':'
+    )]
+    allow_paths: Vec<PathBuf>,
+}
+
+impl AllowedPaths {
+    /// Applies the directories given, if any, to `engine`.
+    fn apply(&self, engine: &Engine) -> tributary::Result<()> {
+        if self.allow_paths.is_empty() {
+            return Ok(());
+        }
+        engine.allow_paths(&self.allow_paths)
+    }
 }
 
 /// `mi_option_purge_delay` in mimalloc v2's `mimalloc.h` (libmimalloc-sys names no constant for it).
@@ -125,6 +152,7 @@ async fn async_main() -> ExitCode {
             tls_cert,
             tls_key,
             require_tls,
+            paths,
         } => {
             let tls = tls_cert.zip(tls_key);
             serve(
@@ -134,6 +162,7 @@ async fn async_main() -> ExitCode {
                 admin_password_file,
                 tls,
                 require_tls,
+                paths,
             )
             .await
         }
@@ -141,7 +170,8 @@ async fn async_main() -> ExitCode {
             script,
             data_dir,
             quiet,
-        } => run(script, data_dir, quiet).await,
+            paths,
+        } => run(script, data_dir, quiet, paths).await,
     };
     match result {
         Ok(code) => code,
@@ -180,6 +210,7 @@ async fn serve(
     admin_password_file: Option<PathBuf>,
     tls: Option<(PathBuf, PathBuf)>,
     require_tls: bool,
+    paths: AllowedPaths,
 ) -> anyhow::Result<ExitCode> {
     use tributary::server::http;
     let identity = match &tls {
@@ -197,6 +228,7 @@ async fn serve(
     let engine = Engine::open(&data_dir)
         .await
         .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    paths.apply(&engine)?;
     create_admin(&engine, admin_password_file).await?;
     // Beyond loopback, HTTP needs TLS and users to authenticate.
     let http_listener = http::bind(
@@ -275,12 +307,18 @@ async fn create_admin(engine: &Engine, password_file: Option<PathBuf>) -> anyhow
     Ok(())
 }
 
-async fn run(script: PathBuf, data_dir: PathBuf, quiet: bool) -> anyhow::Result<ExitCode> {
+async fn run(
+    script: PathBuf,
+    data_dir: PathBuf,
+    quiet: bool,
+    paths: AllowedPaths,
+) -> anyhow::Result<ExitCode> {
     let sql = std::fs::read_to_string(&script)
         .with_context(|| format!("reading {}", script.display()))?;
     let engine = Engine::open(&data_dir)
         .await
         .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    paths.apply(&engine)?;
     let statements = match parse_sql(&sql) {
         Ok(s) => s,
         Err(e) => {

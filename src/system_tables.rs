@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
+use tributary_connectors::options::secret_reference;
 use tributary_connectors::{redact, SinkSpec, SourceSpec};
 
 use crate::catalog::{schema_of, Catalog, PipelineState};
@@ -46,7 +47,7 @@ pub fn source_table(catalog: &Catalog, name: &str) -> crate::error::Result<Optio
     let spec = SourceSpec {
         name: entry.name.clone(),
         schema: Some(schema.clone()),
-        options: entry.options.clone(),
+        options: catalog.resolve_options(&entry.options)?,
     };
     Ok(Some(
         SourceTable::new(spec, schema, connector)
@@ -86,7 +87,10 @@ impl SchemaProvider for CatalogSchema {
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
             let spec = SinkSpec {
                 name: sink.name.clone(),
-                options: sink.options.clone(),
+                options: self
+                    .catalog
+                    .resolve_options(&sink.options)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?,
             };
             return match connector
                 .table(&spec)
@@ -156,6 +160,7 @@ pub const TABLES: &[&str] = &[
     "operators",
     "sessions",
     "users",
+    "secrets",
 ];
 
 fn text(v: Vec<Option<String>>) -> ArrayRef {
@@ -184,7 +189,10 @@ fn ts(v: Vec<Option<DateTime<Utc>>>) -> ArrayRef {
 pub fn options_text(options: &std::collections::BTreeMap<String, String>) -> String {
     options
         .iter()
-        .map(|(k, v)| format!("{k} = '{}'", redact(k, v).replace('\'', "''")))
+        .map(|(k, v)| match secret_reference(v) {
+            Some(name) => format!("{k} = SECRET {name}"),
+            None => format!("{k} = '{}'", redact(k, v).replace('\'', "''")),
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -453,6 +461,50 @@ impl SystemSchema {
                     ("raw", text(e.iter().map(|e| Some(e.raw.clone())).collect())),
                     ("epoch", count(e.iter().map(|e| e.epoch).collect())),
                     ("at", ts(e.iter().map(|e| Some(e.at)).collect())),
+                ])?
+            }
+            "secrets" => {
+                // Names and who uses them: never a value, sealed or not.
+                let secrets = self.catalog.secrets();
+                let used_by = |name: &str| {
+                    let sources = self
+                        .catalog
+                        .sources()
+                        .into_iter()
+                        .map(|s| (s.name, s.options));
+                    let sinks = self
+                        .catalog
+                        .sinks()
+                        .into_iter()
+                        .map(|s| (s.name, s.options));
+                    let users: Vec<String> = sources
+                        .chain(sinks)
+                        .filter(|(_, options)| {
+                            crate::catalog::secrets::referenced(options)
+                                .iter()
+                                .any(|(_, n)| n == name)
+                        })
+                        .map(|(object, _)| object)
+                        .collect();
+                    Some(users.join(", "))
+                };
+                table(vec![
+                    (
+                        "name",
+                        text(secrets.iter().map(|s| Some(s.name.clone())).collect()),
+                    ),
+                    (
+                        "used_by",
+                        text(secrets.iter().map(|s| used_by(&s.name)).collect()),
+                    ),
+                    (
+                        "created_at",
+                        ts(secrets.iter().map(|s| Some(s.created_at)).collect()),
+                    ),
+                    (
+                        "updated_at",
+                        ts(secrets.iter().map(|s| Some(s.updated_at)).collect()),
+                    ),
                 ])?
             }
             "users" => {

@@ -176,6 +176,22 @@ fn invalid(key: &str, value: &str, reason: &str) -> ConnectorError {
     }
 }
 
+/// How an option value names a secret (`password = SECRET name`) rather than holding a value:
+/// this prefix, which no value a statement can write starts with (statements refuse control
+/// characters in option values), then the secret's name. The engine replaces it with the
+/// secret's value only where a connector is given its options.
+const SECRET_REFERENCE: &str = "\u{1}secret:";
+
+/// The option value that names secret `name`.
+pub fn secret_reference_to(name: &str) -> String {
+    format!("{SECRET_REFERENCE}{name}")
+}
+
+/// The secret an option value names, if it names one.
+pub fn secret_reference(value: &str) -> Option<&str> {
+    value.strip_prefix(SECRET_REFERENCE)
+}
+
 /// Whether an option holds a secret by its name.
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
@@ -196,6 +212,9 @@ pub fn is_secret_key(key: &str) -> bool {
 ///
 /// Secret keys are replaced wholesale; URLs keep everything but their password.
 pub fn redact(key: &str, value: &str) -> String {
+    if let Some(name) = secret_reference(value) {
+        return format!("SECRET {name}");
+    }
     if is_secret_key(key) {
         return "********".to_string();
     }

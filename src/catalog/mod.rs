@@ -15,8 +15,10 @@ use crate::error::{Error, Result};
 use crate::sql::parse::ObjectKind;
 
 pub mod events;
+pub mod secrets;
 pub mod users;
 use events::EventLog;
+use secrets::{SecretEntry, SecretKey};
 use users::{Role, UserEntry, Verifier};
 
 /// A column as stored in the catalog.
@@ -156,6 +158,9 @@ struct CatalogData {
     /// Users who may connect; none: connections on loopback are trusted.
     #[serde(default)]
     users: BTreeMap<String, UserEntry>,
+    /// Secrets, sealed with the data directory's key.
+    #[serde(default)]
+    secrets: BTreeMap<String, SecretEntry>,
 }
 
 impl CatalogData {
@@ -190,6 +195,7 @@ pub struct Catalog {
     data: RwLock<CatalogData>,
     write_lock: tokio::sync::Mutex<()>,
     events: EventLog,
+    secret_key: SecretKey,
 }
 
 impl Catalog {
@@ -228,6 +234,7 @@ impl Catalog {
             data: RwLock::new(data),
             write_lock: tokio::sync::Mutex::new(()),
             events: EventLog::open(data_dir)?,
+            secret_key: SecretKey::load(data_dir)?,
         })
     }
 
@@ -247,6 +254,8 @@ impl Catalog {
             use std::io::Write;
             // Only the engine's own user reads the catalog: it holds connector credentials
             // and users' verifiers.
+            // A leftover from a crash may have other permissions: start afresh.
+            let _ = std::fs::remove_file(&tmp);
             let mut open = std::fs::OpenOptions::new();
             open.write(true).create(true).truncate(true);
             #[cfg(unix)]
@@ -372,6 +381,117 @@ impl Catalog {
     /// Whether connections must authenticate: once any user exists.
     pub fn requires_authentication(&self) -> bool {
         !self.data.read().users.is_empty()
+    }
+
+    /// Adds a secret, sealed.
+    pub async fn add_secret(&self, name: &str, value: &str) -> Result<()> {
+        let now = Utc::now();
+        let entry = SecretEntry {
+            name: name.to_string(),
+            sealed: self.secret_key.seal(name, value)?,
+            created_at: now,
+            updated_at: now,
+        };
+        {
+            let mut d = self.data.write();
+            if d.secrets.contains_key(name) {
+                return Err(Error::AlreadyExists {
+                    kind: "secret",
+                    name: name.to_string(),
+                });
+            }
+            d.secrets.insert(name.to_string(), entry);
+        }
+        self.persist().await?;
+        self.events
+            .record("create", "secret", name, format!("CREATE SECRET {name}"));
+        Ok(())
+    }
+
+    /// Gives a secret a new value: sources and sinks naming it use it from their next start.
+    pub async fn set_secret(&self, name: &str, value: &str) -> Result<()> {
+        let sealed = self.secret_key.seal(name, value)?;
+        {
+            let mut d = self.data.write();
+            let secret = d.secrets.get_mut(name).ok_or_else(|| Error::NotFound {
+                kind: "secret",
+                name: name.to_string(),
+            })?;
+            secret.sealed = sealed;
+            secret.updated_at = Utc::now();
+        }
+        self.persist().await?;
+        self.events
+            .record("alter", "secret", name, "value changed".to_string());
+        Ok(())
+    }
+
+    /// Removes a secret no source or sink names; returns whether it existed.
+    pub async fn drop_secret(&self, name: &str) -> Result<bool> {
+        {
+            let mut d = self.data.write();
+            if !d.secrets.contains_key(name) {
+                return Ok(false);
+            }
+            let users: Vec<String> = d
+                .sources
+                .values()
+                .filter(|s| {
+                    secrets::referenced(&s.options)
+                        .iter()
+                        .any(|(_, n)| n == name)
+                })
+                .map(|s| format!("source \"{}\"", s.name))
+                .chain(
+                    d.sinks
+                        .values()
+                        .filter(|s| {
+                            secrets::referenced(&s.options)
+                                .iter()
+                                .any(|(_, n)| n == name)
+                        })
+                        .map(|s| format!("sink \"{}\"", s.name)),
+                )
+                .collect();
+            if !users.is_empty() {
+                return Err(Error::DependentObjects(format!(
+                    "cannot drop secret \"{name}\": {} use it",
+                    users.join(", ")
+                )));
+            }
+            d.secrets.remove(name);
+        }
+        self.persist().await?;
+        self.events
+            .record("drop", "secret", name, format!("DROP SECRET {name}"));
+        Ok(true)
+    }
+
+    /// Every secret (sealed), by name.
+    pub fn secrets(&self) -> Vec<SecretEntry> {
+        self.data.read().secrets.values().cloned().collect()
+    }
+
+    /// `options` with each `SECRET name` replaced by the secret's value: what a connector is
+    /// given. A secret that does not exist is an error naming the option.
+    pub fn resolve_options(
+        &self,
+        options: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>> {
+        let references = secrets::referenced(options);
+        if references.is_empty() {
+            return Ok(options.clone());
+        }
+        let mut out = options.clone();
+        let d = self.data.read();
+        for (option, name) in references {
+            let entry = d.secrets.get(&name).ok_or_else(|| Error::NotFound {
+                kind: "secret",
+                name: name.clone(),
+            })?;
+            out.insert(option, self.secret_key.open(&name, &entry.sealed)?);
+        }
+        Ok(out)
     }
 
     /// Adds a sink.

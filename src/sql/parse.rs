@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 
 use std::ops::ControlFlow;
 
-use datafusion::sql::sqlparser::ast::{
-    self, ColumnDef, Expr, Ident, Query, SqlOption, Value, Visit, Visitor,
-};
+use datafusion::sql::sqlparser::ast::{self, ColumnDef, Expr, Ident, Query, Value, Visit, Visitor};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -138,6 +136,29 @@ pub enum Statement {
         /// IF EXISTS given.
         if_exists: bool,
     },
+    /// `CREATE SECRET [IF NOT EXISTS] name AS '...'`.
+    CreateSecret {
+        /// Its name.
+        name: String,
+        /// IF NOT EXISTS given.
+        if_not_exists: bool,
+        /// The value (kept encrypted).
+        value: Password,
+    },
+    /// `ALTER SECRET name AS '...'`.
+    AlterSecret {
+        /// Its name.
+        name: String,
+        /// The new value.
+        value: Password,
+    },
+    /// `DROP SECRET [IF EXISTS] name`.
+    DropSecret {
+        /// Its name.
+        name: String,
+        /// IF EXISTS given.
+        if_exists: bool,
+    },
     /// Any other SQL statement, for DataFusion or the session.
     Sql(Box<ast::Statement>),
     /// Only comments or whitespace.
@@ -159,6 +180,9 @@ impl Statement {
             Statement::CreateUser { .. } => "CREATE ROLE".into(),
             Statement::AlterUser { .. } => "ALTER ROLE".into(),
             Statement::DropUser { .. } => "DROP ROLE".into(),
+            Statement::CreateSecret { .. } => "CREATE SECRET".into(),
+            Statement::AlterSecret { .. } => "ALTER SECRET".into(),
+            Statement::DropSecret { .. } => "DROP SECRET".into(),
             Statement::Sql(_) | Statement::Empty => "SELECT".into(),
         }
     }
@@ -477,7 +501,7 @@ impl<'a> StatementParser<'a> {
         let kinds = ["SOURCE", "SINK", "PIPELINE"];
         let plural = ["SOURCES", "SINKS", "PIPELINES"];
         match (w0.as_deref(), w1.as_deref()) {
-            (Some("CREATE" | "ALTER" | "DROP"), Some("USER")) => true,
+            (Some("CREATE" | "ALTER" | "DROP"), Some("USER" | "SECRET")) => true,
             (Some("CREATE"), Some(k)) | (Some("DROP"), Some(k)) => kinds.contains(&k),
             (Some("START"), Some("PIPELINE")) | (Some("STOP"), Some("PIPELINE")) => true,
             (Some("SHOW"), Some(k)) if plural.contains(&k) => true,
@@ -497,14 +521,18 @@ impl<'a> StatementParser<'a> {
             self.end()?;
             return Ok(Statement::Sql(Box::new(stmt)));
         }
-        let stmt = if self.peek_word(1).as_deref() == Some("USER") {
+        let object = self.peek_word(1);
+        let stmt = if matches!(object.as_deref(), Some("USER" | "SECRET")) {
             let verb = self.peek_word(0);
             self.parser.next_token();
             self.parser.next_token();
-            match verb.as_deref() {
-                Some("CREATE") => self.create_user()?,
-                Some("ALTER") => self.alter_user()?,
-                _ => self.drop_user()?,
+            match (verb.as_deref(), object.as_deref()) {
+                (Some("CREATE"), Some("USER")) => self.create_user()?,
+                (Some("ALTER"), Some("USER")) => self.alter_user()?,
+                (_, Some("USER")) => self.drop_user()?,
+                (Some("CREATE"), _) => self.create_secret()?,
+                (Some("ALTER"), _) => self.alter_secret()?,
+                _ => self.drop_secret()?,
             }
         } else if self.word("CREATE") {
             let kind = self.kind(false)?;
@@ -681,25 +709,43 @@ impl<'a> StatementParser<'a> {
             }
             return Ok(BTreeMap::new());
         }
-        let opts = self.parser.parse_options(Keyword::WITH)?;
+        self.parser.expect_keyword(Keyword::WITH)?;
+        self.parser.expect_token(&Token::LParen)?;
         let mut out = BTreeMap::new();
-        for o in opts {
-            match o {
-                SqlOption::KeyValue { key, value } => {
-                    let v = option_value(&value).ok_or_else(|| {
-                        ParserError::ParserError(format!(
-                            "option '{}' needs a literal value, found {value}",
-                            key.value
-                        ))
-                    })?;
-                    out.insert(key.value.to_ascii_lowercase(), v);
-                }
-                other => {
+        if self.parser.consume_token(&Token::RParen) {
+            return Ok(out);
+        }
+        loop {
+            let key = self.parser.parse_identifier()?.value.to_ascii_lowercase();
+            self.parser.expect_token(&Token::Eq)?;
+            let value = if self.peek_word(0).as_deref() == Some("SECRET")
+                && matches!(self.parser.peek_nth_token(1).token, Token::Word(_))
+            {
+                // `password = SECRET name`: the secret's value, put in where the connector
+                // is given its options.
+                self.parser.next_token();
+                tributary_connectors::options::secret_reference_to(&self.name()?)
+            } else {
+                let value = self.parser.parse_expr()?;
+                let v = option_value(&value).ok_or_else(|| {
+                    ParserError::ParserError(format!(
+                        "option '{key}' needs a literal value, found {value}"
+                    ))
+                })?;
+                if v.chars()
+                    .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+                {
                     return Err(ParserError::ParserError(format!(
-                        "expected key = 'value' in WITH (...), found {other}"
-                    )))
+                        "option '{key}' holds a control character"
+                    )));
                 }
+                v
+            };
+            out.insert(key, value);
+            if self.parser.consume_token(&Token::RParen) {
+                break;
             }
+            self.parser.expect_token(&Token::Comma)?;
         }
         let _ = self.sql;
         Ok(out)

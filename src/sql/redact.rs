@@ -22,21 +22,31 @@ pub fn redact_statement(sql: &str) -> String {
             redact_url_password(sql)
         };
     };
+    let words: Vec<String> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .take(2)
+        .map(|t| t.to_string().to_ascii_uppercase())
+        .collect();
+    // CREATE SECRET and ALTER SECRET: every string is the value.
+    let all_secret = matches!(words.get(1).map(String::as_str), Some("SECRET"))
+        && matches!(words.first().map(String::as_str), Some("CREATE" | "ALTER"));
     let mut out = String::with_capacity(sql.len());
     // The last two tokens that were not whitespace: `PASSWORD`, or a secret key and `=`.
     let mut before: [Option<&Token>; 2] = [None, None];
     for token in &tokens {
         match token {
             Token::SingleQuotedString(s) => {
-                let secret = match before {
-                    [_, Some(Token::Word(w))] => w.value.eq_ignore_ascii_case("password"),
-                    [Some(key), Some(Token::Eq)] => match key {
-                        Token::Word(w) => is_secret_key(&w.value),
-                        Token::SingleQuotedString(k) => is_secret_key(k),
+                let secret = all_secret
+                    || match before {
+                        [_, Some(Token::Word(w))] => w.value.eq_ignore_ascii_case("password"),
+                        [Some(key), Some(Token::Eq)] => match key {
+                            Token::Word(w) => is_secret_key(&w.value),
+                            Token::SingleQuotedString(k) => is_secret_key(k),
+                            _ => false,
+                        },
                         _ => false,
-                    },
-                    _ => false,
-                };
+                    };
                 let shown = if secret {
                     MASK.to_string()
                 } else {
@@ -76,6 +86,10 @@ mod tests {
         );
         assert!(create.contains("table = 't'"), "{create}");
         assert_eq!(redact_statement("SELECT 'password'"), "SELECT 'password'");
+        assert_eq!(
+            redact_statement("create secret pg as 'postgres://u:pw@h/db'"),
+            "create secret pg as '********'"
+        );
         let broken = redact_statement("CREATE USER x PASSWORD 'unterminated");
         assert!(!broken.contains("unterminated"), "{broken}");
     }

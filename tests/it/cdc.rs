@@ -13,7 +13,7 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::harness::*;
 
-const PASSWORD: &str = "pg-secret";
+pub(crate) const PASSWORD: &str = "pg-secret";
 
 /// A PostgreSQL cluster of our own, stopped and removed when dropped.
 pub struct PgCluster {

@@ -28,6 +28,23 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tributary")
 }
 
+/// The tests' inputs and outputs sit beside the data directory (in the test's temporary
+/// directory) or in the repository: the directories a test server may use, unless the test
+/// names its own.
+fn allowed_paths(data_dir: &Path, args: &[&str]) -> Vec<String> {
+    if args.contains(&"--allow-path") {
+        return Vec::new();
+    }
+    let beside = data_dir.parent().unwrap_or(data_dir);
+    let repository = std::env::current_dir().unwrap();
+    vec![
+        "--allow-path".into(),
+        beside.display().to_string(),
+        "--allow-path".into(),
+        repository.display().to_string(),
+    ]
+}
+
 impl Server {
     /// Starts a server over `data_dir` and waits until it says it serves. Its ports are picked
     /// free and then bound by the server: another test's server can take one in between, so a
@@ -87,6 +104,7 @@ impl Server {
             .arg(data_dir)
             .args(["--pg-listen", &format!("127.0.0.1:{port}")])
             .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+            .args(allowed_paths(data_dir, args))
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -571,5 +589,20 @@ pub async fn error_message(c: &Client, sql: &str) -> String {
             .as_db_error()
             .map(|d| d.message().to_string())
             .unwrap_or_else(|| e.to_string()),
+    }
+}
+
+/// Kills a helper process (a broker, a registry) and, when the test is failing, prints the end
+/// of its log, which goes with its temporary directory.
+pub fn stop_showing_log(child: &mut Child, log: &Path, what: &str) {
+    let _ = child.kill();
+    let _ = child.wait();
+    if std::thread::panicking() {
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        eprintln!("--- {what} log (last lines) ---");
+        for line in tail.into_iter().rev() {
+            eprintln!("{line}");
+        }
     }
 }

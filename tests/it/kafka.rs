@@ -14,6 +14,8 @@ pub struct Broker {
     child: Child,
     dir: tempfile::TempDir,
     pub bootstrap: String,
+    /// With [`Broker::start_with_sasl`]: a listener that wants SASL/PLAIN logins.
+    pub sasl_bootstrap: String,
 }
 
 /// Any valid cluster id: each broker formats its own fresh log directory.
@@ -21,6 +23,12 @@ const CLUSTER_ID: &str = "q1Sh-9_ISia_zwGINzRvyQ";
 
 impl Broker {
     pub async fn start() -> Broker {
+        Self::start_with_sasl(&[]).await
+    }
+
+    /// A broker with a second listener, SASL_PLAINTEXT with the PLAIN mechanism, for `users`
+    /// (name, password); the first stays PLAINTEXT for the test's own clients.
+    pub async fn start_with_sasl(users: &[(&str, &str)]) -> Broker {
         let libs = std::env::var("KAFKA_LIBS").unwrap_or_else(|_| {
             format!(
                 "{}/.cache/tributary/kafka-4.1.1/libs",
@@ -33,7 +41,31 @@ impl Broker {
         );
         let classpath = format!("{libs}/*");
         let dir = tempfile::tempdir().unwrap();
-        let (port, controller_port) = (free_port(), free_port());
+        let (port, controller_port, sasl_port) = (free_port(), free_port(), free_port());
+        let sasl = if users.is_empty() {
+            String::new()
+        } else {
+            let accounts: String = users
+                .iter()
+                .map(|(u, p)| format!(" user_{u}=\"{p}\""))
+                .collect();
+            format!(
+                "sasl.enabled.mechanisms=PLAIN\n\
+                 listener.name.sasl_plaintext.plain.sasl.jaas.config=\
+                 org.apache.kafka.common.security.plain.PlainLoginModule required{accounts};\n"
+            )
+        };
+        let (listeners, advertised) = if users.is_empty() {
+            (
+                format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}"),
+                format!("PLAINTEXT://127.0.0.1:{port}"),
+            )
+        } else {
+            (
+                format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}"),
+                format!("PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}"),
+            )
+        };
         let config = dir.path().join("server.properties");
         std::fs::write(
             &config,
@@ -41,17 +73,17 @@ impl Broker {
                 "process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{controller_port}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listeners={listeners}
+advertised.listeners={advertised}
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 log.dirs={}
 offsets.topic.replication.factor=1
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 group.initial.rebalance.delay.ms=0
-",
+{sasl}",
                 dir.path().join("logs").display()
             ),
         )
@@ -100,6 +132,7 @@ group.initial.rebalance.delay.ms=0
             child,
             dir,
             bootstrap: format!("127.0.0.1:{port}"),
+            sasl_bootstrap: format!("127.0.0.1:{sasl_port}"),
         }
     }
 
@@ -226,17 +259,11 @@ assert p.flush(60) == 0
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log =
-                std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- Kafka broker log (last lines) ---");
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
-        }
+        stop_showing_log(
+            &mut self.child,
+            &self.dir.path().join("broker.log"),
+            "Kafka broker",
+        );
     }
 }
 

@@ -81,17 +81,11 @@ except Exception:
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log =
-                std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!("--- schema registry log (last lines) ---");
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
-        }
+        stop_showing_log(
+            &mut self.child,
+            &self.dir.path().join("registry.log"),
+            "schema registry",
+        );
     }
 }
 

@@ -24,15 +24,26 @@ fn run_executes_a_script_and_fails_on_errors() {
     )
     .unwrap();
     let data = tmp.path().join("data");
-    let out = Command::new(bin())
-        .args([
-            "run",
-            script.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    // The inputs and the lake are outside the data and working directories: refused, naming
+    // the option, until the directory is allowed.
+    let out = run(&[
+        script.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("ERROR [42501]") && stderr.contains("option 'path'"),
+        "{stderr}"
+    );
+    let out = run(&[
+        script.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--allow-path",
+        tmp.path().to_str().unwrap(),
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -45,19 +56,16 @@ fn run_executes_a_script_and_fails_on_errors() {
 
     let bad = tmp.path().join("bad.sql");
     std::fs::write(&bad, "SELECT 1;\nSELECT * FROM nowhere;\nSELECT 2;\n").unwrap();
-    let out = Command::new(bin())
-        .args([
-            "run",
-            bad.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let out = run(&[bad.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("ERROR [42P01]") && stderr.contains("nowhere"),
         "{stderr}"
     );
+}
+
+/// `tributary run` with `args`.
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(bin()).arg("run").args(args).output().unwrap()
 }

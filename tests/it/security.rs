@@ -5,6 +5,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
+use std::time::Duration;
 
 use crate::harness::*;
 
@@ -509,4 +510,249 @@ except Exception:
         !out.status.success() && stderr.contains("private key") && stderr.contains("test-ca.pem"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_feed_a_cdc_source_and_a_postgres_sink_and_never_show() {
+    use crate::cdc::{setup_source_db, PgCluster, PASSWORD};
+    let pg = PgCluster::start("logical");
+    let shop = setup_source_db(&pg, 100).await;
+    let warehouse = pg.client("warehouse").await;
+    let (_tmp, server) = start_fresh().await;
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SECRET shop_url AS '{shop}';
+         CREATE SECRET wh_url AS 'postgres://postgres:wrong-one@127.0.0.1:{port}/warehouse';
+         ALTER SECRET wh_url AS '{wh}';
+         CREATE SOURCE customers WITH (connector = 'postgres-cdc', url = SECRET shop_url, table = 'customers');
+         CREATE SINK wh WITH (connector = 'postgres', url = SECRET wh_url, table = 'public.customers', mode = 'upsert');
+         CREATE PIPELINE to_wh WITH (checkpoint_interval = '300ms') AS INSERT INTO wh SELECT * FROM customers;",
+        shop = pg.url("shop"),
+        wh = pg.url("warehouse"),
+        port = pg.port,
+    ))
+    .await
+    .unwrap();
+    // The rows arrive through both secrets, changes included.
+    shop.batch_execute("UPDATE customers SET name = 'renamed' WHERE id = 7")
+        .await
+        .unwrap();
+    poll(
+        Duration::from_secs(120),
+        "the change in the warehouse",
+        || async {
+            // The sink creates the table at its first commit.
+            let row = warehouse
+                .query_one(
+                    "SELECT count(*), count(*) FILTER (WHERE name = 'renamed') FROM public.customers",
+                    &[],
+                )
+                .await
+                .ok()?;
+            (row.get::<_, i64>(0) == 100 && row.get::<_, i64>(1) == 1).then_some(())
+        },
+    )
+    .await;
+
+    // SHOW CREATE and the system tables name the secrets, never their values.
+    let show: String = query(&c, "SHOW CREATE SOURCE customers").await[0]
+        .iter()
+        .flatten()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(show.contains("url = SECRET shop_url"), "{show}");
+    assert_eq!(
+        query_lines(
+            &c,
+            "SELECT name || ': ' || used_by FROM tributary.secrets ORDER BY name"
+        )
+        .await,
+        ["shop_url: customers", "wh_url: wh"]
+    );
+    let e = error_message(&c, "DROP SECRET shop_url").await;
+    assert!(e.contains("source \"customers\" use"), "{e}");
+    let e = error_message(
+        &c,
+        "CREATE SINK other WITH (connector = 'postgres', url = SECRET nope, table = 't')",
+    )
+    .await;
+    assert!(e.contains("secret \"nope\" does not exist"), "{e}");
+    // Over HTTP too.
+    let (_, sources) = crate::http::http(server.http_port, "GET", "/api/v1/sources").await;
+    let (_, sinks) = crate::http::http(server.http_port, "GET", "/api/v1/sinks").await;
+    let (_, pipelines) = crate::http::http(server.http_port, "GET", "/api/v1/pipelines").await;
+
+    let mut seen = String::new();
+    for table in [
+        "sources",
+        "sinks",
+        "pipelines",
+        "events",
+        "sessions",
+        "secrets",
+        "errors",
+    ] {
+        seen += &query_lines(&c, &format!("SELECT * FROM tributary.{table}"))
+            .await
+            .join("\n");
+    }
+    seen += &show;
+    let catalog = std::fs::read_to_string(server.data_dir.join("catalog.json")).unwrap();
+    let dir = server.data_dir.clone();
+    let key = std::fs::metadata(dir.join("secret.key")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    assert_eq!(key.len(), 32);
+    for (place, text) in [
+        ("a system table or SHOW CREATE", &seen),
+        ("catalog.json", &catalog),
+        ("the log", &server.log()),
+        ("the API's sources", &sources),
+        ("the API's sinks", &sinks),
+        ("the API's pipelines", &pipelines),
+    ] {
+        for secret in [PASSWORD, "wrong-one"] {
+            assert!(!text.contains(secret), "{secret} in {place}");
+        }
+    }
+    // Every file the engine wrote in its data directory.
+    for entry in walk(&dir) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(PASSWORD),
+            "the password in {}",
+            entry.display()
+        );
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_sources_and_sinks_stay_inside_the_allowed_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let inputs = tmp.path().join("inputs");
+    std::fs::create_dir_all(&inputs).unwrap();
+    std::fs::write(inputs.join("a.csv"), "id\n1\n2\n").unwrap();
+    std::os::unix::fs::symlink("/etc", inputs.join("etc")).unwrap();
+    let server = Server::start_with(&data, &["--allow-path", inputs.to_str().unwrap()]).await;
+    let c = server.client().await;
+    let refused = |sql: String| {
+        let c = &c;
+        async move {
+            let e = c.batch_execute(&sql).await.unwrap_err();
+            let db = e.as_db_error().expect("a server error").clone();
+            assert_eq!(db.code().code(), "42501", "{sql}: {}", db.message());
+            assert!(db.message().contains("option 'path'"), "{}", db.message());
+        }
+    };
+    let file = |path: String| {
+        format!("CREATE SOURCE s (id BIGINT) WITH (connector = 'file', path = '{path}', format = 'csv')")
+    };
+    refused(file("/etc/passwd".into())).await;
+    refused(file(format!("{}/etc/passwd", inputs.display()))).await;
+    refused(file(format!("{}/../elsewhere/*.csv", inputs.display()))).await;
+    refused(file("file:///etc/passwd".into())).await;
+    refused(format!(
+        "CREATE SINK out WITH (connector = 'parquet', path = '{}')",
+        tmp.path().join("out").display()
+    ))
+    .await;
+    refused(format!(
+        "CREATE SINK out WITH (connector = 'delta', path = '{}/etc/lake')",
+        inputs.display()
+    ))
+    .await;
+    // Inside the allowed directory and the data directory, all is as before.
+    c.batch_execute(&format!(
+        "{};
+         CREATE SINK out WITH (connector = 'parquet', path = '{}');
+         CREATE PIPELINE p WITH (mode = 'batch') AS INSERT INTO out SELECT id FROM s;",
+        file(format!("{}/*.csv", inputs.display())),
+        data.join("out").display()
+    ))
+    .await
+    .unwrap();
+    wait_state(&c, "p", "completed").await;
+    assert_eq!(scalar(&c, "SELECT count(*) FROM out").await, "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_over_sasl_with_its_password_in_a_secret() {
+    const KAFKA_PASSWORD: &str = "etl-kafka-pa55";
+    let broker = crate::kafka::Broker::start_with_sasl(&[("etl", KAFKA_PASSWORD)]).await;
+    broker.create_topic("orders_sasl", 2);
+    broker.create_topic("orders_sasl_out", 2);
+    broker.produce("orders_sasl", 0, 100, 0);
+    let (_tmp, server) = start_fresh().await;
+    let c = server.client().await;
+    let sasl = |secret: &str| {
+        format!(
+            "bootstrap_servers = '{}', \"properties.security.protocol\" = 'SASL_PLAINTEXT', \
+             \"properties.sasl.mechanism\" = 'PLAIN', \"properties.sasl.username\" = 'etl', \
+             \"properties.sasl.password\" = SECRET {secret}",
+            broker.sasl_bootstrap
+        )
+    };
+    c.batch_execute(&format!(
+        "CREATE SECRET kafka_pw AS '{KAFKA_PASSWORD}';
+         CREATE SOURCE orders (id BIGINT, name TEXT, amount BIGINT) WITH (connector = 'kafka', topic = 'orders_sasl', {});
+         CREATE SINK out WITH (connector = 'kafka', topic = 'orders_sasl_out', key = 'id', {});
+         CREATE PIPELINE relay WITH (mode = 'batch') AS INSERT INTO out SELECT id, name FROM orders;",
+        sasl("kafka_pw"),
+        sasl("kafka_pw")
+    ))
+    .await
+    .unwrap();
+    wait_state(&c, "relay", "completed").await;
+    assert_eq!(counters(&c, "relay").await, (100, 100, 0));
+    assert_eq!(broker.consume_all("orders_sasl_out").len(), 100);
+
+    // A wrong password: the broker drops the connection, so CREATE fails (librdkafka reports a
+    // transport failure, its words), and the error does not repeat the password.
+    c.batch_execute("CREATE SECRET wrong_pw AS 'not-the-kafka-password'")
+        .await
+        .unwrap();
+    let e = error_message(
+        &c,
+        &format!(
+            "CREATE SOURCE nope (id BIGINT) WITH (connector = 'kafka', topic = 'orders_sasl', {})",
+            sasl("wrong_pw")
+        ),
+    )
+    .await;
+    assert!(e.contains("orders_sasl"), "{e}");
+    let options = scalar(
+        &c,
+        "SELECT options FROM tributary.sources WHERE name = 'orders'",
+    )
+    .await;
+    assert!(options.contains("SECRET kafka_pw"), "{options}");
+    for (place, text) in [
+        ("the error", e),
+        ("the log", server.log()),
+        ("tributary.sources", options),
+    ] {
+        assert!(
+            !text.contains(KAFKA_PASSWORD) && !text.contains("not-the-kafka-password"),
+            "a Kafka password in {place}"
+        );
+    }
 }

@@ -23,6 +23,8 @@ async fn served() -> (tempfile::TempDir, Arc<Engine>, Router) {
     )
     .unwrap();
     let engine = Engine::open(&dir.path().join("data")).await.unwrap();
+    // The input sits beside the data directory.
+    engine.allow_paths(&[dir.path().to_path_buf()]).unwrap();
     engine
         .execute_sql(&format!(
             "CREATE SOURCE events (id BIGINT, name TEXT) WITH (connector = 'file', path = '{}', format = 'json');

@@ -1,4 +1,5 @@
-//! Parses the user statements: `CREATE USER`, `ALTER USER` and `DROP USER`.
+//! Parses the statements about users and secrets: `CREATE|ALTER|DROP USER` and
+//! `CREATE|ALTER|DROP SECRET`.
 
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::ParserError;
@@ -6,8 +7,8 @@ use datafusion::sql::sqlparser::tokenizer::Token;
 
 use super::{Statement, StatementParser};
 
-/// A password as written in a statement. It never prints: not in `Debug` output, logs or
-/// errors.
+/// A password or a secret's value as written in a statement. It never prints: not in `Debug`
+/// output, logs or errors.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Password(pub String);
 
@@ -53,15 +54,49 @@ impl StatementParser<'_> {
         Ok(Statement::DropUser { name, if_exists })
     }
 
+    /// After `CREATE SECRET`: `[IF NOT EXISTS] name AS '...'`.
+    pub(super) fn create_secret(&mut self) -> Result<Statement, ParserError> {
+        let if_not_exists =
+            self.parser
+                .parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+        let name = self.name()?;
+        self.parser.expect_keyword(Keyword::AS)?;
+        let value = self.quoted_secret()?;
+        Ok(Statement::CreateSecret {
+            name,
+            if_not_exists,
+            value,
+        })
+    }
+
+    /// After `ALTER SECRET`: `name AS '...'`.
+    pub(super) fn alter_secret(&mut self) -> Result<Statement, ParserError> {
+        let name = self.name()?;
+        self.parser.expect_keyword(Keyword::AS)?;
+        let value = self.quoted_secret()?;
+        Ok(Statement::AlterSecret { name, value })
+    }
+
+    /// After `DROP SECRET`: `[IF EXISTS] name`.
+    pub(super) fn drop_secret(&mut self) -> Result<Statement, ParserError> {
+        let if_exists = self.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let name = self.name()?;
+        Ok(Statement::DropSecret { name, if_exists })
+    }
+
     fn password(&mut self) -> Result<Password, ParserError> {
         self.word("WITH");
         self.expect_word("PASSWORD")?;
+        self.quoted_secret()
+    }
+
+    fn quoted_secret(&mut self) -> Result<Password, ParserError> {
         let t = self.parser.next_token();
         match t.token {
             Token::SingleQuotedString(s) => Ok(Password(s)),
             // Not the parser's usual "found: <token>": the token may be the password.
             _ => Err(ParserError::ParserError(format!(
-                "Expected: a password in single quotes at Line: {}, Column: {}",
+                "Expected: a value in single quotes at Line: {}, Column: {}",
                 t.span.start.line, t.span.start.column
             ))),
         }

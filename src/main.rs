@@ -53,6 +53,9 @@ enum Command {
         /// Refuse Postgres clients that do not use TLS (needs --tls-cert).
         #[arg(long, requires = "tls_cert")]
         require_tls: bool,
+        /// Postgres-wire connections at once; the next is refused (53300).
+        #[arg(long, default_value_t = 100)]
+        max_connections: usize,
         #[command(flatten)]
         paths: AllowedPaths,
     },
@@ -69,6 +72,12 @@ enum Command {
         #[command(flatten)]
         paths: AllowedPaths,
     },
+}
+
+/// Who the Postgres-wire listener takes.
+struct WireLimits {
+    require_tls: bool,
+    max_connections: usize,
 }
 
 /// Where file sources and sinks may read and write.
@@ -152,6 +161,7 @@ async fn async_main() -> ExitCode {
             tls_cert,
             tls_key,
             require_tls,
+            max_connections,
             paths,
         } => {
             let tls = tls_cert.zip(tls_key);
@@ -161,7 +171,10 @@ async fn async_main() -> ExitCode {
                 http_listen,
                 admin_password_file,
                 tls,
-                require_tls,
+                WireLimits {
+                    require_tls,
+                    max_connections,
+                },
                 paths,
             )
             .await
@@ -209,7 +222,7 @@ async fn serve(
     http_listen: SocketAddr,
     admin_password_file: Option<PathBuf>,
     tls: Option<(PathBuf, PathBuf)>,
-    require_tls: bool,
+    limits: WireLimits,
     paths: AllowedPaths,
 ) -> anyhow::Result<ExitCode> {
     use tributary::server::http;
@@ -221,9 +234,10 @@ async fn serve(
     if identity.is_none() && !http_listen.ip().is_loopback() {
         return Err(http::HttpError::NotLoopback { addr: http_listen }.into());
     }
-    let security = tributary::server::pgwire::WireSecurity {
+    let settings = tributary::server::pgwire::WireSettings {
         tls: identity.as_ref().map(|i| i.pgwire()),
-        require_tls,
+        require_tls: limits.require_tls,
+        max_connections: Some(limits.max_connections.max(1)),
     };
     let engine = Engine::open(&data_dir)
         .await
@@ -259,7 +273,7 @@ async fn serve(
     tracing::info!(addr = %pg_listen, http = %http_listen, data_dir = %data_dir.display(), tls = tls.is_some(), "Tributary is serving Postgres-wire clients and HTTP.");
     engine.resume_pipelines().await?;
     ready.store(true, Ordering::Release);
-    tributary::server::pgwire::serve(engine.clone(), listener, security, shutdown_signal()).await?;
+    tributary::server::pgwire::serve(engine.clone(), listener, settings, shutdown_signal()).await?;
     let _ = http_stop.send(());
     // Open HTTP connections get a few seconds to finish; the final checkpoints do not wait on
     // a stuck client.

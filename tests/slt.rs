@@ -129,7 +129,7 @@ async fn run_file(path: &Path, root: &Path) -> Result<(), String> {
     let server = tokio::spawn(tributary::server::pgwire::serve(
         engine.clone(),
         listener,
-        tributary::server::pgwire::WireSecurity::default(),
+        tributary::server::pgwire::WireSettings::default(),
         async move {
             let _ = stop_rx.await;
         },

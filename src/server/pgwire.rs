@@ -48,20 +48,70 @@ pub struct Backend {
     parser: Arc<Parser>,
 }
 
-/// How connections are secured.
+/// How connections are secured and how many are taken.
 #[derive(Default)]
-pub struct WireSecurity {
+pub struct WireSettings {
     /// TLS, offered to clients that ask (psql's `sslmode=prefer`, the default, asks).
     pub tls: Option<pgwire::tokio::TlsAcceptor>,
     /// Refuse clients that do not use TLS.
     pub require_tls: bool,
+    /// At most this many connections at once (`None`: no limit); the next is refused with
+    /// PostgreSQL's `53300 sorry, too many clients already`.
+    pub max_connections: Option<usize>,
+}
+
+/// Refuses a connection past `max_connections` as PostgreSQL does: an encryption request
+/// (SSL, GSS) is answered "no", the startup message read (at most 10,000 bytes), then the error
+/// sent, which every client shows.
+async fn refuse(socket: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SSL_REQUEST: i32 = 80877103;
+    const GSS_REQUEST: i32 = 80877104;
+    for _ in 0..3 {
+        let mut head = [0u8; 8];
+        socket.read_exact(&mut head).await?;
+        let len = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let code = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        if len == 8 && (code == SSL_REQUEST || code == GSS_REQUEST) {
+            socket.write_all(b"N").await?;
+            continue;
+        }
+        if (8..=10_000).contains(&len) {
+            let mut rest = vec![0u8; len as usize - 8];
+            socket.read_exact(&mut rest).await?;
+        }
+        break;
+    }
+    socket.write_all(&too_many_clients()).await?;
+    socket.shutdown().await
+}
+
+/// PostgreSQL's refusal of a connection past `max_connections`: an ErrorResponse, sent before
+/// the startup (libpq and the drivers read it whatever they sent first).
+fn too_many_clients() -> Vec<u8> {
+    let mut body = Vec::new();
+    for (field, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', "53300"),
+        (b'M', "sorry, too many clients already"),
+    ] {
+        body.push(field);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut message = vec![b'E'];
+    message.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    message.extend(body);
+    message
 }
 
 /// Serves Postgres clients on `listener` until `shutdown` resolves.
 pub async fn serve(
     engine: Arc<Engine>,
     listener: TcpListener,
-    security: WireSecurity,
+    settings: WireSettings,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     // Connections by pid and secret key: registered at startup, found by cancel requests.
@@ -74,7 +124,7 @@ pub async fn serve(
         startup: Arc::new(Startup::new(
             backend.engine.clone(),
             connections.clone(),
-            security.require_tls,
+            settings.require_tls,
         )),
         cancel: Arc::new(CancelQueries {
             connections,
@@ -82,6 +132,9 @@ pub async fn serve(
         }),
         backend,
     });
+    let slots = settings
+        .max_connections
+        .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -94,9 +147,27 @@ pub async fn serve(
                         continue;
                     }
                 };
+                // A slot for as long as the connection lasts.
+                let slot = match slots.as_ref().map(|s| s.clone().try_acquire_owned()) {
+                    Some(Err(_)) => {
+                        tracing::warn!(%peer, "Refused a connection: too many clients.");
+                        let mut socket = socket;
+                        tokio::spawn(async move {
+                            let _ = tokio::time::timeout(
+                                std::time::Duration::from_secs(5),
+                                refuse(&mut socket),
+                            )
+                            .await;
+                        });
+                        continue;
+                    }
+                    Some(Ok(permit)) => Some(permit),
+                    None => None,
+                };
                 let h = handlers.clone();
-                let tls = security.tls.clone();
+                let tls = settings.tls.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     if let Err(e) = pgwire::tokio::process_socket(socket, tls, h).await {
                         tracing::debug!(%peer, error = %e, "Connection ended with an error.");
                     }

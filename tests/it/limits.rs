@@ -1,6 +1,7 @@
 //! Statements nested deeper than the engine plans safely: every statement kind ends in an error
 //! for that client (SQLSTATE 54001), never in a stack overflow that takes the server and its
-//! running pipelines down; statements just inside the limit still work end to end.
+//! running pipelines down; statements just inside the limit still work end to end. And
+//! connections past `--max-connections`, refused with 53300 while the others are served.
 
 use tokio_postgres::error::SqlState;
 
@@ -167,4 +168,45 @@ async fn tributary_run_refuses_a_deep_script_statement() {
     // Exit code 1 with the error; a stack overflow would abort (no exit code, SIGABRT).
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("ERROR [54001]"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_refused_and_the_others_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start_with(&tmp.path().join("data"), &["--max-connections", "3"]).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(server.client().await);
+    }
+    let address = format!("host=127.0.0.1 port={} user=tributary", server.port);
+    let connect = || tokio_postgres::connect(&address, tokio_postgres::NoTls);
+    let e = connect()
+        .await
+        .err()
+        .expect("a fourth connection was refused");
+    let db = e.as_db_error().expect("the server's error");
+    assert_eq!(db.code(), &SqlState::TOO_MANY_CONNECTIONS);
+    assert_eq!(db.message(), "sorry, too many clients already");
+    let out = psql(server.port, &["-c", "SELECT 1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("too many clients"),
+        "{stderr}"
+    );
+    // The three are served; when one leaves, its slot is free again.
+    for c in &clients {
+        assert_eq!(scalar(c, "SELECT 1").await, "1");
+    }
+    drop(clients.pop());
+    let again = poll(
+        std::time::Duration::from_secs(30),
+        "a free slot",
+        || async {
+            let (client, conn) = connect().await.ok()?;
+            tokio::spawn(conn);
+            Some(client)
+        },
+    )
+    .await;
+    assert_eq!(scalar(&again, "SELECT 2").await, "2");
 }

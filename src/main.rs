@@ -57,7 +57,7 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         max_connections: usize,
         #[command(flatten)]
-        paths: AllowedPaths,
+        paths: PathArgs,
     },
     /// Execute a SQL script embedded, waiting for batch pipelines to complete.
     Run {
@@ -70,7 +70,7 @@ enum Command {
         #[arg(long)]
         quiet: bool,
         #[command(flatten)]
-        paths: AllowedPaths,
+        paths: PathArgs,
     },
 }
 
@@ -82,7 +82,7 @@ struct WireLimits {
 
 /// Where file sources and sinks may read and write.
 #[derive(clap::Args)]
-struct AllowedPaths {
+struct PathArgs {
     /// A directory file sources and sinks may use besides the data directory (repeatable;
     /// replaces the default, the working directory).
     #[arg(
@@ -93,7 +93,7 @@ struct AllowedPaths {
     allow_paths: Vec<PathBuf>,
 }
 
-impl AllowedPaths {
+impl PathArgs {
     /// Applies the directories given, if any, to `engine`.
     fn apply(&self, engine: &Engine) -> tributary::Result<()> {
         if self.allow_paths.is_empty() {
@@ -223,7 +223,7 @@ async fn serve(
     admin_password_file: Option<PathBuf>,
     tls: Option<(PathBuf, PathBuf)>,
     limits: WireLimits,
-    paths: AllowedPaths,
+    paths: PathArgs,
 ) -> anyhow::Result<ExitCode> {
     use tributary::server::http;
     let identity = match &tls {
@@ -325,7 +325,7 @@ async fn run(
     script: PathBuf,
     data_dir: PathBuf,
     quiet: bool,
-    paths: AllowedPaths,
+    paths: PathArgs,
 ) -> anyhow::Result<ExitCode> {
     let sql = std::fs::read_to_string(&script)
         .with_context(|| format!("reading {}", script.display()))?;

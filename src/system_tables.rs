@@ -467,24 +467,11 @@ impl SystemSchema {
                 // Names and who uses them: never a value, sealed or not.
                 let secrets = self.catalog.secrets();
                 let used_by = |name: &str| {
-                    let sources = self
+                    let users: Vec<String> = self
                         .catalog
-                        .sources()
+                        .secret_users(name)
                         .into_iter()
-                        .map(|s| (s.name, s.options));
-                    let sinks = self
-                        .catalog
-                        .sinks()
-                        .into_iter()
-                        .map(|s| (s.name, s.options));
-                    let users: Vec<String> = sources
-                        .chain(sinks)
-                        .filter(|(_, options)| {
-                            crate::catalog::secrets::referenced(options)
-                                .iter()
-                                .any(|(_, n)| n == name)
-                        })
-                        .map(|(object, _)| object)
+                        .map(|(_, object)| object)
                         .collect();
                     Some(users.join(", "))
                 };

@@ -164,6 +164,19 @@ struct CatalogData {
 }
 
 impl CatalogData {
+    /// The sources and sinks whose options name secret `name`.
+    fn secret_users(&self, name: &str) -> Vec<(ObjectKind, String)> {
+        let names = |options: &BTreeMap<String, String>| {
+            secrets::referenced(options).iter().any(|(_, n)| n == name)
+        };
+        let sources = self.sources.values().filter(|s| names(&s.options));
+        let sinks = self.sinks.values().filter(|s| names(&s.options));
+        sources
+            .map(|s| (ObjectKind::Source, s.name.clone()))
+            .chain(sinks.map(|s| (ObjectKind::Sink, s.name.clone())))
+            .collect()
+    }
+
     /// Fails when a source or sink already has this name (they share one namespace).
     fn check_table_name(&self, name: &str) -> Result<()> {
         let kind = if self.sources.contains_key(name) {
@@ -434,24 +447,9 @@ impl Catalog {
                 return Ok(false);
             }
             let users: Vec<String> = d
-                .sources
-                .values()
-                .filter(|s| {
-                    secrets::referenced(&s.options)
-                        .iter()
-                        .any(|(_, n)| n == name)
-                })
-                .map(|s| format!("source \"{}\"", s.name))
-                .chain(
-                    d.sinks
-                        .values()
-                        .filter(|s| {
-                            secrets::referenced(&s.options)
-                                .iter()
-                                .any(|(_, n)| n == name)
-                        })
-                        .map(|s| format!("sink \"{}\"", s.name)),
-                )
+                .secret_users(name)
+                .into_iter()
+                .map(|(kind, object)| format!("{} \"{object}\"", kind.name()))
                 .collect();
             if !users.is_empty() {
                 return Err(Error::DependentObjects(format!(
@@ -465,6 +463,11 @@ impl Catalog {
         self.events
             .record("drop", "secret", name, format!("DROP SECRET {name}"));
         Ok(true)
+    }
+
+    /// The sources and sinks whose options name secret `name`.
+    pub fn secret_users(&self, name: &str) -> Vec<(ObjectKind, String)> {
+        self.data.read().secret_users(name)
     }
 
     /// Every secret (sealed), by name.

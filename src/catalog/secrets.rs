@@ -12,6 +12,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_L
 use serde::{Deserialize, Serialize};
 use tributary_connectors::options::secret_reference;
 
+use super::users::random_bytes;
 use crate::error::{Error, Result};
 
 /// The environment variable that can hold the key (base64 of 32 bytes) instead of the file.
@@ -63,9 +64,7 @@ impl SecretKey {
                 path.display()
             ))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let bytes: Vec<u8> = (0..2)
-                    .flat_map(|_| *uuid::Uuid::new_v4().as_bytes())
-                    .collect();
+                let bytes = random_bytes::<32>();
                 write_private(&path, &bytes)?;
                 SecretKey::from_bytes(&bytes)
             }
@@ -83,8 +82,7 @@ impl SecretKey {
 
     /// `value` sealed under a fresh random nonce, as stored.
     pub fn seal(&self, name: &str, value: &str) -> Result<String> {
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..NONCE_LEN]);
+        let nonce = random_bytes::<NONCE_LEN>();
         let mut sealed = value.as_bytes().to_vec();
         // The name is bound in: a sealed value copied onto another secret does not open.
         self.key

@@ -67,32 +67,23 @@ impl std::fmt::Debug for Verifier {
 impl Verifier {
     /// A verifier of `password` with a fresh random salt.
     pub fn new(password: &str) -> Verifier {
-        // A version 4 UUID's bytes: 122 random bits from the OS's generator.
-        let salt = uuid::Uuid::new_v4().as_bytes().to_vec();
-        Verifier::derive(password, salt, SCRAM_ITERATIONS)
+        Verifier::derive(password, random_bytes::<16>().to_vec(), SCRAM_ITERATIONS)
     }
 
+    /// RFC 5802's keys: `StoredKey = H(HMAC(SaltedPassword, "Client Key"))` and
+    /// `ServerKey = HMAC(SaltedPassword, "Server Key")`.
     fn derive(password: &str, salt: Vec<u8>, iterations: usize) -> Verifier {
+        use ring::{digest, hmac};
         let salted = gen_salted_password(password, &salt, iterations);
-        match ScramSecret::verifier_from_salted_password(salt.clone(), salted, iterations) {
-            ScramSecret::Verifier {
-                salt,
-                iterations,
-                stored_key,
-                server_key,
-            } => Verifier {
-                salt,
-                iterations,
-                stored_key,
-                server_key,
-            },
-            // verifier_from_salted_password always makes a Verifier.
-            ScramSecret::SaltedPassword { .. } => Verifier {
-                salt,
-                iterations,
-                stored_key: Vec::new(),
-                server_key: Vec::new(),
-            },
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &salted);
+        let client_key = hmac::sign(&key, b"Client Key");
+        Verifier {
+            salt,
+            iterations,
+            stored_key: digest::digest(&digest::SHA256, client_key.as_ref())
+                .as_ref()
+                .to_vec(),
+            server_key: hmac::sign(&key, b"Server Key").as_ref().to_vec(),
         }
     }
 
@@ -145,6 +136,23 @@ impl Verifier {
             server_key: self.server_key.clone(),
         }
     }
+}
+
+/// `N` bytes from the operating system's generator (ring's `SystemRandom`).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; N];
+    // getrandom(2) does not fail once the kernel's pool is ready, which it is after boot; a
+    // UUID (the same source) stands in should it ever.
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        for (b, u) in bytes
+            .iter_mut()
+            .zip(std::iter::repeat_with(uuid::Uuid::new_v4).flat_map(|u| u.into_bytes()))
+        {
+            *b = u;
+        }
+    }
+    bytes
 }
 
 /// A user name as accepted in CREATE USER: what PostgreSQL accepts as a role name, minus what

@@ -16,12 +16,23 @@ pub struct Server {
     pub data_dir: PathBuf,
 }
 
+/// A port free now and never handed out before in this test process: the kernel may give the
+/// same ephemeral port to two tests between one's choice and its server's bind (a broker's
+/// controller and a schema registry once both got 45505), so each port is given once.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn bin() -> &'static str {

@@ -144,6 +144,48 @@ impl PgCluster {
         );
     }
 
+    /// Turns TLS on with this certificate and key, and lets `tls_user` in over TLS only (its
+    /// plain-text connections are rejected); other users connect as before. Restarts.
+    pub fn enable_tls(&self, cert: &Path, key: &Path, tls_user: &str) {
+        let data = self.dir.path().join("data");
+        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            std::fs::copy(from, data.join(to)).unwrap();
+            std::fs::set_permissions(
+                data.join(to),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .unwrap();
+            if is_root() {
+                Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(data.join(to))
+                    .status()
+                    .unwrap();
+            }
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(
+            &mut conf,
+            b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )
+        .unwrap();
+        let hba = data.join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(
+            &hba,
+            format!(
+                "hostnossl all {tls_user} 127.0.0.1/32 reject\n\
+                 hostnossl replication {tls_user} 127.0.0.1/32 reject\n{rules}"
+            ),
+        )
+        .unwrap();
+        self.stop();
+        self.restart_server();
+    }
+
     pub fn stop(&self) {
         self.ctl(&["stop", "-m", "fast", "-w"]);
     }

@@ -21,7 +21,9 @@ pub struct Server {
 /// controller and a schema registry once both got 45505), so each port is given once.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     loop {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

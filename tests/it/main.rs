@@ -19,6 +19,7 @@ mod kafka_registry;
 mod limits;
 mod lookups;
 mod nexmark;
+mod postgres_tls;
 mod recovery;
 mod run_cmd;
 mod security;

@@ -285,7 +285,7 @@ print(call('POST', '/api/v1/pipelines/p/stop', 'admin', sys.argv[4])[0])
 
 /// A test CA and a certificate it signed for `localhost` and 127.0.0.1, made by openssl in
 /// `dir`: returns (CA certificate, server certificate, server key).
-fn test_certificates(dir: &std::path::Path, ca_name: &str) -> [std::path::PathBuf; 3] {
+pub(crate) fn test_certificates(dir: &std::path::Path, ca_name: &str) -> [std::path::PathBuf; 3] {
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)

@@ -6,12 +6,14 @@ pub mod pgoutput;
 pub mod sink;
 pub mod source;
 pub mod table;
+pub mod tls;
 pub mod types;
 
 use std::str::FromStr;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use tls::PgTls;
 use tokio_postgres::{Client, Config, NoTls};
 
 use crate::error::{ConnectorError, Result};
@@ -29,12 +31,14 @@ pub const LSN_COLUMN: &str = "_lsn";
 /// The commit time of the change's transaction (NULL for snapshot rows).
 pub const COMMIT_TS_COLUMN: &str = "_commit_ts";
 
-/// A parsed `postgres://user:password@host:port/db` URL.
+/// A parsed `postgres://user:password@host:port/db` URL, with libpq's `sslmode` and
+/// `sslrootcert` parameters.
 #[derive(Clone)]
 pub struct PgUrl {
     config: Config,
     host: String,
     port: u16,
+    tls: PgTls,
 }
 
 impl std::fmt::Debug for PgUrl {
@@ -46,18 +50,30 @@ impl std::fmt::Debug for PgUrl {
 impl PgUrl {
     /// Parses the `url` option.
     pub fn parse(url: &str) -> Result<Self> {
-        let config = Config::from_str(url).map_err(|e| ConnectorError::InvalidOption {
+        let invalid = |reason: String| ConnectorError::InvalidOption {
             option: "url".into(),
             value: crate::options::redact_url_password(url),
-            reason: format!("not a PostgreSQL URL (postgres://user:password@host:port/db): {e}"),
+            reason,
+        };
+        let (rest, tls) = PgTls::split(url).map_err(invalid)?;
+        let mut config = Config::from_str(&rest).map_err(|e| {
+            invalid(format!(
+                "not a PostgreSQL URL (postgres://user:password@host:port/db): {e}"
+            ))
         })?;
+        config.ssl_mode(tls.session_mode());
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
             None => "localhost".to_string(),
         };
         let port = config.get_ports().first().copied().unwrap_or(5432);
-        Ok(PgUrl { config, host, port })
+        Ok(PgUrl {
+            config,
+            host,
+            port,
+            tls,
+        })
     }
 
     /// User name.
@@ -92,16 +108,28 @@ impl PgUrl {
         cfg.application_name("tributary");
         cfg.options("-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3 -c bytea_output=hex -c IntervalStyle=postgres");
         cfg.connect_timeout(std::time::Duration::from_secs(10));
+        if self.tls.mode == tls::SslMode::Disable {
+            let (client, connection) = cfg
+                .connect(NoTls)
+                .await
+                .map_err(|e| self.connect_error(e))?;
+            tokio::spawn(drive(connection));
+            return Ok(client);
+        }
+        let connector = self.tls.connector().map_err(|reason| {
+            ConnectorError::Config(format!("TLS to PostgreSQL at {}: {reason}", self.display()))
+        })?;
         let (client, connection) = cfg
-            .connect(NoTls)
+            .connect(connector)
             .await
             .map_err(|e| self.connect_error(e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "PostgreSQL connection ended");
-            }
-        });
+        tokio::spawn(drive(connection));
         Ok(client)
+    }
+
+    /// The TLS settings of the replication stream.
+    pub fn replication_tls(&self) -> pgwire_replication::TlsConfig {
+        self.tls.replication()
     }
 
     /// What went wrong connecting, in words a user can act on.
@@ -112,20 +140,23 @@ impl PgUrl {
         }
         let msg = match e.as_db_error() {
             Some(db) => db.message().to_string(),
-            None => {
-                let mut s = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(inner) = src {
-                    s = format!("{s}: {inner}");
-                    src = inner.source();
-                }
-                s
-            }
+            None => with_causes(&e),
         };
         ConnectorError::Io {
             context: format!("connecting to PostgreSQL at {}", self.display()),
             source: msg.into(),
         }
+    }
+}
+
+/// Runs a session's connection until it ends.
+async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "PostgreSQL connection ended");
     }
 }
 
@@ -135,7 +166,7 @@ impl PgUrl {
 /// (40001, 40P01). Everything else (a constraint, a type, a missing table) fails the same way again.
 pub fn is_transient(e: &tokio_postgres::Error) -> bool {
     match e.code() {
-        None => e.as_db_error().is_none(),
+        None => e.as_db_error().is_none() && !tls_refused(e),
         Some(code) => {
             let code = code.code();
             code.starts_with("08")
@@ -145,6 +176,22 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
                 )
         }
     }
+}
+
+/// Whether TLS failed in a way a new attempt repeats: an untrusted certificate, or a server
+/// without TLS asked for it by `sslmode`.
+fn tls_refused(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        if let Some(failure) = inner.downcast_ref::<tls::TlsFailure>() {
+            return failure.permanent;
+        }
+        if inner.to_string() == "server does not support TLS" {
+            return true;
+        }
+        source = inner.source();
+    }
+    false
 }
 
 /// A failed statement as a connector error: [`ConnectorError::Io`] when retrying may help,
@@ -161,12 +208,24 @@ pub fn statement_error(context: impl Into<String>, e: tokio_postgres::Error) -> 
             }
             m
         }
-        None => e.to_string(),
+        None => with_causes(&e),
     };
     ConnectorError::Refused {
         context: context.into(),
         message,
     }
+}
+
+/// An error and the errors it wraps, outermost first ("error performing TLS handshake:
+/// invalid peer certificate: UnknownIssuer").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text = format!("{text}: {inner}");
+        source = inner.source();
+    }
+    text
 }
 
 /// `schema.table` split, `public` when no schema is given.

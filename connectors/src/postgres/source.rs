@@ -179,6 +179,7 @@ impl CdcOptions {
             self.publication.as_str(),
         )
         .with_port(self.url.port)
+        .with_tls(self.url.replication_tls())
         .with_start_lsn(Lsn(start))
         .with_ack_lsn(Lsn(ack))
         .with_options(SESSION_OPTIONS)

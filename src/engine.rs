@@ -164,6 +164,13 @@ impl Engine {
         &self.history
     }
 
+    /// The DataFusion session statements are planned in (for the fuzz targets, which plan
+    /// without running).
+    #[doc(hidden)]
+    pub fn session(&self) -> &SessionContext {
+        &self.ctx
+    }
+
     /// The catalog.
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog

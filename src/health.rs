@@ -206,7 +206,7 @@ pub fn verdict(
     let growth_per_s = (lag - then.lag.unwrap_or(lag)) as f64 / seconds;
     Some(if growth_per_s < 0.0 {
         Verdict::CatchingUp {
-            eta: Some(Duration::from_secs_f64(lag as f64 / -growth_per_s)),
+            eta: Duration::try_from_secs_f64(lag as f64 / -growth_per_s).ok(),
         }
     } else {
         Verdict::FallingBehind { lag, growth_per_s }

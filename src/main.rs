@@ -56,6 +56,10 @@ enum Command {
         /// Postgres-wire connections at once; the next is refused (53300).
         #[arg(long, default_value_t = 100)]
         max_connections: usize,
+        /// The longest Postgres-wire message a client may send (a statement, a COPY chunk),
+        /// such as `64MB`; a longer one ends its connection (54000).
+        #[arg(long, default_value = "64MB", value_parser = message_size)]
+        max_message_size: usize,
         #[command(flatten)]
         paths: PathArgs,
     },
@@ -78,6 +82,18 @@ enum Command {
 struct WireLimits {
     require_tls: bool,
     max_connections: usize,
+    max_message_size: usize,
+}
+
+/// A `--max-message-size` value: a size such as `64MB`, at least 1 kB (a startup message and
+/// the statements of psql's \d fit) and under PostgreSQL's 1 GB ceiling.
+fn message_size(value: &str) -> Result<usize, String> {
+    match tributary_connectors::options::parse_size(value) {
+        Some(n) if (1024..=(1 << 30) - 1).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{value}' is not a size between 1kB and 1GB (such as 64MB)"
+        )),
+    }
 }
 
 /// Where file sources and sinks may read and write.
@@ -162,6 +178,7 @@ async fn async_main() -> ExitCode {
             tls_key,
             require_tls,
             max_connections,
+            max_message_size,
             paths,
         } => {
             let tls = tls_cert.zip(tls_key);
@@ -174,6 +191,7 @@ async fn async_main() -> ExitCode {
                 WireLimits {
                     require_tls,
                     max_connections,
+                    max_message_size,
                 },
                 paths,
             )
@@ -238,6 +256,7 @@ async fn serve(
         tls: identity.as_ref().map(|i| i.pgwire()),
         require_tls: limits.require_tls,
         max_connections: Some(limits.max_connections.max(1)),
+        max_message_size: limits.max_message_size,
     };
     let engine = Engine::open(&data_dir)
         .await

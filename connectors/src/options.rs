@@ -263,8 +263,12 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
         "d" | "day" | "days" => n * 86_400.0,
         _ => return None,
     };
-    (secs > 0.0 && secs.is_finite()).then(|| std::time::Duration::from_secs_f64(secs))
+    // Past a century is no interval anyone means, and would overflow the clocks it is added to.
+    (secs > 0.0 && secs <= MAX_DURATION_SECS).then(|| std::time::Duration::from_secs_f64(secs))
 }
+
+/// The longest duration an option takes: a hundred years.
+pub const MAX_DURATION_SECS: f64 = 100.0 * 365.25 * 86_400.0;
 
 /// A size such as `512 MB`, `2GB`, `64 kB` or `1048576` (bytes); `None` when not one.
 pub fn parse_size(s: &str) -> Option<usize> {
@@ -356,5 +360,11 @@ mod tests {
         assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
         assert_eq!(parse_duration("soon"), None);
         assert_eq!(parse_duration("0s"), None);
+        // Too long for a clock: refused, where it once panicked.
+        assert_eq!(parse_duration("99999999999999999999999"), None);
+        assert_eq!(
+            parse_duration("36500 days"),
+            Some(Duration::from_secs(36500 * 86_400))
+        );
     }
 }

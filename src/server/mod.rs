@@ -2,8 +2,10 @@
 
 pub mod access;
 pub mod auth;
+pub mod connection;
 pub mod copy;
 pub mod encode;
+pub mod frames;
 pub mod http;
 pub mod pgwire;
 pub mod session;

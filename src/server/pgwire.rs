@@ -22,6 +22,7 @@ use pgwire::messages::cancel::CancelRequest;
 use tokio::net::TcpListener;
 
 use super::auth::Startup;
+use super::connection;
 use super::copy::{copy_out, header as copy_header, rows as copy_rows, CopyOut};
 use super::encode::{arrow_type_of_pg, encode_rows, fields};
 use super::session::{self, Executed, Failure};
@@ -49,7 +50,6 @@ pub struct Backend {
 }
 
 /// How connections are secured and how many are taken.
-#[derive(Default)]
 pub struct WireSettings {
     /// TLS, offered to clients that ask (psql's `sslmode=prefer`, the default, asks).
     pub tls: Option<pgwire::tokio::TlsAcceptor>,
@@ -58,53 +58,24 @@ pub struct WireSettings {
     /// At most this many connections at once (`None`: no limit); the next is refused with
     /// PostgreSQL's `53300 sorry, too many clients already`.
     pub max_connections: Option<usize>,
+    /// The longest message a client may send, in bytes (a statement, a COPY chunk); a longer
+    /// one ends the connection with 54000 before its body is read.
+    pub max_message_size: usize,
 }
 
-/// Refuses a connection past `max_connections` as PostgreSQL does: an encryption request
-/// (SSL, GSS) is answered "no", the startup message read (at most 10,000 bytes), then the error
-/// sent, which every client shows.
-async fn refuse(socket: &mut tokio::net::TcpStream) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const SSL_REQUEST: i32 = 80877103;
-    const GSS_REQUEST: i32 = 80877104;
-    for _ in 0..3 {
-        let mut head = [0u8; 8];
-        socket.read_exact(&mut head).await?;
-        let len = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-        let code = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-        if len == 8 && (code == SSL_REQUEST || code == GSS_REQUEST) {
-            socket.write_all(b"N").await?;
-            continue;
-        }
-        if (8..=10_000).contains(&len) {
-            let mut rest = vec![0u8; len as usize - 8];
-            socket.read_exact(&mut rest).await?;
-        }
-        break;
-    }
-    socket.write_all(&too_many_clients()).await?;
-    socket.shutdown().await
-}
+/// The default of `--max-message-size`: 64 MB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
 
-/// PostgreSQL's refusal of a connection past `max_connections`: an ErrorResponse, sent before
-/// the startup (libpq and the drivers read it whatever they sent first).
-fn too_many_clients() -> Vec<u8> {
-    let mut body = Vec::new();
-    for (field, value) in [
-        (b'S', "FATAL"),
-        (b'V', "FATAL"),
-        (b'C', "53300"),
-        (b'M', "sorry, too many clients already"),
-    ] {
-        body.push(field);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
+impl Default for WireSettings {
+    /// No TLS, no connection limit, messages up to 64 MB.
+    fn default() -> Self {
+        WireSettings {
+            tls: None,
+            require_tls: false,
+            max_connections: None,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+        }
     }
-    body.push(0);
-    let mut message = vec![b'E'];
-    message.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-    message.extend(body);
-    message
 }
 
 /// Serves Postgres clients on `listener` until `shutdown` resolves.
@@ -155,7 +126,7 @@ pub async fn serve(
                         tokio::spawn(async move {
                             let _ = tokio::time::timeout(
                                 std::time::Duration::from_secs(5),
-                                refuse(&mut socket),
+                                connection::refuse(&mut socket),
                             )
                             .await;
                         });
@@ -166,9 +137,11 @@ pub async fn serve(
                 };
                 let h = handlers.clone();
                 let tls = settings.tls.clone();
+                let max_message = settings.max_message_size;
                 tokio::spawn(async move {
                     let _slot = slot;
-                    if let Err(e) = pgwire::tokio::process_socket(socket, tls, h).await {
+                    let served = connection::serve_connection(socket, tls, h, max_message).await;
+                    if let Err(e) = served {
                         tracing::debug!(%peer, error = %e, "Connection ended with an error.");
                     }
                 });

@@ -248,7 +248,8 @@ pub fn timeout_of(value: &str) -> Option<Duration> {
             "d" => 86_400_000.0,
             _ => return None,
         };
-    (ms >= 1.0).then(|| Duration::from_millis(ms as u64))
+    // PostgreSQL's range: up to 2^31 - 1 ms (24.8 days).
+    (ms >= 1.0 && ms <= i32::MAX as f64).then(|| Duration::from_millis(ms as u64))
 }
 
 #[cfg(test)]
@@ -262,5 +263,11 @@ mod tests {
         assert_eq!(timeout_of("1min"), Some(Duration::from_secs(60)));
         assert_eq!(timeout_of("0"), None);
         assert_eq!(timeout_of("soon"), None);
+        assert_eq!(
+            timeout_of("2147483647"),
+            Some(Duration::from_millis(2_147_483_647))
+        );
+        // Beyond PostgreSQL's range, which once overflowed the deadline's clock.
+        assert_eq!(timeout_of("99999999999999999999d"), None);
     }
 }

@@ -26,3 +26,4 @@ mod security;
 mod semantics;
 mod streaming;
 mod windows;
+mod wire_abuse;

@@ -240,13 +240,14 @@ fn parse_float(v: &str) -> Option<f64> {
 
 /// `\x0a0b` (bytea_output = hex).
 fn parse_bytea(v: &str) -> Option<Vec<u8>> {
-    let hex = v.strip_prefix("\\x")?;
+    let hex = v.strip_prefix("\\x")?.as_bytes();
     if hex.len() % 2 != 0 {
         return None;
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+    // Bytes, not string slices: a multi-byte character in the text cannot split a slice.
+    let nibble = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    hex.chunks(2)
+        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
         .collect()
 }
 
@@ -333,6 +334,9 @@ mod tests {
         c.append(p);
         assert_eq!(c.finish().as_primitive::<Date32Type>().value(0), 10);
         assert_eq!(parse_bytea("\\x0aff"), Some(vec![10, 255]));
+        // A character of two bytes where a hex digit belongs: refused, where it once panicked.
+        assert_eq!(parse_bytea("\\x0\u{e9}0"), None);
+        assert_eq!(parse_bytea("\\xzz"), None);
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 }

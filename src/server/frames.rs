@@ -1,0 +1,365 @@
+//! The frontend messages of a Postgres-wire connection, checked as their bytes arrive: each
+//! message's declared length against the limit, and the structure of the messages whose
+//! decoders trust it (pgwire reads a Bind's counts without bounds checks, and a Parse without its
+//! terminator reads into the next message), so a malformed message ends the connection with
+//! PostgreSQL's `08P01` instead of a panic or a desynchronised stream.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The request codes of startup-phase messages after which more untyped messages may come.
+pub const SSL_REQUEST: u32 = 80877103;
+/// GSSAPI encryption, answered "no".
+pub const GSSENC_REQUEST: u32 = 80877104;
+const CANCEL_REQUEST: u32 = 80877102;
+
+/// The bytes of a connection read through a check of each message's length header: a message
+/// declared longer than the limit ends the reading there, so a client cannot make the server
+/// buffer a gigabyte (PostgreSQL's own ceiling) before it is refused.
+pub struct FrameLimit<S> {
+    inner: S,
+    max: usize,
+    /// Startup-phase messages carry no type byte: length and a request code.
+    typed: bool,
+    header: [u8; 8],
+    have: usize,
+    /// Bytes left of the message being read.
+    body_left: u64,
+    /// The type of the message being read, and its body so far when its structure is checked.
+    kind: u8,
+    body: Option<Vec<u8>>,
+    /// Why the connection was refused, once it was.
+    pub refusal: Option<String>,
+}
+
+impl<S> FrameLimit<S> {
+    /// Checks messages of at most `max` bytes from the start of the startup phase.
+    pub fn new(inner: S, max: usize) -> Self {
+        FrameLimit {
+            inner,
+            max,
+            typed: false,
+            header: [0; 8],
+            have: 0,
+            body_left: 0,
+            kind: 0,
+            body: None,
+            refusal: None,
+        }
+    }
+
+    /// Follows the message boundaries through `bytes`; records a refusal when a header
+    /// declares a message past the limit (or shorter than its own length field).
+    pub fn observe(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && self.refusal.is_none() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(bytes.len() as u64) as usize;
+                if let Some(body) = &mut self.body {
+                    body.extend_from_slice(&bytes[..n]);
+                }
+                self.body_left -= n as u64;
+                bytes = &bytes[n..];
+                if self.body_left == 0 {
+                    self.check_body();
+                }
+                continue;
+            }
+            let need = if self.typed { 5 } else { 8 };
+            let n = (need - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have < need {
+                return;
+            }
+            self.have = 0;
+            let field = |at: usize| {
+                u32::from_be_bytes([
+                    self.header[at],
+                    self.header[at + 1],
+                    self.header[at + 2],
+                    self.header[at + 3],
+                ])
+            };
+            let (length, read) = if self.typed {
+                (field(1), 4)
+            } else {
+                (field(0), 8)
+            };
+            if (length as usize) < read || length > i32::MAX as u32 {
+                self.refusal = Some(format!("invalid message length {length}"));
+                return;
+            }
+            if length as usize > self.max {
+                self.refusal = Some(format!(
+                    "message of {length} bytes exceeds the server's limit of {} bytes \
+                     (--max-message-size)",
+                    self.max
+                ));
+                return;
+            }
+            self.body_left = u64::from(length) - read as u64;
+            if self.typed {
+                self.kind = self.header[0];
+                if STRUCTURED.contains(&self.kind) {
+                    // Grown as the bytes come, not reserved from what the header claims.
+                    self.body = Some(Vec::with_capacity((self.body_left as usize).min(1 << 16)));
+                    if self.body_left == 0 {
+                        self.check_body();
+                    }
+                }
+            } else if !matches!(field(4), SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST) {
+                // The startup message: typed messages follow it.
+                self.typed = true;
+            }
+        }
+    }
+
+    /// The connection beneath, for writing and draining once a refusal was said.
+    pub fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    fn check_body(&mut self) {
+        if let Some(body) = self.body.take() {
+            if let Err(why) = well_formed(self.kind, &body) {
+                self.refusal = Some(format!(
+                    "invalid message format: {why} in a '{}' message",
+                    self.kind.escape_ascii()
+                ));
+            }
+        }
+    }
+}
+
+/// The message types whose structure is checked: those pgwire decodes with its own reads
+/// (CopyData is raw bytes; password messages are read by the authentication that expects them).
+const STRUCTURED: &[u8] = b"QPBEDCSHXcf";
+
+/// Whether a message's body has the structure its type says, ending where its length says.
+pub fn well_formed(kind: u8, body: &[u8]) -> Result<(), &'static str> {
+    let mut r = Body(body);
+    match kind {
+        b'Q' | b'f' => r.cstring()?,
+        b'P' => {
+            r.cstring()?;
+            r.cstring()?;
+            let types = r.u16()?;
+            r.take(4 * types as usize)?;
+        }
+        b'B' => {
+            r.cstring()?;
+            r.cstring()?;
+            let formats = r.u16()?;
+            r.take(2 * formats as usize)?;
+            for _ in 0..r.u16()? {
+                match r.i32()? {
+                    -1 => {}
+                    n if n < 0 => return Err("a negative parameter length"),
+                    n => {
+                        r.take(n as usize)?;
+                    }
+                }
+            }
+            let results = r.u16()?;
+            r.take(2 * results as usize)?;
+        }
+        b'E' => {
+            r.cstring()?;
+            r.i32()?;
+        }
+        b'D' | b'C' => {
+            if !matches!(r.take(1)?, [b'S' | b'P']) {
+                return Err("neither a statement nor a portal");
+            }
+            r.cstring()?;
+        }
+        _ => {}
+    }
+    if r.0.is_empty() {
+        Ok(())
+    } else {
+        Err("bytes past its end")
+    }
+}
+
+/// A message body read front to back.
+struct Body<'a>(&'a [u8]);
+
+impl Body<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], &'static str> {
+        if n > self.0.len() {
+            return Err("a field past its end");
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn cstring(&mut self) -> Result<(), &'static str> {
+        let end = self
+            .0
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or("a string without its terminator")?;
+        self.0 = &self.0[end + 1..];
+        Ok(())
+    }
+
+    fn u16(&mut self) -> Result<u16, &'static str> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn i32(&mut self) -> Result<i32, &'static str> {
+        let b = self.take(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FrameLimit<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.refusal.is_some() {
+            return Poll::Ready(Err(io::ErrorKind::InvalidData.into()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.observe(&buf.filled()[before..]);
+                if this.refusal.is_some() {
+                    return Poll::Ready(Err(io::ErrorKind::InvalidData.into()));
+                }
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FrameLimit<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn startup() -> Vec<u8> {
+        let body = b"\0\x03\0\0user\0u\0\0";
+        let mut m = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn typed(kind: u8, len: u32) -> Vec<u8> {
+        let mut m = vec![kind];
+        m.extend_from_slice(&len.to_be_bytes());
+        m
+    }
+
+    #[test]
+    fn messages_within_the_limit_pass_byte_by_byte() {
+        let mut limit = FrameLimit::new((), 100);
+        let mut stream = 8u32.to_be_bytes().to_vec();
+        stream.extend_from_slice(&SSL_REQUEST.to_be_bytes());
+        stream.extend(startup());
+        let mut query = typed(b'Q', 13);
+        query.extend_from_slice(b"SELECT 1\0");
+        stream.extend(query.clone());
+        stream.extend(query);
+        for b in &stream {
+            limit.observe(std::slice::from_ref(b));
+        }
+        assert_eq!(limit.refusal, None);
+        assert!(limit.typed && limit.body_left == 0 && limit.have == 0);
+    }
+
+    #[test]
+    fn a_header_past_the_limit_is_refused_before_its_body() {
+        let mut limit = FrameLimit::new((), 1 << 20);
+        limit.observe(&startup());
+        limit.observe(&typed(b'Q', (1 << 20) + 1)[..3]);
+        assert_eq!(limit.refusal, None);
+        limit.observe(&typed(b'Q', (1 << 20) + 1)[3..]);
+        let refusal = limit.refusal.clone().unwrap();
+        assert!(refusal.contains("1048577") && refusal.contains("--max-message-size"));
+
+        // A length shorter than the length field itself, in the startup phase and after.
+        let mut limit = FrameLimit::new((), 100);
+        limit.observe(&[0, 0, 0, 2, 0, 3, 0, 0]);
+        assert_eq!(limit.refusal.as_deref(), Some("invalid message length 2"));
+        let mut limit = FrameLimit::new((), 100);
+        limit.observe(&startup());
+        limit.observe(&typed(b'P', 0xffff_ffff));
+        assert!(limit.refusal.unwrap().contains("invalid message length"));
+    }
+
+    fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+        [typed(kind, body.len() as u32 + 4), body.to_vec()].concat()
+    }
+
+    #[test]
+    fn malformed_messages_are_refused_whole_ones_pass() {
+        let bind_ok = message(b'B', b"\0\0\0\x01\0\0\0\x01\0\0\0\x011\0\0");
+        let parse_ok = message(b'P', b"\0SELECT $1\0\0\x01\0\0\0\x17");
+        for ok in [
+            message(b'Q', b"SELECT 1\0"),
+            parse_ok,
+            bind_ok,
+            message(b'E', b"\0\0\0\0\0"),
+            message(b'D', b"Sname\0"),
+            message(b'S', b""),
+            message(b'd', b"raw copy bytes"),
+        ] {
+            let mut limit = FrameLimit::new((), 1 << 20);
+            limit.observe(&startup());
+            for b in &ok {
+                limit.observe(std::slice::from_ref(b));
+            }
+            assert_eq!(limit.refusal, None, "{ok:?}");
+        }
+        for (bad, why) in [
+            // A Bind naming 65,535 format codes it lacks: pgwire's decoder panicked on it.
+            (message(b'B', b"\0\0\xff\xff\0\0"), "past its end"),
+            (
+                message(b'B', b"\0\0\0\0\0\x01\xff\xff\xff\xfe\0\0"),
+                "negative",
+            ),
+            (message(b'P', b"\0SELEC"), "terminator"),
+            (message(b'Q', b"SELECT 1\0trailing"), "past its end"),
+            (message(b'D', b"Xname\0"), "neither"),
+            (message(b'S', b"x"), "past its end"),
+        ] {
+            let mut limit = FrameLimit::new((), 1 << 20);
+            limit.observe(&startup());
+            limit.observe(&bad);
+            let refusal = limit.refusal.unwrap_or_default();
+            assert!(
+                refusal.starts_with("invalid message format") && refusal.contains(why),
+                "{bad:?}: {refusal}"
+            );
+        }
+    }
+}

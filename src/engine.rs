@@ -904,7 +904,8 @@ impl Engine {
 
 /// Refuses options the connector does not have (`properties.*` pass through to the client
 /// libraries), before any of them is used.
-fn check_option_names(
+#[doc(hidden)]
+pub fn check_option_names(
     connector: &str,
     specs: &[tributary_connectors::OptionSpec],
     options: &BTreeMap<String, String>,

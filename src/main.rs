@@ -254,6 +254,7 @@ async fn serve(
     }
     let settings = tributary::server::pgwire::WireSettings {
         tls: identity.as_ref().map(|i| i.pgwire()),
+        tls_chain_pem: identity.as_ref().map(|i| i.chain_pem().to_vec()),
         require_tls: limits.require_tls,
         max_connections: Some(limits.max_connections.max(1)),
         max_message_size: limits.max_message_size,

@@ -20,6 +20,9 @@ need_apt=()
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 command -v make >/dev/null || need_apt+=(make)
 command -v gcc >/dev/null || need_apt+=(gcc)
+# librdkafka's TLS links the system's OpenSSL.
+dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 # openssl: the TLS tests make a test CA and certificates with it.
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)

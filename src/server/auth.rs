@@ -36,15 +36,24 @@ impl Startup {
         engine: Arc<Engine>,
         connections: Arc<ConnectionManager>,
         require_tls: bool,
+        tls_chain_pem: Option<&[u8]>,
     ) -> Startup {
         let users = Arc::new(Users {
             catalog: engine.catalog().clone(),
         });
+        let mut scram = ScramAuth::new(users);
+        // With TLS, SCRAM-SHA-256-PLUS binds the exchange to the server's certificate, so a
+        // man in the middle with another certificate cannot relay it (libpq's channel_binding).
+        if let Some(pem) = tls_chain_pem {
+            if let Err(e) = scram.configure_certificate(pem) {
+                tracing::warn!(error = %e, "SCRAM channel binding is off: the certificate was not understood.");
+            }
+        }
         Startup {
             engine,
             driver: AuthDriver::new(DefaultServerParameterProvider::default())
                 .with_connection_manager(connections),
-            scram: ScramAuth::new(users),
+            scram,
             require_tls,
         }
     }

@@ -53,6 +53,8 @@ pub struct Backend {
 pub struct WireSettings {
     /// TLS, offered to clients that ask (psql's `sslmode=prefer`, the default, asks).
     pub tls: Option<pgwire::tokio::TlsAcceptor>,
+    /// The certificate chain (PEM) TLS serves, for SCRAM channel binding (SCRAM-SHA-256-PLUS).
+    pub tls_chain_pem: Option<Vec<u8>>,
     /// Refuse clients that do not use TLS.
     pub require_tls: bool,
     /// At most this many connections at once (`None`: no limit); the next is refused with
@@ -71,6 +73,7 @@ impl Default for WireSettings {
     fn default() -> Self {
         WireSettings {
             tls: None,
+            tls_chain_pem: None,
             require_tls: false,
             max_connections: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -96,6 +99,7 @@ pub async fn serve(
             backend.engine.clone(),
             connections.clone(),
             settings.require_tls,
+            settings.tls_chain_pem.as_deref(),
         )),
         cancel: Arc::new(CancelQueries {
             connections,

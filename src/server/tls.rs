@@ -32,12 +32,18 @@ pub enum TlsError {
 #[derive(Clone)]
 pub struct TlsIdentity {
     config: rustls::ServerConfig,
+    chain_pem: Vec<u8>,
 }
 
 impl TlsIdentity {
     /// An acceptor for the Postgres wire protocol.
     pub fn pgwire(&self) -> TlsAcceptor {
         TlsAcceptor::from(Arc::new(self.config.clone()))
+    }
+
+    /// The certificate chain as read (PEM): SCRAM's channel binding signs the first.
+    pub fn chain_pem(&self) -> &[u8] {
+        &self.chain_pem
     }
 
     /// An acceptor for HTTP/1.1 (named in ALPN, as browsers and curl ask).
@@ -76,5 +82,7 @@ pub fn identity(cert: &Path, key: &Path) -> Result<TlsIdentity, TlsError> {
     .with_safe_default_protocol_versions()?
     .with_no_client_auth()
     .with_single_cert(chain, private_key)?;
-    Ok(TlsIdentity { config })
+    let chain_pem =
+        std::fs::read(cert).map_err(|e| pem("the certificate chain", cert, e.to_string()))?;
+    Ok(TlsIdentity { config, chain_pem })
 }

@@ -299,6 +299,30 @@ pub(crate) async fn workload(c: Client, rounds: u64, first_new_id: i64) {
     }
 }
 
+/// Renames customer 7 in the shop and waits until the warehouse holds its `rows` customers
+/// with the change.
+pub(crate) async fn rename_reaches_the_warehouse(shop: &Client, warehouse: &Client, rows: i64) {
+    shop.batch_execute("UPDATE customers SET name = 'renamed' WHERE id = 7")
+        .await
+        .unwrap();
+    poll(
+        Duration::from_secs(120),
+        "the change in the warehouse",
+        || async {
+            // The sink creates the table at its first commit.
+            let row = warehouse
+                .query_one(
+                    "SELECT count(*), count(*) FILTER (WHERE name = 'renamed') FROM public.customers",
+                    &[],
+                )
+                .await
+                .ok()?;
+            (row.get::<_, i64>(0) == rows && row.get::<_, i64>(1) == 1).then_some(())
+        },
+    )
+    .await;
+}
+
 pub(crate) async fn setup_source_db(pg: &PgCluster, rows: i64) -> Client {
     let admin = pg.client("postgres").await;
     admin.batch_execute("CREATE DATABASE shop").await.unwrap();

@@ -16,6 +16,8 @@ pub struct Broker {
     pub bootstrap: String,
     /// With [`Broker::start_with_sasl`]: a listener that wants SASL/PLAIN logins.
     pub sasl_bootstrap: String,
+    /// With [`Broker::start_with_ssl`]: a listener that speaks TLS only.
+    pub ssl_bootstrap: String,
 }
 
 /// Any valid cluster id: each broker formats its own fresh log directory.
@@ -23,12 +25,22 @@ const CLUSTER_ID: &str = "q1Sh-9_ISia_zwGINzRvyQ";
 
 impl Broker {
     pub async fn start() -> Broker {
-        Self::start_with_sasl(&[]).await
+        Self::launch(&[], None).await
     }
 
     /// A broker with a second listener, SASL_PLAINTEXT with the PLAIN mechanism, for `users`
     /// (name, password); the first stays PLAINTEXT for the test's own clients.
     pub async fn start_with_sasl(users: &[(&str, &str)]) -> Broker {
+        Self::launch(users, None).await
+    }
+
+    /// A broker with a second listener, SSL, serving `keystore` (a PEM file holding the
+    /// private key, PKCS#8, and the certificate chain); the first stays PLAINTEXT.
+    pub async fn start_with_ssl(keystore: &std::path::Path) -> Broker {
+        Self::launch(&[], Some(keystore)).await
+    }
+
+    async fn launch(users: &[(&str, &str)], keystore: Option<&std::path::Path>) -> Broker {
         let libs = std::env::var("KAFKA_LIBS").unwrap_or_else(|_| {
             format!(
                 "{}/.cache/tributary/kafka-4.1.1/libs",
@@ -41,7 +53,8 @@ impl Broker {
         );
         let classpath = format!("{libs}/*");
         let dir = tempfile::tempdir().unwrap();
-        let (port, controller_port, sasl_port) = (free_port(), free_port(), free_port());
+        let (port, controller_port, sasl_port, ssl_port) =
+            (free_port(), free_port(), free_port(), free_port());
         let sasl = if users.is_empty() {
             String::new()
         } else {
@@ -55,17 +68,23 @@ impl Broker {
                  org.apache.kafka.common.security.plain.PlainLoginModule required{accounts};\n"
             )
         };
-        let (listeners, advertised) = if users.is_empty() {
-            (
-                format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}"),
-                format!("PLAINTEXT://127.0.0.1:{port}"),
-            )
-        } else {
-            (
-                format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}"),
-                format!("PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}"),
-            )
+        let mut advertised = format!("PLAINTEXT://127.0.0.1:{port}");
+        if !users.is_empty() {
+            advertised.push_str(&format!(",SASL_PLAINTEXT://127.0.0.1:{sasl_port}"));
+        }
+        let ssl = match keystore {
+            None => String::new(),
+            Some(keystore) => {
+                advertised.push_str(&format!(",SSL://127.0.0.1:{ssl_port}"));
+                format!(
+                    "listener.name.ssl.ssl.keystore.type=PEM\n\
+                     listener.name.ssl.ssl.keystore.location={}\n\
+                     listener.name.ssl.ssl.client.auth=none\n",
+                    keystore.display()
+                )
+            }
         };
+        let listeners = format!("{advertised},CONTROLLER://127.0.0.1:{controller_port}");
         let config = dir.path().join("server.properties");
         std::fs::write(
             &config,
@@ -76,14 +95,14 @@ controller.quorum.voters=1@127.0.0.1:{controller_port}
 listeners={listeners}
 advertised.listeners={advertised}
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL
 inter.broker.listener.name=PLAINTEXT
 log.dirs={}
 offsets.topic.replication.factor=1
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 group.initial.rebalance.delay.ms=0
-{sasl}",
+{sasl}{ssl}",
                 dir.path().join("logs").display()
             ),
         )
@@ -133,6 +152,7 @@ group.initial.rebalance.delay.ms=0
             dir,
             bootstrap: format!("127.0.0.1:{port}"),
             sasl_bootstrap: format!("127.0.0.1:{sasl_port}"),
+            ssl_bootstrap: format!("127.0.0.1:{ssl_port}"),
         }
     }
 

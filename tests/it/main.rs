@@ -16,6 +16,7 @@ mod kafka;
 mod kafka_exactly_once;
 mod kafka_formats;
 mod kafka_registry;
+mod kafka_security;
 mod limits;
 mod lookups;
 mod nexmark;

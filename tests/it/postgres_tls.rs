@@ -1,8 +1,6 @@
 //! TLS from Tributary to PostgreSQL: a CDC source and a Postgres sink over verified TLS to a
 //! server that rejects the pipeline user's plain-text connections, and the ways it is refused.
 
-use std::time::Duration;
-
 use crate::cdc::{setup_source_db, PgCluster};
 use crate::harness::*;
 use crate::security::test_certificates;
@@ -103,24 +101,7 @@ async fn cdc_and_sink_reach_postgres_over_verified_tls_only() {
     ))
     .await
     .unwrap();
-    shop.batch_execute("UPDATE customers SET name = 'renamed' WHERE id = 7")
-        .await
-        .unwrap();
-    poll(
-        Duration::from_secs(120),
-        "the change in the warehouse",
-        || async {
-            let row = warehouse
-                .query_one(
-                    "SELECT count(*), count(*) FILTER (WHERE name = 'renamed') FROM public.customers",
-                    &[],
-                )
-                .await
-                .ok()?;
-            (row.get::<_, i64>(0) == 100 && row.get::<_, i64>(1) == 1).then_some(())
-        },
-    )
-    .await;
+    crate::cdc::rename_reaches_the_warehouse(&shop, &warehouse, 100).await;
 
     // Every session of the pipeline's user is encrypted, the replication stream among them.
     let row = admin

@@ -864,6 +864,33 @@ mod tests {
         assert!(flat.decode(b"{\"id\":1}\n{\"id\":2}\n", 1).is_none());
     }
 
+    /// Found by the json_fast_path fuzz target: arrow-json 59.3 joins a surrogate pair with `|`
+    /// where `+` belongs, so a high surrogate from D840 up (U+20000 and beyond: CJK extension B
+    /// and later planes) decodes to the wrong character. The fast path decodes it right; this
+    /// test says when arrow-json is fixed (its half then fails), and the fuzz target's
+    /// exclusion of such escapes can go.
+    #[test]
+    fn surrogates_past_the_first_supplementary_block_decode_right() {
+        let text = b"{\"name\":\"\\ud84d\\ude00\"}\n";
+        let flat = FlatJsonDecoder::new(schema()).unwrap();
+        let name = |batch: &RecordBatch| {
+            let column = batch.column_by_name("name").unwrap();
+            column
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap()
+                .value(0)
+                .to_string()
+        };
+        assert_eq!(name(&flat.decode(text, 1).unwrap()), "\u{23600}");
+        let arrow_json = JsonDecoder::general(schema()).decode(text, 1).unwrap();
+        assert_eq!(
+            name(&arrow_json),
+            "\u{13600}",
+            "arrow-json fixed its surrogate pairs"
+        );
+    }
+
     #[test]
     fn civil_days() {
         assert_eq!(days_from_civil(1970, 1, 1), 0);

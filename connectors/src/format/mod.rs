@@ -124,9 +124,10 @@ impl JsonDecoder {
         }
     }
 
-    /// arrow-json alone, without the fast path: the oracle of the fast path's tests.
-    #[cfg(test)]
-    pub(crate) fn general(schema: SchemaRef) -> Self {
+    /// arrow-json alone, without the fast path: the oracle of the fast path's tests and of
+    /// its fuzz target.
+    #[doc(hidden)]
+    pub fn general(schema: SchemaRef) -> Self {
         JsonDecoder { schema, flat: None }
     }
 }
@@ -140,6 +141,12 @@ impl RecordDecoder for JsonDecoder {
         if let Some(batch) = self.flat.as_ref().and_then(|f| f.decode(bytes, rows)) {
             return Ok(batch);
         }
+        contained("arrow-json", || self.decode_with_arrow(bytes, rows))
+    }
+}
+
+impl JsonDecoder {
+    fn decode_with_arrow(&self, bytes: &[u8], rows: usize) -> Result<RecordBatch, ArrowError> {
         let mut decoder = arrow_json::ReaderBuilder::new(self.schema.clone())
             .with_batch_size(rows.max(1))
             .with_coerce_primitive(true)
@@ -187,6 +194,12 @@ impl RecordDecoder for CsvDecoder {
     }
 
     fn decode(&self, bytes: &[u8], rows: usize) -> Result<RecordBatch, ArrowError> {
+        contained("arrow-csv", || self.decode_with_arrow(bytes, rows))
+    }
+}
+
+impl CsvDecoder {
+    fn decode_with_arrow(&self, bytes: &[u8], rows: usize) -> Result<RecordBatch, ArrowError> {
         let mut decoder = arrow_csv::ReaderBuilder::new(self.schema.clone())
             .with_header(false)
             .with_delimiter(self.delimiter)
@@ -215,6 +228,26 @@ impl RecordDecoder for CsvDecoder {
         }
         single(self.schema.clone(), out)
     }
+}
+
+/// Runs a decoder of another crate with its panics made errors, so the records it choked on
+/// are bad records (isolated, counted and kept) and the pipeline goes on: arrow-cast 59.3's
+/// decimal parser overflows an `i16` on a long exponent (`499.e999999`), found by the
+/// csv_decoder fuzz target.
+pub fn contained<T>(
+    decoder: &str,
+    decode: impl FnOnce() -> Result<T, ArrowError>,
+) -> Result<T, ArrowError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(ArrowError::ParseError(format!(
+            "{decoder} failed on this input: {why}"
+        )))
+    })
 }
 
 fn single(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<RecordBatch, ArrowError> {
@@ -339,6 +372,22 @@ mod tests {
         assert_eq!(recs.len(), 3);
         assert_eq!(used, buf.len());
         assert_eq!(recs[2].line, 5);
+    }
+
+    #[test]
+    fn a_decimal_arrow_cannot_parse_is_a_bad_record_not_a_panic() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("price", DataType::Decimal128(10, 2), true),
+        ]));
+        let buf = b"1,2.50\n2,499.e999999\n3,7\n";
+        let (recs, _, _) = split_records(buf, 1, Some(b'"'), true);
+        let csv = CsvDecoder::new(schema, b',');
+        let (batch, bad) = decode_records(&csv, buf, &recs, &|r| format!("f.csv:{}", r.line));
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].position, "f.csv:2");
+        assert_eq!(bad[0].raw, "2,499.e999999");
     }
 
     #[test]

@@ -1,0 +1,1 @@
+CREATE SOURCE live (WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND) WITH (connector = 'nexmark', table = 'bid', rate = 1000, out_of_order = 200, batch_size = 128)

@@ -1,0 +1,1 @@
+EXPLAIN SELECT bidder, count(DISTINCT auction) AS n FROM bids WHERE price > 100 AND channel LIKE 'a%' GROUP BY bidder ORDER BY 2 DESC LIMIT 10

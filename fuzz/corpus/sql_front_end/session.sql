@@ -1,0 +1,1 @@
+BEGIN; SET application_name = 'psql'; SET statement_timeout = '5s'; SHOW server_version; SAVEPOINT a; RELEASE a; COMMIT

@@ -567,6 +567,15 @@ async fn secrets_feed_a_cdc_source_and_a_postgres_sink_and_never_show() {
     let (_, sources) = crate::http::http(server.http_port, "GET", "/api/v1/sources").await;
     let (_, sinks) = crate::http::http(server.http_port, "GET", "/api/v1/sinks").await;
     let (_, pipelines) = crate::http::http(server.http_port, "GET", "/api/v1/pipelines").await;
+    // What the console shows: its page and the pipeline's page data, history included.
+    let mut console = crate::http::http(server.http_port, "GET", "/").await.1;
+    for path in [
+        "/api/v1/pipelines/to_wh",
+        "/api/v1/pipelines/to_wh/history",
+        "/api/v1/history",
+    ] {
+        console += &crate::http::http(server.http_port, "GET", path).await.1;
+    }
 
     let mut seen = String::new();
     for table in [
@@ -595,6 +604,7 @@ async fn secrets_feed_a_cdc_source_and_a_postgres_sink_and_never_show() {
         ("the API's sources", &sources),
         ("the API's sinks", &sinks),
         ("the API's pipelines", &pipelines),
+        ("the console", &console),
     ] {
         for secret in [PASSWORD, "wrong-one"] {
             assert!(!text.contains(secret), "{secret} in {place}");

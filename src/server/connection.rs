@@ -42,9 +42,9 @@ pub async fn serve_connection<H: PgWireServerHandlers>(
         return Ok(());
     };
     // The frame limit sees every byte after the negotiation, those already buffered first.
-    let parts = framed.into_parts();
+    let mut parts = framed.into_parts();
     let mut limit = FrameLimit::new(parts.io, max_message);
-    limit.observe(&parts.read_buf);
+    limit.take_buffered(&mut parts.read_buf);
     let mut limited = FramedParts::new(limit, parts.codec);
     limited.read_buf = parts.read_buf;
     limited.write_buf = parts.write_buf;

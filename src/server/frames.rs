@@ -31,9 +31,18 @@ pub struct FrameLimit<S> {
     /// The type of the message being read, and its body so far when its structure is checked.
     kind: u8,
     body: Option<Vec<u8>>,
+    /// Bytes checked and ready to hand on, from `sent` on: a structured message is handed on
+    /// whole, once checked, so nothing of it reaches pgwire before it is.
+    ready: Vec<u8>,
+    sent: usize,
     /// Why the connection was refused, once it was.
     pub refusal: Option<String>,
 }
+
+/// The most rows one Execute may ask for: pgwire reserves room for as many as asked at once
+/// (2^31 - 1 asked for 61 GB and aborted the process), so a larger limit is lowered to this;
+/// the client gets PortalSuspended after these rows and asks again, as the protocol has it.
+pub const MAX_ROWS_PER_EXECUTE: i32 = 65_536;
 
 impl<S> FrameLimit<S> {
     /// Checks messages of at most `max` bytes from the start of the startup phase.
@@ -47,18 +56,29 @@ impl<S> FrameLimit<S> {
             body_left: 0,
             kind: 0,
             body: None,
+            ready: Vec::new(),
+            sent: 0,
             refusal: None,
         }
     }
 
-    /// Follows the message boundaries through `bytes`; records a refusal when a header
-    /// declares a message past the limit (or shorter than its own length field).
+    /// Bytes read before this limit saw the connection (during TLS negotiation): checked like
+    /// the rest, then handed on first.
+    pub fn take_buffered(&mut self, buffered: &mut bytes::BytesMut) {
+        let bytes = buffered.split();
+        self.observe(&bytes);
+    }
+
+    /// Follows the message boundaries through `bytes`, queueing what may be handed on; records
+    /// a refusal when a header declares a message past the limit (or shorter than its own
+    /// length field) or a structured message is malformed.
     pub fn observe(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() && self.refusal.is_none() {
             if self.body_left > 0 {
                 let n = self.body_left.min(bytes.len() as u64) as usize;
-                if let Some(body) = &mut self.body {
-                    body.extend_from_slice(&bytes[..n]);
+                match &mut self.body {
+                    Some(body) => body.extend_from_slice(&bytes[..n]),
+                    None => self.ready.extend_from_slice(&bytes[..n]),
                 }
                 self.body_left -= n as u64;
                 bytes = &bytes[n..];
@@ -110,10 +130,15 @@ impl<S> FrameLimit<S> {
                     if self.body_left == 0 {
                         self.check_body();
                     }
+                } else {
+                    self.ready.extend_from_slice(&self.header[..5]);
                 }
-            } else if !matches!(field(4), SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST) {
-                // The startup message: typed messages follow it.
-                self.typed = true;
+            } else {
+                self.ready.extend_from_slice(&self.header);
+                if !matches!(field(4), SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST) {
+                    // The startup message: typed messages follow it.
+                    self.typed = true;
+                }
             }
         }
     }
@@ -124,14 +149,26 @@ impl<S> FrameLimit<S> {
     }
 
     fn check_body(&mut self) {
-        if let Some(body) = self.body.take() {
-            if let Err(why) = well_formed(self.kind, &body) {
-                self.refusal = Some(format!(
-                    "invalid message format: {why} in a '{}' message",
-                    self.kind.escape_ascii()
-                ));
+        let Some(mut body) = self.body.take() else {
+            return;
+        };
+        if let Err(why) = well_formed(self.kind, &body) {
+            self.refusal = Some(format!(
+                "invalid message format: {why} in a '{}' message",
+                self.kind.escape_ascii()
+            ));
+            return;
+        }
+        if self.kind == b'E' {
+            // Execute: a portal name, then the row limit (0: all rows).
+            let at = body.len() - 4;
+            let asked = i32::from_be_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]);
+            if asked > MAX_ROWS_PER_EXECUTE {
+                body[at..].copy_from_slice(&MAX_ROWS_PER_EXECUTE.to_be_bytes());
             }
         }
+        self.ready.extend_from_slice(&self.header[..5]);
+        self.ready.extend_from_slice(&body);
     }
 }
 
@@ -227,19 +264,31 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameLimit<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.refusal.is_some() {
-            return Poll::Ready(Err(io::ErrorKind::InvalidData.into()));
-        }
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                this.observe(&buf.filled()[before..]);
-                if this.refusal.is_some() {
-                    return Poll::Ready(Err(io::ErrorKind::InvalidData.into()));
+        loop {
+            // What is checked goes first, even when a refusal follows it.
+            if this.sent < this.ready.len() {
+                let n = buf.remaining().min(this.ready.len() - this.sent);
+                buf.put_slice(&this.ready[this.sent..this.sent + n]);
+                this.sent += n;
+                if this.sent == this.ready.len() {
+                    this.ready.clear();
+                    this.sent = 0;
                 }
-                Poll::Ready(Ok(()))
+                return Poll::Ready(Ok(()));
             }
-            other => other,
+            if this.refusal.is_some() {
+                return Poll::Ready(Err(io::ErrorKind::InvalidData.into()));
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let mut read = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+                // The end of the stream: said as it is, with nothing read.
+                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Ok(())),
+                // Read on while all of it is held back (a structured message not yet whole):
+                // handing on nothing would read as the end of the stream.
+                Poll::Ready(Ok(())) => this.observe(read.filled()),
+                other => return other,
+            }
         }
     }
 }
@@ -277,6 +326,28 @@ mod tests {
         let mut m = vec![kind];
         m.extend_from_slice(&len.to_be_bytes());
         m
+    }
+
+    #[test]
+    fn an_execute_asking_too_many_rows_asks_fewer() {
+        let mut limit = FrameLimit::new((), 1 << 20);
+        let execute = |rows: i32| {
+            [
+                typed(b'E', 4 + 3 + 4),
+                b"p1\0".to_vec(),
+                rows.to_be_bytes().to_vec(),
+                typed(b'S', 4),
+            ]
+            .concat()
+        };
+        let sent = [startup(), execute(i32::MAX), execute(100)].concat();
+        for b in &sent {
+            limit.observe(std::slice::from_ref(b));
+        }
+        // Handed on whole and in order, the first limit lowered, the second as asked.
+        let expected = [startup(), execute(MAX_ROWS_PER_EXECUTE), execute(100)].concat();
+        assert_eq!(limit.ready, expected);
+        assert_eq!(limit.refusal, None);
     }
 
     #[test]

@@ -124,6 +124,13 @@ impl<S> FrameLimit<S> {
             self.body_left = u64::from(length) - read as u64;
             if self.typed {
                 self.kind = self.header[0];
+                if !KNOWN.contains(&self.kind) {
+                    self.refusal = Some(format!(
+                        "invalid frontend message type '{}'",
+                        self.kind.escape_ascii()
+                    ));
+                    return;
+                }
                 if STRUCTURED.contains(&self.kind) {
                     // Grown as the bytes come, not reserved from what the header claims.
                     self.body = Some(Vec::with_capacity((self.body_left as usize).min(1 << 16)));
@@ -134,10 +141,27 @@ impl<S> FrameLimit<S> {
                     self.ready.extend_from_slice(&self.header[..5]);
                 }
             } else {
-                self.ready.extend_from_slice(&self.header);
-                if !matches!(field(4), SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST) {
-                    // The startup message: typed messages follow it.
-                    self.typed = true;
+                let fixed = match field(4) {
+                    SSL_REQUEST | GSSENC_REQUEST => Some(8),
+                    CANCEL_REQUEST => Some(16),
+                    _ => None,
+                };
+                match fixed {
+                    Some(expected) if length != expected => {
+                        self.refusal = Some(format!("invalid message length {length}"));
+                        return;
+                    }
+                    Some(_) => self.ready.extend_from_slice(&self.header),
+                    None => {
+                        // The startup message, held back until its parameters are checked:
+                        // typed messages follow it.
+                        self.typed = true;
+                        self.kind = STARTUP;
+                        self.body = Some(Vec::with_capacity(self.body_left as usize));
+                        if self.body_left == 0 {
+                            self.check_body();
+                        }
+                    }
                 }
             }
         }
@@ -159,6 +183,7 @@ impl<S> FrameLimit<S> {
             ));
             return;
         }
+        let head = if self.kind == STARTUP { 8 } else { 5 };
         if self.kind == b'E' {
             // Execute: a portal name, then the row limit (0: all rows).
             let at = body.len() - 4;
@@ -167,10 +192,17 @@ impl<S> FrameLimit<S> {
                 body[at..].copy_from_slice(&MAX_ROWS_PER_EXECUTE.to_be_bytes());
             }
         }
-        self.ready.extend_from_slice(&self.header[..5]);
+        self.ready.extend_from_slice(&self.header[..head]);
         self.ready.extend_from_slice(&body);
     }
 }
+
+/// The frontend message types pgwire knows; any other ends the connection here, before pgwire
+/// resynchronises on it in its own way.
+const KNOWN: &[u8] = b"QPBEDCSHXcdfp";
+
+/// The startup message's place among the types: it has no type byte of its own.
+const STARTUP: u8 = 0;
 
 /// The message types whose structure is checked: those pgwire decodes with its own reads
 /// (CopyData is raw bytes; password messages are read by the authentication that expects them).
@@ -180,6 +212,16 @@ const STRUCTURED: &[u8] = b"QPBEDCSHXcf";
 pub fn well_formed(kind: u8, body: &[u8]) -> Result<(), &'static str> {
     let mut r = Body(body);
     match kind {
+        // Parameter names and values, ended by an empty name that is the message's last byte
+        // (pgwire reads to that terminator whatever the length says).
+        STARTUP => loop {
+            let before = r.0.len();
+            r.cstring()?;
+            if before - r.0.len() == 1 {
+                break;
+            }
+            r.cstring()?;
+        },
         b'Q' | b'f' => r.cstring()?,
         b'P' => {
             r.cstring()?;
@@ -432,5 +474,25 @@ mod tests {
                 "{bad:?}: {refusal}"
             );
         }
+        // A type pgwire does not know: refused before pgwire resynchronises on it its own way.
+        let mut limit = FrameLimit::new((), 1 << 20);
+        limit.observe(&startup());
+        limit.observe(&message(b'1', b"\0\0"));
+        assert!(limit.refusal.unwrap().contains("message type '1'"));
+        // A startup message running past its parameters' terminator (found by pgwire_frames:
+        // pgwire read the rest as the next messages): refused.
+        let body = b"\0\x03\0\0user\0u\0\0D\0\0\0\x08Ss";
+        let long = [
+            ((body.len() + 4) as u32).to_be_bytes().to_vec(),
+            body.to_vec(),
+        ]
+        .concat();
+        let mut limit = FrameLimit::new((), 1 << 20);
+        limit.observe(&long);
+        assert!(limit.refusal.unwrap().contains("past its end"));
+        // A cancel request of the wrong length.
+        let mut limit = FrameLimit::new((), 1 << 20);
+        limit.observe(&[&[0, 0, 0, 12][..], &CANCEL_REQUEST.to_be_bytes(), &[0; 4]].concat());
+        assert!(limit.refusal.unwrap().contains("invalid message length 12"));
     }
 }

@@ -51,7 +51,6 @@ fn schema() -> SchemaRef {
         .clone()
 }
 
-
 /// Bad records as comparable values.
 fn described(bad: &[BadRecord]) -> Vec<(String, String, String)> {
     bad.iter()

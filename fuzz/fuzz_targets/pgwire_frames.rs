@@ -14,8 +14,10 @@
 //! connection's task included) aborts the process too: libfuzzer-sys' panic hook aborts.
 #![no_main]
 
+#[path = "fixture.rs"]
+mod fixture;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -26,8 +28,6 @@ use tokio_postgres::{NoTls, SimpleQueryMessage};
 use tributary::sql::parse::{ObjectKind, Statement};
 use tributary::Engine;
 
-/// Stack of the runtime's threads, as `main.rs` gives them.
-const THREAD_STACK_BYTES: usize = 16 * 1024 * 1024;
 /// How long one input's connection is written and read at most.
 const EXCHANGE: Duration = Duration::from_secs(2);
 /// How long the server has to answer `SELECT 1` on a new connection.
@@ -49,12 +49,8 @@ fn server() -> &'static Server {
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_stack_size(THREAD_STACK_BYTES)
-            .build()
-            .expect("building the tokio runtime");
-        let dir = data_dir();
+        let runtime = fixture::runtime();
+        let dir = fixture::data_dir("pgwire_frames");
         let (engine, addr) = runtime.block_on(async {
             let engine = Engine::open(&dir).await.expect("opening the engine");
             // File sources and sinks only under the data directory, not the repository.
@@ -77,17 +73,6 @@ fn server() -> &'static Server {
             addr,
         }
     })
-}
-
-/// A fresh data directory for this process.
-fn data_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "tributary-fuzz-pgwire_frames-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating the data directory");
-    dir
 }
 
 /// A Query message (simple query protocol).

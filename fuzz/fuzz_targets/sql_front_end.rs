@@ -18,8 +18,10 @@
 //! Planning uses the engine's own DataFusion session (`Engine::session`).
 #![no_main]
 
+#[path = "fixture.rs"]
+mod fixture;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use datafusion::prelude::SessionContext;
@@ -30,10 +32,6 @@ use tributary::sql::parse::{parse_sql, Statement};
 use tributary::sql::plan::{compile, Target};
 use tributary::{Engine, Error, Result};
 use tributary_connectors::{SinkSpec, SourceSpec};
-
-/// Stack of the runtime's threads, as `main.rs` gives them (`THREAD_STACK_BYTES`): planning
-/// recurses once per nesting level, and the engine counts on this much.
-const THREAD_STACK_BYTES: usize = 16 * 1024 * 1024;
 
 /// The sources and sinks every input is planned against (`{dir}` is the data directory).
 const CATALOG: &str = "
@@ -84,12 +82,8 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_stack_size(THREAD_STACK_BYTES)
-            .build()
-            .expect("building the tokio runtime");
-        let dir = data_dir();
+        let runtime = fixture::runtime();
+        let dir = fixture::data_dir("sql_front_end");
         for (path, text) in INPUT_FILES {
             let path = dir.join(path);
             std::fs::create_dir_all(path.parent().expect("a file in a directory"))
@@ -116,17 +110,6 @@ fn fixture() -> &'static Fixture {
             paths,
         }
     })
-}
-
-/// A fresh data directory for this process.
-fn data_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "tributary-fuzz-sql_front_end-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating the data directory");
-    dir
 }
 
 /// The engine's DataFusion session: its settings, functions, table functions and schemas.
@@ -290,7 +273,6 @@ async fn plan(f: &Fixture, statement: &Statement) -> Result<()> {
     }
     Ok(())
 }
-
 
 /// A pipeline's WITH options read as `jobs::pipeline_settings` (crate-private) reads them.
 fn pipeline_options(options: &BTreeMap<String, String>) {
